@@ -1,0 +1,1 @@
+//! Warm worker pools (being written).

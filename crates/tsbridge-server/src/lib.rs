@@ -1,0 +1,1 @@
+//! The HTTP, WebSocket and SSE API (being written).
