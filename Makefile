@@ -1,0 +1,36 @@
+# tsbridge — the two commands that matter:
+#   make run    set up the example app and serve it on 127.0.0.1:8787
+#   make test   lint + every test (what CI runs)
+
+CARGO ?= cargo
+CONFIG ?= examples/omega-workflow/tsbridge.toml
+# npm projects whose packages the example and the tests need (TypeScript runners, esbuild, ...)
+NPM_DIRS := examples/omega-workflow fixtures/ts crates/tsbridge-runtime/tests/fixtures-pool
+
+.PHONY: run test setup build lint unit bench clean-npm
+
+setup:
+	@for d in $(NPM_DIRS); do \
+	  if [ -f $$d/package-lock.json ]; then \
+	    echo "npm ci in $$d"; (cd $$d && npm ci --no-audit --no-fund --loglevel=error) || exit 1; \
+	  fi; \
+	done
+
+build:
+	$(CARGO) build --release --bin tsbridge
+
+run: setup build
+	./target/release/tsbridge serve --config $(CONFIG)
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) nextest run --workspace --no-fail-fast
+	$(CARGO) test --workspace --doc
+
+test: setup lint unit
+
+bench: setup
+	bench/run.sh
