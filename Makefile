@@ -5,7 +5,7 @@
 CARGO ?= cargo
 CONFIG ?= examples/omega-workflow/tsbridge.toml
 # npm projects whose packages the example and the tests need (TypeScript runners, esbuild, ...)
-NPM_DIRS := examples/omega-workflow fixtures/ts crates/tsbridge-runtime/tests/fixtures-pool
+NPM_DIRS := . examples/omega-workflow fixtures/ts crates/tsbridge-runtime/tests/fixtures-pool
 
 .PHONY: run test setup build lint unit bench clean-npm
 
