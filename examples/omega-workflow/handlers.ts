@@ -4,7 +4,6 @@
 // Handlers check ctx.signal between steps and reject with an AbortError when
 // the job is cancelled or times out. The workflow code is the same as the CLI's.
 import {
-  AbortError,
   Params,
   WorkflowContext,
   WorkflowError,
@@ -15,8 +14,6 @@ import {
   withDefaults,
   workflows,
 } from './src';
-
-export { AbortError };
 
 export const dataAnalysis = (params: Params, ctx?: Partial<WorkflowContext>) => runDataAnalysis(params, withDefaults(ctx));
 export const imageProcessing = (params: Params, ctx?: Partial<WorkflowContext>) =>
