@@ -60,6 +60,12 @@ async function main(): Promise<number> {
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  // Reader gone (e.g. `| head`): stop like a program killed by SIGPIPE would.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    removePartialFilesSync();
+    process.exit(141);
+  });
 
   const ctx: WorkflowContext = {
     signal: controller.signal,
