@@ -41,11 +41,8 @@ export class WorkflowError extends Error {
 export function abortErrorFrom(signal: AbortSignal): AbortError {
   const reason: unknown = signal.reason;
   if (reason instanceof AbortError) return reason;
-  if (reason instanceof Error && reason.name !== 'AbortError') {
-    return new AbortError(`workflow aborted: ${reason.message}`);
-  }
-  if (typeof reason === 'string' && reason) return new AbortError(`workflow aborted: ${reason}`);
-  return new AbortError();
+  const why = reason instanceof Error ? reason.message : typeof reason === 'string' ? reason : '';
+  return new AbortError(why ? `workflow aborted: ${why}` : 'workflow aborted');
 }
 
 export function throwIfAborted(signal: AbortSignal): void {
