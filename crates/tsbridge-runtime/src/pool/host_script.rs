@@ -1,0 +1,148 @@
+//! The worker host script (`js/worker-host.mjs`), embedded in the binary and
+//! materialized on disk for node to run: a private 0700 directory holding a
+//! 0600 file, removed when the last pool using it is gone. A user may point
+//! at their own copy instead ([`HostScript::Path`]).
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::errors::HostScriptError;
+
+/// The worker host, as shipped (see js/README.md).
+pub const WORKER_HOST_JS: &str = include_str!("../../../../js/worker-host.mjs");
+
+/// Where the worker host comes from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum HostScript {
+    /// The embedded copy, written under this directory (default: the system
+    /// temp dir) into a fresh private directory.
+    #[default]
+    Embedded,
+    /// The embedded copy, written under this base directory.
+    EmbeddedIn(PathBuf),
+    /// A host script the user installed; used as is, never removed.
+    Path(PathBuf),
+}
+
+/// The host script on disk, for as long as this value lives.
+#[derive(Debug)]
+pub struct HostFile {
+    path: PathBuf,
+    /// The private directory to remove at drop (embedded copies only).
+    owned_dir: Option<PathBuf>,
+}
+
+impl HostFile {
+    /// Writes the embedded script (or checks the user's) and returns its path holder.
+    pub fn materialize(source: &HostScript) -> Result<Self, HostScriptError> {
+        match source {
+            HostScript::Path(p) => {
+                let path = fs::canonicalize(p).map_err(|source| HostScriptError::Missing {
+                    path: p.clone(),
+                    source,
+                })?;
+                Ok(Self {
+                    path,
+                    owned_dir: None,
+                })
+            }
+            HostScript::Embedded => Self::write_embedded(&std::env::temp_dir()),
+            HostScript::EmbeddedIn(base) => Self::write_embedded(base),
+        }
+    }
+
+    fn write_embedded(base: &Path) -> Result<Self, HostScriptError> {
+        let mut last_err = None;
+        let mut dir = None;
+        for _ in 0..16 {
+            let r: u64 = rand::random();
+            let d = base.join(format!("tsbridge-pool-{}-{r:016x}", std::process::id()));
+            match fs::DirBuilder::new().mode(0o700).create(&d) {
+                Ok(()) => {
+                    dir = Some(d);
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last_err = Some(e),
+                Err(e) => {
+                    last_err = Some(e);
+                    break;
+                }
+            }
+        }
+        let Some(dir) = dir else {
+            return Err(HostScriptError::CreateDir {
+                base: base.to_owned(),
+                source: last_err.unwrap_or_else(|| std::io::Error::other("no free directory name")),
+            });
+        };
+        let path = dir.join("worker-host.mjs");
+        let written = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(WORKER_HOST_JS.as_bytes()));
+        if let Err(source) = written {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(HostScriptError::Write { path, source });
+        }
+        Ok(Self {
+            path,
+            owned_dir: Some(dir),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for HostFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.owned_dir.take()
+            && let Err(e) = fs::remove_dir_all(&dir)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the worker host's temp dir");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn embedded_copy_is_private_and_removed_on_drop() {
+        let base = tempfile::tempdir().unwrap();
+        let f = HostFile::materialize(&HostScript::EmbeddedIn(base.path().to_owned())).unwrap();
+        let meta = fs::metadata(f.path()).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let dir = f.path().parent().unwrap().to_owned();
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(fs::read_to_string(f.path()).unwrap(), WORKER_HOST_JS);
+        drop(f);
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn user_path_is_kept() {
+        let base = tempfile::tempdir().unwrap();
+        let p = base.path().join("host.mjs");
+        fs::write(&p, "x").unwrap();
+        let f = HostFile::materialize(&HostScript::Path(p.clone())).unwrap();
+        drop(f);
+        assert!(p.exists());
+        assert!(HostFile::materialize(&HostScript::Path(base.path().join("nope"))).is_err());
+    }
+
+    #[test]
+    fn embedded_script_is_the_host() {
+        assert!(WORKER_HOST_JS.contains("op: 'ready'"));
+    }
+}
