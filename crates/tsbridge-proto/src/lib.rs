@@ -9,6 +9,7 @@ pub mod event;
 pub mod ids;
 pub mod ipc;
 pub mod job;
+pub mod service;
 pub mod units;
 pub mod ws;
 

@@ -1,1 +1,171 @@
-//! The HTTP, WebSocket and SSE API (being written).
+//! The HTTP, WebSocket and SSE API of tsbridge (SPEC §8): [`router`] builds
+//! the axum app over an [`AppState`]; [`serve`] runs it on a listener with a
+//! graceful, bounded shutdown. The server talks to the job runtime only
+//! through [`Backend`] (implemented for `tsbridge_runtime::Runtime`).
+
+pub mod auth;
+pub mod backend;
+pub mod errors;
+pub mod events;
+pub mod extract;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod state;
+
+use std::future::{Future, IntoFuture};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower_http::limit::RequestBodyLimitLayer;
+use tsbridge_proto::ErrorType;
+
+pub use auth::{Auth, TokenSource};
+pub use backend::{Backend, BackendError, EventFeed, ListQuery, Stats, Submitted};
+pub use errors::{ApiError, AuthError, MetricsError, ServeError};
+pub use metrics::install_recorder;
+pub use state::{AppState, ServerSettings};
+
+use crate::errors::RevealedError;
+use crate::routes::{jobs, sse, system, workflow, ws};
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings().max_body;
+    Router::new()
+        .route("/workflow/batch", post(workflow::batch))
+        .route("/workflow/{type}/execute", post(workflow::execute))
+        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/events", get(sse::job_events))
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/workflows", get(system::workflows))
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .route("/metrics", get(system::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(state.clone(), auth::require_token))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(RequestBodyLimitLayer::new(max_body))
+        .layer(from_fn_with_state(state.clone(), finish_errors))
+        .layer(from_fn(metrics::track_http))
+        .with_state(state)
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+    // SPEC has no error type for a wrong method: the body says
+    // ValidationError, the status says 405.
+    let err = ApiError::validation(format!("method {method} is not allowed on {}", uri.path()));
+    let mut resp = err.into_response();
+    *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    resp
+}
+
+/// Every error answer is JSON: errors produced below the handlers (the body
+/// limit layer, extractor rejections) get the failure body; in dev mode an
+/// `InternalError` shows what it hid.
+async fn finish_errors(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if let Some(RevealedError(full)) = resp.extensions().get::<RevealedError>().cloned() {
+        if state.settings().dev {
+            let (mut parts, _) = resp.into_parts();
+            parts.headers.remove(header::CONTENT_LENGTH);
+            return Response::from_parts(parts, Body::from(serde_json::to_vec(&full).unwrap_or_default()));
+        }
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let kind = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorType::PayloadTooLarge,
+        StatusCode::UNAUTHORIZED => ErrorType::Unauthorized,
+        StatusCode::NOT_FOUND => ErrorType::NotFound,
+        s if s.is_server_error() => ErrorType::InternalError,
+        _ => ErrorType::ValidationError,
+    };
+    let message = match kind {
+        ErrorType::PayloadTooLarge => {
+            "request body is larger than the server accepts (server.max_body)".to_owned()
+        }
+        _ => status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_lowercase(),
+    };
+    let (parts, _) = resp.into_parts();
+    let mut fresh = ApiError::new(kind, message).into_response();
+    *fresh.status_mut() = parts.status;
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            fresh.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    fresh
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then shuts down:
+/// open streams end, the listener closes, the backend drains running jobs for
+/// `drain_timeout`, and open requests get `drain_timeout + shutdown_grace`
+/// to finish before the server stops anyway. Refuses a non-loopback listener
+/// when no token is configured.
+pub async fn serve<F>(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: F,
+) -> Result<(), ServeError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let addr = listener.local_addr().map_err(ServeError::LocalAddr)?;
+    if !addr.ip().is_loopback() && !state.auth().is_enabled() {
+        return Err(ServeError::TokenRequired { addr });
+    }
+    tracing::info!(%addr, auth = state.auth().is_enabled(), "tsbridge API listening");
+    let stop = state.shutdown_token().clone();
+    let signal = {
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => stop.cancel(),
+                _ = stop.cancelled() => {}
+            }
+        }
+    };
+    let app = router(state.clone());
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .into_future();
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => return r.map_err(ServeError::Io),
+        _ = stop.cancelled() => {}
+    }
+    let settings = state.settings();
+    let drain = settings.drain_timeout;
+    let bound = drain + settings.shutdown_grace;
+    tracing::info!(?drain, "tsbridge API shutting down");
+    let backend = state.backend_arc();
+    let (served, ()) = tokio::join!(tokio::time::timeout(bound, &mut server), backend.shutdown(drain));
+    match served {
+        Ok(r) => r.map_err(ServeError::Io),
+        Err(_) => {
+            tracing::warn!(?bound, "open requests did not finish in time; stopping anyway");
+            Ok(())
+        }
+    }
+}

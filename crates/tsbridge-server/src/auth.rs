@@ -1,0 +1,183 @@
+//! Bearer-token authentication: the accepted tokens (resolved once at
+//! startup), their constant-time check, and the middleware that guards every
+//! route but `/healthz`.
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use subtle::{Choice, ConstantTimeEq};
+
+use crate::errors::{ApiError, AuthError};
+use crate::state::AppState;
+
+/// One accepted token as configured (`server.tokens`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// The token itself.
+    Literal(String),
+    /// `env:NAME`, read at startup.
+    Env(String),
+    /// `sha256:HEX`: the SHA-256 of the token.
+    Sha256([u8; 32]),
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSource::Literal(_) => f.write_str("Literal([REDACTED])"),
+            TokenSource::Env(n) => write!(f, "Env({n})"),
+            TokenSource::Sha256(_) => f.write_str("Sha256(..)"),
+        }
+    }
+}
+
+/// The accepted tokens, kept only as SHA-256 digests. A presented token is
+/// hashed and compared with every digest in constant time, so neither its
+/// length nor which token matched shows in the timing.
+#[derive(Clone, Default)]
+pub struct Auth {
+    digests: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("tokens", &self.digests.len())
+            .finish()
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+impl Auth {
+    /// No token configured: every request passes (allowed on loopback only).
+    pub fn disabled() -> Self {
+        Self::default()
+    }
+
+    /// Resolves the configured tokens, reading `env:NAME` from this process's
+    /// environment.
+    pub fn resolve(sources: &[TokenSource]) -> Result<Self, AuthError> {
+        Self::resolve_with(sources, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Auth::resolve`], with the environment given by `lookup`.
+    pub fn resolve_with(
+        sources: &[TokenSource],
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, AuthError> {
+        let mut digests = Vec::with_capacity(sources.len());
+        for s in sources {
+            digests.push(match s {
+                TokenSource::Literal(t) if t.is_empty() => return Err(AuthError::EmptyToken),
+                TokenSource::Literal(t) => sha256(t.as_bytes()),
+                TokenSource::Env(name) => match lookup(name) {
+                    Some(v) if !v.is_empty() => sha256(v.as_bytes()),
+                    _ => return Err(AuthError::MissingEnv { name: name.clone() }),
+                },
+                TokenSource::Sha256(d) => *d,
+            });
+        }
+        Ok(Self { digests })
+    }
+
+    /// Whether requests must present a token.
+    pub fn is_enabled(&self) -> bool {
+        !self.digests.is_empty()
+    }
+
+    /// Whether `presented` is one of the accepted tokens (constant time).
+    pub fn verify(&self, presented: &str) -> bool {
+        let d = sha256(presented.as_bytes());
+        let mut ok = Choice::from(0);
+        for accepted in &self.digests {
+            ok |= accepted.ct_eq(&d);
+        }
+        bool::from(ok)
+    }
+}
+
+/// Routes a browser reaches without custom headers (EventSource, WebSocket)
+/// may pass the token as `?token=`.
+fn accepts_query_token(path: &str) -> bool {
+    path == "/v1/ws" || (path.starts_with("/v1/jobs/") && path.ends_with("/events"))
+}
+
+fn bearer(req: &Request) -> Option<String> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+fn query_token(req: &Request) -> Option<String> {
+    let Query(q) = Query::<HashMap<String, String>>::try_from_uri(req.uri()).ok()?;
+    q.get("token").cloned()
+}
+
+/// Middleware: every route but `/healthz` needs a valid bearer token when
+/// tokens are configured; 401 `Unauthorized` with `WWW-Authenticate` if not.
+pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let auth = state.auth();
+    if !auth.is_enabled() || req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let presented = bearer(&req).or_else(|| {
+        accepts_query_token(req.uri().path())
+            .then(|| query_token(&req))
+            .flatten()
+    });
+    match presented {
+        None => ApiError::unauthorized("missing bearer token").into_response(),
+        Some(t) if auth.verify(&t) => next.run(req).await,
+        Some(_) => ApiError::unauthorized("invalid bearer token").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_env_and_sha256_tokens() {
+        let digest = sha256(b"hashed-secret");
+        let auth = Auth::resolve_with(
+            &[
+                TokenSource::Literal("lit".into()),
+                TokenSource::Env("TOK".into()),
+                TokenSource::Sha256(digest),
+            ],
+            |n| (n == "TOK").then(|| "from-env".to_owned()),
+        )
+        .unwrap();
+        assert!(auth.is_enabled());
+        assert!(auth.verify("lit"));
+        assert!(auth.verify("from-env"));
+        assert!(auth.verify("hashed-secret"));
+        assert!(!auth.verify("li"));
+        assert!(!auth.verify(""));
+        assert!(!auth.verify("sha256:whatever"));
+    }
+
+    #[test]
+    fn missing_env_is_an_error() {
+        let err = Auth::resolve_with(&[TokenSource::Env("NOPE".into())], |_| None).unwrap_err();
+        assert!(matches!(err, AuthError::MissingEnv { ref name } if name == "NOPE"));
+        assert!(!Auth::disabled().is_enabled());
+    }
+
+    #[test]
+    fn query_tokens_only_for_streams() {
+        assert!(accepts_query_token("/v1/ws"));
+        assert!(accepts_query_token("/v1/jobs/abc/events"));
+        assert!(!accepts_query_token("/v1/jobs"));
+        assert!(!accepts_query_token("/metrics"));
+    }
+}

@@ -1,0 +1,81 @@
+//! Request extractors whose rejections are API errors: [`ApiJson`] (bad JSON,
+//! wrong types and unknown fields are 400 `ValidationError`; a body over the
+//! limit is 413 `PayloadTooLarge`) and job ids from the path.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use tsbridge_proto::{ErrorType, JobId};
+
+use crate::errors::ApiError;
+
+/// A JSON body. The `Content-Type` is not checked (curl's `-d` sends a form
+/// type); the body must parse as the expected type.
+#[derive(Debug, Clone)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|rej| match rej.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => payload_too_large(),
+                _ => ApiError::validation(format!("cannot read the request body: {}", rej.body_text())),
+            })?;
+        parse_body(&bytes).map(ApiJson)
+    }
+}
+
+pub(crate) fn payload_too_large() -> ApiError {
+    ApiError::new(
+        ErrorType::PayloadTooLarge,
+        "request body is larger than the server accepts (server.max_body)",
+    )
+}
+
+/// Parses a JSON body into `T` with a message that says what is wrong.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::validation("request body is empty: expected a JSON object"));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Data => "invalid request body",
+            _ => "request body is not valid JSON",
+        };
+        ApiError::validation(format!("{what}: {e}"))
+    })
+}
+
+/// A job id from a path segment; anything that is not one names no job (404).
+pub fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse::<JobId>()
+        .map_err(|_| ApiError::not_found(format!("no job {raw:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tsbridge_proto::api::SubmitRequest;
+
+    #[test]
+    fn messages_say_what_is_wrong() {
+        let e = parse_body::<SubmitRequest>(b"{nope").unwrap_err();
+        assert_eq!(e.kind, ErrorType::ValidationError);
+        assert!(e.message.starts_with("request body is not valid JSON"), "{}", e.message);
+        let e = parse_body::<SubmitRequest>(br#"{"workflow":1}"#).unwrap_err();
+        assert!(e.message.contains("invalid type"), "{}", e.message);
+        let e = parse_body::<SubmitRequest>(br#"{"workflow":"a","bogus":1}"#).unwrap_err();
+        assert!(e.message.contains("unknown field `bogus`"), "{}", e.message);
+        let e = parse_body::<SubmitRequest>(b"  ").unwrap_err();
+        assert!(e.message.contains("empty"), "{}", e.message);
+        assert_eq!(job_id("x").unwrap_err().kind, ErrorType::NotFound);
+    }
+}

@@ -1,0 +1,96 @@
+//! Metrics: installing the Prometheus recorder (once per process), the HTTP
+//! request counters, and the runtime's point-in-time gauges. Job counters
+//! (by state and workflow), durations and spawn failures are recorded by the
+//! runtime through the same `metrics` facade.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::backend::Stats;
+use crate::errors::MetricsError;
+
+static INSTALLED: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+
+/// Buckets (seconds) of every `*_duration_seconds` histogram.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Installs the process-wide Prometheus recorder and returns its handle.
+/// Idempotent: a second call returns the first handle.
+pub fn install_recorder() -> Result<PrometheusHandle, MetricsError> {
+    let mut slot = INSTALLED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(h) = slot.as_ref() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("duration_seconds".to_owned()),
+            &DURATION_BUCKETS,
+        )
+        .map_err(MetricsError::Install)?
+        .install_recorder()
+        .map_err(MetricsError::Install)?;
+    describe();
+    *slot = Some(handle.clone());
+    Ok(handle)
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        "tsbridge_http_requests_total",
+        "HTTP requests by method, route and status"
+    );
+    metrics::describe_histogram!(
+        "tsbridge_http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "HTTP request latency by method and route (to the response head)"
+    );
+    metrics::describe_gauge!("tsbridge_queue_depth", "Jobs waiting to run");
+    metrics::describe_gauge!("tsbridge_jobs_running", "Jobs running now");
+    metrics::describe_gauge!(
+        "tsbridge_pool_workers",
+        "Warm workers per pool workflow"
+    );
+}
+
+/// Sets the gauges that mirror the runtime's counters.
+pub fn export_stats(stats: &Stats) {
+    metrics::gauge!("tsbridge_queue_depth").set(stats.queued as f64);
+    metrics::gauge!("tsbridge_jobs_running").set(stats.running as f64);
+    for (workflow, n) in &stats.pool_workers {
+        metrics::gauge!("tsbridge_pool_workers", "workflow" => workflow.clone()).set(*n as f64);
+    }
+}
+
+/// Middleware: counts requests and times them, labelled by the matched route
+/// (never the raw path, so job ids do not explode the label set).
+pub async fn track_http(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!(
+        "tsbridge_http_requests_total",
+        "method" => method.clone(),
+        "route" => route.clone(),
+        "status" => status
+    )
+    .increment(1);
+    metrics::histogram!(
+        "tsbridge_http_request_duration_seconds",
+        "method" => method,
+        "route" => route
+    )
+    .record(started.elapsed().as_secs_f64());
+    resp
+}
