@@ -1,1 +1,57 @@
-//! placeholder
+//! tsbridge-sandbox: one policy applied to a child between fork and exec.
+//!
+//! - [`Sandbox`]: host-wide; detects [`Capabilities`] once, owns tsbridge's
+//!   parent cgroup(s), sweeps job cgroups left by a crash.
+//! - [`Sandbox::prepare`] -> [`PreparedSandbox`]: one job's cgroup(s) with
+//!   limits, Landlock ruleset, seccomp filter, rlimits; applied in the child by
+//!   [`PreparedSandbox::apply_in_child`] (async-signal-safe).
+//! - [`JobCgroup`]: membership, stats, whole-tree kill, removal.
+//! - [`env`] and [`paths`]: pure request validation (HTTP 403 `SecurityError`).
+//!
+//! Design notes: `docs/design/sandbox.md`.
+
+#![cfg(target_os = "linux")]
+
+mod cgroup;
+mod child;
+pub mod env;
+mod error;
+mod landlock;
+mod netns;
+pub mod paths;
+mod policy;
+mod report;
+mod sandbox;
+mod seccomp;
+
+pub use cgroup::{
+    CgroupStats, CgroupVersion, Controller, JobCgroup, LimitBreach, V8_HEAP_OOM_MARKER,
+};
+pub use child::{ChildFailure, ChildStep};
+pub use error::{SandboxError, SecurityError};
+pub use policy::{FsPolicy, Rlimits, SandboxPolicy};
+pub use report::{Capabilities, Enforcement, EnforcementReport, KillMethod, LandlockSupport};
+pub use sandbox::{ChildHook, PreparedSandbox, Sandbox, SandboxConfig};
+
+/// Names of the syscalls the seccomp deny-list refuses (EPERM), for docs and `tsbridge check`.
+pub fn seccomp_denied_syscalls() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = seccomp::DENIED.iter().map(|(n, _)| *n).collect();
+    v.extend([
+        "unshare (namespace flags)",
+        "clone (namespace flags)",
+        "ioctl (TIOCSTI, TIOCLINUX)",
+    ]);
+    v
+}
+
+/// Make the calling process a child subreaper (`PR_SET_CHILD_SUBREAPER`):
+/// orphaned descendants of its children are reparented to it instead of PID 1.
+/// The caller must then reap them, or they pile up as zombies (which count
+/// against `pids.max`). Call once at tsbridge startup if the engine reaps.
+pub fn set_child_subreaper() -> std::io::Result<()> {
+    // SAFETY: plain prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

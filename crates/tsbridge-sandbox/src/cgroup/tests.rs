@@ -1,0 +1,249 @@
+//! Unit tests of the cgroup code against a fake cgroupfs (a tempdir).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::host::{CgroupHost, CgroupLimits};
+use super::*;
+use crate::policy::SandboxPolicy;
+use crate::sandbox::Sandbox;
+
+fn read(p: &Path) -> String {
+    fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .to_owned()
+}
+
+/// A fake v2 "own cgroup" offering cpu, io, memory and pids.
+fn fake_v2() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let own = dir.path().join("system.slice/tsbridge.service");
+    fs::create_dir_all(&own).expect("mkdir");
+    fs::write(
+        own.join("cgroup.controllers"),
+        "cpuset cpu io memory pids\n",
+    )
+    .expect("write");
+    (dir, own)
+}
+
+#[test]
+fn v2_setup_enables_controllers_down_to_the_parent() {
+    let (_d, own) = fake_v2();
+    let (host, notes) = CgroupHost::setup_v2(&own, "tsbridge", true, FsKind::Plain).expect("setup");
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_eq!(
+        read(&own.join("cgroup.subtree_control")),
+        "+memory +pids +cpu"
+    );
+    assert_eq!(
+        read(&own.join("tsbridge/cgroup.subtree_control")),
+        "+memory +pids +cpu"
+    );
+    assert!(
+        host.has(Controller::Memory) && host.has(Controller::Pids) && host.has(Controller::Cpu)
+    );
+    assert_eq!(host.version(), CgroupVersion::V2);
+}
+
+#[test]
+fn v2_setup_without_controllers_still_gives_a_host_for_kill_and_listing() {
+    let (_d, own) = fake_v2();
+    fs::write(own.join("cgroup.controllers"), "io\n").expect("write");
+    let (host, _) = CgroupHost::setup_v2(&own, "tsbridge", true, FsKind::Plain).expect("setup");
+    assert!(!host.has(Controller::Memory));
+    let job = host
+        .create_job(
+            "k",
+            &CgroupLimits {
+                memory: Some(1),
+                cpu: None,
+                pids: None,
+            },
+        )
+        .expect("job");
+    assert!(!job.dirs()[0].join("memory.max").exists());
+}
+
+#[test]
+fn v2_limits_are_written_in_v2_syntax() {
+    let (_d, own) = fake_v2();
+    let sb = Sandbox::with_fake_v2(&own, "tsbridge").expect("sandbox");
+    assert_eq!(sb.capabilities().cgroups, CgroupVersion::V2);
+    assert!(sb.capabilities().memory && sb.capabilities().pids && sb.capabilities().cpu);
+    let policy = SandboxPolicy {
+        memory: Some(256 << 20),
+        cpu: Some(0.5),
+        pids: Some(64),
+        ..SandboxPolicy::default()
+    };
+    let prepared = sb.prepare("a1", &policy).expect("prepare");
+    let job = prepared.cgroup().expect("cgroup");
+    let dir = own.join("tsbridge/job-a1");
+    assert_eq!(job.dirs(), vec![dir.as_path()]);
+    assert_eq!(read(&dir.join("memory.max")), "268435456");
+    assert_eq!(read(&dir.join("memory.swap.max")), "0");
+    assert_eq!(read(&dir.join("memory.oom.group")), "1");
+    assert_eq!(read(&dir.join("cpu.max")), "50000 100000");
+    assert_eq!(read(&dir.join("pids.max")), "64");
+    assert_eq!(prepared.report().memory, crate::Enforcement::Enforced);
+    // the same key twice is refused
+    assert!(matches!(
+        sb.prepare("a1", &policy),
+        Err(crate::SandboxError::JobExists { .. })
+    ));
+    prepared
+        .into_cgroup()
+        .expect("cgroup")
+        .remove()
+        .expect("remove");
+    assert!(!dir.exists());
+}
+
+#[test]
+fn v2_stats_are_parsed() {
+    let (_d, own) = fake_v2();
+    let sb = Sandbox::with_fake_v2(&own, "tsbridge").expect("sandbox");
+    let job = sb
+        .prepare("s", &SandboxPolicy::default())
+        .expect("prepare")
+        .into_cgroup()
+        .expect("cgroup");
+    let dir = job.dirs()[0].to_path_buf();
+    fs::write(
+        dir.join("memory.events"),
+        "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 1\n",
+    )
+    .expect("w");
+    fs::write(dir.join("memory.peak"), "268435456\n").expect("w");
+    fs::write(dir.join("memory.current"), "4096\n").expect("w");
+    fs::write(dir.join("pids.events"), "max 39\n").expect("w");
+    fs::write(dir.join("pids.peak"), "64\n").expect("w");
+    fs::write(dir.join("pids.current"), "3\n").expect("w");
+    fs::write(
+        dir.join("cpu.stat"),
+        "usage_usec 1556000\nuser_usec 1500000\nsystem_usec 56000\nnr_periods 31\nnr_throttled 30\nthrottled_usec 1514514\n",
+    )
+    .expect("w");
+    let s = job.stats();
+    assert_eq!(
+        s,
+        CgroupStats {
+            memory_peak: Some(268_435_456),
+            memory_current: Some(4096),
+            oom_kills: Some(1),
+            pids_current: Some(3),
+            pids_peak: Some(64),
+            pids_max_events: Some(39),
+            cpu_usage_ns: Some(1_556_000_000),
+            cpu_nr_throttled: Some(30),
+            cpu_throttled_ns: Some(1_514_514_000),
+        }
+    );
+    assert_eq!(
+        s.breach(&SandboxPolicy::default(), Some(libc::SIGKILL)),
+        Some(LimitBreach::Memory)
+    );
+}
+
+#[test]
+fn v2_kill_uses_cgroup_kill_and_pids_are_listed_recursively() {
+    let (_d, own) = fake_v2();
+    let sb = Sandbox::with_fake_v2(&own, "tsbridge").expect("sandbox");
+    let job = sb
+        .prepare("k", &SandboxPolicy::default())
+        .expect("prepare")
+        .into_cgroup()
+        .expect("cgroup");
+    let dir = job.dirs()[0].to_path_buf();
+    fs::write(dir.join("cgroup.procs"), "34\n12\n").expect("w");
+    fs::create_dir(dir.join("nested")).expect("mkdir");
+    fs::write(dir.join("nested/cgroup.procs"), "56\n12\n").expect("w");
+    assert_eq!(job.pids().expect("pids"), vec![12, 34, 56]);
+
+    fs::write(dir.join("cgroup.procs"), "").expect("w");
+    fs::write(dir.join("nested/cgroup.procs"), "").expect("w");
+    fs::write(dir.join("cgroup.kill"), "0").expect("w");
+    job.kill_all().expect("kill");
+    assert_eq!(read(&dir.join("cgroup.kill")), "1");
+    job.remove().expect("remove");
+    assert!(!dir.exists());
+}
+
+#[test]
+fn v2_sweep_removes_stale_jobs_only() {
+    let (_d, own) = fake_v2();
+    let sb = Sandbox::with_fake_v2(&own, "tsbridge").expect("sandbox");
+    for k in ["x", "y"] {
+        let j = sb.prepare(k, &SandboxPolicy::default()).expect("prepare");
+        drop(j); // "crash": the cgroup stays
+    }
+    fs::create_dir(own.join("tsbridge/not-a-job")).expect("mkdir");
+    assert_eq!(sb.sweep_stale().expect("sweep"), 2);
+    assert!(!own.join("tsbridge/job-x").exists());
+    assert!(!own.join("tsbridge/job-y").exists());
+    assert!(own.join("tsbridge/not-a-job").exists());
+}
+
+#[test]
+fn v1_limits_and_stats_use_v1_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = |n: &str| dir.path().join(n);
+    let hier = vec![
+        (vec![Controller::Memory], h("memory/process_api/abc")),
+        (vec![Controller::Pids], h("pids")),
+        (vec![Controller::Cpu, Controller::Cpuacct], h("cpu,cpuacct")),
+        (vec![Controller::Freezer], h("freezer")),
+    ];
+    for (_, d) in &hier {
+        fs::create_dir_all(d).expect("mkdir");
+    }
+    let (host, _) = CgroupHost::setup_v1(&hier, "tsbridge", FsKind::Plain).expect("setup");
+    let job = host
+        .create_job(
+            "j",
+            &CgroupLimits {
+                memory: Some(128 << 20),
+                cpu: Some(0.25),
+                pids: Some(32),
+            },
+        )
+        .expect("job");
+    let mem = h("memory/process_api/abc/tsbridge/job-j");
+    assert_eq!(read(&mem.join("memory.limit_in_bytes")), "134217728");
+    assert_eq!(read(&mem.join("memory.memsw.limit_in_bytes")), "134217728");
+    let cpu = h("cpu,cpuacct/tsbridge/job-j");
+    assert_eq!(read(&cpu.join("cpu.cfs_quota_us")), "25000");
+    assert_eq!(read(&cpu.join("cpu.cfs_period_us")), "100000");
+    assert_eq!(read(&h("pids/tsbridge/job-j/pids.max")), "32");
+
+    fs::write(
+        mem.join("memory.oom_control"),
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+    )
+    .expect("w");
+    fs::write(mem.join("memory.max_usage_in_bytes"), "134217728\n").expect("w");
+    fs::write(h("pids/tsbridge/job-j/pids.events"), "max 7\n").expect("w");
+    fs::write(cpu.join("cpuacct.usage"), "1555000000\n").expect("w");
+    fs::write(
+        cpu.join("cpu.stat"),
+        "nr_periods 31\nnr_throttled 31\nthrottled_time 1514514643\n",
+    )
+    .expect("w");
+    let s = job.stats();
+    assert_eq!(s.oom_kills, Some(1));
+    assert_eq!(s.memory_peak, Some(134_217_728));
+    assert_eq!(s.pids_max_events, Some(7));
+    assert_eq!(s.cpu_usage_ns, Some(1_555_000_000));
+    assert_eq!(s.cpu_throttled_ns, Some(1_514_514_643));
+
+    // freezer kill on an (already) empty job: FROZEN then THAWED
+    for d in job.dirs() {
+        fs::write(d.join("cgroup.procs"), "").expect("w");
+    }
+    job.kill_all().expect("kill");
+    assert_eq!(read(&h("freezer/tsbridge/job-j/freezer.state")), "THAWED");
+    assert_eq!(host.sweep().expect("sweep"), 1);
+    assert!(!mem.exists());
+}

@@ -1,0 +1,388 @@
+//! What runs in the child between fork and exec. Everything here is
+//! async-signal-safe: raw syscalls on data prepared before fork, no
+//! allocation, no locks, no formatting machinery, no panics.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use serde::Serialize;
+
+use crate::seccomp::Program;
+
+#[cfg(target_env = "gnu")]
+pub(crate) type RlimitResource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+pub(crate) type RlimitResource = libc::c_int;
+
+/// How the child gets its network.
+#[derive(Debug)]
+pub(crate) enum NetPlan {
+    /// The host's network namespace.
+    Host,
+    /// A new namespace of its own, with `lo` brought up.
+    Unshare,
+    /// Join the shared empty namespace held open by the `Sandbox`.
+    Setns(Arc<OwnedFd>),
+}
+
+/// The step of [`crate::PreparedSandbox::apply_in_child`] that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(i32)]
+pub enum ChildStep {
+    JoinCgroup = 1,
+    Rlimit = 2,
+    ParentDeathSignal = 3,
+    NetworkNamespace = 4,
+    Loopback = 5,
+    NoNewPrivs = 6,
+    Landlock = 7,
+    Seccomp = 8,
+}
+
+impl ChildStep {
+    fn from_i32(v: i32) -> Option<Self> {
+        Some(match v {
+            1 => Self::JoinCgroup,
+            2 => Self::Rlimit,
+            3 => Self::ParentDeathSignal,
+            4 => Self::NetworkNamespace,
+            5 => Self::Loopback,
+            6 => Self::NoNewPrivs,
+            7 => Self::Landlock,
+            8 => Self::Seccomp,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ChildStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::JoinCgroup => "joining the job cgroup",
+            Self::Rlimit => "setting rlimits",
+            Self::ParentDeathSignal => "setting the parent-death signal",
+            Self::NetworkNamespace => "entering a network namespace",
+            Self::Loopback => "bringing up lo",
+            Self::NoNewPrivs => "setting no_new_privs",
+            Self::Landlock => "applying landlock",
+            Self::Seccomp => "installing seccomp",
+        })
+    }
+}
+
+/// Which sandbox step failed in the child, and its errno (the spawn itself
+/// returns only the errno).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ChildFailure {
+    pub step: ChildStep,
+    pub errno: i32,
+}
+
+impl fmt::Display for ChildFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "sandbox setup failed while {}: {}",
+            self.step,
+            io::Error::from_raw_os_error(self.errno)
+        )
+    }
+}
+
+/// A page shared between parent and children (MAP_SHARED), where a child
+/// records the step that failed before exec.
+#[derive(Debug)]
+pub(crate) struct FailureSlot {
+    page: NonNull<AtomicI32>,
+}
+
+// SAFETY: the page is only accessed through atomics and lives until Drop.
+unsafe impl Send for FailureSlot {}
+// SAFETY: as above; all access is atomic.
+unsafe impl Sync for FailureSlot {}
+
+const PAGE: usize = 4096;
+
+impl FailureSlot {
+    pub(crate) fn new() -> io::Result<Self> {
+        // SAFETY: anonymous shared mapping of one page; no existing memory is touched.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let page = NonNull::new(p.cast::<AtomicI32>()).ok_or_else(io::Error::last_os_error)?;
+        Ok(Self { page })
+    }
+
+    fn cell(&self, i: usize) -> &AtomicI32 {
+        // SAFETY: the mapping is PAGE bytes, zero-filled, page-aligned; i < 2
+        // stays inside it, and AtomicI32 has the layout of i32.
+        unsafe { &*self.page.as_ptr().add(i) }
+    }
+
+    fn record(&self, step: ChildStep, errno: i32) {
+        self.cell(1).store(errno, Ordering::SeqCst);
+        self.cell(0).store(step as i32, Ordering::SeqCst);
+    }
+
+    pub(crate) fn take(&self) -> Option<ChildFailure> {
+        let step = ChildStep::from_i32(self.cell(0).swap(0, Ordering::SeqCst))?;
+        Some(ChildFailure {
+            step,
+            errno: self.cell(1).load(Ordering::SeqCst),
+        })
+    }
+}
+
+impl Drop for FailureSlot {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was created in `new` with this size and is unmapped once.
+        unsafe {
+            libc::munmap(self.page.as_ptr().cast(), PAGE);
+        }
+    }
+}
+
+/// Everything the child needs, prepared before fork.
+#[derive(Debug)]
+pub(crate) struct ChildPlan {
+    pub cgroup_procs: Vec<OwnedFd>,
+    pub rlimits: Vec<(RlimitResource, libc::rlimit)>,
+    pub parent_death_signal: Option<i32>,
+    pub parent_pid: libc::pid_t,
+    pub net: NetPlan,
+    pub no_new_privs: bool,
+    pub landlock: Option<OwnedFd>,
+    pub seccomp: Arc<Vec<Program>>,
+    pub failure: FailureSlot,
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// Decimal digits of `v` into `buf`; returns the used tail.
+fn fmt_pid(mut v: u32, buf: &mut [u8; 12]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 || i == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// `struct ifreq` with the flags member of its union (40 bytes on 64-bit).
+#[repr(C)]
+struct IfreqFlags {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+impl ChildPlan {
+    /// Apply the plan to the calling process.
+    ///
+    /// # Safety
+    /// Call only in a freshly forked child before exec (it moves the process
+    /// into the job's cgroups and restricts it irreversibly). It is
+    /// async-signal-safe: it only reads `self` and makes raw syscalls.
+    pub(crate) unsafe fn apply(&self) -> io::Result<()> {
+        let fail = |step: ChildStep| {
+            let e = errno();
+            self.failure.record(step, e);
+            io::Error::from_raw_os_error(e)
+        };
+        let fail_with = |step: ChildStep, e: i32| {
+            self.failure.record(step, e);
+            io::Error::from_raw_os_error(e)
+        };
+
+        // 1. Join the job cgroups first, so everything after is accounted and
+        //    every later fork lands in the job.
+        if !self.cgroup_procs.is_empty() {
+            // SAFETY: getpid has no preconditions.
+            let pid = unsafe { libc::getpid() };
+            let mut buf = [0u8; 12];
+            let digits = fmt_pid(pid.unsigned_abs(), &mut buf);
+            for fd in &self.cgroup_procs {
+                // SAFETY: fd is open (owned by the plan), digits is a live buffer.
+                let n =
+                    unsafe { libc::write(fd.as_raw_fd(), digits.as_ptr().cast(), digits.len()) };
+                if n < 0 {
+                    return Err(fail(ChildStep::JoinCgroup));
+                }
+                if n as usize != digits.len() {
+                    return Err(fail_with(ChildStep::JoinCgroup, libc::EIO));
+                }
+            }
+        }
+
+        // 2. Resource limits.
+        for (res, lim) in &self.rlimits {
+            // SAFETY: lim points to a live rlimit.
+            if unsafe { libc::setrlimit(*res, lim) } != 0 {
+                return Err(fail(ChildStep::Rlimit));
+            }
+        }
+
+        // 3. Parent-death signal (then make sure the parent did not die already).
+        if let Some(sig) = self.parent_death_signal {
+            // SAFETY: plain prctl with integer arguments.
+            if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) } != 0 {
+                return Err(fail(ChildStep::ParentDeathSignal));
+            }
+            // SAFETY: getppid has no preconditions.
+            if unsafe { libc::getppid() } != self.parent_pid {
+                return Err(fail_with(ChildStep::ParentDeathSignal, libc::ESRCH));
+            }
+        }
+
+        // 4. Network namespace (needs privileges that no_new_privs/landlock/seccomp
+        //    would not take away, but do it before them anyway).
+        match &self.net {
+            NetPlan::Host => {}
+            NetPlan::Unshare => {
+                // SAFETY: unshare with a constant flag.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    return Err(fail(ChildStep::NetworkNamespace));
+                }
+                // SAFETY: called in the child, as required by loopback_up.
+                if let Err(e) = unsafe { loopback_up() } {
+                    return Err(fail_with(ChildStep::Loopback, e));
+                }
+            }
+            NetPlan::Setns(fd) => {
+                // SAFETY: fd is an open network-namespace fd.
+                if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(fail(ChildStep::NetworkNamespace));
+                }
+            }
+        }
+
+        // 5. no_new_privs (also what lets an unprivileged process use landlock/seccomp).
+        if self.no_new_privs {
+            // SAFETY: plain prctl with integer arguments.
+            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+                return Err(fail(ChildStep::NoNewPrivs));
+            }
+        }
+
+        // 6. Landlock.
+        if let Some(fd) = &self.landlock {
+            // SAFETY: fd is an open ruleset fd; flags 0.
+            let r =
+                unsafe { libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0u32) };
+            if r != 0 {
+                return Err(fail(ChildStep::Landlock));
+            }
+        }
+
+        // 7. seccomp last: it may deny calls the steps above needed.
+        for prog in self.seccomp.iter() {
+            let fprog = libc::sock_fprog {
+                len: prog.len() as libc::c_ushort,
+                filter: prog.as_ptr().cast_mut(),
+            };
+            // SAFETY: fprog points to a live program; the kernel copies it.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0u32,
+                    &fprog as *const libc::sock_fprog,
+                )
+            };
+            if r != 0 {
+                return Err(fail(ChildStep::Seccomp));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bring `lo` up in the current network namespace; returns the errno on failure.
+///
+/// # Safety
+/// Only raw syscalls on stack data: async-signal-safe. Changes the current
+/// namespace's loopback device.
+pub(crate) unsafe fn loopback_up() -> Result<(), i32> {
+    // SAFETY: socket() with constant arguments.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(errno());
+    }
+    let mut ifr = IfreqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    ifr.name[0] = b'l' as libc::c_char;
+    ifr.name[1] = b'o' as libc::c_char;
+    // SAFETY: ifr is a live, correctly sized ifreq; s is our socket.
+    let mut r = unsafe { libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr as *mut IfreqFlags) };
+    if r == 0 {
+        ifr.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        // SAFETY: as above.
+        r = unsafe { libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr as *const IfreqFlags) };
+    }
+    let e = if r != 0 { Some(errno()) } else { None };
+    // SAFETY: s is our socket, closed once.
+    unsafe { libc::close(s) };
+    match e {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_formatting() {
+        let mut b = [0u8; 12];
+        assert_eq!(fmt_pid(0, &mut b), b"0");
+        assert_eq!(fmt_pid(4_194_304, &mut b), b"4194304");
+        assert_eq!(fmt_pid(u32::MAX, &mut b), b"4294967295");
+    }
+
+    #[test]
+    fn ifreq_has_kernel_size() {
+        assert_eq!(std::mem::size_of::<IfreqFlags>(), 40);
+    }
+
+    #[test]
+    fn failure_slot_round_trip() {
+        let s = FailureSlot::new().expect("mmap");
+        assert_eq!(s.take(), None);
+        s.record(ChildStep::Landlock, libc::EPERM);
+        assert_eq!(
+            s.take(),
+            Some(ChildFailure {
+                step: ChildStep::Landlock,
+                errno: libc::EPERM
+            })
+        );
+        assert_eq!(s.take(), None);
+    }
+}

@@ -1,0 +1,285 @@
+//! Landlock through raw syscalls: ABI detection and building a ruleset fd in
+//! the parent. The child only calls `landlock_restrict_self(fd, 0)`.
+//!
+//! Raw syscalls rather than the `landlock` crate: the ruleset must be complete
+//! before fork, and the child may do nothing but one syscall; the grade
+//! (which rights the running kernel can handle) is computed here.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::SandboxError;
+use crate::policy::FsPolicy;
+
+pub(crate) const EXECUTE: u64 = 1 << 0;
+pub(crate) const WRITE_FILE: u64 = 1 << 1;
+pub(crate) const READ_FILE: u64 = 1 << 2;
+pub(crate) const READ_DIR: u64 = 1 << 3;
+pub(crate) const REMOVE_DIR: u64 = 1 << 4;
+pub(crate) const REMOVE_FILE: u64 = 1 << 5;
+pub(crate) const MAKE_CHAR: u64 = 1 << 6;
+pub(crate) const MAKE_DIR: u64 = 1 << 7;
+pub(crate) const MAKE_REG: u64 = 1 << 8;
+pub(crate) const MAKE_SOCK: u64 = 1 << 9;
+pub(crate) const MAKE_FIFO: u64 = 1 << 10;
+pub(crate) const MAKE_BLOCK: u64 = 1 << 11;
+pub(crate) const MAKE_SYM: u64 = 1 << 12;
+/// ABI 2.
+pub(crate) const REFER: u64 = 1 << 13;
+/// ABI 3.
+pub(crate) const TRUNCATE: u64 = 1 << 14;
+/// ABI 5.
+pub(crate) const IOCTL_DEV: u64 = 1 << 15;
+
+const NET_BIND_TCP: u64 = 1 << 0;
+const NET_CONNECT_TCP: u64 = 1 << 1;
+const SCOPE_ABSTRACT_UNIX_SOCKET: u64 = 1 << 0;
+const SCOPE_SIGNAL: u64 = 1 << 1;
+
+const CREATE_RULESET_VERSION: u32 = 1 << 0;
+const RULE_PATH_BENEATH: u32 = 1;
+
+/// Rights that make sense on a non-directory.
+const FILE_RIGHTS: u64 = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV;
+const READ: u64 = READ_FILE | READ_DIR;
+const EXEC: u64 = READ | EXECUTE;
+const WRITE: u64 = READ
+    | WRITE_FILE
+    | REMOVE_DIR
+    | REMOVE_FILE
+    | MAKE_DIR
+    | MAKE_REG
+    | MAKE_SOCK
+    | MAKE_FIFO
+    | MAKE_SYM
+    | REFER
+    | TRUNCATE
+    | IOCTL_DEV;
+
+/// First ABI with the file-system rights we consider complete (truncate).
+pub(crate) const FULL_ABI: u32 = 3;
+
+#[repr(C)]
+struct RulesetAttr {
+    handled_access_fs: u64,
+    handled_access_net: u64,
+    scoped: u64,
+}
+
+#[repr(C, packed)]
+struct PathBeneathAttr {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+/// The Landlock ABI of the running kernel, `None` when Landlock is unavailable
+/// (not built in, or not in the `lsm=` list).
+pub(crate) fn abi_version() -> Option<u32> {
+    // SAFETY: with a NULL attr, size 0 and the VERSION flag the syscall only
+    // returns the ABI number; it reads and writes no memory.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<RulesetAttr>(),
+            0usize,
+            CREATE_RULESET_VERSION,
+        )
+    };
+    u32::try_from(r).ok().filter(|v| *v >= 1)
+}
+
+/// Every file-system right the given ABI knows.
+pub(crate) fn handled_fs(abi: u32) -> u64 {
+    let mut h = EXECUTE
+        | WRITE_FILE
+        | READ_FILE
+        | READ_DIR
+        | REMOVE_DIR
+        | REMOVE_FILE
+        | MAKE_CHAR
+        | MAKE_DIR
+        | MAKE_REG
+        | MAKE_SOCK
+        | MAKE_FIFO
+        | MAKE_BLOCK
+        | MAKE_SYM;
+    if abi >= 2 {
+        h |= REFER;
+    }
+    if abi >= 3 {
+        h |= TRUNCATE;
+    }
+    if abi >= 5 {
+        h |= IOCTL_DEV;
+    }
+    h
+}
+
+/// A ruleset ready for `landlock_restrict_self`.
+#[derive(Debug)]
+pub(crate) struct Ruleset {
+    pub fd: OwnedFd,
+    /// Listed paths that do not exist (skipped, which only removes access).
+    pub skipped: Vec<PathBuf>,
+    /// Signals and abstract unix sockets are scoped to the job (ABI 6+).
+    pub scoped: bool,
+    /// TCP bind/connect are denied by Landlock (ABI 4+, only when asked).
+    pub tcp_denied: bool,
+}
+
+/// Build a ruleset allowing `fs` (when given) and, when `deny_tcp`, denying
+/// every TCP bind/connect (fallback when no network namespace is available).
+pub(crate) fn build(
+    fs: Option<&FsPolicy>,
+    deny_tcp: bool,
+    abi: u32,
+) -> Result<Ruleset, SandboxError> {
+    let handled = if fs.is_some() { handled_fs(abi) } else { 0 };
+    let tcp_denied = deny_tcp && abi >= 4;
+    let scoped = abi >= 6;
+    let attr = RulesetAttr {
+        handled_access_fs: handled,
+        handled_access_net: if tcp_denied {
+            NET_BIND_TCP | NET_CONNECT_TCP
+        } else {
+            0
+        },
+        scoped: if scoped {
+            SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
+        } else {
+            0
+        },
+    };
+    let size = match abi {
+        1..=3 => 8,
+        4 | 5 => 16,
+        _ => std::mem::size_of::<RulesetAttr>(),
+    };
+    // SAFETY: attr is a live, initialised struct of at least `size` bytes; the
+    // kernel copies it and returns a new O_CLOEXEC fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            &attr as *const RulesetAttr,
+            size,
+            0u32,
+        )
+    };
+    if fd < 0 {
+        return Err(SandboxError::Landlock {
+            step: "landlock_create_ruleset",
+            source: io::Error::last_os_error(),
+        });
+    }
+    let fd = i32::try_from(fd).map_err(|_| SandboxError::Landlock {
+        step: "landlock_create_ruleset",
+        source: io::Error::from_raw_os_error(libc::EBADF),
+    })?;
+    // SAFETY: the syscall succeeded, so `fd` is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut skipped = Vec::new();
+    if let Some(fs) = fs {
+        let lists: [(&[PathBuf], u64); 3] =
+            [(&fs.read, READ), (&fs.exec, EXEC), (&fs.write, WRITE)];
+        for (paths, rights) in lists {
+            for p in paths {
+                if !add_path_rule(&fd, p, rights & handled)? {
+                    skipped.push(p.clone());
+                }
+            }
+        }
+    }
+    Ok(Ruleset {
+        fd,
+        skipped,
+        scoped,
+        tcp_denied,
+    })
+}
+
+/// Add one path-beneath rule; `Ok(false)` when the path does not exist.
+fn add_path_rule(ruleset: &OwnedFd, path: &Path, rights: u64) -> Result<bool, SandboxError> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => {
+            return Err(SandboxError::Landlock {
+                step: "open rule path",
+                source: io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+            });
+        }
+    };
+    let is_dir = file.metadata().map(|m| m.is_dir()).unwrap_or(false);
+    let allowed = if is_dir { rights } else { rights & FILE_RIGHTS };
+    if allowed == 0 {
+        return Ok(true);
+    }
+    let attr = PathBeneathAttr {
+        allowed_access: allowed,
+        parent_fd: file.as_raw_fd(),
+    };
+    // SAFETY: both fds are open for the duration of the call; attr is a live
+    // packed struct matching `struct landlock_path_beneath_attr`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset.as_raw_fd(),
+            RULE_PATH_BENEATH,
+            &attr as *const PathBeneathAttr,
+            0u32,
+        )
+    };
+    if r != 0 {
+        return Err(SandboxError::Landlock {
+            step: "landlock_add_rule",
+            source: io::Error::new(
+                io::Error::last_os_error().kind(),
+                format!("{}: {}", path.display(), io::Error::last_os_error()),
+            ),
+        });
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handled_rights_grow_with_abi() {
+        assert_eq!(handled_fs(1), (1 << 13) - 1);
+        assert_eq!(handled_fs(2) & REFER, REFER);
+        assert_eq!(handled_fs(3) & TRUNCATE, TRUNCATE);
+        assert_eq!(handled_fs(4) & IOCTL_DEV, 0);
+        assert_eq!(handled_fs(5) & IOCTL_DEV, IOCTL_DEV);
+        assert_eq!(handled_fs(7), (1 << 16) - 1);
+    }
+
+    #[test]
+    fn write_never_grants_device_creation() {
+        assert_eq!(WRITE & (MAKE_CHAR | MAKE_BLOCK), 0);
+        assert_eq!(EXEC & WRITE_FILE, 0);
+    }
+
+    #[test]
+    fn ruleset_builds_and_skips_missing_paths_when_supported() {
+        let Some(abi) = abi_version() else {
+            eprintln!("landlock unavailable: skipped");
+            return;
+        };
+        let p = FsPolicy {
+            read: vec![PathBuf::from("/usr"), PathBuf::from("/nonexistent/x")],
+            write: vec![PathBuf::from("/dev/null")],
+            exec: vec![],
+        };
+        let r = build(Some(&p), false, abi).expect("ruleset");
+        assert_eq!(r.skipped, vec![PathBuf::from("/nonexistent/x")]);
+    }
+}

@@ -1,0 +1,343 @@
+//! What a host can enforce ([`Capabilities`], detected once) and what one
+//! job's sandbox actually enforces ([`EnforcementReport`]), in grades, never bools.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::cgroup::CgroupVersion;
+use crate::landlock::FULL_ABI;
+use crate::policy::SandboxPolicy;
+
+/// Landlock support of the running kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "grade", rename_all = "snake_case")]
+pub enum LandlockSupport {
+    /// ABI 3 or later: every file-system right tsbridge uses is handled.
+    Full {
+        abi: u32,
+    },
+    /// ABI 1-2: truncate (and on ABI 1, cross-directory rename) not restricted.
+    Partial {
+        abi: u32,
+    },
+    None,
+}
+
+impl LandlockSupport {
+    pub(crate) fn from_abi(abi: Option<u32>) -> Self {
+        match abi {
+            Some(a) if a >= FULL_ABI => Self::Full { abi: a },
+            Some(a) => Self::Partial { abi: a },
+            None => Self::None,
+        }
+    }
+
+    /// The ABI number, if any.
+    pub fn abi(&self) -> Option<u32> {
+        match *self {
+            Self::Full { abi } | Self::Partial { abi } => Some(abi),
+            Self::None => None,
+        }
+    }
+}
+
+/// How tsbridge kills a whole job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KillMethod {
+    /// v2 `cgroup.kill` (kernel 5.14+): atomic.
+    CgroupKill,
+    /// v2 `cgroup.freeze` or v1 freezer: freeze, SIGKILL all, thaw.
+    Freezer,
+    /// Repeated SIGKILL of the listed pids (racy against fast forkers).
+    SignalLoop,
+    /// No cgroup: only the process group can be signalled.
+    ProcessGroup,
+}
+
+/// What this host can enforce, detected once by `Sandbox::new`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub struct Capabilities {
+    pub cgroups: CgroupVersion,
+    pub memory: bool,
+    pub pids: bool,
+    pub cpu: bool,
+    /// v1: cpuacct joined (CPU usage counter); always true with v2.
+    pub cpu_usage: bool,
+    pub kill: KillMethod,
+    pub network_ns: bool,
+    pub landlock: LandlockSupport,
+    pub seccomp: bool,
+    pub no_new_privs: bool,
+    /// Where job cgroups are created (one dir per v1 hierarchy).
+    pub cgroup_parents: Vec<PathBuf>,
+    /// Why something is missing, and what was done at setup.
+    pub notes: Vec<String>,
+}
+
+impl Capabilities {
+    /// What a job with `policy` would get on this host (no cgroup is created).
+    /// Used at startup to mark workflows whose sandbox cannot be enforced.
+    pub fn predict(&self, policy: &SandboxPolicy) -> EnforcementReport {
+        let cg_missing = |what: &str| {
+            Enforcement::NotEnforced(match self.cgroups {
+                CgroupVersion::None => "no usable cgroup hierarchy (see tsbridge check)".into(),
+                _ => format!("the {what} controller is not delegated to tsbridge"),
+            })
+        };
+        let limit = |requested: bool, have: bool, what: &str| {
+            if !requested {
+                Enforcement::NotRequested
+            } else if have {
+                Enforcement::Enforced
+            } else {
+                cg_missing(what)
+            }
+        };
+        let network = if policy.network {
+            Enforcement::NotRequested
+        } else if self.network_ns {
+            Enforcement::Enforced
+        } else if self.landlock.abi().is_some_and(|a| a >= 4) {
+            Enforcement::Partially(
+                "no network namespace: TCP bind/connect denied by landlock, UDP and unix sockets are not"
+                    .into(),
+            )
+        } else {
+            Enforcement::NotEnforced(
+                "network namespaces unavailable (needs CAP_SYS_ADMIN) and landlock ABI < 4".into(),
+            )
+        };
+        let fs = match (&policy.fs, self.landlock) {
+            (None, _) => Enforcement::NotRequested,
+            (Some(_), LandlockSupport::Full { .. }) => Enforcement::Enforced,
+            (Some(_), LandlockSupport::Partial { abi }) => Enforcement::Partially(format!(
+                "landlock ABI {abi}: file truncation{} not restricted",
+                if abi < 2 {
+                    " and cross-directory rename/link"
+                } else {
+                    ""
+                }
+            )),
+            (Some(_), LandlockSupport::None) => {
+                Enforcement::NotEnforced("landlock is not enabled in this kernel".into())
+            }
+        };
+        let r = &policy.rlimits;
+        let rlimits = if [r.nofile, r.fsize, r.core, r.cpu_seconds, r.address_space]
+            .iter()
+            .all(Option::is_none)
+        {
+            Enforcement::NotRequested
+        } else {
+            Enforcement::Enforced
+        };
+        let flag = |requested: bool, have: bool, what: &str| {
+            if !requested {
+                Enforcement::NotRequested
+            } else if have {
+                Enforcement::Enforced
+            } else {
+                Enforcement::NotEnforced(format!("{what} unavailable in this kernel"))
+            }
+        };
+        EnforcementReport {
+            memory: limit(policy.memory.is_some(), self.memory, "memory"),
+            cpu: limit(policy.cpu.is_some(), self.cpu, "cpu"),
+            pids: limit(policy.pids.is_some(), self.pids, "pids"),
+            network,
+            fs,
+            rlimits,
+            no_new_privs: flag(policy.no_new_privs, self.no_new_privs, "no_new_privs"),
+            seccomp: flag(policy.seccomp, self.seccomp, "seccomp"),
+        }
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+impl fmt::Display for Capabilities {
+    /// The table printed by `tsbridge check`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cg = match self.cgroups {
+            CgroupVersion::V2 => "v2 (unified)",
+            CgroupVersion::V1 => "v1 (legacy hierarchies)",
+            CgroupVersion::None => "none",
+        };
+        let ll = match self.landlock {
+            LandlockSupport::Full { abi } => format!("full (ABI {abi})"),
+            LandlockSupport::Partial { abi } => format!("partial (ABI {abi})"),
+            LandlockSupport::None => "none".into(),
+        };
+        let kill = match self.kill {
+            KillMethod::CgroupKill => "cgroup.kill",
+            KillMethod::Freezer => "freezer (freeze, SIGKILL all, thaw)",
+            KillMethod::SignalLoop => "SIGKILL loop over cgroup.procs",
+            KillMethod::ProcessGroup => "process group only",
+        };
+        let rows: [(&str, String); 10] = [
+            ("cgroups", cg.into()),
+            ("memory limit", yes(self.memory).into()),
+            ("pids limit", yes(self.pids).into()),
+            ("cpu quota", yes(self.cpu).into()),
+            ("cpu usage", yes(self.cpu_usage).into()),
+            ("job kill", kill.into()),
+            ("network namespace", yes(self.network_ns).into()),
+            ("landlock", ll),
+            ("seccomp", yes(self.seccomp).into()),
+            ("no_new_privs", yes(self.no_new_privs).into()),
+        ];
+        for (k, v) in rows {
+            writeln!(f, "{k:<18} {v}")?;
+        }
+        for p in &self.cgroup_parents {
+            writeln!(f, "{:<18} {}", "cgroup parent", p.display())?;
+        }
+        for n in &self.notes {
+            writeln!(f, "note: {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The grade of one mechanism for one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "grade", content = "why", rename_all = "snake_case")]
+pub enum Enforcement {
+    Enforced,
+    Partially(String),
+    NotEnforced(String),
+    /// The policy did not ask for it.
+    NotRequested,
+}
+
+impl Enforcement {
+    /// Requested but not (fully) enforced.
+    pub fn is_shortfall(&self) -> bool {
+        matches!(self, Self::Partially(_) | Self::NotEnforced(_))
+    }
+}
+
+impl fmt::Display for Enforcement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Enforced => f.write_str("enforced"),
+            Self::Partially(why) => write!(f, "partially enforced: {why}"),
+            Self::NotEnforced(why) => write!(f, "not enforced: {why}"),
+            Self::NotRequested => f.write_str("not requested"),
+        }
+    }
+}
+
+/// Per mechanism, what one job's sandbox enforces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnforcementReport {
+    pub memory: Enforcement,
+    pub cpu: Enforcement,
+    pub pids: Enforcement,
+    pub network: Enforcement,
+    pub fs: Enforcement,
+    pub rlimits: Enforcement,
+    pub no_new_privs: Enforcement,
+    pub seccomp: Enforcement,
+}
+
+impl EnforcementReport {
+    /// Every mechanism with its name.
+    pub fn entries(&self) -> [(&'static str, &Enforcement); 8] {
+        [
+            ("memory", &self.memory),
+            ("cpu", &self.cpu),
+            ("pids", &self.pids),
+            ("network", &self.network),
+            ("fs", &self.fs),
+            ("rlimits", &self.rlimits),
+            ("no_new_privs", &self.no_new_privs),
+            ("seccomp", &self.seccomp),
+        ]
+    }
+
+    /// Mechanisms that were requested but are not fully enforced. A workflow
+    /// with any is unavailable (503) unless its config says `degraded = true`.
+    pub fn shortfalls(&self) -> Vec<(&'static str, &Enforcement)> {
+        self.entries()
+            .into_iter()
+            .filter(|(_, e)| e.is_shortfall())
+            .collect()
+    }
+
+    /// Everything requested is enforced.
+    pub fn is_complete(&self) -> bool {
+        self.shortfalls().is_empty()
+    }
+}
+
+impl fmt::Display for EnforcementReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (k, v) in self.entries() {
+            writeln!(f, "{k:<13} {v}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps() -> Capabilities {
+        Capabilities {
+            cgroups: CgroupVersion::V1,
+            memory: true,
+            pids: false,
+            cpu: true,
+            cpu_usage: true,
+            kill: KillMethod::Freezer,
+            network_ns: false,
+            landlock: LandlockSupport::Full { abi: 7 },
+            seccomp: true,
+            no_new_privs: true,
+            cgroup_parents: vec![],
+            notes: vec![],
+        }
+    }
+
+    #[test]
+    fn predict_grades_each_mechanism() {
+        let p = SandboxPolicy {
+            memory: Some(1),
+            pids: Some(4),
+            network: false,
+            ..SandboxPolicy::default()
+        };
+        let r = caps().predict(&p);
+        assert_eq!(r.memory, Enforcement::Enforced);
+        assert!(matches!(r.pids, Enforcement::NotEnforced(_)));
+        assert!(matches!(r.network, Enforcement::Partially(_)));
+        assert_eq!(r.cpu, Enforcement::NotRequested);
+        assert_eq!(r.fs, Enforcement::NotRequested);
+        assert_eq!(r.rlimits, Enforcement::Enforced); // core = 0 by default
+        let names: Vec<_> = r.shortfalls().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, vec!["pids", "network"]);
+        assert!(!r.is_complete());
+    }
+
+    #[test]
+    fn capabilities_serialize_snake_case_and_print_a_table() {
+        let c = caps();
+        let v = serde_json::to_value(&c).expect("json");
+        assert_eq!(v["cgroups"], "v1");
+        assert_eq!(v["landlock"]["grade"], "full");
+        assert_eq!(v["landlock"]["abi"], 7);
+        assert_eq!(v["kill"], "freezer");
+        let table = c.to_string();
+        assert!(table.contains("landlock           full (ABI 7)"), "{table}");
+        let e = serde_json::to_value(Enforcement::Partially("x".into())).expect("json");
+        assert_eq!(e, serde_json::json!({"grade": "partially", "why": "x"}));
+    }
+}

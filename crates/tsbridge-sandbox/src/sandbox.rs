@@ -1,0 +1,453 @@
+//! The host-wide [`Sandbox`] (capabilities detected once, tsbridge's parent
+//! cgroups, the compiled seccomp filter, the shared network namespace) and the
+//! per-job [`PreparedSandbox`] that a child applies between fork and exec.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::cgroup::{
+    CgroupHost, CgroupLimits, CgroupVersion, Controller, Discovered, FsKind, JobCgroup, discover,
+};
+use crate::child::{ChildFailure, ChildPlan, FailureSlot, NetPlan, RlimitResource};
+use crate::error::SandboxError;
+use crate::landlock;
+use crate::netns;
+use crate::policy::SandboxPolicy;
+use crate::report::{Capabilities, Enforcement, EnforcementReport, KillMethod, LandlockSupport};
+use crate::seccomp::{self, Program};
+
+/// Host-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxConfig {
+    /// Name of tsbridge's parent cgroup under its own cgroup (per hierarchy):
+    /// jobs are `<own cgroup>/<name>/job-<key>`. Two tsbridge instances in the
+    /// same cgroup must use different names (each sweeps its own).
+    pub cgroup_parent_name: String,
+    /// Use cgroups at all (false: no limits, kill by process group only).
+    pub use_cgroups: bool,
+    /// cgroup v2: if tsbridge's own cgroup has processes (so controllers cannot
+    /// be enabled below it), move tsbridge into `<own>/<name>-supervisor` first.
+    pub v2_move_self_to_leaf: bool,
+    /// `network = false` jobs join one shared empty namespace (cheaper, but
+    /// such jobs can reach each other's loopback listeners) instead of each
+    /// getting a namespace of its own.
+    pub shared_netns: bool,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            cgroup_parent_name: "tsbridge".into(),
+            use_cgroups: true,
+            v2_move_self_to_leaf: true,
+            shared_netns: false,
+        }
+    }
+}
+
+/// The host-wide sandbox: create once at startup.
+#[derive(Debug)]
+pub struct Sandbox {
+    caps: Capabilities,
+    cgroups: Option<CgroupHost>,
+    landlock_abi: Option<u32>,
+    seccomp: Arc<Vec<Program>>,
+    shared_netns: Option<Arc<OwnedFd>>,
+}
+
+/// Valid job keys: 1..=64 of `[A-Za-z0-9._-]`, not starting with '.'.
+fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 64
+        && !key.starts_with('.')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn prctl_supported(option: libc::c_int) -> bool {
+    // SAFETY: PR_GET_* queries take no pointers and change nothing.
+    unsafe { libc::prctl(option, 0, 0, 0, 0) >= 0 }
+}
+
+impl Sandbox {
+    /// Detect what this host can enforce, set up tsbridge's parent cgroup(s)
+    /// and compile the seccomp filter. Missing mechanisms are not errors: they
+    /// show in [`Sandbox::capabilities`] (and in each job's report).
+    pub fn new(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        if !valid_key(&config.cgroup_parent_name) {
+            return Err(SandboxError::InvalidJobKey {
+                key: config.cgroup_parent_name,
+            });
+        }
+        let mut notes = Vec::new();
+        let cgroups = if config.use_cgroups {
+            let proc_cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let d = discover(&proc_cgroup, &mountinfo, |dir| {
+                std::fs::read_to_string(dir.join("cgroup.controllers")).ok()
+            });
+            let r = match d {
+                Discovered::V2 { own_dir } => CgroupHost::setup_v2(
+                    &own_dir,
+                    &config.cgroup_parent_name,
+                    config.v2_move_self_to_leaf,
+                    FsKind::Kernel,
+                )
+                .map(Some),
+                Discovered::V1 { hierarchies } => {
+                    CgroupHost::setup_v1(&hierarchies, &config.cgroup_parent_name, FsKind::Kernel)
+                        .map(Some)
+                }
+                Discovered::None { reason } => {
+                    notes.push(reason);
+                    Ok(None)
+                }
+            };
+            match r {
+                Ok(Some((host, n))) => {
+                    notes.extend(n);
+                    Some(host)
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    notes.push(format!(
+                        "cgroups unusable: {e}: {} (delegate a cgroup to tsbridge, see docs/design/sandbox.md)",
+                        std::error::Error::source(&e)
+                            .map(|s| s.to_string())
+                            .unwrap_or_default()
+                    ));
+                    None
+                }
+            }
+        } else {
+            notes.push("cgroups disabled by configuration".into());
+            None
+        };
+        Self::assemble(config, cgroups, notes)
+    }
+
+    fn assemble(
+        config: SandboxConfig,
+        cgroups: Option<CgroupHost>,
+        mut notes: Vec<String>,
+    ) -> Result<Sandbox, SandboxError> {
+        let landlock_abi = landlock::abi_version();
+        let (network_ns, shared_netns) = match netns::create_empty_netns() {
+            Ok(fd) => (true, config.shared_netns.then(|| Arc::new(fd))),
+            Err(e) => {
+                notes.push(format!("network namespaces unavailable: {e}"));
+                (false, None)
+            }
+        };
+        let seccomp_ok = prctl_supported(libc::PR_GET_SECCOMP);
+        let seccomp = if seccomp_ok {
+            seccomp::compile()?
+        } else {
+            notes.push("seccomp unavailable in this kernel".into());
+            Vec::new()
+        };
+        let (version, memory, pids, cpu, cpu_usage, kill) = match &cgroups {
+            None => (
+                CgroupVersion::None,
+                false,
+                false,
+                false,
+                false,
+                KillMethod::ProcessGroup,
+            ),
+            Some(h) => {
+                let kill = match h {
+                    CgroupHost::V2 { parent, .. } => {
+                        if parent.join("cgroup.kill").exists() {
+                            KillMethod::CgroupKill
+                        } else if parent.join("cgroup.freeze").exists() {
+                            KillMethod::Freezer
+                        } else {
+                            KillMethod::SignalLoop
+                        }
+                    }
+                    CgroupHost::V1 { .. } if h.has(Controller::Freezer) => KillMethod::Freezer,
+                    CgroupHost::V1 { .. } => KillMethod::SignalLoop,
+                };
+                let cpu_usage = h.version() == CgroupVersion::V2 || h.has(Controller::Cpuacct);
+                (
+                    h.version(),
+                    h.has(Controller::Memory),
+                    h.has(Controller::Pids),
+                    h.has(Controller::Cpu),
+                    cpu_usage,
+                    kill,
+                )
+            }
+        };
+        let caps = Capabilities {
+            cgroups: version,
+            memory,
+            pids,
+            cpu,
+            cpu_usage,
+            kill,
+            network_ns,
+            landlock: LandlockSupport::from_abi(landlock_abi),
+            seccomp: seccomp_ok,
+            no_new_privs: prctl_supported(libc::PR_GET_NO_NEW_PRIVS),
+            cgroup_parents: cgroups
+                .as_ref()
+                .map(|h| h.parent_dirs().iter().map(|p| p.to_path_buf()).collect())
+                .unwrap_or_default(),
+            notes,
+        };
+        Ok(Sandbox {
+            caps,
+            cgroups,
+            landlock_abi,
+            seccomp: Arc::new(seccomp),
+            shared_netns,
+        })
+    }
+
+    /// A sandbox whose cgroups live in a fake cgroupfs (a plain directory tree).
+    #[cfg(test)]
+    pub(crate) fn with_fake_v2(own_dir: &Path, name: &str) -> Result<Sandbox, SandboxError> {
+        let (host, notes) = CgroupHost::setup_v2(own_dir, name, true, FsKind::Plain)?;
+        Self::assemble(SandboxConfig::default(), Some(host), notes)
+    }
+
+    /// What this host can enforce.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// Prepare one job: create its cgroup(s) with the limits, open their
+    /// `cgroup.procs`, build the Landlock ruleset, and collect what the child
+    /// will apply. Mechanisms the host lacks are skipped and graded in
+    /// [`PreparedSandbox::report`]; the caller decides whether to run anyway.
+    pub fn prepare(
+        &self,
+        job_key: &str,
+        policy: &SandboxPolicy,
+    ) -> Result<PreparedSandbox, SandboxError> {
+        if !valid_key(job_key) {
+            return Err(SandboxError::InvalidJobKey {
+                key: job_key.to_owned(),
+            });
+        }
+        let mut report = self.caps.predict(policy);
+
+        let cgroup = match &self.cgroups {
+            Some(host) => Some(host.create_job(
+                job_key,
+                &CgroupLimits {
+                    memory: policy.memory,
+                    cpu: policy.cpu,
+                    pids: policy.pids,
+                },
+            )?),
+            None => None,
+        };
+        // From here on, remove the cgroup again on any error.
+        let built = self.build_plan(policy, cgroup.as_ref(), &mut report);
+        match built {
+            Ok(plan) => Ok(PreparedSandbox {
+                plan: Arc::new(plan),
+                cgroup,
+                report,
+            }),
+            Err(e) => {
+                if let Some(cg) = cgroup {
+                    let _ = cg.remove();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn build_plan(
+        &self,
+        policy: &SandboxPolicy,
+        cgroup: Option<&JobCgroup>,
+        report: &mut EnforcementReport,
+    ) -> Result<ChildPlan, SandboxError> {
+        let cgroup_procs = match cgroup {
+            Some(cg) => cg.open_procs_fds().map_err(|e| {
+                SandboxError::cgroup(cg.dirs().first().copied().unwrap_or(Path::new("")), e)
+            })?,
+            None => Vec::new(),
+        };
+
+        let net = if policy.network || !self.caps.network_ns {
+            NetPlan::Host
+        } else if let Some(fd) = &self.shared_netns {
+            NetPlan::Setns(Arc::clone(fd))
+        } else {
+            NetPlan::Unshare
+        };
+        let deny_tcp = !policy.network && !self.caps.network_ns;
+
+        let landlock = match self.landlock_abi {
+            Some(abi) if policy.fs.is_some() || (deny_tcp && abi >= 4) => {
+                let rs = landlock::build(policy.fs.as_ref(), deny_tcp, abi)?;
+                tracing::debug!(
+                    skipped = ?rs.skipped,
+                    scoped = rs.scoped,
+                    tcp_denied = rs.tcp_denied,
+                    "landlock ruleset built"
+                );
+                Some(rs.fd)
+            }
+            _ => None,
+        };
+
+        let r = &policy.rlimits;
+        let mut rlimits: Vec<(RlimitResource, libc::rlimit)> = Vec::new();
+        let mut push = |res: RlimitResource, soft: Option<u64>, extra_hard: u64| {
+            if let Some(v) = soft {
+                rlimits.push((
+                    res,
+                    libc::rlimit {
+                        rlim_cur: v as libc::rlim_t,
+                        rlim_max: v.saturating_add(extra_hard) as libc::rlim_t,
+                    },
+                ));
+            }
+        };
+        push(libc::RLIMIT_NOFILE, r.nofile, 0);
+        push(libc::RLIMIT_FSIZE, r.fsize, 0);
+        push(libc::RLIMIT_CORE, r.core, 0);
+        // Soft limit -> SIGXCPU (catchable, reported as a CPU breach); the hard
+        // limit 2 s later -> SIGKILL.
+        push(libc::RLIMIT_CPU, r.cpu_seconds, 2);
+        push(libc::RLIMIT_AS, r.address_space, 0);
+
+        let seccomp = if policy.seccomp && self.caps.seccomp {
+            Arc::clone(&self.seccomp)
+        } else {
+            Arc::new(Vec::new())
+        };
+        if policy.fs.is_some() && landlock.is_none() {
+            report.fs = Enforcement::NotEnforced("landlock is not enabled in this kernel".into());
+        }
+        Ok(ChildPlan {
+            cgroup_procs,
+            rlimits,
+            parent_death_signal: policy.parent_death_signal,
+            parent_pid: std::process::id() as libc::pid_t,
+            net,
+            no_new_privs: policy.no_new_privs && self.caps.no_new_privs,
+            landlock,
+            seccomp,
+            failure: FailureSlot::new().map_err(|e| SandboxError::Io {
+                what: "mmap of the child failure slot",
+                source: e,
+            })?,
+        })
+    }
+
+    /// Kill and remove every job cgroup under tsbridge's parent cgroup(s):
+    /// left by a tsbridge that crashed. Call once at startup, before any job.
+    pub fn sweep_stale(&self) -> Result<usize, SandboxError> {
+        match &self.cgroups {
+            Some(h) => h.sweep(),
+            None => Ok(0),
+        }
+    }
+
+    /// Remove tsbridge's (empty) parent cgroup(s), e.g. at shutdown or in tests.
+    pub fn remove_parent(&self) -> Result<(), SandboxError> {
+        match &self.cgroups {
+            Some(h) => h.remove_parents(),
+            None => Ok(()),
+        }
+    }
+
+    /// The parent cgroup directories (one per v1 hierarchy).
+    pub fn cgroup_parents(&self) -> Vec<PathBuf> {
+        self.caps.cgroup_parents.clone()
+    }
+}
+
+/// One job's sandbox, ready to be applied in its child.
+#[derive(Debug)]
+pub struct PreparedSandbox {
+    plan: Arc<ChildPlan>,
+    cgroup: Option<JobCgroup>,
+    report: EnforcementReport,
+}
+
+/// A `'static` handle on a prepared child plan, for `Command::pre_exec`.
+#[derive(Debug, Clone)]
+pub struct ChildHook {
+    plan: Arc<ChildPlan>,
+}
+
+impl ChildHook {
+    /// See [`PreparedSandbox::apply_in_child`].
+    ///
+    /// # Safety
+    /// Same contract: only in the forked child, before exec.
+    pub unsafe fn apply(&self) -> io::Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.plan.apply() }
+    }
+}
+
+impl PreparedSandbox {
+    /// Apply the sandbox to the calling process. Order: join the job cgroups,
+    /// rlimits, parent-death signal, network namespace (+ lo up), no_new_privs,
+    /// Landlock, seccomp.
+    ///
+    /// # Safety
+    /// Call only in the child between fork and exec (e.g. from
+    /// `Command::pre_exec`): it moves the calling process into the job's
+    /// cgroups and restricts it for good. It is async-signal-safe: it only
+    /// reads data prepared before fork and makes raw syscalls. On error it
+    /// returns the errno; [`PreparedSandbox::take_child_failure`] then tells which step failed.
+    pub unsafe fn apply_in_child(&self) -> io::Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.plan.apply() }
+    }
+
+    /// A cloneable `'static` handle for `pre_exec`:
+    /// `let h = prepared.child_hook(); unsafe { cmd.pre_exec(move || unsafe { h.apply() }) };`
+    pub fn child_hook(&self) -> ChildHook {
+        ChildHook {
+            plan: Arc::clone(&self.plan),
+        }
+    }
+
+    /// The job's cgroup (None when the host has no usable cgroups).
+    pub fn cgroup(&self) -> Option<&JobCgroup> {
+        self.cgroup.as_ref()
+    }
+
+    /// Give up the plan and keep the cgroup (after spawn): for stats, kill and removal.
+    pub fn into_cgroup(self) -> Option<JobCgroup> {
+        self.cgroup
+    }
+
+    /// What this job's sandbox enforces.
+    pub fn report(&self) -> EnforcementReport {
+        self.report.clone()
+    }
+
+    /// After a failed spawn: which sandbox step failed in the child (and clears it).
+    pub fn take_child_failure(&self) -> Option<ChildFailure> {
+        self.plan.failure.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_keys_are_checked() {
+        assert!(valid_key("abc-1.2_x"));
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", &"x".repeat(65)] {
+            assert!(!valid_key(bad), "{bad:?}");
+        }
+    }
+}
