@@ -1,1 +1,438 @@
-//! (being written)
+//! Secret masking (SPEC §5 "Secrets are masked in captured output, logs and
+//! error messages"): every occurrence of a known secret value, or of an extra
+//! pattern, becomes `[REDACTED]`.
+//!
+//! Where masking happens, and why nothing leaks at the seams:
+//! - Streaming events are masked per line ([`Masker::mask`] on each log
+//!   message, progress message and output line). Lines are whole (the line
+//!   splitter joins reads), so a secret split across two reads is still seen
+//!   in one piece.
+//! - A line cut at the line limit, and the head and tail of a truncated
+//!   capture, end (or start) where bytes were dropped. A secret can straddle
+//!   such a cut: then only a piece of it is present. [`Masker::mask_cut`]
+//!   also redacts a piece of a literal secret (at least
+//!   [`MIN_PARTIAL`] bytes) at a cut edge. Head and tail are masked
+//!   separately and joined by the marker line, so the two halves of a secret
+//!   are never put back together ([`Masker::mask_captured`]).
+//! - A secret with a newline in it (a PEM key) can never be whole in one line:
+//!   each of its lines of at least [`MIN_SECRET_LEN`] bytes is a secret too.
+//! - A secret that contains `"` or `\` appears escaped inside JSON text; the
+//!   JSON-escaped form is a secret too. Results are masked as values
+//!   ([`Masker::mask_json`]): strings, object keys and numbers.
+//!
+//! Literals are matched with one regex alternation (the regex crate runs it
+//! with an Aho-Corasick/Teddy prefilter), longest first, so a secret that
+//! contains another is redacted whole. The empty masker borrows its input and
+//! does no work.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use regex::{Regex, RegexBuilder};
+use serde_json::Value;
+
+/// What a masked secret is replaced with.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Values shorter than this are never treated as secrets (masking `1` or
+/// `yes` everywhere would destroy output and reveal nothing useful).
+pub const MIN_SECRET_LEN: usize = 4;
+
+/// The shortest piece of a secret redacted at a cut edge.
+pub const MIN_PARTIAL: usize = 3;
+
+/// Name fragments that make an environment variable a secret
+/// (case-insensitive, SPEC §5).
+pub const SECRET_NAME_PARTS: [&str; 6] =
+    ["PASSWORD", "PASSWD", "SECRET", "KEY", "TOKEN", "CREDENTIAL"];
+
+/// Whether an environment variable name looks like it holds a secret.
+pub fn is_secret_name(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    SECRET_NAME_PARTS.iter().any(|p| upper.contains(p))
+}
+
+/// Replaces secret values and patterns by [`REDACTED`]. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Masker {
+    /// One alternation of all literal secrets, longest first.
+    literals: Option<Regex>,
+    /// The literal secrets themselves (for cut edges), longest first.
+    secrets: Vec<String>,
+    patterns: Vec<Regex>,
+}
+
+impl fmt::Debug for Masker {
+    // Never prints the secrets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Masker")
+            .field("secrets", &self.secrets.len())
+            .field("patterns", &self.patterns.len())
+            .finish()
+    }
+}
+
+impl Masker {
+    /// A masker for the given secret values (those shorter than
+    /// [`MIN_SECRET_LEN`] bytes are ignored) and extra patterns.
+    pub fn new(secrets: impl IntoIterator<Item = String>, patterns: &[Regex]) -> Self {
+        let mut all: Vec<String> = Vec::new();
+        for s in secrets {
+            add_secret(&mut all, &s);
+        }
+        all.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        all.dedup();
+        let literals = if all.is_empty() {
+            None
+        } else {
+            let alternation = all
+                .iter()
+                .map(|s| regex::escape(s))
+                .collect::<Vec<_>>()
+                .join("|");
+            // Escaped literals always compile; only the size limit could
+            // refuse, so it is raised to fit any realistic set of secrets.
+            RegexBuilder::new(&alternation)
+                .size_limit(256 << 20)
+                .dfa_size_limit(64 << 20)
+                .build()
+                .ok()
+        };
+        Self {
+            literals,
+            secrets: all,
+            patterns: patterns.to_vec(),
+        }
+    }
+
+    /// A masker for the values of the variables in `env` whose names look
+    /// secret ([`is_secret_name`]), plus `extra_patterns`.
+    pub fn from_env(env: &BTreeMap<String, String>, extra_patterns: &[Regex]) -> Self {
+        Self::new(
+            env.iter()
+                .filter(|(k, _)| is_secret_name(k))
+                .map(|(_, v)| v.clone()),
+            extra_patterns,
+        )
+    }
+
+    /// Whether this masker never changes anything.
+    pub fn is_empty(&self) -> bool {
+        self.literals.is_none() && self.patterns.is_empty()
+    }
+
+    /// `s` with every secret and pattern match replaced by [`REDACTED`];
+    /// borrows when nothing matched.
+    pub fn mask<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        if self.is_empty() {
+            return Cow::Borrowed(s);
+        }
+        let mut out = match &self.literals {
+            Some(re) => re.replace_all(s, REDACTED),
+            None => Cow::Borrowed(s),
+        };
+        for p in &self.patterns {
+            if let Cow::Owned(o) = p.replace_all(&out, REDACTED) {
+                out = Cow::Owned(o);
+            }
+        }
+        out
+    }
+
+    /// Like [`Masker::mask`], for text cut from a longer stream: when
+    /// `cut_before`, a leading piece that is a suffix of a secret is redacted;
+    /// when `cut_after`, a trailing piece that is a prefix of a secret is
+    /// redacted (pieces of at least [`MIN_PARTIAL`] bytes).
+    pub fn mask_cut<'a>(&self, s: &'a str, cut_before: bool, cut_after: bool) -> Cow<'a, str> {
+        let masked = self.mask(s);
+        if self.secrets.is_empty() || !(cut_before || cut_after) {
+            return masked;
+        }
+        let mut text: &str = &masked;
+        let mut lead = 0;
+        let mut trail = 0;
+        if cut_before {
+            lead = self.partial_prefix_len(text);
+        }
+        if cut_after {
+            trail = self.partial_suffix_len(&text[lead..]);
+        }
+        if lead == 0 && trail == 0 {
+            return masked;
+        }
+        let mut out = String::with_capacity(text.len() + 2 * REDACTED.len());
+        if lead > 0 {
+            out.push_str(REDACTED);
+        }
+        text = &text[lead..text.len() - trail];
+        out.push_str(text);
+        if trail > 0 {
+            out.push_str(REDACTED);
+        }
+        Cow::Owned(out)
+    }
+
+    /// Length of the longest prefix of `s` that is a proper suffix of a secret.
+    fn partial_prefix_len(&self, s: &str) -> usize {
+        let mut best = 0;
+        for secret in &self.secrets {
+            let max = (secret.len() - 1).min(s.len());
+            for k in (MIN_PARTIAL.max(best + 1)..=max).rev() {
+                if s.is_char_boundary(k) && secret.ends_with(&s[..k]) {
+                    best = k;
+                    break;
+                }
+            }
+        }
+        best
+    }
+
+    /// Length of the longest suffix of `s` that is a proper prefix of a secret.
+    fn partial_suffix_len(&self, s: &str) -> usize {
+        let mut best = 0;
+        for secret in &self.secrets {
+            let max = (secret.len() - 1).min(s.len());
+            for k in (MIN_PARTIAL.max(best + 1)..=max).rev() {
+                let start = s.len() - k;
+                if s.is_char_boundary(start) && secret.starts_with(&s[start..]) {
+                    best = k;
+                    break;
+                }
+            }
+        }
+        best
+    }
+
+    /// A captured stream as text, masked: the whole text when nothing was
+    /// dropped; otherwise head and tail masked separately (each guarded at
+    /// its cut edge) around the marker line.
+    pub fn mask_captured(&self, captured: &crate::capture::Captured) -> String {
+        if !captured.truncated() || self.is_empty() {
+            let s = captured.to_string_lossy();
+            return match self.mask(&s) {
+                Cow::Borrowed(_) => s,
+                Cow::Owned(o) => o,
+            };
+        }
+        let head = String::from_utf8_lossy(&captured.head);
+        let tail = String::from_utf8_lossy(&captured.tail);
+        let mut out = self.mask_cut(&head, false, true).into_owned();
+        out.push_str(&crate::capture::Captured::marker(captured.dropped));
+        out.push_str(&self.mask_cut(&tail, true, false));
+        out
+    }
+
+    /// Masks every string, object key and number inside a JSON value. A
+    /// number whose digits contain a secret becomes the string `[REDACTED]`.
+    pub fn mask_json(&self, value: &mut Value) {
+        if self.is_empty() {
+            return;
+        }
+        match value {
+            Value::String(s) => {
+                if let Cow::Owned(o) = self.mask(s) {
+                    *s = o;
+                }
+            }
+            Value::Number(n) => {
+                let text = n.to_string();
+                if let Cow::Owned(o) = self.mask(&text) {
+                    *value = Value::String(o);
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.mask_json(v)),
+            Value::Object(map) => {
+                let needs_key_mask = map.keys().any(|k| matches!(self.mask(k), Cow::Owned(_)));
+                if needs_key_mask {
+                    let old = std::mem::take(map);
+                    for (k, v) in old {
+                        map.insert(self.mask(&k).into_owned(), v);
+                    }
+                }
+                map.values_mut().for_each(|v| self.mask_json(v));
+            }
+            Value::Null | Value::Bool(_) => {}
+        }
+    }
+}
+
+/// Adds `s`, its lines (for multi-line secrets) and its JSON-escaped form.
+fn add_secret(all: &mut Vec<String>, s: &str) {
+    if s.len() < MIN_SECRET_LEN {
+        return;
+    }
+    all.push(s.to_owned());
+    if s.contains(['\n', '\r']) {
+        for line in s.split(['\n', '\r']) {
+            let line = line.trim();
+            if line.len() >= MIN_SECRET_LEN {
+                all.push(line.to_owned());
+            }
+        }
+    }
+    if let Ok(json) = serde_json::to_string(s) {
+        let inner = &json[1..json.len() - 1];
+        if inner != s {
+            all.push(inner.to_owned());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::CaptureBuffer;
+
+    fn m(secrets: &[&str]) -> Masker {
+        Masker::new(secrets.iter().map(|s| s.to_string()), &[])
+    }
+
+    #[test]
+    fn empty_masker_borrows() {
+        let masker = Masker::default();
+        assert!(masker.is_empty());
+        assert!(matches!(masker.mask("anything"), Cow::Borrowed("anything")));
+        let masker = m(&["abc"]); // too short: ignored
+        assert!(masker.is_empty());
+    }
+
+    #[test]
+    fn replaces_every_occurrence() {
+        let masker = m(&["hunter22"]);
+        assert_eq!(
+            masker.mask("pw=hunter22 again hunter22!"),
+            "pw=[REDACTED] again [REDACTED]!"
+        );
+        assert!(matches!(masker.mask("nothing here"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn longest_secret_wins() {
+        let masker = m(&["abcd", "abcdefgh"]);
+        assert_eq!(
+            masker.mask("x abcdefgh y abcd"),
+            "x [REDACTED] y [REDACTED]"
+        );
+        assert!(!masker.mask("abcdefgh").contains("efgh"));
+    }
+
+    #[test]
+    fn regex_metacharacters_are_literal() {
+        let masker = m(&["p.ss(w)*rd"]);
+        assert_eq!(
+            masker.mask("a p.ss(w)*rd b passwrd"),
+            "a [REDACTED] b passwrd"
+        );
+    }
+
+    #[test]
+    fn patterns_apply_too() {
+        let re = Regex::new(r"ghp_[A-Za-z0-9]{8,}").unwrap_or_else(|e| panic!("{e}"));
+        let masker = Masker::new(Vec::<String>::new(), &[re]);
+        assert_eq!(
+            masker.mask("token ghp_abcdefgh123 end"),
+            "token [REDACTED] end"
+        );
+    }
+
+    #[test]
+    fn from_env_picks_secret_names() {
+        let env: BTreeMap<String, String> = [
+            ("DB_PASSWORD", "pa55word!"),
+            ("api_key", "k-12345"),
+            ("GITHUB_TOKEN", "tok-abcdef"),
+            ("AWS_CREDENTIALS", "cred-xyz1"),
+            ("MY_SECRET", "s3cr3t"),
+            ("SHORT_TOKEN", "abc"),
+            ("HOME", "/home/user"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let masker = Masker::from_env(&env, &[]);
+        let line = "pa55word! k-12345 tok-abcdef cred-xyz1 s3cr3t abc /home/user";
+        assert_eq!(
+            masker.mask(line),
+            "[REDACTED] [REDACTED] [REDACTED] [REDACTED] [REDACTED] abc /home/user"
+        );
+    }
+
+    #[test]
+    fn multiline_and_json_escaped_secrets() {
+        let masker = m(&[
+            "-----BEGIN KEY-----\nMIIEabcdef\n-----END KEY-----",
+            "a\"quote\\d",
+        ]);
+        assert_eq!(masker.mask("line: MIIEabcdef"), "line: [REDACTED]");
+        assert_eq!(
+            masker.mask(r#"{"v":"a\"quote\\d"}"#),
+            r#"{"v":"[REDACTED]"}"#
+        );
+    }
+
+    #[test]
+    fn mask_json_strings_keys_numbers() {
+        let masker = m(&["s3cr3t", "987654"]);
+        let mut v = serde_json::json!({"a": "x s3cr3t", "s3cr3t": 1, "n": 19876543, "l": [true, null, "s3cr3t"]});
+        masker.mask_json(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({"a": "x [REDACTED]", "[REDACTED]": 1, "n": "1[REDACTED]3", "l": [true, null, "[REDACTED]"]})
+        );
+    }
+
+    #[test]
+    fn cut_edges_redact_partial_secrets() {
+        let masker = m(&["SUPERSECRETVALUE"]);
+        assert_eq!(
+            masker.mask_cut("output SUPERSEC", false, true),
+            "output [REDACTED]"
+        );
+        assert_eq!(
+            masker.mask_cut("RETVALUE tail", true, false),
+            "[REDACTED] tail"
+        );
+        // Without a cut, a fragment is just text.
+        assert_eq!(
+            masker.mask_cut("output SUPERSEC", false, false),
+            "output SUPERSEC"
+        );
+        // Fragments shorter than MIN_PARTIAL are left alone.
+        assert_eq!(masker.mask_cut("end SU", false, true), "end SU");
+    }
+
+    #[test]
+    fn truncated_capture_never_leaks_a_straddling_secret() {
+        let secret = "TOPSECRET-0123456789";
+        let masker = m(&[secret]);
+        // Place the secret at every offset relative to the head/tail cut.
+        for pad in 0..40 {
+            let mut c = CaptureBuffer::new(32);
+            let mut data = "x".repeat(pad);
+            data.push_str(secret);
+            data.push_str(&"y".repeat(40));
+            data.push_str(secret);
+            c.push(data.as_bytes());
+            let text = masker.mask_captured(&c.finish());
+            for w in secret.as_bytes().windows(MIN_PARTIAL + 1) {
+                let w = std::str::from_utf8(w).unwrap_or_default();
+                assert!(!text.contains(w), "pad {pad}: {text:?} leaks {w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn untruncated_capture_is_masked_whole() {
+        let masker = m(&["abcdef"]);
+        let mut c = CaptureBuffer::new(100);
+        c.push(b"abc");
+        c.push(b"def and more");
+        assert_eq!(masker.mask_captured(&c.finish()), "[REDACTED] and more");
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        assert!(!format!("{:?}", m(&["hunter22"])).contains("hunter"));
+    }
+}
