@@ -1,6 +1,34 @@
-//! One child process from spawn to reap. See docs/design/termination.md.
+//! One child process from spawn to reap: argv/env/cwd, process group,
+//! bounded capture, line protocol, Node IPC channel, timeout -> grace -> kill
+//! of the whole tree, resource usage. See docs/design/termination.md.
+//!
+//! Entry points: [`spec::JobSpec::builder`], [`engine::spawn`] /
+//! [`engine::run`], [`runtime::resolve`] (script -> invocation, with the
+//! [`transpile`] cache), [`retry::run_with_retry`], and
+//! [`supervisor::init_supervisor`] / [`supervisor::shutdown_all`] for the
+//! binary.
 
 pub mod capture;
 pub mod ipc;
 pub mod lineproto;
 pub mod mask;
+
+pub mod engine;
+pub mod error;
+pub mod retry;
+pub mod runtime;
+pub mod spec;
+pub mod supervisor;
+pub mod transpile;
+
+mod ipclink;
+mod registry;
+mod spawner;
+mod sys;
+mod tree;
+
+pub use engine::{ExitKind, Outcome, ProcessControl, RunningProcess, StopReason, run, spawn};
+pub use error::{ErrorKind, JobError, ResolveError, SpawnError, ValidationError};
+pub use ipclink::IpcHandle;
+pub use spec::{JobKey, JobSpec, JobSpecBuilder, SandboxAttachment, StdinSpec};
+pub use supervisor::{init_supervisor, shutdown_all};

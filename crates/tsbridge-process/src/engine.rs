@@ -1,0 +1,1073 @@
+//! One child from spawn to reap: [`spawn`] forks (on the dedicated spawner
+//! thread), a supervision task owns the child until every process of the job
+//! is gone, and [`RunningProcess::wait`] returns its [`Outcome`].
+//!
+//! - Environment: `env_clear` + the spec's env + `TSBRIDGE_JOB=<key>` (+ the
+//!   Node IPC variables when `ipc` is on). Nothing is inherited.
+//! - Process tree: the child leads its own process group; in `pre_exec` it
+//!   gets `PR_SET_PDEATHSIG(SIGKILL)` (and dies at once if tsbridge already
+//!   died), then the IPC fd, then the sandbox. See docs/design/termination.md.
+//! - Stop (timeout, cancel, shutdown): SIGTERM to the whole tree, `kill_grace`,
+//!   SIGKILL to whatever remains, then a bounded wait until nothing of the job
+//!   is alive. After a normal exit of the leader, leftovers are killed the
+//!   same way (counted in [`Outcome::leaked_descendants_killed`]).
+//! - Output: stdout and stderr pipes enlarged to 1 MiB, read into bounded
+//!   [`CaptureBuffer`]s and through the line protocol.
+//! - Events: a bounded channel. A full channel never blocks the pipe: a
+//!   non-result event is dropped and counted ([`Outcome::events_dropped`]); a
+//!   result event waits at most [`RESULT_SEND_WAIT`] and is then dropped too
+//!   (the result is always in [`Outcome::result`]).
+//! - Reaping: the leader is reaped by its own waiter with `wait4` (a pidfd
+//!   says when), which gives its rusage: `cpu` is user+sys of the leader and
+//!   of every descendant it reaped; `peak_rss` is the largest `ru_maxrss`
+//!   among them. With a sandbox cgroup, the cgroup's counters are used.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::pin::{Pin, pin};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustix::process::Signal;
+use serde_json::Value;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tsbridge_proto::{ChildEvent, EndReason};
+
+use crate::capture::{CaptureBuffer, Captured};
+use crate::error::{SpawnError, SpawnStage};
+use crate::lineproto::{
+    ProtocolLimits, ResultExtractor, StderrProtocol, StdoutProtocol, StdoutSummary,
+};
+use crate::mask::Masker;
+use crate::spec::{JOB_MARKER_ENV, JobKey, JobSpec, StdinSpec};
+use crate::sys::{self, Pid};
+use crate::tree::Tracker;
+use crate::{registry, spawner, supervisor};
+
+/// How long a `result` event may wait for room in a full event channel.
+pub const RESULT_SEND_WAIT: Duration = Duration::from_millis(250);
+/// Size the engine asks for its stdout/stderr pipes.
+pub const PIPE_SIZE: i32 = 1 << 20;
+/// How often the terminator looks at the tree while it waits.
+const POLL: Duration = Duration::from_millis(20);
+/// How long after SIGKILL the engine waits for the tree to disappear.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long readers may drain after the tree is gone before they are stopped
+/// (something outside the job may hold a pipe's write end).
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
+const READ_BUF: usize = 256 * 1024;
+
+/// Why the engine was asked to stop a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StopReason {
+    /// A user cancelled it.
+    Cancelled,
+    /// tsbridge is shutting down.
+    Shutdown,
+}
+
+impl From<StopReason> for EndReason {
+    fn from(r: StopReason) -> Self {
+        match r {
+            StopReason::Cancelled => EndReason::Cancelled,
+            StopReason::Shutdown => EndReason::Shutdown,
+        }
+    }
+}
+
+/// A stop request: the reason and, optionally, a grace other than the spec's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StopRequest {
+    pub reason: StopReason,
+    pub grace: Option<Duration>,
+}
+
+/// Asks a job to stop. Cheap to clone; the first request wins. A control can
+/// be created before the spawn (see [`crate::spec::JobSpecBuilder::control`])
+/// so that a cancel arriving early is honoured, and shared by the attempts of
+/// a retried job.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessControl {
+    inner: Arc<ControlInner>,
+}
+
+#[derive(Debug, Default)]
+struct ControlInner {
+    token: CancellationToken,
+    request: Mutex<Option<StopRequest>>,
+}
+
+impl ProcessControl {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stops the job with reason `cancelled`.
+    pub fn cancel(&self) {
+        self.stop(StopReason::Cancelled, None);
+    }
+
+    /// Stops the job with reason `shutdown`.
+    pub fn shutdown(&self) {
+        self.stop(StopReason::Shutdown, None);
+    }
+
+    /// Stops the job; `grace` overrides the spec's `kill_grace`. Only the
+    /// first request counts.
+    pub fn stop(&self, reason: StopReason, grace: Option<Duration>) {
+        {
+            let mut r = self.inner.request.lock().unwrap_or_else(|p| p.into_inner());
+            if r.is_none() {
+                *r = Some(StopRequest { reason, grace });
+            }
+        }
+        self.inner.token.cancel();
+    }
+
+    /// The stop request, if one was made.
+    pub fn request(&self) -> Option<StopRequest> {
+        *self.inner.request.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.inner.token.is_cancelled()
+    }
+
+    /// Resolves when a stop is requested.
+    pub async fn stopped(&self) -> StopRequest {
+        self.inner.token.cancelled().await;
+        self.request().unwrap_or(StopRequest {
+            reason: StopReason::Cancelled,
+            grace: None,
+        })
+    }
+}
+
+/// How the leader process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExitKind {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal (never reported as an exit code).
+    Signal(i32),
+}
+
+impl ExitKind {
+    fn from_status(status: i32) -> Self {
+        if libc::WIFSIGNALED(status) {
+            ExitKind::Signal(libc::WTERMSIG(status))
+        } else {
+            ExitKind::Code(libc::WEXITSTATUS(status))
+        }
+    }
+
+    pub fn code(self) -> Option<i32> {
+        match self {
+            ExitKind::Code(c) => Some(c),
+            ExitKind::Signal(_) => None,
+        }
+    }
+
+    pub fn signal(self) -> Option<i32> {
+        match self {
+            ExitKind::Signal(s) => Some(s),
+            ExitKind::Code(_) => None,
+        }
+    }
+
+    pub fn success(self) -> bool {
+        self == ExitKind::Code(0)
+    }
+
+    /// The shell convention: the code, or 128 + signal.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitKind::Code(c) => c,
+            ExitKind::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// Everything known about a finished job. Produced only after every process
+/// of the job that the engine could find is gone.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub pid: u32,
+    pub key: JobKey,
+    pub exit: ExitKind,
+    /// Why it ended: exactly one reason.
+    pub reason: EndReason,
+    pub started_at: SystemTime,
+    /// From spawn to the leader's reaping.
+    pub wall: Duration,
+    /// user + sys CPU (see the module doc for what is counted).
+    pub cpu: Duration,
+    pub peak_rss: Option<u64>,
+    /// Captured stdout, masked.
+    pub stdout: Captured,
+    /// Captured stderr, masked.
+    pub stderr: Captured,
+    /// The last result (line protocol or IPC), else the whole-stdout JSON
+    /// fallback on exit 0; `None` for no result (`null`).
+    pub result: Option<Value>,
+    pub events_dropped: u64,
+    /// Processes of the job still alive after the leader exited by itself,
+    /// which the engine then killed.
+    pub leaked_descendants_killed: u32,
+}
+
+impl Outcome {
+    /// Exit code 0 and no stop.
+    pub fn success(&self) -> bool {
+        self.reason == EndReason::Exited && self.exit.success()
+    }
+}
+
+/// The last `n` bytes of a captured stream, as text (for error details).
+pub fn tail_text(c: &Captured, n: usize) -> String {
+    c.tail_string(n)
+}
+
+/// A running job. Dropping it (or dropping the future of
+/// [`RunningProcess::wait`] before it completes) cancels the job: no process
+/// outlives its handle.
+#[derive(Debug)]
+pub struct RunningProcess {
+    pid: u32,
+    key: JobKey,
+    started_at: SystemTime,
+    events: Option<mpsc::Receiver<ChildEvent>>,
+    stdin: Option<tokio::process::ChildStdin>,
+    control: ProcessControl,
+    done: Option<oneshot::Receiver<Outcome>>,
+}
+
+impl RunningProcess {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn key(&self) -> &JobKey {
+        &self.key
+    }
+
+    pub fn started_at(&self) -> SystemTime {
+        self.started_at
+    }
+
+    /// The child's events, in the order they were parsed. Take it once; if
+    /// nobody takes it, events fill the channel and further ones are dropped
+    /// and counted.
+    pub fn take_events(&mut self) -> Option<mpsc::Receiver<ChildEvent>> {
+        self.events.take()
+    }
+
+    /// The stdin pipe, with [`StdinSpec::Pipe`].
+    pub fn take_stdin(&mut self) -> Option<tokio::process::ChildStdin> {
+        self.stdin.take()
+    }
+
+    pub fn control(&self) -> ProcessControl {
+        self.control.clone()
+    }
+
+    /// Waits until the job and every process of it is gone.
+    pub async fn wait(mut self) -> Outcome {
+        let Some(rx) = self.done.take() else {
+            return lost_outcome(&self);
+        };
+        let guard = CancelOnDrop(Some(self.control.clone()));
+        let out = match rx.await {
+            Ok(o) => o,
+            Err(_) => lost_outcome(&self),
+        };
+        std::mem::forget(guard);
+        out
+    }
+}
+
+struct CancelOnDrop(Option<ProcessControl>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.cancel();
+        }
+    }
+}
+
+impl Drop for RunningProcess {
+    fn drop(&mut self) {
+        if self.done.is_some() {
+            self.control.cancel();
+        }
+    }
+}
+
+fn lost_outcome(p: &RunningProcess) -> Outcome {
+    tracing::error!(pid = p.pid, "supervision task vanished");
+    Outcome {
+        pid: p.pid,
+        key: p.key.clone(),
+        exit: ExitKind::Signal(libc::SIGKILL),
+        reason: EndReason::Interrupted,
+        started_at: p.started_at,
+        wall: Duration::ZERO,
+        cpu: Duration::ZERO,
+        peak_rss: None,
+        stdout: Captured::default(),
+        stderr: Captured::default(),
+        result: None,
+        events_dropped: 0,
+        leaked_descendants_killed: 0,
+    }
+}
+
+/// Runs a job to the end (no events consumer).
+pub async fn run(spec: JobSpec) -> Result<Outcome, SpawnError> {
+    let mut p = spawn(spec).await?;
+    drop(p.take_events());
+    Ok(p.wait().await)
+}
+
+/// Starts a job. Must be called inside a tokio runtime (with IO and time
+/// enabled); the fork itself happens on the engine's spawner thread.
+pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
+    let JobSpec {
+        program,
+        args,
+        cwd,
+        mut env,
+        stdin,
+        timeout,
+        kill_grace,
+        max_output,
+        max_line,
+        ipc,
+        masker,
+        sandbox,
+        key,
+        label,
+        private_tmp,
+        control,
+        event_capacity,
+    } = spec;
+    let control = control.unwrap_or_default();
+    let err = |stage, e| SpawnError::new(program.clone(), stage, e);
+
+    let tmpdir = match &private_tmp {
+        Some(base) => {
+            let dir = supervisor::create_private_tmp(base, &key)
+                .map_err(|e| err(SpawnStage::Prepare, e))?;
+            env.insert("TMPDIR".into(), dir.to_string_lossy().into_owned());
+            Some(dir)
+        }
+        None => None,
+    };
+    let cleanup_tmp = |t: &Option<PathBuf>| {
+        if let Some(d) = t {
+            supervisor::remove_private_tmp(d);
+        }
+    };
+
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(&args)
+        .env_clear()
+        .envs(&env)
+        .env(JOB_MARKER_ENV, key.as_str())
+        .current_dir(&cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(match stdin {
+            StdinSpec::Null => Stdio::null(),
+            StdinSpec::Bytes(_) | StdinSpec::Pipe => Stdio::piped(),
+        })
+        .process_group(0);
+
+    let ipc_parts = if ipc {
+        match crate::ipclink::prepare(&mut cmd) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                cleanup_tmp(&tmpdir);
+                return Err(err(SpawnStage::Prepare, e));
+            }
+        }
+    } else {
+        None
+    };
+
+    let parent = sys::self_pid().raw();
+    let ipc_fds = ipc_parts.as_ref().map(|p| p.child_fds());
+    let hook = sandbox.as_ref().map(|s| s.prepared.child_hook());
+    let pre_exec = move || -> io::Result<()> {
+        // SAFETY: prctl with integer arguments; async-signal-safe.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // tsbridge may have died between fork and prctl: then die now.
+        // SAFETY: getppid and raise are async-signal-safe.
+        if unsafe { libc::getppid() } != parent {
+            // SAFETY: as above.
+            unsafe { libc::raise(libc::SIGKILL) };
+        }
+        if let Some((child_fd, target)) = ipc_fds {
+            crate::ipclink::install_in_child(child_fd, target)?;
+        }
+        if let Some(h) = &hook {
+            // SAFETY: we are in the forked child between fork and exec, which
+            // is the hook's contract; it is async-signal-safe (it only reads
+            // data prepared before the fork and makes raw syscalls).
+            unsafe { h.apply() }?;
+        }
+        Ok(())
+    };
+    // SAFETY: `pre_exec` runs in the child between fork and exec. It only
+    // makes raw syscalls (prctl, getppid, raise, the dup2/fcntl of
+    // install_in_child) and calls the sandbox hook; nothing allocates or takes
+    // a lock, and errors are built from a raw errno (no allocation).
+    unsafe {
+        cmd.pre_exec(pre_exec);
+    }
+
+    let spawned = spawner::spawn(cmd).await;
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            cleanup_tmp(&tmpdir);
+            if let Some(s) = &sandbox
+                && let Some(f) = s.prepared.take_child_failure()
+            {
+                tracing::warn!(failure = ?f, "sandbox setup failed in the child");
+            }
+            return Err(err(SpawnStage::Exec, e));
+        }
+    };
+    let started = Instant::now();
+    let started_at = SystemTime::now();
+    let Some(pid) = Pid::new(child.id() as i32) else {
+        cleanup_tmp(&tmpdir);
+        return Err(err(SpawnStage::Wire, io::Error::other("child has no pid")));
+    };
+    let needle = format!("{JOB_MARKER_ENV}={key}").into_bytes();
+    registry::add_group(pid, needle.clone());
+    let tracker = Tracker::new(pid, needle);
+
+    // From here on the child runs: every failure must still end it.
+    let wired = wire(&mut child, ipc_parts);
+    let (stdout, stderr, stdin_pipe, ipc_link) = match wired {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = pid.signal_group(Signal::KILL);
+            let _ = child.kill();
+            let _ = child.wait();
+            registry::leader_done(pid);
+            registry::remove_group(pid);
+            cleanup_tmp(&tmpdir);
+            return Err(err(SpawnStage::Wire, e));
+        }
+    };
+    let pidfd = sys::pidfd_open(pid).ok().and_then(|fd| {
+        // SAFETY: an OwnedFd's raw fd is valid, open and unchanged for as long
+        // as the OwnedFd lives, which is the AsyncFd's whole lifetime.
+        unsafe { AsyncFd::register(fd) }.ok()
+    });
+    // The std Child is only a pid now: we reap it ourselves with wait4.
+    drop(child);
+
+    let dropped = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = mpsc::channel(event_capacity);
+    let results = Arc::new(ResultSlot::default());
+    let readers_stop = CancellationToken::new();
+    let limits = ProtocolLimits {
+        max_line,
+        ..ProtocolLimits::default()
+    };
+    let sink = EventSink {
+        tx: tx.clone(),
+        dropped: dropped.clone(),
+        results: results.clone(),
+    };
+    let stdout_task = tokio::spawn(read_stdout(
+        stdout,
+        max_output,
+        StdoutProtocol::new(limits).with_masker((*masker).clone()),
+        sink.clone(),
+        readers_stop.clone(),
+    ));
+    let stderr_task = tokio::spawn(read_stderr(
+        stderr,
+        max_output,
+        StderrProtocol::new(limits).with_masker((*masker).clone()),
+        sink.clone(),
+        readers_stop.clone(),
+    ));
+    let ipc_task = ipc_link.map(|l| crate::ipclink::forward(l, sink, masker.clone()));
+    drop(tx);
+
+    let mut stdin_handle = None;
+    match (stdin, stdin_pipe) {
+        (StdinSpec::Bytes(bytes), Some(mut w)) => {
+            tokio::spawn(async move {
+                // EPIPE when the child does not read its stdin: not an error.
+                let _ = w.write_all(&bytes).await;
+                let _ = w.shutdown().await;
+            });
+        }
+        (StdinSpec::Pipe, Some(w)) => stdin_handle = Some(w),
+        _ => {}
+    }
+
+    let (done_tx, done_rx) = oneshot::channel();
+    let job = Supervised {
+        pid,
+        key: key.clone(),
+        label,
+        started,
+        started_at,
+        timeout,
+        kill_grace,
+        control: control.clone(),
+        pidfd,
+        tracker,
+        stdout_task,
+        stderr_task,
+        ipc_task,
+        readers_stop,
+        sandbox,
+        masker,
+        dropped,
+        results,
+        tmpdir,
+    };
+    let registration = supervisor::register(&key, control.clone());
+    tokio::spawn(async move {
+        let outcome = job.run().await;
+        drop(registration);
+        let _ = done_tx.send(outcome);
+    });
+
+    Ok(RunningProcess {
+        pid: pid.raw() as u32,
+        key,
+        started_at,
+        events: Some(rx),
+        stdin: stdin_handle,
+        control,
+        done: Some(done_rx),
+    })
+}
+
+type Wired = (
+    tokio::process::ChildStdout,
+    tokio::process::ChildStderr,
+    Option<tokio::process::ChildStdin>,
+    Option<crate::ipclink::Link>,
+);
+
+fn wire(
+    child: &mut std::process::Child,
+    ipc: Option<crate::ipclink::Prepared>,
+) -> io::Result<Wired> {
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("no stdout pipe"))?;
+    let err = child
+        .stderr
+        .take()
+        .ok_or_else(|| io::Error::other("no stderr pipe"))?;
+    for fd in [sys::raw(&out), sys::raw(&err)] {
+        if let Err(e) = sys::set_pipe_size(fd, PIPE_SIZE) {
+            tracing::debug!(error = %e, "pipe keeps its default size");
+        }
+    }
+    let out = tokio::process::ChildStdout::from_std(out)?;
+    let err = tokio::process::ChildStderr::from_std(err)?;
+    let stdin = match child.stdin.take() {
+        Some(s) => Some(tokio::process::ChildStdin::from_std(s)?),
+        None => None,
+    };
+    let link = match ipc {
+        Some(p) => Some(p.start()?),
+        None => None,
+    };
+    Ok((out, err, stdin, link))
+}
+
+/// Where every source of events sends them.
+#[derive(Clone)]
+pub(crate) struct EventSink {
+    tx: mpsc::Sender<ChildEvent>,
+    dropped: Arc<AtomicU64>,
+    results: Arc<ResultSlot>,
+}
+
+/// The last result from any source (stdout protocol or IPC), by arrival.
+#[derive(Default)]
+pub(crate) struct ResultSlot {
+    last: Mutex<Option<Value>>,
+}
+
+impl ResultSlot {
+    fn set(&self, v: Value) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+    }
+    fn take(&self) -> Option<Value> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl EventSink {
+    /// Sends one event without ever blocking the pipe for long (see the
+    /// module doc). Results are also recorded for the outcome.
+    pub(crate) async fn send(&self, ev: ChildEvent) {
+        if let ChildEvent::Result { value } = &ev {
+            self.results.set(value.clone());
+            match self.tx.try_send(ev) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Full(ev)) => {
+                    match tokio::time::timeout(RESULT_SEND_WAIT, self.tx.send(ev)).await {
+                        Ok(_) => {}
+                        Err(_) => {
+                            self.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        match self.tx.try_send(ev) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+struct StdoutDone {
+    captured: Captured,
+    summary: StdoutSummary,
+}
+
+async fn read_chunks<R: AsyncRead + Unpin>(
+    mut r: R,
+    stop: &CancellationToken,
+    mut on_chunk: impl FnMut(&[u8]) -> Vec<ChildEvent>,
+    sink: &EventSink,
+) {
+    let mut buf = vec![0u8; READ_BUF];
+    loop {
+        let n = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            r = r.read(&mut buf) => match r {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "read from child failed");
+                    break;
+                }
+            },
+        };
+        let events = on_chunk(&buf[..n]);
+        for ev in events {
+            sink.send(ev).await;
+        }
+    }
+}
+
+async fn read_stdout(
+    r: tokio::process::ChildStdout,
+    max_output: usize,
+    mut proto: StdoutProtocol,
+    sink: EventSink,
+    stop: CancellationToken,
+) -> StdoutDone {
+    let mut cap = CaptureBuffer::new(max_output);
+    read_chunks(
+        r,
+        &stop,
+        |chunk| {
+            cap.push(chunk);
+            let mut evs = Vec::new();
+            proto.feed(chunk, &mut |e| evs.push(e));
+            evs
+        },
+        &sink,
+    )
+    .await;
+    let mut evs = Vec::new();
+    let summary = proto.finish(&mut |e| evs.push(e));
+    for ev in evs {
+        sink.send(ev).await;
+    }
+    StdoutDone {
+        captured: cap.finish(),
+        summary,
+    }
+}
+
+async fn read_stderr(
+    r: tokio::process::ChildStderr,
+    max_output: usize,
+    mut proto: StderrProtocol,
+    sink: EventSink,
+    stop: CancellationToken,
+) -> Captured {
+    let mut cap = CaptureBuffer::new(max_output);
+    read_chunks(
+        r,
+        &stop,
+        |chunk| {
+            cap.push(chunk);
+            let mut evs = Vec::new();
+            proto.feed(chunk, &mut |e| evs.push(e));
+            evs
+        },
+        &sink,
+    )
+    .await;
+    let mut evs = Vec::new();
+    proto.finish(&mut |e| evs.push(e));
+    for ev in evs {
+        sink.send(ev).await;
+    }
+    cap.finish()
+}
+
+/// Waits for the leader to exit (pidfd readable) and reaps it with wait4.
+async fn wait_leader(pid: Pid, pidfd: Option<AsyncFd<OwnedFd>>) -> io::Result<sys::Reaped> {
+    loop {
+        if let Some(r) = sys::wait4_nohang(pid)? {
+            return Ok(r);
+        }
+        match &pidfd {
+            Some(fd) => {
+                let mut g = fd.readable().await?;
+                g.clear_ready();
+            }
+            None => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// The supervision state of one job.
+struct Supervised {
+    pid: Pid,
+    key: JobKey,
+    label: Option<String>,
+    started: Instant,
+    started_at: SystemTime,
+    timeout: Option<Duration>,
+    kill_grace: Duration,
+    control: ProcessControl,
+    pidfd: Option<AsyncFd<OwnedFd>>,
+    tracker: Tracker,
+    stdout_task: JoinHandle<StdoutDone>,
+    stderr_task: JoinHandle<Captured>,
+    ipc_task: Option<JoinHandle<()>>,
+    readers_stop: CancellationToken,
+    sandbox: Option<crate::spec::SandboxAttachment>,
+    masker: Arc<Masker>,
+    dropped: Arc<AtomicU64>,
+    results: Arc<ResultSlot>,
+    tmpdir: Option<PathBuf>,
+}
+
+/// Where the leader is.
+enum Leader {
+    Running,
+    Reaped { r: sys::Reaped, at: Instant },
+    Lost,
+}
+
+impl Supervised {
+    async fn run(mut self) -> Outcome {
+        let span =
+            tracing::debug_span!("job", key = %self.key, pid = self.pid.raw(), label = ?self.label);
+        let _e = span.enter();
+        let pidfd = self.pidfd.take();
+        let mut leader_fut = pin!(wait_leader(self.pid, pidfd));
+        let mut leader = Leader::Running;
+        let deadline = self
+            .timeout
+            .map(|t| tokio::time::Instant::from_std(self.started + t));
+        let control = self.control.clone();
+
+        let stop: Option<(EndReason, Duration)> = tokio::select! {
+            r = leader_fut.as_mut() => {
+                leader = self.on_leader(r);
+                None
+            }
+            _ = sleep_until_opt(deadline) => Some((EndReason::Timeout, self.kill_grace)),
+            req = control.stopped() => Some((req.reason.into(), req.grace.unwrap_or(self.kill_grace))),
+        };
+
+        let mut leaked = 0u32;
+        let reason_override = match stop {
+            Some((reason, grace)) => {
+                tracing::debug!(%reason, ?grace, "terminating job");
+                self.terminate(&mut leader_fut, &mut leader, grace).await;
+                Some(reason)
+            }
+            None => {
+                if self.tracker.maybe_leftovers() {
+                    let found = self.tracker.discover(true);
+                    leaked = found.len() as u32;
+                    if leaked > 0 {
+                        tracing::debug!(leaked, "killing leftovers after the leader exited");
+                    }
+                    self.terminate(&mut leader_fut, &mut leader, self.kill_grace)
+                        .await;
+                }
+                None
+            }
+        };
+        self.tracker.reap();
+        self.finish(leader, reason_override, leaked).await
+    }
+
+    fn on_leader(&mut self, r: io::Result<sys::Reaped>) -> Leader {
+        registry::leader_done(self.pid);
+        self.tracker.set_leader_reaped();
+        match r {
+            Ok(r) => Leader::Reaped {
+                r,
+                at: Instant::now(),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot wait for the child");
+                Leader::Lost
+            }
+        }
+    }
+
+    /// TERM -> grace -> KILL -> bounded wait until nothing of the job is alive.
+    async fn terminate<F>(
+        &mut self,
+        leader_fut: &mut Pin<&mut F>,
+        leader: &mut Leader,
+        grace: Duration,
+    ) where
+        F: Future<Output = io::Result<sys::Reaped>>,
+    {
+        self.signal(Signal::TERM);
+        let grace_end = Instant::now() + grace;
+        loop {
+            self.poll_leader(leader_fut, leader, POLL).await;
+            self.tracker.reap();
+            if !matches!(leader, Leader::Running) && self.all_gone() {
+                return;
+            }
+            if Instant::now() >= grace_end {
+                break;
+            }
+        }
+        let kill_end = Instant::now() + KILL_WAIT;
+        loop {
+            self.signal(Signal::KILL);
+            if let Some(sb) = &self.sandbox
+                && sb.prepared.cgroup().is_some()
+            {
+                let prepared = sb.prepared.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || prepared.cgroup().map(|cg| cg.kill_all()))
+                        .await;
+            }
+            self.poll_leader(leader_fut, leader, POLL).await;
+            self.tracker.reap();
+            if !matches!(leader, Leader::Running) && self.all_gone() {
+                return;
+            }
+            if Instant::now() >= kill_end {
+                break;
+            }
+        }
+        tracing::warn!("processes of the job survived SIGKILL for {KILL_WAIT:?}");
+        if matches!(leader, Leader::Running) {
+            // A SIGKILLed leader always dies; wait for it without a bound.
+            let r = leader_fut.as_mut().await;
+            *leader = self.on_leader(r);
+        }
+    }
+
+    async fn poll_leader<F>(&mut self, fut: &mut Pin<&mut F>, leader: &mut Leader, wait: Duration)
+    where
+        F: Future<Output = io::Result<sys::Reaped>>,
+    {
+        if matches!(leader, Leader::Running) {
+            if let Ok(r) = tokio::time::timeout(wait, fut.as_mut()).await {
+                *leader = self.on_leader(r);
+            }
+        } else {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn signal(&mut self, sig: Signal) {
+        let cg = self.sandbox.as_ref().and_then(|s| s.prepared.cgroup());
+        let f = cg.map(|cg| {
+            move |sig: Signal| {
+                if let Err(e) = cg.signal_all(sig.as_raw()) {
+                    tracing::debug!(error = %e, "cgroup signal failed");
+                }
+            }
+        });
+        let f_ref = f.as_ref().map(|f| f as &dyn Fn(Signal));
+        self.tracker.signal_all(sig, f_ref, true);
+    }
+
+    fn all_gone(&mut self) -> bool {
+        if let Some(cg) = self.sandbox.as_ref().and_then(|s| s.prepared.cgroup())
+            && cg.pids().is_ok_and(|p| !p.is_empty())
+        {
+            return false;
+        }
+        self.tracker.discover(true).is_empty()
+    }
+
+    async fn finish(mut self, leader: Leader, stop: Option<EndReason>, leaked: u32) -> Outcome {
+        // The tree is gone: the pipes reach EOF unless something outside the
+        // job holds them; then the readers are stopped after DRAIN_WAIT.
+        let drain = async {
+            let out = (&mut self.stdout_task).await;
+            let err = (&mut self.stderr_task).await;
+            (out, err)
+        };
+        let (out, err) = match tokio::time::timeout(DRAIN_WAIT, drain).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(
+                    "a pipe of the job is held open by an unknown process; stopped reading"
+                );
+                self.readers_stop.cancel();
+                ((&mut self.stdout_task).await, (&mut self.stderr_task).await)
+            }
+        };
+        if let Some(t) = self.ipc_task.take() {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(DRAIN_WAIT, t).await.is_err() {
+                tracing::debug!("ipc forwarder did not finish");
+                abort.abort();
+            }
+        }
+        let (mut stdout, summary) = match out {
+            Ok(d) => (d.captured, d.summary),
+            Err(_) => (Captured::default(), StdoutSummary::default()),
+        };
+        let mut stderr = err.unwrap_or_default();
+
+        let (exit, reaped_at, cpu, maxrss) = match leader {
+            Leader::Reaped { r, at } => {
+                (ExitKind::from_status(r.status), at, r.cpu, Some(r.maxrss))
+            }
+            Leader::Running | Leader::Lost => (
+                ExitKind::Signal(libc::SIGKILL),
+                Instant::now(),
+                Duration::ZERO,
+                None,
+            ),
+        };
+
+        let mut peak_rss = maxrss;
+        let mut cpu = cpu;
+        let mut breach = None;
+        if let Some(sb) = &self.sandbox
+            && let Some(cg) = sb.prepared.cgroup()
+        {
+            let stats = cg.stats();
+            if let Some(p) = stats.memory_peak {
+                peak_rss = Some(p);
+            }
+            if let Some(ns) = stats.cpu_usage_ns {
+                cpu = cpu.max(Duration::from_nanos(ns));
+            }
+            if stop.is_none() && !exit.success() {
+                breach = stats.breach(&sb.policy, exit.signal());
+            }
+        }
+        let reason = match stop {
+            Some(r) => r,
+            None => match breach {
+                Some(tsbridge_sandbox::LimitBreach::Memory) => EndReason::MemoryLimit,
+                Some(tsbridge_sandbox::LimitBreach::Pids) => EndReason::PidsLimit,
+                Some(tsbridge_sandbox::LimitBreach::Cpu) => EndReason::CpuLimit,
+                None => match exit {
+                    ExitKind::Signal(libc::SIGXCPU) => EndReason::CpuLimit,
+                    ExitKind::Signal(_) => EndReason::Signaled,
+                    ExitKind::Code(_) => EndReason::Exited,
+                },
+            },
+        };
+
+        let result = match self.results.take() {
+            Some(v) => Some(v),
+            None => {
+                let v = ResultExtractor::new().resolve(
+                    &summary,
+                    exit.success() && stop.is_none(),
+                    &stdout,
+                    &self.masker,
+                );
+                (!v.is_null()).then_some(v)
+            }
+        };
+        mask_captured(&self.masker, &mut stdout);
+        mask_captured(&self.masker, &mut stderr);
+
+        registry::remove_group(self.pid);
+        if let Some(d) = self.tmpdir.take() {
+            supervisor::remove_private_tmp(&d);
+        }
+
+        Outcome {
+            pid: self.pid.raw() as u32,
+            key: self.key.clone(),
+            exit,
+            reason,
+            started_at: self.started_at,
+            wall: reaped_at.saturating_duration_since(self.started),
+            cpu,
+            peak_rss,
+            stdout,
+            stderr,
+            result,
+            events_dropped: self.dropped.load(Ordering::Relaxed),
+            leaked_descendants_killed: leaked,
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Replaces a capture's bytes by their masked text (lossy UTF-8) when the
+/// masker has secrets; otherwise keeps the bytes verbatim.
+fn mask_captured(masker: &Masker, c: &mut Captured) {
+    if masker.is_empty() {
+        return;
+    }
+    let cut = c.truncated();
+    let head = String::from_utf8_lossy(&c.head);
+    let masked_head = masker.mask_cut(&head, false, cut).into_owned();
+    let tail = String::from_utf8_lossy(&c.tail);
+    let masked_tail = masker.mask_cut(&tail, cut, false).into_owned();
+    c.head = masked_head.into_bytes();
+    c.tail = masked_tail.into_bytes();
+}

@@ -1,0 +1,81 @@
+//! The one thread that forks. `PR_SET_PDEATHSIG` fires when the *thread*
+//! that forked the child exits, not the process: a child forked from a
+//! `spawn_blocking` thread (which tokio retires after 10 s idle) or from a
+//! short-lived runtime's worker would be SIGKILLed when that thread ends. So
+//! every fork happens on this dedicated thread, which lives as long as the
+//! process. It also holds the leader registry's lock across the fork, so the
+//! orphan reaper can never mistake a new leader for an orphan.
+
+use std::io;
+use std::process::{Child, Command};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+
+use tokio::sync::oneshot;
+
+use crate::registry;
+
+struct Request {
+    cmd: Command,
+    reply: oneshot::Sender<io::Result<Child>>,
+}
+
+fn sender() -> io::Result<&'static mpsc::Sender<Request>> {
+    static TX: OnceLock<mpsc::Sender<Request>> = OnceLock::new();
+    if let Some(tx) = TX.get() {
+        return Ok(tx);
+    }
+    let (tx, rx) = mpsc::channel::<Request>();
+    std::thread::Builder::new()
+        .name("tsbridge-spawner".into())
+        .spawn(move || run(rx))?;
+    // Another caller may have won the race: its thread serves; ours exits
+    // when its channel's sender (dropped here) goes away.
+    let _ = TX.set(tx);
+    TX.get()
+        .ok_or_else(|| io::Error::other("spawner thread not initialised"))
+}
+
+fn run(rx: mpsc::Receiver<Request>) {
+    while let Ok(Request { mut cmd, reply }) = rx.recv() {
+        let result = {
+            let mut leaders = registry::lock_leaders();
+            let r = cmd.spawn();
+            if let Ok(child) = &r {
+                leaders
+                    .get_or_insert_with(Default::default)
+                    .insert(child.id() as i32);
+            }
+            r
+        };
+        // Drop the Command (and the fds it holds for the child) here, before
+        // answering, so the parent's copies of the child's pipe ends are closed.
+        drop(cmd);
+        if let Err(Ok(child)) = reply.send(result) {
+            // The caller went away: nobody will wait for this child. Kill it;
+            // the leader stays registered so the orphan reaper leaves it, and
+            // a detached waiter reaps it.
+            kill_abandoned(child);
+        }
+    }
+}
+
+fn kill_abandoned(mut child: Child) {
+    let _ = child.kill();
+    std::thread::spawn(move || {
+        let _ = child.wait();
+        registry::leader_done(
+            crate::sys::Pid::new(child.id() as i32).unwrap_or(crate::sys::self_pid()),
+        );
+    });
+}
+
+/// Forks and execs `cmd` on the spawner thread.
+pub(crate) async fn spawn(cmd: Command) -> io::Result<Child> {
+    let (reply, rx) = oneshot::channel();
+    sender()?
+        .send(Request { cmd, reply })
+        .map_err(|_| io::Error::other("spawner thread is gone"))?;
+    rx.await
+        .map_err(|_| io::Error::other("spawner thread dropped the request"))?
+}

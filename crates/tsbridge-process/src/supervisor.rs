@@ -1,0 +1,168 @@
+//! Process-wide supervision: [`init_supervisor`] (called once by the binary
+//! at startup: child subreaper + orphan reaper), the registry of live jobs,
+//! and [`shutdown_all`] which ends every running job (TERM, grace, KILL) and
+//! removes the temp files the engine created (per-job TMPDIRs).
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::engine::{ProcessControl, StopReason};
+use crate::registry;
+use crate::spec::JobKey;
+
+/// What [`init_supervisor`] set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SupervisorInfo {
+    /// tsbridge is a child subreaper: orphaned descendants of jobs (e.g.
+    /// `setsid` double-fork daemons) are reparented to it, found by the
+    /// descendant tracker and reaped by the orphan reaper.
+    pub subreaper: bool,
+}
+
+/// Makes tsbridge a child subreaper (`PR_SET_CHILD_SUBREAPER`) and starts the
+/// background orphan reaper (reaps adopted zombies of jobs by their specific
+/// pids; never `waitpid(-1)`). Call once at startup, inside the tokio runtime.
+/// Without it the engine still works: orphans then live under PID 1 and are
+/// found at termination by a full `/proc` scan for the job marker.
+pub fn init_supervisor() -> io::Result<SupervisorInfo> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    registry::set_subreaper();
+    registry::start_background_reaper();
+    Ok(SupervisorInfo { subreaper: true })
+}
+
+struct Entry {
+    control: ProcessControl,
+    done: tokio::sync::watch::Receiver<bool>,
+}
+
+struct Live {
+    jobs: HashMap<JobKey, Entry>,
+    tmpdirs: Vec<PathBuf>,
+}
+
+static LIVE: Mutex<Option<Live>> = Mutex::new(None);
+
+fn live() -> MutexGuard<'static, Option<Live>> {
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn with_live<R>(f: impl FnOnce(&mut Live) -> R) -> R {
+    let mut g = live();
+    let l = g.get_or_insert_with(|| Live {
+        jobs: HashMap::new(),
+        tmpdirs: Vec::new(),
+    });
+    f(l)
+}
+
+/// Keeps a job in the registry until dropped (when its outcome is ready).
+#[derive(Debug)]
+pub(crate) struct Registration {
+    key: JobKey,
+    done: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let _ = self.done.send(true);
+        with_live(|l| l.jobs.remove(&self.key));
+    }
+}
+
+pub(crate) fn register(key: &JobKey, control: ProcessControl) -> Registration {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    with_live(|l| {
+        l.jobs.insert(key.clone(), Entry { control, done: rx });
+    });
+    Registration {
+        key: key.clone(),
+        done: tx,
+    }
+}
+
+/// How many jobs the engine is running now.
+pub fn live_jobs() -> usize {
+    with_live(|l| l.jobs.len())
+}
+
+/// What [`shutdown_all`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Jobs that were running and were stopped.
+    pub stopped: usize,
+    /// Jobs that had still not ended when the wait bound expired.
+    pub still_running: usize,
+    /// Private TMPDIRs removed.
+    pub tmpdirs_removed: usize,
+}
+
+/// Stops every running job with reason `shutdown` (TERM, `grace`, KILL, for
+/// the whole tree of each), waits until they have ended (bounded by
+/// `grace` + 15 s), then removes every private TMPDIR the engine created.
+pub async fn shutdown_all(grace: Duration) -> ShutdownReport {
+    let entries: Vec<(ProcessControl, tokio::sync::watch::Receiver<bool>)> = with_live(|l| {
+        l.jobs
+            .values()
+            .map(|e| (e.control.clone(), e.done.clone()))
+            .collect()
+    });
+    let stopped = entries.len();
+    for (c, _) in &entries {
+        c.stop(StopReason::Shutdown, Some(grace));
+    }
+    let deadline = Instant::now() + grace + Duration::from_secs(15);
+    let mut still_running = 0;
+    for (_, mut done) in entries {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ended = matches!(
+            tokio::time::timeout(left, done.wait_for(|d| *d)).await,
+            Ok(Ok(_))
+        );
+        if !ended && !*done.borrow() {
+            still_running += 1;
+        }
+    }
+    let dirs: Vec<PathBuf> = with_live(|l| std::mem::take(&mut l.tmpdirs));
+    let mut tmpdirs_removed = 0;
+    for d in dirs {
+        if std::fs::remove_dir_all(&d).is_ok() {
+            tmpdirs_removed += 1;
+        }
+    }
+    ShutdownReport {
+        stopped,
+        still_running,
+        tmpdirs_removed,
+    }
+}
+
+/// Creates `<base>/tsbridge-<key>` with mode 0700 and records it.
+pub(crate) fn create_private_tmp(base: &Path, key: &JobKey) -> io::Result<PathBuf> {
+    let dir = base.join(format!("tsbridge-{key}"));
+    std::fs::DirBuilder::new()
+        .recursive(false)
+        .mode(0o700)
+        .create(&dir)?;
+    // The umask may have narrowed it further; make it exactly 0700.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    with_live(|l| l.tmpdirs.push(dir.clone()));
+    Ok(dir)
+}
+
+/// Removes a private TMPDIR (after the job's tree is gone).
+pub(crate) fn remove_private_tmp(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot remove job TMPDIR");
+    }
+    with_live(|l| l.tmpdirs.retain(|d| d != dir));
+}

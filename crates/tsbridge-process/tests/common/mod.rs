@@ -1,0 +1,104 @@
+//! Helpers shared by the integration tests: fixture paths, a minimal child
+//! environment, /proc liveness checks and an awaiting helper.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tsbridge_process::{JobSpec, JobSpecBuilder};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    repo_root().join("fixtures").join(name)
+}
+
+pub fn node() -> PathBuf {
+    PathBuf::from("/usr/bin/node")
+}
+
+/// The environment the tests give children: just PATH and HOME.
+pub fn base_env() -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
+    env.insert("HOME".into(), "/tmp".into());
+    env
+}
+
+/// `node <fixture> args...` with the base env, cwd = fixtures/.
+pub fn node_fixture(name: &str) -> JobSpecBuilder {
+    JobSpec::builder(node())
+        .arg(fixture(name))
+        .cwd(repo_root().join("fixtures"))
+        .envs(base_env())
+}
+
+/// Whether `pid` is alive (exists and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let after = s
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start())
+                .unwrap_or("");
+            !after.starts_with('Z') && !after.starts_with('X')
+        }
+        Err(_) => false,
+    }
+}
+
+/// Pids of live processes whose initial environment carries `TSBRIDGE_JOB=<key>`.
+pub fn marked(key: &str) -> Vec<i32> {
+    let needle = format!("TSBRIDGE_JOB={key}");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() as i32 || !alive(pid) {
+            continue;
+        }
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ"))
+            && env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads a JSON pid file written by a fixture, waiting for it to appear.
+pub async fn read_pidfile(path: &std::path::Path) -> serde_json::Value {
+    let mut v = None;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            v = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| serde_json::from_str(&s).ok());
+            v.is_some()
+        })
+        .await,
+        "pid file {path:?} never appeared"
+    );
+    v.expect("pid file")
+}
