@@ -152,7 +152,8 @@ impl Dispatcher {
     pub(crate) async fn run(mut self) {
         let mut tick = tokio::time::interval(self.cfg.maintenance_tick());
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
+        let mut handles_gone = false;
+        let done = loop {
             let acquire_deadline = self
                 .waiting
                 .front()
@@ -166,10 +167,13 @@ impl Dispatcher {
                 _ => None,
             };
             tokio::select! {
-                cmd = self.commands.recv() => match cmd {
+                cmd = self.commands.recv(), if !handles_gone => match cmd {
                     Some(cmd) => self.on_command(cmd),
                     // Every Pool handle is gone: end the workers now.
-                    None => self.begin_shutdown(Duration::ZERO, None),
+                    None => {
+                        handles_gone = true;
+                        self.begin_shutdown(Duration::ZERO, None);
+                    }
                 },
                 Some(report) = self.reports.recv() => self.on_report(report),
                 _ = sleep_until(acquire_deadline.unwrap_or_else(Instant::now)), if acquire_deadline.is_some() => {
@@ -183,24 +187,25 @@ impl Dispatcher {
             if let Phase::Draining { done, .. } = &mut self.phase
                 && self.workers.is_empty()
             {
-                for d in done.drain(..) {
-                    let _ = d.send(());
-                }
+                let done = std::mem::take(done);
                 self.publish();
-                break;
+                break done;
             }
             self.publish();
-        }
+        };
         tracing::debug!(pool = %self.name, "pool drained");
-        // Every worker has ended: drop the launcher now (it owns the
-        // materialized host script, which goes with it), then keep
-        // answering late callers until every handle is gone.
+        // Every worker has ended: drop the launcher (it owns the
+        // materialized host script, which goes with it), tell the shutdown
+        // callers, then answer late callers until every handle is gone.
         let Dispatcher {
             mut commands,
             launcher,
             ..
         } = self;
         drop(launcher);
+        for d in done {
+            let _ = d.send(());
+        }
         commands.close();
         while let Some(cmd) = commands.recv().await {
             match cmd {

@@ -24,6 +24,10 @@ use super::{EventSink, PoolJob, PoolOutcome};
 pub enum WorkerInput {
     /// One JSON message from the host over the IPC channel.
     Message(Value),
+    /// A `progress`/`log`/`result` envelope from the host that the IPC
+    /// layer already turned into an event (without its id): it belongs to
+    /// the job running now. A `Result` here is that job's value.
+    HostEvent(ChildEvent),
     /// A line the process wrote to stdout or stderr (pool hosts keep stdout
     /// free, so these are stray writes and crash traces).
     Output(ChildEvent),
@@ -125,6 +129,8 @@ pub(crate) async fn run_worker(
             }
         },
     };
+    // The launcher owns the host script file: hold it no longer than needed.
+    drop(launcher);
     let io = match launched {
         Ok(io) => io,
         Err(error) => {
@@ -209,7 +215,7 @@ impl Worker {
                         HostMessage::Fatal { message, stack } => fatal = Some((message, stack)),
                         other => tracing::debug!(worker = %self.id, ?other, "unexpected message while starting"),
                     },
-                    Some(WorkerInput::Output(ev)) => log_output(self.id, &ev),
+                    Some(WorkerInput::Output(ev) | WorkerInput::HostEvent(ev)) => log_output(self.id, &ev),
                     Some(WorkerInput::Exited(exit)) => return Err(start_failure(fatal, exit)),
                     None => return Err(start_failure(fatal, WorkerExit::Unknown)),
                 },
@@ -270,7 +276,7 @@ impl Worker {
                         }
                         other => tracing::debug!(worker = %self.id, ?other, "message from an idle worker ignored"),
                     },
-                    Some(WorkerInput::Output(ev)) => log_output(self.id, &ev),
+                    Some(WorkerInput::Output(ev) | WorkerInput::HostEvent(ev)) => log_output(self.id, &ev),
                     Some(WorkerInput::Exited(exit)) => return End { exit, crashed: true },
                     None => return End { exit: WorkerExit::Unknown, crashed: true },
                 },
@@ -354,6 +360,17 @@ impl Worker {
                             }
                             other => tracing::debug!(worker = %self.id, job = %id, ?other, "message ignored during a job"),
                         }
+                    }
+                    Some(WorkerInput::HostEvent(ChildEvent::Result { value })) => {
+                        let result = match abort {
+                            Some((reason, _)) => Err(aborted_error(reason, false)),
+                            None => Ok(value),
+                        };
+                        let _ = reply.send(outcome(result, self.io.pid, self.id));
+                        return self.after_job(abort, retire_after, None);
+                    }
+                    Some(WorkerInput::HostEvent(ev)) => {
+                        let _ = sink.send(ev).await;
                     }
                     Some(WorkerInput::Output(ev)) => {
                         let _ = sink.send(neutralize(ev)).await;
@@ -454,7 +471,7 @@ impl Worker {
                 input = self.io.from_host.recv() => match input {
                     Some(WorkerInput::Exited(exit)) => return exit,
                     None => return WorkerExit::Unknown,
-                    Some(WorkerInput::Output(ev)) => log_output(self.id, &ev),
+                    Some(WorkerInput::Output(ev) | WorkerInput::HostEvent(ev)) => log_output(self.id, &ev),
                     Some(WorkerInput::Message(_)) => {}
                 },
                 _ = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
