@@ -3,21 +3,26 @@
 // Started by tsbridge as
 //   node [--import <tsx loader> | -r ts-node/register] worker-host.mjs <module> [--dev]
 // with Node's IPC channel open (NODE_CHANNEL_FD). It loads the workflow module
-// ONCE, announces itself ready, then serves jobs one at a time over
+// ONCE, answers pings once it is loaded, and serves jobs one at a time over
 // process.on('message') until the channel closes.
 //
-// Every message is the envelope {id, type, payload, timestamp} of SPEC §2.3.
-//   tsbridge -> host   {type:"request", id:<job id>,  payload:{op:"run", workflow, params}}
-//                      {type:"request", id:<req id>,  payload:{op:"cancel", jobId, reason}}
-//                      {type:"request", id:<req id>,  payload:{op:"ping"}}
-//   host -> tsbridge   {type:"response", id:"ready",  payload:{op:"ready", pid, exports, node}}
-//                      {type:"error",    id:"ready",  payload:{op:"fatal", message, stack?}}  then exit 78
-//                      {type:"progress", id:<job id>, payload:{current, total, message}}
-//                      {type:"log",      id:<job id>, payload:{level, message}}
-//                      {type:"result",   id:<job id>, payload:<the handler's value>}
-//                      {type:"error",    id:<job id>, payload:{message, name, aborted, stack?}}
-//                      {type:"response", id:<req id>, payload:{op:"pong", rss, heapUsed, busy, jobs, uptimeMs}}
-//                      {type:"response", id:<req id>, payload:{op:"cancel", jobId, found}}
+// Every message is the envelope {id, type, payload, timestamp} of SPEC §2.3,
+// and every exchange is a request from tsbridge answered by a `response` or
+// an `error` with the same id (tsbridge's IPC layer correlates them):
+//   {type:"request", id, payload:{op:"ping"}}
+//       -> {type:"response", id, payload:{op:"pong", ready, pid, exports, node, rss, heapUsed, busy, jobs, uptimeMs}}
+//   {type:"request", id, payload:{op:"run", jobId, workflow, params}}
+//       -> {type:"progress", id, payload:{current, total, message}}   (ctx.progress)
+//       -> {type:"log",      id, payload:{level, message}}            (ctx.log, console.*)
+//       -> {type:"response", id, payload:<the handler's value>}       or
+//          {type:"error",    id, payload:{message, name, aborted, stack?}}
+//   {type:"request", id, payload:{op:"cancel", jobId, reason}}
+//       -> {type:"response", id, payload:{op:"cancel", jobId, found}}
+// Messages that arrive while the module loads are queued by Node until the
+// listener exists, so the first ping's answer means "loaded and serving".
+// If the module cannot be loaded (or exports no function) the host sends
+//   {type:"log", id:"fatal", payload:{level:"error", message, fatal:true}}
+// and exits 78.
 //
 // One job at a time per worker, on purpose: a job that must be killed (timeout,
 // ignored cancel) or that crashes the process takes down only itself; console
@@ -62,10 +67,10 @@ function send(type, id, payload) {
     return true;
   } catch (err) {
     // JSON.stringify failed (BigInt, circular): say so instead of the value.
-    if (type === 'result' || type === 'progress' || type === 'log') {
+    if (type === 'response' || type === 'progress' || type === 'log') {
       process.send(
         envelope('error', id, {
-          message: `${type} is not JSON-serializable: ${err && err.message ? err.message : String(err)}`,
+          message: `${type === 'response' ? 'result' : type} is not JSON-serializable: ${err && err.message ? err.message : String(err)}`,
           name: 'TypeError',
           aborted: false,
         }),
@@ -163,15 +168,16 @@ function abortReason(reason) {
 
 async function runJob(ns, id, payload) {
   if (current) {
-    send('error', id, { message: `worker busy with job ${current.id}`, name: 'BusyError', aborted: false });
+    send('error', id, { message: `worker busy with job ${current.jobId}`, name: 'BusyError', aborted: false });
     return;
   }
   const controller = new AbortController();
-  const job = { id, controller, settled: false };
+  const jobId = payload.jobId == null ? String(id) : String(payload.jobId);
+  const job = { id, jobId, controller, settled: false };
   current = job;
   const workflow = typeof payload.workflow === 'string' ? payload.workflow : '';
   const ctx = Object.freeze({
-    jobId: id,
+    jobId,
     workflow,
     signal: controller.signal,
     progress(cur, total, message) {
@@ -188,7 +194,7 @@ async function runJob(ns, id, payload) {
     const handler = findHandler(ns, workflow);
     if (!handler) throw new TypeError(`no handler for workflow "${workflow}": export a function named ${camelCase(workflow)} or a default function`);
     const value = await handler(payload.params ?? {}, ctx);
-    settledAs = ['result', value === undefined ? null : value];
+    settledAs = ['response', value === undefined ? null : value];
   } catch (err) {
     settledAs = ['error', errorPayload(err, controller.signal.aborted)];
   }
@@ -205,7 +211,7 @@ function handleRequest(ns, msg) {
       void runJob(ns, msg.id, payload);
       return;
     case 'cancel': {
-      const found = current !== null && !current.settled && (payload.jobId == null || payload.jobId === current.id);
+      const found = current !== null && !current.settled && (payload.jobId == null || String(payload.jobId) === current.jobId);
       if (found) current.controller.abort(abortReason(payload.reason));
       send('response', msg.id, { op: 'cancel', jobId: payload.jobId ?? null, found });
       return;
@@ -214,6 +220,10 @@ function handleRequest(ns, msg) {
       const mem = process.memoryUsage();
       send('response', msg.id, {
         op: 'pong',
+        ready: true,
+        pid: process.pid,
+        exports: exportedNames,
+        node: process.version,
         rss: mem.rss,
         heapUsed: mem.heapUsed,
         busy: current !== null,
@@ -227,28 +237,34 @@ function handleRequest(ns, msg) {
   }
 }
 
+let exportedNames = [];
+
+function fatal(message, err) {
+  const text = dev && err && err.stack ? `${message}\n${err.stack}` : message;
+  process.stderr.write(`tsbridge worker host: ${text}\n`);
+  const env = envelope('log', 'fatal', { level: 'error', message: text, fatal: true });
+  if (process.connected) {
+    setTimeout(() => process.exit(EXIT_FATAL), 2000).unref();
+    process.send(env, () => process.exit(EXIT_FATAL));
+  }
+  else process.exit(EXIT_FATAL);
+}
+
 async function main() {
   if (!modulePath) {
-    send('error', 'ready', { op: 'fatal', message: 'usage: worker-host.mjs <module path> [--dev]' });
-    process.exitCode = EXIT_FATAL;
-    process.disconnect();
+    fatal('usage: worker-host.mjs <module path> [--dev]');
     return;
   }
   let ns;
   try {
     ns = await loadModule(modulePath);
   } catch (err) {
-    const p = { op: 'fatal', message: `cannot load ${modulePath}: ${err && err.message ? err.message : String(err)}` };
-    if (dev && err && err.stack) p.stack = err.stack;
-    process.send(envelope('error', 'ready', p), () => process.exit(EXIT_FATAL));
+    fatal(`cannot load ${modulePath}: ${err && err.message ? err.message : String(err)}`, err);
     return;
   }
-  const exports = exportedFunctions(ns);
-  if (exports.length === 0) {
-    process.send(
-      envelope('error', 'ready', { op: 'fatal', message: `${modulePath} exports no handler function (expected a default export or one named per workflow)` }),
-      () => process.exit(EXIT_FATAL),
-    );
+  exportedNames = exportedFunctions(ns);
+  if (exportedNames.length === 0) {
+    fatal(`${modulePath} exports no handler function (expected a default export or one named per workflow)`);
     return;
   }
   process.on('message', (msg) => {
@@ -259,7 +275,6 @@ async function main() {
     if (current) current.controller.abort(abortReason('shutdown'));
     process.exit(0);
   });
-  send('response', 'ready', { op: 'ready', pid: process.pid, exports, node: process.version });
 }
 
 // Crashes inside a handler's stray callbacks: tell tsbridge which job, then die
@@ -268,7 +283,9 @@ process.on('uncaughtException', (err) => {
   const message = err && err.message ? err.message : String(err);
   process.stderr.write(`tsbridge worker host: uncaught exception: ${dev && err && err.stack ? err.stack : message}\n`);
   if (current && process.connected) {
-    send('log', current.id, { level: 'error', message: `uncaught exception: ${message}` });
+    setTimeout(() => process.exit(70), 2000).unref();
+    process.send(envelope('log', current.id, { level: 'error', message: `uncaught exception: ${message}` }), () => process.exit(70));
+    return;
   }
   process.exit(70);
 });

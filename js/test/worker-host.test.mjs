@@ -38,15 +38,17 @@ async function start(module, { execArgv = [], args = [] } = {}) {
       await new Promise((r) => { waiters.push(r); setTimeout(r, 100); });
     }
   }
-  const first = await next((m) => m.id === 'ready');
+  // The first ping's answer means "loaded"; a load failure is a fatal log.
+  child.send({ id: 'boot', type: 'request', payload: { op: 'ping' }, timestamp: Date.now() });
+  const first = await next((m) => m.id === 'boot' || m.id === 'fatal');
   let seq = 0;
   return {
     child, out, first, inbox, next, exited,
     /** Runs one job; returns {end, events} where end is the result/error envelope. */
     async run(params, workflow = 'wf') {
       const id = `job-${++seq}`;
-      child.send({ id, type: 'request', payload: { op: 'run', workflow, params }, timestamp: Date.now() });
-      const end = await next((m) => m.id === id && (m.type === 'result' || m.type === 'error'));
+      child.send({ id, type: 'request', payload: { op: 'run', jobId: `J${id}`, workflow, params }, timestamp: Date.now() });
+      const end = await next((m) => m.id === id && (m.type === 'response' || m.type === 'error'));
       const events = [];
       for (let i = inbox.length - 1; i >= 0; i--) if (inbox[i].id === id) events.unshift(inbox.splice(i, 1)[0]);
       return { id, end, events };
@@ -67,11 +69,12 @@ async function start(module, { execArgv = [], args = [] } = {}) {
   };
 }
 
-test('ready message names the exports and the pid', async () => {
+test('the first pong says ready and names the exports and the pid', async () => {
   const h = await start(fx('handlers.mjs'));
   try {
     assert.equal(h.first.type, 'response');
-    assert.equal(h.first.payload.op, 'ready');
+    assert.equal(h.first.payload.op, 'pong');
+    assert.equal(h.first.payload.ready, true);
     assert.equal(h.first.payload.pid, h.child.pid);
     assert.ok(h.first.payload.exports.includes('default'));
     assert.ok(h.first.payload.exports.includes('dataAnalysis'));
@@ -86,10 +89,10 @@ test('serves many jobs on one process, params and ctx round-trip', async () => {
   try {
     for (let i = 0; i < 50; i++) {
       const { id, end } = await h.run({ mode: 'echo', i, s: 'é ✓' }, 'plain');
-      assert.equal(end.type, 'result');
+      assert.equal(end.type, 'response');
       assert.deepEqual(end.payload.params, { mode: 'echo', i, s: 'é ✓' });
       assert.equal(end.payload.workflow, 'plain');
-      assert.equal(end.payload.jobId, id);
+      assert.equal(end.payload.jobId, `J${id}`);
       assert.equal(end.payload.pid, h.child.pid);
     }
   } finally {
@@ -184,12 +187,12 @@ test('undefined becomes null; a non-serializable result is an error, worker surv
   const h = await start(fx('handlers.mjs'));
   try {
     const u = (await h.run({ mode: 'undefined' })).end;
-    assert.equal(u.type, 'result');
+    assert.equal(u.type, 'response');
     assert.equal(u.payload, null);
     const b = (await h.run({ mode: 'bigint' })).end;
     assert.equal(b.type, 'error');
     assert.match(b.payload.message, /not JSON-serializable.*BigInt/);
-    assert.equal((await h.run({ mode: 'echo' })).end.type, 'result');
+    assert.equal((await h.run({ mode: 'echo' })).end.type, 'response');
   } finally {
     await h.stop();
   }
@@ -198,14 +201,14 @@ test('undefined becomes null; a non-serializable result is an error, worker surv
 test('cancel aborts the job signal with the reason; the worker serves the next job', async () => {
   const h = await start(fx('handlers.mjs'));
   try {
-    h.child.send({ id: 'j1', type: 'request', payload: { op: 'run', workflow: 'w', params: { mode: 'wait-abort' } } });
-    const ack = await h.request({ op: 'cancel', jobId: 'j1', reason: 'timeout' });
-    assert.deepEqual(ack.payload, { op: 'cancel', jobId: 'j1', found: true });
+    h.child.send({ id: 'j1', type: 'request', payload: { op: 'run', jobId: 'job-one', workflow: 'w', params: { mode: 'wait-abort' } } });
+    const ack = await h.request({ op: 'cancel', jobId: 'job-one', reason: 'timeout' });
+    assert.deepEqual(ack.payload, { op: 'cancel', jobId: 'job-one', found: true });
     const end = await h.next((m) => m.id === 'j1' && m.type === 'error');
     assert.deepEqual(end.payload, { message: 'job timed out', name: 'TimeoutError', aborted: true });
     const miss = await h.request({ op: 'cancel', jobId: 'nope' });
     assert.equal(miss.payload.found, false);
-    assert.equal((await h.run({ mode: 'echo' })).end.type, 'result');
+    assert.equal((await h.run({ mode: 'echo' })).end.type, 'response');
   } finally {
     await h.stop();
   }
@@ -216,10 +219,11 @@ test('ctx calls after the job settled are dropped', async () => {
   try {
     const first = await h.run({ mode: 'late-progress' });
     assert.equal(first.end.payload, 'first');
-    // a ping round trip after the stray timer (50 ms) had time to fire
-    await new Promise((r) => setTimeout(r, 200));
-    await h.request({ op: 'ping' });
+    // a later job that outlives the stray timer (50 ms) of the first one
+    const second = await h.run({ mode: 'sleep-200' });
+    assert.equal(second.end.payload, 'slept');
     assert.equal(h.inbox.filter((m) => m.id === first.id).length, 0);
+    assert.equal(second.events.length, 0, JSON.stringify(second.events));
   } finally {
     await h.stop();
   }
@@ -234,6 +238,7 @@ test('ping reports rss and job count', async () => {
     assert.equal(pong.payload.op, 'pong');
     assert.ok(pong.payload.rss > 1_000_000);
     assert.equal(pong.payload.jobs, 1);
+    assert.equal(pong.payload.ready, true);
     assert.equal(pong.payload.busy, false);
   } finally {
     await h.stop();
@@ -243,11 +248,11 @@ test('ping reports rss and job count', async () => {
 test('a second job while busy is refused, the first still completes', async () => {
   const h = await start(fx('handlers.mjs'));
   try {
-    h.child.send({ id: 'a', type: 'request', payload: { op: 'run', workflow: 'w', params: { mode: 'wait-abort' } } });
+    h.child.send({ id: 'a', type: 'request', payload: { op: 'run', jobId: 'A', workflow: 'w', params: { mode: 'wait-abort' } } });
     h.child.send({ id: 'b', type: 'request', payload: { op: 'run', workflow: 'w', params: { mode: 'echo' } } });
     const busy = await h.next((m) => m.id === 'b');
     assert.equal(busy.payload.name, 'BusyError');
-    await h.request({ op: 'cancel', jobId: 'a' });
+    await h.request({ op: 'cancel', jobId: 'A' });
     assert.equal((await h.next((m) => m.id === 'a')).payload.name, 'AbortError');
   } finally {
     await h.stop();
@@ -285,8 +290,9 @@ for (const [name, file, pattern] of [
 ]) {
   test(`fatal error and exit 78 for ${name}`, async () => {
     const h = await start(fx(file));
-    assert.equal(h.first.type, 'error');
-    assert.equal(h.first.payload.op, 'fatal');
+    assert.equal(h.first.type, 'log');
+    assert.equal(h.first.payload.fatal, true);
+    assert.equal(h.first.payload.level, 'error');
     assert.match(h.first.payload.message, pattern);
     const [code] = await h.exited;
     assert.equal(code, 78);
@@ -331,7 +337,7 @@ test('the omega example handlers.ts (TS compiled to CJS by tsx) through the defa
   try {
     assert.ok(h.first.payload.exports.includes('default'), JSON.stringify(h.first));
     const { end } = await h.run({ inputPath: path.join(repo, 'examples/omega-workflow/data/sample.csv') }, 'data-analysis-pooled');
-    assert.equal(end.type, 'result', JSON.stringify(end));
+    assert.equal(end.type, 'response', JSON.stringify(end));
   } finally {
     await h.stop();
   }
