@@ -1,0 +1,1070 @@
+//! The config file (SPEC §7): its types, [`Config::load`] and validation.
+//! Relative paths are resolved here (`root` and `store.url` against the
+//! config file's folder, workflow paths against the workflow's root), the
+//! parameter schemas are compiled once, and every problem of the file is
+//! reported with its key and line.
+
+mod walk;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use tsbridge_proto::{ByteSize, DurationSpec};
+
+use crate::errors::{ConfigError, ConfigIssue};
+use crate::paths;
+use walk::{Issues, Section};
+
+/// The default argument template (SPEC §2).
+pub const DEFAULT_ARGS: [&str; 6] = [
+    "--workflow",
+    "{workflow}",
+    "--params",
+    "{params}",
+    "--output-format",
+    "json",
+];
+
+/// A whole, validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (`None` when built in code).
+    pub source: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub defaults: Defaults,
+    pub workflows: BTreeMap<String, WorkflowConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub bind: SocketAddr,
+    pub tokens: Vec<TokenSpec>,
+    pub max_body: ByteSize,
+    pub drain_timeout: Duration,
+    /// How many items of one batch run at once.
+    pub batch_concurrency: usize,
+    /// Dev mode: error details (never stack traces of the host) in 5xx bodies.
+    pub dev: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            tokens: Vec::new(),
+            max_body: ByteSize(1 << 20),
+            drain_timeout: Duration::ZERO,
+            batch_concurrency: 4,
+            dev: false,
+        }
+    }
+}
+
+/// One accepted bearer token, as written in `server.tokens`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TokenSpec {
+    /// The token itself (fine for tests; prefer the other two).
+    Literal(String),
+    /// `env:NAME`: the value of an environment variable of tsbridge.
+    Env(String),
+    /// `sha256:HEX`: the SHA-256 of the token.
+    Sha256([u8; 32]),
+}
+
+impl std::fmt::Debug for TokenSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSpec::Literal(_) => f.write_str("Literal([REDACTED])"),
+            TokenSpec::Env(n) => write!(f, "Env({n})"),
+            TokenSpec::Sha256(_) => f.write_str("Sha256(..)"),
+        }
+    }
+}
+
+impl std::str::FromStr for TokenSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(name) = s.strip_prefix("env:") {
+            if name.is_empty() || name.contains(['=', '\0']) {
+                return Err(format!("invalid environment variable name {name:?}"));
+            }
+            return Ok(TokenSpec::Env(name.to_owned()));
+        }
+        if let Some(h) = s.strip_prefix("sha256:") {
+            let mut out = [0u8; 32];
+            if h.len() != 64 {
+                return Err("sha256: needs 64 hex digits".to_owned());
+            }
+            for (i, byte) in out.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&h[2 * i..2 * i + 2], 16)
+                    .map_err(|_| "sha256: needs 64 hex digits".to_owned())?;
+            }
+            return Ok(TokenSpec::Sha256(out));
+        }
+        if s.is_empty() {
+            return Err("a token cannot be empty".to_owned());
+        }
+        Ok(TokenSpec::Literal(s.to_owned()))
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// `sqlite:///absolute/path.db` after resolution (or `sqlite::memory:`).
+    pub url: String,
+}
+
+/// `[defaults]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defaults {
+    pub timeout: Duration,
+    pub kill_grace: Duration,
+    pub max_output: ByteSize,
+    pub queue_limit: usize,
+    /// Jobs running at once on this node, all workflows together.
+    pub concurrency: usize,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(300),
+            kill_grace: Duration::from_secs(5),
+            max_output: ByteSize(16 << 20),
+            queue_limit: 10_000,
+            concurrency: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        }
+    }
+}
+
+/// How a workflow's program is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeKind {
+    /// `node --import tsx <script>` (TypeScript).
+    Tsx,
+    /// ts-node in transpile-only mode.
+    TsNode,
+    /// `node <script>`.
+    Node,
+    /// The script is itself an executable.
+    Exec,
+}
+
+impl RuntimeKind {
+    /// Whether the child is a Node process (and so gets the IPC channel).
+    pub fn is_node(self) -> bool {
+        !matches!(self, RuntimeKind::Exec)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Tsx => "tsx",
+            RuntimeKind::TsNode => "ts-node",
+            RuntimeKind::Node => "node",
+            RuntimeKind::Exec => "exec",
+        }
+    }
+
+    /// The runtime a script's extension implies.
+    pub fn for_script(script: &Path) -> Self {
+        match script.extension().and_then(|e| e.to_str()) {
+            Some("ts" | "mts" | "cts" | "tsx") => RuntimeKind::Tsx,
+            Some("js" | "mjs" | "cjs") => RuntimeKind::Node,
+            _ => RuntimeKind::Exec,
+        }
+    }
+}
+
+/// `spawn` (a fresh process per job) or `pool` (warm workers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Spawn,
+    Pool,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Spawn => "spawn",
+            Mode::Pool => "pool",
+        }
+    }
+}
+
+/// A compiled parameter schema.
+#[derive(Clone)]
+pub struct ParamsSchema {
+    /// The schema document, as `GET /v1/workflows` shows it.
+    pub json: Value,
+    validator: Arc<jsonschema::Validator>,
+}
+
+impl std::fmt::Debug for ParamsSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParamsSchema")
+            .field("json", &self.json)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ParamsSchema {
+    /// Compiles a schema document.
+    pub fn compile(json: Value) -> Result<Self, String> {
+        let validator = jsonschema::validator_for(&json).map_err(|e| e.to_string())?;
+        Ok(Self {
+            json,
+            validator: Arc::new(validator),
+        })
+    }
+
+    /// Every violation of `params`, as `{path, message}` objects (empty: valid).
+    pub fn violations(&self, params: &Value) -> Vec<Value> {
+        self.validator
+            .iter_errors(params)
+            .map(|e| {
+                serde_json::json!({
+                    "path": e.instance_path().to_string(),
+                    "message": e.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// `env = {pass, request, set}` of a workflow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvConfig {
+    /// Names copied from tsbridge's own environment (beyond the base allowlist).
+    pub pass: Vec<String>,
+    /// Names a request may set.
+    pub request: Vec<String>,
+    /// Fixed values.
+    pub set: BTreeMap<String, String>,
+}
+
+/// `limits = {...}` of a workflow: enforced by the kernel where the host can.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    pub memory: Option<ByteSize>,
+    /// Cores, e.g. 0.5.
+    pub cpu: Option<f64>,
+    pub pids: Option<u64>,
+    /// `Some(false)`: own network namespace, no network.
+    pub network: Option<bool>,
+    /// Absolute read allowlist (Landlock); empty = no file-system restriction
+    /// unless `write` is set.
+    pub read: Vec<PathBuf>,
+    pub write: Vec<PathBuf>,
+    pub timeout: Option<Duration>,
+    /// Run even where a limit cannot be enforced on this host.
+    pub degraded: bool,
+}
+
+impl Limits {
+    /// Whether any kernel-enforced limit is asked for.
+    pub fn any(&self) -> bool {
+        self.memory.is_some()
+            || self.cpu.is_some()
+            || self.pids.is_some()
+            || self.network == Some(false)
+            || !self.read.is_empty()
+            || !self.write.is_empty()
+    }
+}
+
+/// Which end reasons are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    /// A spawn failure with a transient cause (EAGAIN, ENOMEM, EMFILE...).
+    SpawnFailure,
+    Timeout,
+    /// Death by a signal tsbridge did not send.
+    Signaled,
+    /// A non-zero exit.
+    Exited,
+    MemoryLimit,
+    CpuLimit,
+    PidsLimit,
+}
+
+/// `retry = {...}` of a workflow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Total attempts, the first included (1 = no retry).
+    pub attempts: u32,
+    pub backoff: Duration,
+    pub multiplier: f64,
+    /// 0..=1: the delay varies by up to this fraction, both ways.
+    pub jitter: f64,
+    pub max_delay: Duration,
+    pub retry_on: Vec<RetryOn>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            attempts: 1,
+            backoff: Duration::from_secs(1),
+            multiplier: 2.0,
+            jitter: 0.2,
+            max_delay: Duration::from_secs(60),
+            retry_on: vec![RetryOn::SpawnFailure, RetryOn::Timeout, RetryOn::Signaled],
+        }
+    }
+}
+
+impl RetryConfig {
+    /// The delay before attempt `next` (2 = the first retry), without jitter.
+    pub fn base_delay(&self, next: u32) -> Duration {
+        let exp = next.saturating_sub(2) as i32;
+        let secs = self.backoff.as_secs_f64() * self.multiplier.powi(exp);
+        let capped = secs.min(self.max_delay.as_secs_f64());
+        if capped.is_finite() && capped >= 0.0 {
+            Duration::from_secs_f64(capped)
+        } else {
+            self.max_delay
+        }
+    }
+
+    /// The delay before attempt `next`, with jitter.
+    pub fn delay(&self, next: u32) -> Duration {
+        let base = self.base_delay(next).as_secs_f64();
+        let j = self.jitter.clamp(0.0, 1.0);
+        let factor = if j > 0.0 {
+            1.0 + rand::random_range(-j..=j)
+        } else {
+            1.0
+        };
+        Duration::from_secs_f64((base * factor).max(0.0))
+    }
+}
+
+/// `pool = {...}` of a pool-mode workflow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub min: usize,
+    pub max: usize,
+    pub max_age: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    /// Recycle a worker after this many jobs.
+    pub max_jobs: Option<u64>,
+    /// Start `min` workers at startup (else on first use).
+    pub warmup: bool,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            min: 1,
+            max: 4,
+            max_age: None,
+            idle_timeout: Some(Duration::from_secs(300)),
+            max_jobs: None,
+            warmup: true,
+        }
+    }
+}
+
+/// One `[workflows.NAME]`, with every path absolute and every default applied.
+#[derive(Debug, Clone)]
+pub struct WorkflowConfig {
+    pub name: String,
+    /// Canonical.
+    pub root: PathBuf,
+    /// Canonical, inside `root`.
+    pub script: PathBuf,
+    /// Canonical, inside `root`.
+    pub cwd: PathBuf,
+    pub runtime: RuntimeKind,
+    /// Argument template; `{workflow}`, `{params}`, `{jobId}` are substituted
+    /// inside each element, never split.
+    pub args: Vec<String>,
+    pub mode: Mode,
+    pub params_schema: Option<ParamsSchema>,
+    pub path_params: Vec<String>,
+    pub env: EnvConfig,
+    /// Jobs of this workflow running at once (`None`: only the global limit).
+    pub concurrency: Option<usize>,
+    pub priority: i32,
+    pub limits: Limits,
+    pub retry: RetryConfig,
+    pub pool: PoolConfig,
+    pub ipc: bool,
+    /// Effective wall timeout of one attempt (the ceiling for requests).
+    pub timeout: Duration,
+    pub kill_grace: Duration,
+    pub max_output: ByteSize,
+}
+
+impl WorkflowConfig {
+    /// The argv after the program/runtime, for one job.
+    pub fn render_args(&self, params_json: &str, job_id: &str) -> Vec<String> {
+        substitute_args(&self.args, &self.name, params_json, job_id)
+    }
+}
+
+/// Substitutes `{workflow}`, `{params}` and `{jobId}` inside each element.
+/// One pass over each element, so a value containing `{params}` is not
+/// substituted again.
+pub fn substitute_args(template: &[String], workflow: &str, params: &str, job_id: &str) -> Vec<String> {
+    template
+        .iter()
+        .map(|el| {
+            let mut out = String::with_capacity(el.len());
+            let mut rest = el.as_str();
+            while let Some(i) = rest.find('{') {
+                out.push_str(&rest[..i]);
+                let tail = &rest[i..];
+                let (rep, len) = if tail.starts_with("{workflow}") {
+                    (workflow, "{workflow}".len())
+                } else if tail.starts_with("{params}") {
+                    (params, "{params}".len())
+                } else if tail.starts_with("{jobId}") {
+                    (job_id, "{jobId}".len())
+                } else {
+                    ("{", 1)
+                };
+                out.push_str(rep);
+                rest = &tail[len..];
+            }
+            out.push_str(rest);
+            out
+        })
+        .collect()
+}
+
+const TOP_KEYS: &[&str] = &["server", "store", "defaults", "workflows"];
+const SERVER_KEYS: &[&str] = &[
+    "bind",
+    "tokens",
+    "max_body",
+    "drain_timeout",
+    "batch_concurrency",
+    "dev",
+];
+const STORE_KEYS: &[&str] = &["url"];
+const DEFAULTS_KEYS: &[&str] = &[
+    "timeout",
+    "kill_grace",
+    "max_output",
+    "queue_limit",
+    "concurrency",
+];
+const WORKFLOW_KEYS: &[&str] = &[
+    "root",
+    "script",
+    "cwd",
+    "runtime",
+    "args",
+    "mode",
+    "params_schema",
+    "path_params",
+    "env",
+    "concurrency",
+    "priority",
+    "limits",
+    "retry",
+    "pool",
+    "ipc",
+    "timeout",
+    "kill_grace",
+    "max_output",
+];
+const ENV_KEYS: &[&str] = &["pass", "request", "set"];
+const LIMITS_KEYS: &[&str] = &[
+    "memory", "cpu", "pids", "network", "read", "write", "timeout", "degraded",
+];
+const RETRY_KEYS: &[&str] = &[
+    "attempts",
+    "backoff",
+    "multiplier",
+    "jitter",
+    "max_delay",
+    "retry_on",
+];
+const POOL_KEYS: &[&str] = &["min", "max", "max_age", "idle_timeout", "max_jobs", "warmup"];
+
+impl Config {
+    /// Reads, resolves and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        let mut cfg = Self::parse(&src, &base).map_err(|issues| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            issues,
+        })?;
+        cfg.source = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    /// Parses config text; relative paths are resolved against `base`.
+    /// Every problem found is returned, in file order.
+    pub fn parse(src: &str, base: &Path) -> Result<Config, Vec<ConfigIssue>> {
+        let mut issues = Issues::new(src);
+        let (doc, syntax) = DeTable::parse_recoverable(src);
+        for e in syntax {
+            issues.push("", e.span(), e.message().to_owned());
+        }
+        let root = Section::open(&mut issues, doc.get_ref(), "", TOP_KEYS);
+
+        let server = root
+            .table(&mut issues, "server", "server", SERVER_KEYS)
+            .map(|s| read_server(&mut issues, &s))
+            .unwrap_or_default();
+        let store_sec = root.table(&mut issues, "store", "store", STORE_KEYS);
+        let store = read_store(&mut issues, store_sec.as_ref(), base);
+        let defaults = root
+            .table(&mut issues, "defaults", "defaults", DEFAULTS_KEYS)
+            .map(|s| read_defaults(&mut issues, &s))
+            .unwrap_or_default();
+
+        let mut workflows = BTreeMap::new();
+        if let Some(v) = root.raw("workflows") {
+            match v.get_ref() {
+                DeValue::Table(t) => {
+                    for (k, wv) in t.iter() {
+                        let name: &str = k.get_ref();
+                        let path = format!("workflows.{name}");
+                        if !valid_workflow_name(name) {
+                            issues.push(
+                                &path,
+                                Some(k.span()),
+                                "a workflow name is 1 to 64 of [A-Za-z0-9._-]",
+                            );
+                            continue;
+                        }
+                        let DeValue::Table(wt) = wv.get_ref() else {
+                            issues.push(&path, Some(wv.span()), "expected a table");
+                            continue;
+                        };
+                        let sec = Section::open(&mut issues, wt, &path, WORKFLOW_KEYS);
+                        if let Some(wf) = read_workflow(&mut issues, &sec, name, base, &defaults) {
+                            workflows.insert(name.to_owned(), wf);
+                        }
+                    }
+                }
+                other => issues.push(
+                    "workflows",
+                    Some(v.span()),
+                    format!("expected a table, found {}", other.type_str()),
+                ),
+            }
+        }
+
+        let mut list = issues.list;
+        if list.is_empty() {
+            Ok(Config {
+                source: None,
+                server,
+                store,
+                defaults,
+                workflows,
+            })
+        } else {
+            list.sort_by_key(|i| i.line.unwrap_or(0));
+            Err(list)
+        }
+    }
+}
+
+fn valid_workflow_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn dur(issues: &mut Issues<'_>, s: &Section<'_, '_>, key: &str) -> Option<Duration> {
+    s.get::<DurationSpecStr>(issues, key).map(|d| d.into_inner().0.0)
+}
+
+fn size(issues: &mut Issues<'_>, s: &Section<'_, '_>, key: &str) -> Option<ByteSize> {
+    s.get::<ByteSize>(issues, key).map(|d| d.into_inner())
+}
+
+fn positive(issues: &mut Issues<'_>, s: &Section<'_, '_>, key: &str) -> Option<usize> {
+    let v = s.get::<i64>(issues, key)?;
+    match usize::try_from(*v.get_ref()) {
+        Ok(n) if n > 0 => Some(n),
+        _ => {
+            issues.push(&s.key(key), Some(v.span()), "must be a positive integer");
+            None
+        }
+    }
+}
+
+/// A config duration: a string (`"5s"`) or an integer of milliseconds.
+#[derive(Debug, Clone, Copy)]
+struct DurationSpecStr(DurationSpec);
+
+impl<'de> Deserialize<'de> for DurationSpecStr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Ms(u64),
+            S(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a duration such as \"5s\" or \"500ms\"")
+        })? {
+            Raw::Ms(ms) => Ok(Self(DurationSpec::from_millis(ms))),
+            Raw::S(s) => s.parse().map(Self).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn read_server(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> ServerConfig {
+    let mut c = ServerConfig::default();
+    if let Some(b) = s.parse::<SocketAddr>(issues, "bind") {
+        c.bind = b.into_inner();
+    }
+    if let Some(toks) = s.get::<Vec<String>>(issues, "tokens") {
+        let span = toks.span();
+        for t in toks.into_inner() {
+            match t.parse::<TokenSpec>() {
+                Ok(spec) => c.tokens.push(spec),
+                Err(e) => issues.push(&s.key("tokens"), Some(span.clone()), e),
+            }
+        }
+    }
+    if let Some(v) = size(issues, s, "max_body") {
+        c.max_body = v;
+    }
+    if let Some(v) = dur(issues, s, "drain_timeout") {
+        c.drain_timeout = v;
+    }
+    if let Some(v) = positive(issues, s, "batch_concurrency") {
+        c.batch_concurrency = v;
+    }
+    if let Some(v) = s.get::<bool>(issues, "dev") {
+        c.dev = v.into_inner();
+    }
+    c
+}
+
+fn read_store(issues: &mut Issues<'_>, s: Option<&Section<'_, '_>>, base: &Path) -> StoreConfig {
+    let raw = s.and_then(|s| s.get::<String>(issues, "url").map(|u| (u.span(), u.into_inner())));
+    let (span, url) = match raw {
+        Some((span, url)) => (Some(span), url),
+        None => (None, "sqlite://tsbridge.db".to_owned()),
+    };
+    match resolve_store_url(&url, base) {
+        Ok(url) => StoreConfig { url },
+        Err(e) => {
+            issues.push("store.url", span, e);
+            StoreConfig { url }
+        }
+    }
+}
+
+/// Makes a `sqlite://` URL's relative path absolute against `base`.
+pub fn resolve_store_url(url: &str, base: &Path) -> Result<String, String> {
+    if url == "sqlite::memory:" || url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(url.to_owned());
+    }
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return Err("expected sqlite://PATH or postgres://...".to_owned());
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if path.is_empty() {
+        return Err("the sqlite URL has no path".to_owned());
+    }
+    let p = Path::new(path);
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        absolute(base).join(p)
+    };
+    let mut out = format!("sqlite://{}", abs.display());
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Ok(out)
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn read_defaults(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> Defaults {
+    let mut d = Defaults::default();
+    if let Some(v) = dur(issues, s, "timeout") {
+        d.timeout = v;
+    }
+    if let Some(v) = dur(issues, s, "kill_grace") {
+        d.kill_grace = v;
+    }
+    if let Some(v) = size(issues, s, "max_output") {
+        d.max_output = v;
+    }
+    if let Some(v) = positive(issues, s, "queue_limit") {
+        d.queue_limit = v;
+    }
+    if let Some(v) = positive(issues, s, "concurrency") {
+        d.concurrency = v;
+    }
+    d
+}
+
+fn read_workflow(
+    issues: &mut Issues<'_>,
+    s: &Section<'_, '_>,
+    name: &str,
+    base: &Path,
+    defaults: &Defaults,
+) -> Option<WorkflowConfig> {
+    let before = issues.list.len();
+
+    // root: relative to the config's folder; must exist.
+    let root = match s.get::<String>(issues, "root") {
+        None if s.raw("root").is_none() => {
+            issues.push(&s.key("root"), None, "missing (the folder the workflow may use)");
+            None
+        }
+        None => None,
+        Some(r) => {
+            let p = absolute(base).join(r.get_ref());
+            match p.canonicalize() {
+                Ok(c) if c.is_dir() => Some(c),
+                Ok(_) => {
+                    issues.push(&s.key("root"), Some(r.span()), format!("{} is not a folder", p.display()));
+                    None
+                }
+                Err(e) => {
+                    issues.push(&s.key("root"), Some(r.span()), format!("{}: {e}", p.display()));
+                    None
+                }
+            }
+        }
+    };
+
+    let script_raw = s.get::<String>(issues, "script");
+    if script_raw.is_none() && s.raw("script").is_none() {
+        issues.push(&s.key("script"), None, "missing (the program to run)");
+    }
+    let cwd_raw = s.get::<String>(issues, "cwd");
+    let runtime = s.get::<RuntimeKind>(issues, "runtime").map(|v| v.into_inner());
+    let args = s
+        .get::<Vec<String>>(issues, "args")
+        .map(|v| v.into_inner())
+        .unwrap_or_else(|| DEFAULT_ARGS.iter().map(|a| (*a).to_owned()).collect());
+    let mode = s.get::<Mode>(issues, "mode").map(|v| v.into_inner()).unwrap_or_default();
+    let path_params = s
+        .get::<Vec<String>>(issues, "path_params")
+        .map(|v| v.into_inner())
+        .unwrap_or_default();
+    let concurrency = positive(issues, s, "concurrency");
+    let priority = s.get::<i32>(issues, "priority").map(|v| v.into_inner()).unwrap_or(0);
+    let ipc = s.get::<bool>(issues, "ipc").map(|v| v.into_inner());
+    let timeout = dur(issues, s, "timeout");
+    let kill_grace = dur(issues, s, "kill_grace").unwrap_or(defaults.kill_grace);
+    let max_output = size(issues, s, "max_output").unwrap_or(defaults.max_output);
+
+    let env_path = s.key("env");
+    let env = s
+        .table(issues, "env", &env_path, ENV_KEYS)
+        .map(|e| read_env(issues, &e))
+        .unwrap_or_default();
+    let limits_path = s.key("limits");
+    let limits_sec = s.table(issues, "limits", &limits_path, LIMITS_KEYS);
+    let retry_path = s.key("retry");
+    let retry = s
+        .table(issues, "retry", &retry_path, RETRY_KEYS)
+        .map(|r| read_retry(issues, &r))
+        .unwrap_or_default();
+    let pool_path = s.key("pool");
+    let pool = s
+        .table(issues, "pool", &pool_path, POOL_KEYS)
+        .map(|p| read_pool(issues, &p))
+        .unwrap_or_default();
+
+    // Everything below needs the root.
+    let root = root?;
+
+    let script = script_raw.and_then(|sc| {
+        match paths::confine(&root, Path::new(sc.get_ref())) {
+            Ok(p) if p.is_file() => Some(p),
+            Ok(p) => {
+                issues.push(&s.key("script"), Some(sc.span()), format!("{} is not a file", p.display()));
+                None
+            }
+            Err(e) => {
+                issues.push(&s.key("script"), Some(sc.span()), e.to_string());
+                None
+            }
+        }
+    });
+    let cwd = match cwd_raw {
+        None => Some(root.clone()),
+        Some(c) => match paths::confine(&root, Path::new(c.get_ref())) {
+            Ok(p) if p.is_dir() => Some(p),
+            Ok(p) => {
+                issues.push(&s.key("cwd"), Some(c.span()), format!("{} is not a folder", p.display()));
+                None
+            }
+            Err(e) => {
+                issues.push(&s.key("cwd"), Some(c.span()), e.to_string());
+                None
+            }
+        },
+    };
+
+    let params_schema = read_schema(issues, s, &root);
+    let limits = limits_sec
+        .map(|l| read_limits(issues, &l, &root))
+        .unwrap_or_default();
+
+    if mode == Mode::Pool {
+        if let Some(rt) = runtime
+            && !rt.is_node()
+        {
+            issues.push(&s.key("mode"), s.span_of("mode"), "pool mode needs a node runtime (tsx, ts-node or node)");
+        }
+    }
+    if issues.list.len() != before {
+        return None;
+    }
+    let script = script?;
+    let runtime = runtime.unwrap_or_else(|| RuntimeKind::for_script(&script));
+    let timeout = [timeout, limits.timeout]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(defaults.timeout);
+    let mut pool = pool;
+    if pool.max < pool.min {
+        pool.max = pool.min;
+    }
+    Some(WorkflowConfig {
+        name: name.to_owned(),
+        root,
+        script,
+        cwd: cwd?,
+        runtime,
+        args,
+        mode,
+        params_schema,
+        path_params,
+        env,
+        concurrency,
+        priority,
+        limits,
+        retry,
+        pool,
+        ipc: ipc.unwrap_or(runtime.is_node()),
+        timeout,
+        kill_grace,
+        max_output,
+    })
+}
+
+fn read_env(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> EnvConfig {
+    let mut e = EnvConfig::default();
+    if let Some(v) = s.get::<Vec<String>>(issues, "pass") {
+        e.pass = v.into_inner();
+    }
+    if let Some(v) = s.get::<Vec<String>>(issues, "request") {
+        let span = v.span();
+        for n in v.into_inner() {
+            if let Err(why) = crate::env::check_request_name(&n) {
+                issues.push(&s.key("request"), Some(span.clone()), why);
+            } else {
+                e.request.push(n);
+            }
+        }
+    }
+    if let Some(v) = s.get::<BTreeMap<String, String>>(issues, "set") {
+        e.set = v.into_inner();
+    }
+    e
+}
+
+fn read_limits(issues: &mut Issues<'_>, s: &Section<'_, '_>, root: &Path) -> Limits {
+    let mut l = Limits {
+        memory: size(issues, s, "memory"),
+        ..Limits::default()
+    };
+    if let Some(c) = s.get::<f64>(issues, "cpu") {
+        let v = *c.get_ref();
+        if v > 0.0 && v.is_finite() {
+            l.cpu = Some(v);
+        } else {
+            issues.push(&s.key("cpu"), Some(c.span()), "must be a positive number of cores");
+        }
+    }
+    if let Some(p) = s.get::<i64>(issues, "pids") {
+        match u64::try_from(*p.get_ref()) {
+            Ok(n) if n > 0 => l.pids = Some(n),
+            _ => issues.push(&s.key("pids"), Some(p.span()), "must be a positive integer"),
+        }
+    }
+    l.network = s.get::<bool>(issues, "network").map(|v| v.into_inner());
+    let abs = |v: Vec<String>| -> Vec<PathBuf> {
+        v.into_iter()
+            .map(|p| {
+                let p = PathBuf::from(p);
+                if p.is_absolute() { p } else { root.join(p) }
+            })
+            .collect()
+    };
+    l.read = s.get::<Vec<String>>(issues, "read").map(|v| abs(v.into_inner())).unwrap_or_default();
+    l.write = s.get::<Vec<String>>(issues, "write").map(|v| abs(v.into_inner())).unwrap_or_default();
+    l.timeout = dur(issues, s, "timeout");
+    l.degraded = s.get::<bool>(issues, "degraded").map(|v| v.into_inner()).unwrap_or(false);
+    l
+}
+
+fn read_retry(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> RetryConfig {
+    let mut r = RetryConfig::default();
+    if let Some(a) = s.get::<i64>(issues, "attempts") {
+        match u32::try_from(*a.get_ref()) {
+            Ok(n) if (1..=100).contains(&n) => r.attempts = n,
+            _ => issues.push(&s.key("attempts"), Some(a.span()), "must be between 1 and 100"),
+        }
+    }
+    if let Some(v) = dur(issues, s, "backoff") {
+        r.backoff = v;
+    }
+    if let Some(m) = s.get::<f64>(issues, "multiplier") {
+        let v = *m.get_ref();
+        if v >= 1.0 && v.is_finite() {
+            r.multiplier = v;
+        } else {
+            issues.push(&s.key("multiplier"), Some(m.span()), "must be a number >= 1");
+        }
+    }
+    if let Some(j) = s.get::<JitterSpec>(issues, "jitter") {
+        let span = j.span();
+        match j.into_inner() {
+            JitterSpec::On(true) => r.jitter = 0.2,
+            JitterSpec::On(false) => r.jitter = 0.0,
+            JitterSpec::Fraction(f) if (0.0..=1.0).contains(&f) => r.jitter = f,
+            JitterSpec::Fraction(_) => issues.push(&s.key("jitter"), Some(span), "must be between 0 and 1"),
+        }
+    }
+    if let Some(v) = dur(issues, s, "max_delay") {
+        r.max_delay = v;
+    }
+    if let Some(v) = s.get::<Vec<RetryOn>>(issues, "retry_on") {
+        r.retry_on = v.into_inner();
+    }
+    r
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum JitterSpec {
+    On(bool),
+    Fraction(f64),
+}
+
+fn read_pool(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> PoolConfig {
+    let mut p = PoolConfig::default();
+    if let Some(m) = s.get::<i64>(issues, "min") {
+        match usize::try_from(*m.get_ref()) {
+            Ok(n) => p.min = n,
+            Err(_) => issues.push(&s.key("min"), Some(m.span()), "must be >= 0"),
+        }
+    }
+    if let Some(v) = positive(issues, s, "max") {
+        p.max = v;
+    }
+    p.max_age = dur(issues, s, "max_age");
+    if let Some(v) = dur(issues, s, "idle_timeout") {
+        p.idle_timeout = Some(v);
+    }
+    if let Some(m) = s.get::<i64>(issues, "max_jobs") {
+        match u64::try_from(*m.get_ref()) {
+            Ok(n) if n > 0 => p.max_jobs = Some(n),
+            _ => issues.push(&s.key("max_jobs"), Some(m.span()), "must be a positive integer"),
+        }
+    }
+    if let Some(v) = s.get::<bool>(issues, "warmup") {
+        p.warmup = v.into_inner();
+    }
+    p
+}
+
+fn read_schema(issues: &mut Issues<'_>, s: &Section<'_, '_>, root: &Path) -> Option<ParamsSchema> {
+    let v = s.raw("params_schema")?;
+    let key = s.key("params_schema");
+    let json: Value = match v.get_ref() {
+        DeValue::String(file) => {
+            let p = root.join(file.as_ref() as &str);
+            let text = match std::fs::read_to_string(&p) {
+                Ok(t) => t,
+                Err(e) => {
+                    issues.push(&key, Some(v.span()), format!("cannot read {}: {e}", p.display()));
+                    return None;
+                }
+            };
+            match serde_json::from_str(&text) {
+                Ok(j) => j,
+                Err(e) => {
+                    issues.push(&key, Some(v.span()), format!("{} is not JSON: {e}", p.display()));
+                    return None;
+                }
+            }
+        }
+        DeValue::Table(_) => match Value::deserialize(ValueDeserializer::from(v.clone())) {
+            Ok(j) => j,
+            Err(e) => {
+                issues.push(&key, Some(v.span()), e.message().to_owned());
+                return None;
+            }
+        },
+        other => {
+            issues.push(
+                &key,
+                Some(v.span()),
+                format!("expected a file name or an inline table, found {}", other.type_str()),
+            );
+            return None;
+        }
+    };
+    match ParamsSchema::compile(json) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            issues.push(&key, Some(v.span()), format!("invalid JSON Schema: {e}"));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

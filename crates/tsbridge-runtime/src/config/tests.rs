@@ -1,0 +1,271 @@
+//! Config parsing and validation: good files load; each bad file reports the
+//! key and line of every problem.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = dir.path().join("app");
+        std::fs::create_dir_all(app.join("schemas")).expect("mkdir");
+        std::fs::write(app.join("main.js"), "console.log('hi')\n").expect("write");
+        std::fs::write(
+            app.join("schemas/s.json"),
+            r#"{"type":"object","required":["n"],"properties":{"n":{"type":"integer"}}}"#,
+        )
+        .expect("write");
+        std::fs::create_dir_all(dir.path().join("app-evil")).expect("mkdir");
+        std::fs::write(dir.path().join("app-evil/x.js"), "").expect("write");
+        Self { dir }
+    }
+
+    fn parse(&self, src: &str) -> Result<Config, Vec<ConfigIssue>> {
+        Config::parse(src, self.dir.path())
+    }
+
+    fn issues(&self, src: &str) -> Vec<ConfigIssue> {
+        match self.parse(src) {
+            Ok(_) => panic!("config must be refused:\n{src}"),
+            Err(e) => e,
+        }
+    }
+}
+
+fn has(issues: &[ConfigIssue], key: &str, line: usize) -> bool {
+    issues.iter().any(|i| i.key == key && i.line == Some(line))
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let f = Fixture::new();
+    let c = f
+        .parse("[workflows.hello]\nroot = \"app\"\nscript = \"main.js\"\n")
+        .expect("valid");
+    assert_eq!(c.server.bind.to_string(), "127.0.0.1:8787");
+    assert_eq!(c.server.batch_concurrency, 4);
+    assert_eq!(c.defaults.timeout, Duration::from_secs(300));
+    assert_eq!(c.defaults.max_output.bytes(), 16 << 20);
+    assert!(c.store.url.starts_with("sqlite:///"));
+    assert!(c.store.url.ends_with("/tsbridge.db"));
+    let w = &c.workflows["hello"];
+    assert_eq!(w.runtime, RuntimeKind::Node);
+    assert!(w.ipc);
+    assert_eq!(w.mode, Mode::Spawn);
+    assert_eq!(w.args, DEFAULT_ARGS.map(String::from).to_vec());
+    assert_eq!(w.cwd, w.root);
+    assert!(w.script.is_absolute());
+    assert_eq!(w.retry.attempts, 1);
+}
+
+#[test]
+fn full_config_is_read() {
+    let f = Fixture::new();
+    let c = f
+        .parse(
+            r#"
+[server]
+bind = "0.0.0.0:9000"
+tokens = ["env:TSBRIDGE_TOKEN", "sha256:0000000000000000000000000000000000000000000000000000000000000000", "lit"]
+max_body = "2MiB"
+drain_timeout = "3s"
+batch_concurrency = 2
+dev = true
+
+[store]
+url = "sqlite://db/x.db"
+
+[defaults]
+timeout = "1m"
+kill_grace = "2s"
+max_output = "1MiB"
+queue_limit = 5
+concurrency = 3
+
+[workflows.a]
+root = "app"
+script = "main.js"
+runtime = "exec"
+args = ["--p={params}", "{jobId}"]
+params_schema = "schemas/s.json"
+path_params = ["inputPath"]
+env = { pass = ["LANG"], request = ["OMEGA_QUALITY"], set = { X = "1" } }
+concurrency = 2
+priority = 5
+limits = { memory = "1GiB", cpu = 0.5, pids = 64, network = false, read = ["data"], write = ["/tmp/out"], timeout = "10s", degraded = true }
+retry = { attempts = 3, backoff = "1s", multiplier = 2.0, jitter = 0.1, max_delay = "30s", retry_on = ["timeout", "exited"] }
+timeout = "20s"
+
+[workflows.b]
+root = "app"
+script = "main.js"
+mode = "pool"
+params_schema = { type = "object" }
+pool = { min = 2, max = 8, max_age = "30m", idle_timeout = "5m", max_jobs = 1000, warmup = false }
+"#,
+        )
+        .expect("valid");
+    assert_eq!(c.server.tokens.len(), 3);
+    assert_eq!(c.server.tokens[0], TokenSpec::Env("TSBRIDGE_TOKEN".into()));
+    assert_eq!(c.server.drain_timeout, Duration::from_secs(3));
+    assert!(c.store.url.ends_with("/db/x.db"));
+    assert_eq!(c.defaults.queue_limit, 5);
+    let a = &c.workflows["a"];
+    assert_eq!(a.runtime, RuntimeKind::Exec);
+    assert!(!a.ipc, "exec runtimes get no IPC channel by default");
+    assert_eq!(a.timeout, Duration::from_secs(10), "the lower of timeout and limits.timeout");
+    assert_eq!(a.kill_grace, Duration::from_secs(2));
+    assert_eq!(a.limits.memory.map(|m| m.bytes()), Some(1 << 30));
+    assert_eq!(a.limits.read, vec![a.root.join("data")]);
+    assert_eq!(a.limits.write, vec![std::path::PathBuf::from("/tmp/out")]);
+    assert_eq!(a.retry.retry_on, vec![RetryOn::Timeout, RetryOn::Exited]);
+    assert_eq!(a.env.set["X"], "1");
+    let schema = a.params_schema.as_ref().expect("schema");
+    assert!(schema.violations(&serde_json::json!({"n": 1})).is_empty());
+    assert_eq!(schema.violations(&serde_json::json!({"n": "x"})).len(), 1);
+    let b = &c.workflows["b"];
+    assert_eq!(b.mode, Mode::Pool);
+    assert_eq!(b.pool.max, 8);
+    assert!(!b.pool.warmup);
+    assert_eq!(b.timeout, Duration::from_secs(60));
+}
+
+#[test]
+fn example_app_config_loads() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/omega-workflow/tsbridge.toml");
+    if !p.exists() {
+        return;
+    }
+    let c = Config::load(&p).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.workflows.contains_key("data-analysis"));
+    assert_eq!(c.workflows["data-analysis-pooled"].mode, Mode::Pool);
+}
+
+#[test]
+fn unknown_keys_name_key_and_line() {
+    let f = Fixture::new();
+    let issues = f.issues(
+        "[server]\nbind = \"127.0.0.1:1\"\nbogus = 1\n\n[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\nlimits = { memroy = \"1GiB\" }\n[nope]\n",
+    );
+    assert!(has(&issues, "server.bogus", 3), "{issues:?}");
+    assert!(has(&issues, "workflows.a.limits.memroy", 8), "{issues:?}");
+    assert!(has(&issues, "nope", 9), "{issues:?}");
+}
+
+#[test]
+fn all_errors_are_listed_with_lines() {
+    let f = Fixture::new();
+    let src = r#"[defaults]
+timeout = "soon"
+max_output = "lots"
+queue_limit = 0
+
+[workflows.a]
+root = "app"
+script = "missing.js"
+retry = { attempts = 0 }
+
+[workflows.b]
+root = "no-such-dir"
+script = "main.js"
+
+[workflows.c]
+root = "app"
+script = "../app-evil/x.js"
+runtime = "python"
+"#;
+    let issues = f.issues(src);
+    assert!(has(&issues, "defaults.timeout", 2), "{issues:?}");
+    assert!(has(&issues, "defaults.max_output", 3), "{issues:?}");
+    assert!(has(&issues, "defaults.queue_limit", 4), "{issues:?}");
+    assert!(has(&issues, "workflows.a.script", 8), "{issues:?}");
+    assert!(has(&issues, "workflows.a.retry.attempts", 9), "{issues:?}");
+    assert!(has(&issues, "workflows.b.root", 12), "{issues:?}");
+    assert!(has(&issues, "workflows.c.runtime", 18), "{issues:?}");
+    // The error message shows each problem with its line.
+    let e = ConfigError::Invalid {
+        path: "t.toml".into(),
+        issues: issues.clone(),
+    };
+    let msg = e.to_string();
+    assert!(msg.contains("line 2: `defaults.timeout`"), "{msg}");
+    assert!(msg.contains("line 12: `workflows.b.root`"), "{msg}");
+}
+
+#[test]
+fn script_outside_root_is_refused() {
+    let f = Fixture::new();
+    let issues = f.issues("[workflows.c]\nroot = \"app\"\nscript = \"../app-evil/x.js\"\n");
+    assert!(has(&issues, "workflows.c.script", 3), "{issues:?}");
+    assert!(issues[0].message.contains("outside"), "{issues:?}");
+    let issues = f.issues("[workflows.c]\nroot = \"app\"\nscript = \"main.js\"\ncwd = \"/\"\n");
+    assert!(has(&issues, "workflows.c.cwd", 4), "{issues:?}");
+}
+
+#[test]
+fn bad_schema_and_syntax_are_reported() {
+    let f = Fixture::new();
+    let issues = f.issues(
+        "[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\nparams_schema = { type = 12 }\n",
+    );
+    assert!(has(&issues, "workflows.a.params_schema", 4), "{issues:?}");
+    let issues = f.issues("[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\nparams_schema = \"schemas/none.json\"\n");
+    assert!(has(&issues, "workflows.a.params_schema", 4), "{issues:?}");
+    let issues = f.issues("[server]\nbind = \n");
+    assert!(issues.iter().any(|i| i.line == Some(2)), "{issues:?}");
+    let issues = f.issues("[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\nenv = { request = [\"NODE_OPTIONS\"] }\n");
+    assert!(has(&issues, "workflows.a.env.request", 4), "{issues:?}");
+    let issues = f.issues("[server]\ntokens = [\"sha256:abc\"]\n");
+    assert!(has(&issues, "server.tokens", 2), "{issues:?}");
+}
+
+#[test]
+fn load_reports_the_file() {
+    let f = Fixture::new();
+    let p = f.dir.path().join("t.toml");
+    std::fs::write(&p, "[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\nretry = { attempts = \"x\" }\n").expect("write");
+    let e = Config::load(&p).expect_err("invalid");
+    assert_eq!(e.issues().len(), 1);
+    assert_eq!(e.issues()[0].key, "workflows.a.retry.attempts");
+    assert_eq!(e.issues()[0].line, Some(4));
+    assert!(Config::load(&f.dir.path().join("absent.toml")).is_err());
+}
+
+#[test]
+fn args_are_substituted_per_element_never_split() {
+    let t: Vec<String> = ["--params", "{params}", "x{workflow}y", "{jobId}", "{unknown}"]
+        .map(String::from)
+        .to_vec();
+    let out = substitute_args(&t, "wf", r#"{"a":"$(rm -rf /) {params}"}"#, "id1");
+    assert_eq!(
+        out,
+        vec![
+            "--params".to_owned(),
+            r#"{"a":"$(rm -rf /) {params}"}"#.to_owned(),
+            "xwfy".to_owned(),
+            "id1".to_owned(),
+            "{unknown}".to_owned()
+        ]
+    );
+}
+
+#[test]
+fn retry_delays_grow_and_cap() {
+    let r = RetryConfig {
+        backoff: Duration::from_millis(100),
+        multiplier: 2.0,
+        max_delay: Duration::from_millis(300),
+        jitter: 0.0,
+        ..RetryConfig::default()
+    };
+    assert_eq!(r.base_delay(2), Duration::from_millis(100));
+    assert_eq!(r.base_delay(3), Duration::from_millis(200));
+    assert_eq!(r.base_delay(4), Duration::from_millis(300));
+    assert_eq!(r.delay(3), Duration::from_millis(200));
+}

@@ -1,0 +1,162 @@
+//! A small walker over toml's spanned document tree ([`DeTable`]). It reads
+//! one key at a time, so that every error of a config file is collected (not
+//! only the first, as a single serde pass would), each with its dotted key and
+//! the line it is on.
+
+use std::ops::Range;
+
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use crate::errors::ConfigIssue;
+
+/// The source text and the issues found so far.
+#[derive(Debug)]
+pub(crate) struct Issues<'s> {
+    src: &'s str,
+    pub(crate) list: Vec<ConfigIssue>,
+}
+
+impl<'s> Issues<'s> {
+    pub(crate) fn new(src: &'s str) -> Self {
+        Self {
+            src,
+            list: Vec::new(),
+        }
+    }
+
+    /// The 1-based line of a byte offset.
+    pub(crate) fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.src.len());
+        self.src.as_bytes()[..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
+    }
+
+    pub(crate) fn push(&mut self, key: &str, span: Option<Range<usize>>, message: impl Into<String>) {
+        let line = span.map(|s| self.line_of(s.start));
+        self.list.push(ConfigIssue {
+            key: key.to_owned(),
+            line,
+            message: message.into(),
+        });
+    }
+}
+
+/// One table of the document, with its dotted path.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Section<'a, 'i> {
+    pub(crate) table: &'a DeTable<'i>,
+    pub(crate) path: &'a str,
+}
+
+impl<'a, 'i> Section<'a, 'i> {
+    /// Opens a table and reports every key of it not in `allowed`.
+    pub(crate) fn open(
+        issues: &mut Issues<'_>,
+        table: &'a DeTable<'i>,
+        path: &'a str,
+        allowed: &[&str],
+    ) -> Self {
+        for (k, _) in table.iter() {
+            let name: &str = k.get_ref();
+            if !allowed.contains(&name) {
+                let key = join(path, name);
+                issues.push(
+                    &key,
+                    Some(k.span()),
+                    format!("unknown key (expected one of: {})", allowed.join(", ")),
+                );
+            }
+        }
+        Self { table, path }
+    }
+
+    pub(crate) fn key(&self, name: &str) -> String {
+        join(self.path, name)
+    }
+
+    pub(crate) fn raw(&self, name: &str) -> Option<&'a Spanned<DeValue<'i>>> {
+        self.table
+            .iter()
+            .find(|(k, _)| {
+                let s: &str = k.get_ref();
+                s == name
+            })
+            .map(|(_, v)| v)
+    }
+
+    /// Reads `name` as a `T`; a value of the wrong shape is reported and
+    /// yields `None`, as does an absent key.
+    pub(crate) fn get<T: DeserializeOwned>(
+        &self,
+        issues: &mut Issues<'_>,
+        name: &str,
+    ) -> Option<Spanned<T>> {
+        let v = self.raw(name)?;
+        let span = v.span();
+        match T::deserialize(ValueDeserializer::from(v.clone())) {
+            Ok(t) => Some(Spanned::new(span, t)),
+            Err(e) => {
+                let espan = e.span().unwrap_or_else(|| span.clone());
+                issues.push(&self.key(name), Some(espan), e.message().to_owned());
+                None
+            }
+        }
+    }
+
+    /// Reads `name` with a `FromStr` parser (durations, sizes, addresses).
+    pub(crate) fn parse<T>(&self, issues: &mut Issues<'_>, name: &str) -> Option<Spanned<T>>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        let s = self.get::<String>(issues, name)?;
+        let span = s.span();
+        match s.get_ref().parse::<T>() {
+            Ok(t) => Some(Spanned::new(span, t)),
+            Err(e) => {
+                issues.push(&self.key(name), Some(span), e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Opens the sub-table `name` (absent: `None`; not a table: reported).
+    pub(crate) fn table(
+        &self,
+        issues: &mut Issues<'_>,
+        name: &str,
+        path: &'a str,
+        allowed: &[&str],
+    ) -> Option<Section<'a, 'i>> {
+        let v = self.raw(name)?;
+        match v.get_ref() {
+            DeValue::Table(t) => Some(Section::open(issues, t, path, allowed)),
+            other => {
+                issues.push(
+                    path,
+                    Some(v.span()),
+                    format!("expected a table, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    /// The span of the key's value, for semantic errors found later.
+    pub(crate) fn span_of(&self, name: &str) -> Option<Range<usize>> {
+        self.raw(name).map(|v| v.span())
+    }
+}
+
+pub(crate) fn join(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{path}.{name}")
+    }
+}

@@ -1,0 +1,176 @@
+//! Errors of this crate: one small enum per operation. Messages are lowercase
+//! and never repeat their cause, which is in `#[source]`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use tsbridge_proto::{ErrorType, JobId};
+
+/// One problem found in a config file: the dotted key, the line, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub key: String,
+    /// 1-based; `None` when the problem has no place in the file (e.g. a missing section).
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: `{}`: {}", self.key, self.message),
+            None => write!(f, "`{}`: {}", self.key, self.message),
+        }
+    }
+}
+
+/// Loading a config file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every problem found, in file order.
+    #[error("invalid config file {path}:{}", render_issues(.issues))]
+    Invalid {
+        path: PathBuf,
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+impl ConfigError {
+    /// The problems found (empty for a read error).
+    pub fn issues(&self) -> &[ConfigIssue] {
+        match self {
+            ConfigError::Read { .. } => &[],
+            ConfigError::Invalid { issues, .. } => issues,
+        }
+    }
+}
+
+fn render_issues(issues: &[ConfigIssue]) -> String {
+    let mut s = String::new();
+    for i in issues {
+        s.push_str("\n  ");
+        s.push_str(&i.to_string());
+    }
+    s
+}
+
+/// A job store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid store url {url:?}")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("unsupported store url {url:?}: expected sqlite://PATH")]
+    UnsupportedUrl { url: String },
+    #[error("cannot create the store's folder {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the job store")]
+    Open(#[source] sqlx::Error),
+    #[error("job store migration failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("job store query failed: {op}")]
+    Query {
+        op: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("stored job {job} is corrupt: {what}")]
+    Corrupt { job: String, what: String },
+    #[error("no job {0}")]
+    NotFound(JobId),
+    #[error("invalid cursor")]
+    BadCursor,
+}
+
+impl StoreError {
+    pub(crate) fn query(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+        move |source| StoreError::Query { op, source }
+    }
+}
+
+/// What the runtime answers when a request cannot be served. Maps to the API's
+/// error types; 5xx messages never carry host paths or SQL.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("no workflow named {0:?}")]
+    WorkflowNotFound(String),
+    #[error("no job {0}")]
+    JobNotFound(JobId),
+    #[error("workflow {workflow:?} is unavailable on this host: {why}")]
+    WorkflowUnavailable { workflow: String, why: String },
+    #[error("tsbridge is shutting down")]
+    ShuttingDown,
+    #[error("parameters do not match the workflow's schema")]
+    Validation { details: Value },
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Security(String),
+    #[error("the queue is full ({limit} jobs)")]
+    QueueFull { limit: usize, retry_after: Duration },
+    #[error("job {id} already finished ({state})")]
+    AlreadyFinished {
+        id: JobId,
+        state: tsbridge_proto::JobState,
+    },
+    #[error("internal error")]
+    Store(#[from] StoreError),
+    #[error("internal error")]
+    DispatcherGone,
+}
+
+impl RuntimeError {
+    pub fn error_type(&self) -> ErrorType {
+        match self {
+            RuntimeError::WorkflowNotFound(_) | RuntimeError::JobNotFound(_) => ErrorType::NotFound,
+            RuntimeError::WorkflowUnavailable { .. } | RuntimeError::ShuttingDown => {
+                ErrorType::Unavailable
+            }
+            RuntimeError::Validation { .. } | RuntimeError::BadRequest(_) => {
+                ErrorType::ValidationError
+            }
+            RuntimeError::Security(_) => ErrorType::SecurityError,
+            RuntimeError::QueueFull { .. } => ErrorType::QueueFull,
+            RuntimeError::AlreadyFinished { .. } => ErrorType::Conflict,
+            RuntimeError::Store(_) | RuntimeError::DispatcherGone => ErrorType::InternalError,
+        }
+    }
+
+    /// Structured details for the API body (`error.details`).
+    pub fn details(&self) -> Option<Value> {
+        match self {
+            RuntimeError::Validation { details } => Some(details.clone()),
+            RuntimeError::QueueFull { limit, retry_after } => Some(serde_json::json!({
+                "limit": limit,
+                "retryAfterSeconds": retry_after.as_secs().max(1),
+            })),
+            RuntimeError::AlreadyFinished { id, state } => {
+                Some(serde_json::json!({"jobId": id, "state": state}))
+            }
+            _ => None,
+        }
+    }
+
+    /// For 429: how long a client should wait.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RuntimeError::QueueFull { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}

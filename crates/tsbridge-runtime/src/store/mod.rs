@@ -1,0 +1,245 @@
+//! The durable job store: the [`JobStore`] trait and its records, designed
+//! so that a shared PostgreSQL store (many nodes, one queue) fits beside the
+//! embedded [`SqliteStore`]. See docs/design/job-store.md.
+//!
+//! Every state change of a job is one call, and one transaction, that also
+//! writes the job's matching `state` event, so the stored events never
+//! disagree with the stored state.
+
+mod cursor;
+mod sqlite;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tsbridge_proto::api::{ApiErrorBody, AttemptView, JobView, OutputView, Resources};
+use tsbridge_proto::{EndReason, JobEvent, JobId, JobState, Progress};
+
+use crate::errors::StoreError;
+
+pub use cursor::{decode_cursor, encode_cursor};
+pub use sqlite::{EventRetention, SqliteStore};
+
+/// What a re-run of a job needs besides its parameters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredRequest {
+    /// The request's timeout (already capped by the workflow's), in ms.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// The request's own environment variables (validated at submit).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl StoredRequest {
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout_ms.map(Duration::from_millis)
+    }
+}
+
+/// A job to insert (state `queued`).
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: JobId,
+    pub workflow: String,
+    pub priority: i32,
+    pub params: Value,
+    pub request: StoredRequest,
+    pub idempotency_key: Option<String>,
+    pub max_attempts: u32,
+    pub created_at: DateTime<Utc>,
+    /// The first event (`state: queued`, seq 1).
+    pub event: JobEvent,
+}
+
+/// What [`JobStore::insert_job`] did.
+#[derive(Debug, Clone)]
+pub enum Inserted {
+    Created,
+    /// The idempotency key already named this job; nothing was inserted.
+    Existing(Box<JobRecord>),
+}
+
+/// A job as stored, with its attempts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub workflow: String,
+    pub state: JobState,
+    pub reason: Option<EndReason>,
+    pub priority: i32,
+    pub params: Value,
+    pub request: StoredRequest,
+    pub idempotency_key: Option<String>,
+    pub max_attempts: u32,
+    /// Attempts started so far.
+    pub attempts_started: u32,
+    pub node: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub progress: Option<Progress>,
+    pub result: Option<Value>,
+    pub error: Option<ApiErrorBody>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub process_id: Option<u32>,
+    pub output: OutputView,
+    pub resources: Resources,
+    /// The highest event number written.
+    pub last_seq: u64,
+    pub attempts: Vec<AttemptView>,
+}
+
+impl JobRecord {
+    /// The API view of this job.
+    pub fn view(&self) -> JobView {
+        JobView {
+            job_id: self.id,
+            workflow: self.workflow.clone(),
+            state: self.state,
+            reason: self.reason,
+            priority: self.priority,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            attempts: self.attempts.clone(),
+            progress: self.progress.clone(),
+            result: self.result.clone(),
+            error: self.error.clone(),
+            exit_code: self.exit_code,
+            signal: self.signal,
+            process_id: self.process_id,
+            output: self.output.clone(),
+            resources: self.resources.clone(),
+        }
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptEnd {
+    pub n: u32,
+    pub reason: EndReason,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub process_id: Option<u32>,
+    /// A short, safe description of a failure.
+    pub error: Option<String>,
+    pub finished_at: DateTime<Utc>,
+    /// The attempt's captured output (becomes the job's).
+    pub output: OutputView,
+    pub resources: Resources,
+}
+
+/// The end of a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub state: JobState,
+    pub reason: Option<EndReason>,
+    pub result: Option<Value>,
+    pub error: Option<ApiErrorBody>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// What follows an attempt's end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AfterAttempt {
+    /// Back to `queued` for another attempt.
+    Requeue,
+    Finish(Finish),
+}
+
+/// `list_jobs` filters; newest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListFilter {
+    pub state: Option<JobState>,
+    pub workflow: Option<String>,
+    /// 1..=500.
+    pub limit: u32,
+    /// Only jobs older than this one (from a cursor).
+    pub before: Option<JobId>,
+}
+
+/// A page of jobs.
+#[derive(Debug, Clone)]
+pub struct JobPage {
+    pub jobs: Vec<JobRecord>,
+    /// Pass back to get the next page.
+    pub next_cursor: Option<String>,
+}
+
+/// The durable store of jobs, attempts and events.
+///
+/// Ownership: a job in state `running` is owned by the node that started its
+/// attempt (`node`); only that node writes it until it ends, or until
+/// [`JobStore::recover_interrupted`] hands it to a restarted node. On
+/// SQLite there is one node; a shared store claims with leases instead.
+#[async_trait]
+pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Inserts a queued job with its first event. With an idempotency key
+    /// that already names a job, atomically inserts nothing and returns that job.
+    async fn insert_job(&self, job: &NewJob) -> Result<Inserted, StoreError>;
+
+    /// The job an idempotency key names, if any.
+    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<JobRecord>, StoreError>;
+
+    /// Claims a queued job for attempt `n` on `node`: state `running`, an
+    /// attempt row, the `running` event. Fails with `NotFound` when the job
+    /// is not queued (a shared store: another node claimed it).
+    async fn start_attempt(
+        &self,
+        id: JobId,
+        n: u32,
+        node: &str,
+        at: DateTime<Utc>,
+        event: &JobEvent,
+    ) -> Result<(), StoreError>;
+
+    /// Records the pid of attempt `n` once it is known.
+    async fn set_attempt_pid(&self, id: JobId, n: u32, pid: u32) -> Result<(), StoreError>;
+
+    /// Appends events (consecutive `seq`s, in order). The job's `progress`
+    /// and `result` follow the last such events. Retention is bounded per
+    /// job; see [`EventRetention`].
+    async fn append_events(&self, id: JobId, events: &[JobEvent]) -> Result<(), StoreError>;
+
+    /// Ends attempt `end.n` and, in the same transaction, re-queues or
+    /// finishes the job, writing `event` (its `state` event).
+    async fn complete_attempt(
+        &self,
+        id: JobId,
+        end: &AttemptEnd,
+        next: &AfterAttempt,
+        event: &JobEvent,
+    ) -> Result<(), StoreError>;
+
+    /// Finishes a job that has no running attempt (cancelled while queued,
+    /// failed at recovery), writing `event`.
+    async fn finish_job(&self, id: JobId, finish: &Finish, event: &JobEvent) -> Result<(), StoreError>;
+
+    async fn get_job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError>;
+
+    /// Newest first. Captured output is cut to its last 4 KiB per stream in
+    /// lists (the cut is counted in the dropped bytes); `get_job` has it all.
+    async fn list_jobs(&self, filter: &ListFilter) -> Result<JobPage, StoreError>;
+
+    /// Stored events with `seq > after`, in order, at most `limit`.
+    async fn events_after(&self, id: JobId, after: u64, limit: u32) -> Result<Vec<JobEvent>, StoreError>;
+
+    /// Jobs found `running` that `node` must take over after a crash (on
+    /// SQLite: every running job). Their open attempt is left open; the
+    /// caller ends it with [`JobStore::complete_attempt`].
+    async fn recover_interrupted(&self, node: &str) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// Every queued job, highest priority first, then oldest first.
+    async fn queued_jobs(&self) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,730 @@
+//! The embedded job store: one SQLite file, WAL journal, `synchronous =
+//! NORMAL`. A committed transaction survives a crash (even SIGKILL) of
+//! tsbridge; only an OS crash or power loss can lose the last commits. See
+//! docs/design/job-store.md for the trade-off.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::Value;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use tsbridge_proto::api::{ApiErrorBody, AttemptView, OutputView, Resources};
+use tsbridge_proto::{EndReason, EventData, JobEvent, JobId, JobState};
+
+use super::{
+    AfterAttempt, AttemptEnd, Finish, Inserted, JobPage, JobRecord, JobStore, ListFilter, NewJob,
+    StoredRequest, encode_cursor,
+};
+use crate::errors::StoreError;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How many events of one job are kept: the first `head` and the last
+/// `tail`; the middle of a longer stream is deleted as it grows (its `seq`
+/// numbers are never reused, so a reader sees the gap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRetention {
+    pub head: u64,
+    pub tail: u64,
+}
+
+impl Default for EventRetention {
+    fn default() -> Self {
+        Self {
+            head: 2_000,
+            tail: 8_000,
+        }
+    }
+}
+
+/// Output shown per stream in job lists.
+const LIST_OUTPUT_TAIL: usize = 4096;
+
+/// The SQLite [`JobStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    retention: EventRetention,
+}
+
+impl SqliteStore {
+    /// Opens (creating it if needed) the store at a `sqlite://PATH` URL and
+    /// runs the embedded migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, EventRetention::default()).await
+    }
+
+    pub async fn open_with(url: &str, retention: EventRetention) -> Result<Self, StoreError> {
+        let memory = url == "sqlite::memory:";
+        if !memory && !url.starts_with("sqlite:") {
+            return Err(StoreError::UnsupportedUrl {
+                url: url.to_owned(),
+            });
+        }
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|source| StoreError::BadUrl {
+                url: url.to_owned(),
+                source,
+            })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        if !memory {
+            let file = opts.get_filename();
+            if let Some(dir) = file.parent()
+                && !dir.as_os_str().is_empty()
+                && !dir.exists()
+            {
+                std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            // One connection for :memory: (each connection would be its own database).
+            .max_connections(if memory { 1 } else { 4 })
+            .connect_with(opts)
+            .await
+            .map_err(StoreError::Open)?;
+        MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
+        Ok(Self { pool, retention })
+    }
+
+    /// Opens a store file by path.
+    pub async fn open_path(path: &Path) -> Result<Self, StoreError> {
+        Self::open(&format!("sqlite://{}", path.display())).await
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+fn json_text<T: serde::Serialize>(v: &T) -> String {
+    // Serializing our own plain data types cannot fail.
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
+}
+
+fn event_row(
+    qb: &mut QueryBuilder<Sqlite>,
+    id: &str,
+    events: &[JobEvent],
+) {
+    qb.push("INSERT INTO events (job_id, seq, ts, data) ");
+    qb.push_values(events, |mut b, e| {
+        b.push_bind(id.to_owned())
+            .push_bind(e.seq as i64)
+            .push_bind(ms(e.timestamp))
+            .push_bind(json_text(&e.data));
+    });
+}
+
+async fn insert_events(
+    tx: &mut sqlx::SqliteConnection,
+    id: JobId,
+    events: &[JobEvent],
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let ids = id.to_string();
+    // SQLite allows 32766 bound parameters; 4 per row.
+    for chunk in events.chunks(1000) {
+        let mut qb = QueryBuilder::new("");
+        event_row(&mut qb, &ids, chunk);
+        qb.build()
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("insert events"))?;
+    }
+    let last = events.last().map(|e| e.seq).unwrap_or(0) as i64;
+    sqlx::query("UPDATE jobs SET last_seq = MAX(last_seq, ?) WHERE id = ?")
+        .bind(last)
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("update last_seq"))?;
+    Ok(())
+}
+
+fn corrupt(id: &str, what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        job: id.to_owned(),
+        what: what.into(),
+    }
+}
+
+fn tail(s: String, max: usize) -> (String, u64) {
+    if s.len() <= max {
+        return (s, 0);
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    (s[start..].to_owned(), start as u64)
+}
+
+fn read_job(row: &SqliteRow, cut_output: bool) -> Result<JobRecord, StoreError> {
+    let g = |e: sqlx::Error| StoreError::Query {
+        op: "read job row",
+        source: e,
+    };
+    let id_s: String = row.try_get("id").map_err(g)?;
+    let id: JobId = id_s.parse().map_err(|_| corrupt(&id_s, "id"))?;
+    let state_s: String = row.try_get("state").map_err(g)?;
+    let state = JobState::parse(&state_s).ok_or_else(|| corrupt(&id_s, "state"))?;
+    let reason = row
+        .try_get::<Option<String>, _>("reason")
+        .map_err(g)?
+        .map(|r| EndReason::parse(&r).ok_or_else(|| corrupt(&id_s, "reason")))
+        .transpose()?;
+    let parse_json = |col: &str| -> Result<Option<Value>, StoreError> {
+        let t: Option<String> = row.try_get(col).map_err(g)?;
+        t.map(|t| serde_json::from_str(&t).map_err(|_| corrupt(&id_s, col.to_owned())))
+            .transpose()
+    };
+    let params = parse_json("params")?.unwrap_or(Value::Null);
+    let request: StoredRequest = match parse_json("request")? {
+        Some(v) => serde_json::from_value(v).map_err(|_| corrupt(&id_s, "request"))?,
+        None => StoredRequest::default(),
+    };
+    let progress = match parse_json("progress")? {
+        Some(v) => Some(serde_json::from_value(v).map_err(|_| corrupt(&id_s, "progress"))?),
+        None => None,
+    };
+    let error: Option<ApiErrorBody> = match parse_json("error")? {
+        Some(v) => Some(serde_json::from_value(v).map_err(|_| corrupt(&id_s, "error"))?),
+        None => None,
+    };
+    let result = parse_json("result")?;
+    let opt_u64 = |col: &str| -> Result<Option<u64>, StoreError> {
+        Ok(row
+            .try_get::<Option<i64>, _>(col)
+            .map_err(g)?
+            .map(|v| v.max(0) as u64))
+    };
+    let opt_i32 = |col: &str| -> Result<Option<i32>, StoreError> {
+        Ok(row
+            .try_get::<Option<i64>, _>(col)
+            .map_err(g)?
+            .map(|v| v as i32))
+    };
+    let opt_time = |col: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(row.try_get::<Option<i64>, _>(col).map_err(g)?.map(from_ms))
+    };
+    let mut stdout: String = row.try_get("stdout").map_err(g)?;
+    let mut stderr: String = row.try_get("stderr").map_err(g)?;
+    let mut stdout_dropped = opt_u64("stdout_dropped")?.unwrap_or(0);
+    let mut stderr_dropped = opt_u64("stderr_dropped")?.unwrap_or(0);
+    let mut stdout_truncated = row.try_get::<i64, _>("stdout_truncated").map_err(g)? != 0;
+    let mut stderr_truncated = row.try_get::<i64, _>("stderr_truncated").map_err(g)? != 0;
+    if cut_output {
+        let (s, cut) = tail(stdout, LIST_OUTPUT_TAIL);
+        stdout = s;
+        stdout_dropped += cut;
+        stdout_truncated |= cut > 0;
+        let (s, cut) = tail(stderr, LIST_OUTPUT_TAIL);
+        stderr = s;
+        stderr_dropped += cut;
+        stderr_truncated |= cut > 0;
+    }
+    Ok(JobRecord {
+        id,
+        workflow: row.try_get("workflow").map_err(g)?,
+        state,
+        reason,
+        priority: row.try_get::<i64, _>("priority").map_err(g)? as i32,
+        params,
+        request,
+        idempotency_key: row.try_get("idempotency_key").map_err(g)?,
+        max_attempts: row.try_get::<i64, _>("max_attempts").map_err(g)? as u32,
+        attempts_started: row.try_get::<i64, _>("attempts").map_err(g)? as u32,
+        node: row.try_get("node").map_err(g)?,
+        created_at: from_ms(row.try_get("created_at").map_err(g)?),
+        started_at: opt_time("started_at")?,
+        finished_at: opt_time("finished_at")?,
+        progress,
+        result,
+        error,
+        exit_code: opt_i32("exit_code")?,
+        signal: opt_i32("signal")?,
+        process_id: opt_u64("process_id")?.map(|p| p as u32),
+        output: OutputView {
+            stdout,
+            stderr,
+            stdout_truncated,
+            stderr_truncated,
+            stdout_dropped_bytes: stdout_dropped,
+            stderr_dropped_bytes: stderr_dropped,
+        },
+        resources: Resources {
+            peak_memory_bytes: opt_u64("peak_memory")?,
+            cpu_time_ms: opt_u64("cpu_ms")?,
+            wall_time_ms: opt_u64("wall_ms")?,
+        },
+        last_seq: row.try_get::<i64, _>("last_seq").map_err(g)?.max(0) as u64,
+        attempts: Vec::new(),
+    })
+}
+
+fn read_attempt(row: &SqliteRow) -> Result<(String, AttemptView), StoreError> {
+    let g = |e: sqlx::Error| StoreError::Query {
+        op: "read attempt row",
+        source: e,
+    };
+    let job: String = row.try_get("job_id").map_err(g)?;
+    let reason = row
+        .try_get::<Option<String>, _>("reason")
+        .map_err(g)?
+        .and_then(|r| EndReason::parse(&r));
+    Ok((
+        job,
+        AttemptView {
+            n: row.try_get::<i64, _>("n").map_err(g)? as u32,
+            started_at: from_ms(row.try_get("started_at").map_err(g)?),
+            finished_at: row
+                .try_get::<Option<i64>, _>("finished_at")
+                .map_err(g)?
+                .map(from_ms),
+            reason,
+            exit_code: row
+                .try_get::<Option<i64>, _>("exit_code")
+                .map_err(g)?
+                .map(|v| v as i32),
+            signal: row
+                .try_get::<Option<i64>, _>("signal")
+                .map_err(g)?
+                .map(|v| v as i32),
+            process_id: row
+                .try_get::<Option<i64>, _>("process_id")
+                .map_err(g)?
+                .map(|v| v as u32),
+        },
+    ))
+}
+
+impl SqliteStore {
+    /// Loads the attempts of `jobs` into them.
+    async fn attach_attempts(&self, jobs: &mut [JobRecord]) -> Result<(), StoreError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT * FROM attempts WHERE job_id IN (");
+        let mut sep = qb.separated(", ");
+        for j in jobs.iter() {
+            sep.push_bind(j.id.to_string());
+        }
+        qb.push(") ORDER BY job_id, n");
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::query("read attempts"))?;
+        let mut by_job: std::collections::HashMap<String, Vec<AttemptView>> =
+            std::collections::HashMap::new();
+        for r in &rows {
+            let (job, a) = read_attempt(r)?;
+            by_job.entry(job).or_default().push(a);
+        }
+        for j in jobs.iter_mut() {
+            if let Some(a) = by_job.remove(&j.id.to_string()) {
+                j.attempts = a;
+            }
+        }
+        Ok(())
+    }
+
+    async fn jobs_where(
+        &self,
+        sql: &'static str,
+        binds: &[String],
+        cut_output: bool,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let mut q = sqlx::query(sql);
+        for b in binds {
+            q = q.bind(b);
+        }
+        let rows = q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::query("read jobs"))?;
+        let mut jobs = rows
+            .iter()
+            .map(|r| read_job(r, cut_output))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.attach_attempts(&mut jobs).await?;
+        Ok(jobs)
+    }
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn insert_job(&self, job: &NewJob) -> Result<Inserted, StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(StoreError::query("begin"))?;
+        let res = sqlx::query(
+            "INSERT INTO jobs (id, workflow, state, priority, params, request, idempotency_key, \
+             max_attempts, created_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(job.id.to_string())
+        .bind(&job.workflow)
+        .bind(i64::from(job.priority))
+        .bind(json_text(&job.params))
+        .bind(json_text(&job.request))
+        .bind(&job.idempotency_key)
+        .bind(i64::from(job.max_attempts))
+        .bind(ms(job.created_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("insert job"))?;
+        if res.rows_affected() == 0 {
+            tx.rollback().await.map_err(StoreError::query("rollback"))?;
+            let key = job.idempotency_key.as_deref().unwrap_or_default();
+            return match self.find_by_idempotency_key(key).await? {
+                Some(existing) => Ok(Inserted::Existing(Box::new(existing))),
+                None => Err(corrupt(&job.id.to_string(), "idempotency conflict without a job")),
+            };
+        }
+        insert_events(&mut tx, job.id, std::slice::from_ref(&job.event)).await?;
+        tx.commit().await.map_err(StoreError::query("commit"))?;
+        Ok(Inserted::Created)
+    }
+
+    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self
+            .jobs_where(
+                "SELECT * FROM jobs WHERE idempotency_key = ?",
+                &[key.to_owned()],
+                false,
+            )
+            .await?
+            .pop())
+    }
+
+    async fn start_attempt(
+        &self,
+        id: JobId,
+        n: u32,
+        node: &str,
+        at: DateTime<Utc>,
+        event: &JobEvent,
+    ) -> Result<(), StoreError> {
+        let ids = id.to_string();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(StoreError::query("begin"))?;
+        let res = sqlx::query(
+            "UPDATE jobs SET state = 'running', attempts = ?, node = ?, \
+             started_at = COALESCE(started_at, ?) WHERE id = ? AND state = 'queued'",
+        )
+        .bind(i64::from(n))
+        .bind(node)
+        .bind(ms(at))
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("claim job"))?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound(id));
+        }
+        sqlx::query(
+            "INSERT INTO attempts (job_id, n, node, started_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&ids)
+        .bind(i64::from(n))
+        .bind(node)
+        .bind(ms(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("insert attempt"))?;
+        insert_events(&mut tx, id, std::slice::from_ref(event)).await?;
+        tx.commit().await.map_err(StoreError::query("commit"))?;
+        Ok(())
+    }
+
+    async fn set_attempt_pid(&self, id: JobId, n: u32, pid: u32) -> Result<(), StoreError> {
+        let ids = id.to_string();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(StoreError::query("begin"))?;
+        sqlx::query("UPDATE attempts SET process_id = ? WHERE job_id = ? AND n = ?")
+            .bind(i64::from(pid))
+            .bind(&ids)
+            .bind(i64::from(n))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("set attempt pid"))?;
+        sqlx::query("UPDATE jobs SET process_id = ? WHERE id = ?")
+            .bind(i64::from(pid))
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("set job pid"))?;
+        tx.commit().await.map_err(StoreError::query("commit"))?;
+        Ok(())
+    }
+
+    async fn append_events(&self, id: JobId, events: &[JobEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let ids = id.to_string();
+        let progress = events.iter().rev().find_map(|e| match &e.data {
+            EventData::Progress(p) => Some(json_text(p)),
+            _ => None,
+        });
+        let result = events.iter().rev().find_map(|e| match &e.data {
+            EventData::Result { value } => Some(json_text(value)),
+            _ => None,
+        });
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(StoreError::query("begin"))?;
+        insert_events(&mut tx, id, events).await?;
+        if progress.is_some() || result.is_some() {
+            sqlx::query(
+                "UPDATE jobs SET progress = COALESCE(?, progress), result = COALESCE(?, result) WHERE id = ?",
+            )
+            .bind(progress)
+            .bind(result)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("update progress"))?;
+        }
+        let last = events.last().map(|e| e.seq).unwrap_or(0);
+        let EventRetention { head, tail } = self.retention;
+        if last > head + tail {
+            sqlx::query("DELETE FROM events WHERE job_id = ? AND seq > ? AND seq <= ?")
+                .bind(&ids)
+                .bind(head as i64)
+                .bind((last - tail) as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query("prune events"))?;
+        }
+        tx.commit().await.map_err(StoreError::query("commit"))?;
+        Ok(())
+    }
+
+    async fn complete_attempt(
+        &self,
+        id: JobId,
+        end: &AttemptEnd,
+        next: &AfterAttempt,
+        event: &JobEvent,
+    ) -> Result<(), StoreError> {
+        let ids = id.to_string();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(StoreError::query("begin"))?;
+        sqlx::query(
+            "UPDATE attempts SET finished_at = ?, reason = ?, exit_code = ?, signal = ?, \
+             process_id = COALESCE(?, process_id), error = ? WHERE job_id = ? AND n = ?",
+        )
+        .bind(ms(end.finished_at))
+        .bind(end.reason.as_str())
+        .bind(end.exit_code)
+        .bind(end.signal)
+        .bind(end.process_id.map(i64::from))
+        .bind(&end.error)
+        .bind(&ids)
+        .bind(i64::from(end.n))
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("finish attempt"))?;
+        let o = &end.output;
+        let r = &end.resources;
+        sqlx::query(
+            "UPDATE jobs SET exit_code = ?, signal = ?, process_id = COALESCE(?, process_id), \
+             stdout = ?, stderr = ?, stdout_dropped = ?, stderr_dropped = ?, \
+             stdout_truncated = ?, stderr_truncated = ?, peak_memory = ?, cpu_ms = ?, wall_ms = ? \
+             WHERE id = ?",
+        )
+        .bind(end.exit_code)
+        .bind(end.signal)
+        .bind(end.process_id.map(i64::from))
+        .bind(&o.stdout)
+        .bind(&o.stderr)
+        .bind(o.stdout_dropped_bytes as i64)
+        .bind(o.stderr_dropped_bytes as i64)
+        .bind(i64::from(o.stdout_truncated))
+        .bind(i64::from(o.stderr_truncated))
+        .bind(r.peak_memory_bytes.map(|v| v as i64))
+        .bind(r.cpu_time_ms.map(|v| v as i64))
+        .bind(r.wall_time_ms.map(|v| v as i64))
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("record attempt output"))?;
+        match next {
+            AfterAttempt::Requeue => {
+                sqlx::query("UPDATE jobs SET state = 'queued', node = NULL WHERE id = ?")
+                    .bind(&ids)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::query("requeue job"))?;
+            }
+            AfterAttempt::Finish(f) => write_finish(&mut tx, &ids, f).await?,
+        }
+        insert_events(&mut tx, id, std::slice::from_ref(event)).await?;
+        tx.commit().await.map_err(StoreError::query("commit"))?;
+        Ok(())
+    }
+
+    async fn finish_job(&self, id: JobId, finish: &Finish, event: &JobEvent) -> Result<(), StoreError> {
+        let ids = id.to_string();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(StoreError::query("begin"))?;
+        write_finish(&mut tx, &ids, finish).await?;
+        insert_events(&mut tx, id, std::slice::from_ref(event)).await?;
+        tx.commit().await.map_err(StoreError::query("commit"))?;
+        Ok(())
+    }
+
+    async fn get_job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self
+            .jobs_where("SELECT * FROM jobs WHERE id = ?", &[id.to_string()], false)
+            .await?
+            .pop())
+    }
+
+    async fn list_jobs(&self, filter: &ListFilter) -> Result<JobPage, StoreError> {
+        let limit = filter.limit.clamp(1, 500);
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM jobs WHERE 1 = 1");
+        if let Some(s) = filter.state {
+            qb.push(" AND state = ").push_bind(s.as_str());
+        }
+        if let Some(w) = &filter.workflow {
+            qb.push(" AND workflow = ").push_bind(w.clone());
+        }
+        if let Some(b) = filter.before {
+            qb.push(" AND id < ").push_bind(b.to_string());
+        }
+        qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::query("list jobs"))?;
+        let mut jobs = rows
+            .iter()
+            .map(|r| read_job(r, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if jobs.len() > limit as usize {
+            jobs.truncate(limit as usize);
+            jobs.last().map(|j| encode_cursor(j.id))
+        } else {
+            None
+        };
+        self.attach_attempts(&mut jobs).await?;
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    async fn events_after(&self, id: JobId, after: u64, limit: u32) -> Result<Vec<JobEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, ts, data FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(id.to_string())
+        .bind(after as i64)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::query("read events"))?;
+        rows.iter()
+            .map(|r| {
+                let g = StoreError::query("read event row");
+                let seq: i64 = r.try_get("seq").map_err(StoreError::query("read event row"))?;
+                let ts: i64 = r.try_get("ts").map_err(StoreError::query("read event row"))?;
+                let data: String = r.try_get("data").map_err(g)?;
+                let data: EventData = serde_json::from_str(&data)
+                    .map_err(|_| corrupt(&id.to_string(), format!("event {seq}")))?;
+                Ok(JobEvent {
+                    seq: seq.max(0) as u64,
+                    job_id: id,
+                    timestamp: from_ms(ts),
+                    data,
+                })
+            })
+            .collect()
+    }
+
+    async fn recover_interrupted(&self, _node: &str) -> Result<Vec<JobRecord>, StoreError> {
+        // One node per SQLite file: every running job was ours.
+        self.jobs_where("SELECT * FROM jobs WHERE state = 'running' ORDER BY id", &[], false)
+            .await
+    }
+
+    async fn queued_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        self.jobs_where(
+            "SELECT * FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id",
+            &[],
+            false,
+        )
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::query("ping"))?;
+        Ok(())
+    }
+}
+
+async fn write_finish(
+    tx: &mut sqlx::SqliteConnection,
+    ids: &str,
+    f: &Finish,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE jobs SET state = ?, reason = ?, result = COALESCE(?, result), error = ?, \
+         finished_at = ?, node = NULL WHERE id = ?",
+    )
+    .bind(f.state.as_str())
+    .bind(f.reason.map(|r| r.as_str()))
+    .bind(f.result.as_ref().map(json_text))
+    .bind(f.error.as_ref().map(json_text))
+    .bind(ms(f.finished_at))
+    .bind(ids)
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::query("finish job"))?;
+    Ok(())
+}
