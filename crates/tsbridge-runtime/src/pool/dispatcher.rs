@@ -523,13 +523,10 @@ impl Dispatcher {
                 }
                 self.grow();
             }
-            WorkerReport::JobDone { worker, kept, rss } => {
+            WorkerReport::JobDone { worker, kept } => {
                 self.stats.jobs_total += 1;
                 if let Some(slot) = self.workers.get_mut(&worker) {
                     slot.jobs += 1;
-                    if rss.is_some() {
-                        slot.rss = rss;
-                    }
                     if kept && matches!(slot.state, SlotState::Busy { .. }) {
                         self.on_idle(worker);
                     } else {

@@ -83,13 +83,15 @@ impl fmt::Display for WorkerExit {
 pub enum WorkerStartError {
     #[error("cannot spawn the worker process")]
     Spawn(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// The host could not load the module or found no handler in it.
     #[error("the worker host failed to load the module: {message}")]
-    Fatal {
-        message: String,
-        stack: Option<String>,
-    },
+    Fatal { message: String },
+    /// The last error the process logged, if any, is in `last_error`.
     #[error("the worker exited before it was ready ({exit})")]
-    ExitedEarly { exit: WorkerExit },
+    ExitedEarly {
+        exit: WorkerExit,
+        last_error: Option<String>,
+    },
     #[error("the worker was not ready within {0:?}")]
     ReadyTimeout(Duration),
     #[error("the pool is shutting down")]

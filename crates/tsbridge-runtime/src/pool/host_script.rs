@@ -143,6 +143,6 @@ mod tests {
 
     #[test]
     fn embedded_script_is_the_host() {
-        assert!(WORKER_HOST_JS.contains("op: 'ready'"));
+        assert!(WORKER_HOST_JS.contains("op: 'pong'"));
     }
 }

@@ -36,7 +36,7 @@ pub use errors::{
 pub use host_script::{HostFile, HostScript, WORKER_HOST_JS};
 // pub use launch::EngineLauncher;
 pub use protocol::AbortReason;
-pub use worker::{Launcher, WorkerInput, WorkerIo};
+pub use worker::{HostLink, Launcher, LinkError, WorkerInput, WorkerIo};
 
 use dispatcher::{Command, Dispatcher};
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tsbridge_proto::{ChildEvent, WorkerId};
 
@@ -34,88 +34,120 @@ impl FakeLauncher {
     }
 }
 
+type Ask = (Value, oneshot::Sender<Result<Value, LinkError>>);
+
+/// The request side of the fake channel: requests go to the fake host task.
+#[derive(Debug)]
+struct FakeLink {
+    tx: std::sync::Mutex<Option<mpsc::UnboundedSender<Ask>>>,
+}
+
+#[async_trait::async_trait]
+impl HostLink for FakeLink {
+    async fn request(&self, payload: Value, timeout: Duration) -> Result<Value, LinkError> {
+        let (tx, rx) = oneshot::channel();
+        let sent = match &*self.tx.lock().unwrap() {
+            Some(host) => host.send((payload, tx)).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(LinkError::Closed);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(LinkError::Closed),
+            Err(_) => Err(LinkError::Timeout(timeout)),
+        }
+    }
+
+    async fn close(&self) {
+        self.tx.lock().unwrap().take();
+    }
+}
+
+/// A tokio task speaking the worker protocol; `params.mode` picks the behaviour.
+async fn fake_host(
+    boot: Boot,
+    pid: u32,
+    mut asks: mpsc::UnboundedReceiver<Ask>,
+    out: mpsc::Sender<WorkerInput>,
+    kill: CancellationToken,
+) {
+    if boot == Boot::Fatal {
+        let _ = out
+            .send(WorkerInput::Event(ChildEvent::Log {
+                level: tsbridge_proto::LogLevel::Error,
+                message: "cannot load x".into(),
+                child_timestamp: None,
+            }))
+            .await;
+        let _ = out.send(WorkerInput::Exited(WorkerExit::Code(78))).await;
+        return;
+    }
+    // The job in flight: its mode and where its answer goes.
+    let mut running: Option<(String, oneshot::Sender<Result<Value, LinkError>>)> = None;
+    loop {
+        tokio::select! {
+            _ = kill.cancelled() => {
+                let _ = out.send(WorkerInput::Exited(WorkerExit::Signal(15))).await;
+                return;
+            }
+            ask = asks.recv() => {
+                let Some((p, answer)) = ask else {
+                    let _ = out.send(WorkerInput::Exited(WorkerExit::Code(0))).await;
+                    return;
+                };
+                match p["op"].as_str() {
+                    Some("ping") => {
+                        let _ = answer.send(Ok(json!({"op":"pong","ready":true,"pid":pid,"rss": 50_000_000 + pid as u64})));
+                    }
+                    Some("run") => {
+                        let mode = p["params"]["mode"].as_str().unwrap_or("echo").to_owned();
+                        match mode.as_str() {
+                            "echo" => {
+                                let _ = out.send(WorkerInput::Event(ChildEvent::Progress(tsbridge_proto::Progress::new(1, 2, "half")))).await;
+                                let _ = answer.send(Ok(json!({"pid": pid, "params": p["params"]})));
+                            }
+                            "throw" => {
+                                let _ = answer.send(Err(LinkError::Remote(json!({"message":"bad","name":"RangeError","aborted":false}))));
+                            }
+                            "crash" => {
+                                drop(answer);
+                                let _ = out.send(WorkerInput::Exited(WorkerExit::Code(1))).await;
+                                return;
+                            }
+                            other => running = Some((other.to_owned(), answer)),
+                        }
+                    }
+                    Some("cancel") => {
+                        let _ = answer.send(Ok(json!({"op":"cancel","found":running.is_some()})));
+                        if running.as_ref().is_some_and(|(mode, _)| mode == "abortable")
+                            && let Some((_, job)) = running.take()
+                        {
+                            let _ = job.send(Err(LinkError::Remote(json!({"message":"job cancelled","name":"AbortError","aborted":true}))));
+                        }
+                        // "hang": ignores the cancel
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Launcher for FakeLauncher {
     async fn launch(&self, _worker: WorkerId) -> Result<WorkerIo, WorkerStartError> {
         let pid = self.pids.fetch_add(1, Ordering::Relaxed);
-        let (to_host, mut rx) = mpsc::unbounded_channel::<Value>();
-        let (tx, from_host) = mpsc::channel(64);
+        let (ask_tx, asks) = mpsc::unbounded_channel();
+        let (out, from_host) = mpsc::channel(64);
         let kill = CancellationToken::new();
-        let k = kill.clone();
-        let boot = self.boot;
-        tokio::spawn(async move {
-            let msg = |ty: &str, id: &str, payload: Value| {
-                WorkerInput::Message(json!({"type": ty, "id": id, "payload": payload}))
-            };
-            if boot == Boot::Fatal {
-                let _ = tx
-                    .send(msg(
-                        "error",
-                        "ready",
-                        json!({"op":"fatal","message":"cannot load x"}),
-                    ))
-                    .await;
-                let _ = tx.send(WorkerInput::Exited(WorkerExit::Code(78))).await;
-                return;
-            }
-            let _ = tx
-                .send(msg(
-                    "response",
-                    "ready",
-                    json!({"op":"ready","pid":pid,"exports":["default"]}),
-                ))
-                .await;
-            let mut running: Option<(String, String)> = None;
-            loop {
-                tokio::select! {
-                    _ = k.cancelled() => {
-                        let _ = tx.send(WorkerInput::Exited(WorkerExit::Signal(15))).await;
-                        return;
-                    }
-                    m = rx.recv() => {
-                        let Some(m) = m else {
-                            let _ = tx.send(WorkerInput::Exited(WorkerExit::Code(0))).await;
-                            return;
-                        };
-                        let id = m["id"].as_str().unwrap_or_default().to_owned();
-                        let p = &m["payload"];
-                        match p["op"].as_str() {
-                            Some("ping") => {
-                                let _ = tx.send(msg("response", &id, json!({"op":"pong","rss": 50_000_000 + pid as u64}))).await;
-                            }
-                            Some("run") => {
-                                let mode = p["params"]["mode"].as_str().unwrap_or("echo").to_owned();
-                                match mode.as_str() {
-                                    "echo" => {
-                                        let _ = tx.send(msg("progress", &id, json!({"current":1,"total":2,"message":"half"}))).await;
-                                        let _ = tx.send(msg("result", &id, json!({"pid": pid, "params": p["params"]}))).await;
-                                    }
-                                    "throw" => {
-                                        let _ = tx.send(msg("error", &id, json!({"message":"bad","name":"RangeError","aborted":false}))).await;
-                                    }
-                                    "crash" => {
-                                        let _ = tx.send(WorkerInput::Exited(WorkerExit::Code(1))).await;
-                                        return;
-                                    }
-                                    other => running = Some((id, other.to_owned())),
-                                }
-                            }
-                            Some("cancel") => {
-                                if let Some((job, mode)) = &running && mode == "abortable" {
-                                    let _ = tx.send(msg("error", job, json!({"message":"job cancelled","name":"AbortError","aborted":true}))).await;
-                                    running = None;
-                                }
-                                // "hang": ignores the cancel
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            }
-        });
+        tokio::spawn(fake_host(self.boot, pid, asks, out, kill.clone()));
         Ok(WorkerIo {
             pid: Some(pid),
-            to_host,
+            link: Arc::new(FakeLink {
+                tx: std::sync::Mutex::new(Some(ask_tx)),
+            }),
             from_host,
             kill,
         })

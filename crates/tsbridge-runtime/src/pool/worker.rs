@@ -4,6 +4,9 @@
 //! happened through [`WorkerReport`]s. The job's caller gets its
 //! [`PoolOutcome`] straight from here, before the owner task hears of it.
 
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,36 +15,57 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tsbridge_proto::event::Stream;
-use tsbridge_proto::{ChildEvent, WorkerId};
+use tsbridge_proto::{ChildEvent, LogLevel, WorkerId};
 
 use super::config::PoolConfig;
 use super::errors::{PoolJobError, WorkerExit, WorkerStartError};
-use super::protocol::{self, AbortReason, HostMessage};
+use super::protocol::{self, AbortReason};
 use super::{EventSink, PoolJob, PoolOutcome};
 
-/// Everything from a worker process, in order. After `Exited` nothing follows.
+/// Longer than any job: the run request's own timeout never fires (the
+/// worker's timers do).
+const NO_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Everything a worker process says besides answers, in order. After
+/// `Exited` nothing follows.
 #[derive(Debug)]
 pub enum WorkerInput {
-    /// One JSON message from the host over the IPC channel.
-    Message(Value),
-    /// A `progress`/`log`/`result` envelope from the host that the IPC
-    /// layer already turned into an event (without its id): it belongs to
-    /// the job running now. A `Result` here is that job's value.
-    HostEvent(ChildEvent),
-    /// A line the process wrote to stdout or stderr (pool hosts keep stdout
-    /// free, so these are stray writes and crash traces).
-    Output(ChildEvent),
+    /// A `progress`/`log` envelope from the host (made an event by the IPC
+    /// layer, without its id), or a line of the process's stdout/stderr. It
+    /// belongs to the job running now.
+    Event(ChildEvent),
     /// The process (and the IPC channel) ended.
     Exited(WorkerExit),
+}
+
+/// Why an exchange with the host got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("the ipc channel is closed")]
+    Closed,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The host answered with an `error` envelope; its payload.
+    #[error("the worker host answered with an error")]
+    Remote(Value),
+}
+
+/// The request side of a worker's IPC channel.
+#[async_trait::async_trait]
+pub trait HostLink: Send + Sync + fmt::Debug + 'static {
+    /// Sends `{type:"request", id, payload}` with a fresh id and returns the
+    /// payload of the `response` with that id, or of the `error` as
+    /// [`LinkError::Remote`].
+    async fn request(&self, payload: Value, timeout: Duration) -> Result<Value, LinkError>;
+    /// Closes the channel; the host takes it as "exit now".
+    async fn close(&self);
 }
 
 /// A started worker process, as the pool drives it.
 #[derive(Debug)]
 pub struct WorkerIo {
     pub pid: Option<u32>,
-    /// Messages to the host. Dropping it closes the IPC channel, which the
-    /// host takes as "exit now".
-    pub to_host: mpsc::UnboundedSender<Value>,
+    pub link: Arc<dyn HostLink>,
     pub from_host: mpsc::Receiver<WorkerInput>,
     /// Cancelling it kills the worker's whole process tree (TERM, grace, KILL).
     pub kill: CancellationToken,
@@ -86,7 +110,6 @@ pub(crate) enum WorkerReport {
     JobDone {
         worker: WorkerId,
         kept: bool,
-        rss: Option<u64>,
     },
     Pong {
         worker: WorkerId,
@@ -100,13 +123,14 @@ pub(crate) enum WorkerReport {
     },
 }
 
+type Answer = Pin<Box<dyn Future<Output = Result<Value, LinkError>> + Send>>;
+
 struct Worker {
     id: WorkerId,
     cfg: Arc<PoolConfig>,
     io: WorkerIo,
     commands: mpsc::UnboundedReceiver<WorkerCommand>,
     reports: mpsc::UnboundedSender<WorkerReport>,
-    next_request: u64,
 }
 
 /// Runs one worker from launch to its end.
@@ -144,7 +168,6 @@ pub(crate) async fn run_worker(
         io,
         commands,
         reports,
-        next_request: 0,
     };
     w.run().await;
 }
@@ -155,19 +178,20 @@ struct End {
     crashed: bool,
 }
 
+enum JobEnd {
+    Kept,
+    Retire,
+    Dead { exit: WorkerExit, crashed: bool },
+}
+
 impl Worker {
-    fn request_id(&mut self, kind: &str) -> String {
-        self.next_request += 1;
-        format!("{kind}-{}-{}", self.id, self.next_request)
-    }
-
-    fn send(&self, msg: Value) {
-        // A closed channel shows up as `Exited` on from_host; nothing to do here.
-        let _ = self.io.to_host.send(msg);
-    }
-
     fn report(&self, r: WorkerReport) {
         let _ = self.reports.send(r);
+    }
+
+    fn ask(&self, payload: Value, timeout: Duration) -> Answer {
+        let link = self.io.link.clone();
+        Box::pin(async move { link.request(payload, timeout).await })
     }
 
     async fn run(&mut self) {
@@ -195,36 +219,38 @@ impl Worker {
         });
     }
 
-    /// Waits for the host's ready message, then proves it answers a ping.
+    /// Waits until the host answers a ping with `ready` (Node queues the
+    /// ping until the module is loaded and the host listens).
     async fn start(&mut self) -> Result<Option<u32>, WorkerStartError> {
-        let deadline = Instant::now() + self.cfg.startup_timeout;
-        let mut pid = self.io.pid;
-        let mut ping: Option<String> = None;
-        let mut fatal: Option<(String, Option<String>)> = None;
+        let timeout = self.cfg.startup_timeout;
+        let mut answer = self.ask(protocol::ping_payload(), timeout);
+        // The last error logged while starting: the host's fatal message.
+        let mut last_error: Option<String> = None;
         loop {
             tokio::select! {
-                input = self.io.from_host.recv() => match input {
-                    Some(WorkerInput::Message(v)) => match protocol::parse(v) {
-                        HostMessage::Ready { pid: p, .. } => {
-                            pid = pid.or(p);
-                            let id = self.request_id("ping");
-                            self.send(protocol::ping_request(&id));
-                            ping = Some(id);
+                r = &mut answer => match r {
+                    Ok(v) => {
+                        let pong = protocol::parse_pong(&v);
+                        if pong.ready {
+                            tracing::debug!(worker = %self.id, exports = ?pong.exports, "worker host ready");
+                            return Ok(self.io.pid.or(pong.pid));
                         }
-                        HostMessage::Pong { request, .. } if ping.as_ref() == Some(&request) => return Ok(pid),
-                        HostMessage::Fatal { message, stack } => fatal = Some((message, stack)),
-                        other => tracing::debug!(worker = %self.id, ?other, "unexpected message while starting"),
-                    },
-                    Some(WorkerInput::Output(ev) | WorkerInput::HostEvent(ev)) => log_output(self.id, &ev),
-                    Some(WorkerInput::Exited(exit)) => return Err(start_failure(fatal, exit)),
-                    None => return Err(start_failure(fatal, WorkerExit::Unknown)),
+                        answer = self.ask(protocol::ping_payload(), timeout);
+                    }
+                    Err(LinkError::Timeout(_)) => return Err(WorkerStartError::ReadyTimeout(timeout)),
+                    // Closed: the process is ending; its exit says why.
+                    Err(_) => answer = Box::pin(std::future::pending()),
                 },
-                _ = sleep_until(deadline) => {
-                    return Err(match fatal {
-                        Some((message, stack)) => WorkerStartError::Fatal { message, stack },
-                        None => WorkerStartError::ReadyTimeout(self.cfg.startup_timeout),
-                    });
-                }
+                input = self.io.from_host.recv() => match input {
+                    Some(WorkerInput::Event(ev)) => {
+                        if let ChildEvent::Log { level: LogLevel::Error, message, .. } = &ev {
+                            last_error = Some(message.clone());
+                        }
+                        log_output(self.id, &ev);
+                    }
+                    Some(WorkerInput::Exited(exit)) => return Err(start_failure(last_error, exit)),
+                    None => return Err(start_failure(last_error, WorkerExit::Unknown)),
+                },
                 cmd = self.commands.recv() => match cmd {
                     Some(WorkerCommand::Retire | WorkerCommand::Kill) | None => return Err(WorkerStartError::ShuttingDown),
                     Some(WorkerCommand::Ping) => {}
@@ -239,53 +265,54 @@ impl Worker {
 
     /// Idle <-> Busy until the worker ends.
     async fn serve(&mut self) -> End {
-        let mut ping: Option<(String, Instant)> = None;
+        let mut ping: Option<Answer> = None;
         loop {
-            let ping_deadline = ping.as_ref().map(|(_, d)| *d);
             tokio::select! {
                 cmd = self.commands.recv() => match cmd {
                     Some(WorkerCommand::Run(a)) => {
                         ping = None;
                         match self.run_job(*a).await {
-                            JobEnd::Kept { rss } => self.report(WorkerReport::JobDone { worker: self.id, kept: true, rss }),
-                            JobEnd::Retire { rss } => {
-                                self.report(WorkerReport::JobDone { worker: self.id, kept: false, rss });
+                            JobEnd::Kept => self.report(WorkerReport::JobDone { worker: self.id, kept: true }),
+                            JobEnd::Retire => {
+                                self.report(WorkerReport::JobDone { worker: self.id, kept: false });
                                 return self.retire().await;
                             }
                             JobEnd::Dead { exit, crashed } => {
-                                self.report(WorkerReport::JobDone { worker: self.id, kept: false, rss: None });
+                                self.report(WorkerReport::JobDone { worker: self.id, kept: false });
                                 return End { exit, crashed };
                             }
                         }
                     }
                     Some(WorkerCommand::Ping) => {
                         if ping.is_none() {
-                            let id = self.request_id("ping");
-                            self.send(protocol::ping_request(&id));
-                            ping = Some((id, Instant::now() + self.cfg.ping_timeout));
+                            ping = Some(self.ask(protocol::ping_payload(), self.cfg.ping_timeout));
                         }
                     }
                     Some(WorkerCommand::Retire) => return self.retire().await,
                     Some(WorkerCommand::Kill) | None => return self.kill().await,
                 },
-                input = self.io.from_host.recv() => match input {
-                    Some(WorkerInput::Message(v)) => match protocol::parse(v) {
-                        HostMessage::Pong { request, rss } if ping.as_ref().is_some_and(|(id, _)| *id == request) => {
-                            ping = None;
-                            self.report(WorkerReport::Pong { worker: self.id, rss });
+                Some(r) = futures::future::OptionFuture::from(ping.as_mut()), if ping.is_some() => {
+                    ping = None;
+                    match r {
+                        Ok(v) => {
+                            let pong = protocol::parse_pong(&v);
+                            self.report(WorkerReport::Pong { worker: self.id, rss: pong.rss });
                         }
-                        other => tracing::debug!(worker = %self.id, ?other, "message from an idle worker ignored"),
-                    },
-                    Some(WorkerInput::Output(ev) | WorkerInput::HostEvent(ev)) => log_output(self.id, &ev),
+                        Err(LinkError::Timeout(t)) => {
+                            tracing::warn!(worker = %self.id, timeout = ?t, "worker did not answer a ping: killing it");
+                            self.io.kill.cancel();
+                            let exit = self.drain_until_exit(None).await;
+                            return End { exit, crashed: true };
+                        }
+                        // Closed or an error answer: the exit (if any) comes on from_host.
+                        Err(e) => tracing::debug!(worker = %self.id, error = %e, "ping failed"),
+                    }
+                }
+                input = self.io.from_host.recv() => match input {
+                    Some(WorkerInput::Event(ev)) => log_output(self.id, &ev),
                     Some(WorkerInput::Exited(exit)) => return End { exit, crashed: true },
                     None => return End { exit: WorkerExit::Unknown, crashed: true },
                 },
-                _ = sleep_until(ping_deadline.unwrap_or_else(Instant::now)), if ping_deadline.is_some() => {
-                    tracing::warn!(worker = %self.id, timeout = ?self.cfg.ping_timeout, "worker did not answer a ping: killing it");
-                    self.io.kill.cancel();
-                    let exit = self.drain_until_exit(None).await;
-                    return End { exit, crashed: true };
-                }
             }
         }
     }
@@ -298,13 +325,16 @@ impl Worker {
             queued,
         } = a;
         let started = Instant::now();
-        let id = job.job_id.to_string();
+        let job_id = job.job_id.to_string();
         let timeout = match (job.timeout, self.cfg.job_timeout) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         let deadline = timeout.map(|t| started + t);
-        self.send(protocol::run_request(&id, &job.workflow, &job.params));
+        let mut answer = Some(self.ask(
+            protocol::run_payload(&job_id, &job.workflow, &job.params),
+            NO_TIMEOUT,
+        ));
 
         // Set once a cancel/timeout/shutdown has been sent to the host.
         let mut abort: Option<(AbortReason, Instant)> = None;
@@ -318,93 +348,96 @@ impl Worker {
             AbortReason::Cancelled => PoolJobError::Cancelled { killed },
             AbortReason::Shutdown => PoolJobError::ShuttingDown,
         };
-        let outcome =
-            |result: Result<Value, PoolJobError>, pid: Option<u32>, worker: WorkerId| PoolOutcome {
+        let (worker, pid) = (self.id, self.io.pid);
+        let finish = |result: Result<Value, PoolJobError>| {
+            let _ = reply.send(PoolOutcome {
                 result,
                 worker: Some(worker),
                 pid,
                 queued,
                 ran: started.elapsed(),
-            };
+            });
+        };
 
         loop {
             let kill_at = abort.as_ref().map(|(_, at)| *at);
             tokio::select! {
                 biased;
                 input = self.io.from_host.recv() => match input {
-                    Some(WorkerInput::Message(v)) => {
-                        let rss = v.get("rss").and_then(Value::as_u64);
-                        match protocol::parse(v) {
-                            HostMessage::JobEvent { job: j, event } if j == id => {
-                                let _ = sink.send(event).await;
-                            }
-                            HostMessage::JobResult { job: j, value } if j == id => {
-                                let result = match abort {
-                                    Some((reason, _)) => Err(aborted_error(reason, false)),
-                                    None => Ok(value),
-                                };
-                                let _ = reply.send(outcome(result, self.io.pid, self.id));
-                                return self.after_job(abort, retire_after, rss);
-                            }
-                            HostMessage::JobFailed { job: j, failure } if j == id => {
-                                let result = match abort {
-                                    Some((reason, _)) => Err(aborted_error(reason, false)),
-                                    None => Err(PoolJobError::Handler {
-                                        message: failure.message,
-                                        name: failure.name,
-                                        stack: if self.cfg.dev_mode { failure.stack } else { None },
-                                    }),
-                                };
-                                let _ = reply.send(outcome(result, self.io.pid, self.id));
-                                return self.after_job(abort, retire_after, rss);
-                            }
-                            other => tracing::debug!(worker = %self.id, job = %id, ?other, "message ignored during a job"),
-                        }
-                    }
-                    Some(WorkerInput::HostEvent(ChildEvent::Result { value })) => {
-                        let result = match abort {
-                            Some((reason, _)) => Err(aborted_error(reason, false)),
-                            None => Ok(value),
-                        };
-                        let _ = reply.send(outcome(result, self.io.pid, self.id));
-                        return self.after_job(abort, retire_after, None);
-                    }
-                    Some(WorkerInput::HostEvent(ev)) => {
-                        let _ = sink.send(ev).await;
-                    }
-                    Some(WorkerInput::Output(ev)) => {
+                    Some(WorkerInput::Event(ev)) => {
                         let _ = sink.send(neutralize(ev)).await;
                     }
                     Some(WorkerInput::Exited(exit)) => {
-                        let result = match abort {
+                        let error = match abort {
                             Some((reason, _)) if killed => aborted_error(reason, true),
                             _ => PoolJobError::WorkerCrashed { worker: self.id, exit },
                         };
-                        let _ = reply.send(outcome(Err(result), self.io.pid, self.id));
+                        finish(Err(error));
                         return JobEnd::Dead { exit, crashed: !killed };
                     }
                     None => {
-                        let exit = WorkerExit::Unknown;
-                        let _ = reply.send(outcome(Err(PoolJobError::WorkerCrashed { worker: self.id, exit }), self.io.pid, self.id));
-                        return JobEnd::Dead { exit, crashed: !killed };
+                        finish(Err(PoolJobError::WorkerCrashed { worker: self.id, exit: WorkerExit::Unknown }));
+                        return JobEnd::Dead { exit: WorkerExit::Unknown, crashed: !killed };
                     }
                 },
+                Some(r) = futures::future::OptionFuture::from(answer.as_mut()), if answer.is_some() => {
+                    answer = None;
+                    let result = match r {
+                        Ok(value) => Ok(value),
+                        Err(LinkError::Remote(payload)) => {
+                            let f = protocol::parse_failure(&payload);
+                            Err(PoolJobError::Handler {
+                                message: f.message,
+                                name: f.name,
+                                stack: if self.cfg.dev_mode { f.stack } else { None },
+                            })
+                        }
+                        // The channel closed under the job: the process is
+                        // ending; wait for its exit (the arm above).
+                        Err(e) => {
+                            tracing::debug!(worker = %self.id, job = %job_id, error = %e, "run request failed");
+                            continue;
+                        }
+                    };
+                    // Events the host sent before its answer are already queued: forward them first.
+                    let mut exited = None;
+                    while let Ok(input) = self.io.from_host.try_recv() {
+                        match input {
+                            WorkerInput::Event(ev) => {
+                                let _ = sink.send(neutralize(ev)).await;
+                            }
+                            WorkerInput::Exited(exit) => exited = Some(exit),
+                        }
+                    }
+                    let result = match abort {
+                        Some((reason, _)) => Err(aborted_error(reason, false)),
+                        None => result,
+                    };
+                    finish(result);
+                    if let Some(exit) = exited {
+                        return JobEnd::Dead { exit, crashed: !killed };
+                    }
+                    return if retire_after || matches!(abort, Some((AbortReason::Shutdown, _))) {
+                        JobEnd::Retire
+                    } else {
+                        JobEnd::Kept
+                    };
+                }
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && abort.is_none() => {
-                    abort = Some(self.abort(&id, AbortReason::Timeout));
+                    abort = Some(self.abort(&job_id, AbortReason::Timeout));
                 }
                 _ = job.cancel.cancelled(), if abort.is_none() => {
-                    abort = Some(self.abort(&id, AbortReason::Cancelled));
+                    abort = Some(self.abort(&job_id, AbortReason::Cancelled));
                 }
                 _ = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() && !killed => {
-                    tracing::info!(worker = %self.id, job = %id, grace = ?self.cfg.kill_grace, "handler ignored its abort signal: killing the worker");
+                    tracing::info!(worker = %self.id, job = %job_id, grace = ?self.cfg.kill_grace, "handler ignored its abort signal: killing the worker");
                     killed = true;
                     self.io.kill.cancel();
                 }
                 cmd = self.commands.recv(), if !killed => match cmd {
                     Some(WorkerCommand::Kill) | None => {
                         if abort.is_none() {
-                            let req = self.request_id("cancel");
-                            self.send(protocol::cancel_request(&req, &id, AbortReason::Shutdown));
+                            self.abort(&job_id, AbortReason::Shutdown);
                         }
                         abort = Some((AbortReason::Shutdown, Instant::now()));
                         killed = true;
@@ -421,30 +454,22 @@ impl Worker {
         }
     }
 
-    fn abort(&mut self, job: &str, reason: AbortReason) -> (AbortReason, Instant) {
-        let req = self.request_id("cancel");
-        self.send(protocol::cancel_request(&req, job, reason));
+    /// Sends a cancel for the running job (its answer is not awaited) and
+    /// returns when the kill grace ends.
+    fn abort(&self, job_id: &str, reason: AbortReason) -> (AbortReason, Instant) {
+        let ask = self.ask(
+            protocol::cancel_payload(job_id, reason),
+            self.cfg.kill_grace,
+        );
+        tokio::spawn(async move {
+            let _ = ask.await;
+        });
         (reason, Instant::now() + self.cfg.kill_grace)
-    }
-
-    fn after_job(
-        &self,
-        abort: Option<(AbortReason, Instant)>,
-        retire_after: bool,
-        rss: Option<u64>,
-    ) -> JobEnd {
-        if retire_after || matches!(abort, Some((AbortReason::Shutdown, _))) {
-            JobEnd::Retire { rss }
-        } else {
-            JobEnd::Kept { rss }
-        }
     }
 
     /// Closes the channel (the host exits), waits up to the kill grace, then kills.
     async fn retire(&mut self) -> End {
-        let (closed, _) = mpsc::unbounded_channel();
-        // Replacing the sender drops ours: the channel closes.
-        self.io.to_host = closed;
+        self.io.link.close().await;
         let exit = self
             .drain_until_exit(Some(Instant::now() + self.cfg.kill_grace))
             .await;
@@ -471,8 +496,7 @@ impl Worker {
                 input = self.io.from_host.recv() => match input {
                     Some(WorkerInput::Exited(exit)) => return exit,
                     None => return WorkerExit::Unknown,
-                    Some(WorkerInput::Output(ev) | WorkerInput::HostEvent(ev)) => log_output(self.id, &ev),
-                    Some(WorkerInput::Message(_)) => {}
+                    Some(WorkerInput::Event(ev)) => log_output(self.id, &ev),
                 },
                 _ = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
                     kill_at = None;
@@ -483,21 +507,18 @@ impl Worker {
     }
 }
 
-enum JobEnd {
-    Kept { rss: Option<u64> },
-    Retire { rss: Option<u64> },
-    Dead { exit: WorkerExit, crashed: bool },
-}
-
-fn start_failure(fatal: Option<(String, Option<String>)>, exit: WorkerExit) -> WorkerStartError {
-    match fatal {
-        Some((message, stack)) => WorkerStartError::Fatal { message, stack },
-        None => WorkerStartError::ExitedEarly { exit },
+fn start_failure(last_error: Option<String>, exit: WorkerExit) -> WorkerStartError {
+    match exit {
+        WorkerExit::Code(protocol::EXIT_FATAL) => WorkerStartError::Fatal {
+            message: last_error.unwrap_or_else(|| "the module could not be loaded".into()),
+        },
+        exit => WorkerStartError::ExitedEarly { exit, last_error },
     }
 }
 
 /// Stdout is not the protocol in pool mode: a stray `RESULT:` line a
-/// handler wrote with process.stdout.write is plain output, not a result.
+/// handler wrote with process.stdout.write (or a `result` envelope it sent
+/// itself) is plain output, not the job's value.
 fn neutralize(ev: ChildEvent) -> ChildEvent {
     match ev {
         ChildEvent::Result { value } => ChildEvent::Output {
