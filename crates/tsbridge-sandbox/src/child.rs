@@ -279,7 +279,25 @@ impl ChildPlan {
             }
         }
 
-        // 5. no_new_privs (also what lets an unprivileged process use landlock/seccomp).
+        // 5. Capabilities tsbridge may hold as ambient (e.g. CAP_SYS_ADMIN for
+        //    netns under systemd) must not pass to the job's program on exec.
+        //    EINVAL = kernel without ambient capabilities: nothing to clear.
+        // SAFETY: plain prctl with integer arguments.
+        if unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        } != 0
+            && errno() != libc::EINVAL
+        {
+            return Err(fail(ChildStep::NoNewPrivs));
+        }
+
+        // 6. no_new_privs (also what lets an unprivileged process use landlock/seccomp).
         if self.no_new_privs {
             // SAFETY: plain prctl with integer arguments.
             if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
@@ -287,7 +305,7 @@ impl ChildPlan {
             }
         }
 
-        // 6. Landlock.
+        // 7. Landlock.
         if let Some(fd) = &self.landlock {
             // SAFETY: fd is an open ruleset fd; flags 0.
             let r =
@@ -297,7 +315,7 @@ impl ChildPlan {
             }
         }
 
-        // 7. seccomp last: it may deny calls the steps above needed.
+        // 8. seccomp last: it may deny calls the steps above needed.
         for prog in self.seccomp.iter() {
             let fprog = libc::sock_fprog {
                 len: prog.len() as libc::c_ushort,

@@ -74,3 +74,34 @@ fn the_same_program_under_its_limit_is_not_a_breach() {
     assert_eq!(stats.breach(&policy, out.status.signal()), None);
     job.remove();
 }
+
+#[test]
+fn v8_heap_oom_below_the_cgroup_limit_is_a_memory_breach() {
+    let host = Host::new("v8oom");
+    if skip_without_cgroups(&host) || !std::path::Path::new("/usr/bin/node").exists() {
+        return;
+    }
+    let policy = SandboxPolicy {
+        memory: Some(256 << 20),
+        ..SandboxPolicy::default()
+    };
+    let prepared = host.prepare("v8", &policy);
+    let mut cmd = base_command("/usr/bin/node");
+    // --max-old-space-size at ~75% of the limit: V8 gives up (SIGABRT) first.
+    cmd.arg("--max-old-space-size=192")
+        .arg("-e")
+        .arg("const a = []; for (;;) { a.push(new Array(1 << 20).fill(1.5)); }");
+    let out = run(cmd, Some(&prepared));
+    let job = JobGuard(prepared.into_cgroup());
+    let stats = job.cg().stats();
+    let err = stderr(&out);
+    assert!(err.contains(tsbridge_sandbox::V8_HEAP_OOM_MARKER), "{err}");
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{:?}", out.status);
+    assert_eq!(stats.oom_kills, Some(0), "{stats:?}");
+    assert_eq!(
+        stats.breach(&policy, out.status.signal()),
+        Some(LimitBreach::Memory),
+        "{stats:?}"
+    );
+    job.remove();
+}
