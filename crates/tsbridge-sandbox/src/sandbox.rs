@@ -377,6 +377,24 @@ pub struct PreparedSandbox {
     report: EnforcementReport,
 }
 
+/// Dropping a `PreparedSandbox` that still owns its cgroup kills whatever is
+/// left in it and removes it (no leaked cgroups when a spawn fails or the
+/// owner forgets). Use [`PreparedSandbox::into_cgroup`] to keep the cgroup.
+/// This can block briefly (bounded), so drop it where blocking is acceptable.
+impl Drop for PreparedSandbox {
+    fn drop(&mut self) {
+        if let Some(cg) = self.cgroup.take() {
+            if let Err(e) = cg.kill_all() {
+                tracing::warn!(job = cg.key(), error = %e, "killing the job cgroup on drop failed");
+            }
+            let key = cg.key().to_owned();
+            if let Err(e) = cg.remove() {
+                tracing::warn!(job = %key, error = %e, "removing the job cgroup on drop failed");
+            }
+        }
+    }
+}
+
 /// A `'static` handle on a prepared child plan, for `Command::pre_exec`.
 #[derive(Debug, Clone)]
 pub struct ChildHook {
@@ -423,9 +441,11 @@ impl PreparedSandbox {
         self.cgroup.as_ref()
     }
 
-    /// Give up the plan and keep the cgroup (after spawn): for stats, kill and removal.
-    pub fn into_cgroup(self) -> Option<JobCgroup> {
-        self.cgroup
+    /// Give up the plan and keep the cgroup (after spawn): for stats, kill and
+    /// removal, which are then the caller's job (dropping a `JobCgroup` leaves
+    /// the cgroup in place).
+    pub fn into_cgroup(mut self) -> Option<JobCgroup> {
+        self.cgroup.take()
     }
 
     /// What this job's sandbox enforces.

@@ -177,13 +177,24 @@ fn v2_sweep_removes_stale_jobs_only() {
     let sb = Sandbox::with_fake_v2(&own, "tsbridge").expect("sandbox");
     for k in ["x", "y"] {
         let j = sb.prepare(k, &SandboxPolicy::default()).expect("prepare");
-        drop(j); // "crash": the cgroup stays
+        drop(j.into_cgroup()); // "crash": a dropped JobCgroup stays
     }
     fs::create_dir(own.join("tsbridge/not-a-job")).expect("mkdir");
     assert_eq!(sb.sweep_stale().expect("sweep"), 2);
     assert!(!own.join("tsbridge/job-x").exists());
     assert!(!own.join("tsbridge/job-y").exists());
     assert!(own.join("tsbridge/not-a-job").exists());
+}
+
+#[test]
+fn dropping_a_prepared_sandbox_removes_its_cgroup() {
+    let (_d, own) = fake_v2();
+    let sb = Sandbox::with_fake_v2(&own, "tsbridge").expect("sandbox");
+    let p = sb.prepare("d", &SandboxPolicy::default()).expect("prepare");
+    let dir = own.join("tsbridge/job-d");
+    assert!(dir.exists());
+    drop(p);
+    assert!(!dir.exists());
 }
 
 #[test]
