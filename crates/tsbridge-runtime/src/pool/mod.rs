@@ -40,8 +40,18 @@ pub use worker::{HostLink, Launcher, LinkError, WorkerInput, WorkerIo};
 
 use dispatcher::{Command, Dispatcher};
 
-/// Where a running job's events (progress, logs, stray output) go.
-pub type EventSink = mpsc::Sender<ChildEvent>;
+/// What a pooled job reports while it runs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PoolEvent {
+    /// A worker took the job (sent before anything else of the job).
+    Started { worker: WorkerId, pid: Option<u32> },
+    /// Progress, a log line (`ctx.log`, `console.*`), or stray output.
+    Child(ChildEvent),
+}
+
+/// Where a running job's events go. Bounded: a slow consumer slows the
+/// worker's channel, nothing is dropped.
+pub type EventSink = mpsc::Sender<PoolEvent>;
 
 /// One job for a pool.
 #[derive(Debug, Clone)]

@@ -168,7 +168,7 @@ fn job(mode: &str) -> PoolJob {
     PoolJob::new("wf", json!({"mode": mode}))
 }
 
-fn sink() -> (EventSink, mpsc::Receiver<ChildEvent>) {
+fn sink() -> (EventSink, mpsc::Receiver<PoolEvent>) {
     mpsc::channel(64)
 }
 
@@ -189,7 +189,13 @@ async fn runs_jobs_and_streams_events() {
     let o = p.run(job("echo"), tx).await;
     assert_eq!(o.result.as_ref().unwrap()["params"]["mode"], "echo");
     assert!(o.worker.is_some());
-    assert!(matches!(rx.recv().await, Some(ChildEvent::Progress(pr)) if pr.message == "half"));
+    assert!(matches!(
+        rx.recv().await,
+        Some(PoolEvent::Started { pid: Some(_), .. })
+    ));
+    assert!(
+        matches!(rx.recv().await, Some(PoolEvent::Child(ChildEvent::Progress(pr))) if pr.message == "half")
+    );
     let s = p.stats();
     assert_eq!(s.started_total, 1);
     assert_eq!(s.jobs_total, 1);

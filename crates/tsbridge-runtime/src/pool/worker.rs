@@ -20,7 +20,7 @@ use tsbridge_proto::{ChildEvent, LogLevel, WorkerId};
 use super::config::PoolConfig;
 use super::errors::{PoolJobError, WorkerExit, WorkerStartError};
 use super::protocol::{self, AbortReason};
-use super::{EventSink, PoolJob, PoolOutcome};
+use super::{EventSink, PoolEvent, PoolJob, PoolOutcome};
 
 /// Longer than any job: the run request's own timeout never fires (the
 /// worker's timers do).
@@ -331,6 +331,12 @@ impl Worker {
             (a, b) => a.or(b),
         };
         let deadline = timeout.map(|t| started + t);
+        let _ = sink
+            .send(PoolEvent::Started {
+                worker: self.id,
+                pid: self.io.pid,
+            })
+            .await;
         let mut answer = Some(self.ask(
             protocol::run_payload(&job_id, &job.workflow, &job.params),
             NO_TIMEOUT,
@@ -365,7 +371,7 @@ impl Worker {
                 biased;
                 input = self.io.from_host.recv() => match input {
                     Some(WorkerInput::Event(ev)) => {
-                        let _ = sink.send(neutralize(ev)).await;
+                        let _ = sink.send(PoolEvent::Child(neutralize(ev))).await;
                     }
                     Some(WorkerInput::Exited(exit)) => {
                         let error = match abort {
@@ -404,7 +410,7 @@ impl Worker {
                     while let Ok(input) = self.io.from_host.try_recv() {
                         match input {
                             WorkerInput::Event(ev) => {
-                                let _ = sink.send(neutralize(ev)).await;
+                                let _ = sink.send(PoolEvent::Child(neutralize(ev))).await;
                             }
                             WorkerInput::Exited(exit) => exited = Some(exit),
                         }
