@@ -1,12 +1,25 @@
 //! Jobs: the dispatcher (the one writer of job state), the priority queue,
 //! retries, warm worker pools, the job store and the event bus.
+//!
+//! Entry point: [`Runtime::start`] with a [`Config`] (see [`Config::load`])
+//! and a [`store::JobStore`] (e.g. [`store::SqliteStore::open`]).
 
+pub mod bus;
 pub mod config;
-pub mod env;
+mod dispatcher;
 pub mod errors;
-pub mod paths;
+pub mod executor;
 pub mod pool;
+pub mod queue;
+mod runtime;
+pub mod spawn;
+pub mod stats;
 pub mod store;
 
+pub use bus::{Bus, Subscription};
 pub use config::Config;
 pub use errors::{ConfigError, ConfigIssue, RuntimeError, StoreError};
+pub use executor::{AttemptEvent, AttemptIo, AttemptOutcome, AttemptRequest, Executor};
+pub use runtime::{ListQuery, Runtime, RuntimeOptions, Submitted};
+pub use stats::RuntimeStats;
+pub use store::{JobStore, SqliteStore};

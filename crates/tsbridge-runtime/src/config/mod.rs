@@ -18,7 +18,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use tsbridge_proto::{ByteSize, DurationSpec};
 
 use crate::errors::{ConfigError, ConfigIssue};
-use crate::paths;
+use tsbridge_sandbox::paths;
 use walk::{Issues, Section};
 
 /// The default argument template (SPEC §2).
@@ -901,8 +901,14 @@ fn read_env(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> EnvConfig {
     if let Some(v) = s.get::<Vec<String>>(issues, "request") {
         let span = v.span();
         for n in v.into_inner() {
-            if let Err(why) = crate::env::check_request_name(&n) {
-                issues.push(&s.key("request"), Some(span.clone()), why);
+            if n.is_empty() || n.contains(['=', '\0']) {
+                issues.push(&s.key("request"), Some(span.clone()), format!("invalid variable name {n:?}"));
+            } else if tsbridge_sandbox::env::is_forbidden_name(&n) {
+                issues.push(
+                    &s.key("request"),
+                    Some(span.clone()),
+                    format!("{n} can inject code into the child: requests may never set it"),
+                );
             } else {
                 e.request.push(n);
             }

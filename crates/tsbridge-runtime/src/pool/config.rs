@@ -2,8 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tsbridge_process::{JobKey, SandboxAttachment};
 
 use super::errors::PoolConfigError;
 use super::host_script::HostScript;
@@ -131,6 +135,24 @@ pub struct WorkerSpec {
     /// Bound of each worker's captured stdout/stderr (the worker is long-lived,
     /// so this is per worker, not per job).
     pub max_output: usize,
+    /// Where each worker gets a private TMPDIR (`None`: none).
+    pub tmp_base: Option<PathBuf>,
+    /// The sandbox of each worker (`None`: none).
+    pub sandbox: Option<WorkerSandbox>,
+}
+
+/// Prepares the sandbox of one worker, given its engine job key and the
+/// worker host script's path (which a filesystem allowlist must let it
+/// read). A worker runs one job at a time, so its limits are per job.
+#[derive(Clone)]
+pub struct WorkerSandbox(
+    pub Arc<dyn Fn(&JobKey, &Path) -> Result<Option<SandboxAttachment>, String> + Send + Sync>,
+);
+
+impl fmt::Debug for WorkerSandbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WorkerSandbox(..)")
+    }
 }
 
 impl WorkerSpec {
@@ -156,6 +178,8 @@ impl WorkerSpec {
             env,
             host: HostScript::Embedded,
             max_output: 1024 * 1024,
+            tmp_base: None,
+            sandbox: None,
         }
     }
 

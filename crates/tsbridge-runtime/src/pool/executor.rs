@@ -1,0 +1,323 @@
+//! [`PoolExecutor`]: the dispatcher's [`Executor`] for `mode = "pool"`
+//! workflows. One [`Pool`] per workflow, started on first use (or by
+//! [`PoolExecutor::start_all`]); an attempt is one pooled job. The worker's
+//! environment, sandbox and TMPDIR are built like a spawned job's, once per
+//! worker: a request's own `env` cannot reach a warm worker and is ignored
+//! (documented in docs/design/pool.md).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{OnceCell, mpsc};
+use tokio_util::sync::CancellationToken;
+use tsbridge_process::{SandboxAttachment, StopReason};
+use tsbridge_proto::EndReason;
+use tsbridge_proto::api::{OutputView, Resources};
+use tsbridge_sandbox::Sandbox;
+
+use super::config::{PoolConfig, WorkerSandbox, WorkerSpec};
+use super::errors::{PoolJobError, WorkerExit, WorkerStartError};
+use super::host_script::HostScript;
+use super::{Pool, PoolEvent, PoolJob};
+use crate::config::{Mode, WorkflowConfig};
+use crate::executor::{AttemptEvent, AttemptIo, AttemptOutcome, AttemptRequest, Executor};
+
+/// Runs attempts of pool-mode workflows on warm workers.
+#[derive(Debug, Default)]
+pub struct PoolExecutor {
+    sandbox: Option<Arc<Sandbox>>,
+    tmp_base: Option<PathBuf>,
+    host: HostScript,
+    dev_mode: bool,
+    /// One pool per workflow name. The lock only guards the map (never held
+    /// across an await); the cell serializes the pool's start.
+    pools: Mutex<HashMap<String, Arc<OnceCell<Pool>>>>,
+}
+
+impl PoolExecutor {
+    /// `sandbox`/`tmp_base` as for the spawn executor; `host`: where the
+    /// worker host script comes from; `dev_mode`: handler errors keep their stack.
+    pub fn new(
+        sandbox: Option<Arc<Sandbox>>,
+        tmp_base: Option<PathBuf>,
+        host: HostScript,
+        dev_mode: bool,
+    ) -> Self {
+        Self {
+            sandbox,
+            tmp_base,
+            host,
+            dev_mode,
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Starts (and, with `warmup`, warms) the pools of these workflows now,
+    /// so that the first jobs find ready workers. Returns the failures.
+    pub async fn start_all<'a>(
+        &self,
+        workflows: impl IntoIterator<Item = &'a WorkflowConfig>,
+    ) -> Vec<(String, String)> {
+        let mut failed = Vec::new();
+        for wf in workflows {
+            if wf.mode != Mode::Pool {
+                continue;
+            }
+            if let Err(e) = self.pool_for(wf).await {
+                failed.push((wf.name.clone(), e));
+            }
+        }
+        failed
+    }
+
+    /// The pool of `wf`, started if needed.
+    pub async fn pool_for(&self, wf: &WorkflowConfig) -> Result<Pool, String> {
+        let cell = {
+            let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+            pools.entry(wf.name.clone()).or_default().clone()
+        };
+        cell.get_or_try_init(|| async {
+            let (spec, cfg) = self.pool_spec(wf);
+            Pool::start(spec, cfg).await.map_err(|e| {
+                tracing::warn!(workflow = %wf.name, error = %error_chain(&e), "pool failed to start");
+                error_chain(&e)
+            })
+        })
+        .await
+        .cloned()
+    }
+
+    fn tmp_base(&self) -> PathBuf {
+        self.tmp_base.clone().unwrap_or_else(std::env::temp_dir)
+    }
+
+    /// The worker spec and pool settings of a workflow.
+    pub fn pool_spec(&self, wf: &WorkflowConfig) -> (WorkerSpec, PoolConfig) {
+        let (program, mut node_args) = crate::spawn::invocation(wf.runtime, &wf.script);
+        // `invocation` ends with the script; the host comes in between.
+        node_args.pop();
+        let pass: Vec<&str> = wf.env.pass.iter().map(String::as_str).collect();
+        let env = tsbridge_sandbox::env::build_child_env(&pass, std::env::vars(), &wf.env.set);
+        let sandbox = match (&self.sandbox, wf.limits.any()) {
+            (Some(sb), true) => Some(worker_sandbox(sb.clone(), wf.clone(), self.tmp_base())),
+            _ => None,
+        };
+        let spec = WorkerSpec {
+            name: wf.name.clone(),
+            program,
+            node_args,
+            module: wf.script.clone(),
+            cwd: wf.cwd.clone(),
+            env,
+            host: self.host.clone(),
+            max_output: usize::try_from(wf.max_output.bytes()).unwrap_or(usize::MAX),
+            tmp_base: Some(self.tmp_base()),
+            sandbox,
+        };
+        let p = &wf.pool;
+        let cfg = PoolConfig {
+            min: p.min,
+            max: p.max.max(1),
+            max_age: p.max_age,
+            idle_timeout: p.idle_timeout,
+            max_jobs: p.max_jobs,
+            warmup: p.warmup,
+            job_timeout: Some(wf.timeout),
+            kill_grace: wf.kill_grace,
+            dev_mode: self.dev_mode,
+            ..PoolConfig::default()
+        };
+        (spec, cfg)
+    }
+}
+
+/// Prepares each worker's sandbox from the workflow's limits, letting it
+/// read the worker host script.
+fn worker_sandbox(sb: Arc<Sandbox>, wf: WorkflowConfig, tmp_base: PathBuf) -> WorkerSandbox {
+    WorkerSandbox(Arc::new(move |key, host: &Path| {
+        let tmpdir = tmp_base.join(format!("tsbridge-{key}"));
+        let mut policy = crate::spawn::policy_for(&wf, &tmpdir);
+        if let (Some(fs), Some(dir)) = (policy.fs.take(), host.parent()) {
+            policy.fs = Some(fs.allow_read(dir.to_path_buf()));
+        }
+        let prepared = sb
+            .prepare(key.as_str(), &policy)
+            .map_err(|e| format!("sandbox setup failed: {e}"))?;
+        let short = prepared.report().shortfalls();
+        if !short.is_empty() && !wf.limits.degraded {
+            let names: Vec<&str> = short.iter().map(|(n, _)| *n).collect();
+            return Err(format!(
+                "cannot enforce the {} limit(s) on this host",
+                names.join(", ")
+            ));
+        }
+        Ok(Some(SandboxAttachment {
+            prepared: Arc::new(prepared),
+            policy: Arc::new(policy),
+        }))
+    }))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[async_trait]
+impl Executor for PoolExecutor {
+    fn check(&self, wf: &WorkflowConfig) -> Result<(), String> {
+        if !wf.runtime.is_node() {
+            return Err("pool mode needs a node runtime (tsx, ts-node or node)".into());
+        }
+        crate::spawn::SpawnExecutor::new(self.sandbox.clone(), self.tmp_base.clone()).check(wf)
+    }
+
+    async fn run(&self, req: AttemptRequest, io: AttemptIo) -> AttemptOutcome {
+        let pool = match self.pool_for(&req.workflow).await {
+            Ok(p) => p,
+            Err(e) => return AttemptOutcome::spawn_failure(format!("the worker pool could not start: {e}"), false),
+        };
+        let cancel = CancellationToken::new();
+        let job = PoolJob {
+            job_id: req.job_id,
+            workflow: req.workflow.name.clone(),
+            params: req.params.clone(),
+            timeout: Some(req.timeout),
+            cancel: cancel.clone(),
+        };
+        // A stop request (cancel, shutdown) aborts the job on its worker.
+        let control = io.control.clone();
+        let watcher = tokio::spawn({
+            let cancel = cancel.clone();
+            async move {
+                control.stopped().await;
+                cancel.cancel();
+            }
+        });
+        let (tx, mut rx) = mpsc::channel(256);
+        let events = io.events.clone();
+        let forward = async move {
+            while let Some(e) = rx.recv().await {
+                let e = match e {
+                    PoolEvent::Started { pid: Some(pid), .. } => AttemptEvent::Started { pid },
+                    PoolEvent::Started { pid: None, .. } => continue,
+                    PoolEvent::Child(c) => AttemptEvent::Child(c),
+                };
+                if events.send(e).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let (o, ()) = tokio::join!(pool.run(job, tx), forward);
+        watcher.abort();
+        let stop = io.control.request().map(|r| r.reason);
+        let mut out = AttemptOutcome {
+            reason: EndReason::Exited,
+            exit_code: Some(0),
+            signal: None,
+            pid: o.pid,
+            result: None,
+            error: None,
+            transient: false,
+            stderr_tail: String::new(),
+            output: OutputView::default(),
+            resources: Resources {
+                peak_memory_bytes: None,
+                cpu_time_ms: None,
+                wall_time_ms: Some(o.ran.as_millis() as u64),
+            },
+        };
+        match o.result {
+            Ok(v) => out.result = Some(v),
+            Err(e) => {
+                let (reason, code, signal, transient) = end_of(&e, stop);
+                out.reason = reason;
+                out.exit_code = code;
+                out.signal = signal;
+                out.transient = transient;
+                out.error = Some(match &e {
+                    PoolJobError::Handler {
+                        stack: Some(stack), ..
+                    } => format!("{e}\n{stack}"),
+                    _ => e.to_string(),
+                });
+            }
+        }
+        out
+    }
+
+    async fn shutdown(&self, grace: Duration) {
+        let pools: Vec<Pool> = {
+            let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+            pools.values().filter_map(|c| c.get().cloned()).collect()
+        };
+        futures::future::join_all(pools.iter().map(|p| p.shutdown(grace))).await;
+    }
+}
+
+/// The end reason, exit code, signal and retryability of a failed pooled job.
+fn end_of(
+    e: &PoolJobError,
+    stop: Option<StopReason>,
+) -> (EndReason, Option<i32>, Option<i32>, bool) {
+    match e {
+        // A handler error is the pool's "non-zero exit".
+        PoolJobError::Handler { .. } => (EndReason::Exited, Some(1), None, false),
+        PoolJobError::WorkerCrashed { exit, .. } => match exit {
+            WorkerExit::Code(c) => (EndReason::Exited, Some(*c), None, false),
+            WorkerExit::Signal(s) => (EndReason::Signaled, None, Some(*s), false),
+            WorkerExit::Unknown => (EndReason::Exited, None, None, false),
+        },
+        PoolJobError::Timeout { .. } => (EndReason::Timeout, None, None, false),
+        PoolJobError::Cancelled { .. } | PoolJobError::ShuttingDown => match stop {
+            Some(StopReason::Shutdown) => (EndReason::Shutdown, None, None, false),
+            Some(StopReason::Cancelled) => (EndReason::Cancelled, None, None, false),
+            None if matches!(e, PoolJobError::ShuttingDown) => (EndReason::Shutdown, None, None, false),
+            None => (EndReason::Cancelled, None, None, false),
+        },
+        PoolJobError::AcquireTimeout(_) | PoolJobError::QueueFull(_) => {
+            (EndReason::SpawnFailure, None, None, true)
+        }
+        PoolJobError::WorkerStart(WorkerStartError::Spawn(_)) => (EndReason::SpawnFailure, None, None, true),
+        PoolJobError::WorkerStart(_) => (EndReason::SpawnFailure, None, None, false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_reasons() {
+        let h = PoolJobError::Handler {
+            message: "m".into(),
+            name: "Error".into(),
+            stack: None,
+        };
+        assert_eq!(end_of(&h, None).0, EndReason::Exited);
+        assert_eq!(end_of(&h, None).1, Some(1));
+        let c = PoolJobError::Cancelled { killed: true };
+        assert_eq!(end_of(&c, Some(StopReason::Shutdown)).0, EndReason::Shutdown);
+        assert_eq!(end_of(&c, Some(StopReason::Cancelled)).0, EndReason::Cancelled);
+        let t = PoolJobError::Timeout {
+            after: Duration::from_secs(1),
+            killed: false,
+        };
+        assert_eq!(end_of(&t, None).0, EndReason::Timeout);
+        let s = PoolJobError::WorkerCrashed {
+            worker: tsbridge_proto::WorkerId(1),
+            exit: WorkerExit::Signal(9),
+        };
+        assert_eq!(end_of(&s, None), (EndReason::Signaled, None, Some(9), false));
+        assert!(end_of(&PoolJobError::AcquireTimeout(Duration::from_secs(1)), None).3);
+    }
+}

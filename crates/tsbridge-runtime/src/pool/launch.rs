@@ -1,0 +1,164 @@
+//! The production [`Launcher`]: each worker is one job of the process
+//! engine (`tsbridge_process::spawn` with the IPC channel open), so it gets
+//! everything a spawned job gets: its own process group, the parent-death
+//! signal, an allowlisted environment, bounded capture of stdout/stderr, and
+//! a kill of its whole tree (TERM, grace, KILL) when the pool asks for it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tsbridge_process::ipc::{IpcError, IpcHandle};
+use tsbridge_process::{ExitKind, JobKey, JobSpec, RunningProcess, StopReason};
+use tsbridge_proto::{ChildEvent, WorkerId};
+
+use super::config::{PoolConfig, WorkerSpec};
+use super::errors::{HostScriptError, WorkerExit, WorkerStartError};
+use super::host_script::HostFile;
+use super::worker::{HostLink, Launcher, LinkError, WorkerInput, WorkerIo};
+
+/// Starts workers as engine jobs running the worker host.
+#[derive(Debug)]
+pub struct EngineLauncher {
+    spec: WorkerSpec,
+    host: HostFile,
+    kill_grace: Duration,
+    dev: bool,
+}
+
+impl EngineLauncher {
+    /// Materializes the host script (removed when this launcher is dropped).
+    pub fn new(spec: WorkerSpec, cfg: &PoolConfig) -> Result<Self, HostScriptError> {
+        let host = HostFile::materialize(&spec.host)?;
+        Ok(Self {
+            spec,
+            host,
+            kill_grace: cfg.kill_grace,
+            dev: cfg.dev_mode,
+        })
+    }
+
+    /// Where the worker host script is on disk.
+    pub fn host_path(&self) -> &Path {
+        self.host.path()
+    }
+
+    fn job_spec(&self, worker: WorkerId) -> Result<JobSpec, WorkerStartError> {
+        let s = &self.spec;
+        let key = JobKey::generate();
+        let sandbox = match &s.sandbox {
+            Some(prepare) => (prepare.0)(&key, self.host.path()).map_err(|e| WorkerStartError::Spawn(e.into()))?,
+            None => None,
+        };
+        let mut b = JobSpec::builder(&s.program)
+            .args(s.node_args.iter().cloned())
+            .arg(self.host.path())
+            .arg(&s.module);
+        if self.dev {
+            b = b.arg("--dev");
+        }
+        b.cwd(&s.cwd)
+            .envs(s.env.clone())
+            .ipc(true)
+            .kill_grace(self.kill_grace)
+            .max_output(s.max_output)
+            .label(format!("pool {} {worker}", s.name))
+            .key(key)
+            .sandbox(sandbox)
+            .private_tmp(s.tmp_base.clone())
+            .build()
+            .map_err(|e| WorkerStartError::Spawn(Box::new(e)))
+    }
+}
+
+#[async_trait::async_trait]
+impl Launcher for EngineLauncher {
+    async fn launch(&self, worker: WorkerId) -> Result<WorkerIo, WorkerStartError> {
+        let spec = self.job_spec(worker)?;
+        let mut process = tsbridge_process::spawn(spec)
+            .await
+            .map_err(|e| WorkerStartError::Spawn(Box::new(e)))?;
+        let Some(ipc) = process.ipc() else {
+            return Err(WorkerStartError::Spawn(
+                "the engine opened no ipc channel".into(),
+            ));
+        };
+        let pid = process.pid();
+        let events = process.take_events();
+        let (tx, from_host) = mpsc::channel(1024);
+        let kill = CancellationToken::new();
+        tokio::spawn(supervise(process, events, kill.clone(), tx));
+        Ok(WorkerIo {
+            pid: Some(pid),
+            link: Arc::new(EngineLink(ipc)),
+            from_host,
+            kill,
+        })
+    }
+}
+
+/// Forwards the process's events, kills its tree when asked, and reports
+/// its end (after the last event).
+async fn supervise(
+    process: RunningProcess,
+    mut events: Option<mpsc::Receiver<ChildEvent>>,
+    kill: CancellationToken,
+    tx: mpsc::Sender<WorkerInput>,
+) {
+    let control = process.control();
+    let wait = process.wait();
+    tokio::pin!(wait);
+    let mut killed = false;
+    let outcome = loop {
+        tokio::select! {
+            ev = async {
+                match events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match ev {
+                Some(ev) => {
+                    let _ = tx.send(WorkerInput::Event(ev)).await;
+                }
+                None => events = None,
+            },
+            _ = kill.cancelled(), if !killed => {
+                killed = true;
+                control.stop(StopReason::Cancelled, None);
+            }
+            outcome = &mut wait => break outcome,
+        }
+    };
+    if let Some(rx) = events.as_mut() {
+        while let Some(ev) = rx.recv().await {
+            let _ = tx.send(WorkerInput::Event(ev)).await;
+        }
+    }
+    let exit = match outcome.exit {
+        ExitKind::Code(c) => WorkerExit::Code(c),
+        ExitKind::Signal(s) => WorkerExit::Signal(s),
+    };
+    let _ = tx.send(WorkerInput::Exited(exit)).await;
+}
+
+/// The engine's IPC handle as the pool's [`HostLink`].
+#[derive(Debug)]
+struct EngineLink(IpcHandle);
+
+#[async_trait::async_trait]
+impl HostLink for EngineLink {
+    async fn request(&self, payload: Value, timeout: Duration) -> Result<Value, LinkError> {
+        self.0.request(payload, timeout).await.map_err(|e| match e {
+            IpcError::Timeout { timeout, .. } => LinkError::Timeout(timeout),
+            IpcError::Remote { payload, .. } => LinkError::Remote(payload),
+            _ => LinkError::Closed,
+        })
+    }
+
+    async fn close(&self) {
+        self.0.close().await;
+    }
+}

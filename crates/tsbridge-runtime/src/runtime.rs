@@ -1,0 +1,519 @@
+//! The [`Runtime`] facade: what the server (and the CLI) call. It validates
+//! requests before anything is stored (workflow, availability, schema, path
+//! parameters, request env, options), hands accepted jobs to the dispatcher,
+//! and answers reads from the store (the truth) and live events from the bus.
+//! Startup runs crash recovery.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tsbridge_proto::api::{ApiErrorBody, JobList, JobOptions, JobView};
+use tsbridge_proto::service::{Isolation, Readiness, WorkflowInfo};
+use tsbridge_proto::{EndReason, ErrorType, JobEvent, JobId, JobState};
+use tsbridge_sandbox::Sandbox;
+
+use crate::bus::{Bus, Subscription};
+use crate::config::{Config, Mode, WorkflowConfig};
+use crate::dispatcher::{Command, Dispatcher, Shared, state_event};
+pub use crate::dispatcher::Submitted;
+use crate::errors::RuntimeError;
+use crate::executor::Executor;
+use crate::spawn::SpawnExecutor;
+use crate::stats::RuntimeStats;
+use crate::store::{
+    AfterAttempt, AttemptEnd, Finish, JobStore, ListFilter, NewJob, StoredRequest, decode_cursor,
+};
+
+/// Longest idempotency key accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 256;
+/// Events returned by one `events_after` call, at most (the store keeps at
+/// most this many per job by default).
+const MAX_EVENTS_PER_READ: u32 = 10_000;
+
+/// How to start a [`Runtime`].
+#[derive(Debug, Default, Clone)]
+pub struct RuntimeOptions {
+    /// The host sandbox; `None` runs without one (workflows with limits are
+    /// then unavailable unless `limits.degraded = true`).
+    pub sandbox: Option<Arc<Sandbox>>,
+    /// This node's name in the store (default: `hostname-pid`).
+    pub node_id: Option<String>,
+    /// Where private TMPDIRs of jobs are made (default: the system's).
+    pub tmp_base: Option<PathBuf>,
+    /// Executors by workflow name, replacing the built-in ones (pools,
+    /// tests).
+    pub executors: BTreeMap<String, Arc<dyn Executor>>,
+    /// Events buffered per live subscriber before it is dropped.
+    pub subscriber_buffer: Option<usize>,
+}
+
+/// `GET /v1/jobs` filters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListQuery {
+    pub state: Option<JobState>,
+    pub workflow: Option<String>,
+    /// Default 50, at most 500.
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// The job runtime. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}-{}", std::process::id())
+}
+
+impl Runtime {
+    /// Starts the dispatcher after crash recovery: jobs found `running` are
+    /// re-queued if attempts remain, else failed with reason `interrupted`;
+    /// queued jobs resume.
+    pub async fn start(
+        config: Arc<Config>,
+        store: Arc<dyn JobStore>,
+        opts: RuntimeOptions,
+    ) -> Result<Runtime, RuntimeError> {
+        let node_id = opts.node_id.clone().unwrap_or_else(default_node_id);
+        let spawn: Arc<dyn Executor> =
+            Arc::new(SpawnExecutor::new(opts.sandbox.clone(), opts.tmp_base.clone()));
+        let mut workflows = BTreeMap::new();
+        let mut executors = BTreeMap::new();
+        let mut availability = BTreeMap::new();
+        for (name, wf) in &config.workflows {
+            let wf = Arc::new(wf.clone());
+            let ex = match opts.executors.get(name) {
+                Some(ex) => Some(ex.clone()),
+                None if wf.mode == Mode::Spawn => Some(spawn.clone()),
+                None => None,
+            };
+            let avail = match &ex {
+                Some(ex) => ex.check(&wf),
+                None => Err("pool mode has no executor in this build".to_owned()),
+            };
+            if let Err(why) = &avail {
+                tracing::warn!(workflow = %name, %why, "workflow unavailable");
+            }
+            availability.insert(name.clone(), avail);
+            if let Some(ex) = ex {
+                executors.insert(name.clone(), ex);
+            }
+            workflows.insert(name.clone(), wf);
+        }
+        let bus = match opts.subscriber_buffer {
+            Some(n) => Bus::with_buffer(n),
+            None => Bus::new(),
+        };
+        let shared = Arc::new(Shared {
+            config,
+            workflows,
+            availability,
+            executors,
+            store,
+            bus,
+            accepting: AtomicBool::new(true),
+            stats: Mutex::new(RuntimeStats::default()),
+            node_id,
+            sandbox: opts.sandbox.clone(),
+        });
+        recover(&shared).await?;
+        let (tx, rx) = mpsc::channel(256);
+        let mut dispatcher = Dispatcher::new(shared.clone(), rx);
+        for rec in shared.store.queued_jobs().await? {
+            dispatcher.adopt(rec);
+        }
+        tokio::spawn(dispatcher.run());
+        Ok(Runtime {
+            shared,
+            commands: tx,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Validates and queues a job. Nothing is stored when it fails.
+    pub async fn submit(
+        &self,
+        workflow: &str,
+        parameters: Value,
+        options: JobOptions,
+    ) -> Result<Submitted, RuntimeError> {
+        if !self.shared.accepting.load(Ordering::SeqCst) {
+            return Err(RuntimeError::ShuttingDown);
+        }
+        let wf = self
+            .shared
+            .workflows
+            .get(workflow)
+            .ok_or_else(|| RuntimeError::WorkflowNotFound(workflow.to_owned()))?;
+        if let Some(Err(why)) = self.shared.availability.get(workflow) {
+            return Err(RuntimeError::WorkflowUnavailable {
+                workflow: workflow.to_owned(),
+                why: why.clone(),
+            });
+        }
+        let parameters = if parameters.is_null() {
+            json!({})
+        } else {
+            parameters
+        };
+        if let Some(schema) = &wf.params_schema {
+            let errors = schema.violations(&parameters);
+            if !errors.is_empty() {
+                return Err(RuntimeError::Validation {
+                    details: json!({ "errors": errors }),
+                });
+            }
+        }
+        check_path_params(wf, &parameters)?;
+        let env = options.env.clone().unwrap_or_default();
+        tsbridge_sandbox::env::validate_request_env(&wf.env.request, &env)
+            .map_err(|e| RuntimeError::Security(e.to_string()))?;
+        let timeout = match options.timeout {
+            Some(t) if t.0.is_zero() => {
+                return Err(RuntimeError::BadRequest("timeout must be positive".into()));
+            }
+            Some(t) => Some(t.0.min(wf.timeout)),
+            None => None,
+        };
+        if let Some(k) = &options.idempotency_key
+            && (k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY)
+        {
+            return Err(RuntimeError::BadRequest(format!(
+                "idempotencyKey must have 1 to {MAX_IDEMPOTENCY_KEY} characters"
+            )));
+        }
+        let id = JobId::new();
+        let job = NewJob {
+            id,
+            workflow: workflow.to_owned(),
+            priority: options.priority.unwrap_or(wf.priority),
+            params: parameters,
+            request: StoredRequest {
+                timeout_ms: timeout.map(|t| t.as_millis() as u64),
+                env,
+            },
+            idempotency_key: options.idempotency_key.clone(),
+            max_attempts: wf.retry.attempts.max(1),
+            created_at: Utc::now(),
+            event: state_event(id, 1, JobState::Queued, None, None),
+        };
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Submit {
+                job: Box::new(job),
+                reply,
+            })
+            .await
+            .map_err(|_| RuntimeError::ShuttingDown)?;
+        rx.await.map_err(|_| RuntimeError::ShuttingDown)?
+    }
+
+    pub async fn get(&self, id: JobId) -> Result<JobView, RuntimeError> {
+        self.shared
+            .store
+            .get_job(id)
+            .await?
+            .map(|r| r.view())
+            .ok_or(RuntimeError::JobNotFound(id))
+    }
+
+    /// Newest first.
+    pub async fn list(&self, q: ListQuery) -> Result<JobList, RuntimeError> {
+        let before = match q.cursor.as_deref() {
+            Some(c) if !c.is_empty() => Some(
+                decode_cursor(c).map_err(|_| RuntimeError::BadRequest("invalid cursor".into()))?,
+            ),
+            _ => None,
+        };
+        let limit = q.limit.unwrap_or(50);
+        if limit == 0 || limit > 500 {
+            return Err(RuntimeError::BadRequest("limit must be between 1 and 500".into()));
+        }
+        let page = self
+            .shared
+            .store
+            .list_jobs(&ListFilter {
+                state: q.state,
+                workflow: q.workflow,
+                limit,
+                before,
+            })
+            .await?;
+        Ok(JobList {
+            jobs: page.jobs.iter().map(|j| j.view()).collect(),
+            next_cursor: page.next_cursor,
+        })
+    }
+
+    /// Cancels a job and returns its final view; `Conflict` if it had
+    /// already finished.
+    pub async fn cancel(&self, id: JobId) -> Result<JobView, RuntimeError> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Cancel { id, reply })
+            .await
+            .is_err()
+        {
+            return self.finished_or(id, RuntimeError::ShuttingDown).await;
+        }
+        match rx.await {
+            Ok(Ok(())) => self.get(id).await,
+            Ok(Err(e)) => Err(e),
+            Err(_) => self.finished_or(id, RuntimeError::ShuttingDown).await,
+        }
+    }
+
+    /// A Conflict for a finished job, else `err`.
+    async fn finished_or(&self, id: JobId, err: RuntimeError) -> Result<JobView, RuntimeError> {
+        let v = self.get(id).await?;
+        if v.state.is_terminal() {
+            Err(RuntimeError::AlreadyFinished { id, state: v.state })
+        } else {
+            Err(err)
+        }
+    }
+
+    /// Resolves when the job is terminal.
+    pub async fn wait(&self, id: JobId) -> Result<JobView, RuntimeError> {
+        loop {
+            // Take the signal before reading, so a close in between is seen.
+            let done = self.shared.bus.done_signal(id);
+            let view = self.get(id).await?;
+            if view.state.is_terminal() {
+                return Ok(view);
+            }
+            match done {
+                Some(mut rx) => {
+                    let _ = rx.wait_for(|d| *d).await;
+                }
+                None if !self.shared.accepting.load(Ordering::SeqCst) => {
+                    return Err(RuntimeError::ShuttingDown);
+                }
+                None => {
+                    // Not live here (a store another node owns): poll.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Stored events with `seq > after_seq`, in order.
+    pub async fn events_after(&self, id: JobId, after_seq: u64) -> Result<Vec<JobEvent>, RuntimeError> {
+        let events = self
+            .shared
+            .store
+            .events_after(id, after_seq, MAX_EVENTS_PER_READ)
+            .await?;
+        if events.is_empty() && self.shared.store.get_job(id).await?.is_none() {
+            return Err(RuntimeError::JobNotFound(id));
+        }
+        Ok(events)
+    }
+
+    /// Live events from now on. Race-free replay: subscribe first, then
+    /// read [`Runtime::events_after`], then skip events already seen.
+    pub fn subscribe(&self, id: JobId) -> Subscription {
+        self.shared.bus.subscribe(id)
+    }
+
+    pub fn workflows(&self) -> Vec<WorkflowInfo> {
+        self.shared
+            .workflows
+            .iter()
+            .map(|(name, wf)| WorkflowInfo {
+                name: name.clone(),
+                mode: wf.mode.as_str().to_owned(),
+                runtime: wf.runtime.as_str().to_owned(),
+                status: status_text(self.shared.availability.get(name)),
+                params_schema: wf.params_schema.as_ref().map(|s| s.json.clone()),
+                path_params: wf.path_params.clone(),
+                concurrency: wf.concurrency.map(|c| c as u32),
+                priority: wf.priority,
+            })
+            .collect()
+    }
+
+    /// Whether a workflow can run here (`Err` with the reason if not).
+    pub fn availability(&self, workflow: &str) -> Option<Result<(), String>> {
+        self.shared.availability.get(workflow).cloned()
+    }
+
+    pub async fn readiness(&self) -> Readiness {
+        let store = match self.shared.store.ping().await {
+            Ok(()) => "ok".to_owned(),
+            Err(_) => "error: the job store does not answer".to_owned(),
+        };
+        let accepting = self.shared.accepting.load(Ordering::SeqCst);
+        Readiness {
+            ready: store == "ok" && accepting,
+            store,
+            isolation: isolation(self.shared.sandbox.as_deref()),
+            workflows: self
+                .shared
+                .workflows
+                .keys()
+                .map(|n| (n.clone(), status_text(self.shared.availability.get(n))))
+                .collect(),
+        }
+    }
+
+    pub fn stats(&self) -> RuntimeStats {
+        self.shared
+            .stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stops accepting work (submit -> `Unavailable`), lets running jobs
+    /// finish for `drain`, then ends the rest (TERM, grace, KILL) and
+    /// records them `failed` with reason `shutdown`. Queued jobs stay
+    /// queued in the store. Returns when every attempt is over.
+    pub async fn shutdown(&self, drain: Duration) {
+        self.shared.accepting.store(false, Ordering::SeqCst);
+        let (reply, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Shutdown { drain, reply })
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+    }
+}
+
+fn status_text(a: Option<&Result<(), String>>) -> String {
+    match a {
+        Some(Ok(())) => "available".into(),
+        Some(Err(why)) => format!("unavailable: {why}"),
+        None => "unavailable: unknown workflow".into(),
+    }
+}
+
+fn isolation(sandbox: Option<&Sandbox>) -> Isolation {
+    let Some(sb) = sandbox else {
+        return Isolation {
+            cgroups: "none".into(),
+            landlock: "none".into(),
+            ..Isolation::default()
+        };
+    };
+    let c = sb.capabilities();
+    let cgroups = serde_json::to_value(c.cgroups)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{:?}", c.cgroups).to_lowercase());
+    Isolation {
+        cgroups,
+        memory: c.memory,
+        pids: c.pids,
+        cpu: c.cpu,
+        network: c.network_ns,
+        landlock: match c.landlock {
+            tsbridge_sandbox::LandlockSupport::Full { .. } => "full",
+            tsbridge_sandbox::LandlockSupport::Partial { .. } => "partial",
+            tsbridge_sandbox::LandlockSupport::None => "none",
+        }
+        .into(),
+        seccomp: c.seccomp,
+    }
+}
+
+/// Path parameters must resolve inside the workflow's root.
+fn check_path_params(wf: &WorkflowConfig, params: &Value) -> Result<(), RuntimeError> {
+    for name in &wf.path_params {
+        let Some(v) = params.get(name) else {
+            continue;
+        };
+        let candidates: Vec<&str> = match v {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            Value::Null => Vec::new(),
+            _ => {
+                return Err(RuntimeError::BadRequest(format!(
+                    "parameter {name} must be a path string"
+                )));
+            }
+        };
+        for c in candidates {
+            tsbridge_sandbox::paths::confine(&wf.root, Path::new(c)).map_err(|e| {
+                RuntimeError::Security(format!("parameter {name}: {}", safe_security_message(&e, c)))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The sandbox's message names host paths (the root); say it with the
+/// request's own path only.
+fn safe_security_message(e: &tsbridge_sandbox::SecurityError, given: &str) -> String {
+    use tsbridge_sandbox::SecurityError as S;
+    match e {
+        S::NulInPath => "path contains a NUL byte".into(),
+        S::EmptyPath => "path is empty".into(),
+        _ => format!("path {given:?} resolves outside the workflow's root"),
+    }
+}
+
+/// Crash recovery: every job found running gets its open attempt ended
+/// with reason `interrupted`, then is re-queued if attempts remain, else
+/// failed with reason `interrupted`.
+async fn recover(shared: &Shared) -> Result<(), RuntimeError> {
+    let found = shared.store.recover_interrupted(&shared.node_id).await?;
+    for rec in found {
+        let n = rec.attempts_started.max(1);
+        let end = AttemptEnd {
+            n,
+            reason: EndReason::Interrupted,
+            exit_code: None,
+            signal: None,
+            process_id: None,
+            error: Some("tsbridge stopped while this attempt ran".into()),
+            finished_at: Utc::now(),
+            output: rec.output.clone(),
+            resources: rec.resources.clone(),
+        };
+        let seq = rec.last_seq + 1;
+        let (next, event) = if rec.attempts_started < rec.max_attempts {
+            (
+                AfterAttempt::Requeue,
+                state_event(rec.id, seq, JobState::Queued, Some(EndReason::Interrupted), Some(n)),
+            )
+        } else {
+            (
+                AfterAttempt::Finish(Finish {
+                    state: JobState::Failed,
+                    reason: Some(EndReason::Interrupted),
+                    result: None,
+                    error: Some(ApiErrorBody {
+                        kind: ErrorType::InternalError,
+                        message: "the job was interrupted: tsbridge stopped while it ran".into(),
+                        details: Some(json!({ "jobId": rec.id, "attempt": n })),
+                    }),
+                    finished_at: Utc::now(),
+                }),
+                state_event(rec.id, seq, JobState::Failed, Some(EndReason::Interrupted), Some(n)),
+            )
+        };
+        tracing::warn!(job = %rec.id, attempt = n, requeued = matches!(next, AfterAttempt::Requeue), "recovering an interrupted job");
+        shared.store.complete_attempt(rec.id, &end, &next, &event).await?;
+    }
+    Ok(())
+}

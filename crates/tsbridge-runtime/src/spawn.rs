@@ -1,0 +1,289 @@
+//! The spawn-mode executor: one fresh process per attempt, through the
+//! process engine (tsbridge-process). Builds the child's environment
+//! (allowlist + `env.pass` + `env.set` + the request's variables), a private
+//! TMPDIR (removed by the engine after the tree is gone), the argv (runtime
+//! prefix, then the workflow's template with `{workflow}`, `{params}`,
+//! `{jobId}` substituted per element) and, when the workflow has limits and a
+//! sandbox is given, the job's sandbox.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tsbridge_process::mask::Masker;
+use tsbridge_process::{JobKey, JobSpec, SandboxAttachment};
+use tsbridge_proto::EndReason;
+use tsbridge_proto::api::{OutputView, Resources};
+use tsbridge_sandbox::{FsPolicy, Sandbox, SandboxPolicy};
+
+use crate::config::{RuntimeKind, WorkflowConfig};
+use crate::executor::{AttemptEvent, AttemptIo, AttemptOutcome, AttemptRequest, Executor};
+
+/// Bytes of stderr kept for error details.
+const STDERR_TAIL: usize = 4096;
+
+/// Runs each attempt as a fresh process.
+#[derive(Debug, Clone, Default)]
+pub struct SpawnExecutor {
+    sandbox: Option<Arc<Sandbox>>,
+    tmp_base: Option<PathBuf>,
+}
+
+impl SpawnExecutor {
+    /// `tmp_base`: where private TMPDIRs are made (default: the system's).
+    pub fn new(sandbox: Option<Arc<Sandbox>>, tmp_base: Option<PathBuf>) -> Self {
+        Self { sandbox, tmp_base }
+    }
+
+    fn tmp_base(&self) -> PathBuf {
+        self.tmp_base.clone().unwrap_or_else(std::env::temp_dir)
+    }
+}
+
+/// A program on the `PATH`.
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Whether `pkg` can be resolved from `dir` the way Node would (walking up
+/// `node_modules`).
+fn node_package_visible(dir: &Path, pkg: &str) -> bool {
+    dir.ancestors()
+        .any(|d| d.join("node_modules").join(pkg).join("package.json").is_file())
+}
+
+/// Program and leading arguments that run `script` with `runtime`.
+pub fn invocation(runtime: RuntimeKind, script: &Path) -> (PathBuf, Vec<OsString>) {
+    let s = script.as_os_str().to_owned();
+    match runtime {
+        RuntimeKind::Tsx => (
+            PathBuf::from("node"),
+            vec!["--import".into(), "tsx".into(), s],
+        ),
+        RuntimeKind::TsNode => (
+            PathBuf::from("node"),
+            vec!["-r".into(), "ts-node/register/transpile-only".into(), s],
+        ),
+        RuntimeKind::Node => (PathBuf::from("node"), vec![s]),
+        RuntimeKind::Exec => (script.to_path_buf(), Vec::new()),
+    }
+}
+
+/// The sandbox policy a workflow's limits ask for.
+pub fn policy_for(wf: &WorkflowConfig, tmpdir: &Path) -> SandboxPolicy {
+    let l = &wf.limits;
+    let fs = if l.read.is_empty() && l.write.is_empty() {
+        None
+    } else {
+        let node = which("node").unwrap_or_else(|| PathBuf::from("/usr/bin/node"));
+        let mut fs = FsPolicy::for_node(&wf.root, &node, tmpdir);
+        if wf.runtime == RuntimeKind::Exec {
+            fs = fs.allow_exec(wf.script.clone());
+        }
+        for r in &l.read {
+            fs = fs.allow_read(r.clone());
+        }
+        for w in &l.write {
+            fs = fs.allow_write(w.clone());
+        }
+        Some(fs)
+    };
+    SandboxPolicy {
+        memory: l.memory.map(|m| m.bytes()),
+        cpu: l.cpu,
+        pids: l.pids,
+        network: l.network.unwrap_or(true),
+        fs,
+        ..SandboxPolicy::default()
+    }
+}
+
+#[async_trait]
+impl Executor for SpawnExecutor {
+    fn check(&self, wf: &WorkflowConfig) -> Result<(), String> {
+        if wf.runtime.is_node() && which("node").is_none() {
+            return Err("node is not on the PATH".into());
+        }
+        match wf.runtime {
+            RuntimeKind::Tsx if !node_package_visible(&wf.cwd, "tsx") => {
+                return Err("the tsx package is not installed for this workflow (npm i tsx)".into());
+            }
+            RuntimeKind::TsNode if !node_package_visible(&wf.cwd, "ts-node") => {
+                return Err("the ts-node package is not installed for this workflow".into());
+            }
+            RuntimeKind::Exec => {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&wf.script)
+                    .map(|m| m.permissions().mode())
+                    .unwrap_or(0);
+                if mode & 0o111 == 0 {
+                    return Err("the script is not executable".into());
+                }
+            }
+            _ => {}
+        }
+        if wf.limits.any() && !wf.limits.degraded {
+            let Some(sb) = &self.sandbox else {
+                return Err(
+                    "its limits need the sandbox, which is off (set limits.degraded = true to run without)"
+                        .into(),
+                );
+            };
+            let report = sb
+                .capabilities()
+                .predict(&policy_for(wf, &self.tmp_base()));
+            let short = report.shortfalls();
+            if !short.is_empty() {
+                let names: Vec<&str> = short.iter().map(|(n, _)| *n).collect();
+                return Err(format!(
+                    "this host cannot enforce its {} limit(s) (set limits.degraded = true to run anyway)",
+                    names.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(&self, req: AttemptRequest, io: AttemptIo) -> AttemptOutcome {
+        let wf = &req.workflow;
+        let key = match JobKey::new(format!("{}-{}", req.job_id.short(), req.attempt)) {
+            Ok(k) => k,
+            Err(e) => return AttemptOutcome::spawn_failure(format!("invalid job key: {e}"), false),
+        };
+        let tmp_base = self.tmp_base();
+        let tmpdir = tmp_base.join(format!("tsbridge-{key}"));
+
+        let mut extra = wf.env.set.clone();
+        extra.extend(req.request_env.clone());
+        let pass: Vec<&str> = wf.env.pass.iter().map(String::as_str).collect();
+        let env = tsbridge_sandbox::env::build_child_env(&pass, std::env::vars(), &extra);
+        let masker = Arc::new(Masker::from_env(&env, &[]));
+
+        let params_json = serde_json::to_string(&req.params).unwrap_or_else(|_| "null".into());
+        let (program, mut args) = invocation(wf.runtime, &wf.script);
+        args.extend(
+            wf.render_args(&params_json, &req.job_id.to_string())
+                .into_iter()
+                .map(OsString::from),
+        );
+
+        let sandbox = match (&self.sandbox, wf.limits.any()) {
+            (Some(sb), true) => {
+                let policy = policy_for(wf, &tmpdir);
+                match sb.prepare(key.as_str(), &policy) {
+                    Ok(prepared) => {
+                        let short = prepared.report().shortfalls();
+                        if !short.is_empty() && !wf.limits.degraded {
+                            let names: Vec<&str> = short.iter().map(|(n, _)| *n).collect();
+                            return AttemptOutcome::spawn_failure(
+                                format!("cannot enforce the {} limit(s) on this host", names.join(", ")),
+                                false,
+                            );
+                        }
+                        Some(SandboxAttachment {
+                            prepared: Arc::new(prepared),
+                            policy: Arc::new(policy),
+                        })
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = %req.job_id, error = %e, "sandbox setup failed");
+                        return AttemptOutcome::spawn_failure("sandbox setup failed", false);
+                    }
+                }
+            }
+            _ => None,
+        };
+
+        let spec = JobSpec::builder(program)
+            .args(args)
+            .cwd(wf.cwd.clone())
+            .envs(env)
+            .timeout(Some(req.timeout))
+            .kill_grace(wf.kill_grace)
+            .max_output(usize::try_from(wf.max_output.bytes()).unwrap_or(usize::MAX))
+            .ipc(wf.ipc)
+            .masker(masker)
+            .sandbox(sandbox)
+            .key(key)
+            .label(format!("{}:{}", wf.name, req.job_id))
+            .private_tmp(Some(tmp_base))
+            .control(io.control.clone())
+            .build();
+        let spec = match spec {
+            Ok(s) => s,
+            Err(e) => return AttemptOutcome::spawn_failure(format!("invalid job: {e}"), false),
+        };
+        let mut running = match tsbridge_process::spawn(spec).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(job = %req.job_id, error = %e, "spawn failed");
+                let transient = e.is_retryable();
+                return AttemptOutcome::spawn_failure(
+                    format!("the program could not be started ({:?})", e.kind),
+                    transient,
+                );
+            }
+        };
+        let pid = running.pid();
+        let _ = io.events.send(AttemptEvent::Started { pid }).await;
+        let forward = running.take_events().map(|mut rx| {
+            let tx = io.events.clone();
+            async move {
+                while let Some(e) = rx.recv().await {
+                    if tx.send(AttemptEvent::Child(e)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let (outcome, ()) = tokio::join!(running.wait(), async {
+            if let Some(f) = forward {
+                f.await;
+            }
+        });
+        let o = outcome;
+        let error = match o.reason {
+            EndReason::Exited if o.exit.success() => None,
+            EndReason::Exited => o.exit.code().map(|c| format!("the process exited with code {c}")),
+            EndReason::Signaled => o.exit.signal().map(|s| format!("the process was killed by signal {s}")),
+            EndReason::Timeout => Some(format!("the job timed out after {}", tsbridge_proto::units::format_duration(req.timeout))),
+            EndReason::MemoryLimit => Some("the job hit its memory limit".into()),
+            EndReason::PidsLimit => Some("the job hit its pids limit".into()),
+            EndReason::CpuLimit => Some("the job hit its CPU limit".into()),
+            EndReason::Cancelled => Some("the job was cancelled".into()),
+            EndReason::Shutdown => Some("tsbridge shut down while the job ran".into()),
+            EndReason::Interrupted => Some("the job's supervision was lost".into()),
+            EndReason::SpawnFailure => Some("the program could not be started".into()),
+        };
+        AttemptOutcome {
+            reason: o.reason,
+            exit_code: o.exit.code(),
+            signal: o.exit.signal(),
+            pid: Some(o.pid),
+            result: o.result.clone(),
+            error,
+            transient: false,
+            stderr_tail: o.stderr.tail_string(STDERR_TAIL),
+            output: OutputView {
+                stdout: o.stdout.to_string_lossy(),
+                stderr: o.stderr.to_string_lossy(),
+                stdout_truncated: o.stdout.truncated(),
+                stderr_truncated: o.stderr.truncated(),
+                stdout_dropped_bytes: o.stdout.dropped,
+                stderr_dropped_bytes: o.stderr.dropped,
+            },
+            resources: Resources {
+                peak_memory_bytes: o.peak_rss,
+                cpu_time_ms: Some(o.cpu.as_millis() as u64),
+                wall_time_ms: Some(o.wall.as_millis() as u64),
+            },
+        }
+    }
+
+    async fn shutdown(&self, _grace: Duration) {}
+}
