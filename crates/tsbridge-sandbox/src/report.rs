@@ -264,10 +264,12 @@ impl EnforcementReport {
 
     /// Mechanisms that were requested but are not fully enforced. A workflow
     /// with any is unavailable (503) unless its config says `degraded = true`.
-    pub fn shortfalls(&self) -> Vec<(&'static str, &Enforcement)> {
+    /// Owned, so `prepared.report().shortfalls()` works on the temporary.
+    pub fn shortfalls(&self) -> Vec<(&'static str, Enforcement)> {
         self.entries()
             .into_iter()
             .filter(|(_, e)| e.is_shortfall())
+            .map(|(n, e)| (n, e.clone()))
             .collect()
     }
 
