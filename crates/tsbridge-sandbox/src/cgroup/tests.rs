@@ -258,3 +258,22 @@ fn v1_limits_and_stats_use_v1_files() {
     assert_eq!(host.sweep().expect("sweep"), 1);
     assert!(!mem.exists());
 }
+
+#[test]
+fn v2_without_cgroup_kill_falls_back_to_freeze_kill_thaw() {
+    let (_d, own) = fake_v2();
+    let sb = Sandbox::with_fake_v2(&own, "tsbridge").expect("sandbox");
+    let job = sb
+        .prepare("f", &SandboxPolicy::default())
+        .expect("prepare")
+        .into_cgroup()
+        .expect("cgroup");
+    let dir = job.dirs()[0].to_path_buf();
+    fs::write(dir.join("cgroup.procs"), "").expect("w");
+    fs::write(dir.join("cgroup.freeze"), "0").expect("w");
+    fs::write(dir.join("cgroup.events"), "populated 0\nfrozen 1\n").expect("w");
+    job.kill_all().expect("kill");
+    assert_eq!(read(&dir.join("cgroup.freeze")), "0", "thawed again");
+    assert!(!dir.join("cgroup.kill").exists());
+    job.remove().expect("remove");
+}
