@@ -1,0 +1,123 @@
+//! Shared set-up of the runtime's integration tests: a config whose
+//! workflows run `tests/fixtures/job.js` with node, a SQLite store in a temp
+//! dir, and helpers that await conditions (never fixed sleeps).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tsbridge_proto::api::{JobOptions, JobView};
+use tsbridge_proto::{JobId, JobState};
+use tsbridge_runtime::{Config, Runtime, RuntimeOptions, SqliteStore};
+
+/// Generous bound for anything that should happen "soon" on a loaded machine.
+pub const SOON: Duration = Duration::from_secs(60);
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub struct Harness {
+    pub rt: Runtime,
+    pub store: Arc<SqliteStore>,
+    pub dir: tempfile::TempDir,
+    pub config: Arc<Config>,
+}
+
+/// The TOML of a workflow named `name` running job.js.
+pub fn workflow(name: &str, extra: &str) -> String {
+    format!(
+        "[workflows.{name}]\nroot = \"{}\"\nscript = \"job.js\"\nruntime = \"node\"\n{extra}\n",
+        fixtures().display()
+    )
+}
+
+pub fn config(toml: &str) -> Arc<Config> {
+    match Config::parse(toml, &fixtures()) {
+        Ok(c) => Arc::new(c),
+        Err(issues) => panic!("test config invalid: {issues:?}"),
+    }
+}
+
+pub async fn open_store(dir: &Path) -> Arc<SqliteStore> {
+    Arc::new(
+        SqliteStore::open(&format!("sqlite://{}/jobs.db", dir.display()))
+            .await
+            .expect("open store"),
+    )
+}
+
+pub async fn start(toml: &str) -> Harness {
+    start_with(toml, RuntimeOptions::default()).await
+}
+
+pub async fn start_with(toml: &str, opts: RuntimeOptions) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path()).await;
+    let config = config(toml);
+    let rt = Runtime::start(config.clone(), store.clone(), opts)
+        .await
+        .expect("runtime starts");
+    Harness {
+        rt,
+        store,
+        dir,
+        config,
+    }
+}
+
+impl Harness {
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    pub async fn submit(&self, workflow: &str, params: Value) -> JobId {
+        self.submit_opts(workflow, params, JobOptions::default()).await
+    }
+
+    pub async fn submit_opts(&self, workflow: &str, params: Value, opts: JobOptions) -> JobId {
+        self.rt
+            .submit(workflow, params, opts)
+            .await
+            .expect("submit accepted")
+            .job_id
+    }
+
+    pub async fn wait(&self, id: JobId) -> JobView {
+        tokio::time::timeout(SOON, self.rt.wait(id))
+            .await
+            .expect("job finishes in time")
+            .expect("wait")
+    }
+
+    /// Waits until the job is in `state`.
+    pub async fn until_state(&self, id: JobId, state: JobState) -> JobView {
+        let deadline = tokio::time::Instant::now() + SOON;
+        let mut sub = self.rt.subscribe(id);
+        loop {
+            let v = self.rt.get(id).await.expect("get");
+            if v.state == state {
+                return v;
+            }
+            assert!(!v.state.is_terminal(), "job ended as {:?} before reaching {state:?}", v.state);
+            assert!(tokio::time::Instant::now() < deadline, "job never reached {state:?}");
+            // Wake on the next event (or re-check periodically if the subscription ended).
+            match tokio::time::timeout(Duration::from_millis(200), sub.recv()).await {
+                Ok(Some(_)) | Err(_) => {}
+                Ok(None) => sub = self.rt.subscribe(id),
+            }
+        }
+    }
+
+    /// Lines of a log file written by job.js.
+    pub fn log_lines(&self, name: &str) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join(name))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
