@@ -247,6 +247,7 @@ pub struct RunningProcess {
     started_at: SystemTime,
     events: Option<mpsc::Receiver<ChildEvent>>,
     stdin: Option<tokio::process::ChildStdin>,
+    ipc: Option<crate::ipclink::IpcHandle>,
     control: ProcessControl,
     done: Option<oneshot::Receiver<Outcome>>,
 }
@@ -278,6 +279,13 @@ impl RunningProcess {
 
     pub fn control(&self) -> ProcessControl {
         self.control.clone()
+    }
+
+    /// The Node IPC channel (when the spec set `ipc`): send messages and make
+    /// requests to the child. The engine forwards the child's
+    /// progress/log/result envelopes as events on its own.
+    pub fn ipc(&self) -> Option<crate::ipclink::IpcHandle> {
+        self.ipc.clone()
     }
 
     /// Waits until the job and every process of it is gone.
@@ -394,7 +402,7 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
         .process_group(0);
 
     let ipc_parts = if ipc {
-        match crate::ipclink::prepare(&mut cmd) {
+        match crate::ipclink::prepare(&mut cmd, &masker) {
             Ok(p) => Some(p),
             Err(e) => {
                 cleanup_tmp(&tmpdir);
@@ -510,7 +518,16 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
         sink.clone(),
         readers_stop.clone(),
     ));
-    let ipc_task = ipc_link.map(|l| crate::ipclink::forward(l, sink, masker.clone()));
+    let (ipc_handle, ipc_task) = match ipc_link {
+        Some(l) => {
+            let (h, incoming) = l.split();
+            (
+                Some(h),
+                Some(crate::ipclink::forward(incoming, sink, masker.clone())),
+            )
+        }
+        None => (None, None),
+    };
     drop(tx);
 
     let mut stdin_handle = None;
@@ -561,6 +578,7 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
         started_at,
         events: Some(rx),
         stdin: stdin_handle,
+        ipc: ipc_handle,
         control,
         done: Some(done_rx),
     })

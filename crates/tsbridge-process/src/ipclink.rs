@@ -1,50 +1,96 @@
-//! The engine's side of the Node IPC channel: creates the socketpair before
-//! the fork, installs the child's end in `pre_exec`, and forwards the child's
-//! `progress`/`log`/`result` messages into the job's event stream.
-//! (Stand-in until `ipc` lands: IPC is refused with `Unsupported`.)
+//! The engine's side of the Node IPC channel (built on [`crate::ipc`]):
+//! creates the socketpair before the fork, puts the child's end at fd
+//! [`CHILD_FD`] in `pre_exec`, drops the parent's copy of that end after the
+//! spawn, and forwards the child's `progress`/`log`/`result` envelopes into
+//! the job's event stream (a `result` sets the outcome's result).
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::engine::EventSink;
+use crate::ipc::{IpcChannel, IpcIncoming, IpcOptions, IpcParent};
 use crate::mask::Masker;
 
-/// The fd number the child sees its channel on.
-pub(crate) const CHILD_FD: RawFd = 3;
+pub use crate::ipc::{CHILD_FD, IpcHandle};
 
+/// A channel made before the fork.
 #[derive(Debug)]
-pub(crate) struct Prepared;
+pub(crate) struct Prepared {
+    parent: IpcParent,
+    child_end: OwnedFd,
+}
 
+/// A running channel: the handle for requests and the incoming stream.
 #[derive(Debug)]
-pub(crate) struct Link;
+pub(crate) struct Link {
+    pub(crate) handle: IpcHandle,
+    incoming: mpsc::Receiver<IpcIncoming>,
+}
 
-/// A handle for requests to the child (stand-in).
-#[derive(Clone, Debug)]
-pub struct IpcHandle;
-
-pub(crate) fn prepare(_cmd: &mut std::process::Command) -> io::Result<Prepared> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "ipc channel not available yet",
-    ))
+/// Creates the socketpair and adds the channel's variables to `cmd`.
+pub(crate) fn prepare(cmd: &mut std::process::Command, masker: &Masker) -> io::Result<Prepared> {
+    let (parent, child_end) = IpcChannel::new()?;
+    for (k, v) in crate::ipc::child_env(CHILD_FD) {
+        cmd.env(k, v);
+    }
+    let parent = parent.with_options(IpcOptions {
+        masker: masker.clone(),
+        ..IpcOptions::default()
+    });
+    Ok(Prepared { parent, child_end })
 }
 
 impl Prepared {
+    /// (the child's end as numbered in tsbridge, the number the child sees).
     pub(crate) fn child_fds(&self) -> (RawFd, RawFd) {
-        (-1, CHILD_FD)
+        (self.child_end.as_raw_fd(), CHILD_FD)
     }
+
+    /// After the spawn: closes tsbridge's copy of the child's end (so the
+    /// child's exit is seen as a disconnect) and starts the channel's tasks.
     pub(crate) fn start(self) -> io::Result<Link> {
-        Ok(Link)
+        drop(self.child_end);
+        let (handle, incoming) = self.parent.start()?;
+        Ok(Link { handle, incoming })
     }
 }
 
-pub(crate) fn install_in_child(_child_fd: RawFd, _target: RawFd) -> io::Result<()> {
-    Ok(())
+/// Installs the child's end at `target` (in the forked child).
+pub(crate) fn install_in_child(child_fd: RawFd, target: RawFd) -> io::Result<()> {
+    // SAFETY: called only from the engine's pre_exec hook, in the forked
+    // child between fork and exec; install_in_child makes raw dup2/fcntl
+    // calls (async-signal-safe, no allocation).
+    unsafe { crate::ipc::install_in_child(child_fd, target) }
 }
 
-pub(crate) fn forward(_link: Link, _sink: EventSink, _masker: Arc<Masker>) -> JoinHandle<()> {
-    tokio::spawn(async {})
+/// Forwards the child's envelopes as events until it disconnects.
+pub(crate) fn forward(
+    mut incoming: mpsc::Receiver<IpcIncoming>,
+    sink: EventSink,
+    _masker: Arc<Masker>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(msg) = incoming.recv().await {
+            match msg {
+                IpcIncoming::Event(ev) => sink.send(ev).await,
+                IpcIncoming::Message(_) => {
+                    tracing::trace!("ipc message that is not an event; ignored by the engine")
+                }
+                IpcIncoming::Malformed { reason } => {
+                    tracing::debug!(%reason, "malformed ipc message")
+                }
+                IpcIncoming::Disconnected => break,
+            }
+        }
+    })
+}
+
+impl Link {
+    pub(crate) fn split(self) -> (IpcHandle, mpsc::Receiver<IpcIncoming>) {
+        (self.handle, self.incoming)
+    }
 }

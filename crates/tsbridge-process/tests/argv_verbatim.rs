@@ -22,10 +22,19 @@ async fn hostile_arguments_arrive_verbatim() {
         "$HOME".into(),
         OsString::from_vec(vec![0xff, 0xfe, b'x', 0x80]),
     ];
-    let spec = common::node_fixture("env-argv.js").args(args.clone()).build().unwrap();
+    let spec = common::node_fixture("env-argv.js")
+        .args(args.clone())
+        .build()
+        .unwrap();
     let o = run(spec).await.unwrap();
-    assert!(o.exit.success(), "{:?}", String::from_utf8_lossy(&o.stderr.head));
-    let v = o.result.expect("env-argv prints JSON, which is the fallback result");
+    assert!(
+        o.exit.success(),
+        "{:?}",
+        String::from_utf8_lossy(&o.stderr.head)
+    );
+    let v = o
+        .result
+        .expect("env-argv prints JSON, which is the fallback result");
     let got: Vec<Vec<u8>> = v["argv"]
         .as_array()
         .unwrap()

@@ -37,6 +37,14 @@ async fn result_block_written_byte_by_byte_parses() {
         .collect();
     assert_eq!(progress, vec![(1, 4), (4, 4)]);
     assert!(events.iter().any(|e| matches!(e, ChildEvent::Log { level: LogLevel::Warn, message, .. } if message == "almost there")));
-    assert!(events.iter().any(|e| matches!(e, ChildEvent::Output { line, .. } if line == "just a plain line")));
-    assert!(events.iter().any(|e| matches!(e, ChildEvent::Result { value } if *value == expected)));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ChildEvent::Output { line, .. } if line == "just a plain line"))
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ChildEvent::Result { value } if *value == expected))
+    );
 }

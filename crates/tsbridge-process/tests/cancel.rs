@@ -28,16 +28,27 @@ async fn cancel_ends_job_with_reason_cancelled() {
     p.control().cancel();
     let o = p.wait().await;
     assert_eq!(o.reason, EndReason::Cancelled);
-    assert_eq!(o.exit.signal(), Some(libc::SIGKILL), "SIGTERM was ignored, so SIGKILL ended it");
+    assert_eq!(
+        o.exit.signal(),
+        Some(libc::SIGKILL),
+        "SIGTERM was ignored, so SIGKILL ended it"
+    );
     assert!(!common::alive(pid));
-    assert!(o.stderr.head.starts_with(b"got SIGTERM"), "{:?}", String::from_utf8_lossy(&o.stderr.head));
+    assert!(
+        o.stderr.head.starts_with(b"got SIGTERM"),
+        "{:?}",
+        String::from_utf8_lossy(&o.stderr.head)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_before_spawn_is_honoured() {
     let control = tsbridge_process::ProcessControl::new();
     control.cancel();
-    let spec = common::node_fixture("hang.js").control(control).build().unwrap();
+    let spec = common::node_fixture("hang.js")
+        .control(control)
+        .build()
+        .unwrap();
     let o = tsbridge_process::run(spec).await.unwrap();
     assert_eq!(o.reason, EndReason::Cancelled);
     assert!(o.exit.signal().is_some());

@@ -21,7 +21,11 @@ async fn exit_code_is_reported() {
         assert!(o.cpu < std::time::Duration::from_secs(10));
         match JobError::from_outcome(&o) {
             None => assert_eq!(code, 0),
-            Some(JobError::Execution { exit_code, signal, stderr_tail }) => {
+            Some(JobError::Execution {
+                exit_code,
+                signal,
+                stderr_tail,
+            }) => {
                 assert_eq!(exit_code, Some(code));
                 assert_eq!(signal, None);
                 assert_eq!(stderr_tail, "this goes to stderr\n");

@@ -23,7 +23,11 @@ async fn leaked_daemon_is_killed_after_normal_exit() {
     let o = run(spec).await.unwrap();
     assert_eq!(o.reason, EndReason::Exited);
     assert!(o.exit.success());
-    let daemon: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let daemon: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(o.leaked_descendants_killed >= 1, "{o:?}");
     assert!(!common::alive(daemon), "daemon {daemon} outlived its job");
     assert!(common::marked(&key).is_empty());

@@ -19,7 +19,9 @@ async fn segv_is_reported_as_signal() {
     assert!(!o.success());
     let e = JobError::from_outcome(&o).expect("a signal death is an error");
     assert_eq!(e.kind(), tsbridge_process::ErrorKind::Signal);
-    assert!(matches!(e, JobError::Execution { signal: Some(s), exit_code: None, ref stderr_tail } if s == libc::SIGSEGV && stderr_tail.contains("about to die")));
+    assert!(
+        matches!(e, JobError::Execution { signal: Some(s), exit_code: None, ref stderr_tail } if s == libc::SIGSEGV && stderr_tail.contains("about to die"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,10 @@ async fn missing_program_is_not_found() {
     assert_eq!(e.program, std::path::PathBuf::from("/no/such/program"));
 
     // A bare name is looked up in the spec's PATH, not tsbridge's.
-    let spec = JobSpec::builder("node").env("PATH", "/nonexistent").build().unwrap();
+    let spec = JobSpec::builder("node")
+        .env("PATH", "/nonexistent")
+        .build()
+        .unwrap();
     let e = run(spec).await.unwrap_err();
     assert_eq!(e.kind, std::io::ErrorKind::NotFound);
 }
