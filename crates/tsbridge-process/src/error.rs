@@ -81,6 +81,15 @@ impl SpawnError {
         }
     }
 
+    /// A copy (io::Error is not Clone): same program, stage, kind and errno.
+    pub fn duplicate(&self) -> Self {
+        let source = match self.errno {
+            Some(n) => io::Error::from_raw_os_error(n),
+            None => io::Error::new(self.kind, self.source.to_string()),
+        };
+        Self::new(self.program.clone(), self.stage, source)
+    }
+
     /// Whether trying again later may succeed (resource exhaustion, not a
     /// missing or broken program).
     pub fn is_retryable(&self) -> bool {
