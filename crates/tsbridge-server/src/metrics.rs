@@ -51,6 +51,10 @@ fn describe() {
         metrics::Unit::Seconds,
         "HTTP request latency by method and route (to the response head)"
     );
+    metrics::describe_counter!(
+        "tsbridge_ws_slow_disconnects_total",
+        "WebSocket clients disconnected for not reading fast enough"
+    );
     metrics::describe_gauge!("tsbridge_queue_depth", "Jobs waiting to run");
     metrics::describe_gauge!("tsbridge_jobs_running", "Jobs running now");
     metrics::describe_gauge!(

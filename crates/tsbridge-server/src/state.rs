@@ -24,9 +24,11 @@ pub struct ServerSettings {
     pub batch_concurrency: usize,
     /// Dev mode: `InternalError` bodies show their message and details.
     pub dev: bool,
-    /// Messages queued for one WebSocket client before it counts as too slow
-    /// and is disconnected.
+    /// Messages queued for one WebSocket client.
     pub ws_send_buffer: usize,
+    /// How long that queue may stay full before the client counts as too
+    /// slow and is disconnected.
+    pub ws_slow_after: Duration,
     /// Interval of SSE keep-alive comments and WebSocket pings.
     pub keepalive: Duration,
     /// How long after `drain_timeout` the server waits for open requests
@@ -43,6 +45,7 @@ impl Default for ServerSettings {
             batch_concurrency: 4,
             dev: false,
             ws_send_buffer: 256,
+            ws_slow_after: Duration::from_secs(10),
             keepalive: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(10),
         }

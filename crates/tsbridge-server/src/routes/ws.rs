@@ -44,41 +44,51 @@ pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Res
         .on_upgrade(move |socket| connection(state, socket))
 }
 
-/// The sending half every task of one connection shares. Never waits: a
-/// full queue means the client is too slow, and ends the connection.
+/// The sending half every task of one connection shares. A burst waits for
+/// room in the bounded queue; a queue that stays full for `slow_after` means
+/// the client does not read, and ends the connection. Jobs never wait on
+/// it: forwarders read the job's feed, and catch up from the store when they
+/// fall behind.
 #[derive(Clone)]
 struct Outbox {
     tx: mpsc::Sender<Message>,
     /// Cancelled when the connection must end.
     stop: CancellationToken,
-    /// Set when the queue overflowed.
+    /// Set when the client was too slow.
     slow: CancellationToken,
+    slow_after: Duration,
 }
 
 impl Outbox {
-    fn send(&self, msg: &ServerMessage) -> bool {
+    async fn send(&self, msg: &ServerMessage) -> bool {
         match serde_json::to_string(msg) {
-            Ok(text) => self.send_raw(Message::Text(text.into())),
+            Ok(text) => self.send_raw(Message::Text(text.into())).await,
             Err(_) => true,
         }
     }
 
-    fn send_raw(&self, msg: Message) -> bool {
-        match self.tx.try_send(msg) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+    async fn send_raw(&self, msg: Message) -> bool {
+        let msg = match self.tx.try_send(msg) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(msg)) => msg,
+        };
+        match tokio::time::timeout(self.slow_after, self.tx.send(msg)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
                 self.slow.cancel();
                 self.stop.cancel();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
-    fn error(&self, message: impl Into<String>) -> bool {
+    async fn error(&self, message: impl Into<String>) -> bool {
         self.send(&ServerMessage::Error {
             message: message.into(),
         })
+        .await
     }
 }
 
@@ -99,6 +109,7 @@ async fn connection(state: AppState, socket: WebSocket) {
         tx,
         stop: stop.clone(),
         slow: CancellationToken::new(),
+        slow_after: state.settings().ws_slow_after,
     };
     let mut writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
@@ -124,7 +135,7 @@ async fn connection(state: AppState, socket: WebSocket) {
                     tracing::debug!("websocket client stopped answering pings");
                     break;
                 }
-                outbox.send_raw(Message::Ping(Default::default()));
+                outbox.send_raw(Message::Ping(Default::default())).await;
             }
             msg = incoming.next() => match msg {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
@@ -132,7 +143,7 @@ async fn connection(state: AppState, socket: WebSocket) {
                     last_heard = Instant::now();
                     match msg {
                         Message::Text(text) => on_text(&state, &outbox, &mut subs, text.as_str()).await,
-                        Message::Binary(_) => { outbox.error("Invalid JSON message"); }
+                        Message::Binary(_) => { outbox.error("Invalid JSON message").await; }
                         _ => {}
                     }
                 }
@@ -144,6 +155,7 @@ async fn connection(state: AppState, socket: WebSocket) {
     if outbox.slow.is_cancelled() {
         // The client does not read: do not wait on it.
         tracing::info!("websocket client too slow: disconnected");
+        metrics::counter!("tsbridge_ws_slow_disconnects_total").increment(1);
         writer.abort();
         return;
     }
@@ -181,52 +193,52 @@ async fn on_text(
     text: &str,
 ) {
     let Ok(value) = serde_json::from_str::<Value>(text) else {
-        outbox.error("Invalid JSON message");
+        outbox.error("Invalid JSON message").await;
         return;
     };
     let ty = type_name(&value);
     if !matches!(ty.as_str(), "subscribe" | "unsubscribe" | "cancel") {
-        outbox.error(format!("Unknown message type: {ty}"));
+        outbox.error(format!("Unknown message type: {ty}")).await;
         return;
     }
     let msg = match serde_json::from_value::<ClientMessage>(value) {
         Ok(m) => m,
         Err(e) => {
-            outbox.error(format!("Invalid {ty} message: {e}"));
+            outbox.error(format!("Invalid {ty} message: {e}")).await;
             return;
         }
     };
     let (ClientMessage::Subscribe(r) | ClientMessage::Unsubscribe(r) | ClientMessage::Cancel(r)) =
         &msg;
-    let Some((raw, id)) = job_of(outbox, r) else {
+    let Some((raw, id)) = job_of(outbox, r).await else {
         return;
     };
     match msg {
         ClientMessage::Subscribe(_) => {
             if subs.contains_key(&id) {
-                outbox.send(&ServerMessage::Subscribed { workflow_id: raw });
+                outbox.send(&ServerMessage::Subscribed { workflow_id: raw }).await;
                 return;
             }
             match state.backend().get(id).await {
                 Ok(_) => {}
                 Err(e) if e.kind == ErrorType::NotFound => {
-                    outbox.error(format!("Unknown job: {raw}"));
+                    outbox.error(format!("Unknown job: {raw}")).await;
                     return;
                 }
                 Err(e) => {
-                    outbox.error(format!("Cannot subscribe to {raw}: {}", e.message));
+                    outbox.error(format!("Cannot subscribe to {raw}: {}", e.message)).await;
                     return;
                 }
             }
             outbox.send(&ServerMessage::Subscribed {
                 workflow_id: raw.clone(),
-            });
+            }).await;
             let task = tokio::spawn(forward(state.clone(), outbox.clone(), id, raw));
             subs.insert(id, Forwarder(task));
         }
         ClientMessage::Unsubscribe(_) => {
             subs.remove(&id);
-            outbox.send(&ServerMessage::Unsubscribed { workflow_id: raw });
+            outbox.send(&ServerMessage::Unsubscribed { workflow_id: raw }).await;
         }
         ClientMessage::Cancel(_) => {
             // A subscriber hears `cancelled` from its forwarder; anyone else
@@ -240,14 +252,14 @@ async fn on_text(
                         outbox.send(&ServerMessage::Cancelled {
                             workflow_id: raw,
                             data: json!({"jobId": id, "state": view.state, "reason": view.reason}),
-                        });
+                        }).await;
                     }
                     Ok(_) => {}
                     Err(e) if e.kind == ErrorType::NotFound => {
-                        outbox.error(format!("Unknown job: {raw}"));
+                        outbox.error(format!("Unknown job: {raw}")).await;
                     }
                     Err(e) => {
-                        outbox.error(format!("Cannot cancel {raw}: {}", e.message));
+                        outbox.error(format!("Cannot cancel {raw}: {}", e.message)).await;
                     }
                 }
             });
@@ -255,15 +267,15 @@ async fn on_text(
     }
 }
 
-fn job_of(outbox: &Outbox, r: &JobRef) -> Option<(String, JobId)> {
+async fn job_of(outbox: &Outbox, r: &JobRef) -> Option<(String, JobId)> {
     let Some(raw) = r.id() else {
-        outbox.error("Missing workflowId");
+        outbox.error("Missing workflowId").await;
         return None;
     };
     match raw.parse::<JobId>() {
         Ok(id) => Some((raw.to_owned(), id)),
         Err(_) => {
-            outbox.error(format!("Unknown job: {raw}"));
+            outbox.error(format!("Unknown job: {raw}")).await;
             None
         }
     }
@@ -350,7 +362,7 @@ async fn forward(state: AppState, outbox: Outbox, id: JobId, raw: String) {
     let snapshot = match snapshot(&state, id).await {
         Ok(s) => s,
         Err(message) => {
-            outbox.error(format!("Cannot follow {raw}: {message}"));
+            outbox.error(format!("Cannot follow {raw}: {message}")).await;
             return;
         }
     };
@@ -358,12 +370,14 @@ async fn forward(state: AppState, outbox: Outbox, id: JobId, raw: String) {
     if !outbox.send(&ServerMessage::State {
         workflow_id: raw.clone(),
         data: snapshot.state,
-    }) {
+    })
+    .await
+    {
         return;
     }
     if let Some(p) = &snapshot.progress {
         for m in messages_for(&raw, p) {
-            if !outbox.send(&m) {
+            if !outbox.send(&m).await {
                 return;
             }
         }
@@ -373,14 +387,14 @@ async fn forward(state: AppState, outbox: Outbox, id: JobId, raw: String) {
             outbox.send(&ServerMessage::Result {
                 workflow_id: raw.clone(),
                 data: value,
-            });
+            }).await;
         }
         if terminal == JobState::Cancelled {
             if let Ok(view) = backend.get(id).await {
                 outbox.send(&ServerMessage::Cancelled {
                     workflow_id: raw.clone(),
                     data: state_data(view.state, view.reason, None, None),
-                });
+                }).await;
             }
         }
         return;
@@ -395,7 +409,7 @@ async fn forward(state: AppState, outbox: Outbox, id: JobId, raw: String) {
         let e = match item {
             Ok(e) => e,
             Err(err) => {
-                outbox.error(format!("Stream of {raw} failed: {}", err.public_body().message));
+                outbox.error(format!("Stream of {raw} failed: {}", err.public_body().message)).await;
                 return;
             }
         };
@@ -409,12 +423,12 @@ async fn forward(state: AppState, outbox: Outbox, id: JobId, raw: String) {
                     outbox.send(&ServerMessage::Result {
                         workflow_id: raw.clone(),
                         data: value,
-                    });
+                    }).await;
                 }
             }
         }
         for m in messages_for(&raw, &e) {
-            if !outbox.send(&m) {
+            if !outbox.send(&m).await {
                 return;
             }
         }

@@ -29,6 +29,8 @@ pub enum Step {
     Result(Value),
     /// Runs until cancelled.
     Hang,
+    /// `n` log events of about 1 KiB each, as fast as possible.
+    Flood(u64),
     /// Ends the job (state, reason, exit code, signal, stderr).
     End(JobState, Option<EndReason>, Option<i32>, Option<i32>, &'static str),
 }
@@ -79,6 +81,11 @@ fn script(workflow: &str, params: &Value) -> Result<Vec<Step>, BackendError> {
             v
         }
         "hang" => vec![Progress(1, 4, "started"), Hang],
+        "flood" => vec![
+            Sleep(params.get("ms").and_then(Value::as_u64).unwrap_or(0)),
+            Flood(params.get("n").and_then(Value::as_u64).unwrap_or(10_000)),
+            End(JobState::Succeeded, Some(EndReason::Exited), Some(0), None, ""),
+        ],
         "fail" => vec![
             Sleep(params.get("ms").and_then(Value::as_u64).unwrap_or(0)),
             End(JobState::Failed, Some(EndReason::Exited), Some(3), None, "boom: something broke\n"),
@@ -241,6 +248,14 @@ impl FakeBackend {
                     _ = tokio::time::sleep(Duration::from_millis(ms)) => false,
                     _ = cancel.cancelled() => true,
                 },
+                Step::Flood(n) => {
+                    let line = "x".repeat(1024);
+                    for _ in 0..n {
+                        self.emit(id, EventData::Log { level: tsbridge_proto::LogLevel::Info, message: line.clone() });
+                        tokio::task::yield_now().await;
+                    }
+                    cancel.is_cancelled()
+                }
                 Step::Hang => {
                     cancel.cancelled().await;
                     true
