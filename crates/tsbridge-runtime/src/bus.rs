@@ -77,15 +77,16 @@ impl Bus {
         let Some(ch) = jobs.get_mut(&event.job_id) else {
             return;
         };
-        ch.subscribers.retain(|s| match s.tx.try_send(event.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                s.lagged.store(true, Ordering::Release);
-                tracing::debug!(job = %event.job_id, "dropping a subscriber that fell behind");
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
+        ch.subscribers
+            .retain(|s| match s.tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    s.lagged.store(true, Ordering::Release);
+                    tracing::debug!(job = %event.job_id, "dropping a subscriber that fell behind");
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
     }
 
     /// Closes a job's channel: subscribers get what is buffered, then the end.
@@ -171,7 +172,9 @@ mod tests {
             seq,
             job_id: id,
             timestamp: Utc::now(),
-            data: EventData::Stdout { line: format!("{seq}") },
+            data: EventData::Stdout {
+                line: format!("{seq}"),
+            },
         }
     }
 

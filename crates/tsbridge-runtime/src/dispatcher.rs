@@ -28,10 +28,14 @@ use tsbridge_proto::{EndReason, ErrorType, EventData, JobEvent, JobId, JobState}
 use crate::bus::Bus;
 use crate::config::{Config, RetryOn, WorkflowConfig};
 use crate::errors::RuntimeError;
-use crate::executor::{AttemptEvent, AttemptIo, AttemptOutcome, AttemptRequest, Executor, ProcessControl};
+use crate::executor::{
+    AttemptEvent, AttemptIo, AttemptOutcome, AttemptRequest, Executor, ProcessControl,
+};
 use crate::queue::ReadyQueue;
 use crate::stats::RuntimeStats;
-use crate::store::{AfterAttempt, AttemptEnd, Finish, Inserted, JobRecord, JobStore, NewJob, StoredRequest};
+use crate::store::{
+    AfterAttempt, AttemptEnd, Finish, Inserted, JobRecord, JobStore, NewJob, StoredRequest,
+};
 
 /// Child events written to the store per transaction, at most.
 const EVENT_BATCH: usize = 256;
@@ -395,7 +399,13 @@ impl Dispatcher {
             return;
         };
         let seq = job.last_seq + 1;
-        let event = state_event(id, seq, JobState::Failed, Some(EndReason::SpawnFailure), None);
+        let event = state_event(
+            id,
+            seq,
+            JobState::Failed,
+            Some(EndReason::SpawnFailure),
+            None,
+        );
         let finish = Finish {
             state: JobState::Failed,
             reason: Some(EndReason::SpawnFailure),
@@ -413,7 +423,8 @@ impl Dispatcher {
         self.shared.bus.publish(&event);
         self.shared.bus.close(id);
         count_finished(&self.shared, &job.workflow, JobState::Failed, None);
-        metrics::counter!("tsbridge_spawn_failures_total", "workflow" => job.workflow.clone()).increment(1);
+        metrics::counter!("tsbridge_spawn_failures_total", "workflow" => job.workflow.clone())
+            .increment(1);
     }
 
     async fn on_done(&mut self, done: AttemptDone) {
@@ -442,7 +453,8 @@ impl Dispatcher {
 
         let o = done.outcome;
         if o.reason == EndReason::SpawnFailure {
-            metrics::counter!("tsbridge_spawn_failures_total", "workflow" => job.workflow.clone()).increment(1);
+            metrics::counter!("tsbridge_spawn_failures_total", "workflow" => job.workflow.clone())
+                .increment(1);
         }
         let (state, reason) = classify(&o);
         let stop_requested = control.request().is_some();
@@ -465,7 +477,13 @@ impl Dispatcher {
         job.last_seq += 1;
         let seq = job.last_seq;
         if retry {
-            let event = state_event(done.id, seq, JobState::Queued, Some(o.reason), Some(attempt));
+            let event = state_event(
+                done.id,
+                seq,
+                JobState::Queued,
+                Some(o.reason),
+                Some(attempt),
+            );
             if let Err(e) = shared
                 .store
                 .complete_attempt(done.id, &end, &AfterAttempt::Requeue, &event)
@@ -491,7 +509,8 @@ impl Dispatcher {
             return;
         }
 
-        let error = (state != JobState::Succeeded).then(|| error_body(done.id, attempt, state, reason, &o));
+        let error =
+            (state != JobState::Succeeded).then(|| error_body(done.id, attempt, state, reason, &o));
         let finish = Finish {
             state,
             reason: Some(reason),
@@ -548,7 +567,13 @@ impl Dispatcher {
                 let seq = job.last_seq + 1;
                 let workflow = job.workflow.clone();
                 self.jobs.remove(&id);
-                let event = state_event(id, seq, JobState::Cancelled, Some(EndReason::Cancelled), None);
+                let event = state_event(
+                    id,
+                    seq,
+                    JobState::Cancelled,
+                    Some(EndReason::Cancelled),
+                    None,
+                );
                 let finish = Finish {
                     state: JobState::Cancelled,
                     reason: Some(EndReason::Cancelled),
@@ -663,11 +688,7 @@ impl Dispatcher {
         let running = self.running as u64;
         metrics::gauge!("tsbridge_queue_depth").set(queued as f64);
         metrics::gauge!("tsbridge_jobs_running").set(running as f64);
-        let mut s = self
-            .shared
-            .stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut s = self.shared.stats.lock().unwrap_or_else(|p| p.into_inner());
         s.queued = queued;
         s.running = running;
         s.running_by_workflow = self
@@ -709,7 +730,8 @@ fn count_finished(shared: &Shared, workflow: &str, state: JobState, wall: Option
     metrics::counter!("tsbridge_jobs_total", "workflow" => workflow.to_owned(), "state" => state.as_str())
         .increment(1);
     if let Some(w) = wall {
-        metrics::histogram!("tsbridge_job_duration_seconds", "workflow" => workflow.to_owned()).record(w);
+        metrics::histogram!("tsbridge_job_duration_seconds", "workflow" => workflow.to_owned())
+            .record(w);
     }
     let mut s = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
     *s.finished
@@ -745,9 +767,18 @@ pub(crate) fn retryable(on: &[RetryOn], o: &AttemptOutcome) -> bool {
     on.contains(&class)
 }
 
-fn error_body(id: JobId, attempt: u32, state: JobState, reason: EndReason, o: &AttemptOutcome) -> ApiErrorBody {
+fn error_body(
+    id: JobId,
+    attempt: u32,
+    state: JobState,
+    reason: EndReason,
+    o: &AttemptOutcome,
+) -> ApiErrorBody {
     let kind = ErrorType::for_end(state, Some(reason)).unwrap_or(ErrorType::ExecutionError);
-    let message = o.error.clone().unwrap_or_else(|| format!("the job ended: {reason}"));
+    let message = o
+        .error
+        .clone()
+        .unwrap_or_else(|| format!("the job ended: {reason}"));
     let mut details = json!({ "jobId": id, "attempt": attempt, "reason": reason });
     if let Some(c) = o.exit_code {
         details["exitCode"] = json!(c);
@@ -783,8 +814,12 @@ fn event_data(e: tsbridge_proto::ChildEvent) -> EventData {
             level,
             message: cap_text(message),
         },
-        EventData::Stdout { line } => EventData::Stdout { line: cap_text(line) },
-        EventData::Stderr { line } => EventData::Stderr { line: cap_text(line) },
+        EventData::Stdout { line } => EventData::Stdout {
+            line: cap_text(line),
+        },
+        EventData::Stderr { line } => EventData::Stderr {
+            line: cap_text(line),
+        },
         other => other,
     }
 }
@@ -803,7 +838,13 @@ async fn run_attempt(
     let id = req.job_id;
     let n = req.attempt;
     let (tx, mut rx) = mpsc::channel::<AttemptEvent>(EVENT_BATCH * 2);
-    let run = executor.run(req, AttemptIo { events: tx, control });
+    let run = executor.run(
+        req,
+        AttemptIo {
+            events: tx,
+            control,
+        },
+    );
     tokio::pin!(run);
     let mut batch: Vec<JobEvent> = Vec::new();
     let outcome = loop {

@@ -41,7 +41,9 @@ pub struct AttemptRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptEvent {
     /// The process (or pool worker) running it.
-    Started { pid: u32 },
+    Started {
+        pid: u32,
+    },
     Child(ChildEvent),
 }
 

@@ -20,8 +20,8 @@ use tsbridge_sandbox::Sandbox;
 
 use crate::bus::{Bus, Subscription};
 use crate::config::{Config, Mode, WorkflowConfig};
-use crate::dispatcher::{Command, Dispatcher, Shared, state_event};
 pub use crate::dispatcher::Submitted;
+use crate::dispatcher::{Command, Dispatcher, Shared, state_event};
 use crate::errors::RuntimeError;
 use crate::executor::Executor;
 use crate::spawn::SpawnExecutor;
@@ -87,8 +87,10 @@ impl Runtime {
         opts: RuntimeOptions,
     ) -> Result<Runtime, RuntimeError> {
         let node_id = opts.node_id.clone().unwrap_or_else(default_node_id);
-        let spawn: Arc<dyn Executor> =
-            Arc::new(SpawnExecutor::new(opts.sandbox.clone(), opts.tmp_base.clone()));
+        let spawn: Arc<dyn Executor> = Arc::new(SpawnExecutor::new(
+            opts.sandbox.clone(),
+            opts.tmp_base.clone(),
+        ));
         let mut workflows = BTreeMap::new();
         let mut executors = BTreeMap::new();
         let mut availability = BTreeMap::new();
@@ -242,7 +244,9 @@ impl Runtime {
         };
         let limit = q.limit.unwrap_or(50);
         if limit == 0 || limit > 500 {
-            return Err(RuntimeError::BadRequest("limit must be between 1 and 500".into()));
+            return Err(RuntimeError::BadRequest(
+                "limit must be between 1 and 500".into(),
+            ));
         }
         let page = self
             .shared
@@ -314,7 +318,11 @@ impl Runtime {
     }
 
     /// Stored events with `seq > after_seq`, in order.
-    pub async fn events_after(&self, id: JobId, after_seq: u64) -> Result<Vec<JobEvent>, RuntimeError> {
+    pub async fn events_after(
+        &self,
+        id: JobId,
+        after_seq: u64,
+    ) -> Result<Vec<JobEvent>, RuntimeError> {
         let events = self
             .shared
             .store
@@ -454,7 +462,10 @@ fn check_path_params(wf: &WorkflowConfig, params: &Value) -> Result<(), RuntimeE
         };
         for c in candidates {
             tsbridge_sandbox::paths::confine(&wf.root, Path::new(c)).map_err(|e| {
-                RuntimeError::Security(format!("parameter {name}: {}", safe_security_message(&e, c)))
+                RuntimeError::Security(format!(
+                    "parameter {name}: {}",
+                    safe_security_message(&e, c)
+                ))
             })?;
         }
     }
@@ -494,7 +505,13 @@ async fn recover(shared: &Shared) -> Result<(), RuntimeError> {
         let (next, event) = if rec.attempts_started < rec.max_attempts {
             (
                 AfterAttempt::Requeue,
-                state_event(rec.id, seq, JobState::Queued, Some(EndReason::Interrupted), Some(n)),
+                state_event(
+                    rec.id,
+                    seq,
+                    JobState::Queued,
+                    Some(EndReason::Interrupted),
+                    Some(n),
+                ),
             )
         } else {
             (
@@ -509,11 +526,20 @@ async fn recover(shared: &Shared) -> Result<(), RuntimeError> {
                     }),
                     finished_at: Utc::now(),
                 }),
-                state_event(rec.id, seq, JobState::Failed, Some(EndReason::Interrupted), Some(n)),
+                state_event(
+                    rec.id,
+                    seq,
+                    JobState::Failed,
+                    Some(EndReason::Interrupted),
+                    Some(n),
+                ),
             )
         };
         tracing::warn!(job = %rec.id, attempt = n, requeued = matches!(next, AfterAttempt::Requeue), "recovering an interrupted job");
-        shared.store.complete_attempt(rec.id, &end, &next, &event).await?;
+        shared
+            .store
+            .complete_attempt(rec.id, &end, &next, &event)
+            .await?;
     }
     Ok(())
 }

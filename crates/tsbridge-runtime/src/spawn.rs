@@ -53,8 +53,12 @@ fn which(name: &str) -> Option<PathBuf> {
 /// Whether `pkg` can be resolved from `dir` the way Node would (walking up
 /// `node_modules`).
 fn node_package_visible(dir: &Path, pkg: &str) -> bool {
-    dir.ancestors()
-        .any(|d| d.join("node_modules").join(pkg).join("package.json").is_file())
+    dir.ancestors().any(|d| {
+        d.join("node_modules")
+            .join(pkg)
+            .join("package.json")
+            .is_file()
+    })
 }
 
 /// Program and leading arguments that run `script` with `runtime`.
@@ -111,7 +115,9 @@ impl Executor for SpawnExecutor {
         }
         match wf.runtime {
             RuntimeKind::Tsx if !node_package_visible(&wf.cwd, "tsx") => {
-                return Err("the tsx package is not installed for this workflow (npm i tsx)".into());
+                return Err(
+                    "the tsx package is not installed for this workflow (npm i tsx)".into(),
+                );
             }
             RuntimeKind::TsNode if !node_package_visible(&wf.cwd, "ts-node") => {
                 return Err("the ts-node package is not installed for this workflow".into());
@@ -134,9 +140,7 @@ impl Executor for SpawnExecutor {
                         .into(),
                 );
             };
-            let report = sb
-                .capabilities()
-                .predict(&policy_for(wf, &self.tmp_base()));
+            let report = sb.capabilities().predict(&policy_for(wf, &self.tmp_base()));
             let short = report.shortfalls();
             if !short.is_empty() {
                 let names: Vec<&str> = short.iter().map(|(n, _)| *n).collect();
@@ -181,7 +185,10 @@ impl Executor for SpawnExecutor {
                         if !short.is_empty() && !wf.limits.degraded {
                             let names: Vec<&str> = short.iter().map(|(n, _)| *n).collect();
                             return AttemptOutcome::spawn_failure(
-                                format!("cannot enforce the {} limit(s) on this host", names.join(", ")),
+                                format!(
+                                    "cannot enforce the {} limit(s) on this host",
+                                    names.join(", ")
+                                ),
                                 false,
                             );
                         }
@@ -249,9 +256,18 @@ impl Executor for SpawnExecutor {
         let o = outcome;
         let error = match o.reason {
             EndReason::Exited if o.exit.success() => None,
-            EndReason::Exited => o.exit.code().map(|c| format!("the process exited with code {c}")),
-            EndReason::Signaled => o.exit.signal().map(|s| format!("the process was killed by signal {s}")),
-            EndReason::Timeout => Some(format!("the job timed out after {}", tsbridge_proto::units::format_duration(req.timeout))),
+            EndReason::Exited => o
+                .exit
+                .code()
+                .map(|c| format!("the process exited with code {c}")),
+            EndReason::Signaled => o
+                .exit
+                .signal()
+                .map(|s| format!("the process was killed by signal {s}")),
+            EndReason::Timeout => Some(format!(
+                "the job timed out after {}",
+                tsbridge_proto::units::format_duration(req.timeout)
+            )),
             EndReason::MemoryLimit => Some("the job hit its memory limit".into()),
             EndReason::PidsLimit => Some("the job hit its pids limit".into()),
             EndReason::CpuLimit => Some("the job hit its CPU limit".into()),

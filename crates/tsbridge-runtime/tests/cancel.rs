@@ -15,7 +15,9 @@ async fn cancel_queued_and_running() {
         workflow("job", "")
     ))
     .await;
-    let running = h.submit("job", json!({"hang": true, "ignoreTerm": true})).await;
+    let running = h
+        .submit("job", json!({"hang": true, "ignoreTerm": true}))
+        .await;
     let queued = h.submit("job", json!({})).await;
     h.until_state(running, JobState::Running).await;
 
@@ -37,6 +39,9 @@ async fn cancel_queued_and_running() {
 
     let e = h.rt.cancel(running).await.expect_err("already finished");
     assert_eq!(e.error_type(), ErrorType::Conflict);
-    let e = h.rt.cancel(tsbridge_proto::JobId::new()).await.expect_err("unknown");
+    let e =
+        h.rt.cancel(tsbridge_proto::JobId::new())
+            .await
+            .expect_err("unknown");
     assert_eq!(e.error_type(), ErrorType::NotFound);
 }

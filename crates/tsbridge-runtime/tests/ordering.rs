@@ -11,17 +11,31 @@ use tsbridge_proto::api::JobOptions;
 
 #[tokio::test]
 async fn priority_then_fifo_with_concurrency_one() {
-    let h = start(&format!("[defaults]\nconcurrency = 1\n{}", workflow("job", ""))).await;
+    let h = start(&format!(
+        "[defaults]\nconcurrency = 1\n{}",
+        workflow("job", "")
+    ))
+    .await;
     let log = h.path("order.log");
     let blocker = h.submit("job", json!({"hang": true})).await;
     h.until_state(blocker, JobState::Running).await;
     let mut ids = Vec::new();
-    for (tag, prio) in [("p0-a", 0), ("p5", 5), ("p0-b", 0), ("p9", 9), ("pm1", -1), ("p0-c", 0)] {
+    for (tag, prio) in [
+        ("p0-a", 0),
+        ("p5", 5),
+        ("p0-b", 0),
+        ("p9", 9),
+        ("pm1", -1),
+        ("p0-c", 0),
+    ] {
         let id = h
             .submit_opts(
                 "job",
                 json!({"log": log, "tag": tag}),
-                JobOptions { priority: Some(prio), ..JobOptions::default() },
+                JobOptions {
+                    priority: Some(prio),
+                    ..JobOptions::default()
+                },
             )
             .await;
         ids.push(id);
@@ -37,7 +51,10 @@ async fn priority_then_fifo_with_concurrency_one() {
     let starts: Vec<String> = h
         .log_lines("order.log")
         .iter()
-        .filter_map(|l| l.strip_prefix("start ").map(|r| r.split(' ').next().unwrap_or("").to_owned()))
+        .filter_map(|l| {
+            l.strip_prefix("start ")
+                .map(|r| r.split(' ').next().unwrap_or("").to_owned())
+        })
         .collect();
     assert_eq!(starts, ["p9", "p5", "p0-a", "p0-b", "p0-c", "pm1"]);
 }

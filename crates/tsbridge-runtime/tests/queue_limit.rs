@@ -5,18 +5,25 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use tsbridge_proto::{ErrorType, JobState};
 use tsbridge_proto::api::JobOptions;
+use tsbridge_proto::{ErrorType, JobState};
 use tsbridge_runtime::ListQuery;
 
 #[tokio::test]
 async fn queue_full_stores_nothing() {
-    let h = start(&format!("[defaults]\nconcurrency = 1\nqueue_limit = 2\n{}", workflow("job", ""))).await;
+    let h = start(&format!(
+        "[defaults]\nconcurrency = 1\nqueue_limit = 2\n{}",
+        workflow("job", "")
+    ))
+    .await;
     let running = h.submit("job", json!({"hang": true})).await;
     h.until_state(running, JobState::Running).await;
     let q1 = h.submit("job", json!({})).await;
     let q2 = h.submit("job", json!({})).await;
-    let e = h.rt.submit("job", json!({}), JobOptions::default()).await.expect_err("full");
+    let e =
+        h.rt.submit("job", json!({}), JobOptions::default())
+            .await
+            .expect_err("full");
     assert_eq!(e.error_type(), ErrorType::QueueFull);
     let ra = e.retry_after().expect("retry after");
     assert!(ra.as_secs() >= 1, "{ra:?}");

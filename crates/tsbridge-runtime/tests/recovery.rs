@@ -18,7 +18,11 @@ fn state(id: JobId, seq: u64, s: JobState, attempt: Option<u32>) -> JobEvent {
         seq,
         job_id: id,
         timestamp: Utc::now(),
-        data: EventData::State { state: s, reason: None, attempt },
+        data: EventData::State {
+            state: s,
+            reason: None,
+            attempt,
+        },
     }
 }
 
@@ -40,7 +44,13 @@ async fn insert(store: &dyn JobStore, max_attempts: u32, running: bool) -> JobId
         .expect("insert");
     if running {
         store
-            .start_attempt(id, 1, "dead-node", Utc::now(), &state(id, 2, JobState::Running, Some(1)))
+            .start_attempt(
+                id,
+                1,
+                "dead-node",
+                Utc::now(),
+                &state(id, 2, JobState::Running, Some(1)),
+            )
             .await
             .expect("start");
     }
@@ -55,12 +65,21 @@ async fn every_accepted_job_ends_after_a_restart() {
     let exhausted = insert(store.as_ref(), 1, true).await;
     let queued = insert(store.as_ref(), 1, false).await;
 
-    let rt = Runtime::start(config(&workflow("job", "")), store.clone() as Arc<dyn JobStore>, RuntimeOptions::default())
-        .await
-        .expect("start");
+    let rt = Runtime::start(
+        config(&workflow("job", "")),
+        store.clone() as Arc<dyn JobStore>,
+        RuntimeOptions::default(),
+    )
+    .await
+    .expect("start");
     let wait = |id| {
         let rt = rt.clone();
-        async move { tokio::time::timeout(SOON, rt.wait(id)).await.expect("in time").expect("wait") }
+        async move {
+            tokio::time::timeout(SOON, rt.wait(id))
+                .await
+                .expect("in time")
+                .expect("wait")
+        }
     };
 
     let v = wait(retryable).await;

@@ -18,11 +18,15 @@ async fn running_jobs_fail_with_shutdown_queued_stay_queued() {
         workflow("job", "")
     ))
     .await;
-    let running = h.submit("job", json!({"hang": true, "ignoreTerm": true})).await;
+    let running = h
+        .submit("job", json!({"hang": true, "ignoreTerm": true}))
+        .await;
     let queued = h.submit("job", json!({})).await;
     h.until_state(running, JobState::Running).await;
 
-    tokio::time::timeout(SOON, h.rt.shutdown(Duration::ZERO)).await.expect("shutdown ends");
+    tokio::time::timeout(SOON, h.rt.shutdown(Duration::ZERO))
+        .await
+        .expect("shutdown ends");
 
     let v = h.rt.get(running).await.expect("get");
     assert_eq!(v.state, JobState::Failed);
@@ -32,7 +36,10 @@ async fn running_jobs_fail_with_shutdown_queued_stay_queued() {
     assert_eq!(q.state, JobState::Queued);
     assert!(q.attempts.is_empty());
 
-    let e = h.rt.submit("job", json!({}), JobOptions::default()).await.expect_err("refused");
+    let e =
+        h.rt.submit("job", json!({}), JobOptions::default())
+            .await
+            .expect_err("refused");
     assert_eq!(e.error_type(), ErrorType::Unavailable);
     assert!(!h.rt.readiness().await.ready);
 }
@@ -40,9 +47,13 @@ async fn running_jobs_fail_with_shutdown_queued_stay_queued() {
 #[tokio::test]
 async fn running_jobs_may_finish_within_the_drain_time() {
     let h = start(&workflow("job", "")).await;
-    let id = h.submit("job", json!({"sleepMs": 300, "result": "finished"})).await;
+    let id = h
+        .submit("job", json!({"sleepMs": 300, "result": "finished"}))
+        .await;
     h.until_state(id, JobState::Running).await;
-    tokio::time::timeout(SOON, h.rt.shutdown(Duration::from_secs(30))).await.expect("shutdown ends");
+    tokio::time::timeout(SOON, h.rt.shutdown(Duration::from_secs(30)))
+        .await
+        .expect("shutdown ends");
     let v = h.rt.get(id).await.expect("get");
     assert_eq!(v.state, JobState::Succeeded);
     assert_eq!(v.result, Some(json!("finished")));

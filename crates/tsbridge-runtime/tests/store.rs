@@ -20,8 +20,22 @@ fn ev(id: JobId, seq: u64, data: EventData) -> JobEvent {
     }
 }
 
-fn state(id: JobId, seq: u64, s: JobState, reason: Option<EndReason>, attempt: Option<u32>) -> JobEvent {
-    ev(id, seq, EventData::State { state: s, reason, attempt })
+fn state(
+    id: JobId,
+    seq: u64,
+    s: JobState,
+    reason: Option<EndReason>,
+    attempt: Option<u32>,
+) -> JobEvent {
+    ev(
+        id,
+        seq,
+        EventData::State {
+            state: s,
+            reason,
+            attempt,
+        },
+    )
 }
 
 fn new_job(workflow: &str, priority: i32, key: Option<&str>) -> NewJob {
@@ -53,13 +67,19 @@ async fn insert_get_and_idempotency() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(&dir).await;
     let a = new_job("wf", 0, Some("key-1"));
-    assert!(matches!(store.insert_job(&a).await.expect("insert"), Inserted::Created));
+    assert!(matches!(
+        store.insert_job(&a).await.expect("insert"),
+        Inserted::Created
+    ));
     let again = new_job("wf", 0, Some("key-1"));
     match store.insert_job(&again).await.expect("insert") {
         Inserted::Existing(j) => assert_eq!(j.id, a.id),
         Inserted::Created => panic!("same key must return the existing job"),
     }
-    assert!(store.get_job(again.id).await.expect("get").is_none(), "nothing inserted");
+    assert!(
+        store.get_job(again.id).await.expect("get").is_none(),
+        "nothing inserted"
+    );
     let j = store.get_job(a.id).await.expect("get").expect("exists");
     assert_eq!(j.state, JobState::Queued);
     assert_eq!(j.params, json!({"n": 1}));
@@ -70,8 +90,20 @@ async fn insert_get_and_idempotency() {
     let found = store.find_by_idempotency_key("key-1").await.expect("find");
     assert_eq!(found.map(|j| j.id), Some(a.id));
     // Without a key, every insert is a new job.
-    assert!(matches!(store.insert_job(&new_job("wf", 0, None)).await.expect("insert"), Inserted::Created));
-    assert!(matches!(store.insert_job(&new_job("wf", 0, None)).await.expect("insert"), Inserted::Created));
+    assert!(matches!(
+        store
+            .insert_job(&new_job("wf", 0, None))
+            .await
+            .expect("insert"),
+        Inserted::Created
+    ));
+    assert!(matches!(
+        store
+            .insert_job(&new_job("wf", 0, None))
+            .await
+            .expect("insert"),
+        Inserted::Created
+    ));
 }
 
 #[tokio::test]
@@ -82,23 +114,50 @@ async fn attempt_life_cycle_and_events() {
     let id = j.id;
     store.insert_job(&j).await.expect("insert");
     store
-        .start_attempt(id, 1, "node-a", Utc::now(), &state(id, 2, JobState::Running, None, Some(1)))
+        .start_attempt(
+            id,
+            1,
+            "node-a",
+            Utc::now(),
+            &state(id, 2, JobState::Running, None, Some(1)),
+        )
         .await
         .expect("start");
     // A second claim of a running job fails.
-    assert!(store
-        .start_attempt(id, 1, "node-b", Utc::now(), &state(id, 3, JobState::Running, None, Some(1)))
-        .await
-        .is_err());
+    assert!(
+        store
+            .start_attempt(
+                id,
+                1,
+                "node-b",
+                Utc::now(),
+                &state(id, 3, JobState::Running, None, Some(1))
+            )
+            .await
+            .is_err()
+    );
     store.set_attempt_pid(id, 1, 4242).await.expect("pid");
     store
         .append_events(
             id,
             &[
-                ev(id, 3, EventData::Log { level: LogLevel::Info, message: "hi".into() }),
+                ev(
+                    id,
+                    3,
+                    EventData::Log {
+                        level: LogLevel::Info,
+                        message: "hi".into(),
+                    },
+                ),
                 ev(id, 4, EventData::Progress(Progress::new(1, 4, "a"))),
                 ev(id, 5, EventData::Progress(Progress::new(2, 4, "b"))),
-                ev(id, 6, EventData::Result { value: json!({"ok": true}) }),
+                ev(
+                    id,
+                    6,
+                    EventData::Result {
+                        value: json!({"ok": true}),
+                    },
+                ),
             ],
         )
         .await
@@ -120,11 +179,22 @@ async fn attempt_life_cycle_and_events() {
         process_id: Some(4242),
         error: Some("killed by SIGKILL".into()),
         finished_at: Utc::now(),
-        output: OutputView { stdout: "out".into(), ..OutputView::default() },
-        resources: Resources { wall_time_ms: Some(12), ..Resources::default() },
+        output: OutputView {
+            stdout: "out".into(),
+            ..OutputView::default()
+        },
+        resources: Resources {
+            wall_time_ms: Some(12),
+            ..Resources::default()
+        },
     };
     store
-        .complete_attempt(id, &end, &AfterAttempt::Requeue, &state(id, 7, JobState::Queued, None, Some(1)))
+        .complete_attempt(
+            id,
+            &end,
+            &AfterAttempt::Requeue,
+            &state(id, 7, JobState::Queued, None, Some(1)),
+        )
         .await
         .expect("complete");
     let r = store.get_job(id).await.expect("get").expect("exists");
@@ -135,10 +205,22 @@ async fn attempt_life_cycle_and_events() {
 
     // Attempt 2 succeeds.
     store
-        .start_attempt(id, 2, "node-a", Utc::now(), &state(id, 8, JobState::Running, None, Some(2)))
+        .start_attempt(
+            id,
+            2,
+            "node-a",
+            Utc::now(),
+            &state(id, 8, JobState::Running, None, Some(2)),
+        )
         .await
         .expect("start 2");
-    let end2 = AttemptEnd { n: 2, reason: EndReason::Exited, exit_code: Some(0), signal: None, ..end.clone() };
+    let end2 = AttemptEnd {
+        n: 2,
+        reason: EndReason::Exited,
+        exit_code: Some(0),
+        signal: None,
+        ..end.clone()
+    };
     let fin = Finish {
         state: JobState::Succeeded,
         reason: Some(EndReason::Exited),
@@ -147,20 +229,31 @@ async fn attempt_life_cycle_and_events() {
         finished_at: Utc::now(),
     };
     store
-        .complete_attempt(id, &end2, &AfterAttempt::Finish(fin), &state(id, 9, JobState::Succeeded, Some(EndReason::Exited), Some(2)))
+        .complete_attempt(
+            id,
+            &end2,
+            &AfterAttempt::Finish(fin),
+            &state(id, 9, JobState::Succeeded, Some(EndReason::Exited), Some(2)),
+        )
         .await
         .expect("complete 2");
     let r = store.get_job(id).await.expect("get").expect("exists");
     assert_eq!(r.state, JobState::Succeeded);
     assert_eq!(r.result, Some(json!(42)));
     assert_eq!(r.exit_code, Some(0));
-    assert_eq!(r.attempts.iter().map(|a| a.n).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        r.attempts.iter().map(|a| a.n).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
     assert_eq!(r.attempts[0].reason, Some(EndReason::Signaled));
     assert!(r.finished_at.is_some());
     assert_eq!(r.last_seq, 9);
 
     let all = store.events_after(id, 0, 1000).await.expect("events");
-    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=9).collect::<Vec<_>>());
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=9).collect::<Vec<_>>()
+    );
     assert!(all.last().expect("last").data.is_terminal_state());
     let some = store.events_after(id, 6, 2).await.expect("events");
     assert_eq!(some.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![7, 8]);
@@ -180,7 +273,15 @@ async fn event_retention_keeps_head_and_tail() {
     store.insert_job(&j).await.expect("insert");
     for batch in 0..10u64 {
         let evs: Vec<_> = (0..10)
-            .map(|i| ev(id, 2 + batch * 10 + i, EventData::Stdout { line: format!("l{i}") }))
+            .map(|i| {
+                ev(
+                    id,
+                    2 + batch * 10 + i,
+                    EventData::Stdout {
+                        line: format!("l{i}"),
+                    },
+                )
+            })
             .collect();
         store.append_events(id, &evs).await.expect("append");
     }
@@ -209,18 +310,44 @@ async fn list_is_newest_first_with_filters_and_cursor() {
         finished_at: Utc::now(),
     };
     store
-        .finish_job(ids[0], &fin, &state(ids[0], 2, JobState::Cancelled, Some(EndReason::Cancelled), None))
+        .finish_job(
+            ids[0],
+            &fin,
+            &state(
+                ids[0],
+                2,
+                JobState::Cancelled,
+                Some(EndReason::Cancelled),
+                None,
+            ),
+        )
         .await
         .expect("finish");
 
-    let p1 = store.list_jobs(&ListFilter { limit: 3, ..ListFilter::default() }).await.expect("list");
-    assert_eq!(p1.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[6], ids[5], ids[4]]);
-    let c = p1.next_cursor.expect("more pages");
-    let p2 = store
-        .list_jobs(&ListFilter { limit: 3, before: Some(decode_cursor(&c).expect("cursor")), ..ListFilter::default() })
+    let p1 = store
+        .list_jobs(&ListFilter {
+            limit: 3,
+            ..ListFilter::default()
+        })
         .await
         .expect("list");
-    assert_eq!(p2.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[3], ids[2], ids[1]]);
+    assert_eq!(
+        p1.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[6], ids[5], ids[4]]
+    );
+    let c = p1.next_cursor.expect("more pages");
+    let p2 = store
+        .list_jobs(&ListFilter {
+            limit: 3,
+            before: Some(decode_cursor(&c).expect("cursor")),
+            ..ListFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        p2.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[3], ids[2], ids[1]]
+    );
     let p3 = store
         .list_jobs(&ListFilter {
             limit: 3,
@@ -233,15 +360,26 @@ async fn list_is_newest_first_with_filters_and_cursor() {
     assert!(p3.next_cursor.is_none());
 
     let even = store
-        .list_jobs(&ListFilter { limit: 50, workflow: Some("even".into()), ..ListFilter::default() })
+        .list_jobs(&ListFilter {
+            limit: 50,
+            workflow: Some("even".into()),
+            ..ListFilter::default()
+        })
         .await
         .expect("list");
     assert_eq!(even.jobs.len(), 4);
     let cancelled = store
-        .list_jobs(&ListFilter { limit: 50, state: Some(JobState::Cancelled), ..ListFilter::default() })
+        .list_jobs(&ListFilter {
+            limit: 50,
+            state: Some(JobState::Cancelled),
+            ..ListFilter::default()
+        })
         .await
         .expect("list");
-    assert_eq!(cancelled.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[0]]);
+    assert_eq!(
+        cancelled.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[0]]
+    );
 }
 
 #[tokio::test]
@@ -256,7 +394,13 @@ async fn reopened_store_finds_running_and_queued_jobs() {
             store.insert_job(j).await.expect("insert");
         }
         store
-            .start_attempt(r.id, 1, "n", Utc::now(), &state(r.id, 2, JobState::Running, None, Some(1)))
+            .start_attempt(
+                r.id,
+                1,
+                "n",
+                Utc::now(),
+                &state(r.id, 2, JobState::Running, None, Some(1)),
+            )
             .await
             .expect("start");
         store.close().await;
@@ -267,6 +411,9 @@ async fn reopened_store_finds_running_and_queued_jobs() {
     assert_eq!(rec.iter().map(|j| j.id).collect::<Vec<_>>(), vec![running]);
     assert_eq!(rec[0].attempts_started, 1);
     let q = store.queued_jobs().await.expect("queued");
-    assert_eq!(q.iter().map(|j| j.id).collect::<Vec<_>>(), vec![queued_hi, queued_lo]);
+    assert_eq!(
+        q.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![queued_hi, queued_lo]
+    );
     store.ping().await.expect("ping");
 }

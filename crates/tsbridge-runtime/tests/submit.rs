@@ -12,7 +12,10 @@ use tsbridge_proto::{EndReason, ErrorType, EventData, JobState};
 async fn a_job_runs_and_its_events_are_numbered_and_stored() {
     let h = start(&workflow("job", "")).await;
     let id = h
-        .submit("job", json!({"progress": 4, "lines": 3, "result": {"answer": 42}}))
+        .submit(
+            "job",
+            json!({"progress": 4, "lines": 3, "result": {"answer": 42}}),
+        )
         .await;
     let v = h.wait(id).await;
     assert_eq!(v.state, JobState::Succeeded, "{v:?}");
@@ -21,7 +24,10 @@ async fn a_job_runs_and_its_events_are_numbered_and_stored() {
     assert_eq!(v.exit_code, Some(0));
     assert_eq!(v.attempts.len(), 1);
     assert!(v.attempts[0].process_id.is_some());
-    assert_eq!(v.progress.as_ref().map(|p| (p.current, p.total)), Some((4, 4)));
+    assert_eq!(
+        v.progress.as_ref().map(|p| (p.current, p.total)),
+        Some((4, 4))
+    );
     assert!(v.output.stdout.contains("line 2"), "{:?}", v.output.stdout);
     assert!(v.resources.wall_time_ms.is_some());
     assert!(v.started_at.is_some() && v.finished_at.is_some());
@@ -29,11 +35,40 @@ async fn a_job_runs_and_its_events_are_numbered_and_stored() {
     let events = h.rt.events_after(id, 0).await.expect("events");
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no gaps");
-    assert!(matches!(events[0].data, EventData::State { state: JobState::Queued, .. }));
-    assert!(matches!(events[1].data, EventData::State { state: JobState::Running, attempt: Some(1), .. }));
-    assert_eq!(events.iter().filter(|e| matches!(e.data, EventData::Progress(_))).count(), 4);
-    assert_eq!(events.iter().filter(|e| matches!(e.data, EventData::Stdout { .. })).count(), 3);
-    assert!(events.iter().any(|e| matches!(e.data, EventData::Result { .. })));
+    assert!(matches!(
+        events[0].data,
+        EventData::State {
+            state: JobState::Queued,
+            ..
+        }
+    ));
+    assert!(matches!(
+        events[1].data,
+        EventData::State {
+            state: JobState::Running,
+            attempt: Some(1),
+            ..
+        }
+    ));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e.data, EventData::Progress(_)))
+            .count(),
+        4
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e.data, EventData::Stdout { .. }))
+            .count(),
+        3
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e.data, EventData::Result { .. }))
+    );
     assert!(events.last().expect("events").data.is_terminal_state());
     let later = h.rt.events_after(id, 3).await.expect("events");
     assert_eq!(later.first().map(|e| e.seq), Some(4));
@@ -66,7 +101,10 @@ async fn a_live_subscriber_sees_every_event_after_replay() {
     let mut last = seen.last().copied().unwrap_or(0);
     let done_in_replay = replay.last().is_some_and(|e| e.data.is_terminal_state());
     if !done_in_replay {
-        while let Some(e) = tokio::time::timeout(SOON, sub.recv()).await.expect("events flow") {
+        while let Some(e) = tokio::time::timeout(SOON, sub.recv())
+            .await
+            .expect("events flow")
+        {
             if e.seq <= last {
                 continue;
             }

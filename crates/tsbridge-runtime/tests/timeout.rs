@@ -20,18 +20,30 @@ async fn workflow_and_request_timeouts() {
     let v = h.wait(id).await;
     assert_eq!(v.state, JobState::TimedOut);
     assert_eq!(v.reason, Some(EndReason::Timeout));
-    assert_eq!(v.error.as_ref().map(|e| e.kind), Some(ErrorType::TimeoutError));
+    assert_eq!(
+        v.error.as_ref().map(|e| e.kind),
+        Some(ErrorType::TimeoutError)
+    );
 
     // The request lowers the limit.
-    let lowered = JobOptions { timeout: Some(DurationSpec::from_millis(400)), ..JobOptions::default() };
+    let lowered = JobOptions {
+        timeout: Some(DurationSpec::from_millis(400)),
+        ..JobOptions::default()
+    };
     let id = h.submit_opts("long", json!({"hang": true}), lowered).await;
     assert_eq!(h.wait(id).await.state, JobState::TimedOut);
 
     // It cannot raise it: 500ms stays the ceiling although 10 minutes were asked.
-    let raised = JobOptions { timeout: Some(DurationSpec::from_millis(600_000)), ..JobOptions::default() };
+    let raised = JobOptions {
+        timeout: Some(DurationSpec::from_millis(600_000)),
+        ..JobOptions::default()
+    };
     let id = h.submit_opts("short", json!({"hang": true}), raised).await;
     let v = h.wait(id).await;
     assert_eq!(v.state, JobState::TimedOut);
     let wall = v.resources.wall_time_ms.expect("wall");
-    assert!(wall < 60_000, "the workflow's 500ms was the ceiling, ran {wall}ms");
+    assert!(
+        wall < 60_000,
+        "the workflow's 500ms was the ceiling, ran {wall}ms"
+    );
 }

@@ -421,7 +421,12 @@ impl WorkflowConfig {
 /// Substitutes `{workflow}`, `{params}` and `{jobId}` inside each element.
 /// One pass over each element, so a value containing `{params}` is not
 /// substituted again.
-pub fn substitute_args(template: &[String], workflow: &str, params: &str, job_id: &str) -> Vec<String> {
+pub fn substitute_args(
+    template: &[String],
+    workflow: &str,
+    params: &str,
+    job_id: &str,
+) -> Vec<String> {
     template
         .iter()
         .map(|el| {
@@ -497,7 +502,14 @@ const RETRY_KEYS: &[&str] = &[
     "max_delay",
     "retry_on",
 ];
-const POOL_KEYS: &[&str] = &["min", "max", "max_age", "idle_timeout", "max_jobs", "warmup"];
+const POOL_KEYS: &[&str] = &[
+    "min",
+    "max",
+    "max_age",
+    "idle_timeout",
+    "max_jobs",
+    "warmup",
+];
 
 impl Config {
     /// Reads, resolves and validates a config file.
@@ -596,13 +608,13 @@ impl Config {
 fn valid_workflow_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn dur(issues: &mut Issues<'_>, s: &Section<'_, '_>, key: &str) -> Option<Duration> {
-    s.get::<DurationSpecStr>(issues, key).map(|d| d.into_inner().0.0)
+    s.get::<DurationSpecStr>(issues, key)
+        .map(|d| d.into_inner().0.0)
 }
 
 fn size(issues: &mut Issues<'_>, s: &Section<'_, '_>, key: &str) -> Option<ByteSize> {
@@ -671,7 +683,10 @@ fn read_server(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> ServerConfig {
 }
 
 fn read_store(issues: &mut Issues<'_>, s: Option<&Section<'_, '_>>, base: &Path) -> StoreConfig {
-    let raw = s.and_then(|s| s.get::<String>(issues, "url").map(|u| (u.span(), u.into_inner())));
+    let raw = s.and_then(|s| {
+        s.get::<String>(issues, "url")
+            .map(|u| (u.span(), u.into_inner()))
+    });
     let (span, url) = match raw {
         Some((span, url)) => (Some(span), url),
         None => (None, "sqlite://tsbridge.db".to_owned()),
@@ -687,7 +702,10 @@ fn read_store(issues: &mut Issues<'_>, s: Option<&Section<'_, '_>>, base: &Path)
 
 /// Makes a `sqlite://` URL's relative path absolute against `base`.
 pub fn resolve_store_url(url: &str, base: &Path) -> Result<String, String> {
-    if url == "sqlite::memory:" || url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if url == "sqlite::memory:"
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+    {
         return Ok(url.to_owned());
     }
     let Some(rest) = url
@@ -753,7 +771,11 @@ fn read_workflow(
     // root: relative to the config's folder; must exist.
     let root = match s.get::<String>(issues, "root") {
         None if s.raw("root").is_none() => {
-            issues.push(&s.key("root"), None, "missing (the folder the workflow may use)");
+            issues.push(
+                &s.key("root"),
+                None,
+                "missing (the folder the workflow may use)",
+            );
             None
         }
         None => None,
@@ -762,11 +784,19 @@ fn read_workflow(
             match p.canonicalize() {
                 Ok(c) if c.is_dir() => Some(c),
                 Ok(_) => {
-                    issues.push(&s.key("root"), Some(r.span()), format!("{} is not a folder", p.display()));
+                    issues.push(
+                        &s.key("root"),
+                        Some(r.span()),
+                        format!("{} is not a folder", p.display()),
+                    );
                     None
                 }
                 Err(e) => {
-                    issues.push(&s.key("root"), Some(r.span()), format!("{}: {e}", p.display()));
+                    issues.push(
+                        &s.key("root"),
+                        Some(r.span()),
+                        format!("{}: {e}", p.display()),
+                    );
                     None
                 }
             }
@@ -778,18 +808,26 @@ fn read_workflow(
         issues.push(&s.key("script"), None, "missing (the program to run)");
     }
     let cwd_raw = s.get::<String>(issues, "cwd");
-    let runtime = s.get::<RuntimeKind>(issues, "runtime").map(|v| v.into_inner());
+    let runtime = s
+        .get::<RuntimeKind>(issues, "runtime")
+        .map(|v| v.into_inner());
     let args = s
         .get::<Vec<String>>(issues, "args")
         .map(|v| v.into_inner())
         .unwrap_or_else(|| DEFAULT_ARGS.iter().map(|a| (*a).to_owned()).collect());
-    let mode = s.get::<Mode>(issues, "mode").map(|v| v.into_inner()).unwrap_or_default();
+    let mode = s
+        .get::<Mode>(issues, "mode")
+        .map(|v| v.into_inner())
+        .unwrap_or_default();
     let path_params = s
         .get::<Vec<String>>(issues, "path_params")
         .map(|v| v.into_inner())
         .unwrap_or_default();
     let concurrency = positive(issues, s, "concurrency");
-    let priority = s.get::<i32>(issues, "priority").map(|v| v.into_inner()).unwrap_or(0);
+    let priority = s
+        .get::<i32>(issues, "priority")
+        .map(|v| v.into_inner())
+        .unwrap_or(0);
     let ipc = s.get::<bool>(issues, "ipc").map(|v| v.into_inner());
     let timeout = dur(issues, s, "timeout");
     let kill_grace = dur(issues, s, "kill_grace").unwrap_or(defaults.kill_grace);
@@ -816,17 +854,19 @@ fn read_workflow(
     // Everything below needs the root.
     let root = root?;
 
-    let script = script_raw.and_then(|sc| {
-        match paths::confine(&root, Path::new(sc.get_ref())) {
-            Ok(p) if p.is_file() => Some(p),
-            Ok(p) => {
-                issues.push(&s.key("script"), Some(sc.span()), format!("{} is not a file", p.display()));
-                None
-            }
-            Err(e) => {
-                issues.push(&s.key("script"), Some(sc.span()), e.to_string());
-                None
-            }
+    let script = script_raw.and_then(|sc| match paths::confine(&root, Path::new(sc.get_ref())) {
+        Ok(p) if p.is_file() => Some(p),
+        Ok(p) => {
+            issues.push(
+                &s.key("script"),
+                Some(sc.span()),
+                format!("{} is not a file", p.display()),
+            );
+            None
+        }
+        Err(e) => {
+            issues.push(&s.key("script"), Some(sc.span()), e.to_string());
+            None
         }
     });
     let cwd = match cwd_raw {
@@ -834,7 +874,11 @@ fn read_workflow(
         Some(c) => match paths::confine(&root, Path::new(c.get_ref())) {
             Ok(p) if p.is_dir() => Some(p),
             Ok(p) => {
-                issues.push(&s.key("cwd"), Some(c.span()), format!("{} is not a folder", p.display()));
+                issues.push(
+                    &s.key("cwd"),
+                    Some(c.span()),
+                    format!("{} is not a folder", p.display()),
+                );
                 None
             }
             Err(e) => {
@@ -849,12 +893,15 @@ fn read_workflow(
         .map(|l| read_limits(issues, &l, &root))
         .unwrap_or_default();
 
-    if mode == Mode::Pool {
-        if let Some(rt) = runtime
-            && !rt.is_node()
-        {
-            issues.push(&s.key("mode"), s.span_of("mode"), "pool mode needs a node runtime (tsx, ts-node or node)");
-        }
+    if mode == Mode::Pool
+        && let Some(rt) = runtime
+        && !rt.is_node()
+    {
+        issues.push(
+            &s.key("mode"),
+            s.span_of("mode"),
+            "pool mode needs a node runtime (tsx, ts-node or node)",
+        );
     }
     if issues.list.len() != before {
         return None;
@@ -902,7 +949,11 @@ fn read_env(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> EnvConfig {
         let span = v.span();
         for n in v.into_inner() {
             if n.is_empty() || n.contains(['=', '\0']) {
-                issues.push(&s.key("request"), Some(span.clone()), format!("invalid variable name {n:?}"));
+                issues.push(
+                    &s.key("request"),
+                    Some(span.clone()),
+                    format!("invalid variable name {n:?}"),
+                );
             } else if tsbridge_sandbox::env::is_forbidden_name(&n) {
                 issues.push(
                     &s.key("request"),
@@ -930,7 +981,11 @@ fn read_limits(issues: &mut Issues<'_>, s: &Section<'_, '_>, root: &Path) -> Lim
         if v > 0.0 && v.is_finite() {
             l.cpu = Some(v);
         } else {
-            issues.push(&s.key("cpu"), Some(c.span()), "must be a positive number of cores");
+            issues.push(
+                &s.key("cpu"),
+                Some(c.span()),
+                "must be a positive number of cores",
+            );
         }
     }
     if let Some(p) = s.get::<i64>(issues, "pids") {
@@ -948,10 +1003,19 @@ fn read_limits(issues: &mut Issues<'_>, s: &Section<'_, '_>, root: &Path) -> Lim
             })
             .collect()
     };
-    l.read = s.get::<Vec<String>>(issues, "read").map(|v| abs(v.into_inner())).unwrap_or_default();
-    l.write = s.get::<Vec<String>>(issues, "write").map(|v| abs(v.into_inner())).unwrap_or_default();
+    l.read = s
+        .get::<Vec<String>>(issues, "read")
+        .map(|v| abs(v.into_inner()))
+        .unwrap_or_default();
+    l.write = s
+        .get::<Vec<String>>(issues, "write")
+        .map(|v| abs(v.into_inner()))
+        .unwrap_or_default();
     l.timeout = dur(issues, s, "timeout");
-    l.degraded = s.get::<bool>(issues, "degraded").map(|v| v.into_inner()).unwrap_or(false);
+    l.degraded = s
+        .get::<bool>(issues, "degraded")
+        .map(|v| v.into_inner())
+        .unwrap_or(false);
     l
 }
 
@@ -960,7 +1024,11 @@ fn read_retry(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> RetryConfig {
     if let Some(a) = s.get::<i64>(issues, "attempts") {
         match u32::try_from(*a.get_ref()) {
             Ok(n) if (1..=100).contains(&n) => r.attempts = n,
-            _ => issues.push(&s.key("attempts"), Some(a.span()), "must be between 1 and 100"),
+            _ => issues.push(
+                &s.key("attempts"),
+                Some(a.span()),
+                "must be between 1 and 100",
+            ),
         }
     }
     if let Some(v) = dur(issues, s, "backoff") {
@@ -971,7 +1039,11 @@ fn read_retry(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> RetryConfig {
         if v >= 1.0 && v.is_finite() {
             r.multiplier = v;
         } else {
-            issues.push(&s.key("multiplier"), Some(m.span()), "must be a number >= 1");
+            issues.push(
+                &s.key("multiplier"),
+                Some(m.span()),
+                "must be a number >= 1",
+            );
         }
     }
     if let Some(j) = s.get::<JitterSpec>(issues, "jitter") {
@@ -980,7 +1052,9 @@ fn read_retry(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> RetryConfig {
             JitterSpec::On(true) => r.jitter = 0.2,
             JitterSpec::On(false) => r.jitter = 0.0,
             JitterSpec::Fraction(f) if (0.0..=1.0).contains(&f) => r.jitter = f,
-            JitterSpec::Fraction(_) => issues.push(&s.key("jitter"), Some(span), "must be between 0 and 1"),
+            JitterSpec::Fraction(_) => {
+                issues.push(&s.key("jitter"), Some(span), "must be between 0 and 1")
+            }
         }
     }
     if let Some(v) = dur(issues, s, "max_delay") {
@@ -1017,7 +1091,11 @@ fn read_pool(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> PoolConfig {
     if let Some(m) = s.get::<i64>(issues, "max_jobs") {
         match u64::try_from(*m.get_ref()) {
             Ok(n) if n > 0 => p.max_jobs = Some(n),
-            _ => issues.push(&s.key("max_jobs"), Some(m.span()), "must be a positive integer"),
+            _ => issues.push(
+                &s.key("max_jobs"),
+                Some(m.span()),
+                "must be a positive integer",
+            ),
         }
     }
     if let Some(v) = s.get::<bool>(issues, "warmup") {
@@ -1035,14 +1113,22 @@ fn read_schema(issues: &mut Issues<'_>, s: &Section<'_, '_>, root: &Path) -> Opt
             let text = match std::fs::read_to_string(&p) {
                 Ok(t) => t,
                 Err(e) => {
-                    issues.push(&key, Some(v.span()), format!("cannot read {}: {e}", p.display()));
+                    issues.push(
+                        &key,
+                        Some(v.span()),
+                        format!("cannot read {}: {e}", p.display()),
+                    );
                     return None;
                 }
             };
             match serde_json::from_str(&text) {
                 Ok(j) => j,
                 Err(e) => {
-                    issues.push(&key, Some(v.span()), format!("{} is not JSON: {e}", p.display()));
+                    issues.push(
+                        &key,
+                        Some(v.span()),
+                        format!("{} is not JSON: {e}", p.display()),
+                    );
                     return None;
                 }
             }
@@ -1058,7 +1144,10 @@ fn read_schema(issues: &mut Issues<'_>, s: &Section<'_, '_>, root: &Path) -> Opt
             issues.push(
                 &key,
                 Some(v.span()),
-                format!("expected a file name or an inline table, found {}", other.type_str()),
+                format!(
+                    "expected a file name or an inline table, found {}",
+                    other.type_str()
+                ),
             );
             return None;
         }

@@ -119,7 +119,11 @@ pool = { min = 2, max = 8, max_age = "30m", idle_timeout = "5m", max_jobs = 1000
     let a = &c.workflows["a"];
     assert_eq!(a.runtime, RuntimeKind::Exec);
     assert!(!a.ipc, "exec runtimes get no IPC channel by default");
-    assert_eq!(a.timeout, Duration::from_secs(10), "the lower of timeout and limits.timeout");
+    assert_eq!(
+        a.timeout,
+        Duration::from_secs(10),
+        "the lower of timeout and limits.timeout"
+    );
     assert_eq!(a.kill_grace, Duration::from_secs(2));
     assert_eq!(a.limits.memory.map(|m| m.bytes()), Some(1 << 30));
     assert_eq!(a.limits.read, vec![a.root.join("data")]);
@@ -138,7 +142,8 @@ pool = { min = 2, max = 8, max_age = "30m", idle_timeout = "5m", max_jobs = 1000
 
 #[test]
 fn example_app_config_loads() {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/omega-workflow/tsbridge.toml");
+    let p =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/omega-workflow/tsbridge.toml");
     if !p.exists() {
         return;
     }
@@ -229,7 +234,11 @@ fn bad_schema_and_syntax_are_reported() {
 fn load_reports_the_file() {
     let f = Fixture::new();
     let p = f.dir.path().join("t.toml");
-    std::fs::write(&p, "[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\nretry = { attempts = \"x\" }\n").expect("write");
+    std::fs::write(
+        &p,
+        "[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\nretry = { attempts = \"x\" }\n",
+    )
+    .expect("write");
     let e = Config::load(&p).expect_err("invalid");
     assert_eq!(e.issues().len(), 1);
     assert_eq!(e.issues()[0].key, "workflows.a.retry.attempts");
@@ -239,9 +248,15 @@ fn load_reports_the_file() {
 
 #[test]
 fn args_are_substituted_per_element_never_split() {
-    let t: Vec<String> = ["--params", "{params}", "x{workflow}y", "{jobId}", "{unknown}"]
-        .map(String::from)
-        .to_vec();
+    let t: Vec<String> = [
+        "--params",
+        "{params}",
+        "x{workflow}y",
+        "{jobId}",
+        "{unknown}",
+    ]
+    .map(String::from)
+    .to_vec();
     let out = substitute_args(&t, "wf", r#"{"a":"$(rm -rf /) {params}"}"#, "id1");
     assert_eq!(
         out,

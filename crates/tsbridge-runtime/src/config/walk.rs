@@ -36,7 +36,12 @@ impl<'s> Issues<'s> {
             + 1
     }
 
-    pub(crate) fn push(&mut self, key: &str, span: Option<Range<usize>>, message: impl Into<String>) {
+    pub(crate) fn push(
+        &mut self,
+        key: &str,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) {
         let line = span.map(|s| self.line_of(s.start));
         self.list.push(ConfigIssue {
             key: key.to_owned(),

@@ -221,7 +221,12 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Finishes a job that has no running attempt (cancelled while queued,
     /// failed at recovery), writing `event`.
-    async fn finish_job(&self, id: JobId, finish: &Finish, event: &JobEvent) -> Result<(), StoreError>;
+    async fn finish_job(
+        &self,
+        id: JobId,
+        finish: &Finish,
+        event: &JobEvent,
+    ) -> Result<(), StoreError>;
 
     async fn get_job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError>;
 
@@ -230,7 +235,12 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     async fn list_jobs(&self, filter: &ListFilter) -> Result<JobPage, StoreError>;
 
     /// Stored events with `seq > after`, in order, at most `limit`.
-    async fn events_after(&self, id: JobId, after: u64, limit: u32) -> Result<Vec<JobEvent>, StoreError>;
+    async fn events_after(
+        &self,
+        id: JobId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<JobEvent>, StoreError>;
 
     /// Jobs found `running` that `node` must take over after a crash (on
     /// SQLite: every running job). Their open attempt is left open; the

@@ -123,11 +123,7 @@ fn json_text<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
 }
 
-fn event_row(
-    qb: &mut QueryBuilder<Sqlite>,
-    id: &str,
-    events: &[JobEvent],
-) {
+fn event_row(qb: &mut QueryBuilder<Sqlite>, id: &str, events: &[JobEvent]) {
     qb.push("INSERT INTO events (job_id, seq, ts, data) ");
     qb.push_values(events, |mut b, e| {
         b.push_bind(id.to_owned())
@@ -406,7 +402,10 @@ impl JobStore for SqliteStore {
             let key = job.idempotency_key.as_deref().unwrap_or_default();
             return match self.find_by_idempotency_key(key).await? {
                 Some(existing) => Ok(Inserted::Existing(Box::new(existing))),
-                None => Err(corrupt(&job.id.to_string(), "idempotency conflict without a job")),
+                None => Err(corrupt(
+                    &job.id.to_string(),
+                    "idempotency conflict without a job",
+                )),
             };
         }
         insert_events(&mut tx, job.id, std::slice::from_ref(&job.event)).await?;
@@ -453,16 +452,14 @@ impl JobStore for SqliteStore {
         if res.rows_affected() == 0 {
             return Err(StoreError::NotFound(id));
         }
-        sqlx::query(
-            "INSERT INTO attempts (job_id, n, node, started_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(&ids)
-        .bind(i64::from(n))
-        .bind(node)
-        .bind(ms(at))
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::query("insert attempt"))?;
+        sqlx::query("INSERT INTO attempts (job_id, n, node, started_at) VALUES (?, ?, ?, ?)")
+            .bind(&ids)
+            .bind(i64::from(n))
+            .bind(node)
+            .bind(ms(at))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("insert attempt"))?;
         insert_events(&mut tx, id, std::slice::from_ref(event)).await?;
         tx.commit().await.map_err(StoreError::query("commit"))?;
         Ok(())
@@ -604,7 +601,12 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
-    async fn finish_job(&self, id: JobId, finish: &Finish, event: &JobEvent) -> Result<(), StoreError> {
+    async fn finish_job(
+        &self,
+        id: JobId,
+        finish: &Finish,
+        event: &JobEvent,
+    ) -> Result<(), StoreError> {
         let ids = id.to_string();
         let mut tx = self
             .pool
@@ -636,7 +638,8 @@ impl JobStore for SqliteStore {
         if let Some(b) = filter.before {
             qb.push(" AND id < ").push_bind(b.to_string());
         }
-        qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
         let rows = qb
             .build()
             .fetch_all(&self.pool)
@@ -656,7 +659,12 @@ impl JobStore for SqliteStore {
         Ok(JobPage { jobs, next_cursor })
     }
 
-    async fn events_after(&self, id: JobId, after: u64, limit: u32) -> Result<Vec<JobEvent>, StoreError> {
+    async fn events_after(
+        &self,
+        id: JobId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<JobEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, ts, data FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
         )
@@ -669,8 +677,12 @@ impl JobStore for SqliteStore {
         rows.iter()
             .map(|r| {
                 let g = StoreError::query("read event row");
-                let seq: i64 = r.try_get("seq").map_err(StoreError::query("read event row"))?;
-                let ts: i64 = r.try_get("ts").map_err(StoreError::query("read event row"))?;
+                let seq: i64 = r
+                    .try_get("seq")
+                    .map_err(StoreError::query("read event row"))?;
+                let ts: i64 = r
+                    .try_get("ts")
+                    .map_err(StoreError::query("read event row"))?;
                 let data: String = r.try_get("data").map_err(g)?;
                 let data: EventData = serde_json::from_str(&data)
                     .map_err(|_| corrupt(&id.to_string(), format!("event {seq}")))?;
@@ -686,8 +698,12 @@ impl JobStore for SqliteStore {
 
     async fn recover_interrupted(&self, _node: &str) -> Result<Vec<JobRecord>, StoreError> {
         // One node per SQLite file: every running job was ours.
-        self.jobs_where("SELECT * FROM jobs WHERE state = 'running' ORDER BY id", &[], false)
-            .await
+        self.jobs_where(
+            "SELECT * FROM jobs WHERE state = 'running' ORDER BY id",
+            &[],
+            false,
+        )
+        .await
     }
 
     async fn queued_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {

@@ -75,7 +75,8 @@ impl Harness {
     }
 
     pub async fn submit(&self, workflow: &str, params: Value) -> JobId {
-        self.submit_opts(workflow, params, JobOptions::default()).await
+        self.submit_opts(workflow, params, JobOptions::default())
+            .await
     }
 
     pub async fn submit_opts(&self, workflow: &str, params: Value, opts: JobOptions) -> JobId {
@@ -102,8 +103,15 @@ impl Harness {
             if v.state == state {
                 return v;
             }
-            assert!(!v.state.is_terminal(), "job ended as {:?} before reaching {state:?}", v.state);
-            assert!(tokio::time::Instant::now() < deadline, "job never reached {state:?}");
+            assert!(
+                !v.state.is_terminal(),
+                "job ended as {:?} before reaching {state:?}",
+                v.state
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job never reached {state:?}"
+            );
             // Wake on the next event (or re-check periodically if the subscription ended).
             match tokio::time::timeout(Duration::from_millis(200), sub.recv()).await {
                 Ok(Some(_)) | Err(_) => {}
