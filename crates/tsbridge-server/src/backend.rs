@@ -36,6 +36,7 @@ pub struct ListQuery {
 pub struct Stats {
     pub queued: u64,
     pub running: u64,
+    pub running_by_workflow: BTreeMap<String, u64>,
     /// Warm workers per pool workflow.
     pub pool_workers: BTreeMap<String, u64>,
 }

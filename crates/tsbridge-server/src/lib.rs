@@ -11,6 +11,7 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod runtime_backend;
 pub mod state;
 
 use std::future::{Future, IntoFuture};

@@ -58,6 +58,10 @@ fn describe() {
     metrics::describe_gauge!("tsbridge_queue_depth", "Jobs waiting to run");
     metrics::describe_gauge!("tsbridge_jobs_running", "Jobs running now");
     metrics::describe_gauge!(
+        "tsbridge_jobs_running_by_workflow",
+        "Jobs running now, per workflow"
+    );
+    metrics::describe_gauge!(
         "tsbridge_pool_workers",
         "Warm workers per pool workflow"
     );
@@ -67,6 +71,10 @@ fn describe() {
 pub fn export_stats(stats: &Stats) {
     metrics::gauge!("tsbridge_queue_depth").set(stats.queued as f64);
     metrics::gauge!("tsbridge_jobs_running").set(stats.running as f64);
+    for (workflow, n) in &stats.running_by_workflow {
+        metrics::gauge!("tsbridge_jobs_running_by_workflow", "workflow" => workflow.clone())
+            .set(*n as f64);
+    }
     for (workflow, n) in &stats.pool_workers {
         metrics::gauge!("tsbridge_pool_workers", "workflow" => workflow.clone()).set(*n as f64);
     }

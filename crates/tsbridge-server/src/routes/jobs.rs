@@ -16,7 +16,7 @@ use crate::routes::ok;
 use crate::state::AppState;
 
 /// The most jobs one page may hold.
-pub const MAX_LIMIT: u32 = 1000;
+pub const MAX_LIMIT: u32 = 500;
 
 /// Submit a job without waiting. 202 when a job was created; 200 when the
 /// `idempotencyKey` named an existing job (its current state is returned).
@@ -113,7 +113,7 @@ pub struct ListParams {
     pub state: Option<String>,
     /// A workflow name.
     pub workflow: Option<String>,
-    /// 1..=1000 (default: the runtime's, 50).
+    /// 1..=500 (default 50).
     pub limit: Option<String>,
     /// `nextCursor` of the previous page.
     pub cursor: Option<String>,

@@ -439,6 +439,7 @@ impl Backend for FakeBackend {
         Stats {
             queued: g.jobs.values().filter(|j| j.view.state == JobState::Queued).count() as u64,
             running: g.jobs.values().filter(|j| j.view.state == JobState::Running).count() as u64,
+            running_by_workflow: Default::default(),
             pool_workers: [("pooled".to_owned(), 2)].into(),
         }
     }
