@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod real;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
