@@ -51,6 +51,8 @@ pub struct RuntimeOptions {
     pub executors: BTreeMap<String, Arc<dyn Executor>>,
     /// Events buffered per live subscriber before it is dropped.
     pub subscriber_buffer: Option<usize>,
+    /// Run tsx workflows from cached esbuild bundles when possible.
+    pub transpile_cache: Option<tsbridge_process::transpile::TranspileCache>,
 }
 
 /// `GET /v1/jobs` filters.

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tsbridge_process::mask::Masker;
-use tsbridge_process::{JobKey, JobSpec, SandboxAttachment};
+use tsbridge_process::runtime::{self as rt, RuntimeSearch};
+use tsbridge_process::transpile::TranspileCache;
+use tsbridge_process::{JobKey, SandboxAttachment};
 use tsbridge_proto::EndReason;
 use tsbridge_proto::api::{OutputView, Resources};
 use tsbridge_sandbox::{FsPolicy, Sandbox, SandboxPolicy};
@@ -29,12 +31,26 @@ const STDERR_TAIL: usize = 4096;
 pub struct SpawnExecutor {
     sandbox: Option<Arc<Sandbox>>,
     tmp_base: Option<PathBuf>,
+    search: RuntimeSearch,
+    cache: Option<TranspileCache>,
 }
 
 impl SpawnExecutor {
     /// `tmp_base`: where private TMPDIRs are made (default: the system's).
     pub fn new(sandbox: Option<Arc<Sandbox>>, tmp_base: Option<PathBuf>) -> Self {
-        Self { sandbox, tmp_base }
+        Self {
+            sandbox,
+            tmp_base,
+            search: RuntimeSearch::default(),
+            cache: None,
+        }
+    }
+
+    /// Runs tsx workflows from cached esbuild bundles with plain node when
+    /// possible (about 50 ms of startup instead of 170 ms).
+    pub fn with_transpile_cache(mut self, cache: Option<TranspileCache>) -> Self {
+        self.cache = cache;
+        self
     }
 
     fn tmp_base(&self) -> PathBuf {
@@ -42,39 +58,38 @@ impl SpawnExecutor {
     }
 }
 
-/// A program on the `PATH`.
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+/// A job's private TMPDIR (0700), removed on drop.
+#[derive(Debug)]
+struct PrivateTmp(PathBuf);
+
+impl PrivateTmp {
+    fn create(base: &Path, key: &str) -> std::io::Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let dir = base.join(format!("tsbridge-{key}"));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        Ok(Self(dir))
+    }
 }
 
-/// Whether `pkg` can be resolved from `dir` the way Node would (walking up
-/// `node_modules`).
-fn node_package_visible(dir: &Path, pkg: &str) -> bool {
-    dir.ancestors().any(|d| {
-        d.join("node_modules")
-            .join(pkg)
-            .join("package.json")
-            .is_file()
-    })
+impl Drop for PrivateTmp {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %self.0.display(), error = %e, "cannot remove a job's TMPDIR");
+        }
+    }
 }
 
-/// Program and leading arguments that run `script` with `runtime`.
-pub fn invocation(runtime: RuntimeKind, script: &Path) -> (PathBuf, Vec<OsString>) {
-    let s = script.as_os_str().to_owned();
-    match runtime {
-        RuntimeKind::Tsx => (
-            PathBuf::from("node"),
-            vec!["--import".into(), "tsx".into(), s],
-        ),
-        RuntimeKind::TsNode => (
-            PathBuf::from("node"),
-            vec!["-r".into(), "ts-node/register/transpile-only".into(), s],
-        ),
-        RuntimeKind::Node => (PathBuf::from("node"), vec![s]),
-        RuntimeKind::Exec => (script.to_path_buf(), Vec::new()),
+/// The engine's runtime for a config runtime (ts-node never type-checks
+/// at job time: about 1 s per job).
+pub fn engine_runtime(kind: RuntimeKind) -> rt::RuntimeKind {
+    match kind {
+        RuntimeKind::Tsx => rt::RuntimeKind::Tsx,
+        RuntimeKind::TsNode => rt::RuntimeKind::TsNode { type_check: false },
+        RuntimeKind::Node => rt::RuntimeKind::Node,
+        RuntimeKind::Exec => rt::RuntimeKind::Exec,
     }
 }
 
@@ -84,7 +99,7 @@ pub fn policy_for(wf: &WorkflowConfig, tmpdir: &Path) -> SandboxPolicy {
     let fs = if l.read.is_empty() && l.write.is_empty() {
         None
     } else {
-        let node = which("node").unwrap_or_else(|| PathBuf::from("/usr/bin/node"));
+        let node = rt::find_node().unwrap_or_else(|| PathBuf::from("/usr/bin/node"));
         let mut fs = FsPolicy::for_node(&wf.root, &node, tmpdir);
         if wf.runtime == RuntimeKind::Exec {
             fs = fs.allow_exec(wf.script.clone());
@@ -110,28 +125,16 @@ pub fn policy_for(wf: &WorkflowConfig, tmpdir: &Path) -> SandboxPolicy {
 #[async_trait]
 impl Executor for SpawnExecutor {
     fn check(&self, wf: &WorkflowConfig) -> Result<(), String> {
-        if wf.runtime.is_node() && which("node").is_none() {
-            return Err("node is not on the PATH".into());
-        }
-        match wf.runtime {
-            RuntimeKind::Tsx if !node_package_visible(&wf.cwd, "tsx") => {
-                return Err(
-                    "the tsx package is not installed for this workflow (npm i tsx)".into(),
-                );
+        rt::resolve(&wf.script, Some(engine_runtime(wf.runtime)), &self.search)
+            .map_err(|e| e.to_string())?;
+        if wf.runtime == RuntimeKind::Exec {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&wf.script)
+                .map(|m| m.permissions().mode())
+                .unwrap_or(0);
+            if mode & 0o111 == 0 {
+                return Err("the script is not executable".into());
             }
-            RuntimeKind::TsNode if !node_package_visible(&wf.cwd, "ts-node") => {
-                return Err("the ts-node package is not installed for this workflow".into());
-            }
-            RuntimeKind::Exec => {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::metadata(&wf.script)
-                    .map(|m| m.permissions().mode())
-                    .unwrap_or(0);
-                if mode & 0o111 == 0 {
-                    return Err("the script is not executable".into());
-                }
-            }
-            _ => {}
         }
         if wf.limits.any() && !wf.limits.degraded {
             let Some(sb) = &self.sandbox else {
@@ -159,8 +162,16 @@ impl Executor for SpawnExecutor {
             Ok(k) => k,
             Err(e) => return AttemptOutcome::spawn_failure(format!("invalid job key: {e}"), false),
         };
-        let tmp_base = self.tmp_base();
-        let tmpdir = tmp_base.join(format!("tsbridge-{key}"));
+        // The private TMPDIR exists before the sandbox is prepared, so that
+        // its Landlock rule can name it; removed when this attempt is over.
+        let tmp = match PrivateTmp::create(&self.tmp_base(), key.as_str()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(job = %req.job_id, error = %e, "cannot create the job's TMPDIR");
+                return AttemptOutcome::spawn_failure("cannot create the job's TMPDIR", false);
+            }
+        };
+        let tmpdir = tmp.0.clone();
 
         let mut extra = wf.env.set.clone();
         extra.extend(req.request_env.clone());
@@ -169,12 +180,28 @@ impl Executor for SpawnExecutor {
         let masker = Arc::new(Masker::from_env(&env, &[]));
 
         let params_json = serde_json::to_string(&req.params).unwrap_or_else(|_| "null".into());
-        let (program, mut args) = invocation(wf.runtime, &wf.script);
-        args.extend(
-            wf.render_args(&params_json, &req.job_id.to_string())
-                .into_iter()
-                .map(OsString::from),
-        );
+        let inv = match rt::resolve_for_spawn_async(
+            wf.script.clone(),
+            Some(engine_runtime(wf.runtime)),
+            self.search.clone(),
+            self.cache.clone(),
+        )
+        .await
+        {
+            Ok(inv) => inv,
+            Err(e) => {
+                tracing::warn!(job = %req.job_id, error = %e, "cannot resolve the runtime");
+                return AttemptOutcome::spawn_failure(
+                    "the workflow's runtime cannot be found",
+                    false,
+                );
+            }
+        };
+        let args: Vec<OsString> = wf
+            .render_args(&params_json, &req.job_id.to_string())
+            .into_iter()
+            .map(OsString::from)
+            .collect();
 
         let sandbox = match (&self.sandbox, wf.limits.any()) {
             (Some(sb), true) => {
@@ -206,7 +233,14 @@ impl Executor for SpawnExecutor {
             _ => None,
         };
 
-        let spec = JobSpec::builder(program)
+        let mut env = env;
+        env.extend(inv.env.iter().cloned());
+        let t = tmpdir.display().to_string();
+        for k in ["TMPDIR", "TMP", "TEMP"] {
+            env.insert(k.to_owned(), t.clone());
+        }
+        let spec = inv
+            .builder()
             .args(args)
             .cwd(wf.cwd.clone())
             .envs(env)
@@ -218,7 +252,6 @@ impl Executor for SpawnExecutor {
             .sandbox(sandbox)
             .key(key)
             .label(format!("{}:{}", wf.name, req.job_id))
-            .private_tmp(Some(tmp_base))
             .control(io.control.clone())
             .build();
         let spec = match spec {
