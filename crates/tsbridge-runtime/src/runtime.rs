@@ -46,9 +46,12 @@ pub struct RuntimeOptions {
     pub node_id: Option<String>,
     /// Where private TMPDIRs of jobs are made (default: the system's).
     pub tmp_base: Option<PathBuf>,
-    /// Executors by workflow name, replacing the built-in ones (pools,
-    /// tests).
+    /// Executors by workflow name, replacing the built-in ones (tests).
     pub executors: BTreeMap<String, Arc<dyn Executor>>,
+    /// The executor of every `mode = "pool"` workflow not in `executors`
+    /// (the pool module's `PoolExecutor`). Without one, pool workflows are
+    /// unavailable.
+    pub pool_executor: Option<Arc<dyn Executor>>,
     /// Events buffered per live subscriber before it is dropped.
     pub subscriber_buffer: Option<usize>,
     /// Run tsx workflows from cached esbuild bundles when possible.
@@ -101,7 +104,7 @@ impl Runtime {
             let ex = match opts.executors.get(name) {
                 Some(ex) => Some(ex.clone()),
                 None if wf.mode == Mode::Spawn => Some(spawn.clone()),
-                None => None,
+                None => opts.pool_executor.clone(),
             };
             let avail = match &ex {
                 Some(ex) => ex.check(&wf),
