@@ -86,7 +86,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, ParseUnitError> {
         };
         total += n * secs;
     }
-    if !total.is_finite() || total < 0.0 || total > 1e12 {
+    if !total.is_finite() || !(0.0..=1e12).contains(&total) {
         return Err(err());
     }
     Ok(Duration::from_secs_f64(total))
@@ -95,7 +95,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, ParseUnitError> {
 /// Formats a duration the way the config writes it (`"1500ms"`, `"5s"`).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -180,7 +180,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
         for (unit, m) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if b >= m && b % m == 0 {
+            if b >= m && b.is_multiple_of(m) {
                 return write!(f, "{}{unit}", b / m);
             }
         }

@@ -1,0 +1,373 @@
+//! `tsbridge run [options] -- <script|program> [args...]`: one job in the
+//! foreground (SPEC §6). The runtime is chosen by the file's extension;
+//! PROGRESS lines drive a progress bar when stderr is a terminal (plain lines
+//! otherwise); logs and the child's plain output go to stderr; only the result
+//! JSON goes to stdout. The exit code mirrors the child: its own code, 124 on
+//! timeout (like coreutils `timeout`), 128+N on signal N.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tsbridge_process::mask::Masker;
+use tsbridge_process::retry::RetryPolicy;
+use tsbridge_process::runtime::{RuntimeKind, RuntimeSearch, resolve_for_spawn_async};
+use tsbridge_process::transpile::TranspileCache;
+use tsbridge_process::{
+    ExitKind, JobError, JobKey, Outcome, ProcessControl, SandboxAttachment, StopReason, spawn,
+};
+use tsbridge_proto::event::Stream;
+use tsbridge_proto::{ChildEvent, EndReason};
+use tsbridge_sandbox::{FsPolicy, Sandbox, SandboxConfig, SandboxPolicy};
+
+use crate::cli::RunArgs;
+
+pub async fn main(args: RunArgs) -> Result<ExitCode> {
+    tsbridge_process::init_supervisor().context("cannot set up process supervision")?;
+    let control = ProcessControl::new();
+    spawn_signal_forwarder(control.clone());
+
+    let (target, job_args) = args
+        .command
+        .split_first()
+        .context("nothing to run: give a script or program after --")?;
+    let runtime = match args.runtime.as_deref() {
+        None => None,
+        Some(r) => Some(RuntimeKind::parse(r).with_context(|| {
+            format!("unknown runtime {r:?}: expected tsx, ts-node, ts-node-check, node or exec")
+        })?),
+    };
+    let script = locate(Path::new(target), runtime)?;
+    let cwd = match &args.cwd {
+        Some(c) => c.clone(),
+        None => std::env::current_dir().context("cannot read the current directory")?,
+    };
+
+    // The child's environment: the allowlist, --pass-env names, then --env.
+    let host: BTreeMap<String, String> = std::env::vars().collect();
+    let mut allow: Vec<&str> = tsbridge_sandbox::env::BASE_ALLOWLIST.to_vec();
+    allow.extend(args.pass_env.iter().map(String::as_str));
+    let extra: BTreeMap<String, String> = args.env.iter().cloned().collect();
+    let env = tsbridge_sandbox::env::build_child_env(&allow, host.iter(), &extra);
+    // Secrets of tsbridge's own environment and of --env are masked in all output.
+    let mut secret_sources = host.clone();
+    secret_sources.extend(extra.clone());
+    let masker = Arc::new(Masker::from_env(&secret_sources, &[]));
+
+    let search = RuntimeSearch::default();
+    let cache = TranspileCache::new(None).ok();
+    let inv = resolve_for_spawn_async(script.clone(), runtime, search.clone(), cache)
+        .await
+        .map_err(anyhow::Error::from)?;
+    tracing::debug!(program = %inv.program.display(), via = ?inv.via, "resolved");
+
+    let sandbox = sandbox_for(&args, &script, &search.node)?;
+    let policy = RetryPolicy {
+        attempts: args.retries.saturating_add(1),
+        ..RetryPolicy::default()
+    };
+
+    let ui = Ui::new(args.json);
+    let mut attempt = 1u32;
+    let outcome = loop {
+        let mut b = inv
+            .builder()
+            .args(job_args.iter().cloned())
+            .cwd(&cwd)
+            .envs(merge(&env, &inv.env))
+            .timeout(args.timeout.map(|t| t.0))
+            .kill_grace(args.kill_grace.0)
+            .max_output(usize::try_from(args.max_output.0).unwrap_or(usize::MAX))
+            .ipc(inv.runtime.is_node() && !args.no_ipc)
+            .masker(masker.clone())
+            .key(JobKey::generate())
+            .private_tmp(Some(std::env::temp_dir()))
+            .control(control.clone());
+        if let Some((sb, pol)) = &sandbox {
+            let prepared = sb
+                .prepare(&format!("run-{}-{attempt}", std::process::id()), pol)
+                .context("cannot prepare the sandbox")?;
+            b = b.sandbox(Some(SandboxAttachment {
+                prepared: Arc::new(prepared),
+                policy: Arc::new(pol.clone()),
+            }));
+        }
+        let spec = b.build().map_err(anyhow::Error::from)?;
+        let result = match spawn(spec).await {
+            Ok(mut running) => {
+                let events = running.take_events();
+                let printer = events.map(|rx| tokio::spawn(ui.clone().print_events(rx)));
+                let outcome = running.wait().await;
+                if let Some(p) = printer {
+                    let _ = p.await;
+                }
+                Ok(outcome)
+            }
+            Err(e) => Err(e),
+        };
+        let error = match &result {
+            Ok(o) => JobError::from_outcome(o),
+            Err(e) => Some(JobError::Spawn(e.duplicate())),
+        };
+        match error {
+            Some(err) if !control.is_stopped() && policy.should_retry(&err, attempt) => {
+                let delay = policy.delay_for(attempt);
+                ui.line(&format!(
+                    "attempt {attempt} failed ({err}); retrying in {delay:?}"
+                ));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = control.stopped() => break result,
+                }
+                attempt += 1;
+            }
+            _ => break result,
+        }
+    };
+    ui.finish();
+
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"success": false, "reason": "spawn_failure", "error": e.to_string()})
+                );
+            }
+            return Err(
+                anyhow::Error::from(e).context(format!("cannot start {}", inv.program.display()))
+            );
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&outcome_json(&outcome, attempt, &masker))?
+        );
+    } else {
+        if outcome.stdout.truncated() || outcome.stderr.truncated() {
+            ui.line(&format!(
+                "output truncated: {} bytes of stdout and {} of stderr dropped (--max-output)",
+                outcome.stdout.dropped, outcome.stderr.dropped
+            ));
+        }
+        if let Some(r) = &outcome.result {
+            println!("{r}");
+        } else if outcome.success() {
+            println!("null");
+        }
+        if let Some(err) = JobError::from_outcome(&outcome) {
+            ui.line(&format!("tsbridge: {err} ({})", outcome.reason));
+        }
+    }
+    Ok(ExitCode::from(exit_code(&outcome)))
+}
+
+/// The exit code that mirrors the child: its code, 124 on timeout, 128+N on
+/// signal N, 130 when cancelled by SIGINT, 137 for a kill by a limit.
+fn exit_code(o: &Outcome) -> u8 {
+    let code = match o.reason {
+        EndReason::Timeout => 124,
+        _ => match o.exit {
+            ExitKind::Code(c) => c,
+            ExitKind::Signal(s) => 128 + s,
+        },
+    };
+    u8::try_from(code.clamp(0, 255)).unwrap_or(1)
+}
+
+fn outcome_json(o: &Outcome, attempts: u32, masker: &Masker) -> serde_json::Value {
+    json!({
+        "success": o.success(),
+        "reason": o.reason,
+        "exitCode": o.exit.code(),
+        "signal": o.exit.signal(),
+        "processId": o.pid,
+        "attempts": attempts,
+        "result": o.result,
+        "resources": {
+            "wallTimeMs": o.wall.as_millis() as u64,
+            "cpuTimeMs": o.cpu.as_millis() as u64,
+            "peakMemoryBytes": o.peak_rss,
+        },
+        "output": {
+            "stdout": masker.mask_captured(&o.stdout),
+            "stderr": masker.mask_captured(&o.stderr),
+            "stdoutTruncated": o.stdout.truncated(),
+            "stderrTruncated": o.stderr.truncated(),
+            "stdoutDroppedBytes": o.stdout.dropped,
+            "stderrDroppedBytes": o.stderr.dropped,
+        },
+        "eventsDropped": o.events_dropped,
+    })
+}
+
+fn merge(env: &BTreeMap<String, String>, more: &[(String, String)]) -> BTreeMap<String, String> {
+    let mut e = env.clone();
+    e.extend(more.iter().cloned());
+    e
+}
+
+/// The file to run: a path as given, or (for `exec`) a bare program name
+/// looked up on PATH, as a shell would but without a shell.
+fn locate(target: &Path, runtime: Option<RuntimeKind>) -> Result<PathBuf> {
+    if target.exists() {
+        return Ok(target.to_path_buf());
+    }
+    let bare = target.components().count() == 1;
+    if bare && matches!(runtime, None | Some(RuntimeKind::Exec)) {
+        if let Some(path) = std::env::var_os("PATH") {
+            for dir in std::env::split_paths(&path) {
+                let candidate = dir.join(target);
+                if candidate.is_file() {
+                    return Ok(candidate);
+                }
+            }
+        }
+        bail!(
+            "{} not found (not a file, and not on PATH)",
+            target.display()
+        );
+    }
+    bail!("{} not found", target.display())
+}
+
+/// A sandbox when any limit was asked for; its own parent cgroup so it never
+/// touches a server's jobs.
+fn sandbox_for(
+    args: &RunArgs,
+    script: &Path,
+    node: &Path,
+) -> Result<Option<(Sandbox, SandboxPolicy)>> {
+    let wants_fs = !args.read.is_empty() || !args.write.is_empty();
+    if args.memory.is_none()
+        && args.cpu.is_none()
+        && args.pids.is_none()
+        && !args.no_network
+        && !wants_fs
+    {
+        return Ok(None);
+    }
+    let sandbox = Sandbox::new(SandboxConfig {
+        cgroup_parent_name: format!("tsbridge-run-{}", std::process::id()),
+        ..SandboxConfig::default()
+    })
+    .context("a limit was asked for but this host cannot sandbox (see `tsbridge check`)")?;
+    let fs = wants_fs.then(|| {
+        let root = script.parent().unwrap_or(Path::new("/"));
+        let mut fs = FsPolicy::for_node(root, node, &std::env::temp_dir());
+        fs.read.extend(args.read.iter().cloned());
+        fs.write.extend(args.write.iter().cloned());
+        fs
+    });
+    let policy = SandboxPolicy {
+        memory: args.memory.map(|m| m.0),
+        cpu: args.cpu,
+        pids: args.pids,
+        network: !args.no_network,
+        fs,
+        ..SandboxPolicy::default()
+    };
+    let report = sandbox.capabilities().predict(&policy);
+    for (mech, grade) in report.shortfalls() {
+        tracing::warn!(mechanism = mech, ?grade, "not fully enforced on this host");
+    }
+    Ok(Some((sandbox, policy)))
+}
+
+/// SIGINT cancels the job (exit 130 like a shell), SIGTERM stops it as a shutdown.
+fn spawn_signal_forwarder(control: ProcessControl) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => control.stop(StopReason::Cancelled, None),
+            _ = term.recv() => control.stop(StopReason::Shutdown, None),
+        }
+    });
+}
+
+/// Where events go: a progress bar on a terminal, plain lines otherwise.
+#[derive(Clone)]
+struct Ui {
+    bar: Option<ProgressBar>,
+}
+
+impl Ui {
+    fn new(json: bool) -> Self {
+        let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Self { bar }
+    }
+
+    fn line(&self, s: &str) {
+        match &self.bar {
+            Some(b) => b.println(s),
+            None => eprintln!("{s}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+
+    async fn print_events(self, mut rx: mpsc::Receiver<ChildEvent>) {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                ChildEvent::Progress(p) => match &self.bar {
+                    Some(b) => {
+                        b.set_length(p.total);
+                        b.set_position(p.current);
+                        b.set_message(p.message);
+                    }
+                    None => eprintln!("PROGRESS: {}/{} - {}", p.current, p.total, p.message),
+                },
+                ChildEvent::Log { level, message, .. } => self.line(&format!(
+                    "{}: {message}",
+                    level.as_str().to_ascii_uppercase()
+                )),
+                ChildEvent::Output {
+                    stream: Stream::Stdout | Stream::Stderr,
+                    line,
+                } => self.line(&line),
+                ChildEvent::Result { .. } => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_finds_programs_on_path_without_a_shell() {
+        assert!(locate(Path::new("sh"), None).is_ok());
+        assert!(locate(Path::new("definitely-not-a-program-xyz"), None).is_err());
+        assert!(locate(Path::new("./missing.ts"), None).is_err());
+    }
+}
