@@ -93,6 +93,34 @@ pub fn engine_runtime(kind: RuntimeKind) -> rt::RuntimeKind {
     }
 }
 
+/// Program and leading arguments (the script included) that run `script`
+/// with `runtime`, resolved by the engine (runners found in the workflow's
+/// `node_modules`); when that fails, the plain form (`node --import tsx`,
+/// `node -r ts-node/register/transpile-only`, `node`, the script itself),
+/// whose failure then shows at spawn.
+pub fn invocation(runtime: RuntimeKind, script: &Path) -> (PathBuf, Vec<OsString>) {
+    if let Ok(inv) = rt::resolve(
+        script,
+        Some(engine_runtime(runtime)),
+        &RuntimeSearch::default(),
+    ) {
+        return (inv.program, inv.args);
+    }
+    let s = script.as_os_str().to_owned();
+    match runtime {
+        RuntimeKind::Tsx => (
+            PathBuf::from("node"),
+            vec!["--import".into(), "tsx".into(), s],
+        ),
+        RuntimeKind::TsNode => (
+            PathBuf::from("node"),
+            vec!["-r".into(), "ts-node/register/transpile-only".into(), s],
+        ),
+        RuntimeKind::Node => (PathBuf::from("node"), vec![s]),
+        RuntimeKind::Exec => (script.to_path_buf(), Vec::new()),
+    }
+}
+
 /// The sandbox policy a workflow's limits ask for.
 pub fn policy_for(wf: &WorkflowConfig, tmpdir: &Path) -> SandboxPolicy {
     let l = &wf.limits;
