@@ -10,7 +10,7 @@ pub mod sse;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use futures::stream::{BoxStream, Stream, StreamExt};
+use futures::stream::{BoxStream, StreamExt};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -264,7 +264,7 @@ impl Client {
         &self,
         id: JobId,
         last_event_id: Option<u64>,
-    ) -> impl Stream<Item = Result<JobEvent, ClientError>> + Send + 'static {
+    ) -> BoxStream<'static, Result<JobEvent, ClientError>> {
         let follower = Follower {
             client: self.clone(),
             id,
@@ -279,6 +279,7 @@ impl Client {
             let item = f.next().await?;
             Some((item, f))
         })
+        .boxed()
     }
 }
 
