@@ -48,7 +48,7 @@ use crate::lineproto::{
     ProtocolLimits, ResultExtractor, StderrProtocol, StdoutProtocol, StdoutSummary,
 };
 use crate::mask::Masker;
-use crate::spec::{JOB_MARKER_ENV, JobKey, JobSpec, StdinSpec};
+use crate::spec::{JOB_MARKER_ENV, JobKey, JobSpec, OWNER_ENV, StdinSpec};
 use crate::sys::{self, Pid};
 use crate::tree::Tracker;
 use crate::{registry, spawner, supervisor};
@@ -64,7 +64,10 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 /// How long readers may drain after the tree is gone before they are stopped
 /// (something outside the job may hold a pipe's write end).
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
-const READ_BUF: usize = 256 * 1024;
+/// Reads start with this buffer and double (up to [`READ_BUF_MAX`]) while
+/// reads fill it, so a quiet job costs little and a flood reads 1 MiB at a time.
+const READ_BUF_MIN: usize = 64 * 1024;
+const READ_BUF_MAX: usize = 1024 * 1024;
 
 /// Why the engine was asked to stop a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -392,6 +395,7 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
         .env_clear()
         .envs(&env)
         .env(JOB_MARKER_ENV, key.as_str())
+        .env(OWNER_ENV, supervisor::owner_tag())
         .current_dir(&cwd)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -684,7 +688,7 @@ async fn read_chunks<R: AsyncRead + Unpin>(
     mut on_chunk: impl FnMut(&[u8]) -> Vec<ChildEvent>,
     sink: &EventSink,
 ) {
-    let mut buf = vec![0u8; READ_BUF];
+    let mut buf = vec![0u8; READ_BUF_MIN];
     loop {
         let n = tokio::select! {
             biased;
@@ -702,6 +706,9 @@ async fn read_chunks<R: AsyncRead + Unpin>(
         let events = on_chunk(&buf[..n]);
         for ev in events {
             sink.send(ev).await;
+        }
+        if n == buf.len() && buf.len() < READ_BUF_MAX {
+            buf.resize(buf.len() * 2, 0);
         }
     }
 }
@@ -853,7 +860,9 @@ impl Supervised {
                 None
             }
         };
-        self.tracker.reap();
+        if self.tracker.may_have_orphans() {
+            self.tracker.reap();
+        }
         self.finish(leader, reason_override, leaked).await
     }
 

@@ -31,4 +31,4 @@ pub use engine::{ExitKind, Outcome, ProcessControl, RunningProcess, StopReason, 
 pub use error::{ErrorKind, JobError, ResolveError, SpawnError, ValidationError};
 pub use ipclink::IpcHandle;
 pub use spec::{JobKey, JobSpec, JobSpecBuilder, SandboxAttachment, StdinSpec};
-pub use supervisor::{init_supervisor, shutdown_all};
+pub use supervisor::{init_supervisor, shutdown_all, sweep_orphans};

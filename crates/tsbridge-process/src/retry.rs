@@ -95,7 +95,7 @@ impl RetryPolicy {
 /// One attempt: its outcome, or why it could not start.
 #[derive(Debug)]
 pub enum Attempt {
-    Finished(Outcome),
+    Finished(Box<Outcome>),
     SpawnFailed(SpawnError),
 }
 
@@ -143,7 +143,7 @@ where
             Ok(mut p) => {
                 drop(p.take_events());
                 // Returns only once every process of the attempt is gone.
-                Attempt::Finished(p.wait().await)
+                Attempt::Finished(Box::new(p.wait().await))
             }
             Err(e) => Attempt::SpawnFailed(e),
         };

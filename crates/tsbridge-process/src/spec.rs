@@ -24,6 +24,12 @@ use crate::mask::Masker;
 /// `setsid` escape). Reserved: a spec may not set it.
 pub const JOB_MARKER_ENV: &str = "TSBRIDGE_JOB";
 
+/// The variable naming the tsbridge process that started a job,
+/// `TSBRIDGE_OWNER=<pid>.<start time>`: after tsbridge died (SIGKILL, crash),
+/// [`crate::supervisor::sweep_orphans`] in the next tsbridge finds every
+/// process whose owner is gone, setsid escapees included. Reserved.
+pub const OWNER_ENV: &str = "TSBRIDGE_OWNER";
+
 /// Default grace between SIGTERM and SIGKILL.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 /// Default capture bound, per stream.
@@ -328,7 +334,7 @@ impl JobSpecBuilder {
             if value.contains('\0') {
                 return Err(ValidationError::EnvValueHasNul { name: name.clone() });
             }
-            if name == JOB_MARKER_ENV || name == "NODE_CHANNEL_FD" {
+            if name == JOB_MARKER_ENV || name == OWNER_ENV || name == "NODE_CHANNEL_FD" {
                 return Err(ValidationError::EnvReserved { name: name.clone() });
             }
         }

@@ -38,6 +38,68 @@ pub fn init_supervisor() -> io::Result<SupervisorInfo> {
     Ok(SupervisorInfo { subreaper: true })
 }
 
+/// `<pid>.<start time>` of this process (the value of [`crate::spec::OWNER_ENV`]).
+pub(crate) fn owner_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let me = crate::sys::self_pid();
+        let start = crate::sys::read_stat(me).map(|s| s.start).unwrap_or(0);
+        format!("{}.{}", me.raw(), start)
+    })
+}
+
+/// Kills (SIGKILL) every process started by a tsbridge that is no longer
+/// running: processes whose [`crate::spec::OWNER_ENV`] names a pid that is
+/// gone or now belongs to another process (different start time). Call at
+/// startup: after tsbridge was SIGKILLed, the parent-death signal only ended
+/// each job's direct child; its descendants (setsid ones included) still
+/// carry the owner tag. Returns how many processes were killed.
+pub fn sweep_orphans() -> usize {
+    let prefix = format!("{}=", crate::spec::OWNER_ENV);
+    let me = crate::sys::self_pid();
+    let mut killed = 0;
+    for pid in crate::sys::all_pids() {
+        if pid == me {
+            continue;
+        }
+        let Some(st) = crate::sys::read_stat(pid) else {
+            continue;
+        };
+        if st.is_zombie() {
+            continue;
+        }
+        let Some(owner) = crate::sys::environ_value(pid, prefix.as_bytes()) else {
+            continue;
+        };
+        if owner_alive(&owner) {
+            continue;
+        }
+        let p = crate::sys::ProcRef {
+            pid,
+            start: st.start,
+        };
+        if matches!(
+            crate::sys::signal_proc(p, rustix::process::Signal::KILL),
+            Ok(true)
+        ) {
+            killed += 1;
+        }
+    }
+    killed
+}
+
+fn owner_alive(tag: &str) -> bool {
+    let Some((pid, start)) = tag.split_once('.') else {
+        return false;
+    };
+    let (Ok(pid), Ok(start)) = (pid.parse::<i32>(), start.parse::<u64>()) else {
+        return false;
+    };
+    crate::sys::Pid::new(pid)
+        .and_then(crate::sys::read_stat)
+        .is_some_and(|st| st.start == start && !st.is_zombie())
+}
+
 struct Entry {
     control: ProcessControl,
     done: tokio::sync::watch::Receiver<bool>,

@@ -144,6 +144,14 @@ pub(crate) fn environ_has(pid: Pid, needle: &[u8]) -> bool {
     memchr::memmem::find(&data, &with_nul).is_some()
 }
 
+/// The value of the variable whose `NAME=` is `prefix` in /proc/<pid>/environ.
+pub(crate) fn environ_value(pid: Pid, prefix: &[u8]) -> Option<String> {
+    let data = fs::read(format!("/proc/{}/environ", pid.raw())).ok()?;
+    data.split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(prefix))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
 /// Every numeric entry of /proc.
 pub(crate) fn all_pids() -> Vec<Pid> {
     let Ok(rd) = fs::read_dir("/proc") else {

@@ -193,6 +193,13 @@ impl Tracker {
         found
     }
 
+    /// Whether adopted zombies of this job may exist: some descendant was
+    /// seen, or the process group still has members (zombies included).
+    /// Otherwise the background reaper (subreaper mode) is enough.
+    pub(crate) fn may_have_orphans(&self) -> bool {
+        !self.ever.is_empty() || self.pgid().group_exists()
+    }
+
     /// Reaps this job's adopted zombies.
     pub(crate) fn reap(&self) -> usize {
         registry::reap_orphans(&self.ever)

@@ -1,4 +1,5 @@
-//! The child's environment is exactly the spec's (plus the job marker):
+//! The child's environment is exactly the spec's (plus the job and owner
+//! markers):
 //! nothing is inherited from tsbridge's own environment.
 
 mod common;
@@ -20,7 +21,21 @@ async fn env_is_exactly_the_spec() {
     let env = v["env"].as_object().unwrap();
     let mut names: Vec<&str> = env.keys().map(String::as_str).collect();
     names.sort();
-    assert_eq!(names, vec!["HOME", "ONLY_THIS", "PATH", "TSBRIDGE_JOB"]);
+    assert_eq!(
+        names,
+        vec![
+            "HOME",
+            "ONLY_THIS",
+            "PATH",
+            "TSBRIDGE_JOB",
+            "TSBRIDGE_OWNER"
+        ]
+    );
+    let owner = env["TSBRIDGE_OWNER"].as_str().unwrap();
+    assert!(
+        owner.starts_with(&format!("{}.", std::process::id())),
+        "{owner}"
+    );
     assert_eq!(env["TSBRIDGE_JOB"], key.as_str());
     assert!(env.get("FOO_SECRET").is_none());
     assert_eq!(

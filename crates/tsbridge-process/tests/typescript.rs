@@ -93,7 +93,7 @@ async fn transpile_cache_runs_plain_node_and_invalidates_on_change() {
                 .builder()
                 .envs(env)
                 .arg("cache")
-                .cwd(&src_dir(&script))
+                .cwd(src_dir(&script))
                 .build()
                 .unwrap();
             let o = run(spec).await.unwrap();

@@ -1,0 +1,121 @@
+//! Engine costs against their floors, in the same run:
+//! - spawn + wait of `/bin/true` through the engine vs a bare
+//!   `std::process::Command::status()` (fork/posix_spawn + exec + wait);
+//! - capture throughput of 1 GiB (`dd if=/dev/zero bs=1M count=1024`) through
+//!   the engine (bounded capture + line protocol) vs a raw read loop over the
+//!   same kind of pipe (enlarged to 1 MiB, 1 MiB reads, bytes discarded).
+//!
+//! Run: `cargo bench -p tsbridge-process --bench spawn` (bench/engine/run.sh
+//! runs it with the TypeScript startup comparison).
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use divan::counter::BytesCount;
+use tsbridge_process::{JobSpec, run};
+
+const GIB: u64 = 1 << 30;
+
+fn main() {
+    divan::main();
+}
+
+fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+}
+
+fn env() -> std::collections::BTreeMap<String, String> {
+    [("PATH".to_string(), "/usr/bin:/bin".to_string())].into()
+}
+
+#[divan::bench(sample_count = 200)]
+fn spawn_true_engine() {
+    let spec = JobSpec::builder("/bin/true")
+        .envs(env())
+        .build()
+        .expect("spec");
+    let o = rt().block_on(run(spec)).expect("runs");
+    assert!(o.exit.success());
+}
+
+#[divan::bench(sample_count = 200)]
+fn spawn_true_std_command() {
+    let s = Command::new("/bin/true")
+        .env_clear()
+        .envs(env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .status()
+        .expect("runs");
+    assert!(s.success());
+}
+
+/// The floor the engine can reach: std's spawn falls back from posix_spawn
+/// (vfork) to fork as soon as a pre_exec hook exists, and the engine needs
+/// one (PR_SET_PDEATHSIG).
+#[divan::bench(sample_count = 200)]
+fn spawn_true_std_command_fork_pre_exec() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("/bin/true");
+    cmd.env_clear()
+        .envs(env())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: prctl with integer arguments is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            Ok(())
+        });
+    }
+    let s = cmd.status().expect("runs");
+    assert!(s.success());
+}
+
+#[divan::bench(sample_count = 5, sample_size = 1)]
+fn capture_1gib_engine(b: divan::Bencher) {
+    b.counter(BytesCount::new(GIB)).bench(|| {
+        let spec = JobSpec::builder("/usr/bin/dd")
+            .args(["if=/dev/zero", "bs=1M", "count=1024", "status=none"])
+            .envs(env())
+            .build()
+            .expect("spec");
+        let o = rt().block_on(run(spec)).expect("runs");
+        assert_eq!(o.stdout.total, GIB);
+    });
+}
+
+#[divan::bench(sample_count = 5, sample_size = 1)]
+fn capture_1gib_raw_read_loop(b: divan::Bencher) {
+    b.counter(BytesCount::new(GIB)).bench(|| {
+        let mut child = Command::new("/usr/bin/dd")
+            .args(["if=/dev/zero", "bs=1M", "count=1024", "status=none"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("dd");
+        let mut out = child.stdout.take().expect("pipe");
+        // SAFETY: fcntl on a pipe fd we own, integer argument.
+        unsafe { libc::fcntl(out.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            match out.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => total += n as u64,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        child.wait().expect("wait");
+        assert_eq!(total, GIB);
+    });
+}

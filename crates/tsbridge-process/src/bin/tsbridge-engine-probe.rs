@@ -1,0 +1,131 @@
+//! A tiny host for the engine, used by integration tests and benches that
+//! need a clean process of their own: it runs one job and prints what
+//! happened as one JSON line (with its own peak RSS, VmHWM).
+//!
+//! `tsbridge-engine-probe [--subreaper] [--max-output BYTES] [--timeout-ms MS]
+//!  [--kill-grace-ms MS] -- PROGRAM [ARGS...]`
+//!
+//! Prints `SPAWNED <pid>` as soon as the job runs, then the JSON summary:
+//! `{exit_code, signal, reason, stdout_total, stdout_dropped, head_len,
+//! tail_len, head_sha256, tail_sha256, vm_hwm_kib, wall_ms}`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tsbridge_process::{JobSpec, init_supervisor, spawn};
+
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: tsbridge-engine-probe [--subreaper] [--max-output BYTES] [--timeout-ms MS] [--kill-grace-ms MS] -- PROGRAM [ARGS...]"
+    );
+    std::process::exit(2)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut subreaper = false;
+    let mut max_output: Option<usize> = None;
+    let mut timeout = None;
+    let mut grace = None;
+    let mut rest = Vec::new();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--subreaper" => subreaper = true,
+            "--max-output" => max_output = args.next().and_then(|v| v.parse().ok()),
+            "--timeout-ms" => {
+                timeout = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .map(Duration::from_millis)
+            }
+            "--kill-grace-ms" => {
+                grace = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .map(Duration::from_millis)
+            }
+            "--" => {
+                rest.extend(args.by_ref());
+                break;
+            }
+            _ => usage(),
+        }
+    }
+    let Some(program) = rest.first().cloned() else {
+        usage()
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            std::process::exit(1)
+        }
+    };
+    let code = rt.block_on(async move {
+        if subreaper && let Err(e) = init_supervisor() {
+            eprintln!("subreaper: {e}");
+        }
+        let mut b = JobSpec::builder(program)
+            .args(rest.into_iter().skip(1))
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", "/tmp")
+            .timeout(timeout);
+        if let Some(m) = max_output {
+            b = b.max_output(m);
+        }
+        if let Some(g) = grace {
+            b = b.kill_grace(g);
+        }
+        let spec = match b.build() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("invalid: {e}");
+                return 1;
+            }
+        };
+        let mut p = match spawn(spec).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("spawn: {e}: {}", e.source);
+                return 1;
+            }
+        };
+        println!("SPAWNED {}", p.pid());
+        let _ = std::io::stdout().flush();
+        drop(p.take_events());
+        let o = p.wait().await;
+        let summary = serde_json::json!({
+            "exit_code": o.exit.code(),
+            "signal": o.exit.signal(),
+            "reason": o.reason.as_str(),
+            "stdout_total": o.stdout.total,
+            "stdout_dropped": o.stdout.dropped,
+            "head_len": o.stdout.head.len(),
+            "tail_len": o.stdout.tail.len(),
+            "head_sha256": hex::encode(Sha256::digest(&o.stdout.head)),
+            "tail_sha256": hex::encode(Sha256::digest(&o.stdout.tail)),
+            "vm_hwm_kib": vm_hwm_kib(),
+            "wall_ms": o.wall.as_millis() as u64,
+            "cpu_ms": o.cpu.as_millis() as u64,
+        });
+        println!("{summary}");
+        0
+    });
+    std::process::exit(code)
+}
