@@ -10,7 +10,8 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tsbridge_runtime::{Config, Runtime, RuntimeOptions, SqliteStore};
 use tsbridge_sandbox::{Sandbox, SandboxConfig};
-use tsbridge_server::{AppState, ServerSettings};
+use tsbridge_process::transpile::TranspileCache;
+use tsbridge_server::{AppState, Auth, ServerSettings};
 
 use crate::cli::ServeArgs;
 
@@ -34,7 +35,10 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
     // Orphaned descendants of jobs are reparented to us (and reaped), not to PID 1.
     tsbridge_process::init_supervisor().context("cannot set up process supervision")?;
 
-    let sandbox = match Sandbox::new(SandboxConfig::default()) {
+    let sandbox = match Sandbox::new(SandboxConfig {
+        cgroup_parent_name: cgroup_parent_name(&config.store.url),
+        ..SandboxConfig::default()
+    }) {
         Ok(s) => {
             match s.sweep_stale() {
                 Ok(0) => {}
@@ -59,13 +63,22 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
     let metrics =
         tsbridge_server::install_recorder().context("cannot install the metrics recorder")?;
     let settings = ServerSettings::from_config(&config.server);
+    // Resolve the tokens before anything starts: a token source that names an
+    // unset variable is a config error, not an open server.
+    let auth = Auth::resolve(&settings.tokens)?;
     let bind = config.server.bind;
+    if !bind.ip().is_loopback() && !auth.is_enabled() {
+        anyhow::bail!("refusing to serve on {bind} without a token: set [server] tokens (auth is required beyond loopback)");
+    }
     let config = Arc::new(config);
     let runtime = Runtime::start(
         config.clone(),
         Arc::new(store),
         RuntimeOptions {
             sandbox,
+            transpile_cache: TranspileCache::new(None)
+                .inspect_err(|e| tracing::warn!(error = %e, "no transpile cache: TypeScript runs through tsx"))
+                .ok(),
             ..RuntimeOptions::default()
         },
     )
@@ -77,13 +90,26 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
         }
     }
 
-    let state = AppState::new(Arc::new(runtime), settings)?.with_metrics(metrics);
+    let state = AppState::with_auth(Arc::new(runtime), settings, auth).with_metrics(metrics);
     let listener = TcpListener::bind(bind)
         .await
         .with_context(|| format!("cannot listen on {bind}"))?;
     tsbridge_server::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("tsbridge stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The parent cgroup of this server's jobs: one per job store, so that a
+/// restarted server sweeps exactly what its crashed predecessor left, and two
+/// servers with different stores on one host never touch each other's jobs.
+fn cgroup_parent_name(store_url: &str) -> String {
+    // FNV-1a: stable across builds and versions (std's hasher is not).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in store_url.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("tsbridge-{:08x}", h as u32)
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
@@ -99,5 +125,18 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_parent_is_per_store_and_stable() {
+        let a = cgroup_parent_name("sqlite:///srv/a.db");
+        assert_eq!(a, cgroup_parent_name("sqlite:///srv/a.db"));
+        assert_ne!(a, cgroup_parent_name("sqlite:///srv/b.db"));
+        assert!(a.starts_with("tsbridge-") && a.len() == "tsbridge-".len() + 8);
     }
 }
