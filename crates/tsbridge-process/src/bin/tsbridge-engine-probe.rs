@@ -3,7 +3,11 @@
 //! happened as one JSON line (with its own peak RSS, VmHWM).
 //!
 //! `tsbridge-engine-probe [--subreaper] [--max-output BYTES] [--timeout-ms MS]
-//!  [--kill-grace-ms MS] -- PROGRAM [ARGS...]`
+//!  [--kill-grace-ms MS] [--script [--no-cache]] -- PROGRAM [ARGS...]`
+//!
+//! With `--script`, PROGRAM is a script resolved by `runtime::resolve_for_spawn`
+//! (by extension; TypeScript through the transpile cache in its default dir
+//! unless `--no-cache`), as `tsbridge run` does.
 //!
 //! Prints `SPAWNED <pid>` as soon as the job runs, then the JSON summary:
 //! `{exit_code, signal, reason, stdout_total, stdout_dropped, head_len,
@@ -40,9 +44,13 @@ fn main() {
     let mut timeout = None;
     let mut grace = None;
     let mut rest = Vec::new();
+    let mut script = false;
+    let mut cache = true;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--subreaper" => subreaper = true,
+            "--script" => script = true,
+            "--no-cache" => cache = false,
             "--max-output" => max_output = args.next().and_then(|v| v.parse().ok()),
             "--timeout-ms" => {
                 timeout = args
@@ -81,7 +89,27 @@ fn main() {
         if subreaper && let Err(e) = init_supervisor() {
             eprintln!("subreaper: {e}");
         }
-        let mut b = JobSpec::builder(program)
+        let mut b = if script {
+            use tsbridge_process::runtime::{RuntimeSearch, resolve_for_spawn_async};
+            use tsbridge_process::transpile::TranspileCache;
+            let tc = if cache {
+                TranspileCache::new(None).ok()
+            } else {
+                None
+            };
+            let inv = match resolve_for_spawn_async(program.into(), None, RuntimeSearch::default(), tc).await {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("resolve: {e}");
+                    return 1;
+                }
+            };
+            eprintln!("via {:?}", inv.via);
+            inv.builder()
+        } else {
+            JobSpec::builder(program)
+        };
+        b = b
             .args(rest.into_iter().skip(1))
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", "/tmp")
