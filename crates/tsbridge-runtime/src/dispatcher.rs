@@ -38,7 +38,7 @@ use crate::store::{
 };
 
 /// Child events written to the store per transaction, at most.
-const EVENT_BATCH: usize = 256;
+const EVENT_BATCH: usize = 512;
 /// Longest text of one event (a longer line is cut).
 const MAX_EVENT_TEXT: usize = 64 * 1024;
 

@@ -23,6 +23,10 @@ use tsbridge_sandbox::{FsPolicy, Sandbox, SandboxPolicy};
 use crate::config::{RuntimeKind, WorkflowConfig};
 use crate::executor::{AttemptEvent, AttemptIo, AttemptOutcome, AttemptRequest, Executor};
 
+/// Child events the engine buffers while the store catches up; beyond it
+/// the engine drops (and counts) events rather than block the child.
+const EVENT_CAPACITY: usize = 8192;
+
 /// Bytes of stderr kept for error details.
 const STDERR_TAIL: usize = 4096;
 
@@ -281,6 +285,7 @@ impl Executor for SpawnExecutor {
             .key(key)
             .label(format!("{}:{}", wf.name, req.job_id))
             .control(io.control.clone())
+            .event_capacity(EVENT_CAPACITY)
             .build();
         let spec = match spec {
             Ok(s) => s,
@@ -315,6 +320,19 @@ impl Executor for SpawnExecutor {
             }
         });
         let o = outcome;
+        if o.events_dropped > 0 {
+            let _ = io
+                .events
+                .send(AttemptEvent::Child(tsbridge_proto::ChildEvent::Log {
+                    level: tsbridge_proto::LogLevel::Warn,
+                    message: format!(
+                        "{} output events were not streamed (their consumer fell behind); the captured output keeps the lines",
+                        o.events_dropped
+                    ),
+                    child_timestamp: None,
+                }))
+                .await;
+        }
         let error = match o.reason {
             EndReason::Exited if o.exit.success() => None,
             EndReason::Exited => o
