@@ -120,3 +120,27 @@ async fn a_live_subscriber_sees_every_event_after_replay() {
     let stored = h.rt.events_after(id, 0).await.expect("events");
     assert_eq!(stored.len(), seen.len());
 }
+
+#[tokio::test]
+async fn each_attempt_gets_a_private_tmpdir_removed_afterwards() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let opts = tsbridge_runtime::RuntimeOptions {
+        tmp_base: Some(base.path().to_path_buf()),
+        ..tsbridge_runtime::RuntimeOptions::default()
+    };
+    let h = start_with(&workflow("job", ""), opts).await;
+    let id = h.submit("job", json!({"printTmp": true})).await;
+    let v = h.wait(id).await;
+    assert_eq!(v.state, JobState::Succeeded, "{v:?}");
+    let line = v
+        .output
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("TMPDIR="))
+        .expect("the child printed its TMPDIR")
+        .to_owned();
+    let tmp = std::path::Path::new(&line);
+    assert!(tmp.starts_with(base.path()), "{line}");
+    assert!(!tmp.exists(), "{line} was removed");
+    assert_eq!(std::fs::read_dir(base.path()).expect("read").count(), 0);
+}
