@@ -121,9 +121,15 @@ impl Client {
         }
     }
 
-    async fn data<T: DeserializeOwned>(&self, rb: RequestBuilder, path: &str) -> Result<T, ClientError> {
+    async fn data<T: DeserializeOwned>(
+        &self,
+        rb: RequestBuilder,
+        path: &str,
+    ) -> Result<T, ClientError> {
         let resp = self.send(rb, path).await?;
-        decode::<Success<T>>(resp, &self.url(path)).await.map(|s| s.data)
+        decode::<Success<T>>(resp, &self.url(path))
+            .await
+            .map(|s| s.data)
     }
 
     async fn post_json<B: Serialize + ?Sized, T: DeserializeOwned>(
@@ -137,7 +143,11 @@ impl Client {
 
     /// `POST /workflow/:type/execute`: runs and waits. A job that did not
     /// succeed is `ClientError::Api` with its error type and `jobId` in details.
-    pub async fn execute(&self, workflow: &str, req: &ExecuteRequest) -> Result<ExecuteResponse, ClientError> {
+    pub async fn execute(
+        &self,
+        workflow: &str,
+        req: &ExecuteRequest,
+    ) -> Result<ExecuteResponse, ClientError> {
         self.post_json(&format!("/workflow/{}/execute", segment(workflow)), req)
             .await
     }
@@ -229,7 +239,10 @@ impl Client {
             let bytes = resp
                 .bytes()
                 .await
-                .map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+                .map_err(|source| ClientError::Transport {
+                    url: url.clone(),
+                    source,
+                })?;
             return match serde_json::from_slice::<WithData>(&bytes) {
                 Ok(w) => Ok(w.data),
                 Err(_) => Err(api_error(status, &bytes, None, &url)),
@@ -297,10 +310,13 @@ fn segment(s: &str) -> String {
 }
 
 async fn decode<T: DeserializeOwned>(resp: Response, url: &str) -> Result<T, ClientError> {
-    let bytes = resp.bytes().await.map_err(|source| ClientError::Transport {
-        url: url.to_owned(),
-        source,
-    })?;
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|source| ClientError::Transport {
+            url: url.to_owned(),
+            source,
+        })?;
     serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode {
         url: url.to_owned(),
         source,
@@ -329,7 +345,12 @@ async fn failure(resp: Response, path: &str, base: &str) -> ClientError {
     }
 }
 
-fn api_error(status: StatusCode, bytes: &[u8], retry_after: Option<Duration>, url: &str) -> ClientError {
+fn api_error(
+    status: StatusCode,
+    bytes: &[u8],
+    retry_after: Option<Duration>,
+    url: &str,
+) -> ClientError {
     match serde_json::from_slice::<Failure>(bytes) {
         Ok(f) => ClientError::Api {
             status: status.as_u16(),
@@ -385,7 +406,10 @@ impl Follower {
                         details: f.error.details,
                         retry_after: None,
                     },
-                    Err(source) => ClientError::BadEvent { job: self.id, source },
+                    Err(source) => ClientError::BadEvent {
+                        job: self.id,
+                        source,
+                    },
                 };
                 self.ready.push_back(Err(err));
                 self.done = true;
@@ -401,7 +425,10 @@ impl Follower {
                     self.ready.push_back(Ok(e));
                 }
                 Err(source) => {
-                    self.ready.push_back(Err(ClientError::BadEvent { job: self.id, source }));
+                    self.ready.push_back(Err(ClientError::BadEvent {
+                        job: self.id,
+                        source,
+                    }));
                     self.done = true;
                 }
             },
@@ -455,6 +482,7 @@ impl Follower {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -466,6 +494,12 @@ mod tests {
         assert!(c.token.is_none());
         assert_eq!(segment("data-analysis"), "data-analysis");
         assert_eq!(segment("a/b c"), "a%2Fb%20c");
-        assert!(!format!("{:?}", Client::new("http://h:1", Some("s3cret".into())).unwrap()).contains("s3cret"));
+        assert!(
+            !format!(
+                "{:?}",
+                Client::new("http://h:1", Some("s3cret".into())).unwrap()
+            )
+            .contains("s3cret")
+        );
     }
 }

@@ -120,13 +120,16 @@ impl SseParser {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn events_comments_and_multiline_data() {
         let mut p = SseParser::new();
-        let ev = p.push(b": keep-alive\n\nid: 1\nevent: state\ndata: {\"a\":1}\n\nid:2\ndata: x\ndata: y\n\n");
+        let ev = p.push(
+            b": keep-alive\n\nid: 1\nevent: state\ndata: {\"a\":1}\n\nid:2\ndata: x\ndata: y\n\n",
+        );
         assert_eq!(ev.len(), 2);
         assert_eq!(ev[0].id.as_deref(), Some("1"));
         assert_eq!(ev[0].event, "state");

@@ -142,6 +142,7 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

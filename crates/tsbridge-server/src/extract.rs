@@ -27,7 +27,10 @@ where
             .await
             .map_err(|rej| match rej.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => payload_too_large(),
-                _ => ApiError::validation(format!("cannot read the request body: {}", rej.body_text())),
+                _ => ApiError::validation(format!(
+                    "cannot read the request body: {}",
+                    rej.body_text()
+                )),
             })?;
         parse_body(&bytes).map(ApiJson)
     }
@@ -43,7 +46,9 @@ pub(crate) fn payload_too_large() -> ApiError {
 /// Parses a JSON body into `T` with a message that says what is wrong.
 pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::validation("request body is empty: expected a JSON object"));
+        return Err(ApiError::validation(
+            "request body is empty: expected a JSON object",
+        ));
     }
     serde_json::from_slice(bytes).map_err(|e| {
         let what = match e.classify() {
@@ -61,6 +66,7 @@ pub fn job_id(raw: &str) -> Result<JobId, ApiError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use tsbridge_proto::api::SubmitRequest;
@@ -69,7 +75,11 @@ mod tests {
     fn messages_say_what_is_wrong() {
         let e = parse_body::<SubmitRequest>(b"{nope").unwrap_err();
         assert_eq!(e.kind, ErrorType::ValidationError);
-        assert!(e.message.starts_with("request body is not valid JSON"), "{}", e.message);
+        assert!(
+            e.message.starts_with("request body is not valid JSON"),
+            "{}",
+            e.message
+        );
         let e = parse_body::<SubmitRequest>(br#"{"workflow":1}"#).unwrap_err();
         assert!(e.message.contains("invalid type"), "{}", e.message);
         let e = parse_body::<SubmitRequest>(br#"{"workflow":"a","bogus":1}"#).unwrap_err();

@@ -80,7 +80,10 @@ async fn finish_errors(State(state): State<AppState>, req: Request, next: Next) 
         if state.settings().dev {
             let (mut parts, _) = resp.into_parts();
             parts.headers.remove(header::CONTENT_LENGTH);
-            return Response::from_parts(parts, Body::from(serde_json::to_vec(&full).unwrap_or_default()));
+            return Response::from_parts(
+                parts,
+                Body::from(serde_json::to_vec(&full).unwrap_or_default()),
+            );
         }
         return resp;
     }
@@ -161,11 +164,17 @@ where
     let bound = drain + settings.shutdown_grace;
     tracing::info!(?drain, "tsbridge API shutting down");
     let backend = state.backend_arc();
-    let (served, ()) = tokio::join!(tokio::time::timeout(bound, &mut server), backend.shutdown(drain));
+    let (served, ()) = tokio::join!(
+        tokio::time::timeout(bound, &mut server),
+        backend.shutdown(drain)
+    );
     match served {
         Ok(r) => r.map_err(ServeError::Io),
         Err(_) => {
-            tracing::warn!(?bound, "open requests did not finish in time; stopping anyway");
+            tracing::warn!(
+                ?bound,
+                "open requests did not finish in time; stopping anyway"
+            );
             Ok(())
         }
     }

@@ -61,10 +61,7 @@ fn describe() {
         "tsbridge_jobs_running_by_workflow",
         "Jobs running now, per workflow"
     );
-    metrics::describe_gauge!(
-        "tsbridge_pool_workers",
-        "Warm workers per pool workflow"
-    );
+    metrics::describe_gauge!("tsbridge_pool_workers", "Warm workers per pool workflow");
 }
 
 /// Sets the gauges that mirror the runtime's counters.

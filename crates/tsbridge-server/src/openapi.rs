@@ -5,10 +5,10 @@
 
 use axum::Json;
 use serde::Serialize;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
 use tsbridge_proto::api::{ExecuteResponse, JobList, JobView, SubmitResponse};
 use tsbridge_proto::service::{Readiness, WorkflowList};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::routes::{jobs, sse, system, workflow, ws};
 

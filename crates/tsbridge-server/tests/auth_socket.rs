@@ -2,6 +2,8 @@
 //! with the header or `?token=`, SSE with `?token=`, `/healthz` open; a
 //! non-loopback listener without a token is refused at startup.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
@@ -24,22 +26,46 @@ async fn tokens_over_the_socket() {
     assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"tsbridge\"");
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["type"], "Unauthorized");
-    let r = http.get(server.url("/v1/workflows")).bearer_auth(TOKEN).send().await.unwrap();
+    let r = http
+        .get(server.url("/v1/workflows"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     // WebSocket: refused without a token, accepted with ?token= or the header.
-    let err = connect_async(server.ws_url("/v1/ws")).await.expect_err("refused");
+    let err = connect_async(server.ws_url("/v1/ws"))
+        .await
+        .expect_err("refused");
     match err {
         tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 401),
         other => panic!("expected a 401, got {other:?}"),
     }
-    assert!(connect_async(server.ws_url("/v1/ws?token=wrong")).await.is_err());
-    let (mut ws, _) = connect_async(server.ws_url(&format!("/v1/ws?token={TOKEN}"))).await.expect("token in query");
-    ws.send(Message::text(json!({"type": "nope"}).to_string())).await.unwrap();
-    let m = ws.next().await.unwrap().unwrap();
-    assert_eq!(m.into_text().unwrap().as_str(), r#"{"type":"error","message":"Unknown message type: nope"}"#);
+    assert!(
+        connect_async(server.ws_url("/v1/ws?token=wrong"))
+            .await
+            .is_err()
+    );
+    let (mut ws, _) = connect_async(server.ws_url(&format!("/v1/ws?token={TOKEN}")))
+        .await
+        .expect("token in query");
+    ws.send(Message::text(json!({"type": "nope"}).to_string()))
+        .await
+        .unwrap();
+    let m = loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(t) => break t,
+            _ => continue,
+        }
+    };
+    assert_eq!(
+        m.as_str(),
+        r#"{"type":"error","message":"Unknown message type: nope"}"#
+    );
     let mut req = server.ws_url("/v1/ws").into_client_request().unwrap();
-    req.headers_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
     assert!(connect_async(req).await.is_ok());
 
     // SSE with ?token=.
@@ -54,9 +80,17 @@ async fn tokens_over_the_socket() {
         .await
         .unwrap();
     let id = submitted["data"]["jobId"].as_str().unwrap();
-    let r = http.get(server.url(&format!("/v1/jobs/{id}/events"))).send().await.unwrap();
+    let r = http
+        .get(server.url(&format!("/v1/jobs/{id}/events")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = http.get(server.url(&format!("/v1/jobs/{id}/events?token={TOKEN}"))).send().await.unwrap();
+    let r = http
+        .get(server.url(&format!("/v1/jobs/{id}/events?token={TOKEN}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("event: state"));
 }
@@ -65,13 +99,20 @@ async fn tokens_over_the_socket() {
 async fn a_public_bind_without_tokens_is_refused() {
     let (state, _) = fake_state(settings());
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let err = tsbridge_server::serve(listener, state, std::future::pending()).await.expect_err("refused");
-    assert!(matches!(err, tsbridge_server::ServeError::TokenRequired { .. }), "{err:?}");
+    let err = tsbridge_server::serve(listener, state, std::future::pending())
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(err, tsbridge_server::ServeError::TokenRequired { .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("without a bearer token"));
 
     // With a token it serves (stopped right away).
     let (state, _) = fake_state(with_token(settings()));
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     state.shutdown_token().cancel();
-    tsbridge_server::serve(listener, state, std::future::pending()).await.expect("serves, then stops");
+    tsbridge_server::serve(listener, state, std::future::pending())
+        .await
+        .expect("serves, then stops");
 }

@@ -2,6 +2,8 @@
 //! most `batch_concurrency` at once, failFast cancels the rest, item
 //! validation errors fail only that item.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
@@ -35,7 +37,10 @@ async fn results_keep_input_order() {
     assert_eq!(body["success"], true);
     let results = body["results"].as_array().expect("results");
     assert_eq!(body["data"]["results"], body["results"]);
-    let ids: Vec<&str> = results.iter().map(|r| r["workflowId"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = results
+        .iter()
+        .map(|r| r["workflowId"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["a", "workflow_1", "c", "d"]);
     assert_eq!(results[0]["success"], true);
     assert_eq!(results[0]["result"], json!({"steps": 3}));
@@ -66,14 +71,22 @@ async fn fail_fast_cancels_the_rest() {
     .await;
     assert_eq!(status, 200, "{body}");
     let r = body["results"].as_array().unwrap();
-    assert_eq!(r[0]["error"]["type"], "Conflict", "the running one was cancelled: {body}");
+    assert_eq!(
+        r[0]["error"]["type"], "Conflict",
+        "the running one was cancelled: {body}"
+    );
     assert!(r[0]["jobId"].is_string());
     assert_eq!(r[1]["error"]["type"], "ExecutionError");
     // Items 2 and 3 waited for a permit (concurrency 2) and never ran.
     for i in [2, 3] {
         assert_eq!(r[i]["success"], false);
         assert_eq!(r[i]["jobId"], Value::Null, "{body}");
-        assert!(r[i]["error"]["message"].as_str().unwrap().contains("failFast"));
+        assert!(
+            r[i]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("failFast")
+        );
     }
     assert_eq!(fake.job_count(), 2);
     assert!(fake.states().iter().all(|s| s.is_terminal()));
@@ -86,7 +99,9 @@ async fn batch_size_is_1_to_10() {
     let (status, body) = post(&server, json!({"workflows": []})).await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["type"], "ValidationError");
-    let eleven: Vec<Value> = (0..11).map(|_| json!({"type": "echo", "parameters": {}})).collect();
+    let eleven: Vec<Value> = (0..11)
+        .map(|_| json!({"type": "echo", "parameters": {}}))
+        .collect();
     let (status, _) = post(&server, json!({"workflows": eleven})).await;
     assert_eq!(status, 400);
 }

@@ -1,6 +1,8 @@
 //! Every error type through the router (`oneshot`), with the exact failure
 //! body shape: `{"success":false,"error":{type,message,details?}}`.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use axum::body::Body;
@@ -13,17 +15,46 @@ async fn bad_json_wrong_types_and_unknown_fields_are_400() {
     let (state, _) = fake_state(settings());
     let a = call(&state, "POST", "/v1/jobs", Some("{nope"), None).await;
     assert_failure(&a, 400, "ValidationError");
-    assert!(a.body["error"]["message"].as_str().unwrap().contains("not valid JSON"));
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON")
+    );
 
     let a = call(&state, "POST", "/v1/jobs", Some(r#"{"workflow": 5}"#), None).await;
     assert_failure(&a, 400, "ValidationError");
-    assert!(a.body["error"]["message"].as_str().unwrap().contains("invalid type"));
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid type")
+    );
 
-    let a = call(&state, "POST", "/workflow/echo/execute", Some(r#"{"parameters":{},"bogus":1}"#), None).await;
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/echo/execute",
+        Some(r#"{"parameters":{},"bogus":1}"#),
+        None,
+    )
+    .await;
     assert_failure(&a, 400, "ValidationError");
-    assert!(a.body["error"]["message"].as_str().unwrap().contains("unknown field `bogus`"));
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `bogus`")
+    );
 
-    let a = call(&state, "POST", "/workflow/echo/execute", Some(r#"{"parameters":{},"options":{"timeout":"soon"}}"#), None).await;
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/echo/execute",
+        Some(r#"{"parameters":{},"options":{"timeout":"soon"}}"#),
+        None,
+    )
+    .await;
     assert_failure(&a, 400, "ValidationError");
 
     let a = call(&state, "POST", "/v1/jobs", None, None).await;
@@ -33,7 +64,14 @@ async fn bad_json_wrong_types_and_unknown_fields_are_400() {
 #[tokio::test]
 async fn schema_violations_are_400_with_details() {
     let (state, _) = fake_state(settings());
-    let a = call(&state, "POST", "/workflow/schema/execute", Some(r#"{"parameters":{}}"#), None).await;
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/schema/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
     assert_failure(&a, 400, "ValidationError");
     assert_eq!(a.body["error"]["details"][0]["path"], "/n");
 }
@@ -47,7 +85,14 @@ async fn missing_or_wrong_token_is_401() {
     let a = call(&state, "GET", "/v1/jobs", None, Some("wrong")).await;
     assert_failure(&a, 401, "Unauthorized");
     // ?token= is for streams only.
-    let a = call(&state, "GET", &format!("/v1/jobs?token={TOKEN}"), None, None).await;
+    let a = call(
+        &state,
+        "GET",
+        &format!("/v1/jobs?token={TOKEN}"),
+        None,
+        None,
+    )
+    .await;
     assert_failure(&a, 401, "Unauthorized");
     let a = call(&state, "GET", "/v1/jobs", None, Some(TOKEN)).await;
     assert_eq!(a.status, 200);
@@ -68,19 +113,39 @@ async fn refused_paths_and_env_are_403() {
         let a = call(&state, "POST", "/workflow/echo/execute", Some(&body), None).await;
         assert_failure(&a, 403, "SecurityError");
     }
-    let body = json!({"parameters": {}, "options": {"env": {"LD_PRELOAD": "/tmp/evil.so"}}}).to_string();
+    let body =
+        json!({"parameters": {}, "options": {"env": {"LD_PRELOAD": "/tmp/evil.so"}}}).to_string();
     let a = call(&state, "POST", "/workflow/echo/execute", Some(&body), None).await;
     assert_failure(&a, 403, "SecurityError");
-    assert!(a.body["error"]["message"].as_str().unwrap().contains("LD_PRELOAD"));
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("LD_PRELOAD")
+    );
     assert_eq!(fake.job_count(), 0, "nothing ran");
 }
 
 #[tokio::test]
 async fn unknown_things_are_404() {
     let (state, _) = fake_state(settings());
-    let a = call(&state, "POST", "/workflow/nope/execute", Some(r#"{"parameters":{}}"#), None).await;
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/nope/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
     assert_failure(&a, 404, "NotFound");
-    let a = call(&state, "GET", "/v1/jobs/0190a5f6-0000-7000-8000-000000000000", None, None).await;
+    let a = call(
+        &state,
+        "GET",
+        "/v1/jobs/0190a5f6-0000-7000-8000-000000000000",
+        None,
+        None,
+    )
+    .await;
     assert_failure(&a, 404, "NotFound");
     let a = call(&state, "GET", "/v1/jobs/not-a-uuid", None, None).await;
     assert_failure(&a, 404, "NotFound");
@@ -95,13 +160,25 @@ async fn wrong_method_is_405_json() {
     let a = call(&state, "DELETE", "/v1/jobs", None, None).await;
     assert_eq!(a.status, 405);
     assert_eq!(a.body["success"], false);
-    assert!(a.body["error"]["message"].as_str().unwrap().contains("DELETE"));
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("DELETE")
+    );
 }
 
 #[tokio::test]
 async fn timeout_is_408_with_job_id() {
     let (state, _) = fake_state(settings());
-    let a = call(&state, "POST", "/workflow/timeout/execute", Some(r#"{"parameters":{}}"#), None).await;
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/timeout/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
     assert_failure(&a, 408, "TimeoutError");
     assert!(a.body["error"]["details"]["jobId"].is_string());
     assert_eq!(a.body["error"]["details"]["reason"], "timeout");
@@ -110,7 +187,14 @@ async fn timeout_is_408_with_job_id() {
 #[tokio::test]
 async fn cancelling_a_finished_job_is_409() {
     let (state, _) = fake_state(settings());
-    let a = call(&state, "POST", "/workflow/echo/execute", Some(r#"{"parameters":{}}"#), None).await;
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/echo/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
     assert_eq!(a.status, 200);
     let id = a.body["data"]["jobId"].as_str().unwrap().to_owned();
     let a = call(&state, "POST", &format!("/v1/jobs/{id}/cancel"), None, None).await;
@@ -141,7 +225,14 @@ async fn body_over_max_body_is_413() {
 #[tokio::test]
 async fn resource_limit_is_413_with_stderr() {
     let (state, _) = fake_state(settings());
-    let a = call(&state, "POST", "/workflow/oom/execute", Some(r#"{"parameters":{}}"#), None).await;
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/oom/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
     assert_failure(&a, 413, "ResourceLimitError");
     assert_eq!(a.body["error"]["details"]["reason"], "memory_limit");
     assert_eq!(a.body["error"]["details"]["stderr"], "heap");
@@ -150,7 +241,14 @@ async fn resource_limit_is_413_with_stderr() {
 #[tokio::test]
 async fn queue_full_is_429_with_retry_after() {
     let (state, _) = fake_state(settings());
-    let a = call(&state, "POST", "/v1/jobs", Some(r#"{"workflow":"full"}"#), None).await;
+    let a = call(
+        &state,
+        "POST",
+        "/v1/jobs",
+        Some(r#"{"workflow":"full"}"#),
+        None,
+    )
+    .await;
     assert_failure(&a, 429, "QueueFull");
     assert_eq!(a.headers["retry-after"], "3");
 }
@@ -158,7 +256,14 @@ async fn queue_full_is_429_with_retry_after() {
 #[tokio::test]
 async fn nonzero_exit_is_500_with_exit_code_and_stderr() {
     let (state, _) = fake_state(settings());
-    let a = call(&state, "POST", "/workflow/fail/execute", Some(r#"{"parameters":{}}"#), None).await;
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/fail/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
     assert_failure(&a, 500, "ExecutionError");
     let d = &a.body["error"]["details"];
     assert_eq!(d["exitCode"], 3);
@@ -169,24 +274,53 @@ async fn nonzero_exit_is_500_with_exit_code_and_stderr() {
     assert!(d["jobId"].is_string());
     assert_eq!(a.body["error"]["message"], "process exited with code 3");
 
-    let a = call(&state, "POST", "/workflow/signal/execute", Some(r#"{"parameters":{}}"#), None).await;
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/signal/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
     assert_failure(&a, 500, "ExecutionError");
     assert_eq!(a.body["error"]["details"]["signal"], 9);
     assert_eq!(a.body["error"]["details"]["signalName"], "SIGKILL");
-    assert!(a.body["error"]["message"].as_str().unwrap().contains("SIGKILL"));
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("SIGKILL")
+    );
 }
 
 #[tokio::test]
 async fn internal_errors_hide_internals_unless_dev() {
     let (state, _) = fake_state(settings());
-    let a = call(&state, "POST", "/v1/jobs", Some(r#"{"workflow":"broken"}"#), None).await;
+    let a = call(
+        &state,
+        "POST",
+        "/v1/jobs",
+        Some(r#"{"workflow":"broken"}"#),
+        None,
+    )
+    .await;
     assert_failure(&a, 500, "InternalError");
     assert_eq!(a.body["error"]["message"], "internal error");
     let text = a.body.to_string();
-    assert!(!text.contains("SELECT") && !text.contains("/var/lib"), "{text}");
+    assert!(
+        !text.contains("SELECT") && !text.contains("/var/lib"),
+        "{text}"
+    );
 
     // A spawn failure keeps its job id, nothing else.
-    let a = call(&state, "POST", "/workflow/spawnfail/execute", Some(r#"{"parameters":{}}"#), None).await;
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/spawnfail/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
     assert_failure(&a, 500, "InternalError");
     assert_eq!(a.body["error"]["details"].as_object().unwrap().len(), 1);
     assert!(a.body["error"]["details"]["jobId"].is_string());
@@ -194,15 +328,34 @@ async fn internal_errors_hide_internals_unless_dev() {
     let mut s = settings();
     s.dev = true;
     let (state, _) = fake_state(s);
-    let a = call(&state, "POST", "/v1/jobs", Some(r#"{"workflow":"broken"}"#), None).await;
+    let a = call(
+        &state,
+        "POST",
+        "/v1/jobs",
+        Some(r#"{"workflow":"broken"}"#),
+        None,
+    )
+    .await;
     assert_failure(&a, 500, "InternalError");
-    assert!(a.body["error"]["message"].as_str().unwrap().contains("SELECT"));
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("SELECT")
+    );
 }
 
 #[tokio::test]
 async fn unavailable_workflow_is_503() {
     let (state, _) = fake_state(settings());
-    let a = call(&state, "POST", "/workflow/unavail/execute", Some(r#"{"parameters":{}}"#), None).await;
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/unavail/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
     assert_failure(&a, 503, "Unavailable");
 }
 

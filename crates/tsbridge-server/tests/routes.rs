@@ -1,6 +1,8 @@
 //! Every route's success answer through the router (`oneshot`), with
 //! snapshot-like assertions on the exact JSON shapes.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
@@ -15,14 +17,30 @@ fn keys(v: &Value) -> Vec<String> {
 #[tokio::test]
 async fn execute_answers_the_documented_shape() {
     let (state, _) = fake_state(settings());
-    let a = call(&state, "POST", "/workflow/echo/execute", Some(r#"{"parameters":{"a":1},"options":{"timeout":"2s","priority":3}}"#), None).await;
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/echo/execute",
+        Some(r#"{"parameters":{"a":1},"options":{"timeout":"2s","priority":3}}"#),
+        None,
+    )
+    .await;
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(keys(&a.body), ["data", "success"]);
     assert_eq!(a.body["success"], true);
     let d = &a.body["data"];
     assert_eq!(
         keys(d),
-        ["attempts", "executionTime", "exitCode", "jobId", "processId", "resources", "result", "success"]
+        [
+            "attempts",
+            "executionTime",
+            "exitCode",
+            "jobId",
+            "processId",
+            "resources",
+            "result",
+            "success"
+        ]
     );
     assert_eq!(d["success"], true);
     assert_eq!(d["result"], json!({"echo": {"a": 1}}));
@@ -30,13 +48,23 @@ async fn execute_answers_the_documented_shape() {
     assert_eq!(d["attempts"], 1);
     assert_eq!(d["processId"], 4242);
     assert_eq!(d["executionTime"], 12);
-    assert_eq!(keys(&d["resources"]), ["cpuTimeMs", "peakMemoryBytes", "wallTimeMs"]);
+    assert_eq!(
+        keys(&d["resources"]),
+        ["cpuTimeMs", "peakMemoryBytes", "wallTimeMs"]
+    );
 }
 
 #[tokio::test]
 async fn submit_get_list_cancel() {
     let (state, _) = fake_state(settings());
-    let a = call(&state, "POST", "/v1/jobs", Some(r#"{"workflow":"hang","parameters":{}}"#), None).await;
+    let a = call(
+        &state,
+        "POST",
+        "/v1/jobs",
+        Some(r#"{"workflow":"hang","parameters":{}}"#),
+        None,
+    )
+    .await;
     assert_eq!(a.status, 202, "{a:?}");
     assert_eq!(keys(&a.body["data"]), ["jobId", "state"]);
     assert_eq!(a.body["data"]["state"], "queued");
@@ -48,17 +76,45 @@ async fn submit_get_list_cancel() {
     assert_eq!(
         keys(&a.body["data"]),
         [
-            "attempts", "createdAt", "error", "exitCode", "finishedAt", "jobId", "output", "priority",
-            "processId", "progress", "reason", "resources", "result", "signal", "startedAt", "state",
+            "attempts",
+            "createdAt",
+            "error",
+            "exitCode",
+            "finishedAt",
+            "jobId",
+            "output",
+            "priority",
+            "processId",
+            "progress",
+            "reason",
+            "resources",
+            "result",
+            "signal",
+            "startedAt",
+            "state",
             "workflow"
         ]
     );
     assert_eq!(
         keys(&a.body["data"]["output"]),
-        ["stderr", "stderrDroppedBytes", "stderrTruncated", "stdout", "stdoutDroppedBytes", "stdoutTruncated"]
+        [
+            "stderr",
+            "stderrDroppedBytes",
+            "stderrTruncated",
+            "stdout",
+            "stdoutDroppedBytes",
+            "stdoutTruncated"
+        ]
     );
 
-    let a = call(&state, "GET", "/v1/jobs?state=running&workflow=hang&limit=10", None, None).await;
+    let a = call(
+        &state,
+        "GET",
+        "/v1/jobs?state=running&workflow=hang&limit=10",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(a.status, 200);
     assert_eq!(keys(&a.body["data"]), ["jobs", "nextCursor"]);
 
@@ -85,7 +141,14 @@ async fn list_paginates_newest_first() {
     let (state, _) = fake_state(settings());
     let mut ids = Vec::new();
     for _ in 0..5 {
-        let a = call(&state, "POST", "/workflow/echo/execute", Some(r#"{"parameters":{}}"#), None).await;
+        let a = call(
+            &state,
+            "POST",
+            "/workflow/echo/execute",
+            Some(r#"{"parameters":{}}"#),
+            None,
+        )
+        .await;
         ids.push(a.body["data"]["jobId"].as_str().unwrap().to_owned());
     }
     ids.reverse();
@@ -111,16 +174,36 @@ async fn service_routes() {
     let a = call(&state, "GET", "/v1/workflows", None, None).await;
     assert_eq!(a.status, 200);
     let w = &a.body["data"]["workflows"][0];
-    assert_eq!(keys(w), ["concurrency", "mode", "name", "paramsSchema", "pathParams", "priority", "runtime", "status"]);
+    assert_eq!(
+        keys(w),
+        [
+            "concurrency",
+            "mode",
+            "name",
+            "paramsSchema",
+            "pathParams",
+            "priority",
+            "runtime",
+            "status"
+        ]
+    );
 
     let a = call(&state, "GET", "/readyz", None, None).await;
     assert_eq!(a.status, 200);
-    assert_eq!(keys(&a.body["data"]), ["isolation", "ready", "store", "workflows"]);
+    assert_eq!(
+        keys(&a.body["data"]),
+        ["isolation", "ready", "store", "workflows"]
+    );
     assert_eq!(
         keys(&a.body["data"]["isolation"]),
-        ["cgroups", "cpu", "landlock", "memory", "network", "pids", "seccomp"]
+        [
+            "cgroups", "cpu", "landlock", "memory", "network", "pids", "seccomp"
+        ]
     );
-    assert_eq!(a.body["data"]["workflows"]["unavail"], "unavailable: no cgroup");
+    assert_eq!(
+        a.body["data"]["workflows"]["unavail"],
+        "unavailable: no cgroup"
+    );
 
     let a = call(&state, "GET", "/openapi.json", None, None).await;
     assert_eq!(a.status, 200);
@@ -165,15 +248,36 @@ async fn metrics_render_prometheus_text() {
     let handle = tsbridge_server::install_recorder().expect("recorder");
     let (state, _) = fake_state(settings());
     let state = state.with_metrics(handle);
-    let a = call(&state, "POST", "/workflow/echo/execute", Some(r#"{"parameters":{}}"#), None).await;
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/echo/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
     assert_eq!(a.status, 200);
     let a = call(&state, "GET", "/metrics", None, None).await;
     assert_eq!(a.status, 200);
     let text = a.body.as_str().expect("text body");
     assert!(text.contains("tsbridge_http_requests_total{"), "{text}");
-    assert!(text.contains("route=\"/workflow/{type}/execute\""), "{text}");
-    assert!(text.contains("tsbridge_http_request_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("route=\"/workflow/{type}/execute\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("tsbridge_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
     assert!(text.contains("tsbridge_queue_depth"), "{text}");
-    assert!(text.contains("tsbridge_pool_workers{workflow=\"pooled\"} 2"), "{text}");
-    assert!(a.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        text.contains("tsbridge_pool_workers{workflow=\"pooled\"} 2"),
+        "{text}"
+    );
+    assert!(
+        a.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
 }

@@ -3,6 +3,8 @@
 //! end after the terminal state; no duplicates and no gaps, even for a
 //! consumer that falls behind the live feed.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;
@@ -27,7 +29,12 @@ async fn submit(server: &TestServer, workflow: &str, params: Value) -> String {
 }
 
 /// Reads a whole event stream (it ends after the terminal state).
-async fn read_all(server: &TestServer, id: &str, last_event_id: Option<&str>, pause: Option<Duration>) -> Vec<SseEvent> {
+async fn read_all(
+    server: &TestServer,
+    id: &str,
+    last_event_id: Option<&str>,
+    pause: Option<Duration>,
+) -> Vec<SseEvent> {
     let mut rb = reqwest::Client::new().get(server.url(&format!("/v1/jobs/{id}/events")));
     if let Some(l) = last_event_id {
         rb = rb.header("Last-Event-ID", l);
@@ -46,18 +53,27 @@ async fn read_all(server: &TestServer, id: &str, last_event_id: Option<&str>, pa
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(60), read).await.expect("stream ends after the terminal state");
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("stream ends after the terminal state");
     out
 }
 
 fn seqs(events: &[SseEvent]) -> Vec<u64> {
-    events.iter().map(|e| e.id.as_deref().expect("id").parse().expect("number")).collect()
+    events
+        .iter()
+        .map(|e| e.id.as_deref().expect("id").parse().expect("number"))
+        .collect()
 }
 
 fn check_events(events: &[SseEvent]) {
     for e in events {
         let data: Value = serde_json::from_str(&e.data).expect("data is JSON");
-        assert_eq!(data["type"], e.event.as_str(), "event name is the event type");
+        assert_eq!(
+            data["type"],
+            e.event.as_str(),
+            "event name is the event type"
+        );
         assert_eq!(data["seq"].to_string(), e.id.clone().unwrap());
         assert!(data["jobId"].is_string() && data["timestamp"].is_string());
     }
@@ -73,12 +89,17 @@ async fn streams_live_events_and_ends_after_the_terminal_state() {
     let id = submit(&server, "slow", json!({"steps": 4, "ms": 50})).await;
     let events = read_all(&server, &id, None, None).await;
     let s = seqs(&events);
-    assert_eq!(s, (1..=s.len() as u64).collect::<Vec<_>>(), "from 1, no gaps, no duplicates");
+    assert_eq!(
+        s,
+        (1..=s.len() as u64).collect::<Vec<_>>(),
+        "from 1, no gaps, no duplicates"
+    );
     check_events(&events);
     let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(kinds.iter().filter(|k| **k == "progress").count(), 4);
     assert_eq!(kinds.iter().filter(|k| **k == "result").count(), 1);
-    let progress: Value = serde_json::from_str(&events.iter().find(|e| e.event == "progress").unwrap().data).unwrap();
+    let progress: Value =
+        serde_json::from_str(&events.iter().find(|e| e.event == "progress").unwrap().data).unwrap();
     assert_eq!(progress["current"], 1);
     assert_eq!(progress["total"], 4);
     assert_eq!(progress["percentage"], 25.0);
@@ -97,7 +118,9 @@ async fn resumes_after_last_event_id_without_duplicates() {
     assert_eq!(seqs(&rest), (4..=n).collect::<Vec<_>>());
     assert_eq!(rest, all[3..].to_vec());
     // ?lastEventId= does the same.
-    let resp = reqwest::get(server.url(&format!("/v1/jobs/{id}/events?lastEventId={}", n - 1))).await.unwrap();
+    let resp = reqwest::get(server.url(&format!("/v1/jobs/{id}/events?lastEventId={}", n - 1)))
+        .await
+        .unwrap();
     let text = resp.text().await.unwrap();
     let mut p = SseParser::new();
     let ev = p.push(text.as_bytes());
@@ -110,12 +133,18 @@ async fn a_dropped_live_stream_resumes_with_no_gap() {
     let server = TestServer::start(state).await;
     let id = submit(&server, "slow", json!({"steps": 6, "ms": 80})).await;
     // Read the first few events live, then hang up.
-    let resp = reqwest::get(server.url(&format!("/v1/jobs/{id}/events"))).await.unwrap();
+    let resp = reqwest::get(server.url(&format!("/v1/jobs/{id}/events")))
+        .await
+        .unwrap();
     let mut body = resp.bytes_stream();
     let mut parser = SseParser::new();
     let mut first = Vec::new();
     while first.len() < 4 {
-        let chunk = tokio::time::timeout(Duration::from_secs(30), body.next()).await.expect("live event").unwrap().unwrap();
+        let chunk = tokio::time::timeout(Duration::from_secs(30), body.next())
+            .await
+            .expect("live event")
+            .unwrap()
+            .unwrap();
         first.extend(parser.push(&chunk));
     }
     drop(body);
@@ -145,7 +174,9 @@ async fn a_consumer_behind_the_live_feed_catches_up_from_the_store() {
 async fn unknown_job_and_bad_last_event_id() {
     let (state, _) = fake_state(settings());
     let server = TestServer::start(state).await;
-    let r = reqwest::get(server.url("/v1/jobs/0190a5f6-0000-7000-8000-000000000000/events")).await.unwrap();
+    let r = reqwest::get(server.url("/v1/jobs/0190a5f6-0000-7000-8000-000000000000/events"))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     let id = submit(&server, "echo", json!({})).await;
     let r = reqwest::Client::new()
@@ -164,14 +195,20 @@ async fn shutdown_ends_open_streams() {
     let (state, _) = fake_state(settings());
     let server = TestServer::start(state).await;
     let id = submit(&server, "hang", json!({})).await;
-    let resp = reqwest::get(server.url(&format!("/v1/jobs/{id}/events"))).await.unwrap();
+    let resp = reqwest::get(server.url(&format!("/v1/jobs/{id}/events")))
+        .await
+        .unwrap();
     let mut body = resp.bytes_stream();
-    let first = tokio::time::timeout(Duration::from_secs(30), body.next()).await.expect("first event");
+    let first = tokio::time::timeout(Duration::from_secs(30), body.next())
+        .await
+        .expect("first event");
     assert!(first.is_some());
     let stopped = server.stop();
     let drained = async {
         let closed = async { while let Some(Ok(_)) = body.next().await {} };
-        tokio::time::timeout(Duration::from_secs(30), closed).await.expect("stream closed on shutdown");
+        tokio::time::timeout(Duration::from_secs(30), closed)
+            .await
+            .expect("stream closed on shutdown");
     };
     let (served, ()) = tokio::join!(stopped, drained);
     served.expect("serve returns Ok");

@@ -3,6 +3,8 @@
 //! last progress first), cancel, many jobs per connection, error messages,
 //! and a client too slow to read being disconnected.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -17,7 +19,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 async fn open(server: &TestServer) -> Ws {
-    let (ws, _) = connect_async(server.ws_url("/v1/ws")).await.expect("connect");
+    let (ws, _) = connect_async(server.ws_url("/v1/ws"))
+        .await
+        .expect("connect");
     ws
 }
 
@@ -71,7 +75,10 @@ fn assert_progress_shape(v: &Value, id: &str) {
     let d = v["data"].as_object().expect("data");
     let mut keys: Vec<&str> = d.keys().map(String::as_str).collect();
     keys.sort();
-    assert_eq!(keys, ["message", "progress", "stage", "taskId", "timestamp"]);
+    assert_eq!(
+        keys,
+        ["message", "progress", "stage", "taskId", "timestamp"]
+    );
     assert_eq!(d["taskId"], id);
     assert!(d["progress"].is_number() && d["stage"].is_string() && d["timestamp"].is_string());
 }
@@ -83,9 +90,15 @@ async fn subscriber_sees_progress_and_the_result() {
     let id = submit(&server, "slow", json!({"steps": 4, "ms": 60})).await;
     let mut ws = open(&server).await;
     send(&mut ws, json!({"type": "subscribe", "workflowId": id})).await;
-    assert_eq!(next(&mut ws).await, json!({"type": "subscribed", "workflowId": id}));
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type": "subscribed", "workflowId": id})
+    );
     let first = next(&mut ws).await;
-    assert_eq!(first["type"], "state", "a subscriber first learns the current state");
+    assert_eq!(
+        first["type"], "state",
+        "a subscriber first learns the current state"
+    );
     let msgs = until(&mut ws, "result").await;
     let progress: Vec<&Value> = msgs.iter().filter(|m| m["type"] == "progress").collect();
     assert!(!progress.is_empty());
@@ -94,7 +107,10 @@ async fn subscriber_sees_progress_and_the_result() {
     }
     assert_eq!(progress.last().unwrap()["data"]["stage"], "4/4");
     assert_eq!(progress.last().unwrap()["data"]["progress"], 100.0);
-    assert!(msgs.iter().any(|m| m["type"] == "log" && m["data"]["message"] == "tick"));
+    assert!(
+        msgs.iter()
+            .any(|m| m["type"] == "log" && m["data"]["message"] == "tick")
+    );
     assert_eq!(msgs.last().unwrap()["data"], json!({"steps": 4}));
     let fin = until(&mut ws, "state").await;
     assert_eq!(fin.last().unwrap()["data"]["state"], "succeeded");
@@ -127,7 +143,10 @@ async fn a_late_subscriber_gets_state_then_last_progress() {
     // Cancel over the same connection: the subscriber sees `cancelled`.
     send(&mut ws, json!({"type": "cancel", "workflowId": id})).await;
     let msgs = until(&mut ws, "cancelled").await;
-    let st = msgs.iter().find(|m| m["type"] == "state").expect("state message");
+    let st = msgs
+        .iter()
+        .find(|m| m["type"] == "state")
+        .expect("state message");
     assert_eq!(st["data"]["state"], "cancelled");
     assert_eq!(msgs.last().unwrap()["data"]["state"], "cancelled");
     let v = state.backend().get(job_id).await.unwrap();
@@ -149,7 +168,10 @@ async fn cancel_without_subscribing_answers_cancelled_and_errors_after() {
     send(&mut ws, json!({"type": "cancel", "workflowId": id})).await;
     let m = next(&mut ws).await;
     assert_eq!(m["type"], "error");
-    assert!(m["message"].as_str().unwrap().contains("already finished"), "{m}");
+    assert!(
+        m["message"].as_str().unwrap().contains("already finished"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -177,7 +199,10 @@ async fn one_connection_follows_many_jobs() {
     assert_eq!(results[&b], json!({"steps": 2}));
     // Unsubscribe answers; a finished job can be subscribed again (snapshot only).
     send(&mut ws, json!({"type": "unsubscribe", "workflowId": a})).await;
-    assert_eq!(next(&mut ws).await, json!({"type": "unsubscribed", "workflowId": a}));
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type": "unsubscribed", "workflowId": a})
+    );
     send(&mut ws, json!({"type": "subscribe", "workflowId": a})).await;
     assert_eq!(next(&mut ws).await["type"], "subscribed");
     let st = next(&mut ws).await;
@@ -185,7 +210,10 @@ async fn one_connection_follows_many_jobs() {
     let p = next(&mut ws).await;
     assert_eq!(p["data"]["stage"], "3/3");
     let r = next(&mut ws).await;
-    assert_eq!(r, json!({"type": "result", "workflowId": a, "data": {"steps": 3}}));
+    assert_eq!(
+        r,
+        json!({"type": "result", "workflowId": a, "data": {"steps": 3}})
+    );
 }
 
 #[tokio::test]
@@ -194,14 +222,30 @@ async fn bad_messages_get_error_messages() {
     let server = TestServer::start(state).await;
     let mut ws = open(&server).await;
     ws.send(Message::text("{not json")).await.unwrap();
-    assert_eq!(next(&mut ws).await, json!({"type": "error", "message": "Invalid JSON message"}));
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type": "error", "message": "Invalid JSON message"})
+    );
     send(&mut ws, json!({"type": "dance"})).await;
-    assert_eq!(next(&mut ws).await, json!({"type": "error", "message": "Unknown message type: dance"}));
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type": "error", "message": "Unknown message type: dance"})
+    );
     send(&mut ws, json!({"type": "subscribe"})).await;
-    assert_eq!(next(&mut ws).await, json!({"type": "error", "message": "Missing workflowId"}));
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type": "error", "message": "Missing workflowId"})
+    );
     send(&mut ws, json!({"type": "subscribe", "workflowId": "nope"})).await;
-    assert_eq!(next(&mut ws).await, json!({"type": "error", "message": "Unknown job: nope"}));
-    send(&mut ws, json!({"type": "subscribe", "workflowId": "0190a5f6-0000-7000-8000-000000000000"})).await;
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type": "error", "message": "Unknown job: nope"})
+    );
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "workflowId": "0190a5f6-0000-7000-8000-000000000000"}),
+    )
+    .await;
     assert_eq!(next(&mut ws).await["type"], "error");
     // The connection still works.
     let id = submit(&server, "echo", json!({})).await;
@@ -250,9 +294,10 @@ async fn a_client_that_does_not_read_is_disconnected() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(8192).unwrap();
     let stream = socket.connect(server.addr).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(server.ws_url("/v1/ws"), MaybeTlsStream::Plain(stream))
-        .await
-        .expect("connect");
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(server.ws_url("/v1/ws"), MaybeTlsStream::Plain(stream))
+            .await
+            .expect("connect");
     send(&mut ws, json!({"type": "subscribe", "workflowId": flood})).await;
     // The job is never held back by the stalled client.
     let flood_id = flood.parse().unwrap();
@@ -263,7 +308,10 @@ async fn a_client_that_does_not_read_is_disconnected() {
     assert_eq!(v.state, tsbridge_proto::JobState::Succeeded);
     // The server gives up on the client (without it reading anything).
     eventually(|| async {
-        metrics.render().contains("tsbridge_ws_slow_disconnects_total 1").then_some(())
+        metrics
+            .render()
+            .contains("tsbridge_ws_slow_disconnects_total 1")
+            .then_some(())
     })
     .await;
     // Now read: the server has closed the connection before the end.
@@ -281,6 +329,11 @@ async fn a_client_that_does_not_read_is_disconnected() {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(60), closed).await.expect("connection closed by the server");
-    assert!(!saw_end, "the stalled client was cut off before the job's end");
+    tokio::time::timeout(Duration::from_secs(60), closed)
+        .await
+        .expect("connection closed by the server");
+    assert!(
+        !saw_end,
+        "the stalled client was cut off before the job's end"
+    );
 }

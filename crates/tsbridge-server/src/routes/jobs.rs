@@ -174,6 +174,7 @@ pub async fn list(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

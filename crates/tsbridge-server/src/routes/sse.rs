@@ -36,9 +36,7 @@ fn resume_after(headers: &HeaderMap, query: &HashMap<String, String>) -> Result<
 }
 
 fn sse_event(e: &JobEvent) -> Event {
-    let ev = Event::default()
-        .id(e.seq.to_string())
-        .event(e.data.kind());
+    let ev = Event::default().id(e.seq.to_string()).event(e.data.kind());
     match serde_json::to_string(e) {
         Ok(json) => ev.data(json),
         Err(_) => ev.data("{}"),
@@ -95,6 +93,7 @@ pub async fn job_events(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -112,7 +112,10 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     };
     crate::metrics::export_stats(&state.backend().stats());
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         handle.render(),
     )
         .into_response())

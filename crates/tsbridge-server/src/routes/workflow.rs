@@ -135,12 +135,12 @@ pub fn job_outcome(view: &JobView) -> Result<ExecuteResponse, ApiError> {
 }
 
 fn execution_time_ms(view: &JobView) -> u64 {
-    view.resources.wall_time_ms.unwrap_or_else(|| {
-        match (view.started_at, view.finished_at) {
+    view.resources
+        .wall_time_ms
+        .unwrap_or_else(|| match (view.started_at, view.finished_at) {
             (Some(s), Some(f)) => u64::try_from((f - s).num_milliseconds()).unwrap_or(0),
             _ => 0,
-        }
-    })
+        })
 }
 
 /// The error a job that did not succeed answers with.
@@ -168,7 +168,10 @@ pub fn job_error(view: &JobView) -> ApiError {
         json!(u32::try_from(view.attempts.len()).unwrap_or(u32::MAX)),
     );
     if kind == ErrorType::ExecutionError || kind == ErrorType::ResourceLimitError {
-        details.insert("stderr".into(), json!(tail(&view.output.stderr, STDERR_TAIL_BYTES)));
+        details.insert(
+            "stderr".into(),
+            json!(tail(&view.output.stderr, STDERR_TAIL_BYTES)),
+        );
     }
     let mut err = ApiError::new(kind, message).with_details(Value::Object(details));
     if kind == ErrorType::Unavailable {
@@ -316,7 +319,10 @@ impl BatchRun {
     }
 
     async fn item(&self, index: usize, item: BatchItem) -> BatchResult {
-        let workflow_id = item.id.clone().unwrap_or_else(|| format!("workflow_{index}"));
+        let workflow_id = item
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("workflow_{index}"));
         let skipped = |workflow_id: String| BatchResult {
             workflow_id,
             job_id: None,
@@ -396,6 +402,7 @@ impl BatchRun {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -122,7 +122,7 @@ async fn connection(state: AppState, socket: WebSocket) {
     });
 
     let keepalive = state.settings().keepalive.max(Duration::from_millis(100));
-    let mut ping = tokio::time::interval(keepalive);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let mut subs: HashMap<JobId, Forwarder> = HashMap::new();
@@ -216,7 +216,9 @@ async fn on_text(
     match msg {
         ClientMessage::Subscribe(_) => {
             if subs.contains_key(&id) {
-                outbox.send(&ServerMessage::Subscribed { workflow_id: raw }).await;
+                outbox
+                    .send(&ServerMessage::Subscribed { workflow_id: raw })
+                    .await;
                 return;
             }
             match state.backend().get(id).await {
@@ -226,19 +228,25 @@ async fn on_text(
                     return;
                 }
                 Err(e) => {
-                    outbox.error(format!("Cannot subscribe to {raw}: {}", e.message)).await;
+                    outbox
+                        .error(format!("Cannot subscribe to {raw}: {}", e.message))
+                        .await;
                     return;
                 }
             }
-            outbox.send(&ServerMessage::Subscribed {
-                workflow_id: raw.clone(),
-            }).await;
+            outbox
+                .send(&ServerMessage::Subscribed {
+                    workflow_id: raw.clone(),
+                })
+                .await;
             let task = tokio::spawn(forward(state.clone(), outbox.clone(), id, raw));
             subs.insert(id, Forwarder(task));
         }
         ClientMessage::Unsubscribe(_) => {
             subs.remove(&id);
-            outbox.send(&ServerMessage::Unsubscribed { workflow_id: raw }).await;
+            outbox
+                .send(&ServerMessage::Unsubscribed { workflow_id: raw })
+                .await;
         }
         ClientMessage::Cancel(_) => {
             // A subscriber hears `cancelled` from its forwarder; anyone else
@@ -259,7 +267,9 @@ async fn on_text(
                         outbox.error(format!("Unknown job: {raw}")).await;
                     }
                     Err(e) => {
-                        outbox.error(format!("Cannot cancel {raw}: {}", e.message)).await;
+                        outbox
+                            .error(format!("Cannot cancel {raw}: {}", e.message))
+                            .await;
                     }
                 }
             });
@@ -290,7 +300,12 @@ struct Snapshot {
     result: Option<Value>,
 }
 
-fn state_data(state: JobState, reason: Option<tsbridge_proto::EndReason>, attempt: Option<u32>, at: Option<String>) -> Value {
+fn state_data(
+    state: JobState,
+    reason: Option<tsbridge_proto::EndReason>,
+    attempt: Option<u32>,
+    at: Option<String>,
+) -> Value {
     let mut d = json!({"state": state, "reason": reason});
     if let Some(a) = attempt {
         d["attempt"] = json!(a);
@@ -362,16 +377,19 @@ async fn forward(state: AppState, outbox: Outbox, id: JobId, raw: String) {
     let snapshot = match snapshot(&state, id).await {
         Ok(s) => s,
         Err(message) => {
-            outbox.error(format!("Cannot follow {raw}: {message}")).await;
+            outbox
+                .error(format!("Cannot follow {raw}: {message}"))
+                .await;
             return;
         }
     };
     let mut sent_result = false;
-    if !outbox.send(&ServerMessage::State {
-        workflow_id: raw.clone(),
-        data: snapshot.state,
-    })
-    .await
+    if !outbox
+        .send(&ServerMessage::State {
+            workflow_id: raw.clone(),
+            data: snapshot.state,
+        })
+        .await
     {
         return;
     }
@@ -384,18 +402,22 @@ async fn forward(state: AppState, outbox: Outbox, id: JobId, raw: String) {
     }
     if let Some(terminal) = snapshot.terminal {
         if let Some(value) = snapshot.result {
-            outbox.send(&ServerMessage::Result {
-                workflow_id: raw.clone(),
-                data: value,
-            }).await;
+            outbox
+                .send(&ServerMessage::Result {
+                    workflow_id: raw.clone(),
+                    data: value,
+                })
+                .await;
         }
-        if terminal == JobState::Cancelled {
-            if let Ok(view) = backend.get(id).await {
-                outbox.send(&ServerMessage::Cancelled {
+        if terminal == JobState::Cancelled
+            && let Ok(view) = backend.get(id).await
+        {
+            outbox
+                .send(&ServerMessage::Cancelled {
                     workflow_id: raw.clone(),
                     data: state_data(view.state, view.reason, None, None),
-                }).await;
-            }
+                })
+                .await;
         }
         return;
     }
@@ -409,7 +431,12 @@ async fn forward(state: AppState, outbox: Outbox, id: JobId, raw: String) {
         let e = match item {
             Ok(e) => e,
             Err(err) => {
-                outbox.error(format!("Stream of {raw} failed: {}", err.public_body().message)).await;
+                outbox
+                    .error(format!(
+                        "Stream of {raw} failed: {}",
+                        err.public_body().message
+                    ))
+                    .await;
                 return;
             }
         };
@@ -418,13 +445,15 @@ async fn forward(state: AppState, outbox: Outbox, id: JobId, raw: String) {
         }
         if e.data.is_terminal_state() && !sent_result {
             // A result taken from the whole stdout at exit may have no event.
-            if let Ok(view) = backend.get(id).await {
-                if let Some(value) = view.result.filter(|_| view.state == JobState::Succeeded) {
-                    outbox.send(&ServerMessage::Result {
+            if let Ok(view) = backend.get(id).await
+                && let Some(value) = view.result.filter(|_| view.state == JobState::Succeeded)
+            {
+                outbox
+                    .send(&ServerMessage::Result {
                         workflow_id: raw.clone(),
                         data: value,
-                    }).await;
-                }
+                    })
+                    .await;
             }
         }
         for m in messages_for(&raw, &e) {
@@ -438,10 +467,7 @@ async fn forward(state: AppState, outbox: Outbox, id: JobId, raw: String) {
 async fn snapshot(state: &AppState, id: JobId) -> Result<Snapshot, String> {
     let backend = state.backend();
     let view = backend.get(id).await.map_err(|e| e.message)?;
-    let events = backend
-        .events_after(id, 0)
-        .await
-        .map_err(|e| e.message)?;
+    let events = backend.events_after(id, 0).await.map_err(|e| e.message)?;
     let mut snap = Snapshot {
         last_seq: 0,
         state: state_data(view.state, view.reason, None, None),
@@ -476,6 +502,7 @@ async fn snapshot(state: &AppState, id: JobId) -> Result<Snapshot, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

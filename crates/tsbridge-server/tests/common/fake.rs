@@ -2,7 +2,7 @@
 //! type and stream shape can be provoked deterministically. The same routes
 //! are also tested against the real runtime (see `real_*.rs`).
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::collapsible_if)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
-use tsbridge_proto::api::{ApiErrorBody, AttemptView, JobList, JobOptions, JobView, OutputView, Resources};
+use tsbridge_proto::api::{
+    ApiErrorBody, AttemptView, JobList, JobOptions, JobView, OutputView, Resources,
+};
 use tsbridge_proto::service::{Isolation, Readiness, WorkflowInfo};
 use tsbridge_proto::{EndReason, ErrorType, EventData, JobEvent, JobId, JobState, Progress};
 use tsbridge_server::{Backend, BackendError, EventFeed, ListQuery, Stats, Submitted};
@@ -32,7 +34,13 @@ pub enum Step {
     /// `n` log events of about 1 KiB each, as fast as possible.
     Flood(u64),
     /// Ends the job (state, reason, exit code, signal, stderr).
-    End(JobState, Option<EndReason>, Option<i32>, Option<i32>, &'static str),
+    End(
+        JobState,
+        Option<EndReason>,
+        Option<i32>,
+        Option<i32>,
+        &'static str,
+    ),
 }
 
 struct FakeJob {
@@ -65,7 +73,13 @@ fn script(workflow: &str, params: &Value) -> Result<Vec<Step>, BackendError> {
             Progress(1, 2, "half"),
             Progress(2, 2, "done"),
             Result(json!({"echo": params})),
-            End(JobState::Succeeded, Some(EndReason::Exited), Some(0), None, ""),
+            End(
+                JobState::Succeeded,
+                Some(EndReason::Exited),
+                Some(0),
+                None,
+                "",
+            ),
         ],
         "slow" => {
             let steps = params.get("steps").and_then(Value::as_u64).unwrap_or(5);
@@ -77,23 +91,65 @@ fn script(workflow: &str, params: &Value) -> Result<Vec<Step>, BackendError> {
                 v.push(Log("tick"));
             }
             v.push(Result(json!({"steps": steps})));
-            v.push(End(JobState::Succeeded, Some(EndReason::Exited), Some(0), None, ""));
+            v.push(End(
+                JobState::Succeeded,
+                Some(EndReason::Exited),
+                Some(0),
+                None,
+                "",
+            ));
             v
         }
         "hang" => vec![Progress(1, 4, "started"), Hang],
         "flood" => vec![
             Sleep(params.get("ms").and_then(Value::as_u64).unwrap_or(0)),
             Flood(params.get("n").and_then(Value::as_u64).unwrap_or(10_000)),
-            End(JobState::Succeeded, Some(EndReason::Exited), Some(0), None, ""),
+            End(
+                JobState::Succeeded,
+                Some(EndReason::Exited),
+                Some(0),
+                None,
+                "",
+            ),
         ],
         "fail" => vec![
             Sleep(params.get("ms").and_then(Value::as_u64).unwrap_or(0)),
-            End(JobState::Failed, Some(EndReason::Exited), Some(3), None, "boom: something broke\n"),
+            End(
+                JobState::Failed,
+                Some(EndReason::Exited),
+                Some(3),
+                None,
+                "boom: something broke\n",
+            ),
         ],
-        "signal" => vec![End(JobState::Failed, Some(EndReason::Signaled), None, Some(9), "")],
-        "timeout" => vec![End(JobState::TimedOut, Some(EndReason::Timeout), None, Some(15), "")],
-        "oom" => vec![End(JobState::Failed, Some(EndReason::MemoryLimit), None, Some(9), "heap")],
-        "spawnfail" => vec![End(JobState::Failed, Some(EndReason::SpawnFailure), None, None, "")],
+        "signal" => vec![End(
+            JobState::Failed,
+            Some(EndReason::Signaled),
+            None,
+            Some(9),
+            "",
+        )],
+        "timeout" => vec![End(
+            JobState::TimedOut,
+            Some(EndReason::Timeout),
+            None,
+            Some(15),
+            "",
+        )],
+        "oom" => vec![End(
+            JobState::Failed,
+            Some(EndReason::MemoryLimit),
+            None,
+            Some(9),
+            "heap",
+        )],
+        "spawnfail" => vec![End(
+            JobState::Failed,
+            Some(EndReason::SpawnFailure),
+            None,
+            None,
+            "",
+        )],
         "secure" => return err(ErrorType::SecurityError, "path escapes the workflow root"),
         "full" => {
             return Err(BackendError {
@@ -103,18 +159,39 @@ fn script(workflow: &str, params: &Value) -> Result<Vec<Step>, BackendError> {
                 retry_after: Some(Duration::from_millis(2500)),
             });
         }
-        "unavail" => return err(ErrorType::Unavailable, "workflow \"unavail\" is unavailable on this host: no cgroup"),
-        "broken" => return err(ErrorType::InternalError, "query failed: SELECT * FROM jobs at /var/lib/tsbridge.db"),
+        "unavail" => {
+            return err(
+                ErrorType::Unavailable,
+                "workflow \"unavail\" is unavailable on this host: no cgroup",
+            );
+        }
+        "broken" => {
+            return err(
+                ErrorType::InternalError,
+                "query failed: SELECT * FROM jobs at /var/lib/tsbridge.db",
+            );
+        }
         "schema" => {
             if params.get("n").and_then(Value::as_u64).is_none() {
                 return Err(BackendError {
                     kind: ErrorType::ValidationError,
                     message: "parameters do not match the workflow's schema".into(),
-                    details: Some(json!([{"path": "/n", "message": "\"n\" is a required property"}])),
+                    details: Some(
+                        json!([{"path": "/n", "message": "\"n\" is a required property"}]),
+                    ),
                     retry_after: None,
                 });
             }
-            vec![Result(json!(params["n"])), End(JobState::Succeeded, Some(EndReason::Exited), Some(0), None, "")]
+            vec![
+                Result(json!(params["n"])),
+                End(
+                    JobState::Succeeded,
+                    Some(EndReason::Exited),
+                    Some(0),
+                    None,
+                    "",
+                ),
+            ]
         }
         other => return err(ErrorType::NotFound, &format!("no workflow named {other:?}")),
     })
@@ -160,7 +237,9 @@ impl FakeBackend {
     /// Records an event and applies it to the view.
     fn emit(&self, id: JobId, data: EventData) {
         let mut g = self.inner.lock().unwrap();
-        let Some(job) = g.jobs.get_mut(&id) else { return };
+        let Some(job) = g.jobs.get_mut(&id) else {
+            return;
+        };
         let e = JobEvent {
             seq: job.events.len() as u64 + 1,
             job_id: id,
@@ -180,10 +259,20 @@ impl FakeBackend {
         let _ = job.tx.send(e);
     }
 
-    fn finish(&self, id: JobId, state: JobState, reason: Option<EndReason>, exit: Option<i32>, signal: Option<i32>, stderr: &str) {
+    fn finish(
+        &self,
+        id: JobId,
+        state: JobState,
+        reason: Option<EndReason>,
+        exit: Option<i32>,
+        signal: Option<i32>,
+        stderr: &str,
+    ) {
         {
             let mut g = self.inner.lock().unwrap();
-            let Some(job) = g.jobs.get_mut(&id) else { return };
+            let Some(job) = g.jobs.get_mut(&id) else {
+                return;
+            };
             let now = Utc::now();
             job.view.finished_at = Some(now);
             job.view.exit_code = exit;
@@ -204,7 +293,14 @@ impl FakeBackend {
                 });
             }
         }
-        self.emit(id, EventData::State { state, reason, attempt: Some(1) });
+        self.emit(
+            id,
+            EventData::State {
+                state,
+                reason,
+                attempt: Some(1),
+            },
+        );
         let g = self.inner.lock().unwrap();
         if let Some(job) = g.jobs.get(&id) {
             let _ = job.done.send(true);
@@ -229,7 +325,14 @@ impl FakeBackend {
                 });
             }
         }
-        self.emit(id, EventData::State { state: JobState::Running, reason: None, attempt: Some(1) });
+        self.emit(
+            id,
+            EventData::State {
+                state: JobState::Running,
+                reason: None,
+                attempt: Some(1),
+            },
+        );
         for step in steps {
             let cancelled = match step {
                 Step::Progress(c, t, m) => {
@@ -237,7 +340,13 @@ impl FakeBackend {
                     cancel.is_cancelled()
                 }
                 Step::Log(m) => {
-                    self.emit(id, EventData::Log { level: tsbridge_proto::LogLevel::Info, message: m.into() });
+                    self.emit(
+                        id,
+                        EventData::Log {
+                            level: tsbridge_proto::LogLevel::Info,
+                            message: m.into(),
+                        },
+                    );
                     cancel.is_cancelled()
                 }
                 Step::Result(v) => {
@@ -251,7 +360,13 @@ impl FakeBackend {
                 Step::Flood(n) => {
                     let line = "x".repeat(1024);
                     for _ in 0..n {
-                        self.emit(id, EventData::Log { level: tsbridge_proto::LogLevel::Info, message: line.clone() });
+                        self.emit(
+                            id,
+                            EventData::Log {
+                                level: tsbridge_proto::LogLevel::Info,
+                                message: line.clone(),
+                            },
+                        );
                         tokio::task::yield_now().await;
                     }
                     cancel.is_cancelled()
@@ -269,7 +384,14 @@ impl FakeBackend {
                 break;
             }
         }
-        self.finish(id, JobState::Cancelled, Some(EndReason::Cancelled), None, Some(15), "");
+        self.finish(
+            id,
+            JobState::Cancelled,
+            Some(EndReason::Cancelled),
+            None,
+            Some(15),
+            "",
+        );
     }
 
     pub fn job_count(&self) -> usize {
@@ -277,7 +399,13 @@ impl FakeBackend {
     }
 
     pub fn states(&self) -> Vec<JobState> {
-        self.inner.lock().unwrap().jobs.values().map(|j| j.view.state).collect()
+        self.inner
+            .lock()
+            .unwrap()
+            .jobs
+            .values()
+            .map(|j| j.view.state)
+            .collect()
     }
 }
 
@@ -287,18 +415,35 @@ fn not_found(id: JobId) -> BackendError {
 
 #[async_trait]
 impl Backend for FakeBackend {
-    async fn submit(&self, workflow: &str, parameters: Value, options: JobOptions) -> Result<Submitted, BackendError> {
+    async fn submit(
+        &self,
+        workflow: &str,
+        parameters: Value,
+        options: JobOptions,
+    ) -> Result<Submitted, BackendError> {
         if self.inner.lock().unwrap().shut {
-            return Err(BackendError::new(ErrorType::Unavailable, "tsbridge is shutting down"));
+            return Err(BackendError::new(
+                ErrorType::Unavailable,
+                "tsbridge is shutting down",
+            ));
         }
         if let Some(env) = &options.env {
-            if let Some(bad) = env.keys().find(|k| k.starts_with("LD_") || *k == "NODE_OPTIONS") {
-                return Err(BackendError::new(ErrorType::SecurityError, format!("env {bad} may not be set by a request")));
+            if let Some(bad) = env
+                .keys()
+                .find(|k| k.starts_with("LD_") || *k == "NODE_OPTIONS")
+            {
+                return Err(BackendError::new(
+                    ErrorType::SecurityError,
+                    format!("env {bad} may not be set by a request"),
+                ));
             }
         }
         if let Some(p) = parameters.get("inputPath").and_then(Value::as_str) {
             if p.contains("..") || p.starts_with('/') {
-                return Err(BackendError::new(ErrorType::SecurityError, format!("inputPath {p:?} is outside the allowed roots")));
+                return Err(BackendError::new(
+                    ErrorType::SecurityError,
+                    format!("inputPath {p:?} is outside the allowed roots"),
+                ));
             }
         }
         let steps = script(workflow, &parameters)?;
@@ -307,33 +452,54 @@ impl Backend for FakeBackend {
             if let Some(key) = &options.idempotency_key {
                 if let Some(id) = g.keys.get(key) {
                     let state = g.jobs[id].view.state;
-                    return Ok(Submitted { job_id: *id, state, existing: true });
+                    return Ok(Submitted {
+                        job_id: *id,
+                        state,
+                        existing: true,
+                    });
                 }
             }
             let id = JobId::new();
             let (tx, _) = broadcast::channel(self.feed_capacity.max(1));
             let (done, _) = watch::channel(false);
-            g.jobs.insert(id, FakeJob {
-                view: new_view(id, workflow, options.priority.unwrap_or(0)),
-                events: vec![],
-                tx,
-                done,
-                cancel: CancellationToken::new(),
-            });
+            g.jobs.insert(
+                id,
+                FakeJob {
+                    view: new_view(id, workflow, options.priority.unwrap_or(0)),
+                    events: vec![],
+                    tx,
+                    done,
+                    cancel: CancellationToken::new(),
+                },
+            );
             if let Some(key) = options.idempotency_key {
                 g.keys.insert(key, id);
             }
             id
         };
-        self.emit(id, EventData::State { state: JobState::Queued, reason: None, attempt: None });
+        self.emit(
+            id,
+            EventData::State {
+                state: JobState::Queued,
+                reason: None,
+                attempt: None,
+            },
+        );
         let cancel = self.inner.lock().unwrap().jobs[&id].cancel.clone();
         tokio::spawn(self.clone().run(id, steps, cancel));
-        Ok(Submitted { job_id: id, state: JobState::Queued, existing: false })
+        Ok(Submitted {
+            job_id: id,
+            state: JobState::Queued,
+            existing: false,
+        })
     }
 
     async fn get(&self, id: JobId) -> Result<JobView, BackendError> {
         let g = self.inner.lock().unwrap();
-        g.jobs.get(&id).map(|j| j.view.clone()).ok_or_else(|| not_found(id))
+        g.jobs
+            .get(&id)
+            .map(|j| j.view.clone())
+            .ok_or_else(|| not_found(id))
     }
 
     async fn list(&self, q: ListQuery) -> Result<JobList, BackendError> {
@@ -345,9 +511,11 @@ impl Backend for FakeBackend {
             .filter(|v| q.state.is_none_or(|s| v.state == s))
             .filter(|v| q.workflow.as_deref().is_none_or(|w| v.workflow == w))
             .collect();
-        jobs.sort_by(|a, b| b.job_id.cmp(&a.job_id));
+        jobs.sort_by_key(|v| std::cmp::Reverse(v.job_id));
         if let Some(c) = &q.cursor {
-            let c: JobId = c.parse().map_err(|_| BackendError::new(ErrorType::ValidationError, "invalid cursor"))?;
+            let c: JobId = c
+                .parse()
+                .map_err(|_| BackendError::new(ErrorType::ValidationError, "invalid cursor"))?;
             jobs.retain(|v| v.job_id < c);
         }
         let limit = q.limit.unwrap_or(50) as usize;
@@ -377,7 +545,11 @@ impl Backend for FakeBackend {
     async fn wait(&self, id: JobId) -> Result<JobView, BackendError> {
         let mut rx = {
             let g = self.inner.lock().unwrap();
-            g.jobs.get(&id).ok_or_else(|| not_found(id))?.done.subscribe()
+            g.jobs
+                .get(&id)
+                .ok_or_else(|| not_found(id))?
+                .done
+                .subscribe()
         };
         let _ = rx.wait_for(|d| *d).await;
         self.get(id).await
@@ -430,15 +602,27 @@ impl Backend for FakeBackend {
                 landlock: "full".into(),
                 seccomp: true,
             },
-            workflows: [("echo".to_owned(), "available".to_owned()), ("unavail".to_owned(), "unavailable: no cgroup".to_owned())].into(),
+            workflows: [
+                ("echo".to_owned(), "available".to_owned()),
+                ("unavail".to_owned(), "unavailable: no cgroup".to_owned()),
+            ]
+            .into(),
         }
     }
 
     fn stats(&self) -> Stats {
         let g = self.inner.lock().unwrap();
         Stats {
-            queued: g.jobs.values().filter(|j| j.view.state == JobState::Queued).count() as u64,
-            running: g.jobs.values().filter(|j| j.view.state == JobState::Running).count() as u64,
+            queued: g
+                .jobs
+                .values()
+                .filter(|j| j.view.state == JobState::Queued)
+                .count() as u64,
+            running: g
+                .jobs
+                .values()
+                .filter(|j| j.view.state == JobState::Running)
+                .count() as u64,
             running_by_workflow: Default::default(),
             pool_workers: [("pooled".to_owned(), 2)].into(),
         }

@@ -54,7 +54,13 @@ pub struct Answer {
     pub body: Value,
 }
 
-pub async fn call(state: &AppState, method: &str, uri: &str, body: Option<&str>, token: Option<&str>) -> Answer {
+pub async fn call(
+    state: &AppState,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> Answer {
     let mut req = Request::builder().method(method).uri(uri);
     if body.is_some() {
         req = req.header("content-type", "application/json");
@@ -69,13 +75,20 @@ pub async fn call(state: &AppState, method: &str, uri: &str, body: Option<&str>,
 }
 
 pub async fn send(state: &AppState, req: Request<Body>) -> Answer {
-    let resp = router(state.clone()).oneshot(req).await.expect("infallible");
+    let resp = router(state.clone())
+        .oneshot(req)
+        .await
+        .expect("infallible");
     let status = resp.status();
     let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
     let body = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    Answer { status, headers, body }
+    Answer {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// Asserts a failure body of exactly `{success:false, error:{type, message, details?}}`.
@@ -85,9 +98,16 @@ pub fn assert_failure(a: &Answer, status: u16, kind: &str) {
     assert_eq!(a.body["error"]["type"], kind, "{a:?}");
     assert!(a.body["error"]["message"].is_string(), "{a:?}");
     let obj = a.body["error"].as_object().expect("error object");
-    assert!(obj.keys().all(|k| ["type", "message", "details"].contains(&k.as_str())), "{a:?}");
     assert!(
-        a.headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json")),
+        obj.keys()
+            .all(|k| ["type", "message", "details"].contains(&k.as_str())),
+        "{a:?}"
+    );
+    assert!(
+        a.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json")),
         "{a:?}"
     );
 }
@@ -101,11 +121,17 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(state: AppState) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let s = state.clone();
         let handle = tokio::spawn(async move { serve(listener, s, std::future::pending()).await });
-        Self { addr, state, handle: Some(handle) }
+        Self {
+            addr,
+            state,
+            handle: Some(handle),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -120,7 +146,10 @@ impl TestServer {
     pub async fn stop(mut self) -> Result<(), tsbridge_server::ServeError> {
         self.state.shutdown_token().cancel();
         let h = self.handle.take().expect("running");
-        tokio::time::timeout(Duration::from_secs(60), h).await.expect("serve returns in time").expect("no panic")
+        tokio::time::timeout(Duration::from_secs(60), h)
+            .await
+            .expect("serve returns in time")
+            .expect("no panic")
     }
 }
 
@@ -144,7 +173,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "condition not met within 30 s");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
