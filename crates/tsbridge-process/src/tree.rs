@@ -19,6 +19,8 @@
 use std::collections::{HashMap, HashSet};
 
 use rustix::process::Signal;
+#[cfg(test)]
+use std::os::unix::process::CommandExt;
 
 use crate::registry;
 use crate::sys::{self, Pid, ProcRef};
@@ -208,4 +210,37 @@ impl Tracker {
 
 fn alive(p: ProcRef) -> bool {
     matches!(sys::read_stat(p.pid), Some(st) if st.start == p.start && !st.is_zombie())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The normal-exit check after a leader that left nothing behind: it says
+    /// "nothing left" and is cheap (the cost is printed; run with
+    /// `--nocapture` to see it).
+    #[test]
+    fn normal_exit_check_finds_nothing_and_is_cheap() {
+        let mut child = std::process::Command::new("/bin/true")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = Pid::new(child.id() as i32).unwrap();
+        child.wait().unwrap();
+        for subreaper in [false, true] {
+            if subreaper {
+                registry::set_subreaper();
+            }
+            let mut t = Tracker::new(pid, b"TSBRIDGE_JOB=none".to_vec());
+            t.set_leader_reaped();
+            let n = 2000;
+            let start = std::time::Instant::now();
+            for _ in 0..n {
+                assert!(!t.maybe_leftovers());
+            }
+            let per = start.elapsed() / n;
+            eprintln!("normal-exit leftover check (subreaper={subreaper}): {per:?} per job");
+            assert!(!t.may_have_orphans());
+        }
+    }
 }
