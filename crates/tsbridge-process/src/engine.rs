@@ -40,6 +40,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use tsbridge_proto::{ChildEvent, EndReason};
 
 use crate::capture::{CaptureBuffer, Captured};
@@ -570,11 +571,15 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
         tmpdir,
     };
     let registration = supervisor::register(&key, control.clone());
-    tokio::spawn(async move {
-        let outcome = job.run().await;
-        drop(registration);
-        let _ = done_tx.send(outcome);
-    });
+    let span = tracing::debug_span!("job", key = %key, pid = pid.raw(), label = ?job.label);
+    tokio::spawn(
+        async move {
+            let outcome = job.run().await;
+            drop(registration);
+            let _ = done_tx.send(outcome);
+        }
+        .instrument(span),
+    );
 
     Ok(RunningProcess {
         pid: pid.raw() as u32,

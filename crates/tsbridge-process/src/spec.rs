@@ -35,7 +35,7 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 /// Default capture bound, per stream.
 pub const DEFAULT_MAX_OUTPUT: usize = 16 * 1024 * 1024;
 /// Default longest protocol line kept (longer lines are truncated).
-pub const DEFAULT_MAX_LINE: usize = 1024 * 1024;
+pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
 
 /// What the child's stdin is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
