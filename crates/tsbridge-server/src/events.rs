@@ -63,6 +63,32 @@ async fn deliver(
     }
 }
 
+/// Delivers every stored event after `last`, batch by batch (a read
+/// returns a bounded number), until the store has nothing newer.
+async fn drain_store(
+    backend: &dyn Backend,
+    id: JobId,
+    last: &mut u64,
+    tx: &mpsc::Sender<Result<JobEvent, ApiError>>,
+) -> Result<Flow, ApiError> {
+    loop {
+        let batch = backend.events_after(id, *last).await?;
+        let mut progressed = false;
+        for e in batch {
+            if e.seq <= *last {
+                continue;
+            }
+            progressed = true;
+            if let Flow::Done = deliver(tx, last, e).await {
+                return Ok(Flow::Done);
+            }
+        }
+        if !progressed {
+            return Ok(Flow::Continue);
+        }
+    }
+}
+
 async fn pump(
     backend: &dyn Backend,
     id: JobId,
@@ -75,13 +101,8 @@ async fn pump(
         // Subscribe first, then read the store: nothing falls in between.
         let mut feed = backend.subscribe(id);
         let before = last;
-        for e in backend.events_after(id, last).await? {
-            if e.seq <= last {
-                continue;
-            }
-            if let Flow::Done = deliver(tx, &mut last, e).await {
-                return Ok(());
-            }
+        if let Flow::Done = drain_store(backend, id, &mut last, tx).await? {
+            return Ok(());
         }
         while let Some(e) = feed.next().await {
             if e.seq <= last {
@@ -98,15 +119,8 @@ async fn pump(
         // The feed ended (lagging, or the job's events are over) or had a gap.
         let view = backend.get(id).await?;
         if view.state.is_terminal() {
-            for e in backend.events_after(id, last).await? {
-                if e.seq <= last {
-                    continue;
-                }
-                if let Flow::Done = deliver(tx, &mut last, e).await {
-                    return Ok(());
-                }
-            }
-            // Terminal, but no terminal state event stored: nothing more will come.
+            // Whatever is stored is all there will be.
+            drain_store(backend, id, &mut last, tx).await?;
             return Ok(());
         }
         if last == before {

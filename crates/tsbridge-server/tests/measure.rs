@@ -44,7 +44,13 @@ async fn execute_round_trip_versus_bare_node() {
     for _ in 0..N {
         let t = Instant::now();
         let done = client
-            .execute("work", &ExecuteRequest { parameters: json!({}), options: None })
+            .execute(
+                "work",
+                &ExecuteRequest {
+                    parameters: json!({}),
+                    options: None,
+                },
+            )
             .await
             .unwrap();
         assert!(done.success);
@@ -94,5 +100,8 @@ async fn sse_event_throughput() {
     // Replay of the stored events of the finished job.
     let t = Instant::now();
     let replayed = client.follow_events(s.job_id, None).count().await;
-    println!("replay of {replayed} stored events over SSE: {:?}", t.elapsed());
+    println!(
+        "replay of {replayed} stored events over SSE: {:?}",
+        t.elapsed()
+    );
 }

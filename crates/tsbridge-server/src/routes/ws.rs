@@ -467,7 +467,6 @@ async fn forward(state: AppState, outbox: Outbox, id: JobId, raw: String) {
 async fn snapshot(state: &AppState, id: JobId) -> Result<Snapshot, String> {
     let backend = state.backend();
     let view = backend.get(id).await.map_err(|e| e.message)?;
-    let events = backend.events_after(id, 0).await.map_err(|e| e.message)?;
     let mut snap = Snapshot {
         last_seq: 0,
         state: state_data(view.state, view.reason, None, None),
@@ -475,21 +474,36 @@ async fn snapshot(state: &AppState, id: JobId) -> Result<Snapshot, String> {
         progress: None,
         result: None,
     };
-    let mut current = JobState::Queued;
-    for e in events {
-        snap.last_seq = e.seq;
-        match &e.data {
-            EventData::State {
-                state,
-                reason,
-                attempt,
-            } => {
-                current = *state;
-                snap.state = state_data(*state, *reason, *attempt, Some(e.timestamp.to_rfc3339()));
+    let mut current = view.state;
+    // Batch by batch: a read returns a bounded number of events.
+    loop {
+        let batch = backend
+            .events_after(id, snap.last_seq)
+            .await
+            .map_err(|e| e.message)?;
+        let before = snap.last_seq;
+        for e in batch {
+            if e.seq <= snap.last_seq {
+                continue;
             }
-            EventData::Progress(_) => snap.progress = Some(e.clone()),
-            EventData::Result { value } => snap.result = Some(value.clone()),
-            _ => {}
+            snap.last_seq = e.seq;
+            match &e.data {
+                EventData::State {
+                    state,
+                    reason,
+                    attempt,
+                } => {
+                    current = *state;
+                    snap.state =
+                        state_data(*state, *reason, *attempt, Some(e.timestamp.to_rfc3339()));
+                }
+                EventData::Progress(_) => snap.progress = Some(e.clone()),
+                EventData::Result { value } => snap.result = Some(value.clone()),
+                _ => {}
+            }
+        }
+        if snap.last_seq == before {
+            break;
         }
     }
     if current.is_terminal() {

@@ -22,6 +22,9 @@ use tsbridge_proto::service::{Isolation, Readiness, WorkflowInfo};
 use tsbridge_proto::{EndReason, ErrorType, EventData, JobEvent, JobId, JobState, Progress};
 use tsbridge_server::{Backend, BackendError, EventFeed, ListQuery, Stats, Submitted};
 
+/// Events one `events_after` call returns, at most.
+const MAX_READ: usize = 50;
+
 /// One step of a scripted job.
 #[derive(Clone, Debug)]
 pub enum Step {
@@ -558,7 +561,13 @@ impl Backend for FakeBackend {
     async fn events_after(&self, id: JobId, after: u64) -> Result<Vec<JobEvent>, BackendError> {
         let g = self.inner.lock().unwrap();
         let j = g.jobs.get(&id).ok_or_else(|| not_found(id))?;
-        Ok(j.events.iter().filter(|e| e.seq > after).cloned().collect())
+        // Bounded reads, like the real store's.
+        Ok(j.events
+            .iter()
+            .filter(|e| e.seq > after)
+            .take(MAX_READ)
+            .cloned()
+            .collect())
     }
 
     fn subscribe(&self, id: JobId) -> EventFeed {
