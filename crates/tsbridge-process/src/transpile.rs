@@ -15,6 +15,11 @@
 //! timestamp tick as the build would leave the stat unchanged), is re-hashed;
 //! a changed hash rebuilds. So a changed source never runs stale code.
 //!
+//! An input stamped (coarse clock, as the kernel stamps files) at or after
+//! the tick the build started may have changed after esbuild read it: then
+//! the bundle is used once but no manifest is written, so the next run
+//! builds again.
+//!
 //! A bundle that uses `__dirname`, `__filename` or `import.meta` is not
 //! cached (those would name the cache dir, not the source): the caller falls
 //! back to tsx. Writes are atomic (temp file + rename), so concurrent jobs
@@ -210,6 +215,9 @@ impl TranspileCache {
             .create(slot)
             .map_err(io_err(slot))?;
         let built_at = now_secs();
+        // File timestamps come from the coarse clock: an input stamped at or
+        // after this tick may have changed after esbuild read it.
+        let started_coarse_ns = coarse_now_ns();
         let tag = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
         let tmp_bundle = slot.join(format!("bundle.{tag}.tmp.cjs"));
         let tmp_meta = slot.join(format!("meta.{tag}.tmp.json"));
@@ -275,6 +283,9 @@ impl TranspileCache {
         for p in paths {
             inputs.push(describe(&p).map_err(io_err(&p))?);
         }
+        let changed_during_build = inputs
+            .iter()
+            .any(|i| i.mtime_ns.max(i.ctime_ns) >= started_coarse_ns);
         let manifest = Manifest {
             version: MANIFEST_VERSION,
             entry: entry.to_path_buf(),
@@ -284,6 +295,14 @@ impl TranspileCache {
         };
         let _ = fs::remove_file(&tmp_meta);
         fs::rename(&tmp_bundle, slot.join("bundle.cjs")).map_err(io_err(slot))?;
+        if changed_during_build {
+            // The bundle may hold older content than the hashes say: use it
+            // for this run (the edit raced with it) but write no manifest, so
+            // the next run builds again.
+            let _ = fs::remove_file(slot.join("manifest.json"));
+            tracing::debug!(entry = %entry.display(), "an input changed during the build; not cached");
+            return Ok(());
+        }
         write_atomic(slot, &slot.join("manifest.json"), &manifest).map_err(io_err(slot))?;
         Ok(())
     }
@@ -378,6 +397,20 @@ fn mtime_ns(md: &fs::Metadata) -> i128 {
 
 fn ctime_ns(md: &fs::Metadata) -> i128 {
     i128::from(md.ctime()) * 1_000_000_000 + i128::from(md.ctime_nsec())
+}
+
+/// CLOCK_REALTIME_COARSE in ns: the clock the kernel stamps files with.
+fn coarse_now_ns() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only into the timespec we pass.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    if r != 0 {
+        return 0;
+    }
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
 fn now_secs() -> f64 {
