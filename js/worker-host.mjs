@@ -11,9 +11,10 @@
 // an `error` with the same id (tsbridge's IPC layer correlates them):
 //   {type:"request", id, payload:{op:"ping"}}
 //       -> {type:"response", id, payload:{op:"pong", ready, pid, exports, node, rss, heapUsed, busy, jobs, uptimeMs}}
-//   {type:"request", id, payload:{op:"run", jobId, workflow, params}}
+//   {type:"request", id, payload:{op:"run", jobId, workflow, params, barrier}}
 //       -> {type:"progress", id, payload:{current, total, message}}   (ctx.progress)
 //       -> {type:"log",      id, payload:{level, message}}            (ctx.log, console.*)
+//       -> {type:"result",   id, payload:{tsbridgeEnd: barrier}}      (end of the job's events)
 //       -> {type:"response", id, payload:<the handler's value>}       or
 //          {type:"error",    id, payload:{message, name, aborted, stack?}}
 //   {type:"request", id, payload:{op:"cancel", jobId, reason}}
@@ -201,6 +202,10 @@ async function runJob(ns, id, payload) {
   job.settled = true;
   current = null;
   jobsServed += 1;
+  // End-of-job marker on the event path (progress/log travel there, the
+  // answer travels on the reply path): tsbridge forwards the job's events up
+  // to this marker before it reports the answer, so none arrive late.
+  if (typeof payload.barrier === 'string') send('result', id, { tsbridgeEnd: payload.barrier });
   send(settledAs[0], id, settledAs[1]);
 }
 

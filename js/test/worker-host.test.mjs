@@ -47,10 +47,13 @@ async function start(module, { execArgv = [], args = [] } = {}) {
     /** Runs one job; returns {end, events} where end is the result/error envelope. */
     async run(params, workflow = 'wf') {
       const id = `job-${++seq}`;
-      child.send({ id, type: 'request', payload: { op: 'run', jobId: `J${id}`, workflow, params }, timestamp: Date.now() });
+      child.send({ id, type: 'request', payload: { op: 'run', jobId: `J${id}`, workflow, params, barrier: `B${id}` }, timestamp: Date.now() });
       const end = await next((m) => m.id === id && (m.type === 'response' || m.type === 'error'));
       const events = [];
       for (let i = inbox.length - 1; i >= 0; i--) if (inbox[i].id === id) events.unshift(inbox.splice(i, 1)[0]);
+      // The end-of-events marker comes last, just before the answer.
+      const marker = events.pop();
+      assert.deepEqual(marker && { type: marker.type, payload: marker.payload }, { type: 'result', payload: { tsbridgeEnd: `B${id}` } });
       return { id, end, events };
     },
     async request(payload) {

@@ -23,7 +23,11 @@ async fn ignored_cancel_kills_and_replaces_the_worker() {
     pool.wait_stats(|s| s.busy == 1).await;
     token.cancel();
     let o = running.await.unwrap();
-    assert!(matches!(o.result, Err(PoolJobError::Cancelled { killed: true })), "{:?}", o.result);
+    assert!(
+        matches!(o.result, Err(PoolJobError::Cancelled { killed: true })),
+        "{:?}",
+        o.result
+    );
     eventually("the killed worker is gone", || !alive(before)).await;
     let after = pid_of(&run(&pool, json!({"mode": "echo"})).await) as u32;
     assert_ne!(before, after);
@@ -44,7 +48,11 @@ async fn honoured_cancel_keeps_the_worker() {
     pool.wait_stats(|s| s.busy == 1).await;
     token.cancel();
     let o = running.await.unwrap();
-    assert!(matches!(o.result, Err(PoolJobError::Cancelled { killed: false })), "{:?}", o.result);
+    assert!(
+        matches!(o.result, Err(PoolJobError::Cancelled { killed: false })),
+        "{:?}",
+        o.result
+    );
     assert_eq!(pid_of(&run(&pool, json!({"mode": "echo"})).await), before);
     assert_eq!(pool.stats().started_total, 1);
     pool.shutdown(Duration::from_secs(10)).await;
@@ -56,18 +64,28 @@ async fn timeout_aborts_then_kills() {
     let pool = start(js_spec(dir.path()), config(1, 1)).await.unwrap();
     let o = pool
         .run(
-            PoolJob::new("pool-test", json!({"mode": "abortable"})).with_timeout(Duration::from_millis(200)),
+            PoolJob::new("pool-test", json!({"mode": "abortable"}))
+                .with_timeout(Duration::from_millis(200)),
             sink().0,
         )
         .await;
-    assert!(matches!(o.result, Err(PoolJobError::Timeout { killed: false, .. })), "{:?}", o.result);
+    assert!(
+        matches!(o.result, Err(PoolJobError::Timeout { killed: false, .. })),
+        "{:?}",
+        o.result
+    );
     let o = pool
         .run(
-            PoolJob::new("pool-test", json!({"mode": "ignore-abort"})).with_timeout(Duration::from_millis(200)),
+            PoolJob::new("pool-test", json!({"mode": "ignore-abort"}))
+                .with_timeout(Duration::from_millis(200)),
             sink().0,
         )
         .await;
-    assert!(matches!(o.result, Err(PoolJobError::Timeout { killed: true, .. })), "{:?}", o.result);
+    assert!(
+        matches!(o.result, Err(PoolJobError::Timeout { killed: true, .. })),
+        "{:?}",
+        o.result
+    );
     assert!(run(&pool, json!({"mode": "echo"})).await.result.is_ok());
     pool.shutdown(Duration::from_secs(10)).await;
 }

@@ -15,7 +15,13 @@ async fn exit_in_a_handler_fails_its_job_and_the_worker_is_replaced() {
     let first = pid_of(&run(&pool, json!({"mode": "echo"})).await);
     let crashed = run(&pool, json!({"mode": "exit"})).await;
     assert!(
-        matches!(crashed.result, Err(PoolJobError::WorkerCrashed { exit: WorkerExit::Code(1), .. })),
+        matches!(
+            crashed.result,
+            Err(PoolJobError::WorkerCrashed {
+                exit: WorkerExit::Code(1),
+                ..
+            })
+        ),
         "{:?}",
         crashed.result
     );
@@ -37,7 +43,13 @@ async fn only_the_crashing_job_fails_among_concurrent_ones() {
         tokio::spawn(async move { run(&p, json!({"mode": "sleep", "ms": 300})).await })
     };
     let crashed = run(&pool, json!({"mode": "exit"})).await;
-    assert!(matches!(crashed.result, Err(PoolJobError::WorkerCrashed { .. })));
-    assert!(slow.await.unwrap().result.is_ok(), "the other worker's job was untouched");
+    assert!(matches!(
+        crashed.result,
+        Err(PoolJobError::WorkerCrashed { .. })
+    ));
+    assert!(
+        slow.await.unwrap().result.is_ok(),
+        "the other worker's job was untouched"
+    );
     pool.shutdown(Duration::from_secs(10)).await;
 }

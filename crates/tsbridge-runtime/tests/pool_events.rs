@@ -15,7 +15,9 @@ async fn events_reach_the_sink_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let pool = start(js_spec(dir.path()), config(1, 1)).await.unwrap();
     let (tx, mut rx) = sink();
-    let o = pool.run(PoolJob::new("pool-test", json!({"mode": "progress"})), tx).await;
+    let o = pool
+        .run(PoolJob::new("pool-test", json!({"mode": "progress"})), tx)
+        .await;
     let pid = pid_of(&o);
     assert!(
         matches!(rx.recv().await, Some(PoolEvent::Started { pid: Some(p), .. }) if u64::from(p) == pid),
@@ -32,10 +34,20 @@ async fn events_reach_the_sink_in_order() {
     assert_eq!(progress, vec![(1, 3), (2, 3), (3, 3)], "{events:?}");
     assert!(events.iter().any(|e| matches!(e, ChildEvent::Log { level: LogLevel::Info, message, .. } if message == "half way")));
     assert!(
-        events.iter().any(|e| matches!(e, ChildEvent::Log { message, .. } if message.starts_with("RESULT:"))),
+        events.iter().any(
+            |e| matches!(e, ChildEvent::Log { message, .. } if message.starts_with("RESULT:"))
+        ),
         "console.log became a log: {events:?}"
     );
-    assert!(!events.iter().any(|e| matches!(e, ChildEvent::Result { .. })));
-    assert_eq!(o.result.unwrap(), json!({"pid": pid}), "the printed RESULT line did not replace the value");
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, ChildEvent::Result { .. }))
+    );
+    assert_eq!(
+        o.result.unwrap(),
+        json!({"pid": pid}),
+        "the printed RESULT line did not replace the value"
+    );
     pool.shutdown(Duration::from_secs(10)).await;
 }

@@ -15,7 +15,11 @@ async fn throw_fails_only_its_job_and_keeps_the_worker() {
     let before = pid_of(&run(&pool, json!({"mode": "echo"})).await);
     let failed = run(&pool, json!({"mode": "throw", "what": "nope"})).await;
     match &failed.result {
-        Err(PoolJobError::Handler { message, name, stack }) => {
+        Err(PoolJobError::Handler {
+            message,
+            name,
+            stack,
+        }) => {
             assert_eq!(message, "bad input: nope");
             assert_eq!(name, "TypeError");
             assert!(stack.is_none(), "no stack outside dev mode");
@@ -38,7 +42,9 @@ async fn dev_mode_keeps_the_stack() {
     let pool = start(js_spec(dir.path()), cfg).await.unwrap();
     let failed = run(&pool, json!({"mode": "throw"})).await;
     match &failed.result {
-        Err(PoolJobError::Handler { stack: Some(stack), .. }) => {
+        Err(PoolJobError::Handler {
+            stack: Some(stack), ..
+        }) => {
             assert!(stack.contains("TypeError: bad input: x"), "{stack}");
             assert!(stack.contains("handlers.mjs"), "{stack}");
         }

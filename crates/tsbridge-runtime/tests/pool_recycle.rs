@@ -27,7 +27,10 @@ async fn max_jobs_recycles_after_n_jobs() {
     let s = pool.stats();
     assert_eq!(s.recycled_total, 2, "{s:?}");
     assert_eq!(s.crashed_total, 0);
-    eventually("recycled workers have exited", || !alive(pids[0] as u32) && !alive(pids[5] as u32)).await;
+    eventually("recycled workers have exited", || {
+        !alive(pids[0] as u32) && !alive(pids[5] as u32)
+    })
+    .await;
     pool.shutdown(Duration::from_secs(10)).await;
 }
 
@@ -39,7 +42,8 @@ async fn max_age_recycles() {
     let pool = start(js_spec(dir.path()), cfg).await.unwrap();
     let first = pid_of(&run(&pool, json!({"mode": "echo"})).await);
     // The idle worker ages out and is replaced (min = 1).
-    pool.wait_stats(|s| s.recycled_total >= 1 && s.idle == 1).await;
+    pool.wait_stats(|s| s.recycled_total >= 1 && s.idle == 1)
+        .await;
     let second = pid_of(&run(&pool, json!({"mode": "echo"})).await);
     assert_ne!(first, second);
     eventually("the aged worker has exited", || !alive(first as u32)).await;
@@ -71,7 +75,9 @@ async fn idle_workers_shrink_to_min() {
     let mut tasks = Vec::new();
     for _ in 0..3 {
         let p = pool.clone();
-        tasks.push(tokio::spawn(async move { run(&p, json!({"mode": "sleep", "ms": 500})).await }));
+        tasks.push(tokio::spawn(async move {
+            run(&p, json!({"mode": "sleep", "ms": 500})).await
+        }));
     }
     let mut pids = BTreeSet::new();
     for t in tasks {
@@ -80,6 +86,9 @@ async fn idle_workers_shrink_to_min() {
     assert_eq!(pids.len(), 3, "three workers served three concurrent jobs");
     let s = pool.wait_stats(|s| s.size == 1 && s.idle == 1).await;
     assert_eq!(s.recycled_total, 2, "{s:?}");
-    eventually("two of the three workers exited", || pids.iter().filter(|p| alive(**p as u32)).count() == 1).await;
+    eventually("two of the three workers exited", || {
+        pids.iter().filter(|p| alive(**p as u32)).count() == 1
+    })
+    .await;
     pool.shutdown(Duration::from_secs(10)).await;
 }

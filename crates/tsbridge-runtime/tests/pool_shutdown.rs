@@ -28,12 +28,19 @@ async fn drain_then_kill_then_clean() {
     let short = short.await.unwrap();
     let short_pid = pid_of(&short);
     let stuck = stuck.await.unwrap();
-    assert!(matches!(stuck.result, Err(PoolJobError::ShuttingDown)), "{:?}", stuck.result);
+    assert!(
+        matches!(stuck.result, Err(PoolJobError::ShuttingDown)),
+        "{:?}",
+        stuck.result
+    );
     assert!(!alive(short_pid as u32));
     if let Some(pid) = stuck.pid {
         assert!(!alive(pid));
     }
-    assert!(matches!(run(&pool, json!({"mode": "echo"})).await.result, Err(PoolJobError::ShuttingDown)));
+    assert!(matches!(
+        run(&pool, json!({"mode": "echo"})).await.result,
+        Err(PoolJobError::ShuttingDown)
+    ));
     assert_eq!(pool.stats().size, 0);
     assert_eq!(host_dirs(), 0, "the host script's private dir was removed");
 }

@@ -8,14 +8,20 @@ use std::time::Duration;
 
 use pool_support::*;
 use serde_json::json;
-use tsbridge_runtime::pool::{HostScript, PoolJobError, PoolStartError, WorkerSpec, WorkerStartError};
+use tsbridge_runtime::pool::{
+    HostScript, PoolJobError, PoolStartError, WorkerSpec, WorkerStartError,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warmup_starts_min_ready_workers() {
     let dir = tempfile::tempdir().unwrap();
     let pool = start(js_spec(dir.path()), config(2, 4)).await.unwrap();
     let s = pool.stats();
-    assert_eq!((s.size, s.idle, s.busy, s.starting, s.started_total), (2, 2, 0, 0, 2), "{s:?}");
+    assert_eq!(
+        (s.size, s.idle, s.busy, s.starting, s.started_total),
+        (2, 2, 0, 0, 2),
+        "{s:?}"
+    );
     // The first jobs need no start: both run on the warm workers.
     let a = pid_of(&run(&pool, json!({"mode": "echo"})).await);
     assert!(alive(a as u32));
@@ -46,7 +52,10 @@ async fn a_module_that_does_not_load_fails_warmup() {
         .await
         .unwrap_err();
     match e {
-        PoolStartError::Warmup { source: WorkerStartError::Fatal { message, .. }, .. } => {
+        PoolStartError::Warmup {
+            source: WorkerStartError::Fatal { message, .. },
+            ..
+        } => {
             assert!(message.contains("cannot load"), "{message}");
             assert!(message.contains("does-not-exist.mjs"), "{message}");
         }
@@ -57,13 +66,15 @@ async fn a_module_that_does_not_load_fails_warmup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_that_does_not_load_fails_the_job_fast() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = start(broken_spec(dir.path(), "does-not-exist.mjs"), config(0, 1)).await.unwrap();
+    let pool = start(broken_spec(dir.path(), "does-not-exist.mjs"), config(0, 1))
+        .await
+        .unwrap();
     let o = run(&pool, json!({})).await;
     assert!(
         matches!(&o.result, Err(PoolJobError::WorkerStart(WorkerStartError::Fatal { message, .. })) if message.contains("cannot load")),
         "{:?}",
         o.result
     );
-    assert!(pool.stats().start_failures_total >= 1);
+    pool.wait_stats(|s| s.start_failures_total >= 1).await;
     pool.shutdown(Duration::from_secs(10)).await;
 }

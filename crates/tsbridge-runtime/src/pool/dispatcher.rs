@@ -475,18 +475,20 @@ impl Dispatcher {
             WorkerReport::Ready { worker, pid } => {
                 tracing::debug!(pool = %self.name, worker = %worker, ?pid, "worker ready");
                 self.start_backoff = None;
+                if let Some(slot) = self.workers.get_mut(&worker) {
+                    slot.last_ping = Instant::now();
+                    if matches!(slot.state, SlotState::Starting) {
+                        self.on_idle(worker);
+                    }
+                }
                 if let Some((pending, _)) = &mut self.warmup {
                     pending.retain(|w| *w != worker);
                     if pending.is_empty()
                         && let Some((_, reply)) = self.warmup.take()
                     {
+                        // Stats first: start() returns on this reply.
+                        self.publish();
                         let _ = reply.send(Ok(()));
-                    }
-                }
-                if let Some(slot) = self.workers.get_mut(&worker) {
-                    slot.last_ping = Instant::now();
-                    if matches!(slot.state, SlotState::Starting) {
-                        self.on_idle(worker);
                     }
                 }
             }

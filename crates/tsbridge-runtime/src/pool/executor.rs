@@ -184,7 +184,12 @@ impl Executor for PoolExecutor {
     async fn run(&self, req: AttemptRequest, io: AttemptIo) -> AttemptOutcome {
         let pool = match self.pool_for(&req.workflow).await {
             Ok(p) => p,
-            Err(e) => return AttemptOutcome::spawn_failure(format!("the worker pool could not start: {e}"), false),
+            Err(e) => {
+                return AttemptOutcome::spawn_failure(
+                    format!("the worker pool could not start: {e}"),
+                    false,
+                );
+            }
         };
         let cancel = CancellationToken::new();
         let job = PoolJob {
@@ -281,13 +286,17 @@ fn end_of(
         PoolJobError::Cancelled { .. } | PoolJobError::ShuttingDown => match stop {
             Some(StopReason::Shutdown) => (EndReason::Shutdown, None, None, false),
             Some(StopReason::Cancelled) => (EndReason::Cancelled, None, None, false),
-            None if matches!(e, PoolJobError::ShuttingDown) => (EndReason::Shutdown, None, None, false),
+            None if matches!(e, PoolJobError::ShuttingDown) => {
+                (EndReason::Shutdown, None, None, false)
+            }
             None => (EndReason::Cancelled, None, None, false),
         },
         PoolJobError::AcquireTimeout(_) | PoolJobError::QueueFull(_) => {
             (EndReason::SpawnFailure, None, None, true)
         }
-        PoolJobError::WorkerStart(WorkerStartError::Spawn(_)) => (EndReason::SpawnFailure, None, None, true),
+        PoolJobError::WorkerStart(WorkerStartError::Spawn(_)) => {
+            (EndReason::SpawnFailure, None, None, true)
+        }
         PoolJobError::WorkerStart(_) => (EndReason::SpawnFailure, None, None, false),
     }
 }
@@ -306,8 +315,14 @@ mod tests {
         assert_eq!(end_of(&h, None).0, EndReason::Exited);
         assert_eq!(end_of(&h, None).1, Some(1));
         let c = PoolJobError::Cancelled { killed: true };
-        assert_eq!(end_of(&c, Some(StopReason::Shutdown)).0, EndReason::Shutdown);
-        assert_eq!(end_of(&c, Some(StopReason::Cancelled)).0, EndReason::Cancelled);
+        assert_eq!(
+            end_of(&c, Some(StopReason::Shutdown)).0,
+            EndReason::Shutdown
+        );
+        assert_eq!(
+            end_of(&c, Some(StopReason::Cancelled)).0,
+            EndReason::Cancelled
+        );
         let t = PoolJobError::Timeout {
             after: Duration::from_secs(1),
             killed: false,
@@ -317,7 +332,10 @@ mod tests {
             worker: tsbridge_proto::WorkerId(1),
             exit: WorkerExit::Signal(9),
         };
-        assert_eq!(end_of(&s, None), (EndReason::Signaled, None, Some(9), false));
+        assert_eq!(
+            end_of(&s, None),
+            (EndReason::Signaled, None, Some(9), false)
+        );
         assert!(end_of(&PoolJobError::AcquireTimeout(Duration::from_secs(1)), None).3);
     }
 }

@@ -50,7 +50,8 @@ impl EngineLauncher {
         let s = &self.spec;
         let key = JobKey::generate();
         let sandbox = match &s.sandbox {
-            Some(prepare) => (prepare.0)(&key, self.host.path()).map_err(|e| WorkerStartError::Spawn(e.into()))?,
+            Some(prepare) => (prepare.0)(&key, self.host.path())
+                .map_err(|e| WorkerStartError::Spawn(e.into()))?,
             None => None,
         };
         let mut b = JobSpec::builder(&s.program)

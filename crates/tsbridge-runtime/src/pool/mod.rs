@@ -12,8 +12,9 @@
 mod config;
 mod dispatcher;
 mod errors;
+mod executor;
 mod host_script;
-// mod launch;
+mod launch;
 mod protocol;
 mod worker;
 
@@ -29,12 +30,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tsbridge_proto::{ChildEvent, JobId, WorkerId};
 
-pub use config::{PoolConfig, WorkerSpec};
+pub use config::{PoolConfig, WorkerSandbox, WorkerSpec};
 pub use errors::{
     HostScriptError, PoolConfigError, PoolJobError, PoolStartError, WorkerExit, WorkerStartError,
 };
+pub use executor::PoolExecutor;
 pub use host_script::{HostFile, HostScript, WORKER_HOST_JS};
-// pub use launch::EngineLauncher;
+pub use launch::EngineLauncher;
 pub use protocol::AbortReason;
 pub use worker::{HostLink, Launcher, LinkError, WorkerInput, WorkerIo};
 
@@ -150,7 +152,7 @@ struct Inner {
 }
 
 impl Pool {
-    /*    /// Starts a pool whose workers run `spec` through the process engine.
+    /// Starts a pool whose workers run `spec` through the process engine.
     /// With `config.warmup`, returns once `min` workers are proven ready.
     pub async fn start(spec: WorkerSpec, config: PoolConfig) -> Result<Pool, PoolStartError> {
         config.validate().map_err(PoolStartError::Config)?;
@@ -159,7 +161,6 @@ impl Pool {
         Self::start_with(name, Arc::new(launcher), config).await
     }
 
-    */
     /// Starts a pool over any [`Launcher`].
     pub async fn start_with(
         name: impl Into<String>,

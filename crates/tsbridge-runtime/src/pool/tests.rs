@@ -85,7 +85,7 @@ async fn fake_host(
         return;
     }
     // The job in flight: its mode and where its answer goes.
-    let mut running: Option<(String, oneshot::Sender<Result<Value, LinkError>>)> = None;
+    let mut running: Option<(String, oneshot::Sender<Result<Value, LinkError>>, Value)> = None;
     loop {
         tokio::select! {
             _ = kill.cancelled() => {
@@ -103,12 +103,15 @@ async fn fake_host(
                     }
                     Some("run") => {
                         let mode = p["params"]["mode"].as_str().unwrap_or("echo").to_owned();
+                        let marker = WorkerInput::Event(ChildEvent::Result { value: json!({"tsbridgeEnd": p["barrier"]}) });
                         match mode.as_str() {
                             "echo" => {
                                 let _ = out.send(WorkerInput::Event(ChildEvent::Progress(tsbridge_proto::Progress::new(1, 2, "half")))).await;
+                                let _ = out.send(marker).await;
                                 let _ = answer.send(Ok(json!({"pid": pid, "params": p["params"]})));
                             }
                             "throw" => {
+                                let _ = out.send(marker).await;
                                 let _ = answer.send(Err(LinkError::Remote(json!({"message":"bad","name":"RangeError","aborted":false}))));
                             }
                             "crash" => {
@@ -116,14 +119,15 @@ async fn fake_host(
                                 let _ = out.send(WorkerInput::Exited(WorkerExit::Code(1))).await;
                                 return;
                             }
-                            other => running = Some((other.to_owned(), answer)),
+                            other => running = Some((other.to_owned(), answer, p["barrier"].clone())),
                         }
                     }
                     Some("cancel") => {
                         let _ = answer.send(Ok(json!({"op":"cancel","found":running.is_some()})));
-                        if running.as_ref().is_some_and(|(mode, _)| mode == "abortable")
-                            && let Some((_, job)) = running.take()
+                        if running.as_ref().is_some_and(|(mode, _, _)| mode == "abortable")
+                            && let Some((_, job, barrier)) = running.take()
                         {
+                            let _ = out.send(WorkerInput::Event(ChildEvent::Result { value: json!({"tsbridgeEnd": barrier}) })).await;
                             let _ = job.send(Err(LinkError::Remote(json!({"message":"job cancelled","name":"AbortError","aborted":true}))));
                         }
                         // "hang": ignores the cancel

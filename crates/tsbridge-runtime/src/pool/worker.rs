@@ -26,6 +26,11 @@ use super::{EventSink, PoolEvent, PoolJob, PoolOutcome};
 /// worker's timers do).
 const NO_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// How long, after a job's answer, its end-of-events marker may take to
+/// come through the event path (it only misses if the engine dropped events
+/// of a flooding job).
+const MARKER_WAIT: Duration = Duration::from_secs(2);
+
 /// Everything a worker process says besides answers, in order. After
 /// `Exited` nothing follows.
 #[derive(Debug)]
@@ -337,8 +342,9 @@ impl Worker {
                 pid: self.io.pid,
             })
             .await;
+        let barrier = protocol::new_barrier();
         let mut answer = Some(self.ask(
-            protocol::run_payload(&job_id, &job.workflow, &job.params),
+            protocol::run_payload(&job_id, &job.workflow, &job.params, &barrier),
             NO_TIMEOUT,
         ));
 
@@ -346,6 +352,7 @@ impl Worker {
         let mut abort: Option<(AbortReason, Instant)> = None;
         let mut killed = false;
         let mut retire_after = false;
+        let mut marker_seen = false;
         let aborted_error = |reason: AbortReason, killed: bool| match reason {
             AbortReason::Timeout => PoolJobError::Timeout {
                 after: timeout.unwrap_or_default(),
@@ -370,6 +377,9 @@ impl Worker {
             tokio::select! {
                 biased;
                 input = self.io.from_host.recv() => match input {
+                    Some(WorkerInput::Event(ChildEvent::Result { value })) if protocol::is_end_marker(&value, &barrier) => {
+                        marker_seen = true;
+                    }
                     Some(WorkerInput::Event(ev)) => {
                         let _ = sink.send(PoolEvent::Child(neutralize(ev))).await;
                     }
@@ -405,16 +415,13 @@ impl Worker {
                             continue;
                         }
                     };
-                    // Events the host sent before its answer are already queued: forward them first.
-                    let mut exited = None;
-                    while let Ok(input) = self.io.from_host.try_recv() {
-                        match input {
-                            WorkerInput::Event(ev) => {
-                                let _ = sink.send(PoolEvent::Child(neutralize(ev))).await;
-                            }
-                            WorkerInput::Exited(exit) => exited = Some(exit),
-                        }
-                    }
+                    // The job's events travel on another path than its
+                    // answer: forward them up to the host's end marker first.
+                    let exited = if marker_seen {
+                        None
+                    } else {
+                        self.forward_until_marker(&sink, &barrier).await
+                    };
                     let result = match abort {
                         Some((reason, _)) => Err(aborted_error(reason, false)),
                         None => result,
@@ -456,6 +463,33 @@ impl Worker {
                         let _ = other.reply.send(PoolOutcome::failed(PoolJobError::ShuttingDown, other.queued));
                     }
                 },
+            }
+        }
+    }
+
+    /// Forwards the job's events until its end marker (or the process's
+    /// exit, returned, or [`MARKER_WAIT`]).
+    async fn forward_until_marker(
+        &mut self,
+        sink: &EventSink,
+        barrier: &str,
+    ) -> Option<WorkerExit> {
+        let give_up = Instant::now() + MARKER_WAIT;
+        loop {
+            tokio::select! {
+                biased;
+                input = self.io.from_host.recv() => match input {
+                    Some(WorkerInput::Event(ChildEvent::Result { value })) if protocol::is_end_marker(&value, barrier) => return None,
+                    Some(WorkerInput::Event(ev)) => {
+                        let _ = sink.send(PoolEvent::Child(neutralize(ev))).await;
+                    }
+                    Some(WorkerInput::Exited(exit)) => return Some(exit),
+                    None => return Some(WorkerExit::Unknown),
+                },
+                _ = sleep_until(give_up) => {
+                    tracing::debug!(worker = %self.id, "end-of-job marker did not arrive");
+                    return None;
+                }
             }
         }
     }

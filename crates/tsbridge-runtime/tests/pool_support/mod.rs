@@ -1,15 +1,15 @@
 //! Shared helpers of the pool integration tests (real node, real processes).
 #![allow(dead_code)]
 
-pub mod direct;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tsbridge_proto::ChildEvent;
-use tsbridge_runtime::pool::{EventSink, HostScript, Pool, PoolConfig, PoolEvent, PoolJob, PoolOutcome, WorkerSpec};
+use tsbridge_runtime::pool::{
+    EventSink, HostScript, Pool, PoolConfig, PoolEvent, PoolJob, PoolOutcome, WorkerSpec,
+};
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures-pool")
@@ -21,7 +21,10 @@ pub fn tsx_loader() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!("SKIP: tsx not installed (run `npm ci` in {})", fixtures().display());
+        eprintln!(
+            "SKIP: tsx not installed (run `npm ci` in {})",
+            fixtures().display()
+        );
         None
     }
 }
@@ -32,7 +35,10 @@ pub fn ts_node_register() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!("SKIP: ts-node not installed (run `npm ci` in {})", fixtures().display());
+        eprintln!(
+            "SKIP: ts-node not installed (run `npm ci` in {})",
+            fixtures().display()
+        );
         None
     }
 }
@@ -102,13 +108,18 @@ pub fn alive(pid: u32) -> bool {
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-/// Starts a pool over real node workers.
-pub async fn start(spec: WorkerSpec, cfg: PoolConfig) -> Result<Pool, tsbridge_runtime::pool::PoolStartError> {
-    let launcher = std::sync::Arc::new(direct::DirectLauncher::new(spec.clone(), &cfg));
-    Pool::start_with(spec.name.clone(), launcher, cfg).await
+/// Starts a pool whose workers are real node processes run by the engine.
+pub async fn start(
+    spec: WorkerSpec,
+    cfg: PoolConfig,
+) -> Result<Pool, tsbridge_runtime::pool::PoolStartError> {
+    Pool::start(spec, cfg).await
 }
