@@ -1,5 +1,6 @@
 //! Cancellation and timeouts: the AbortSignal first; a handler that ignores
 //! it is killed (its whole worker) after the kill grace and replaced.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod pool_support;
 

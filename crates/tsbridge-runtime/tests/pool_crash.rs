@@ -1,4 +1,5 @@
 //! process.exit(1) inside a handler fails its job; the next job succeeds on a NEW worker.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod pool_support;
 

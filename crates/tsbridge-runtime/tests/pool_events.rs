@@ -1,5 +1,6 @@
 //! Progress and logs stream to the job's sink while it runs; console output
 //! inside a handler becomes logs and cannot forge a result.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod pool_support;
 

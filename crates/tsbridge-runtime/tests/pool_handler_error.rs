@@ -1,4 +1,5 @@
 //! A throwing handler fails only its job; the next job runs on the SAME worker.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod pool_support;
 

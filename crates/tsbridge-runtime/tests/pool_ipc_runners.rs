@@ -1,6 +1,7 @@
 //! An unmodified process.send / process.on('message') program round-trips
 //! over the engine's IPC channel under node, node --import tsx and ts-node
 //! (the channel the pool's workers use).
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod pool_support;
 

@@ -1,5 +1,6 @@
 //! Recycling: after max_jobs jobs, after max_age, and past max_rss the
 //! worker process is replaced (pids change); idle workers shrink to min.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod pool_support;
 

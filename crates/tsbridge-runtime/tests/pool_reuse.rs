@@ -1,4 +1,5 @@
 //! 1000 sequential pooled jobs on a pool of max 2 start only 2 processes at most.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod pool_support;
 

@@ -1,5 +1,6 @@
 //! Shutdown drains: running jobs may finish within the grace, then workers
 //! end; new jobs are refused; no worker process and no host file remain.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod pool_support;
 

@@ -1,6 +1,7 @@
 //! TypeScript pool modules: a default export (found as mod.default.default
 //! after CommonJS interop) and a named export per workflow, through tsx's
 //! loader and through ts-node's require hook.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod pool_support;
 

@@ -1,6 +1,7 @@
 //! Warmup proves readiness: start() returns with `min` live, idle workers
 //! that answered a ping; a module that does not load fails start() (warmup)
 //! or the job (no warmup) with the host's message.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod pool_support;
 

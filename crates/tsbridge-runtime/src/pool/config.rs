@@ -145,9 +145,11 @@ pub struct WorkerSpec {
 /// worker host script's path (which a filesystem allowlist must let it
 /// read). A worker runs one job at a time, so its limits are per job.
 #[derive(Clone)]
-pub struct WorkerSandbox(
-    pub Arc<dyn Fn(&JobKey, &Path) -> Result<Option<SandboxAttachment>, String> + Send + Sync>,
-);
+pub struct WorkerSandbox(pub Arc<PrepareSandbox>);
+
+/// The function behind a [`WorkerSandbox`].
+pub type PrepareSandbox =
+    dyn Fn(&JobKey, &Path) -> Result<Option<SandboxAttachment>, String> + Send + Sync;
 
 impl fmt::Debug for WorkerSandbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -102,10 +102,7 @@ pub(crate) struct Dispatcher {
     stats_tx: watch::Sender<PoolStats>,
     phase: Phase,
     /// Warmup: the workers still to prove ready, and whom to tell.
-    warmup: Option<(
-        Vec<WorkerId>,
-        oneshot::Sender<Result<(), (WorkerId, WorkerStartError)>>,
-    )>,
+    warmup: Option<(Vec<WorkerId>, WarmupReply)>,
     /// After failed starts, replenishing to `min` waits until then.
     start_backoff: Option<(Instant, Duration)>,
 }
@@ -324,14 +321,14 @@ impl Dispatcher {
                 self.grow();
             }
             Command::Withdraw { ticket } => {
-                if let Some(i) = self.waiting.iter().position(|w| w.ticket == ticket) {
-                    if let Some(w) = self.waiting.remove(i) {
-                        let queued = w.enqueued.elapsed();
-                        let _ = w.reply.send(PoolOutcome::failed(
-                            PoolJobError::Cancelled { killed: false },
-                            queued,
-                        ));
-                    }
+                if let Some(i) = self.waiting.iter().position(|w| w.ticket == ticket)
+                    && let Some(w) = self.waiting.remove(i)
+                {
+                    let queued = w.enqueued.elapsed();
+                    let _ = w.reply.send(PoolOutcome::failed(
+                        PoolJobError::Cancelled { killed: false },
+                        queued,
+                    ));
                 }
                 // A job already on a worker is cancelled there, by its token.
             }

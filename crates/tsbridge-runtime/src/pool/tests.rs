@@ -34,7 +34,8 @@ impl FakeLauncher {
     }
 }
 
-type Ask = (Value, oneshot::Sender<Result<Value, LinkError>>);
+type AnswerTx = oneshot::Sender<Result<Value, LinkError>>;
+type Ask = (Value, AnswerTx);
 
 /// The request side of the fake channel: requests go to the fake host task.
 #[derive(Debug)]
@@ -85,7 +86,7 @@ async fn fake_host(
         return;
     }
     // The job in flight: its mode and where its answer goes.
-    let mut running: Option<(String, oneshot::Sender<Result<Value, LinkError>>, Value)> = None;
+    let mut running: Option<(String, AnswerTx, Value)> = None;
     loop {
         tokio::select! {
             _ = kill.cancelled() => {
