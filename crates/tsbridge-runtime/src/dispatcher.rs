@@ -294,27 +294,19 @@ impl Dispatcher {
         Duration::from_secs_f64(secs.clamp(1.0, 3600.0))
     }
 
-    fn has_room(&self, workflow: &str) -> bool {
-        let limit = self
-            .shared
-            .workflows
-            .get(workflow)
-            .and_then(|w| w.concurrency)
-            .unwrap_or(usize::MAX);
-        self.running_by_workflow.get(workflow).copied().unwrap_or(0) < limit
-    }
-
     /// Starts queued jobs while there is room.
     async fn dispatch(&mut self) {
         while self.accepting() && self.running < self.shared.config.defaults.concurrency.max(1) {
-            let room: HashMap<String, bool> = self
-                .shared
-                .workflows
-                .keys()
-                .map(|w| (w.clone(), self.has_room(w)))
-                .collect();
+            let (workflows, running) = (&self.shared.workflows, &self.running_by_workflow);
             // Unknown workflows (removed from the config) have room: they fail at start.
-            let Some((id, _)) = self.ready.pop(|wf| room.get(wf).copied().unwrap_or(true)) else {
+            let has_room = |wf: &str| {
+                let limit = workflows
+                    .get(wf)
+                    .and_then(|w| w.concurrency)
+                    .unwrap_or(usize::MAX);
+                running.get(wf).copied().unwrap_or(0) < limit
+            };
+            let Some((id, _)) = self.ready.pop(has_room) else {
                 break;
             };
             self.start(id).await;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tsbridge_process::ResolveError as rt_error;
 use tsbridge_process::mask::Masker;
 use tsbridge_process::runtime::{self as rt, RuntimeSearch};
 use tsbridge_process::transpile::TranspileCache;
@@ -157,8 +158,17 @@ pub fn policy_for(wf: &WorkflowConfig, tmpdir: &Path) -> SandboxPolicy {
 #[async_trait]
 impl Executor for SpawnExecutor {
     fn check(&self, wf: &WorkflowConfig) -> Result<(), String> {
-        rt::resolve(&wf.script, Some(engine_runtime(wf.runtime)), &self.search)
-            .map_err(|e| e.to_string())?;
+        // Said without host paths: this text reaches API clients (503).
+        rt::resolve(&wf.script, Some(engine_runtime(wf.runtime)), &self.search).map_err(|e| {
+            tracing::warn!(workflow = %wf.name, error = %e, "runtime not found");
+            match e {
+                rt_error::ScriptMissing { .. } => "its script is missing".to_owned(),
+                rt_error::RuntimeNotFound { runtime, hint, .. } => {
+                    format!("{runtime} is not installed for it ({hint})")
+                }
+                rt_error::NodeNotFound { .. } => "node is not installed".to_owned(),
+            }
+        })?;
         if wf.runtime == RuntimeKind::Exec {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&wf.script)
