@@ -24,6 +24,7 @@ pub use crate::dispatcher::Submitted;
 use crate::dispatcher::{Command, Dispatcher, Shared, state_event};
 use crate::errors::RuntimeError;
 use crate::executor::Executor;
+use crate::pool::{HostScript, PoolExecutor};
 use crate::spawn::SpawnExecutor;
 use crate::stats::RuntimeStats;
 use crate::store::{
@@ -96,6 +97,21 @@ impl Runtime {
             opts.sandbox.clone(),
             opts.tmp_base.clone(),
         ));
+        // Pool-mode workflows: the pool module's executor unless one is given.
+        let own_pools = (opts.pool_executor.is_none()
+            && config.workflows.values().any(|w| w.mode == Mode::Pool))
+        .then(|| {
+            Arc::new(PoolExecutor::new(
+                opts.sandbox.clone(),
+                opts.tmp_base.clone(),
+                HostScript::default(),
+                config.server.dev,
+            ))
+        });
+        let pool_executor: Option<Arc<dyn Executor>> = opts
+            .pool_executor
+            .clone()
+            .or_else(|| own_pools.clone().map(|p| p as Arc<dyn Executor>));
         let mut workflows = BTreeMap::new();
         let mut executors = BTreeMap::new();
         let mut availability = BTreeMap::new();
@@ -104,7 +120,7 @@ impl Runtime {
             let ex = match opts.executors.get(name) {
                 Some(ex) => Some(ex.clone()),
                 None if wf.mode == Mode::Spawn => Some(spawn.clone()),
-                None => opts.pool_executor.clone(),
+                None => pool_executor.clone(),
             };
             let avail = match &ex {
                 Some(ex) => ex.check(&wf),
@@ -118,6 +134,25 @@ impl Runtime {
                 executors.insert(name.clone(), ex);
             }
             workflows.insert(name.clone(), wf);
+        }
+        // Start (and warm) our pools now; a pool that cannot start makes its
+        // workflow unavailable (details in the log, not in API answers).
+        if let Some(pools) = &own_pools {
+            let ready: Vec<&WorkflowConfig> = workflows
+                .values()
+                .filter(|w| {
+                    w.mode == Mode::Pool
+                        && !opts.executors.contains_key(&w.name)
+                        && matches!(availability.get(&w.name), Some(Ok(())))
+                })
+                .map(|w| w.as_ref())
+                .collect();
+            for (name, _why) in pools.start_all(ready).await {
+                availability.insert(
+                    name,
+                    Err("its worker pool failed to start (see the server log)".to_owned()),
+                );
+            }
         }
         let bus = match opts.subscriber_buffer {
             Some(n) => Bus::with_buffer(n),
