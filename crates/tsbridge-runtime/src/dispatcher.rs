@@ -374,7 +374,7 @@ impl Dispatcher {
         };
         self.running += 1;
         *self.running_by_workflow.entry(wf.name.clone()).or_default() += 1;
-        tokio::spawn(run_attempt(
+        let task = tokio::spawn(run_attempt(
             executor,
             req,
             control,
@@ -383,6 +383,31 @@ impl Dispatcher {
             seq,
             self.done_tx.clone(),
         ));
+        // If the attempt's task panics, its slot must still be freed: report
+        // the attempt as interrupted (its process was killed when the
+        // engine's handle was dropped), numbering on from the store.
+        let done = self.done_tx.clone();
+        let store = shared.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = task.await
+                && e.is_panic()
+            {
+                tracing::error!(job = %id, attempt = n, "an attempt's task panicked");
+                let last_seq = match store.get_job(id).await {
+                    Ok(Some(r)) => r.last_seq,
+                    _ => seq,
+                };
+                let mut outcome =
+                    AttemptOutcome::spawn_failure("internal error while the job ran", false);
+                outcome.reason = EndReason::Interrupted;
+                let _ = done.send(AttemptDone {
+                    id,
+                    attempt: n,
+                    outcome,
+                    last_seq,
+                });
+            }
+        });
     }
 
     /// A queued job whose workflow cannot run here fails at once.
