@@ -130,8 +130,6 @@ pub enum RuntimeError {
     },
     #[error("internal error")]
     Store(#[from] StoreError),
-    #[error("internal error")]
-    DispatcherGone,
 }
 
 impl RuntimeError {
@@ -147,7 +145,7 @@ impl RuntimeError {
             RuntimeError::Security(_) => ErrorType::SecurityError,
             RuntimeError::QueueFull { .. } => ErrorType::QueueFull,
             RuntimeError::AlreadyFinished { .. } => ErrorType::Conflict,
-            RuntimeError::Store(_) | RuntimeError::DispatcherGone => ErrorType::InternalError,
+            RuntimeError::Store(_) => ErrorType::InternalError,
         }
     }
 
