@@ -119,3 +119,62 @@ fn capture_1gib_raw_read_loop(b: divan::Bencher) {
         assert_eq!(total, GIB);
     });
 }
+
+fn hello_ts() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/ts/hello.ts")
+}
+
+fn ts_search() -> tsbridge_process::runtime::RuntimeSearch {
+    tsbridge_process::runtime::RuntimeSearch {
+        extra_node_modules: vec![
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../node_modules"),
+        ],
+        node: "/usr/bin/node".into(),
+    }
+}
+
+fn ts_cache() -> &'static tsbridge_process::transpile::TranspileCache {
+    static C: OnceLock<tsbridge_process::transpile::TranspileCache> = OnceLock::new();
+    C.get_or_init(|| tsbridge_process::transpile::TranspileCache::new(None).expect("cache"))
+}
+
+/// A TypeScript job in spawn mode as tsbridge runs it: resolve (transpile
+/// cache validation: a manifest read and a stat per input) + spawn + wait.
+/// Skipped without the root npm packages.
+#[divan::bench(sample_count = 30)]
+fn ts_hello_engine_transpile_cache(b: divan::Bencher) {
+    use tsbridge_process::runtime::resolve_for_spawn;
+    if resolve_for_spawn(&hello_ts(), None, &ts_search(), Some(ts_cache())).is_err() {
+        return;
+    }
+    b.bench(|| {
+        let inv =
+            resolve_for_spawn(&hello_ts(), None, &ts_search(), Some(ts_cache())).expect("resolve");
+        let mut e = env();
+        e.extend(inv.env.iter().cloned());
+        let spec = inv.builder().envs(e).build().expect("spec");
+        let o = rt().block_on(run(spec)).expect("runs");
+        assert!(o.exit.success());
+    });
+}
+
+/// The floor: plain `node <the same bundle>` with std::process, same env.
+#[divan::bench(sample_count = 30)]
+fn ts_hello_plain_node_std_command(b: divan::Bencher) {
+    use tsbridge_process::runtime::{Via, resolve_for_spawn};
+    let Ok(inv) = resolve_for_spawn(&hello_ts(), None, &ts_search(), Some(ts_cache())) else {
+        return;
+    };
+    let Via::TranspileCache { bundle, .. } = inv.via else {
+        return;
+    };
+    b.bench(|| {
+        let o = Command::new("/usr/bin/node")
+            .arg(&bundle)
+            .env_clear()
+            .envs(env())
+            .output()
+            .expect("node");
+        assert!(o.status.success());
+    });
+}
