@@ -16,7 +16,7 @@ async fn attempts_never_overlap() {
     let dir = tempfile::tempdir().unwrap();
     let spec = common::node_fixture("retry-probe.js")
         .arg(dir.path())
-        .timeout(Some(Duration::from_millis(1500)))
+        .timeout(Some(Duration::from_secs(4)))
         .kill_grace(Duration::from_millis(300))
         .build()
         .unwrap();

@@ -80,7 +80,7 @@ async fn memory_breach_and_cgroup_tree_kill() {
     let spec = common::node_fixture("tree.js")
         .arg(&pidfile)
         .sandbox(Some(a.clone()))
-        .timeout(Some(Duration::from_secs(3)))
+        .timeout(Some(Duration::from_secs(8)))
         .kill_grace(Duration::from_millis(300))
         .build()
         .unwrap();
