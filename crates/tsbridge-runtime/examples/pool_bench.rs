@@ -193,8 +193,22 @@ async fn spawned(jobs: usize) -> Stats {
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // TSBRIDGE_BENCH_RT=current: a current-thread runtime (no cross-thread
+    // wakeups between the pool's tasks); default: the multi-thread runtime
+    // the server uses.
+    let current = std::env::var("TSBRIDGE_BENCH_RT").is_ok_and(|v| v == "current");
+    let rt = if current {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    }
+    .expect("tokio runtime");
+    println!("runtime: {}", if current { "current_thread" } else { "multi_thread" });
+    rt.block_on(bench_main());
+}
+
+async fn bench_main() {
     let args: Vec<String> = std::env::args().collect();
     let jobs: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5000);
     let spawn_jobs: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30);
@@ -215,8 +229,9 @@ async fn main() {
     pool1.print();
     let pool2 = pooled(jobs, warmup, 2, 2).await;
     pool2.print();
-    let spawn = spawned(spawn_jobs).await;
-    spawn.print();
+    if spawn_jobs > 0 {
+        spawned(spawn_jobs).await.print();
+    }
     println!(
         "added latency of the pool over the bare IPC round trip at p50: {:.1} us (target <= 100 us)",
         pool1.q(0.5) - bare.q(0.5)
