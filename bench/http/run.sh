@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# End-to-end HTTP benchmark of `tsbridge serve` against the Node peers
+# (shared/peers/node-seed), same method as the peers' bench/run-wrk.sh:
+# wrk -t1 --timeout 30s --latency -s post.lua, quiet.py before every run,
+# machine CPU and server-tree CPU sampled around each run (cpu.py).
+#
+# usage: bench/http/run.sh [CELL ...]        CELL = SERVER@CONNS, e.g. tsb-pool@16
+#        bench/http/run.sh rss                idle RSS of tsbridge serve only
+#   SERVER: tsb-spawn tsb-pool node-spawn-node node-spawn-ts-node-T node-spawn-tsx node-fork4 node-piscina4
+#   no CELL: every server at its default connection counts (see CONNS below), then rss.
+# env: REPEATS (3), DUR_POOL (15s), DUR_SPAWN (10s), SEED (/tmp/node-seed: a copy
+#   of shared/peers/node-seed with `npm ci` done), TSB (target/release/tsbridge),
+#   OUT (/tmp/tsbridge-bench/http), QUIET_MAX (240 s max wait for an idle machine).
+# Needs: wrk, python3, curl, node 20, a release build (`cargo build --release -p tsbridge`).
+# Loopback only. Every server this script starts is stopped on exit (trap).
+#
+# Every server runs with the same minimal environment (env -i PATH HOME LANG):
+# tsbridge gives its children an allowlisted environment anyway, and an inherited
+# NODE_EXTRA_CA_CERTS alone costs each node child ~40 ms of startup CPU, which
+# would penalise only the Node spawn-per-request peers.
+set -uo pipefail
+cd "$(dirname "$0")"
+HERE=$(pwd)
+ROOT=$(cd ../.. && pwd)
+TSB=${TSB:-$ROOT/target/release/tsbridge}
+SEED=${SEED:-/tmp/node-seed}
+OUT=${OUT:-/tmp/tsbridge-bench/http}
+REPEATS=${REPEATS:-3}
+DUR_POOL=${DUR_POOL:-15s}
+DUR_SPAWN=${DUR_SPAWN:-10s}
+TSB_PORT=8788
+PEER_PORT=3000
+CLEAN_ENV=(env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp LANG=C.UTF-8)
+mkdir -p "$OUT"
+WRK_OUT=$OUT/wrk.txt
+RSS_OUT=$OUT/rss.txt
+
+declare -A PEER_CMD=(
+  [node-spawn-node]="env RUNNER=node node server.js"
+  [node-spawn-ts-node-T]="env RUNNER=ts-node-t node server.js"
+  [node-spawn-tsx]="env RUNNER=tsx node server.js"
+  [node-fork4]="node pool-server.js"
+  [node-piscina4]="node piscina-server.js"
+)
+declare -A CONNS=(
+  [tsb-spawn]="1 16" [node-spawn-node]="1 16" [node-spawn-ts-node-T]="1 16" [node-spawn-tsx]="1 16"
+  [tsb-pool]="1 16 256" [node-fork4]="1 16 256" [node-piscina4]="1 16 256"
+)
+declare -A PATHS=(
+  [tsb-spawn]=/workflow/video-generation/execute
+  [tsb-pool]=/workflow/video-generation-pool/execute
+)
+
+SPID=""
+stop_server() {
+  if [ -n "$SPID" ]; then
+    kill -TERM "$SPID" 2>/dev/null
+    for _ in $(seq 100); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SPID" 2>/dev/null
+    wait "$SPID" 2>/dev/null
+    SPID=""
+  fi
+}
+trap stop_server EXIT
+trap 'stop_server; exit 130' INT TERM
+
+# wait_until CMD...: retry for up to 60 s.
+wait_until() {
+  for _ in $(seq 600); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  return 1
+}
+
+tsb_ready() {
+  curl -sf "http://127.0.0.1:$TSB_PORT/readyz" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)["data"]
+w = d["workflows"]
+sys.exit(0 if d["ready"] and all(v == "available" for v in w.values()) else 1)'
+}
+
+# start_tsb CONFIG: a fresh store each time (config stores in /tmp/tsbridge-bench).
+start_tsb() {
+  rm -rf /tmp/tsbridge-bench/bench.db*
+  mkdir -p /tmp/tsbridge-bench
+  "${CLEAN_ENV[@]}" prlimit --nofile=65536 "$TSB" serve --config "$1" >"$OUT/server-tsb.log" 2>&1 &
+  SPID=$!
+  if ! wait_until tsb_ready; then
+    echo "tsbridge did not become ready; /readyz says:" >&2
+    curl -s "http://127.0.0.1:$TSB_PORT/readyz" >&2; echo >&2
+    tail -20 "$OUT/server-tsb.log" >&2
+    return 1
+  fi
+}
+
+start_peer() {
+  (cd "$SEED" && exec "${CLEAN_ENV[@]}" ${PEER_CMD[$1]}) >"$OUT/server-$1.log" 2>&1 &
+  SPID=$!
+  wait_until curl -sf "http://127.0.0.1:$PEER_PORT/health"
+}
+
+# rss_line LABEL: VmRSS/VmHWM of the server process, plus the RSS of its descendants.
+rss_line() {
+  python3 - "$SPID" "$1" <<'EOF' | tee -a "$RSS_OUT"
+import os, sys
+pid, label = int(sys.argv[1]), sys.argv[2]
+def status(p):
+    d = {}
+    for l in open(f'/proc/{p}/status'):
+        k, _, v = l.partition(':'); d[k] = v.strip()
+    return d
+kids = {}
+for p in os.listdir('/proc'):
+    if p.isdigit():
+        try:
+            s = open(f'/proc/{p}/stat').read(); kids.setdefault(int(s.rsplit(')', 1)[1].split()[1]), []).append(int(p))
+        except Exception: pass
+desc, st = [], list(kids.get(pid, []))
+while st:
+    x = st.pop(); desc.append(x); st += kids.get(x, [])
+kb = lambda s: int(s.split()[0])
+me = status(pid)
+child_rss = 0
+for p in desc:
+    try: child_rss += kb(status(p).get('VmRSS', '0 kB'))
+    except Exception: pass
+print(f"rss {label}: VmRSS={kb(me['VmRSS'])/1024:.1f}MiB VmHWM={kb(me['VmHWM'])/1024:.1f}MiB "
+      f"threads={me['Threads']} children={len(desc)} children_RSS={child_rss/1024:.1f}MiB")
+EOF
+}
+
+run_cell() { # SERVER CONNS
+  local n=$1 c=$2 url d
+  if [[ $n == tsb-* ]]; then url=http://127.0.0.1:$TSB_PORT${PATHS[$n]}; else url=http://127.0.0.1:$PEER_PORT/workflow/video-generation/execute; fi
+  case $n in *spawn*) d=$DUR_SPAWN ;; *) d=$DUR_POOL ;; esac
+  # warm-up (pool warm, JIT warm, transpile cache warm)
+  wrk -t1 -c"$c" -d3s --timeout 30s -s post.lua "$url" >/dev/null 2>&1
+  for r in $(seq "$REPEATS"); do
+    local q a b out busy srv
+    q=$(python3 quiet.py)
+    a=($(python3 cpu.py "$SPID"))
+    out=$(/usr/bin/time -f 'wrkcpu %U %S' wrk -t1 -c"$c" -d"$d" --timeout 30s --latency -s post.lua "$url" 2>&1)
+    b=($(python3 cpu.py "$SPID"))
+    busy=$(python3 -c "t=$((b[0] - a[0]));i=$((b[1] - a[1]));print(f'{100*(t-i)/t:.0f}')")
+    srv=$(python3 -c "t=$((b[0] - a[0]));print(f'{100*($((b[2] - a[2])))/t:.0f}')")
+    echo "=== $n@$c run=$r c=$c d=$d machine_busy=${busy}% server_tree_share=${srv}% $q" | tee -a "$WRK_OUT"
+    echo "$out" >>"$WRK_OUT"
+    echo "$out" | grep -E 'Requests/sec|^ +(50|99)%|Non-2xx|Socket errors'
+  done
+}
+
+run_server() { # SERVER [CONNS...]
+  local n=$1; shift
+  local conns=${*:-${CONNS[$n]}}
+  if [[ $n == tsb-* ]]; then
+    start_tsb "$HERE/bench.toml" || return 1
+    sleep 2; rss_line "bench.toml $n after startup"
+  else
+    start_peer "$n" || { echo "peer $n did not start" >&2; stop_server; return 1; }
+  fi
+  # one check request: fail loudly on a broken server instead of benchmarking errors
+  local p=${PATHS[$n]:-/workflow/video-generation/execute} port=$PEER_PORT
+  [[ $n == tsb-* ]] && port=$TSB_PORT
+  curl -s -m 30 -H 'content-type: application/json' -d @<(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" post.lua) \
+    "http://127.0.0.1:$port$p" | head -c 600; echo
+  for c in $conns; do run_cell "$n" "$c"; done
+  if [[ $n == tsb-* ]]; then sleep 2; rss_line "bench.toml $n after load"; fi
+  stop_server
+  sleep 1
+}
+
+# Idle RSS of tsbridge serve with the example config (copied to OUT: its store lives beside it).
+rss_example() {
+  local ex=$OUT/omega-workflow
+  rm -rf "$ex"; cp -r "$ROOT/examples/omega-workflow" "$ex"; rm -rf "$ex/.tsbridge"
+  sed -i "s/^bind = .*/bind = \"127.0.0.1:$TSB_PORT\"/" "$ex/tsbridge.toml"
+  "${CLEAN_ENV[@]}" TSBRIDGE_TOKEN=bench-token "$TSB" serve --config "$ex/tsbridge.toml" >"$OUT/server-example.log" 2>&1 &
+  SPID=$!
+  wait_until curl -sf "http://127.0.0.1:$TSB_PORT/healthz" || { tail "$OUT/server-example.log"; stop_server; return 1; }
+  sleep 3; rss_line "examples/omega-workflow after startup"
+  # a little load: 200 pooled data-analysis jobs, 2 at a time
+  local body='{"parameters":{"inputPath":"data/sample.csv","outputPath":"data/out/bench-summary.json"}}'
+  ls "$ex/data" >/dev/null 2>&1 && for i in $(seq 100); do
+    curl -s -o /dev/null -H 'authorization: Bearer bench-token' -H 'content-type: application/json' -d "$body" \
+      "http://127.0.0.1:$TSB_PORT/workflow/data-analysis-pooled/execute" &
+    curl -s -o /dev/null -H 'authorization: Bearer bench-token' -H 'content-type: application/json' -d "$body" \
+      "http://127.0.0.1:$TSB_PORT/workflow/data-analysis-pooled/execute"
+    wait
+  done
+  sleep 2; rss_line "examples/omega-workflow after 200 pooled jobs"
+  stop_server
+}
+
+echo "== $(date -u +%FT%TZ) $(uname -r) nproc=$(nproc) load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$WRK_OUT" "$RSS_OUT"
+[ -x "$TSB" ] || { echo "no $TSB: cargo build --release -p tsbridge" >&2; exit 1; }
+[ -d "$SEED/node_modules" ] || { echo "no $SEED/node_modules: cp -r shared/peers/node-seed $SEED && (cd $SEED && npm ci)" >&2; exit 1; }
+
+if [ $# -eq 0 ]; then
+  set -- tsb-pool node-fork4 node-piscina4 tsb-spawn node-spawn-node node-spawn-ts-node-T node-spawn-tsx rss
+fi
+# group cells by server, in order of first appearance
+declare -A WANT=(); ORDER=()
+for cell in "$@"; do
+  n=${cell%@*}
+  [ -z "${WANT[$n]+x}" ] && ORDER+=("$n") && WANT[$n]=""
+  [ "$cell" != "$n" ] && WANT[$n]="${WANT[$n]} ${cell#*@}"
+done
+for n in "${ORDER[@]}"; do
+  case $n in
+    rss) rss_example ;;
+    tsb-*|node-*) echo "== $n"; run_server "$n" ${WANT[$n]} ;;
+    *) echo "unknown server $n" >&2 ;;
+  esac
+done
+python3 "$HERE/summarize.py" "$WRK_OUT"
