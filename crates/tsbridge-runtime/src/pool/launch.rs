@@ -9,16 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tsbridge_process::ipc::{IpcError, IpcHandle};
 use tsbridge_process::{ExitKind, JobKey, JobSpec, RunningProcess, StopReason};
-use tsbridge_proto::{ChildEvent, WorkerId};
+use tsbridge_proto::WorkerId;
 
 use super::config::{PoolConfig, WorkerSpec};
 use super::errors::{HostScriptError, WorkerExit, WorkerStartError};
 use super::host_script::HostFile;
-use super::worker::{HostLink, Launcher, LinkError, WorkerInput, WorkerIo};
+use super::worker::{HostLink, Launcher, LinkError, WorkerIo};
 
 /// Starts workers as engine jobs running the worker host.
 #[derive(Debug)]
@@ -88,61 +88,45 @@ impl Launcher for EngineLauncher {
             ));
         };
         let pid = process.pid();
-        let events = process.take_events();
-        let (tx, from_host) = mpsc::channel(1024);
+        let events = match process.take_events() {
+            Some(rx) => rx,
+            None => mpsc::channel(1).1,
+        };
+        let (exit_tx, exit) = oneshot::channel();
         let kill = CancellationToken::new();
-        tokio::spawn(supervise(process, events, kill.clone(), tx));
+        tokio::spawn(supervise(process, kill.clone(), exit_tx));
         Ok(WorkerIo {
             pid: Some(pid),
             link: Arc::new(EngineLink(ipc)),
-            from_host,
+            events,
+            exit,
             kill,
         })
     }
 }
 
-/// Forwards the process's events, kills its tree when asked, and reports
-/// its end (after the last event).
+/// Owns the process: kills its tree when asked, reports how it ended (the
+/// engine closes its event stream before `wait` returns).
 async fn supervise(
     process: RunningProcess,
-    mut events: Option<mpsc::Receiver<ChildEvent>>,
     kill: CancellationToken,
-    tx: mpsc::Sender<WorkerInput>,
+    exit_tx: oneshot::Sender<WorkerExit>,
 ) {
     let control = process.control();
     let wait = process.wait();
     tokio::pin!(wait);
-    let mut killed = false;
-    let outcome = loop {
-        tokio::select! {
-            ev = async {
-                match events.as_mut() {
-                    Some(rx) => rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => match ev {
-                Some(ev) => {
-                    let _ = tx.send(WorkerInput::Event(ev)).await;
-                }
-                None => events = None,
-            },
-            _ = kill.cancelled(), if !killed => {
-                killed = true;
-                control.stop(StopReason::Cancelled, None);
-            }
-            outcome = &mut wait => break outcome,
+    let outcome = tokio::select! {
+        o = &mut wait => o,
+        _ = kill.cancelled() => {
+            control.stop(StopReason::Cancelled, None);
+            wait.await
         }
     };
-    if let Some(rx) = events.as_mut() {
-        while let Some(ev) = rx.recv().await {
-            let _ = tx.send(WorkerInput::Event(ev)).await;
-        }
-    }
     let exit = match outcome.exit {
         ExitKind::Code(c) => WorkerExit::Code(c),
         ExitKind::Signal(s) => WorkerExit::Signal(s),
     };
-    let _ = tx.send(WorkerInput::Exited(exit)).await;
+    let _ = exit_tx.send(exit);
 }
 
 /// The engine's IPC handle as the pool's [`HostLink`].

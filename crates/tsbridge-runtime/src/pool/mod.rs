@@ -38,7 +38,7 @@ pub use executor::PoolExecutor;
 pub use host_script::{HostFile, HostScript, WORKER_HOST_JS};
 pub use launch::EngineLauncher;
 pub use protocol::AbortReason;
-pub use worker::{HostLink, Launcher, LinkError, WorkerInput, WorkerIo};
+pub use worker::{HostLink, Launcher, LinkError, WorkerIo};
 
 use dispatcher::{Command, Dispatcher};
 

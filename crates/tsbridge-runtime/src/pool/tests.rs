@@ -71,18 +71,20 @@ async fn fake_host(
     boot: Boot,
     pid: u32,
     mut asks: mpsc::UnboundedReceiver<Ask>,
-    out: mpsc::Sender<WorkerInput>,
+    out: mpsc::Sender<ChildEvent>,
+    exit: oneshot::Sender<WorkerExit>,
     kill: CancellationToken,
 ) {
     if boot == Boot::Fatal {
         let _ = out
-            .send(WorkerInput::Event(ChildEvent::Log {
+            .send(ChildEvent::Log {
                 level: tsbridge_proto::LogLevel::Error,
                 message: "cannot load x".into(),
                 child_timestamp: None,
-            }))
+            })
             .await;
-        let _ = out.send(WorkerInput::Exited(WorkerExit::Code(78))).await;
+        drop(out);
+        let _ = exit.send(WorkerExit::Code(78));
         return;
     }
     // The job in flight: its mode and where its answer goes.
@@ -90,12 +92,14 @@ async fn fake_host(
     loop {
         tokio::select! {
             _ = kill.cancelled() => {
-                let _ = out.send(WorkerInput::Exited(WorkerExit::Signal(15))).await;
+                drop(out);
+                let _ = exit.send(WorkerExit::Signal(15));
                 return;
             }
             ask = asks.recv() => {
                 let Some((p, answer)) = ask else {
-                    let _ = out.send(WorkerInput::Exited(WorkerExit::Code(0))).await;
+                    drop(out);
+                    let _ = exit.send(WorkerExit::Code(0));
                     return;
                 };
                 match p["op"].as_str() {
@@ -104,10 +108,10 @@ async fn fake_host(
                     }
                     Some("run") => {
                         let mode = p["params"]["mode"].as_str().unwrap_or("echo").to_owned();
-                        let marker = WorkerInput::Event(ChildEvent::Result { value: json!({"tsbridgeEnd": p["barrier"]}) });
+                        let marker = ChildEvent::Result { value: json!({"tsbridgeEnd": p["barrier"]}) };
                         match mode.as_str() {
                             "echo" => {
-                                let _ = out.send(WorkerInput::Event(ChildEvent::Progress(tsbridge_proto::Progress::new(1, 2, "half")))).await;
+                                let _ = out.send(ChildEvent::Progress(tsbridge_proto::Progress::new(1, 2, "half"))).await;
                                 let _ = out.send(marker).await;
                                 let _ = answer.send(Ok(json!({"pid": pid, "params": p["params"]})));
                             }
@@ -117,7 +121,8 @@ async fn fake_host(
                             }
                             "crash" => {
                                 drop(answer);
-                                let _ = out.send(WorkerInput::Exited(WorkerExit::Code(1))).await;
+                                drop(out);
+                                let _ = exit.send(WorkerExit::Code(1));
                                 return;
                             }
                             other => running = Some((other.to_owned(), answer, p["barrier"].clone())),
@@ -128,7 +133,7 @@ async fn fake_host(
                         if running.as_ref().is_some_and(|(mode, _, _)| mode == "abortable")
                             && let Some((_, job, barrier)) = running.take()
                         {
-                            let _ = out.send(WorkerInput::Event(ChildEvent::Result { value: json!({"tsbridgeEnd": barrier}) })).await;
+                            let _ = out.send(ChildEvent::Result { value: json!({"tsbridgeEnd": barrier}) }).await;
                             let _ = job.send(Err(LinkError::Remote(json!({"message":"job cancelled","name":"AbortError","aborted":true}))));
                         }
                         // "hang": ignores the cancel
@@ -145,15 +150,17 @@ impl Launcher for FakeLauncher {
     async fn launch(&self, _worker: WorkerId) -> Result<WorkerIo, WorkerStartError> {
         let pid = self.pids.fetch_add(1, Ordering::Relaxed);
         let (ask_tx, asks) = mpsc::unbounded_channel();
-        let (out, from_host) = mpsc::channel(64);
+        let (out, events) = mpsc::channel(64);
+        let (exit_tx, exit) = oneshot::channel();
         let kill = CancellationToken::new();
-        tokio::spawn(fake_host(self.boot, pid, asks, out, kill.clone()));
+        tokio::spawn(fake_host(self.boot, pid, asks, out, exit_tx, kill.clone()));
         Ok(WorkerIo {
             pid: Some(pid),
             link: Arc::new(FakeLink {
                 tx: std::sync::Mutex::new(Some(ask_tx)),
             }),
-            from_host,
+            events,
+            exit,
             kill,
         })
     }

@@ -34,7 +34,7 @@ const MARKER_WAIT: Duration = Duration::from_secs(2);
 /// Everything a worker process says besides answers, in order. After
 /// `Exited` nothing follows.
 #[derive(Debug)]
-pub enum WorkerInput {
+enum WorkerInput {
     /// A `progress`/`log` envelope from the host (made an event by the IPC
     /// layer, without its id), or a line of the process's stdout/stderr. It
     /// belongs to the job running now.
@@ -71,9 +71,31 @@ pub trait HostLink: Send + Sync + fmt::Debug + 'static {
 pub struct WorkerIo {
     pub pid: Option<u32>,
     pub link: Arc<dyn HostLink>,
-    pub from_host: mpsc::Receiver<WorkerInput>,
+    /// The host's `progress`/`log` envelopes (made events by the IPC layer,
+    /// without their ids) and the lines of its stdout/stderr, in order. It
+    /// closes when the process's output has ended; they belong to the job
+    /// running at the time.
+    pub events: mpsc::Receiver<ChildEvent>,
+    /// How the process ended, sent once `events` is closed.
+    pub exit: oneshot::Receiver<WorkerExit>,
     /// Cancelling it kills the worker's whole process tree (TERM, grace, KILL).
     pub kill: CancellationToken,
+}
+
+/// What a worker process said next: an event, or (once its events are
+/// over) its exit. Takes the exit receiver when it fires.
+async fn next_input(
+    events: &mut mpsc::Receiver<ChildEvent>,
+    exit: &mut Option<oneshot::Receiver<WorkerExit>>,
+) -> Option<WorkerInput> {
+    if let Some(ev) = events.recv().await {
+        return Some(WorkerInput::Event(ev));
+    }
+    let code = match exit.take() {
+        Some(rx) => rx.await.unwrap_or(WorkerExit::Unknown),
+        None => WorkerExit::Unknown,
+    };
+    Some(WorkerInput::Exited(code))
 }
 
 /// Starts worker processes (the engine in production, a fake in unit tests).
@@ -133,7 +155,7 @@ type Answer = Pin<Box<dyn Future<Output = Result<Value, LinkError>> + Send>>;
 struct Worker {
     id: WorkerId,
     cfg: Arc<PoolConfig>,
-    io: WorkerIo,
+    io: Io,
     commands: mpsc::UnboundedReceiver<WorkerCommand>,
     reports: mpsc::UnboundedSender<WorkerReport>,
 }
@@ -167,6 +189,13 @@ pub(crate) async fn run_worker(
             return;
         }
     };
+    let io = Io {
+        pid: io.pid,
+        link: io.link,
+        events: io.events,
+        exit: Some(io.exit),
+        kill: io.kill,
+    };
     let mut w = Worker {
         id,
         cfg,
@@ -175,6 +204,16 @@ pub(crate) async fn run_worker(
         reports,
     };
     w.run().await;
+}
+
+/// The parts of a [`WorkerIo`] a worker task holds.
+struct Io {
+    pid: Option<u32>,
+    link: Arc<dyn HostLink>,
+    events: mpsc::Receiver<ChildEvent>,
+    /// `None` once the exit was read.
+    exit: Option<oneshot::Receiver<WorkerExit>>,
+    kill: CancellationToken,
 }
 
 /// How a worker's life ended, for the final report.
@@ -246,7 +285,7 @@ impl Worker {
                     // Closed: the process is ending; its exit says why.
                     Err(_) => answer = Box::pin(std::future::pending()),
                 },
-                input = self.io.from_host.recv() => match input {
+                input = next_input(&mut self.io.events, &mut self.io.exit) => match input {
                     Some(WorkerInput::Event(ev)) => {
                         if let ChildEvent::Log { level: LogLevel::Error, message, .. } = &ev {
                             last_error = Some(message.clone());
@@ -309,11 +348,11 @@ impl Worker {
                             let exit = self.drain_until_exit(None).await;
                             return End { exit, crashed: true };
                         }
-                        // Closed or an error answer: the exit (if any) comes on from_host.
+                        // Closed or an error answer: the exit (if any) follows the events.
                         Err(e) => tracing::debug!(worker = %self.id, error = %e, "ping failed"),
                     }
                 }
-                input = self.io.from_host.recv() => match input {
+                input = next_input(&mut self.io.events, &mut self.io.exit) => match input {
                     Some(WorkerInput::Event(ev)) => log_output(self.id, &ev),
                     Some(WorkerInput::Exited(exit)) => return End { exit, crashed: true },
                     None => return End { exit: WorkerExit::Unknown, crashed: true },
@@ -376,7 +415,7 @@ impl Worker {
             let kill_at = abort.as_ref().map(|(_, at)| *at);
             tokio::select! {
                 biased;
-                input = self.io.from_host.recv() => match input {
+                input = next_input(&mut self.io.events, &mut self.io.exit) => match input {
                     Some(WorkerInput::Event(ChildEvent::Result { value })) if protocol::is_end_marker(&value, &barrier) => {
                         marker_seen = true;
                     }
@@ -478,7 +517,7 @@ impl Worker {
         loop {
             tokio::select! {
                 biased;
-                input = self.io.from_host.recv() => match input {
+                input = next_input(&mut self.io.events, &mut self.io.exit) => match input {
                     Some(WorkerInput::Event(ChildEvent::Result { value })) if protocol::is_end_marker(&value, barrier) => return None,
                     Some(WorkerInput::Event(ev)) => {
                         let _ = sink.send(PoolEvent::Child(neutralize(ev))).await;
@@ -533,7 +572,7 @@ impl Worker {
         let mut kill_at = kill_at;
         loop {
             tokio::select! {
-                input = self.io.from_host.recv() => match input {
+                input = next_input(&mut self.io.events, &mut self.io.exit) => match input {
                     Some(WorkerInput::Exited(exit)) => return exit,
                     None => return WorkerExit::Unknown,
                     Some(WorkerInput::Event(ev)) => log_output(self.id, &ev),
