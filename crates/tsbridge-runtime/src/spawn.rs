@@ -272,6 +272,25 @@ impl Executor for SpawnExecutor {
                     }
                 }
             }
+            // No limits configured: still give the job a cgroup when the host
+            // has them, so every descendant (setsid ones included) is found
+            // and killed at the end, and a restarted server can sweep what a
+            // crashed one left. rlimits (core dumps off), no_new_privs and the
+            // seccomp deny-list come with it. A host without cgroups runs such
+            // jobs unsandboxed, as before.
+            (Some(sb), false) => {
+                let policy = SandboxPolicy::default();
+                match sb.prepare(key.as_str(), &policy) {
+                    Ok(prepared) => Some(SandboxAttachment {
+                        prepared: Arc::new(prepared),
+                        policy: Arc::new(policy),
+                    }),
+                    Err(e) => {
+                        tracing::debug!(job = %req.job_id, error = %e, "no tracking cgroup for this job");
+                        None
+                    }
+                }
+            }
             _ => None,
         };
 
