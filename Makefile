@@ -20,7 +20,8 @@ build:
 	$(CARGO) build --release --bin tsbridge
 
 run: setup build
-	./target/release/tsbridge serve --config $(CONFIG)
+	@[ -n "$$TSBRIDGE_TOKEN" ] || echo "TSBRIDGE_TOKEN not set: using the development token dev-token (curl -H 'Authorization: Bearer dev-token' ...)"
+	TSBRIDGE_TOKEN=$${TSBRIDGE_TOKEN:-dev-token} ./target/release/tsbridge serve --config $(CONFIG)
 
 lint:
 	$(CARGO) fmt --all -- --check
