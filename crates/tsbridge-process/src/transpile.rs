@@ -103,7 +103,9 @@ impl TranspileCache {
     }
 
     /// Opens (creating with mode 0700) the cache at `dir`, or at
-    /// [`Self::default_dir`]. A directory owned by another user is refused.
+    /// [`Self::default_dir`]. Refused when the directory or its parent is
+    /// owned by another user, is a symlink, or (the parent) is writable by
+    /// others.
     pub fn new(dir: Option<PathBuf>) -> Result<Self, TranspileError> {
         let dir = dir.unwrap_or_else(Self::default_dir);
         let err = |source| TranspileError::CacheDir {
@@ -115,17 +117,33 @@ impl TranspileCache {
             .mode(0o700)
             .create(&dir)
             .map_err(err)?;
-        let meta = fs::metadata(&dir).map_err(err)?;
         // SAFETY: getuid never fails and has no side effects.
         let uid = unsafe { libc::getuid() };
-        if meta.uid() != uid {
-            return Err(err(io::Error::new(
+        // The dir and its parent (e.g. /tmp/tsbridge-cache-<uid>) must be
+        // ours and closed to others: whoever can rename entries in them can
+        // swap a bundle that tsbridge will run.
+        let parent = dir.parent().filter(|p| p.file_name().is_some());
+        let denied = |d: &Path, why: &str| {
+            err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
-                "cache dir is owned by another user",
-            )));
+                format!("{}: {why}", d.display()),
+            ))
+        };
+        let meta = fs::symlink_metadata(&dir).map_err(err)?;
+        if meta.uid() != uid || !meta.is_dir() {
+            return Err(denied(&dir, "not a directory owned by this user"));
         }
         if meta.permissions().mode() & 0o077 != 0 {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(err)?;
+        }
+        if let Some(p) = parent {
+            let meta = fs::metadata(p).map_err(err)?;
+            let mode = meta.permissions().mode();
+            let owner_ok = meta.uid() == uid || meta.uid() == 0;
+            let sticky = mode & 0o1000 != 0;
+            if !owner_ok || (mode & 0o022 != 0 && !sticky) {
+                return Err(denied(p, "parent is writable by other users"));
+            }
         }
         Ok(Self { dir })
     }
@@ -476,6 +494,18 @@ mod tests {
         assert_ne!(a, b);
         assert_ne!(a, c);
         assert_eq!(a.len(), 32);
+    }
+
+    #[test]
+    fn cache_dir_under_a_parent_others_can_write_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let open = d.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(TranspileCache::new(Some(open.join("c"))).is_err());
+        // Sticky (like /tmp): others cannot rename our entries.
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(TranspileCache::new(Some(open.join("c"))).is_ok());
     }
 
     #[test]
