@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
+use tsbridge_process::transpile::TranspileCache;
 use tsbridge_runtime::{Config, Runtime, RuntimeOptions, SqliteStore};
 use tsbridge_sandbox::{Sandbox, SandboxConfig};
-use tsbridge_process::transpile::TranspileCache;
 use tsbridge_server::{AppState, Auth, ServerSettings};
 
 use crate::cli::ServeArgs;
@@ -68,7 +68,9 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
     let auth = Auth::resolve(&settings.tokens)?;
     let bind = config.server.bind;
     if !bind.ip().is_loopback() && !auth.is_enabled() {
-        anyhow::bail!("refusing to serve on {bind} without a token: set [server] tokens (auth is required beyond loopback)");
+        anyhow::bail!(
+            "refusing to serve on {bind} without a token: set [server] tokens (auth is required beyond loopback)"
+        );
     }
     let config = Arc::new(config);
     let runtime = Runtime::start(

@@ -176,13 +176,13 @@ async fn sigkilled_server_loses_no_job_and_leaks_no_process() {
     let running_once = submit("once", json!({"ms": 600000, "grandchild": true})).await;
     let running_pid = wait_for("the first job to run", || async {
         let j = get_job(&http, &base, &running_once).await?;
-        (j["state"] == "running").then(|| j["processId"].as_u64()).flatten()
+        (j["state"] == "running")
+            .then(|| j["processId"].as_u64())
+            .flatten()
     })
     .await as u32;
-    let queued: Vec<String> = futures::future::join_all(
-        (0..3).map(|_| submit("twice", json!({"ms": 50}))),
-    )
-    .await;
+    let queued: Vec<String> =
+        futures::future::join_all((0..3).map(|_| submit("twice", json!({"ms": 50})))).await;
     for id in &queued {
         let j = get_job(&http, &base, id).await.expect("job");
         assert_eq!(j["state"], "queued", "concurrency 1 keeps {id} queued");
