@@ -35,7 +35,7 @@ fn stdout_mix() -> Vec<u8> {
     while out.len() < 4 << 20 {
         i += 1;
         let line = match i % 20 {
-            0 | 1 | 2 => format!(
+            0..=2 => format!(
                 "[2024-05-01T10:00:{:02}.123Z] INFO: processed record {i} of batch {}",
                 i % 60,
                 i / 100
