@@ -5,9 +5,9 @@
 CARGO ?= cargo
 CONFIG ?= examples/omega-workflow/tsbridge.toml
 # npm projects whose packages the example and the tests need (TypeScript runners, esbuild, ...)
-NPM_DIRS := . examples/omega-workflow fixtures/ts crates/tsbridge-runtime/tests/fixtures-pool
+NPM_DIRS := . examples/omega-workflow crates/tsbridge-runtime/tests/fixtures-pool
 
-.PHONY: run test setup build lint unit bench clean-npm
+.PHONY: run test setup build lint unit js-test bench
 
 setup:
 	@for d in $(NPM_DIRS); do \
@@ -31,7 +31,12 @@ unit:
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc
 
-test: setup lint unit
+# The JavaScript parts: the pool worker host and the example app's own suite.
+js-test:
+	node --test js/test/*.test.mjs
+	cd examples/omega-workflow && npm test
+
+test: setup lint js-test unit
 
 bench: setup
 	bench/run.sh
