@@ -97,13 +97,16 @@ fn main() {
             } else {
                 None
             };
-            let inv = match resolve_for_spawn_async(program.into(), None, RuntimeSearch::default(), tc).await {
-                Ok(i) => i,
-                Err(e) => {
-                    eprintln!("resolve: {e}");
-                    return 1;
-                }
-            };
+            let inv =
+                match resolve_for_spawn_async(program.into(), None, RuntimeSearch::default(), tc)
+                    .await
+                {
+                    Ok(i) => i,
+                    Err(e) => {
+                        eprintln!("resolve: {e}");
+                        return 1;
+                    }
+                };
             eprintln!("via {:?}", inv.via);
             inv.builder()
         } else {
