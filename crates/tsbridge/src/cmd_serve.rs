@@ -34,6 +34,13 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
 
     // Orphaned descendants of jobs are reparented to us (and reaped), not to PID 1.
     tsbridge_process::init_supervisor().context("cannot set up process supervision")?;
+    // Descendants of jobs of a tsbridge that was SIGKILLed (the parent-death
+    // signal only ended each job's direct child); the cgroup sweep below
+    // catches the rest where cgroups exist.
+    let orphans = tsbridge_process::sweep_orphans();
+    if orphans > 0 {
+        tracing::warn!(processes = orphans, "killed processes left by a tsbridge that died");
+    }
 
     let sandbox = match Sandbox::new(SandboxConfig {
         cgroup_parent_name: cgroup_parent_name(&config.store.url),
