@@ -14,9 +14,9 @@
 //   {type:"request", id, payload:{op:"run", jobId, workflow, params, barrier}}
 //       -> {type:"progress", id, payload:{current, total, message}}   (ctx.progress)
 //       -> {type:"log",      id, payload:{level, message}}            (ctx.log, console.*)
-//       -> {type:"result",   id, payload:{tsbridgeEnd: barrier}}      (end of the job's events)
-//       -> {type:"response", id, payload:<the handler's value>}       or
-//          {type:"error",    id, payload:{message, name, aborted, stack?}}
+//       -> {type:"result",   id, payload:{tsbridgeEnd: barrier}}      (end of the job's events, if any)
+//       -> {type:"response", id, payload:{value:<the handler's value>, events}}  or
+//          {type:"error",    id, payload:{message, name, aborted, stack?, events}}
 //   {type:"request", id, payload:{op:"cancel", jobId, reason}}
 //       -> {type:"response", id, payload:{op:"cancel", jobId, found}}
 // Messages that arrive while the module loads are queued by Node until the
@@ -68,12 +68,13 @@ function send(type, id, payload) {
     return true;
   } catch (err) {
     // JSON.stringify failed (BigInt, circular): say so instead of the value.
-    if (type === 'response' || type === 'progress' || type === 'log') {
+    if (type === 'response') {
       process.send(
         envelope('error', id, {
-          message: `${type === 'response' ? 'result' : type} is not JSON-serializable: ${err && err.message ? err.message : String(err)}`,
+          message: `result is not JSON-serializable: ${err && err.message ? err.message : String(err)}`,
           name: 'TypeError',
           aborted: false,
+          events: payload && typeof payload.events === 'number' ? payload.events : 0,
         }),
       );
       return false;
@@ -99,6 +100,7 @@ const consoleLevels = { log: 'info', info: 'info', debug: 'debug', trace: 'debug
 for (const [method, level] of Object.entries(consoleLevels)) {
   console[method] = (...parts) => {
     if (current && !current.settled) {
+      current.events += 1;
       send('log', current.id, { level, message: format(...parts) });
     } else {
       process.stderr.write(format(...parts) + '\n');
@@ -174,7 +176,7 @@ async function runJob(ns, id, payload) {
   }
   const controller = new AbortController();
   const jobId = payload.jobId == null ? String(id) : String(payload.jobId);
-  const job = { id, jobId, controller, settled: false };
+  const job = { id, jobId, controller, settled: false, events: 0 };
   current = job;
   const workflow = typeof payload.workflow === 'string' ? payload.workflow : '';
   const ctx = Object.freeze({
@@ -183,10 +185,12 @@ async function runJob(ns, id, payload) {
     signal: controller.signal,
     progress(cur, total, message) {
       if (job.settled) return;
+      job.events += 1;
       send('progress', id, { current: Number(cur) || 0, total: Number(total) || 0, message: message == null ? '' : String(message) });
     },
     log(level, message) {
       if (job.settled) return;
+      job.events += 1;
       send('log', id, { level: String(level || 'info'), message: message == null ? '' : String(message) });
     },
   });
@@ -195,17 +199,20 @@ async function runJob(ns, id, payload) {
     const handler = findHandler(ns, workflow);
     if (!handler) throw new TypeError(`no handler for workflow "${workflow}": export a function named ${camelCase(workflow)} or a default function`);
     const value = await handler(payload.params ?? {}, ctx);
-    settledAs = ['response', value === undefined ? null : value];
+    settledAs = ['response', { value: value === undefined ? null : value }];
   } catch (err) {
     settledAs = ['error', errorPayload(err, controller.signal.aborted)];
   }
+  // How many progress/log envelopes the job sent: tsbridge waits for the end
+  // marker only when there were some.
+  settledAs[1].events = job.events;
   job.settled = true;
   current = null;
   jobsServed += 1;
   // End-of-job marker on the event path (progress/log travel there, the
   // answer travels on the reply path): tsbridge forwards the job's events up
   // to this marker before it reports the answer, so none arrive late.
-  if (typeof payload.barrier === 'string') send('result', id, { tsbridgeEnd: payload.barrier });
+  if (job.events > 0 && typeof payload.barrier === 'string') send('result', id, { tsbridgeEnd: payload.barrier });
   send(settledAs[0], id, settledAs[1]);
 }
 

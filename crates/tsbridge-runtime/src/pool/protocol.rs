@@ -91,6 +91,12 @@ pub fn parse_pong(v: &Value) -> Pong {
     }
 }
 
+/// How many progress/log envelopes a job sent, from its answer's `events`
+/// (the end marker follows them when there were some).
+pub fn event_count(answer: &Value) -> u64 {
+    answer.get("events").and_then(Value::as_u64).unwrap_or(0)
+}
+
 /// A job's handler threw or rejected (or its value could not be sent).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandlerFailure {

@@ -113,10 +113,9 @@ async fn fake_host(
                             "echo" => {
                                 let _ = out.send(ChildEvent::Progress(tsbridge_proto::Progress::new(1, 2, "half"))).await;
                                 let _ = out.send(marker).await;
-                                let _ = answer.send(Ok(json!({"pid": pid, "params": p["params"]})));
+                                let _ = answer.send(Ok(json!({"value": {"pid": pid, "params": p["params"]}, "events": 1})));
                             }
                             "throw" => {
-                                let _ = out.send(marker).await;
                                 let _ = answer.send(Err(LinkError::Remote(json!({"message":"bad","name":"RangeError","aborted":false}))));
                             }
                             "crash" => {
@@ -133,7 +132,7 @@ async fn fake_host(
                         if running.as_ref().is_some_and(|(mode, _, _)| mode == "abortable")
                             && let Some((_, job, barrier)) = running.take()
                         {
-                            let _ = out.send(ChildEvent::Result { value: json!({"tsbridgeEnd": barrier}) }).await;
+                            let _ = barrier;
                             let _ = job.send(Err(LinkError::Remote(json!({"message":"job cancelled","name":"AbortError","aborted":true}))));
                         }
                         // "hang": ignores the cancel

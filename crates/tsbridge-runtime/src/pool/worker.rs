@@ -83,7 +83,7 @@ pub struct WorkerIo {
 }
 
 /// What a worker process said next: an event, or (once its events are
-/// over) its exit. Takes the exit receiver when it fires.
+/// over) its exit. Cancel-safe (it runs inside `select!` loops).
 async fn next_input(
     events: &mut mpsc::Receiver<ChildEvent>,
     exit: &mut Option<oneshot::Receiver<WorkerExit>>,
@@ -91,8 +91,13 @@ async fn next_input(
     if let Some(ev) = events.recv().await {
         return Some(WorkerInput::Event(ev));
     }
-    let code = match exit.take() {
-        Some(rx) => rx.await.unwrap_or(WorkerExit::Unknown),
+    // Cancel-safe: the receiver stays in place until it has fired.
+    let code = match exit.as_mut() {
+        Some(rx) => {
+            let code = rx.await.unwrap_or(WorkerExit::Unknown);
+            *exit = None;
+            code
+        }
         None => WorkerExit::Unknown,
     };
     Some(WorkerInput::Exited(code))
@@ -437,15 +442,19 @@ impl Worker {
                 },
                 Some(r) = futures::future::OptionFuture::from(answer.as_mut()), if answer.is_some() => {
                     answer = None;
-                    let result = match r {
-                        Ok(value) => Ok(value),
+                    let (result, events) = match r {
+                        Ok(mut answer) => {
+                            let events = protocol::event_count(&answer);
+                            (Ok(answer.get_mut("value").map(Value::take).unwrap_or(Value::Null)), events)
+                        }
                         Err(LinkError::Remote(payload)) => {
                             let f = protocol::parse_failure(&payload);
-                            Err(PoolJobError::Handler {
+                            let err = PoolJobError::Handler {
                                 message: f.message,
                                 name: f.name,
                                 stack: if self.cfg.dev_mode { f.stack } else { None },
-                            })
+                            };
+                            (Err(err), protocol::event_count(&payload))
                         }
                         // The channel closed under the job: the process is
                         // ending; wait for its exit (the arm above).
@@ -455,8 +464,9 @@ impl Worker {
                         }
                     };
                     // The job's events travel on another path than its
-                    // answer: forward them up to the host's end marker first.
-                    let exited = if marker_seen {
+                    // answer: when it sent some, forward them up to the
+                    // host's end marker first.
+                    let exited = if marker_seen || events == 0 {
                         None
                     } else {
                         self.forward_until_marker(&sink, &barrier).await
