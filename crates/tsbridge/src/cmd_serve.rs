@@ -39,7 +39,10 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
     // catches the rest where cgroups exist.
     let orphans = tsbridge_process::sweep_orphans();
     if orphans > 0 {
-        tracing::warn!(processes = orphans, "killed processes left by a tsbridge that died");
+        tracing::warn!(
+            processes = orphans,
+            "killed processes left by a tsbridge that died"
+        );
     }
 
     let sandbox = match Sandbox::new(SandboxConfig {
