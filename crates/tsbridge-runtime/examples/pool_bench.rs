@@ -199,12 +199,23 @@ fn main() {
     // the server uses.
     let current = std::env::var("TSBRIDGE_BENCH_RT").is_ok_and(|v| v == "current");
     let rt = if current {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
     }
     .expect("tokio runtime");
-    println!("runtime: {}", if current { "current_thread" } else { "multi_thread" });
+    println!(
+        "runtime: {}",
+        if current {
+            "current_thread"
+        } else {
+            "multi_thread"
+        }
+    );
     rt.block_on(bench_main());
 }
 
