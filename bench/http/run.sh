@@ -82,7 +82,7 @@ sys.exit(0 if d["ready"] and all(v == "available" for v in w.values()) else 1)'
 start_tsb() {
   rm -rf /tmp/tsbridge-bench/bench.db*
   mkdir -p /tmp/tsbridge-bench
-  "${CLEAN_ENV[@]}" prlimit --nofile=65536 "$TSB" serve --config "$1" >"$OUT/server-tsb.log" 2>&1 &
+  "${CLEAN_ENV[@]}" "$TSB" serve --config "$1" >"$OUT/server-tsb.log" 2>&1 &
   SPID=$!
   if ! wait_until tsb_ready; then
     echo "tsbridge did not become ready; /readyz says:" >&2

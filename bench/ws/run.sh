@@ -36,12 +36,12 @@ trap 'stop_server; exit 130' INT TERM
 
 rm -rf "$OUT"/ws.db*
 env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp LANG=C.UTF-8 \
-  prlimit --nofile=65536 "$TSB" serve --config "$HERE/ws.toml" >"$OUT/server.log" 2>&1 &
+  prlimit --nofile="$(ulimit -Hn)" "$TSB" serve --config "$HERE/ws.toml" >"$OUT/server.log" 2>&1 &
 SPID=$!
 for _ in $(seq 600); do curl -sf http://127.0.0.1:8789/healthz >/dev/null && break; sleep 0.1; done
 curl -sf http://127.0.0.1:8789/healthz >/dev/null || { tail "$OUT/server.log"; exit 1; }
 sleep 2
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)"
 echo "== $(date -u +%FT%TZ) $(uname -r) conns=$CONNS jobs=$JOBS" | tee -a "$OUT/ws.txt"
 NODE_PATH=$WSMOD/node_modules node "$HERE/subscribers.js" --base http://127.0.0.1:8789 --pid "$SPID" \
   --conns "$CONNS" --jobs "$JOBS" --hold "$HOLD" 2>&1 | tee -a "$OUT/ws.txt"
