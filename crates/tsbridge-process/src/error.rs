@@ -202,7 +202,7 @@ pub enum ErrorKind {
 /// Why a job did not succeed, as the CLI and the runtime report it.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    #[error("process failed (exit code {exit_code:?}, signal {signal:?})")]
+    #[error("process failed ({})", describe_exit(*.exit_code, *.signal))]
     Execution {
         exit_code: Option<i32>,
         signal: Option<i32>,
@@ -310,5 +310,57 @@ mod tests {
         assert!(e.starts_with(char::is_lowercase));
         let e = JobError::Cancelled.to_string();
         assert!(e.starts_with(char::is_lowercase));
+    }
+}
+
+/// `exit code 3`, `killed by signal 11 (SIGSEGV)`.
+fn describe_exit(code: Option<i32>, signal: Option<i32>) -> String {
+    match (code, signal) {
+        (_, Some(sig)) => match signal_name(sig) {
+            Some(name) => format!("killed by signal {sig} ({name})"),
+            None => format!("killed by signal {sig}"),
+        },
+        (Some(c), None) => format!("exit code {c}"),
+        (None, None) => "no exit status".to_owned(),
+    }
+}
+
+/// The name of a common signal.
+pub fn signal_name(sig: i32) -> Option<&'static str> {
+    Some(match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use super::*;
+
+    #[test]
+    fn exits_read_like_a_shell_would_say_them() {
+        assert_eq!(describe_exit(Some(3), None), "exit code 3");
+        assert_eq!(
+            describe_exit(None, Some(libc::SIGSEGV)),
+            "killed by signal 11 (SIGSEGV)"
+        );
+        assert_eq!(describe_exit(None, Some(64)), "killed by signal 64");
     }
 }

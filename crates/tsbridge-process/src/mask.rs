@@ -42,16 +42,10 @@ pub const MIN_SECRET_LEN: usize = 4;
 /// The shortest piece of a secret redacted at a cut edge.
 pub const MIN_PARTIAL: usize = 3;
 
-/// Name fragments that make an environment variable a secret
-/// (case-insensitive, SPEC §5).
-pub const SECRET_NAME_PARTS: [&str; 6] =
-    ["PASSWORD", "PASSWD", "SECRET", "KEY", "TOKEN", "CREDENTIAL"];
-
-/// Whether an environment variable name looks like it holds a secret.
-pub fn is_secret_name(name: &str) -> bool {
-    let upper = name.to_ascii_uppercase();
-    SECRET_NAME_PARTS.iter().any(|p| upper.contains(p))
-}
+/// Whether an environment variable name looks like it holds a secret
+/// (SPEC §5). One rule for the whole product: the sandbox's, which also
+/// decides what a child never inherits.
+pub use tsbridge_sandbox::env::is_secret_name;
 
 /// Replaces secret values and patterns by [`REDACTED`]. Cheap to clone.
 #[derive(Clone, Default)]

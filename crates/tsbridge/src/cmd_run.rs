@@ -165,7 +165,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
             println!("null");
         }
         if let Some(err) = JobError::from_outcome(&outcome) {
-            ui.line(&format!("tsbridge: {err} ({})", outcome.reason));
+            ui.line(&format!("tsbridge: {err}"));
         }
     }
     Ok(ExitCode::from(exit_code(&outcome)))
