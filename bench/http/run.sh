@@ -29,7 +29,6 @@ REPEATS=${REPEATS:-3}
 DUR_POOL=${DUR_POOL:-15s}
 DUR_SPAWN=${DUR_SPAWN:-10s}
 TSB_PORT=8788
-PEER_PORT=3000
 CLEAN_ENV=(env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp LANG=C.UTF-8)
 mkdir -p "$OUT"
 WRK_OUT=$OUT/wrk.txt
@@ -51,18 +50,19 @@ declare -A PATHS=(
   [tsb-pool]=/workflow/video-generation-pool/execute
 )
 
-SPID=""
-stop_server() {
-  if [ -n "$SPID" ]; then
-    kill -TERM "$SPID" 2>/dev/null
-    for _ in $(seq 100); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SPID" 2>/dev/null
-    wait "$SPID" 2>/dev/null
-    SPID=""
-  fi
+PIDS=()   # every server this script started
+stop_servers() {
+  local p
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for p in "${PIDS[@]}"; do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null
+    wait "$p" 2>/dev/null
+  done
+  PIDS=()
 }
-trap stop_server EXIT
-trap 'stop_server; exit 130' INT TERM
+trap stop_servers EXIT
+trap 'stop_servers; exit 130' INT TERM
 
 # wait_until CMD...: retry for up to 60 s.
 wait_until() {
@@ -78,12 +78,21 @@ w = d["workflows"]
 sys.exit(0 if d["ready"] and all(v == "available" for v in w.values()) else 1)'
 }
 
-# start_tsb CONFIG: a fresh store each time (config stores in /tmp/tsbridge-bench).
+declare -A SPID=()  # server name -> pid (tsb serves both tsb-spawn and tsb-pool)
+declare -A PORT=([tsb]=$TSB_PORT [node-spawn-node]=3001 [node-spawn-ts-node-T]=3002 [node-spawn-tsx]=3003
+  [node-fork4]=3004 [node-piscina4]=3005)
+server_of() { case $1 in tsb-*) echo tsb ;; *) echo "$1" ;; esac; }
+url_of() {
+  local s; s=$(server_of "$1")
+  echo "http://127.0.0.1:${PORT[$s]}${PATHS[$1]:-/workflow/video-generation/execute}"
+}
+
+# start_tsb CONFIG: a fresh store each time (the config stores in /tmp/tsbridge-bench).
 start_tsb() {
   rm -rf /tmp/tsbridge-bench/bench.db*
   mkdir -p /tmp/tsbridge-bench
   "${CLEAN_ENV[@]}" "$TSB" serve --config "$1" >"$OUT/server-tsb.log" 2>&1 &
-  SPID=$!
+  SPID[tsb]=$!; PIDS+=($!)
   if ! wait_until tsb_ready; then
     echo "tsbridge did not become ready; /readyz says:" >&2
     curl -s "http://127.0.0.1:$TSB_PORT/readyz" >&2; echo >&2
@@ -93,14 +102,14 @@ start_tsb() {
 }
 
 start_peer() {
-  (cd "$SEED" && exec "${CLEAN_ENV[@]}" ${PEER_CMD[$1]}) >"$OUT/server-$1.log" 2>&1 &
-  SPID=$!
-  wait_until curl -sf "http://127.0.0.1:$PEER_PORT/health"
+  (cd "$SEED" && exec "${CLEAN_ENV[@]}" PORT="${PORT[$1]}" ${PEER_CMD[$1]}) >"$OUT/server-$1.log" 2>&1 &
+  SPID[$1]=$!; PIDS+=($!)
+  wait_until curl -sf "http://127.0.0.1:${PORT[$1]}/health"
 }
 
-# rss_line LABEL: VmRSS/VmHWM of the server process, plus the RSS of its descendants.
+# rss_line PID LABEL: VmRSS/VmHWM of the server process, plus the RSS of its descendants.
 rss_line() {
-  python3 - "$SPID" "$1" <<'EOF' | tee -a "$RSS_OUT"
+  python3 - "$1" "$2" <<'EOF' | tee -a "$RSS_OUT"
 import os, sys
 pid, label = int(sys.argv[1]), sys.argv[2]
 def status(p):
@@ -128,44 +137,19 @@ print(f"rss {label}: VmRSS={kb(me['VmRSS'])/1024:.1f}MiB VmHWM={kb(me['VmHWM'])/
 EOF
 }
 
-run_cell() { # SERVER CONNS
-  local n=$1 c=$2 url d
-  if [[ $n == tsb-* ]]; then url=http://127.0.0.1:$TSB_PORT${PATHS[$n]}; else url=http://127.0.0.1:$PEER_PORT/workflow/video-generation/execute; fi
+measure() { # CELL RUN
+  local cell=$1 r=$2 n=${1%@*} c=${1#*@} url d pid q a b out busy srv
+  url=$(url_of "$n"); pid=${SPID[$(server_of "$n")]}
   case $n in *spawn*) d=$DUR_SPAWN ;; *) d=$DUR_POOL ;; esac
-  # warm-up (pool warm, JIT warm, transpile cache warm)
-  wrk -t1 -c"$c" -d3s --timeout 30s -s post.lua "$url" >/dev/null 2>&1
-  for r in $(seq "$REPEATS"); do
-    local q a b out busy srv
-    q=$(python3 quiet.py)
-    a=($(python3 cpu.py "$SPID"))
-    out=$(/usr/bin/time -f 'wrkcpu %U %S' wrk -t1 -c"$c" -d"$d" --timeout 30s --latency -s post.lua "$url" 2>&1)
-    b=($(python3 cpu.py "$SPID"))
-    busy=$(python3 -c "t=$((b[0] - a[0]));i=$((b[1] - a[1]));print(f'{100*(t-i)/t:.0f}')")
-    srv=$(python3 -c "t=$((b[0] - a[0]));print(f'{100*($((b[2] - a[2])))/t:.0f}')")
-    echo "=== $n@$c run=$r c=$c d=$d machine_busy=${busy}% server_tree_share=${srv}% $q" | tee -a "$WRK_OUT"
-    echo "$out" >>"$WRK_OUT"
-    echo "$out" | grep -E 'Requests/sec|^ +(50|99)%|Non-2xx|Socket errors'
-  done
-}
-
-run_server() { # SERVER [CONNS...]
-  local n=$1; shift
-  local conns=${*:-${CONNS[$n]}}
-  if [[ $n == tsb-* ]]; then
-    start_tsb "$HERE/bench.toml" || return 1
-    sleep 2; rss_line "bench.toml $n after startup"
-  else
-    start_peer "$n" || { echo "peer $n did not start" >&2; stop_server; return 1; }
-  fi
-  # one check request: fail loudly on a broken server instead of benchmarking errors
-  local p=${PATHS[$n]:-/workflow/video-generation/execute} port=$PEER_PORT
-  [[ $n == tsb-* ]] && port=$TSB_PORT
-  curl -s -m 30 -H 'content-type: application/json' -d @<(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" post.lua) \
-    "http://127.0.0.1:$port$p" | head -c 600; echo
-  for c in $conns; do run_cell "$n" "$c"; done
-  if [[ $n == tsb-* ]]; then sleep 2; rss_line "bench.toml $n after load"; fi
-  stop_server
-  sleep 1
+  q=$(python3 quiet.py)
+  a=($(python3 cpu.py "$pid"))
+  out=$(/usr/bin/time -f 'wrkcpu %U %S' wrk -t1 -c"$c" -d"$d" --timeout 30s --latency -s post.lua "$url" 2>&1)
+  b=($(python3 cpu.py "$pid"))
+  busy=$(python3 -c "t=$((b[0] - a[0]));i=$((b[1] - a[1]));print(f'{100*(t-i)/t:.0f}')")
+  srv=$(python3 -c "t=$((b[0] - a[0]));print(f'{100*($((b[2] - a[2])))/t:.0f}')")
+  echo "=== $n@$c run=$r c=$c d=$d machine_busy=${busy}% server_tree_share=${srv}% $q" >>"$WRK_OUT"
+  echo "$out" >>"$WRK_OUT"
+  echo "$q busy=$busy% srv=$srv% $(echo "$out" | grep -E 'Requests/sec|^ +(50|99)%|Non-2xx|Socket errors' | tr -s ' ' | paste -sd' ')"
 }
 
 # Idle RSS of tsbridge serve with the example config (copied to OUT: its store lives beside it).
@@ -174,41 +158,69 @@ rss_example() {
   rm -rf "$ex"; cp -r "$ROOT/examples/omega-workflow" "$ex"; rm -rf "$ex/.tsbridge"
   sed -i "s/^bind = .*/bind = \"127.0.0.1:$TSB_PORT\"/" "$ex/tsbridge.toml"
   "${CLEAN_ENV[@]}" TSBRIDGE_TOKEN=bench-token "$TSB" serve --config "$ex/tsbridge.toml" >"$OUT/server-example.log" 2>&1 &
-  SPID=$!
-  wait_until curl -sf "http://127.0.0.1:$TSB_PORT/healthz" || { tail "$OUT/server-example.log"; stop_server; return 1; }
-  sleep 3; rss_line "examples/omega-workflow after startup"
+  local pid=$!; PIDS+=($pid)
+  wait_until curl -sf "http://127.0.0.1:$TSB_PORT/healthz" || { tail "$OUT/server-example.log"; stop_servers; return 1; }
+  sleep 3; rss_line "$pid" "examples/omega-workflow after startup"
   # a little load: 200 pooled data-analysis jobs, 2 at a time
   local body='{"parameters":{"inputPath":"data/sample.csv","outputPath":"data/out/bench-summary.json"}}'
-  ls "$ex/data" >/dev/null 2>&1 && for i in $(seq 100); do
-    curl -s -o /dev/null -H 'authorization: Bearer bench-token' -H 'content-type: application/json' -d "$body" \
-      "http://127.0.0.1:$TSB_PORT/workflow/data-analysis-pooled/execute" &
-    curl -s -o /dev/null -H 'authorization: Bearer bench-token' -H 'content-type: application/json' -d "$body" \
-      "http://127.0.0.1:$TSB_PORT/workflow/data-analysis-pooled/execute"
+  for _ in $(seq 100); do
+    for _ in 1 2; do
+      curl -s -o /dev/null -w '%{http_code}\n' -H 'authorization: Bearer bench-token' -H 'content-type: application/json' \
+        -d "$body" "http://127.0.0.1:$TSB_PORT/workflow/data-analysis-pooled/execute" &
+    done
     wait
-  done
-  sleep 2; rss_line "examples/omega-workflow after 200 pooled jobs"
-  stop_server
+  done | sort | uniq -c | sed 's/^/HTTP status count: /' | tee -a "$RSS_OUT"
+  sleep 2; rss_line "$pid" "examples/omega-workflow after 200 pooled jobs"
+  stop_servers
 }
 
-echo "== $(date -u +%FT%TZ) $(uname -r) nproc=$(nproc) load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$WRK_OUT" "$RSS_OUT"
+echo "== $(date -u +%FT%TZ) $(uname -r) nproc=$(nproc) load: $(cut -d' ' -f1-3 /proc/loadavg) tsbridge at $(git -C "$ROOT" rev-parse --short HEAD)" | tee -a "$WRK_OUT" "$RSS_OUT"
 [ -x "$TSB" ] || { echo "no $TSB: cargo build --release -p tsbridge" >&2; exit 1; }
 [ -d "$SEED/node_modules" ] || { echo "no $SEED/node_modules: cp -r shared/peers/node-seed $SEED && (cd $SEED && npm ci)" >&2; exit 1; }
 
 if [ $# -eq 0 ]; then
   set -- tsb-pool node-fork4 node-piscina4 tsb-spawn node-spawn-node node-spawn-ts-node-T node-spawn-tsx rss
 fi
-# group cells by server, in order of first appearance
-declare -A WANT=(); ORDER=()
+# Cells in order; a bare SERVER means all of its default connection counts.
+CELLS=(); DO_RSS=0
 for cell in "$@"; do
   n=${cell%@*}
-  [ -z "${WANT[$n]+x}" ] && ORDER+=("$n") && WANT[$n]=""
-  [ "$cell" != "$n" ] && WANT[$n]="${WANT[$n]} ${cell#*@}"
+  if [ "$n" = rss ]; then DO_RSS=1; continue; fi
+  [ -n "${CONNS[$n]+x}" ] || { echo "unknown server $n" >&2; exit 2; }
+  if [ "$cell" = "$n" ]; then for c in ${CONNS[$n]}; do CELLS+=("$n@$c"); done; else CELLS+=("$cell"); fi
 done
-for n in "${ORDER[@]}"; do
-  case $n in
-    rss) rss_example ;;
-    tsb-*|node-*) echo "== $n"; run_server "$n" ${WANT[$n]} ;;
-    *) echo "unknown server $n" >&2 ;;
-  esac
-done
+# Cells grouped by connection count (pooled ones first), so tsbridge and its peers run back to back.
+if [ ${#CELLS[@]} -gt 0 ]; then
+  mapfile -t CELLS < <(printf '%s\n' "${CELLS[@]}" | awk -F@ '{print ($1 ~ /spawn/ ? 1 : 0), $2, NR, $0}' |
+    sort -k1,1n -k2,2n -k3,3n | cut -d' ' -f4)
+  # Every server up at once (idle ones cost nothing), each on its own port.
+  declare -A UP=()
+  for cell in "${CELLS[@]}"; do
+    s=$(server_of "${cell%@*}")
+    [ -n "${UP[$s]+x}" ] && continue
+    UP[$s]=1
+    if [ "$s" = tsb ]; then
+      start_tsb "$HERE/bench.toml" || exit 1
+      sleep 2; rss_line "${SPID[tsb]}" "bench.toml after startup"
+    else
+      start_peer "$s" || { echo "peer $s did not start" >&2; exit 1; }
+    fi
+  done
+  echo "== servers: $(for s in "${!SPID[@]}"; do printf '%s=%s ' "$s" "${SPID[$s]}"; done)"
+  # One check request per cell: fail loudly on a broken server instead of benchmarking errors.
+  for cell in "${CELLS[@]}"; do
+    printf '%s: ' "$cell"
+    curl -s -m 30 -H 'content-type: application/json' -d "$(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" post.lua)" \
+      "$(url_of "${cell%@*}")" | head -c 300; echo
+  done
+  # Warm-up (pools, JIT, transpile cache), then REPEATS rounds over all cells:
+  # interleaving spreads the load of this shared machine over every server alike.
+  for cell in "${CELLS[@]}"; do wrk -t1 -c"${cell#*@}" -d3s --timeout 30s -s post.lua "$(url_of "${cell%@*}")" >/dev/null 2>&1; done
+  for r in $(seq "$REPEATS"); do
+    for cell in "${CELLS[@]}"; do printf '%s run %s: ' "$cell" "$r"; measure "$cell" "$r"; done
+  done
+  if [ -n "${SPID[tsb]+x}" ]; then sleep 2; rss_line "${SPID[tsb]}" "bench.toml after load"; fi
+  stop_servers
+fi
+[ "$DO_RSS" = 1 ] && rss_example
 python3 "$HERE/summarize.py" "$WRK_OUT"
