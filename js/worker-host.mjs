@@ -39,6 +39,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { format } from 'node:util';
+import v8 from 'node:v8';
 
 const EXIT_FATAL = 78; // EX_CONFIG: the module could not be loaded or has no handler
 const EXIT_NO_CHANNEL = 64;
@@ -229,7 +230,15 @@ function handleRequest(ns, msg) {
       return;
     }
     case 'ping': {
-      const mem = process.memoryUsage();
+      // RSS comes from /proc/self/statm, which a Landlock-sandboxed worker
+      // may not read: then report heap only (RSS recycling is off for it,
+      // the cgroup's memory limit still applies).
+      let mem;
+      try {
+        mem = process.memoryUsage();
+      } catch {
+        mem = { rss: null, heapUsed: v8HeapUsed() };
+      }
       send('response', msg.id, {
         op: 'pong',
         ready: true,
@@ -303,3 +312,11 @@ process.on('uncaughtException', (err) => {
 });
 
 await main();
+
+function v8HeapUsed() {
+  try {
+    return v8.getHeapStatistics().used_heap_size;
+  } catch {
+    return null;
+  }
+}

@@ -209,10 +209,26 @@ pub async fn shutdown_all(grace: Duration) -> ShutdownReport {
 /// Creates `<base>/tsbridge-<key>` with mode 0700 and records it.
 pub(crate) fn create_private_tmp(base: &Path, key: &JobKey) -> io::Result<PathBuf> {
     let dir = base.join(format!("tsbridge-{key}"));
-    std::fs::DirBuilder::new()
+    match std::fs::DirBuilder::new()
         .recursive(false)
         .mode(0o700)
-        .create(&dir)?;
+        .create(&dir)
+    {
+        Ok(()) => {}
+        // A caller may have made it first (the sandbox needs it to exist to
+        // grant it to Landlock): accept it only if it is a real directory
+        // of ours, private to us.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::symlink_metadata(&dir)?;
+            // SAFETY: geteuid never fails and has no side effects.
+            let me = unsafe { libc::geteuid() };
+            if !m.file_type().is_dir() || m.uid() != me || m.mode() & 0o077 != 0 {
+                return Err(e);
+            }
+        }
+        Err(e) => return Err(e),
+    }
     // The umask may have narrowed it further; make it exactly 0700.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     with_live(|l| l.tmpdirs.push(dir.clone()));

@@ -138,7 +138,16 @@ impl PoolExecutor {
 /// read the worker host script.
 fn worker_sandbox(sb: Arc<Sandbox>, wf: WorkflowConfig, tmp_base: PathBuf) -> WorkerSandbox {
     WorkerSandbox(Arc::new(move |key, host: &Path| {
+        // The engine makes this same private TMPDIR for the worker; make it
+        // now, because Landlock can only grant a path that exists.
         let tmpdir = tmp_base.join(format!("tsbridge-{key}"));
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&tmpdir)
+                .map_err(|e| format!("cannot create the worker's TMPDIR: {e}"))?;
+        }
         let mut policy = crate::spawn::policy_for(&wf, &tmpdir);
         if let (Some(fs), Some(dir)) = (policy.fs.take(), host.parent()) {
             policy.fs = Some(fs.allow_read(dir.to_path_buf()));
