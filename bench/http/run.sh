@@ -137,9 +137,24 @@ print(f"rss {label}: VmRSS={kb(me['VmRSS'])/1024:.1f}MiB VmHWM={kb(me['VmHWM'])/
 EOF
 }
 
+# ensure_up SERVER: restart a server that died (logged in wrk.txt; it happened once: an
+# outside SIGTERM while other engineers' tests ran on this shared machine).
+ensure_up() {
+  kill -0 "${SPID[$1]}" 2>/dev/null && return 0
+  echo "!!! $1 (pid ${SPID[$1]}) is gone; restarting it" | tee -a "$WRK_OUT" >&2
+  if [ "$1" = tsb ]; then
+    cp "$OUT/server-tsb.log" "$OUT/server-tsb.died-$(date +%s).log"
+    start_tsb "$HERE/bench.toml"
+  else
+    start_peer "$1"
+  fi
+}
+
 measure() { # CELL RUN
   local cell=$1 r=$2 n=${1%@*} c=${1#*@} url d pid q a b out busy srv
-  url=$(url_of "$n"); pid=${SPID[$(server_of "$n")]}
+  url=$(url_of "$n")
+  ensure_up "$(server_of "$n")" || return 1
+  pid=${SPID[$(server_of "$n")]}
   case $n in *spawn*) d=$DUR_SPAWN ;; *) d=$DUR_POOL ;; esac
   q=$(python3 quiet.py)
   a=($(python3 cpu.py "$pid"))

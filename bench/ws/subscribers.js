@@ -30,6 +30,20 @@ function mem() {
 }
 const show = (label, m) =>
   console.log(`${label}: VmRSS=${mib(m.rss)}MiB VmHWM=${mib(m.hwm)}MiB threads=${m.threads} fds=${m.fds}`);
+// Where the memory is: the server's anonymous mappings by size (many equal ones = per-connection mmaps).
+function mappings() {
+  const sizes = {};
+  for (const l of fs.readFileSync(`/proc/${PID}/maps`, 'utf8').split('\n')) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ 0\s*(\S*)$/.exec(l);
+    if (!m || (m[3] && m[3] !== '[heap]')) continue;
+    const kib = (parseInt(m[2], 16) - parseInt(m[1], 16)) / 1024;
+    const k = m[3] === '[heap]' ? `[heap] ${kib} KiB` : `${kib} KiB`;
+    sizes[k] = (sizes[k] || 0) + 1;
+  }
+  const top = Object.entries(sizes).sort((a, b) => b[1] - a[1]).slice(0, 4);
+  const heap = Object.keys(sizes).find((k) => k.startsWith('[heap]')) || '[heap] none';
+  return `${heap}; most common anonymous mappings: ${top.map(([k, n]) => `${n}x ${k}`).join(', ')}`;
+}
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function submitJobs() {
@@ -103,6 +117,7 @@ function subscribe(url, jobId) {
   await sleep(3000);
   const after = mem();
   show('server with subscribers', after);
+  console.log(`server memory layout: ${mappings()}`);
   console.log(`holding ${HOLD_S} s idle`);
   await sleep(HOLD_S * 1000);
   const held = mem();
