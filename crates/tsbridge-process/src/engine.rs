@@ -21,6 +21,12 @@
 //!   says when), which gives its rusage: `cpu` is user+sys of the leader and
 //!   of every descendant it reaped; `peak_rss` is the largest `ru_maxrss`
 //!   among them. With a sandbox cgroup, the cgroup's counters are used.
+//! - Resource monitor ([`crate::monitor`]): while the leader runs, the
+//!   supervision task samples the job every `monitor_interval` into
+//!   [`Outcome::samples`] (the peak also raises [`Outcome::peak_rss`]). With a
+//!   fallback memory limit and no cgroup memory limit, a sample above it ends
+//!   the job: SIGKILL to the tree at once (no SIGTERM, no grace), reason
+//!   `MemoryLimit`.
 
 use std::future::Future;
 use std::io;
@@ -49,6 +55,7 @@ use crate::lineproto::{
     ProtocolLimits, ResultExtractor, StderrProtocol, StdoutProtocol, StdoutSummary,
 };
 use crate::mask::Masker;
+use crate::monitor::{self, Monitor, ResourceSample};
 use crate::spec::{JOB_MARKER_ENV, JobKey, JobSpec, OWNER_ENV, StdinSpec};
 use crate::sys::{self, Pid};
 use crate::tree::Tracker;
@@ -227,6 +234,9 @@ pub struct Outcome {
     /// Processes of the job still alive after the leader exited by itself,
     /// which the engine then killed.
     pub leaked_descendants_killed: u32,
+    /// The resource monitor's samples (bounded, evenly spaced over the run;
+    /// empty when the monitor was off or the job ended before the first tick).
+    pub samples: Vec<ResourceSample>,
 }
 
 impl Outcome {
@@ -341,6 +351,7 @@ fn lost_outcome(p: &RunningProcess) -> Outcome {
         result: None,
         events_dropped: 0,
         leaked_descendants_killed: 0,
+        samples: Vec::new(),
     }
 }
 
@@ -372,6 +383,8 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
         private_tmp,
         control,
         event_capacity,
+        monitor_interval,
+        memory_limit_fallback,
     } = spec;
     let control = control.unwrap_or_default();
     let err = |stage, e| SpawnError::new(program.clone(), stage, e);
@@ -548,6 +561,15 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
         _ => {}
     }
 
+    // The fallback limit applies only when no cgroup enforces a memory limit.
+    let cgroup_memory_limit = sandbox
+        .as_ref()
+        .is_some_and(|s| s.prepared.cgroup().is_some() && s.policy.memory.is_some());
+    let memory_limit = memory_limit_fallback.filter(|_| !cgroup_memory_limit);
+    let monitor = monitor_interval
+        .or_else(|| memory_limit.map(|_| crate::spec::DEFAULT_MONITOR_INTERVAL))
+        .map(|every| (every, Monitor::new(started, memory_limit)));
+
     let (done_tx, done_rx) = oneshot::channel();
     let job = Supervised {
         pid,
@@ -569,6 +591,7 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
         dropped,
         results,
         tmpdir,
+        monitor,
     };
     let registration = supervisor::register(&key, control.clone());
     let span = tracing::debug_span!("job", key = %key, pid = pid.raw(), label = ?job.label);
@@ -814,6 +837,8 @@ struct Supervised {
     dropped: Arc<AtomicU64>,
     results: Arc<ResultSlot>,
     tmpdir: Option<PathBuf>,
+    /// The resource monitor and its interval.
+    monitor: Option<(Duration, Monitor)>,
 }
 
 /// Where the leader is.
@@ -835,21 +860,40 @@ impl Supervised {
             .timeout
             .map(|t| tokio::time::Instant::from_std(self.started + t));
         let control = self.control.clone();
+        let mut ticker = self.monitor.as_ref().map(|(every, _)| {
+            let first = tokio::time::Instant::from_std(self.started) + *every;
+            let mut i = tokio::time::interval_at(first, *every);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
 
-        let stop: Option<(EndReason, Duration)> = tokio::select! {
-            r = leader_fut.as_mut() => {
-                leader = self.on_leader(r);
-                None
+        let stop: Option<(EndReason, Duration)> = loop {
+            tokio::select! {
+                r = leader_fut.as_mut() => {
+                    leader = self.on_leader(r);
+                    break None;
+                }
+                _ = sleep_until_opt(deadline) => break Some((EndReason::Timeout, self.kill_grace)),
+                req = control.stopped() => {
+                    break Some((req.reason.into(), req.grace.unwrap_or(self.kill_grace)));
+                }
+                _ = tick_opt(ticker.as_mut()) => {
+                    if self.sample() {
+                        break Some((EndReason::MemoryLimit, Duration::ZERO));
+                    }
+                }
             }
-            _ = sleep_until_opt(deadline) => Some((EndReason::Timeout, self.kill_grace)),
-            req = control.stopped() => Some((req.reason.into(), req.grace.unwrap_or(self.kill_grace))),
         };
 
         let mut leaked = 0u32;
         let reason_override = match stop {
             Some((reason, grace)) => {
                 tracing::debug!(%reason, ?grace, "terminating job");
-                self.terminate(&mut leader_fut, &mut leader, grace).await;
+                // A memory breach is killed at once: more time only means
+                // more memory.
+                let term = reason != EndReason::MemoryLimit;
+                self.terminate(&mut leader_fut, &mut leader, grace, term)
+                    .await;
                 Some(reason)
             }
             None => {
@@ -859,7 +903,7 @@ impl Supervised {
                     if leaked > 0 {
                         tracing::debug!(leaked, "killing leftovers after the leader exited");
                     }
-                    self.terminate(&mut leader_fut, &mut leader, self.kill_grace)
+                    self.terminate(&mut leader_fut, &mut leader, self.kill_grace, true)
                         .await;
                 }
                 None
@@ -886,25 +930,48 @@ impl Supervised {
         }
     }
 
+    /// One resource monitor tick. `true`: the fallback memory limit is
+    /// exceeded.
+    fn sample(&mut self) -> bool {
+        let Some((_, m)) = self.monitor.as_mut() else {
+            return false;
+        };
+        let tracker = &mut self.tracker;
+        let mut from_proc = || monitor::read_procs(&tracker.discover(false));
+        let reading = match self.sandbox.as_ref().and_then(|s| s.prepared.cgroup()) {
+            Some(cg) => monitor::read_cgroup(cg, from_proc),
+            None => from_proc(),
+        };
+        let breach = m.record(Instant::now(), reading);
+        if breach {
+            tracing::debug!(rss = reading.rss_bytes, "memory limit exceeded");
+        }
+        breach
+    }
+
     /// TERM -> grace -> KILL -> bounded wait until nothing of the job is alive.
+    /// `term == false`: straight to KILL.
     async fn terminate<F>(
         &mut self,
         leader_fut: &mut Pin<&mut F>,
         leader: &mut Leader,
         grace: Duration,
+        term: bool,
     ) where
         F: Future<Output = io::Result<sys::Reaped>>,
     {
-        self.signal(Signal::TERM);
-        let grace_end = Instant::now() + grace;
-        loop {
-            self.poll_leader(leader_fut, leader, POLL).await;
-            self.tracker.reap();
-            if !matches!(leader, Leader::Running) && self.all_gone() {
-                return;
-            }
-            if Instant::now() >= grace_end {
-                break;
+        if term {
+            self.signal(Signal::TERM);
+            let grace_end = Instant::now() + grace;
+            loop {
+                self.poll_leader(leader_fut, leader, POLL).await;
+                self.tracker.reap();
+                if !matches!(leader, Leader::Running) && self.all_gone() {
+                    return;
+                }
+                if Instant::now() >= grace_end {
+                    break;
+                }
             }
         }
         let kill_end = Instant::now() + KILL_WAIT;
@@ -1030,6 +1097,15 @@ impl Supervised {
                 breach = stats.breach(&sb.policy, exit.signal());
             }
         }
+        let samples = match self.monitor.take() {
+            Some((_, m)) => {
+                if let Some(p) = m.peak() {
+                    peak_rss = Some(peak_rss.map_or(p, |q| q.max(p)));
+                }
+                m.into_samples()
+            }
+            None => Vec::new(),
+        };
         let reason = match stop {
             Some(r) => r,
             None => match breach {
@@ -1078,7 +1154,18 @@ impl Supervised {
             result,
             events_dropped: self.dropped.load(Ordering::Relaxed),
             leaked_descendants_killed: leaked,
+            samples,
         }
+    }
+}
+
+/// The next tick of the monitor's interval; never, without a monitor.
+async fn tick_opt(ticker: Option<&mut tokio::time::Interval>) {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

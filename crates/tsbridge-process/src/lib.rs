@@ -12,6 +12,7 @@ pub mod capture;
 pub mod ipc;
 pub mod lineproto;
 pub mod mask;
+pub mod monitor;
 
 pub mod engine;
 pub mod error;
@@ -30,5 +31,6 @@ mod tree;
 pub use engine::{ExitKind, Outcome, ProcessControl, RunningProcess, StopReason, run, spawn};
 pub use error::{ErrorKind, JobError, ResolveError, SpawnError, ValidationError};
 pub use ipclink::IpcHandle;
+pub use monitor::ResourceSample;
 pub use spec::{JobKey, JobSpec, JobSpecBuilder, SandboxAttachment, StdinSpec};
 pub use supervisor::{init_supervisor, shutdown_all, sweep_orphans};

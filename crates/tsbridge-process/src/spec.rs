@@ -36,6 +36,10 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_OUTPUT: usize = 16 * 1024 * 1024;
 /// Default longest protocol line kept (longer lines are truncated).
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
+/// Default interval of the resource monitor ([`crate::monitor`]).
+pub const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest monitor interval; shorter ones are raised to it.
+pub const MIN_MONITOR_INTERVAL: Duration = Duration::from_millis(10);
 
 /// What the child's stdin is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -118,6 +122,8 @@ pub struct JobSpec {
     pub(crate) private_tmp: Option<PathBuf>,
     pub(crate) control: Option<ProcessControl>,
     pub(crate) event_capacity: usize,
+    pub(crate) monitor_interval: Option<Duration>,
+    pub(crate) memory_limit_fallback: Option<u64>,
 }
 
 impl std::fmt::Debug for JobSpec {
@@ -135,6 +141,8 @@ impl std::fmt::Debug for JobSpec {
             .field("sandbox", &self.sandbox.is_some())
             .field("key", &self.key)
             .field("label", &self.label)
+            .field("monitor_interval", &self.monitor_interval)
+            .field("memory_limit_fallback", &self.memory_limit_fallback)
             .finish_non_exhaustive()
     }
 }
@@ -162,6 +170,8 @@ impl JobSpec {
                 private_tmp: None,
                 control: None,
                 event_capacity: 1024,
+                monitor_interval: Some(DEFAULT_MONITOR_INTERVAL),
+                memory_limit_fallback: None,
             },
         }
     }
@@ -213,6 +223,12 @@ impl JobSpec {
     }
     pub fn label(&self) -> Option<&str> {
         self.label.as_deref()
+    }
+    pub fn monitor_interval(&self) -> Option<Duration> {
+        self.monitor_interval
+    }
+    pub fn memory_limit_fallback(&self) -> Option<u64> {
+        self.memory_limit_fallback
     }
 }
 
@@ -311,6 +327,22 @@ impl JobSpecBuilder {
     /// Capacity of the event channel (see [`crate::engine::RunningProcess::take_events`]).
     pub fn event_capacity(mut self, n: usize) -> Self {
         self.spec.event_capacity = n.max(1);
+        self
+    }
+
+    /// How often the resource monitor samples the job (`None`: no samples,
+    /// unless [`Self::memory_limit`] needs them, then the default interval).
+    /// Default [`DEFAULT_MONITOR_INTERVAL`]; at least [`MIN_MONITOR_INTERVAL`].
+    pub fn monitor(mut self, interval: impl Into<Option<Duration>>) -> Self {
+        self.spec.monitor_interval = interval.into().map(|i| i.max(MIN_MONITOR_INTERVAL));
+        self
+    }
+    /// The memory limit (bytes, summed RSS of the job's processes) the
+    /// resource monitor enforces itself when the job has no cgroup memory
+    /// limit: above it the job's tree is killed and it ends with
+    /// `MemoryLimit`. Ignored when the sandbox's cgroup enforces a limit.
+    pub fn memory_limit(mut self, bytes: impl Into<Option<u64>>) -> Self {
+        self.spec.memory_limit_fallback = bytes.into();
         self
     }
 
