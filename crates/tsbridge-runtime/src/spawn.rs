@@ -311,6 +311,9 @@ impl Executor for SpawnExecutor {
             .ipc(wf.ipc)
             .masker(masker)
             .sandbox(sandbox)
+            // Enforced by tsbridge's monitor only where no cgroup enforces it
+            // (a degraded host); the kernel's limit wins where there is one.
+            .memory_limit(wf.limits.memory.map(|m| m.bytes()))
             .key(key)
             .label(format!("{}:{}", wf.name, req.job_id))
             .control(io.control.clone())

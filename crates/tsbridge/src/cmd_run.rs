@@ -89,7 +89,8 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
             .masker(masker.clone())
             .key(JobKey::generate())
             .private_tmp(Some(std::env::temp_dir()))
-            .control(control.clone());
+            .control(control.clone())
+            .memory_limit(args.memory.map(|m| m.0));
         if let Some((sb, pol)) = &sandbox {
             let prepared = sb
                 .prepare(&format!("run-{}-{attempt}", std::process::id()), pol)
@@ -197,6 +198,7 @@ fn outcome_json(o: &Outcome, attempts: u32, masker: &Masker) -> serde_json::Valu
             "wallTimeMs": o.wall.as_millis() as u64,
             "cpuTimeMs": o.cpu.as_millis() as u64,
             "peakMemoryBytes": o.peak_rss,
+            "samples": o.samples,
         },
         "output": {
             "stdout": masker.mask_captured(&o.stdout),
