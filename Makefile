@@ -27,9 +27,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# Doctests first: the last line CI reads is nextest's summary.
 unit:
-	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc
+	$(CARGO) nextest run --workspace --no-fail-fast
 
 # The JavaScript parts: the pool worker host and the example app's own suite.
 js-test:
