@@ -17,11 +17,12 @@ async fn ignored_cancel_kills_and_replaces_the_worker() {
     let before = pid_of(&run(&pool, json!({"mode": "echo"})).await) as u32;
     let job = PoolJob::new("pool-test", json!({"mode": "ignore-abort"}));
     let token = job.cancel.clone();
+    let (tx, mut rx) = sink();
     let running = {
         let p = pool.clone();
-        tokio::spawn(async move { p.run(job, sink().0).await })
+        tokio::spawn(async move { p.run(job, tx).await })
     };
-    pool.wait_stats(|s| s.busy == 1).await;
+    wait_started(&mut rx).await;
     token.cancel();
     let o = running.await.unwrap();
     assert!(
@@ -42,11 +43,12 @@ async fn honoured_cancel_keeps_the_worker() {
     let before = pid_of(&run(&pool, json!({"mode": "echo"})).await);
     let job = PoolJob::new("pool-test", json!({"mode": "abortable"}));
     let token = job.cancel.clone();
+    let (tx, mut rx) = sink();
     let running = {
         let p = pool.clone();
-        tokio::spawn(async move { p.run(job, sink().0).await })
+        tokio::spawn(async move { p.run(job, tx).await })
     };
-    pool.wait_stats(|s| s.busy == 1).await;
+    wait_started(&mut rx).await;
     token.cancel();
     let o = running.await.unwrap();
     assert!(

@@ -69,6 +69,18 @@ pub fn sink() -> (EventSink, mpsc::Receiver<PoolEvent>) {
     mpsc::channel(1024)
 }
 
+/// Waits until the job is on a worker (its `Started` event): a cancel sent
+/// earlier would withdraw it from the queue instead of aborting it there.
+pub async fn wait_started(rx: &mut mpsc::Receiver<PoolEvent>) {
+    loop {
+        match rx.recv().await {
+            Some(PoolEvent::Started { .. }) => return,
+            Some(_) => {}
+            None => panic!("the job ended before it started on a worker"),
+        }
+    }
+}
+
 /// The child events received so far (after the job ended), `Started` dropped.
 pub fn child_events(rx: &mut mpsc::Receiver<PoolEvent>) -> Vec<ChildEvent> {
     let mut out = Vec::new();
