@@ -93,10 +93,10 @@ impl Runtime {
         opts: RuntimeOptions,
     ) -> Result<Runtime, RuntimeError> {
         let node_id = opts.node_id.clone().unwrap_or_else(default_node_id);
-        let spawn: Arc<dyn Executor> = Arc::new(SpawnExecutor::new(
-            opts.sandbox.clone(),
-            opts.tmp_base.clone(),
-        ));
+        let spawn: Arc<dyn Executor> = Arc::new(
+            SpawnExecutor::new(opts.sandbox.clone(), opts.tmp_base.clone())
+                .with_transpile_cache(opts.transpile_cache.clone()),
+        );
         // Pool-mode workflows: the pool module's executor unless one is given.
         let own_pools = (opts.pool_executor.is_none()
             && config.workflows.values().any(|w| w.mode == Mode::Pool))

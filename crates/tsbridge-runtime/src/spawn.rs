@@ -247,7 +247,14 @@ impl Executor for SpawnExecutor {
 
         let sandbox = match (&self.sandbox, wf.limits.any()) {
             (Some(sb), true) => {
-                let policy = policy_for(wf, &tmpdir);
+                let mut policy = policy_for(wf, &tmpdir);
+                // A cached bundle lives outside the workflow's root: let the
+                // job read it (read only; the cache is tsbridge's, 0700).
+                if let rt::Via::TranspileCache { bundle, .. } = &inv.via
+                    && let (Some(fs), Some(dir)) = (policy.fs.take(), bundle.parent())
+                {
+                    policy.fs = Some(fs.allow_read(dir.to_path_buf()));
+                }
                 match sb.prepare(key.as_str(), &policy) {
                     Ok(prepared) => {
                         let short = prepared.report().shortfalls();
