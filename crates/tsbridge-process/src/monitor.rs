@@ -81,6 +81,12 @@ impl Monitor {
     /// Records one reading taken at `now`. `true`: the fallback memory limit
     /// is exceeded.
     pub(crate) fn record(&mut self, now: Instant, r: Reading) -> bool {
+        // No resident memory at all: every process of the job has exited (a
+        // live process always has some). Such a tick, racing the job's end,
+        // says nothing about the job: not recorded.
+        if r.rss_bytes == 0 {
+            return false;
+        }
         let wall = now.saturating_duration_since(self.prev_at);
         let cpu = r.cpu.saturating_sub(self.prev_cpu);
         let cpu_percent = if wall.is_zero() {
@@ -249,6 +255,15 @@ mod tests {
         // Evenly spaced.
         let gaps: Vec<u64> = s.windows(2).map(|w| w[1].at_ms - w[0].at_ms).collect();
         assert!(gaps.windows(2).all(|g| g[0] == g[1]), "{gaps:?}");
+    }
+
+    #[test]
+    fn a_tick_after_every_process_exited_is_not_recorded() {
+        let t0 = Instant::now();
+        let mut m = Monitor::new(t0, Some(1));
+        assert!(!m.record(t0 + Duration::from_millis(100), reading(0, 0)));
+        assert_eq!(m.peak(), None);
+        assert!(m.into_samples().is_empty());
     }
 
     #[test]
