@@ -1,0 +1,29 @@
+//! Integration tests of `tsbridge-process`, one module per behaviour, linked into
+//! one binary (one link instead of one per file: CI time and disk).
+//! Run them with `cargo nextest run -p tsbridge-process`: nextest runs every test in
+//! its own process, which some of them need (subreaper, signal handlers).
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+mod argv_verbatim;
+mod bytewise_result;
+mod cancel;
+mod env_exact;
+mod exit_code;
+mod flood_capture;
+mod ipc_engine;
+mod ipc_node;
+mod long_line;
+mod normal_exit_leftovers;
+mod parent_death;
+mod resource_monitor;
+mod retry_no_overlap;
+mod sandbox_cgroup;
+mod shutdown_all;
+mod signal_death;
+mod spawn_errors;
+mod timeout_kills_tree;
+mod timeout_kills_tree_no_subreaper;
+mod typescript;

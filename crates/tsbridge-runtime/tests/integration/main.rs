@@ -1,0 +1,37 @@
+//! Integration tests of `tsbridge-runtime`, one module per behaviour, linked into
+//! one binary (one link instead of one per file: CI time and disk).
+//! Run them with `cargo nextest run -p tsbridge-runtime`: nextest runs every test in
+//! its own process, which some of them need (subreaper, signal handlers).
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+mod pool_support;
+
+mod cancel;
+mod crash_restart;
+mod example_app;
+mod executor_panic;
+mod idempotency;
+mod ordering;
+mod pool_cancel;
+mod pool_crash;
+mod pool_events;
+mod pool_handler_error;
+mod pool_ipc_runners;
+mod pool_mode;
+mod pool_recycle;
+mod pool_reuse;
+mod pool_shutdown;
+mod pool_typescript;
+mod pool_warmup;
+mod queue_limit;
+mod recovery;
+mod retry;
+mod shutdown;
+mod slow_subscriber;
+mod store;
+mod submit;
+mod throughput;
+mod timeout;
+mod validation;

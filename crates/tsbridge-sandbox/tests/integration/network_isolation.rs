@@ -1,0 +1,56 @@
+//! network = false: a job cannot reach a listener on the host's loopback,
+//! while the same program without the policy can.
+
+use crate::common;
+
+use std::net::TcpListener;
+
+use common::*;
+use tsbridge_sandbox::{Enforcement, SandboxPolicy};
+
+fn connect(host: &Host, key: &str, network: bool, port: u16) -> (bool, String) {
+    let policy = SandboxPolicy {
+        network,
+        ..SandboxPolicy::default()
+    };
+    let prepared = host.prepare(key, &policy);
+    if !network {
+        assert_eq!(prepared.report().network, Enforcement::Enforced);
+    }
+    let mut cmd = base_command(python());
+    cmd.arg(fixture("connect.py")).arg(port.to_string());
+    let out = run(cmd, Some(&prepared));
+    let _job = JobGuard(prepared.into_cgroup());
+    (out.status.success(), stdout(&out))
+}
+
+fn check(host: &Host, tag: &str) {
+    if !is_root() || !host.sandbox.capabilities().network_ns {
+        eprintln!("skipped: no network namespaces");
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+
+    let (ok, out) = connect(host, &format!("{tag}-open"), true, port);
+    assert!(ok && out.contains("CONNECTED"), "with network: {out}");
+
+    let (ok, out) = connect(host, &format!("{tag}-closed"), false, port);
+    assert!(!ok, "connected without network: {out}");
+    assert!(
+        out.contains("ECONNREFUSED") || out.contains("ENETUNREACH"),
+        "unexpected error: {out}"
+    );
+}
+
+#[test]
+fn job_without_network_cannot_reach_host_loopback() {
+    let host = Host::new("net");
+    check(&host, "own");
+}
+
+#[test]
+fn shared_empty_namespace_also_isolates() {
+    let host = Host::with("netshared", |c| c.shared_netns = true);
+    check(&host, "shared");
+}

@@ -1,0 +1,369 @@
+//! Every error type through the router (`oneshot`), with the exact failure
+//! body shape: `{"success":false,"error":{type,message,details?}}`.
+
+#![allow(clippy::unwrap_used)]
+
+use crate::common;
+
+use axum::body::Body;
+use axum::http::Request;
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn bad_json_wrong_types_and_unknown_fields_are_400() {
+    let (state, _) = fake_state(settings());
+    let a = call(&state, "POST", "/v1/jobs", Some("{nope"), None).await;
+    assert_failure(&a, 400, "ValidationError");
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON")
+    );
+
+    let a = call(&state, "POST", "/v1/jobs", Some(r#"{"workflow": 5}"#), None).await;
+    assert_failure(&a, 400, "ValidationError");
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid type")
+    );
+
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/echo/execute",
+        Some(r#"{"parameters":{},"bogus":1}"#),
+        None,
+    )
+    .await;
+    assert_failure(&a, 400, "ValidationError");
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `bogus`")
+    );
+
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/echo/execute",
+        Some(r#"{"parameters":{},"options":{"timeout":"soon"}}"#),
+        None,
+    )
+    .await;
+    assert_failure(&a, 400, "ValidationError");
+
+    let a = call(&state, "POST", "/v1/jobs", None, None).await;
+    assert_failure(&a, 400, "ValidationError");
+}
+
+#[tokio::test]
+async fn schema_violations_are_400_with_details() {
+    let (state, _) = fake_state(settings());
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/schema/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
+    assert_failure(&a, 400, "ValidationError");
+    assert_eq!(a.body["error"]["details"][0]["path"], "/n");
+}
+
+#[tokio::test]
+async fn missing_or_wrong_token_is_401() {
+    let (state, _) = fake_state(with_token(settings()));
+    let a = call(&state, "GET", "/v1/jobs", None, None).await;
+    assert_failure(&a, 401, "Unauthorized");
+    assert_eq!(a.headers["www-authenticate"], "Bearer realm=\"tsbridge\"");
+    let a = call(&state, "GET", "/v1/jobs", None, Some("wrong")).await;
+    assert_failure(&a, 401, "Unauthorized");
+    // ?token= is for streams only.
+    let a = call(
+        &state,
+        "GET",
+        &format!("/v1/jobs?token={TOKEN}"),
+        None,
+        None,
+    )
+    .await;
+    assert_failure(&a, 401, "Unauthorized");
+    let a = call(&state, "GET", "/v1/jobs", None, Some(TOKEN)).await;
+    assert_eq!(a.status, 200);
+    // Liveness is open.
+    let a = call(&state, "GET", "/healthz", None, None).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, json!({"success": true, "data": {"status": "ok"}}));
+}
+
+#[tokio::test]
+async fn refused_paths_and_env_are_403() {
+    let (state, fake) = fake_state(settings());
+    for params in [
+        json!({"inputPath": "../../etc/passwd"}),
+        json!({"inputPath": "/srv/app-evil/data.csv"}),
+    ] {
+        let body = json!({"parameters": params}).to_string();
+        let a = call(&state, "POST", "/workflow/echo/execute", Some(&body), None).await;
+        assert_failure(&a, 403, "SecurityError");
+    }
+    let body =
+        json!({"parameters": {}, "options": {"env": {"LD_PRELOAD": "/tmp/evil.so"}}}).to_string();
+    let a = call(&state, "POST", "/workflow/echo/execute", Some(&body), None).await;
+    assert_failure(&a, 403, "SecurityError");
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("LD_PRELOAD")
+    );
+    assert_eq!(fake.job_count(), 0, "nothing ran");
+}
+
+#[tokio::test]
+async fn unknown_things_are_404() {
+    let (state, _) = fake_state(settings());
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/nope/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
+    assert_failure(&a, 404, "NotFound");
+    let a = call(
+        &state,
+        "GET",
+        "/v1/jobs/0190a5f6-0000-7000-8000-000000000000",
+        None,
+        None,
+    )
+    .await;
+    assert_failure(&a, 404, "NotFound");
+    let a = call(&state, "GET", "/v1/jobs/not-a-uuid", None, None).await;
+    assert_failure(&a, 404, "NotFound");
+    let a = call(&state, "GET", "/no/such/route", None, None).await;
+    assert_failure(&a, 404, "NotFound");
+    assert_eq!(a.body["error"]["message"], "no route GET /no/such/route");
+}
+
+#[tokio::test]
+async fn wrong_method_is_405_json() {
+    let (state, _) = fake_state(settings());
+    let a = call(&state, "DELETE", "/v1/jobs", None, None).await;
+    assert_eq!(a.status, 405);
+    assert_eq!(a.body["success"], false);
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("DELETE")
+    );
+}
+
+#[tokio::test]
+async fn timeout_is_408_with_job_id() {
+    let (state, _) = fake_state(settings());
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/timeout/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
+    assert_failure(&a, 408, "TimeoutError");
+    assert!(a.body["error"]["details"]["jobId"].is_string());
+    assert_eq!(a.body["error"]["details"]["reason"], "timeout");
+}
+
+#[tokio::test]
+async fn cancelling_a_finished_job_is_409() {
+    let (state, _) = fake_state(settings());
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/echo/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let id = a.body["data"]["jobId"].as_str().unwrap().to_owned();
+    let a = call(&state, "POST", &format!("/v1/jobs/{id}/cancel"), None, None).await;
+    assert_failure(&a, 409, "Conflict");
+    assert_eq!(a.body["error"]["details"]["state"], "succeeded");
+}
+
+#[tokio::test]
+async fn body_over_max_body_is_413() {
+    let mut s = settings();
+    s.max_body = 64;
+    let (state, _) = fake_state(s);
+    let big = json!({"workflow": "echo", "parameters": {"x": "y".repeat(200)}}).to_string();
+    // With a Content-Length (refused before reading) ...
+    let req = Request::post("/v1/jobs")
+        .header("content-type", "application/json")
+        .header("content-length", big.len().to_string())
+        .body(Body::from(big.clone()))
+        .unwrap();
+    let a = send(&state, req).await;
+    assert_failure(&a, 413, "PayloadTooLarge");
+    // ... and without one (refused while reading).
+    let req = Request::post("/v1/jobs").body(Body::from(big)).unwrap();
+    let a = send(&state, req).await;
+    assert_failure(&a, 413, "PayloadTooLarge");
+}
+
+#[tokio::test]
+async fn resource_limit_is_413_with_stderr() {
+    let (state, _) = fake_state(settings());
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/oom/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
+    assert_failure(&a, 413, "ResourceLimitError");
+    assert_eq!(a.body["error"]["details"]["reason"], "memory_limit");
+    assert_eq!(a.body["error"]["details"]["stderr"], "heap");
+}
+
+#[tokio::test]
+async fn queue_full_is_429_with_retry_after() {
+    let (state, _) = fake_state(settings());
+    let a = call(
+        &state,
+        "POST",
+        "/v1/jobs",
+        Some(r#"{"workflow":"full"}"#),
+        None,
+    )
+    .await;
+    assert_failure(&a, 429, "QueueFull");
+    assert_eq!(a.headers["retry-after"], "3");
+}
+
+#[tokio::test]
+async fn nonzero_exit_is_500_with_exit_code_and_stderr() {
+    let (state, _) = fake_state(settings());
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/fail/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
+    assert_failure(&a, 500, "ExecutionError");
+    let d = &a.body["error"]["details"];
+    assert_eq!(d["exitCode"], 3);
+    assert_eq!(d["signal"], json!(null));
+    assert_eq!(d["stderr"], "boom: something broke\n");
+    assert_eq!(d["reason"], "exited");
+    assert_eq!(d["state"], "failed");
+    assert!(d["jobId"].is_string());
+    assert_eq!(a.body["error"]["message"], "process exited with code 3");
+
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/signal/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
+    assert_failure(&a, 500, "ExecutionError");
+    assert_eq!(a.body["error"]["details"]["signal"], 9);
+    assert_eq!(a.body["error"]["details"]["signalName"], "SIGKILL");
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("SIGKILL")
+    );
+}
+
+#[tokio::test]
+async fn internal_errors_hide_internals_unless_dev() {
+    let (state, _) = fake_state(settings());
+    let a = call(
+        &state,
+        "POST",
+        "/v1/jobs",
+        Some(r#"{"workflow":"broken"}"#),
+        None,
+    )
+    .await;
+    assert_failure(&a, 500, "InternalError");
+    assert_eq!(a.body["error"]["message"], "internal error");
+    let text = a.body.to_string();
+    assert!(
+        !text.contains("SELECT") && !text.contains("/var/lib"),
+        "{text}"
+    );
+
+    // A spawn failure keeps its job id, nothing else.
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/spawnfail/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
+    assert_failure(&a, 500, "InternalError");
+    assert_eq!(a.body["error"]["details"].as_object().unwrap().len(), 1);
+    assert!(a.body["error"]["details"]["jobId"].is_string());
+
+    let mut s = settings();
+    s.dev = true;
+    let (state, _) = fake_state(s);
+    let a = call(
+        &state,
+        "POST",
+        "/v1/jobs",
+        Some(r#"{"workflow":"broken"}"#),
+        None,
+    )
+    .await;
+    assert_failure(&a, 500, "InternalError");
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("SELECT")
+    );
+}
+
+#[tokio::test]
+async fn unavailable_workflow_is_503() {
+    let (state, _) = fake_state(settings());
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/unavail/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
+    assert_failure(&a, 503, "Unavailable");
+}
+
+#[tokio::test]
+async fn invalid_list_filters_are_400() {
+    let (state, _) = fake_state(settings());
+    let a = call(&state, "GET", "/v1/jobs?state=done", None, None).await;
+    assert_failure(&a, 400, "ValidationError");
+    let a = call(&state, "GET", "/v1/jobs?limit=0", None, None).await;
+    assert_failure(&a, 400, "ValidationError");
+}

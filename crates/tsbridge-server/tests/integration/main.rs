@@ -1,0 +1,20 @@
+//! Integration tests of `tsbridge-server`, one module per behaviour, linked into
+//! one binary (one link instead of one per file: CI time and disk).
+//! Run them with `cargo nextest run -p tsbridge-server`: nextest runs every test in
+//! its own process, which some of them need (subreaper, signal handlers).
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+mod auth_socket;
+mod batch;
+mod client;
+mod errors;
+mod measure;
+mod real_execute;
+mod real_streams;
+mod routes;
+mod shutdown;
+mod sse;
+mod ws;

@@ -1,0 +1,283 @@
+//! Every route's success answer through the router (`oneshot`), with
+//! snapshot-like assertions on the exact JSON shapes.
+
+#![allow(clippy::unwrap_used)]
+
+use crate::common;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+    k.sort();
+    k
+}
+
+#[tokio::test]
+async fn execute_answers_the_documented_shape() {
+    let (state, _) = fake_state(settings());
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/echo/execute",
+        Some(r#"{"parameters":{"a":1},"options":{"timeout":"2s","priority":3}}"#),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(keys(&a.body), ["data", "success"]);
+    assert_eq!(a.body["success"], true);
+    let d = &a.body["data"];
+    assert_eq!(
+        keys(d),
+        [
+            "attempts",
+            "executionTime",
+            "exitCode",
+            "jobId",
+            "processId",
+            "resources",
+            "result",
+            "success"
+        ]
+    );
+    assert_eq!(d["success"], true);
+    assert_eq!(d["result"], json!({"echo": {"a": 1}}));
+    assert_eq!(d["exitCode"], 0);
+    assert_eq!(d["attempts"], 1);
+    assert_eq!(d["processId"], 4242);
+    assert_eq!(d["executionTime"], 12);
+    assert_eq!(
+        keys(&d["resources"]),
+        ["cpuTimeMs", "peakMemoryBytes", "wallTimeMs"]
+    );
+}
+
+#[tokio::test]
+async fn submit_get_list_cancel() {
+    let (state, _) = fake_state(settings());
+    let a = call(
+        &state,
+        "POST",
+        "/v1/jobs",
+        Some(r#"{"workflow":"hang","parameters":{}}"#),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 202, "{a:?}");
+    assert_eq!(keys(&a.body["data"]), ["jobId", "state"]);
+    assert_eq!(a.body["data"]["state"], "queued");
+    let id = a.body["data"]["jobId"].as_str().unwrap().to_owned();
+    assert_eq!(a.headers["location"], format!("/v1/jobs/{id}"));
+
+    let a = call(&state, "GET", &format!("/v1/jobs/{id}"), None, None).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        keys(&a.body["data"]),
+        [
+            "attempts",
+            "createdAt",
+            "error",
+            "exitCode",
+            "finishedAt",
+            "jobId",
+            "output",
+            "priority",
+            "processId",
+            "progress",
+            "reason",
+            "resources",
+            "result",
+            "signal",
+            "startedAt",
+            "state",
+            "workflow"
+        ]
+    );
+    assert_eq!(
+        keys(&a.body["data"]["output"]),
+        [
+            "stderr",
+            "stderrDroppedBytes",
+            "stderrTruncated",
+            "stdout",
+            "stdoutDroppedBytes",
+            "stdoutTruncated"
+        ]
+    );
+
+    let a = call(
+        &state,
+        "GET",
+        "/v1/jobs?state=running&workflow=hang&limit=10",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(keys(&a.body["data"]), ["jobs", "nextCursor"]);
+
+    let a = call(&state, "POST", &format!("/v1/jobs/{id}/cancel"), None, None).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.body["data"]["state"], "cancelled");
+    assert_eq!(a.body["data"]["reason"], "cancelled");
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_same_job_with_200() {
+    let (state, fake) = fake_state(settings());
+    let body = r#"{"workflow":"hang","options":{"idempotencyKey":"k-1"}}"#;
+    let first = call(&state, "POST", "/v1/jobs", Some(body), None).await;
+    assert_eq!(first.status, 202);
+    let again = call(&state, "POST", "/v1/jobs", Some(body), None).await;
+    assert_eq!(again.status, 200, "a replay answers 200");
+    assert_eq!(first.body["data"]["jobId"], again.body["data"]["jobId"]);
+    assert_eq!(fake.job_count(), 1);
+}
+
+#[tokio::test]
+async fn list_paginates_newest_first() {
+    let (state, _) = fake_state(settings());
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let a = call(
+            &state,
+            "POST",
+            "/workflow/echo/execute",
+            Some(r#"{"parameters":{}}"#),
+            None,
+        )
+        .await;
+        ids.push(a.body["data"]["jobId"].as_str().unwrap().to_owned());
+    }
+    ids.reverse();
+    let mut seen = Vec::new();
+    let mut uri = "/v1/jobs?limit=2".to_owned();
+    loop {
+        let a = call(&state, "GET", &uri, None, None).await;
+        assert_eq!(a.status, 200);
+        for j in a.body["data"]["jobs"].as_array().unwrap() {
+            seen.push(j["jobId"].as_str().unwrap().to_owned());
+        }
+        match a.body["data"]["nextCursor"].as_str() {
+            Some(c) => uri = format!("/v1/jobs?limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+}
+
+#[tokio::test]
+async fn service_routes() {
+    let (state, _) = fake_state(settings());
+    let a = call(&state, "GET", "/v1/workflows", None, None).await;
+    assert_eq!(a.status, 200);
+    let w = &a.body["data"]["workflows"][0];
+    assert_eq!(
+        keys(w),
+        [
+            "concurrency",
+            "mode",
+            "name",
+            "paramsSchema",
+            "pathParams",
+            "priority",
+            "runtime",
+            "status"
+        ]
+    );
+
+    let a = call(&state, "GET", "/readyz", None, None).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        keys(&a.body["data"]),
+        ["isolation", "ready", "store", "workflows"]
+    );
+    assert_eq!(
+        keys(&a.body["data"]["isolation"]),
+        [
+            "cgroups", "cpu", "landlock", "memory", "network", "pids", "seccomp"
+        ]
+    );
+    assert_eq!(
+        a.body["data"]["workflows"]["unavail"],
+        "unavailable: no cgroup"
+    );
+
+    let a = call(&state, "GET", "/openapi.json", None, None).await;
+    assert_eq!(a.status, 200);
+    assert!(a.body["openapi"].as_str().unwrap().starts_with("3."));
+    for p in [
+        "/workflow/{type}/execute",
+        "/workflow/batch",
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/cancel",
+        "/v1/jobs/{id}/events",
+        "/v1/ws",
+        "/v1/workflows",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(a.body["paths"][p].is_object(), "{p} missing from openapi");
+    }
+    assert!(a.body["components"]["schemas"]["JobView"].is_object());
+    assert!(a.body["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[tokio::test]
+async fn readyz_is_503_when_not_ready() {
+    let (state, fake) = fake_state(settings());
+    tsbridge_server::Backend::shutdown(&fake, std::time::Duration::ZERO).await;
+    let a = call(&state, "GET", "/readyz", None, None).await;
+    assert_failure_with_data(&a);
+}
+
+fn assert_failure_with_data(a: &Answer) {
+    assert_eq!(a.status, 503);
+    assert_eq!(a.body["success"], false);
+    assert_eq!(a.body["error"]["type"], "Unavailable");
+    assert_eq!(a.body["data"]["ready"], false);
+}
+
+#[tokio::test]
+async fn metrics_render_prometheus_text() {
+    let handle = tsbridge_server::install_recorder().expect("recorder");
+    let (state, _) = fake_state(settings());
+    let state = state.with_metrics(handle);
+    let a = call(
+        &state,
+        "POST",
+        "/workflow/echo/execute",
+        Some(r#"{"parameters":{}}"#),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let a = call(&state, "GET", "/metrics", None, None).await;
+    assert_eq!(a.status, 200);
+    let text = a.body.as_str().expect("text body");
+    assert!(text.contains("tsbridge_http_requests_total{"), "{text}");
+    assert!(
+        text.contains("route=\"/workflow/{type}/execute\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("tsbridge_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(text.contains("tsbridge_queue_depth"), "{text}");
+    assert!(
+        text.contains("tsbridge_pool_workers{workflow=\"pooled\"} 2"),
+        "{text}"
+    );
+    assert!(
+        a.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+}
