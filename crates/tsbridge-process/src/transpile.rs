@@ -1,12 +1,13 @@
 //! The transpile cache: a TypeScript entry compiled once by esbuild into a
 //! CommonJS bundle (local imports bundled, packages left external and found
 //! through `NODE_PATH`), then run as plain `node <bundle>` (~50 ms) instead
-//! of `node --import tsx` (~170 ms).
+//! of `node --import tsx` (~170 ms). docs/design/transpile-cache.md has the
+//! full rules.
 //!
-//! Layout: `<cache dir>/<sha256(entry path, esbuild path)>/{bundle.cjs,
-//! manifest.json}`. The manifest lists every input of the bundle (esbuild's
-//! metafile inputs, plus every `tsconfig.json`/`package.json` from the
-//! entry's directory up to the root) with size, mtime, ctime, inode and a
+//! Layout: `<cache dir>/<sha256(scheme, entry path, esbuild path, builder)>/
+//! {bundle.cjs, manifest.json}`. The manifest lists every input of the bundle
+//! (esbuild's metafile inputs, plus every `tsconfig.json`/`package.json` from
+//! the entry's directory up to the root) with size, mtime, ctime, inode and a
 //! sha256 of its content.
 //!
 //! Validation on each use costs one read of the manifest and one `stat` per
@@ -20,10 +21,26 @@
 //! the bundle is used once but no manifest is written, so the next run
 //! builds again.
 //!
-//! A bundle that uses `__dirname`, `__filename` or `import.meta` is not
-//! cached (those would name the cache dir, not the source): the caller falls
-//! back to tsx. Writes are atomic (temp file + rename), so concurrent jobs
-//! never see half a bundle.
+//! Location values: the bundle lives in the cache dir, so everything that
+//! names a file's own location is rewritten per source file, to the original
+//! file's values, by an esbuild plugin (`transpile-helper.mjs`, run by node
+//! through esbuild's JS API): `__dirname`, `__filename`, `import.meta.url`,
+//! `import.meta.dirname`, `import.meta.filename`, and `require.resolve`
+//! (resolved from the original file); `process.argv[1]` is the entry. What
+//! would still resolve against the bundle's location is refused (see
+//! [`refusal`]): any other use of `import.meta`, an `import()` esbuild left
+//! unbundled (a non-literal specifier, or a package: ESM resolution ignores
+//! `NODE_PATH`), `require(<not a string literal>)`. Without node or esbuild's
+//! JS package, the esbuild CLI builds with no rewriting, and any location
+//! use is refused.
+//!
+//! A refused entry is remembered: a negative manifest (same inputs, same
+//! validation) makes the next use fail at once, with no esbuild run, until
+//! an input changes. The caller falls back to tsx. esbuild errors (a syntax
+//! error) are not remembered: esbuild gives no input list then.
+//!
+//! Writes are atomic (temp file + rename), so concurrent jobs never see half
+//! a bundle or half a manifest.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -32,6 +49,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -41,12 +60,20 @@ use crate::error::TranspileError;
 
 /// Inputs modified less than this before the build are re-hashed on use.
 const RACY_WINDOW: Duration = Duration::from_secs(2);
-const MANIFEST_VERSION: u32 = 1;
+/// 2: location rewriting, `refused` entries, `builder`.
+const MANIFEST_VERSION: u32 = 2;
+
+/// The build script run by node (esbuild's JS API with the location plugin).
+const HELPER_JS: &str = include_str!("transpile-helper.mjs");
 
 /// A cache directory of compiled entries.
 #[derive(Clone, Debug)]
 pub struct TranspileCache {
     dir: PathBuf,
+    /// The node that runs the build helper (`None`: found on `PATH` when needed).
+    node: Option<PathBuf>,
+    /// esbuild runs through this handle (and its clones).
+    builds: Arc<AtomicU64>,
 }
 
 /// A compiled entry, ready to run with `node`.
@@ -73,10 +100,48 @@ struct Manifest {
     version: u32,
     entry: PathBuf,
     esbuild: PathBuf,
+    /// How the bundle was built ([`Builder::describe`]).
+    builder: String,
     /// Seconds since the epoch, as f64, when the build started.
     built_at: f64,
     inputs: Vec<Input>,
+    /// A negative entry: why the bundle cannot be used (no bundle is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refused: Option<String>,
 }
+
+/// What runs the build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Builder {
+    /// `node transpile-helper.mjs` with esbuild's JS package (`lib/main.js`):
+    /// location values rewritten per file.
+    Helper { node: PathBuf, main_js: PathBuf },
+    /// The esbuild CLI: no rewriting, any location use refused.
+    Cli,
+}
+
+impl Builder {
+    /// Part of the slot key and the manifest: a different builder (or helper
+    /// script) makes different bundles.
+    fn describe(&self) -> String {
+        match self {
+            Builder::Helper { node, main_js } => format!(
+                "helper {} node={} esbuild-js={}",
+                &*HELPER_HASH,
+                node.display(),
+                main_js.display()
+            ),
+            Builder::Cli => "cli".into(),
+        }
+    }
+
+    fn rewrites(&self) -> bool {
+        matches!(self, Builder::Helper { .. })
+    }
+}
+
+static HELPER_HASH: LazyLock<String> =
+    LazyLock::new(|| hex::encode(&Sha256::digest(HELPER_JS.as_bytes())[..8]));
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 struct Input {
@@ -145,11 +210,64 @@ impl TranspileCache {
                 return Err(denied(p, "parent is writable by other users"));
             }
         }
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            node: None,
+            builds: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// The node that runs the build helper (default: `node` on `PATH`).
+    pub fn with_node(mut self, node: PathBuf) -> Self {
+        self.node = Some(node);
+        self
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// How many times esbuild ran through this cache handle (and its
+    /// clones): a hit, positive or negative, runs none.
+    pub fn esbuild_runs(&self) -> u64 {
+        self.builds.load(Ordering::Relaxed)
+    }
+
+    /// The builder for `esbuild`: the helper when node and esbuild's JS
+    /// package (next to the binary) are there, else the CLI.
+    fn builder(&self, esbuild: &Path) -> Builder {
+        let node = self
+            .node
+            .clone()
+            .or_else(crate::runtime::find_node)
+            .filter(|n| is_executable(n));
+        let main_js = esbuild
+            .ancestors()
+            .find(|d| d.file_name().is_some_and(|n| n == "node_modules"))
+            .map(|nm| nm.join("esbuild/lib/main.js"))
+            .filter(|p| p.is_file());
+        match (node, main_js) {
+            (Some(node), Some(main_js)) => Builder::Helper { node, main_js },
+            _ => Builder::Cli,
+        }
+    }
+
+    /// The helper script, written once into the cache dir (named by its hash).
+    fn helper_path(&self) -> io::Result<PathBuf> {
+        let p = self
+            .dir
+            .join(format!("transpile-helper-{}.mjs", &*HELPER_HASH));
+        if fs::read(&p).is_ok_and(|b| b == HELPER_JS.as_bytes()) {
+            return Ok(p);
+        }
+        let tmp = self.dir.join(format!(
+            "helper.{}-{:08x}.tmp.mjs",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        fs::write(&tmp, HELPER_JS)?;
+        fs::rename(&tmp, &p)?;
+        Ok(p)
     }
 
     /// The esbuild binary for `entry`: `node_modules/@esbuild/linux-x64/bin/esbuild`
@@ -176,6 +294,8 @@ impl TranspileCache {
     }
 
     /// The compiled bundle for `entry`, rebuilt when any input changed.
+    /// An entry that cannot be cached fails (the caller runs tsx); a refusal
+    /// is remembered until an input changes, so it fails at once next time.
     /// Blocking (stat calls; esbuild on a miss): from async code, run it in
     /// `spawn_blocking`.
     pub fn get_or_build(&self, entry: &Path, esbuild: &Path) -> Result<Compiled, TranspileError> {
@@ -183,7 +303,9 @@ impl TranspileCache {
             path: entry.to_path_buf(),
             source,
         })?;
-        let slot = self.dir.join(slot_key(&entry, esbuild));
+        let builder = self.builder(esbuild);
+        let described = builder.describe();
+        let slot = self.dir.join(slot_key(&entry, esbuild, &described));
         let bundle = slot.join("bundle.cjs");
         let node_path = ancestor_node_modules(&entry);
         let manifest_path = slot.join("manifest.json");
@@ -191,7 +313,8 @@ impl TranspileCache {
             && m.version == MANIFEST_VERSION
             && m.entry == entry
             && m.esbuild == esbuild
-            && bundle.is_file()
+            && m.builder == described
+            && (m.refused.is_some() || bundle.is_file())
             && let Check::Unchanged { rehashed } = check_inputs(&m)
         {
             if rehashed {
@@ -208,13 +331,16 @@ impl TranspileCache {
                     let _ = write_atomic(&slot, &manifest_path, &m);
                 }
             }
+            if let Some(why) = m.refused {
+                return Err(not_cacheable(&entry, "not cacheable (remembered)", why));
+            }
             return Ok(Compiled {
                 bundle,
                 node_path,
                 rebuilt: false,
             });
         }
-        self.build(&entry, esbuild, &slot)?;
+        self.build(&entry, esbuild, &builder, &slot)?;
         Ok(Compiled {
             bundle,
             node_path,
@@ -222,7 +348,13 @@ impl TranspileCache {
         })
     }
 
-    fn build(&self, entry: &Path, esbuild: &Path, slot: &Path) -> Result<(), TranspileError> {
+    fn build(
+        &self,
+        entry: &Path,
+        esbuild: &Path,
+        builder: &Builder,
+        slot: &Path,
+    ) -> Result<(), TranspileError> {
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| TranspileError::Io { path, source }
@@ -239,16 +371,35 @@ impl TranspileCache {
         let tag = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
         let tmp_bundle = slot.join(format!("bundle.{tag}.tmp.cjs"));
         let tmp_meta = slot.join(format!("meta.{tag}.tmp.json"));
-        let out = Command::new(esbuild)
-            .arg(entry)
-            .arg("--bundle")
-            .arg("--platform=node")
-            .arg("--format=cjs")
-            .arg("--packages=external")
-            .arg("--sourcemap=inline")
-            .arg("--log-level=warning")
-            .arg(format!("--outfile={}", tmp_bundle.display()))
-            .arg(format!("--metafile={}", tmp_meta.display()))
+        let mut cmd = match builder {
+            Builder::Helper { node, main_js } => {
+                let helper = self.helper_path().map_err(io_err(&self.dir))?;
+                let request = serde_json::json!({
+                    "esbuild": main_js,
+                    "entry": entry,
+                    "outfile": tmp_bundle,
+                    "metafile": tmp_meta,
+                });
+                let mut c = Command::new(node);
+                c.arg(helper).arg(request.to_string());
+                c
+            }
+            Builder::Cli => {
+                let mut c = Command::new(esbuild);
+                c.arg(entry)
+                    .arg("--bundle")
+                    .arg("--platform=node")
+                    .arg("--format=cjs")
+                    .arg("--packages=external")
+                    .arg("--sourcemap=inline")
+                    .arg("--log-level=warning")
+                    .arg(format!("--outfile={}", tmp_bundle.display()))
+                    .arg(format!("--metafile={}", tmp_meta.display()));
+                c
+            }
+        };
+        self.builds.fetch_add(1, Ordering::Relaxed);
+        let out = cmd
             .current_dir("/")
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
@@ -280,14 +431,7 @@ impl TranspileCache {
                 source,
             })?;
         let code = fs::read(&tmp_bundle).map_err(io_err(&tmp_bundle))?;
-        if uses_location(&code) {
-            cleanup();
-            return Err(TranspileError::EsbuildFailed {
-                entry: entry.to_path_buf(),
-                status: "not cacheable".into(),
-                stderr: "the program uses __dirname, __filename or import.meta, which would name the cache dir".into(),
-            });
-        }
+        let refused = refusal(&code, builder.rewrites());
         let mut paths: Vec<PathBuf> = meta
             .inputs
             .keys()
@@ -299,7 +443,13 @@ impl TranspileCache {
         paths.dedup();
         let mut inputs = Vec::with_capacity(paths.len());
         for p in paths {
-            inputs.push(describe(&p).map_err(io_err(&p))?);
+            match describe(&p) {
+                Ok(i) => inputs.push(i),
+                Err(e) => {
+                    cleanup();
+                    return Err(io_err(&p)(e));
+                }
+            }
         }
         let changed_during_build = inputs
             .iter()
@@ -308,10 +458,23 @@ impl TranspileCache {
             version: MANIFEST_VERSION,
             entry: entry.to_path_buf(),
             esbuild: esbuild.to_path_buf(),
+            builder: builder.describe(),
             built_at,
             inputs,
+            refused: refused.clone(),
         };
         let _ = fs::remove_file(&tmp_meta);
+        if let Some(why) = refused {
+            let _ = fs::remove_file(&tmp_bundle);
+            // Remember the refusal (unless an input changed during the
+            // build: then the next use builds again).
+            if changed_during_build {
+                let _ = fs::remove_file(slot.join("manifest.json"));
+            } else {
+                write_atomic(slot, &slot.join("manifest.json"), &manifest).map_err(io_err(slot))?;
+            }
+            return Err(not_cacheable(entry, "not cacheable", why));
+        }
         fs::rename(&tmp_bundle, slot.join("bundle.cjs")).map_err(io_err(slot))?;
         if changed_during_build {
             // The bundle may hold older content than the hashes say: use it
@@ -326,16 +489,32 @@ impl TranspileCache {
     }
 }
 
+fn not_cacheable(entry: &Path, status: &str, why: String) -> TranspileError {
+    TranspileError::EsbuildFailed {
+        entry: entry.to_path_buf(),
+        status: status.into(),
+        stderr: why,
+    }
+}
+
 #[derive(Deserialize)]
 struct Metafile {
     inputs: BTreeMap<String, serde_json::Value>,
 }
 
-fn slot_key(entry: &Path, esbuild: &Path) -> String {
+/// The slot of an entry: what the bundle depends on besides its inputs'
+/// content. The entry's path is in it, so a moved tree (whose location
+/// values differ) gets its own slot; every other input is recorded in the
+/// manifest by absolute path.
+fn slot_key(entry: &Path, esbuild: &Path, builder: &str) -> String {
     let mut h = Sha256::new();
+    h.update(format!("v{MANIFEST_VERSION}").as_bytes());
+    h.update([0]);
     h.update(entry.as_os_str().as_encoded_bytes());
     h.update([0]);
     h.update(esbuild.as_os_str().as_encoded_bytes());
+    h.update([0]);
+    h.update(builder.as_bytes());
     hex::encode(&h.finalize()[..16])
 }
 
@@ -463,14 +642,59 @@ fn is_executable(p: &Path) -> bool {
     fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Whether the bundle refers to its own location (which would be the cache's).
-fn uses_location(code: &[u8]) -> bool {
+/// Why the bundle cannot run from the cache dir, if it cannot: what in its
+/// code would still resolve against the bundle's own location. `rewritten`:
+/// the helper rewrote the location values (so `__dirname`/`__filename` left
+/// in the code are the program's own bindings). A false alarm (the words in
+/// a string) only costs the fallback to tsx.
+pub fn refusal(code: &[u8], rewritten: bool) -> Option<String> {
+    static IMPORT_CALL: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
+        regex::bytes::Regex::new(r"(?:^|[^\w$.])import\s*\(").expect("valid regex")
+    });
+    static REQUIRE_EXPR: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
+        regex::bytes::Regex::new(r#"(?:^|[^\w$.])require\s*\(\s*[^"'\s]"#).expect("valid regex")
+    });
     // The inline source map holds the original sources: only look at the code.
     let end = memchr::memmem::find(code, b"//# sourceMappingURL=").unwrap_or(code.len());
-    let code = &code[..end];
-    ["__dirname", "__filename", "import.meta", "import_meta"]
-        .iter()
-        .any(|w| memchr::memmem::find(code, w.as_bytes()).is_some())
+    let lines = code[..end]
+        .split(|&b| b == b'\n')
+        // esbuild's own comments (`// src/x.ts`, `// import("./dir/**") in ...`).
+        .filter(|l| !l.trim_ascii_start().starts_with(b"//"));
+    let has = |l: &[u8], w: &str| memchr::memmem::find(l, w.as_bytes()).is_some();
+    for l in lines {
+        if !rewritten && (has(l, "__dirname") || has(l, "__filename")) {
+            return Some(
+                "the program uses __dirname or __filename, which would name the cache dir".into(),
+            );
+        }
+        if has(l, "import.meta") || has(l, "import_meta") {
+            return Some(if rewritten {
+                "the program uses import.meta other than .url, .dirname or .filename".into()
+            } else {
+                "the program uses import.meta, which would name the cache dir".into()
+            });
+        }
+        if !rewritten && has(l, "require.resolve") {
+            return Some(
+                "the program uses require.resolve, which would resolve from the cache dir".into(),
+            );
+        }
+        if IMPORT_CALL.is_match(l) {
+            return Some(
+                "the program keeps an import() esbuild could not bundle (a computed \
+                 specifier or a package), which would resolve from the cache dir"
+                    .into(),
+            );
+        }
+        if REQUIRE_EXPR.is_match(l) {
+            return Some(
+                "the program calls require() with a computed specifier, which would \
+                 resolve from the cache dir"
+                    .into(),
+            );
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -479,20 +703,50 @@ mod tests {
 
     #[test]
     fn location_use_is_detected_in_code_only() {
-        assert!(uses_location(b"var x = __dirname;"));
-        assert!(uses_location(b"const import_meta = {};"));
-        assert!(!uses_location(
-            b"console.log(1);\n//# sourceMappingURL=data:...__dirname"
-        ));
+        assert!(refusal(b"var x = __dirname;", false).is_some());
+        assert!(refusal(b"const import_meta = {};", false).is_some());
+        assert!(
+            refusal(
+                b"console.log(1);\n//# sourceMappingURL=data:...__dirname",
+                false
+            )
+            .is_none()
+        );
+        // Rewritten: what is left is the program's own binding.
+        assert!(refusal(b"var __dirname2 = path.dirname(x);", true).is_none());
+        assert!(refusal(b"var x = require.resolve('./a');", false).is_some());
+        assert!(refusal(b"var x = __tsbridge_require.resolve('./a');", true).is_none());
+        // import.meta used another way is refused either way.
+        assert!(refusal(b"const m7 = import_meta.resolve('./x');", true).is_some());
     }
 
     #[test]
-    fn slot_keys_differ_by_entry_and_esbuild() {
-        let a = slot_key(Path::new("/a.ts"), Path::new("/e"));
-        let b = slot_key(Path::new("/b.ts"), Path::new("/e"));
-        let c = slot_key(Path::new("/a.ts"), Path::new("/f"));
+    fn unbundled_import_and_computed_require_are_refused() {
+        assert!(refusal(b"const m = await import(name);", true).is_some());
+        assert!(refusal(b"const m = await import(\"pngjs\");", true).is_some());
+        assert!(refusal(b"try { require(name) } catch {}", true).is_some());
+        assert!(refusal(b"var p = __toESM(require(\"node:path\"));", true).is_none());
+        assert!(refusal(b"var p = require('x');", true).is_none());
+        // Bundled dynamic imports, and esbuild's own comments, are fine.
+        assert!(
+            refusal(
+                b"// import(\"./dir/**/*.ts\") in b/main.ts\nawait Promise.resolve().then(() => (init_x(), x_exports));",
+                true
+            )
+            .is_none()
+        );
+        assert!(refusal(b"obj.import(x); my_require(x); x.require(y);", true).is_none());
+    }
+
+    #[test]
+    fn slot_keys_differ_by_entry_esbuild_and_builder() {
+        let a = slot_key(Path::new("/a.ts"), Path::new("/e"), "cli");
+        let b = slot_key(Path::new("/b.ts"), Path::new("/e"), "cli");
+        let c = slot_key(Path::new("/a.ts"), Path::new("/f"), "cli");
+        let d = slot_key(Path::new("/a.ts"), Path::new("/e"), "helper x");
         assert_ne!(a, b);
         assert_ne!(a, c);
+        assert_ne!(a, d);
         assert_eq!(a.len(), 32);
     }
 

@@ -26,4 +26,5 @@ mod signal_death;
 mod spawn_errors;
 mod timeout_kills_tree;
 mod timeout_kills_tree_no_subreaper;
+mod transpile_location;
 mod typescript;

@@ -148,14 +148,16 @@ async fn transpile_cache_runs_plain_node_and_invalidates_on_change() {
 }
 
 #[test]
-fn bundle_using_dirname_falls_back_to_tsx() {
+fn bundle_using_import_meta_otherwise_falls_back_to_tsx() {
     if !have_runners() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
     let cache = TranspileCache::new(Some(work.path().join("cache"))).unwrap();
+    // __dirname is rewritten (tests in transpile_location.rs); a bare
+    // import.meta cannot be.
     let script = work.path().join("where.ts");
-    std::fs::write(&script, "const d: string = __dirname; console.log(d);\n").unwrap();
+    std::fs::write(&script, "const m: object = import.meta; console.log(m);\n").unwrap();
     let inv = resolve_for_spawn(&script, None, &search(), Some(&cache)).unwrap();
     assert!(matches!(inv.via, Via::TsxFallback { .. }), "{:?}", inv.via);
     assert_eq!(inv.args[0], "--import");
