@@ -112,4 +112,10 @@ pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
 
     /// Stops background work (pool workers); attempts are already over.
     async fn shutdown(&self, _grace: Duration) {}
+
+    /// A snapshot of the warm worker pools this executor runs, by workflow
+    /// (none for executors without pools).
+    fn pools(&self) -> BTreeMap<String, crate::pool::PoolStats> {
+        BTreeMap::new()
+    }
 }

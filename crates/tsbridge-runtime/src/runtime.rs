@@ -422,11 +422,17 @@ impl Runtime {
     }
 
     pub fn stats(&self) -> RuntimeStats {
-        self.shared
+        let mut stats = self
+            .shared
             .stats
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        // Pools keep their own counters; one executor may serve many workflows.
+        for ex in self.shared.executors.values() {
+            stats.pools.extend(ex.pools());
+        }
+        stats
     }
 
     /// Stops accepting work (submit -> `Unavailable`), lets running jobs

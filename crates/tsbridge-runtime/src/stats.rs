@@ -5,6 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::pool::PoolStats;
+
 /// A snapshot, as `Runtime::stats` returns it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuntimeStats {
@@ -14,4 +16,7 @@ pub struct RuntimeStats {
     pub running_by_workflow: BTreeMap<String, u64>,
     /// Jobs finished since start: workflow -> state -> count.
     pub finished: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The warm worker pools of `mode = "pool"` workflows, by workflow
+    /// (pools start at startup, or with their first job when that failed).
+    pub pools: BTreeMap<String, PoolStats>,
 }

@@ -37,8 +37,26 @@ pub struct Stats {
     pub queued: u64,
     pub running: u64,
     pub running_by_workflow: BTreeMap<String, u64>,
-    /// Warm workers per pool workflow.
-    pub pool_workers: BTreeMap<String, u64>,
+    /// The warm worker pools, by workflow.
+    pub pools: BTreeMap<String, PoolGauges>,
+}
+
+/// One worker pool, as `/metrics` exports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolGauges {
+    /// Workers starting, idle or busy.
+    pub workers: u64,
+    pub idle: u64,
+    pub busy: u64,
+    pub starting: u64,
+    /// Jobs waiting for a worker.
+    pub waiting: u64,
+    /// Worker processes started since the pool started.
+    pub started_total: u64,
+    /// Workers retired on purpose (max_jobs, max_age, idle_timeout, RSS).
+    pub recycled_total: u64,
+    /// Workers that died without being asked to.
+    pub crashed_total: u64,
 }
 
 /// Why the backend could not serve a request: an API error type, a message

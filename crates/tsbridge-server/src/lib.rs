@@ -27,7 +27,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tsbridge_proto::ErrorType;
 
 pub use auth::{Auth, TokenSource};
-pub use backend::{Backend, BackendError, EventFeed, ListQuery, Stats, Submitted};
+pub use backend::{Backend, BackendError, EventFeed, ListQuery, PoolGauges, Stats, Submitted};
 pub use errors::{ApiError, AuthError, MetricsError, ServeError};
 pub use metrics::install_recorder;
 pub use state::{AppState, ServerSettings};

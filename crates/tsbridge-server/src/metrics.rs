@@ -61,7 +61,30 @@ fn describe() {
         "tsbridge_jobs_running_by_workflow",
         "Jobs running now, per workflow"
     );
-    metrics::describe_gauge!("tsbridge_pool_workers", "Warm workers per pool workflow");
+    metrics::describe_gauge!(
+        "tsbridge_pool_workers",
+        "Workers of each pool workflow (starting, idle or busy)"
+    );
+    metrics::describe_gauge!(
+        "tsbridge_pool_workers_by_state",
+        "Workers of each pool workflow by state (idle, busy, starting)"
+    );
+    metrics::describe_gauge!(
+        "tsbridge_pool_waiting",
+        "Jobs waiting for a worker of each pool workflow"
+    );
+    metrics::describe_counter!(
+        "tsbridge_pool_worker_starts_total",
+        "Worker processes started per pool workflow"
+    );
+    metrics::describe_counter!(
+        "tsbridge_pool_worker_recycles_total",
+        "Workers retired on purpose (max_jobs, max_age, idle_timeout, RSS) per pool workflow"
+    );
+    metrics::describe_counter!(
+        "tsbridge_pool_worker_crashes_total",
+        "Workers that died without being asked to, per pool workflow"
+    );
 }
 
 /// Sets the gauges that mirror the runtime's counters.
@@ -72,8 +95,21 @@ pub fn export_stats(stats: &Stats) {
         metrics::gauge!("tsbridge_jobs_running_by_workflow", "workflow" => workflow.clone())
             .set(*n as f64);
     }
-    for (workflow, n) in &stats.pool_workers {
-        metrics::gauge!("tsbridge_pool_workers", "workflow" => workflow.clone()).set(*n as f64);
+    for (workflow, p) in &stats.pools {
+        let wf = || workflow.clone();
+        metrics::gauge!("tsbridge_pool_workers", "workflow" => wf()).set(p.workers as f64);
+        for (state, n) in [("idle", p.idle), ("busy", p.busy), ("starting", p.starting)] {
+            metrics::gauge!("tsbridge_pool_workers_by_state", "workflow" => wf(), "state" => state)
+                .set(n as f64);
+        }
+        metrics::gauge!("tsbridge_pool_waiting", "workflow" => wf()).set(p.waiting as f64);
+        // The pools own these totals; mirror them as counters.
+        metrics::counter!("tsbridge_pool_worker_starts_total", "workflow" => wf())
+            .absolute(p.started_total);
+        metrics::counter!("tsbridge_pool_worker_recycles_total", "workflow" => wf())
+            .absolute(p.recycled_total);
+        metrics::counter!("tsbridge_pool_worker_crashes_total", "workflow" => wf())
+            .absolute(p.crashed_total);
     }
 }
 

@@ -14,7 +14,7 @@ use tsbridge_runtime::config::{ServerConfig, TokenSpec};
 use tsbridge_runtime::{Runtime, RuntimeError};
 
 use crate::auth::TokenSource;
-use crate::backend::{Backend, BackendError, EventFeed, ListQuery, Stats, Submitted};
+use crate::backend::{Backend, BackendError, EventFeed, ListQuery, PoolGauges, Stats, Submitted};
 use crate::errors::AuthError;
 use crate::state::{AppState, ServerSettings};
 
@@ -125,7 +125,23 @@ impl Backend for Runtime {
             queued: s.queued,
             running: s.running,
             running_by_workflow: s.running_by_workflow,
-            pool_workers: Default::default(),
+            pools: s
+                .pools
+                .into_iter()
+                .map(|(name, p)| {
+                    let gauges = PoolGauges {
+                        workers: p.size as u64,
+                        idle: p.idle as u64,
+                        busy: p.busy as u64,
+                        starting: p.starting as u64,
+                        waiting: p.waiting as u64,
+                        started_total: p.started_total,
+                        recycled_total: p.recycled_total,
+                        crashed_total: p.crashed_total,
+                    };
+                    (name, gauges)
+                })
+                .collect(),
         }
     }
 

@@ -5,7 +5,7 @@
 //! worker: a request's own `env` cannot reach a warm worker and is ignored
 //! (documented in docs/design/pool.md).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +21,7 @@ use tsbridge_sandbox::Sandbox;
 use super::config::{PoolConfig, WorkerSandbox, WorkerSpec};
 use super::errors::{PoolJobError, WorkerExit, WorkerStartError};
 use super::host_script::HostScript;
-use super::{Pool, PoolEvent, PoolJob};
+use super::{Pool, PoolEvent, PoolJob, PoolStats};
 use crate::config::{Mode, WorkflowConfig};
 use crate::executor::{AttemptEvent, AttemptIo, AttemptOutcome, AttemptRequest, Executor};
 
@@ -183,6 +183,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[async_trait]
 impl Executor for PoolExecutor {
+    fn pools(&self) -> BTreeMap<String, PoolStats> {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .iter()
+            .filter_map(|(name, cell)| cell.get().map(|pool| (name.clone(), pool.stats())))
+            .collect()
+    }
+
     fn check(&self, wf: &WorkflowConfig) -> Result<(), String> {
         if !wf.runtime.is_node() {
             return Err("pool mode needs a node runtime (tsx, ts-node or node)".into());

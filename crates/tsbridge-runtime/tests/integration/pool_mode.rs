@@ -46,6 +46,10 @@ async fn pooled_jobs_reuse_a_warm_worker() {
         pids.windows(2).all(|w| w[0] == w[1]),
         "one warm worker served all: {pids:?}"
     );
+    // The pool's size is visible in the runtime's stats (/metrics).
+    let stats = h.rt.stats();
+    let pool = stats.pools.get("pooled").expect("the pool is in the stats");
+    assert_eq!((pool.size, pool.started_total), (1, 1), "{pool:?}");
 
     let id = h.submit("pooled", json!({"throw": true})).await;
     let v = h.wait(id).await;

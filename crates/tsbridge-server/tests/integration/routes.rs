@@ -275,6 +275,18 @@ async fn metrics_render_prometheus_text() {
         "{text}"
     );
     assert!(
+        text.contains("tsbridge_pool_workers_by_state{workflow=\"pooled\",state=\"busy\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tsbridge_pool_worker_starts_total{workflow=\"pooled\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tsbridge_pool_worker_crashes_total{workflow=\"pooled\"} 1"),
+        "{text}"
+    );
+    assert!(
         a.headers["content-type"]
             .to_str()
             .unwrap()

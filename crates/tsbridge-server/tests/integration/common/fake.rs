@@ -633,7 +633,18 @@ impl Backend for FakeBackend {
                 .filter(|j| j.view.state == JobState::Running)
                 .count() as u64,
             running_by_workflow: Default::default(),
-            pool_workers: [("pooled".to_owned(), 2)].into(),
+            pools: [(
+                "pooled".to_owned(),
+                tsbridge_server::PoolGauges {
+                    workers: 2,
+                    idle: 1,
+                    busy: 1,
+                    started_total: 3,
+                    crashed_total: 1,
+                    ..Default::default()
+                },
+            )]
+            .into(),
         }
     }
 
