@@ -240,8 +240,57 @@ pub struct ExecuteResponse {
     pub resources: Resources,
 }
 
-/// One attempt of a job.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+/// The name of a signal by its (Linux) number: 9 -> `SIGKILL`.
+pub fn signal_name(n: i32) -> Option<&'static str> {
+    const NAMES: [&str; 31] = [
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    let i = usize::try_from(n).ok()?.checked_sub(1)?;
+    NAMES.get(i).copied()
+}
+
+/// A signal as messages name it: `SIGKILL (9)`, or `signal 64` when it has
+/// no name (real-time signals).
+pub fn describe_signal(n: i32) -> String {
+    match signal_name(n) {
+        Some(name) => format!("{name} ({n})"),
+        None => format!("signal {n}"),
+    }
+}
+
+/// One attempt of a job. Serialized with `signalName` beside `signal`
+/// (derived, never stored; see [`signal_name`]).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptView {
     pub n: u32,
@@ -251,6 +300,63 @@ pub struct AttemptView {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub process_id: Option<u32>,
+}
+
+impl AttemptView {
+    /// The name of the signal that ended this attempt, if one did.
+    pub fn signal_name(&self) -> Option<&'static str> {
+        self.signal.and_then(signal_name)
+    }
+}
+
+/// The wire form of [`AttemptView`] (and its OpenAPI schema).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = AttemptView)]
+struct AttemptWire<'a> {
+    n: u32,
+    started_at: &'a DateTime<Utc>,
+    finished_at: Option<&'a DateTime<Utc>>,
+    reason: Option<EndReason>,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    /// The name of `signal`, e.g. `SIGKILL`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signal_name: Option<&'static str>,
+    process_id: Option<u32>,
+}
+
+impl<'a> From<&'a AttemptView> for AttemptWire<'a> {
+    fn from(a: &'a AttemptView) -> Self {
+        Self {
+            n: a.n,
+            started_at: &a.started_at,
+            finished_at: a.finished_at.as_ref(),
+            reason: a.reason,
+            exit_code: a.exit_code,
+            signal: a.signal,
+            signal_name: a.signal_name(),
+            process_id: a.process_id,
+        }
+    }
+}
+
+impl Serialize for AttemptView {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        AttemptWire::from(self).serialize(s)
+    }
+}
+
+impl utoipa::PartialSchema for AttemptView {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <AttemptWire<'static> as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl utoipa::ToSchema for AttemptView {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("AttemptView")
+    }
 }
 
 /// Captured output, bounded: head and tail kept, the middle dropped and counted.
@@ -265,11 +371,11 @@ pub struct OutputView {
     pub stderr_dropped_bytes: u64,
 }
 
-/// A job as `GET /v1/jobs/:id` returns it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+/// A job as `GET /v1/jobs/:id` returns it. Serialized with `signalName`
+/// beside `signal` (derived, never stored; see [`signal_name`]).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobView {
-    #[schema(value_type = String)]
     pub job_id: JobId,
     pub workflow: String,
     pub state: JobState,
@@ -279,6 +385,10 @@ pub struct JobView {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub attempts: Vec<AttemptView>,
+    /// `None` until the first progress; on the wire it is then
+    /// `{current: 0, total: 0, percentage: 0, message: ""}` (SPEC §8 gives
+    /// the job one shape), read back as `None`.
+    #[serde(default, deserialize_with = "progress_or_none")]
     pub progress: Option<Progress>,
     pub result: Option<Value>,
     pub error: Option<ApiErrorBody>,
@@ -287,6 +397,104 @@ pub struct JobView {
     pub process_id: Option<u32>,
     pub output: OutputView,
     pub resources: Resources,
+}
+
+/// What a job without progress shows as its `progress`.
+static NO_PROGRESS: Progress = Progress {
+    current: 0,
+    total: 0,
+    percentage: 0.0,
+    message: String::new(),
+};
+
+fn progress_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Progress>, D::Error> {
+    let p = Option::<Progress>::deserialize(d)?;
+    Ok(p.filter(|p| *p != NO_PROGRESS))
+}
+
+impl JobView {
+    /// The name of the signal that ended the job, if one did.
+    pub fn signal_name(&self) -> Option<&'static str> {
+        self.signal.and_then(signal_name)
+    }
+}
+
+/// The wire form of [`JobView`] (and its OpenAPI schema): borrowed, so that
+/// serializing a job never copies its captured output.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = JobView)]
+struct JobViewWire<'a> {
+    #[schema(value_type = String)]
+    job_id: &'a JobId,
+    workflow: &'a str,
+    state: JobState,
+    reason: Option<EndReason>,
+    priority: i32,
+    created_at: &'a DateTime<Utc>,
+    started_at: Option<&'a DateTime<Utc>>,
+    finished_at: Option<&'a DateTime<Utc>>,
+    #[schema(value_type = Vec<AttemptView>)]
+    attempts: &'a [AttemptView],
+    /// All zero until the job reports progress.
+    progress: &'a Progress,
+    result: Option<&'a Value>,
+    error: Option<&'a ApiErrorBody>,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    /// The name of `signal`, e.g. `SIGKILL`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signal_name: Option<&'static str>,
+    process_id: Option<u32>,
+    output: &'a OutputView,
+    resources: &'a Resources,
+}
+
+impl Serialize for JobView {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        JobViewWire {
+            job_id: &self.job_id,
+            workflow: &self.workflow,
+            state: self.state,
+            reason: self.reason,
+            priority: self.priority,
+            created_at: &self.created_at,
+            started_at: self.started_at.as_ref(),
+            finished_at: self.finished_at.as_ref(),
+            attempts: &self.attempts,
+            progress: self.progress.as_ref().unwrap_or(&NO_PROGRESS),
+            result: self.result.as_ref(),
+            error: self.error.as_ref(),
+            exit_code: self.exit_code,
+            signal: self.signal,
+            signal_name: self.signal_name(),
+            process_id: self.process_id,
+            output: &self.output,
+            resources: &self.resources,
+        }
+        .serialize(s)
+    }
+}
+
+impl utoipa::PartialSchema for JobView {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <JobViewWire<'static> as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl utoipa::ToSchema for JobView {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("JobView")
+    }
+
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <JobViewWire<'static> as utoipa::ToSchema>::schemas(schemas);
+    }
 }
 
 /// `GET /v1/jobs`.
@@ -332,6 +540,93 @@ mod tests {
             v,
             serde_json::json!({"success": false, "error": {"type": "NotFound", "message": "no such job"}})
         );
+    }
+
+    fn view() -> JobView {
+        JobView {
+            job_id: JobId::new(),
+            workflow: "w".into(),
+            state: JobState::Failed,
+            reason: Some(EndReason::Signaled),
+            priority: 0,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            attempts: vec![AttemptView {
+                n: 1,
+                started_at: Utc::now(),
+                finished_at: None,
+                reason: Some(EndReason::Signaled),
+                exit_code: None,
+                signal: Some(9),
+                process_id: Some(7),
+            }],
+            progress: None,
+            result: None,
+            error: None,
+            exit_code: None,
+            signal: Some(9),
+            process_id: Some(7),
+            output: OutputView::default(),
+            resources: Resources::default(),
+        }
+    }
+
+    #[test]
+    fn signals_are_named_beside_their_number() {
+        assert_eq!(signal_name(9), Some("SIGKILL"));
+        assert_eq!(signal_name(24), Some("SIGXCPU"));
+        assert_eq!(signal_name(0), None);
+        assert_eq!(signal_name(64), None);
+        assert_eq!(describe_signal(9), "SIGKILL (9)");
+        assert_eq!(describe_signal(64), "signal 64");
+        let v = serde_json::to_value(view()).unwrap();
+        assert_eq!(v["signal"], 9);
+        assert_eq!(v["signalName"], "SIGKILL");
+        assert_eq!(v["attempts"][0]["signal"], 9);
+        assert_eq!(v["attempts"][0]["signalName"], "SIGKILL");
+        let mut quiet = view();
+        quiet.signal = None;
+        quiet.attempts[0].signal = None;
+        let v = serde_json::to_value(quiet).unwrap();
+        assert!(v.get("signalName").is_none(), "{v}");
+        assert!(v["attempts"][0].get("signalName").is_none(), "{v}");
+        assert!(v["signal"].is_null());
+    }
+
+    #[test]
+    fn progress_is_an_object_before_the_first_one() {
+        let v = serde_json::to_value(view()).unwrap();
+        assert_eq!(
+            v["progress"],
+            serde_json::json!({"current": 0, "total": 0, "percentage": 0.0, "message": ""})
+        );
+        let back: JobView = serde_json::from_value(v).unwrap();
+        assert_eq!(back.progress, None);
+        let mut with = view();
+        with.progress = Some(Progress::new(1, 4, "a"));
+        let v = serde_json::to_value(&with).unwrap();
+        assert_eq!(v["progress"]["percentage"], 25.0);
+        let back: JobView = serde_json::from_value(v).unwrap();
+        assert_eq!(back.progress, with.progress);
+    }
+
+    #[test]
+    fn job_view_schema_names_signal_name() {
+        use utoipa::PartialSchema;
+        let s = serde_json::to_value(JobView::schema()).unwrap();
+        assert!(s["properties"]["signalName"].is_object(), "{s}");
+        assert!(s["properties"]["jobId"].is_object(), "{s}");
+        assert!(
+            !s["required"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r == "signalName"),
+            "{s}"
+        );
+        let a = serde_json::to_value(AttemptView::schema()).unwrap();
+        assert!(a["properties"]["signalName"].is_object(), "{a}");
     }
 
     #[test]
