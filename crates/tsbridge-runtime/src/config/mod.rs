@@ -132,6 +132,9 @@ pub struct Defaults {
     pub queue_limit: usize,
     /// Jobs running at once on this node, all workflows together.
     pub concurrency: usize,
+    /// Run workflows even where a limit cannot be enforced on this host
+    /// (a workflow's own `degraded` or `limits.degraded` overrides it).
+    pub degraded: bool,
 }
 
 impl Default for Defaults {
@@ -144,6 +147,7 @@ impl Default for Defaults {
             concurrency: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            degraded: false,
         }
     }
 }
@@ -270,7 +274,19 @@ pub struct Limits {
     pub read: Vec<PathBuf>,
     pub write: Vec<PathBuf>,
     pub timeout: Option<Duration>,
-    /// Run even where a limit cannot be enforced on this host.
+    /// `RLIMIT_NOFILE` of each process of the job (`None`:
+    /// [`DEFAULT_OPEN_FILES`]).
+    pub open_files: Option<u64>,
+    /// `RLIMIT_FSIZE`: the largest file a process of the job may write
+    /// (`None`: no limit).
+    pub file_size: Option<ByteSize>,
+    /// `RLIMIT_CPU` of each process of the job, in whole seconds (rounded up);
+    /// the job ends with reason `cpu_limit` when it is exceeded. Spawn mode
+    /// only (a pool worker's CPU time spans many jobs).
+    pub cpu_time: Option<Duration>,
+    /// Run even where a limit cannot be enforced on this host: the
+    /// effective value of the workflow's `degraded`, `limits.degraded` or
+    /// `defaults.degraded`.
     pub degraded: bool,
 }
 
@@ -283,8 +299,24 @@ impl Limits {
             || self.network == Some(false)
             || !self.read.is_empty()
             || !self.write.is_empty()
+            || self.open_files.is_some()
+            || self.file_size.is_some()
+            || self.cpu_time.is_some()
+    }
+
+    /// `cpu_time` in whole seconds, rounded up (`RLIMIT_CPU` counts seconds).
+    pub fn cpu_seconds(&self) -> Option<u64> {
+        self.cpu_time.map(|d| {
+            let s = d.as_secs();
+            if d.subsec_nanos() > 0 { s + 1 } else { s }.max(1)
+        })
     }
 }
+
+/// `RLIMIT_NOFILE` of a job when its workflow sets no `limits.open_files`:
+/// node raises its soft limit to this at startup, which is plenty for
+/// servers and tools alike, and bounds a descriptor leak.
+pub const DEFAULT_OPEN_FILES: u64 = 4096;
 
 /// Which end reasons are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -469,6 +501,7 @@ const DEFAULTS_KEYS: &[&str] = &[
     "max_output",
     "queue_limit",
     "concurrency",
+    "degraded",
 ];
 const WORKFLOW_KEYS: &[&str] = &[
     "root",
@@ -489,10 +522,21 @@ const WORKFLOW_KEYS: &[&str] = &[
     "timeout",
     "kill_grace",
     "max_output",
+    "degraded",
 ];
 const ENV_KEYS: &[&str] = &["pass", "request", "set"];
 const LIMITS_KEYS: &[&str] = &[
-    "memory", "cpu", "pids", "network", "read", "write", "timeout", "degraded",
+    "memory",
+    "cpu",
+    "pids",
+    "network",
+    "read",
+    "write",
+    "timeout",
+    "open_files",
+    "file_size",
+    "cpu_time",
+    "degraded",
 ];
 const RETRY_KEYS: &[&str] = &[
     "attempts",
@@ -575,7 +619,8 @@ impl Config {
                             issues.push(&path, Some(wv.span()), "expected a table");
                             continue;
                         };
-                        let sec = Section::open(&mut issues, wt, &path, WORKFLOW_KEYS);
+                        let sec =
+                            Section::open(&mut issues, wt, &path, WORKFLOW_KEYS).at(wv.span());
                         if let Some(wf) = read_workflow(&mut issues, &sec, name, base, &defaults) {
                             workflows.insert(name.to_owned(), wf);
                         }
@@ -756,6 +801,9 @@ fn read_defaults(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> Defaults {
     if let Some(v) = positive(issues, s, "concurrency") {
         d.concurrency = v;
     }
+    if let Some(v) = s.get::<bool>(issues, "degraded") {
+        d.degraded = v.into_inner();
+    }
     d
 }
 
@@ -768,15 +816,25 @@ fn read_workflow(
 ) -> Option<WorkflowConfig> {
     let before = issues.list.len();
 
-    // root: relative to the config's folder; must exist.
+    // root: relative to the config's folder (by default that folder itself);
+    // must exist.
     let root = match s.get::<String>(issues, "root") {
         None if s.raw("root").is_none() => {
-            issues.push(
-                &s.key("root"),
-                None,
-                "missing (the folder the workflow may use)",
-            );
-            None
+            let p = absolute(base);
+            match p.canonicalize() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    s.missing(
+                        issues,
+                        "root",
+                        &format!(
+                            "(the default, the config's folder {}, is unusable: {e})",
+                            p.display()
+                        ),
+                    );
+                    None
+                }
+            }
         }
         None => None,
         Some(r) => {
@@ -805,7 +863,7 @@ fn read_workflow(
 
     let script_raw = s.get::<String>(issues, "script");
     if script_raw.is_none() && s.raw("script").is_none() {
-        issues.push(&s.key("script"), None, "missing (the program to run)");
+        s.missing(issues, "script", "(the program to run)");
     }
     let cwd_raw = s.get::<String>(issues, "cwd");
     let runtime = s
@@ -832,6 +890,7 @@ fn read_workflow(
     let timeout = dur(issues, s, "timeout");
     let kill_grace = dur(issues, s, "kill_grace").unwrap_or(defaults.kill_grace);
     let max_output = size(issues, s, "max_output").unwrap_or(defaults.max_output);
+    let degraded = s.get::<bool>(issues, "degraded");
 
     let env_path = s.key("env");
     let env = s
@@ -889,9 +948,44 @@ fn read_workflow(
     };
 
     let params_schema = read_schema(issues, s, &root);
-    let limits = limits_sec
-        .map(|l| read_limits(issues, &l, &root))
+    let mut limits = limits_sec
+        .as_ref()
+        .map(|l| read_limits(issues, l, &root))
         .unwrap_or_default();
+    // `degraded`: the workflow's own (top-level or in limits), else the
+    // defaults'. Both set and different is a contradiction.
+    let limits_degraded = limits_sec
+        .as_ref()
+        .and_then(|l| l.raw("degraded").map(|v| (v.span(), l.key("degraded"))))
+        .map(|(span, key)| (span, key, limits.degraded));
+    limits.degraded = match (&degraded, limits_degraded) {
+        (Some(top), Some((span, key, inner))) if *top.get_ref() != inner => {
+            issues.push(
+                &key,
+                Some(span),
+                format!(
+                    "contradicts `{}` = {} (line {}): set one of them",
+                    s.key("degraded"),
+                    top.get_ref(),
+                    issues.line_of(top.span().start)
+                ),
+            );
+            inner
+        }
+        (Some(top), _) => *top.get_ref(),
+        (None, Some((_, _, inner))) => inner,
+        (None, None) => defaults.degraded,
+    };
+    if mode == Mode::Pool
+        && limits.cpu_time.is_some()
+        && let Some(l) = &limits_sec
+    {
+        issues.push(
+            &l.key("cpu_time"),
+            l.span_of("cpu_time"),
+            "not available in pool mode (a warm worker's CPU time spans many jobs): use timeout",
+        );
+    }
 
     if mode == Mode::Pool
         && let Some(rt) = runtime
@@ -1012,6 +1106,39 @@ fn read_limits(issues: &mut Issues<'_>, s: &Section<'_, '_>, root: &Path) -> Lim
         .map(|v| abs(v.into_inner()))
         .unwrap_or_default();
     l.timeout = dur(issues, s, "timeout");
+    if let Some(n) = s.get::<i64>(issues, "open_files") {
+        match u64::try_from(*n.get_ref()) {
+            // Below ~16 node cannot even start (stdio, its own pipes, epoll).
+            Ok(v) if v >= 16 => l.open_files = Some(v),
+            _ => issues.push(
+                &s.key("open_files"),
+                Some(n.span()),
+                "must be an integer >= 16",
+            ),
+        }
+    }
+    if let Some(v) = s.get::<ByteSize>(issues, "file_size") {
+        if v.get_ref().bytes() == 0 {
+            issues.push(
+                &s.key("file_size"),
+                Some(v.span()),
+                "must be a positive size such as \"1GiB\"",
+            );
+        } else {
+            l.file_size = Some(v.into_inner());
+        }
+    }
+    if let Some(v) = s.get::<DurationSpecStr>(issues, "cpu_time") {
+        if v.get_ref().0.0.is_zero() {
+            issues.push(
+                &s.key("cpu_time"),
+                Some(v.span()),
+                "must be a positive duration such as \"30s\"",
+            );
+        } else {
+            l.cpu_time = Some(v.into_inner().0.0);
+        }
+    }
     l.degraded = s
         .get::<bool>(issues, "degraded")
         .map(|v| v.into_inner())

@@ -284,3 +284,139 @@ fn retry_delays_grow_and_cap() {
     assert_eq!(r.base_delay(4), Duration::from_millis(300));
     assert_eq!(r.delay(3), Duration::from_millis(200));
 }
+
+#[test]
+fn degraded_at_workflow_level_in_defaults_or_in_limits() {
+    let f = Fixture::new();
+    let c = f
+        .parse(
+            r#"[defaults]
+degraded = true
+
+[workflows.d]
+root = "app"
+script = "main.js"
+
+[workflows.top]
+root = "app"
+script = "main.js"
+degraded = false
+
+[workflows.lim]
+root = "app"
+script = "main.js"
+limits = { degraded = false, memory = "1GiB" }
+
+[workflows.both]
+root = "app"
+script = "main.js"
+degraded = false
+limits = { degraded = false }
+"#,
+        )
+        .expect("valid");
+    assert!(c.defaults.degraded);
+    assert!(c.workflows["d"].limits.degraded, "from [defaults]");
+    assert!(
+        !c.workflows["top"].limits.degraded,
+        "the workflow overrides"
+    );
+    assert!(
+        !c.workflows["lim"].limits.degraded,
+        "limits.degraded stays valid"
+    );
+    assert!(!c.workflows["both"].limits.degraded);
+    let c = f
+        .parse("[workflows.w]\nroot = \"app\"\nscript = \"main.js\"\ndegraded = true\n")
+        .expect("valid");
+    assert!(c.workflows["w"].limits.degraded);
+    assert!(!c.defaults.degraded);
+}
+
+#[test]
+fn contradicting_degraded_names_key_and_line() {
+    let f = Fixture::new();
+    let issues = f.issues(
+        "[workflows.w]\nroot = \"app\"\nscript = \"main.js\"\ndegraded = true\nlimits = { degraded = false }\n",
+    );
+    assert!(has(&issues, "workflows.w.limits.degraded", 5), "{issues:?}");
+    assert!(
+        issues[0].message.contains("workflows.w.degraded") && issues[0].message.contains("line 4"),
+        "{issues:?}"
+    );
+}
+
+#[test]
+fn root_defaults_to_the_config_folder() {
+    let f = Fixture::new();
+    std::fs::write(f.dir.path().join("w.js"), "console.log(1)\n").expect("write");
+    let c = f
+        .parse("[workflows.x]\nscript = \"w.js\"\n")
+        .expect("valid");
+    let w = &c.workflows["x"];
+    let dir = f.dir.path().canonicalize().expect("canonical");
+    assert_eq!(w.root, dir);
+    assert_eq!(w.cwd, dir);
+    assert_eq!(w.script, dir.join("w.js"));
+    // Through load(), too: the folder of the file.
+    let p = f.dir.path().join("t.toml");
+    std::fs::write(&p, "[workflows.x]\nscript = \"w.js\"\n").expect("write");
+    let c = Config::load(&p).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.workflows["x"].root, dir);
+}
+
+#[test]
+fn a_missing_key_is_reported_on_its_table_header() {
+    let f = Fixture::new();
+    let issues = f.issues("[server]\ndev = true\n\n[workflows.x]\nroot = \"app\"\n");
+    assert!(has(&issues, "workflows.x.script", 4), "{issues:?}");
+    let issues = f.issues("[workflows]\nx = { root = \"app\" }\n");
+    assert!(has(&issues, "workflows.x.script", 2), "{issues:?}");
+    let e = ConfigError::Invalid {
+        path: "t.toml".into(),
+        issues,
+    };
+    assert!(
+        e.to_string().contains("line 2: `workflows.x.script`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn rlimit_keys_are_read_and_checked() {
+    let f = Fixture::new();
+    let c = f
+        .parse(
+            "[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\nlimits = { open_files = 256, file_size = \"10MiB\", cpu_time = \"1500ms\" }\n\n[workflows.b]\nroot = \"app\"\nscript = \"main.js\"\n",
+        )
+        .expect("valid");
+    let a = &c.workflows["a"].limits;
+    assert_eq!(a.open_files, Some(256));
+    assert_eq!(a.file_size.map(|s| s.bytes()), Some(10 << 20));
+    assert_eq!(a.cpu_time, Some(Duration::from_millis(1500)));
+    assert_eq!(a.cpu_seconds(), Some(2), "rounded up to whole seconds");
+    assert!(a.any());
+    let b = &c.workflows["b"].limits;
+    assert_eq!((b.open_files, b.file_size, b.cpu_time), (None, None, None));
+    assert!(!b.any());
+
+    let issues = f.issues(
+        "[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\nlimits = { open_files = 3 }\n\n[workflows.b]\nroot = \"app\"\nscript = \"main.js\"\nlimits = { file_size = \"lots\" }\n\n[workflows.c]\nroot = \"app\"\nscript = \"main.js\"\nlimits = { cpu_time = \"0s\" }\n\n[workflows.p]\nroot = \"app\"\nscript = \"main.js\"\nmode = \"pool\"\nlimits = { cpu_time = \"5s\" }\n",
+    );
+    assert!(
+        has(&issues, "workflows.a.limits.open_files", 4),
+        "{issues:?}"
+    );
+    assert!(
+        has(&issues, "workflows.b.limits.file_size", 9),
+        "{issues:?}"
+    );
+    assert!(
+        has(&issues, "workflows.c.limits.cpu_time", 14),
+        "{issues:?}"
+    );
+    assert!(
+        has(&issues, "workflows.p.limits.cpu_time", 20),
+        "{issues:?}"
+    );
+}

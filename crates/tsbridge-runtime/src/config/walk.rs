@@ -56,6 +56,9 @@ impl<'s> Issues<'s> {
 pub(crate) struct Section<'a, 'i> {
     pub(crate) table: &'a DeTable<'i>,
     pub(crate) path: &'a str,
+    /// Where the table starts (its `[header]`, or its inline `{`), for
+    /// problems that have no span of their own (a missing key).
+    pub(crate) header: Option<(usize, usize)>,
 }
 
 impl<'a, 'i> Section<'a, 'i> {
@@ -77,7 +80,23 @@ impl<'a, 'i> Section<'a, 'i> {
                 );
             }
         }
-        Self { table, path }
+        Self {
+            table,
+            path,
+            header: None,
+        }
+    }
+
+    /// The same section, with the span of its table (see [`Section::header`]).
+    pub(crate) fn at(mut self, span: Range<usize>) -> Self {
+        self.header = Some((span.start, span.end));
+        self
+    }
+
+    /// Reports `name` as missing, on the line of the table's header.
+    pub(crate) fn missing(&self, issues: &mut Issues<'_>, name: &str, message: &str) {
+        let span = self.header.map(|(s, e)| s..e);
+        issues.push(&self.key(name), span, format!("missing {message}"));
     }
 
     pub(crate) fn key(&self, name: &str) -> String {
@@ -140,7 +159,7 @@ impl<'a, 'i> Section<'a, 'i> {
     ) -> Option<Section<'a, 'i>> {
         let v = self.raw(name)?;
         match v.get_ref() {
-            DeValue::Table(t) => Some(Section::open(issues, t, path, allowed)),
+            DeValue::Table(t) => Some(Section::open(issues, t, path, allowed).at(v.span())),
             other => {
                 issues.push(
                     path,
