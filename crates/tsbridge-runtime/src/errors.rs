@@ -155,7 +155,7 @@ impl RuntimeError {
             RuntimeError::Validation { details } => Some(details.clone()),
             RuntimeError::QueueFull { limit, retry_after } => Some(serde_json::json!({
                 "limit": limit,
-                "retryAfterSeconds": retry_after.as_secs().max(1),
+                "retryAfterSeconds": retry_after_secs(*retry_after),
             })),
             RuntimeError::AlreadyFinished { id, state } => {
                 Some(serde_json::json!({"jobId": id, "state": state}))
@@ -164,11 +164,51 @@ impl RuntimeError {
         }
     }
 
-    /// For 429: how long a client should wait.
+    /// For 429: how long a client should wait, in whole seconds (rounded
+    /// up, at least 1), the same as `details.retryAfterSeconds`.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            RuntimeError::QueueFull { retry_after, .. } => Some(*retry_after),
+            RuntimeError::QueueFull { retry_after, .. } => {
+                Some(Duration::from_secs(retry_after_secs(*retry_after)))
+            }
             _ => None,
+        }
+    }
+}
+
+/// Whole seconds of a Retry-After: rounded up, never 0.
+fn retry_after_secs(d: Duration) -> u64 {
+    let up = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    up.max(1)
+}
+
+#[cfg(test)]
+mod retry_after_tests {
+    use super::*;
+
+    fn full(ms: u64) -> RuntimeError {
+        RuntimeError::QueueFull {
+            limit: 1,
+            retry_after: Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn header_and_details_agree_rounded_up_never_zero() {
+        for (ms, want) in [
+            (0, 1),
+            (1, 1),
+            (999, 1),
+            (1000, 1),
+            (1001, 2),
+            (1500, 2),
+            (2000, 2),
+        ] {
+            let e = full(ms);
+            let header = e.retry_after().map(|d| d.as_secs_f64().ceil() as u64);
+            let details = e.details().and_then(|d| d["retryAfterSeconds"].as_u64());
+            assert_eq!(header, Some(want), "{ms} ms");
+            assert_eq!(details, Some(want), "{ms} ms");
         }
     }
 }
