@@ -31,16 +31,16 @@ pub enum Command {
     Serve(ServeArgs),
     /// Validate a config and report what isolation this host provides.
     Check(CheckArgs),
-    /// Talk to a running server: list, show, cancel, follow logs.
+    /// Talk to a running server: list (the default), show, cancel, follow logs.
     Jobs(JobsArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Wall-clock timeout, e.g. 30s, 500ms, 5m (exit code 124 when it expires).
+    /// Wall-clock timeout: seconds (30, 0.5) or with a unit (30s, 500ms, 5m); exit code 124 when it expires.
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<DurationSpec>,
-    /// Time between SIGTERM and SIGKILL when the job is ended.
+    /// Time between SIGTERM and SIGKILL when the job is ended: seconds or with a unit.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub kill_grace: DurationSpec,
     /// Output kept per stream (head + tail), e.g. 16MiB.
@@ -85,8 +85,15 @@ pub struct RunArgs {
     /// Do not open Node's IPC channel for Node runtimes.
     #[arg(long)]
     pub no_ipc: bool,
-    /// The program or script, then its arguments.
-    #[arg(required = true, last = true, num_args = 1..)]
+    /// The program or script, then its arguments. Everything from the script on
+    /// is the child's, flags included; `--` before it is optional (needed only
+    /// when the script's name starts with `-`).
+    #[arg(
+        value_name = "SCRIPT|PROGRAM",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true
+    )]
     pub command: Vec<std::ffi::OsString>,
 }
 
@@ -105,8 +112,9 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// The config file to validate (omit to only report host capabilities).
-    #[arg(long, short)]
+    /// The config file to validate (default: ./tsbridge.toml, as for serve; when
+    /// there is none, only host capabilities are reported).
+    #[arg(long, short, env = "TSBRIDGE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
@@ -129,9 +137,25 @@ pub struct JobsArgs {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// What to do (default: list).
     #[command(subcommand)]
-    pub command: JobsCommand,
+    pub command: Option<JobsCommand>,
 }
+
+impl JobsArgs {
+    /// The subcommand, `list` with its defaults when none was given (like
+    /// `pueue` alone showing the status).
+    pub fn command_or_list(&mut self) -> JobsCommand {
+        self.command.take().unwrap_or(JobsCommand::List {
+            state: None,
+            workflow: None,
+            limit: DEFAULT_LIST_LIMIT,
+        })
+    }
+}
+
+/// Jobs `tsbridge jobs list` shows unless told otherwise.
+pub const DEFAULT_LIST_LIMIT: u32 = 20;
 
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
@@ -141,7 +165,7 @@ pub enum JobsCommand {
         state: Option<String>,
         #[arg(long)]
         workflow: Option<String>,
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = DEFAULT_LIST_LIMIT)]
         limit: u32,
     },
     /// Show one job.
@@ -165,8 +189,30 @@ pub enum JobsCommand {
     },
 }
 
+/// A duration on the command line: a bare number is seconds, as for
+/// timeout(1) (`30`, `0.5`); with a unit as in the config (`30s`, `500ms`,
+/// `5m`, `1h30m`). HTTP requests keep their own notation (a bare number is
+/// milliseconds there, SPEC §4), which is why this is not `DurationSpec`'s parser.
 fn parse_duration(s: &str) -> Result<DurationSpec, String> {
-    s.parse().map_err(|e| format!("{e}"))
+    let bad = || {
+        format!(
+            "invalid duration {s:?}: expected seconds (30, 0.5) or a number with a unit (30s, 500ms, 5m, 1h30m)"
+        )
+    };
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let secs: f64 = t.parse().map_err(|_| bad())?;
+        // The config's ceiling too (~31,700 years): no deadline overflows.
+        if !(0.0..=1e12).contains(&secs) {
+            return Err(bad());
+        }
+        return std::time::Duration::try_from_secs_f64(secs)
+            .map(DurationSpec)
+            .map_err(|_| bad());
+    }
+    tsbridge_proto::units::parse_duration(t)
+        .map(DurationSpec)
+        .map_err(|_| bad())
 }
 
 fn parse_size(s: &str) -> Result<ByteSize, String> {
@@ -184,6 +230,7 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use std::time::Duration;
 
     #[test]
     fn cli_is_consistent() {
@@ -211,5 +258,80 @@ mod tests {
         assert_eq!(r.timeout.unwrap().0.as_secs(), 2);
         assert_eq!(r.env, vec![("A".to_owned(), "1".to_owned())]);
         assert_eq!(r.command, ["x.ts", "--timeout", "$(rm)"]);
+    }
+
+    fn run(args: &[&str]) -> RunArgs {
+        let cli = Cli::try_parse_from(["tsbridge", "run"].iter().chain(args)).unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        r
+    }
+
+    #[test]
+    fn run_needs_no_dashes_and_the_script_starts_the_childs_args() {
+        let r = run(&["--timeout", "5", "x.js", "--timeout", "9", "-v", "--json"]);
+        assert_eq!(r.timeout.unwrap().0, Duration::from_secs(5));
+        assert!(!r.json, "--json after the script is the child's");
+        assert_eq!(r.command, ["x.js", "--timeout", "9", "-v", "--json"]);
+        // A `--` after the script is the child's too, verbatim.
+        assert_eq!(run(&["x.js", "--", "a"]).command, ["x.js", "--", "a"]);
+        // With `--` first, as before.
+        assert_eq!(run(&["--", "x.js", "-a"]).command, ["x.js", "-a"]);
+        assert_eq!(run(&["--", "-odd-name.js"]).command, ["-odd-name.js"]);
+        assert!(Cli::try_parse_from(["tsbridge", "run"]).is_err());
+        assert!(Cli::try_parse_from(["tsbridge", "run", "--timeout", "5"]).is_err());
+    }
+
+    #[test]
+    fn a_bare_number_on_the_command_line_is_seconds() {
+        let d = |s: &str| parse_duration(s).unwrap().0;
+        assert_eq!(d("30"), Duration::from_secs(30));
+        assert_eq!(d("0.5"), Duration::from_millis(500));
+        assert_eq!(d("30s"), Duration::from_secs(30));
+        assert_eq!(d("500ms"), Duration::from_millis(500));
+        assert_eq!(d("5m"), Duration::from_secs(300));
+        assert_eq!(d("1h30m"), Duration::from_secs(5400));
+        assert_eq!(d("0"), Duration::ZERO);
+        for bad in [
+            "",
+            "abc",
+            "5q",
+            "-1",
+            "1.2.3",
+            ".",
+            "1e3",
+            "99999999999999999",
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("seconds"), "{bad}: {e}");
+        }
+        assert_eq!(
+            run(&["--kill-grace", "2", "x"]).kill_grace.0,
+            Duration::from_secs(2)
+        );
+        assert_eq!(run(&["x"]).kill_grace.0, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn jobs_alone_lists() {
+        let cli = Cli::try_parse_from(["tsbridge", "jobs", "--json"]).unwrap();
+        let Command::Jobs(mut j) = cli.command else {
+            panic!("not jobs")
+        };
+        assert!(j.json);
+        assert!(matches!(
+            j.command_or_list(),
+            JobsCommand::List {
+                state: None,
+                workflow: None,
+                limit: DEFAULT_LIST_LIMIT
+            }
+        ));
+        let cli = Cli::try_parse_from(["tsbridge", "jobs", "show", "x"]).unwrap();
+        let Command::Jobs(mut j) = cli.command else {
+            panic!("not jobs")
+        };
+        assert!(matches!(j.command_or_list(), JobsCommand::Show { id } if id == "x"));
     }
 }

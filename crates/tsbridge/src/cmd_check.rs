@@ -1,15 +1,38 @@
 //! `tsbridge check`: validates a config (every error with its key and line)
 //! and reports which isolation mechanisms this host provides, and what each
-//! workflow's limits would get here.
+//! workflow's limits would get here. The config is found as `serve` finds it:
+//! `--config`, else `TSBRIDGE_CONFIG`, else `./tsbridge.toml`; only when none
+//! of them names a file does `check` report the host alone (and says so).
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
 use serde_json::json;
-use tsbridge_runtime::Config;
-use tsbridge_sandbox::{Sandbox, SandboxConfig};
+use tsbridge_runtime::{Config, ConfigError};
+use tsbridge_sandbox::{Capabilities, Sandbox, SandboxConfig, SandboxError};
 
 use crate::cli::CheckArgs;
+use crate::output::{OutputError, errln, out, outln};
+
+/// The config `serve` reads when given none.
+const DEFAULT_CONFIG: &str = "tsbridge.toml";
+
+/// Why no config was checked, as reported.
+const NO_CONFIG: &str = "no --config, TSBRIDGE_CONFIG unset and no ./tsbridge.toml";
+
+/// The config to check: the one given (which must then exist), else the
+/// default when anything is there (a dangling link or an unreadable file is an
+/// error to report, not an absent config).
+fn config_path(given: Option<&Path>) -> Option<PathBuf> {
+    match given {
+        Some(p) => Some(p.to_path_buf()),
+        None => {
+            let p = Path::new(DEFAULT_CONFIG);
+            p.symlink_metadata().is_ok().then(|| p.to_path_buf())
+        }
+    }
+}
 
 pub async fn main(args: CheckArgs) -> Result<ExitCode> {
     // A private parent cgroup: `check` must never sweep a running server's jobs.
@@ -23,26 +46,47 @@ pub async fn main(args: CheckArgs) -> Result<ExitCode> {
         let _ = s.remove_parent();
     }
 
-    let config = match &args.config {
-        None => None,
-        Some(path) => match Config::load(path) {
-            Ok(c) => Some(Ok(c)),
-            Err(e) => Some(Err(e)),
-        },
-    };
+    let path = config_path(args.config.as_deref());
+    let config = path.as_deref().map(Config::load);
+    let shown = path
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
 
-    let mut ok = true;
+    // The verdict does not depend on anyone reading it: `check | head -1`
+    // with a broken config still exits non-zero.
+    let valid = !matches!(config, Some(Err(_)));
+    match report(&args, &sandbox, caps.as_ref(), config.as_ref(), &shown) {
+        Ok(()) => {}
+        Err(e) if OutputError::is_closed(&e) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// Prints the report: JSON on stdout, or text with the config's errors on stderr.
+fn report(
+    args: &CheckArgs,
+    sandbox: &Result<Sandbox, SandboxError>,
+    caps: Option<&Capabilities>,
+    config: Option<&Result<Config, ConfigError>>,
+    shown: &str,
+) -> Result<()> {
     if args.json {
         let mut out = json!({ "isolation": caps });
-        if let Err(e) = &sandbox {
+        if let Err(e) = sandbox {
             out["isolation_error"] = json!(e.to_string());
         }
-        match &config {
-            None => {}
+        match config {
+            None => out["config"] = json!({ "checked": false, "reason": NO_CONFIG }),
             Some(Ok(c)) => {
                 let mut wf = serde_json::Map::new();
                 for (name, w) in &c.workflows {
-                    let report = caps.as_ref().map(|caps| {
+                    let report = caps.map(|caps| {
                         caps.predict(&tsbridge_runtime::spawn::policy_for(
                             w,
                             std::path::Path::new("/tmp"),
@@ -50,68 +94,80 @@ pub async fn main(args: CheckArgs) -> Result<ExitCode> {
                     });
                     wf.insert(name.clone(), json!({ "mode": w.mode.as_str(), "runtime": w.runtime.as_str(), "isolation": report }));
                 }
-                out["config"] = json!({ "valid": true, "workflows": wf });
+                out["config"] =
+                    json!({ "checked": true, "path": shown, "valid": true, "workflows": wf });
             }
             Some(Err(e)) => {
-                ok = false;
                 let issues: Vec<_> = e
                     .issues()
                     .iter()
                     .map(|i| json!({"key": i.key, "line": i.line, "message": i.message}))
                     .collect();
-                out["config"] = json!({ "valid": false, "error": e.to_string(), "issues": issues });
+                out["config"] = json!({ "checked": true, "path": shown, "valid": false, "error": e.to_string(), "issues": issues });
             }
         }
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
     } else {
-        println!("Isolation on this host");
-        match (&caps, &sandbox) {
-            (Some(c), _) => println!("{c}"),
-            (None, Err(e)) => println!("  unavailable: {e}"),
-            (None, Ok(_)) => {}
+        // Built first, written once: the config's errors reach stderr even
+        // when stdout's reader is gone.
+        let mut text = String::new();
+        text_report(&mut text, sandbox, caps, config, shown)?;
+        let printed = out!("{text}");
+        if let Some(Err(e)) = config {
+            errln!("{e}")?;
         }
-        match &config {
-            None => {}
-            Some(Ok(c)) => {
-                println!(
-                    "Config {}: valid, {} workflow(s)",
-                    args.config
-                        .as_deref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default(),
-                    c.workflows.len()
-                );
-                for (name, w) in &c.workflows {
-                    println!(
-                        "  {name}: {} mode, runtime {}",
-                        w.mode.as_str(),
-                        w.runtime.as_str()
-                    );
-                    if let Some(caps) = &caps {
-                        let report = caps.predict(&tsbridge_runtime::spawn::policy_for(
-                            w,
-                            std::path::Path::new("/tmp"),
-                        ));
-                        for (mech, e) in report.shortfalls() {
-                            let degraded = if w.limits.degraded {
-                                " (degraded mode allowed)"
-                            } else {
-                                " (workflow will be unavailable)"
-                            };
-                            println!("    {mech}: {e:?}{degraded}");
-                        }
+        printed?;
+    }
+    Ok(())
+}
+
+/// The text report (stdout's part: the config's errors go to stderr).
+fn text_report(
+    text: &mut String,
+    sandbox: &Result<Sandbox, SandboxError>,
+    caps: Option<&Capabilities>,
+    config: Option<&Result<Config, ConfigError>>,
+    shown: &str,
+) -> std::fmt::Result {
+    use std::fmt::Write;
+    writeln!(text, "Isolation on this host")?;
+    match (caps, sandbox) {
+        (Some(c), _) => writeln!(text, "{c}")?,
+        (None, Err(e)) => writeln!(text, "  unavailable: {e}")?,
+        (None, Ok(_)) => {}
+    }
+    match config {
+        None => writeln!(text, "Config: none checked ({NO_CONFIG})")?,
+        Some(Ok(c)) => {
+            writeln!(
+                text,
+                "Config {shown}: valid, {} workflow(s)",
+                c.workflows.len()
+            )?;
+            for (name, w) in &c.workflows {
+                writeln!(
+                    text,
+                    "  {name}: {} mode, runtime {}",
+                    w.mode.as_str(),
+                    w.runtime.as_str()
+                )?;
+                if let Some(caps) = caps {
+                    let report = caps.predict(&tsbridge_runtime::spawn::policy_for(
+                        w,
+                        std::path::Path::new("/tmp"),
+                    ));
+                    for (mech, e) in report.shortfalls() {
+                        let degraded = if w.limits.degraded {
+                            " (degraded mode allowed)"
+                        } else {
+                            " (workflow will be unavailable)"
+                        };
+                        writeln!(text, "    {mech}: {e:?}{degraded}")?;
                     }
                 }
             }
-            Some(Err(e)) => {
-                ok = false;
-                eprintln!("{e}");
-            }
         }
+        Some(Err(_)) => writeln!(text, "Config {shown}: invalid")?,
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    Ok(())
 }

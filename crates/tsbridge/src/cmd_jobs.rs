@@ -1,5 +1,6 @@
 //! `tsbridge jobs ...`: a client of a running server (list as a status table,
-//! show, cancel, submit, logs with --follow).
+//! the default; show, cancel, submit, logs with --follow). Output goes through
+//! [`crate::output`]: a reader that goes away ends the command quietly.
 
 use std::process::ExitCode;
 
@@ -10,11 +11,12 @@ use tsbridge_proto::api::{JobOptions, JobView, SubmitRequest};
 use tsbridge_proto::{EventData, JobEvent, JobId, JobState};
 
 use crate::cli::{JobsArgs, JobsCommand};
+use crate::output::{err, errln, out, outln};
 
-pub async fn main(args: JobsArgs) -> Result<ExitCode> {
+pub async fn main(mut args: JobsArgs) -> Result<ExitCode> {
     let client = Client::new(args.server.clone(), args.token.clone())
         .with_context(|| format!("invalid server URL {}", args.server))?;
-    match args.command {
+    match args.command_or_list() {
         JobsCommand::List {
             state,
             workflow,
@@ -35,28 +37,28 @@ pub async fn main(args: JobsArgs) -> Result<ExitCode> {
                 })
                 .await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?)?;
             } else {
-                print!("{}", table(&list.jobs));
+                out!("{}", table(&list.jobs))?;
                 if let Some(c) = list.next_cursor {
-                    eprintln!("(more: cursor {c})");
+                    errln!("(more: cursor {c})")?;
                 }
             }
         }
         JobsCommand::Show { id } => {
             let job = client.get(parse_id(&id)?).await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&job)?);
+                outln!("{}", serde_json::to_string_pretty(&job)?)?;
             } else {
-                print!("{}", details(&job));
+                out!("{}", details(&job))?;
             }
         }
         JobsCommand::Cancel { id } => {
             let job = client.cancel(parse_id(&id)?).await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&job)?);
+                outln!("{}", serde_json::to_string_pretty(&job)?)?;
             } else {
-                println!("{} {}", job.job_id, job.state);
+                outln!("{} {}", job.job_id, job.state)?;
             }
         }
         JobsCommand::Submit {
@@ -75,13 +77,13 @@ pub async fn main(args: JobsArgs) -> Result<ExitCode> {
                 })
                 .await?;
             if !wait {
-                println!("{} {}", sub.job_id, sub.state);
+                outln!("{} {}", sub.job_id, sub.state)?;
                 return Ok(ExitCode::SUCCESS);
             }
             let events = client.follow_events(sub.job_id, None);
             print_events(events, args.json).await?;
             let job = client.get(sub.job_id).await?;
-            println!("{}", serde_json::to_string_pretty(&job.result)?);
+            outln!("{}", serde_json::to_string_pretty(&job.result)?)?;
             return Ok(if job.state == JobState::Succeeded {
                 ExitCode::SUCCESS
             } else {
@@ -98,8 +100,8 @@ pub async fn main(args: JobsArgs) -> Result<ExitCode> {
                 if job.state.is_terminal() {
                     print_events(client.follow_events(id, None), args.json).await?;
                 } else {
-                    print!("{}", job.output.stdout);
-                    eprint!("{}", job.output.stderr);
+                    out!("{}", job.output.stdout)?;
+                    err!("{}", job.output.stderr)?;
                 }
             }
         }
@@ -119,23 +121,26 @@ async fn print_events(
     while let Some(ev) = events.next().await {
         let ev = ev?;
         if json {
-            println!("{}", serde_json::to_string(&ev)?);
+            outln!("{}", serde_json::to_string(&ev)?)?;
             continue;
         }
         let ts = ev.timestamp.format("%H:%M:%S%.3f");
         match &ev.data {
             EventData::State { state, reason, .. } => match reason {
-                Some(r) => println!("{ts} state {state} ({r})"),
-                None => println!("{ts} state {state}"),
+                Some(r) => outln!("{ts} state {state} ({r})")?,
+                None => outln!("{ts} state {state}")?,
             },
-            EventData::Log { level, message } => println!("{ts} {} {message}", level.as_str()),
-            EventData::Progress(p) => println!(
+            EventData::Log { level, message } => outln!("{ts} {} {message}", level.as_str())?,
+            EventData::Progress(p) => outln!(
                 "{ts} progress {}/{} ({:.0}%) {}",
-                p.current, p.total, p.percentage, p.message
-            ),
-            EventData::Result { value } => println!("{ts} result {value}"),
-            EventData::Stdout { line } => println!("{ts} | {line}"),
-            EventData::Stderr { line } => println!("{ts} ! {line}"),
+                p.current,
+                p.total,
+                p.percentage,
+                p.message
+            )?,
+            EventData::Result { value } => outln!("{ts} result {value}")?,
+            EventData::Stdout { line } => outln!("{ts} | {line}")?,
+            EventData::Stderr { line } => outln!("{ts} ! {line}")?,
         }
     }
     Ok(())

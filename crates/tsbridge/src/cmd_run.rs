@@ -1,9 +1,14 @@
-//! `tsbridge run [options] -- <script|program> [args...]`: one job in the
+//! `tsbridge run [options] [--] <script|program> [args...]`: one job in the
 //! foreground (SPEC §6). The runtime is chosen by the file's extension;
 //! PROGRESS lines drive a progress bar when stderr is a terminal (plain lines
 //! otherwise); logs and the child's plain output go to stderr; only the result
 //! JSON goes to stdout. The exit code mirrors the child: its own code, 124 on
-//! timeout (like coreutils `timeout`), 128+N on signal N.
+//! timeout (like coreutils `timeout`), 128+N on signal N; and when it never
+//! started, 127 if the program (or its runtime) is not found, 126 if it cannot
+//! be executed, as timeout(1) and env(1) say it.
+//!
+//! A reader of stdout or stderr that goes away does not end the job: the
+//! child's output is captured anyway, and the exit code stays the child's.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -12,22 +17,30 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tsbridge_process::error::SpawnStage;
 use tsbridge_process::mask::Masker;
 use tsbridge_process::retry::RetryPolicy;
 use tsbridge_process::runtime::{RuntimeKind, RuntimeSearch, resolve_for_spawn_async};
 use tsbridge_process::transpile::TranspileCache;
 use tsbridge_process::{
-    ExitKind, JobError, JobKey, Outcome, ProcessControl, SandboxAttachment, StopReason, spawn,
+    ExitKind, JobError, JobKey, Outcome, ProcessControl, ResolveError, SandboxAttachment,
+    SpawnError, StopReason, spawn,
 };
 use tsbridge_proto::event::Stream;
 use tsbridge_proto::{ChildEvent, EndReason};
 use tsbridge_sandbox::{FsPolicy, Sandbox, SandboxConfig, SandboxPolicy};
 
 use crate::cli::RunArgs;
+use crate::output::{self, OutputError, note, outln};
+
+/// Exit code when the program, script or runtime does not exist (timeout(1), env(1)).
+const EXIT_NOT_FOUND: u8 = 127;
+/// Exit code when it exists but cannot be executed (timeout(1), env(1)).
+const EXIT_CANNOT_EXECUTE: u8 = 126;
 
 pub async fn main(args: RunArgs) -> Result<ExitCode> {
     tsbridge_process::init_supervisor().context("cannot set up process supervision")?;
@@ -37,14 +50,17 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     let (target, job_args) = args
         .command
         .split_first()
-        .context("nothing to run: give a script or program after --")?;
+        .context("nothing to run: give a script or program")?;
     let runtime = match args.runtime.as_deref() {
         None => None,
         Some(r) => Some(RuntimeKind::parse(r).with_context(|| {
             format!("unknown runtime {r:?}: expected tsx, ts-node, ts-node-check, node or exec")
         })?),
     };
-    let script = locate(Path::new(target), runtime)?;
+    let script = match locate(Path::new(target), runtime) {
+        Ok(s) => s,
+        Err(e) => return not_started(&e, EXIT_NOT_FOUND, args.json),
+    };
     let cwd = match &args.cwd {
         Some(c) => c.clone(),
         None => std::env::current_dir().context("cannot read the current directory")?,
@@ -63,9 +79,13 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
 
     let search = RuntimeSearch::default();
     let cache = TranspileCache::new(None).ok();
-    let inv = resolve_for_spawn_async(script.clone(), runtime, search.clone(), cache)
-        .await
-        .map_err(anyhow::Error::from)?;
+    let inv = match resolve_for_spawn_async(script.clone(), runtime, search.clone(), cache).await {
+        Ok(inv) => inv,
+        Err(e) => {
+            let code = resolve_failure_code(&e);
+            return not_started(&e, code, args.json);
+        }
+    };
     tracing::debug!(program = %inv.program.display(), via = ?inv.via, "resolved");
 
     let sandbox = sandbox_for(&args, &script, &search.node)?;
@@ -137,39 +157,90 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
-            if args.json {
-                println!(
-                    "{}",
-                    json!({"success": false, "reason": "spawn_failure", "error": e.to_string()})
-                );
-            }
-            return Err(
-                anyhow::Error::from(e).context(format!("cannot start {}", inv.program.display()))
-            );
+            let Some(code) = spawn_failure_code(&e) else {
+                // tsbridge's own failure (IPC channel, TMPDIR, pipes), not the program's.
+                return Err(anyhow::Error::from(e)
+                    .context(format!("cannot start {}", inv.program.display())));
+            };
+            return not_started(&anyhow::Error::from(e), code, args.json);
         }
     };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&outcome_json(&outcome, attempt, &masker))?
-        );
-    } else {
+    if !args.json {
         if outcome.stdout.truncated() || outcome.stderr.truncated() {
             ui.line(&format!(
                 "output truncated: {} bytes of stdout and {} of stderr dropped (--max-output)",
                 outcome.stdout.dropped, outcome.stderr.dropped
             ));
         }
-        if let Some(r) = &outcome.result {
-            println!("{r}");
-        } else if outcome.success() {
-            println!("null");
-        }
         if let Some(err) = JobError::from_outcome(&outcome) {
             ui.line(&format!("tsbridge: {err}"));
         }
     }
+    let printed = if args.json {
+        serde_json::to_string_pretty(&outcome_json(&outcome, attempt, &masker))
+            .map(Some)
+            .context("cannot serialize the outcome")?
+    } else if let Some(r) = &outcome.result {
+        Some(r.to_string())
+    } else {
+        outcome.success().then(|| "null".to_owned())
+    };
+    if let Some(text) = printed {
+        print_result(&text)?;
+    }
     Ok(ExitCode::from(exit_code(&outcome)))
+}
+
+/// The one line (or JSON document) of stdout. A reader that went away is no
+/// failure of the job's: the exit code stays the child's.
+fn print_result(text: &str) -> Result<()> {
+    match outln!("{text}").and_then(|()| output::flush()) {
+        Ok(()) | Err(OutputError::Closed(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The job never started: says why on stderr (and on stdout with `--json`),
+/// exits `code`.
+fn not_started(e: &dyn std::fmt::Display, code: u8, json: bool) -> Result<ExitCode> {
+    note!("tsbridge: {e:#}");
+    if json {
+        let doc = json!({"success": false, "reason": "spawn_failure", "error": format!("{e:#}")});
+        print_result(&doc.to_string())?;
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// 127 for a script or runtime that is not there, 126 for one that cannot be
+/// read; `check` and the server name the same failures `ResolveError`s.
+fn resolve_failure_code(e: &ResolveError) -> u8 {
+    match e {
+        ResolveError::ScriptMissing { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            EXIT_CANNOT_EXECUTE
+        }
+        ResolveError::ScriptMissing { .. }
+        | ResolveError::RuntimeNotFound { .. }
+        | ResolveError::NodeNotFound { .. } => EXIT_NOT_FOUND,
+    }
+}
+
+/// The exit code of a child that could not be executed (the exec itself, or
+/// the setup between fork and exec, failed): 127 when the program or its
+/// interpreter (`#!`) does not exist (ENOENT, ENOTDIR), 126 for anything else
+/// that stopped an existing program from running (EACCES, ENOEXEC, EISDIR,
+/// E2BIG, ...), as timeout(1) does. `None` for a failure of tsbridge's own
+/// before or after the fork.
+fn spawn_failure_code(e: &SpawnError) -> Option<u8> {
+    use std::io::ErrorKind;
+    match e.stage {
+        SpawnStage::Exec => Some(match e.kind {
+            ErrorKind::NotFound | ErrorKind::NotADirectory => EXIT_NOT_FOUND,
+            _ => EXIT_CANNOT_EXECUTE,
+        }),
+        SpawnStage::Prepare | SpawnStage::Wire | SpawnStage::SpawnerGone => None,
+    }
 }
 
 /// The exit code that mirrors the child: its code, 124 on timeout, 128+N on
@@ -218,28 +289,46 @@ fn merge(env: &BTreeMap<String, String>, more: &[(String, String)]) -> BTreeMap<
     e
 }
 
+/// The script or program to run does not exist.
+#[derive(Debug)]
+struct NotFound {
+    target: PathBuf,
+    /// Whether PATH was searched too (a bare name).
+    searched_path: bool,
+}
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} not found", self.target.display())?;
+        if self.searched_path {
+            f.write_str(" (not a file, and not on PATH)")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for NotFound {}
+
 /// The file to run: a path as given, or (for `exec`) a bare program name
 /// looked up on PATH, as a shell would but without a shell.
-fn locate(target: &Path, runtime: Option<RuntimeKind>) -> Result<PathBuf> {
+fn locate(target: &Path, runtime: Option<RuntimeKind>) -> Result<PathBuf, NotFound> {
     if target.exists() {
         return Ok(target.to_path_buf());
     }
     let bare = target.components().count() == 1;
-    if bare && matches!(runtime, None | Some(RuntimeKind::Exec)) {
-        if let Some(path) = std::env::var_os("PATH") {
-            for dir in std::env::split_paths(&path) {
-                let candidate = dir.join(target);
-                if candidate.is_file() {
-                    return Ok(candidate);
-                }
+    let searched_path = bare && matches!(runtime, None | Some(RuntimeKind::Exec));
+    if searched_path && let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(target);
+            if candidate.is_file() {
+                return Ok(candidate);
             }
         }
-        bail!(
-            "{} not found (not a file, and not on PATH)",
-            target.display()
-        );
     }
-    bail!("{} not found", target.display())
+    Err(NotFound {
+        target: target.to_path_buf(),
+        searched_path,
+    })
 }
 
 /// A sandbox when any limit was asked for; its own parent cgroup so it never
@@ -324,10 +413,11 @@ impl Ui {
         Self { bar }
     }
 
+    /// A line on stderr; when stderr is gone the job goes on (nothing to tell).
     fn line(&self, s: &str) {
         match &self.bar {
             Some(b) => b.println(s),
-            None => eprintln!("{s}"),
+            None => note!("{s}"),
         }
     }
 
@@ -346,7 +436,7 @@ impl Ui {
                         b.set_position(p.current);
                         b.set_message(p.message);
                     }
-                    None => eprintln!("PROGRESS: {}/{} - {}", p.current, p.total, p.message),
+                    None => note!("PROGRESS: {}/{} - {}", p.current, p.total, p.message),
                 },
                 ChildEvent::Log { level, message, .. } => self.line(&format!(
                     "{}: {message}",

@@ -6,6 +6,7 @@ mod cmd_check;
 mod cmd_jobs;
 mod cmd_run;
 mod cmd_serve;
+mod output;
 
 use std::process::ExitCode;
 
@@ -21,7 +22,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("tsbridge: cannot start the async runtime: {e}");
+            output::note!("tsbridge: cannot start the async runtime: {e}");
             return ExitCode::from(70);
         }
     };
@@ -33,10 +34,21 @@ fn main() -> ExitCode {
             cli::Command::Jobs(args) => cmd_jobs::main(args).await,
         }
     });
+    // The last line may still be buffered: its write error counts too, but a
+    // reader that went away changes no exit code a command already decided.
+    let code = code.and_then(|code| match output::flush() {
+        Ok(()) | Err(output::OutputError::Closed(_)) => Ok(code),
+        Err(e) => Err(e.into()),
+    });
     match code {
         Ok(code) => code,
+        // `tsbridge jobs logs ID | head`: the reader has what it wanted. A
+        // quiet success, as ripgrep does (a Rust program ignores SIGPIPE, so
+        // this is what a C tool's death by SIGPIPE looks like here, minus the
+        // non-zero status that would fail a `set -o pipefail` script).
+        Err(e) if output::OutputError::is_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tsbridge: {e:#}");
+            output::note!("tsbridge: {e:#}");
             ExitCode::from(1)
         }
     }

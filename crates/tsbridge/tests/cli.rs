@@ -1,0 +1,498 @@
+//! The CLI as a user drives it (SPEC §6): the built `tsbridge` binary on the
+//! repository's fixtures, and for `jobs` a real `tsbridge serve`.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn fixtures() -> PathBuf {
+    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")).unwrap()
+}
+
+fn fixture(name: &str) -> String {
+    fixtures().join(name).to_str().unwrap().to_owned()
+}
+
+/// `tsbridge ARGS` in `cwd`, with none of the variables that would change its
+/// defaults inherited from whoever runs the tests.
+fn tsbridge(cwd: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tsbridge"));
+    c.args(args)
+        .current_dir(cwd)
+        .env_remove("TSBRIDGE_CONFIG")
+        .env_remove("TSBRIDGE_URL")
+        .env_remove("TSBRIDGE_TOKEN")
+        .env_remove("TSBRIDGE_LOG")
+        .stdin(Stdio::null());
+    c
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn of(out: Output) -> Run {
+        let r = Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert!(
+            !r.stderr.contains("panicked"),
+            "tsbridge panicked:\n{}",
+            r.stderr
+        );
+        r
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+fn run(cwd: &Path, args: &[&str]) -> Run {
+    Run::of(tsbridge(cwd, args).output().unwrap())
+}
+
+/// Runs with stdout (and, if asked, stderr) a pipe whose reader is already
+/// gone: every write tsbridge makes there fails with EPIPE, as under `| head`
+/// once head has exited.
+fn run_into_closed_pipe(cwd: &Path, args: &[&str], close_stderr_too: bool) -> Run {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut cmd = tsbridge(cwd, args);
+    if close_stderr_too {
+        cmd.stderr(writer.try_clone().unwrap());
+    } else {
+        cmd.stderr(Stdio::piped());
+    }
+    cmd.stdout(writer);
+    let out = cmd.spawn().unwrap().wait_with_output().unwrap();
+    Run::of(out)
+}
+
+// ---------------------------------------------------------------- check
+
+const VALID_CONFIG: &str = r#"[server]
+bind = "127.0.0.1:8787"
+
+[workflows.exit]
+root = "ROOT"
+script = "exit-code.sh"
+runtime = "exec"
+"#;
+
+/// Line 7 names a runtime that does not exist.
+const BROKEN_CONFIG: &str = r#"[server]
+bind = "127.0.0.1:8787"
+
+[workflows.exit]
+root = "ROOT"
+script = "exit-code.sh"
+runtime = "nodde"
+"#;
+
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("tsbridge.toml");
+    std::fs::write(&path, text.replace("ROOT", fixtures().to_str().unwrap())).unwrap();
+    path
+}
+
+#[test]
+fn check_validates_tsbridge_toml_in_the_current_directory_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), VALID_CONFIG);
+    let r = run(dir.path(), &["check"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(
+        r.stdout
+            .contains("Config tsbridge.toml: valid, 1 workflow(s)"),
+        "{r}"
+    );
+
+    write_config(dir.path(), BROKEN_CONFIG);
+    let r = run(dir.path(), &["check"]);
+    assert_ne!(r.code, Some(0), "{r}");
+    assert!(r.stdout.contains("Config tsbridge.toml: invalid"), "{r}");
+    assert!(r.stderr.contains("line 7"), "{r}");
+    assert!(r.stderr.contains("workflows.exit.runtime"), "{r}");
+
+    let r = run(dir.path(), &["check", "--json"]);
+    assert_ne!(r.code, Some(0), "{r}");
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["config"]["valid"], false, "{r}");
+    let issue = &v["config"]["issues"][0];
+    assert_eq!(issue["key"], "workflows.exit.runtime", "{r}");
+    assert_eq!(issue["line"], 7, "{r}");
+}
+
+#[test]
+fn check_reads_tsbridge_config_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let broken = write_config(elsewhere.path(), BROKEN_CONFIG);
+    let r = Run::of(
+        tsbridge(dir.path(), &["check"])
+            .env("TSBRIDGE_CONFIG", &broken)
+            .output()
+            .unwrap(),
+    );
+    assert_ne!(r.code, Some(0), "{r}");
+    assert!(r.stderr.contains("line 7"), "{r}");
+
+    // A config that was named must exist.
+    let r = run(dir.path(), &["check", "--config", "missing.toml"]);
+    assert_ne!(r.code, Some(0), "{r}");
+    assert!(r.stderr.contains("missing.toml"), "{r}");
+}
+
+#[test]
+fn check_without_any_config_reports_the_host_and_says_nothing_was_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(dir.path(), &["check"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(r.stdout.contains("Isolation on this host"), "{r}");
+    assert!(r.stdout.contains("Config: none checked"), "{r}");
+
+    let r = run(dir.path(), &["check", "--json"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["config"]["checked"], false, "{r}");
+}
+
+#[test]
+fn check_keeps_its_verdict_when_the_reader_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), BROKEN_CONFIG);
+    let r = run_into_closed_pipe(dir.path(), &["check"], false);
+    assert_eq!(r.code, Some(2), "{r}");
+    assert!(r.stderr.contains("line 7"), "{r}");
+    assert!(!r.stderr.contains("Broken pipe"), "{r}");
+
+    write_config(dir.path(), VALID_CONFIG);
+    let r = run_into_closed_pipe(dir.path(), &["check"], true);
+    assert_eq!(r.code, Some(0), "{r}");
+}
+
+// ---------------------------------------------------------------- run
+
+#[test]
+fn run_reads_a_bare_timeout_as_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    // 5 seconds, not 5 ms: a half-second sleep ends on its own.
+    let r = run(dir.path(), &["run", "--timeout", "5", "sleep", "0.5"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    let r = run(
+        dir.path(),
+        &["run", "--timeout", "5", "--kill-grace", "2", "sleep", "0.5"],
+    );
+    assert_eq!(r.code, Some(0), "{r}");
+    // A fraction of a second is still a timeout that fires.
+    let r = run(
+        dir.path(),
+        &[
+            "run",
+            "--timeout",
+            "0.2",
+            "--kill-grace",
+            "1",
+            "sleep",
+            "60",
+        ],
+    );
+    assert_eq!(r.code, Some(124), "{r}");
+    // Units as before.
+    let r = run(dir.path(), &["run", "--timeout", "5s", "sleep", "0.5"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    let r = run(dir.path(), &["run", "--timeout", "5q", "sleep", "0.5"]);
+    assert_eq!(r.code, Some(2), "a usage error: {r}");
+    assert!(r.stderr.contains("seconds"), "{r}");
+}
+
+/// The child's argv as env-argv.js reports it (hex-encoded raw bytes).
+fn child_argv(outcome: &Value) -> Vec<String> {
+    let line = outcome["output"]["stdout"].as_str().unwrap();
+    let v: Value = serde_json::from_str(line.trim()).unwrap();
+    v["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            let h = h.as_str().unwrap();
+            let bytes: Vec<u8> = (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+                .collect();
+            String::from_utf8(bytes).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn run_needs_no_double_dash_and_passes_everything_after_the_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = fixture("env-argv.js");
+    let r = run(
+        dir.path(),
+        &[
+            "run",
+            "--json",
+            &script,
+            "--timeout",
+            "9",
+            "-v",
+            "--json",
+            "--",
+            "x",
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{r}");
+    let outcome: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        child_argv(&outcome),
+        ["--timeout", "9", "-v", "--json", "--", "x"],
+        "{r}"
+    );
+
+    // `--` still works.
+    let r = run(dir.path(), &["run", "--json", "--", &script, "-a"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    let outcome: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(child_argv(&outcome), ["-a"], "{r}");
+
+    // And the exit code is the child's either way.
+    let r = run(dir.path(), &["run", &fixture("exit-code.sh"), "7"]);
+    assert_eq!(r.code, Some(7), "{r}");
+    let r = run(dir.path(), &["run", "--", &fixture("exit-code.sh"), "7"]);
+    assert_eq!(r.code, Some(7), "{r}");
+}
+
+fn write_script(dir: &Path, name: &str, text: &str, mode: u32) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn run_exits_127_when_the_program_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    for target in [
+        "./no-such-script.js",
+        "./no-such-script.ts",
+        "no-such-program-on-path-xyz",
+    ] {
+        let r = run(dir.path(), &["run", target]);
+        assert_eq!(r.code, Some(127), "{target}: {r}");
+        assert!(r.stderr.contains("not found"), "{target}: {r}");
+    }
+    // The interpreter a script names is the program too (ENOENT from exec).
+    let script = write_script(
+        dir.path(),
+        "bad-interpreter.sh",
+        "#!/no/such/interpreter\necho unreachable\n",
+        0o755,
+    );
+    let r = run(dir.path(), &["run", &script]);
+    assert_eq!(r.code, Some(127), "{r}");
+
+    let r = run(dir.path(), &["run", "--json", "./no-such-script.js"]);
+    assert_eq!(r.code, Some(127), "{r}");
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["success"], false, "{r}");
+    assert_eq!(v["reason"], "spawn_failure", "{r}");
+}
+
+#[test]
+fn run_exits_126_when_the_program_cannot_be_executed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not executable (EACCES).
+    let script = write_script(
+        dir.path(),
+        "not-executable.sh",
+        "#!/bin/sh\nexit 0\n",
+        0o644,
+    );
+    let r = run(dir.path(), &["run", &script]);
+    assert_eq!(r.code, Some(126), "{r}");
+    // A directory (EACCES from execve).
+    let sub = dir.path().join("a-directory");
+    std::fs::create_dir(&sub).unwrap();
+    let r = run(
+        dir.path(),
+        &["run", "--runtime", "exec", sub.to_str().unwrap()],
+    );
+    assert_eq!(r.code, Some(126), "{r}");
+}
+
+#[test]
+fn run_gives_its_child_the_default_sigpipe_disposition() {
+    // tsbridge itself ignores SIGPIPE (it turns EPIPE into a quiet exit); the
+    // job must not inherit that: a `yes | head` inside it ends as usual.
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(
+        dir.path(),
+        &["run", "--json", "grep", "^SigIgn:", "/proc/self/status"],
+    );
+    assert_eq!(r.code, Some(0), "{r}");
+    let outcome: Value = serde_json::from_str(&r.stdout).unwrap();
+    let line = outcome["output"]["stdout"].as_str().unwrap();
+    let mask = u64::from_str_radix(line.trim().trim_start_matches("SigIgn:").trim(), 16).unwrap();
+    const SIGPIPE: u64 = 13;
+    assert_eq!(
+        mask & (1 << (SIGPIPE - 1)),
+        0,
+        "SIGPIPE ignored in the child: {line}"
+    );
+}
+
+#[test]
+fn run_into_a_closed_pipe_keeps_the_childs_exit_code_and_does_not_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    // The result line goes to a closed stdout.
+    let r = run_into_closed_pipe(dir.path(), &["run", &fixture("protocol.js")], false);
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(!r.stderr.contains("Broken pipe"), "{r}");
+    // Both streams closed: progress, logs and output lines have nowhere to go;
+    // the job still runs to its end.
+    let r = run_into_closed_pipe(dir.path(), &["run", &fixture("protocol.js")], true);
+    assert_eq!(r.code, Some(0), "{r}");
+    let r = run_into_closed_pipe(dir.path(), &["run", &fixture("exit-code.sh"), "3"], true);
+    assert_eq!(r.code, Some(3), "{r}");
+}
+
+// ---------------------------------------------------------------- jobs
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::write(
+            dir.join("tsbridge.toml"),
+            format!(
+                r#"[server]
+bind = "127.0.0.1:{port}"
+
+[store]
+url = "sqlite://jobs.db"
+
+[workflows.protocol]
+root = "{root}"
+script = "protocol.js"
+runtime = "node"
+"#,
+                root = fixtures().display()
+            ),
+        )
+        .unwrap();
+        let child = tsbridge(dir, &["serve"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let server = Server {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < DEADLINE, "the server never listened");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn jobs_alone_lists_and_a_closed_pipe_ends_it_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let url = server.url.as_str();
+
+    let r = run(dir.path(), &["jobs", "--server", url, "submit", "protocol"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    let id = r.stdout.split_whitespace().next().unwrap().to_owned();
+    // Follows the job to its end (exits when the stream does).
+    let r = run(
+        dir.path(),
+        &["jobs", "--server", url, "logs", &id, "--follow"],
+    );
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(r.stdout.contains("state succeeded"), "{r}");
+
+    // `tsbridge jobs` is `tsbridge jobs list`.
+    let r = run(dir.path(), &["jobs", "--server", url]);
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(r.stdout.starts_with("ID"), "{r}");
+    let row = r.stdout.lines().find(|l| l.starts_with(&id));
+    assert!(row.is_some_and(|l| l.contains("succeeded")), "{r}");
+    let r = Run::of(
+        tsbridge(dir.path(), &["jobs", "--json"])
+            .env("TSBRIDGE_URL", url)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, Some(0), "{r}");
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["jobs"][0]["jobId"], id.as_str(), "{r}");
+
+    // `... | head`: the reader is gone before the first line.
+    for args in [
+        vec!["jobs", "--server", url, "logs", &id],
+        vec!["jobs", "--server", url, "logs", &id, "--follow"],
+        vec!["jobs", "--server", url],
+        vec!["jobs", "--server", url, "show", &id],
+    ] {
+        let r = run_into_closed_pipe(dir.path(), &args, false);
+        assert_eq!(r.code, Some(0), "{args:?}: {r}");
+        assert!(r.stderr.is_empty(), "{args:?}: quiet, but {r}");
+    }
+}
+
+#[test]
+fn jobs_without_a_server_reports_the_connection_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r = run(
+        dir.path(),
+        &["jobs", "--server", &format!("http://127.0.0.1:{port}")],
+    );
+    assert_eq!(r.code, Some(1), "{r}");
+    assert!(r.stderr.starts_with("tsbridge: "), "{r}");
+    assert_eq!(r.stderr.lines().count(), 1, "one line, no backtrace: {r}");
+}
