@@ -278,6 +278,7 @@ mod tests {
         assert_eq!(run(&["x.js", "--", "a"]).command, ["x.js", "--", "a"]);
         // With `--` first, as before.
         assert_eq!(run(&["--", "x.js", "-a"]).command, ["x.js", "-a"]);
+        assert_eq!(run(&["--", "x.js", "--", "a"]).command, ["x.js", "--", "a"]);
         assert_eq!(run(&["--", "-odd-name.js"]).command, ["-odd-name.js"]);
         assert!(Cli::try_parse_from(["tsbridge", "run"]).is_err());
         assert!(Cli::try_parse_from(["tsbridge", "run", "--timeout", "5"]).is_err());
