@@ -25,7 +25,7 @@ use crate::dispatcher::{Command, Dispatcher, Shared, state_event};
 use crate::errors::RuntimeError;
 use crate::executor::Executor;
 use crate::pool::{HostScript, PoolExecutor};
-use crate::spawn::SpawnExecutor;
+use crate::spawn::{HostSecrets, SpawnExecutor};
 use crate::stats::RuntimeStats;
 use crate::store::{
     AfterAttempt, AttemptEnd, Finish, JobStore, ListFilter, NewJob, StoredRequest, decode_cursor,
@@ -93,20 +93,25 @@ impl Runtime {
         opts: RuntimeOptions,
     ) -> Result<Runtime, RuntimeError> {
         let node_id = opts.node_id.clone().unwrap_or_else(default_node_id);
+        let secrets = host_secrets(&config);
         let spawn: Arc<dyn Executor> = Arc::new(
             SpawnExecutor::new(opts.sandbox.clone(), opts.tmp_base.clone())
-                .with_transpile_cache(opts.transpile_cache.clone()),
+                .with_transpile_cache(opts.transpile_cache.clone())
+                .with_host_secrets(secrets.clone()),
         );
         // Pool-mode workflows: the pool module's executor unless one is given.
         let own_pools = (opts.pool_executor.is_none()
             && config.workflows.values().any(|w| w.mode == Mode::Pool))
         .then(|| {
-            Arc::new(PoolExecutor::new(
-                opts.sandbox.clone(),
-                opts.tmp_base.clone(),
-                HostScript::default(),
-                config.server.dev,
-            ))
+            Arc::new(
+                PoolExecutor::new(
+                    opts.sandbox.clone(),
+                    opts.tmp_base.clone(),
+                    HostScript::default(),
+                    config.server.dev,
+                )
+                .with_host_secrets(secrets.clone()),
+            )
         });
         let pool_executor: Option<Arc<dyn Executor>> = opts
             .pool_executor
@@ -490,7 +495,22 @@ fn isolation(sandbox: Option<&Sandbox>) -> Isolation {
     }
 }
 
-/// Path parameters must resolve inside the workflow's root.
+/// What no job may show: tsbridge's secret-named variables and the
+/// server's tokens as the config resolves them (literal, or `env:NAME`
+/// whatever the name; a `sha256:` token is not known in clear).
+fn host_secrets(config: &Config) -> HostSecrets {
+    use crate::config::TokenSpec;
+    let tokens = config.server.tokens.iter().filter_map(|t| match t {
+        TokenSpec::Literal(v) => Some(v.clone()),
+        TokenSpec::Env(name) => std::env::var(name).ok(),
+        TokenSpec::Sha256(_) => None,
+    });
+    HostSecrets::from_process_env(tokens.collect::<Vec<_>>())
+}
+
+/// Path parameters must resolve (after symlinks, component-wise) inside
+/// the allowed roots: the workflow's root or one of its `limits.read` /
+/// `limits.write` entries. A relative path is resolved against the root.
 fn check_path_params(wf: &WorkflowConfig, params: &Value) -> Result<(), RuntimeError> {
     for name in &wf.path_params {
         let Some(v) = params.get(name) else {
@@ -507,7 +527,7 @@ fn check_path_params(wf: &WorkflowConfig, params: &Value) -> Result<(), RuntimeE
             }
         };
         for c in candidates {
-            tsbridge_sandbox::paths::confine(&wf.root, Path::new(c)).map_err(|e| {
+            confine_to_allowed(wf, Path::new(c)).map_err(|e| {
                 RuntimeError::Security(format!(
                     "parameter {name}: {}",
                     safe_security_message(&e, c)
@@ -518,6 +538,29 @@ fn check_path_params(wf: &WorkflowConfig, params: &Value) -> Result<(), RuntimeE
     Ok(())
 }
 
+/// `confine` to the root, else to the first `limits.read`/`limits.write`
+/// entry that contains the path (an entry that does not exist contains
+/// nothing). The root's refusal is the one reported.
+fn confine_to_allowed(
+    wf: &WorkflowConfig,
+    candidate: &Path,
+) -> Result<PathBuf, tsbridge_sandbox::SecurityError> {
+    use tsbridge_sandbox::SecurityError as S;
+    let err = match tsbridge_sandbox::paths::confine(&wf.root, candidate) {
+        Ok(p) => return Ok(p),
+        Err(e @ (S::NulInPath | S::EmptyPath)) => return Err(e),
+        Err(e) => e,
+    };
+    // Relative paths mean the same file whichever root is tried.
+    let absolute = wf.root.join(candidate);
+    for allowed in wf.limits.read.iter().chain(&wf.limits.write) {
+        if let Ok(p) = tsbridge_sandbox::paths::confine(allowed, &absolute) {
+            return Ok(p);
+        }
+    }
+    Err(err)
+}
+
 /// The sandbox's message names host paths (the root); say it with the
 /// request's own path only.
 fn safe_security_message(e: &tsbridge_sandbox::SecurityError, given: &str) -> String {
@@ -525,7 +568,7 @@ fn safe_security_message(e: &tsbridge_sandbox::SecurityError, given: &str) -> St
     match e {
         S::NulInPath => "path contains a NUL byte".into(),
         S::EmptyPath => "path is empty".into(),
-        _ => format!("path {given:?} resolves outside the workflow's root"),
+        _ => format!("path {given:?} resolves outside the workflow's allowed roots"),
     }
 }
 

@@ -4,8 +4,11 @@
 //! TMPDIR (removed by the engine after the tree is gone), the argv (runtime
 //! prefix, then the workflow's template with `{workflow}`, `{params}`,
 //! `{jobId}` substituted per element) and, when the workflow has limits and a
-//! sandbox is given, the job's sandbox.
+//! sandbox is given, the job's sandbox. Secrets are masked in everything a
+//! job leaves: the child's own secret-named variables and tsbridge's
+//! ([`HostSecrets`]).
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,9 +22,9 @@ use tsbridge_process::transpile::TranspileCache;
 use tsbridge_process::{JobKey, SandboxAttachment};
 use tsbridge_proto::EndReason;
 use tsbridge_proto::api::{OutputView, Resources};
-use tsbridge_sandbox::{FsPolicy, Sandbox, SandboxPolicy};
+use tsbridge_sandbox::{FsPolicy, Rlimits, Sandbox, SandboxPolicy};
 
-use crate::config::{RuntimeKind, WorkflowConfig};
+use crate::config::{DEFAULT_OPEN_FILES, RuntimeKind, WorkflowConfig};
 use crate::executor::{AttemptEvent, AttemptIo, AttemptOutcome, AttemptRequest, Executor};
 
 /// Child events the engine buffers while the store catches up; beyond it
@@ -31,6 +34,57 @@ const EVENT_CAPACITY: usize = 8192;
 /// Bytes of stderr kept for error details.
 const STDERR_TAIL: usize = 4096;
 
+/// Secret values of tsbridge itself that no job may show: the values of
+/// its own secret-named environment variables (PASSWORD, SECRET, KEY,
+/// TOKEN, CREDENTIAL: the rule `tsbridge run` uses, the sandbox crate's
+/// `is_secret_name`) and any given explicitly (the server's resolved
+/// tokens). A child never inherits them, but it can still print them (read
+/// from a file, or as a parameter): they are masked all the same.
+#[derive(Debug, Clone, Default)]
+pub struct HostSecrets {
+    values: Arc<Vec<String>>,
+    /// The masker of `values` alone, shared by every job that adds nothing.
+    masker: Arc<Masker>,
+}
+
+impl HostSecrets {
+    /// The secret-named variables of this process's environment, plus `extra`.
+    pub fn from_process_env(extra: impl IntoIterator<Item = String>) -> Self {
+        Self::new(
+            std::env::vars()
+                .filter(|(k, _)| tsbridge_sandbox::env::is_secret_name(k))
+                .map(|(_, v)| v)
+                .chain(extra),
+        )
+    }
+
+    /// Exactly these secret values.
+    pub fn new(values: impl IntoIterator<Item = String>) -> Self {
+        let mut values: Vec<String> = values.into_iter().collect();
+        values.sort();
+        values.dedup();
+        let masker = Arc::new(Masker::new(values.iter().cloned(), &[]));
+        Self {
+            values: Arc::new(values),
+            masker,
+        }
+    }
+
+    /// The masker of a job whose environment is `env`: these secrets plus
+    /// the values of `env`'s secret-named variables.
+    pub fn masker_for(&self, env: &BTreeMap<String, String>) -> Arc<Masker> {
+        let own: Vec<&String> = env
+            .iter()
+            .filter(|(k, _)| tsbridge_sandbox::env::is_secret_name(k))
+            .map(|(_, v)| v)
+            .collect();
+        if own.is_empty() {
+            return self.masker.clone();
+        }
+        Arc::new(Masker::new(self.values.iter().chain(own).cloned(), &[]))
+    }
+}
+
 /// Runs each attempt as a fresh process.
 #[derive(Debug, Clone, Default)]
 pub struct SpawnExecutor {
@@ -38,17 +92,27 @@ pub struct SpawnExecutor {
     tmp_base: Option<PathBuf>,
     search: RuntimeSearch,
     cache: Option<TranspileCache>,
+    secrets: HostSecrets,
 }
 
 impl SpawnExecutor {
     /// `tmp_base`: where private TMPDIRs are made (default: the system's).
+    /// Masks the secrets of this process's environment
+    /// ([`HostSecrets::from_process_env`]).
     pub fn new(sandbox: Option<Arc<Sandbox>>, tmp_base: Option<PathBuf>) -> Self {
         Self {
             sandbox,
             tmp_base,
             search: RuntimeSearch::default(),
             cache: None,
+            secrets: HostSecrets::from_process_env(None),
         }
+    }
+
+    /// Masks these host secrets (instead of the environment's alone).
+    pub fn with_host_secrets(mut self, secrets: HostSecrets) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     /// Runs tsx workflows from cached esbuild bundles with plain node when
@@ -126,7 +190,9 @@ pub fn invocation(runtime: RuntimeKind, script: &Path) -> (PathBuf, Vec<OsString
     }
 }
 
-/// The sandbox policy a workflow's limits ask for.
+/// The sandbox policy a workflow's limits ask for. Every job gets the
+/// rlimits: open files ([`DEFAULT_OPEN_FILES`] unless `limits.open_files`),
+/// file size and CPU seconds when set, core dumps off.
 pub fn policy_for(wf: &WorkflowConfig, tmpdir: &Path) -> SandboxPolicy {
     let l = &wf.limits;
     let fs = if l.read.is_empty() && l.write.is_empty() {
@@ -151,6 +217,12 @@ pub fn policy_for(wf: &WorkflowConfig, tmpdir: &Path) -> SandboxPolicy {
         pids: l.pids,
         network: l.network.unwrap_or(true),
         fs,
+        rlimits: Rlimits {
+            nofile: Some(l.open_files.unwrap_or(DEFAULT_OPEN_FILES)),
+            fsize: l.file_size.map(|s| s.bytes()),
+            cpu_seconds: l.cpu_seconds(),
+            ..Rlimits::default()
+        },
         ..SandboxPolicy::default()
     }
 }
@@ -219,7 +291,9 @@ impl Executor for SpawnExecutor {
         extra.extend(req.request_env.clone());
         let pass: Vec<&str> = wf.env.pass.iter().map(String::as_str).collect();
         let env = tsbridge_sandbox::env::build_child_env(&pass, std::env::vars(), &extra);
-        let masker = Arc::new(Masker::from_env(&env, &[]));
+        // The child's own secrets and tsbridge's: a job may print a host
+        // secret it got some other way (a file, a parameter).
+        let masker = self.secrets.masker_for(&env);
 
         let params_json = serde_json::to_string(&req.params).unwrap_or_else(|_| "null".into());
         let inv = match rt::resolve_for_spawn_async(
@@ -282,11 +356,11 @@ impl Executor for SpawnExecutor {
             // No limits configured: still give the job a cgroup when the host
             // has them, so every descendant (setsid ones included) is found
             // and killed at the end, and a restarted server can sweep what a
-            // crashed one left. rlimits (core dumps off), no_new_privs and the
-            // seccomp deny-list come with it. A host without cgroups runs such
-            // jobs unsandboxed, as before.
+            // crashed one left. rlimits (open files, core dumps off),
+            // no_new_privs and the seccomp deny-list come with it. A host
+            // without cgroups runs such jobs unsandboxed, as before.
             (Some(sb), false) => {
-                let policy = SandboxPolicy::default();
+                let policy = policy_for(wf, &tmpdir);
                 match sb.prepare(key.as_str(), &policy) {
                     Ok(prepared) => Some(SandboxAttachment {
                         prepared: Arc::new(prepared),
@@ -378,10 +452,12 @@ impl Executor for SpawnExecutor {
                 .exit
                 .code()
                 .map(|c| format!("the process exited with code {c}")),
-            EndReason::Signaled => o
-                .exit
-                .signal()
-                .map(|s| format!("the process was killed by signal {s}")),
+            EndReason::Signaled => o.exit.signal().map(|s| {
+                format!(
+                    "the process was killed by signal {}",
+                    tsbridge_proto::api::describe_signal(s)
+                )
+            }),
             EndReason::Timeout => Some(format!(
                 "the job timed out after {}",
                 tsbridge_proto::units::format_duration(req.timeout)

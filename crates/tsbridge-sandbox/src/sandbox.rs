@@ -67,6 +67,20 @@ fn valid_key(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// This process's hard limit of `res` (`RLIM_INFINITY` when unknown).
+fn own_hard_limit(res: RlimitResource) -> libc::rlim_t {
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: cur points to a live rlimit that getrlimit fills.
+    if unsafe { libc::getrlimit(res, &mut cur) } == 0 {
+        cur.rlim_max
+    } else {
+        libc::RLIM_INFINITY
+    }
+}
+
 fn prctl_supported(option: libc::c_int) -> bool {
     // SAFETY: PR_GET_* queries take no pointers and change nothing.
     unsafe { libc::prctl(option, 0, 0, 0, 0) >= 0 }
@@ -305,11 +319,15 @@ impl Sandbox {
         let mut rlimits: Vec<(RlimitResource, libc::rlimit)> = Vec::new();
         let mut push = |res: RlimitResource, soft: Option<u64>, extra_hard: u64| {
             if let Some(v) = soft {
+                // Never above tsbridge's own hard limit: raising it needs
+                // CAP_SYS_RESOURCE, and the child would fail to start.
+                let ceiling = own_hard_limit(res);
+                let hard = (v.saturating_add(extra_hard) as libc::rlim_t).min(ceiling);
                 rlimits.push((
                     res,
                     libc::rlimit {
-                        rlim_cur: v as libc::rlim_t,
-                        rlim_max: v.saturating_add(extra_hard) as libc::rlim_t,
+                        rlim_cur: (v as libc::rlim_t).min(hard),
+                        rlim_max: hard,
                     },
                 ));
             }

@@ -32,6 +32,8 @@ pub struct PoolExecutor {
     tmp_base: Option<PathBuf>,
     host: HostScript,
     dev_mode: bool,
+    /// Masked in every job's events, result and error.
+    secrets: crate::spawn::HostSecrets,
     /// One pool per workflow name. The lock only guards the map (never held
     /// across an await); the cell serializes the pool's start.
     pools: Mutex<HashMap<String, Arc<OnceCell<Pool>>>>,
@@ -51,8 +53,15 @@ impl PoolExecutor {
             tmp_base,
             host,
             dev_mode,
+            secrets: crate::spawn::HostSecrets::from_process_env(None),
             pools: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Masks these host secrets (instead of the environment's alone).
+    pub fn with_host_secrets(mut self, secrets: crate::spawn::HostSecrets) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     /// Starts (and, with `warmup`, warms) the pools of these workflows now,
@@ -149,6 +158,8 @@ fn worker_sandbox(sb: Arc<Sandbox>, wf: WorkflowConfig, tmp_base: PathBuf) -> Wo
                 .map_err(|e| format!("cannot create the worker's TMPDIR: {e}"))?;
         }
         let mut policy = crate::spawn::policy_for(&wf, &tmpdir);
+        // RLIMIT_CPU would count a warm worker's CPU time over all its jobs.
+        policy.rlimits.cpu_seconds = None;
         if let (Some(fs), Some(dir)) = (policy.fs.take(), host.parent()) {
             policy.fs = Some(fs.allow_read(dir.to_path_buf()));
         }
@@ -227,12 +238,13 @@ impl Executor for PoolExecutor {
         });
         let (tx, mut rx) = mpsc::channel(256);
         let events = io.events.clone();
-        let forward = async move {
+        let masker = self.secrets.masker_for(&req.workflow.env.set);
+        let forward = async {
             while let Some(e) = rx.recv().await {
                 let e = match e {
                     PoolEvent::Started { pid: Some(pid), .. } => AttemptEvent::Started { pid },
                     PoolEvent::Started { pid: None, .. } => continue,
-                    PoolEvent::Child(c) => AttemptEvent::Child(c),
+                    PoolEvent::Child(c) => AttemptEvent::Child(mask_event(&masker, c)),
                 };
                 if events.send(e).await.is_err() {
                     break;
@@ -259,19 +271,30 @@ impl Executor for PoolExecutor {
             },
         };
         match o.result {
-            Ok(v) => out.result = Some(v),
+            Ok(mut v) => {
+                masker.mask_json(&mut v);
+                out.result = Some(v);
+            }
             Err(e) => {
                 let (reason, code, signal, transient) = end_of(&e, stop);
                 out.reason = reason;
                 out.exit_code = code;
                 out.signal = signal;
                 out.transient = transient;
-                out.error = Some(match &e {
+                let message = match &e {
                     PoolJobError::Handler {
                         stack: Some(stack), ..
                     } => format!("{e}\n{stack}"),
+                    PoolJobError::WorkerCrashed {
+                        worker,
+                        exit: WorkerExit::Signal(s),
+                    } => format!(
+                        "worker {worker} died while running the job (killed by signal {})",
+                        tsbridge_proto::api::describe_signal(*s)
+                    ),
                     _ => e.to_string(),
-                });
+                };
+                out.error = Some(masker.mask(&message).into_owned());
             }
         }
         out
@@ -283,6 +306,40 @@ impl Executor for PoolExecutor {
             pools.values().filter_map(|c| c.get().cloned()).collect()
         };
         futures::future::join_all(pools.iter().map(|p| p.shutdown(grace))).await;
+    }
+}
+
+/// A worker's event with the job's secrets masked.
+fn mask_event(
+    masker: &tsbridge_process::mask::Masker,
+    e: tsbridge_proto::ChildEvent,
+) -> tsbridge_proto::ChildEvent {
+    use tsbridge_proto::ChildEvent as E;
+    if masker.is_empty() {
+        return e;
+    }
+    match e {
+        E::Log {
+            level,
+            message,
+            child_timestamp,
+        } => E::Log {
+            level,
+            message: masker.mask(&message).into_owned(),
+            child_timestamp,
+        },
+        E::Progress(mut p) => {
+            p.message = masker.mask(&p.message).into_owned();
+            E::Progress(p)
+        }
+        E::Result { mut value } => {
+            masker.mask_json(&mut value);
+            E::Result { value }
+        }
+        E::Output { stream, line } => E::Output {
+            stream,
+            line: masker.mask(&line).into_owned(),
+        },
     }
 }
 

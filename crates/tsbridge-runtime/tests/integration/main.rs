@@ -9,6 +9,7 @@ mod common;
 mod pool_support;
 
 mod cancel;
+mod conformance;
 mod crash_restart;
 mod example_app;
 mod executor_panic;
