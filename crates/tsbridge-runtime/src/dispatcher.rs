@@ -1,24 +1,36 @@
 //! The dispatcher: the one task that owns the state of live jobs and
 //! linearizes everything that changes it through one `select!` loop:
-//! submissions, cancel requests, attempt completions, retry timers and
-//! shutdown. It keeps the ready queue (priority, then FIFO), enforces the
-//! global and per-workflow concurrency limits and the queue limit, decides
-//! retries, and writes every state change to the store (with its `state`
-//! event) before publishing that event on the bus.
+//! submissions, cancel requests, attempt completions, retry timers, store
+//! acknowledgements and shutdown. It keeps the ready queue (priority, then
+//! FIFO), enforces the global and per-workflow concurrency limits and the
+//! queue limit, decides retries, and has every state change written to the
+//! store (with its `state` event) before it publishes that event on the bus.
 //!
-//! Each attempt runs in a task of its own ([`run_attempt`]) that owns the
-//! job's event numbering while the attempt runs: it numbers the child's
-//! events, writes them to the store in batches, publishes them, and hands
-//! the last number back with the outcome. Before and after an attempt, the
-//! dispatcher numbers the job's events; so exactly one writer numbers a job's
-//! events at any time and `seq` has no gaps or duplicates.
+//! The loop never awaits the store: each write runs in a task of its own
+//! and reports back (`Written`), and the job waits in a slot that says what
+//! is being written (a submission is not yet a live job; `Slot::Ending`).
+//! So one job's write never holds up the others, and writes of many jobs
+//! reach the store together (the SQLite store commits them as one group).
+//! A job's own writes stay in order: each is started only once the previous
+//! one was acknowledged.
+//!
+//! Each attempt runs in a task of its own ([`run_attempt`]) that claims the
+//! job in the store (`start_attempt`), then owns the job's event numbering
+//! while the attempt runs: it numbers the child's events, writes them to the
+//! store in batches, publishes them, and hands the last number back with the
+//! outcome. Before and after an attempt, the dispatcher numbers the job's
+//! events; so exactly one writer numbers a job's events at any time and
+//! `seq` has no gaps or duplicates.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::FutureExt;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -27,7 +39,7 @@ use tsbridge_proto::{EndReason, ErrorType, EventData, JobEvent, JobId, JobState}
 
 use crate::bus::Bus;
 use crate::config::{Config, RetryOn, WorkflowConfig};
-use crate::errors::RuntimeError;
+use crate::errors::{RuntimeError, StoreError};
 use crate::executor::{
     AttemptEvent, AttemptIo, AttemptOutcome, AttemptRequest, Executor, ProcessControl,
 };
@@ -68,14 +80,16 @@ pub struct Submitted {
     pub existing: bool,
 }
 
+type Reply<T> = oneshot::Sender<Result<T, RuntimeError>>;
+
 pub(crate) enum Command {
     Submit {
         job: Box<NewJob>,
-        reply: oneshot::Sender<Result<Submitted, RuntimeError>>,
+        reply: Reply<Submitted>,
     },
     Cancel {
         id: JobId,
-        reply: oneshot::Sender<Result<(), RuntimeError>>,
+        reply: Reply<()>,
     },
     Shutdown {
         drain: Duration,
@@ -87,8 +101,27 @@ pub(crate) enum Command {
 struct AttemptDone {
     id: JobId,
     attempt: u32,
+    /// `false`: the store refused or failed the claim; nothing ran.
+    started: bool,
     outcome: AttemptOutcome,
     last_seq: u64,
+}
+
+/// A store write the dispatcher started, reported when it is over.
+enum Written {
+    /// A submission: `Ok(None)` created, `Ok(Some(_))` an existing job.
+    Inserted {
+        job: Box<NewJob>,
+        /// It holds a place in the queue (`Dispatcher::inserting`).
+        reserved: bool,
+        result: Result<Option<Submitted>, RuntimeError>,
+        reply: Reply<Submitted>,
+    },
+    /// The end of a job or of an attempt (`Slot::Ending`).
+    Ended {
+        id: JobId,
+        result: Result<(), StoreError>,
+    },
 }
 
 /// What the dispatcher keeps of a live job.
@@ -114,7 +147,18 @@ enum Slot {
         attempt: u32,
         control: ProcessControl,
         started: Instant,
-        cancel_waiters: Vec<oneshot::Sender<Result<(), RuntimeError>>>,
+        cancel_waiters: Vec<Reply<()>>,
+    },
+    /// Its end (`state` terminal) or its re-queue after an attempt (`state`
+    /// queued) is being written; `event` is published once it is.
+    Ending {
+        state: JobState,
+        event: JobEvent,
+        /// Answered once written (cancels that caused or awaited this end).
+        waiters: Vec<Reply<()>>,
+        /// Cancels that came meanwhile: a finished job answers Conflict, a
+        /// re-queued one is cancelled then.
+        late: Vec<Reply<()>>,
     },
 }
 
@@ -131,11 +175,21 @@ enum Phase {
 pub(crate) struct Dispatcher {
     shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
+    /// Every `Runtime` handle is gone.
+    commands_closed: bool,
     done_tx: mpsc::UnboundedSender<AttemptDone>,
     done_rx: mpsc::UnboundedReceiver<AttemptDone>,
+    written_tx: mpsc::UnboundedSender<Written>,
+    written_rx: mpsc::UnboundedReceiver<Written>,
     jobs: HashMap<JobId, LiveJob>,
     ready: ReadyQueue,
     backoff: BTreeSet<(Instant, JobId)>,
+    /// Submissions being inserted that hold a place in the queue.
+    inserting: usize,
+    /// Jobs whose re-queue (for a retry) is being written.
+    requeueing: usize,
+    /// Store writes started and not yet reported.
+    writes: usize,
     running: usize,
     running_by_workflow: HashMap<String, usize>,
     phase: Phase,
@@ -146,14 +200,21 @@ pub(crate) struct Dispatcher {
 impl Dispatcher {
     pub(crate) fn new(shared: Arc<Shared>, commands: mpsc::Receiver<Command>) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (written_tx, written_rx) = mpsc::unbounded_channel();
         Self {
             shared,
             commands,
+            commands_closed: false,
             done_tx,
             done_rx,
+            written_tx,
+            written_rx,
             jobs: HashMap::new(),
             ready: ReadyQueue::new(),
             backoff: BTreeSet::new(),
+            inserting: 0,
+            requeueing: 0,
+            writes: 0,
             running: 0,
             running_by_workflow: HashMap::new(),
             phase: Phase::Accepting,
@@ -184,7 +245,7 @@ impl Dispatcher {
     }
 
     pub(crate) async fn run(mut self) {
-        self.dispatch().await;
+        self.dispatch();
         self.publish_stats();
         loop {
             let next_retry = self.backoff.first().map(|(t, _)| *t);
@@ -197,23 +258,25 @@ impl Dispatcher {
                 _ => None,
             };
             tokio::select! {
-                Some(done) = self.done_rx.recv() => self.on_done(done).await,
-                cmd = self.commands.recv() => match cmd {
-                    Some(Command::Submit { job, reply }) => {
-                        let r = self.on_submit(*job).await;
-                        let _ = reply.send(r);
-                    }
-                    Some(Command::Cancel { id, reply }) => self.on_cancel(id, reply).await,
+                Some(done) = self.done_rx.recv() => self.on_done(done),
+                Some(w) = self.written_rx.recv() => self.on_written(w),
+                cmd = self.commands.recv(), if !self.commands_closed => match cmd {
+                    Some(Command::Submit { job, reply }) => self.on_submit(*job, reply),
+                    Some(Command::Cancel { id, reply }) => self.on_cancel(id, reply),
                     Some(Command::Shutdown { drain, reply }) => self.on_shutdown(drain, Some(reply)),
                     // Every handle is gone: end the running jobs.
-                    None => self.on_shutdown(Duration::ZERO, None),
+                    None => {
+                        self.commands_closed = true;
+                        self.on_shutdown(Duration::ZERO, None);
+                    }
                 },
                 _ = sleep_until(next_retry), if next_retry.is_some() => self.on_retry_timer(),
                 _ = sleep_until(stop_at), if stop_at.is_some() => self.stop_running(),
             }
-            self.dispatch().await;
+            self.dispatch();
             self.publish_stats();
-            if matches!(self.phase, Phase::Draining { .. }) && self.running == 0 {
+            if matches!(self.phase, Phase::Draining { .. }) && self.running == 0 && self.writes == 0
+            {
                 self.finish_shutdown().await;
                 return;
             }
@@ -225,67 +288,181 @@ impl Dispatcher {
     }
 
     fn waiting(&self) -> usize {
-        self.ready.len() + self.backoff.len()
+        self.ready.len() + self.backoff.len() + self.inserting + self.requeueing
     }
 
-    async fn on_submit(&mut self, job: NewJob) -> Result<Submitted, RuntimeError> {
+    /// Runs a store write in a task of its own; `on_written` gets its end.
+    fn spawn_write(&mut self, write: impl Future<Output = Written> + Send + 'static) {
+        self.writes += 1;
+        let tx = self.written_tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(write.await);
+        });
+    }
+
+    /// Writes the end of a live job (`Slot::Ending`, set by the caller).
+    fn spawn_end(
+        &mut self,
+        id: JobId,
+        write: impl Future<Output = Result<(), StoreError>> + Send + 'static,
+    ) {
+        self.spawn_write(async move {
+            Written::Ended {
+                id,
+                result: write.await,
+            }
+        });
+    }
+
+    fn on_submit(&mut self, job: NewJob, reply: Reply<Submitted>) {
         if !self.accepting() {
-            return Err(RuntimeError::ShuttingDown);
-        }
-        let store = self.shared.store.clone();
-        if let Some(key) = &job.idempotency_key
-            && let Some(rec) = store.find_by_idempotency_key(key).await?
-        {
-            return Ok(Submitted {
-                job_id: rec.id,
-                state: rec.state,
-                existing: true,
-            });
+            let _ = reply.send(Err(RuntimeError::ShuttingDown));
+            return;
         }
         let limit = self.shared.config.defaults.queue_limit;
-        if self.waiting() >= limit {
-            return Err(RuntimeError::QueueFull {
-                limit,
-                retry_after: self.retry_after_estimate(),
-            });
-        }
-        // Open the channel first: the id is unknown to clients until we reply.
-        self.shared.bus.open(job.id);
-        match store.insert_job(&job).await {
-            Ok(Inserted::Created) => {}
-            Ok(Inserted::Existing(rec)) => {
-                self.shared.bus.close(job.id);
-                return Ok(Submitted {
-                    job_id: rec.id,
-                    state: rec.state,
-                    existing: true,
-                });
+        let full = (self.waiting() >= limit).then(|| RuntimeError::QueueFull {
+            limit,
+            retry_after: self.retry_after_estimate(),
+        });
+        // A known idempotency key is answered even when the queue is full.
+        let full = match full {
+            Some(e) if job.idempotency_key.is_none() => {
+                let _ = reply.send(Err(e));
+                return;
             }
-            Err(e) => {
-                self.shared.bus.close(job.id);
-                return Err(e.into());
-            }
+            full => full,
+        };
+        let reserved = full.is_none();
+        if reserved {
+            self.inserting += 1;
+            // Open the channel first: the id is unknown to clients until we reply.
+            self.shared.bus.open(job.id);
         }
-        self.shared.bus.publish(&job.event);
-        self.ready.push(job.id, &job.workflow, job.priority);
-        self.jobs.insert(
-            job.id,
-            LiveJob {
-                workflow: job.workflow,
-                priority: job.priority,
-                params: job.params,
-                request: job.request,
-                max_attempts: job.max_attempts,
-                attempts_started: 0,
-                last_seq: job.event.seq,
-                slot: Slot::Ready,
-            },
-        );
-        Ok(Submitted {
-            job_id: job.id,
-            state: JobState::Queued,
-            existing: false,
-        })
+        let store = self.shared.store.clone();
+        self.spawn_write(async move {
+            let result = insert(store.as_ref(), &job, full).await;
+            Written::Inserted {
+                job: Box::new(job),
+                reserved,
+                result,
+                reply,
+            }
+        });
+    }
+
+    fn on_written(&mut self, w: Written) {
+        self.writes -= 1;
+        match w {
+            Written::Inserted {
+                job,
+                reserved,
+                result,
+                reply,
+            } => {
+                if reserved {
+                    self.inserting -= 1;
+                }
+                let job = *job;
+                match result {
+                    Ok(None) => {
+                        self.shared.bus.publish(&job.event);
+                        if self.accepting() {
+                            self.ready.push(job.id, &job.workflow, job.priority);
+                            self.jobs.insert(
+                                job.id,
+                                LiveJob {
+                                    workflow: job.workflow,
+                                    priority: job.priority,
+                                    params: job.params,
+                                    request: job.request,
+                                    max_attempts: job.max_attempts,
+                                    attempts_started: 0,
+                                    last_seq: job.event.seq,
+                                    slot: Slot::Ready,
+                                },
+                            );
+                        } else {
+                            // Stored while shutting down: it stays queued and
+                            // runs after the next start, like every queued job.
+                            self.shared.bus.close(job.id);
+                        }
+                        let _ = reply.send(Ok(Submitted {
+                            job_id: job.id,
+                            state: JobState::Queued,
+                            existing: false,
+                        }));
+                    }
+                    Ok(Some(existing)) => {
+                        if reserved {
+                            self.shared.bus.close(job.id);
+                        }
+                        let _ = reply.send(Ok(existing));
+                    }
+                    Err(e) => {
+                        if reserved {
+                            self.shared.bus.close(job.id);
+                        }
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Written::Ended { id, result } => self.on_ended(id, result),
+        }
+    }
+
+    /// The end (or re-queue) of a job is written.
+    fn on_ended(&mut self, id: JobId, result: Result<(), StoreError>) {
+        let Some(job) = self
+            .jobs
+            .get_mut(&id)
+            .filter(|j| matches!(j.slot, Slot::Ending { .. }))
+        else {
+            return;
+        };
+        let Slot::Ending {
+            state,
+            event,
+            waiters,
+            late,
+        } = std::mem::replace(&mut job.slot, Slot::Ready)
+        else {
+            return;
+        };
+        if let Err(e) = &result {
+            tracing::error!(job = %id, error = %e, "cannot record a job's end");
+        }
+        // Published even if the write failed: live subscribers see the end.
+        self.shared.bus.publish(&event);
+        answer(waiters, result);
+        if state.is_terminal() {
+            self.shared.bus.close(id);
+            self.jobs.remove(&id);
+            for w in late {
+                let _ = w.send(Err(RuntimeError::AlreadyFinished { id, state }));
+            }
+            return;
+        }
+        // Re-queued for a retry.
+        self.requeueing -= 1;
+        let accepting = matches!(self.phase, Phase::Accepting);
+        if !late.is_empty() {
+            self.cancel_waiting(id, late);
+        } else if accepting {
+            let attempt = job.attempts_started;
+            let delay = self
+                .shared
+                .workflows
+                .get(&job.workflow)
+                .map_or(Duration::ZERO, |w| w.retry.delay(attempt + 1));
+            let until = Instant::now() + delay;
+            job.slot = Slot::Backoff { until };
+            self.backoff.insert((until, id));
+            tracing::info!(job = %id, attempt, ?delay, "retrying");
+        } else {
+            // Shutting down: it stays queued in the store.
+            self.jobs.remove(&id);
+            self.shared.bus.close(id);
+        }
     }
 
     fn retry_after_estimate(&self) -> Duration {
@@ -295,7 +472,7 @@ impl Dispatcher {
     }
 
     /// Starts queued jobs while there is room.
-    async fn dispatch(&mut self) {
+    fn dispatch(&mut self) {
         while self.accepting() && self.running < self.shared.config.defaults.concurrency.max(1) {
             let (workflows, running) = (&self.shared.workflows, &self.running_by_workflow);
             // Unknown workflows (removed from the config) have room: they fail at start.
@@ -309,11 +486,11 @@ impl Dispatcher {
             let Some((id, _)) = self.ready.pop(has_room) else {
                 break;
             };
-            self.start(id).await;
+            self.start(id);
         }
     }
 
-    async fn start(&mut self, id: JobId) {
+    fn start(&mut self, id: JobId) {
         let shared = self.shared.clone();
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
@@ -328,31 +505,19 @@ impl Dispatcher {
         let (wf, executor) = match (wf, executor, available) {
             (Some(wf), Some(ex), Ok(())) => (wf, ex),
             (_, _, Err(why)) => {
-                self.fail_unstartable(id, &why).await;
+                self.fail_unstartable(id, &why);
                 return;
             }
             _ => {
-                self.fail_unstartable(id, "no executor serves it").await;
+                self.fail_unstartable(id, "no executor serves it");
                 return;
             }
         };
         let n = job.attempts_started + 1;
         let seq = job.last_seq + 1;
         let event = state_event(id, seq, JobState::Running, None, Some(n));
-        if let Err(e) = shared
-            .store
-            .start_attempt(id, n, &shared.node_id, Utc::now(), &event)
-            .await
-        {
-            // It stays queued in the store; a restart picks it up.
-            tracing::error!(job = %id, error = %e, "cannot record the start of an attempt");
-            self.jobs.remove(&id);
-            shared.bus.close(id);
-            return;
-        }
         job.attempts_started = n;
         job.last_seq = seq;
-        shared.bus.publish(&event);
         let timeout = job
             .request
             .timeout()
@@ -374,24 +539,23 @@ impl Dispatcher {
         };
         self.running += 1;
         *self.running_by_workflow.entry(wf.name.clone()).or_default() += 1;
-        let task = tokio::spawn(run_attempt(
-            executor,
-            req,
-            control,
-            shared.store.clone(),
-            shared.bus.clone(),
-            seq,
-            self.done_tx.clone(),
-        ));
-        // If the attempt's task panics, its slot must still be freed: report
-        // the attempt as interrupted (its process was killed when the
-        // engine's handle was dropped), numbering on from the store.
         let done = self.done_tx.clone();
         let store = shared.store.clone();
         tokio::spawn(async move {
-            if let Err(e) = task.await
-                && e.is_panic()
-            {
+            let attempt = run_attempt(
+                executor,
+                req,
+                control,
+                store.clone(),
+                shared.bus.clone(),
+                shared.node_id.clone(),
+                event,
+                done.clone(),
+            );
+            // If the attempt panics, its slot must still be freed: report
+            // it as interrupted (its process was killed when the engine's
+            // handle was dropped), numbering on from the store.
+            if AssertUnwindSafe(attempt).catch_unwind().await.is_err() {
                 tracing::error!(job = %id, attempt = n, "an attempt's task panicked");
                 let last_seq = match store.get_job(id).await {
                     Ok(Some(r)) => r.last_seq,
@@ -403,6 +567,7 @@ impl Dispatcher {
                 let _ = done.send(AttemptDone {
                     id,
                     attempt: n,
+                    started: true,
                     outcome,
                     last_seq,
                 });
@@ -411,14 +576,14 @@ impl Dispatcher {
     }
 
     /// A queued job whose workflow cannot run here fails at once.
-    async fn fail_unstartable(&mut self, id: JobId, why: &str) {
-        let Some(job) = self.jobs.remove(&id) else {
+    fn fail_unstartable(&mut self, id: JobId, why: &str) {
+        let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        let seq = job.last_seq + 1;
+        job.last_seq += 1;
         let event = state_event(
             id,
-            seq,
+            job.last_seq,
             JobState::Failed,
             Some(EndReason::SpawnFailure),
             None,
@@ -434,20 +599,29 @@ impl Dispatcher {
             }),
             finished_at: Utc::now(),
         };
-        if let Err(e) = self.shared.store.finish_job(id, &finish, &event).await {
-            tracing::error!(job = %id, error = %e, "cannot record a job's end");
-        }
-        self.shared.bus.publish(&event);
-        self.shared.bus.close(id);
+        job.slot = Slot::Ending {
+            state: JobState::Failed,
+            event: event.clone(),
+            waiters: Vec::new(),
+            late: Vec::new(),
+        };
         count_finished(&self.shared, &job.workflow, JobState::Failed, None);
         metrics::counter!("tsbridge_spawn_failures_total", "workflow" => job.workflow.clone())
             .increment(1);
+        let store = self.shared.store.clone();
+        self.spawn_end(
+            id,
+            async move { store.finish_job(id, &finish, &event).await },
+        );
     }
 
-    async fn on_done(&mut self, done: AttemptDone) {
+    fn on_done(&mut self, done: AttemptDone) {
         let shared = self.shared.clone();
-        let accepting = self.accepting();
-        let Some(job) = self.jobs.get_mut(&done.id) else {
+        let Some(job) = self
+            .jobs
+            .get_mut(&done.id)
+            .filter(|j| matches!(j.slot, Slot::Running { .. }))
+        else {
             return;
         };
         let Slot::Running {
@@ -463,6 +637,15 @@ impl Dispatcher {
         self.running = self.running.saturating_sub(1);
         if let Some(c) = self.running_by_workflow.get_mut(&job.workflow) {
             *c = c.saturating_sub(1);
+        }
+        if !done.started {
+            // It stays queued in the store; a restart picks it up.
+            self.jobs.remove(&done.id);
+            shared.bus.close(done.id);
+            for w in cancel_waiters {
+                let _ = w.send(Err(RuntimeError::ShuttingDown));
+            }
+            return;
         }
         let wall = started.elapsed().as_secs_f64();
         self.avg_secs = 0.8 * self.avg_secs + 0.2 * wall.max(0.01);
@@ -493,7 +676,8 @@ impl Dispatcher {
         };
         job.last_seq += 1;
         let seq = job.last_seq;
-        if retry {
+        let (next, event) = if retry {
+            self.requeueing += 1;
             let event = state_event(
                 done.id,
                 seq,
@@ -501,70 +685,52 @@ impl Dispatcher {
                 Some(o.reason),
                 Some(attempt),
             );
-            if let Err(e) = shared
-                .store
-                .complete_attempt(done.id, &end, &AfterAttempt::Requeue, &event)
-                .await
-            {
-                tracing::error!(job = %done.id, error = %e, "cannot record an attempt's end");
-            }
-            shared.bus.publish(&event);
-            for w in cancel_waiters {
-                let _ = w.send(Ok(()));
-            }
-            if accepting {
-                let delay = retry_cfg.map_or(Duration::ZERO, |r| r.delay(attempt + 1));
-                let until = Instant::now() + delay;
-                job.slot = Slot::Backoff { until };
-                self.backoff.insert((until, done.id));
-                tracing::info!(job = %done.id, attempt, ?delay, "retrying");
-            } else {
-                // Shutting down: it stays queued in the store.
-                self.jobs.remove(&done.id);
-                shared.bus.close(done.id);
-            }
-            return;
-        }
-
-        let error =
-            (state != JobState::Succeeded).then(|| error_body(done.id, attempt, state, reason, &o));
-        let finish = Finish {
-            state,
-            reason: Some(reason),
-            result: o.result.clone(),
-            error,
-            finished_at: Utc::now(),
+            (AfterAttempt::Requeue, event)
+        } else {
+            let error = (state != JobState::Succeeded)
+                .then(|| error_body(done.id, attempt, state, reason, &o));
+            let finish = Finish {
+                state,
+                reason: Some(reason),
+                result: o.result,
+                error,
+                finished_at: Utc::now(),
+            };
+            count_finished(&shared, &job.workflow, state, Some(wall));
+            let event = state_event(done.id, seq, state, Some(reason), Some(attempt));
+            (AfterAttempt::Finish(finish), event)
         };
-        let event = state_event(done.id, seq, state, Some(reason), Some(attempt));
-        if let Err(e) = shared
-            .store
-            .complete_attempt(done.id, &end, &AfterAttempt::Finish(finish), &event)
-            .await
-        {
-            tracing::error!(job = %done.id, error = %e, "cannot record a job's end");
-        }
-        shared.bus.publish(&event);
-        shared.bus.close(done.id);
-        let workflow = job.workflow.clone();
-        self.jobs.remove(&done.id);
-        count_finished(&shared, &workflow, state, Some(wall));
-        for w in cancel_waiters {
-            let _ = w.send(Ok(()));
-        }
+        job.slot = Slot::Ending {
+            state: if retry { JobState::Queued } else { state },
+            event: event.clone(),
+            waiters: cancel_waiters,
+            late: Vec::new(),
+        };
+        let (id, store) = (done.id, shared.store.clone());
+        self.spawn_end(id, async move {
+            store.complete_attempt(id, &end, &next, &event).await
+        });
     }
 
-    async fn on_cancel(&mut self, id: JobId, reply: oneshot::Sender<Result<(), RuntimeError>>) {
+    fn on_cancel(&mut self, id: JobId, reply: Reply<()>) {
         let Some(job) = self.jobs.get_mut(&id) else {
-            let r = match self.shared.store.get_job(id).await {
-                Ok(Some(rec)) if rec.state.is_terminal() => Err(RuntimeError::AlreadyFinished {
-                    id,
-                    state: rec.state,
-                }),
-                Ok(Some(_)) => Err(RuntimeError::ShuttingDown),
-                Ok(None) => Err(RuntimeError::JobNotFound(id)),
-                Err(e) => Err(e.into()),
-            };
-            let _ = reply.send(r);
+            // Not live here: the store says why (a read; not our business
+            // to wait for).
+            let store = self.shared.store.clone();
+            tokio::spawn(async move {
+                let r = match store.get_job(id).await {
+                    Ok(Some(rec)) if rec.state.is_terminal() => {
+                        Err(RuntimeError::AlreadyFinished {
+                            id,
+                            state: rec.state,
+                        })
+                    }
+                    Ok(Some(_)) => Err(RuntimeError::ShuttingDown),
+                    Ok(None) => Err(RuntimeError::JobNotFound(id)),
+                    Err(e) => Err(e.into()),
+                };
+                let _ = reply.send(r);
+            });
             return;
         };
         match &mut job.slot {
@@ -576,44 +742,52 @@ impl Dispatcher {
                 control.cancel();
                 cancel_waiters.push(reply);
             }
-            Slot::Ready | Slot::Backoff { .. } => {
-                if let Slot::Backoff { until } = job.slot {
-                    self.backoff.remove(&(until, id));
-                }
-                self.ready.remove(id);
-                let seq = job.last_seq + 1;
-                let workflow = job.workflow.clone();
-                self.jobs.remove(&id);
-                let event = state_event(
-                    id,
-                    seq,
-                    JobState::Cancelled,
-                    Some(EndReason::Cancelled),
-                    None,
-                );
-                let finish = Finish {
-                    state: JobState::Cancelled,
-                    reason: Some(EndReason::Cancelled),
-                    result: None,
-                    error: Some(ApiErrorBody {
-                        kind: ErrorType::Conflict,
-                        message: "the job was cancelled".into(),
-                        details: Some(json!({ "jobId": id })),
-                    }),
-                    finished_at: Utc::now(),
-                };
-                let r = self
-                    .shared
-                    .store
-                    .finish_job(id, &finish, &event)
-                    .await
-                    .map_err(RuntimeError::from);
-                self.shared.bus.publish(&event);
-                self.shared.bus.close(id);
-                count_finished(&self.shared, &workflow, JobState::Cancelled, None);
-                let _ = reply.send(r);
-            }
+            Slot::Ending { late, .. } => late.push(reply),
+            Slot::Ready | Slot::Backoff { .. } => self.cancel_waiting(id, vec![reply]),
         }
+    }
+
+    /// Cancels a job that is not running (ready, backing off, or just
+    /// re-queued); `waiters` are answered once that is written.
+    fn cancel_waiting(&mut self, id: JobId, waiters: Vec<Reply<()>>) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if let Slot::Backoff { until } = job.slot {
+            self.backoff.remove(&(until, id));
+        }
+        self.ready.remove(id);
+        job.last_seq += 1;
+        let event = state_event(
+            id,
+            job.last_seq,
+            JobState::Cancelled,
+            Some(EndReason::Cancelled),
+            None,
+        );
+        let finish = Finish {
+            state: JobState::Cancelled,
+            reason: Some(EndReason::Cancelled),
+            result: None,
+            error: Some(ApiErrorBody {
+                kind: ErrorType::Conflict,
+                message: "the job was cancelled".into(),
+                details: Some(json!({ "jobId": id })),
+            }),
+            finished_at: Utc::now(),
+        };
+        job.slot = Slot::Ending {
+            state: JobState::Cancelled,
+            event: event.clone(),
+            waiters,
+            late: Vec::new(),
+        };
+        count_finished(&self.shared, &job.workflow, JobState::Cancelled, None);
+        let store = self.shared.store.clone();
+        self.spawn_end(
+            id,
+            async move { store.finish_job(id, &finish, &event).await },
+        );
     }
 
     fn on_retry_timer(&mut self) {
@@ -635,11 +809,12 @@ impl Dispatcher {
         let deadline = Instant::now() + drain;
         match &mut self.phase {
             Phase::Accepting => {
-                // Queued and backing-off jobs stay queued in the store.
+                // Queued and backing-off jobs stay queued in the store (jobs
+                // whose end is being written finish that first).
                 let waiting: Vec<JobId> = self
                     .jobs
                     .iter()
-                    .filter(|(_, j)| !matches!(j.slot, Slot::Running { .. }))
+                    .filter(|(_, j)| matches!(j.slot, Slot::Ready | Slot::Backoff { .. }))
                     .map(|(id, _)| *id)
                     .collect();
                 for id in waiting {
@@ -714,6 +889,58 @@ impl Dispatcher {
             .filter(|(_, n)| **n > 0)
             .map(|(w, n)| (w.clone(), *n as u64))
             .collect();
+    }
+}
+
+/// A submission's store work: the job an idempotency key already names, or
+/// else (when the queue has room: `full` is `None`) the insert.
+/// `Ok(None)`: inserted.
+async fn insert(
+    store: &dyn JobStore,
+    job: &NewJob,
+    full: Option<RuntimeError>,
+) -> Result<Option<Submitted>, RuntimeError> {
+    let existing = |rec: &JobRecord| Submitted {
+        job_id: rec.id,
+        state: rec.state,
+        existing: true,
+    };
+    if let Some(key) = &job.idempotency_key
+        && let Some(rec) = store.find_by_idempotency_key(key).await?
+    {
+        return Ok(Some(existing(&rec)));
+    }
+    if let Some(e) = full {
+        return Err(e);
+    }
+    match store.insert_job(job).await? {
+        Inserted::Created => Ok(None),
+        Inserted::Existing(rec) => Ok(Some(existing(&rec))),
+    }
+}
+
+/// Answers the waiters of a write with its result.
+fn answer(waiters: Vec<Reply<()>>, result: Result<(), StoreError>) {
+    let mut waiters = waiters.into_iter();
+    match result {
+        Ok(()) => {
+            for w in waiters {
+                let _ = w.send(Ok(()));
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            if let Some(w) = waiters.next() {
+                let _ = w.send(Err(e.into()));
+            }
+            // A store error is not Clone: the others get its message.
+            for w in waiters {
+                let _ = w.send(Err(RuntimeError::Store(StoreError::Query {
+                    op: "write a job's end",
+                    source: sqlx::Error::Protocol(message.clone()),
+                })));
+            }
+        }
     }
 }
 
@@ -841,19 +1068,38 @@ fn event_data(e: tsbridge_proto::ChildEvent) -> EventData {
     }
 }
 
-/// Runs one attempt: the executor, and beside it the numbering, storing and
-/// publishing of the child's events. Reports to the dispatcher at the end.
+/// Runs one attempt: its claim in the store, then the executor, and beside
+/// it the numbering, storing and publishing of the child's events. Reports
+/// to the dispatcher at the end.
+#[allow(clippy::too_many_arguments)]
 async fn run_attempt(
     executor: Arc<dyn Executor>,
     req: AttemptRequest,
     control: ProcessControl,
     store: Arc<dyn JobStore>,
     bus: Bus,
-    mut last_seq: u64,
+    node: String,
+    running: JobEvent,
     done: mpsc::UnboundedSender<AttemptDone>,
 ) {
     let id = req.job_id;
     let n = req.attempt;
+    if let Err(e) = store
+        .start_attempt(id, n, &node, Utc::now(), &running)
+        .await
+    {
+        tracing::error!(job = %id, error = %e, "cannot record the start of an attempt");
+        let _ = done.send(AttemptDone {
+            id,
+            attempt: n,
+            started: false,
+            outcome: AttemptOutcome::spawn_failure("the job store refused the start", false),
+            last_seq: running.seq - 1,
+        });
+        return;
+    }
+    bus.publish(&running);
+    let mut last_seq = running.seq;
     let (tx, mut rx) = mpsc::channel::<AttemptEvent>(EVENT_BATCH * 2);
     let run = executor.run(
         req,
@@ -863,72 +1109,83 @@ async fn run_attempt(
         },
     );
     tokio::pin!(run);
-    let mut batch: Vec<JobEvent> = Vec::new();
+    let mut pending = Pending::default();
     let outcome = loop {
         tokio::select! {
             biased;
             Some(first) = rx.recv() => {
-                handle(&store, id, n, first, &mut last_seq, &mut batch).await;
-                while batch.len() < EVENT_BATCH {
+                pending.add(id, first, &mut last_seq);
+                while pending.events.len() < EVENT_BATCH {
                     match rx.try_recv() {
-                        Ok(e) => handle(&store, id, n, e, &mut last_seq, &mut batch).await,
+                        Ok(e) => pending.add(id, e, &mut last_seq),
                         Err(_) => break,
                     }
                 }
-                flush(&store, &bus, id, &mut batch).await;
+                pending.flush(&store, &bus, id, n).await;
             }
             o = &mut run => break o,
         }
     };
     while let Ok(e) = rx.try_recv() {
-        handle(&store, id, n, e, &mut last_seq, &mut batch).await;
-        if batch.len() >= EVENT_BATCH {
-            flush(&store, &bus, id, &mut batch).await;
+        pending.add(id, e, &mut last_seq);
+        if pending.events.len() >= EVENT_BATCH {
+            pending.flush(&store, &bus, id, n).await;
         }
     }
-    flush(&store, &bus, id, &mut batch).await;
+    pending.flush(&store, &bus, id, n).await;
     let _ = done.send(AttemptDone {
         id,
         attempt: n,
+        started: true,
         outcome,
         last_seq,
     });
 }
 
-async fn handle(
-    store: &Arc<dyn JobStore>,
-    id: JobId,
-    n: u32,
-    e: AttemptEvent,
-    last_seq: &mut u64,
-    batch: &mut Vec<JobEvent>,
-) {
-    match e {
-        AttemptEvent::Started { pid } => {
-            if let Err(err) = store.set_attempt_pid(id, n, pid).await {
-                tracing::warn!(job = %id, error = %err, "cannot record the pid");
-            }
-        }
-        AttemptEvent::Child(ce) => {
-            *last_seq += 1;
-            batch.push(JobEvent {
-                seq: *last_seq,
-                job_id: id,
-                timestamp: Utc::now(),
-                data: event_data(ce),
-            });
-        }
-    }
+/// What an attempt reported and is not written yet.
+#[derive(Default)]
+struct Pending {
+    pid: Option<u32>,
+    events: Vec<JobEvent>,
 }
 
-async fn flush(store: &Arc<dyn JobStore>, bus: &Bus, id: JobId, batch: &mut Vec<JobEvent>) {
-    if batch.is_empty() {
-        return;
+impl Pending {
+    fn add(&mut self, id: JobId, e: AttemptEvent, last_seq: &mut u64) {
+        match e {
+            AttemptEvent::Started { pid } => self.pid = Some(pid),
+            AttemptEvent::Child(ce) => {
+                *last_seq += 1;
+                self.events.push(JobEvent {
+                    seq: *last_seq,
+                    job_id: id,
+                    timestamp: Utc::now(),
+                    data: event_data(ce),
+                });
+            }
+        }
     }
-    if let Err(e) = store.append_events(id, batch).await {
-        tracing::warn!(job = %id, error = %e, count = batch.len(), "cannot store events");
-    }
-    for e in batch.drain(..) {
-        bus.publish(&e);
+
+    /// Writes the pid and the events (both at once, so that they share a
+    /// commit), then publishes the events.
+    async fn flush(&mut self, store: &Arc<dyn JobStore>, bus: &Bus, id: JobId, n: u32) {
+        let (pid, events) = (self.pid.take(), &self.events);
+        let pid = async {
+            if let Some(pid) = pid
+                && let Err(e) = store.set_attempt_pid(id, n, pid).await
+            {
+                tracing::warn!(job = %id, error = %e, "cannot record the pid");
+            }
+        };
+        let events = async {
+            if !events.is_empty()
+                && let Err(e) = store.append_events(id, events).await
+            {
+                tracing::warn!(job = %id, error = %e, count = events.len(), "cannot store events");
+            }
+        };
+        tokio::join!(pid, events);
+        for e in self.events.drain(..) {
+            bus.publish(&e);
+        }
     }
 }

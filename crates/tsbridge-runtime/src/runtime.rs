@@ -341,24 +341,23 @@ impl Runtime {
     /// Resolves when the job is terminal.
     pub async fn wait(&self, id: JobId) -> Result<JobView, RuntimeError> {
         loop {
-            // Take the signal before reading, so a close in between is seen.
-            let done = self.shared.bus.done_signal(id);
+            if let Some(mut done) = self.shared.bus.done_signal(id) {
+                // Live here: its channel closes only after its end is
+                // stored, so there is nothing to read before.
+                let _ = done.wait_for(|d| *d).await;
+            }
             let view = self.get(id).await?;
             if view.state.is_terminal() {
                 return Ok(view);
             }
-            match done {
-                Some(mut rx) => {
-                    let _ = rx.wait_for(|d| *d).await;
-                }
-                None if !self.shared.accepting.load(Ordering::SeqCst) => {
-                    return Err(RuntimeError::ShuttingDown);
-                }
-                None => {
-                    // Not live here (a store another node owns): poll.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+            if self.shared.bus.is_open(id) {
+                continue;
             }
+            if !self.shared.accepting.load(Ordering::SeqCst) {
+                return Err(RuntimeError::ShuttingDown);
+            }
+            // Not live here (a store another node owns): poll.
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

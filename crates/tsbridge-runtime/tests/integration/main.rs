@@ -13,6 +13,7 @@ mod conformance;
 mod crash_restart;
 mod example_app;
 mod executor_panic;
+mod group_commit;
 mod idempotency;
 mod ordering;
 mod pool_cancel;

@@ -2,6 +2,14 @@
 //! NORMAL`. A committed transaction survives a crash (even SIGKILL) of
 //! tsbridge; only an OS crash or power loss can lose the last commits. See
 //! docs/design/job-store.md for the trade-off.
+//!
+//! One read-write connection, owned by the writer task ([`writer`]: group
+//! commit, `BEGIN IMMEDIATE`), and a pool of read-only connections for
+//! reads. In WAL mode readers never wait for the writer and the writer never
+//! waits for them, and with a single writer no transaction ever waits for
+//! SQLite's write lock.
+
+mod writer;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -14,7 +22,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite};
 use tsbridge_proto::api::{ApiErrorBody, AttemptView, OutputView, Resources};
 use tsbridge_proto::{EndReason, EventData, JobEvent, JobId, JobState};
 
@@ -23,8 +31,12 @@ use super::{
     StoredRequest, encode_cursor,
 };
 use crate::errors::StoreError;
+use writer::{Applied, EndRow, EventRow, FinishRow, Op, WriterHandle};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Read-only connections.
+const READERS: u32 = 4;
 
 /// How many events of one job are kept: the first `head` and the last
 /// `tail`; the middle of a longer stream is deleted as it grows (its `seq`
@@ -47,16 +59,19 @@ impl Default for EventRetention {
 /// Output shown per stream in job lists.
 const LIST_OUTPUT_TAIL: usize = 4096;
 
-/// The SQLite [`JobStore`].
+/// The SQLite [`JobStore`]. Cheap to clone (clones share the connections).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
-    retention: EventRetention,
+    /// Read-only connections.
+    readers: SqlitePool,
+    /// The one read-write connection, behind its task.
+    writer: WriterHandle,
 }
 
 impl SqliteStore {
     /// Opens (creating it if needed) the store at a `sqlite://PATH` URL and
-    /// runs the embedded migrations.
+    /// runs the embedded migrations. Must be called within a tokio runtime:
+    /// the writer is a task of it.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         Self::open_with(url, EventRetention::default()).await
     }
@@ -68,11 +83,12 @@ impl SqliteStore {
                 url: url.to_owned(),
             });
         }
+        let bad_url = |source| StoreError::BadUrl {
+            url: url.to_owned(),
+            source,
+        };
         let opts = SqliteConnectOptions::from_str(url)
-            .map_err(|source| StoreError::BadUrl {
-                url: url.to_owned(),
-                source,
-            })?
+            .map_err(bad_url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -90,14 +106,28 @@ impl SqliteStore {
                 })?;
             }
         }
-        let pool = SqlitePoolOptions::new()
-            // One connection for :memory: (each connection would be its own database).
-            .max_connections(if memory { 1 } else { 4 })
-            .connect_with(opts)
+        let mut conn = opts.connect().await.map_err(StoreError::Open)?;
+        MIGRATOR.run(&mut conn).await.map_err(StoreError::Migrate)?;
+        // `sqlite::memory:` is a named shared-cache database in sqlx: the
+        // same options reach the same database (while one connection is
+        // open: the writer's). A file is opened read-only by the readers.
+        let read_opts = if memory {
+            opts
+        } else {
+            SqliteConnectOptions::from_str(url)
+                .map_err(bad_url)?
+                .read_only(true)
+                .busy_timeout(Duration::from_secs(10))
+        };
+        let readers = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(read_opts)
             .await
             .map_err(StoreError::Open)?;
-        MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
-        Ok(Self { pool, retention })
+        Ok(Self {
+            readers,
+            writer: WriterHandle::spawn(conn, retention),
+        })
     }
 
     /// Opens a store file by path.
@@ -105,8 +135,11 @@ impl SqliteStore {
         Self::open(&format!("sqlite://{}", path.display())).await
     }
 
+    /// Writes what was already submitted, then closes every connection;
+    /// later calls fail.
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.writer.close().await;
+        self.readers.close().await;
     }
 }
 
@@ -123,42 +156,45 @@ fn json_text<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
 }
 
-fn event_row(qb: &mut QueryBuilder<Sqlite>, id: &str, events: &[JobEvent]) {
-    qb.push("INSERT INTO events (job_id, seq, ts, data) ");
-    qb.push_values(events, |mut b, e| {
-        b.push_bind(id.to_owned())
-            .push_bind(e.seq as i64)
-            .push_bind(ms(e.timestamp))
-            .push_bind(json_text(&e.data));
-    });
+fn event_row(e: &JobEvent) -> EventRow {
+    EventRow {
+        seq: e.seq as i64,
+        ts: ms(e.timestamp),
+        data: json_text(&e.data),
+    }
 }
 
-async fn insert_events(
-    tx: &mut sqlx::SqliteConnection,
-    id: JobId,
-    events: &[JobEvent],
-) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
+fn end_row(end: &AttemptEnd) -> EndRow {
+    let o = &end.output;
+    let r = &end.resources;
+    EndRow {
+        n: i64::from(end.n),
+        finished_at: ms(end.finished_at),
+        reason: end.reason.as_str(),
+        exit_code: end.exit_code,
+        signal: end.signal,
+        pid: end.process_id.map(i64::from),
+        error: end.error.clone(),
+        stdout: o.stdout.clone(),
+        stderr: o.stderr.clone(),
+        stdout_dropped: o.stdout_dropped_bytes as i64,
+        stderr_dropped: o.stderr_dropped_bytes as i64,
+        stdout_truncated: o.stdout_truncated,
+        stderr_truncated: o.stderr_truncated,
+        peak_memory: r.peak_memory_bytes.map(|v| v as i64),
+        cpu_ms: r.cpu_time_ms.map(|v| v as i64),
+        wall_ms: r.wall_time_ms.map(|v| v as i64),
     }
-    let ids = id.to_string();
-    // SQLite allows 32766 bound parameters; 4 per row.
-    for chunk in events.chunks(1000) {
-        let mut qb = QueryBuilder::new("");
-        event_row(&mut qb, &ids, chunk);
-        qb.build()
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::query("insert events"))?;
+}
+
+fn finish_row(f: &Finish) -> FinishRow {
+    FinishRow {
+        state: f.state.as_str(),
+        reason: f.reason.map(|r| r.as_str()),
+        result: f.result.as_ref().map(json_text),
+        error: f.error.as_ref().map(json_text),
+        finished_at: ms(f.finished_at),
     }
-    let last = events.last().map(|e| e.seq).unwrap_or(0) as i64;
-    sqlx::query("UPDATE jobs SET last_seq = MAX(last_seq, ?) WHERE id = ?")
-        .bind(last)
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::query("update last_seq"))?;
-    Ok(())
 }
 
 fn corrupt(id: &str, what: impl Into<String>) -> StoreError {
@@ -333,7 +369,7 @@ impl SqliteStore {
         qb.push(") ORDER BY job_id, n");
         let rows = qb
             .build()
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(StoreError::query("read attempts"))?;
         let mut by_job: std::collections::HashMap<String, Vec<AttemptView>> =
@@ -361,7 +397,7 @@ impl SqliteStore {
             q = q.bind(b);
         }
         let rows = q
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(StoreError::query("read jobs"))?;
         let mut jobs = rows
@@ -376,41 +412,32 @@ impl SqliteStore {
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn insert_job(&self, job: &NewJob) -> Result<Inserted, StoreError> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(StoreError::query("begin"))?;
-        let res = sqlx::query(
-            "INSERT INTO jobs (id, workflow, state, priority, params, request, idempotency_key, \
-             max_attempts, created_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (idempotency_key) DO NOTHING",
-        )
-        .bind(job.id.to_string())
-        .bind(&job.workflow)
-        .bind(i64::from(job.priority))
-        .bind(json_text(&job.params))
-        .bind(json_text(&job.request))
-        .bind(&job.idempotency_key)
-        .bind(i64::from(job.max_attempts))
-        .bind(ms(job.created_at))
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::query("insert job"))?;
-        if res.rows_affected() == 0 {
-            tx.rollback().await.map_err(StoreError::query("rollback"))?;
-            let key = job.idempotency_key.as_deref().unwrap_or_default();
-            return match self.find_by_idempotency_key(key).await? {
-                Some(existing) => Ok(Inserted::Existing(Box::new(existing))),
-                None => Err(corrupt(
-                    &job.id.to_string(),
-                    "idempotency conflict without a job",
-                )),
-            };
+        let op = Op::InsertJob {
+            id: job.id.to_string(),
+            workflow: job.workflow.clone(),
+            priority: i64::from(job.priority),
+            params: json_text(&job.params),
+            request: json_text(&job.request),
+            key: job.idempotency_key.clone(),
+            max_attempts: i64::from(job.max_attempts),
+            created_at: ms(job.created_at),
+            event: event_row(&job.event),
+        };
+        match self.writer.write(op).await? {
+            Applied::KeyTaken => {
+                // The job holding the key is committed (before, or earlier
+                // in the same transaction, which has committed now).
+                let key = job.idempotency_key.as_deref().unwrap_or_default();
+                match self.find_by_idempotency_key(key).await? {
+                    Some(existing) => Ok(Inserted::Existing(Box::new(existing))),
+                    None => Err(corrupt(
+                        &job.id.to_string(),
+                        "idempotency conflict without a job",
+                    )),
+                }
+            }
+            Applied::Done | Applied::NotQueued => Ok(Inserted::Created),
         }
-        insert_events(&mut tx, job.id, std::slice::from_ref(&job.event)).await?;
-        tx.commit().await.map_err(StoreError::query("commit"))?;
-        Ok(Inserted::Created)
     }
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<JobRecord>, StoreError> {
@@ -432,68 +459,32 @@ impl JobStore for SqliteStore {
         at: DateTime<Utc>,
         event: &JobEvent,
     ) -> Result<(), StoreError> {
-        let ids = id.to_string();
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(StoreError::query("begin"))?;
-        let res = sqlx::query(
-            "UPDATE jobs SET state = 'running', attempts = ?, node = ?, \
-             started_at = COALESCE(started_at, ?) WHERE id = ? AND state = 'queued'",
-        )
-        .bind(i64::from(n))
-        .bind(node)
-        .bind(ms(at))
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::query("claim job"))?;
-        if res.rows_affected() == 0 {
-            return Err(StoreError::NotFound(id));
+        let op = Op::StartAttempt {
+            id: id.to_string(),
+            n: i64::from(n),
+            node: node.to_owned(),
+            at: ms(at),
+            event: event_row(event),
+        };
+        match self.writer.write(op).await? {
+            Applied::NotQueued => Err(StoreError::NotFound(id)),
+            Applied::Done | Applied::KeyTaken => Ok(()),
         }
-        sqlx::query("INSERT INTO attempts (job_id, n, node, started_at) VALUES (?, ?, ?, ?)")
-            .bind(&ids)
-            .bind(i64::from(n))
-            .bind(node)
-            .bind(ms(at))
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::query("insert attempt"))?;
-        insert_events(&mut tx, id, std::slice::from_ref(event)).await?;
-        tx.commit().await.map_err(StoreError::query("commit"))?;
-        Ok(())
     }
 
     async fn set_attempt_pid(&self, id: JobId, n: u32, pid: u32) -> Result<(), StoreError> {
-        let ids = id.to_string();
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(StoreError::query("begin"))?;
-        sqlx::query("UPDATE attempts SET process_id = ? WHERE job_id = ? AND n = ?")
-            .bind(i64::from(pid))
-            .bind(&ids)
-            .bind(i64::from(n))
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::query("set attempt pid"))?;
-        sqlx::query("UPDATE jobs SET process_id = ? WHERE id = ?")
-            .bind(i64::from(pid))
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::query("set job pid"))?;
-        tx.commit().await.map_err(StoreError::query("commit"))?;
-        Ok(())
+        let op = Op::SetPid {
+            id: id.to_string(),
+            n: i64::from(n),
+            pid: i64::from(pid),
+        };
+        self.writer.write(op).await.map(drop)
     }
 
     async fn append_events(&self, id: JobId, events: &[JobEvent]) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
-        let ids = id.to_string();
         let progress = events.iter().rev().find_map(|e| match &e.data {
             EventData::Progress(p) => Some(json_text(p)),
             _ => None,
@@ -502,36 +493,13 @@ impl JobStore for SqliteStore {
             EventData::Result { value } => Some(json_text(value)),
             _ => None,
         });
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(StoreError::query("begin"))?;
-        insert_events(&mut tx, id, events).await?;
-        if progress.is_some() || result.is_some() {
-            sqlx::query(
-                "UPDATE jobs SET progress = COALESCE(?, progress), result = COALESCE(?, result) WHERE id = ?",
-            )
-            .bind(progress)
-            .bind(result)
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::query("update progress"))?;
-        }
-        let last = events.last().map(|e| e.seq).unwrap_or(0);
-        let EventRetention { head, tail } = self.retention;
-        if last > head + tail {
-            sqlx::query("DELETE FROM events WHERE job_id = ? AND seq > ? AND seq <= ?")
-                .bind(&ids)
-                .bind(head as i64)
-                .bind((last - tail) as i64)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::query("prune events"))?;
-        }
-        tx.commit().await.map_err(StoreError::query("commit"))?;
-        Ok(())
+        let op = Op::AppendEvents {
+            id: id.to_string(),
+            events: events.iter().map(event_row).collect(),
+            progress,
+            result,
+        };
+        self.writer.write(op).await.map(drop)
     }
 
     async fn complete_attempt(
@@ -541,64 +509,16 @@ impl JobStore for SqliteStore {
         next: &AfterAttempt,
         event: &JobEvent,
     ) -> Result<(), StoreError> {
-        let ids = id.to_string();
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(StoreError::query("begin"))?;
-        sqlx::query(
-            "UPDATE attempts SET finished_at = ?, reason = ?, exit_code = ?, signal = ?, \
-             process_id = COALESCE(?, process_id), error = ? WHERE job_id = ? AND n = ?",
-        )
-        .bind(ms(end.finished_at))
-        .bind(end.reason.as_str())
-        .bind(end.exit_code)
-        .bind(end.signal)
-        .bind(end.process_id.map(i64::from))
-        .bind(&end.error)
-        .bind(&ids)
-        .bind(i64::from(end.n))
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::query("finish attempt"))?;
-        let o = &end.output;
-        let r = &end.resources;
-        sqlx::query(
-            "UPDATE jobs SET exit_code = ?, signal = ?, process_id = COALESCE(?, process_id), \
-             stdout = ?, stderr = ?, stdout_dropped = ?, stderr_dropped = ?, \
-             stdout_truncated = ?, stderr_truncated = ?, peak_memory = ?, cpu_ms = ?, wall_ms = ? \
-             WHERE id = ?",
-        )
-        .bind(end.exit_code)
-        .bind(end.signal)
-        .bind(end.process_id.map(i64::from))
-        .bind(&o.stdout)
-        .bind(&o.stderr)
-        .bind(o.stdout_dropped_bytes as i64)
-        .bind(o.stderr_dropped_bytes as i64)
-        .bind(i64::from(o.stdout_truncated))
-        .bind(i64::from(o.stderr_truncated))
-        .bind(r.peak_memory_bytes.map(|v| v as i64))
-        .bind(r.cpu_time_ms.map(|v| v as i64))
-        .bind(r.wall_time_ms.map(|v| v as i64))
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::query("record attempt output"))?;
-        match next {
-            AfterAttempt::Requeue => {
-                sqlx::query("UPDATE jobs SET state = 'queued', node = NULL WHERE id = ?")
-                    .bind(&ids)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::query("requeue job"))?;
-            }
-            AfterAttempt::Finish(f) => write_finish(&mut tx, &ids, f).await?,
-        }
-        insert_events(&mut tx, id, std::slice::from_ref(event)).await?;
-        tx.commit().await.map_err(StoreError::query("commit"))?;
-        Ok(())
+        let op = Op::CompleteAttempt {
+            id: id.to_string(),
+            end: end_row(end),
+            finish: match next {
+                AfterAttempt::Requeue => None,
+                AfterAttempt::Finish(f) => Some(finish_row(f)),
+            },
+            event: event_row(event),
+        };
+        self.writer.write(op).await.map(drop)
     }
 
     async fn finish_job(
@@ -607,16 +527,12 @@ impl JobStore for SqliteStore {
         finish: &Finish,
         event: &JobEvent,
     ) -> Result<(), StoreError> {
-        let ids = id.to_string();
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(StoreError::query("begin"))?;
-        write_finish(&mut tx, &ids, finish).await?;
-        insert_events(&mut tx, id, std::slice::from_ref(event)).await?;
-        tx.commit().await.map_err(StoreError::query("commit"))?;
-        Ok(())
+        let op = Op::FinishJob {
+            id: id.to_string(),
+            finish: finish_row(finish),
+            event: event_row(event),
+        };
+        self.writer.write(op).await.map(drop)
     }
 
     async fn get_job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
@@ -642,7 +558,7 @@ impl JobStore for SqliteStore {
             .push_bind(i64::from(limit) + 1);
         let rows = qb
             .build()
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(StoreError::query("list jobs"))?;
         let mut jobs = rows
@@ -671,7 +587,7 @@ impl JobStore for SqliteStore {
         .bind(id.to_string())
         .bind(after as i64)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await
         .map_err(StoreError::query("read events"))?;
         rows.iter()
@@ -716,31 +632,16 @@ impl JobStore for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        if self.writer.is_closed() {
+            return Err(StoreError::Query {
+                op: "ping",
+                source: sqlx::Error::PoolClosed,
+            });
+        }
         sqlx::query("SELECT 1")
-            .execute(&self.pool)
+            .execute(&self.readers)
             .await
             .map_err(StoreError::query("ping"))?;
         Ok(())
     }
-}
-
-async fn write_finish(
-    tx: &mut sqlx::SqliteConnection,
-    ids: &str,
-    f: &Finish,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE jobs SET state = ?, reason = ?, result = COALESCE(?, result), error = ?, \
-         finished_at = ?, node = NULL WHERE id = ?",
-    )
-    .bind(f.state.as_str())
-    .bind(f.reason.map(|r| r.as_str()))
-    .bind(f.result.as_ref().map(json_text))
-    .bind(f.error.as_ref().map(json_text))
-    .bind(ms(f.finished_at))
-    .bind(ids)
-    .execute(&mut *tx)
-    .await
-    .map_err(StoreError::query("finish job"))?;
-    Ok(())
 }

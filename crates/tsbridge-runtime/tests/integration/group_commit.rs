@@ -1,0 +1,410 @@
+//! The SQLite store's single writer and its group commit: bursts of
+//! concurrent writes are all committed (and survive a reopen), a failed
+//! batch reports an error to every caller in it, one bad operation fails
+//! only itself, and writes after `close` fail instead of hanging. No timing
+//! is asserted: only what was written.
+
+use crate::common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use common::*;
+use futures::future::join_all;
+use serde_json::json;
+use sqlx::Connection;
+use tsbridge_proto::api::JobOptions;
+use tsbridge_proto::{EndReason, EventData, JobEvent, JobId, JobState, Progress};
+use tsbridge_runtime::store::{Inserted, JobStore, NewJob, SqliteStore, StoredRequest};
+use tsbridge_runtime::{AttemptIo, AttemptOutcome, AttemptRequest, Executor, RuntimeOptions};
+
+fn new_job(key: Option<String>) -> NewJob {
+    let id = JobId::new();
+    NewJob {
+        id,
+        workflow: "wf".into(),
+        priority: 0,
+        params: json!({"n": 1}),
+        request: StoredRequest::default(),
+        idempotency_key: key,
+        max_attempts: 1,
+        created_at: Utc::now(),
+        event: JobEvent {
+            seq: 1,
+            job_id: id,
+            timestamp: Utc::now(),
+            data: EventData::State {
+                state: JobState::Queued,
+                reason: None,
+                attempt: None,
+            },
+        },
+    }
+}
+
+fn url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}/jobs.db", dir.path().display())
+}
+
+/// A second connection to the store's file, to sabotage it from outside.
+async fn side_connection(dir: &tempfile::TempDir) -> sqlx::SqliteConnection {
+    sqlx::SqliteConnection::connect(&url(dir))
+        .await
+        .expect("side connection")
+}
+
+#[tokio::test]
+async fn a_burst_of_concurrent_inserts_is_all_there_after_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(&url(&dir)).await.expect("open"));
+    let jobs: Vec<NewJob> = (0..1000).map(|_| new_job(None)).collect();
+    let results = join_all(jobs.iter().map(|j| {
+        let store = store.clone();
+        async move { store.insert_job(j).await }
+    }))
+    .await;
+    for r in results {
+        assert!(matches!(r, Ok(Inserted::Created)), "{r:?}");
+    }
+    store.close().await;
+    drop(store);
+
+    let store = SqliteStore::open(&url(&dir)).await.expect("reopen");
+    let queued: BTreeSet<JobId> = store
+        .queued_jobs()
+        .await
+        .expect("queued")
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    let expected: BTreeSet<JobId> = jobs.iter().map(|j| j.id).collect();
+    assert_eq!(queued, expected);
+    for j in jobs.iter().take(50) {
+        let ev = store.events_after(j.id, 0, 10).await.expect("events");
+        assert_eq!(ev.len(), 1, "the queued event of {}", j.id);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_writes_of_every_kind_keep_their_own_outcomes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(&url(&dir)).await.expect("open"));
+    let jobs: Vec<NewJob> = (0..200).map(|_| new_job(None)).collect();
+    for j in &jobs {
+        store.insert_job(j).await.expect("insert");
+    }
+    // Every job claimed twice at once, plus events and a pid, plus new
+    // inserts (some sharing a key), all in flight together: exactly one
+    // claim per job wins, every key names one job.
+    let claims = join_all(jobs.iter().flat_map(|j| {
+        let id = j.id;
+        (0..2).map({
+            let store = store.clone();
+            move |_| {
+                let store = store.clone();
+                async move {
+                    let ev = JobEvent {
+                        seq: 2,
+                        job_id: id,
+                        timestamp: Utc::now(),
+                        data: EventData::State {
+                            state: JobState::Running,
+                            reason: None,
+                            attempt: Some(1),
+                        },
+                    };
+                    (id, store.start_attempt(id, 1, "n", Utc::now(), &ev).await)
+                }
+            }
+        })
+    }));
+    let keyed: Vec<NewJob> = (0..40)
+        .map(|i| new_job(Some(format!("key-{}", i % 4))))
+        .collect();
+    let inserts = join_all(keyed.iter().map(|j| {
+        let store = store.clone();
+        async move { store.insert_job(j).await }
+    }));
+    let (claims, inserts) = tokio::join!(claims, inserts);
+    let mut won: BTreeMap<JobId, usize> = BTreeMap::new();
+    for (id, r) in claims {
+        match r {
+            Ok(()) => *won.entry(id).or_default() += 1,
+            Err(tsbridge_runtime::StoreError::NotFound(j)) => assert_eq!(j, id),
+            Err(e) => panic!("unexpected error: {e:?}"),
+        }
+    }
+    assert_eq!(won.len(), jobs.len());
+    assert!(won.values().all(|n| *n == 1), "one claim per job");
+    let mut created = 0;
+    let mut by_key: BTreeMap<String, BTreeSet<JobId>> = BTreeMap::new();
+    for (j, r) in keyed.iter().zip(inserts) {
+        let key = j.idempotency_key.clone().expect("key");
+        match r.expect("insert") {
+            Inserted::Created => {
+                created += 1;
+                by_key.entry(key).or_default().insert(j.id);
+            }
+            Inserted::Existing(e) => {
+                by_key.entry(key).or_default().insert(e.id);
+            }
+        }
+    }
+    assert_eq!(created, 4, "one job per key");
+    assert!(by_key.values().all(|ids| ids.len() == 1), "{by_key:?}");
+
+    // Events and pids of all jobs at once.
+    let writes = join_all(jobs.iter().map(|j| {
+        let store = store.clone();
+        let id = j.id;
+        async move {
+            let events: Vec<JobEvent> = (3..=5)
+                .map(|seq| JobEvent {
+                    seq,
+                    job_id: id,
+                    timestamp: Utc::now(),
+                    data: EventData::Progress(Progress::new(seq - 2, 3, "step")),
+                })
+                .collect();
+            let (a, b) = tokio::join!(
+                store.append_events(id, &events),
+                store.set_attempt_pid(id, 1, 4242)
+            );
+            a.and(b)
+        }
+    }))
+    .await;
+    assert!(writes.iter().all(Result::is_ok));
+    for j in jobs.iter().take(20) {
+        let r = store.get_job(j.id).await.expect("get").expect("job");
+        assert_eq!(r.state, JobState::Running);
+        assert_eq!(r.last_seq, 5);
+        assert_eq!(r.process_id, Some(4242));
+        assert_eq!(r.attempts.len(), 1);
+        assert_eq!(r.progress.as_ref().map(|p| p.current), Some(3));
+        let seqs: Vec<u64> = store
+            .events_after(j.id, 0, 100)
+            .await
+            .expect("events")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    }
+}
+
+#[tokio::test]
+async fn a_failed_batch_reports_the_error_to_every_waiter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(&url(&dir)).await.expect("open"));
+    let mut side = side_connection(&dir).await;
+    sqlx::query(
+        "CREATE TRIGGER no_events BEFORE INSERT ON events \
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    )
+    .execute(&mut side)
+    .await
+    .expect("trigger");
+    let jobs: Vec<NewJob> = (0..100).map(|_| new_job(None)).collect();
+    let results = join_all(jobs.iter().map(|j| {
+        let store = store.clone();
+        async move { store.insert_job(j).await }
+    }))
+    .await;
+    for r in &results {
+        let e = r.as_ref().expect_err("every insert fails");
+        assert!(
+            format!("{:?}", e).contains("injected failure"),
+            "each caller gets its own error: {e:?}"
+        );
+    }
+    assert!(store.queued_jobs().await.expect("queued").is_empty());
+
+    // Once the cause is gone, the store writes again.
+    sqlx::query("DROP TRIGGER no_events")
+        .execute(&mut side)
+        .await
+        .expect("drop trigger");
+    let j = new_job(None);
+    assert!(matches!(store.insert_job(&j).await, Ok(Inserted::Created)));
+    assert!(store.get_job(j.id).await.expect("get").is_some());
+}
+
+#[tokio::test]
+async fn one_bad_write_fails_only_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(&url(&dir)).await.expect("open"));
+    let jobs: Vec<NewJob> = (0..200).map(|_| new_job(None)).collect();
+    let bad: BTreeSet<JobId> = jobs.iter().step_by(17).map(|j| j.id).collect();
+    let mut side = side_connection(&dir).await;
+    let list = bad
+        .iter()
+        .map(|id| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The ids are UUIDs we made: nothing to escape.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.job_id IN ({list}) \
+         BEGIN SELECT RAISE(ABORT, 'poisoned job'); END"
+    )))
+    .execute(&mut side)
+    .await
+    .expect("trigger");
+    let results = join_all(jobs.iter().map(|j| {
+        let store = store.clone();
+        async move { (j.id, store.insert_job(j).await) }
+    }))
+    .await;
+    for (id, r) in results {
+        if bad.contains(&id) {
+            assert!(r.is_err(), "{id} must fail");
+            assert!(store.get_job(id).await.expect("get").is_none());
+        } else {
+            assert!(matches!(r, Ok(Inserted::Created)), "{id}: {r:?}");
+            assert!(store.get_job(id).await.expect("get").is_some());
+        }
+    }
+}
+
+#[tokio::test]
+async fn writes_after_close_fail_instead_of_hanging() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(&url(&dir)).await.expect("open");
+    let j = new_job(None);
+    store.insert_job(&j).await.expect("insert");
+    store.close().await;
+    assert!(store.insert_job(&new_job(None)).await.is_err());
+    assert!(store.ping().await.is_err());
+    let store = SqliteStore::open(&url(&dir)).await.expect("reopen");
+    assert!(store.get_job(j.id).await.expect("get").is_some());
+}
+
+#[tokio::test]
+async fn the_in_memory_store_reads_what_it_wrote() {
+    let store = SqliteStore::open("sqlite::memory:").await.expect("open");
+    let j = new_job(None);
+    store.insert_job(&j).await.expect("insert");
+    let r = store.get_job(j.id).await.expect("get").expect("job");
+    assert_eq!(r.state, JobState::Queued);
+    assert_eq!(store.queued_jobs().await.expect("queued").len(), 1);
+}
+
+/// Succeeds at once, with two progress events.
+#[derive(Debug)]
+struct Instant;
+
+#[async_trait]
+impl Executor for Instant {
+    async fn run(&self, req: AttemptRequest, io: AttemptIo) -> AttemptOutcome {
+        let _ = io
+            .events
+            .send(tsbridge_runtime::AttemptEvent::Started { pid: 4242 })
+            .await;
+        for i in 1..=2 {
+            let _ = io
+                .events
+                .send(tsbridge_runtime::AttemptEvent::Child(
+                    tsbridge_proto::ChildEvent::Progress(Progress::new(i, 2, "step")),
+                ))
+                .await;
+        }
+        let mut o = AttemptOutcome::spawn_failure("", false);
+        o.reason = EndReason::Exited;
+        o.exit_code = Some(0);
+        o.error = None;
+        o.result = Some(req.params);
+        o
+    }
+}
+
+#[tokio::test]
+async fn a_burst_of_concurrent_submits_runs_and_survives_a_reopen() {
+    let opts = RuntimeOptions {
+        executors: BTreeMap::from([("job".to_owned(), Arc::new(Instant) as Arc<dyn Executor>)]),
+        ..RuntimeOptions::default()
+    };
+    let h = start_with(
+        &format!("[defaults]\nconcurrency = 8\n{}", workflow("job", "")),
+        opts,
+    )
+    .await;
+    let submitted = join_all((0..1000).map(|i| {
+        let rt = h.rt.clone();
+        async move {
+            rt.submit("job", json!({ "i": i }), JobOptions::default())
+                .await
+                .expect("accepted")
+                .job_id
+        }
+    }))
+    .await;
+    let ids: BTreeSet<JobId> = submitted.iter().copied().collect();
+    assert_eq!(ids.len(), 1000);
+    // Half waited for, the rest left to the shutdown's drain.
+    for (i, id) in submitted.iter().enumerate().step_by(2) {
+        let v = h.wait(*id).await;
+        assert_eq!(v.state, JobState::Succeeded);
+        assert_eq!(v.result, Some(json!({ "i": i })));
+    }
+    h.rt.shutdown(SOON).await;
+    h.store.close().await;
+
+    let store = open_store(h.dir.path()).await;
+    let mut done = 0;
+    for id in &submitted {
+        let r = store
+            .get_job(*id)
+            .await
+            .expect("get")
+            .expect("every job is stored");
+        if r.state == JobState::Succeeded {
+            done += 1;
+            assert_eq!(r.process_id, Some(4242));
+            let seqs: Vec<u64> = store
+                .events_after(*id, 0, 100)
+                .await
+                .expect("events")
+                .iter()
+                .map(|e| e.seq)
+                .collect();
+            // queued, running, 2 x progress, succeeded: no gaps, no duplicates.
+            assert_eq!(seqs, vec![1, 2, 3, 4, 5], "{id}");
+        } else {
+            // Not started before the shutdown: still queued, runs after a restart.
+            assert_eq!(r.state, JobState::Queued, "{id}");
+        }
+    }
+    assert!(done >= 500, "{done} succeeded");
+}
+
+#[tokio::test]
+async fn concurrent_submits_with_one_idempotency_key_make_one_job() {
+    let opts = RuntimeOptions {
+        executors: BTreeMap::from([("job".to_owned(), Arc::new(Instant) as Arc<dyn Executor>)]),
+        ..RuntimeOptions::default()
+    };
+    let h = start_with(&workflow("job", ""), opts).await;
+    let subs = join_all((0..50).map(|_| {
+        let rt = h.rt.clone();
+        async move {
+            rt.submit(
+                "job",
+                json!({}),
+                JobOptions {
+                    idempotency_key: Some("same".into()),
+                    ..JobOptions::default()
+                },
+            )
+            .await
+            .expect("accepted")
+        }
+    }))
+    .await;
+    let ids: BTreeSet<JobId> = subs.iter().map(|s| s.job_id).collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(subs.iter().filter(|s| !s.existing).count(), 1);
+    let v = h.wait(subs[0].job_id).await;
+    assert_eq!(v.state, JobState::Succeeded);
+}
