@@ -6,22 +6,61 @@
 //!
 //! Publishers write to the store first, then publish, so "subscribe, then
 //! read the store, then skip what was seen" never misses an event.
+//!
+//! A subscriber's buffer is a queue that allocates only when events arrive
+//! (and gives its memory back once drained): an idle subscriber costs one
+//! small allocation, not a preallocated channel block (tokio's mpsc
+//! allocates 32 slots up front, whatever its bound). An event is shared
+//! (`Arc`) by all the subscribers that buffer it.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 
 use futures::Stream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tsbridge_proto::{JobEvent, JobId};
 
 /// Events buffered per subscriber before it is dropped.
 pub const SUBSCRIBER_BUFFER: usize = 1024;
 
+/// A drained queue keeps at most this capacity.
+const KEEP_CAPACITY: usize = 8;
+
+/// What one subscriber and the bus share.
+#[derive(Debug, Default)]
+struct Slot {
+    queue: VecDeque<Arc<JobEvent>>,
+    waker: Option<Waker>,
+    /// No more events will be queued (the channel closed, or this
+    /// subscriber was dropped).
+    ended: bool,
+    lagged: bool,
+}
+
+type SharedSlot = Arc<Mutex<Slot>>;
+
+fn lock_slot(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+    // Every operation under this lock is a push, a pop or a flag.
+    slot.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The bus's end of a subscriber. Dropping it (lagging, the channel
+/// closing) ends the subscriber's stream after what it has buffered.
 #[derive(Debug)]
 struct Subscriber {
-    tx: mpsc::Sender<JobEvent>,
-    lagged: Arc<AtomicBool>,
+    slot: SharedSlot,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let mut s = lock_slot(&self.slot);
+        s.ended = true;
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -77,16 +116,28 @@ impl Bus {
         let Some(ch) = jobs.get_mut(&event.job_id) else {
             return;
         };
-        ch.subscribers
-            .retain(|s| match s.tx.try_send(event.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    s.lagged.store(true, Ordering::Release);
-                    tracing::debug!(job = %event.job_id, "dropping a subscriber that fell behind");
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+        if ch.subscribers.is_empty() {
+            return;
+        }
+        let capacity = self.buffer.unwrap_or(SUBSCRIBER_BUFFER);
+        let event = Arc::new(event.clone());
+        ch.subscribers.retain(|sub| {
+            if Arc::strong_count(&sub.slot) == 1 {
+                // Its Subscription was dropped.
+                return false;
+            }
+            let mut s = lock_slot(&sub.slot);
+            if s.queue.len() >= capacity {
+                s.lagged = true;
+                tracing::debug!(job = %event.job_id, "dropping a subscriber that fell behind");
+                return false;
+            }
+            s.queue.push_back(event.clone());
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+            true
+        });
     }
 
     /// Closes a job's channel: subscribers get what is buffered, then the end.
@@ -105,20 +156,19 @@ impl Bus {
 
     /// Live events of a job from now on.
     pub fn subscribe(&self, id: JobId) -> Subscription {
-        let lagged = Arc::new(AtomicBool::new(false));
+        let slot = SharedSlot::default();
         let mut jobs = self.lock();
-        let Some(ch) = jobs.get_mut(&id) else {
-            return Subscription { rx: None, lagged };
+        let bus = match jobs.get_mut(&id) {
+            Some(ch) => {
+                ch.subscribers.push(Subscriber { slot: slot.clone() });
+                Some(self.jobs.clone())
+            }
+            None => {
+                lock_slot(&slot).ended = true;
+                None
+            }
         };
-        let (tx, rx) = mpsc::channel(self.buffer.unwrap_or(SUBSCRIBER_BUFFER));
-        ch.subscribers.push(Subscriber {
-            tx,
-            lagged: lagged.clone(),
-        });
-        Subscription {
-            rx: Some(rx),
-            lagged,
-        }
+        Subscription { slot, id, bus }
     }
 
     /// A signal that turns true when the job's channel closes; `None` when
@@ -133,26 +183,74 @@ impl Bus {
     }
 }
 
-/// Live events of one job, in `seq` order.
-#[derive(Debug)]
+/// Live events of one job, in `seq` order. Dropping it takes it off the
+/// bus at once (an idle job publishes nothing that would notice), so that
+/// nothing of it outlives its consumer.
 pub struct Subscription {
-    rx: Option<mpsc::Receiver<JobEvent>>,
-    lagged: Arc<AtomicBool>,
+    slot: SharedSlot,
+    id: JobId,
+    /// The bus it is on, if its job was open.
+    bus: Option<Arc<Mutex<HashMap<JobId, Channel>>>>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("on_bus", &self.bus.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let Some(bus) = self.bus.take() else {
+            return;
+        };
+        let mut jobs = bus.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = jobs.get_mut(&self.id) {
+            if let Some(i) = ch
+                .subscribers
+                .iter()
+                .position(|s| Arc::ptr_eq(&s.slot, &self.slot))
+            {
+                ch.subscribers.swap_remove(i);
+            }
+            if ch.subscribers.is_empty() {
+                ch.subscribers = Vec::new();
+            }
+        }
+    }
 }
 
 impl Subscription {
     /// The next event; `None` when the job's events are over or this
     /// subscriber fell behind and was dropped (see [`Subscription::lagged`]).
     pub async fn recv(&mut self) -> Option<JobEvent> {
-        match &mut self.rx {
-            Some(rx) => rx.recv().await,
-            None => None,
-        }
+        let event = poll_fn(|cx| {
+            let mut s = lock_slot(&self.slot);
+            if let Some(e) = s.queue.pop_front() {
+                if s.queue.is_empty() && s.queue.capacity() > KEEP_CAPACITY {
+                    // A burst is over: give its memory back.
+                    s.queue = VecDeque::new();
+                }
+                return Poll::Ready(Some(e));
+            }
+            if s.ended {
+                return Poll::Ready(None);
+            }
+            if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                s.waker = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await?;
+        Some(Arc::unwrap_or_clone(event))
     }
 
     /// Whether the stream ended because this subscriber fell behind.
     pub fn lagged(&self) -> bool {
-        self.lagged.load(Ordering::Acquire)
+        lock_slot(&self.slot).lagged
     }
 
     /// As a `Stream`.
@@ -201,6 +299,51 @@ mod tests {
         bus.close(id);
         assert!(fast.recv().await.is_none());
         assert!(!fast.lagged());
+    }
+
+    #[tokio::test]
+    async fn idle_subscribers_hold_no_buffer_and_dropped_ones_are_forgotten() {
+        let bus = Bus::new();
+        let id = JobId::new();
+        bus.open(id);
+        let mut sub = bus.subscribe(id);
+        assert_eq!(
+            lock_slot(&sub.slot).queue.capacity(),
+            0,
+            "nothing before events"
+        );
+        for seq in 1..=100 {
+            bus.publish(&ev(id, seq));
+        }
+        for seq in 1..=100 {
+            assert_eq!(sub.recv().await.expect("buffered").seq, seq);
+        }
+        assert_eq!(
+            lock_slot(&sub.slot).queue.capacity(),
+            0,
+            "a drained burst gives its memory back"
+        );
+        // Dropped subscriptions leave the bus at once, even while the job
+        // is silent; events are shared by subscribers, not copied.
+        let others: Vec<Subscription> = (0..10).map(|_| bus.subscribe(id)).collect();
+        assert_eq!(bus.subscriber_count(id), 11);
+        drop(others);
+        assert_eq!(bus.subscriber_count(id), 1);
+        let other = bus.subscribe(id);
+        assert_eq!(bus.subscriber_count(id), 2);
+        bus.publish(&ev(id, 101));
+        let a = lock_slot(&sub.slot).queue.front().cloned().expect("queued");
+        let b = lock_slot(&other.slot)
+            .queue
+            .front()
+            .cloned()
+            .expect("queued");
+        assert!(Arc::ptr_eq(&a, &b));
+        drop((a, b));
+        bus.close(id);
+        assert_eq!(sub.recv().await.expect("buffered").seq, 101);
+        assert!(sub.recv().await.is_none());
+        assert!(!sub.lagged());
     }
 
     #[tokio::test]

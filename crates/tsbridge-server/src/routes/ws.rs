@@ -2,29 +2,48 @@
 //! unsubscribes from and cancels jobs (`workflowId` or `jobId`); the server
 //! answers `subscribed`, then a `state` message with the job's current state
 //! and its last `progress`, then live `progress`, `log`, `result`, `state`
-//! and `cancelled` messages. One connection may follow many jobs. Every
-//! message goes through one bounded queue per connection: a client that does
-//! not read fast enough is disconnected; it never slows a job.
+//! and `cancelled` messages. One connection may follow many jobs.
+//!
+//! A connection is **one task** and no channel: it polls the socket, its
+//! subscriptions (each a [`Follower`] of one job, polled in place) and the
+//! cancels it started, and writes from one bounded queue. An idle connection
+//! holds its socket, tungstenite's small read buffer, that task and, per
+//! subscription, a few hundred bytes (the follower and the bus's slot,
+//! which allocates only when events arrive). A client that does not read is
+//! disconnected once the queue stays full for `ws_slow_after`; it never
+//! slows a job (followers read the bus, which drops laggards, and catch up
+//! from the store).
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
-use futures::{SinkExt, StreamExt};
+use futures::stream::BoxStream;
+use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio_stream::StreamMap;
 use tsbridge_proto::ws::{ClientMessage, JobRef, ServerMessage, WsProgress};
 use tsbridge_proto::{ErrorType, EventData, JobEvent, JobId, JobState, Progress};
 
-use crate::events::follow;
+use crate::backend::Backend;
+use crate::events::Follower;
 use crate::state::AppState;
 
 /// The largest message a client may send.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+/// tungstenite's read buffer, held by every connection while idle. Client
+/// messages are tiny; a larger one is still read whole (tungstenite
+/// reserves a frame's full length), only in more reads.
+const READ_BUFFER: usize = 1024;
+/// Frames are written once this many bytes are buffered, or when the queue
+/// is empty (a flush).
+const WRITE_BUFFER: usize = 4096;
 /// How long a closing connection may take to flush what is queued.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(5);
 
@@ -41,127 +60,225 @@ const FLUSH_ON_CLOSE: Duration = Duration::from_secs(5);
 )]
 pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
     // Small per-connection buffers: tungstenite's default 128 KiB read buffer
-    // would cost ~1.3 GiB for 10,000 idle subscribers; client messages are
-    // tiny and server messages are written whole.
+    // would cost ~1.3 GiB for 10,000 idle subscribers.
     ws.max_message_size(MAX_CLIENT_MESSAGE)
-        .read_buffer_size(4096)
-        .write_buffer_size(4096)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| connection(state, socket))
 }
 
-/// The sending half every task of one connection shares. A burst waits for
-/// room in the bounded queue; a queue that stays full for `slow_after` means
-/// the client does not read, and ends the connection. Jobs never wait on
-/// it: forwarders read the job's feed, and catch up from the store when they
-/// fall behind.
-#[derive(Clone)]
-struct Outbox {
-    tx: mpsc::Sender<Message>,
-    /// Cancelled when the connection must end.
-    stop: CancellationToken,
-    /// Set when the client was too slow.
-    slow: CancellationToken,
-    slow_after: Duration,
+/// One job followed by one connection.
+type Subscription = BoxStream<'static, ServerMessage>;
+
+/// What the connection's task owns besides its timers.
+struct Conn {
+    socket: WebSocket,
+    /// Messages waiting for the socket.
+    queue: VecDeque<Message>,
+    /// `queue` is full at this length: subscriptions are not polled and the
+    /// client's messages not read until it drains.
+    limit: usize,
+    /// Frames handed to the socket since its last flush.
+    unflushed: bool,
+    subs: StreamMap<JobId, Subscription>,
+    /// Cancels in flight: their answer, if any.
+    cancels: Vec<JoinHandle<Option<ServerMessage>>>,
 }
 
-impl Outbox {
-    async fn send(&self, msg: &ServerMessage) -> bool {
-        match serde_json::to_string(msg) {
-            Ok(text) => self.send_raw(Message::Text(text.into())).await,
-            Err(_) => true,
+/// Why the connection's task woke up.
+enum Wake {
+    Shutdown,
+    Ping,
+    /// The queue stayed full for `ws_slow_after`.
+    Slow,
+    /// The socket failed while writing.
+    Broken,
+    Incoming(Option<Result<Message, axum::Error>>),
+}
+
+impl Conn {
+    fn push(&mut self, msg: &ServerMessage) {
+        if let Ok(text) = serde_json::to_string(msg) {
+            self.queue.push_back(Message::Text(text.into()));
         }
     }
 
-    async fn send_raw(&self, msg: Message) -> bool {
-        let msg = match self.tx.try_send(msg) {
-            Ok(()) => return true,
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            Err(mpsc::error::TrySendError::Full(msg)) => msg,
-        };
-        match tokio::time::timeout(self.slow_after, self.tx.send(msg)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(_)) => false,
-            Err(_) => {
-                self.slow.cancel();
-                self.stop.cancel();
-                false
+    fn error(&mut self, message: impl Into<String>) {
+        self.push(&ServerMessage::Error {
+            message: message.into(),
+        });
+    }
+
+    fn full(&self) -> bool {
+        self.queue.len() >= self.limit
+    }
+
+    /// Hands queued frames to the socket and flushes once the queue is
+    /// empty. `Err` when the socket failed.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), axum::Error> {
+        while !self.queue.is_empty() {
+            match self.socket.poll_ready_unpin(cx) {
+                Poll::Ready(Ok(())) => {
+                    if let Some(msg) = self.queue.pop_front() {
+                        self.socket.start_send_unpin(msg)?;
+                        self.unflushed = true;
+                    }
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Ok(()),
             }
         }
+        if self.queue.capacity() > 0 {
+            // Hold no buffer while idle.
+            self.queue = VecDeque::new();
+        }
+        if self.unflushed {
+            match self.socket.poll_flush_unpin(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => {}
+            }
+        }
+        Ok(())
     }
 
-    async fn error(&self, message: impl Into<String>) -> bool {
-        self.send(&ServerMessage::Error {
-            message: message.into(),
+    /// Moves what the subscriptions and cancels have ready into the queue,
+    /// while there is room. Whether it stopped because the queue is full.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.cancels.is_empty() {
+            let mut answers = Vec::new();
+            self.cancels.retain_mut(|h| match h.poll_unpin(cx) {
+                Poll::Ready(r) => {
+                    answers.extend(r.ok().flatten());
+                    false
+                }
+                Poll::Pending => true,
+            });
+            for m in &answers {
+                self.push(m);
+            }
+        }
+        while !self.full() {
+            match self.subs.poll_next_unpin(cx) {
+                Poll::Ready(Some((_, m))) => self.push(&m),
+                // Nothing ready (or no subscription left).
+                Poll::Ready(None) | Poll::Pending => return false,
+            }
+        }
+        true
+    }
+
+    /// Writes until the queue is empty (or `limit` passes), then closes.
+    async fn flush_and_close(&mut self) {
+        let _ = poll_fn(|cx| {
+            if let Err(e) = self.poll_write(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if !self.queue.is_empty() || self.unflushed {
+                return Poll::Pending;
+            }
+            self.socket.poll_close_unpin(cx)
         })
-        .await
-    }
-}
-
-/// Aborts a job's forwarder when the subscription ends.
-struct Forwarder(JoinHandle<()>);
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        self.0.abort();
+        .await;
     }
 }
 
 async fn connection(state: AppState, socket: WebSocket) {
-    let (mut sink, mut incoming) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Message>(state.settings().ws_send_buffer.max(8));
-    let stop = state.shutdown_token().child_token();
-    let outbox = Outbox {
-        tx,
-        stop: stop.clone(),
-        slow: CancellationToken::new(),
-        slow_after: state.settings().ws_slow_after,
+    // Declared first, dropped last: after everything the connection held.
+    let _open = trim::Open::start();
+    let settings = state.settings();
+    let keepalive = settings.keepalive.max(Duration::from_millis(100));
+    let slow_after = settings.ws_slow_after;
+    let mut conn = Conn {
+        socket,
+        queue: VecDeque::new(),
+        limit: settings.ws_send_buffer.max(8),
+        unflushed: false,
+        subs: StreamMap::new(),
+        cancels: Vec::new(),
     };
-    let mut writer = tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            let closing = matches!(msg, Message::Close(_));
-            if sink.send(msg).await.is_err() || closing {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
-
-    let keepalive = state.settings().keepalive.max(Duration::from_millis(100));
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let shutdown = state.shutdown_token().clone();
+    let shutdown = shutdown.cancelled();
+    let ping = tokio::time::sleep(keepalive);
+    // Armed while the queue is full.
+    let slow = tokio::time::sleep(slow_after);
+    tokio::pin!(shutdown, ping, slow);
+    let mut slow_armed = false;
     let mut last_heard = Instant::now();
-    let mut subs: HashMap<JobId, Forwarder> = HashMap::new();
 
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = ping.tick() => {
-                if last_heard.elapsed() > keepalive * 3 {
-                    tracing::debug!("websocket client stopped answering pings");
+    let was_slow = loop {
+        let wake = poll_fn(|cx| {
+            if shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Shutdown);
+            }
+            loop {
+                let stopped_full = conn.poll_fill(cx);
+                let before = conn.queue.len();
+                if conn.poll_write(cx).is_err() {
+                    return Poll::Ready(Wake::Broken);
+                }
+                // Go on only if the queue was full and the socket took some.
+                if !(stopped_full && conn.queue.len() < before) {
                     break;
                 }
-                outbox.send_raw(Message::Ping(Default::default())).await;
             }
-            msg = incoming.next() => match msg {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                Some(Ok(msg)) => {
-                    last_heard = Instant::now();
-                    match msg {
-                        Message::Text(text) => on_text(&state, &outbox, &mut subs, text.as_str()).await,
-                        Message::Binary(_) => { outbox.error("Invalid JSON message").await; }
-                        _ => {}
+            if conn.full() {
+                if !slow_armed {
+                    slow_armed = true;
+                    slow.as_mut()
+                        .reset(tokio::time::Instant::now() + slow_after);
+                }
+                if slow.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Slow);
+                }
+            } else {
+                slow_armed = false;
+                // Backpressure: the client's messages are read only while
+                // their answers have room.
+                if let Poll::Ready(msg) = conn.socket.poll_next_unpin(cx) {
+                    return Poll::Ready(Wake::Incoming(msg));
+                }
+            }
+            if ping.as_mut().poll(cx).is_ready() {
+                ping.as_mut().reset(tokio::time::Instant::now() + keepalive);
+                return Poll::Ready(Wake::Ping);
+            }
+            Poll::Pending
+        })
+        .await;
+        match wake {
+            Wake::Shutdown => break false,
+            Wake::Broken => return,
+            Wake::Slow => break true,
+            Wake::Ping => {
+                if last_heard.elapsed() > keepalive * 3 {
+                    tracing::debug!("websocket client stopped answering pings");
+                    break false;
+                }
+                conn.queue.push_back(Message::Ping(Default::default()));
+            }
+            Wake::Incoming(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break false,
+            Wake::Incoming(Some(Ok(msg))) => {
+                last_heard = Instant::now();
+                match msg {
+                    // Boxed: its future is large and only lives while a
+                    // message is handled, not in every idle connection.
+                    Message::Text(text) => {
+                        Box::pin(on_text(&state, &mut conn, text.as_str())).await
                     }
+                    Message::Binary(_) => conn.error("Invalid JSON message"),
+                    _ => {}
                 }
             }
         }
-    }
+    };
 
-    drop(subs);
-    if outbox.slow.is_cancelled() {
+    conn.subs = StreamMap::new();
+    if was_slow {
         // The client does not read: do not wait on it.
         tracing::info!("websocket client too slow: disconnected");
         metrics::counter!("tsbridge_ws_slow_disconnects_total").increment(1);
-        writer.abort();
         return;
     }
     let reason = if state.shutdown_token().is_cancelled() {
@@ -169,17 +286,81 @@ async fn connection(state: AppState, socket: WebSocket) {
     } else {
         (close_code::NORMAL, "")
     };
-    let _ = outbox.tx.try_send(Message::Close(Some(CloseFrame {
+    conn.queue.push_back(Message::Close(Some(CloseFrame {
         code: reason.0,
         reason: reason.1.into(),
     })));
-    drop(outbox);
-    if tokio::time::timeout(FLUSH_ON_CLOSE, &mut writer)
-        .await
-        .is_err()
-    {
-        writer.abort();
+    let _ = tokio::time::timeout(FLUSH_ON_CLOSE, Box::pin(conn.flush_and_close())).await;
+}
+
+/// Giving memory back to the OS after many connections closed. glibc's
+/// malloc keeps what a connection freed in its arenas (small chunks, spread
+/// over the heap: only the top of a heap is released on its own), so a
+/// server that once held 10,000 connections would keep their memory for
+/// good. When the number of open connections has fallen by at least
+/// [`trim::MIN_DROP`] and to at most half of its peak since the last trim,
+/// `malloc_trim(0)` runs once on a blocking thread (it releases the free
+/// pages of every arena). A few trims happen as a crowd leaves (at half,
+/// a quarter, ... of the peak), none in a steady state.
+mod trim {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The drop in open connections that is worth a trim.
+    pub const MIN_DROP: usize = 1000;
+
+    static OPEN: AtomicUsize = AtomicUsize::new(0);
+    /// The most connections open at once since the last trim.
+    static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+    /// Whether falling from `peak` to `open` connections is worth a trim.
+    pub fn worth_it(peak: usize, open: usize) -> bool {
+        peak >= open + MIN_DROP && open <= peak / 2
     }
+
+    /// Counts one open connection.
+    #[derive(Debug)]
+    pub struct Open(());
+
+    impl Open {
+        pub fn start() -> Self {
+            let open = OPEN.fetch_add(1, Ordering::Relaxed) + 1;
+            PEAK.fetch_max(open, Ordering::Relaxed);
+            Self(())
+        }
+    }
+
+    impl Drop for Open {
+        fn drop(&mut self) {
+            let open = OPEN.fetch_sub(1, Ordering::Relaxed) - 1;
+            let peak = PEAK.load(Ordering::Relaxed);
+            if worth_it(peak, open)
+                && PEAK
+                    .compare_exchange(peak, open, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::debug!(
+                    peak,
+                    open,
+                    "websocket connections dropped: trimming the heap"
+                );
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn_blocking(release);
+                }
+            }
+        }
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn release() {
+        unsafe extern "C" {
+            /// glibc: returns free memory of every arena to the OS.
+            safe fn malloc_trim(pad: usize) -> i32;
+        }
+        malloc_trim(0);
+    }
+
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    fn release() {}
 }
 
 /// What `Unknown message type: X` names: the brief's `${message.type}`.
@@ -191,106 +372,90 @@ fn type_name(v: &Value) -> String {
     }
 }
 
-async fn on_text(
-    state: &AppState,
-    outbox: &Outbox,
-    subs: &mut HashMap<JobId, Forwarder>,
-    text: &str,
-) {
+async fn on_text(state: &AppState, conn: &mut Conn, text: &str) {
     let Ok(value) = serde_json::from_str::<Value>(text) else {
-        outbox.error("Invalid JSON message").await;
+        conn.error("Invalid JSON message");
         return;
     };
     let ty = type_name(&value);
     if !matches!(ty.as_str(), "subscribe" | "unsubscribe" | "cancel") {
-        outbox.error(format!("Unknown message type: {ty}")).await;
+        conn.error(format!("Unknown message type: {ty}"));
         return;
     }
     let msg = match serde_json::from_value::<ClientMessage>(value) {
         Ok(m) => m,
         Err(e) => {
-            outbox.error(format!("Invalid {ty} message: {e}")).await;
+            conn.error(format!("Invalid {ty} message: {e}"));
             return;
         }
     };
     let (ClientMessage::Subscribe(r) | ClientMessage::Unsubscribe(r) | ClientMessage::Cancel(r)) =
         &msg;
-    let Some((raw, id)) = job_of(outbox, r).await else {
+    let Some((raw, id)) = job_of(conn, r) else {
         return;
     };
     match msg {
         ClientMessage::Subscribe(_) => {
-            if subs.contains_key(&id) {
-                outbox
-                    .send(&ServerMessage::Subscribed { workflow_id: raw })
-                    .await;
+            if conn.subs.contains_key(&id) {
+                conn.push(&ServerMessage::Subscribed { workflow_id: raw });
                 return;
             }
             match state.backend().get(id).await {
                 Ok(_) => {}
                 Err(e) if e.kind == ErrorType::NotFound => {
-                    outbox.error(format!("Unknown job: {raw}")).await;
+                    conn.error(format!("Unknown job: {raw}"));
                     return;
                 }
                 Err(e) => {
-                    outbox
-                        .error(format!("Cannot subscribe to {raw}: {}", e.message))
-                        .await;
+                    conn.error(format!("Cannot subscribe to {raw}: {}", e.message));
                     return;
                 }
             }
-            outbox
-                .send(&ServerMessage::Subscribed {
-                    workflow_id: raw.clone(),
-                })
-                .await;
-            let task = tokio::spawn(forward(state.clone(), outbox.clone(), id, raw));
-            subs.insert(id, Forwarder(task));
+            conn.push(&ServerMessage::Subscribed {
+                workflow_id: raw.clone(),
+            });
+            conn.subs
+                .insert(id, JobFeed::new(state.backend_arc(), id, raw).into_stream());
         }
         ClientMessage::Unsubscribe(_) => {
-            subs.remove(&id);
-            outbox
-                .send(&ServerMessage::Unsubscribed { workflow_id: raw })
-                .await;
+            conn.subs.remove(&id);
+            conn.push(&ServerMessage::Unsubscribed { workflow_id: raw });
         }
         ClientMessage::Cancel(_) => {
-            // A subscriber hears `cancelled` from its forwarder; anyone else
-            // gets it here.
-            let subscribed = subs.contains_key(&id);
+            // A subscriber hears `cancelled` from its subscription; anyone
+            // else gets it from here. On a task of its own: a cancel waits
+            // for the job's end, and must not hold up this connection (nor
+            // stop if the client leaves).
+            let subscribed = conn.subs.contains_key(&id);
             let backend = state.backend_arc();
-            let outbox = outbox.clone();
-            tokio::spawn(async move {
+            conn.cancels.push(tokio::spawn(async move {
                 match backend.cancel(id).await {
-                    Ok(view) if !subscribed => {
-                        outbox.send(&ServerMessage::Cancelled {
-                            workflow_id: raw,
-                            data: json!({"jobId": id, "state": view.state, "reason": view.reason}),
-                        }).await;
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.kind == ErrorType::NotFound => {
-                        outbox.error(format!("Unknown job: {raw}")).await;
-                    }
-                    Err(e) => {
-                        outbox
-                            .error(format!("Cannot cancel {raw}: {}", e.message))
-                            .await;
-                    }
+                    Ok(view) if !subscribed => Some(ServerMessage::Cancelled {
+                        workflow_id: raw,
+                        data: json!({"jobId": id, "state": view.state, "reason": view.reason}),
+                    }),
+                    Ok(_) => None,
+                    Err(e) if e.kind == ErrorType::NotFound => Some(ServerMessage::Error {
+                        message: format!("Unknown job: {raw}"),
+                    }),
+                    Err(e) => Some(ServerMessage::Error {
+                        message: format!("Cannot cancel {raw}: {}", e.message),
+                    }),
                 }
-            });
+            }));
         }
     }
 }
 
-async fn job_of(outbox: &Outbox, r: &JobRef) -> Option<(String, JobId)> {
+fn job_of(conn: &mut Conn, r: &JobRef) -> Option<(String, JobId)> {
     let Some(raw) = r.id() else {
-        outbox.error("Missing workflowId").await;
+        conn.error("Missing workflowId");
         return None;
     };
     match raw.parse::<JobId>() {
         Ok(id) => Some((raw.to_owned(), id)),
         Err(_) => {
-            outbox.error(format!("Unknown job: {raw}")).await;
+            conn.error(format!("Unknown job: {raw}"));
             None
         }
     }
@@ -374,103 +539,147 @@ fn messages_for(raw: &str, e: &JobEvent) -> Vec<ServerMessage> {
     }
 }
 
-/// Sends one job's snapshot, then its live events, to one connection.
-async fn forward(state: AppState, outbox: Outbox, id: JobId, raw: String) {
-    let backend = state.backend_arc();
-    // Race-free: the follower below subscribes, then reads the store after
-    // the snapshot's last event.
-    let snapshot = match snapshot(&state, id).await {
-        Ok(s) => s,
-        Err(message) => {
-            outbox
-                .error(format!("Cannot follow {raw}: {message}"))
-                .await;
-            return;
+/// One subscription: the job's snapshot, then its live messages. Polled by
+/// the connection's task (through [`JobFeed::into_stream`]); idle, it is
+/// this struct and its follower.
+struct JobFeed {
+    backend: Arc<dyn Backend>,
+    id: JobId,
+    /// The id as the client wrote it.
+    raw: String,
+    /// Messages of the last snapshot or event not yet handed out.
+    ready: std::vec::IntoIter<ServerMessage>,
+    started: bool,
+    /// Live events, after a snapshot of a job that is not over.
+    follower: Option<Follower>,
+    sent_result: bool,
+}
+
+impl JobFeed {
+    fn new(backend: Arc<dyn Backend>, id: JobId, raw: String) -> Self {
+        Self {
+            backend,
+            id,
+            raw,
+            ready: Vec::new().into_iter(),
+            started: false,
+            follower: None,
+            sent_result: false,
         }
-    };
-    let mut sent_result = false;
-    if !outbox
-        .send(&ServerMessage::State {
-            workflow_id: raw.clone(),
-            data: snapshot.state,
+    }
+
+    fn into_stream(self) -> Subscription {
+        futures::stream::unfold(self, |mut feed| async move {
+            let m = feed.next().await?;
+            Some((m, feed))
         })
-        .await
-    {
-        return;
+        .boxed()
     }
-    if let Some(p) = &snapshot.progress {
-        for m in messages_for(&raw, p) {
-            if !outbox.send(&m).await {
-                return;
+
+    fn set_ready(&mut self, msgs: Vec<ServerMessage>) {
+        self.ready = msgs.into_iter();
+    }
+
+    async fn next(&mut self) -> Option<ServerMessage> {
+        loop {
+            if let Some(m) = self.ready.next() {
+                return Some(m);
             }
-        }
-    }
-    if let Some(terminal) = snapshot.terminal {
-        if let Some(value) = snapshot.result {
-            outbox
-                .send(&ServerMessage::Result {
-                    workflow_id: raw.clone(),
-                    data: value,
-                })
-                .await;
-        }
-        if terminal == JobState::Cancelled
-            && let Ok(view) = backend.get(id).await
-        {
-            outbox
-                .send(&ServerMessage::Cancelled {
-                    workflow_id: raw.clone(),
-                    data: state_data(view.state, view.reason, None, None),
-                })
-                .await;
-        }
-        return;
-    }
-    let mut events = follow(
-        backend.clone(),
-        id,
-        snapshot.last_seq,
-        outbox.stop.child_token(),
-    );
-    while let Some(item) = events.next().await {
-        let e = match item {
-            Ok(e) => e,
-            Err(err) => {
-                outbox
-                    .error(format!(
-                        "Stream of {raw} failed: {}",
+            // Do not keep the spent buffer while idle.
+            self.ready = Vec::new().into_iter();
+            if !self.started {
+                self.started = true;
+                self.start().await;
+                continue;
+            }
+            let follower = self.follower.as_mut()?;
+            let e = match follower.next().await {
+                None => {
+                    self.follower = None;
+                    return None;
+                }
+                Some(Err(err)) => {
+                    self.follower = None;
+                    let message = format!(
+                        "Stream of {} failed: {}",
+                        self.raw,
                         err.public_body().message
-                    ))
-                    .await;
+                    );
+                    return Some(ServerMessage::Error { message });
+                }
+                Some(Ok(e)) => e,
+            };
+            let mut msgs = Vec::new();
+            if matches!(e.data, EventData::Result { .. }) {
+                self.sent_result = true;
+            }
+            if e.data.is_terminal_state() && !self.sent_result {
+                // A result taken from the whole stdout at exit may have no event.
+                if let Ok(view) = self.backend.get(self.id).await
+                    && let Some(value) = view.result.filter(|_| view.state == JobState::Succeeded)
+                {
+                    msgs.push(ServerMessage::Result {
+                        workflow_id: self.raw.clone(),
+                        data: value,
+                    });
+                }
+            }
+            msgs.extend(messages_for(&self.raw, &e));
+            self.set_ready(msgs);
+        }
+    }
+
+    /// The snapshot's messages; then follows a job that is not over.
+    async fn start(&mut self) {
+        let raw = &self.raw;
+        // Race-free: the follower subscribes, then reads the store after
+        // the snapshot's last event.
+        let snapshot = match snapshot(self.backend.as_ref(), self.id).await {
+            Ok(s) => s,
+            Err(message) => {
+                self.set_ready(vec![ServerMessage::Error {
+                    message: format!("Cannot follow {raw}: {message}"),
+                }]);
                 return;
             }
         };
-        if matches!(e.data, EventData::Result { .. }) {
-            sent_result = true;
+        let mut msgs = vec![ServerMessage::State {
+            workflow_id: raw.clone(),
+            data: snapshot.state,
+        }];
+        if let Some(p) = &snapshot.progress {
+            msgs.extend(messages_for(raw, p));
         }
-        if e.data.is_terminal_state() && !sent_result {
-            // A result taken from the whole stdout at exit may have no event.
-            if let Ok(view) = backend.get(id).await
-                && let Some(value) = view.result.filter(|_| view.state == JobState::Succeeded)
-            {
-                outbox
-                    .send(&ServerMessage::Result {
+        match snapshot.terminal {
+            Some(terminal) => {
+                if let Some(value) = snapshot.result {
+                    msgs.push(ServerMessage::Result {
                         workflow_id: raw.clone(),
                         data: value,
-                    })
-                    .await;
+                    });
+                }
+                if terminal == JobState::Cancelled
+                    && let Ok(view) = self.backend.get(self.id).await
+                {
+                    msgs.push(ServerMessage::Cancelled {
+                        workflow_id: raw.clone(),
+                        data: state_data(view.state, view.reason, None, None),
+                    });
+                }
+            }
+            None => {
+                self.follower = Some(Follower::new(
+                    self.backend.clone(),
+                    self.id,
+                    snapshot.last_seq,
+                ));
             }
         }
-        for m in messages_for(&raw, &e) {
-            if !outbox.send(&m).await {
-                return;
-            }
-        }
+        self.set_ready(msgs);
     }
 }
 
-async fn snapshot(state: &AppState, id: JobId) -> Result<Snapshot, String> {
-    let backend = state.backend();
+async fn snapshot(backend: &dyn Backend, id: JobId) -> Result<Snapshot, String> {
     let view = backend.get(id).await.map_err(|e| e.message)?;
     let mut snap = Snapshot {
         last_seq: 0,
@@ -524,6 +733,20 @@ async fn snapshot(state: &AppState, id: JobId) -> Result<Snapshot, String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trims_only_after_a_large_drop() {
+        // A crowd of 10,000 leaving: at half, a quarter... of each peak.
+        assert!(!trim::worth_it(10_000, 5_001));
+        assert!(trim::worth_it(10_000, 5_000));
+        assert!(trim::worth_it(5_000, 2_500));
+        assert!(trim::worth_it(2_500, 1_250));
+        assert!(!trim::worth_it(1_250, 251), "a drop of less than MIN_DROP");
+        assert!(trim::worth_it(1_250, 250));
+        // Small servers and steady states never trim.
+        assert!(!trim::worth_it(900, 0));
+        assert!(!trim::worth_it(3_000, 2_000));
+    }
 
     #[test]
     fn unknown_type_names() {

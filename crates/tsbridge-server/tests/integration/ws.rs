@@ -1,7 +1,8 @@
 //! `GET /v1/ws` over a real socket with a tokio-tungstenite client:
 //! subscribe, progress (all five keys), result, late subscribers (state then
 //! last progress first), cancel, many jobs per connection, error messages,
-//! and a client too slow to read being disconnected.
+//! a client too slow to read being disconnected, unsubscribing from one of
+//! several jobs, and what a repeated subscribe answers.
 
 #![allow(clippy::unwrap_used)]
 
@@ -336,4 +337,76 @@ async fn a_client_that_does_not_read_is_disconnected() {
         !saw_end,
         "the stalled client was cut off before the job's end"
     );
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_one_job_and_not_the_others() {
+    let (state, _) = fake_state(settings());
+    let server = TestServer::start(state).await;
+    let a = submit(&server, "slow", json!({"steps": 6, "ms": 60})).await;
+    let b = submit(&server, "slow", json!({"steps": 6, "ms": 60})).await;
+    let mut ws = open(&server).await;
+    send(&mut ws, json!({"type": "subscribe", "workflowId": a})).await;
+    send(&mut ws, json!({"type": "subscribe", "workflowId": b})).await;
+    // Once `a` has made progress, leave it.
+    loop {
+        let m = next(&mut ws).await;
+        if m["type"] == "progress" && m["workflowId"] == a {
+            break;
+        }
+    }
+    send(&mut ws, json!({"type": "unsubscribe", "workflowId": a})).await;
+    loop {
+        let m = next(&mut ws).await;
+        if m == json!({"type": "unsubscribed", "workflowId": a}) {
+            break;
+        }
+    }
+    // Nothing more of `a` (it runs on), all of `b` to its end.
+    let mut b_result = None;
+    loop {
+        let m = next(&mut ws).await;
+        assert_ne!(m["workflowId"], a, "a message after unsubscribing: {m}");
+        if m["type"] == "result" {
+            b_result = Some(m["data"].clone());
+        }
+        if m["type"] == "state" && m["data"]["state"] == "succeeded" {
+            break;
+        }
+    }
+    assert_eq!(b_result, Some(json!({"steps": 6})));
+}
+
+#[tokio::test]
+async fn a_repeated_subscribe_answers_subscribed_until_the_job_is_over() {
+    let (state, _) = fake_state(settings());
+    let server = TestServer::start(state).await;
+    let id = submit(&server, "hang", json!({})).await;
+    let mut ws = open(&server).await;
+    send(&mut ws, json!({"type": "subscribe", "workflowId": id})).await;
+    let first = until(&mut ws, "state").await;
+    assert_eq!(first[0]["type"], "subscribed");
+    // Live: only `subscribed` again, no second snapshot (the error of the
+    // next message comes right after it).
+    send(&mut ws, json!({"type": "subscribe", "workflowId": id})).await;
+    send(&mut ws, json!({"type": "dance"})).await;
+    let msgs = until(&mut ws, "error").await;
+    let types: Vec<&str> = msgs.iter().filter_map(|m| m["type"].as_str()).collect();
+    assert!(
+        types.ends_with(&["subscribed", "error"]) && !types.contains(&"state"),
+        "{types:?}"
+    );
+    // Cancelled: the subscription ends with `cancelled`...
+    send(&mut ws, json!({"type": "cancel", "workflowId": id})).await;
+    until(&mut ws, "cancelled").await;
+    // ...and subscribing again replays the finished job's snapshot.
+    send(&mut ws, json!({"type": "subscribe", "workflowId": id})).await;
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+    let st = next(&mut ws).await;
+    assert_eq!(
+        (&st["type"], &st["data"]["state"]),
+        (&json!("state"), &json!("cancelled"))
+    );
+    assert_progress_shape(&next(&mut ws).await, &id);
+    assert_eq!(next(&mut ws).await["type"], "cancelled");
 }
