@@ -20,7 +20,7 @@ for buf in default 4096; do
   if [ $buf = default ]; then "$BIN" & else WS_READ_BUFFER=$buf "$BIN" & fi
   SPID=$!
   for _ in $(seq 100); do curl -s -o /dev/null -X POST http://127.0.0.1:8790/v1/jobs && break; sleep 0.1; done
-  echo "== axum baseline, read buffer $buf, $(date -u +%FT%TZ)"
+  echo "== axum baseline, read buffer $buf, $(date -u +%FT%TZ), load: $(cut -d" " -f1-3 /proc/loadavg)"
   NODE_PATH=$WSMOD/node_modules node "$HERE/subscribers.js" --base http://127.0.0.1:8790 --pid "$SPID" \
     --conns "$CONNS" --jobs 1 --hold 5
   stop_server

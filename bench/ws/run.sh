@@ -5,6 +5,7 @@
 # reports the server's RSS before and after (subscribers.js). Loopback only;
 # the server this script starts is stopped on exit (trap).
 # usage: bench/ws/run.sh   env: CONNS (10000) JOBS (1000) HOLD (15 s) TSB (target/release/tsbridge)
+#        SERVER_ENV (extra NAME=VALUE words for the server's environment, e.g. MALLOC_ARENA_MAX=2)
 # Needs: node 20, the `ws` npm package (installed into /tmp/bench-ws-node if missing),
 # a release build (`cargo build --release -p tsbridge`).
 set -uo pipefail
@@ -35,14 +36,15 @@ trap stop_server EXIT
 trap 'stop_server; exit 130' INT TERM
 
 rm -rf "$OUT"/ws.db*
-env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp LANG=C.UTF-8 \
+# shellcheck disable=SC2086 # SERVER_ENV is a list of words
+env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp LANG=C.UTF-8 ${SERVER_ENV:-} \
   prlimit --nofile="$(ulimit -Hn)" "$TSB" serve --config "$HERE/ws.toml" >"$OUT/server.log" 2>&1 &
 SPID=$!
 for _ in $(seq 600); do curl -sf http://127.0.0.1:8789/healthz >/dev/null && break; sleep 0.1; done
 curl -sf http://127.0.0.1:8789/healthz >/dev/null || { tail "$OUT/server.log"; exit 1; }
 sleep 2
 ulimit -n "$(ulimit -Hn)"
-echo "== $(date -u +%FT%TZ) $(uname -r) conns=$CONNS jobs=$JOBS" | tee -a "$OUT/ws.txt"
+echo "== $(date -u +%FT%TZ) $(uname -r) conns=$CONNS jobs=$JOBS server=$TSB ${SERVER_ENV:-}; load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/ws.txt"
 NODE_PATH=$WSMOD/node_modules node "$HERE/subscribers.js" --base http://127.0.0.1:8789 --pid "$SPID" \
   --conns "$CONNS" --jobs "$JOBS" --hold "$HOLD" 2>&1 | tee -a "$OUT/ws.txt"
 rc=${PIPESTATUS[0]}

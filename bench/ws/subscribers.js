@@ -129,5 +129,7 @@ function subscribe(url, jobId) {
   for (const s of subs) if (s) s.ws.terminate();
   await sleep(3000);
   show('server after the subscribers left', mem());
+  await sleep(7000);
+  show('server 10 s after the subscribers left', mem());
   process.exit(ok === CONNS && alive === CONNS ? 0 : 1);
 })().catch((e) => { console.error(e); process.exit(2); });
