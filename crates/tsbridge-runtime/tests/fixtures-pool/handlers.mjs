@@ -1,4 +1,5 @@
 // Pool test handlers (ESM). The behaviour is chosen by params.mode.
+import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 const hoard = [];
@@ -30,6 +31,10 @@ export default async function handler(params, ctx) {
       return { pid: process.pid, held: hoard.length };
     case 'sleep':
       await sleep(params.ms ?? 100);
+      return { pid: process.pid };
+    case 'until-file':
+      // A barrier: busy until the test creates params.file.
+      while (!existsSync(params.file)) await sleep(20);
       return { pid: process.pid };
     default:
       throw new Error(`unknown mode ${params.mode}`);

@@ -36,10 +36,18 @@ fn busy_loop_is_throttled_to_the_quota() {
     let stats = job.cg().stats();
     let used = stats.cpu_usage_ns.expect("cpu usage") as f64 / 1e9;
     let share = used / wall;
+    // The quota is a ceiling the kernel enforces: two busy processes that
+    // could use two cores never get more than half of one (plus one 100 ms
+    // period of slack). Load on the machine can only lower the share.
     assert!(
-        (0.2..=0.7).contains(&share),
+        used <= 0.5 * wall + 0.1,
         "cpu share {share:.2} ({used:.2}s in {wall:.2}s), {stats:?}"
     );
-    assert!(stats.cpu_nr_throttled.unwrap_or(0) > 0, "{stats:?}");
+    assert!(used > 0.0, "{stats:?}");
+    // Where the job got near its quota the kernel throttled it (on a busy
+    // machine the scheduler alone may keep it below).
+    if share >= 0.4 {
+        assert!(stats.cpu_nr_throttled.unwrap_or(0) > 0, "{stats:?}");
+    }
     job.remove();
 }
