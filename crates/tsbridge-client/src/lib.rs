@@ -163,7 +163,8 @@ impl Client {
         let resp = self
             .send(self.request(Method::POST, path).json(req), path)
             .await?;
-        let created = resp.status() == StatusCode::ACCEPTED;
+        let created = resp.status() == StatusCode::ACCEPTED
+            && resp.headers().get("idempotent-replayed").is_none();
         let s: Success<SubmitResponse> = decode(resp, &self.url(path)).await?;
         Ok(Submission {
             job_id: s.data.job_id,

@@ -12,6 +12,10 @@ use tsbridge_proto::api::{JobList, JobView, SubmitRequest, SubmitResponse, Succe
 use crate::backend::ListQuery;
 use crate::errors::ApiError;
 use crate::extract::{ApiJson, job_id};
+
+/// Set on `POST /v1/jobs` answers that name an existing job (idempotency key replay).
+pub const IDEMPOTENT_REPLAYED: header::HeaderName =
+    header::HeaderName::from_static("idempotent-replayed");
 use crate::routes::ok;
 use crate::state::AppState;
 
@@ -27,7 +31,6 @@ pub const MAX_LIMIT: u32 = 500;
     request_body = SubmitRequest,
     responses(
         (status = 202, description = "Accepted: a new job", body = crate::openapi::SubmitEnvelope),
-        (status = 200, description = "The idempotency key named an existing job", body = crate::openapi::SubmitEnvelope),
         (status = 400, description = "Invalid body or parameters", body = tsbridge_proto::api::Failure),
         (status = 403, description = "A path or env name is refused", body = tsbridge_proto::api::Failure),
         (status = 404, description = "No such workflow", body = tsbridge_proto::api::Failure),
@@ -47,13 +50,10 @@ pub async fn submit(
             req.options.unwrap_or_default(),
         )
         .await?;
-    let status = if submitted.existing {
-        StatusCode::OK
-    } else {
-        StatusCode::ACCEPTED
-    };
+    // SPEC: 202 either way; a replay of an idempotency key says so in a
+    // header (as Stripe's `Idempotent-Replayed`) so clients can tell.
     let mut resp = (
-        status,
+        StatusCode::ACCEPTED,
         ok(SubmitResponse {
             job_id: submitted.job_id,
             state: submitted.state,
@@ -62,6 +62,10 @@ pub async fn submit(
         .into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{}", submitted.job_id)) {
         resp.headers_mut().insert(header::LOCATION, v);
+    }
+    if submitted.existing {
+        resp.headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(resp)
 }

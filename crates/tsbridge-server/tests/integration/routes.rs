@@ -125,13 +125,15 @@ async fn submit_get_list_cancel() {
 }
 
 #[tokio::test]
-async fn idempotency_key_returns_the_same_job_with_200() {
+async fn idempotency_key_returns_the_same_job_marked_as_a_replay() {
     let (state, fake) = fake_state(settings());
     let body = r#"{"workflow":"hang","options":{"idempotencyKey":"k-1"}}"#;
     let first = call(&state, "POST", "/v1/jobs", Some(body), None).await;
     assert_eq!(first.status, 202);
+    assert!(first.headers.get("idempotent-replayed").is_none());
     let again = call(&state, "POST", "/v1/jobs", Some(body), None).await;
-    assert_eq!(again.status, 200, "a replay answers 200");
+    assert_eq!(again.status, 202, "a replay answers like the first submit");
+    assert_eq!(again.headers["idempotent-replayed"], "true");
     assert_eq!(first.body["data"]["jobId"], again.body["data"]["jobId"]);
     assert_eq!(fake.job_count(), 1);
 }
