@@ -35,7 +35,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tsbridge_proto::api::ApiErrorBody;
-use tsbridge_proto::{EndReason, ErrorType, EventData, JobEvent, JobId, JobState};
+use tsbridge_proto::{ChildEvent, EndReason, ErrorType, EventData, JobEvent, JobId, JobState};
 
 use crate::bus::Bus;
 use crate::config::{Config, RetryOn, WorkflowConfig};
@@ -1132,6 +1132,20 @@ async fn run_attempt(
             pending.flush(&store, &bus, id, n).await;
         }
     }
+    // A result that no event announced (the whole-stdout JSON fallback, a
+    // pool handler's return value) still reaches event consumers (SSE, the
+    // CLI's `logs`) as a `result` event, before the terminal state.
+    if outcome.succeeded()
+        && !pending.saw_result
+        && let Some(value) = &outcome.result
+    {
+        let value = value.clone();
+        pending.add(
+            id,
+            AttemptEvent::Child(ChildEvent::Result { value }),
+            &mut last_seq,
+        );
+    }
     pending.flush(&store, &bus, id, n).await;
     let _ = done.send(AttemptDone {
         id,
@@ -1147,6 +1161,8 @@ async fn run_attempt(
 struct Pending {
     pid: Option<u32>,
     events: Vec<JobEvent>,
+    /// A `result` event was seen in this attempt.
+    saw_result: bool,
 }
 
 impl Pending {
@@ -1154,6 +1170,7 @@ impl Pending {
         match e {
             AttemptEvent::Started { pid } => self.pid = Some(pid),
             AttemptEvent::Child(ce) => {
+                self.saw_result |= matches!(ce, ChildEvent::Result { .. });
                 *last_seq += 1;
                 self.events.push(JobEvent {
                     seq: *last_seq,

@@ -369,8 +369,9 @@ async fn a_burst_of_concurrent_submits_runs_and_survives_a_reopen() {
                 .iter()
                 .map(|e| e.seq)
                 .collect();
-            // queued, running, 2 x progress, succeeded: no gaps, no duplicates.
-            assert_eq!(seqs, vec![1, 2, 3, 4, 5], "{id}");
+            // queued, running, 2 x progress, result, succeeded: no gaps, no
+            // duplicates.
+            assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6], "{id}");
         } else {
             // Not started before the shutdown: still queued, runs after a restart.
             assert_eq!(r.state, JobState::Queued, "{id}");

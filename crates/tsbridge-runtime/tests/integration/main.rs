@@ -29,6 +29,7 @@ mod pool_typescript;
 mod pool_warmup;
 mod queue_limit;
 mod recovery;
+mod result_event;
 mod retry;
 mod shutdown;
 mod slow_subscriber;
