@@ -149,8 +149,12 @@ pub(super) enum Applied {
 
 type Ack = oneshot::Sender<Result<Applied, StoreError>>;
 
+// Nearly every message is an `Op`: boxing it would add an allocation per
+// write to save channel-slot bytes on the rare `Close`.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
-    Op(Op, Ack),
+    /// Boxed: an operation is large, and the channel holds up to 4 096.
+    Op(Box<Op>, Ack),
     /// Write what came before, close the connection, stop.
     Close(oneshot::Sender<()>),
 }
@@ -198,7 +202,7 @@ impl WriterHandle {
         let name = op.name();
         let (ack, done) = oneshot::channel();
         self.tx
-            .send(Msg::Op(op, ack))
+            .send(Msg::Op(Box::new(op), ack))
             .await
             .map_err(|_| closed(name))?;
         // A dropped ack means the writer stopped before answering: the
@@ -238,7 +242,7 @@ impl Writer {
                 },
             };
             let (op, ack) = match first {
-                Msg::Op(op, ack) => (op, ack),
+                Msg::Op(op, ack) => (*op, ack),
                 Msg::Close(done) => {
                     self.close().await;
                     let _ = done.send(());
@@ -253,7 +257,7 @@ impl Writer {
                 match self.rx.try_recv() {
                     Ok(Msg::Op(op, ack)) => {
                         events += op.event_count();
-                        ops.push(op);
+                        ops.push(*op);
                         acks.push(ack);
                     }
                     Ok(close @ Msg::Close(_)) => {
