@@ -149,9 +149,6 @@ pub(super) enum Applied {
 
 type Ack = oneshot::Sender<Result<Applied, StoreError>>;
 
-// Nearly every message is an `Op`: boxing it would add an allocation per
-// write to save channel-slot bytes on the rare `Close`.
-#[allow(clippy::large_enum_variant)]
 enum Msg {
     /// Boxed: an operation is large, and the channel holds up to 4 096.
     Op(Box<Op>, Ack),
