@@ -184,113 +184,126 @@ impl Conn {
     }
 }
 
-async fn connection(state: AppState, socket: WebSocket) {
-    // Declared first, dropped last: after everything the connection held.
-    let _open = trim::Open::start();
-    let settings = state.settings();
-    let keepalive = settings.keepalive.max(Duration::from_millis(100));
-    let slow_after = settings.ws_slow_after;
+/// Not an `async fn`: its future would hold its arguments twice (as
+/// arguments and as the locals they are moved into), and every idle
+/// connection holds this future; an `async move` block uses what it
+/// captured in place.
+fn connection(state: AppState, socket: WebSocket) -> impl Future<Output = ()> + Send {
     let mut conn = Conn {
         socket,
         queue: VecDeque::new(),
-        limit: settings.ws_send_buffer.max(8),
+        limit: state.settings().ws_send_buffer.max(8),
         unflushed: false,
         subs: StreamMap::new(),
         cancels: Vec::new(),
     };
-    let shutdown = state.shutdown_token().clone();
-    let shutdown = shutdown.cancelled();
-    let ping = tokio::time::sleep(keepalive);
-    // Armed while the queue is full.
-    let slow = tokio::time::sleep(slow_after);
-    tokio::pin!(shutdown, ping, slow);
-    let mut slow_armed = false;
-    let mut last_heard = Instant::now();
+    let open = trim::Open::start();
+    async move {
+        // Dropped last: after everything the connection held.
+        let _open = open;
+        let settings = state.settings();
+        let keepalive = settings.keepalive.max(Duration::from_millis(100));
+        let slow_after = settings.ws_slow_after;
+        // The timers live in this block only: the future's final flush below
+        // reuses their room (every idle connection holds this future).
+        let was_slow = {
+            let shutdown = state.shutdown_token().cancelled();
+            let ping = tokio::time::sleep(keepalive);
+            // Armed while the queue is full.
+            let slow = tokio::time::sleep(slow_after);
+            tokio::pin!(shutdown, ping, slow);
+            let mut slow_armed = false;
+            let mut last_heard = Instant::now();
 
-    let was_slow = loop {
-        let wake = poll_fn(|cx| {
-            if shutdown.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Wake::Shutdown);
-            }
             loop {
-                let stopped_full = conn.poll_fill(cx);
-                let before = conn.queue.len();
-                if conn.poll_write(cx).is_err() {
-                    return Poll::Ready(Wake::Broken);
-                }
-                // Go on only if the queue was full and the socket took some.
-                if !(stopped_full && conn.queue.len() < before) {
-                    break;
-                }
-            }
-            if conn.full() {
-                if !slow_armed {
-                    slow_armed = true;
-                    slow.as_mut()
-                        .reset(tokio::time::Instant::now() + slow_after);
-                }
-                if slow.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Wake::Slow);
-                }
-            } else {
-                slow_armed = false;
-                // Backpressure: the client's messages are read only while
-                // their answers have room.
-                if let Poll::Ready(msg) = conn.socket.poll_next_unpin(cx) {
-                    return Poll::Ready(Wake::Incoming(msg));
-                }
-            }
-            if ping.as_mut().poll(cx).is_ready() {
-                ping.as_mut().reset(tokio::time::Instant::now() + keepalive);
-                return Poll::Ready(Wake::Ping);
-            }
-            Poll::Pending
-        })
-        .await;
-        match wake {
-            Wake::Shutdown => break false,
-            Wake::Broken => return,
-            Wake::Slow => break true,
-            Wake::Ping => {
-                if last_heard.elapsed() > keepalive * 3 {
-                    tracing::debug!("websocket client stopped answering pings");
-                    break false;
-                }
-                conn.queue.push_back(Message::Ping(Default::default()));
-            }
-            Wake::Incoming(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break false,
-            Wake::Incoming(Some(Ok(msg))) => {
-                last_heard = Instant::now();
-                match msg {
-                    // Boxed: its future is large and only lives while a
-                    // message is handled, not in every idle connection.
-                    Message::Text(text) => {
-                        Box::pin(on_text(&state, &mut conn, text.as_str())).await
+                let wake = poll_fn(|cx| {
+                    if shutdown.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Shutdown);
                     }
-                    Message::Binary(_) => conn.error("Invalid JSON message"),
-                    _ => {}
+                    loop {
+                        let stopped_full = conn.poll_fill(cx);
+                        let before = conn.queue.len();
+                        if conn.poll_write(cx).is_err() {
+                            return Poll::Ready(Wake::Broken);
+                        }
+                        // Go on only if the queue was full and the socket took some.
+                        if !(stopped_full && conn.queue.len() < before) {
+                            break;
+                        }
+                    }
+                    if conn.full() {
+                        if !slow_armed {
+                            slow_armed = true;
+                            slow.as_mut()
+                                .reset(tokio::time::Instant::now() + slow_after);
+                        }
+                        if slow.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Wake::Slow);
+                        }
+                    } else {
+                        slow_armed = false;
+                        // Backpressure: the client's messages are read only while
+                        // their answers have room.
+                        if let Poll::Ready(msg) = conn.socket.poll_next_unpin(cx) {
+                            return Poll::Ready(Wake::Incoming(msg));
+                        }
+                    }
+                    if ping.as_mut().poll(cx).is_ready() {
+                        ping.as_mut().reset(tokio::time::Instant::now() + keepalive);
+                        return Poll::Ready(Wake::Ping);
+                    }
+                    Poll::Pending
+                })
+                .await;
+                match wake {
+                    Wake::Shutdown => break false,
+                    Wake::Broken => return,
+                    Wake::Slow => break true,
+                    Wake::Ping => {
+                        if last_heard.elapsed() > keepalive * 3 {
+                            tracing::debug!("websocket client stopped answering pings");
+                            break false;
+                        }
+                        conn.queue.push_back(Message::Ping(Default::default()));
+                    }
+                    Wake::Incoming(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => {
+                        break false;
+                    }
+                    Wake::Incoming(Some(Ok(msg))) => {
+                        last_heard = Instant::now();
+                        match msg {
+                            // Boxed: its future (a few hundred bytes) lives only
+                            // while a message is handled, not in every idle
+                            // connection.
+                            Message::Text(text) => {
+                                Box::pin(on_text(&state, &mut conn, text.as_str())).await
+                            }
+                            Message::Binary(_) => conn.error("Invalid JSON message"),
+                            _ => {}
+                        }
+                    }
                 }
             }
-        }
-    };
+        };
 
-    conn.subs = StreamMap::new();
-    if was_slow {
-        // The client does not read: do not wait on it.
-        tracing::info!("websocket client too slow: disconnected");
-        metrics::counter!("tsbridge_ws_slow_disconnects_total").increment(1);
-        return;
+        conn.subs = StreamMap::new();
+        if was_slow {
+            // The client does not read: do not wait on it.
+            tracing::info!("websocket client too slow: disconnected");
+            metrics::counter!("tsbridge_ws_slow_disconnects_total").increment(1);
+            return;
+        }
+        let reason = if state.shutdown_token().is_cancelled() {
+            (close_code::AWAY, "server shutting down")
+        } else {
+            (close_code::NORMAL, "")
+        };
+        conn.queue.push_back(Message::Close(Some(CloseFrame {
+            code: reason.0,
+            reason: reason.1.into(),
+        })));
+        let _ = tokio::time::timeout(FLUSH_ON_CLOSE, Box::pin(conn.flush_and_close())).await;
     }
-    let reason = if state.shutdown_token().is_cancelled() {
-        (close_code::AWAY, "server shutting down")
-    } else {
-        (close_code::NORMAL, "")
-    };
-    conn.queue.push_back(Message::Close(Some(CloseFrame {
-        code: reason.0,
-        reason: reason.1.into(),
-    })));
-    let _ = tokio::time::timeout(FLUSH_ON_CLOSE, Box::pin(conn.flush_and_close())).await;
 }
 
 /// Giving memory back to the OS after many connections closed. glibc's
