@@ -2,7 +2,7 @@
 # The same 10,000 idle subscribers against a bare axum WebSocket server
 # (bench/ws/axum-baseline): how much of tsbridge's per-connection memory is
 # axum/tungstenite's own, with tungstenite's default 128 KiB read buffer and
-# with a 4 KiB one. Loopback only; the server is stopped on exit.
+# with 4 KiB and 1 KiB ones (tsbridge uses 1 KiB). Loopback only; the server is stopped on exit.
 # usage: bench/ws/run-baseline.sh   env: CONNS (10000)
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -16,7 +16,7 @@ SPID=""
 stop_server() { [ -n "$SPID" ] && kill "$SPID" 2>/dev/null && wait "$SPID" 2>/dev/null; SPID=""; }
 trap stop_server EXIT
 ulimit -n "$(ulimit -Hn)"
-for buf in default 4096; do
+for buf in default 4096 1024; do
   if [ $buf = default ]; then "$BIN" & else WS_READ_BUFFER=$buf "$BIN" & fi
   SPID=$!
   for _ in $(seq 100); do curl -s -o /dev/null -X POST http://127.0.0.1:8790/v1/jobs && break; sleep 0.1; done

@@ -35,7 +35,9 @@ stop_server() {
 trap stop_server EXIT
 trap 'stop_server; exit 130' INT TERM
 
-rm -rf "$OUT"/ws.db*
+# A fresh store every run (jobs left by an earlier run would be recovered).
+DB=$(sed -n 's|^url = "sqlite://\(.*\)"$|\1|p' "$HERE/ws.toml")
+[ -n "$DB" ] && rm -f -- "$DB" "$DB"-*
 # shellcheck disable=SC2086 # SERVER_ENV is a list of words
 env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp LANG=C.UTF-8 ${SERVER_ENV:-} \
   prlimit --nofile="$(ulimit -Hn)" "$TSB" serve --config "$HERE/ws.toml" >"$OUT/server.log" 2>&1 &
