@@ -420,3 +420,14 @@ fn rlimit_keys_are_read_and_checked() {
         "{issues:?}"
     );
 }
+
+#[test]
+fn a_postgres_store_is_refused_with_its_key_and_line() {
+    let f = Fixture::new();
+    let issues = f.issues("[store]\nurl = \"postgres://db.example/tsbridge\"\n");
+    assert!(has(&issues, "store.url", 2), "{issues:?}");
+    assert!(
+        issues.iter().any(|i| i.message.contains("PostgreSQL")),
+        "{issues:?}"
+    );
+}
