@@ -195,7 +195,7 @@ fn default_message(view: &JobView) -> String {
         (_, Some(EndReason::Signaled)) => match view.signal {
             Some(s) => format!(
                 "job {id} was killed by signal {}",
-                signal_name(s).map_or_else(|| s.to_string(), str::to_owned)
+                tsbridge_proto::api::describe_signal(s)
             ),
             None => format!("job {id} was killed by a signal"),
         },
