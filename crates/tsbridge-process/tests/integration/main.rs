@@ -25,6 +25,5 @@ mod shutdown_all;
 mod signal_death;
 mod spawn_errors;
 mod timeout_kills_tree;
-mod timeout_kills_tree_no_subreaper;
 mod transpile_location;
 mod typescript;

@@ -1,6 +1,10 @@
 //! A timeout ends a SIGTERM-ignoring leader, its SIGTERM-ignoring grandchild
-//! and a setsid-escaped double-fork daemon, with tsbridge as child subreaper:
-//! nothing of the job is alive afterwards, and the reason is Timeout.
+//! and a setsid-escaped double-fork daemon: nothing of the job is alive
+//! afterwards, and the reason is Timeout. Twice: with tsbridge as child
+//! subreaper, and without it (init_supervisor not called: the daemon then
+//! lives under PID 1 and the terminator falls back to a full /proc scan for
+//! the job's marker). nextest runs each test in its own process, so the
+//! subreaper of one never leaks into the other.
 
 use crate::common;
 
@@ -13,6 +17,15 @@ use tsbridge_proto::EndReason;
 async fn timeout_kills_whole_tree_including_setsid_escapee() {
     let info = init_supervisor().expect("subreaper");
     assert!(info.subreaper);
+    timeout_kills_the_tree().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_kills_whole_tree_without_subreaper() {
+    timeout_kills_the_tree().await;
+}
+
+async fn timeout_kills_the_tree() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("pids.json");
     let grace = Duration::from_millis(500);
