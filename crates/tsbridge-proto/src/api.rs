@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::event::Progress;
 use crate::ids::JobId;
 use crate::job::{EndReason, JobState};
-use crate::units::DurationSpec;
+use crate::units::{ByteSize, DurationSpec};
 
 /// The error types of the API, each with its HTTP status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -123,6 +123,12 @@ pub struct JobOptions {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub timeout: Option<DurationSpec>,
+    /// Bytes, or a string such as "256MiB": lowers the workflow's memory
+    /// limit for this job (never raises it). Spawn mode only: a pool's warm
+    /// workers share the limit of the config.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub memory: Option<ByteSize>,
     #[serde(default)]
     pub priority: Option<i32>,
     /// Only names the workflow's `env.request` allows.
@@ -638,5 +644,17 @@ mod tests {
             serde_json::from_str(r#"{"parameters":{},"options":{"timeout":"2s"}}"#).unwrap();
         assert_eq!(r.options.unwrap().timeout.unwrap().0.as_secs(), 2);
         assert!(serde_json::from_str::<ExecuteRequest>(r#"{"parameters":{},"bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn request_memory_in_bytes_or_string() {
+        let r: SubmitRequest =
+            serde_json::from_str(r#"{"workflow":"w","options":{"memory":"64MiB"}}"#).unwrap();
+        assert_eq!(r.options.unwrap().memory, Some(ByteSize(64 << 20)));
+        let r: ExecuteRequest = serde_json::from_str(r#"{"options":{"memory":1048576}}"#).unwrap();
+        assert_eq!(r.options.unwrap().memory, Some(ByteSize(1 << 20)));
+        let bad = serde_json::from_str::<ExecuteRequest>(r#"{"options":{"memory":"lots"}}"#);
+        assert!(bad.unwrap_err().to_string().contains("lots"));
+        assert!(serde_json::from_str::<ExecuteRequest>(r#"{"options":{"memory":-1}}"#).is_err());
     }
 }

@@ -35,10 +35,12 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tsbridge_proto::api::ApiErrorBody;
-use tsbridge_proto::{ChildEvent, EndReason, ErrorType, EventData, JobEvent, JobId, JobState};
+use tsbridge_proto::{
+    ByteSize, ChildEvent, EndReason, ErrorType, EventData, JobEvent, JobId, JobState,
+};
 
 use crate::bus::Bus;
-use crate::config::{Config, RetryOn, WorkflowConfig};
+use crate::config::{Config, Mode, RetryOn, WorkflowConfig};
 use crate::errors::{RuntimeError, StoreError};
 use crate::executor::{
     AttemptEvent, AttemptIo, AttemptOutcome, AttemptRequest, Executor, ProcessControl,
@@ -526,7 +528,7 @@ impl Dispatcher {
         let req = AttemptRequest {
             job_id: id,
             attempt: n,
-            workflow: wf.clone(),
+            workflow: with_request_limits(&wf, &job.request),
             params: job.params.clone(),
             request_env: job.request.env.clone(),
             timeout,
@@ -948,6 +950,24 @@ async fn sleep_until(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The workflow an attempt runs under: the configured one, with the limits
+/// its request lowered (a spawn-mode `memory`; the config stays the ceiling,
+/// even if it changed since the job was stored).
+fn with_request_limits(wf: &Arc<WorkflowConfig>, request: &StoredRequest) -> Arc<WorkflowConfig> {
+    match request.memory_bytes {
+        Some(asked) if wf.mode == Mode::Spawn => {
+            let ceiling = wf.limits.memory.map(|m| m.bytes());
+            if ceiling.is_some_and(|c| c <= asked) {
+                return wf.clone();
+            }
+            let mut lowered = WorkflowConfig::clone(wf);
+            lowered.limits.memory = Some(ByteSize(asked));
+            Arc::new(lowered)
+        }
+        _ => wf.clone(),
     }
 }
 

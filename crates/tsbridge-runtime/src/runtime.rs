@@ -237,6 +237,7 @@ impl Runtime {
             Some(t) => Some(t.0.min(wf.timeout)),
             None => None,
         };
+        let memory = request_memory(wf, options.memory)?;
         if let Some(k) = &options.idempotency_key
             && (k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY)
         {
@@ -252,6 +253,7 @@ impl Runtime {
             params: parameters,
             request: StoredRequest {
                 timeout_ms: timeout.map(|t| t.as_millis() as u64),
+                memory_bytes: memory,
                 env,
             },
             idempotency_key: options.idempotency_key.clone(),
@@ -505,6 +507,45 @@ fn host_secrets(config: &Config) -> HostSecrets {
         TokenSpec::Sha256(_) => None,
     });
     HostSecrets::from_process_env(tokens.collect::<Vec<_>>())
+}
+
+/// The smallest memory limit a request may ask for: below it a number was
+/// almost certainly meant in another unit (a bare number is bytes).
+const MIN_REQUEST_MEMORY: u64 = 1 << 20;
+
+/// A request's `memory` option: the effective limit in bytes, the smaller of
+/// the request's and the workflow's (the config is the ceiling). A pool
+/// workflow's warm workers share the limit of the config, so a request can
+/// not lower it there: refused rather than silently ignored.
+fn request_memory(
+    wf: &WorkflowConfig,
+    asked: Option<tsbridge_proto::ByteSize>,
+) -> Result<Option<u64>, RuntimeError> {
+    let Some(asked) = asked else {
+        return Ok(None);
+    };
+    if asked.bytes() < MIN_REQUEST_MEMORY {
+        return Err(RuntimeError::BadRequest(format!(
+            "memory must be at least 1MiB (a number is bytes; write \"{}MiB\" for mebibytes)",
+            asked.bytes()
+        )));
+    }
+    let ceiling = wf.limits.memory.map(|m| m.bytes());
+    let effective = ceiling.map_or(asked.bytes(), |c| c.min(asked.bytes()));
+    if wf.mode == Mode::Pool && Some(effective) != ceiling {
+        return Err(RuntimeError::BadRequest(format!(
+            "memory cannot be lowered for the pool workflow {}: its warm workers share the limit of the config ({})",
+            wf.name,
+            wf.limits
+                .memory
+                .map_or_else(|| "none".to_owned(), |m| m.to_string())
+        )));
+    }
+    if wf.mode == Mode::Pool {
+        // Asked for the pool's own limit or more: nothing to lower.
+        return Ok(None);
+    }
+    Ok(Some(effective))
 }
 
 /// Path parameters must resolve (after symlinks, component-wise) inside

@@ -31,6 +31,10 @@ pub struct StoredRequest {
     /// The request's timeout (already capped by the workflow's), in ms.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// The request's memory limit (already capped by the workflow's), in
+    /// bytes. Absent in rows written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
     /// The request's own environment variables (validated at submit).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -39,6 +43,22 @@ pub struct StoredRequest {
 impl StoredRequest {
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout_ms.map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoredRequest;
+
+    #[test]
+    fn a_request_stored_before_the_memory_option_still_reads() {
+        let old: StoredRequest =
+            serde_json::from_str(r#"{"timeoutMs":1500,"env":{"A":"b"}}"#).unwrap();
+        assert_eq!(old.memory_bytes, None);
+        assert_eq!(old.timeout_ms, Some(1500));
+        // And a request without it is written as before.
+        let json = serde_json::to_string(&StoredRequest::default()).unwrap();
+        assert!(!json.contains("memory"), "{json}");
     }
 }
 

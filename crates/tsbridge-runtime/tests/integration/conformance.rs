@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use common::*;
 use serde_json::{Value, json};
-use tsbridge_proto::api::JobView;
+use tsbridge_proto::api::{JobOptions, JobView};
 use tsbridge_proto::{EndReason, ErrorType, JobId, JobState};
 use tsbridge_runtime::{Runtime, RuntimeOptions};
 use tsbridge_sandbox::{Sandbox, SandboxConfig};
@@ -256,4 +256,84 @@ async fn path_params_may_name_read_and_write_entries() {
                 .expect_err("outside every allowed root");
         assert_eq!(e.error_type(), ErrorType::SecurityError, "{p}: {e}");
     }
+}
+
+async fn run_opts(rt: &Runtime, workflow: &str, params: Value, opts: JobOptions) -> JobView {
+    let s = rt.submit(workflow, params, opts).await.expect("submit");
+    tokio::time::timeout(SOON, rt.wait(s.job_id))
+        .await
+        .expect("in time")
+        .expect("wait")
+}
+
+fn memory(m: &str) -> JobOptions {
+    JobOptions {
+        memory: Some(m.parse().expect("size")),
+        ..JobOptions::default()
+    }
+}
+
+/// SPEC §4: a request may lower the workflow's memory limit, never raise it.
+#[tokio::test]
+async fn a_request_lowers_the_memory_limit_but_never_raises_it() {
+    let Some((rt, _dir)) = start_sandboxed(&probe(
+        "mem",
+        "limits = { memory = \"384MiB\", degraded = true }",
+    ))
+    .await
+    else {
+        return;
+    };
+    // 128 MiB fit the workflow's own 384 MiB.
+    let v = run(&rt, "mem", json!({"allocMiB": 128})).await;
+    assert_eq!(v.state, JobState::Succeeded, "{v:?}");
+    assert_eq!(v.result, Some(json!({"allocated": 128})));
+
+    // The same job with the request's 48 MiB hits the limit.
+    let v = run_opts(&rt, "mem", json!({"allocMiB": 128}), memory("48MiB")).await;
+    assert_eq!(v.state, JobState::Failed, "{v:?}");
+    assert_eq!(v.reason, Some(EndReason::MemoryLimit), "{v:?}");
+    assert_eq!(
+        v.error.as_ref().map(|e| e.kind),
+        Some(ErrorType::ResourceLimitError)
+    );
+
+    // Asking for more than the config's 384 MiB changes nothing: 640 MiB
+    // still ends at the workflow's limit.
+    let v = run_opts(&rt, "mem", json!({"allocMiB": 640}), memory("4GiB")).await;
+    assert_eq!(v.reason, Some(EndReason::MemoryLimit), "{v:?}");
+}
+
+#[tokio::test]
+async fn a_memory_option_that_cannot_apply_is_refused_and_stores_nothing() {
+    let h = start(&format!(
+        "{}[workflows.pooled]\nroot = \"{}\"\nscript = \"handler.mjs\"\nruntime = \"node\"\nmode = \"pool\"\npool = {{ min = 1, max = 1 }}\nlimits = {{ memory = \"256MiB\", degraded = true }}\n",
+        probe("mem", "limits = { memory = \"384MiB\", degraded = true }"),
+        fixtures().display()
+    ))
+    .await;
+    let refused = |r: Result<tsbridge_runtime::Submitted, tsbridge_runtime::RuntimeError>| {
+        let e = r.expect_err("refused");
+        assert_eq!(e.error_type(), ErrorType::ValidationError, "{e}");
+        e.to_string()
+    };
+    // A bare number is bytes: 512 is almost surely a unit mistake.
+    let e = refused(h.rt.submit("mem", json!({}), memory("512")).await);
+    assert!(e.contains("at least 1MiB"), "{e}");
+    // A pool's warm workers share the config's limit: it cannot be lowered.
+    let e = refused(h.rt.submit("pooled", json!({}), memory("64MiB")).await);
+    assert!(e.contains("pool workflow pooled"), "{e}");
+    let jobs = h.rt.list(Default::default()).await.expect("list");
+    assert!(jobs.jobs.is_empty(), "nothing stored: {:?}", jobs.jobs);
+
+    // Its own limit or more is no change, and accepted.
+    let s =
+        h.rt.submit("pooled", json!({"value": 1}), memory("1GiB"))
+            .await
+            .expect("accepted");
+    let v = tokio::time::timeout(SOON, h.rt.wait(s.job_id))
+        .await
+        .expect("in time")
+        .expect("wait");
+    assert_eq!(v.state, JobState::Succeeded, "{v:?}");
 }

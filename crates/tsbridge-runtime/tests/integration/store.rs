@@ -47,6 +47,7 @@ fn new_job(workflow: &str, priority: i32, key: Option<&str>) -> NewJob {
         params: json!({"n": 1}),
         request: StoredRequest {
             timeout_ms: Some(1500),
+            memory_bytes: Some(64 << 20),
             env: [("A".to_owned(), "b".to_owned())].into(),
         },
         idempotency_key: key.map(str::to_owned),
@@ -84,6 +85,7 @@ async fn insert_get_and_idempotency() {
     assert_eq!(j.state, JobState::Queued);
     assert_eq!(j.params, json!({"n": 1}));
     assert_eq!(j.request.timeout_ms, Some(1500));
+    assert_eq!(j.request.memory_bytes, Some(64 << 20));
     assert_eq!(j.request.env["A"], "b");
     assert_eq!(j.last_seq, 1);
     assert_eq!(j.max_attempts, 2);

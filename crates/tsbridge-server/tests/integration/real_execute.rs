@@ -113,6 +113,20 @@ async fn refused_requests_are_400_403_404_503_and_run_nothing() {
     .await;
     assert_failure(&a, 403, "SecurityError");
 
+    // SPEC §4's memory option: a bare number is bytes, 512 is refused.
+    for memory in [json!(512), json!("lots")] {
+        let body = json!({"parameters": {}, "options": {"memory": memory}}).to_string();
+        let a = call(
+            &r.state,
+            "POST",
+            "/workflow/work/execute",
+            Some(&body),
+            None,
+        )
+        .await;
+        assert_failure(&a, 400, "ValidationError");
+    }
+
     let a = call(
         &r.state,
         "POST",
