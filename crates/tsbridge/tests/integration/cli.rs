@@ -1,8 +1,6 @@
 //! The CLI as a user drives it (SPEC §6): the built `tsbridge` binary on the
 //! repository's fixtures, and for `jobs` a real `tsbridge serve`.
 
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,9 @@
+//! Integration tests of the `tsbridge` binary, one module per behaviour,
+//! linked into one test binary (one link instead of one per file: CI time
+//! and disk). They drive the built binary (`CARGO_BIN_EXE_tsbridge`) as a
+//! user does. Run them with `cargo nextest run -p tsbridge`.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod cli;
+mod crash_recovery;
