@@ -12,23 +12,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use tsbridge_process::run;
-use tsbridge_process::runtime::{Invocation, RuntimeSearch, Via, resolve, resolve_for_spawn};
+use tsbridge_process::runtime::{Invocation, Via, resolve, resolve_for_spawn};
 use tsbridge_process::transpile::TranspileCache;
 
-fn search() -> RuntimeSearch {
-    RuntimeSearch {
-        extra_node_modules: vec![common::repo_root().join("node_modules")],
-        node: common::node(),
-    }
-}
-
 fn have_runners() -> bool {
-    let nm = common::repo_root().join("node_modules");
-    let ok = nm.join("tsx/dist/loader.mjs").is_file() && nm.join("esbuild/lib/main.js").is_file();
-    if !ok {
-        eprintln!("SKIP: no tsx or esbuild under {nm:?} (run `make setup`)");
-    }
-    ok
+    common::have_node_modules(&["tsx/dist/loader.mjs", "esbuild/lib/main.js"])
 }
 
 fn cache_in(dir: &Path) -> TranspileCache {
@@ -131,7 +119,7 @@ async fn location_values_are_the_original_files_from_the_cache() {
     settle();
 
     // tsx is the reference.
-    let tsx = resolve(&script, None, &search()).unwrap();
+    let tsx = resolve(&script, None, &common::search()).unwrap();
     let by_tsx = run_inv(&tsx, &elsewhere, &[]).await;
     assert_eq!(by_tsx, expected(&root), "under tsx");
 
@@ -140,7 +128,7 @@ async fn location_values_are_the_original_files_from_the_cache() {
         let cache = cache.clone();
         let elsewhere = elsewhere.clone();
         async move {
-            let inv = resolve_for_spawn(&script, None, &search(), Some(&cache)).unwrap();
+            let inv = resolve_for_spawn(&script, None, &common::search(), Some(&cache)).unwrap();
             match &inv.via {
                 Via::TranspileCache { rebuilt, bundle } => {
                     assert_eq!(*rebuilt, expect_rebuilt, "rebuilt");
@@ -166,7 +154,13 @@ async fn location_values_are_the_original_files_from_the_cache() {
     let moved = work_path.join("moved");
     copy_tree(&root, &moved);
     settle();
-    let inv = resolve_for_spawn(&moved.join("app/main.ts"), None, &search(), Some(&cache)).unwrap();
+    let inv = resolve_for_spawn(
+        &moved.join("app/main.ts"),
+        None,
+        &common::search(),
+        Some(&cache),
+    )
+    .unwrap();
     assert!(
         matches!(inv.via, Via::TranspileCache { rebuilt: true, .. }),
         "{:?}",
@@ -197,7 +191,7 @@ async fn refused_entry_falls_back_to_tsx_and_is_not_rebuilt_until_it_changes() {
         let cache = cache.clone();
         let src = src.clone();
         async move {
-            let inv = resolve_for_spawn(&script, None, &search(), Some(&cache)).unwrap();
+            let inv = resolve_for_spawn(&script, None, &common::search(), Some(&cache)).unwrap();
             match &inv.via {
                 Via::TsxFallback { why } => assert!(why.contains(want), "{why}"),
                 other => panic!("not refused: {other:?}"),
@@ -247,7 +241,7 @@ async fn refused_entry_falls_back_to_tsx_and_is_not_rebuilt_until_it_changes() {
     )
     .unwrap();
     settle();
-    let inv = resolve_for_spawn(&script, None, &search(), Some(&cache)).unwrap();
+    let inv = resolve_for_spawn(&script, None, &common::search(), Some(&cache)).unwrap();
     assert!(
         matches!(inv.via, Via::TranspileCache { rebuilt: true, .. }),
         "{:?}",
@@ -263,8 +257,7 @@ async fn refused_entry_falls_back_to_tsx_and_is_not_rebuilt_until_it_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_app_data_analysis_runs_from_the_cache() {
     let app = common::repo_root().join("examples/omega-workflow");
-    if !have_runners() || !app.join("node_modules/pngjs").is_dir() {
-        eprintln!("SKIP: examples/omega-workflow has no node_modules (run `make setup`)");
+    if !have_runners() || !common::have_node_modules_in("examples/omega-workflow", &["pngjs"]) {
         return;
     }
     let work = tempfile::tempdir().unwrap();
@@ -279,14 +272,14 @@ async fn example_app_data_analysis_runs_from_the_cache() {
         "--output-format",
         "json",
     ];
-    let inv = resolve_for_spawn(&script, None, &search(), Some(&cache)).unwrap();
+    let inv = resolve_for_spawn(&script, None, &common::search(), Some(&cache)).unwrap();
     assert!(
         matches!(inv.via, Via::TranspileCache { .. }),
         "{:?}",
         inv.via
     );
     let cached = run_inv(&inv, &work_path, &args).await;
-    let tsx = resolve(&script, None, &search()).unwrap();
+    let tsx = resolve(&script, None, &common::search()).unwrap();
     let by_tsx = run_inv(&tsx, &work_path, &args).await;
     assert_eq!(cached, by_tsx);
     assert!(cached["rows"].as_u64().unwrap() > 0, "{cached}");

@@ -7,23 +7,11 @@ use crate::common;
 use std::path::PathBuf;
 
 use tsbridge_process::run;
-use tsbridge_process::runtime::{RuntimeKind, RuntimeSearch, Via, resolve, resolve_for_spawn};
+use tsbridge_process::runtime::{RuntimeKind, Via, resolve, resolve_for_spawn};
 use tsbridge_process::transpile::TranspileCache;
 
-fn search() -> RuntimeSearch {
-    RuntimeSearch {
-        extra_node_modules: vec![common::repo_root().join("node_modules")],
-        node: common::node(),
-    }
-}
-
 fn have_runners() -> bool {
-    let nm = common::repo_root().join("node_modules");
-    let ok = nm.join("tsx/dist/loader.mjs").is_file();
-    if !ok {
-        eprintln!("SKIP: no tsx under {nm:?} (run `make setup`)");
-    }
-    ok
+    common::have_node_modules(&["tsx/dist/loader.mjs"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,7 +20,7 @@ async fn hello_ts_runs_under_tsx() {
         return;
     }
     let script = common::fixture("ts/hello.ts");
-    let inv = resolve(&script, None, &search()).unwrap();
+    let inv = resolve(&script, None, &common::search()).unwrap();
     assert_eq!(inv.runtime, RuntimeKind::Tsx);
     assert_eq!(inv.program, common::node());
     assert_eq!(inv.args[0], "--import");
@@ -81,7 +69,7 @@ async fn transpile_cache_runs_plain_node_and_invalidates_on_change() {
         let script = script.clone();
         let cache = cache.clone();
         async move {
-            let inv = resolve_for_spawn(&script, None, &search(), Some(&cache)).unwrap();
+            let inv = resolve_for_spawn(&script, None, &common::search(), Some(&cache)).unwrap();
             match &inv.via {
                 Via::TranspileCache { rebuilt, bundle } => {
                     if let Some(expect) = expect_rebuilt {
@@ -158,7 +146,7 @@ fn bundle_using_import_meta_otherwise_falls_back_to_tsx() {
     // import.meta cannot be.
     let script = work.path().join("where.ts");
     std::fs::write(&script, "const m: object = import.meta; console.log(m);\n").unwrap();
-    let inv = resolve_for_spawn(&script, None, &search(), Some(&cache)).unwrap();
+    let inv = resolve_for_spawn(&script, None, &common::search(), Some(&cache)).unwrap();
     assert!(matches!(inv.via, Via::TsxFallback { .. }), "{:?}", inv.via);
     assert_eq!(inv.args[0], "--import");
 }
@@ -172,7 +160,7 @@ fn ts_node_uses_the_register_hook() {
     let inv = resolve(
         &script,
         Some(RuntimeKind::TsNode { type_check: false }),
-        &search(),
+        &common::search(),
     )
     .unwrap();
     assert_eq!(inv.args[0], "-r");
@@ -184,7 +172,7 @@ fn ts_node_uses_the_register_hook() {
     let inv = resolve(
         &script,
         Some(RuntimeKind::TsNode { type_check: true }),
-        &search(),
+        &common::search(),
     )
     .unwrap();
     assert!(

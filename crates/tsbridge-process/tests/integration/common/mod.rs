@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use tsbridge_process::runtime::RuntimeSearch;
 use tsbridge_process::{JobSpec, JobSpecBuilder};
 
 pub fn repo_root() -> PathBuf {
@@ -24,6 +25,38 @@ pub fn node() -> PathBuf {
 }
 
 /// The environment the tests give children: just PATH and HOME.
+/// Runtime resolution that finds the repository's own `node_modules` (tsx,
+/// esbuild) and the test's node.
+pub fn search() -> RuntimeSearch {
+    RuntimeSearch {
+        extra_node_modules: vec![repo_root().join("node_modules")],
+        node: node(),
+    }
+}
+
+/// Whether the repository's `node_modules` has every file in `needs` (e.g.
+/// `tsx/dist/loader.mjs`). Without them a test is skipped, said on stderr;
+/// under CI (`CI` set), where `make test` installed them, it fails instead,
+/// so a broken setup can never pass as skipped tests.
+pub fn have_node_modules(needs: &[&str]) -> bool {
+    have_node_modules_in("", needs)
+}
+
+/// [`have_node_modules`] of the package at `dir` (relative to the repository).
+pub fn have_node_modules_in(dir: &str, needs: &[&str]) -> bool {
+    let nm = repo_root().join(dir).join("node_modules");
+    let missing: Vec<&&str> = needs.iter().filter(|f| !nm.join(f).exists()).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "missing under {nm:?}: {missing:?} (`make setup` installs them)"
+    );
+    eprintln!("SKIP: missing under {nm:?}: {missing:?} (run `make setup`)");
+    false
+}
+
 pub fn base_env() -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
