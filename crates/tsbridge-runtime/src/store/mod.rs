@@ -7,6 +7,7 @@
 //! disagree with the stored state.
 
 mod cursor;
+mod postgres;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ use tsbridge_proto::{EndReason, JobEvent, JobId, JobState, Progress};
 use crate::errors::StoreError;
 
 pub use cursor::{decode_cursor, encode_cursor};
+pub use postgres::{PgOptions, PgStore, QUEUED_CHANNEL};
 pub use sqlite::{EventRetention, SqliteStore};
 
 /// What a re-run of a job needs besides its parameters.

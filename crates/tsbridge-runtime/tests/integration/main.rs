@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
+mod pg_support;
 mod pool_support;
 
 mod cancel;
@@ -34,6 +35,8 @@ mod retry;
 mod shutdown;
 mod slow_subscriber;
 mod store;
+mod store_contract;
+mod store_pg;
 mod submit;
 mod throughput;
 mod timeout;

@@ -1,0 +1,703 @@
+//! The shared job store: PostgreSQL, for many nodes (tsbridge servers)
+//! sharing one queue. Same [`JobStore`] semantics as the SQLite store; see
+//! docs/design/job-store.md ("PostgreSQL").
+//!
+//! - A connection pool, one transaction per call (no group commit: the
+//!   server runs transactions of different connections in parallel).
+//! - `start_attempt` is the claim: `UPDATE ... WHERE id = $1 AND state =
+//!   'queued'`. Two nodes claiming one job serialize on its row lock; the
+//!   second sees it `running` and gets `NotFound`.
+//! - Leases: a claim sets `lease_until = now() + lease` (the database's
+//!   clock). While this store holds running jobs, a task of its own renews
+//!   their leases every `lease / 3`; event writes renew them too.
+//!   [`JobStore::recover_interrupted`] takes over the running jobs of its
+//!   own node and those whose lease expired (any node), with `FOR UPDATE
+//!   SKIP LOCKED` so two recovering nodes never take the same job.
+//! - Wake-ups: an insert and a re-queue `NOTIFY` [`QUEUED_CHANNEL`] with the
+//!   job id (delivered at commit); see [`PgStore::queued_notifications`].
+
+mod rows;
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use futures::StreamExt;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Postgres, QueryBuilder, Transaction};
+use tokio_util::sync::CancellationToken;
+use tsbridge_proto::{EventData, JobEvent, JobId};
+
+use super::{
+    AfterAttempt, AttemptEnd, EventRetention, Finish, Inserted, JobPage, JobRecord, JobStore,
+    ListFilter, NewJob, encode_cursor,
+};
+use crate::errors::StoreError;
+use rows::{corrupt, json_text, ms, read_attempt, read_event, read_job};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The channel an insert or a re-queue notifies, with the job id as payload.
+pub const QUEUED_CHANNEL: &str = "tsbridge_queued";
+
+/// Output shown per stream in job lists.
+const LIST_OUTPUT_TAIL: usize = 4096;
+
+/// How a [`PgStore`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgOptions {
+    pub retention: EventRetention,
+    /// How long a claim holds a running job without a renewal. Renewed
+    /// every third of it while this store is alive.
+    pub lease: Duration,
+    /// Connections in the pool, at most.
+    pub max_connections: u32,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self {
+            retention: EventRetention::default(),
+            lease: Duration::from_secs(30),
+            max_connections: 8,
+        }
+    }
+}
+
+/// The PostgreSQL [`JobStore`]. Cheap to clone (clones share the pool and
+/// the lease renewal).
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: PgPool,
+    opts: PgOptions,
+    /// Running jobs claimed through this store, with their node: the leases
+    /// it renews.
+    held: Mutex<HashMap<JobId, String>>,
+    /// Stops the lease renewal.
+    stop: CancellationToken,
+}
+
+fn is_pg_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+impl PgStore {
+    /// Connects to a `postgres://` URL and runs the embedded migrations
+    /// (nodes starting together serialize on the migrator's advisory lock).
+    /// Must be called within a tokio runtime: the lease renewal is a task.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, PgOptions::default()).await
+    }
+
+    pub async fn open_with(url: &str, opts: PgOptions) -> Result<Self, StoreError> {
+        if !is_pg_url(url) {
+            return Err(StoreError::UnsupportedUrl {
+                url: url.to_owned(),
+            });
+        }
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|source| StoreError::BadUrl {
+                url: redact(url),
+                source,
+            })?
+            .application_name("tsbridge");
+        let pool = PgPoolOptions::new()
+            .max_connections(opts.max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(connect)
+            .await
+            .map_err(StoreError::Open)?;
+        MIGRATOR.run(&pool).await.map_err(StoreError::Migrate)?;
+        let inner = Arc::new(Inner {
+            pool,
+            opts,
+            held: Mutex::new(HashMap::new()),
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(renew_leases(Arc::downgrade(&inner)));
+        Ok(Self { inner })
+    }
+
+    /// Stops renewing leases and closes the pool; later calls fail. Jobs
+    /// still running keep their lease until it expires.
+    pub async fn close(&self) {
+        self.inner.stop.cancel();
+        self.inner.pool.close().await;
+    }
+
+    /// Ids of jobs queued (inserted or re-queued) by any node from now on,
+    /// as announced by `NOTIFY`. Notifications are not durable: one sent
+    /// while the listening connection was down is lost (it reconnects), so
+    /// a reader also polls [`JobStore::queued_jobs`] now and then.
+    pub async fn queued_notifications(
+        &self,
+    ) -> Result<impl Stream<Item = JobId> + Send + 'static, StoreError> {
+        let mut listener = PgListener::connect_with(&self.inner.pool)
+            .await
+            .map_err(StoreError::Open)?;
+        listener
+            .listen(QUEUED_CHANNEL)
+            .await
+            .map_err(StoreError::query("listen"))?;
+        Ok(listener.into_stream().filter_map(|n| async move {
+            match n {
+                Ok(n) => n.payload().parse::<JobId>().ok(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "job store notifications: listening again");
+                    None
+                }
+            }
+        }))
+    }
+
+    fn lease_secs(&self) -> f64 {
+        self.inner.opts.lease.as_secs_f64()
+    }
+
+    fn hold(&self, id: JobId, node: &str) {
+        if let Ok(mut h) = self.inner.held.lock() {
+            h.insert(id, node.to_owned());
+        }
+    }
+
+    fn release(&self, id: JobId) {
+        if let Ok(mut h) = self.inner.held.lock() {
+            h.remove(&id);
+        }
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.inner
+            .pool
+            .begin()
+            .await
+            .map_err(StoreError::query("begin"))
+    }
+
+    /// Loads the attempts of `jobs` into them.
+    async fn attach_attempts(&self, jobs: &mut [JobRecord]) -> Result<(), StoreError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
+        let rows = sqlx::query("SELECT * FROM attempts WHERE job_id = ANY($1) ORDER BY job_id, n")
+            .bind(&ids)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(StoreError::query("read attempts"))?;
+        let mut by_job: HashMap<String, Vec<_>> = HashMap::new();
+        for r in &rows {
+            let (job, a) = read_attempt(r)?;
+            by_job.entry(job).or_default().push(a);
+        }
+        for j in jobs.iter_mut() {
+            if let Some(a) = by_job.remove(&j.id.to_string()) {
+                j.attempts = a;
+            }
+        }
+        Ok(())
+    }
+
+    async fn jobs_by_ids(&self, ids: &[String]) -> Result<Vec<JobRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM jobs WHERE id = ANY($1) ORDER BY id")
+            .bind(ids)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(StoreError::query("read jobs"))?;
+        self.records(&rows, false).await
+    }
+
+    async fn records(
+        &self,
+        rows: &[sqlx::postgres::PgRow],
+        cut_output: bool,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let mut jobs = rows
+            .iter()
+            .map(|r| read_job(r, cut_output.then_some(LIST_OUTPUT_TAIL)))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.attach_attempts(&mut jobs).await?;
+        Ok(jobs)
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Renews the leases of the jobs `inner` holds, every third of a lease,
+/// until the store is closed or dropped.
+async fn renew_leases(inner: Weak<Inner>) {
+    let (period, stop) = match inner.upgrade() {
+        Some(i) => (
+            (i.opts.lease / 3).max(Duration::from_millis(100)),
+            i.stop.clone(),
+        ),
+        None => return,
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let Some(i) = inner.upgrade() else { return };
+        let mut by_node: HashMap<String, Vec<String>> = HashMap::new();
+        if let Ok(h) = i.held.lock() {
+            for (id, node) in h.iter() {
+                by_node
+                    .entry(node.clone())
+                    .or_default()
+                    .push(id.to_string());
+            }
+        }
+        for (node, ids) in by_node {
+            let r = sqlx::query(
+                "UPDATE jobs SET lease_until = now() + make_interval(secs => $1) \
+                 WHERE id = ANY($2) AND state = 'running' AND node = $3",
+            )
+            .bind(i.opts.lease.as_secs_f64())
+            .bind(&ids)
+            .bind(&node)
+            .execute(&i.pool)
+            .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, jobs = ids.len(), "cannot renew the leases of running jobs");
+            }
+        }
+    }
+}
+
+async fn insert_events(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &str,
+    events: &[JobEvent],
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq as i64).collect();
+    let ts: Vec<i64> = events.iter().map(|e| ms(e.timestamp)).collect();
+    let data: Vec<String> = events.iter().map(|e| json_text(&e.data)).collect();
+    sqlx::query(
+        "INSERT INTO events (job_id, seq, ts, data) \
+         SELECT $1, s, t, d FROM UNNEST($2::bigint[], $3::bigint[], $4::text[]) AS u(s, t, d)",
+    )
+    .bind(id)
+    .bind(&seqs)
+    .bind(&ts)
+    .bind(&data)
+    .execute(&mut **tx)
+    .await
+    .map_err(StoreError::query("insert events"))?;
+    Ok(())
+}
+
+async fn notify_queued(tx: &mut Transaction<'_, Postgres>, id: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(QUEUED_CHANNEL)
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::query("notify"))?;
+    Ok(())
+}
+
+async fn commit(tx: Transaction<'_, Postgres>) -> Result<(), StoreError> {
+    tx.commit().await.map_err(StoreError::query("commit"))
+}
+
+#[async_trait]
+impl JobStore for PgStore {
+    async fn insert_job(&self, job: &NewJob) -> Result<Inserted, StoreError> {
+        let id = job.id.to_string();
+        let mut tx = self.begin().await?;
+        let created = sqlx::query(
+            "INSERT INTO jobs (id, workflow, state, priority, params, request, \
+             idempotency_key, max_attempts, created_at, last_seq) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(&job.workflow)
+        .bind(i64::from(job.priority))
+        .bind(json_text(&job.params))
+        .bind(json_text(&job.request))
+        .bind(job.idempotency_key.as_deref())
+        .bind(i64::from(job.max_attempts))
+        .bind(ms(job.created_at))
+        .bind(job.event.seq as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("insert job"))?
+        .rows_affected()
+            > 0;
+        if !created {
+            // The key's job is committed: a concurrent insert of the same
+            // key waited for the other transaction before doing nothing.
+            drop(tx);
+            let key = job.idempotency_key.as_deref().unwrap_or_default();
+            return match self.find_by_idempotency_key(key).await? {
+                Some(existing) => Ok(Inserted::Existing(Box::new(existing))),
+                None => Err(corrupt(&id, "idempotency conflict without a job")),
+            };
+        }
+        insert_events(&mut tx, &id, std::slice::from_ref(&job.event)).await?;
+        notify_queued(&mut tx, &id).await?;
+        commit(tx).await?;
+        Ok(Inserted::Created)
+    }
+
+    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<JobRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM jobs WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(StoreError::query("read jobs"))?;
+        Ok(self.records(&rows, false).await?.pop())
+    }
+
+    async fn start_attempt(
+        &self,
+        id: JobId,
+        n: u32,
+        node: &str,
+        at: DateTime<Utc>,
+        event: &JobEvent,
+    ) -> Result<(), StoreError> {
+        let ids = id.to_string();
+        let mut tx = self.begin().await?;
+        // The claim: only a queued job can start. A concurrent claim of the
+        // same job waits for this row lock, then sees `running`.
+        let claimed = sqlx::query(
+            "UPDATE jobs SET state = 'running', attempts = $1, node = $2, \
+             started_at = COALESCE(started_at, $3), last_seq = GREATEST(last_seq, $4), \
+             lease_until = now() + make_interval(secs => $5) \
+             WHERE id = $6 AND state = 'queued'",
+        )
+        .bind(i64::from(n))
+        .bind(node)
+        .bind(ms(at))
+        .bind(event.seq as i64)
+        .bind(self.lease_secs())
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("claim job"))?
+        .rows_affected()
+            > 0;
+        if !claimed {
+            return Err(StoreError::NotFound(id));
+        }
+        sqlx::query("INSERT INTO attempts (job_id, n, node, started_at) VALUES ($1, $2, $3, $4)")
+            .bind(&ids)
+            .bind(i64::from(n))
+            .bind(node)
+            .bind(ms(at))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("insert attempt"))?;
+        insert_events(&mut tx, &ids, std::slice::from_ref(event)).await?;
+        commit(tx).await?;
+        self.hold(id, node);
+        Ok(())
+    }
+
+    async fn set_attempt_pid(&self, id: JobId, n: u32, pid: u32) -> Result<(), StoreError> {
+        let ids = id.to_string();
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE attempts SET process_id = $1 WHERE job_id = $2 AND n = $3")
+            .bind(i64::from(pid))
+            .bind(&ids)
+            .bind(i64::from(n))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("set attempt pid"))?;
+        sqlx::query("UPDATE jobs SET process_id = $1 WHERE id = $2")
+            .bind(i64::from(pid))
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("set job pid"))?;
+        commit(tx).await
+    }
+
+    async fn append_events(&self, id: JobId, events: &[JobEvent]) -> Result<(), StoreError> {
+        let Some(last) = events.last().map(|e| e.seq as i64) else {
+            return Ok(());
+        };
+        let progress = events.iter().rev().find_map(|e| match &e.data {
+            EventData::Progress(p) => Some(json_text(p)),
+            _ => None,
+        });
+        let result = events.iter().rev().find_map(|e| match &e.data {
+            EventData::Result { value } => Some(json_text(value)),
+            _ => None,
+        });
+        let ids = id.to_string();
+        let mut tx = self.begin().await?;
+        // A running job's writer is alive: its lease is renewed too.
+        sqlx::query(
+            "UPDATE jobs SET last_seq = GREATEST(last_seq, $1), \
+             progress = COALESCE($2, progress), result = COALESCE($3, result), \
+             lease_until = CASE WHEN state = 'running' \
+                 THEN now() + make_interval(secs => $4) ELSE lease_until END \
+             WHERE id = $5",
+        )
+        .bind(last)
+        .bind(progress)
+        .bind(result)
+        .bind(self.lease_secs())
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("update progress"))?;
+        insert_events(&mut tx, &ids, events).await?;
+        let EventRetention { head, tail } = self.inner.opts.retention;
+        if last as u64 > head + tail {
+            sqlx::query("DELETE FROM events WHERE job_id = $1 AND seq > $2 AND seq <= $3")
+                .bind(&ids)
+                .bind(head as i64)
+                .bind(last - tail as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query("prune events"))?;
+        }
+        commit(tx).await
+    }
+
+    async fn complete_attempt(
+        &self,
+        id: JobId,
+        end: &AttemptEnd,
+        next: &AfterAttempt,
+        event: &JobEvent,
+    ) -> Result<(), StoreError> {
+        let ids = id.to_string();
+        let o = &end.output;
+        let r = &end.resources;
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE attempts SET finished_at = $1, reason = $2, exit_code = $3, signal = $4, \
+             process_id = COALESCE($5, process_id), error = $6 WHERE job_id = $7 AND n = $8",
+        )
+        .bind(ms(end.finished_at))
+        .bind(end.reason.as_str())
+        .bind(end.exit_code.map(i64::from))
+        .bind(end.signal.map(i64::from))
+        .bind(end.process_id.map(i64::from))
+        .bind(end.error.as_deref())
+        .bind(&ids)
+        .bind(i64::from(end.n))
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("finish attempt"))?;
+        let finish = match next {
+            AfterAttempt::Requeue => None,
+            AfterAttempt::Finish(f) => Some(f),
+        };
+        // The attempt's output and, in the same statement, what follows. A
+        // re-queue keeps the finish columns.
+        sqlx::query(
+            "UPDATE jobs SET exit_code = $1, signal = $2, process_id = COALESCE($3, process_id), \
+             stdout = $4, stderr = $5, stdout_dropped = $6, stderr_dropped = $7, \
+             stdout_truncated = $8, stderr_truncated = $9, peak_memory = $10, cpu_ms = $11, \
+             wall_ms = $12, last_seq = GREATEST(last_seq, $13), node = NULL, lease_until = NULL, \
+             state = $14, \
+             reason = CASE WHEN $15 THEN $16 ELSE reason END, \
+             result = CASE WHEN $15 THEN COALESCE($17, result) ELSE result END, \
+             error = CASE WHEN $15 THEN $18 ELSE error END, \
+             finished_at = CASE WHEN $15 THEN $19 ELSE finished_at END \
+             WHERE id = $20",
+        )
+        .bind(end.exit_code.map(i64::from))
+        .bind(end.signal.map(i64::from))
+        .bind(end.process_id.map(i64::from))
+        .bind(&o.stdout)
+        .bind(&o.stderr)
+        .bind(o.stdout_dropped_bytes as i64)
+        .bind(o.stderr_dropped_bytes as i64)
+        .bind(o.stdout_truncated)
+        .bind(o.stderr_truncated)
+        .bind(r.peak_memory_bytes.map(|v| v as i64))
+        .bind(r.cpu_time_ms.map(|v| v as i64))
+        .bind(r.wall_time_ms.map(|v| v as i64))
+        .bind(event.seq as i64)
+        .bind(finish.map_or("queued", |f| f.state.as_str()))
+        .bind(finish.is_some())
+        .bind(finish.and_then(|f| f.reason.map(|r| r.as_str())))
+        .bind(finish.and_then(|f| f.result.as_ref().map(json_text)))
+        .bind(finish.and_then(|f| f.error.as_ref().map(json_text)))
+        .bind(finish.map(|f| ms(f.finished_at)))
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("record attempt end"))?;
+        insert_events(&mut tx, &ids, std::slice::from_ref(event)).await?;
+        if finish.is_none() {
+            notify_queued(&mut tx, &ids).await?;
+        }
+        commit(tx).await?;
+        self.release(id);
+        Ok(())
+    }
+
+    async fn finish_job(
+        &self,
+        id: JobId,
+        finish: &Finish,
+        event: &JobEvent,
+    ) -> Result<(), StoreError> {
+        let ids = id.to_string();
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE jobs SET last_seq = GREATEST(last_seq, $1), state = $2, reason = $3, \
+             result = COALESCE($4, result), error = $5, finished_at = $6, node = NULL, \
+             lease_until = NULL WHERE id = $7",
+        )
+        .bind(event.seq as i64)
+        .bind(finish.state.as_str())
+        .bind(finish.reason.map(|r| r.as_str()))
+        .bind(finish.result.as_ref().map(json_text))
+        .bind(finish.error.as_ref().map(json_text))
+        .bind(ms(finish.finished_at))
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("finish job"))?;
+        insert_events(&mut tx, &ids, std::slice::from_ref(event)).await?;
+        commit(tx).await?;
+        self.release(id);
+        Ok(())
+    }
+
+    async fn get_job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.jobs_by_ids(&[id.to_string()]).await?.pop())
+    }
+
+    async fn list_jobs(&self, filter: &ListFilter) -> Result<JobPage, StoreError> {
+        let limit = filter.limit.clamp(1, 500);
+        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("SELECT * FROM jobs WHERE TRUE");
+        if let Some(s) = filter.state {
+            qb.push(" AND state = ").push_bind(s.as_str());
+        }
+        if let Some(w) = &filter.workflow {
+            qb.push(" AND workflow = ").push_bind(w.clone());
+        }
+        if let Some(b) = filter.before {
+            qb.push(" AND id < ").push_bind(b.to_string());
+        }
+        qb.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        let rows = qb
+            .build()
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(StoreError::query("list jobs"))?;
+        let mut jobs = rows
+            .iter()
+            .map(|r| read_job(r, Some(LIST_OUTPUT_TAIL)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if jobs.len() > limit as usize {
+            jobs.truncate(limit as usize);
+            jobs.last().map(|j| encode_cursor(j.id))
+        } else {
+            None
+        };
+        self.attach_attempts(&mut jobs).await?;
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    async fn events_after(
+        &self,
+        id: JobId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<JobEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, ts, data FROM events WHERE job_id = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3",
+        )
+        .bind(id.to_string())
+        .bind(after as i64)
+        .bind(i64::from(limit))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(StoreError::query("read events"))?;
+        rows.iter().map(|r| read_event(r, id)).collect()
+    }
+
+    async fn recover_interrupted(&self, node: &str) -> Result<Vec<JobRecord>, StoreError> {
+        // Ours (a restart under the same node id), or anybody's whose lease
+        // expired. Taking them renews their lease under our name, so a
+        // second node recovering at the same time skips them (locked now,
+        // ours after the commit).
+        let ids: Vec<String> = sqlx::query_scalar(
+            "WITH c AS ( \
+                 SELECT id FROM jobs WHERE state = 'running' \
+                 AND (node = $1 OR node IS NULL OR lease_until IS NULL OR lease_until < now()) \
+                 ORDER BY id FOR UPDATE SKIP LOCKED) \
+             UPDATE jobs SET node = $1, lease_until = now() + make_interval(secs => $2) \
+             FROM c WHERE jobs.id = c.id RETURNING jobs.id",
+        )
+        .bind(node)
+        .bind(self.lease_secs())
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(StoreError::query("recover jobs"))?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.jobs_by_ids(&ids).await
+    }
+
+    async fn queued_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id")
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(StoreError::query("read jobs"))?;
+        self.records(&rows, false).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.inner.pool)
+            .await
+            .map_err(StoreError::query("ping"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@db:5432/x"),
+            "postgres://u:***@db:5432/x"
+        );
+        assert_eq!(redact("postgres://db/x"), "postgres://db/x");
+        assert_eq!(redact("postgres://u@db/x"), "postgres://u@db/x");
+    }
+}

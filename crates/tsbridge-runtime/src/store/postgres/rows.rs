@@ -1,0 +1,181 @@
+//! Rows of the PostgreSQL store to records and back (the column types of
+//! `migrations/postgres`: integers are BIGINT, times Unix ms, JSON text).
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use tsbridge_proto::api::{ApiErrorBody, AttemptView, OutputView, Resources};
+use tsbridge_proto::{EndReason, EventData, JobEvent, JobId, JobState};
+
+use super::super::{JobRecord, StoredRequest};
+use crate::errors::StoreError;
+
+pub(super) fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+pub(super) fn json_text<T: serde::Serialize>(v: &T) -> String {
+    // Serializing our own plain data types cannot fail.
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
+}
+
+pub(super) fn corrupt(id: &str, what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        job: id.to_owned(),
+        what: what.into(),
+    }
+}
+
+/// The last `max` bytes of `s` (on a char boundary) and how many were cut.
+fn tail(s: String, max: usize) -> (String, u64) {
+    if s.len() <= max {
+        return (s, 0);
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    (s[start..].to_owned(), start as u64)
+}
+
+fn get_err(op: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { op, source }
+}
+
+/// A `jobs` row; `cut_output` keeps that many last bytes per stream.
+pub(super) fn read_job(row: &PgRow, cut_output: Option<usize>) -> Result<JobRecord, StoreError> {
+    let g = get_err("read job row");
+    let id_s: String = row.try_get("id").map_err(&g)?;
+    let id: JobId = id_s.parse().map_err(|_| corrupt(&id_s, "id"))?;
+    let state_s: String = row.try_get("state").map_err(&g)?;
+    let state = JobState::parse(&state_s).ok_or_else(|| corrupt(&id_s, "state"))?;
+    let reason = row
+        .try_get::<Option<String>, _>("reason")
+        .map_err(&g)?
+        .map(|r| EndReason::parse(&r).ok_or_else(|| corrupt(&id_s, "reason")))
+        .transpose()?;
+    let json = |col: &str| -> Result<Option<Value>, StoreError> {
+        let t: Option<String> = row.try_get(col).map_err(&g)?;
+        t.map(|t| serde_json::from_str(&t).map_err(|_| corrupt(&id_s, col.to_owned())))
+            .transpose()
+    };
+    let params = json("params")?.unwrap_or(Value::Null);
+    let request: StoredRequest = match json("request")? {
+        Some(v) => serde_json::from_value(v).map_err(|_| corrupt(&id_s, "request"))?,
+        None => StoredRequest::default(),
+    };
+    let progress = match json("progress")? {
+        Some(v) => Some(serde_json::from_value(v).map_err(|_| corrupt(&id_s, "progress"))?),
+        None => None,
+    };
+    let error: Option<ApiErrorBody> = match json("error")? {
+        Some(v) => Some(serde_json::from_value(v).map_err(|_| corrupt(&id_s, "error"))?),
+        None => None,
+    };
+    let result = json("result")?;
+    let int = |col: &str| -> Result<i64, StoreError> { row.try_get::<i64, _>(col).map_err(&g) };
+    let opt = |col: &str| -> Result<Option<i64>, StoreError> {
+        row.try_get::<Option<i64>, _>(col).map_err(&g)
+    };
+    let opt_u64 =
+        |col: &str| -> Result<Option<u64>, StoreError> { Ok(opt(col)?.map(|v| v.max(0) as u64)) };
+    let mut stdout: String = row.try_get("stdout").map_err(&g)?;
+    let mut stderr: String = row.try_get("stderr").map_err(&g)?;
+    let mut stdout_dropped = int("stdout_dropped")?.max(0) as u64;
+    let mut stderr_dropped = int("stderr_dropped")?.max(0) as u64;
+    let mut stdout_truncated: bool = row.try_get("stdout_truncated").map_err(&g)?;
+    let mut stderr_truncated: bool = row.try_get("stderr_truncated").map_err(&g)?;
+    if let Some(max) = cut_output {
+        let (s, cut) = tail(stdout, max);
+        stdout = s;
+        stdout_dropped += cut;
+        stdout_truncated |= cut > 0;
+        let (s, cut) = tail(stderr, max);
+        stderr = s;
+        stderr_dropped += cut;
+        stderr_truncated |= cut > 0;
+    }
+    Ok(JobRecord {
+        id,
+        workflow: row.try_get("workflow").map_err(&g)?,
+        state,
+        reason,
+        priority: int("priority")? as i32,
+        params,
+        request,
+        idempotency_key: row.try_get("idempotency_key").map_err(&g)?,
+        max_attempts: int("max_attempts")?.max(0) as u32,
+        attempts_started: int("attempts")?.max(0) as u32,
+        node: row.try_get("node").map_err(&g)?,
+        created_at: from_ms(int("created_at")?),
+        started_at: opt("started_at")?.map(from_ms),
+        finished_at: opt("finished_at")?.map(from_ms),
+        progress,
+        result,
+        error,
+        exit_code: opt("exit_code")?.map(|v| v as i32),
+        signal: opt("signal")?.map(|v| v as i32),
+        process_id: opt_u64("process_id")?.map(|p| p as u32),
+        output: OutputView {
+            stdout,
+            stderr,
+            stdout_truncated,
+            stderr_truncated,
+            stdout_dropped_bytes: stdout_dropped,
+            stderr_dropped_bytes: stderr_dropped,
+        },
+        resources: Resources {
+            peak_memory_bytes: opt_u64("peak_memory")?,
+            cpu_time_ms: opt_u64("cpu_ms")?,
+            wall_time_ms: opt_u64("wall_ms")?,
+        },
+        last_seq: int("last_seq")?.max(0) as u64,
+        attempts: Vec::new(),
+    })
+}
+
+/// An `attempts` row, with its job id.
+pub(super) fn read_attempt(row: &PgRow) -> Result<(String, AttemptView), StoreError> {
+    let g = get_err("read attempt row");
+    let opt = |col: &str| -> Result<Option<i64>, StoreError> {
+        row.try_get::<Option<i64>, _>(col).map_err(&g)
+    };
+    let job: String = row.try_get("job_id").map_err(&g)?;
+    let reason = row
+        .try_get::<Option<String>, _>("reason")
+        .map_err(&g)?
+        .and_then(|r| EndReason::parse(&r));
+    Ok((
+        job,
+        AttemptView {
+            n: row.try_get::<i64, _>("n").map_err(&g)?.max(0) as u32,
+            started_at: from_ms(row.try_get("started_at").map_err(&g)?),
+            finished_at: opt("finished_at")?.map(from_ms),
+            reason,
+            exit_code: opt("exit_code")?.map(|v| v as i32),
+            signal: opt("signal")?.map(|v| v as i32),
+            process_id: opt("process_id")?.map(|v| v as u32),
+        },
+    ))
+}
+
+/// An `events` row (`seq, ts, data`) of job `id`.
+pub(super) fn read_event(row: &PgRow, id: JobId) -> Result<JobEvent, StoreError> {
+    let g = get_err("read event row");
+    let seq: i64 = row.try_get("seq").map_err(&g)?;
+    let ts: i64 = row.try_get("ts").map_err(&g)?;
+    let data: String = row.try_get("data").map_err(&g)?;
+    let data: EventData = serde_json::from_str(&data)
+        .map_err(|_| corrupt(&id.to_string(), format!("event {seq}")))?;
+    Ok(JobEvent {
+        seq: seq.max(0) as u64,
+        job_id: id,
+        timestamp: from_ms(ts),
+        data,
+    })
+}

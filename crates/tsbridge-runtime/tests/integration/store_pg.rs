@@ -1,0 +1,337 @@
+//! The PostgreSQL store with several nodes (two `PgStore`s on one
+//! database, as two servers would be): claims race and exactly one wins,
+//! recovery touches only the recovering node's jobs and expired leases,
+//! leases are renewed while a node lives, queued jobs are announced to the
+//! other nodes, and a runtime runs jobs on it. Skipped (with a message)
+//! without `TSBRIDGE_TEST_PG_URL`, failed under CI; see `pg_support`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use serde_json::json;
+use tsbridge_proto::api::{OutputView, Resources};
+use tsbridge_proto::{EndReason, JobId, JobState};
+use tsbridge_runtime::store::{
+    AfterAttempt, AttemptEnd, JobStore, PgOptions, PgStore, QUEUED_CHANNEL,
+};
+use tsbridge_runtime::{Runtime, RuntimeOptions, StoreError};
+
+use crate::common;
+use crate::pg_support::PgDb;
+use crate::store_contract::{new_job, state};
+
+const SOON: Duration = common::SOON;
+
+async fn db(test: &str) -> Option<PgDb> {
+    PgDb::create(test).await
+}
+
+async fn node(db: &PgDb, lease: Duration) -> PgStore {
+    PgStore::open_with(
+        &db.url,
+        PgOptions {
+            lease,
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .expect("open store")
+}
+
+async fn claim(store: &PgStore, id: JobId, node: &str) -> Result<(), StoreError> {
+    store
+        .start_attempt(
+            id,
+            1,
+            node,
+            Utc::now(),
+            &state(id, 2, JobState::Running, None, Some(1)),
+        )
+        .await
+}
+
+/// The database's lease of a job (seconds since the epoch), if any.
+async fn lease_of(db: &PgDb, id: JobId) -> Option<f64> {
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    let v: Option<f64> = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM lease_until)::float8 FROM jobs WHERE id = $1",
+    )
+    .bind(id.to_string())
+    .fetch_one(&pool)
+    .await
+    .expect("lease");
+    pool.close().await;
+    v
+}
+
+#[tokio::test]
+async fn two_nodes_race_to_claim_each_job_and_exactly_one_wins() {
+    let Some(db) = db("two_nodes_race_to_claim_each_job_and_exactly_one_wins").await else {
+        return;
+    };
+    let a = node(&db, Duration::from_secs(30)).await;
+    let b = node(&db, Duration::from_secs(30)).await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let j = new_job("wf", 0, None);
+        a.insert_job(&j).await.expect("insert");
+        ids.push(j.id);
+    }
+    let mut wins = [0usize; 2];
+    for &id in &ids {
+        let (ra, rb) = tokio::join!(claim(&a, id, "node-a"), claim(&b, id, "node-b"));
+        let winner = match (ra, rb) {
+            (Ok(()), Err(StoreError::NotFound(x))) if x == id => "node-a",
+            (Err(StoreError::NotFound(x)), Ok(())) if x == id => "node-b",
+            other => panic!("exactly one claim must win, the other NotFound: {other:?}"),
+        };
+        wins[usize::from(winner == "node-b")] += 1;
+        let r = b.get_job(id).await.expect("get").expect("job");
+        assert_eq!(r.state, JobState::Running);
+        assert_eq!(r.node.as_deref(), Some(winner));
+        assert_eq!(r.attempts.len(), 1, "one attempt row");
+        assert_eq!(
+            a.events_after(id, 0, 10).await.expect("events").len(),
+            2,
+            "one running event"
+        );
+    }
+    assert_eq!(wins[0] + wins[1], ids.len());
+}
+
+#[tokio::test]
+async fn recovery_of_one_node_leaves_the_other_nodes_running_job_alone() {
+    let Some(db) = db("recovery_of_one_node_leaves_the_other_nodes_running_job_alone").await else {
+        return;
+    };
+    let a = node(&db, Duration::from_secs(30)).await;
+    let b = node(&db, Duration::from_secs(30)).await;
+    let ja = new_job("wf", 0, None);
+    let jb = new_job("wf", 0, None);
+    a.insert_job(&ja).await.expect("insert");
+    a.insert_job(&jb).await.expect("insert");
+    claim(&a, ja.id, "node-a").await.expect("a claims");
+    claim(&b, jb.id, "node-b").await.expect("b claims");
+
+    // Node b restarts: it takes back its own job, not a's (lease alive).
+    let rec = b.recover_interrupted("node-b").await.expect("recover");
+    assert_eq!(rec.iter().map(|j| j.id).collect::<Vec<_>>(), vec![jb.id]);
+    let ra = a.get_job(ja.id).await.expect("get").expect("job");
+    assert_eq!(ra.state, JobState::Running);
+    assert_eq!(ra.node.as_deref(), Some("node-a"));
+    // A third node with nothing of its own takes nothing.
+    let c = node(&db, Duration::from_secs(30)).await;
+    assert!(
+        c.recover_interrupted("node-c")
+            .await
+            .expect("recover")
+            .is_empty()
+    );
+    // b ends its recovered attempt (as the runtime does): re-queued.
+    let end = AttemptEnd {
+        n: 1,
+        reason: EndReason::Interrupted,
+        exit_code: None,
+        signal: None,
+        process_id: None,
+        error: Some("interrupted".into()),
+        finished_at: Utc::now(),
+        output: OutputView::default(),
+        resources: Resources::default(),
+    };
+    b.complete_attempt(
+        jb.id,
+        &end,
+        &AfterAttempt::Requeue,
+        &state(
+            jb.id,
+            3,
+            JobState::Queued,
+            Some(EndReason::Interrupted),
+            Some(1),
+        ),
+    )
+    .await
+    .expect("complete");
+    let rb = a.get_job(jb.id).await.expect("get").expect("job");
+    assert_eq!(rb.state, JobState::Queued);
+    assert_eq!(rb.node, None);
+    // a's own restart finds its job.
+    let rec = a.recover_interrupted("node-a").await.expect("recover");
+    assert_eq!(rec.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ja.id]);
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_by_another_node() {
+    let Some(db) = db("an_expired_lease_is_taken_over_by_another_node").await else {
+        return;
+    };
+    let a = node(&db, Duration::from_secs(1)).await;
+    let b = node(&db, Duration::from_secs(30)).await;
+    let j = new_job("wf", 0, None);
+    a.insert_job(&j).await.expect("insert");
+    claim(&a, j.id, "node-a").await.expect("claim");
+    // Node a dies: nothing renews its lease any more.
+    a.close().await;
+    let deadline = tokio::time::Instant::now() + SOON;
+    let rec = loop {
+        let rec = b.recover_interrupted("node-b").await.expect("recover");
+        if !rec.is_empty() {
+            break rec;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the expired lease was never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(rec.iter().map(|j| j.id).collect::<Vec<_>>(), vec![j.id]);
+    let r = b.get_job(j.id).await.expect("get").expect("job");
+    assert_eq!(
+        r.node.as_deref(),
+        Some("node-b"),
+        "taken over under b's name"
+    );
+    // Taken: a second recovering node does not get it again.
+    let c = node(&db, Duration::from_secs(30)).await;
+    assert!(
+        c.recover_interrupted("node-c")
+            .await
+            .expect("recover")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_live_node_renews_the_leases_of_its_running_jobs() {
+    let Some(db) = db("a_live_node_renews_the_leases_of_its_running_jobs").await else {
+        return;
+    };
+    let a = node(&db, Duration::from_secs(3)).await;
+    let j = new_job("wf", 0, None);
+    a.insert_job(&j).await.expect("insert");
+    assert_eq!(lease_of(&db, j.id).await, None, "a queued job has no lease");
+    claim(&a, j.id, "node-a").await.expect("claim");
+    let first = lease_of(&db, j.id)
+        .await
+        .expect("a running job has a lease");
+    // Nothing is written for the job, yet its lease moves on.
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let now = lease_of(&db, j.id).await.expect("lease");
+        if now > first {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease was never renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Once the job ends, it has no lease.
+    a.finish_job(
+        j.id,
+        &tsbridge_runtime::store::Finish {
+            state: JobState::Cancelled,
+            reason: Some(EndReason::Cancelled),
+            result: None,
+            error: None,
+            finished_at: Utc::now(),
+        },
+        &state(
+            j.id,
+            3,
+            JobState::Cancelled,
+            Some(EndReason::Cancelled),
+            None,
+        ),
+    )
+    .await
+    .expect("finish");
+    assert_eq!(lease_of(&db, j.id).await, None);
+}
+
+#[tokio::test]
+async fn inserts_and_requeues_are_announced_to_other_nodes() {
+    let Some(db) = db("inserts_and_requeues_are_announced_to_other_nodes").await else {
+        return;
+    };
+    let a = node(&db, Duration::from_secs(30)).await;
+    let b = node(&db, Duration::from_secs(30)).await;
+    let mut heard = Box::pin(b.queued_notifications().await.expect("listen"));
+    let j = new_job("wf", 0, None);
+    a.insert_job(&j).await.expect("insert");
+    let next = tokio::time::timeout(SOON, heard.next())
+        .await
+        .expect("announced in time");
+    assert_eq!(next, Some(j.id));
+    // A re-queue is announced too; a finish is not.
+    claim(&a, j.id, "node-a").await.expect("claim");
+    let end = AttemptEnd {
+        n: 1,
+        reason: EndReason::Signaled,
+        exit_code: None,
+        signal: Some(9),
+        process_id: None,
+        error: None,
+        finished_at: Utc::now(),
+        output: OutputView::default(),
+        resources: Resources::default(),
+    };
+    a.complete_attempt(
+        j.id,
+        &end,
+        &AfterAttempt::Requeue,
+        &state(j.id, 3, JobState::Queued, None, Some(1)),
+    )
+    .await
+    .expect("requeue");
+    let next = tokio::time::timeout(SOON, heard.next())
+        .await
+        .expect("announced in time");
+    assert_eq!(next, Some(j.id));
+    assert_eq!(QUEUED_CHANNEL, "tsbridge_queued");
+}
+
+#[tokio::test]
+async fn a_runtime_runs_jobs_on_the_postgres_store() {
+    let Some(db) = db("a_runtime_runs_jobs_on_the_postgres_store").await else {
+        return;
+    };
+    let store = Arc::new(node(&db, Duration::from_secs(30)).await);
+    let config = common::config(&common::workflow("job", ""));
+    let rt = Runtime::start(
+        config,
+        store.clone(),
+        RuntimeOptions {
+            node_id: Some("node-a".into()),
+            ..RuntimeOptions::default()
+        },
+    )
+    .await
+    .expect("runtime starts");
+    let sub = rt
+        .submit("job", json!({"result": {"ok": 1}}), Default::default())
+        .await
+        .expect("submit");
+    let view = tokio::time::timeout(SOON, rt.wait(sub.job_id))
+        .await
+        .expect("job ends in time")
+        .expect("wait");
+    assert_eq!(view.state, JobState::Succeeded, "{view:?}");
+    assert_eq!(view.result, Some(json!({"ok": 1})));
+    let rec = store.get_job(sub.job_id).await.expect("get").expect("job");
+    assert_eq!(rec.attempts.len(), 1);
+    assert_eq!(rec.node, None, "a finished job has no owner");
+    let events = store
+        .events_after(sub.job_id, 0, 100)
+        .await
+        .expect("events");
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=rec.last_seq).collect::<Vec<_>>()
+    );
+    rt.shutdown(Duration::ZERO).await;
+}
