@@ -9,7 +9,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tsbridge_process::transpile::TranspileCache;
-use tsbridge_runtime::{Config, Runtime, RuntimeOptions, SqliteStore};
+use tsbridge_runtime::store::PgStore;
+use tsbridge_runtime::{Config, JobStore, Runtime, RuntimeOptions, SqliteStore};
 use tsbridge_sandbox::{Sandbox, SandboxConfig};
 use tsbridge_server::{AppState, Auth, ServerSettings};
 
@@ -45,8 +46,23 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
         );
     }
 
+    let shared_store = is_shared_store(&config.store.url);
+    // This node's name in a shared store: stable across restarts when set,
+    // so a restarted node takes back its own running jobs at once.
+    let node_id = std::env::var("TSBRIDGE_NODE_ID")
+        .ok()
+        .filter(|n| !n.trim().is_empty());
+    if shared_store && node_id.is_none() {
+        tracing::warn!(
+            "TSBRIDGE_NODE_ID is not set: this node is named hostname-pid, so after a crash its running jobs are taken over only once their lease expired"
+        );
+    }
     let sandbox = match Sandbox::new(SandboxConfig {
-        cgroup_parent_name: cgroup_parent_name(&config.store.url),
+        cgroup_parent_name: cgroup_parent_name(&cgroup_key(
+            &config.store.url,
+            shared_store,
+            node_id.as_deref(),
+        )),
         ..SandboxConfig::default()
     }) {
         Ok(s) => {
@@ -67,9 +83,20 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
         }
     };
 
-    let store = SqliteStore::open(&config.store.url)
-        .await
-        .with_context(|| format!("cannot open the job store {}", config.store.url))?;
+    let store: Arc<dyn JobStore> = if shared_store {
+        // The URL may hold a password: not in the message.
+        Arc::new(
+            PgStore::open(&config.store.url)
+                .await
+                .context("cannot open the PostgreSQL job store (store.url)")?,
+        )
+    } else {
+        Arc::new(
+            SqliteStore::open(&config.store.url)
+                .await
+                .with_context(|| format!("cannot open the job store {}", config.store.url))?,
+        )
+    };
     let metrics =
         tsbridge_server::install_recorder().context("cannot install the metrics recorder")?;
     let settings = ServerSettings::from_config(&config.server);
@@ -85,9 +112,10 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
     let config = Arc::new(config);
     let runtime = Runtime::start(
         config.clone(),
-        Arc::new(store),
+        store,
         RuntimeOptions {
             sandbox,
+            node_id,
             transpile_cache: TranspileCache::new(None)
                 .inspect_err(|e| tracing::warn!(error = %e, "no transpile cache: TypeScript runs through tsx"))
                 .ok(),
@@ -109,6 +137,24 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
     tsbridge_server::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("tsbridge stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A `postgres://` store, shared by many nodes.
+fn is_shared_store(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// What names this server's cgroup parent: the store, and for a shared
+/// store also the node (several nodes of one store may share a host; a
+/// node without a stable id gets one of its own per process).
+fn cgroup_key(url: &str, shared: bool, node_id: Option<&str>) -> String {
+    if !shared {
+        return url.to_owned();
+    }
+    match node_id {
+        Some(n) => format!("{url}#{n}"),
+        None => format!("{url}#pid-{}", std::process::id()),
+    }
 }
 
 /// The parent cgroup of this server's jobs: one per job store, so that a
@@ -150,5 +196,19 @@ mod tests {
         assert_eq!(a, cgroup_parent_name("sqlite:///srv/a.db"));
         assert_ne!(a, cgroup_parent_name("sqlite:///srv/b.db"));
         assert!(a.starts_with("tsbridge-") && a.len() == "tsbridge-".len() + 8);
+    }
+
+    #[test]
+    fn nodes_of_a_shared_store_have_their_own_cgroup_parent() {
+        let url = "postgres://db/tsbridge";
+        assert!(is_shared_store(url) && !is_shared_store("sqlite:///srv/a.db"));
+        let a = cgroup_key(url, true, Some("a"));
+        assert_eq!(a, cgroup_key(url, true, Some("a")));
+        assert_ne!(a, cgroup_key(url, true, Some("b")));
+        assert_ne!(a, cgroup_key(url, true, None));
+        assert_eq!(
+            cgroup_key("sqlite:///x.db", false, Some("a")),
+            "sqlite:///x.db"
+        );
     }
 }

@@ -119,7 +119,8 @@ impl std::str::FromStr for TokenSpec {
 /// `[store]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
-    /// `sqlite:///absolute/path.db` after resolution (or `sqlite::memory:`).
+    /// `sqlite:///absolute/path.db` after resolution (or `sqlite::memory:`),
+    /// or a `postgres://` URL as written.
     pub url: String,
 }
 
@@ -751,19 +752,18 @@ pub fn resolve_store_url(url: &str, base: &Path) -> Result<String, String> {
         return Ok(url.to_owned());
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        // Refused here, with the key and line, rather than when `serve`
-        // opens the store.
-        return Err(
-            "PostgreSQL job stores are not available in this version (designed in \
-             docs/design/job-store.md); use sqlite://PATH"
-                .to_owned(),
-        );
+        // The shared store: taken as is, but a URL the driver cannot read
+        // is refused here, with the key and line, rather than at `serve`.
+        return match <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url) {
+            Ok(_) => Ok(url.to_owned()),
+            Err(e) => Err(format!("not a valid PostgreSQL URL: {e}")),
+        };
     }
     let Some(rest) = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
     else {
-        return Err("expected sqlite://PATH".to_owned());
+        return Err("expected sqlite://PATH or postgres://...".to_owned());
     };
     let (path, query) = match rest.split_once('?') {
         Some((p, q)) => (p, Some(q)),

@@ -422,12 +422,28 @@ fn rlimit_keys_are_read_and_checked() {
 }
 
 #[test]
-fn a_postgres_store_is_refused_with_its_key_and_line() {
+fn a_postgres_store_url_is_taken_as_written() {
     let f = Fixture::new();
-    let issues = f.issues("[store]\nurl = \"postgres://db.example/tsbridge\"\n");
+    for url in [
+        "postgres://tsbridge:pw@db.example:5432/tsbridge",
+        "postgresql://db.example/tsbridge?sslmode=require",
+    ] {
+        let c = f
+            .parse(&format!("[store]\nurl = \"{url}\"\n"))
+            .unwrap_or_else(|e| panic!("{url} refused: {e:?}"));
+        assert_eq!(c.store.url, url);
+    }
+}
+
+#[test]
+fn a_bad_postgres_url_is_refused_with_its_key_and_line() {
+    let f = Fixture::new();
+    let issues = f.issues("[store]\nurl = \"postgres://db.example:notaport/tsbridge\"\n");
     assert!(has(&issues, "store.url", 2), "{issues:?}");
     assert!(
         issues.iter().any(|i| i.message.contains("PostgreSQL")),
         "{issues:?}"
     );
+    let issues = f.issues("[store]\nurl = \"mysql://db/x\"\n");
+    assert!(has(&issues, "store.url", 2), "{issues:?}");
 }
