@@ -125,10 +125,11 @@ impl<'de> Deserialize<'de> for DurationSpec {
         }
         match Raw::deserialize(d)? {
             Raw::Ms(ms) => Ok(Self::from_millis(ms)),
-            Raw::F(f) if f.is_finite() && f >= 0.0 => Ok(Self(Duration::from_secs_f64(f / 1000.0))),
-            Raw::F(f) => Err(serde::de::Error::custom(ParseUnitError::Duration(
-                f.to_string(),
-            ))),
+            // `try_`: a number past Duration's range (1e23 ms) is an error,
+            // never a panic in the request handler.
+            Raw::F(f) => Duration::try_from_secs_f64(f / 1000.0)
+                .map(Self)
+                .map_err(|_| serde::de::Error::custom(ParseUnitError::Duration(f.to_string()))),
             Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
         }
     }
@@ -232,6 +233,12 @@ mod tests {
         assert_eq!(v.0, Duration::from_secs(2));
         assert_eq!(serde_json::to_string(&v).unwrap(), "\"2s\"");
         assert!(serde_json::from_str::<DurationSpec>("\"soon\"").is_err());
+        // Out of Duration's range, negative or not a number: errors, not panics.
+        for bad in ["1e23", "-5", "-0.5", "1e400"] {
+            assert!(serde_json::from_str::<DurationSpec>(bad).is_err(), "{bad}");
+        }
+        let v: DurationSpec = serde_json::from_str("1.5").unwrap();
+        assert_eq!(v.0, Duration::from_micros(1500));
     }
 
     #[test]

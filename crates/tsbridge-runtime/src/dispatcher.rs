@@ -902,22 +902,29 @@ async fn insert(
     job: &NewJob,
     full: Option<RuntimeError>,
 ) -> Result<Option<Submitted>, RuntimeError> {
-    let existing = |rec: &JobRecord| Submitted {
-        job_id: rec.id,
-        state: rec.state,
-        existing: true,
+    // A replay must be the same request: a key reused for other work is a
+    // client bug, answered as a conflict rather than with another job's result.
+    let existing = |rec: &JobRecord| {
+        if rec.workflow != job.workflow || rec.params != job.params || rec.request != job.request {
+            return Err(RuntimeError::IdempotencyConflict { job_id: rec.id });
+        }
+        Ok(Some(Submitted {
+            job_id: rec.id,
+            state: rec.state,
+            existing: true,
+        }))
     };
     if let Some(key) = &job.idempotency_key
         && let Some(rec) = store.find_by_idempotency_key(key).await?
     {
-        return Ok(Some(existing(&rec)));
+        return existing(&rec);
     }
     if let Some(e) = full {
         return Err(e);
     }
     match store.insert_job(job).await? {
         Inserted::Created => Ok(None),
-        Inserted::Existing(rec) => Ok(Some(existing(&rec))),
+        Inserted::Existing(rec) => existing(&rec),
     }
 }
 

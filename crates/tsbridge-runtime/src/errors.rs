@@ -121,6 +121,16 @@ pub enum RuntimeError {
     BadRequest(String),
     #[error("{0}")]
     Security(String),
+    /// The request is valid but too large to run (e.g. parameters that do
+    /// not fit one command-line argument).
+    #[error("{0}")]
+    TooLarge(String),
+    /// An idempotency key that names a job with another workflow, other
+    /// parameters or other options.
+    #[error(
+        "idempotencyKey already names job {job_id}, submitted with another workflow, other parameters or other options"
+    )]
+    IdempotencyConflict { job_id: JobId },
     #[error("the queue is full ({limit} jobs)")]
     QueueFull { limit: usize, retry_after: Duration },
     #[error("job {id} already finished ({state})")]
@@ -144,7 +154,10 @@ impl RuntimeError {
             }
             RuntimeError::Security(_) => ErrorType::SecurityError,
             RuntimeError::QueueFull { .. } => ErrorType::QueueFull,
-            RuntimeError::AlreadyFinished { .. } => ErrorType::Conflict,
+            RuntimeError::AlreadyFinished { .. } | RuntimeError::IdempotencyConflict { .. } => {
+                ErrorType::Conflict
+            }
+            RuntimeError::TooLarge(_) => ErrorType::PayloadTooLarge,
             RuntimeError::Store(_) => ErrorType::InternalError,
         }
     }
@@ -159,6 +172,9 @@ impl RuntimeError {
             })),
             RuntimeError::AlreadyFinished { id, state } => {
                 Some(serde_json::json!({"jobId": id, "state": state}))
+            }
+            RuntimeError::IdempotencyConflict { job_id } => {
+                Some(serde_json::json!({"jobId": job_id}))
             }
             _ => None,
         }

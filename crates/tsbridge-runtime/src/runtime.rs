@@ -227,6 +227,7 @@ impl Runtime {
             }
         }
         check_path_params(wf, &parameters)?;
+        check_command_line(wf, &parameters)?;
         let env = options.env.clone().unwrap_or_default();
         tsbridge_sandbox::env::validate_request_env(&wf.env.request, &env)
             .map_err(|e| RuntimeError::Security(e.to_string()))?;
@@ -548,6 +549,38 @@ fn request_memory(
     Ok(Some(effective))
 }
 
+/// Linux's limit on one argument (`MAX_ARG_STRLEN`, 32 pages), with its NUL.
+const MAX_ARG_BYTES: usize = 128 * 1024;
+/// What the arguments of one job may take in all, leaving room in `ARG_MAX`
+/// (2 MiB with the default 8 MiB stack) for the environment.
+const MAX_ARGS_BYTES: usize = 1024 * 1024;
+
+/// A spawn-mode job gets its parameters on the command line (`{params}`):
+/// parameters that cannot fit are refused at submit (413), where the client
+/// can act on it, instead of failing every attempt with `E2BIG`. Pool
+/// workers get them over IPC: no limit there beyond the body size.
+fn check_command_line(wf: &WorkflowConfig, params: &Value) -> Result<(), RuntimeError> {
+    if wf.mode == Mode::Pool {
+        return Ok(());
+    }
+    let json = params.to_string();
+    // A job id is a 36-character UUID: the placeholder has its length.
+    let args = wf.render_args(&json, "00000000-0000-0000-0000-000000000000");
+    let longest = args.iter().map(String::len).max().unwrap_or(0);
+    let total: usize = args.iter().map(|a| a.len() + 1).sum();
+    if longest + 1 > MAX_ARG_BYTES || total > MAX_ARGS_BYTES {
+        return Err(RuntimeError::TooLarge(format!(
+            "the parameters do not fit the command line of workflow {} ({} bytes in one argument, at most {}; {} in all, at most {}): pass large data as a file path, or run the workflow in pool mode",
+            wf.name,
+            longest,
+            MAX_ARG_BYTES - 1,
+            total,
+            MAX_ARGS_BYTES
+        )));
+    }
+    Ok(())
+}
+
 /// Path parameters must resolve (after symlinks, component-wise) inside
 /// the allowed roots: the workflow's root or one of its `limits.read` /
 /// `limits.write` entries. A relative path is resolved against the root.
@@ -558,7 +591,16 @@ fn check_path_params(wf: &WorkflowConfig, params: &Value) -> Result<(), RuntimeE
         };
         let candidates: Vec<&str> = match v {
             Value::String(s) => vec![s.as_str()],
-            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            Value::Array(a) => {
+                // Every element must be a path: a nested array or an object
+                // would reach the program unchecked (`${p}` flattens it).
+                let strings: Option<Vec<&str>> = a.iter().map(Value::as_str).collect();
+                strings.ok_or_else(|| {
+                    RuntimeError::BadRequest(format!(
+                        "parameter {name} must be a path string or an array of path strings"
+                    ))
+                })?
+            }
             Value::Null => Vec::new(),
             _ => {
                 return Err(RuntimeError::BadRequest(format!(

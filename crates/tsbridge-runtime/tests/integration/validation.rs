@@ -72,6 +72,46 @@ async fn refused_requests_store_nothing() {
         );
     }
 
+    // Every element of an array path parameter is a path: a nested array
+    // or an object would reach the program unchecked.
+    for bad in [
+        json!([["/etc/passwd"]]),
+        json!(["job.js", {"p": "/etc/passwd"}]),
+        json!(["job.js", 5]),
+    ] {
+        let e =
+            h.rt.submit(
+                "job",
+                json!({"n": 1, "inputPath": bad}),
+                JobOptions::default(),
+            )
+            .await
+            .expect_err("not a path");
+        assert_eq!(e.error_type(), ErrorType::ValidationError, "{bad}: {e}");
+    }
+    let e =
+        h.rt.submit(
+            "job",
+            json!({"n": 1, "inputPath": ["job.js", "/etc/passwd"]}),
+            JobOptions::default(),
+        )
+        .await
+        .expect_err("outside");
+    assert_eq!(e.error_type(), ErrorType::SecurityError);
+
+    // Parameters that cannot fit one command-line argument (Linux: 128 KiB)
+    // are refused at submit with 413, not failed at every spawn (E2BIG).
+    let e =
+        h.rt.submit(
+            "job",
+            json!({"n": 1, "blob": "x".repeat(200 * 1024)}),
+            JobOptions::default(),
+        )
+        .await
+        .expect_err("too large");
+    assert_eq!(e.error_type(), ErrorType::PayloadTooLarge, "{e}");
+    assert!(e.to_string().contains("command line"), "{e}");
+
     let e =
         h.rt.submit(
             "job",
@@ -112,6 +152,11 @@ async fn refused_requests_store_nothing() {
             json!({"n": 1, "inputPath": "job.js"}),
             opts_env("JOB_MODE", "fast"),
         )
+        .await;
+    assert_eq!(h.wait(id).await.state, tsbridge_proto::JobState::Succeeded);
+    // 100 KiB of parameters fit one argument, and run.
+    let id = h
+        .submit("job", json!({"n": 1, "blob": "x".repeat(100 * 1024)}))
         .await;
     assert_eq!(h.wait(id).await.state, tsbridge_proto::JobState::Succeeded);
 }

@@ -57,6 +57,16 @@ async fn bad_json_wrong_types_and_unknown_fields_are_400() {
     .await;
     assert_failure(&a, 400, "ValidationError");
 
+    // Past Duration's range: a typed 400, not a panic of the handler.
+    for body in [
+        r#"{"parameters":{},"options":{"timeout":1e23}}"#,
+        r#"{"parameters":{},"options":{"timeout":-1}}"#,
+        r#"{"parameters":{},"options":{"memory":1e30}}"#,
+    ] {
+        let a = call(&state, "POST", "/workflow/echo/execute", Some(body), None).await;
+        assert_failure(&a, 400, "ValidationError");
+    }
+
     let a = call(&state, "POST", "/v1/jobs", None, None).await;
     assert_failure(&a, 400, "ValidationError");
 }
