@@ -247,6 +247,8 @@ impl Dispatcher {
     }
 
     pub(crate) async fn run(mut self) {
+        // A shared store: jobs queued through other nodes.
+        let mut remote = self.shared.store.watch_queued();
         self.dispatch();
         self.publish_stats();
         loop {
@@ -274,6 +276,10 @@ impl Dispatcher {
                 },
                 _ = sleep_until(next_retry), if next_retry.is_some() => self.on_retry_timer(),
                 _ = sleep_until(stop_at), if stop_at.is_some() => self.stop_running(),
+                rec = next_remote(&mut remote), if remote.is_some() => match rec {
+                    Some(rec) => self.adopt_remote(rec),
+                    None => remote = None,
+                },
             }
             self.dispatch();
             self.publish_stats();
@@ -282,6 +288,16 @@ impl Dispatcher {
                 self.finish_shutdown().await;
                 return;
             }
+        }
+    }
+
+    /// A job a shared store says is queued (often through another node):
+    /// adopted unless it is live here already; whichever node claims it
+    /// first runs it, the others drop it (`start_attempt` answers
+    /// `NotFound`, see `on_done`).
+    fn adopt_remote(&mut self, rec: JobRecord) {
+        if self.accepting() {
+            self.adopt(rec);
         }
     }
 
@@ -368,7 +384,10 @@ impl Dispatcher {
                 match result {
                     Ok(None) => {
                         self.shared.bus.publish(&job.event);
-                        if self.accepting() {
+                        if self.jobs.contains_key(&job.id) {
+                            // A shared store's watch announced it before
+                            // this answer came back: adopted already.
+                        } else if self.accepting() {
                             self.ready.push(job.id, &job.workflow, job.priority);
                             self.jobs.insert(
                                 job.id,
@@ -953,6 +972,17 @@ fn answer(waiters: Vec<Reply<()>>, result: Result<(), StoreError>) {
     }
 }
 
+/// The next job of a shared store's watch (pending without one).
+async fn next_remote(
+    remote: &mut Option<futures::stream::BoxStream<'static, JobRecord>>,
+) -> Option<JobRecord> {
+    use futures::StreamExt;
+    match remote {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
@@ -1115,7 +1145,12 @@ async fn run_attempt(
         .start_attempt(id, n, &node, Utc::now(), &running)
         .await
     {
-        tracing::error!(job = %id, error = %e, "cannot record the start of an attempt");
+        if let StoreError::NotFound(_) = e {
+            // A shared store: another node claimed it first.
+            tracing::debug!(job = %id, "the job was claimed elsewhere");
+        } else {
+            tracing::error!(job = %id, error = %e, "cannot record the start of an attempt");
+        }
         let _ = done.send(AttemptDone {
             id,
             attempt: n,

@@ -274,4 +274,17 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Queued jobs this node may not hold: in a store shared by many nodes,
+    /// the jobs queued (submitted or re-queued) through other nodes, as they
+    /// are announced and as a periodic poll finds them (it also covers
+    /// announcements lost while disconnected). The dispatcher adopts each
+    /// one it does not hold and tries to claim it; a lost claim
+    /// (`NotFound`) drops it. May also yield jobs the node holds already.
+    ///
+    /// A method with a default rather than a change of the others: the
+    /// embedded store has one node, which queued every job itself (`None`).
+    fn watch_queued(&self) -> Option<futures::stream::BoxStream<'static, JobRecord>> {
+        None
+    }
 }

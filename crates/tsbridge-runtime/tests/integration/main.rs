@@ -16,6 +16,7 @@ mod example_app;
 mod executor_panic;
 mod group_commit;
 mod idempotency;
+mod multi_node_pg;
 mod ordering;
 mod pool_cancel;
 mod pool_crash;

@@ -102,6 +102,76 @@ async fn two_nodes_race_to_claim_each_job_and_exactly_one_wins() {
 }
 
 #[tokio::test]
+async fn a_claim_from_an_out_of_date_copy_is_refused() {
+    let Some(db) = db("a_claim_from_an_out_of_date_copy_is_refused").await else {
+        return;
+    };
+    let a = node(&db, Duration::from_secs(30)).await;
+    let b = node(&db, Duration::from_secs(30)).await;
+    let j = new_job("wf", 0, None);
+    a.insert_job(&j).await.expect("insert");
+    // Node b read the queued job (attempts 0, last seq 1) ...
+    let stale = b.get_job(j.id).await.expect("get").expect("job");
+    // ... meanwhile a ran attempt 1 and re-queued it.
+    claim(&a, j.id, "node-a").await.expect("claim");
+    let end = AttemptEnd {
+        n: 1,
+        reason: EndReason::Signaled,
+        exit_code: None,
+        signal: Some(9),
+        process_id: None,
+        error: None,
+        finished_at: Utc::now(),
+        output: OutputView::default(),
+        resources: Resources::default(),
+    };
+    a.complete_attempt(
+        j.id,
+        &end,
+        &AfterAttempt::Requeue,
+        &state(j.id, 3, JobState::Queued, None, Some(1)),
+    )
+    .await
+    .expect("requeue");
+    // b's claim from its copy (attempt 1, event 2) is refused, not an error.
+    let n = stale.attempts_started + 1;
+    let seq = stale.last_seq + 1;
+    assert!(matches!(
+        b.start_attempt(
+            j.id,
+            n,
+            "node-b",
+            Utc::now(),
+            &state(j.id, seq, JobState::Running, None, Some(n))
+        )
+        .await,
+        Err(StoreError::NotFound(_))
+    ));
+    // From a fresh copy it wins.
+    let fresh = b.get_job(j.id).await.expect("get").expect("job");
+    let n = fresh.attempts_started + 1;
+    let seq = fresh.last_seq + 1;
+    b.start_attempt(
+        j.id,
+        n,
+        "node-b",
+        Utc::now(),
+        &state(j.id, seq, JobState::Running, None, Some(n)),
+    )
+    .await
+    .expect("claim from a fresh copy");
+    assert_eq!(
+        b.get_job(j.id)
+            .await
+            .expect("get")
+            .expect("job")
+            .attempts
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
 async fn recovery_of_one_node_leaves_the_other_nodes_running_job_alone() {
     let Some(db) = db("recovery_of_one_node_leaves_the_other_nodes_running_job_alone").await else {
         return;

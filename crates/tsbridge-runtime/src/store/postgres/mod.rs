@@ -14,23 +14,25 @@
 //!   own node and those whose lease expired (any node), with `FOR UPDATE
 //!   SKIP LOCKED` so two recovering nodes never take the same job.
 //! - Wake-ups: an insert and a re-queue `NOTIFY` [`QUEUED_CHANNEL`] with the
-//!   job id (delivered at commit); see [`PgStore::queued_notifications`].
+//!   job id (delivered at commit). [`JobStore::watch_queued`] turns them,
+//!   and a periodic poll, into the queued jobs of other nodes.
 
 mod rows;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures::Stream;
-use futures::StreamExt;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Transaction};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tsbridge_proto::{EventData, JobEvent, JobId};
+use tsbridge_proto::{EventData, JobEvent, JobId, JobState};
 
 use super::{
     AfterAttempt, AttemptEnd, EventRetention, Finish, Inserted, JobPage, JobRecord, JobStore,
@@ -47,6 +49,13 @@ pub const QUEUED_CHANNEL: &str = "tsbridge_queued";
 /// Output shown per stream in job lists.
 const LIST_OUTPUT_TAIL: usize = 4096;
 
+/// Queued jobs one poll of [`JobStore::watch_queued`] reads, at most.
+const POLL_LIMIT: i64 = 1000;
+
+/// Ids this store announced itself and has not heard back yet, at most
+/// (announcements lost while the listener was down would stay forever).
+const MAX_OWN_ANNOUNCED: usize = 100_000;
+
 /// How a [`PgStore`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PgOptions {
@@ -56,6 +65,9 @@ pub struct PgOptions {
     pub lease: Duration,
     /// Connections in the pool, at most.
     pub max_connections: u32,
+    /// How often [`JobStore::watch_queued`] also reads the queue, besides
+    /// the announcements.
+    pub poll: Duration,
 }
 
 impl Default for PgOptions {
@@ -64,6 +76,7 @@ impl Default for PgOptions {
             retention: EventRetention::default(),
             lease: Duration::from_secs(30),
             max_connections: 8,
+            poll: Duration::from_secs(5),
         }
     }
 }
@@ -82,8 +95,11 @@ struct Inner {
     /// Running jobs claimed through this store, with their node: the leases
     /// it renews.
     held: Mutex<HashMap<JobId, String>>,
-    /// Stops the lease renewal.
+    /// Stops the lease renewal and the watch.
     stop: CancellationToken,
+    /// Jobs this store announced while watched: the watch skips them (this
+    /// node holds them already).
+    own_announced: Mutex<Option<HashSet<JobId>>>,
 }
 
 fn is_pg_url(url: &str) -> bool {
@@ -122,6 +138,7 @@ impl PgStore {
             opts,
             held: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
+            own_announced: Mutex::new(None),
         });
         tokio::spawn(renew_leases(Arc::downgrade(&inner)));
         Ok(Self { inner })
@@ -157,6 +174,40 @@ impl PgStore {
                 }
             }
         }))
+    }
+
+    /// Notes a job this store announces, if it is watched.
+    fn announcing(&self, id: JobId) {
+        if let Ok(mut own) = self.inner.own_announced.lock()
+            && let Some(own) = own.as_mut()
+        {
+            if own.len() >= MAX_OWN_ANNOUNCED {
+                own.clear();
+            }
+            own.insert(id);
+        }
+    }
+
+    /// Whether `id` was announced by this store (forgets it).
+    fn was_own(&self, id: JobId) -> bool {
+        self.inner
+            .own_announced
+            .lock()
+            .ok()
+            .and_then(|mut own| own.as_mut().map(|o| o.remove(&id)))
+            .unwrap_or(false)
+    }
+
+    /// Queued jobs, best first, at most [`POLL_LIMIT`].
+    async fn poll_queued(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id LIMIT $1",
+        )
+        .bind(POLL_LIMIT)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(StoreError::query("read jobs"))?;
+        self.records(&rows, false).await
     }
 
     fn lease_secs(&self) -> f64 {
@@ -361,6 +412,7 @@ impl JobStore for PgStore {
             };
         }
         insert_events(&mut tx, &id, std::slice::from_ref(&job.event)).await?;
+        self.announcing(job.id);
         notify_queued(&mut tx, &id).await?;
         commit(tx).await?;
         Ok(Inserted::Created)
@@ -386,12 +438,15 @@ impl JobStore for PgStore {
         let ids = id.to_string();
         let mut tx = self.begin().await?;
         // The claim: only a queued job can start. A concurrent claim of the
-        // same job waits for this row lock, then sees `running`.
+        // same job waits for this row lock, then sees `running`. A claim
+        // made from an out-of-date copy of the job (another node ran an
+        // attempt since) is refused the same way: its attempt and event
+        // numbers are taken.
         let claimed = sqlx::query(
             "UPDATE jobs SET state = 'running', attempts = $1, node = $2, \
              started_at = COALESCE(started_at, $3), last_seq = GREATEST(last_seq, $4), \
              lease_until = now() + make_interval(secs => $5) \
-             WHERE id = $6 AND state = 'queued'",
+             WHERE id = $6 AND state = 'queued' AND attempts < $1 AND last_seq < $4",
         )
         .bind(i64::from(n))
         .bind(node)
@@ -553,6 +608,7 @@ impl JobStore for PgStore {
         .map_err(StoreError::query("record attempt end"))?;
         insert_events(&mut tx, &ids, std::slice::from_ref(event)).await?;
         if finish.is_none() {
+            self.announcing(id);
             notify_queued(&mut tx, &ids).await?;
         }
         commit(tx).await?;
@@ -684,6 +740,89 @@ impl JobStore for PgStore {
             .await
             .map_err(StoreError::query("ping"))?;
         Ok(())
+    }
+
+    fn watch_queued(&self) -> Option<BoxStream<'static, JobRecord>> {
+        if let Ok(mut own) = self.inner.own_announced.lock() {
+            own.get_or_insert_with(HashSet::new);
+        }
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(watch(self.clone(), tx));
+        Some(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+    }
+}
+
+/// Feeds `tx` with the queued jobs other nodes announce, and with every
+/// queued job at each poll, until the store is closed or `tx`'s reader is
+/// gone. A listener that fails is connected again at the next poll.
+async fn watch(store: PgStore, tx: mpsc::Sender<JobRecord>) {
+    let stop = store.inner.stop.clone();
+    let mut poll = tokio::time::interval(store.inner.opts.poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut listener: Option<PgListener> = None;
+    loop {
+        let heard = async {
+            match listener.as_mut() {
+                Some(l) => l.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let found: Vec<JobRecord> = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tx.closed() => return,
+            n = heard => match n {
+                Ok(n) => match n.payload().parse::<JobId>() {
+                    Ok(id) if !store.was_own(id) => match store.get_job(id).await {
+                        Ok(Some(rec)) if rec.state == JobState::Queued => vec![rec],
+                        Ok(_) => Vec::new(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, job = %id, "cannot read an announced job");
+                            Vec::new()
+                        }
+                    },
+                    _ => Vec::new(),
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "job store announcements lost; listening again at the next poll");
+                    listener = None;
+                    Vec::new()
+                }
+            },
+            _ = poll.tick() => {
+                if listener.is_none() {
+                    listener = listen(&store).await;
+                }
+                match store.poll_queued().await {
+                    Ok(jobs) => jobs,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot poll the shared queue");
+                        Vec::new()
+                    }
+                }
+            }
+        };
+        for rec in found {
+            if tx.send(rec).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn listen(store: &PgStore) -> Option<PgListener> {
+    let mut l = match PgListener::connect_with(&store.inner.pool).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for queued jobs");
+            return None;
+        }
+    };
+    match l.listen(QUEUED_CHANNEL).await {
+        Ok(()) => Some(l),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for queued jobs");
+            None
+        }
     }
 }
 
