@@ -122,12 +122,74 @@ fn query_token(req: &Request) -> Option<String> {
     q.get("token").cloned()
 }
 
+/// Whether `host` (a URI or `Host` header's host, without the port; IPv6
+/// with or without brackets) names this machine's loopback.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+            ip.is_loopback()
+                || matches!(ip, std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()))
+        })
+}
+
+/// Without tokens (a loopback listener) anything on the machine may call the
+/// API, but a web page must not: a page of any site can send a "simple"
+/// cross-origin POST (no preflight) to `127.0.0.1`, and a DNS-rebinding page
+/// can even read the answers. So a request that names a non-loopback host
+/// (`Host`: rebinding) or comes from a page of a non-loopback origin
+/// (`Origin`; `null` included: sandboxed frames, `file:`) is refused. Clients
+/// that are not browsers (curl, the SDK, the CLI) send no `Origin` and a
+/// loopback `Host`. With tokens this check is off: a page cannot know a
+/// token, and a bearer header makes every cross-origin request preflighted,
+/// which tsbridge (no CORS) never allows.
+fn browser_guard(req: &Request) -> Result<(), ApiError> {
+    let refuse = |what: String| {
+        Err(ApiError::new(
+            tsbridge_proto::ErrorType::SecurityError,
+            format!(
+                "{what}: without server.tokens tsbridge answers only clients on this machine, never a web page of another site"
+            ),
+        ))
+    };
+    let host = req.uri().host().map(str::to_owned).or_else(|| {
+        let h = req.headers().get(header::HOST)?.to_str().ok()?;
+        let uri: axum::http::uri::Authority = h.parse().ok()?;
+        Some(uri.host().to_owned())
+    });
+    if let Some(host) = host
+        && !is_loopback_host(&host)
+    {
+        return refuse(format!("host {host:?} is not a loopback name"));
+    }
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let loopback = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.parse::<axum::http::Uri>().ok())
+            .is_some_and(|u| u.host().is_some_and(is_loopback_host));
+        if !loopback {
+            let shown = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+            return refuse(format!("a request from the web origin {shown:?}"));
+        }
+    }
+    Ok(())
+}
+
 /// Middleware: every route but `/healthz` needs a valid bearer token when
 /// tokens are configured; 401 `Unauthorized` with `WWW-Authenticate` if not.
+/// Without tokens, requests from web pages of other sites are refused (403,
+/// see [`browser_guard`]).
 pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let auth = state.auth();
-    if !auth.is_enabled() || req.uri().path() == "/healthz" {
+    if req.uri().path() == "/healthz" {
         return next.run(req).await;
+    }
+    if !auth.is_enabled() {
+        return match browser_guard(&req) {
+            Ok(()) => next.run(req).await,
+            Err(e) => e.into_response(),
+        };
     }
     let presented = bearer(&req).or_else(|| {
         accepts_query_token(req.uri().path())
@@ -165,6 +227,32 @@ mod tests {
         assert!(!auth.verify("li"));
         assert!(!auth.verify(""));
         assert!(!auth.verify("sha256:whatever"));
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.9.9.9",
+            "::1",
+            "[::1]",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "evil.example",
+            "localhost.evil.example",
+            "10.0.0.1",
+            "0.0.0.0",
+            "[::]",
+            "",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod common;
 
 mod auth_socket;
 mod batch;
+mod browser_guard;
 mod client;
 mod errors;
 mod measure;
