@@ -88,6 +88,10 @@ const FORBIDDEN_PREFIXES: &[&str] = &[
     "PYTHON", // PYTHONSTARTUP, PYTHONPATH, PYTHONHOME, PYTHONWARNINGS (imports modules)...
     "BASH_FUNC_", // exported shell functions
     "OPENSSL_", // OPENSSL_CONF loads engines/providers (code)
+    // The TypeScript runners tsbridge itself starts:
+    "TS_NODE_", // TS_NODE_COMPILER, TS_NODE_TRANSPILER, TS_NODE_PROJECT load modules
+    "ESBUILD_", // ESBUILD_BINARY_PATH: esbuild executes that binary
+    "TSX_",     // TSX_TSCONFIG_PATH: a tsconfig's `paths` redirect imports
 ];
 
 /// `NODE_*` names that are plain settings, not hooks.
@@ -220,6 +224,10 @@ mod tests {
             "PERL5OPT",
             "JAVA_TOOL_OPTIONS",
             "GLIBC_TUNABLES",
+            "TS_NODE_COMPILER",
+            "ts_node_project",
+            "ESBUILD_BINARY_PATH",
+            "TSX_TSCONFIG_PATH",
         ] {
             let r = validate_request_env(&[name], &map(&[(name, "x")]));
             assert_eq!(
