@@ -417,6 +417,8 @@ async fn a_claim_only_takes_a_queued_job(f: &Fixture) {
     assert_eq!(r.last_seq, 2);
     assert_eq!(r.attempts.len(), 1);
     // A finished job cannot be claimed either, nor an unknown one.
+    let done = new_job("wf", 0, None);
+    store.insert_job(&done).await.expect("insert");
     let fin = Finish {
         state: JobState::Cancelled,
         reason: Some(EndReason::Cancelled),
@@ -426,14 +428,28 @@ async fn a_claim_only_takes_a_queued_job(f: &Fixture) {
     };
     store
         .finish_job(
-            id,
+            done.id,
             &fin,
-            &state(id, 3, JobState::Cancelled, Some(EndReason::Cancelled), None),
+            &state(
+                done.id,
+                2,
+                JobState::Cancelled,
+                Some(EndReason::Cancelled),
+                None,
+            ),
         )
         .await
         .expect("finish");
     assert!(matches!(
-        claim("node-b", 4).await,
+        store
+            .start_attempt(
+                done.id,
+                1,
+                "node-b",
+                Utc::now(),
+                &state(done.id, 3, JobState::Running, None, Some(1))
+            )
+            .await,
         Err(StoreError::NotFound(_))
     ));
     let unknown = JobId::new();
@@ -449,9 +465,10 @@ async fn a_claim_only_takes_a_queued_job(f: &Fixture) {
             .await,
         Err(StoreError::NotFound(_))
     ));
-    let r = store.get_job(id).await.expect("get").expect("exists");
+    let r = store.get_job(done.id).await.expect("get").expect("exists");
     assert_eq!(r.state, JobState::Cancelled);
     assert_eq!(r.node, None);
+    assert!(r.attempts.is_empty());
 }
 
 async fn event_retention_keeps_head_and_tail(f: &Fixture) {

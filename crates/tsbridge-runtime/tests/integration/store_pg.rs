@@ -14,7 +14,7 @@ use serde_json::json;
 use tsbridge_proto::api::{OutputView, Resources};
 use tsbridge_proto::{EndReason, JobId, JobState};
 use tsbridge_runtime::store::{
-    AfterAttempt, AttemptEnd, JobStore, PgOptions, PgStore, QUEUED_CHANNEL,
+    AfterAttempt, AttemptEnd, Finish, JobStore, PgOptions, PgStore, QUEUED_CHANNEL,
 };
 use tsbridge_runtime::{Runtime, RuntimeOptions, StoreError};
 
@@ -172,6 +172,101 @@ async fn a_claim_from_an_out_of_date_copy_is_refused() {
 }
 
 #[tokio::test]
+async fn a_node_that_lost_its_job_cannot_end_it() {
+    let Some(db) = db("a_node_that_lost_its_job_cannot_end_it").await else {
+        return;
+    };
+    let a = node(&db, Duration::from_secs(30)).await;
+    let b = node(&db, Duration::from_secs(30)).await;
+    let j = new_job("wf", 0, None);
+    a.insert_job(&j).await.expect("insert");
+    claim(&a, j.id, "node-a").await.expect("claim");
+    // Node a's attempt 1 is ended for it (as a recovering node would) and
+    // node b runs attempt 2.
+    let end = |n: u32| AttemptEnd {
+        n,
+        reason: EndReason::Interrupted,
+        exit_code: None,
+        signal: None,
+        process_id: None,
+        error: None,
+        finished_at: Utc::now(),
+        output: OutputView::default(),
+        resources: Resources::default(),
+    };
+    b.complete_attempt(
+        j.id,
+        &end(1),
+        &AfterAttempt::Requeue,
+        &state(
+            j.id,
+            3,
+            JobState::Queued,
+            Some(EndReason::Interrupted),
+            Some(1),
+        ),
+    )
+    .await
+    .expect("requeue");
+    b.start_attempt(
+        j.id,
+        2,
+        "node-b",
+        Utc::now(),
+        &state(j.id, 4, JobState::Running, None, Some(2)),
+    )
+    .await
+    .expect("claim 2");
+    // Node a comes back and ends its attempt 1: refused, nothing changes.
+    let fin = Finish {
+        state: JobState::Succeeded,
+        reason: Some(EndReason::Exited),
+        result: Some(json!("stale")),
+        error: None,
+        finished_at: Utc::now(),
+    };
+    assert!(matches!(
+        a.complete_attempt(
+            j.id,
+            &end(1),
+            &AfterAttempt::Finish(fin.clone()),
+            &state(
+                j.id,
+                3,
+                JobState::Succeeded,
+                Some(EndReason::Exited),
+                Some(1)
+            ),
+        )
+        .await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Nor can a node finish it as if it were still queued (a cancel).
+    assert!(matches!(
+        a.finish_job(
+            j.id,
+            &fin,
+            &state(
+                j.id,
+                2,
+                JobState::Cancelled,
+                Some(EndReason::Cancelled),
+                None
+            ),
+        )
+        .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let r = b.get_job(j.id).await.expect("get").expect("job");
+    assert_eq!(r.state, JobState::Running);
+    assert_eq!(r.node.as_deref(), Some("node-b"));
+    assert_eq!(r.result, None);
+    assert_eq!(r.last_seq, 4);
+    assert_eq!(r.attempts[0].reason, Some(EndReason::Interrupted));
+    assert!(r.attempts[1].finished_at.is_none());
+}
+
+#[tokio::test]
 async fn recovery_of_one_node_leaves_the_other_nodes_running_job_alone() {
     let Some(db) = db("recovery_of_one_node_leaves_the_other_nodes_running_job_alone").await else {
         return;
@@ -301,25 +396,38 @@ async fn a_live_node_renews_the_leases_of_its_running_jobs() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Once the job ends, it has no lease.
-    a.finish_job(
+    let end = AttemptEnd {
+        n: 1,
+        reason: EndReason::Exited,
+        exit_code: Some(0),
+        signal: None,
+        process_id: None,
+        error: None,
+        finished_at: Utc::now(),
+        output: OutputView::default(),
+        resources: Resources::default(),
+    };
+    let fin = Finish {
+        state: JobState::Succeeded,
+        reason: Some(EndReason::Exited),
+        result: None,
+        error: None,
+        finished_at: Utc::now(),
+    };
+    a.complete_attempt(
         j.id,
-        &tsbridge_runtime::store::Finish {
-            state: JobState::Cancelled,
-            reason: Some(EndReason::Cancelled),
-            result: None,
-            error: None,
-            finished_at: Utc::now(),
-        },
+        &end,
+        &AfterAttempt::Finish(fin),
         &state(
             j.id,
             3,
-            JobState::Cancelled,
-            Some(EndReason::Cancelled),
-            None,
+            JobState::Succeeded,
+            Some(EndReason::Exited),
+            Some(1),
         ),
     )
     .await
-    .expect("finish");
+    .expect("complete");
     assert_eq!(lease_of(&db, j.id).await, None);
 }
 

@@ -570,8 +570,11 @@ impl JobStore for PgStore {
             AfterAttempt::Finish(f) => Some(f),
         };
         // The attempt's output and, in the same statement, what follows. A
-        // re-queue keeps the finish columns.
-        sqlx::query(
+        // re-queue keeps the finish columns. Only the running attempt `n`
+        // ends: a node that lost the job (its lease expired and another
+        // node took it over) is refused, and its attempt row stays as the
+        // recovery wrote it (this transaction rolls back).
+        let ended = sqlx::query(
             "UPDATE jobs SET exit_code = $1, signal = $2, process_id = COALESCE($3, process_id), \
              stdout = $4, stderr = $5, stdout_dropped = $6, stderr_dropped = $7, \
              stdout_truncated = $8, stderr_truncated = $9, peak_memory = $10, cpu_ms = $11, \
@@ -581,7 +584,7 @@ impl JobStore for PgStore {
              result = CASE WHEN $15 THEN COALESCE($17, result) ELSE result END, \
              error = CASE WHEN $15 THEN $18 ELSE error END, \
              finished_at = CASE WHEN $15 THEN $19 ELSE finished_at END \
-             WHERE id = $20",
+             WHERE id = $20 AND state = 'running' AND attempts = $21",
         )
         .bind(end.exit_code.map(i64::from))
         .bind(end.signal.map(i64::from))
@@ -603,9 +606,16 @@ impl JobStore for PgStore {
         .bind(finish.and_then(|f| f.error.as_ref().map(json_text)))
         .bind(finish.map(|f| ms(f.finished_at)))
         .bind(&ids)
+        .bind(i64::from(end.n))
         .execute(&mut *tx)
         .await
-        .map_err(StoreError::query("record attempt end"))?;
+        .map_err(StoreError::query("record attempt end"))?
+        .rows_affected()
+            > 0;
+        if !ended {
+            self.release(id);
+            return Err(StoreError::NotFound(id));
+        }
         insert_events(&mut tx, &ids, std::slice::from_ref(event)).await?;
         if finish.is_none() {
             self.announcing(id);
@@ -624,10 +634,12 @@ impl JobStore for PgStore {
     ) -> Result<(), StoreError> {
         let ids = id.to_string();
         let mut tx = self.begin().await?;
-        sqlx::query(
+        // Only a queued job, as this node knows it: not one another node
+        // claimed, or ran an attempt of, since (its event number is taken).
+        let finished = sqlx::query(
             "UPDATE jobs SET last_seq = GREATEST(last_seq, $1), state = $2, reason = $3, \
              result = COALESCE($4, result), error = $5, finished_at = $6, node = NULL, \
-             lease_until = NULL WHERE id = $7",
+             lease_until = NULL WHERE id = $7 AND state = 'queued' AND last_seq < $1",
         )
         .bind(event.seq as i64)
         .bind(finish.state.as_str())
@@ -638,7 +650,12 @@ impl JobStore for PgStore {
         .bind(&ids)
         .execute(&mut *tx)
         .await
-        .map_err(StoreError::query("finish job"))?;
+        .map_err(StoreError::query("finish job"))?
+        .rows_affected()
+            > 0;
+        if !finished {
+            return Err(StoreError::NotFound(id));
+        }
         insert_events(&mut tx, &ids, std::slice::from_ref(event)).await?;
         commit(tx).await?;
         self.release(id);
