@@ -13,10 +13,15 @@
 //!   same way (counted in [`Outcome::leaked_descendants_killed`]).
 //! - Output: stdout and stderr pipes enlarged to 1 MiB, read into bounded
 //!   [`CaptureBuffer`]s and through the line protocol.
-//! - Events: a bounded channel. A full channel never blocks the pipe: a
-//!   non-result event is dropped and counted ([`Outcome::events_dropped`]); a
-//!   result event waits at most [`RESULT_SEND_WAIT`] and is then dropped too
-//!   (the result is always in [`Outcome::result`]).
+//! - Events: a bounded channel, bounded in count (`event_capacity`) and in
+//!   bytes (the larger of `max_output` and [`MIN_EVENT_BUDGET`]: what the
+//!   queued events' text and JSON take). A full channel never blocks the
+//!   pipe: a non-result event is dropped and counted
+//!   ([`Outcome::events_dropped`]); a result event waits at most
+//!   [`RESULT_SEND_WAIT`] for room in the count, and is dropped at once past
+//!   the bytes (the result is always in [`Outcome::result`]). So a child
+//!   flooding long lines or large results costs tsbridge at most that budget
+//!   in queued events, whoever is (not) reading them.
 //! - Reaping: the leader is reaped by its own waiter with `wait4` (a pidfd
 //!   says when), which gives its rusage: `cpu` is user+sys of the leader and
 //!   of every descendant it reaped; `peak_rss` is the largest `ru_maxrss`
@@ -63,6 +68,8 @@ use crate::{registry, spawner, supervisor};
 
 /// How long a `result` event may wait for room in a full event channel.
 pub const RESULT_SEND_WAIT: Duration = Duration::from_millis(250);
+/// The smallest byte budget of a job's queued events (see the module doc).
+pub const MIN_EVENT_BUDGET: usize = 1 << 20;
 /// Size the engine asks for its stdout/stderr pipes.
 pub const PIPE_SIZE: i32 = 1 << 20;
 /// How often the terminator looks at the tree while it waits.
@@ -521,6 +528,8 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
         tx: tx.clone(),
         dropped: dropped.clone(),
         results: results.clone(),
+        queued: Arc::new(tokio::sync::Mutex::new(Queued::default())),
+        budget: max_output.max(MIN_EVENT_BUDGET),
     };
     let stdout_task = tokio::spawn(read_stdout(
         stdout,
@@ -659,6 +668,63 @@ pub(crate) struct EventSink {
     tx: mpsc::Sender<ChildEvent>,
     dropped: Arc<AtomicU64>,
     results: Arc<ResultSlot>,
+    /// The sizes of the events in the channel; every send holds this lock,
+    /// so its order is the channel's.
+    queued: Arc<tokio::sync::Mutex<Queued>>,
+    /// Bytes the queued events may take.
+    budget: usize,
+}
+
+/// The sizes of the events sent and, as far as this side knows, not yet
+/// received (oldest first).
+#[derive(Default)]
+struct Queued {
+    sizes: std::collections::VecDeque<usize>,
+    bytes: usize,
+}
+
+impl Queued {
+    /// Forgets the oldest sizes beyond `in_channel`, the events the channel
+    /// holds now: the others were received. Read under the sender's lock,
+    /// `in_channel` can only be too high (the receiver goes on receiving),
+    /// so `bytes` is never below what the channel holds.
+    fn received_all_but(&mut self, in_channel: usize) {
+        while self.sizes.len() > in_channel {
+            if let Some(n) = self.sizes.pop_front() {
+                self.bytes -= n;
+            }
+        }
+    }
+
+    fn push(&mut self, n: usize) {
+        self.sizes.push_back(n);
+        self.bytes += n;
+    }
+}
+
+/// What an event takes in memory, near enough: its text, and for JSON each
+/// value's node (`serde_json::Value` is 32 bytes on 64-bit targets).
+fn event_bytes(ev: &ChildEvent) -> usize {
+    const NODE: usize = std::mem::size_of::<Value>();
+    fn json(v: &Value) -> usize {
+        NODE + match v {
+            Value::String(s) => s.len(),
+            Value::Array(a) => a.iter().map(json).sum(),
+            Value::Object(o) => o.iter().map(|(k, v)| k.len() + NODE + json(v)).sum(),
+            Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        }
+    }
+    let body = match ev {
+        ChildEvent::Log {
+            message,
+            child_timestamp,
+            ..
+        } => message.len() + child_timestamp.as_ref().map_or(0, String::len),
+        ChildEvent::Progress(p) => p.message.len(),
+        ChildEvent::Result { value } => json(value),
+        ChildEvent::Output { line, .. } => line.len(),
+    };
+    std::mem::size_of::<ChildEvent>() + body
 }
 
 /// The last result from any source (stdout protocol or IPC), by arrival.
@@ -680,24 +746,38 @@ impl EventSink {
     /// Sends one event without ever blocking the pipe for long (see the
     /// module doc). Results are also recorded for the outcome.
     pub(crate) async fn send(&self, ev: ChildEvent) {
-        if let ChildEvent::Result { value } = &ev {
+        let is_result = if let ChildEvent::Result { value } = &ev {
             self.results.set(value.clone());
-            match self.tx.try_send(ev) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-                Err(mpsc::error::TrySendError::Full(ev)) => {
-                    match tokio::time::timeout(RESULT_SEND_WAIT, self.tx.send(ev)).await {
-                        Ok(_) => {}
-                        Err(_) => {
-                            self.dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }
+            true
+        } else {
+            false
+        };
+        if self.tx.is_closed() {
+            return;
+        }
+        let size = event_bytes(&ev);
+        let mut queued = self.queued.lock().await;
+        queued.received_all_but(self.tx.max_capacity() - self.tx.capacity());
+        // One event alone may pass (a line is cut at max_line, a result at
+        // max_result); past that the budget holds.
+        if queued.bytes + size > self.budget && !queued.sizes.is_empty() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
         match self.tx.try_send(ev) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Ok(()) => queued.push(size),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(ev)) if is_result => {
+                // Holding the lock: the other sources' events would find
+                // the channel full and be dropped anyway.
+                match tokio::time::timeout(RESULT_SEND_WAIT, self.tx.send(ev)).await {
+                    Ok(Ok(())) => queued.push(size),
+                    Ok(Err(_)) => {}
+                    Err(_) => {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }

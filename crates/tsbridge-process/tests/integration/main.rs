@@ -11,6 +11,7 @@ mod argv_verbatim;
 mod bytewise_result;
 mod cancel;
 mod env_exact;
+mod event_budget;
 mod exit_code;
 mod flood_capture;
 mod ipc_engine;
