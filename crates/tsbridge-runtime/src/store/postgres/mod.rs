@@ -546,6 +546,9 @@ impl JobStore for PgStore {
         next: &AfterAttempt,
         event: &JobEvent,
     ) -> Result<(), StoreError> {
+        // Whatever the outcome, this node is done with the attempt: should
+        // the write fail, its lease lapses and a recovery takes the job.
+        self.release(id);
         let ids = id.to_string();
         let o = &end.output;
         let r = &end.resources;
@@ -613,7 +616,6 @@ impl JobStore for PgStore {
         .rows_affected()
             > 0;
         if !ended {
-            self.release(id);
             return Err(StoreError::NotFound(id));
         }
         insert_events(&mut tx, &ids, std::slice::from_ref(event)).await?;
@@ -621,9 +623,7 @@ impl JobStore for PgStore {
             self.announcing(id);
             notify_queued(&mut tx, &ids).await?;
         }
-        commit(tx).await?;
-        self.release(id);
-        Ok(())
+        commit(tx).await
     }
 
     async fn finish_job(
