@@ -37,6 +37,11 @@ use crate::state::AppState;
 
 /// The largest message a client may send.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+/// Jobs one connection may follow at once (each costs a feed); past it a
+/// `subscribe` is answered with an error, as are cancels past the second
+/// bound (each waits for its job's end on a task of its own).
+pub const MAX_SUBSCRIPTIONS: usize = 1024;
+pub const MAX_PENDING_CANCELS: usize = 256;
 /// tungstenite's read buffer, held by every connection while idle. Client
 /// messages are tiny; a larger one is still read whole (tungstenite
 /// reserves a frame's full length), only in more reads.
@@ -413,6 +418,12 @@ async fn on_text(state: &AppState, conn: &mut Conn, text: &str) {
                 conn.push(&ServerMessage::Subscribed { workflow_id: raw });
                 return;
             }
+            if conn.subs.len() >= MAX_SUBSCRIPTIONS {
+                conn.error(format!(
+                    "Cannot subscribe to {raw}: this connection follows {MAX_SUBSCRIPTIONS} jobs already"
+                ));
+                return;
+            }
             match state.backend().get(id).await {
                 Ok(_) => {}
                 Err(e) if e.kind == ErrorType::NotFound => {
@@ -439,6 +450,12 @@ async fn on_text(state: &AppState, conn: &mut Conn, text: &str) {
             // else gets it from here. On a task of its own: a cancel waits
             // for the job's end, and must not hold up this connection (nor
             // stop if the client leaves).
+            if conn.cancels.len() >= MAX_PENDING_CANCELS {
+                conn.error(format!(
+                    "Cannot cancel {raw}: {MAX_PENDING_CANCELS} cancels of this connection are still running"
+                ));
+                return;
+            }
             let subscribed = conn.subs.contains_key(&id);
             let backend = state.backend_arc();
             conn.cancels.push(tokio::spawn(async move {

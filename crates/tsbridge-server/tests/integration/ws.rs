@@ -410,3 +410,43 @@ async fn a_repeated_subscribe_answers_subscribed_until_the_job_is_over() {
     assert_progress_shape(&next(&mut ws).await, &id);
     assert_eq!(next(&mut ws).await["type"], "cancelled");
 }
+
+#[tokio::test]
+async fn one_connection_follows_at_most_max_subscriptions_jobs() {
+    use tsbridge_server::routes::ws::MAX_SUBSCRIPTIONS;
+    let (state, _) = fake_state(settings());
+    let server = TestServer::start(state).await;
+    let mut ids = Vec::new();
+    for _ in 0..=MAX_SUBSCRIPTIONS {
+        ids.push(submit(&server, "hang", json!({})).await);
+    }
+    let mut ws = open(&server).await;
+    for id in &ids[..MAX_SUBSCRIPTIONS] {
+        send(&mut ws, json!({"type": "subscribe", "workflowId": id})).await;
+    }
+    let last = &ids[MAX_SUBSCRIPTIONS];
+    send(&mut ws, json!({"type": "subscribe", "workflowId": last})).await;
+    let msgs = until(&mut ws, "error").await;
+    let subscribed = msgs.iter().filter(|m| m["type"] == "subscribed").count();
+    assert_eq!(subscribed, MAX_SUBSCRIPTIONS);
+    let error = msgs.last().unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains(last.as_str()) && error.contains("1024"),
+        "{error}"
+    );
+
+    // Room again after an unsubscribe.
+    send(
+        &mut ws,
+        json!({"type": "unsubscribe", "workflowId": ids[0]}),
+    )
+    .await;
+    send(&mut ws, json!({"type": "subscribe", "workflowId": last})).await;
+    loop {
+        let m = next(&mut ws).await;
+        assert_ne!(m["type"], "error", "{m}");
+        if m["type"] == "subscribed" && m["workflowId"] == json!(last) {
+            break;
+        }
+    }
+}
