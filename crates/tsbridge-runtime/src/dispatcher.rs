@@ -295,10 +295,36 @@ impl Dispatcher {
     /// adopted unless it is live here already; whichever node claims it
     /// first runs it, the others drop it (`start_attempt` answers
     /// `NotFound`, see `on_done`).
+    ///
+    /// A re-queued job waits out what is left of its retry delay, counted
+    /// from the end of its last attempt, as on the node that ran it.
     fn adopt_remote(&mut self, rec: JobRecord) {
-        if self.accepting() {
-            self.adopt(rec);
+        if !self.accepting() || self.jobs.contains_key(&rec.id) {
+            return;
         }
+        let (id, wait) = (rec.id, self.retry_delay_left(&rec));
+        self.adopt(rec);
+        if let Some(wait) = wait.filter(|w| !w.is_zero())
+            && let Some(job) = self.jobs.get_mut(&id)
+            && matches!(job.slot, Slot::Ready)
+        {
+            self.ready.remove(id);
+            let until = Instant::now() + wait;
+            job.slot = Slot::Backoff { until };
+            self.backoff.insert((until, id));
+        }
+    }
+
+    /// What is left of the retry delay of a re-queued job.
+    fn retry_delay_left(&self, rec: &JobRecord) -> Option<Duration> {
+        if rec.attempts_started == 0 {
+            return None;
+        }
+        let ended = rec.attempts.last()?.finished_at?;
+        let retry = &self.shared.workflows.get(&rec.workflow)?.retry;
+        let delay = retry.delay(rec.attempts_started + 1);
+        let since = (Utc::now() - ended).to_std().unwrap_or_default();
+        delay.checked_sub(since)
     }
 
     fn accepting(&self) -> bool {

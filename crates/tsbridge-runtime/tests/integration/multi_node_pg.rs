@@ -158,3 +158,40 @@ async fn racing_nodes_run_every_job_exactly_once() {
     a.rt.shutdown(Duration::ZERO).await;
     b.rt.shutdown(Duration::ZERO).await;
 }
+
+#[tokio::test]
+async fn a_retry_waits_out_its_backoff_on_every_node() {
+    let Some(db) = PgDb::create("a_retry_waits_out_its_backoff_on_every_node").await else {
+        return;
+    };
+    let toml = format!(
+        "[defaults]\nconcurrency = 2\n{}",
+        common::workflow(
+            "job",
+            "retry = { attempts = 2, backoff = \"2s\", multiplier = 1.0, jitter = 0.0 }",
+        )
+    );
+    let a = node(&db, "node-a", &toml).await;
+    let b = node(&db, "node-b", &toml).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counter = dir.path().join("counter").display().to_string();
+    // The first attempt kills itself (retried); the second succeeds. The
+    // idle node hears of the re-queue at once, yet must not start early.
+    let id = submit(
+        &a,
+        json!({"failTimes": 1, "counter": counter, "result": "second"}),
+    )
+    .await;
+    let r = ended(&a.store, id).await;
+    assert_eq!(r.state, JobState::Succeeded, "{r:?}");
+    assert_eq!(r.attempts.len(), 2, "{r:?}");
+    let first_end = r.attempts[0].finished_at.expect("attempt 1 ended");
+    let gap = r.attempts[1].started_at - first_end;
+    assert!(
+        gap >= chrono::Duration::milliseconds(2000),
+        "attempt 2 started {gap} after attempt 1 ended, before the 2 s backoff (nodes {:?})",
+        attempt_nodes(&db, id).await
+    );
+    a.rt.shutdown(Duration::ZERO).await;
+    b.rt.shutdown(Duration::ZERO).await;
+}
