@@ -195,3 +195,79 @@ async fn a_retry_waits_out_its_backoff_on_every_node() {
     a.rt.shutdown(Duration::ZERO).await;
     b.rt.shutdown(Duration::ZERO).await;
 }
+
+#[tokio::test]
+async fn a_dead_nodes_jobs_are_taken_over_by_a_live_node() {
+    let Some(db) = PgDb::create("a_dead_nodes_jobs_are_taken_over_by_a_live_node").await else {
+        return;
+    };
+    // A node claims two jobs, then dies (nothing renews their leases).
+    let dead = PgStore::open(&db.url).await.expect("open store");
+    let retried = crate::store_contract::new_job("job", 0, None);
+    let mut last = crate::store_contract::new_job("job", 0, None);
+    last.max_attempts = 1;
+    for j in [&retried, &last] {
+        dead.insert_job(j).await.expect("insert");
+        dead.start_attempt(
+            j.id,
+            1,
+            "dead-node",
+            chrono::Utc::now(),
+            &crate::store_contract::state(j.id, 2, JobState::Running, None, Some(1)),
+        )
+        .await
+        .expect("claim");
+    }
+    dead.close().await;
+    // A live node starts while the leases hold: its start-up recovery
+    // leaves them alone.
+    let toml = format!(
+        "[defaults]\nconcurrency = 2\n{}",
+        common::workflow("job", "")
+    );
+    let live = node(&db, "node-b", &toml).await;
+    for j in [&retried, &last] {
+        let r = live.store.get_job(j.id).await.expect("get").expect("job");
+        assert_eq!(r.state, JobState::Running);
+    }
+    // The leases expire (as 30 s without renewal would make them).
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    sqlx::query("UPDATE jobs SET lease_until = now() - interval '1 second'")
+        .execute(&pool)
+        .await
+        .expect("expire");
+    pool.close().await;
+    // The live node's watch takes them over.
+    let r = ended(&live.store, retried.id).await;
+    assert_eq!(r.state, JobState::Succeeded, "{r:?}");
+    assert_eq!(
+        r.attempts.iter().map(|a| a.reason).collect::<Vec<_>>(),
+        vec![
+            Some(tsbridge_proto::EndReason::Interrupted),
+            Some(tsbridge_proto::EndReason::Exited)
+        ]
+    );
+    assert_eq!(
+        attempt_nodes(&db, retried.id).await,
+        vec!["dead-node".to_owned(), "node-b".to_owned()]
+    );
+    let r = ended(&live.store, last.id).await;
+    assert_eq!(r.state, JobState::Failed, "{r:?}");
+    assert_eq!(r.reason, Some(tsbridge_proto::EndReason::Interrupted));
+    assert_eq!(
+        r.error.as_ref().map(|e| e.kind),
+        Some(tsbridge_proto::ErrorType::InternalError)
+    );
+    assert_eq!(r.attempts.len(), 1);
+    // Event numbering continued from the dead node's.
+    let events = live
+        .store
+        .events_after(last.id, 0, 100)
+        .await
+        .expect("events");
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    live.rt.shutdown(Duration::ZERO).await;
+}
