@@ -15,6 +15,7 @@ mod crash_restart;
 mod example_app;
 mod executor_panic;
 mod group_commit;
+mod grouped_writes;
 mod idempotency;
 mod multi_node_pg;
 mod ordering;

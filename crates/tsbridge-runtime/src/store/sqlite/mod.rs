@@ -56,6 +56,21 @@ impl Default for EventRetention {
     }
 }
 
+/// `SELECT` of job rows with their attempts in the same statement (one
+/// round trip for a job and its attempts): `jobs.*` and `attempts_json`,
+/// then the given `WHERE ...` and `ORDER BY ...`.
+macro_rules! select_jobs {
+    ($rest:literal) => {
+        concat!(
+            "SELECT jobs.*, (SELECT json_group_array(json_array(a.n, a.started_at, \
+             a.finished_at, a.reason, a.exit_code, a.signal, a.process_id)) \
+             FROM (SELECT * FROM attempts WHERE attempts.job_id = jobs.id ORDER BY n) a) \
+             AS attempts_json FROM jobs ",
+            $rest
+        )
+    };
+}
+
 /// Output shown per stream in job lists.
 const LIST_OUTPUT_TAIL: usize = 4096;
 
@@ -106,7 +121,14 @@ impl SqliteStore {
                 })?;
             }
         }
-        let mut conn = opts.connect().await.map_err(StoreError::Open)?;
+        // The writer's grouped queries are prepared once per shape and row
+        // count (see writer.rs): room for all of them.
+        let mut conn = opts
+            .clone()
+            .statement_cache_capacity(256)
+            .connect()
+            .await
+            .map_err(StoreError::Open)?;
         MIGRATOR.run(&mut conn).await.map_err(StoreError::Migrate)?;
         // `sqlite::memory:` is a named shared-cache database in sqlx: the
         // same options reach the same database (while one connection is
@@ -314,78 +336,52 @@ fn read_job(row: &SqliteRow, cut_output: bool) -> Result<JobRecord, StoreError> 
             wall_time_ms: opt_u64("wall_ms")?,
         },
         last_seq: row.try_get::<i64, _>("last_seq").map_err(g)?.max(0) as u64,
-        attempts: Vec::new(),
+        attempts: read_attempts(
+            &id_s,
+            row.try_get::<Option<String>, _>("attempts_json")
+                .map_err(g)?
+                .as_deref(),
+        )?,
     })
 }
 
-fn read_attempt(row: &SqliteRow) -> Result<(String, AttemptView), StoreError> {
-    let g = |e: sqlx::Error| StoreError::Query {
-        op: "read attempt row",
-        source: e,
+/// A job's attempts as [`select_jobs!`] reads them: one JSON array per
+/// attempt, `[n, started_at, finished_at, reason, exit_code, signal,
+/// process_id]`.
+type AttemptTuple = (
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+fn read_attempts(id: &str, json: Option<&str>) -> Result<Vec<AttemptView>, StoreError> {
+    let Some(json) = json else {
+        return Ok(Vec::new());
     };
-    let job: String = row.try_get("job_id").map_err(g)?;
-    let reason = row
-        .try_get::<Option<String>, _>("reason")
-        .map_err(g)?
-        .and_then(|r| EndReason::parse(&r));
-    Ok((
-        job,
-        AttemptView {
-            n: row.try_get::<i64, _>("n").map_err(g)? as u32,
-            started_at: from_ms(row.try_get("started_at").map_err(g)?),
-            finished_at: row
-                .try_get::<Option<i64>, _>("finished_at")
-                .map_err(g)?
-                .map(from_ms),
-            reason,
-            exit_code: row
-                .try_get::<Option<i64>, _>("exit_code")
-                .map_err(g)?
-                .map(|v| v as i32),
-            signal: row
-                .try_get::<Option<i64>, _>("signal")
-                .map_err(g)?
-                .map(|v| v as i32),
-            process_id: row
-                .try_get::<Option<i64>, _>("process_id")
-                .map_err(g)?
-                .map(|v| v as u32),
-        },
-    ))
+    let mut rows: Vec<AttemptTuple> =
+        serde_json::from_str(json).map_err(|_| corrupt(id, "attempts"))?;
+    rows.sort_by_key(|a| a.0);
+    Ok(rows
+        .into_iter()
+        .map(
+            |(n, started, finished, reason, exit_code, signal, pid)| AttemptView {
+                n: n as u32,
+                started_at: from_ms(started),
+                finished_at: finished.map(from_ms),
+                reason: reason.as_deref().and_then(EndReason::parse),
+                exit_code: exit_code.map(|v| v as i32),
+                signal: signal.map(|v| v as i32),
+                process_id: pid.map(|v| v as u32),
+            },
+        )
+        .collect())
 }
 
 impl SqliteStore {
-    /// Loads the attempts of `jobs` into them.
-    async fn attach_attempts(&self, jobs: &mut [JobRecord]) -> Result<(), StoreError> {
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new("SELECT * FROM attempts WHERE job_id IN (");
-        let mut sep = qb.separated(", ");
-        for j in jobs.iter() {
-            sep.push_bind(j.id.to_string());
-        }
-        qb.push(") ORDER BY job_id, n");
-        let rows = qb
-            .build()
-            .fetch_all(&self.readers)
-            .await
-            .map_err(StoreError::query("read attempts"))?;
-        let mut by_job: std::collections::HashMap<String, Vec<AttemptView>> =
-            std::collections::HashMap::new();
-        for r in &rows {
-            let (job, a) = read_attempt(r)?;
-            by_job.entry(job).or_default().push(a);
-        }
-        for j in jobs.iter_mut() {
-            if let Some(a) = by_job.remove(&j.id.to_string()) {
-                j.attempts = a;
-            }
-        }
-        Ok(())
-    }
-
     async fn jobs_where(
         &self,
         sql: &'static str,
@@ -400,12 +396,7 @@ impl SqliteStore {
             .fetch_all(&self.readers)
             .await
             .map_err(StoreError::query("read jobs"))?;
-        let mut jobs = rows
-            .iter()
-            .map(|r| read_job(r, cut_output))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.attach_attempts(&mut jobs).await?;
-        Ok(jobs)
+        rows.iter().map(|r| read_job(r, cut_output)).collect()
     }
 }
 
@@ -443,7 +434,7 @@ impl JobStore for SqliteStore {
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<JobRecord>, StoreError> {
         Ok(self
             .jobs_where(
-                "SELECT * FROM jobs WHERE idempotency_key = ?",
+                select_jobs!("WHERE idempotency_key = ?"),
                 &[key.to_owned()],
                 false,
             )
@@ -537,14 +528,14 @@ impl JobStore for SqliteStore {
 
     async fn get_job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
         Ok(self
-            .jobs_where("SELECT * FROM jobs WHERE id = ?", &[id.to_string()], false)
+            .jobs_where(select_jobs!("WHERE id = ?"), &[id.to_string()], false)
             .await?
             .pop())
     }
 
     async fn list_jobs(&self, filter: &ListFilter) -> Result<JobPage, StoreError> {
         let limit = filter.limit.clamp(1, 500);
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM jobs WHERE 1 = 1");
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(select_jobs!("WHERE 1 = 1"));
         if let Some(s) = filter.state {
             qb.push(" AND state = ").push_bind(s.as_str());
         }
@@ -571,7 +562,6 @@ impl JobStore for SqliteStore {
         } else {
             None
         };
-        self.attach_attempts(&mut jobs).await?;
         Ok(JobPage { jobs, next_cursor })
     }
 
@@ -615,7 +605,7 @@ impl JobStore for SqliteStore {
     async fn recover_interrupted(&self, _node: &str) -> Result<Vec<JobRecord>, StoreError> {
         // One node per SQLite file: every running job was ours.
         self.jobs_where(
-            "SELECT * FROM jobs WHERE state = 'running' ORDER BY id",
+            select_jobs!("WHERE state = 'running' ORDER BY id"),
             &[],
             false,
         )
@@ -624,7 +614,7 @@ impl JobStore for SqliteStore {
 
     async fn queued_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
         self.jobs_where(
-            "SELECT * FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id",
+            select_jobs!("WHERE state = 'queued' ORDER BY priority DESC, id"),
             &[],
             false,
         )

@@ -12,7 +12,11 @@
 //! operations are retried one per transaction, so one bad operation fails
 //! only its own caller and every caller gets the error of its own operation.
 
-use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use sqlx::sqlite::SqliteArguments;
+use sqlx::{Arguments, AssertSqlSafe, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::EventRetention;
@@ -23,9 +27,6 @@ const MAX_BATCH_OPS: usize = 256;
 /// Event rows per transaction before the batch is closed (one operation's
 /// events are never split).
 const MAX_BATCH_EVENTS: usize = 4096;
-/// Rows per multi-row `INSERT` of events (4 bound values each; SQLite allows
-/// 32 766 per statement).
-const EVENT_ROWS_PER_INSERT: usize = 1000;
 /// Operations waiting for the writer, at most (callers wait beyond).
 const QUEUE: usize = 4096;
 
@@ -186,6 +187,7 @@ impl WriterHandle {
         tokio::spawn(
             Writer {
                 conn,
+                texts: Texts::default(),
                 retention,
                 rx,
             }
@@ -223,6 +225,7 @@ impl WriterHandle {
 
 struct Writer {
     conn: SqliteConnection,
+    texts: Texts,
     retention: EventRetention,
     rx: mpsc::Receiver<Msg>,
 }
@@ -305,22 +308,23 @@ impl Writer {
         }
     }
 
+    /// Writes `ops` in one transaction (opened and committed by the
+    /// queries of [`apply`]); on an error, rolls it back.
     async fn transaction(&mut self, ops: &[Op]) -> Result<Vec<Applied>, StoreError> {
-        // IMMEDIATE: take the write lock now, not at the first write (a
-        // DEFERRED transaction that must upgrade can fail with BUSY at once).
-        let mut tx = self
-            .conn
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::query("begin"))?;
-        // On an error, dropping `tx` rolls the transaction back.
-        let applied = if ops.len() == 1 {
-            apply(&mut tx, ops, self.retention).await?
-        } else {
-            apply_grouped(&mut tx, ops, self.retention).await?
-        };
-        tx.commit().await.map_err(StoreError::query("commit"))?;
-        Ok(applied)
+        match apply(&mut self.conn, &mut self.texts, ops, self.retention).await {
+            Ok(applied) => Ok(applied),
+            Err(e) => {
+                // The transaction may be open (a statement after BEGIN
+                // failed) or not (BEGIN or COMMIT failed): ROLLBACK ends it
+                // if it is, and fails harmlessly if not. Nothing of it was
+                // committed: the COMMIT is the last statement run, and a
+                // query whose rows are read after it never carries it.
+                if let Err(r) = sqlx::query("ROLLBACK").execute(&mut self.conn).await {
+                    tracing::debug!(error = %r, "ROLLBACK after a failed batch");
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -335,384 +339,594 @@ impl Op {
             | Op::FinishJob { id, .. } => id,
         }
     }
+
+    /// Its statement's place in a round (see [`apply`]).
+    fn kind(&self) -> usize {
+        match self {
+            Op::InsertJob { .. } => 0,
+            Op::StartAttempt { .. } => 1,
+            Op::SetPid { .. } => 2,
+            Op::AppendEvents { .. } => 3,
+            Op::CompleteAttempt { .. } => 4,
+            Op::FinishJob { .. } => 5,
+        }
+    }
 }
 
-/// Rows per statement of a grouped batch (each statement's text depends on
-/// its row count, so they are prepared each time: this bounds their size).
-const GROUP_ROWS: usize = 64;
+/// Kinds of operation (`Op::kind`).
+const KINDS: usize = 6;
 
-/// A batch with one statement per kind of operation (per 64 rows) instead of
-/// a few per operation: `INSERT ... VALUES (..), (..)` and `WITH v(..) AS
-/// (VALUES ..) UPDATE ... FROM v`. Calls in flight together have no order,
-/// so operations are grouped by kind; a job appears at most once per round
-/// (a second operation of the same job, which its caller sent concurrently,
-/// goes to the next round). Refusals are read back with `RETURNING`.
-async fn apply_grouped(
+/// Row counts the statements of an operation kind are prepared for.
+const OP_BUCKETS: &[usize] = &[1, 4, 16, 64];
+/// Row counts the `INSERT INTO events` of appended events is prepared for.
+const EVENT_BUCKETS: &[usize] = &[1, 4, 16, 64, 256];
+
+/// One grouped query: for each of `stmts`, `WITH v(<cols>) AS (VALUES
+/// (..), (..)) <stmt>`, all in one query text, so that a kind of operation
+/// costs one round trip to the connection's thread however many statements
+/// it needs. The statements share the bound rows through numbered
+/// parameters (`?1`, `?2`, ...): each row is bound once.
+///
+/// A query is built for a fixed row count (a bucket): the rows of a batch
+/// are cut into chunks of the largest bucket, and the last chunk is padded
+/// with rows of NULLs up to the smallest bucket that holds it (a NULL id
+/// matches no job, and inserts skip it). So every (shape, bucket) is one
+/// text, prepared once and then served from the connection's statement
+/// cache.
+#[derive(Debug)]
+struct Shape {
+    /// What a failure says was being done.
+    op: &'static str,
+    /// The columns of `v`, in the order the rows are bound.
+    cols: &'static [&'static str],
+    /// Run in order.
+    stmts: &'static [&'static str],
+    buckets: &'static [usize],
+    /// Its last statement ends in `RETURNING id`.
+    returns: bool,
+}
+
+impl Shape {
+    fn largest(&self) -> usize {
+        self.buckets.last().copied().unwrap_or(1)
+    }
+}
+
+/// An operation's own event (its `state` event), for the shapes whose
+/// rows end with `vseq, vts, vdata`.
+const INSERT_OWN_EVENT: &str = "INSERT INTO events (job_id, seq, ts, data) SELECT vid, vseq, vts, vdata FROM v WHERE vid IS NOT NULL";
+
+/// Submissions. A missing id in `RETURNING` means the idempotency key
+/// names another job: its row and event are not written.
+const INSERT_JOBS: Shape = Shape {
+    op: "insert jobs",
+    cols: &[
+        "vid",
+        "vworkflow",
+        "vpriority",
+        "vparams",
+        "vrequest",
+        "vkey",
+        "vmax",
+        "vcreated",
+        "vseq",
+        "vts",
+        "vdata",
+    ],
+    stmts: &[
+        "INSERT INTO jobs (id, workflow, state, priority, params, request, idempotency_key, \
+         max_attempts, created_at, last_seq) \
+         SELECT vid, vworkflow, 'queued', vpriority, vparams, vrequest, vkey, vmax, vcreated, vseq \
+         FROM v WHERE vid IS NOT NULL \
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+        // Ids are new: a job with the id is one this statement created.
+        "INSERT INTO events (job_id, seq, ts, data) \
+         SELECT vid, vseq, vts, vdata FROM v JOIN jobs ON jobs.id = v.vid",
+    ],
+    buckets: OP_BUCKETS,
+    returns: true,
+};
+
+/// Claims: only a queued job can start; a missing id in `RETURNING` is a
+/// refused claim, and its attempt and event are not written.
+const START_ATTEMPTS: Shape = Shape {
+    op: "claim jobs",
+    cols: &["vid", "vn", "vnode", "vat", "vseq", "vts", "vdata"],
+    stmts: &[
+        "INSERT INTO attempts (job_id, n, node, started_at) \
+         SELECT vid, vn, vnode, vat FROM v JOIN jobs ON jobs.id = v.vid \
+         WHERE jobs.state = 'queued'",
+        "INSERT INTO events (job_id, seq, ts, data) \
+         SELECT vid, vseq, vts, vdata FROM v JOIN jobs ON jobs.id = v.vid \
+         WHERE jobs.state = 'queued'",
+        "UPDATE jobs SET state = 'running', attempts = v.vn, node = v.vnode, \
+         started_at = COALESCE(started_at, v.vat), last_seq = MAX(last_seq, v.vseq) \
+         FROM v WHERE jobs.id = v.vid AND jobs.state = 'queued' RETURNING jobs.id",
+    ],
+    buckets: OP_BUCKETS,
+    returns: true,
+};
+
+const SET_PIDS: Shape = Shape {
+    op: "set pids",
+    cols: &["vid", "vn", "vpid"],
+    stmts: &[
+        "UPDATE attempts SET process_id = v.vpid FROM v \
+         WHERE attempts.job_id = v.vid AND attempts.n = v.vn",
+        "UPDATE jobs SET process_id = v.vpid FROM v WHERE jobs.id = v.vid",
+    ],
+    buckets: OP_BUCKETS,
+    returns: false,
+};
+
+/// What a batch of events changes on its job row (the events themselves
+/// go through [`INSERT_EVENTS`]).
+const APPEND_EVENTS: Shape = Shape {
+    op: "update progress",
+    cols: &["vid", "vlast", "vprogress", "vresult"],
+    stmts: &["UPDATE jobs SET last_seq = MAX(last_seq, v.vlast), \
+         progress = COALESCE(v.vprogress, progress), \
+         result = COALESCE(v.vresult, result) FROM v WHERE jobs.id = v.vid"],
+    buckets: OP_BUCKETS,
+    returns: false,
+};
+
+/// Attempt ends: the attempt, then the job (a re-queue, `vfin` false,
+/// keeps the job's finish columns), then the `state` event.
+const COMPLETE_ATTEMPTS: Shape = Shape {
+    op: "record attempt ends",
+    cols: &[
+        "vid",
+        "vn",
+        "vfinished",
+        "vreason",
+        "vexit",
+        "vsignal",
+        "vpid",
+        "verror",
+        "vstdout",
+        "vstderr",
+        "vstdout_dropped",
+        "vstderr_dropped",
+        "vstdout_truncated",
+        "vstderr_truncated",
+        "vpeak",
+        "vcpu",
+        "vwall",
+        "vfin",
+        "vstate",
+        "vjreason",
+        "vresult",
+        "vjerror",
+        "vjfinished",
+        "vseq",
+        "vts",
+        "vdata",
+    ],
+    stmts: &[
+        "UPDATE attempts SET finished_at = v.vfinished, reason = v.vreason, \
+         exit_code = v.vexit, signal = v.vsignal, process_id = COALESCE(v.vpid, process_id), \
+         error = v.verror FROM v WHERE attempts.job_id = v.vid AND attempts.n = v.vn",
+        "UPDATE jobs SET exit_code = v.vexit, signal = v.vsignal, \
+         process_id = COALESCE(v.vpid, process_id), stdout = v.vstdout, \
+         stderr = v.vstderr, stdout_dropped = v.vstdout_dropped, \
+         stderr_dropped = v.vstderr_dropped, stdout_truncated = v.vstdout_truncated, \
+         stderr_truncated = v.vstderr_truncated, peak_memory = v.vpeak, \
+         cpu_ms = v.vcpu, wall_ms = v.vwall, last_seq = MAX(last_seq, v.vseq), \
+         node = NULL, state = v.vstate, \
+         reason = CASE WHEN v.vfin THEN v.vjreason ELSE reason END, \
+         result = CASE WHEN v.vfin THEN COALESCE(v.vresult, result) ELSE result END, \
+         error = CASE WHEN v.vfin THEN v.vjerror ELSE error END, \
+         finished_at = CASE WHEN v.vfin THEN v.vjfinished ELSE finished_at END \
+         FROM v WHERE jobs.id = v.vid",
+        INSERT_OWN_EVENT,
+    ],
+    buckets: OP_BUCKETS,
+    returns: false,
+};
+
+/// Ends of jobs with no running attempt.
+const FINISH_JOBS: Shape = Shape {
+    op: "finish jobs",
+    cols: &[
+        "vid",
+        "vstate",
+        "vreason",
+        "vresult",
+        "verror",
+        "vfinished",
+        "vseq",
+        "vts",
+        "vdata",
+    ],
+    stmts: &[
+        "UPDATE jobs SET last_seq = MAX(last_seq, v.vseq), state = v.vstate, \
+         reason = v.vreason, result = COALESCE(v.vresult, result), error = v.verror, \
+         finished_at = v.vfinished, node = NULL FROM v WHERE jobs.id = v.vid",
+        INSERT_OWN_EVENT,
+    ],
+    buckets: OP_BUCKETS,
+    returns: false,
+};
+
+/// Appended events (4 values a row: 256 rows bind 1 024 of SQLite's 32 766).
+const INSERT_EVENTS: Shape = Shape {
+    op: "insert events",
+    cols: &["vid", "vseq", "vts", "vdata"],
+    stmts: &[INSERT_OWN_EVENT],
+    buckets: EVENT_BUCKETS,
+    returns: false,
+};
+
+/// The query texts built so far, by shape, row count and whether they open
+/// or close the transaction (each is also a prepared statement in the
+/// connection's cache: at most 7 shapes x 5 row counts x 4 = 140, the
+/// writer's cache holds 256).
+#[derive(Debug, Default)]
+pub(super) struct Texts(HashMap<(&'static str, usize, Txn), Arc<str>>);
+
+impl Texts {
+    fn get(&mut self, shape: &'static Shape, rows: usize, txn: Txn) -> Arc<str> {
+        self.0
+            .entry((shape.op, rows, txn))
+            .or_insert_with(|| {
+                let mut text = String::new();
+                if txn.begin {
+                    // IMMEDIATE: take the write lock now, not at the first
+                    // write (a DEFERRED transaction that must upgrade can
+                    // fail with BUSY at once).
+                    text.push_str("BEGIN IMMEDIATE;\n");
+                }
+                text.push_str(&shape_text(shape, rows));
+                if txn.commit {
+                    text.push_str(";\nCOMMIT");
+                }
+                text.into()
+            })
+            .clone()
+    }
+}
+
+/// The text of `shape` for `rows` rows.
+fn shape_text(shape: &Shape, rows: usize) -> String {
+    use std::fmt::Write;
+    let k = shape.cols.len();
+    let mut head = format!("WITH v({}) AS (VALUES ", shape.cols.join(", "));
+    for r in 0..rows {
+        head.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..k {
+            let sep = if c == 0 { "" } else { ", " };
+            // Writing to a String cannot fail.
+            let _ = write!(head, "{sep}?{}", r * k + c + 1);
+        }
+        head.push(')');
+    }
+    head.push_str(") ");
+    let stmts: Vec<String> = shape.stmts.iter().map(|s| format!("{head}{s}")).collect();
+    stmts.join(";\n")
+}
+
+/// The bound values of one grouped query, row after row.
+#[derive(Default)]
+struct Binder {
+    args: SqliteArguments,
+    err: Option<sqlx::error::BoxDynError>,
+}
+
+impl Binder {
+    fn v<'t, T>(&mut self, value: T) -> &mut Self
+    where
+        T: sqlx::Encode<'t, Sqlite> + sqlx::Type<Sqlite> + 't,
+    {
+        if let Err(e) = self.args.add(value)
+            && self.err.is_none()
+        {
+            self.err = Some(e);
+        }
+        self
+    }
+
+    fn len(&self) -> usize {
+        self.args.len()
+    }
+}
+
+/// One query of a batch: a shape over at most its largest bucket of rows.
+struct Step<'a> {
+    shape: &'static Shape,
+    rows: Rows<'a>,
+}
+
+enum Rows<'a> {
+    /// Operations (indexes into the batch), each of the shape's kind.
+    Ops(Vec<usize>),
+    /// Appended events, by job id.
+    Events(&'a [(&'a str, &'a EventRow)]),
+}
+
+/// The shape of each operation kind (`Op::kind`).
+const SHAPES: [&Shape; KINDS] = [
+    &INSERT_JOBS,
+    &START_ATTEMPTS,
+    &SET_PIDS,
+    &APPEND_EVENTS,
+    &COMPLETE_ATTEMPTS,
+    &FINISH_JOBS,
+];
+
+/// Writes a batch (or a lone operation) in one transaction: one grouped
+/// query per kind of operation present (per 64 rows) instead of a few
+/// statements per operation, and the transaction's `BEGIN IMMEDIATE` and
+/// `COMMIT` ride in the first and last query, so a batch of one kind is a
+/// single round trip to the connection's thread. Calls in flight together
+/// have no order, so operations are grouped by kind; a job appears at most
+/// once per kind in a round (a second operation of the same kind and job,
+/// which its caller sent concurrently, goes to the next round). No query
+/// depends on another's answer: refusals happen inside the SQL (a claim of
+/// a job that is not queued writes nothing) and are read back with
+/// `RETURNING`. Appended events go into `INSERT INTO events` queries at the
+/// end, then retention prunes.
+///
+/// On an error the transaction may be open: the caller rolls it back.
+async fn apply(
     conn: &mut SqliteConnection,
+    texts: &mut Texts,
     ops: &[Op],
     retention: EventRetention,
 ) -> Result<Vec<Applied>, StoreError> {
     let mut applied = vec![Applied::Done; ops.len()];
-    let mut events: Vec<(&str, &EventRow)> = Vec::new();
-    let mut prune: Vec<(&str, i64)> = Vec::new();
-    let mut remaining: Vec<usize> = (0..ops.len()).collect();
+    // Appends without events write nothing.
+    let writes =
+        |i: &usize| !matches!(&ops[*i], Op::AppendEvents { events, .. } if events.is_empty());
+    let mut steps: Vec<Step<'_>> = Vec::new();
+    let mut remaining: Vec<usize> = (0..ops.len()).filter(writes).collect();
     while !remaining.is_empty() {
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         let (round, later): (Vec<usize>, Vec<usize>) = remaining
             .into_iter()
-            .partition(|&i| seen.insert(ops[i].job_id()));
-        let of = |pick: fn(&Op) -> bool| -> Vec<usize> {
-            round.iter().copied().filter(|&i| pick(&ops[i])).collect()
-        };
-        let inserts = of(|o| matches!(o, Op::InsertJob { .. }));
-        let starts = of(|o| matches!(o, Op::StartAttempt { .. }));
-        let pids = of(|o| matches!(o, Op::SetPid { .. }));
-        let appends = of(|o| matches!(o, Op::AppendEvents { .. }));
-        let completes = of(|o| matches!(o, Op::CompleteAttempt { .. }));
-        let finishes = of(|o| matches!(o, Op::FinishJob { .. }));
-
-        for chunk in inserts.chunks(GROUP_ROWS) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO jobs (id, workflow, state, priority, params, request, \
-                 idempotency_key, max_attempts, created_at, last_seq) ",
-            );
-            qb.push_values(chunk, |mut b, &i| {
-                if let Op::InsertJob {
-                    id,
-                    workflow,
-                    priority,
-                    params,
-                    request,
-                    key,
-                    max_attempts,
-                    created_at,
-                    event,
-                } = &ops[i]
-                {
-                    b.push_bind(id.as_str())
-                        .push_bind(workflow.as_str())
-                        .push("'queued'")
-                        .push_bind(*priority)
-                        .push_bind(params.as_str())
-                        .push_bind(request.as_str())
-                        .push_bind(key.as_deref())
-                        .push_bind(*max_attempts)
-                        .push_bind(*created_at)
-                        .push_bind(event.seq);
-                }
-            });
-            qb.push(" ON CONFLICT (idempotency_key) DO NOTHING RETURNING id");
-            let created = returned_ids(conn, qb, "insert jobs").await?;
-            for &i in chunk {
-                if let Op::InsertJob { id, event, .. } = &ops[i] {
-                    if created.contains(id.as_str()) {
-                        events.push((id, event));
-                    } else {
-                        applied[i] = Applied::KeyTaken;
-                    }
-                }
-            }
-        }
-
-        for chunk in starts.chunks(GROUP_ROWS) {
-            let mut qb = values_cte("v(vid, vn, vnode, vat, vseq)", chunk, |b, i| {
-                if let Op::StartAttempt {
-                    id,
-                    n,
-                    node,
-                    at,
-                    event,
-                } = &ops[i]
-                {
-                    b.push_bind(id.as_str())
-                        .push_bind(*n)
-                        .push_bind(node.as_str())
-                        .push_bind(*at)
-                        .push_bind(event.seq);
-                }
-            });
-            // The claim: only a queued job can start.
-            qb.push(
-                " UPDATE jobs SET state = 'running', attempts = v.vn, node = v.vnode, \
-                 started_at = COALESCE(started_at, v.vat), last_seq = MAX(last_seq, v.vseq) \
-                 FROM v WHERE jobs.id = v.vid AND jobs.state = 'queued' RETURNING jobs.id",
-            );
-            let claimed = returned_ids(conn, qb, "claim jobs").await?;
-            let won: Vec<usize> = chunk
+            .partition(|&i| seen.insert((ops[i].kind(), ops[i].job_id())));
+        for (kind, shape) in SHAPES.iter().enumerate() {
+            let of_kind: Vec<usize> = round
                 .iter()
                 .copied()
-                .filter(|&i| claimed.contains(ops[i].job_id()))
+                .filter(|&i| ops[i].kind() == kind)
                 .collect();
-            for &i in chunk {
-                if !claimed.contains(ops[i].job_id()) {
-                    applied[i] = Applied::NotQueued;
-                }
-            }
-            if won.is_empty() {
-                continue;
-            }
-            let mut qb: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO attempts (job_id, n, node, started_at) ");
-            qb.push_values(&won, |mut b, &i| {
-                if let Op::StartAttempt {
-                    id, n, node, at, ..
-                } = &ops[i]
-                {
-                    b.push_bind(id.as_str())
-                        .push_bind(*n)
-                        .push_bind(node.as_str())
-                        .push_bind(*at);
-                }
-            });
-            execute(conn, qb, "insert attempts").await?;
-            for &i in &won {
-                if let Op::StartAttempt { id, event, .. } = &ops[i] {
-                    events.push((id, event));
-                }
-            }
-        }
-
-        for chunk in pids.chunks(GROUP_ROWS) {
-            let rows = |b: &mut Separated<'_>, i: usize| {
-                if let Op::SetPid { id, n, pid } = &ops[i] {
-                    b.push_bind(id.as_str()).push_bind(*n).push_bind(*pid);
-                }
-            };
-            let mut qb = values_cte("v(vid, vn, vpid)", chunk, rows);
-            qb.push(
-                " UPDATE attempts SET process_id = v.vpid FROM v \
-                 WHERE attempts.job_id = v.vid AND attempts.n = v.vn",
-            );
-            execute(conn, qb, "set attempt pids").await?;
-            let mut qb = values_cte("v(vid, vn, vpid)", chunk, rows);
-            qb.push(" UPDATE jobs SET process_id = v.vpid FROM v WHERE jobs.id = v.vid");
-            execute(conn, qb, "set job pids").await?;
-        }
-
-        for chunk in appends.chunks(GROUP_ROWS) {
-            let mut qb = values_cte("v(vid, vlast, vprogress, vresult)", chunk, |b, i| {
-                if let Op::AppendEvents {
-                    id,
-                    events,
-                    progress,
-                    result,
-                } = &ops[i]
-                {
-                    b.push_bind(id.as_str())
-                        .push_bind(events.last().map_or(0, |e| e.seq))
-                        .push_bind(progress.as_deref())
-                        .push_bind(result.as_deref());
-                }
-            });
-            qb.push(
-                " UPDATE jobs SET last_seq = MAX(last_seq, v.vlast), \
-                 progress = COALESCE(v.vprogress, progress), \
-                 result = COALESCE(v.vresult, result) FROM v WHERE jobs.id = v.vid",
-            );
-            execute(conn, qb, "update progress").await?;
-            for &i in chunk {
-                if let Op::AppendEvents {
-                    id, events: evs, ..
-                } = &ops[i]
-                {
-                    events.extend(evs.iter().map(|e| (id.as_str(), e)));
-                    if let Some(last) = evs.last().map(|e| e.seq)
-                        && last as u64 > retention.head + retention.tail
-                    {
-                        prune.push((id, last));
-                    }
-                }
-            }
-        }
-
-        for chunk in completes.chunks(GROUP_ROWS / 2) {
-            let mut qb = values_cte(
-                "v(vid, vn, vfinished, vreason, vexit, vsignal, vpid, verror)",
-                chunk,
-                |b, i| {
-                    if let Op::CompleteAttempt { id, end, .. } = &ops[i] {
-                        b.push_bind(id.as_str())
-                            .push_bind(end.n)
-                            .push_bind(end.finished_at)
-                            .push_bind(end.reason)
-                            .push_bind(end.exit_code)
-                            .push_bind(end.signal)
-                            .push_bind(end.pid)
-                            .push_bind(end.error.as_deref());
-                    }
-                },
-            );
-            qb.push(
-                " UPDATE attempts SET finished_at = v.vfinished, reason = v.vreason, \
-                 exit_code = v.vexit, signal = v.vsignal, \
-                 process_id = COALESCE(v.vpid, process_id), error = v.verror \
-                 FROM v WHERE attempts.job_id = v.vid AND attempts.n = v.vn",
-            );
-            execute(conn, qb, "finish attempts").await?;
-            let mut qb = values_cte(
-                "v(vid, vexit, vsignal, vpid, vstdout, vstderr, vstdout_dropped, \
-                 vstderr_dropped, vstdout_truncated, vstderr_truncated, vpeak, vcpu, vwall, \
-                 vseq, vfin, vstate, vreason, vresult, verror, vfinished)",
-                chunk,
-                |b, i| {
-                    if let Op::CompleteAttempt {
-                        id,
-                        end,
-                        finish,
-                        event,
-                    } = &ops[i]
-                    {
-                        b.push_bind(id.as_str())
-                            .push_bind(end.exit_code)
-                            .push_bind(end.signal)
-                            .push_bind(end.pid)
-                            .push_bind(end.stdout.as_str())
-                            .push_bind(end.stderr.as_str())
-                            .push_bind(end.stdout_dropped)
-                            .push_bind(end.stderr_dropped)
-                            .push_bind(end.stdout_truncated)
-                            .push_bind(end.stderr_truncated)
-                            .push_bind(end.peak_memory)
-                            .push_bind(end.cpu_ms)
-                            .push_bind(end.wall_ms)
-                            .push_bind(event.seq)
-                            .push_bind(finish.is_some())
-                            .push_bind(finish.as_ref().map_or("queued", |f| f.state))
-                            .push_bind(finish.as_ref().and_then(|f| f.reason))
-                            .push_bind(finish.as_ref().and_then(|f| f.result.as_deref()))
-                            .push_bind(finish.as_ref().and_then(|f| f.error.as_deref()))
-                            .push_bind(finish.as_ref().map(|f| f.finished_at));
-                    }
-                },
-            );
-            // A re-queue (`vfin` false) keeps the finish columns.
-            qb.push(
-                " UPDATE jobs SET exit_code = v.vexit, signal = v.vsignal, \
-                 process_id = COALESCE(v.vpid, process_id), stdout = v.vstdout, \
-                 stderr = v.vstderr, stdout_dropped = v.vstdout_dropped, \
-                 stderr_dropped = v.vstderr_dropped, stdout_truncated = v.vstdout_truncated, \
-                 stderr_truncated = v.vstderr_truncated, peak_memory = v.vpeak, \
-                 cpu_ms = v.vcpu, wall_ms = v.vwall, last_seq = MAX(last_seq, v.vseq), \
-                 node = NULL, state = v.vstate, \
-                 reason = CASE WHEN v.vfin THEN v.vreason ELSE reason END, \
-                 result = CASE WHEN v.vfin THEN COALESCE(v.vresult, result) ELSE result END, \
-                 error = CASE WHEN v.vfin THEN v.verror ELSE error END, \
-                 finished_at = CASE WHEN v.vfin THEN v.vfinished ELSE finished_at END \
-                 FROM v WHERE jobs.id = v.vid",
-            );
-            execute(conn, qb, "record attempt ends").await?;
-            for &i in chunk {
-                if let Op::CompleteAttempt { id, event, .. } = &ops[i] {
-                    events.push((id, event));
-                }
-            }
-        }
-
-        for chunk in finishes.chunks(GROUP_ROWS) {
-            let mut qb = values_cte(
-                "v(vid, vseq, vstate, vreason, vresult, verror, vfinished)",
-                chunk,
-                |b, i| {
-                    if let Op::FinishJob { id, finish, event } = &ops[i] {
-                        b.push_bind(id.as_str())
-                            .push_bind(event.seq)
-                            .push_bind(finish.state)
-                            .push_bind(finish.reason)
-                            .push_bind(finish.result.as_deref())
-                            .push_bind(finish.error.as_deref())
-                            .push_bind(finish.finished_at);
-                    }
-                },
-            );
-            qb.push(
-                " UPDATE jobs SET last_seq = MAX(last_seq, v.vseq), state = v.vstate, \
-                 reason = v.vreason, result = COALESCE(v.vresult, result), error = v.verror, \
-                 finished_at = v.vfinished, node = NULL FROM v WHERE jobs.id = v.vid",
-            );
-            execute(conn, qb, "finish jobs").await?;
-            for &i in chunk {
-                if let Op::FinishJob { id, event, .. } = &ops[i] {
-                    events.push((id, event));
-                }
+            for chunk in of_kind.chunks(shape.largest()) {
+                steps.push(Step {
+                    shape,
+                    rows: Rows::Ops(chunk.to_vec()),
+                });
             }
         }
         remaining = later;
     }
-    insert_events(conn, &events).await?;
-    prune_events(conn, &prune, retention).await?;
+    let mut events: Vec<(&str, &EventRow)> = Vec::new();
+    let mut prune: Vec<(&str, i64)> = Vec::new();
+    for op in ops {
+        if let Op::AppendEvents {
+            id, events: evs, ..
+        } = op
+        {
+            events.extend(evs.iter().map(|e| (id.as_str(), e)));
+            if let Some(last) = evs.last().map(|e| e.seq)
+                && last as u64 > retention.head + retention.tail
+            {
+                prune.push((id, last));
+            }
+        }
+    }
+    for chunk in events.chunks(INSERT_EVENTS.largest()) {
+        steps.push(Step {
+            shape: &INSERT_EVENTS,
+            rows: Rows::Events(chunk),
+        });
+    }
+    let Some(last) = steps.len().checked_sub(1) else {
+        return Ok(applied);
+    };
+    // A query that returns rows does not carry the COMMIT: its rows are
+    // read after it ran, and a failure to read them must not come after
+    // the commit (the batch would be retried although it was written).
+    let commit_inline = prune.is_empty() && !steps[last].shape.returns;
+    for (s, step) in steps.iter().enumerate() {
+        let txn = Txn {
+            begin: s == 0,
+            commit: s == last && commit_inline,
+        };
+        match &step.rows {
+            Rows::Ops(idx) => {
+                let rows: Vec<&Op> = idx.iter().map(|&i| &ops[i]).collect();
+                let returned = run_shape(conn, texts, step.shape, txn, &rows, bind_op).await?;
+                let refusal = match step.shape.op {
+                    op if op == INSERT_JOBS.op => Applied::KeyTaken,
+                    op if op == START_ATTEMPTS.op => Applied::NotQueued,
+                    _ => continue,
+                };
+                for &i in idx {
+                    if !returned.contains(ops[i].job_id()) {
+                        applied[i] = refusal;
+                    }
+                }
+            }
+            Rows::Events(rows) => {
+                run_shape(conn, texts, step.shape, txn, rows, |b, (id, e)| {
+                    b.v(*id);
+                    bind_event(b, e);
+                })
+                .await?;
+            }
+        }
+    }
+    if !commit_inline {
+        prune_events(conn, &prune, retention).await?;
+        sqlx::query("COMMIT")
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::query("commit"))?;
+    }
     Ok(applied)
 }
 
-type Separated<'qb> = sqlx::query_builder::Separated<'qb, Sqlite, &'static str>;
+/// Whether a query opens or closes the batch's transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Txn {
+    begin: bool,
+    commit: bool,
+}
 
-/// `WITH <name> AS (VALUES (..), (..))`, one row per operation.
-fn values_cte(
-    name: &str,
-    rows: &[usize],
-    mut row: impl FnMut(&mut Separated<'_>, usize),
-) -> QueryBuilder<Sqlite> {
-    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("WITH ");
-    qb.push(name).push(" AS (VALUES ");
-    for (k, &i) in rows.iter().enumerate() {
-        if k > 0 {
-            qb.push(", ");
+/// Runs `shape` over `items` (at most its largest bucket; `row` binds one
+/// item's columns, in order) and returns the ids its statements returned.
+async fn run_shape<T>(
+    conn: &mut SqliteConnection,
+    texts: &mut Texts,
+    shape: &'static Shape,
+    txn: Txn,
+    items: &[T],
+    row: impl Fn(&mut Binder, &T),
+) -> Result<HashSet<String>, StoreError> {
+    let k = shape.cols.len();
+    let failed = |what: String| StoreError::Query {
+        op: shape.op,
+        source: sqlx::Error::Protocol(what),
+    };
+    let Some(size) = shape.buckets.iter().copied().find(|&b| b >= items.len()) else {
+        return Err(failed(format!("{} rows for one query", items.len())));
+    };
+    let mut b = Binder::default();
+    for item in items {
+        let before = b.len();
+        row(&mut b, item);
+        if b.len() != before + k {
+            return Err(failed(format!(
+                "a row bound {} values for {k} columns",
+                b.len() - before
+            )));
         }
-        qb.push("(");
-        let mut sep = qb.separated(", ");
-        row(&mut sep, i);
-        qb.push(")");
     }
-    qb.push(")");
-    qb
-}
-
-async fn execute(
-    conn: &mut SqliteConnection,
-    mut qb: QueryBuilder<Sqlite>,
-    op: &'static str,
-) -> Result<(), StoreError> {
-    qb.build()
-        .persistent(false)
-        .execute(&mut *conn)
-        .await
-        .map_err(StoreError::query(op))?;
-    Ok(())
-}
-
-/// Runs a statement ending in `RETURNING id`.
-async fn returned_ids(
-    conn: &mut SqliteConnection,
-    mut qb: QueryBuilder<Sqlite>,
-    op: &'static str,
-) -> Result<std::collections::HashSet<String>, StoreError> {
-    let rows = qb
-        .build()
-        .persistent(false)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(StoreError::query(op))?;
-    rows.iter()
-        .map(|r| sqlx::Row::try_get::<String, _>(r, 0).map_err(StoreError::query(op)))
-        .collect()
-}
-
-async fn insert_events(
-    conn: &mut SqliteConnection,
-    events: &[(&str, &EventRow)],
-) -> Result<(), StoreError> {
-    for chunk in events.chunks(EVENT_ROWS_PER_INSERT) {
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO events (job_id, seq, ts, data) ");
-        qb.push_values(chunk, |mut b, (id, e)| {
-            b.push_bind(*id)
-                .push_bind(e.seq)
-                .push_bind(e.ts)
-                .push_bind(e.data.as_str());
+    for _ in items.len()..size {
+        for _ in 0..k {
+            b.v(None::<i64>);
+        }
+    }
+    if let Some(e) = b.err {
+        return Err(StoreError::Query {
+            op: shape.op,
+            source: sqlx::Error::Encode(e),
         });
-        // Its text depends on the row count: not worth a cache slot.
-        execute(conn, qb, "insert events").await?;
     }
-    Ok(())
+    let query = sqlx::query_with(AssertSqlSafe(texts.get(shape, size, txn)), b.args);
+    let mut ids = HashSet::new();
+    if shape.returns {
+        let rows = query
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(StoreError::query(shape.op))?;
+        for r in &rows {
+            ids.insert(sqlx::Row::try_get::<String, _>(r, 0).map_err(StoreError::query(shape.op))?);
+        }
+    } else {
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::query(shape.op))?;
+    }
+    Ok(ids)
+}
+
+/// Binds an operation's row of its kind's shape.
+fn bind_op(b: &mut Binder, op: &&Op) {
+    match op {
+        Op::InsertJob {
+            id,
+            workflow,
+            priority,
+            params,
+            request,
+            key,
+            max_attempts,
+            created_at,
+            event,
+        } => {
+            b.v(id.as_str())
+                .v(workflow.as_str())
+                .v(*priority)
+                .v(params.as_str())
+                .v(request.as_str())
+                .v(key.as_deref())
+                .v(*max_attempts)
+                .v(*created_at);
+            bind_event(b, event);
+        }
+        Op::StartAttempt {
+            id,
+            n,
+            node,
+            at,
+            event,
+        } => {
+            b.v(id.as_str()).v(*n).v(node.as_str()).v(*at);
+            bind_event(b, event);
+        }
+        Op::SetPid { id, n, pid } => {
+            b.v(id.as_str()).v(*n).v(*pid);
+        }
+        Op::AppendEvents {
+            id,
+            events,
+            progress,
+            result,
+        } => {
+            b.v(id.as_str())
+                .v(events.last().map_or(0, |e| e.seq))
+                .v(progress.as_deref())
+                .v(result.as_deref());
+        }
+        Op::CompleteAttempt {
+            id,
+            end,
+            finish,
+            event,
+        } => {
+            b.v(id.as_str())
+                .v(end.n)
+                .v(end.finished_at)
+                .v(end.reason)
+                .v(end.exit_code)
+                .v(end.signal)
+                .v(end.pid)
+                .v(end.error.as_deref())
+                .v(end.stdout.as_str())
+                .v(end.stderr.as_str())
+                .v(end.stdout_dropped)
+                .v(end.stderr_dropped)
+                .v(end.stdout_truncated)
+                .v(end.stderr_truncated)
+                .v(end.peak_memory)
+                .v(end.cpu_ms)
+                .v(end.wall_ms)
+                .v(finish.is_some())
+                .v(finish.as_ref().map_or("queued", |f| f.state))
+                .v(finish.as_ref().and_then(|f| f.reason))
+                .v(finish.as_ref().and_then(|f| f.result.as_deref()))
+                .v(finish.as_ref().and_then(|f| f.error.as_deref()))
+                .v(finish.as_ref().map(|f| f.finished_at));
+            bind_event(b, event);
+        }
+        Op::FinishJob { id, finish, event } => {
+            b.v(id.as_str())
+                .v(finish.state)
+                .v(finish.reason)
+                .v(finish.result.as_deref())
+                .v(finish.error.as_deref())
+                .v(finish.finished_at);
+            bind_event(b, event);
+        }
+    }
+}
+
+/// The `vseq, vts, vdata` of a row.
+fn bind_event(b: &mut Binder, e: &EventRow) {
+    b.v(e.seq).v(e.ts).v(e.data.as_str());
 }
 
 async fn prune_events(
@@ -733,227 +947,43 @@ async fn prune_events(
     Ok(())
 }
 
-/// The statements of one operation, in order, then its events (the path
-/// of a lone operation, and of each operation of a failed batch).
-async fn apply(
-    conn: &mut SqliteConnection,
-    ops: &[Op],
-    retention: EventRetention,
-) -> Result<Vec<Applied>, StoreError> {
-    let mut events: Vec<(&str, &EventRow)> = Vec::new();
-    let mut prune: Vec<(&str, i64)> = Vec::new();
-    let mut applied = Vec::with_capacity(ops.len());
-    for op in ops {
-        applied.push(apply_one(conn, op, retention, &mut events, &mut prune).await?);
-    }
-    insert_events(conn, &events).await?;
-    prune_events(conn, &prune, retention).await?;
-    Ok(applied)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn apply_one<'a>(
-    conn: &mut SqliteConnection,
-    op: &'a Op,
-    retention: EventRetention,
-    events: &mut Vec<(&'a str, &'a EventRow)>,
-    prune: &mut Vec<(&'a str, i64)>,
-) -> Result<Applied, StoreError> {
-    match op {
-        Op::InsertJob {
-            id,
-            workflow,
-            priority,
-            params,
-            request,
-            key,
-            max_attempts,
-            created_at,
-            event,
-        } => {
-            let res = sqlx::query(
-                "INSERT INTO jobs (id, workflow, state, priority, params, request, \
-                 idempotency_key, max_attempts, created_at, last_seq) \
-                 VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (idempotency_key) DO NOTHING",
-            )
-            .bind(id.as_str())
-            .bind(workflow.as_str())
-            .bind(priority)
-            .bind(params.as_str())
-            .bind(request.as_str())
-            .bind(key.as_deref())
-            .bind(max_attempts)
-            .bind(created_at)
-            .bind(event.seq)
-            .execute(&mut *conn)
-            .await
-            .map_err(StoreError::query("insert job"))?;
-            if res.rows_affected() == 0 {
-                return Ok(Applied::KeyTaken);
+    #[test]
+    fn texts_number_every_row_and_repeat_them_per_statement() {
+        let t = shape_text(&SET_PIDS, 2);
+        assert_eq!(
+            t.matches("WITH v(vid, vn, vpid) AS (VALUES (?1, ?2, ?3), (?4, ?5, ?6)) ")
+                .count(),
+            2,
+            "{t}"
+        );
+        assert!(!t.contains("?7"), "{t}");
+    }
+
+    #[test]
+    fn every_shape_binds_what_it_declares() {
+        for shape in [
+            &INSERT_JOBS,
+            &START_ATTEMPTS,
+            &SET_PIDS,
+            &APPEND_EVENTS,
+            &COMPLETE_ATTEMPTS,
+            &FINISH_JOBS,
+            &INSERT_EVENTS,
+        ] {
+            for col in shape.cols {
+                assert!(
+                    shape.stmts.iter().any(|s| s.contains(col)),
+                    "{}: {col} is bound but never used",
+                    shape.op
+                );
             }
-            events.push((id, event));
-        }
-        Op::StartAttempt {
-            id,
-            n,
-            node,
-            at,
-            event,
-        } => {
-            // The claim: only a queued job can start.
-            let res = sqlx::query(
-                "UPDATE jobs SET state = 'running', attempts = ?, node = ?, \
-                 started_at = COALESCE(started_at, ?), last_seq = MAX(last_seq, ?) \
-                 WHERE id = ? AND state = 'queued'",
-            )
-            .bind(n)
-            .bind(node.as_str())
-            .bind(at)
-            .bind(event.seq)
-            .bind(id.as_str())
-            .execute(&mut *conn)
-            .await
-            .map_err(StoreError::query("claim job"))?;
-            if res.rows_affected() == 0 {
-                return Ok(Applied::NotQueued);
-            }
-            sqlx::query("INSERT INTO attempts (job_id, n, node, started_at) VALUES (?, ?, ?, ?)")
-                .bind(id.as_str())
-                .bind(n)
-                .bind(node.as_str())
-                .bind(at)
-                .execute(&mut *conn)
-                .await
-                .map_err(StoreError::query("insert attempt"))?;
-            events.push((id, event));
-        }
-        Op::SetPid { id, n, pid } => {
-            sqlx::query("UPDATE attempts SET process_id = ? WHERE job_id = ? AND n = ?")
-                .bind(pid)
-                .bind(id.as_str())
-                .bind(n)
-                .execute(&mut *conn)
-                .await
-                .map_err(StoreError::query("set attempt pid"))?;
-            sqlx::query("UPDATE jobs SET process_id = ? WHERE id = ?")
-                .bind(pid)
-                .bind(id.as_str())
-                .execute(&mut *conn)
-                .await
-                .map_err(StoreError::query("set job pid"))?;
-        }
-        Op::AppendEvents {
-            id,
-            events: evs,
-            progress,
-            result,
-        } => {
-            let Some(last) = evs.last().map(|e| e.seq) else {
-                return Ok(Applied::Done);
-            };
-            sqlx::query(
-                "UPDATE jobs SET last_seq = MAX(last_seq, ?), progress = COALESCE(?, progress), \
-                 result = COALESCE(?, result) WHERE id = ?",
-            )
-            .bind(last)
-            .bind(progress.as_deref())
-            .bind(result.as_deref())
-            .bind(id.as_str())
-            .execute(&mut *conn)
-            .await
-            .map_err(StoreError::query("update progress"))?;
-            events.extend(evs.iter().map(|e| (id.as_str(), e)));
-            if last as u64 > retention.head + retention.tail {
-                prune.push((id, last));
-            }
-        }
-        Op::CompleteAttempt {
-            id,
-            end,
-            finish,
-            event,
-        } => {
-            sqlx::query(
-                "UPDATE attempts SET finished_at = ?, reason = ?, exit_code = ?, signal = ?, \
-                 process_id = COALESCE(?, process_id), error = ? WHERE job_id = ? AND n = ?",
-            )
-            .bind(end.finished_at)
-            .bind(end.reason)
-            .bind(end.exit_code)
-            .bind(end.signal)
-            .bind(end.pid)
-            .bind(end.error.as_deref())
-            .bind(id.as_str())
-            .bind(end.n)
-            .execute(&mut *conn)
-            .await
-            .map_err(StoreError::query("finish attempt"))?;
-            // The attempt's output and, in the same statement, what follows.
-            macro_rules! record_end {
-                ($then:literal) => {
-                    concat!(
-                        "UPDATE jobs SET exit_code = ?, signal = ?, \
-                         process_id = COALESCE(?, process_id), stdout = ?, stderr = ?, \
-                         stdout_dropped = ?, stderr_dropped = ?, stdout_truncated = ?, \
-                         stderr_truncated = ?, peak_memory = ?, cpu_ms = ?, wall_ms = ?, \
-                         last_seq = MAX(last_seq, ?), node = NULL, ",
-                        $then
-                    )
-                };
-            }
-            let sql = match finish {
-                None => record_end!("state = 'queued' WHERE id = ?"),
-                Some(_) => record_end!(
-                    "state = ?, reason = ?, result = COALESCE(?, result), error = ?, \
-                     finished_at = ? WHERE id = ?"
-                ),
-            };
-            let mut q = sqlx::query(sql)
-                .bind(end.exit_code)
-                .bind(end.signal)
-                .bind(end.pid)
-                .bind(end.stdout.as_str())
-                .bind(end.stderr.as_str())
-                .bind(end.stdout_dropped)
-                .bind(end.stderr_dropped)
-                .bind(end.stdout_truncated)
-                .bind(end.stderr_truncated)
-                .bind(end.peak_memory)
-                .bind(end.cpu_ms)
-                .bind(end.wall_ms)
-                .bind(event.seq);
-            if let Some(f) = finish {
-                q = q
-                    .bind(f.state)
-                    .bind(f.reason)
-                    .bind(f.result.as_deref())
-                    .bind(f.error.as_deref())
-                    .bind(f.finished_at);
-            }
-            q.bind(id.as_str())
-                .execute(&mut *conn)
-                .await
-                .map_err(StoreError::query("record attempt end"))?;
-            events.push((id, event));
-        }
-        Op::FinishJob { id, finish, event } => {
-            sqlx::query(
-                "UPDATE jobs SET last_seq = MAX(last_seq, ?), state = ?, reason = ?, \
-                 result = COALESCE(?, result), error = ?, finished_at = ?, node = NULL \
-                 WHERE id = ?",
-            )
-            .bind(event.seq)
-            .bind(finish.state)
-            .bind(finish.reason)
-            .bind(finish.result.as_deref())
-            .bind(finish.error.as_deref())
-            .bind(finish.finished_at)
-            .bind(id.as_str())
-            .execute(&mut *conn)
-            .await
-            .map_err(StoreError::query("finish job"))?;
-            events.push((id, event));
+            // SQLite's limit on parameters per statement.
+            let largest = shape.buckets.last().copied().unwrap_or(1);
+            assert!(shape.cols.len() * largest <= 32_766, "{}", shape.op);
         }
     }
-    Ok(Applied::Done)
 }
