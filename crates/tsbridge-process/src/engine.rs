@@ -122,6 +122,17 @@ pub struct ProcessControl {
 struct ControlInner {
     token: CancellationToken,
     request: Mutex<Option<StopRequest>>,
+    /// Callers of [`ProcessControl::kill_descendants`] waiting for the
+    /// supervisor's answer (how many processes it killed).
+    sweeps: Mutex<Sweeps>,
+    sweep_wanted: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Sweeps {
+    waiting: Vec<oneshot::Sender<usize>>,
+    /// No supervisor is running the job (not started yet, or over).
+    closed: bool,
 }
 
 impl ProcessControl {
@@ -158,6 +169,36 @@ impl ProcessControl {
 
     pub fn is_stopped(&self) -> bool {
         self.inner.token.is_cancelled()
+    }
+
+    /// SIGKILLs every process of the job but its leader, and returns how
+    /// many it found: for a long-lived leader (a pool worker) that runs one
+    /// task after another, so that nothing a task started outlives it. The
+    /// same search as the job's termination (process group, descendants,
+    /// adopted orphans and the job's marker). `0` once the job is over.
+    pub async fn kill_descendants(&self) -> usize {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut sweeps = self.sweeps();
+            if sweeps.closed {
+                return 0;
+            }
+            sweeps.waiting.push(tx);
+        }
+        self.inner.sweep_wanted.notify_one();
+        rx.await.unwrap_or(0)
+    }
+
+    fn sweeps(&self) -> std::sync::MutexGuard<'_, Sweeps> {
+        self.inner.sweeps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The waiting sweeps; `close`: the supervisor ends, later sweeps
+    /// answer 0 at once.
+    fn take_sweeps(&self, close: bool) -> Vec<oneshot::Sender<usize>> {
+        let mut sweeps = self.sweeps();
+        sweeps.closed = close;
+        std::mem::take(&mut sweeps.waiting)
     }
 
     /// Resolves when a stop is requested.
@@ -940,6 +981,7 @@ impl Supervised {
             .timeout
             .map(|t| tokio::time::Instant::from_std(self.started + t));
         let control = self.control.clone();
+        control.take_sweeps(false); // open (a retry shares the control)
         let mut ticker = self.monitor.as_ref().map(|(every, _)| {
             let first = tokio::time::Instant::from_std(self.started) + *every;
             let mut i = tokio::time::interval_at(first, *every);
@@ -962,8 +1004,18 @@ impl Supervised {
                         break Some((EndReason::MemoryLimit, Duration::ZERO));
                     }
                 }
+                () = control.inner.sweep_wanted.notified() => {
+                    let killed = self.kill_descendants();
+                    for s in control.take_sweeps(false) {
+                        let _ = s.send(killed);
+                    }
+                }
             }
         };
+        // A sweep asked for while the job ended: the end kills what is left.
+        for s in control.take_sweeps(true) {
+            let _ = s.send(0);
+        }
 
         let mut leaked = 0u32;
         let reason_override = match stop {
@@ -993,6 +1045,27 @@ impl Supervised {
             self.tracker.reap();
         }
         self.finish(leader, reason_override, leaked).await
+    }
+
+    /// See [`ProcessControl::kill_descendants`].
+    fn kill_descendants(&mut self) -> usize {
+        let leader = self.pid;
+        let found: Vec<_> = self
+            .tracker
+            .discover(true)
+            .into_iter()
+            .filter(|p| p.pid != leader)
+            .collect();
+        for p in &found {
+            if let Err(e) = sys::signal_proc(*p, Signal::KILL) {
+                tracing::debug!(error = %e, pid = p.pid.raw(), "SIGKILL failed");
+            }
+        }
+        if !found.is_empty() {
+            tracing::debug!(killed = found.len(), "killed what the last task left");
+            self.tracker.reap();
+        }
+        found.len()
     }
 
     fn on_leader(&mut self, r: io::Result<sys::Reaped>) -> Leader {

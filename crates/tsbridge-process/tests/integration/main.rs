@@ -16,6 +16,7 @@ mod exit_code;
 mod flood_capture;
 mod ipc_engine;
 mod ipc_node;
+mod kill_descendants;
 mod long_line;
 mod normal_exit_leftovers;
 mod parent_death;
