@@ -12,7 +12,8 @@
 //!   their leases every `lease / 3`; event writes renew them too.
 //!   [`JobStore::recover_interrupted`] takes over the running jobs of its
 //!   own node and those whose lease expired (any node), with `FOR UPDATE
-//!   SKIP LOCKED` so two recovering nodes never take the same job.
+//!   SKIP LOCKED` so two recovering nodes never take the same job. A
+//!   watched store (a live node's) also takes over expired jobs at each poll.
 //! - Wake-ups: an insert and a re-queue `NOTIFY` [`QUEUED_CHANNEL`] with the
 //!   job id (delivered at commit). [`JobStore::watch_queued`] turns them,
 //!   and a periodic poll, into the queued jobs of other nodes.
