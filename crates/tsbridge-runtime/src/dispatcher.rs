@@ -53,6 +53,9 @@ use crate::store::{
 
 /// Child events written to the store per transaction, at most.
 const EVENT_BATCH: usize = 512;
+/// How long a reported pid waits to be written with the attempt's first
+/// events or its end (a short attempt then costs no write for its pid).
+const PID_DELAY: Duration = Duration::from_millis(50);
 /// Longest text of one event (a longer line is cut).
 const MAX_EVENT_TEXT: usize = 64 * 1024;
 
@@ -1198,9 +1201,15 @@ async fn run_attempt(
     );
     tokio::pin!(run);
     let mut pending = Pending::default();
+    // A pid with no events waits for them (or the end) up to this deadline.
+    let mut pid_due: Option<Instant> = None;
     let outcome = loop {
         tokio::select! {
+            // The end first: once the run is over every event is in `rx`
+            // (the executor returns after its last send), and the last
+            // flush writes them all at once instead of one batch per wake.
             biased;
+            o = &mut run => break o,
             Some(first) = rx.recv() => {
                 pending.add(id, first, &mut last_seq);
                 while pending.events.len() < EVENT_BATCH {
@@ -1209,9 +1218,17 @@ async fn run_attempt(
                         Err(_) => break,
                     }
                 }
+                if pending.events.is_empty() {
+                    pid_due.get_or_insert_with(|| Instant::now() + PID_DELAY);
+                    continue;
+                }
                 pending.flush(&store, &bus, id, n).await;
+                pid_due = None;
             }
-            o = &mut run => break o,
+            _ = sleep_until(pid_due), if pid_due.is_some() => {
+                pending.flush(&store, &bus, id, n).await;
+                pid_due = None;
+            }
         }
     };
     while let Ok(e) = rx.try_recv() {
@@ -1233,6 +1250,11 @@ async fn run_attempt(
             AttemptEvent::Child(ChildEvent::Result { value }),
             &mut last_seq,
         );
+    }
+    // The attempt's end records its pid (`complete_attempt`): a pid not
+    // written yet is not worth a write of its own.
+    if pending.pid.is_some() && pending.pid == outcome.pid {
+        pending.pid = None;
     }
     pending.flush(&store, &bus, id, n).await;
     let _ = done.send(AttemptDone {

@@ -227,15 +227,6 @@ impl Executor for PoolExecutor {
             timeout: Some(req.timeout),
             cancel: cancel.clone(),
         };
-        // A stop request (cancel, shutdown) aborts the job on its worker.
-        let control = io.control.clone();
-        let watcher = tokio::spawn({
-            let cancel = cancel.clone();
-            async move {
-                control.stopped().await;
-                cancel.cancel();
-            }
-        });
         let (tx, mut rx) = mpsc::channel(256);
         let events = io.events.clone();
         let masker = self.secrets.masker_for(&req.workflow.env.set);
@@ -251,8 +242,18 @@ impl Executor for PoolExecutor {
                 }
             }
         };
-        let (o, ()) = tokio::join!(pool.run(job, tx), forward);
-        watcher.abort();
+        // A stop request (cancel, shutdown) aborts the job on its worker
+        // (watched here, not by a task of its own).
+        let work = async { tokio::join!(pool.run(job, tx), forward) };
+        tokio::pin!(work);
+        let (o, ()) = tokio::select! {
+            biased;
+            done = &mut work => done,
+            _ = io.control.stopped() => {
+                cancel.cancel();
+                work.await
+            }
+        };
         let stop = io.control.request().map(|r| r.reason);
         let mut out = AttemptOutcome {
             reason: EndReason::Exited,
