@@ -94,10 +94,11 @@ impl Launcher for EngineLauncher {
         };
         let (exit_tx, exit) = oneshot::channel();
         let kill = CancellationToken::new();
+        let control = process.control();
         tokio::spawn(supervise(process, kill.clone(), exit_tx));
         Ok(WorkerIo {
             pid: Some(pid),
-            link: Arc::new(EngineLink(ipc)),
+            link: Arc::new(EngineLink(ipc, control)),
             events,
             exit,
             kill,
@@ -129,9 +130,10 @@ async fn supervise(
     let _ = exit_tx.send(exit);
 }
 
-/// The engine's IPC handle as the pool's [`HostLink`].
+/// The engine's IPC handle as the pool's [`HostLink`], and the worker
+/// process's control (to kill what a job left behind).
 #[derive(Debug)]
-struct EngineLink(IpcHandle);
+struct EngineLink(IpcHandle, tsbridge_process::ProcessControl);
 
 #[async_trait::async_trait]
 impl HostLink for EngineLink {
@@ -145,5 +147,9 @@ impl HostLink for EngineLink {
 
     async fn close(&self) {
         self.0.close().await;
+    }
+
+    async fn kill_strays(&self) -> usize {
+        self.1.kill_descendants().await
     }
 }

@@ -64,6 +64,11 @@ pub trait HostLink: Send + Sync + fmt::Debug + 'static {
     async fn request(&self, payload: Value, timeout: Duration) -> Result<Value, LinkError>;
     /// Closes the channel; the host takes it as "exit now".
     async fn close(&self);
+    /// Kills every process of the worker but the worker itself (what the
+    /// last job started and left running); returns how many.
+    async fn kill_strays(&self) -> usize {
+        0
+    }
 }
 
 /// A started worker process, as the pool drives it.
@@ -475,6 +480,22 @@ impl Worker {
                         Some((reason, _)) => Err(aborted_error(reason, false)),
                         None => result,
                     };
+                    // Nothing the job started outlives it (a detached child,
+                    // a setsid daemon): killed before its end is reported
+                    // and before the worker takes another job.
+                    if exited.is_none() {
+                        let strays = self.io.link.kill_strays().await;
+                        if strays > 0 {
+                            tracing::info!(worker = %self.id, job = %job_id, strays, "killed the processes the job left running");
+                            let _ = sink
+                                .send(PoolEvent::Child(ChildEvent::Log {
+                                    level: tsbridge_proto::LogLevel::Warn,
+                                    message: format!("tsbridge killed {strays} process(es) the job left running"),
+                                    child_timestamp: None,
+                                }))
+                                .await;
+                        }
+                    }
                     finish(result);
                     if let Some(exit) = exited {
                         return JobEnd::Dead { exit, crashed: !killed };

@@ -1,4 +1,5 @@
 // Pool test handlers (ESM). The behaviour is chosen by params.mode.
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -36,6 +37,13 @@ export default async function handler(params, ctx) {
       // A barrier: busy until the test creates params.file.
       while (!existsSync(params.file)) await sleep(20);
       return { pid: process.pid };
+    case 'daemon': {
+      // Leaves a detached child running after the job (a leak the pool
+      // must clean up before the job ends).
+      const child = spawn('sleep', ['600'], { detached: true, stdio: 'ignore' });
+      child.unref();
+      return { pid: process.pid, daemon: child.pid };
+    }
     default:
       throw new Error(`unknown mode ${params.mode}`);
   }
