@@ -106,11 +106,25 @@ pub(crate) enum Command {
 struct AttemptDone {
     id: JobId,
     attempt: u32,
-    /// `false`: the store refused or failed the claim; nothing ran.
-    started: bool,
+    /// Whether the claim was written (`start_attempt`); otherwise nothing ran.
+    start: Claim,
     outcome: AttemptOutcome,
     last_seq: u64,
 }
+
+/// How an attempt's claim (`start_attempt`) went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    Started,
+    /// The store says the job is not queued (another node took it).
+    Lost,
+    /// The store failed (a transient error, a blip of the connection):
+    /// the job is still queued in it, and is tried again after a pause.
+    Failed,
+}
+
+/// How long a job whose claim failed in the store waits before the next try.
+const CLAIM_RETRY: Duration = Duration::from_secs(1);
 
 /// A store write the dispatcher started, reported when it is over.
 enum Written {
@@ -617,7 +631,7 @@ impl Dispatcher {
                 let _ = done.send(AttemptDone {
                     id,
                     attempt: n,
-                    started: true,
+                    start: Claim::Started,
                     outcome,
                     last_seq,
                 });
@@ -667,6 +681,7 @@ impl Dispatcher {
 
     fn on_done(&mut self, done: AttemptDone) {
         let shared = self.shared.clone();
+        let accepting = self.accepting();
         let Some(job) = self
             .jobs
             .get_mut(&done.id)
@@ -688,8 +703,22 @@ impl Dispatcher {
         if let Some(c) = self.running_by_workflow.get_mut(&job.workflow) {
             *c = c.saturating_sub(1);
         }
-        if !done.started {
-            // It stays queued in the store; a restart picks it up.
+        if done.start == Claim::Failed && accepting {
+            // Still queued in the store: undo the start, pause, try again
+            // (a cancel meanwhile cancels the waiting job).
+            job.attempts_started = attempt.saturating_sub(1);
+            job.last_seq = done.last_seq;
+            let until = Instant::now() + CLAIM_RETRY;
+            job.slot = Slot::Backoff { until };
+            self.backoff.insert((until, done.id));
+            if !cancel_waiters.is_empty() {
+                self.cancel_waiting(done.id, cancel_waiters);
+            }
+            return;
+        }
+        if done.start != Claim::Started {
+            // Another node runs it (or we are stopping: it stays queued in
+            // the store, and a restart picks it up).
             self.jobs.remove(&done.id);
             shared.bus.close(done.id);
             for w in cancel_waiters {
@@ -1174,16 +1203,18 @@ async fn run_attempt(
         .start_attempt(id, n, &node, Utc::now(), &running)
         .await
     {
-        if let StoreError::NotFound(_) = e {
+        let start = if let StoreError::NotFound(_) = e {
             // A shared store: another node claimed it first.
             tracing::debug!(job = %id, "the job was claimed elsewhere");
+            Claim::Lost
         } else {
-            tracing::error!(job = %id, error = %e, "cannot record the start of an attempt");
-        }
+            tracing::error!(job = %id, error = %e, "cannot record the start of an attempt; trying again");
+            Claim::Failed
+        };
         let _ = done.send(AttemptDone {
             id,
             attempt: n,
-            started: false,
+            start,
             outcome: AttemptOutcome::spawn_failure("the job store refused the start", false),
             last_seq: running.seq - 1,
         });
@@ -1260,7 +1291,7 @@ async fn run_attempt(
     let _ = done.send(AttemptDone {
         id,
         attempt: n,
-        started: true,
+        start: Claim::Started,
         outcome,
         last_seq,
     });

@@ -10,6 +10,7 @@ mod pg_support;
 mod pool_support;
 
 mod cancel;
+mod claim_retry;
 mod conformance;
 mod crash_restart;
 mod example_app;

@@ -1,0 +1,144 @@
+//! A claim (`start_attempt`) the store fails (a transient error, a blip of a
+//! database connection) does not lose the job: it is still queued in the
+//! store, and the dispatcher tries it again after a pause; it runs, and a
+//! waiter gets its end. (A claim the store *refuses*, another node's job, is
+//! dropped instead: see the PostgreSQL tests.)
+
+use crate::common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use common::*;
+use serde_json::json;
+use tsbridge_proto::{JobEvent, JobId, JobState};
+use tsbridge_runtime::store::{
+    AfterAttempt, AttemptEnd, Finish, Inserted, JobPage, JobRecord, ListFilter, NewJob,
+};
+use tsbridge_runtime::{JobStore, Runtime, RuntimeOptions, SqliteStore, StoreError};
+
+/// SQLite, whose first `fail` claims fail like a lost connection.
+#[derive(Debug)]
+struct FlakyClaims {
+    inner: Arc<SqliteStore>,
+    fail: AtomicU32,
+}
+
+#[async_trait]
+impl JobStore for FlakyClaims {
+    async fn insert_job(&self, job: &NewJob) -> Result<Inserted, StoreError> {
+        self.inner.insert_job(job).await
+    }
+    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<JobRecord>, StoreError> {
+        self.inner.find_by_idempotency_key(key).await
+    }
+    async fn start_attempt(
+        &self,
+        id: JobId,
+        n: u32,
+        node: &str,
+        at: DateTime<Utc>,
+        event: &JobEvent,
+    ) -> Result<(), StoreError> {
+        if self
+            .fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::Query {
+                op: "start an attempt",
+                source: sqlx::Error::PoolTimedOut,
+            });
+        }
+        self.inner.start_attempt(id, n, node, at, event).await
+    }
+    async fn set_attempt_pid(&self, id: JobId, n: u32, pid: u32) -> Result<(), StoreError> {
+        self.inner.set_attempt_pid(id, n, pid).await
+    }
+    async fn append_events(&self, id: JobId, events: &[JobEvent]) -> Result<(), StoreError> {
+        self.inner.append_events(id, events).await
+    }
+    async fn complete_attempt(
+        &self,
+        id: JobId,
+        end: &AttemptEnd,
+        next: &AfterAttempt,
+        event: &JobEvent,
+    ) -> Result<(), StoreError> {
+        self.inner.complete_attempt(id, end, next, event).await
+    }
+    async fn finish_job(
+        &self,
+        id: JobId,
+        finish: &Finish,
+        event: &JobEvent,
+    ) -> Result<(), StoreError> {
+        self.inner.finish_job(id, finish, event).await
+    }
+    async fn get_job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        self.inner.get_job(id).await
+    }
+    async fn list_jobs(&self, filter: &ListFilter) -> Result<JobPage, StoreError> {
+        self.inner.list_jobs(filter).await
+    }
+    async fn events_after(
+        &self,
+        id: JobId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<JobEvent>, StoreError> {
+        self.inner.events_after(id, after, limit).await
+    }
+    async fn recover_interrupted(&self, node: &str) -> Result<Vec<JobRecord>, StoreError> {
+        self.inner.recover_interrupted(node).await
+    }
+    async fn queued_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        self.inner.queued_jobs().await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_claim_is_tried_again_and_the_job_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(FlakyClaims {
+        inner: open_store(dir.path()).await,
+        fail: AtomicU32::new(2),
+    });
+    let rt = Runtime::start(
+        config(&workflow("job", "")),
+        store.clone(),
+        RuntimeOptions::default(),
+    )
+    .await
+    .expect("start");
+    let s = rt
+        .submit("job", json!({"result": 7}), Default::default())
+        .await
+        .expect("submit");
+    let v = tokio::time::timeout(SOON, rt.wait(s.job_id))
+        .await
+        .expect("the job ends in time (it was not lost)")
+        .expect("wait");
+    assert_eq!(v.state, JobState::Succeeded, "{v:?}");
+    assert_eq!(v.result, Some(json!(7)));
+    assert_eq!(
+        store.fail.load(Ordering::SeqCst),
+        0,
+        "both failures were hit"
+    );
+    assert_eq!(v.attempts.len(), 1, "failed claims are not attempts: {v:?}");
+    // Its events are numbered without gaps: the failed claims wrote nothing.
+    let seqs: Vec<u64> = rt
+        .events_after(s.job_id, 0)
+        .await
+        .expect("events")
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+}
