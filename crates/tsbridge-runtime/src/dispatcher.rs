@@ -264,8 +264,10 @@ impl Dispatcher {
     }
 
     pub(crate) async fn run(mut self) {
-        // A shared store: jobs queued through other nodes.
+        // A shared store: jobs queued through other nodes, and cancels
+        // asked on other nodes for jobs that run here.
         let mut remote = self.shared.store.watch_queued();
+        let mut cancels = self.shared.store.watch_cancels();
         self.dispatch();
         self.publish_stats();
         loop {
@@ -296,6 +298,10 @@ impl Dispatcher {
                 rec = next_remote(&mut remote), if remote.is_some() => match rec {
                     Some(rec) => self.adopt_remote(rec),
                     None => remote = None,
+                },
+                id = next_remote(&mut cancels), if cancels.is_some() => match id {
+                    Some(id) => self.cancel_for_remote(id),
+                    None => cancels = None,
                 },
             }
             self.dispatch();
@@ -329,6 +335,16 @@ impl Dispatcher {
             let until = Instant::now() + wait;
             job.slot = Slot::Backoff { until };
             self.backoff.insert((until, id));
+        }
+    }
+
+    /// Another node asked to cancel a job that runs here: stopped as a local
+    /// cancel would (that node's caller waits for the end in the store).
+    fn cancel_for_remote(&mut self, id: JobId) {
+        if let Some(job) = self.jobs.get_mut(&id)
+            && let Slot::Running { control, .. } = &mut job.slot
+        {
+            control.cancel();
         }
     }
 
@@ -804,6 +820,9 @@ impl Dispatcher {
                             state: rec.state,
                         })
                     }
+                    Ok(Some(rec)) if rec.state == JobState::Running => {
+                        cancel_elsewhere(store.as_ref(), id).await
+                    }
                     Ok(Some(_)) => Err(RuntimeError::ShuttingDown),
                     Ok(None) => Err(RuntimeError::JobNotFound(id)),
                     Err(e) => Err(e.into()),
@@ -1030,10 +1049,31 @@ fn answer(waiters: Vec<Reply<()>>, result: Result<(), StoreError>) {
     }
 }
 
-/// The next job of a shared store's watch (pending without one).
-async fn next_remote(
-    remote: &mut Option<futures::stream::BoxStream<'static, JobRecord>>,
-) -> Option<JobRecord> {
+/// Cancels a job another node of a shared store runs: asks that node, then
+/// waits (reading the store) until the job ended.
+async fn cancel_elsewhere(store: &dyn JobStore, id: JobId) -> Result<(), RuntimeError> {
+    if !store.request_cancel(id).await? {
+        // One node, or it ended meanwhile: the store says which.
+        return match store.get_job(id).await? {
+            Some(rec) if rec.state.is_terminal() => Err(RuntimeError::AlreadyFinished {
+                id,
+                state: rec.state,
+            }),
+            Some(_) => Err(RuntimeError::ShuttingDown),
+            None => Err(RuntimeError::JobNotFound(id)),
+        };
+    }
+    loop {
+        match store.get_job(id).await? {
+            Some(rec) if rec.state.is_terminal() => return Ok(()),
+            Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            None => return Err(RuntimeError::JobNotFound(id)),
+        }
+    }
+}
+
+/// The next item of a shared store's watch (pending without one).
+async fn next_remote<T>(remote: &mut Option<futures::stream::BoxStream<'static, T>>) -> Option<T> {
     use futures::StreamExt;
     match remote {
         Some(s) => s.next().await,

@@ -287,4 +287,19 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     fn watch_queued(&self) -> Option<futures::stream::BoxStream<'static, JobRecord>> {
         None
     }
+
+    /// Asks the node that runs job `id` to cancel it (a store shared by
+    /// many nodes; the caller's node does not hold the job). `true`: asked;
+    /// the job ends `cancelled` once its node acts. `false`: there is no
+    /// other node to ask (the default, SQLite's) or the job is not running.
+    async fn request_cancel(&self, id: JobId) -> Result<bool, StoreError> {
+        let _ = id;
+        Ok(false)
+    }
+
+    /// Jobs this node runs whose cancel another node asked for (see
+    /// [`JobStore::request_cancel`]). `None` (the default): one node.
+    fn watch_cancels(&self) -> Option<futures::stream::BoxStream<'static, JobId>> {
+        None
+    }
 }

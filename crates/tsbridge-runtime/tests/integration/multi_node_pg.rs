@@ -271,3 +271,52 @@ async fn a_dead_nodes_jobs_are_taken_over_by_a_live_node() {
     );
     live.rt.shutdown(Duration::ZERO).await;
 }
+
+#[tokio::test]
+async fn a_job_running_on_one_node_is_cancelled_from_another() {
+    let Some(db) = PgDb::create("a_job_running_on_one_node_is_cancelled_from_another").await else {
+        return;
+    };
+    let toml = format!(
+        "[defaults]\nconcurrency = 2\nkill_grace = \"500ms\"\n{}",
+        common::workflow("job", "")
+    );
+    let a = node(&db, "node-a", &toml).await;
+    let b = node(&db, "node-b", &toml).await;
+    let id = submit(&a, json!({"hang": true})).await;
+    wait_running(&a.store, id).await;
+    let owner = a.store.get_job(id).await.expect("get").expect("job").node;
+    let other = match owner.as_deref() {
+        Some("node-a") => &b,
+        Some("node-b") => &a,
+        o => panic!("no owner: {o:?}"),
+    };
+    // The other node may still hold the job as waiting (its claim not yet
+    // lost): that cancel is refused by the store and the node forgets the
+    // job, so a caller retries until the owner is asked.
+    let deadline = tokio::time::Instant::now() + SOON;
+    let view = loop {
+        match other.rt.cancel(id).await {
+            Ok(v) => break v,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "cancel never reached the owner: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(view.state, JobState::Cancelled, "{view:?}");
+    let r = ended(&a.store, id).await;
+    assert_eq!(r.state, JobState::Cancelled);
+    assert_eq!(r.reason, Some(tsbridge_proto::EndReason::Cancelled));
+    assert_eq!(attempt_nodes(&db, id).await, vec![owner.expect("owner")]);
+    // A finished job: Conflict, from any node.
+    assert!(matches!(
+        other.rt.cancel(id).await,
+        Err(tsbridge_runtime::RuntimeError::AlreadyFinished { .. })
+    ));
+    a.rt.shutdown(Duration::ZERO).await;
+    b.rt.shutdown(Duration::ZERO).await;
+}

@@ -49,6 +49,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// The channel an insert or a re-queue notifies, with the job id as payload.
 pub const QUEUED_CHANNEL: &str = "tsbridge_queued";
 
+/// The channel a cancel request notifies, with the job id as payload.
+const CANCEL_CHANNEL: &str = "tsbridge_cancel";
+
 /// Output shown per stream in job lists.
 const LIST_OUTPUT_TAIL: usize = 4096;
 
@@ -827,6 +830,36 @@ impl JobStore for PgStore {
         Ok(())
     }
 
+    async fn request_cancel(&self, id: JobId) -> Result<bool, StoreError> {
+        let ids = id.to_string();
+        let mut tx = self.begin().await?;
+        let asked = sqlx::query(
+            "UPDATE jobs SET cancel_requested = TRUE WHERE id = $1 AND state = 'running'",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("request cancel"))?
+        .rows_affected()
+            > 0;
+        if asked {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CANCEL_CHANNEL)
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query("notify"))?;
+        }
+        commit(tx).await?;
+        Ok(asked)
+    }
+
+    fn watch_cancels(&self) -> Option<BoxStream<'static, JobId>> {
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(watch_cancels(self.clone(), tx));
+        Some(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+    }
+
     fn watch_queued(&self) -> Option<BoxStream<'static, JobRecord>> {
         if let Ok(mut own) = self.inner.own_announced.lock() {
             own.get_or_insert_with(HashSet::new);
@@ -899,7 +932,77 @@ async fn watch(store: PgStore, tx: mpsc::Sender<JobRecord>) {
     }
 }
 
+/// Feeds `tx` with the jobs this store claimed whose cancel was asked
+/// (announced, or found at each poll), each once.
+async fn watch_cancels(store: PgStore, tx: mpsc::Sender<JobId>) {
+    let stop = store.inner.stop.clone();
+    let mut poll = tokio::time::interval(store.inner.opts.poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut listener: Option<PgListener> = None;
+    let mut sent: HashSet<JobId> = HashSet::new();
+    loop {
+        let heard = async {
+            match listener.as_mut() {
+                Some(l) => l.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let held: HashSet<JobId> = store
+            .inner
+            .held
+            .lock()
+            .map(|h| h.keys().copied().collect())
+            .unwrap_or_default();
+        sent.retain(|id| held.contains(id));
+        let asked: Vec<JobId> = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tx.closed() => return,
+            n = heard => match n {
+                Ok(n) => n.payload().parse::<JobId>().ok().into_iter().collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cancel requests lost; listening again at the next poll");
+                    listener = None;
+                    Vec::new()
+                }
+            },
+            _ = poll.tick() => {
+                if listener.is_none() {
+                    listener = listen_to(&store, CANCEL_CHANNEL).await;
+                }
+                let ids: Vec<String> = held.iter().map(JobId::to_string).collect();
+                let found: Result<Vec<String>, _> = if ids.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    sqlx::query_scalar(
+                        "SELECT id FROM jobs WHERE id = ANY($1) AND state = 'running' \
+                         AND cancel_requested",
+                    )
+                    .bind(&ids)
+                    .fetch_all(&store.inner.pool)
+                    .await
+                };
+                match found {
+                    Ok(found) => found.iter().filter_map(|id| id.parse().ok()).collect(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot poll cancel requests");
+                        Vec::new()
+                    }
+                }
+            }
+        };
+        for id in asked {
+            if held.contains(&id) && sent.insert(id) && tx.send(id).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 async fn listen(store: &PgStore) -> Option<PgListener> {
+    listen_to(store, QUEUED_CHANNEL).await
+}
+
+async fn listen_to(store: &PgStore, channel: &str) -> Option<PgListener> {
     let mut l = match PgListener::connect_with(&store.inner.pool).await {
         Ok(l) => l,
         Err(e) => {
@@ -907,7 +1010,7 @@ async fn listen(store: &PgStore) -> Option<PgListener> {
             return None;
         }
     };
-    match l.listen(QUEUED_CHANNEL).await {
+    match l.listen(channel).await {
         Ok(()) => Some(l),
         Err(e) => {
             tracing::warn!(error = %e, "cannot listen for queued jobs");
