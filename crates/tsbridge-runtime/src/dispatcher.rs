@@ -348,6 +348,31 @@ impl Dispatcher {
         }
     }
 
+    /// A shared store refused a job's end (`NotFound`): another node holds
+    /// it now (it claimed the job this node held as waiting, or took it
+    /// over). Nothing of it is ours any more; cancels waiting for it ask
+    /// that node instead.
+    fn lost_to_another_node(
+        &mut self,
+        id: JobId,
+        state: JobState,
+        cancels: impl Iterator<Item = Reply<()>>,
+    ) {
+        tracing::info!(job = %id, "the job is held by another node now");
+        if !state.is_terminal() {
+            self.requeueing -= 1;
+        }
+        self.jobs.remove(&id);
+        self.ready.remove(id);
+        self.shared.bus.close(id);
+        for reply in cancels {
+            let store = self.shared.store.clone();
+            tokio::spawn(async move {
+                let _ = reply.send(cancel_elsewhere(store.as_ref(), id).await);
+            });
+        }
+    }
+
     /// What is left of the retry delay of a re-queued job.
     fn retry_delay_left(&self, rec: &JobRecord) -> Option<Duration> {
         if rec.attempts_started == 0 {
@@ -508,6 +533,10 @@ impl Dispatcher {
         else {
             return;
         };
+        if let Err(StoreError::NotFound(_)) = &result {
+            self.lost_to_another_node(id, state, waiters.into_iter().chain(late));
+            return;
+        }
         if let Err(e) = &result {
             tracing::error!(job = %id, error = %e, "cannot record a job's end");
         }
