@@ -5,7 +5,7 @@
 //! Startup runs crash recovery.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -226,7 +226,7 @@ impl Runtime {
                 });
             }
         }
-        check_path_params(wf, &parameters)?;
+        crate::path_params::resolve(wf, &parameters)?;
         check_command_line(wf, &parameters)?;
         let env = options.env.clone().unwrap_or_default();
         tsbridge_sandbox::env::validate_request_env(&wf.env.request, &env)
@@ -579,79 +579,6 @@ fn check_command_line(wf: &WorkflowConfig, params: &Value) -> Result<(), Runtime
         )));
     }
     Ok(())
-}
-
-/// Path parameters must resolve (after symlinks, component-wise) inside
-/// the allowed roots: the workflow's root or one of its `limits.read` /
-/// `limits.write` entries. A relative path is resolved against the root.
-fn check_path_params(wf: &WorkflowConfig, params: &Value) -> Result<(), RuntimeError> {
-    for name in &wf.path_params {
-        let Some(v) = params.get(name) else {
-            continue;
-        };
-        let candidates: Vec<&str> = match v {
-            Value::String(s) => vec![s.as_str()],
-            Value::Array(a) => {
-                // Every element must be a path: a nested array or an object
-                // would reach the program unchecked (`${p}` flattens it).
-                let strings: Option<Vec<&str>> = a.iter().map(Value::as_str).collect();
-                strings.ok_or_else(|| {
-                    RuntimeError::BadRequest(format!(
-                        "parameter {name} must be a path string or an array of path strings"
-                    ))
-                })?
-            }
-            Value::Null => Vec::new(),
-            _ => {
-                return Err(RuntimeError::BadRequest(format!(
-                    "parameter {name} must be a path string"
-                )));
-            }
-        };
-        for c in candidates {
-            confine_to_allowed(wf, Path::new(c)).map_err(|e| {
-                RuntimeError::Security(format!(
-                    "parameter {name}: {}",
-                    safe_security_message(&e, c)
-                ))
-            })?;
-        }
-    }
-    Ok(())
-}
-
-/// `confine` to the root, else to the first `limits.read`/`limits.write`
-/// entry that contains the path (an entry that does not exist contains
-/// nothing). The root's refusal is the one reported.
-fn confine_to_allowed(
-    wf: &WorkflowConfig,
-    candidate: &Path,
-) -> Result<PathBuf, tsbridge_sandbox::SecurityError> {
-    use tsbridge_sandbox::SecurityError as S;
-    let err = match tsbridge_sandbox::paths::confine(&wf.root, candidate) {
-        Ok(p) => return Ok(p),
-        Err(e @ (S::NulInPath | S::EmptyPath)) => return Err(e),
-        Err(e) => e,
-    };
-    // Relative paths mean the same file whichever root is tried.
-    let absolute = wf.root.join(candidate);
-    for allowed in wf.limits.read.iter().chain(&wf.limits.write) {
-        if let Ok(p) = tsbridge_sandbox::paths::confine(allowed, &absolute) {
-            return Ok(p);
-        }
-    }
-    Err(err)
-}
-
-/// The sandbox's message names host paths (the root); say it with the
-/// request's own path only.
-fn safe_security_message(e: &tsbridge_sandbox::SecurityError, given: &str) -> String {
-    use tsbridge_sandbox::SecurityError as S;
-    match e {
-        S::NulInPath => "path contains a NUL byte".into(),
-        S::EmptyPath => "path is empty".into(),
-        _ => format!("path {given:?} resolves outside the workflow's allowed roots"),
-    }
 }
 
 /// Crash recovery: every job found running gets its open attempt ended

@@ -295,7 +295,16 @@ impl Executor for SpawnExecutor {
         // secret it got some other way (a file, a parameter).
         let masker = self.secrets.masker_for(&env);
 
-        let params_json = serde_json::to_string(&req.params).unwrap_or_else(|_| "null".into());
+        // Checked again now, on the stored parameters: the child gets the
+        // checked canonical paths (see `path_params`).
+        let params = match crate::path_params::resolve(wf, &req.params) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(job = %req.job_id, error = %e, "a path parameter is no longer allowed");
+                return AttemptOutcome::spawn_failure(e.to_string(), false);
+            }
+        };
+        let params_json = serde_json::to_string(&params).unwrap_or_else(|_| "null".into());
         let inv = match rt::resolve_for_spawn_async(
             wf.script.clone(),
             Some(engine_runtime(wf.runtime)),

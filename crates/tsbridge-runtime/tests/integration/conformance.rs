@@ -12,7 +12,7 @@ use common::*;
 use serde_json::{Value, json};
 use tsbridge_proto::api::{JobOptions, JobView};
 use tsbridge_proto::{EndReason, ErrorType, JobId, JobState};
-use tsbridge_runtime::{Runtime, RuntimeOptions};
+use tsbridge_runtime::{JobStore, Runtime, RuntimeOptions};
 use tsbridge_sandbox::{Sandbox, SandboxConfig};
 
 const SECRET: &str = "s3cr3t-host-value-0123";
@@ -336,4 +336,69 @@ async fn a_memory_option_that_cannot_apply_is_refused_and_stores_nothing() {
         .expect("in time")
         .expect("wait");
     assert_eq!(v.state, JobState::Succeeded, "{v:?}");
+}
+
+/// SPEC §5: a path parameter is resolved against the workflow root, and the
+/// child gets the path that was checked (canonical, absolute), never a
+/// string it would resolve itself; a symlink swapped while the job was
+/// queued is caught by the check before the spawn, and nothing runs.
+#[tokio::test]
+async fn path_parameters_reach_the_child_as_checked_and_are_checked_again_at_spawn() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root_path = root.path().canonicalize().unwrap();
+    for f in ["probe.js", "job.js"] {
+        std::fs::copy(fixtures().join(f), root_path.join(f)).unwrap();
+    }
+    std::fs::create_dir(root_path.join("data")).unwrap();
+    std::fs::write(root_path.join("data/real.txt"), "inside").unwrap();
+    std::os::unix::fs::symlink("real.txt", root_path.join("data/link")).unwrap();
+    let toml = format!(
+        "[defaults]\nconcurrency = 1\n\
+         [workflows.blocker]\nroot = \"{r}\"\nscript = \"job.js\"\nruntime = \"node\"\n\
+         [workflows.echo]\nroot = \"{r}\"\nscript = \"probe.js\"\nruntime = \"node\"\npath_params = [\"inputPath\"]\ncwd = \"data\"\n",
+        r = root_path.display()
+    );
+    let h = start(&toml).await;
+
+    // A relative path (resolved against the root, not the cwd `data`), and
+    // a symlink: the child gets the canonical path of the file checked.
+    let id = h
+        .submit(
+            "echo",
+            json!({"echoParams": true, "inputPath": "data/link"}),
+        )
+        .await;
+    let v = h.wait(id).await;
+    assert_eq!(v.state, JobState::Succeeded, "{v:?}");
+    let got = v.result.as_ref().unwrap()["inputPath"].clone();
+    assert_eq!(
+        got,
+        json!(root_path.join("data/real.txt").display().to_string())
+    );
+    // The job keeps the client's own string (no host paths in answers).
+    let stored = h.store.get_job(id).await.unwrap().unwrap();
+    assert_eq!(stored.params["inputPath"], "data/link");
+
+    // Swapped while queued behind a running job: caught before the spawn.
+    let blocker = h.submit("blocker", json!({"hang": true})).await;
+    h.until_state(blocker, JobState::Running).await;
+    let id = h
+        .submit(
+            "echo",
+            json!({"echoParams": true, "inputPath": "data/link"}),
+        )
+        .await;
+    std::fs::remove_file(root_path.join("data/link")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", root_path.join("data/link")).unwrap();
+    h.rt.cancel(blocker).await.expect("cancel the blocker");
+    let v = h.wait(id).await;
+    assert_eq!(v.state, JobState::Failed, "{v:?}");
+    assert_eq!(v.reason, Some(EndReason::SpawnFailure), "{v:?}");
+    assert_eq!(v.result, None, "nothing ran");
+    let message = &v.error.as_ref().expect("error").message;
+    assert!(message.contains("outside"), "{message}");
+    assert!(
+        !message.contains(&root_path.display().to_string()),
+        "no host path: {message}"
+    );
 }

@@ -1,0 +1,103 @@
+//! Path parameters (a workflow's `path_params`): each must resolve, after
+//! symlinks and component by component, inside the allowed roots (the
+//! workflow's root, or one of its `limits.read`/`limits.write` entries). A
+//! relative path is resolved against the root (SPEC §5).
+//!
+//! Checked twice: at submit, where a refusal is the client's 400/403 and
+//! nothing is stored; and again right before each spawn, on the job's
+//! stored parameters, whose checked *canonical* paths are what the child
+//! gets. So the child never resolves a path itself (against its cwd, or
+//! through a symlink swapped while the job was queued): it opens exactly
+//! the file that was checked. The stored parameters and the API keep the
+//! client's own strings (no host paths in answers).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::config::WorkflowConfig;
+use crate::errors::RuntimeError;
+
+/// The parameters with every path parameter replaced by its canonical
+/// absolute path (strings; arrays element by element). `BadRequest` for a
+/// value that is not a path string, `Security` for one outside the roots.
+pub(crate) fn resolve(wf: &WorkflowConfig, params: &Value) -> Result<Value, RuntimeError> {
+    let mut out = params.clone();
+    for name in &wf.path_params {
+        let Some(v) = out.get_mut(name) else {
+            continue;
+        };
+        match v {
+            Value::String(s) => *s = resolve_one(wf, name, s)?,
+            Value::Array(a) => {
+                // Every element must be a path: a nested array or an object
+                // would reach the program unchecked (`${p}` flattens it).
+                for e in a.iter_mut() {
+                    let Value::String(s) = e else {
+                        return Err(RuntimeError::BadRequest(format!(
+                            "parameter {name} must be a path string or an array of path strings"
+                        )));
+                    };
+                    *s = resolve_one(wf, name, s)?;
+                }
+            }
+            Value::Null => {}
+            _ => {
+                return Err(RuntimeError::BadRequest(format!(
+                    "parameter {name} must be a path string"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn resolve_one(wf: &WorkflowConfig, name: &str, given: &str) -> Result<String, RuntimeError> {
+    let canonical = confine_to_allowed(wf, Path::new(given)).map_err(|e| {
+        RuntimeError::Security(format!(
+            "parameter {name}: {}",
+            safe_security_message(&e, given)
+        ))
+    })?;
+    // A canonical path that is not UTF-8 (a symlink's target) cannot be a
+    // JSON string: refused rather than passed in another form.
+    canonical.into_os_string().into_string().map_err(|_| {
+        RuntimeError::Security(format!(
+            "parameter {name}: path {given:?} resolves to a name that is not UTF-8"
+        ))
+    })
+}
+
+/// `confine` to the root, else to the first `limits.read`/`limits.write`
+/// entry that contains the path (an entry that does not exist contains
+/// nothing). The root's refusal is the one reported.
+fn confine_to_allowed(
+    wf: &WorkflowConfig,
+    candidate: &Path,
+) -> Result<PathBuf, tsbridge_sandbox::SecurityError> {
+    use tsbridge_sandbox::SecurityError as S;
+    let err = match tsbridge_sandbox::paths::confine(&wf.root, candidate) {
+        Ok(p) => return Ok(p),
+        Err(e @ (S::NulInPath | S::EmptyPath)) => return Err(e),
+        Err(e) => e,
+    };
+    // Relative paths mean the same file whichever root is tried.
+    let absolute = wf.root.join(candidate);
+    for allowed in wf.limits.read.iter().chain(&wf.limits.write) {
+        if let Ok(p) = tsbridge_sandbox::paths::confine(allowed, &absolute) {
+            return Ok(p);
+        }
+    }
+    Err(err)
+}
+
+/// The sandbox's message names host paths (the root); say it with the
+/// request's own path only.
+fn safe_security_message(e: &tsbridge_sandbox::SecurityError, given: &str) -> String {
+    use tsbridge_sandbox::SecurityError as S;
+    match e {
+        S::NulInPath => "path contains a NUL byte".into(),
+        S::EmptyPath => "path is empty".into(),
+        _ => format!("path {given:?} resolves outside the workflow's allowed roots"),
+    }
+}
