@@ -139,6 +139,9 @@ pub struct WorkerSpec {
     pub tmp_base: Option<PathBuf>,
     /// The sandbox of each worker (`None`: none).
     pub sandbox: Option<WorkerSandbox>,
+    /// Masks secrets in everything a worker prints, from its very start (a
+    /// module that fails to load prints its error before any job).
+    pub masker: Arc<tsbridge_process::mask::Masker>,
 }
 
 /// Prepares the sandbox of one worker, given its engine job key and the
@@ -181,6 +184,7 @@ impl WorkerSpec {
             host: HostScript::Embedded,
             max_output: 1024 * 1024,
             tmp_base: None,
+            masker: Arc::default(),
             sandbox: None,
         }
     }

@@ -120,6 +120,7 @@ impl PoolExecutor {
             node_args,
             module: wf.script.clone(),
             cwd: wf.cwd.clone(),
+            masker: self.secrets.masker_for(&env),
             env,
             host: self.host.clone(),
             max_output: usize::try_from(wf.max_output.bytes()).unwrap_or(usize::MAX),

@@ -66,6 +66,7 @@ impl EngineLauncher {
             .ipc(true)
             .kill_grace(self.kill_grace)
             .max_output(s.max_output)
+            .masker(s.masker.clone())
             .label(format!("pool {} {worker}", s.name))
             .key(key)
             .sandbox(sandbox)

@@ -79,3 +79,22 @@ async fn a_module_that_does_not_load_fails_the_job_fast() {
     pool.wait_stats(|s| s.start_failures_total >= 1).await;
     pool.shutdown(Duration::from_secs(10)).await;
 }
+
+/// A worker is masked from its very start: a module that fails to load with
+/// a secret in its error reports that error with the secret masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_load_error_is_masked() {
+    const SECRET: &str = "sk-load-time-3f9a1c";
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = broken_spec(dir.path(), "secret-at-load.mjs");
+    spec.env.insert("API_SECRET".into(), SECRET.into());
+    spec.masker = std::sync::Arc::new(tsbridge_process::mask::Masker::new(
+        [SECRET.to_owned()],
+        &[],
+    ));
+    let e = start(spec, config(1, 1)).await.unwrap_err();
+    let shown = format!("{e:?} {e}");
+    assert!(shown.contains("cannot start with key"), "{shown}");
+    assert!(!shown.contains(SECRET), "the secret leaked: {shown}");
+    assert!(shown.contains("[REDACTED]"), "{shown}");
+}
