@@ -6,11 +6,16 @@
 #
 # usage: bench/http/run.sh [CELL ...]        CELL = SERVER@CONNS, e.g. tsb-pool@16
 #        bench/http/run.sh rss                idle RSS of tsbridge serve only
-#   SERVER: tsb-spawn tsb-pool node-spawn-node node-spawn-ts-node-T node-spawn-tsx node-fork4 node-piscina4
+#   SERVER: tsb-spawn tsb-pool tsb0-spawn tsb0-pool node-spawn-node node-spawn-ts-node-T node-spawn-tsx node-fork4 node-piscina4
 #   no CELL: every server at its default connection counts (see CONNS below), then rss.
 # env: REPEATS (3), DUR_POOL (15s), DUR_SPAWN (10s), SEED (/tmp/node-seed: a copy
 #   of shared/peers/node-seed with `npm ci` done), TSB (target/release/tsbridge),
-#   OUT (/tmp/tsbridge-bench/http), QUIET_MAX (240 s max wait for an idle machine).
+#   OUT (/tmp/tsbridge-bench/http), QUIET_MAX (240 s max wait for an idle machine),
+#   TSB0 (a second tsbridge binary, e.g. a build of the previous commit, served as
+#   tsb0-pool/tsb0-spawn on port 8789 with its own store: before/after in one run),
+#   TSB_PORT/TSB0_PORT (8788/8789), PEER_PORT_OFFSET (0: the Node peers on 3001..3005),
+#   BENCH_DIR (/tmp/tsbridge-bench: the stores; each run deletes the ones it uses):
+#   another run on the same machine needs other ports and another BENCH_DIR.
 # Needs: wrk, python3, curl, node 20, a release build (`cargo build --release -p tsbridge`).
 # Loopback only. Every server this script starts is stopped on exit (trap).
 #
@@ -28,7 +33,11 @@ OUT=${OUT:-/tmp/tsbridge-bench/http}
 REPEATS=${REPEATS:-3}
 DUR_POOL=${DUR_POOL:-15s}
 DUR_SPAWN=${DUR_SPAWN:-10s}
-TSB_PORT=8788
+TSB_PORT=${TSB_PORT:-8788}
+TSB0=${TSB0:-}
+TSB0_PORT=${TSB0_PORT:-8789}
+PEER_PORT_OFFSET=${PEER_PORT_OFFSET:-0}
+BENCH_DIR=${BENCH_DIR:-/tmp/tsbridge-bench}
 CLEAN_ENV=(env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp LANG=C.UTF-8)
 mkdir -p "$OUT"
 WRK_OUT=$OUT/wrk.txt
@@ -44,10 +53,13 @@ declare -A PEER_CMD=(
 declare -A CONNS=(
   [tsb-spawn]="1 16" [node-spawn-node]="1 16" [node-spawn-ts-node-T]="1 16" [node-spawn-tsx]="1 16"
   [tsb-pool]="1 16 256" [node-fork4]="1 16 256" [node-piscina4]="1 16 256"
+  [tsb0-spawn]="1 16" [tsb0-pool]="1 16 256"
 )
 declare -A PATHS=(
   [tsb-spawn]=/workflow/video-generation/execute
   [tsb-pool]=/workflow/video-generation-pool/execute
+  [tsb0-spawn]=/workflow/video-generation/execute
+  [tsb0-pool]=/workflow/video-generation-pool/execute
 )
 
 PIDS=()   # every server this script started
@@ -70,8 +82,8 @@ wait_until() {
   return 1
 }
 
-tsb_ready() {
-  curl -sf "http://127.0.0.1:$TSB_PORT/readyz" | python3 -c '
+tsb_ready() { # [PORT]
+  curl -sf "http://127.0.0.1:${1:-$TSB_PORT}/readyz" | python3 -c '
 import json, sys
 d = json.load(sys.stdin)["data"]
 w = d["workflows"]
@@ -79,24 +91,46 @@ sys.exit(0 if d["ready"] and all(v == "available" for v in w.values()) else 1)'
 }
 
 declare -A SPID=()  # server name -> pid (tsb serves both tsb-spawn and tsb-pool)
-declare -A PORT=([tsb]=$TSB_PORT [node-spawn-node]=3001 [node-spawn-ts-node-T]=3002 [node-spawn-tsx]=3003
-  [node-fork4]=3004 [node-piscina4]=3005)
-server_of() { case $1 in tsb-*) echo tsb ;; *) echo "$1" ;; esac; }
+declare -A PORT=([tsb]=$TSB_PORT [tsb0]=$TSB0_PORT [node-spawn-node]=$((3001 + PEER_PORT_OFFSET))
+  [node-spawn-ts-node-T]=$((3002 + PEER_PORT_OFFSET)) [node-spawn-tsx]=$((3003 + PEER_PORT_OFFSET))
+  [node-fork4]=$((3004 + PEER_PORT_OFFSET)) [node-piscina4]=$((3005 + PEER_PORT_OFFSET)))
+server_of() { case $1 in tsb-*) echo tsb ;; tsb0-*) echo tsb0 ;; *) echo "$1" ;; esac; }
 url_of() {
   local s; s=$(server_of "$1")
   echo "http://127.0.0.1:${PORT[$s]}${PATHS[$1]:-/workflow/video-generation/execute}"
 }
 
-# start_tsb CONFIG: a fresh store each time (the config stores in /tmp/tsbridge-bench).
+# bench_config DB PORT: bench.toml with this store (in BENCH_DIR) and port, in OUT.
+bench_config() {
+  local cfg=$OUT/bench-$2.toml
+  sed -e "s|^bind = .*|bind = \"127.0.0.1:$2\"|" \
+    -e "s|^url = .*|url = \"sqlite://$BENCH_DIR/$1\"|" -e "s|^root = \".\"|root = \"$HERE\"|" \
+    "$HERE/bench.toml" >"$cfg"
+  echo "$cfg"
+}
+
+# start_tsb: a fresh store each time.
 start_tsb() {
-  rm -rf /tmp/tsbridge-bench/bench.db*
-  mkdir -p /tmp/tsbridge-bench
-  "${CLEAN_ENV[@]}" "$TSB" serve --config "$1" >"$OUT/server-tsb.log" 2>&1 &
+  rm -rf "$BENCH_DIR"/bench.db*
+  mkdir -p "$BENCH_DIR"
+  "${CLEAN_ENV[@]}" "$TSB" serve --config "$(bench_config bench.db "$TSB_PORT")" >"$OUT/server-tsb.log" 2>&1 &
   SPID[tsb]=$!; PIDS+=($!)
   if ! wait_until tsb_ready; then
     echo "tsbridge did not become ready; /readyz says:" >&2
     curl -s "http://127.0.0.1:$TSB_PORT/readyz" >&2; echo >&2
     tail -20 "$OUT/server-tsb.log" >&2
+    return 1
+  fi
+}
+
+# start_tsb0: the TSB0 binary with bench.toml on its own port and store.
+start_tsb0() {
+  rm -rf "$BENCH_DIR"/bench0.db*
+  mkdir -p "$BENCH_DIR"
+  "${CLEAN_ENV[@]}" "$TSB0" serve --config "$(bench_config bench0.db "$TSB0_PORT")" >"$OUT/server-tsb0.log" 2>&1 &
+  SPID[tsb0]=$!; PIDS+=($!)
+  if ! wait_until tsb_ready "$TSB0_PORT"; then
+    echo "TSB0 did not become ready" >&2; tail -20 "$OUT/server-tsb0.log" >&2
     return 1
   fi
 }
@@ -144,7 +178,9 @@ ensure_up() {
   echo "!!! $1 (pid ${SPID[$1]}) is gone; restarting it" | tee -a "$WRK_OUT" >&2
   if [ "$1" = tsb ]; then
     cp "$OUT/server-tsb.log" "$OUT/server-tsb.died-$(date +%s).log"
-    start_tsb "$HERE/bench.toml"
+    start_tsb
+  elif [ "$1" = tsb0 ]; then
+    start_tsb0
   else
     start_peer "$1"
   fi
@@ -189,7 +225,7 @@ rss_example() {
   stop_servers
 }
 
-echo "== $(date -u +%FT%TZ) $(uname -r) nproc=$(nproc) load: $(cut -d' ' -f1-3 /proc/loadavg) tsbridge at $(git -C "$ROOT" rev-parse --short HEAD)" | tee -a "$WRK_OUT" "$RSS_OUT"
+echo "== $(date -u +%FT%TZ) $(uname -r) nproc=$(nproc) load: $(cut -d' ' -f1-3 /proc/loadavg) tsbridge at $(git -C "$ROOT" rev-parse --short HEAD)${TSB0:+ TSB0=$TSB0}" | tee -a "$WRK_OUT" "$RSS_OUT"
 [ -x "$TSB" ] || { echo "no $TSB: cargo build --release -p tsbridge" >&2; exit 1; }
 [ -d "$SEED/node_modules" ] || { echo "no $SEED/node_modules: cp -r shared/peers/node-seed $SEED && (cd $SEED && npm ci)" >&2; exit 1; }
 
@@ -215,8 +251,11 @@ if [ ${#CELLS[@]} -gt 0 ]; then
     [ -n "${UP[$s]+x}" ] && continue
     UP[$s]=1
     if [ "$s" = tsb ]; then
-      start_tsb "$HERE/bench.toml" || exit 1
+      start_tsb || exit 1
       sleep 2; rss_line "${SPID[tsb]}" "bench.toml after startup"
+    elif [ "$s" = tsb0 ]; then
+      [ -x "$TSB0" ] || { echo "tsb0 cells need TSB0=<tsbridge binary>" >&2; exit 1; }
+      start_tsb0 || exit 1
     else
       start_peer "$s" || { echo "peer $s did not start" >&2; exit 1; }
     fi

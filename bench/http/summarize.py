@@ -50,8 +50,9 @@ print('Ratios (medians): tsbridge / peer. req/s: higher is better; p50, p99, ser
 print()
 print('| tsbridge cell | vs peer | req/s ratio | p50 ratio | p99 ratio | server CPU per req ratio |')
 print('|---|---|---|---|---|---|')
-pairs = [('tsb-pool', ['node-fork4', 'node-piscina4']),
-         ('tsb-spawn', ['node-spawn-tsx', 'node-spawn-ts-node-T', 'node-spawn-node'])]
+pairs = [('tsb-pool', ['node-fork4', 'node-piscina4', 'tsb0-pool']),
+         ('tsb0-pool', ['node-fork4', 'node-piscina4']),
+         ('tsb-spawn', ['node-spawn-tsx', 'node-spawn-ts-node-T', 'node-spawn-node', 'tsb0-spawn'])]
 for t, peers in pairs:
     for k in med:
         if not k.startswith(t + '@'):
