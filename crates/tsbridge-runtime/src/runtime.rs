@@ -231,6 +231,14 @@ impl Runtime {
         let env = options.env.clone().unwrap_or_default();
         tsbridge_sandbox::env::validate_request_env(&wf.env.request, &env)
             .map_err(|e| RuntimeError::Security(e.to_string()))?;
+        if wf.mode == Mode::Pool && !env.is_empty() {
+            // A warm worker's environment was set when it started, for all
+            // its jobs: refused rather than silently dropped.
+            return Err(RuntimeError::BadRequest(format!(
+                "env cannot be set per job for the pool workflow {}: its warm workers share the environment of the config",
+                wf.name
+            )));
+        }
         let timeout = match options.timeout {
             Some(t) if t.0.is_zero() => {
                 return Err(RuntimeError::BadRequest("timeout must be positive".into()));

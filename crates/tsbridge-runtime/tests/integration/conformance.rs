@@ -305,9 +305,9 @@ async fn a_request_lowers_the_memory_limit_but_never_raises_it() {
 }
 
 #[tokio::test]
-async fn a_memory_option_that_cannot_apply_is_refused_and_stores_nothing() {
+async fn request_options_that_cannot_apply_are_refused_and_store_nothing() {
     let h = start(&format!(
-        "{}[workflows.pooled]\nroot = \"{}\"\nscript = \"handler.mjs\"\nruntime = \"node\"\nmode = \"pool\"\npool = {{ min = 1, max = 1 }}\nlimits = {{ memory = \"256MiB\", degraded = true }}\n",
+        "{}[workflows.pooled]\nroot = \"{}\"\nscript = \"handler.mjs\"\nruntime = \"node\"\nmode = \"pool\"\npool = {{ min = 1, max = 1 }}\nlimits = {{ memory = \"256MiB\", degraded = true }}\nenv = {{ request = [\"JOB_MODE\"] }}\n",
         probe("mem", "limits = { memory = \"384MiB\", degraded = true }"),
         fixtures().display()
     ))
@@ -323,6 +323,13 @@ async fn a_memory_option_that_cannot_apply_is_refused_and_stores_nothing() {
     // A pool's warm workers share the config's limit: it cannot be lowered.
     let e = refused(h.rt.submit("pooled", json!({}), memory("64MiB")).await);
     assert!(e.contains("pool workflow pooled"), "{e}");
+    // Nor their environment (even a name the workflow allows).
+    let with_env = JobOptions {
+        env: Some([("JOB_MODE".to_owned(), "fast".to_owned())].into()),
+        ..JobOptions::default()
+    };
+    let e = refused(h.rt.submit("pooled", json!({}), with_env).await);
+    assert!(e.contains("env cannot be set per job"), "{e}");
     let jobs = h.rt.list(Default::default()).await.expect("list");
     assert!(jobs.jobs.is_empty(), "nothing stored: {:?}", jobs.jobs);
 
