@@ -71,8 +71,8 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
-    #[error("unsupported store url {url:?}: expected sqlite://PATH")]
-    UnsupportedUrl { url: String },
+    #[error("unsupported store url {url:?}: expected {expected}")]
+    UnsupportedUrl { url: String, expected: &'static str },
     #[error("cannot create the store's folder {path}")]
     CreateDir {
         path: PathBuf,

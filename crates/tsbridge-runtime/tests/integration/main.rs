@@ -38,7 +38,6 @@ mod result_event;
 mod retry;
 mod shutdown;
 mod slow_subscriber;
-mod store;
 mod store_contract;
 mod store_pg;
 mod submit;

@@ -54,8 +54,8 @@ pub fn new_job(workflow: &str, priority: i32, key: Option<&str>) -> NewJob {
         params: json!({"n": 1, "b": [true, null], "a": "z"}),
         request: StoredRequest {
             timeout_ms: Some(1500),
+            memory_bytes: Some(64 << 20),
             env: [("A".to_owned(), "b".to_owned())].into(),
-            ..StoredRequest::default()
         },
         idempotency_key: key.map(str::to_owned),
         max_attempts: 2,

@@ -124,6 +124,7 @@ impl PgStore {
         if !is_pg_url(url) {
             return Err(StoreError::UnsupportedUrl {
                 url: url.to_owned(),
+                expected: "postgres://USER@HOST/DB",
             });
         }
         let connect = PgConnectOptions::from_str(url)

@@ -96,6 +96,7 @@ impl SqliteStore {
         if !memory && !url.starts_with("sqlite:") {
             return Err(StoreError::UnsupportedUrl {
                 url: url.to_owned(),
+                expected: "sqlite://PATH",
             });
         }
         let bad_url = |source| StoreError::BadUrl {
@@ -143,6 +144,11 @@ impl SqliteStore {
         };
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
+            // No ping before each acquire: it is a round trip to the
+            // connection's thread per read, and an in-process SQLite
+            // connection does not go stale like a socket (a failed one
+            // fails the query, which reports it).
+            .test_before_acquire(false)
             .connect_with(read_opts)
             .await
             .map_err(StoreError::Open)?;
