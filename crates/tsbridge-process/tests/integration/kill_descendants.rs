@@ -14,8 +14,9 @@ async fn a_daemon_left_by_a_task_dies_and_the_leader_lives() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("daemon.pid");
     let control = ProcessControl::new();
-    let spec = common::node_fixture("leaves-daemon.js")
+    let spec = common::node_fixture("setsid-escape.js")
         .arg(&pidfile)
+        .arg("stay")
         .control(control.clone())
         .build()
         .unwrap();

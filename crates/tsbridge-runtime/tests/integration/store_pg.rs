@@ -53,6 +53,22 @@ async fn claim(store: &PgStore, id: JobId, node: &str) -> Result<(), StoreError>
 }
 
 /// The database's lease of a job (seconds since the epoch), if any.
+/// The end of attempt `n` for `reason`: exit code 0 when it exited,
+/// SIGKILL when signalled, nothing else.
+fn attempt_end(n: u32, reason: EndReason) -> AttemptEnd {
+    AttemptEnd {
+        n,
+        reason,
+        exit_code: (reason == EndReason::Exited).then_some(0),
+        signal: (reason == EndReason::Signaled).then_some(9),
+        process_id: None,
+        error: None,
+        finished_at: Utc::now(),
+        output: OutputView::default(),
+        resources: Resources::default(),
+    }
+}
+
 async fn lease_of(db: &PgDb, id: JobId) -> Option<f64> {
     let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
     let v: Option<f64> = sqlx::query_scalar(
@@ -114,17 +130,7 @@ async fn a_claim_from_an_out_of_date_copy_is_refused() {
     let stale = b.get_job(j.id).await.expect("get").expect("job");
     // ... meanwhile a ran attempt 1 and re-queued it.
     claim(&a, j.id, "node-a").await.expect("claim");
-    let end = AttemptEnd {
-        n: 1,
-        reason: EndReason::Signaled,
-        exit_code: None,
-        signal: Some(9),
-        process_id: None,
-        error: None,
-        finished_at: Utc::now(),
-        output: OutputView::default(),
-        resources: Resources::default(),
-    };
+    let end = attempt_end(1, EndReason::Signaled);
     a.complete_attempt(
         j.id,
         &end,
@@ -183,17 +189,7 @@ async fn a_node_that_lost_its_job_cannot_end_it() {
     claim(&a, j.id, "node-a").await.expect("claim");
     // Node a's attempt 1 is ended for it (as a recovering node would) and
     // node b runs attempt 2.
-    let end = |n: u32| AttemptEnd {
-        n,
-        reason: EndReason::Interrupted,
-        exit_code: None,
-        signal: None,
-        process_id: None,
-        error: None,
-        finished_at: Utc::now(),
-        output: OutputView::default(),
-        resources: Resources::default(),
-    };
+    let end = |n: u32| attempt_end(n, EndReason::Interrupted);
     b.complete_attempt(
         j.id,
         &end(1),
@@ -295,17 +291,7 @@ async fn recovery_of_one_node_leaves_the_other_nodes_running_job_alone() {
             .is_empty()
     );
     // b ends its recovered attempt (as the runtime does): re-queued.
-    let end = AttemptEnd {
-        n: 1,
-        reason: EndReason::Interrupted,
-        exit_code: None,
-        signal: None,
-        process_id: None,
-        error: Some("interrupted".into()),
-        finished_at: Utc::now(),
-        output: OutputView::default(),
-        resources: Resources::default(),
-    };
+    let end = attempt_end(1, EndReason::Interrupted);
     b.complete_attempt(
         jb.id,
         &end,
@@ -396,17 +382,7 @@ async fn a_live_node_renews_the_leases_of_its_running_jobs() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Once the job ends, it has no lease.
-    let end = AttemptEnd {
-        n: 1,
-        reason: EndReason::Exited,
-        exit_code: Some(0),
-        signal: None,
-        process_id: None,
-        error: None,
-        finished_at: Utc::now(),
-        output: OutputView::default(),
-        resources: Resources::default(),
-    };
+    let end = attempt_end(1, EndReason::Exited);
     let fin = Finish {
         state: JobState::Succeeded,
         reason: Some(EndReason::Exited),
@@ -447,17 +423,7 @@ async fn inserts_and_requeues_are_announced_to_other_nodes() {
     assert_eq!(next, Some(j.id));
     // A re-queue is announced too; a finish is not.
     claim(&a, j.id, "node-a").await.expect("claim");
-    let end = AttemptEnd {
-        n: 1,
-        reason: EndReason::Signaled,
-        exit_code: None,
-        signal: Some(9),
-        process_id: None,
-        error: None,
-        finished_at: Utc::now(),
-        output: OutputView::default(),
-        resources: Resources::default(),
-    };
+    let end = attempt_end(1, EndReason::Signaled);
     a.complete_attempt(
         j.id,
         &end,
