@@ -3,7 +3,9 @@
 //!   `std::process::Command::status()` (fork/posix_spawn + exec + wait);
 //! - capture throughput of 1 GiB (`dd if=/dev/zero bs=1M count=1024`) through
 //!   the engine (bounded capture + line protocol) vs a raw read loop over the
-//!   same kind of pipe (enlarged to 1 MiB, 1 MiB reads, bytes discarded).
+//!   same kind of pipe (enlarged to 1 MiB, 1 MiB reads, bytes discarded);
+//! - `ProcessControl::kill_descendants` on a childless leader (a pool
+//!   worker's per-job sweep).
 //!
 //! Run: `cargo bench -p tsbridge-process --bench spawn` (bench/engine/run.sh
 //! runs it with the TypeScript startup comparison).
@@ -176,5 +178,33 @@ fn ts_hello_plain_node_std_command(b: divan::Bencher) {
             .output()
             .expect("node");
         assert!(o.status.success());
+    });
+}
+
+/// What a pool worker pays per job to make sure nothing of the job outlives
+/// it: `ProcessControl::kill_descendants` on a long-lived leader with no
+/// children (the common case), as `tsbridge serve` runs it (a subreaper).
+/// Compare with the pooled job's whole added latency (BENCHMARKS.md, ~90 µs).
+#[divan::bench(sample_count = 200)]
+fn kill_descendants_of_a_childless_leader(b: divan::Bencher) {
+    static LEADER: OnceLock<tsbridge_process::ProcessControl> = OnceLock::new();
+    let control = LEADER.get_or_init(|| {
+        tsbridge_process::init_supervisor().expect("subreaper");
+        let control = tsbridge_process::ProcessControl::new();
+        let spec = JobSpec::builder("/bin/sleep")
+            .arg("600")
+            .envs(env())
+            .control(control.clone())
+            .build()
+            .expect("spec");
+        let p = rt().block_on(tsbridge_process::spawn(spec)).expect("spawn");
+        // The leader lives for the whole run (the parent-death signal ends
+        // it with the bench).
+        std::mem::forget(p);
+        control
+    });
+    b.bench(|| {
+        let killed = rt().block_on(control.kill_descendants());
+        assert_eq!(killed, 0);
     });
 }
