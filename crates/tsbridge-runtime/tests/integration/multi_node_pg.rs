@@ -7,13 +7,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
 use serde_json::{Value, json};
-use tsbridge_proto::{JobId, JobState};
-use tsbridge_runtime::store::{JobRecord, JobStore, PgOptions, PgStore};
+use tsbridge_proto::api::{OutputView, Resources};
+use tsbridge_proto::{EndReason, JobId, JobState};
+use tsbridge_runtime::store::{AfterAttempt, AttemptEnd, JobRecord, JobStore, PgOptions, PgStore};
 use tsbridge_runtime::{Runtime, RuntimeOptions};
 
 use crate::common::{self, SOON};
 use crate::pg_support::PgDb;
+use crate::store_contract::state;
 
 struct Node {
     rt: Runtime,
@@ -356,4 +359,116 @@ async fn a_cancel_on_a_node_holding_a_waiting_copy_reaches_the_owner() {
     holder.rt.cancel(first).await.expect("cancel");
     a.rt.shutdown(Duration::ZERO).await;
     b.rt.shutdown(Duration::ZERO).await;
+}
+
+/// A node that finds its lease gone (another node took the job over while
+/// this one was cut off or too slow to renew) stops its own run of the job
+/// at the next renewal, so the job does not go on running on two nodes; its
+/// end is refused (the other node owns the job now).
+#[tokio::test]
+async fn a_node_that_lost_a_lease_stops_its_run() {
+    let Some(db) = PgDb::create("a_node_that_lost_a_lease_stops_its_run").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("runs.log");
+    let toml = format!(
+        "[defaults]\nkill_grace = \"500ms\"\n{}",
+        common::workflow("job", "")
+    );
+    let store = Arc::new(
+        PgStore::open_with(
+            &db.url,
+            PgOptions {
+                poll: Duration::from_millis(500),
+                lease: Duration::from_millis(900),
+                ..PgOptions::default()
+            },
+        )
+        .await
+        .expect("open store"),
+    );
+    let rt = Runtime::start(
+        common::config(&toml),
+        store.clone(),
+        RuntimeOptions {
+            node_id: Some("node-a".to_owned()),
+            ..RuntimeOptions::default()
+        },
+    )
+    .await
+    .expect("runtime starts");
+    let id = rt
+        .submit(
+            "job",
+            json!({"hang": true, "log": log.display().to_string(), "tag": "a"}),
+            Default::default(),
+        )
+        .await
+        .expect("submit")
+        .job_id;
+    let pid: i32 = loop {
+        if let Some(line) = std::fs::read_to_string(&log)
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_owned))
+        {
+            break line.rsplit(' ').next().unwrap().parse().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Node b takes the job over, as its recovery does once a lease lapsed:
+    // attempt 1 ends interrupted, b claims attempt 2.
+    let b = PgStore::open(&db.url).await.expect("open store b");
+    let seq = b.get_job(id).await.expect("get").expect("job").last_seq;
+    let end = AttemptEnd {
+        n: 1,
+        reason: EndReason::Interrupted,
+        exit_code: None,
+        signal: None,
+        process_id: None,
+        error: None,
+        finished_at: Utc::now(),
+        output: OutputView::default(),
+        resources: Resources::default(),
+    };
+    b.complete_attempt(
+        id,
+        &end,
+        &AfterAttempt::Requeue,
+        &state(
+            id,
+            seq + 1,
+            JobState::Queued,
+            Some(EndReason::Interrupted),
+            Some(1),
+        ),
+    )
+    .await
+    .expect("b ends attempt 1");
+    b.start_attempt(
+        id,
+        2,
+        "node-b",
+        Utc::now(),
+        &state(id, seq + 2, JobState::Running, None, Some(2)),
+    )
+    .await
+    .expect("b claims attempt 2");
+    let deadline = tokio::time::Instant::now() + SOON;
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node-a's run (pid {pid}) went on after losing the job"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The job is node-b's: node-a's end was refused.
+    let r = store.get_job(id).await.expect("get").expect("job");
+    assert_eq!(r.state, JobState::Running, "{r:?}");
+    assert_eq!(r.node.as_deref(), Some("node-b"));
+    assert_eq!(r.attempts_started, 2);
+    rt.shutdown(Duration::ZERO).await;
+    b.close().await;
 }

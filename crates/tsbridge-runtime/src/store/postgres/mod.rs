@@ -106,6 +106,11 @@ struct Inner {
     /// Jobs this store announced while watched: the watch skips them (this
     /// node holds them already).
     own_announced: Mutex<Option<HashSet<JobId>>>,
+    /// Held jobs whose lease a renewal found gone (another node took the
+    /// job over): [`JobStore::watch_cancels`] stops them here, so the job
+    /// does not run on two nodes for longer than a renewal period.
+    lost: Mutex<HashSet<JobId>>,
+    lost_found: tokio::sync::Notify,
 }
 
 fn is_pg_url(url: &str) -> bool {
@@ -146,6 +151,8 @@ impl PgStore {
             held: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
             own_announced: Mutex::new(None),
+            lost: Mutex::new(HashSet::new()),
+            lost_found: tokio::sync::Notify::new(),
         });
         tokio::spawn(renew_leases(Arc::downgrade(&inner)));
         Ok(Self { inner })
@@ -393,17 +400,50 @@ async fn renew_leases(inner: Weak<Inner>) {
             }
         }
         for (node, ids) in by_node {
-            let r = sqlx::query(
+            let r: Result<Vec<String>, _> = sqlx::query_scalar(
                 "UPDATE jobs SET lease_until = now() + make_interval(secs => $1) \
-                 WHERE id = ANY($2) AND state = 'running' AND node = $3",
+                 WHERE id = ANY($2) AND state = 'running' AND node = $3 RETURNING id",
             )
             .bind(i.opts.lease.as_secs_f64())
             .bind(&ids)
             .bind(&node)
-            .execute(&i.pool)
+            .fetch_all(&i.pool)
             .await;
-            if let Err(e) = r {
-                tracing::warn!(error = %e, jobs = ids.len(), "cannot renew the leases of running jobs");
+            match r {
+                Ok(renewed) => {
+                    let renewed: HashSet<&str> = renewed.iter().map(String::as_str).collect();
+                    let missed: Vec<&String> = ids
+                        .iter()
+                        .filter(|id| !renewed.contains(id.as_str()))
+                        .collect();
+                    if missed.is_empty() {
+                        continue;
+                    }
+                    // Not renewed: ended or re-queued meanwhile (harmless),
+                    // or running on another node now: taken over.
+                    let taken: Result<Vec<String>, _> = sqlx::query_scalar(
+                        "SELECT id FROM jobs WHERE id = ANY($1) AND state = 'running' AND node <> $2",
+                    )
+                    .bind(&missed)
+                    .bind(&node)
+                    .fetch_all(&i.pool)
+                    .await;
+                    match taken {
+                        Ok(taken) if !taken.is_empty() => {
+                            if let Ok(mut lost) = i.lost.lock() {
+                                lost.extend(taken.iter().filter_map(|id| id.parse::<JobId>().ok()));
+                            }
+                            i.lost_found.notify_one();
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot check the jobs whose lease was not renewed");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, jobs = ids.len(), "cannot renew the leases of running jobs");
+                }
             }
         }
     }
@@ -958,6 +998,19 @@ async fn watch_cancels(store: PgStore, tx: mpsc::Sender<JobId>) {
         let asked: Vec<JobId> = tokio::select! {
             _ = stop.cancelled() => return,
             _ = tx.closed() => return,
+            () = store.inner.lost_found.notified() => {
+                let lost: Vec<JobId> = store
+                    .inner
+                    .lost
+                    .lock()
+                    .map(|mut l| l.drain().collect())
+                    .unwrap_or_default();
+                let lost: Vec<JobId> = lost.into_iter().filter(|id| held.contains(id)).collect();
+                if !lost.is_empty() {
+                    tracing::warn!(jobs = ?lost, "another node took over these running jobs (their lease lapsed): stopping them here");
+                }
+                lost
+            },
             n = heard => match n {
                 Ok(n) => n.payload().parse::<JobId>().ok().into_iter().collect(),
                 Err(e) => {
