@@ -110,10 +110,13 @@ impl PoolExecutor {
         node_args.pop();
         let pass: Vec<&str> = wf.env.pass.iter().map(String::as_str).collect();
         let env = tsbridge_sandbox::env::build_child_env(&pass, std::env::vars(), &wf.env.set);
-        let sandbox = match (&self.sandbox, wf.limits.any()) {
-            (Some(sb), true) => Some(worker_sandbox(sb.clone(), wf.clone(), self.tmp_base())),
-            _ => None,
-        };
+        // As in spawn mode, a worker without limits still gets a cgroup where
+        // the host has them: its whole tree is found (and the per-job sweep
+        // is one listing), and rlimits, no_new_privs and seccomp come with it.
+        let sandbox = self
+            .sandbox
+            .as_ref()
+            .map(|sb| worker_sandbox(sb.clone(), wf.clone(), self.tmp_base()));
         let spec = WorkerSpec {
             name: wf.name.clone(),
             program,
@@ -164,9 +167,16 @@ fn worker_sandbox(sb: Arc<Sandbox>, wf: WorkflowConfig, tmp_base: PathBuf) -> Wo
         if let (Some(fs), Some(dir)) = (policy.fs.take(), host.parent()) {
             policy.fs = Some(fs.allow_read(dir.to_path_buf()));
         }
-        let prepared = sb
-            .prepare(key.as_str(), &policy)
-            .map_err(|e| format!("sandbox setup failed: {e}"))?;
+        let prepared = match sb.prepare(key.as_str(), &policy) {
+            Ok(p) => p,
+            // Without limits the sandbox is only tracking: run without it
+            // where the host cannot (as spawn mode does).
+            Err(e) if !wf.limits.any() => {
+                tracing::debug!(error = %e, "no tracking cgroup for this worker");
+                return Ok(None);
+            }
+            Err(e) => return Err(format!("sandbox setup failed: {e}")),
+        };
         let short = prepared.report().shortfalls();
         if !short.is_empty() && !wf.limits.degraded {
             let names: Vec<&str> = short.iter().map(|(n, _)| *n).collect();
