@@ -271,6 +271,62 @@ fn add_secret(all: &mut Vec<String>, s: &str) {
             all.push(inner.to_owned());
         }
     }
+    if s.len() >= MIN_ENCODED_SECRET_LEN {
+        let pct = percent_encoded(s);
+        if pct != s {
+            all.push(pct);
+        }
+        for form in base64_forms(s.as_bytes()) {
+            if form.len() >= MIN_SECRET_LEN {
+                all.push(form);
+            }
+        }
+    }
+}
+
+/// Secrets at least this long are also masked base64- and percent-encoded
+/// (shorter ones would give encoded forms that match by chance).
+pub const MIN_ENCODED_SECRET_LEN: usize = 8;
+
+/// `s` percent-encoded as a URL component (RFC 3986: all but unreserved).
+fn percent_encoded(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The base64 text (standard and URL-safe alphabets) that the secret's
+/// bytes alone determine, wherever the secret starts in the encoded data:
+/// after 0, 1 or 2 bytes of a 3-byte group. So `base64("user:" + secret)`
+/// (HTTP basic auth) is masked too, except the 1–2 characters at each end
+/// that it shares with its neighbours.
+fn base64_forms(secret: &[u8]) -> Vec<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let mut forms = Vec::new();
+    for offset in 0..3usize {
+        let mut data = vec![0u8; offset];
+        data.extend_from_slice(secret);
+        // Characters are 6 bits: the first that holds no prefix bit, and
+        // the end of the last that holds no bit after the secret.
+        let first = (offset * 8).div_ceil(6);
+        let end = data.len() * 8 / 6;
+        for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+            let text = engine.encode(&data);
+            if let Some(part) = text.get(first..end) {
+                forms.push(part.to_owned());
+            }
+        }
+    }
+    forms.sort();
+    forms.dedup();
+    forms
 }
 
 #[cfg(test)]
@@ -280,6 +336,41 @@ mod tests {
 
     fn m(secrets: &[&str]) -> Masker {
         Masker::new(secrets.iter().map(|s| s.to_string()), &[])
+    }
+
+    #[test]
+    fn base64_and_percent_encoded_secrets_are_masked() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let secret = "sk-live/Ab+cd=Ef?9_xyz";
+        let mk = m(&[secret]);
+        let leaks = [
+            STANDARD.encode(secret),
+            URL_SAFE_NO_PAD.encode(secret),
+            // HTTP basic auth: the secret after 4, 5 and 6 bytes.
+            STANDARD.encode(format!("user:{secret}")),
+            STANDARD.encode(format!("admin:{secret}")),
+            STANDARD.encode(format!("nobody:{secret}")),
+            percent_encoded(secret),
+        ];
+        let followed = STANDARD.encode(format!("{secret} and more after it"));
+        assert!(mk.mask(&followed).starts_with(REDACTED), "{followed}");
+        for leak in &leaks {
+            let line = format!("Authorization: Basic {leak} (sent)");
+            let out = mk.mask(&line);
+            assert!(out.contains(REDACTED), "not masked: {line} -> {out}");
+            // What is left of the encoded text cannot give the secret back:
+            // at most 2 characters at each end of it.
+            let left = out
+                .trim_start_matches("Authorization: Basic ")
+                .trim_end_matches(" (sent)")
+                .replace(REDACTED, "");
+            assert!(left.len() <= 12, "{line} -> {out}");
+        }
+        // Short secrets get no encoded forms (they would match by chance).
+        let short = m(&["abc12"]);
+        let b64 = STANDARD.encode("abc12");
+        assert_eq!(short.mask(&b64), b64);
     }
 
     #[test]
