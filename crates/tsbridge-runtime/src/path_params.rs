@@ -11,17 +11,36 @@
 //! the file that was checked. The stored parameters and the API keep the
 //! client's own strings (no host paths in answers).
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use crate::config::WorkflowConfig;
 use crate::errors::RuntimeError;
+use crate::executor::{AttemptOutcome, AttemptRequest};
+
+/// The parameters an attempt's program gets (see [`resolve`]); a refusal
+/// is the attempt's outcome (a spawn failure: nothing runs). Spawn and pool
+/// executors both call it right before they start the job.
+pub(crate) fn for_attempt(req: &AttemptRequest) -> Result<Cow<'_, Value>, Box<AttemptOutcome>> {
+    resolve(&req.workflow, &req.params).map_err(|e| {
+        tracing::warn!(job = %req.job_id, error = %e, "a path parameter is no longer allowed");
+        Box::new(AttemptOutcome::spawn_failure(e.to_string(), false))
+    })
+}
 
 /// The parameters with every path parameter replaced by its canonical
-/// absolute path (strings; arrays element by element). `BadRequest` for a
-/// value that is not a path string, `Security` for one outside the roots.
-pub(crate) fn resolve(wf: &WorkflowConfig, params: &Value) -> Result<Value, RuntimeError> {
+/// absolute path (strings; arrays element by element); borrowed when there
+/// is none. `BadRequest` for a value that is not a path string, `Security`
+/// for one outside the roots.
+pub(crate) fn resolve<'a>(
+    wf: &WorkflowConfig,
+    params: &'a Value,
+) -> Result<Cow<'a, Value>, RuntimeError> {
+    if !wf.path_params.iter().any(|n| params.get(n).is_some()) {
+        return Ok(Cow::Borrowed(params));
+    }
     let mut out = params.clone();
     for name in &wf.path_params {
         let Some(v) = out.get_mut(name) else {
@@ -49,7 +68,7 @@ pub(crate) fn resolve(wf: &WorkflowConfig, params: &Value) -> Result<Value, Runt
             }
         }
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
 fn resolve_one(wf: &WorkflowConfig, name: &str, given: &str) -> Result<String, RuntimeError> {

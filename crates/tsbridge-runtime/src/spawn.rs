@@ -297,14 +297,10 @@ impl Executor for SpawnExecutor {
 
         // Checked again now, on the stored parameters: the child gets the
         // checked canonical paths (see `path_params`).
-        let params = match crate::path_params::resolve(wf, &req.params) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(job = %req.job_id, error = %e, "a path parameter is no longer allowed");
-                return AttemptOutcome::spawn_failure(e.to_string(), false);
-            }
+        let params_json = match crate::path_params::for_attempt(&req) {
+            Ok(p) => serde_json::to_string(&p).unwrap_or_else(|_| "null".into()),
+            Err(refused) => return *refused,
         };
-        let params_json = serde_json::to_string(&params).unwrap_or_else(|_| "null".into());
         let inv = match rt::resolve_for_spawn_async(
             wf.script.clone(),
             Some(engine_runtime(wf.runtime)),

@@ -232,12 +232,9 @@ impl Executor for PoolExecutor {
         };
         // As in spawn mode: checked again now, and the handler gets the
         // checked canonical paths (see `path_params`).
-        let params = match crate::path_params::resolve(&req.workflow, &req.params) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(job = %req.job_id, error = %e, "a path parameter is no longer allowed");
-                return AttemptOutcome::spawn_failure(e.to_string(), false);
-            }
+        let params = match crate::path_params::for_attempt(&req) {
+            Ok(p) => p.into_owned(),
+            Err(refused) => return *refused,
         };
         let cancel = CancellationToken::new();
         let job = PoolJob {
