@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Value, json};
-use tsbridge_proto::api::{OutputView, Resources};
 use tsbridge_proto::{EndReason, JobId, JobState};
-use tsbridge_runtime::store::{AfterAttempt, AttemptEnd, JobRecord, JobStore, PgOptions, PgStore};
+use tsbridge_runtime::store::{AfterAttempt, JobRecord, JobStore, PgOptions, PgStore};
 use tsbridge_runtime::{Runtime, RuntimeOptions};
 
 use crate::common::{self, SOON};
 use crate::pg_support::PgDb;
-use crate::store_contract::state;
+use crate::store_contract::{attempt_end, state};
 
 struct Node {
     rt: Runtime,
@@ -420,17 +419,7 @@ async fn a_node_that_lost_a_lease_stops_its_run() {
     // attempt 1 ends interrupted, b claims attempt 2.
     let b = PgStore::open(&db.url).await.expect("open store b");
     let seq = b.get_job(id).await.expect("get").expect("job").last_seq;
-    let end = AttemptEnd {
-        n: 1,
-        reason: EndReason::Interrupted,
-        exit_code: None,
-        signal: None,
-        process_id: None,
-        error: None,
-        finished_at: Utc::now(),
-        output: OutputView::default(),
-        resources: Resources::default(),
-    };
+    let end = attempt_end(1, EndReason::Interrupted);
     b.complete_attempt(
         id,
         &end,

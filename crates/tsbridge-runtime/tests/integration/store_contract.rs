@@ -45,6 +45,22 @@ pub fn state(
     )
 }
 
+/// The end of attempt `n` for `reason`: exit code 0 when it exited,
+/// SIGKILL when signalled, nothing else.
+pub fn attempt_end(n: u32, reason: EndReason) -> AttemptEnd {
+    AttemptEnd {
+        n,
+        reason,
+        exit_code: (reason == EndReason::Exited).then_some(0),
+        signal: (reason == EndReason::Signaled).then_some(9),
+        process_id: None,
+        error: None,
+        finished_at: Utc::now(),
+        output: OutputView::default(),
+        resources: Resources::default(),
+    }
+}
+
 pub fn new_job(workflow: &str, priority: i32, key: Option<&str>) -> NewJob {
     let id = JobId::new();
     NewJob {

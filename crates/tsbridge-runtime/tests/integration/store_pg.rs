@@ -11,16 +11,13 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt;
 use serde_json::json;
-use tsbridge_proto::api::{OutputView, Resources};
 use tsbridge_proto::{EndReason, JobId, JobState};
-use tsbridge_runtime::store::{
-    AfterAttempt, AttemptEnd, Finish, JobStore, PgOptions, PgStore, QUEUED_CHANNEL,
-};
+use tsbridge_runtime::store::{AfterAttempt, Finish, JobStore, PgOptions, PgStore, QUEUED_CHANNEL};
 use tsbridge_runtime::{Runtime, RuntimeOptions, StoreError};
 
 use crate::common;
 use crate::pg_support::PgDb;
-use crate::store_contract::{new_job, state};
+use crate::store_contract::{attempt_end, new_job, state};
 
 const SOON: Duration = common::SOON;
 
@@ -53,22 +50,6 @@ async fn claim(store: &PgStore, id: JobId, node: &str) -> Result<(), StoreError>
 }
 
 /// The database's lease of a job (seconds since the epoch), if any.
-/// The end of attempt `n` for `reason`: exit code 0 when it exited,
-/// SIGKILL when signalled, nothing else.
-fn attempt_end(n: u32, reason: EndReason) -> AttemptEnd {
-    AttemptEnd {
-        n,
-        reason,
-        exit_code: (reason == EndReason::Exited).then_some(0),
-        signal: (reason == EndReason::Signaled).then_some(9),
-        process_id: None,
-        error: None,
-        finished_at: Utc::now(),
-        output: OutputView::default(),
-        resources: Resources::default(),
-    }
-}
-
 async fn lease_of(db: &PgDb, id: JobId) -> Option<f64> {
     let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
     let v: Option<f64> = sqlx::query_scalar(
