@@ -27,6 +27,7 @@ use crate::executor::Executor;
 use crate::pool::{HostScript, PoolExecutor};
 use crate::spawn::{HostSecrets, SpawnExecutor};
 use crate::stats::RuntimeStats;
+use crate::store::relay::Relay;
 use crate::store::{
     AfterAttempt, AttemptEnd, Finish, JobStore, ListFilter, NewJob, StoredRequest, decode_cursor,
 };
@@ -74,6 +75,8 @@ pub struct ListQuery {
 pub struct Runtime {
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
+    /// A shared store: live events of jobs, whichever node runs them.
+    relay: Option<Relay>,
 }
 
 fn default_node_id() -> String {
@@ -182,9 +185,11 @@ impl Runtime {
             dispatcher.adopt(rec);
         }
         tokio::spawn(dispatcher.run());
+        let relay = Relay::start(shared.store.clone(), opts.subscriber_buffer);
         Ok(Runtime {
             shared,
             commands: tx,
+            relay,
         })
     }
 
@@ -351,6 +356,9 @@ impl Runtime {
 
     /// Resolves when the job is terminal.
     pub async fn wait(&self, id: JobId) -> Result<JobView, RuntimeError> {
+        if let Some(relay) = &self.relay {
+            return self.wait_shared(relay, id).await;
+        }
         loop {
             if let Some(mut done) = self.shared.bus.done_signal(id) {
                 // Live here: its channel closes only after its end is
@@ -369,6 +377,32 @@ impl Runtime {
             }
             // Not live here (a store another node owns): poll.
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// [`Runtime::wait`] on a shared store: the job may end on any node, and
+    /// the relay says when (or the local channel closes first).
+    async fn wait_shared(&self, relay: &Relay, id: JobId) -> Result<JobView, RuntimeError> {
+        loop {
+            // Both signals before the read: no end falls in between.
+            let mut remote = relay.ended(id);
+            let local = self.shared.bus.done_signal(id);
+            let view = self.get(id).await?;
+            if view.state.is_terminal() {
+                return Ok(view);
+            }
+            if local.is_none() && !self.shared.accepting.load(Ordering::SeqCst) {
+                return Err(RuntimeError::ShuttingDown);
+            }
+            match local {
+                Some(mut local) => tokio::select! {
+                    _ = local.wait_for(|d| *d) => {}
+                    _ = remote.wait_for(|d| *d) => {}
+                },
+                None => {
+                    let _ = remote.wait_for(|d| *d).await;
+                }
+            }
         }
     }
 
@@ -392,6 +426,10 @@ impl Runtime {
     /// Live events from now on. Race-free replay: subscribe first, then
     /// read [`Runtime::events_after`], then skip events already seen.
     pub fn subscribe(&self, id: JobId) -> Subscription {
+        if let Some(relay) = &self.relay {
+            // A shared store: the job may run on any node, now or later.
+            return relay.subscribe(id);
+        }
         self.shared.bus.subscribe(id)
     }
 

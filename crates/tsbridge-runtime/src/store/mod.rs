@@ -8,6 +8,7 @@
 
 mod cursor;
 mod postgres;
+pub(crate) mod relay;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -23,7 +24,7 @@ use tsbridge_proto::{EndReason, JobEvent, JobId, JobState, Progress};
 use crate::errors::StoreError;
 
 pub use cursor::{decode_cursor, encode_cursor};
-pub use postgres::{PgOptions, PgStore, QUEUED_CHANNEL};
+pub use postgres::{EVENTS_CHANNEL, PgOptions, PgStore, QUEUED_CHANNEL};
 pub use sqlite::{EventRetention, SqliteStore};
 
 /// What a re-run of a job needs besides its parameters.
@@ -50,7 +51,32 @@ impl StoredRequest {
 
 #[cfg(test)]
 mod tests {
-    use super::StoredRequest;
+    use super::{EventsWritten, StoredRequest};
+    use tsbridge_proto::JobId;
+
+    #[test]
+    fn event_announcements_round_trip_and_bad_ones_are_refused() {
+        for ended in [false, true] {
+            let w = EventsWritten {
+                job: JobId::new(),
+                first: 3,
+                last: 9,
+                ended,
+            };
+            assert_eq!(EventsWritten::from_payload(&w.to_payload()), Some(w));
+        }
+        let id = JobId::new();
+        for bad in [
+            String::new(),
+            "x 1 2".to_owned(),
+            format!("{id} 1"),
+            format!("{id} 2 1"),
+            format!("{id} 1 2 later"),
+            format!("{id} 1 2 end more"),
+        ] {
+            assert_eq!(EventsWritten::from_payload(&bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_request_stored_before_the_memory_option_still_reads() {
@@ -241,6 +267,37 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
         event: &JobEvent,
     ) -> Result<(), StoreError>;
 
+    /// [`JobStore::append_events`] of an attempt's last `events`, then
+    /// [`JobStore::complete_attempt`]. A store that can writes both in one
+    /// transaction, so that the events a short attempt reports as it ends
+    /// cost no commit of their own. The events failing does not stop the
+    /// end (it is logged, as a failed batch of events always was); the
+    /// result is the end's.
+    async fn complete_attempt_with_events(
+        &self,
+        id: JobId,
+        events: &[JobEvent],
+        end: &AttemptEnd,
+        next: &AfterAttempt,
+        event: &JobEvent,
+    ) -> Result<(), StoreError> {
+        if let Err(e) = self.append_events(id, events).await {
+            tracing::warn!(job = %id, error = %e, count = events.len(), "cannot store events");
+        }
+        self.complete_attempt(id, end, next, event).await
+    }
+
+    /// Whether this node is the only one that writes the store (the
+    /// embedded SQLite store: one node per file). A claim in an exclusive
+    /// store cannot be lost to another node, so an attempt may start while
+    /// its claim is being written; nothing else of the job is written
+    /// before the claim is acknowledged, and a failed claim stops the
+    /// attempt. A store shared by many nodes answers `false` (the default):
+    /// its attempts start only once their claim is won.
+    fn exclusive(&self) -> bool {
+        false
+    }
+
     /// Finishes a job that has no running attempt (cancelled while queued,
     /// failed at recovery), writing `event`.
     async fn finish_job(
@@ -301,5 +358,57 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// [`JobStore::request_cancel`]). `None` (the default): one node.
     fn watch_cancels(&self) -> Option<futures::stream::BoxStream<'static, JobId>> {
         None
+    }
+
+    /// Events committed by any node (this one included), as announced: a
+    /// store shared by many nodes tells each node which job got which
+    /// events, so that its subscribers of a job running elsewhere follow it
+    /// live (the runtime reads them with [`JobStore::events_after`]).
+    /// Announcements may be lost (a listener reconnecting); the reader also
+    /// reads the store now and then. `None` (the default): one node, whose
+    /// own bus has every event.
+    fn watch_events(&self) -> Option<futures::stream::BoxStream<'static, EventsWritten>> {
+        None
+    }
+}
+
+/// An announcement of [`JobStore::watch_events`]: job `job` got the events
+/// `first..=last` in one commit; `ended` when that commit ended the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventsWritten {
+    pub job: JobId,
+    pub first: u64,
+    pub last: u64,
+    pub ended: bool,
+}
+
+impl EventsWritten {
+    /// As sent (`"<id> <first> <last>"`, then `" end"` for an end): well
+    /// below the 8 000 bytes of a PostgreSQL notification.
+    pub fn to_payload(&self) -> String {
+        let end = if self.ended { " end" } else { "" };
+        format!("{} {} {}{end}", self.job, self.first, self.last)
+    }
+
+    /// The inverse of [`EventsWritten::to_payload`]; `None` if malformed.
+    pub fn from_payload(s: &str) -> Option<Self> {
+        let mut it = s.split_ascii_whitespace();
+        let job = it.next()?.parse().ok()?;
+        let first = it.next()?.parse().ok()?;
+        let last = it.next()?.parse().ok()?;
+        let ended = match it.next() {
+            None => false,
+            Some("end") => true,
+            Some(_) => return None,
+        };
+        if it.next().is_some() || first > last {
+            return None;
+        }
+        Some(Self {
+            job,
+            first,
+            last,
+            ended,
+        })
     }
 }

@@ -461,3 +461,86 @@ async fn a_node_that_lost_a_lease_stops_its_run() {
     rt.shutdown(Duration::ZERO).await;
     b.close().await;
 }
+
+/// A subscriber on one node of a job running on another follows it live:
+/// the runner's commits are announced, the subscriber's node reads and
+/// publishes them, in order, each once, up to the terminal event; `wait`
+/// on that node resolves at the end.
+#[tokio::test]
+async fn a_subscriber_on_another_node_follows_a_job_live() {
+    let Some(db) = PgDb::create("a_subscriber_on_another_node_follows_a_job_live").await else {
+        return;
+    };
+    let toml = format!(
+        "[defaults]\nconcurrency = 2\n{}",
+        common::workflow("job", "")
+    );
+    let a = node(&db, "node-a", &toml).await;
+    // Long enough to be followed while it runs (40 steps, 250 ms apart).
+    let id = submit(&a, json!({"progress": 40, "stepMs": 250, "result": "done"})).await;
+    wait_running(&a.store, id).await;
+    // Node b starts once the job runs on a: it never runs it.
+    let b = node(&db, "node-b", &toml).await;
+    let waiter = tokio::spawn({
+        let rt = b.rt.clone();
+        async move { rt.wait(id).await }
+    });
+    // Subscribe, then read the store, then skip what was read.
+    let mut live = b.rt.subscribe(id);
+    let stored = b.rt.events_after(id, 0).await.expect("events");
+    let mut last = stored.last().map_or(0, |e| e.seq);
+    assert!(
+        !stored.iter().any(|e| e.data.is_terminal_state()),
+        "the job ended before it could be followed; make it longer"
+    );
+    let mut live_seqs = Vec::new();
+    let mut live_progress = 0;
+    let mut terminal = None;
+    while let Some(e) = tokio::time::timeout(SOON, live.recv())
+        .await
+        .expect("live events keep coming")
+    {
+        if e.seq <= last {
+            continue;
+        }
+        assert_eq!(
+            e.seq,
+            last + 1,
+            "in order, no gap: {live_seqs:?} then {}",
+            e.seq
+        );
+        last = e.seq;
+        live_seqs.push(e.seq);
+        if matches!(e.data, tsbridge_proto::EventData::Progress(_)) {
+            live_progress += 1;
+        }
+        if e.data.is_terminal_state() {
+            terminal = Some(e);
+        }
+    }
+    assert!(!live.lagged());
+    assert!(live_progress > 0, "no progress came live: {live_seqs:?}");
+    let terminal = terminal.expect("the terminal event came live");
+    assert!(
+        matches!(
+            terminal.data,
+            tsbridge_proto::EventData::State {
+                state: JobState::Succeeded,
+                ..
+            }
+        ),
+        "{terminal:?}"
+    );
+    // Everything stored was seen, once.
+    let all = a.store.events_after(id, 0, 1000).await.expect("events");
+    assert_eq!(all.last().map(|e| e.seq), Some(last));
+    let view = tokio::time::timeout(SOON, waiter)
+        .await
+        .expect("wait on node b ends")
+        .expect("task")
+        .expect("wait");
+    assert_eq!(view.state, JobState::Succeeded);
+    assert_eq!(attempt_nodes(&db, id).await, vec!["node-a".to_owned()]);
+    a.rt.shutdown(Duration::ZERO).await;
+    b.rt.shutdown(Duration::ZERO).await;
+}

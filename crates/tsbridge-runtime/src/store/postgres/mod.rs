@@ -37,8 +37,8 @@ use tsbridge_proto::api::ApiErrorBody;
 use tsbridge_proto::{EndReason, ErrorType, EventData, JobEvent, JobId, JobState};
 
 use super::{
-    AfterAttempt, AttemptEnd, EventRetention, Finish, Inserted, JobPage, JobRecord, JobStore,
-    ListFilter, NewJob, encode_cursor,
+    AfterAttempt, AttemptEnd, EventRetention, EventsWritten, Finish, Inserted, JobPage, JobRecord,
+    JobStore, ListFilter, NewJob, encode_cursor,
 };
 use crate::dispatcher::state_event;
 use crate::errors::StoreError;
@@ -51,6 +51,10 @@ pub const QUEUED_CHANNEL: &str = "tsbridge_queued";
 
 /// The channel a cancel request notifies, with the job id as payload.
 const CANCEL_CHANNEL: &str = "tsbridge_cancel";
+
+/// The channel every commit of events notifies, with an [`EventsWritten`]
+/// payload (job id and event numbers, never bodies).
+pub const EVENTS_CHANNEL: &str = "tsbridge_events";
 
 /// Output shown per stream in job lists.
 const LIST_OUTPUT_TAIL: usize = 4096;
@@ -474,6 +478,29 @@ async fn insert_events(
     Ok(())
 }
 
+/// Announces the events `first..=last` of job `id` (delivered at commit).
+async fn notify_events(
+    tx: &mut Transaction<'_, Postgres>,
+    id: JobId,
+    first: u64,
+    last: u64,
+    ended: bool,
+) -> Result<(), StoreError> {
+    let w = EventsWritten {
+        job: id,
+        first,
+        last,
+        ended,
+    };
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(EVENTS_CHANNEL)
+        .bind(w.to_payload())
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::query("notify"))?;
+    Ok(())
+}
+
 async fn notify_queued(tx: &mut Transaction<'_, Postgres>, id: &str) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(QUEUED_CHANNEL)
@@ -583,6 +610,7 @@ impl JobStore for PgStore {
             .await
             .map_err(StoreError::query("insert attempt"))?;
         insert_events(&mut tx, &ids, std::slice::from_ref(event)).await?;
+        notify_events(&mut tx, id, event.seq, event.seq, false).await?;
         commit(tx).await?;
         self.hold(id, node);
         Ok(())
@@ -648,6 +676,8 @@ impl JobStore for PgStore {
                 .await
                 .map_err(StoreError::query("prune events"))?;
         }
+        let first = events.first().map_or(0, |e| e.seq);
+        notify_events(&mut tx, id, first, last as u64, false).await?;
         commit(tx).await
     }
 
@@ -731,6 +761,7 @@ impl JobStore for PgStore {
             return Err(StoreError::NotFound(id));
         }
         insert_events(&mut tx, &ids, std::slice::from_ref(event)).await?;
+        notify_events(&mut tx, id, event.seq, event.seq, finish.is_some()).await?;
         if finish.is_none() {
             self.announcing(id);
             notify_queued(&mut tx, &ids).await?;
@@ -769,6 +800,7 @@ impl JobStore for PgStore {
             return Err(StoreError::NotFound(id));
         }
         insert_events(&mut tx, &ids, std::slice::from_ref(event)).await?;
+        notify_events(&mut tx, id, event.seq, event.seq, true).await?;
         commit(tx).await?;
         self.release(id);
         Ok(())
@@ -898,6 +930,12 @@ impl JobStore for PgStore {
     fn watch_cancels(&self) -> Option<BoxStream<'static, JobId>> {
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(watch_cancels(self.clone(), tx));
+        Some(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+    }
+
+    fn watch_events(&self) -> Option<BoxStream<'static, EventsWritten>> {
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(watch_events(self.clone(), tx));
         Some(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
     }
 
@@ -1052,6 +1090,44 @@ async fn watch_cancels(store: PgStore, tx: mpsc::Sender<JobId>) {
     }
 }
 
+/// Feeds `tx` with the commits of events announced by every node (this
+/// one's too), until the store is closed or `tx`'s reader is gone. A
+/// listener that fails is connected again after a poll period; what was
+/// announced meanwhile is lost (the reader reads the store now and then).
+async fn watch_events(store: PgStore, tx: mpsc::Sender<EventsWritten>) {
+    let stop = store.inner.stop.clone();
+    let mut listener = listen_to(&store, EVENTS_CHANNEL).await;
+    loop {
+        let heard = async {
+            match listener.as_mut() {
+                Some(l) => Some(l.recv().await),
+                None => {
+                    tokio::time::sleep(store.inner.opts.poll).await;
+                    None
+                }
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tx.closed() => return,
+            n = heard => match n {
+                Some(Ok(n)) => {
+                    if let Some(w) = EventsWritten::from_payload(n.payload())
+                        && tx.send(w).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "job event announcements lost; listening again");
+                    listener = None;
+                }
+                None => listener = listen_to(&store, EVENTS_CHANNEL).await,
+            },
+        }
+    }
+}
+
 async fn listen(store: &PgStore) -> Option<PgListener> {
     listen_to(store, QUEUED_CHANNEL).await
 }
@@ -1060,14 +1136,14 @@ async fn listen_to(store: &PgStore, channel: &str) -> Option<PgListener> {
     let mut l = match PgListener::connect_with(&store.inner.pool).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for queued jobs");
+            tracing::warn!(error = %e, channel, "cannot listen to the store's announcements");
             return None;
         }
     };
     match l.listen(channel).await {
         Ok(()) => Some(l),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for queued jobs");
+            tracing::warn!(error = %e, channel, "cannot listen to the store's announcements");
             None
         }
     }

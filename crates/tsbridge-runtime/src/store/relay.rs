@@ -1,0 +1,248 @@
+//! Live events of jobs in a store shared by many nodes: a job's events are
+//! written by whichever node runs it, and every node announces what it
+//! committed ([`JobStore::watch_events`]: job id and event numbers, no
+//! bodies). The [`Relay`] of a node turns the announcements of the jobs its
+//! subscribers (or waiters) follow into reads of
+//! [`JobStore::events_after`], and publishes what it read on a bus of its
+//! own, in `seq` order, each event once. Jobs nobody here follows cost
+//! nothing but the announcement.
+//!
+//! On a shared store every subscription of the runtime goes through the
+//! relay, also for jobs running on this node (whose events then come back
+//! from the store a moment after their commit): a job may move between
+//! nodes (a retry, a takeover) while it is followed, and one source of
+//! events for a subscription keeps its order and its deduplication simple.
+//!
+//! Announcements are not durable (a listener reconnecting loses some): every
+//! [`RESYNC`] the relay also reads the followed jobs from the store, ends
+//! those that are over and publishes what it missed. A subscriber sees at
+//! worst a gap, which it fills from the store (the runtime's documented
+//! "subscribe, read the store, skip what was seen").
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::sync::watch;
+use tsbridge_proto::JobId;
+
+use super::{EventsWritten, JobStore};
+use crate::bus::{Bus, Subscription};
+
+/// How often the followed jobs are also read from the store.
+pub(crate) const RESYNC: Duration = Duration::from_secs(2);
+
+/// Events read per `events_after` call.
+const READ_BATCH: u32 = 1000;
+
+/// A node's relay of the events of a shared store. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct Relay {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    bus: Bus,
+    jobs: Mutex<HashMap<JobId, Followed>>,
+}
+
+/// A job someone on this node follows.
+#[derive(Debug)]
+struct Followed {
+    /// The last `seq` published; `None` until the first announcement heard
+    /// with a subscriber present (see [`Inner::on_written`]).
+    cursor: Option<u64>,
+    /// Turns true when the job is over (or gone); for waiters.
+    ended: watch::Sender<bool>,
+}
+
+impl Followed {
+    fn new() -> Self {
+        Self {
+            cursor: None,
+            ended: watch::channel(false).0,
+        }
+    }
+}
+
+impl Relay {
+    /// The relay of `store`, or `None` when the store has one node (no
+    /// announcements). Its task ends with the last clone of the relay, or
+    /// when the store stops announcing.
+    pub(crate) fn start(store: Arc<dyn JobStore>, buffer: Option<usize>) -> Option<Relay> {
+        let written = store.watch_events()?;
+        let bus = match buffer {
+            Some(n) => Bus::with_buffer(n),
+            None => Bus::new(),
+        };
+        let inner = Arc::new(Inner {
+            bus,
+            jobs: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(run(Arc::downgrade(&inner), store, written));
+        Some(Relay { inner })
+    }
+
+    /// Live events of `id` from now on (the bus's bounded-buffer semantics:
+    /// a subscriber that falls behind is dropped and catches up from the
+    /// store). Ends after the job's terminal event.
+    pub(crate) fn subscribe(&self, id: JobId) -> Subscription {
+        let mut jobs = self.inner.lock();
+        jobs.entry(id).or_insert_with(Followed::new);
+        self.inner.bus.open(id);
+        self.inner.bus.subscribe(id)
+    }
+
+    /// A signal that turns true once the relay learns that `id` is over (or
+    /// gone); read the store then. Taken before reading the store, it
+    /// misses no end.
+    pub(crate) fn ended(&self, id: JobId) -> watch::Receiver<bool> {
+        let mut jobs = self.inner.lock();
+        jobs.entry(id)
+            .or_insert_with(Followed::new)
+            .ended
+            .subscribe()
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, HashMap<JobId, Followed>> {
+        // Every operation under this lock is a map update or a flag.
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where to read `id` from for its subscribers: `None` when nobody
+    /// follows its events (a job nobody follows at all is forgotten).
+    fn read_from(&self, id: JobId, announced_first: Option<u64>) -> Option<u64> {
+        let mut jobs = self.lock();
+        let f = jobs.get_mut(&id)?;
+        if self.bus.subscriber_count(id) == 0 {
+            // Its cursor would go stale: a later subscriber starts afresh.
+            f.cursor = None;
+            if f.ended.receiver_count() == 0 {
+                jobs.remove(&id);
+                self.bus.close(id);
+            }
+            return None;
+        }
+        // The first announcement heard since the first subscriber came: its
+        // events, and everything after, are new to that subscriber (it read
+        // the store after subscribing, and commits are announced in order).
+        f.cursor.or(announced_first.map(|f| f.saturating_sub(1)))
+    }
+
+    /// The job is over (or gone): waiters are told, subscribers get what is
+    /// buffered, then the end.
+    fn end(&self, id: JobId) {
+        if let Some(f) = self.lock().remove(&id) {
+            f.ended.send_replace(true);
+        }
+        self.bus.close(id);
+    }
+
+    /// An announcement: the events of a followed job are read and published.
+    async fn on_written(&self, store: &dyn JobStore, w: EventsWritten) {
+        if let Some(from) = self.read_from(w.job, Some(w.first))
+            && w.last > from
+        {
+            self.relay(store, w.job, from).await;
+        }
+        if w.ended {
+            self.end(w.job);
+        }
+    }
+
+    /// Publishes the stored events of `id` after `from`, in order; ends the
+    /// job at its terminal event.
+    async fn relay(&self, store: &dyn JobStore, id: JobId, mut from: u64) {
+        loop {
+            let events = match store.events_after(id, from, READ_BATCH).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "cannot read the events of a followed job");
+                    return;
+                }
+            };
+            let full = events.len() >= READ_BATCH as usize;
+            for e in &events {
+                if e.seq <= from {
+                    continue;
+                }
+                from = e.seq;
+                self.bus.publish(e);
+                if e.data.is_terminal_state() {
+                    self.end(id);
+                    return;
+                }
+            }
+            match self.lock().get_mut(&id) {
+                Some(f) => f.cursor = Some(from),
+                None => return,
+            }
+            if !full {
+                return;
+            }
+        }
+    }
+
+    /// Reads every followed job from the store: those over (or gone) end,
+    /// missed events are published.
+    async fn resync(&self, store: &dyn JobStore) {
+        let ids: Vec<JobId> = self.lock().keys().copied().collect();
+        for id in ids {
+            let rec = match store.get_job(id).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "cannot read a followed job");
+                    continue;
+                }
+            };
+            let Some(rec) = rec else {
+                self.end(id);
+                continue;
+            };
+            if rec.state.is_terminal() {
+                // Subscribers read the rest from the store.
+                self.end(id);
+                continue;
+            }
+            // Without a cursor, what a subscriber has is unknown: its last
+            // event is published, and a subscriber that lacks more sees the
+            // gap and reads the store.
+            let latest = Some(rec.last_seq);
+            if let Some(from) = self.read_from(id, latest)
+                && rec.last_seq > from
+            {
+                self.relay(store, id, from).await;
+            }
+        }
+    }
+}
+
+async fn run(
+    inner: Weak<Inner>,
+    store: Arc<dyn JobStore>,
+    mut written: BoxStream<'static, EventsWritten>,
+) {
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            w = written.next() => {
+                let (Some(w), Some(inner)) = (w, inner.upgrade()) else {
+                    return;
+                };
+                inner.on_written(store.as_ref(), w).await;
+            }
+            _ = resync.tick() => {
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                inner.resync(store.as_ref()).await;
+            }
+        }
+    }
+}
