@@ -1030,7 +1030,10 @@ async fn insert(
     // A replay must be the same request: a key reused for other work is a
     // client bug, answered as a conflict rather than with another job's result.
     let existing = |rec: &JobRecord| {
-        if rec.workflow != job.workflow || rec.params != job.params || rec.request != job.request {
+        if rec.workflow != job.workflow
+            || rec.params != job.params
+            || !crate::sealed::same_request(&rec.request, &job.request)
+        {
             return Err(RuntimeError::IdempotencyConflict { job_id: rec.id });
         }
         Ok(Some(Submitted {

@@ -140,6 +140,11 @@ pub enum RuntimeError {
     },
     #[error("internal error")]
     Store(#[from] StoreError),
+    /// Request env cannot be sealed or opened: its key is missing, unreadable
+    /// or not the one it was sealed with (at start: the runtime refuses to
+    /// start rather than run jobs without their env).
+    #[error("request env cannot be sealed or opened")]
+    EnvKey(#[from] crate::sealed::SealError),
 }
 
 impl RuntimeError {
@@ -158,7 +163,7 @@ impl RuntimeError {
                 ErrorType::Conflict
             }
             RuntimeError::TooLarge(_) => ErrorType::PayloadTooLarge,
-            RuntimeError::Store(_) => ErrorType::InternalError,
+            RuntimeError::Store(_) | RuntimeError::EnvKey(_) => ErrorType::InternalError,
         }
     }
 

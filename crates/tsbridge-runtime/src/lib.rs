@@ -13,6 +13,7 @@ mod path_params;
 pub mod pool;
 pub mod queue;
 mod runtime;
+pub mod sealed;
 pub mod spawn;
 pub mod stats;
 pub mod store;

@@ -25,6 +25,7 @@ use crate::dispatcher::{Command, Dispatcher, Shared, state_event};
 use crate::errors::RuntimeError;
 use crate::executor::Executor;
 use crate::pool::{HostScript, PoolExecutor};
+use crate::sealed::EnvSealer;
 use crate::spawn::{HostSecrets, SpawnExecutor};
 use crate::stats::RuntimeStats;
 use crate::store::relay::Relay;
@@ -75,6 +76,8 @@ pub struct ListQuery {
 pub struct Runtime {
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
+    /// Seals request env before the store sees it.
+    sealer: Arc<EnvSealer>,
     /// A shared store: live events of jobs, whichever node runs them.
     relay: Option<Relay>,
 }
@@ -97,10 +100,13 @@ impl Runtime {
     ) -> Result<Runtime, RuntimeError> {
         let node_id = opts.node_id.clone().unwrap_or_else(default_node_id);
         let secrets = host_secrets(&config);
+        let sealer = Arc::new(EnvSealer::from_config(&config.store));
+        sealer.load_at_start()?;
         let spawn: Arc<dyn Executor> = Arc::new(
             SpawnExecutor::new(opts.sandbox.clone(), opts.tmp_base.clone())
                 .with_transpile_cache(opts.transpile_cache.clone())
-                .with_host_secrets(secrets.clone()),
+                .with_host_secrets(secrets.clone())
+                .with_env_sealer(sealer.clone()),
         );
         // Pool-mode workflows: the pool module's executor unless one is given.
         let own_pools = (opts.pool_executor.is_none()
@@ -182,13 +188,19 @@ impl Runtime {
         let (tx, rx) = mpsc::channel(256);
         let mut dispatcher = Dispatcher::new(shared.clone(), rx);
         for rec in shared.store.queued_jobs().await? {
+            // A wrong or missing key is an error now, not jobs without env.
+            sealer.check(rec.id, &rec.request)?;
             dispatcher.adopt(rec);
         }
         tokio::spawn(dispatcher.run());
         let relay = Relay::start(shared.store.clone(), opts.subscriber_buffer);
+        if let Some(every) = shared.store.takeover_every() {
+            tokio::spawn(take_over_expired(Arc::downgrade(&shared), every));
+        }
         Ok(Runtime {
             shared,
             commands: tx,
+            sealer,
             relay,
         })
     }
@@ -268,7 +280,7 @@ impl Runtime {
             request: StoredRequest {
                 timeout_ms: timeout.map(|t| t.as_millis() as u64),
                 memory_bytes: memory,
-                env,
+                env: self.sealer.seal_env(id, env)?,
             },
             idempotency_key: options.idempotency_key.clone(),
             max_attempts: wf.retry.attempts.max(1),
@@ -633,57 +645,109 @@ fn check_command_line(wf: &WorkflowConfig, params: &Value) -> Result<(), Runtime
 async fn recover(shared: &Shared) -> Result<(), RuntimeError> {
     let found = shared.store.recover_interrupted(&shared.node_id).await?;
     for rec in found {
-        let n = rec.attempts_started.max(1);
-        let end = AttemptEnd {
-            n,
-            reason: EndReason::Interrupted,
-            exit_code: None,
-            signal: None,
-            process_id: None,
-            error: Some("tsbridge stopped while this attempt ran".into()),
-            finished_at: Utc::now(),
-            output: rec.output.clone(),
-            resources: rec.resources.clone(),
-        };
-        let seq = rec.last_seq + 1;
-        let (next, event) = if rec.attempts_started < rec.max_attempts {
-            (
-                AfterAttempt::Requeue,
-                state_event(
-                    rec.id,
-                    seq,
-                    JobState::Queued,
-                    Some(EndReason::Interrupted),
-                    Some(n),
-                ),
-            )
-        } else {
-            (
-                AfterAttempt::Finish(Finish {
-                    state: JobState::Failed,
-                    reason: Some(EndReason::Interrupted),
-                    result: None,
-                    error: Some(ApiErrorBody {
-                        kind: ErrorType::InternalError,
-                        message: "the job was interrupted: tsbridge stopped while it ran".into(),
-                        details: Some(json!({ "jobId": rec.id, "attempt": n })),
-                    }),
-                    finished_at: Utc::now(),
-                }),
-                state_event(
-                    rec.id,
-                    seq,
-                    JobState::Failed,
-                    Some(EndReason::Interrupted),
-                    Some(n),
-                ),
-            )
-        };
-        tracing::warn!(job = %rec.id, attempt = n, requeued = matches!(next, AfterAttempt::Requeue), "recovering an interrupted job");
-        shared
-            .store
-            .complete_attempt(rec.id, &end, &next, &event)
-            .await?;
+        end_interrupted(shared.store.as_ref(), &rec, Interrupted::Restart).await?;
     }
     Ok(())
+}
+
+/// Why a running job's attempt is ended by a node that did not run it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interrupted {
+    /// Found at the start of this node (its previous life ran it).
+    Restart,
+    /// Its node stopped renewing its lease (a shared store).
+    LeaseLost,
+}
+
+/// Ends the open attempt of a job taken over (by [`recover`], or by
+/// [`take_over_expired`]) with reason `interrupted`, and in the same
+/// transaction re-queues the job if attempts remain, else fails it
+/// (`InternalError`). Its `state` event continues the job's numbering.
+async fn end_interrupted(
+    store: &dyn JobStore,
+    rec: &crate::store::JobRecord,
+    why: Interrupted,
+) -> Result<(), crate::errors::StoreError> {
+    let (attempt_error, job_message) = match why {
+        Interrupted::Restart => (
+            "tsbridge stopped while this attempt ran",
+            "the job was interrupted: tsbridge stopped while it ran",
+        ),
+        Interrupted::LeaseLost => (
+            "the node running this attempt stopped renewing its lease",
+            "the job was interrupted: the node running it stopped",
+        ),
+    };
+    let n = rec.attempts_started.max(1);
+    let end = AttemptEnd {
+        n,
+        reason: EndReason::Interrupted,
+        exit_code: None,
+        signal: None,
+        process_id: None,
+        error: Some(attempt_error.into()),
+        finished_at: Utc::now(),
+        output: rec.output.clone(),
+        resources: rec.resources.clone(),
+    };
+    let requeue = rec.attempts_started < rec.max_attempts;
+    let (next, state) = if requeue {
+        (AfterAttempt::Requeue, JobState::Queued)
+    } else {
+        let finish = Finish {
+            state: JobState::Failed,
+            reason: Some(EndReason::Interrupted),
+            result: None,
+            error: Some(ApiErrorBody {
+                kind: ErrorType::InternalError,
+                message: job_message.into(),
+                details: Some(json!({ "jobId": rec.id, "attempt": n })),
+            }),
+            finished_at: Utc::now(),
+        };
+        (AfterAttempt::Finish(finish), JobState::Failed)
+    };
+    let event = state_event(
+        rec.id,
+        rec.last_seq + 1,
+        state,
+        Some(EndReason::Interrupted),
+        Some(n),
+    );
+    tracing::warn!(job = %rec.id, node = ?rec.node, attempt = n, requeued = requeue, ?why, "ending an interrupted attempt");
+    store.complete_attempt(rec.id, &end, &next, &event).await
+}
+
+/// A live node on a shared store: every `every`, the running jobs whose
+/// lease expired (their node died or was cut off) are taken over and ended
+/// as [`recover`] ends them at a start, so a dead node's jobs are back in
+/// the queue within a lease and a period, without any node restarting.
+/// Ends when the runtime stops accepting work or is gone.
+async fn take_over_expired(shared: std::sync::Weak<Shared>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if !shared.accepting.load(Ordering::SeqCst) {
+            return;
+        }
+        let found = match shared.store.take_over_expired(&shared.node_id).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take over expired jobs");
+                continue;
+            }
+        };
+        for rec in found {
+            if let Err(e) =
+                end_interrupted(shared.store.as_ref(), &rec, Interrupted::LeaseLost).await
+            {
+                tracing::warn!(job = %rec.id, error = %e, "cannot end an expired attempt");
+            }
+        }
+    }
 }

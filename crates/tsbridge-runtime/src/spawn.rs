@@ -26,6 +26,7 @@ use tsbridge_sandbox::{FsPolicy, Rlimits, Sandbox, SandboxPolicy};
 
 use crate::config::{DEFAULT_OPEN_FILES, RuntimeKind, WorkflowConfig};
 use crate::executor::{AttemptEvent, AttemptIo, AttemptOutcome, AttemptRequest, Executor};
+use crate::sealed::EnvSealer;
 
 /// Child events the engine buffers while the store catches up; beyond it
 /// the engine drops (and counts) events rather than block the child.
@@ -93,6 +94,8 @@ pub struct SpawnExecutor {
     search: RuntimeSearch,
     cache: Option<TranspileCache>,
     secrets: HostSecrets,
+    /// Opens the sealed request env of each attempt.
+    sealer: Arc<EnvSealer>,
 }
 
 impl SpawnExecutor {
@@ -106,7 +109,15 @@ impl SpawnExecutor {
             search: RuntimeSearch::default(),
             cache: None,
             secrets: HostSecrets::from_process_env(None),
+            sealer: Arc::new(EnvSealer::none()),
         }
+    }
+
+    /// Opens sealed request env with this sealer (the runtime's). Without
+    /// one, an attempt whose request env is sealed fails to start.
+    pub fn with_env_sealer(mut self, sealer: Arc<EnvSealer>) -> Self {
+        self.sealer = sealer;
+        self
     }
 
     /// Masks these host secrets (instead of the environment's alone).
@@ -288,7 +299,16 @@ impl Executor for SpawnExecutor {
         let tmpdir = tmp.0.clone();
 
         let mut extra = wf.env.set.clone();
-        extra.extend(req.request_env.clone());
+        match self.sealer.open_env(req.job_id, &req.request_env) {
+            Ok(env) => extra.extend(env),
+            Err(e) => {
+                tracing::error!(job = %req.job_id, error = %e, "cannot open the job's request env");
+                return AttemptOutcome::spawn_failure(
+                    "cannot open the job's request env (see the server log)",
+                    false,
+                );
+            }
+        }
         let pass: Vec<&str> = wf.env.pass.iter().map(String::as_str).collect();
         let env = tsbridge_sandbox::env::build_child_env(&pass, std::env::vars(), &extra);
         // The child's own secrets and tsbridge's: a job may print a host

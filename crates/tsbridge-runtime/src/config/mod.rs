@@ -122,6 +122,11 @@ pub struct StoreConfig {
     /// `sqlite:///absolute/path.db` after resolution (or `sqlite::memory:`),
     /// or a `postgres://` URL as written.
     pub url: String,
+    /// `key_file`: the 32-byte key that seals request env values at rest
+    /// (absolute after resolution). Default beside a SQLite file:
+    /// `<db>.key`, created 0600 when first needed. Required with PostgreSQL
+    /// when a spawn workflow accepts request env (see sealed.rs).
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[defaults]`.
@@ -495,7 +500,7 @@ const SERVER_KEYS: &[&str] = &[
     "batch_concurrency",
     "dev",
 ];
-const STORE_KEYS: &[&str] = &["url"];
+const STORE_KEYS: &[&str] = &["url", "key_file"];
 const DEFAULTS_KEYS: &[&str] = &[
     "timeout",
     "kill_grace",
@@ -635,6 +640,25 @@ impl Config {
             }
         }
 
+        // Request env is sealed at rest under store.key_file; the nodes of
+        // a shared store must share that key, so it has no default there.
+        if store.key_file.is_none()
+            && !store.url.starts_with("sqlite:")
+            && let Some(wf) = workflows
+                .values()
+                .find(|w| w.mode == Mode::Spawn && !w.env.request.is_empty())
+        {
+            issues.push(
+                "store.key_file",
+                None,
+                format!(
+                    "required with a PostgreSQL store when a workflow accepts request env ({} lists env.request): \
+                     every node must open the values another node sealed",
+                    wf.name
+                ),
+            );
+        }
+
         let mut list = issues.list;
         if list.is_empty() {
             Ok(Config {
@@ -737,11 +761,14 @@ fn read_store(issues: &mut Issues<'_>, s: Option<&Section<'_, '_>>, base: &Path)
         Some((span, url)) => (Some(span), url),
         None => (None, "sqlite://tsbridge.db".to_owned()),
     };
+    let key_file = s
+        .and_then(|s| s.get::<String>(issues, "key_file"))
+        .map(|k| absolute(&base.join(k.into_inner())));
     match resolve_store_url(&url, base) {
-        Ok(url) => StoreConfig { url },
+        Ok(url) => StoreConfig { url, key_file },
         Err(e) => {
             issues.push("store.url", span, e);
-            StoreConfig { url }
+            StoreConfig { url, key_file }
         }
     }
 }

@@ -447,3 +447,26 @@ fn a_bad_postgres_url_is_refused_with_its_key_and_line() {
     let issues = f.issues("[store]\nurl = \"mysql://db/x\"\n");
     assert!(has(&issues, "store.url", 2), "{issues:?}");
 }
+
+#[test]
+fn a_postgres_store_needs_a_key_file_when_a_workflow_accepts_request_env() {
+    let f = Fixture::new();
+    let wf = "[workflows.w]\nroot = \"app\"\nscript = \"main.js\"\nruntime = \"node\"\nenv = { request = [\"MODE\"] }\n";
+    let issues = f.issues(&format!("[store]\nurl = \"postgres://db/x\"\n{wf}"));
+    assert!(
+        issues.iter().any(|i| i.key == "store.key_file"),
+        "{issues:?}"
+    );
+    let c = f
+        .parse(&format!(
+            "[store]\nurl = \"postgres://db/x\"\nkey_file = \"keys/env.key\"\n{wf}"
+        ))
+        .expect("with a key file");
+    assert_eq!(
+        c.store.key_file.as_deref(),
+        Some(f.dir.path().join("keys/env.key").as_path()),
+        "relative to the config's folder"
+    );
+    // SQLite: the default key file beside the store serves.
+    f.parse(wf).expect("sqlite needs no key_file");
+}

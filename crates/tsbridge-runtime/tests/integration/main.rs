@@ -36,6 +36,7 @@ mod queue_limit;
 mod recovery;
 mod result_event;
 mod retry;
+mod sealed_env;
 mod shutdown;
 mod slow_subscriber;
 mod store_contract;
