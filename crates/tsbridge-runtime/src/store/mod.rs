@@ -329,6 +329,23 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// Every queued job, highest priority first, then oldest first.
     async fn queued_jobs(&self) -> Result<Vec<JobRecord>, StoreError>;
 
+    /// Running jobs whose node stopped renewing their lease (it died, or
+    /// was cut off), taken over by `node` like [`JobStore::recover_interrupted`]
+    /// takes them at a start: the runtime ends their open attempt
+    /// (`interrupted`) and re-queues or fails them, every
+    /// [`JobStore::takeover_every`]. A job another node is taking over at
+    /// the same time is not returned. The default (one node): none.
+    async fn take_over_expired(&self, node: &str) -> Result<Vec<JobRecord>, StoreError> {
+        let _ = node;
+        Ok(Vec::new())
+    }
+
+    /// How often a live node calls [`JobStore::take_over_expired`]; `None`
+    /// (the default, one node): never.
+    fn takeover_every(&self) -> Option<Duration> {
+        None
+    }
+
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -460,3 +460,55 @@ async fn a_runtime_runs_jobs_on_the_postgres_store() {
     );
     rt.shutdown(Duration::ZERO).await;
 }
+
+/// A live node's periodic takeover (`take_over_expired`, which the runtime
+/// calls and then ends the jobs as its start-up recovery does) takes only
+/// expired leases, under its own name, each by one node.
+#[tokio::test]
+async fn live_nodes_take_over_only_expired_leases_each_once() {
+    let Some(db) = db("live_nodes_take_over_only_expired_leases_each_once").await else {
+        return;
+    };
+    let a = node(&db, Duration::from_secs(1)).await;
+    let b = node(&db, Duration::from_secs(30)).await;
+    let c = node(&db, Duration::from_secs(30)).await;
+    assert_eq!(b.takeover_every(), Some(PgOptions::default().poll));
+    let (dead, alive) = (new_job("wf", 0, None), new_job("wf", 0, None));
+    for j in [&dead, &alive] {
+        a.insert_job(j).await.expect("insert");
+    }
+    claim(&a, dead.id, "node-a").await.expect("claim");
+    claim(&b, alive.id, "node-b").await.expect("claim");
+    // Node a dies: nothing renews its lease any more.
+    a.close().await;
+    let deadline = tokio::time::Instant::now() + SOON;
+    let (mut by_b, mut by_c) = (Vec::new(), Vec::new());
+    while by_b.is_empty() && by_c.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the expired lease was never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (rb, rc) = tokio::join!(b.take_over_expired("node-b"), c.take_over_expired("node-c"));
+        by_b = rb.expect("take over");
+        by_c = rc.expect("take over");
+    }
+    let taken: Vec<JobId> = by_b.iter().chain(&by_c).map(|r| r.id).collect();
+    assert_eq!(taken, vec![dead.id], "once, and only the expired one");
+    let taker = if by_b.is_empty() { "node-c" } else { "node-b" };
+    let r = b.get_job(dead.id).await.expect("get").expect("job");
+    assert_eq!(r.node.as_deref(), Some(taker));
+    assert_eq!(
+        r.state,
+        JobState::Running,
+        "ending it is the runtime's part"
+    );
+    assert!(
+        b.take_over_expired("node-b")
+            .await
+            .expect("again")
+            .is_empty()
+    );
+    let r = b.get_job(alive.id).await.expect("get").expect("job");
+    assert_eq!(r.node.as_deref(), Some("node-b"));
+}

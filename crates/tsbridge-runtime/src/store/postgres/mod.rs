@@ -12,8 +12,9 @@
 //!   their leases every `lease / 3`; event writes renew them too.
 //!   [`JobStore::recover_interrupted`] takes over the running jobs of its
 //!   own node and those whose lease expired (any node), with `FOR UPDATE
-//!   SKIP LOCKED` so two recovering nodes never take the same job. A
-//!   watched store (a live node's) also takes over expired jobs at each poll.
+//!   SKIP LOCKED` so two recovering nodes never take the same job. A live
+//!   node's runtime also takes expired jobs over every poll period
+//!   ([`JobStore::take_over_expired`]) and ends them as its recovery does.
 //! - Wake-ups: an insert and a re-queue `NOTIFY` [`QUEUED_CHANNEL`] with the
 //!   job id (delivered at commit). [`JobStore::watch_queued`] turns them,
 //!   and a periodic poll, into the queued jobs of other nodes.
@@ -33,14 +34,12 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Transaction};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tsbridge_proto::api::ApiErrorBody;
-use tsbridge_proto::{EndReason, ErrorType, EventData, JobEvent, JobId, JobState};
+use tsbridge_proto::{EventData, JobEvent, JobId, JobState};
 
 use super::{
     AfterAttempt, AttemptEnd, EventRetention, EventsWritten, Finish, Inserted, JobPage, JobRecord,
     JobStore, ListFilter, NewJob, encode_cursor,
 };
-use crate::dispatcher::state_event;
 use crate::errors::StoreError;
 use rows::{corrupt, json_text, ms, read_attempt, read_event, read_job};
 
@@ -214,71 +213,6 @@ impl PgStore {
             .ok()
             .and_then(|mut own| own.as_mut().map(|o| o.remove(&id)))
             .unwrap_or(false)
-    }
-
-    /// Ends the attempts of running jobs whose lease expired (their node
-    /// died, or stopped renewing) as a restarted node's recovery would
-    /// (`Runtime::start`): reason `interrupted`, then re-queued if attempts
-    /// remain, else failed. Jobs another node is taking over are skipped.
-    /// Returns how many were ended.
-    async fn take_over_expired(&self) -> Result<usize, StoreError> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "WITH c AS ( \
-                 SELECT id FROM jobs WHERE state = 'running' \
-                 AND (lease_until IS NULL OR lease_until < now()) \
-                 ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 100) \
-             UPDATE jobs SET lease_until = now() + make_interval(secs => $1) \
-             FROM c WHERE jobs.id = c.id RETURNING jobs.id",
-        )
-        .bind(self.lease_secs())
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(StoreError::query("take over expired jobs"))?;
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let mut ended = 0;
-        for rec in self.jobs_by_ids(&ids).await? {
-            let n = rec.attempts_started.max(1);
-            let now = Utc::now();
-            let end = AttemptEnd {
-                n,
-                reason: EndReason::Interrupted,
-                exit_code: None,
-                signal: None,
-                process_id: None,
-                error: Some("the node running this attempt stopped renewing its lease".into()),
-                finished_at: now,
-                output: rec.output.clone(),
-                resources: rec.resources.clone(),
-            };
-            let seq = rec.last_seq + 1;
-            let (next, state) = if rec.attempts_started < rec.max_attempts {
-                (AfterAttempt::Requeue, JobState::Queued)
-            } else {
-                let finish = Finish {
-                    state: JobState::Failed,
-                    reason: Some(EndReason::Interrupted),
-                    result: None,
-                    error: Some(ApiErrorBody {
-                        kind: ErrorType::InternalError,
-                        message: "the job was interrupted: the node running it stopped".into(),
-                        details: Some(serde_json::json!({ "jobId": rec.id, "attempt": n })),
-                    }),
-                    finished_at: now,
-                };
-                (AfterAttempt::Finish(finish), JobState::Failed)
-            };
-            let event = state_event(rec.id, seq, state, Some(EndReason::Interrupted), Some(n));
-            tracing::warn!(job = %rec.id, node = ?rec.node, attempt = n, requeued = state == JobState::Queued, "taking over a job whose lease expired");
-            match self.complete_attempt(rec.id, &end, &next, &event).await {
-                Ok(()) => ended += 1,
-                Err(e) => {
-                    tracing::warn!(job = %rec.id, error = %e, "cannot end an expired attempt")
-                }
-            }
-        }
-        Ok(ended)
     }
 
     /// Queued jobs, best first, at most [`POLL_LIMIT`].
@@ -886,6 +820,34 @@ impl JobStore for PgStore {
         self.jobs_by_ids(&ids).await
     }
 
+    async fn take_over_expired(&self, node: &str) -> Result<Vec<JobRecord>, StoreError> {
+        // Under this node's name and with a fresh lease, in one statement:
+        // a node taking over at the same time skips them (locked now, not
+        // expired after the commit), and the old node's next renewal sees
+        // it lost them.
+        let ids: Vec<String> = sqlx::query_scalar(
+            "WITH c AS ( \
+                 SELECT id FROM jobs WHERE state = 'running' \
+                 AND (lease_until IS NULL OR lease_until < now()) \
+                 ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 100) \
+             UPDATE jobs SET node = $1, lease_until = now() + make_interval(secs => $2) \
+             FROM c WHERE jobs.id = c.id RETURNING jobs.id",
+        )
+        .bind(node)
+        .bind(self.lease_secs())
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(StoreError::query("take over expired jobs"))?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.jobs_by_ids(&ids).await
+    }
+
+    fn takeover_every(&self) -> Option<Duration> {
+        Some(self.inner.opts.poll)
+    }
+
     async fn queued_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
         let rows =
             sqlx::query("SELECT * FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id")
@@ -951,9 +913,7 @@ impl JobStore for PgStore {
 
 /// Feeds `tx` with the queued jobs other nodes announce, and with every
 /// queued job at each poll, until the store is closed or `tx`'s reader is
-/// gone. A listener that fails is connected again at the next poll. Each
-/// poll first takes over the jobs whose lease expired (a watched store is a
-/// live node's: it keeps the shared queue free of dead nodes' jobs).
+/// gone. A listener that fails is connected again at the next poll.
 async fn watch(store: PgStore, tx: mpsc::Sender<JobRecord>) {
     let stop = store.inner.stop.clone();
     let mut poll = tokio::time::interval(store.inner.opts.poll);
@@ -990,9 +950,6 @@ async fn watch(store: PgStore, tx: mpsc::Sender<JobRecord>) {
             _ = poll.tick() => {
                 if listener.is_none() {
                     listener = listen(&store).await;
-                }
-                if let Err(e) = store.take_over_expired().await {
-                    tracing::warn!(error = %e, "cannot take over expired jobs");
                 }
                 match store.poll_queued().await {
                     Ok(jobs) => jobs,
