@@ -71,6 +71,22 @@ pub(crate) fn resolve<'a>(
     Ok(Cow::Owned(out))
 }
 
+/// The checked canonical targets in parameters [`resolve`]d for an
+/// attempt (what its Landlock ruleset lets the job read).
+pub(crate) fn targets(wf: &WorkflowConfig, resolved: &Value) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for name in &wf.path_params {
+        match resolved.get(name) {
+            Some(Value::String(s)) => out.push(PathBuf::from(s)),
+            Some(Value::Array(a)) => {
+                out.extend(a.iter().filter_map(Value::as_str).map(PathBuf::from))
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 fn resolve_one(wf: &WorkflowConfig, name: &str, given: &str) -> Result<String, RuntimeError> {
     let canonical = confine_to_allowed(wf, Path::new(given)).map_err(|e| {
         RuntimeError::Security(format!(

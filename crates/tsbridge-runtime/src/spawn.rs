@@ -238,6 +238,39 @@ pub fn policy_for(wf: &WorkflowConfig, tmpdir: &Path) -> SandboxPolicy {
     }
 }
 
+/// The policy of one attempt: [`policy_for`], and where the host has
+/// Landlock, a ruleset for a workflow with path parameters but no
+/// `read`/`write` lists ([`FsPolicy::for_path_params`]: system dirs, the
+/// root read-only, the checked path targets): the re-check of the paths is
+/// then not the only guard of the file system. A cached bundle lives
+/// outside the root: readable (read only; the cache is tsbridge's, 0700).
+fn attempt_policy(
+    sb: &Sandbox,
+    wf: &WorkflowConfig,
+    tmpdir: &Path,
+    targets: &[PathBuf],
+    via: &rt::Via,
+) -> SandboxPolicy {
+    let mut policy = policy_for(wf, tmpdir);
+    if policy.fs.is_none()
+        && !wf.path_params.is_empty()
+        && sb.capabilities().landlock.is_available()
+    {
+        let node = rt::find_node().unwrap_or_else(|| PathBuf::from("/usr/bin/node"));
+        let mut fs = FsPolicy::for_path_params(&wf.root, &node, tmpdir, targets);
+        if wf.runtime == RuntimeKind::Exec {
+            fs = fs.allow_exec(wf.script.clone());
+        }
+        policy.fs = Some(fs);
+    }
+    if let rt::Via::TranspileCache { bundle, .. } = via
+        && let (Some(fs), Some(dir)) = (policy.fs.take(), bundle.parent())
+    {
+        policy.fs = Some(fs.allow_read(dir.to_path_buf()));
+    }
+    policy
+}
+
 #[async_trait]
 impl Executor for SpawnExecutor {
     fn check(&self, wf: &WorkflowConfig) -> Result<(), String> {
@@ -317,8 +350,11 @@ impl Executor for SpawnExecutor {
 
         // Checked again now, on the stored parameters: the child gets the
         // checked canonical paths (see `path_params`).
-        let params_json = match crate::path_params::for_attempt(&req) {
-            Ok(p) => serde_json::to_string(&p).unwrap_or_else(|_| "null".into()),
+        let (params_json, targets) = match crate::path_params::for_attempt(&req) {
+            Ok(p) => (
+                serde_json::to_string(&p).unwrap_or_else(|_| "null".into()),
+                crate::path_params::targets(wf, &p),
+            ),
             Err(refused) => return *refused,
         };
         let inv = match rt::resolve_for_spawn_async(
@@ -346,14 +382,7 @@ impl Executor for SpawnExecutor {
 
         let sandbox = match (&self.sandbox, wf.limits.any()) {
             (Some(sb), true) => {
-                let mut policy = policy_for(wf, &tmpdir);
-                // A cached bundle lives outside the workflow's root: let the
-                // job read it (read only; the cache is tsbridge's, 0700).
-                if let rt::Via::TranspileCache { bundle, .. } = &inv.via
-                    && let (Some(fs), Some(dir)) = (policy.fs.take(), bundle.parent())
-                {
-                    policy.fs = Some(fs.allow_read(dir.to_path_buf()));
-                }
+                let policy = attempt_policy(sb, wf, &tmpdir, &targets, &inv.via);
                 match sb.prepare(key.as_str(), &policy) {
                     Ok(prepared) => {
                         let short = prepared.report().shortfalls();
@@ -385,7 +414,7 @@ impl Executor for SpawnExecutor {
             // no_new_privs and the seccomp deny-list come with it. A host
             // without cgroups runs such jobs unsandboxed, as before.
             (Some(sb), false) => {
-                let policy = policy_for(wf, &tmpdir);
+                let policy = attempt_policy(sb, wf, &tmpdir, &targets, &inv.via);
                 match sb.prepare(key.as_str(), &policy) {
                     Ok(prepared) => Some(SandboxAttachment {
                         prepared: Arc::new(prepared),

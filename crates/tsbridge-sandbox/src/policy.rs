@@ -155,6 +155,26 @@ impl FsPolicy {
         p
     }
 
+    /// The default ruleset of a job whose workflow takes path parameters
+    /// but lists no `read`/`write` paths, applied where Landlock is
+    /// available: what node needs ([`FsPolicy::for_node`]: system dirs and
+    /// the runtime read+execute, the workflow root read-only, the private
+    /// `tmpdir` read-write) plus read access to each checked, canonical
+    /// path-parameter target. Nothing else of the file system: a job given
+    /// a legitimate path cannot read (or write) anything beside it that its
+    /// uid could. Writes stay where the workflow allows them (`write`
+    /// lists take the other path, [`FsPolicy::allow_write`]).
+    pub fn for_path_params(
+        root: &Path,
+        node_binary: &Path,
+        tmpdir: &Path,
+        targets: &[PathBuf],
+    ) -> FsPolicy {
+        let mut p = FsPolicy::for_node(root, node_binary, tmpdir);
+        p.read.extend(targets.iter().cloned());
+        p
+    }
+
     /// Adds read access beneath `path` (builder style).
     pub fn allow_read(mut self, path: impl Into<PathBuf>) -> Self {
         self.read.push(path.into());
@@ -204,6 +224,28 @@ mod tests {
         assert!(p.read.contains(&PathBuf::from("/etc/ssl/openssl.cnf")));
         assert!(p.write.contains(&tmp));
         assert!(p.write.contains(&PathBuf::from("/dev/null")));
+    }
+
+    #[test]
+    fn path_params_ruleset_reads_the_targets_and_writes_only_tmp() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("app");
+        let tmp = dir.path().join("tmp");
+        let target = root.join("data/in.csv");
+        let p = FsPolicy::for_path_params(
+            &root,
+            Path::new("/usr/bin/node"),
+            &tmp,
+            std::slice::from_ref(&target),
+        );
+        assert!(p.read.contains(&root));
+        assert!(p.read.contains(&target));
+        assert_eq!(p.write, vec![tmp, PathBuf::from("/dev/null")]);
+        assert!(
+            !p.read
+                .iter()
+                .any(|r| r == Path::new("/") || r == Path::new("/etc"))
+        );
     }
 
     #[test]

@@ -34,6 +34,11 @@ impl LandlockSupport {
         }
     }
 
+    /// Whether the kernel offers Landlock at all (any ABI).
+    pub fn is_available(&self) -> bool {
+        !matches!(self, Self::None)
+    }
+
     /// The ABI number, if any.
     pub fn abi(&self) -> Option<u32> {
         match *self {

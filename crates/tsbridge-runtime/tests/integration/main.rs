@@ -20,6 +20,7 @@ mod grouped_writes;
 mod idempotency;
 mod multi_node_pg;
 mod ordering;
+mod path_params_landlock;
 mod pool_cancel;
 mod pool_crash;
 mod pool_events;
