@@ -18,7 +18,9 @@
 //! job in the store (`start_attempt`), then owns the job's event numbering
 //! while the attempt runs: it numbers the child's events, writes them to the
 //! store in batches, publishes them, and hands the last number back with the
-//! outcome. Before and after an attempt, the dispatcher numbers the job's
+//! outcome, together with the events still unwritten at the end (the
+//! dispatcher writes those in the transaction of the attempt's end, so a
+//! short attempt costs one commit for its events and its end). Before and after an attempt, the dispatcher numbers the job's
 //! events; so exactly one writer numbers a job's events at any time and
 //! `seq` has no gaps or duplicates.
 
@@ -110,6 +112,8 @@ struct AttemptDone {
     start: Claim,
     outcome: AttemptOutcome,
     last_seq: u64,
+    /// Events of the attempt not written yet: written with its end.
+    events: Vec<JobEvent>,
 }
 
 /// How an attempt's claim (`start_attempt`) went.
@@ -172,6 +176,8 @@ enum Slot {
     /// queued) is being written; `event` is published once it is.
     Ending {
         state: JobState,
+        /// Written with the end, published before `event`.
+        events: Arc<[JobEvent]>,
         event: JobEvent,
         /// Answered once written (cancels that caused or awaited this end).
         waiters: Vec<Reply<()>>,
@@ -526,6 +532,7 @@ impl Dispatcher {
         };
         let Slot::Ending {
             state,
+            events,
             event,
             waiters,
             late,
@@ -541,6 +548,9 @@ impl Dispatcher {
             tracing::error!(job = %id, error = %e, "cannot record a job's end");
         }
         // Published even if the write failed: live subscribers see the end.
+        for e in events.iter() {
+            self.shared.bus.publish(e);
+        }
         self.shared.bus.publish(&event);
         answer(waiters, result);
         if state.is_terminal() {
@@ -679,6 +689,7 @@ impl Dispatcher {
                     start: Claim::Started,
                     outcome,
                     last_seq,
+                    events: Vec::new(),
                 });
             }
         });
@@ -710,6 +721,7 @@ impl Dispatcher {
         };
         job.slot = Slot::Ending {
             state: JobState::Failed,
+            events: Arc::from([]),
             event: event.clone(),
             waiters: Vec::new(),
             late: Vec::new(),
@@ -824,15 +836,20 @@ impl Dispatcher {
             let event = state_event(done.id, seq, state, Some(reason), Some(attempt));
             (AfterAttempt::Finish(finish), event)
         };
+        let events: Arc<[JobEvent]> = done.events.into();
+        let written = events.clone();
         job.slot = Slot::Ending {
             state: if retry { JobState::Queued } else { state },
+            events,
             event: event.clone(),
             waiters: cancel_waiters,
             late: Vec::new(),
         };
         let (id, store) = (done.id, shared.store.clone());
         self.spawn_end(id, async move {
-            store.complete_attempt(id, &end, &next, &event).await
+            store
+                .complete_attempt_with_events(id, &written, &end, &next, &event)
+                .await
         });
     }
 
@@ -905,6 +922,7 @@ impl Dispatcher {
         };
         job.slot = Slot::Ending {
             state: JobState::Cancelled,
+            events: Arc::from([]),
             event: event.clone(),
             waiters,
             late: Vec::new(),
@@ -1289,6 +1307,7 @@ async fn run_attempt(
             start,
             outcome: AttemptOutcome::spawn_failure("the job store refused the start", false),
             last_seq: running.seq - 1,
+            events: Vec::new(),
         });
         return;
     }
@@ -1359,13 +1378,16 @@ async fn run_attempt(
     if pending.pid.is_some() && pending.pid == outcome.pid {
         pending.pid = None;
     }
-    pending.flush(&store, &bus, id, n).await;
+    // The last events are written with the attempt's end, in its
+    // transaction, and published before its state event.
+    let events = pending.take_for_end(&store, id, n).await;
     let _ = done.send(AttemptDone {
         id,
         attempt: n,
         start: Claim::Started,
         outcome,
         last_seq,
+        events,
     });
 }
 
@@ -1393,6 +1415,22 @@ impl Pending {
                 });
             }
         }
+    }
+
+    /// The events not written yet, for the attempt's end to write (a pid
+    /// not written yet is written first: the end does not carry it).
+    async fn take_for_end(
+        &mut self,
+        store: &Arc<dyn JobStore>,
+        id: JobId,
+        n: u32,
+    ) -> Vec<JobEvent> {
+        if let Some(pid) = self.pid.take()
+            && let Err(e) = store.set_attempt_pid(id, n, pid).await
+        {
+            tracing::warn!(job = %id, error = %e, "cannot record the pid");
+        }
+        std::mem::take(&mut self.events)
     }
 
     /// Writes the pid and the events (both at once, so that they share a

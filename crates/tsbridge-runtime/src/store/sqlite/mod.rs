@@ -184,6 +184,37 @@ fn json_text<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
 }
 
+/// The write of appended events.
+fn append_op(id: JobId, events: &[JobEvent]) -> Op {
+    let progress = events.iter().rev().find_map(|e| match &e.data {
+        EventData::Progress(p) => Some(json_text(p)),
+        _ => None,
+    });
+    let result = events.iter().rev().find_map(|e| match &e.data {
+        EventData::Result { value } => Some(json_text(value)),
+        _ => None,
+    });
+    Op::AppendEvents {
+        id: id.to_string(),
+        events: events.iter().map(event_row).collect(),
+        progress,
+        result,
+    }
+}
+
+/// The write of an attempt's end.
+fn complete_op(id: JobId, end: &AttemptEnd, next: &AfterAttempt, event: &JobEvent) -> Op {
+    Op::CompleteAttempt {
+        id: id.to_string(),
+        end: end_row(end),
+        finish: match next {
+            AfterAttempt::Requeue => None,
+            AfterAttempt::Finish(f) => Some(finish_row(f)),
+        },
+        event: event_row(event),
+    }
+}
+
 fn event_row(e: &JobEvent) -> EventRow {
     EventRow {
         seq: e.seq as i64,
@@ -212,6 +243,9 @@ fn end_row(end: &AttemptEnd) -> EndRow {
         peak_memory: r.peak_memory_bytes.map(|v| v as i64),
         cpu_ms: r.cpu_time_ms.map(|v| v as i64),
         wall_ms: r.wall_time_ms.map(|v| v as i64),
+        not_before: end.retry_in.map(|d| {
+            ms(Utc::now()).saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        }),
     }
 }
 
@@ -308,6 +342,7 @@ fn read_job(row: &SqliteRow, cut_output: bool) -> Result<JobRecord, StoreError> 
         stderr_truncated |= cut > 0;
     }
     Ok(JobRecord {
+        not_before: opt_time("not_before")?,
         id,
         workflow: row.try_get("workflow").map_err(g)?,
         state,
@@ -482,21 +517,39 @@ impl JobStore for SqliteStore {
         if events.is_empty() {
             return Ok(());
         }
-        let progress = events.iter().rev().find_map(|e| match &e.data {
-            EventData::Progress(p) => Some(json_text(p)),
-            _ => None,
-        });
-        let result = events.iter().rev().find_map(|e| match &e.data {
-            EventData::Result { value } => Some(json_text(value)),
-            _ => None,
-        });
-        let op = Op::AppendEvents {
-            id: id.to_string(),
-            events: events.iter().map(event_row).collect(),
-            progress,
-            result,
-        };
-        self.writer.write(op).await.map(drop)
+        self.writer.write(append_op(id, events)).await.map(drop)
+    }
+
+    async fn complete_attempt_with_events(
+        &self,
+        id: JobId,
+        events: &[JobEvent],
+        end: &AttemptEnd,
+        next: &AfterAttempt,
+        event: &JobEvent,
+    ) -> Result<(), StoreError> {
+        let complete = complete_op(id, end, next, event);
+        if events.is_empty() {
+            return self.writer.write(complete).await.map(drop);
+        }
+        let mut results = self
+            .writer
+            .write_all(vec![append_op(id, events), complete])
+            .await
+            .into_iter();
+        if let Some(Err(e)) = results.next() {
+            tracing::warn!(job = %id, error = %e, count = events.len(), "cannot store events");
+        }
+        results.next().unwrap_or(Err(StoreError::Query {
+            op: "complete attempt",
+            source: sqlx::Error::PoolClosed,
+        }))?;
+        Ok(())
+    }
+
+    fn exclusive(&self) -> bool {
+        // One node per SQLite file (see `recover_interrupted`).
+        true
     }
 
     async fn complete_attempt(
@@ -506,16 +559,10 @@ impl JobStore for SqliteStore {
         next: &AfterAttempt,
         event: &JobEvent,
     ) -> Result<(), StoreError> {
-        let op = Op::CompleteAttempt {
-            id: id.to_string(),
-            end: end_row(end),
-            finish: match next {
-                AfterAttempt::Requeue => None,
-                AfterAttempt::Finish(f) => Some(finish_row(f)),
-            },
-            event: event_row(event),
-        };
-        self.writer.write(op).await.map(drop)
+        self.writer
+            .write(complete_op(id, end, next, event))
+            .await
+            .map(drop)
     }
 
     async fn finish_job(

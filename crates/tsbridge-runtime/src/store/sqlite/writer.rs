@@ -58,6 +58,8 @@ pub(super) struct EndRow {
     pub peak_memory: Option<i64>,
     pub cpu_ms: Option<i64>,
     pub wall_ms: Option<i64>,
+    /// A re-queue's `not_before` (Unix ms).
+    pub not_before: Option<i64>,
 }
 
 /// The end of a job, encoded.
@@ -153,6 +155,8 @@ type Ack = oneshot::Sender<Result<Applied, StoreError>>;
 enum Msg {
     /// Boxed: an operation is large, and the channel holds up to 4 096.
     Op(Box<Op>, Ack),
+    /// Operations that go into the same transaction, in this order.
+    Ops(Vec<(Op, Ack)>),
     /// Write what came before, close the connection, stop.
     Close(oneshot::Sender<()>),
 }
@@ -167,6 +171,10 @@ impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Msg::Op(op, _) => f.debug_tuple("Op").field(&op.name()).finish(),
+            Msg::Ops(ops) => f
+                .debug_tuple("Ops")
+                .field(&ops.iter().map(|(op, _)| op.name()).collect::<Vec<_>>())
+                .finish(),
             Msg::Close(_) => f.write_str("Close"),
         }
     }
@@ -209,6 +217,28 @@ impl WriterHandle {
         done.await.map_err(|_| closed(name))?
     }
 
+    /// Applies `ops` in one transaction, in this order, and returns once it
+    /// committed: each operation's own result (a failed batch is retried
+    /// one operation per transaction, like any other).
+    pub(super) async fn write_all(&self, ops: Vec<Op>) -> Vec<Result<Applied, StoreError>> {
+        let names: Vec<&'static str> = ops.iter().map(Op::name).collect();
+        let (msgs, dones): (Vec<_>, Vec<_>) = ops
+            .into_iter()
+            .map(|op| {
+                let (ack, done) = oneshot::channel();
+                ((op, ack), done)
+            })
+            .unzip();
+        if self.tx.send(Msg::Ops(msgs)).await.is_err() {
+            return names.into_iter().map(|n| Err(closed(n))).collect();
+        }
+        let mut out = Vec::with_capacity(dones.len());
+        for (done, name) in dones.into_iter().zip(names) {
+            out.push(done.await.map_err(|_| closed(name)).and_then(|r| r));
+        }
+        out
+    }
+
     /// Writes what was sent before, then closes the connection. Later
     /// writes fail.
     pub(super) async fn close(&self) {
@@ -220,6 +250,31 @@ impl WriterHandle {
 
     pub(super) fn is_closed(&self) -> bool {
         self.tx.is_closed()
+    }
+}
+
+/// The operations of one transaction.
+#[derive(Default)]
+struct Batch {
+    ops: Vec<Op>,
+    acks: Vec<Ack>,
+    /// Event rows in `ops`.
+    events: usize,
+}
+
+impl Batch {
+    /// Adds the operations of `msg` (not a `Close`).
+    fn push(&mut self, msg: Msg) {
+        let mut add = |op: Op, ack: Ack| {
+            self.events += op.event_count();
+            self.ops.push(op);
+            self.acks.push(ack);
+        };
+        match msg {
+            Msg::Op(op, ack) => add(*op, ack),
+            Msg::Ops(pairs) => pairs.into_iter().for_each(|(op, ack)| add(op, ack)),
+            Msg::Close(_) => {}
+        }
     }
 }
 
@@ -241,33 +296,27 @@ impl Writer {
                     None => break,
                 },
             };
-            let (op, ack) = match first {
-                Msg::Op(op, ack) => (*op, ack),
+            let mut batch = Batch::default();
+            match first {
                 Msg::Close(done) => {
                     self.close().await;
                     let _ = done.send(());
                     return;
                 }
-            };
+                msg => batch.push(msg),
+            }
             // Everything that queued up while the previous commit ran.
-            let mut events = op.event_count();
-            let mut ops = vec![op];
-            let mut acks = vec![ack];
-            while ops.len() < MAX_BATCH_OPS && events < MAX_BATCH_EVENTS {
+            while batch.ops.len() < MAX_BATCH_OPS && batch.events < MAX_BATCH_EVENTS {
                 match self.rx.try_recv() {
-                    Ok(Msg::Op(op, ack)) => {
-                        events += op.event_count();
-                        ops.push(*op);
-                        acks.push(ack);
-                    }
                     Ok(close @ Msg::Close(_)) => {
                         next = Some(close);
                         break;
                     }
+                    Ok(msg) => batch.push(msg),
                     Err(_) => break,
                 }
             }
-            self.commit(ops, acks).await;
+            self.commit(batch.ops, batch.acks).await;
         }
         self.close().await;
     }
@@ -499,6 +548,7 @@ const COMPLETE_ATTEMPTS: Shape = Shape {
         "vresult",
         "vjerror",
         "vjfinished",
+        "vnot_before",
         "vseq",
         "vts",
         "vdata",
@@ -517,7 +567,8 @@ const COMPLETE_ATTEMPTS: Shape = Shape {
          reason = CASE WHEN v.vfin THEN v.vjreason ELSE reason END, \
          result = CASE WHEN v.vfin THEN COALESCE(v.vresult, result) ELSE result END, \
          error = CASE WHEN v.vfin THEN v.vjerror ELSE error END, \
-         finished_at = CASE WHEN v.vfin THEN v.vjfinished ELSE finished_at END \
+         finished_at = CASE WHEN v.vfin THEN v.vjfinished ELSE finished_at END, \
+         not_before = CASE WHEN v.vfin THEN NULL ELSE v.vnot_before END \
          FROM v WHERE jobs.id = v.vid",
         INSERT_OWN_EVENT,
     ],
@@ -909,7 +960,8 @@ fn bind_op(b: &mut Binder, op: &&Op) {
                 .v(finish.as_ref().and_then(|f| f.reason))
                 .v(finish.as_ref().and_then(|f| f.result.as_deref()))
                 .v(finish.as_ref().and_then(|f| f.error.as_deref()))
-                .v(finish.as_ref().map(|f| f.finished_at));
+                .v(finish.as_ref().map(|f| f.finished_at))
+                .v(end.not_before);
             bind_event(b, event);
         }
         Op::FinishJob { id, finish, event } => {
