@@ -247,11 +247,25 @@ impl Dispatcher {
         }
     }
 
-    /// Takes over queued jobs found in the store at startup.
+    /// Takes over queued jobs found in the store (at startup, or announced
+    /// by a shared store). A re-queued job waits out what is left of its
+    /// retry delay (its stored `not_before`), on every node and after a
+    /// restart.
     pub(crate) fn adopt(&mut self, rec: JobRecord) {
         if self.jobs.contains_key(&rec.id) || rec.state != JobState::Queued {
             return;
         }
+        if let Some(wait) = retry_delay_left(&rec) {
+            let until = Instant::now() + wait;
+            self.backoff.insert((until, rec.id));
+            self.adopt_as(rec, Slot::Backoff { until });
+        } else {
+            self.ready.push(rec.id, &rec.workflow, rec.priority);
+            self.adopt_as(rec, Slot::Ready);
+        }
+    }
+
+    fn adopt_as(&mut self, rec: JobRecord, slot: Slot) {
         self.shared.bus.open(rec.id);
         self.ready.push(rec.id, &rec.workflow, rec.priority);
         self.jobs.insert(
@@ -264,7 +278,7 @@ impl Dispatcher {
                 max_attempts: rec.max_attempts.max(1),
                 attempts_started: rec.attempts_started,
                 last_seq: rec.last_seq,
-                slot: Slot::Ready,
+                slot,
             },
         );
     }
@@ -324,24 +338,11 @@ impl Dispatcher {
     /// adopted unless it is live here already; whichever node claims it
     /// first runs it, the others drop it (`start_attempt` answers
     /// `NotFound`, see `on_done`).
-    ///
-    /// A re-queued job waits out what is left of its retry delay, counted
-    /// from the end of its last attempt, as on the node that ran it.
     fn adopt_remote(&mut self, rec: JobRecord) {
         if !self.accepting() || self.jobs.contains_key(&rec.id) {
             return;
         }
-        let (id, wait) = (rec.id, self.retry_delay_left(&rec));
         self.adopt(rec);
-        if let Some(wait) = wait.filter(|w| !w.is_zero())
-            && let Some(job) = self.jobs.get_mut(&id)
-            && matches!(job.slot, Slot::Ready)
-        {
-            self.ready.remove(id);
-            let until = Instant::now() + wait;
-            job.slot = Slot::Backoff { until };
-            self.backoff.insert((until, id));
-        }
     }
 
     /// Another node asked to cancel a job that runs here: stopped as a local
@@ -377,18 +378,6 @@ impl Dispatcher {
                 let _ = reply.send(cancel_elsewhere(store.as_ref(), id).await);
             });
         }
-    }
-
-    /// What is left of the retry delay of a re-queued job.
-    fn retry_delay_left(&self, rec: &JobRecord) -> Option<Duration> {
-        if rec.attempts_started == 0 {
-            return None;
-        }
-        let ended = rec.attempts.last()?.finished_at?;
-        let retry = &self.shared.workflows.get(&rec.workflow)?.retry;
-        let delay = retry.delay(rec.attempts_started + 1);
-        let since = (Utc::now() - ended).to_std().unwrap_or_default();
-        delay.checked_sub(since)
     }
 
     fn accepting(&self) -> bool {
@@ -572,7 +561,7 @@ impl Dispatcher {
                 .shared
                 .workflows
                 .get(&job.workflow)
-                .map_or(Duration::ZERO, |w| w.retry.delay(attempt + 1));
+                .map_or(Duration::ZERO, |w| retry_delay(&w.retry, id, attempt + 1));
             let until = Instant::now() + delay;
             job.slot = Slot::Backoff { until };
             self.backoff.insert((until, id));
@@ -809,6 +798,9 @@ impl Dispatcher {
             finished_at: Utc::now(),
             output: o.output.clone(),
             resources: o.resources.clone(),
+            retry_in: retry
+                .then(|| retry_cfg.map(|r| retry_delay(r, done.id, attempt + 1)))
+                .flatten(),
         };
         job.last_seq += 1;
         let seq = job.last_seq;
@@ -1154,6 +1146,35 @@ fn with_request_limits(wf: &Arc<WorkflowConfig>, request: &StoredRequest) -> Arc
         }
         _ => wf.clone(),
     }
+}
+
+/// What is left of the retry delay of a re-queued job (its `not_before`,
+/// written with the re-queue; this node's clock against the writer's, or
+/// the database's: a node whose clock runs ahead tries too early, its claim
+/// is refused, and the job comes back at the next poll).
+fn retry_delay_left(rec: &JobRecord) -> Option<Duration> {
+    let left = (rec.not_before? - Utc::now()).to_std().ok()?;
+    (!left.is_zero()).then_some(left)
+}
+
+/// The delay before attempt `next` of job `id`: the workflow's backoff,
+/// with its jitter drawn from the job and the attempt rather than at
+/// random, so that the delay written with the re-queue (the job's
+/// `not_before`) and this node's own retry timer agree.
+fn retry_delay(retry: &crate::config::RetryConfig, id: JobId, next: u32) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let base = retry.base_delay(next).as_secs_f64();
+    let j = retry.jitter.clamp(0.0, 1.0);
+    let factor = if j > 0.0 {
+        let mut h = std::hash::DefaultHasher::new();
+        (id, next).hash(&mut h);
+        // 53 bits: a uniform fraction in [0, 1).
+        let u = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
+        1.0 + j * (2.0 * u - 1.0)
+    } else {
+        1.0
+    };
+    Duration::from_secs_f64((base * factor).max(0.0))
 }
 
 pub(crate) fn state_event(

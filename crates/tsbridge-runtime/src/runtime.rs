@@ -689,6 +689,7 @@ async fn end_interrupted(
         finished_at: Utc::now(),
         output: rec.output.clone(),
         resources: rec.resources.clone(),
+        retry_in: None,
     };
     let requeue = rec.attempts_started < rec.max_attempts;
     let (next, state) = if requeue {

@@ -142,6 +142,9 @@ pub struct JobRecord {
     /// The highest event number written.
     pub last_seq: u64,
     pub attempts: Vec<AttemptView>,
+    /// A job re-queued for a retry: its next attempt may not start before
+    /// this time (written with the re-queue, see [`AttemptEnd::retry_in`]).
+    pub not_before: Option<DateTime<Utc>>,
 }
 
 impl JobRecord {
@@ -183,6 +186,12 @@ pub struct AttemptEnd {
     /// The attempt's captured output (becomes the job's).
     pub output: OutputView,
     pub resources: Resources,
+    /// When the job is re-queued ([`AfterAttempt::Requeue`]): how long its
+    /// next attempt waits (the retry's backoff), counted by the store from
+    /// the re-queue's commit (a shared store: by the database's clock) and
+    /// kept as the job's `not_before`, which every node's claim honours.
+    /// `None` (and ignored when the job finishes): no wait.
+    pub retry_in: Option<Duration>,
 }
 
 /// The end of a job.

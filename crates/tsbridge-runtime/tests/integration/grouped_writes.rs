@@ -77,6 +77,7 @@ fn end(n: u32, pid: Option<u32>) -> AttemptEnd {
             ..OutputView::default()
         },
         resources: Resources::default(),
+        retry_in: None,
     }
 }
 

@@ -544,3 +544,54 @@ async fn a_subscriber_on_another_node_follows_a_job_live() {
     a.rt.shutdown(Duration::ZERO).await;
     b.rt.shutdown(Duration::ZERO).await;
 }
+
+/// The retry delay is stored with the re-queue: a node whose own config
+/// says "retry at once" still waits out the backoff of the node that ran
+/// (and re-queued) the job.
+#[tokio::test]
+async fn a_stored_retry_delay_holds_on_a_node_with_another_backoff() {
+    let Some(db) = PgDb::create("a_stored_retry_delay_holds_on_a_node_with_another_backoff").await
+    else {
+        return;
+    };
+    let slow = format!(
+        "[defaults]\nconcurrency = 2\n{}",
+        common::workflow(
+            "job",
+            "retry = { attempts = 2, backoff = \"3s\", multiplier = 1.0, jitter = 0.0 }",
+        )
+    );
+    let eager = format!(
+        "[defaults]\nconcurrency = 2\n{}",
+        common::workflow(
+            "job",
+            "retry = { attempts = 2, backoff = \"10ms\", multiplier = 1.0, jitter = 0.0 }",
+        )
+    );
+    let a = node(&db, "node-a", &slow).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counter = dir.path().join("counter").display().to_string();
+    // Attempt 1 runs on a (b starts after a claimed it), kills itself a
+    // moment later and is re-queued with a's 3 s backoff.
+    let id = submit(
+        &a,
+        json!({"sleepMs": 1000, "failTimes": 1, "counter": counter, "result": "second"}),
+    )
+    .await;
+    wait_running(&a.store, id).await;
+    let b = node(&db, "node-b", &eager).await;
+    let r = ended(&a.store, id).await;
+    assert_eq!(r.state, JobState::Succeeded, "{r:?}");
+    assert_eq!(r.attempts.len(), 2, "{r:?}");
+    let first_end = r.attempts[0].finished_at.expect("attempt 1 ended");
+    let gap = r.attempts[1].started_at - first_end;
+    // The stored delay counts from the re-queue's commit (after the
+    // attempt's end): allow the difference between the two clocks' reads.
+    assert!(
+        gap >= chrono::Duration::milliseconds(2900),
+        "attempt 2 started {gap} after attempt 1 ended, before the stored 3 s backoff (nodes {:?})",
+        attempt_nodes(&db, id).await
+    );
+    a.rt.shutdown(Duration::ZERO).await;
+    b.rt.shutdown(Duration::ZERO).await;
+}

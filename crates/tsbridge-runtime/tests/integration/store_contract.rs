@@ -58,6 +58,7 @@ pub fn attempt_end(n: u32, reason: EndReason) -> AttemptEnd {
         finished_at: Utc::now(),
         output: OutputView::default(),
         resources: Resources::default(),
+        retry_in: None,
     }
 }
 
@@ -182,7 +183,127 @@ contract!(
     list_cuts_output_and_get_has_all_of_it,
     reopened_store_finds_running_and_queued_jobs,
     concurrent_inserts_with_one_key_make_one_job,
+    a_requeue_stores_when_the_retry_may_start,
 );
+
+/// A re-queue for a retry stores its `not_before` (the retry's backoff from
+/// the commit); a re-queue without a delay, and an end, clear it; it
+/// survives a reopen (a restart waits it out too).
+async fn a_requeue_stores_when_the_retry_may_start(f: &Fixture) {
+    let s = f.open().await;
+    let store = s.get();
+    let j = new_job("wf", 0, None);
+    let id = j.id;
+    store.insert_job(&j).await.expect("insert");
+    assert_eq!(
+        store
+            .get_job(id)
+            .await
+            .expect("get")
+            .expect("job")
+            .not_before,
+        None
+    );
+    let claim = |n: u32, seq| async move {
+        store
+            .start_attempt(
+                id,
+                n,
+                "node-a",
+                Utc::now(),
+                &state(id, seq, JobState::Running, None, Some(n)),
+            )
+            .await
+    };
+    claim(1, 2).await.expect("claim 1");
+    let before = Utc::now();
+    let mut end = attempt_end(1, EndReason::Signaled);
+    end.retry_in = Some(std::time::Duration::from_secs(600));
+    store
+        .complete_attempt(
+            id,
+            &end,
+            &AfterAttempt::Requeue,
+            &state(id, 3, JobState::Queued, Some(EndReason::Signaled), Some(1)),
+        )
+        .await
+        .expect("re-queue");
+    let at = store
+        .get_job(id)
+        .await
+        .expect("get")
+        .expect("job")
+        .not_before
+        .expect("stored");
+    // The store's clock: within generous bounds of ours.
+    assert!(
+        at > before + chrono::Duration::seconds(500),
+        "{at} vs {before}"
+    );
+    assert!(
+        at < before + chrono::Duration::seconds(700),
+        "{at} vs {before}"
+    );
+    s.close().await;
+    let s = f.open().await;
+    let store = s.get();
+    let r = store.get_job(id).await.expect("get").expect("job");
+    assert_eq!(r.not_before, Some(at), "kept across a reopen");
+    assert_eq!(r.state, JobState::Queued);
+    if let AnyStore::Pg(_) = s {
+        // The shared store refuses every node's claim before then.
+        assert!(matches!(
+            store
+                .start_attempt(
+                    id,
+                    2,
+                    "node-b",
+                    Utc::now(),
+                    &state(id, 4, JobState::Running, None, Some(2)),
+                )
+                .await,
+            Err(StoreError::NotFound(x)) if x == id
+        ));
+        // Time passes (as the store's clock would make it). (SQLite has
+        // one node, whose own retry timer waits: its claim does not check.)
+        let Fixture::Pg(db) = f else { unreachable!() };
+        let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+        sqlx::query("UPDATE jobs SET not_before = not_before - 600000")
+            .execute(&pool)
+            .await
+            .expect("age");
+        pool.close().await;
+    }
+    store
+        .start_attempt(
+            id,
+            2,
+            "node-b",
+            Utc::now(),
+            &state(id, 4, JobState::Running, None, Some(2)),
+        )
+        .await
+        .expect("claim 2 once the wait is over");
+    let end = attempt_end(2, EndReason::Interrupted);
+    store
+        .complete_attempt(
+            id,
+            &end,
+            &AfterAttempt::Requeue,
+            &state(
+                id,
+                5,
+                JobState::Queued,
+                Some(EndReason::Interrupted),
+                Some(2),
+            ),
+        )
+        .await
+        .expect("re-queue without a delay");
+    let r = store.get_job(id).await.expect("get").expect("job");
+    assert_eq!(r.not_before, None, "no delay, no wait");
+    s.close().await;
+}
 
 async fn insert_get_and_idempotency(f: &Fixture) {
     let s = f.open().await;
@@ -325,6 +446,7 @@ async fn attempt_life_cycle_and_events(f: &Fixture) {
             peak_memory_bytes: Some(1 << 20),
             cpu_time_ms: Some(3),
         },
+        retry_in: None,
     };
     store
         .complete_attempt(
@@ -646,6 +768,7 @@ async fn list_cuts_output_and_get_has_all_of_it(f: &Fixture) {
             ..OutputView::default()
         },
         resources: Resources::default(),
+        retry_in: None,
     };
     let fin = Finish {
         state: JobState::Succeeded,

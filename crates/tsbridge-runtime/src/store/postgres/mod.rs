@@ -55,6 +55,14 @@ const CANCEL_CHANNEL: &str = "tsbridge_cancel";
 /// payload (job id and event numbers, never bodies).
 pub const EVENTS_CHANNEL: &str = "tsbridge_events";
 
+/// The database's clock in Unix ms (`not_before`, like `lease_until`, is
+/// compared with it: node clocks do not matter).
+macro_rules! now_ms {
+    () => {
+        "(EXTRACT(EPOCH FROM now()) * 1000)::bigint"
+    };
+}
+
 /// Output shown per stream in job lists.
 const LIST_OUTPUT_TAIL: usize = 4096;
 
@@ -514,13 +522,17 @@ impl JobStore for PgStore {
         // same job waits for this row lock, then sees `running`. A claim
         // made from an out-of-date copy of the job (another node ran an
         // attempt since) is refused the same way: its attempt and event
-        // numbers are taken.
-        let claimed = sqlx::query(
+        // numbers are taken. A retry waiting out its backoff (`not_before`,
+        // by the database's clock) is refused the same way.
+        let claimed = sqlx::query(concat!(
             "UPDATE jobs SET state = 'running', attempts = $1, node = $2, \
              started_at = COALESCE(started_at, $3), last_seq = GREATEST(last_seq, $4), \
              lease_until = now() + make_interval(secs => $5) \
-             WHERE id = $6 AND state = 'queued' AND attempts < $1 AND last_seq < $4",
-        )
+             WHERE id = $6 AND state = 'queued' AND attempts < $1 AND last_seq < $4 \
+             AND (not_before IS NULL OR not_before <= ",
+            now_ms!(),
+            ")"
+        ))
         .bind(i64::from(n))
         .bind(node)
         .bind(ms(at))
@@ -653,7 +665,7 @@ impl JobStore for PgStore {
         // ends: a node that lost the job (its lease expired and another
         // node took it over) is refused, and its attempt row stays as the
         // recovery wrote it (this transaction rolls back).
-        let ended = sqlx::query(
+        let ended = sqlx::query(concat!(
             "UPDATE jobs SET exit_code = $1, signal = $2, process_id = COALESCE($3, process_id), \
              stdout = $4, stderr = $5, stdout_dropped = $6, stderr_dropped = $7, \
              stdout_truncated = $8, stderr_truncated = $9, peak_memory = $10, cpu_ms = $11, \
@@ -662,9 +674,13 @@ impl JobStore for PgStore {
              reason = CASE WHEN $15 THEN $16 ELSE reason END, \
              result = CASE WHEN $15 THEN COALESCE($17, result) ELSE result END, \
              error = CASE WHEN $15 THEN $18 ELSE error END, \
-             finished_at = CASE WHEN $15 THEN $19 ELSE finished_at END \
-             WHERE id = $20 AND state = 'running' AND attempts = $21",
-        )
+             finished_at = CASE WHEN $15 THEN $19 ELSE finished_at END, \
+             not_before = CASE WHEN $15 OR $22::bigint IS NULL THEN NULL \
+                 ELSE ",
+            now_ms!(),
+            " + $22::bigint END \
+             WHERE id = $20 AND state = 'running' AND attempts = $21"
+        ))
         .bind(end.exit_code.map(i64::from))
         .bind(end.signal.map(i64::from))
         .bind(end.process_id.map(i64::from))
@@ -686,6 +702,10 @@ impl JobStore for PgStore {
         .bind(finish.map(|f| ms(f.finished_at)))
         .bind(&ids)
         .bind(i64::from(end.n))
+        .bind(
+            end.retry_in
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
         .execute(&mut *tx)
         .await
         .map_err(StoreError::query("record attempt end"))?

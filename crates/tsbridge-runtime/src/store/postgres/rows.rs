@@ -100,7 +100,12 @@ pub(super) fn read_job(row: &PgRow, cut_output: Option<usize>) -> Result<JobReco
         stderr_dropped += cut;
         stderr_truncated |= cut > 0;
     }
+    let not_before = row
+        .try_get::<Option<i64>, _>("not_before")
+        .map_err(&g)?
+        .map(from_ms);
     Ok(JobRecord {
+        not_before,
         id,
         workflow: row.try_get("workflow").map_err(&g)?,
         state,
