@@ -384,6 +384,19 @@ impl Dispatcher {
         matches!(self.phase, Phase::Accepting)
     }
 
+    /// What `queue_limit` counts: this node's waiting jobs, or, on a store
+    /// shared by many nodes, every node's queued jobs (the store's cached
+    /// count) and this node's submissions being written. (A node's ready
+    /// queue there also holds copies of jobs other nodes run already.)
+    fn queued_for_limit(&self) -> usize {
+        match self.shared.store.queued_estimate() {
+            Some(n) => usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .saturating_add(self.inserting),
+            None => self.waiting(),
+        }
+    }
+
     fn waiting(&self) -> usize {
         self.ready.len() + self.backoff.len() + self.inserting + self.requeueing
     }
@@ -417,7 +430,7 @@ impl Dispatcher {
             return;
         }
         let limit = self.shared.config.defaults.queue_limit;
-        let full = (self.waiting() >= limit).then(|| RuntimeError::QueueFull {
+        let full = (self.queued_for_limit() >= limit).then(|| RuntimeError::QueueFull {
             limit,
             retry_after: self.retry_after_estimate(),
         });

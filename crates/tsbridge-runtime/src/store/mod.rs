@@ -355,6 +355,16 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// The jobs queued in a store shared by many nodes (every node's, those
+    /// waiting for a retry included), for the cluster-wide `queue_limit`: a
+    /// count cached for a moment (PostgreSQL: counted again when the cached
+    /// one is older than 250 ms, in the background), plus what this node
+    /// queued or claimed since. Never waits. `None` (the default, one
+    /// node): the runtime counts its own queue.
+    fn queued_estimate(&self) -> Option<u64> {
+        None
+    }
+
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -595,3 +595,72 @@ async fn a_stored_retry_delay_holds_on_a_node_with_another_backoff() {
     a.rt.shutdown(Duration::ZERO).await;
     b.rt.shutdown(Duration::ZERO).await;
 }
+
+/// Waits until `store`'s count of queued jobs (cached, refreshed as it is
+/// asked) is `n`.
+async fn queued_count_is(store: &PgStore, n: u64) {
+    let deadline = tokio::time::Instant::now() + SOON;
+    while store.queued_estimate() != Some(n) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queued count stayed {:?}, not {n}",
+            store.queued_estimate()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `queue_limit` counts the jobs queued in the shared store (all nodes'),
+/// not a node's own queue: a busy node holding copies of jobs that other
+/// nodes already run accepts work while the cluster's queue has room, and
+/// any node refuses it once the cluster's queue is full.
+#[tokio::test]
+async fn the_queue_limit_counts_the_whole_cluster() {
+    let Some(db) = PgDb::create("the_queue_limit_counts_the_whole_cluster").await else {
+        return;
+    };
+    let wf = common::workflow("job", "");
+    let b = node(
+        &db,
+        "node-b",
+        &format!("[defaults]\nconcurrency = 1\nqueue_limit = 2\n{wf}"),
+    )
+    .await;
+    // b is busy (its only slot runs a job that never ends) ...
+    let busy = submit(&b, json!({"hang": true, "tag": "b"})).await;
+    wait_running(&b.store, busy).await;
+    // ... while a, started now, runs three jobs: b hears of each and keeps
+    // a waiting copy (it has no room to try its claim).
+    let a = node(
+        &db,
+        "node-a",
+        &format!("[defaults]\nconcurrency = 3\nqueue_limit = 2\n{wf}"),
+    )
+    .await;
+    let mut hanging = vec![busy];
+    for i in 0..3 {
+        let id = submit(&a, json!({"hang": true, "tag": i})).await;
+        wait_running(&a.store, id).await;
+        hanging.push(id);
+    }
+    // Nothing is queued in the cluster: b accepts a job (it stays queued:
+    // no node has room).
+    queued_count_is(&b.store, 0).await;
+    let queued = submit(&b, json!({"result": 1})).await;
+    queued_count_is(&a.store, 1).await;
+    let another = submit(&a, json!({"result": 2})).await;
+    // Two queued: full, on every node.
+    for n in [&a, &b] {
+        queued_count_is(&n.store, 2).await;
+        match n.rt.submit("job", json!({}), Default::default()).await {
+            Err(tsbridge_runtime::RuntimeError::QueueFull { limit: 2, .. }) => {}
+            other => panic!("the cluster's queue is full: {other:?}"),
+        }
+    }
+    for id in [queued, another] {
+        let r = a.store.get_job(id).await.expect("get").expect("job");
+        assert_eq!(r.state, JobState::Queued);
+    }
+    a.rt.shutdown(Duration::ZERO).await;
+    b.rt.shutdown(Duration::ZERO).await;
+}

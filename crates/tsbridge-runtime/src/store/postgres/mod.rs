@@ -69,6 +69,10 @@ const LIST_OUTPUT_TAIL: usize = 4096;
 /// Queued jobs one poll of [`JobStore::watch_queued`] reads, at most.
 const POLL_LIMIT: i64 = 1000;
 
+/// How old the cached count of queued jobs may be before a submit counts
+/// them again ([`JobStore::queued_estimate`]).
+const QUEUED_COUNT_TTL: Duration = Duration::from_millis(250);
+
 /// Ids this store announced itself and has not heard back yet, at most
 /// (announcements lost while the listener was down would stay forever).
 const MAX_OWN_ANNOUNCED: usize = 100_000;
@@ -122,6 +126,17 @@ struct Inner {
     /// does not run on two nodes for longer than a renewal period.
     lost: Mutex<HashSet<JobId>>,
     lost_found: tokio::sync::Notify,
+    /// The cached count of queued jobs (all nodes').
+    queued: Mutex<QueuedCount>,
+}
+
+/// The count of queued jobs as last read, moved by this store's own
+/// writes since.
+#[derive(Debug)]
+struct QueuedCount {
+    value: i64,
+    counted: std::time::Instant,
+    counting: bool,
 }
 
 fn is_pg_url(url: &str) -> bool {
@@ -164,7 +179,13 @@ impl PgStore {
             own_announced: Mutex::new(None),
             lost: Mutex::new(HashSet::new()),
             lost_found: tokio::sync::Notify::new(),
+            queued: Mutex::new(QueuedCount {
+                value: 0,
+                counted: std::time::Instant::now(),
+                counting: false,
+            }),
         });
+        count_queued(&inner).await;
         tokio::spawn(renew_leases(Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
@@ -303,6 +324,34 @@ impl PgStore {
             .collect::<Result<Vec<_>, _>>()?;
         self.attach_attempts(&mut jobs).await?;
         Ok(jobs)
+    }
+}
+
+impl PgStore {
+    /// Moves the cached count of queued jobs by this store's own write.
+    fn queued_moved(&self, by: i64) {
+        if let Ok(mut q) = self.inner.queued.lock() {
+            q.value = (q.value + by).max(0);
+        }
+    }
+}
+
+/// Counts the queued jobs into the cache (an index-only count of the
+/// partial index of queued jobs). A failure keeps the old count.
+async fn count_queued(inner: &Inner) {
+    let counted = std::time::Instant::now();
+    let r: Result<i64, _> = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'queued'")
+        .fetch_one(&inner.pool)
+        .await;
+    if let Ok(mut q) = inner.queued.lock() {
+        q.counting = false;
+        match r {
+            Ok(n) => {
+                q.value = n;
+                q.counted = counted;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot count the queued jobs"),
+        }
     }
 }
 
@@ -496,6 +545,7 @@ impl JobStore for PgStore {
         self.announcing(job.id);
         notify_queued(&mut tx, &id).await?;
         commit(tx).await?;
+        self.queued_moved(1);
         Ok(Inserted::Created)
     }
 
@@ -558,6 +608,7 @@ impl JobStore for PgStore {
         insert_events(&mut tx, &ids, std::slice::from_ref(event)).await?;
         notify_events(&mut tx, id, event.seq, event.seq, false).await?;
         commit(tx).await?;
+        self.queued_moved(-1);
         self.hold(id, node);
         Ok(())
     }
@@ -720,7 +771,11 @@ impl JobStore for PgStore {
             self.announcing(id);
             notify_queued(&mut tx, &ids).await?;
         }
-        commit(tx).await
+        commit(tx).await?;
+        if finish.is_none() {
+            self.queued_moved(1);
+        }
+        Ok(())
     }
 
     async fn finish_job(
@@ -756,6 +811,7 @@ impl JobStore for PgStore {
         insert_events(&mut tx, &ids, std::slice::from_ref(event)).await?;
         notify_events(&mut tx, id, event.seq, event.seq, true).await?;
         commit(tx).await?;
+        self.queued_moved(-1);
         self.release(id);
         Ok(())
     }
@@ -866,6 +922,16 @@ impl JobStore for PgStore {
 
     fn takeover_every(&self) -> Option<Duration> {
         Some(self.inner.opts.poll)
+    }
+
+    fn queued_estimate(&self) -> Option<u64> {
+        let mut q = self.inner.queued.lock().ok()?;
+        if !q.counting && q.counted.elapsed() >= QUEUED_COUNT_TTL {
+            q.counting = true;
+            let inner = self.inner.clone();
+            tokio::spawn(async move { count_queued(&inner).await });
+        }
+        Some(q.value.max(0) as u64)
     }
 
     async fn queued_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
