@@ -16,6 +16,24 @@
 //!   are never put back together ([`Masker::mask_captured`]).
 //! - A secret with a newline in it (a PEM key) can never be whole in one line:
 //!   each of its lines of at least [`MIN_SECRET_LEN`] bytes is a secret too.
+//! - A secret printed wrapped across lines (a line break `\n`/`\r\n` inside
+//!   it: base64 wrapped at 64/76 columns as in PEM/MIME, a terminal-width
+//!   wrap, a split by `\r\n`), for secrets of at least
+//!   [`MIN_ENCODED_SECRET_LEN`] bytes and each of their forms (literal,
+//!   JSON-escaped, percent, base64): in a multi-line text (a whole capture,
+//!   an error) it is matched exactly, with line breaks allowed between any
+//!   two of its characters, and redacted line by line (the line structure
+//!   stays). One line alone (a streamed event) cannot see its neighbour, so
+//!   a line that *ends* with a piece of [`MIN_WRAP_PIECE`] bytes or more that
+//!   begins a secret, *starts* with such a piece that ends one, or is whole
+//!   a piece of at least [`MIN_ENCODED_SECRET_LEN`] bytes from inside one, has
+//!   that piece redacted ([`Masker::mask`] on text without a line break).
+//!   This needs no state between lines, so events stay one per line and
+//!   none is held back; the price is that at most
+//!   `MIN_WRAP_PIECE - 1` bytes of a secret can show at each line break, and
+//!   that text which only looks like such a piece is redacted too. A
+//!   quick test of the 4-byte windows at the ends of a line skips the search
+//!   for almost every line.
 //! - A secret that contains `"` or `\` appears escaped inside JSON text; the
 //!   JSON-escaped form is a secret too. Results are masked as values
 //!   ([`Masker::mask_json`]): strings, object keys and numbers.
@@ -28,6 +46,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use regex::{Regex, RegexBuilder};
 use serde_json::Value;
@@ -42,6 +61,10 @@ pub const MIN_SECRET_LEN: usize = 4;
 /// The shortest piece of a secret redacted at a cut edge.
 pub const MIN_PARTIAL: usize = 3;
 
+/// The shortest piece of a wrapped secret redacted at the start or end of a
+/// line (see the module doc).
+pub const MIN_WRAP_PIECE: usize = 4;
+
 /// Whether an environment variable name looks like it holds a secret
 /// (SPEC §5). One rule for the whole product: the sandbox's, which also
 /// decides what a child never inherits.
@@ -55,6 +78,164 @@ pub struct Masker {
     /// The literal secrets themselves (for cut edges), longest first.
     secrets: Vec<String>,
     patterns: Vec<Regex>,
+    /// Secrets that may be printed wrapped across lines.
+    wrap: Option<Arc<Wrapped>>,
+}
+
+/// The forms of the secrets of at least [`MIN_ENCODED_SECRET_LEN`] bytes, for
+/// finding them wrapped across lines.
+struct Wrapped {
+    /// Every form (literal, JSON-escaped, percent, base64), longest first.
+    forms: Vec<String>,
+    /// A bitmap of the 4-byte windows of the forms: a line whose first and
+    /// last 4 bytes are not in it has no piece of a form at its ends.
+    grams: Box<[u64]>,
+    /// The forms with line breaks allowed between characters, compiled
+    /// when a multi-line text is first masked.
+    regex: OnceLock<Option<Regex>>,
+}
+
+const GRAM_BITS: u32 = 16;
+
+#[inline]
+fn gram_slot(w: &[u8]) -> usize {
+    let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+    (v.wrapping_mul(0x9E37_79B1) >> (32 - GRAM_BITS)) as usize
+}
+
+impl Wrapped {
+    fn new(forms: Vec<String>) -> Option<Wrapped> {
+        if forms.is_empty() {
+            return None;
+        }
+        let mut grams = vec![0u64; (1 << GRAM_BITS) / 64].into_boxed_slice();
+        for f in &forms {
+            for w in f.as_bytes().windows(MIN_WRAP_PIECE) {
+                let slot = gram_slot(w);
+                grams[slot / 64] |= 1 << (slot % 64);
+            }
+        }
+        Some(Wrapped {
+            forms,
+            grams,
+            regex: OnceLock::new(),
+        })
+    }
+
+    #[inline]
+    fn has_gram(&self, w: &[u8]) -> bool {
+        let slot = gram_slot(w);
+        self.grams[slot / 64] & (1 << (slot % 64)) != 0
+    }
+
+    fn regex(&self) -> Option<&Regex> {
+        self.regex
+            .get_or_init(|| {
+                let alternation = self
+                    .forms
+                    .iter()
+                    .map(|f| {
+                        let mut p = String::with_capacity(f.len() * 12);
+                        for (i, c) in f.chars().enumerate() {
+                            if i > 0 {
+                                p.push_str(r"(?:\r?\n)*");
+                            }
+                            p.push_str(&regex::escape(c.encode_utf8(&mut [0; 4])));
+                        }
+                        p
+                    })
+                    .collect::<Vec<_>>()
+                    .join("|");
+                RegexBuilder::new(&alternation)
+                    .size_limit(256 << 20)
+                    .dfa_size_limit(64 << 20)
+                    .build()
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    /// A multi-line text with every wrapped form redacted, one
+    /// [`REDACTED`] per line it spans (the line breaks stay).
+    fn mask_lines<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        let Some(re) = self.regex() else {
+            return Cow::Borrowed(s);
+        };
+        re.replace_all(s, |c: &regex::Captures<'_>| {
+            let m = c.get(0).map_or("", |m| m.as_str());
+            let mut out = String::from(REDACTED);
+            let mut rest = m;
+            while let Some(i) = rest.find('\n') {
+                let brk = if rest[..i].ends_with('\r') {
+                    "\r\n"
+                } else {
+                    "\n"
+                };
+                out.push_str(brk);
+                out.push_str(REDACTED);
+                rest = &rest[i + 1..];
+            }
+            out
+        })
+    }
+
+    /// The pieces of one line (no line break in it) that a wrapped secret
+    /// may have left at its ends: `(lead, trail)` byte lengths, or `None`
+    /// when the whole line is a piece from inside a secret.
+    fn edges(&self, s: &str) -> Option<(usize, usize)> {
+        let b = s.as_bytes();
+        if b.len() < MIN_WRAP_PIECE {
+            return Some((0, 0));
+        }
+        let head = self.has_gram(&b[..MIN_WRAP_PIECE]);
+        let tail = self.has_gram(&b[b.len() - MIN_WRAP_PIECE..]);
+        if !head && !tail {
+            return Some((0, 0));
+        }
+        let (mut lead, mut trail) = (0, 0);
+        let first = &b[..MIN_WRAP_PIECE];
+        let last = &b[b.len() - MIN_WRAP_PIECE..];
+        for f in &self.forms {
+            let fb = f.as_bytes();
+            if head && tail && b.len() >= MIN_ENCODED_SECRET_LEN && b.len() < fb.len() {
+                // Whole, from inside (a middle line of a wrapped secret).
+                if memchr::memmem::find(fb, b).is_some() {
+                    return None;
+                }
+            }
+            for p in 0..=fb.len() - MIN_WRAP_PIECE {
+                let w = &fb[p..p + MIN_WRAP_PIECE];
+                // The line starts with the end of the form (from `p`).
+                let k = fb.len() - p;
+                if head
+                    && w == first
+                    && k > lead
+                    && k < fb.len()
+                    && k <= b.len()
+                    && fb[p..] == b[..k]
+                    && s.is_char_boundary(k)
+                {
+                    lead = k;
+                }
+                // The line ends with the start of the form (up to `p + 4`).
+                let k = p + MIN_WRAP_PIECE;
+                if tail
+                    && w == last
+                    && k > trail
+                    && k < fb.len()
+                    && k <= b.len()
+                    && fb[..k] == b[b.len() - k..]
+                    && s.is_char_boundary(b.len() - k)
+                {
+                    trail = k;
+                }
+            }
+        }
+        if lead + trail >= b.len() {
+            return None;
+        }
+        Some((lead, trail))
+    }
 }
 
 impl fmt::Debug for Masker {
@@ -72,11 +253,23 @@ impl Masker {
     /// [`MIN_SECRET_LEN`] bytes are ignored) and extra patterns.
     pub fn new(secrets: impl IntoIterator<Item = String>, patterns: &[Regex]) -> Self {
         let mut all: Vec<String> = Vec::new();
+        let mut wrap: Vec<String> = Vec::new();
         for s in secrets {
+            let from = all.len();
             add_secret(&mut all, &s);
+            if s.len() >= MIN_ENCODED_SECRET_LEN {
+                wrap.extend(
+                    all[from..]
+                        .iter()
+                        .filter(|f| f.len() >= MIN_ENCODED_SECRET_LEN)
+                        .cloned(),
+                );
+            }
         }
         all.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         all.dedup();
+        wrap.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        wrap.dedup();
         let literals = if all.is_empty() {
             None
         } else {
@@ -97,6 +290,7 @@ impl Masker {
             literals,
             secrets: all,
             patterns: patterns.to_vec(),
+            wrap: Wrapped::new(wrap).map(Arc::new),
         }
     }
 
@@ -122,10 +316,37 @@ impl Masker {
         if self.is_empty() {
             return Cow::Borrowed(s);
         }
-        let mut out = match &self.literals {
-            Some(re) => re.replace_all(s, REDACTED),
-            None => Cow::Borrowed(s),
+        // One scan: a multi-line text gets the exact wrapped match, one line
+        // the edge test.
+        let multiline = self.wrap.is_some() && memchr::memchr(b'\n', s.as_bytes()).is_some();
+        let mut out = match &self.wrap {
+            Some(w) if multiline => w.mask_lines(s),
+            _ => Cow::Borrowed(s),
         };
+        if let Some(re) = &self.literals
+            && let Cow::Owned(o) = re.replace_all(&out, REDACTED)
+        {
+            out = Cow::Owned(o);
+        }
+        if let Some(w) = &self.wrap
+            && !multiline
+        {
+            match w.edges(&out) {
+                Some((0, 0)) => {}
+                Some((lead, trail)) => {
+                    let mut o = String::with_capacity(out.len() + 2 * REDACTED.len());
+                    if lead > 0 {
+                        o.push_str(REDACTED);
+                    }
+                    o.push_str(&out[lead..out.len() - trail]);
+                    if trail > 0 {
+                        o.push_str(REDACTED);
+                    }
+                    out = Cow::Owned(o);
+                }
+                None => out = Cow::Owned(REDACTED.to_owned()),
+            }
+        }
         for p in &self.patterns {
             if let Cow::Owned(o) = p.replace_all(&out, REDACTED) {
                 out = Cow::Owned(o);
@@ -478,10 +699,15 @@ mod tests {
             masker.mask_cut("RETVALUE tail", true, false),
             "[REDACTED] tail"
         );
-        // Without a cut, a fragment is just text.
+        // Without a cut, a fragment inside a line is just text; at the end
+        // of a line it may be the first half of a wrapped secret.
+        assert_eq!(
+            masker.mask_cut("output SUPERSEC here", false, false),
+            "output SUPERSEC here"
+        );
         assert_eq!(
             masker.mask_cut("output SUPERSEC", false, false),
-            "output SUPERSEC"
+            "output [REDACTED]"
         );
         // Fragments shorter than MIN_PARTIAL are left alone.
         assert_eq!(masker.mask_cut("end SU", false, true), "end SU");
@@ -514,6 +740,112 @@ mod tests {
         c.push(b"abc");
         c.push(b"def and more");
         assert_eq!(masker.mask_captured(&c.finish()), "[REDACTED] and more");
+    }
+
+    /// Every event the line protocol makes of `text` (Debug form), and the
+    /// whole text masked as a capture is.
+    fn streamed(masker: &Masker, text: &str) -> (Vec<String>, String) {
+        use crate::lineproto::{ProtocolLimits, StdoutProtocol};
+        let mut events = Vec::new();
+        let mut p = StdoutProtocol::new(ProtocolLimits::default()).with_masker(masker.clone());
+        // Reads of 7 bytes: lines are joined across reads.
+        for chunk in text.as_bytes().chunks(7) {
+            p.feed(chunk, &mut |e| events.push(format!("{e:?}")));
+        }
+        p.finish(&mut |e| events.push(format!("{e:?}")));
+        (events, masker.mask(text).into_owned())
+    }
+
+    /// No `MIN_WRAP_PIECE`-byte window of `form` in any of `texts`.
+    fn assert_no_piece(texts: &[String], form: &str, what: &str) {
+        for w in form.as_bytes().windows(MIN_WRAP_PIECE) {
+            let w = std::str::from_utf8(w).unwrap_or_default();
+            for t in texts {
+                assert!(!t.contains(w), "{what}: {t:?} shows {w:?} of {form:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_secret_wrapped_across_lines_never_shows_in_events_or_captures() {
+        let secret = "sk-live-9Qz7Wm2Rt5Yx8Kp3Lv6Nb1Hc4Jd0Fg";
+        let masker = m(&[secret]);
+        // Split once, at every position, by \n and by \r\n.
+        for cut in 1..secret.len() {
+            for brk in ["\n", "\r\n"] {
+                let text = format!(
+                    "token: {}{brk}{} (end)\nnext line\n",
+                    &secret[..cut],
+                    &secret[cut..]
+                );
+                let (events, captured) = streamed(&masker, &text);
+                assert_no_piece(&events, secret, &format!("cut {cut}"));
+                assert_no_piece(
+                    std::slice::from_ref(&captured),
+                    secret,
+                    &format!("capture, cut {cut}"),
+                );
+                assert_eq!(captured.lines().count(), 3, "lines stay: {captured:?}");
+            }
+        }
+        // Wrapped at every width from 5 columns (three lines and more).
+        for width in 5..secret.len() {
+            let wrapped: Vec<&str> = secret
+                .as_bytes()
+                .chunks(width)
+                .map(|c| std::str::from_utf8(c).unwrap_or_default())
+                .collect();
+            let text = format!("{}\n", wrapped.join("\n"));
+            let (events, captured) = streamed(&masker, &text);
+            if width >= MIN_ENCODED_SECRET_LEN {
+                assert_no_piece(&events, secret, &format!("width {width}"));
+            }
+            assert_no_piece(&[captured], secret, &format!("capture, width {width}"));
+        }
+    }
+
+    #[test]
+    fn base64_of_a_secret_wrapped_like_pem_or_mime_never_shows() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::STANDARD;
+        let secret = "AKIAIOSFODNN7EXAMPLE/wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        let masker = m(&[secret]);
+        for prefix in ["", "u:", "user:", "admin:"] {
+            let b64 = STANDARD.encode(format!("{prefix}{secret}").repeat(3));
+            for (width, brk) in [(64, "\n"), (76, "\r\n"), (60, "\n"), (13, "\n")] {
+                let wrapped: Vec<&str> = b64
+                    .as_bytes()
+                    .chunks(width)
+                    .map(|c| std::str::from_utf8(c).unwrap_or_default())
+                    .collect();
+                let text = format!(
+                    "-----BEGIN-----{brk}{}{brk}-----END-----{brk}",
+                    wrapped.join(brk)
+                );
+                let (events, captured) = streamed(&masker, &text);
+                for form in base64_forms(secret.as_bytes()) {
+                    let what = format!("{prefix:?} at {width}");
+                    assert_no_piece(&events, &form, &what);
+                    assert_no_piece(std::slice::from_ref(&captured), &form, &what);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lines_that_only_touch_a_secret_by_less_than_a_piece_stay() {
+        let masker = m(&["sk-live-9Qz7Wm2Rt5Yx8Kp3"]);
+        for line in ["done", "ends with sk-", "k3 starts it", "sk-live is a word"] {
+            let out = masker.mask(line);
+            if line == "sk-live is a word" {
+                // Begins like the secret, at the start: not a wrapped end.
+                assert_eq!(out, line);
+            } else {
+                assert!(matches!(out, Cow::Borrowed(_)), "{line} -> {out}");
+            }
+        }
+        // A line that ends with 4+ bytes that begin the secret is redacted.
+        assert_eq!(masker.mask("key=sk-live"), "key=[REDACTED]");
     }
 
     #[test]

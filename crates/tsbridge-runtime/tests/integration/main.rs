@@ -46,3 +46,4 @@ mod submit;
 mod throughput;
 mod timeout;
 mod validation;
+mod wrapped_secret;
