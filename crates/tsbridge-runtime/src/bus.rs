@@ -20,6 +20,7 @@ use std::task::{Poll, Waker};
 
 use futures::Stream;
 use tokio::sync::watch;
+use tsbridge_proto::api::JobView;
 use tsbridge_proto::{JobEvent, JobId};
 
 /// Events buffered per subscriber before it is dropped.
@@ -66,8 +67,33 @@ impl Drop for Subscriber {
 #[derive(Debug)]
 struct Channel {
     subscribers: Vec<Subscriber>,
-    /// Turns true after the terminal event (or at shutdown).
-    done: watch::Sender<bool>,
+    /// Turns `Closed` after the terminal event (or at shutdown).
+    done: watch::Sender<Done>,
+}
+
+/// A job's channel, as the waiters of its end see it.
+#[derive(Clone, Debug, Default)]
+pub enum Done {
+    #[default]
+    Open,
+    /// Closed: with the job's final view when its end was written by this
+    /// node (which then knows what reading it back would give); without,
+    /// at shutdown or when the write failed (read the store).
+    Closed(Option<Arc<JobView>>),
+}
+
+impl Done {
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Done::Closed(_))
+    }
+
+    /// The final view the channel closed with, if any.
+    pub fn view(&self) -> Option<&Arc<JobView>> {
+        match self {
+            Done::Closed(v) => v.as_ref(),
+            Done::Open => None,
+        }
+    }
 }
 
 /// Per-job broadcast of [`JobEvent`]s.
@@ -100,7 +126,7 @@ impl Bus {
     pub fn open(&self, id: JobId) {
         self.lock().entry(id).or_insert_with(|| Channel {
             subscribers: Vec::new(),
-            done: watch::channel(false).0,
+            done: watch::channel(Done::Open).0,
         });
     }
 
@@ -143,14 +169,22 @@ impl Bus {
     /// Closes a job's channel: subscribers get what is buffered, then the end.
     pub fn close(&self, id: JobId) {
         if let Some(ch) = self.lock().remove(&id) {
-            ch.done.send_replace(true);
+            ch.done.send_replace(Done::Closed(None));
+        }
+    }
+
+    /// Closes a job's channel after its end was written, handing its
+    /// waiters the job as the store now holds it.
+    pub fn close_with(&self, id: JobId, view: JobView) {
+        if let Some(ch) = self.lock().remove(&id) {
+            ch.done.send_replace(Done::Closed(Some(Arc::new(view))));
         }
     }
 
     /// Closes every channel (shutdown).
     pub fn close_all(&self) {
         for (_, ch) in self.lock().drain() {
-            ch.done.send_replace(true);
+            ch.done.send_replace(Done::Closed(None));
         }
     }
 
@@ -171,9 +205,9 @@ impl Bus {
         Subscription { slot, id, bus }
     }
 
-    /// A signal that turns true when the job's channel closes; `None` when
-    /// it is not open.
-    pub fn done_signal(&self, id: JobId) -> Option<watch::Receiver<bool>> {
+    /// A signal that turns `Closed` when the job's channel closes; `None`
+    /// when it is not open.
+    pub fn done_signal(&self, id: JobId) -> Option<watch::Receiver<Done>> {
         self.lock().get(&id).map(|c| c.done.subscribe())
     }
 
@@ -353,10 +387,10 @@ mod tests {
         assert!(bus.subscribe(id).recv().await.is_none());
         bus.open(id);
         let mut done = bus.done_signal(id).expect("open");
-        assert!(!*done.borrow());
+        assert!(!done.borrow().is_closed());
         bus.close(id);
         done.changed().await.expect("signal");
-        assert!(*done.borrow());
+        assert!(done.borrow().is_closed());
         assert!(bus.done_signal(id).is_none());
     }
 }

@@ -36,7 +36,7 @@ use futures::FutureExt;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tsbridge_proto::api::ApiErrorBody;
+use tsbridge_proto::api::{ApiErrorBody, JobView};
 use tsbridge_proto::{
     ByteSize, ChildEvent, EndReason, ErrorType, EventData, JobEvent, JobId, JobState,
 };
@@ -47,6 +47,7 @@ use crate::errors::{RuntimeError, StoreError};
 use crate::executor::{
     AttemptEvent, AttemptIo, AttemptOutcome, AttemptRequest, Executor, ProcessControl,
 };
+use crate::live_view;
 use crate::queue::ReadyQueue;
 use crate::stats::RuntimeStats;
 use crate::store::{
@@ -114,6 +115,16 @@ struct AttemptDone {
     last_seq: u64,
     /// Events of the attempt not written yet: written with its end.
     events: Vec<JobEvent>,
+    /// The last progress and result of its events, and its pid.
+    reported: Reported,
+}
+
+/// What an attempt's events changed on the job (for its `live_view`).
+#[derive(Debug, Default)]
+struct Reported {
+    progress: Option<tsbridge_proto::Progress>,
+    result: Option<serde_json::Value>,
+    pid: Option<u32>,
 }
 
 /// How an attempt's claim (`start_attempt`) went.
@@ -158,6 +169,8 @@ struct LiveJob {
     attempts_started: u32,
     last_seq: u64,
     slot: Slot,
+    /// What reading the job back would give (see `live_view`).
+    view: JobView,
 }
 
 #[derive(Debug)]
@@ -266,8 +279,8 @@ impl Dispatcher {
     }
 
     fn adopt_as(&mut self, rec: JobRecord, slot: Slot) {
+        let view = rec.view();
         self.shared.bus.open(rec.id);
-        self.ready.push(rec.id, &rec.workflow, rec.priority);
         self.jobs.insert(
             rec.id,
             LiveJob {
@@ -279,6 +292,7 @@ impl Dispatcher {
                 attempts_started: rec.attempts_started,
                 last_seq: rec.last_seq,
                 slot,
+                view,
             },
         );
     }
@@ -481,6 +495,7 @@ impl Dispatcher {
                             // this answer came back: adopted already.
                         } else if self.accepting() {
                             self.ready.push(job.id, &job.workflow, job.priority);
+                            let view = live_view::queued(&job);
                             self.jobs.insert(
                                 job.id,
                                 LiveJob {
@@ -492,6 +507,7 @@ impl Dispatcher {
                                     attempts_started: 0,
                                     last_seq: job.event.seq,
                                     slot: Slot::Ready,
+                                    view,
                                 },
                             );
                         } else {
@@ -554,10 +570,14 @@ impl Dispatcher {
             self.shared.bus.publish(e);
         }
         self.shared.bus.publish(&event);
+        let written = result.is_ok();
         answer(waiters, result);
         if state.is_terminal() {
-            self.shared.bus.close(id);
-            self.jobs.remove(&id);
+            // Its end is written: waiters get the view without a read.
+            match self.jobs.remove(&id) {
+                Some(job) if written => self.shared.bus.close_with(id, job.view),
+                _ => self.shared.bus.close(id),
+            }
             for w in late {
                 let _ = w.send(Err(RuntimeError::AlreadyFinished { id, state }));
             }
@@ -643,6 +663,8 @@ impl Dispatcher {
             .request
             .timeout()
             .map_or(wf.timeout, |t| t.min(wf.timeout));
+        let at = Utc::now();
+        live_view::started(&mut job.view, n, at);
         let control = ProcessControl::new();
         let req = AttemptRequest {
             job_id: id,
@@ -670,6 +692,7 @@ impl Dispatcher {
                 store.clone(),
                 shared.bus.clone(),
                 shared.node_id.clone(),
+                at,
                 event,
                 done.clone(),
             );
@@ -692,6 +715,7 @@ impl Dispatcher {
                     outcome,
                     last_seq,
                     events: Vec::new(),
+                    reported: Reported::default(),
                 });
             }
         });
@@ -728,6 +752,7 @@ impl Dispatcher {
             waiters: Vec::new(),
             late: Vec::new(),
         };
+        live_view::finished(&mut job.view, &finish);
         count_finished(&self.shared, &job.workflow, JobState::Failed, None);
         metrics::counter!("tsbridge_spawn_failures_total", "workflow" => job.workflow.clone())
             .increment(1);
@@ -767,6 +792,11 @@ impl Dispatcher {
             // (a cancel meanwhile cancels the waiting job).
             job.attempts_started = attempt.saturating_sub(1);
             job.last_seq = done.last_seq;
+            job.view.attempts.pop();
+            if job.view.attempts.is_empty() {
+                job.view.started_at = None;
+            }
+            job.view.state = JobState::Queued;
             let until = Instant::now() + CLAIM_RETRY;
             job.slot = Slot::Backoff { until };
             self.backoff.insert((until, done.id));
@@ -841,6 +871,9 @@ impl Dispatcher {
             let event = state_event(done.id, seq, state, Some(reason), Some(attempt));
             (AfterAttempt::Finish(finish), event)
         };
+        let r = done.reported;
+        live_view::reported(&mut job.view, r.progress, r.result, r.pid);
+        live_view::attempt_ended(&mut job.view, &end, &next);
         let events: Arc<[JobEvent]> = done.events.into();
         let written = events.clone();
         job.slot = Slot::Ending {
@@ -932,6 +965,7 @@ impl Dispatcher {
             waiters,
             late: Vec::new(),
         };
+        live_view::finished(&mut job.view, &finish);
         count_finished(&self.shared, &job.workflow, JobState::Cancelled, None);
         let store = self.shared.store.clone();
         self.spawn_end(
@@ -1318,15 +1352,13 @@ async fn run_attempt(
     store: Arc<dyn JobStore>,
     bus: Bus,
     node: String,
+    at: chrono::DateTime<Utc>,
     running: JobEvent,
     done: mpsc::UnboundedSender<AttemptDone>,
 ) {
     let id = req.job_id;
     let n = req.attempt;
-    if let Err(e) = store
-        .start_attempt(id, n, &node, Utc::now(), &running)
-        .await
-    {
+    if let Err(e) = store.start_attempt(id, n, &node, at, &running).await {
         let start = if let StoreError::NotFound(_) = e {
             // A shared store: another node claimed it first.
             tracing::debug!(job = %id, "the job was claimed elsewhere");
@@ -1342,6 +1374,7 @@ async fn run_attempt(
             outcome: AttemptOutcome::spawn_failure("the job store refused the start", false),
             last_seq: running.seq - 1,
             events: Vec::new(),
+            reported: Reported::default(),
         });
         return;
     }
@@ -1422,12 +1455,15 @@ async fn run_attempt(
         outcome,
         last_seq,
         events,
+        reported: pending.reported,
     });
 }
 
 /// What an attempt reported and is not written yet.
 #[derive(Default)]
 struct Pending {
+    /// What the attempt's events reported so far.
+    reported: Reported,
     pid: Option<u32>,
     events: Vec<JobEvent>,
     /// A `result` event was seen in this attempt.
@@ -1437,15 +1473,24 @@ struct Pending {
 impl Pending {
     fn add(&mut self, id: JobId, e: AttemptEvent, last_seq: &mut u64) {
         match e {
-            AttemptEvent::Started { pid } => self.pid = Some(pid),
+            AttemptEvent::Started { pid } => {
+                self.pid = Some(pid);
+                self.reported.pid = Some(pid);
+            }
             AttemptEvent::Child(ce) => {
                 self.saw_result |= matches!(ce, ChildEvent::Result { .. });
                 *last_seq += 1;
+                let data = event_data(ce);
+                match &data {
+                    EventData::Progress(p) => self.reported.progress = Some(p.clone()),
+                    EventData::Result { value } => self.reported.result = Some(value.clone()),
+                    _ => {}
+                }
                 self.events.push(JobEvent {
                     seq: *last_seq,
                     job_id: id,
                     timestamp: Utc::now(),
-                    data: event_data(ce),
+                    data,
                 });
             }
         }

@@ -9,6 +9,7 @@ pub mod config;
 mod dispatcher;
 pub mod errors;
 pub mod executor;
+mod live_view;
 mod path_params;
 pub mod pool;
 pub mod queue;

@@ -18,7 +18,7 @@ use tsbridge_proto::service::{Isolation, Readiness, WorkflowInfo};
 use tsbridge_proto::{EndReason, ErrorType, JobEvent, JobId, JobState};
 use tsbridge_sandbox::Sandbox;
 
-use crate::bus::{Bus, Subscription};
+use crate::bus::{Bus, Done, Subscription};
 use crate::config::{Config, Mode, WorkflowConfig};
 pub use crate::dispatcher::Submitted;
 use crate::dispatcher::{Command, Dispatcher, Shared, state_event};
@@ -374,8 +374,13 @@ impl Runtime {
         loop {
             if let Some(mut done) = self.shared.bus.done_signal(id) {
                 // Live here: its channel closes only after its end is
-                // stored, so there is nothing to read before.
-                let _ = done.wait_for(|d| *d).await;
+                // stored, so there is nothing to read before; and when
+                // this node wrote the end, it knows the job as stored.
+                if let Ok(d) = done.wait_for(Done::is_closed).await
+                    && let Some(view) = d.view()
+                {
+                    return Ok(JobView::clone(view));
+                }
             }
             let view = self.get(id).await?;
             if view.state.is_terminal() {
@@ -408,7 +413,7 @@ impl Runtime {
             }
             match local {
                 Some(mut local) => tokio::select! {
-                    _ = local.wait_for(|d| *d) => {}
+                    _ = local.wait_for(Done::is_closed) => {}
                     _ = remote.wait_for(|d| *d) => {}
                 },
                 None => {

@@ -18,6 +18,7 @@ mod executor_panic;
 mod group_commit;
 mod grouped_writes;
 mod idempotency;
+mod live_view;
 mod multi_node_pg;
 mod ordering;
 mod path_params_landlock;
