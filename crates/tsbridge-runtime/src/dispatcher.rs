@@ -394,6 +394,17 @@ impl Dispatcher {
         }
     }
 
+    /// Cancels of a job another node holds now: each asks that node and is
+    /// answered when the job ended there.
+    fn ask_owner(&self, id: JobId, cancels: Vec<Reply<()>>) {
+        for reply in cancels {
+            let store = self.shared.store.clone();
+            tokio::spawn(async move {
+                let _ = reply.send(cancel_elsewhere(store.as_ref(), id).await);
+            });
+        }
+    }
+
     fn accepting(&self) -> bool {
         matches!(self.phase, Phase::Accepting)
     }
@@ -810,6 +821,12 @@ impl Dispatcher {
             // the store, and a restart picks it up).
             self.jobs.remove(&done.id);
             shared.bus.close(done.id);
+            if done.start == Claim::Lost {
+                // Cancels that came while the claim was tried ask the node
+                // that won it.
+                self.ask_owner(done.id, cancel_waiters);
+                return;
+            }
             for w in cancel_waiters {
                 let _ = w.send(Err(RuntimeError::ShuttingDown));
             }
