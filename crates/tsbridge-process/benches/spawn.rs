@@ -181,18 +181,17 @@ fn ts_hello_plain_node_std_command(b: divan::Bencher) {
     });
 }
 
-/// What a pool worker pays per job to make sure nothing of the job outlives
-/// it: `ProcessControl::kill_descendants` on a long-lived leader with no
-/// children (the common case), as `tsbridge serve` runs it (a subreaper).
-/// Compare with the pooled job's whole added latency (BENCHMARKS.md, ~90 µs).
-#[divan::bench(sample_count = 200)]
-fn kill_descendants_of_a_childless_leader(b: divan::Bencher) {
-    static LEADER: OnceLock<tsbridge_process::ProcessControl> = OnceLock::new();
-    let control = LEADER.get_or_init(|| {
+/// A long-lived leader for the sweep benches, started once per program.
+fn sweep_leader(
+    slot: &'static OnceLock<tsbridge_process::ProcessControl>,
+    program: &str,
+    args: &[&str],
+) -> &'static tsbridge_process::ProcessControl {
+    slot.get_or_init(|| {
         tsbridge_process::init_supervisor().expect("subreaper");
         let control = tsbridge_process::ProcessControl::new();
-        let spec = JobSpec::builder("/bin/sleep")
-            .arg("600")
+        let spec = JobSpec::builder(program)
+            .args(args.iter().copied())
             .envs(env())
             .control(control.clone())
             .build()
@@ -202,7 +201,35 @@ fn kill_descendants_of_a_childless_leader(b: divan::Bencher) {
         // it with the bench).
         std::mem::forget(p);
         control
+    })
+}
+
+/// What a pool worker pays per job to make sure nothing of the job outlives
+/// it: `ProcessControl::kill_descendants` on a long-lived leader with no
+/// children (the common case), as `tsbridge serve` runs it (a subreaper).
+/// Compare with the pooled job's whole added latency (BENCHMARKS.md, ~90 µs).
+#[divan::bench(sample_count = 200)]
+fn kill_descendants_of_a_childless_leader(b: divan::Bencher) {
+    static LEADER: OnceLock<tsbridge_process::ProcessControl> = OnceLock::new();
+    let control = sweep_leader(&LEADER, "/bin/sleep", &["600"]);
+    b.bench(|| {
+        let killed = rt().block_on(control.kill_descendants());
+        assert_eq!(killed, 0);
     });
+}
+
+/// The same on an idle `node` (what a pool worker is): its threads' children
+/// lists are read, one per thread.
+#[divan::bench(sample_count = 200)]
+fn kill_descendants_of_a_childless_node_worker(b: divan::Bencher) {
+    static LEADER: OnceLock<tsbridge_process::ProcessControl> = OnceLock::new();
+    let control = sweep_leader(
+        &LEADER,
+        "/usr/bin/node",
+        &["-e", "setInterval(() => {}, 1e6)"],
+    );
+    // Let node start its threads before measuring.
+    std::thread::sleep(std::time::Duration::from_millis(500));
     b.bench(|| {
         let killed = rt().block_on(control.kill_descendants());
         assert_eq!(killed, 0);

@@ -63,7 +63,7 @@ use crate::mask::Masker;
 use crate::monitor::{self, Monitor, ResourceSample};
 use crate::spec::{JOB_MARKER_ENV, JobKey, JobSpec, OWNER_ENV, StdinSpec};
 use crate::sys::{self, Pid};
-use crate::tree::Tracker;
+use crate::tree::{Scope, Tracker};
 use crate::{registry, spawner, supervisor};
 
 /// How long a `result` event may wait for room in a full event channel.
@@ -122,17 +122,18 @@ pub struct ProcessControl {
 struct ControlInner {
     token: CancellationToken,
     request: Mutex<Option<StopRequest>>,
-    /// Callers of [`ProcessControl::kill_descendants`] waiting for the
-    /// supervisor's answer (how many processes it killed).
-    sweeps: Mutex<Sweeps>,
-    sweep_wanted: tokio::sync::Notify,
+    /// The running job's tracker, for [`ProcessControl::kill_descendants`];
+    /// `None` while no supervisor runs the job (not started yet, or over).
+    sweep: Mutex<Option<Arc<SweepTarget>>>,
 }
 
-#[derive(Debug, Default)]
-struct Sweeps {
-    waiting: Vec<oneshot::Sender<usize>>,
-    /// No supervisor is running the job (not started yet, or over).
-    closed: bool,
+/// What [`ProcessControl::kill_descendants`] searches: the job's leader and
+/// its tracker, shared with the supervision task (the sweep runs on the
+/// caller's task, without a hop to the supervisor).
+#[derive(Debug)]
+struct SweepTarget {
+    leader: Pid,
+    tracker: Arc<Mutex<Tracker>>,
 }
 
 impl ProcessControl {
@@ -175,30 +176,19 @@ impl ProcessControl {
     /// many it found: for a long-lived leader (a pool worker) that runs one
     /// task after another, so that nothing a task started outlives it. The
     /// same search as the job's termination (process group, descendants,
-    /// adopted orphans and the job's marker). `0` once the job is over.
+    /// adopted orphans and the job's marker, escapees no other live job can
+    /// own). `0` once the job is over. Runs on the caller's task (a few
+    /// small /proc reads; it does not wait for the supervision task).
     pub async fn kill_descendants(&self) -> usize {
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut sweeps = self.sweeps();
-            if sweeps.closed {
-                return 0;
-            }
-            sweeps.waiting.push(tx);
+        let target = self.sweep_slot().clone();
+        match target {
+            Some(t) => sweep(t.leader, &mut lock_tracker(&t.tracker)),
+            None => 0,
         }
-        self.inner.sweep_wanted.notify_one();
-        rx.await.unwrap_or(0)
     }
 
-    fn sweeps(&self) -> std::sync::MutexGuard<'_, Sweeps> {
-        self.inner.sweeps.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The waiting sweeps; `close`: the supervisor ends, later sweeps
-    /// answer 0 at once.
-    fn take_sweeps(&self, close: bool) -> Vec<oneshot::Sender<usize>> {
-        let mut sweeps = self.sweeps();
-        sweeps.closed = close;
-        std::mem::take(&mut sweeps.waiting)
+    fn sweep_slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<SweepTarget>>> {
+        self.inner.sweep.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Resolves when a stop is requested.
@@ -531,8 +521,8 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
         cleanup_tmp(&tmpdir);
         return Err(err(SpawnStage::Wire, io::Error::other("child has no pid")));
     };
+    // The spawner registered the job's group (and its window) at the fork.
     let needle = format!("{JOB_MARKER_ENV}={key}").into_bytes();
-    registry::add_group(pid, needle.clone());
     let tracker = Tracker::new(pid, needle);
 
     // From here on the child runs: every failure must still end it.
@@ -631,7 +621,7 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
         kill_grace,
         control: control.clone(),
         pidfd,
-        tracker,
+        tracker: Arc::new(Mutex::new(tracker)),
         stdout_task,
         stderr_task,
         ipc_task,
@@ -921,11 +911,54 @@ async fn read_stderr(
     cap.finish()
 }
 
+fn lock_tracker(t: &Mutex<Tracker>) -> std::sync::MutexGuard<'_, Tracker> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// See [`ProcessControl::kill_descendants`]: SIGKILLs every process of the
+/// job the tracker finds but the leader, reaps them, and restarts the job's
+/// window (see `registry::restart_window`).
+fn sweep(leader: Pid, tracker: &mut Tracker) -> usize {
+    // Taken before the search: whatever the worker forks from here on
+    // starts at or after it.
+    let since = sys::boot_ticks_now();
+    let found: Vec<_> = tracker
+        .discover(true, Scope::Ending)
+        .into_iter()
+        .filter(|p| p.pid != leader)
+        .collect();
+    for p in &found {
+        if let Err(e) = sys::signal_proc(*p, Signal::KILL) {
+            tracing::debug!(error = %e, pid = p.pid.raw(), "SIGKILL failed");
+        }
+    }
+    if !found.is_empty() {
+        tracing::debug!(killed = found.len(), "killed what the last task left");
+        tracker.reap();
+    }
+    registry::restart_window(leader, since);
+    found.len()
+}
+
 /// Waits for the leader to exit (pidfd readable) and reaps it with wait4.
-async fn wait_leader(pid: Pid, pidfd: Option<AsyncFd<OwnedFd>>) -> io::Result<sys::Reaped> {
+/// The reap happens under the tracker's lock and marks the leader reaped
+/// there, so a sweep (which may run on another task) never walks from the
+/// leader's pid once it is free for reuse.
+async fn wait_leader(
+    pid: Pid,
+    pidfd: Option<AsyncFd<OwnedFd>>,
+    tracker: Arc<Mutex<Tracker>>,
+) -> io::Result<sys::Reaped> {
     loop {
-        if let Some(r) = sys::wait4_nohang(pid)? {
-            return Ok(r);
+        {
+            let mut t = lock_tracker(&tracker);
+            let r = sys::wait4_nohang(pid);
+            if !matches!(r, Ok(None)) {
+                t.set_leader_reaped();
+            }
+            if let Some(r) = r? {
+                return Ok(r);
+            }
         }
         match &pidfd {
             Some(fd) => {
@@ -948,7 +981,7 @@ struct Supervised {
     kill_grace: Duration,
     control: ProcessControl,
     pidfd: Option<AsyncFd<OwnedFd>>,
-    tracker: Tracker,
+    tracker: Arc<Mutex<Tracker>>,
     stdout_task: JoinHandle<StdoutDone>,
     stderr_task: JoinHandle<Captured>,
     ipc_task: Option<JoinHandle<()>>,
@@ -975,13 +1008,19 @@ impl Supervised {
             tracing::debug_span!("job", key = %self.key, pid = self.pid.raw(), label = ?self.label);
         let _e = span.enter();
         let pidfd = self.pidfd.take();
-        let mut leader_fut = pin!(wait_leader(self.pid, pidfd));
+        let mut leader_fut = pin!(wait_leader(self.pid, pidfd, self.tracker.clone()));
         let mut leader = Leader::Running;
         let deadline = self
             .timeout
             .map(|t| tokio::time::Instant::from_std(self.started + t));
         let control = self.control.clone();
-        control.take_sweeps(false); // open (a retry shares the control)
+        // Open the sweeps (a retry shares the control: this attempt's tracker
+        // replaces the previous one's).
+        let target = Arc::new(SweepTarget {
+            leader: self.pid,
+            tracker: self.tracker.clone(),
+        });
+        *control.sweep_slot() = Some(target.clone());
         let mut ticker = self.monitor.as_ref().map(|(every, _)| {
             let first = tokio::time::Instant::from_std(self.started) + *every;
             let mut i = tokio::time::interval_at(first, *every);
@@ -1004,17 +1043,14 @@ impl Supervised {
                         break Some((EndReason::MemoryLimit, Duration::ZERO));
                     }
                 }
-                () = control.inner.sweep_wanted.notified() => {
-                    let killed = self.kill_descendants();
-                    for s in control.take_sweeps(false) {
-                        let _ = s.send(killed);
-                    }
-                }
             }
         };
-        // A sweep asked for while the job ended: the end kills what is left.
-        for s in control.take_sweeps(true) {
-            let _ = s.send(0);
+        // The job ends: later sweeps answer 0 (the end kills what is left).
+        {
+            let mut slot = control.sweep_slot();
+            if slot.as_ref().is_some_and(|t| Arc::ptr_eq(t, &target)) {
+                *slot = None;
+            }
         }
 
         let mut leaked = 0u32;
@@ -1029,8 +1065,9 @@ impl Supervised {
                 Some(reason)
             }
             None => {
-                if self.tracker.maybe_leftovers() {
-                    let found = self.tracker.discover(true);
+                let left = self.tracker().maybe_leftovers();
+                if left {
+                    let found = self.tracker().discover(true, Scope::Ending);
                     leaked = found.len() as u32;
                     if leaked > 0 {
                         tracing::debug!(leaked, "killing leftovers after the leader exited");
@@ -1041,36 +1078,22 @@ impl Supervised {
                 None
             }
         };
-        if self.tracker.may_have_orphans() {
-            self.tracker.reap();
+        {
+            let t = self.tracker();
+            if t.may_have_orphans() {
+                t.reap();
+            }
         }
         self.finish(leader, reason_override, leaked).await
     }
 
-    /// See [`ProcessControl::kill_descendants`].
-    fn kill_descendants(&mut self) -> usize {
-        let leader = self.pid;
-        let found: Vec<_> = self
-            .tracker
-            .discover(true)
-            .into_iter()
-            .filter(|p| p.pid != leader)
-            .collect();
-        for p in &found {
-            if let Err(e) = sys::signal_proc(*p, Signal::KILL) {
-                tracing::debug!(error = %e, pid = p.pid.raw(), "SIGKILL failed");
-            }
-        }
-        if !found.is_empty() {
-            tracing::debug!(killed = found.len(), "killed what the last task left");
-            self.tracker.reap();
-        }
-        found.len()
+    fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        lock_tracker(&self.tracker)
     }
 
     fn on_leader(&mut self, r: io::Result<sys::Reaped>) -> Leader {
         registry::leader_done(self.pid);
-        self.tracker.set_leader_reaped();
+        self.tracker().set_leader_reaped();
         match r {
             Ok(r) => Leader::Reaped {
                 r,
@@ -1089,8 +1112,9 @@ impl Supervised {
         let Some((_, m)) = self.monitor.as_mut() else {
             return false;
         };
-        let tracker = &mut self.tracker;
-        let mut from_proc = || monitor::read_procs(&tracker.discover(false));
+        let tracker = &self.tracker;
+        let from_proc =
+            || monitor::read_procs(&lock_tracker(tracker).discover(false, Scope::Running));
         let reading = match self.sandbox.as_ref().and_then(|s| s.prepared.cgroup()) {
             Some(cg) => monitor::read_cgroup(cg, from_proc),
             None => from_proc(),
@@ -1118,7 +1142,7 @@ impl Supervised {
             let grace_end = Instant::now() + grace;
             loop {
                 self.poll_leader(leader_fut, leader, POLL).await;
-                self.tracker.reap();
+                self.tracker().reap();
                 if !matches!(leader, Leader::Running) && self.all_gone() {
                     return;
                 }
@@ -1139,7 +1163,7 @@ impl Supervised {
                         .await;
             }
             self.poll_leader(leader_fut, leader, POLL).await;
-            self.tracker.reap();
+            self.tracker().reap();
             if !matches!(leader, Leader::Running) && self.all_gone() {
                 return;
             }
@@ -1178,7 +1202,7 @@ impl Supervised {
             }
         });
         let f_ref = f.as_ref().map(|f| f as &dyn Fn(Signal));
-        self.tracker.signal_all(sig, f_ref, true);
+        self.tracker().signal_all(sig, f_ref, true);
     }
 
     fn all_gone(&mut self) -> bool {
@@ -1187,7 +1211,7 @@ impl Supervised {
         {
             return false;
         }
-        self.tracker.discover(true).is_empty()
+        self.tracker().discover(true, Scope::Ending).is_empty()
     }
 
     async fn finish(mut self, leader: Leader, stop: Option<EndReason>, leaked: u32) -> Outcome {

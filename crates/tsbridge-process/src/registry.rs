@@ -13,8 +13,9 @@ use crate::sys::{self, Pid};
 
 /// Leader pids whose wait status belongs to their job's waiter.
 pub(crate) static LEADERS: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
-/// Process group id -> job marker needle, for every job not yet fully ended.
-static GROUPS: Mutex<Option<HashMap<i32, Vec<u8>>>> = Mutex::new(None);
+/// Process group id (= leader pid) -> the start of the job's current window,
+/// for every job not yet fully ended (see [`may_belong_to_another_job`]).
+static GROUPS: Mutex<Option<HashMap<i32, u64>>> = Mutex::new(None);
 /// Set once `init_supervisor` made tsbridge a child subreaper.
 static SUBREAPER: AtomicBool = AtomicBool::new(false);
 
@@ -22,7 +23,7 @@ pub(crate) fn lock_leaders() -> MutexGuard<'static, Option<HashSet<i32>>> {
     LEADERS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn lock_groups() -> MutexGuard<'static, Option<HashMap<i32, Vec<u8>>>> {
+fn lock_groups() -> MutexGuard<'static, Option<HashMap<i32, u64>>> {
     GROUPS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -32,10 +33,36 @@ pub(crate) fn leader_done(pid: Pid) {
     }
 }
 
-pub(crate) fn add_group(pgid: Pid, needle: Vec<u8>) {
+/// Registers a new job's group and the start of its window: a clock tick
+/// (see [`sys::boot_ticks_now`]) taken before its leader was forked, so every
+/// process of the job has a start time at or after it. Called by the spawner
+/// thread while it holds [`LEADERS`], right after the fork.
+pub(crate) fn add_group(pgid: Pid, since: u64) {
     lock_groups()
         .get_or_insert_with(HashMap::new)
-        .insert(pgid.raw(), needle);
+        .insert(pgid.raw(), since);
+}
+
+/// Moves the start of a job's window to `since` (a pool worker after its
+/// per-task sweep: what its earlier tasks started was searched for and killed;
+/// anything it starts from now on has a start time at or after `since`).
+pub(crate) fn restart_window(pgid: Pid, since: u64) {
+    if let Some(s) = lock_groups().as_mut().and_then(|g| g.get_mut(&pgid.raw())) {
+        *s = (*s).max(since);
+    }
+}
+
+/// Whether a process that started at `start` (clock ticks) may belong to a
+/// live job other than `except`: some other job's window began at or before
+/// it. An escapee that carries nothing of its job (no marker, another
+/// session) belongs to a job whose window began at or before its start; if
+/// no other live job's did, its job is `except` or already over.
+/// Call while holding [`LEADERS`] (so no new job can be forked meanwhile).
+pub(crate) fn may_belong_to_another_job(start: u64, except: Pid) -> bool {
+    lock_groups().as_ref().is_some_and(|g| {
+        g.iter()
+            .any(|(&pgid, &since)| pgid != except.raw() && since <= start)
+    })
 }
 
 pub(crate) fn remove_group(pgid: Pid) {
@@ -53,11 +80,15 @@ pub(crate) fn is_subreaper() -> bool {
 }
 
 /// Reaps zombie children of tsbridge that belong to a job: adopted orphans
-/// whose process group is a job's, or whose pid `extra` names (descendants
-/// the tracker saw alive). Leaders are skipped. Returns how many were reaped.
+/// whose process group is a job's, whose session is not tsbridge's (escapees
+/// that called `setsid`: tsbridge starts no child in another session), or
+/// whose pid `extra` names (descendants the tracker saw alive). Leaders are
+/// skipped. Only the main thread's children are looked at: adopted orphans
+/// are reparented there (see [`sys::main_thread_children`]). Returns how many
+/// were reaped.
 pub(crate) fn reap_orphans(extra: &HashSet<i32>) -> usize {
     let mut kids = Vec::new();
-    sys::children_of(sys::self_pid(), &mut kids);
+    sys::main_thread_children(sys::self_pid(), &mut kids);
     if kids.is_empty() {
         return 0;
     }
@@ -79,7 +110,10 @@ pub(crate) fn reap_orphans(extra: &HashSet<i32>) -> usize {
         if !st.is_zombie() {
             continue;
         }
-        if (groups.contains(&st.pgrp) || extra.contains(&kid.raw())) && sys::reap_nohang(kid) {
+        let ours = groups.contains(&st.pgrp)
+            || extra.contains(&kid.raw())
+            || st.session != sys::self_session();
+        if ours && sys::reap_nohang(kid) {
             n += 1;
         }
     }

@@ -3,8 +3,10 @@
 //! `spawn_blocking` thread (which tokio retires after 10 s idle) or from a
 //! short-lived runtime's worker would be SIGKILLed when that thread ends. So
 //! every fork happens on this dedicated thread, which lives as long as the
-//! process. It also holds the leader registry's lock across the fork, so the
-//! orphan reaper can never mistake a new leader for an orphan.
+//! process. It also holds the leader registry's lock across the fork and the
+//! registration of the new job's group and window, so the orphan reaper can
+//! never mistake a new leader for an orphan, and the escapee check never sees
+//! a process of a job it does not know.
 
 use std::io;
 use std::process::{Child, Command};
@@ -40,11 +42,18 @@ fn run(rx: mpsc::Receiver<Request>) {
     while let Ok(Request { mut cmd, reply }) = rx.recv() {
         let result = {
             let mut leaders = registry::lock_leaders();
+            // The job's window starts before the fork (see
+            // registry::may_belong_to_another_job); it is registered before
+            // the lock is released, so nobody holding the lock sees a
+            // process of the job without it.
+            let since = crate::sys::boot_ticks_now();
             let r = cmd.spawn();
             if let Ok(child) = &r {
-                leaders
-                    .get_or_insert_with(Default::default)
-                    .insert(child.id() as i32);
+                let pid = child.id() as i32;
+                leaders.get_or_insert_with(Default::default).insert(pid);
+                if let Some(pid) = crate::sys::Pid::new(pid) {
+                    registry::add_group(pid, since);
+                }
             }
             r
         };
@@ -64,9 +73,10 @@ fn kill_abandoned(mut child: Child) {
     let _ = child.kill();
     std::thread::spawn(move || {
         let _ = child.wait();
-        registry::leader_done(
-            crate::sys::Pid::new(child.id() as i32).unwrap_or(crate::sys::self_pid()),
-        );
+        if let Some(pid) = crate::sys::Pid::new(child.id() as i32) {
+            registry::leader_done(pid);
+            registry::remove_group(pid);
+        }
     });
 }
 

@@ -4,7 +4,7 @@
 //! environ marker) and pipe sizing.
 
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
@@ -63,6 +63,8 @@ pub(crate) struct ProcRef {
 pub(crate) struct Stat {
     pub(crate) state: u8,
     pub(crate) pgrp: i32,
+    /// The session id (field 6).
+    pub(crate) session: i32,
     pub(crate) start: u64,
 }
 
@@ -75,7 +77,8 @@ impl Stat {
 /// Reads /proc/<pid>/stat; `None` when the process is gone.
 pub(crate) fn read_stat(pid: Pid) -> Option<Stat> {
     let mut buf = [0u8; 1024];
-    let n = read_small(&format!("/proc/{}/stat", pid.raw()), &mut buf)?;
+    let path = ProcPath::new(pid.raw(), None, b"stat")?;
+    let n = read_into(&path, &mut buf)?;
     parse_stat(&buf[..n])
 }
 
@@ -87,41 +90,200 @@ fn parse_stat(buf: &[u8]) -> Option<Stat> {
     let state = *it.next()?.as_bytes().first()?; // field 3
     let _ppid = it.next()?; // 4
     let pgrp = it.next()?.parse().ok()?; // 5
-    // fields 6..=21 skipped (16 fields), field 22 is starttime.
-    let start = it.nth(16)?.parse().ok()?;
-    Some(Stat { state, pgrp, start })
+    let session = it.next()?.parse().ok()?; // 6
+    // fields 7..=21 skipped (15 fields), field 22 is starttime.
+    let start = it.nth(15)?.parse().ok()?;
+    Some(Stat {
+        state,
+        pgrp,
+        session,
+        start,
+    })
 }
 
-fn read_small(path: &str, buf: &mut [u8]) -> Option<usize> {
-    let mut f = fs::File::open(path).ok()?;
+/// A NUL-terminated `/proc/<pid>[/task/<tid>]/<leaf>` path built on the
+/// stack (no allocation on the hot paths of the descendant tracker).
+struct ProcPath {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl ProcPath {
+    fn new(pid: i32, tid: Option<&[u8]>, leaf: &[u8]) -> Option<Self> {
+        let mut p = Self {
+            buf: [0; 64],
+            len: 0,
+        };
+        p.push(b"/proc/")?;
+        p.push_int(pid)?;
+        if let Some(tid) = tid {
+            p.push(b"/task/")?;
+            p.push(tid)?;
+        }
+        p.push(b"/")?;
+        p.push(leaf)?;
+        // Room for the NUL, which `buf` already holds.
+        (p.len < p.buf.len()).then_some(p)
+    }
+
+    fn push(&mut self, s: &[u8]) -> Option<()> {
+        let end = self.len.checked_add(s.len())?;
+        self.buf.get_mut(self.len..end)?.copy_from_slice(s);
+        self.len = end;
+        Some(())
+    }
+
+    fn push_int(&mut self, v: i32) -> Option<()> {
+        let mut digits = [0u8; 12];
+        let mut i = digits.len();
+        let mut v = v.unsigned_abs();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..])
+    }
+
+    fn as_cstr(&self) -> Option<&std::ffi::CStr> {
+        std::ffi::CStr::from_bytes_with_nul(self.buf.get(..=self.len)?).ok()
+    }
+
+    fn open(&self, flags: rustix::fs::OFlags) -> Option<OwnedFd> {
+        rustix::fs::open(
+            self.as_cstr()?,
+            flags | rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok()
+    }
+}
+
+/// Reads a whole small /proc file into `buf` (at most a page); `None` when it
+/// cannot be opened or read. A /proc seq_file read fills the buffer unless
+/// the file ends first (below a page, its own buffer cannot run out), so a
+/// short read is the end: one `read` instead of two.
+fn read_into(path: &ProcPath, buf: &mut [u8]) -> Option<usize> {
+    let fd = path.open(rustix::fs::OFlags::empty())?;
     let mut n = 0;
     while n < buf.len() {
-        match f.read(&mut buf[n..]) {
+        match rustix::io::read(&fd, &mut buf[n..]) {
             Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(k) => {
+                n += k;
+                if n < buf.len() {
+                    break;
+                }
+            }
+            Err(rustix::io::Errno::INTR) => {}
             Err(_) => return None,
         }
     }
     Some(n)
 }
 
-/// The children of every thread of `pid` (/proc/<pid>/task/*/children).
-pub(crate) fn children_of(pid: Pid, out: &mut Vec<Pid>) {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", pid.raw())) else {
+/// Appends the pids listed in a `children` file (space-separated decimals)
+/// to `out`, reading it in chunks (a number may span two reads).
+fn read_children_file(path: &ProcPath, out: &mut Vec<Pid>) {
+    let Some(fd) = path.open(rustix::fs::OFlags::empty()) else {
         return;
     };
-    for t in tasks.flatten() {
-        let mut p = t.path();
-        p.push("children");
-        if let Ok(s) = fs::read_to_string(&p) {
-            out.extend(
-                s.split_ascii_whitespace()
-                    .filter_map(|x| x.parse().ok())
-                    .filter_map(Pid::new),
-            );
+    // At most a page per read: a short read is the end (see `read_into`).
+    let mut buf = [0u8; 1024];
+    let mut cur: Option<i64> = None;
+    loop {
+        let n = match rustix::io::read(&fd, &mut buf) {
+            Ok(0) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => break,
+            Ok(n) => n,
+        };
+        let last = n < buf.len();
+        for &b in &buf[..n] {
+            if b.is_ascii_digit() {
+                let d = i64::from(b - b'0');
+                cur = Some(cur.unwrap_or(0).saturating_mul(10).saturating_add(d));
+            } else if let Some(v) = cur.take() {
+                out.extend(i32::try_from(v).ok().and_then(Pid::new));
+            }
+        }
+        if last {
+            break;
         }
     }
+    if let Some(v) = cur {
+        out.extend(i32::try_from(v).ok().and_then(Pid::new));
+    }
+}
+
+/// The children of every thread of `pid` (/proc/<pid>/task/*/children),
+/// appended to `out`. Allocates nothing but `out`'s growth.
+pub(crate) fn children_of(pid: Pid, out: &mut Vec<Pid>) {
+    let Some(dir) =
+        ProcPath::new(pid.raw(), None, b"task").and_then(|p| p.open(rustix::fs::OFlags::DIRECTORY))
+    else {
+        return;
+    };
+    let mut dents = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+    let mut it = rustix::fs::RawDir::new(&dir, &mut dents);
+    while let Some(Ok(e)) = it.next() {
+        let tid = e.file_name().to_bytes();
+        if tid.is_empty() || !tid.iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        if let Some(path) = ProcPath::new(pid.raw(), Some(tid), b"children") {
+            read_children_file(&path, out);
+        }
+    }
+}
+
+/// The children of `pid`'s main thread only (/proc/<pid>/task/<pid>/children).
+/// An orphan reparented to a subreaper goes to the subreaper's first live
+/// thread, its main thread (kernel `find_new_reaper`), so this is where
+/// tsbridge's adopted orphans are; children the process forked itself are on
+/// the list of the thread that forked them (the engine's leaders: the spawner
+/// thread's).
+pub(crate) fn main_thread_children(pid: Pid, out: &mut Vec<Pid>) {
+    let mut tid = ProcPath {
+        buf: [0; 64],
+        len: 0,
+    };
+    if tid.push_int(pid.raw()).is_none() {
+        return;
+    }
+    if let Some(path) = ProcPath::new(pid.raw(), Some(&tid.buf[..tid.len]), b"children") {
+        read_children_file(&path, out);
+    }
+}
+
+/// tsbridge's own session id.
+pub(crate) fn self_session() -> i32 {
+    static SID: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *SID.get_or_init(|| {
+        rp::getsid(None)
+            .map(|p| p.as_raw_nonzero().get())
+            .unwrap_or(0)
+    })
+}
+
+/// Now, in the unit of /proc/<pid>/stat's start time (clock ticks since
+/// boot, rounded down as the kernel does): a process forked after this call
+/// has a start time >= the value.
+pub(crate) fn boot_ticks_now() -> u64 {
+    // SAFETY: timespec is a plain C struct; clock_gettime writes it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and a pointer to a live timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return 0;
+    }
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    let ns = (ts.tv_sec.max(0) as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec.max(0) as u64);
+    ns / (1_000_000_000 / hz).max(1)
 }
 
 /// tsbridge's own pid.
@@ -273,6 +435,67 @@ mod tests {
         assert_eq!(st.state, b'S');
         assert_eq!(st.pgrp, 123);
         assert_eq!(st.start, 777);
+    }
+
+    #[test]
+    fn builds_proc_paths() {
+        let p = ProcPath::new(4_194_304, Some(b"17"), b"children").unwrap();
+        assert_eq!(
+            p.as_cstr().unwrap().to_bytes(),
+            b"/proc/4194304/task/17/children"
+        );
+        let p = ProcPath::new(1, None, b"stat").unwrap();
+        assert_eq!(p.as_cstr().unwrap().to_bytes(), b"/proc/1/stat");
+    }
+
+    /// children_of lists every child; main_thread_children only the main
+    /// thread's.
+    #[test]
+    fn lists_children() {
+        let mut kids: Vec<std::process::Child> = (0..3)
+            .map(|_| {
+                std::process::Command::new("/bin/sleep")
+                    .arg("30")
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut out = Vec::new();
+        children_of(self_pid(), &mut out);
+        for k in &kids {
+            assert!(out.contains(&Pid::new(k.id() as i32).unwrap()), "{out:?}");
+        }
+        // The test runs on a thread of its own, not the main thread.
+        let mut main = Vec::new();
+        main_thread_children(self_pid(), &mut main);
+        for k in &kids {
+            assert!(!main.contains(&Pid::new(k.id() as i32).unwrap()));
+        }
+        for k in &mut kids {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
+    }
+
+    #[test]
+    fn parses_children_across_reads() {
+        // A children file longer than the 1 KiB read buffer.
+        let dir = std::path::PathBuf::from(format!("/tmp/tsb-children-{}", std::process::id()));
+        let pids: Vec<i32> = (0..400).map(|i| 100_000 + i * 7).collect();
+        let text: String = pids.iter().map(|p| format!("{p} ")).collect();
+        assert!(text.len() > 2048);
+        std::fs::write(&dir, &text).unwrap();
+        let path = dir.to_str().unwrap().as_bytes();
+        let mut p = ProcPath {
+            buf: [0; 64],
+            len: 0,
+        };
+        p.push(path).unwrap();
+        let mut out = Vec::new();
+        read_children_file(&p, &mut out);
+        let _ = std::fs::remove_file(&dir);
+        let got: Vec<i32> = out.iter().map(|p| p.raw()).collect();
+        assert_eq!(got, pids);
     }
 
     #[test]

@@ -10,7 +10,14 @@
 //!    job's process group: with `PR_SET_CHILD_SUBREAPER` on tsbridge, an
 //!    orphan whose parent died (a `setsid` double-fork daemon) is reparented
 //!    to tsbridge, so it is found here;
-//! 4. without the subreaper, a full `/proc` scan for the marker (termination
+//! 4. with the subreaper, when the job (or a pool worker's task) is over:
+//!    tsbridge's adopted children in another session that carry no marker
+//!    (an escapee that called `setsid` and cleared its environment) and that
+//!    no other live job can own: every live job has a window (a clock tick at
+//!    or before the start time of each of its processes), and a process that
+//!    started before every other live job's window began is this job's or
+//!    belongs to a job that is over;
+//! 5. without the subreaper, a full `/proc` scan for the marker (termination
 //!    only: orphans then live under PID 1).
 //!
 //! Processes are named by pid + start time and signalled through pidfds, so a
@@ -25,6 +32,18 @@ use std::os::unix::process::CommandExt;
 use crate::registry;
 use crate::sys::{self, Pid, ProcRef};
 
+/// What a search is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// The job runs (the resource monitor): its own processes only.
+    Running,
+    /// The job, or a pool worker's task, is over (termination, the check
+    /// after a normal exit, the per-task sweep): also the escapees that carry
+    /// nothing of any job and that no other live job can own (see
+    /// [`registry::may_belong_to_another_job`]).
+    Ending,
+}
+
 /// The descendant tracker of one job.
 #[derive(Debug)]
 pub(crate) struct Tracker {
@@ -37,6 +56,10 @@ pub(crate) struct Tracker {
     ever: HashSet<i32>,
     /// Whether the leader has been reaped (its pid may be reused).
     leader_reaped: bool,
+    /// Scratch space of [`Self::discover`], kept to avoid allocating per walk.
+    queue: Vec<Pid>,
+    kids: Vec<Pid>,
+    found: HashMap<i32, u64>,
 }
 
 impl Tracker {
@@ -47,6 +70,9 @@ impl Tracker {
             seen: HashMap::new(),
             ever: HashSet::new(),
             leader_reaped: false,
+            queue: Vec::new(),
+            kids: Vec::new(),
+            found: HashMap::new(),
         }
     }
 
@@ -60,7 +86,8 @@ impl Tracker {
 
     /// The cheap check after a normal exit of the leader: is anything of the
     /// job possibly left? (`killpg(pgid, 0)`, descendants seen earlier, and
-    /// tsbridge's own adopted children carrying the marker or the group.)
+    /// tsbridge's own adopted children carrying the marker or the group, or
+    /// escapees no other live job can own.)
     pub(crate) fn maybe_leftovers(&mut self) -> bool {
         if self.pgid().group_exists() {
             return true;
@@ -74,47 +101,66 @@ impl Tracker {
             return true;
         }
         if registry::is_subreaper() {
-            return !self.adopted_roots().is_empty();
+            let mut roots = Vec::new();
+            self.adopted_roots(Scope::Ending, &mut roots);
+            return !roots.is_empty();
         }
         false
     }
 
-    /// tsbridge's own children that belong to this job (adopted orphans).
-    fn adopted_roots(&self) -> Vec<Pid> {
+    /// Appends tsbridge's own children that belong to this job (adopted
+    /// orphans: the job's marker, group, or a descendant seen before) and,
+    /// with [`Scope::Ending`], the escapees no other live job can own: an
+    /// adopted child in another session (tsbridge starts none) with no
+    /// marker of a job was left by a job whose window began at or before its
+    /// start time; if no other live job's did, it is this job's or its job is
+    /// over.
+    fn adopted_roots(&self, scope: Scope, out: &mut Vec<Pid>) {
         let mut kids = Vec::new();
-        sys::children_of(sys::self_pid(), &mut kids);
+        sys::main_thread_children(sys::self_pid(), &mut kids);
         if kids.is_empty() {
-            return kids;
+            return;
         }
-        let leaders: HashSet<i32> = registry::lock_leaders()
-            .as_ref()
-            .map(|l| l.iter().copied().collect())
-            .unwrap_or_default();
-        kids.retain(|k| {
-            if leaders.contains(&k.raw()) {
-                return false;
+        // Held across the check: no job is forked meanwhile, so every
+        // process seen here belongs to a job the registry knows.
+        let leaders = registry::lock_leaders();
+        for k in kids {
+            if leaders.as_ref().is_some_and(|l| l.contains(&k.raw())) {
+                continue;
             }
-            let Some(st) = sys::read_stat(*k) else {
-                return false;
+            let Some(st) = sys::read_stat(k) else {
+                continue;
             };
-            !st.is_zombie()
-                && (st.pgrp == self.pgid().raw()
-                    || self.seen.contains_key(&k.raw())
-                    || sys::environ_has(*k, &self.needle))
-        });
-        kids
+            if st.is_zombie() {
+                continue;
+            }
+            let ours = st.pgrp == self.pgid().raw()
+                || self.seen.contains_key(&k.raw())
+                || sys::environ_has(k, &self.needle);
+            let escapee = !ours
+                && scope == Scope::Ending
+                && st.session != sys::self_session()
+                && !registry::may_belong_to_another_job(st.start, self.leader);
+            if ours || escapee {
+                out.push(k);
+            }
+        }
     }
 
     /// Every live (non-zombie) process of the job that can be found.
     /// `deep`: also scan all of /proc for the marker when tsbridge is not a
     /// subreaper (orphans then live under PID 1).
-    pub(crate) fn discover(&mut self, deep: bool) -> Vec<ProcRef> {
-        let mut roots: Vec<Pid> = Vec::new();
+    pub(crate) fn discover(&mut self, deep: bool, scope: Scope) -> Vec<ProcRef> {
+        let mut queue = std::mem::take(&mut self.queue);
+        let mut kids = std::mem::take(&mut self.kids);
+        let mut found = std::mem::take(&mut self.found);
+        queue.clear();
+        found.clear();
         if !self.leader_reaped {
-            roots.push(self.leader);
+            queue.push(self.leader);
         }
-        roots.extend(self.seen.keys().filter_map(|&p| Pid::new(p)));
-        roots.extend(self.adopted_roots());
+        queue.extend(self.seen.keys().filter_map(|&p| Pid::new(p)));
+        self.adopted_roots(scope, &mut queue);
         if deep && !registry::is_subreaper() {
             let me = sys::self_pid();
             for p in sys::all_pids() {
@@ -128,14 +174,11 @@ impl Tracker {
                     continue;
                 }
                 if st.pgrp == self.pgid().raw() || sys::environ_has(p, &self.needle) {
-                    roots.push(p);
+                    queue.push(p);
                 }
             }
         }
 
-        let mut found: HashMap<i32, u64> = HashMap::new();
-        let mut queue = roots;
-        let mut kids = Vec::new();
         while let Some(p) = queue.pop() {
             if found.contains_key(&p.raw()) {
                 continue;
@@ -160,20 +203,28 @@ impl Tracker {
             }
             found.insert(p.raw(), st.start);
         }
-        self.seen = found
-            .iter()
-            .filter(|(p, _)| **p != self.leader.raw())
-            .map(|(p, s)| (*p, *s))
-            .collect();
+        let leader = self.leader.raw();
+        self.seen.clear();
+        self.seen.extend(
+            found
+                .iter()
+                .filter(|(p, _)| **p != leader)
+                .map(|(p, s)| (*p, *s)),
+        );
         self.ever.extend(self.seen.keys().copied());
-        found
-            .into_iter()
-            .filter_map(|(pid, start)| Pid::new(pid).map(|pid| ProcRef { pid, start }))
-            .collect()
+        let out = found
+            .iter()
+            .filter_map(|(&pid, &start)| Pid::new(pid).map(|pid| ProcRef { pid, start }))
+            .collect();
+        self.queue = queue;
+        self.kids = kids;
+        self.found = found;
+        out
     }
 
     /// Signals the whole job: the cgroup (when given), the process group, and
-    /// every process [`Self::discover`] finds. Returns the processes found.
+    /// every process [`Self::discover`] finds (scope [`Scope::Ending`]).
+    /// Returns the processes found.
     pub(crate) fn signal_all(
         &mut self,
         sig: Signal,
@@ -186,7 +237,7 @@ impl Tracker {
         if let Err(e) = self.pgid().signal_group(sig) {
             tracing::debug!(error = %e, pgid = self.pgid().raw(), "killpg failed");
         }
-        let found = self.discover(deep);
+        let found = self.discover(deep, Scope::Ending);
         for p in &found {
             if let Err(e) = sys::signal_proc(*p, sig) {
                 tracing::debug!(error = %e, pid = p.pid.raw(), "signal failed");

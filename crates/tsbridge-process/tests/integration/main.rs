@@ -14,6 +14,7 @@ mod env_exact;
 mod event_budget;
 mod exit_code;
 mod flood_capture;
+mod hidden_escapee;
 mod ipc_engine;
 mod ipc_node;
 mod kill_descendants;
