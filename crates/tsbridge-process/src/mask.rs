@@ -128,22 +128,15 @@ impl Wrapped {
         self.grams[slot / 64] & (1 << (slot % 64)) != 0
     }
 
+    /// One alternation of the forms (longest first), compiled when a
+    /// multi-line text is first masked.
     fn regex(&self) -> Option<&Regex> {
         self.regex
             .get_or_init(|| {
                 let alternation = self
                     .forms
                     .iter()
-                    .map(|f| {
-                        let mut p = String::with_capacity(f.len() * 12);
-                        for (i, c) in f.chars().enumerate() {
-                            if i > 0 {
-                                p.push_str(r"(?:\r?\n)*");
-                            }
-                            p.push_str(&regex::escape(c.encode_utf8(&mut [0; 4])));
-                        }
-                        p
-                    })
+                    .map(|f| regex::escape(f))
                     .collect::<Vec<_>>()
                     .join("|");
                 RegexBuilder::new(&alternation)
@@ -155,16 +148,55 @@ impl Wrapped {
             .as_ref()
     }
 
-    /// A multi-line text with every wrapped form redacted, one
-    /// [`REDACTED`] per line it spans (the line breaks stay).
+    /// A multi-line text with every form that a line break interrupts
+    /// redacted, one [`REDACTED`] per line it spans (the breaks stay).
+    /// The forms are searched in the text with its line breaks (`\n`,
+    /// `\r\n`) taken out, so the literal search stays fast; matches that
+    /// span no break are left to the plain literal pass.
     fn mask_lines<'a>(&self, s: &'a str) -> Cow<'a, str> {
         let Some(re) = self.regex() else {
             return Cow::Borrowed(s);
         };
-        re.replace_all(s, |c: &regex::Captures<'_>| {
-            let m = c.get(0).map_or("", |m| m.as_str());
-            let mut out = String::from(REDACTED);
-            let mut rest = m;
+        let bytes = s.as_bytes();
+        // The text without breaks, and where each break was: (its position
+        // in the joined text, bytes taken out up to and including it).
+        let mut joined = String::with_capacity(s.len());
+        let mut breaks: Vec<(usize, usize)> = Vec::new();
+        let mut removed = 0;
+        let mut last = 0;
+        for i in memchr::memchr_iter(b'\n', bytes) {
+            let start = if i > last && bytes[i - 1] == b'\r' {
+                i - 1
+            } else {
+                i
+            };
+            joined.push_str(&s[last..start]);
+            removed += i + 1 - start;
+            breaks.push((joined.len(), removed));
+            last = i + 1;
+        }
+        joined.push_str(&s[last..]);
+        // Bytes taken out before joined position `j` (breaks at `p <= j`
+        // when `inclusive`, else `p < j`).
+        let removed_before = |j: usize, inclusive: bool| {
+            let n = breaks.partition_point(|&(p, _)| if inclusive { p <= j } else { p < j });
+            if n == 0 { 0 } else { breaks[n - 1].1 }
+        };
+        let mut out = String::new();
+        let mut copied = 0;
+        for m in re.find_iter(&joined) {
+            let (a, b) = (m.start(), m.end());
+            let spans_break = breaks
+                .get(breaks.partition_point(|&(p, _)| p <= a))
+                .is_some_and(|&(p, _)| p < b);
+            if !spans_break {
+                continue;
+            }
+            let start = a + removed_before(a, true);
+            let end = b + removed_before(b, false);
+            out.push_str(&s[copied..start]);
+            out.push_str(REDACTED);
+            let mut rest = &s[start..end];
             while let Some(i) = rest.find('\n') {
                 let brk = if rest[..i].ends_with('\r') {
                     "\r\n"
@@ -175,8 +207,13 @@ impl Wrapped {
                 out.push_str(REDACTED);
                 rest = &rest[i + 1..];
             }
-            out
-        })
+            copied = end;
+        }
+        if copied == 0 {
+            return Cow::Borrowed(s);
+        }
+        out.push_str(&s[copied..]);
+        Cow::Owned(out)
     }
 
     /// The pieces of one line (no line break in it) that a wrapped secret
