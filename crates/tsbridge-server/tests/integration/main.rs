@@ -13,6 +13,7 @@ mod browser_guard;
 mod client;
 mod errors;
 mod measure;
+mod multi_node_sse;
 mod real_execute;
 mod real_streams;
 mod routes;

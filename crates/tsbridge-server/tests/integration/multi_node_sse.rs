@@ -1,0 +1,193 @@
+//! Two servers (nodes) on one PostgreSQL store: an SSE client of one node
+//! follows a job that runs on the other, from its first event to its
+//! terminal state, in order, each event once. Each test gets a database of
+//! its own (made and dropped with `psql`) on the server
+//! `TSBRIDGE_TEST_PG_URL` names; without it the test is skipped with a
+//! message, except under CI (`CI` set), where that is a failure.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tsbridge_client::SseParser;
+use tsbridge_runtime::store::{PgOptions, PgStore};
+use tsbridge_runtime::{Config, Runtime, RuntimeOptions};
+use tsbridge_server::{AppState, ServerSettings};
+
+use crate::common::TestServer;
+use crate::common::real::workflows;
+
+const URL_VAR: &str = "TSBRIDGE_TEST_PG_URL";
+const SOON: Duration = Duration::from_secs(60);
+
+/// A database of one test, dropped on drop.
+struct PgDb {
+    url: String,
+    server: String,
+    name: String,
+}
+
+fn psql(server: &str, sql: &str) -> bool {
+    std::process::Command::new("psql")
+        .arg(server)
+        .args(["-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl PgDb {
+    fn create(test: &str) -> Option<PgDb> {
+        let server = match std::env::var(URL_VAR) {
+            Ok(u) if !u.trim().is_empty() => u,
+            _ if std::env::var_os("CI").is_some() => {
+                panic!("{URL_VAR} is not set under CI: the PostgreSQL tests must run there")
+            }
+            _ => {
+                eprintln!("SKIPPED {test}: {URL_VAR} is not set (no PostgreSQL server)");
+                return None;
+            }
+        };
+        let name = format!(
+            "tsbridge_srv_{}",
+            tsbridge_proto::JobId::new().to_string().replace('-', "")
+        );
+        assert!(
+            psql(&server, &format!("CREATE DATABASE {name}")),
+            "create a test database with psql (the role needs CREATEDB)"
+        );
+        let (base, query) = match server.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (server.as_str(), String::new()),
+        };
+        let host_start = base.find("://").map_or(0, |i| i + 3);
+        let root = match base[host_start..].find('/') {
+            Some(i) => &base[..host_start + i],
+            None => base,
+        };
+        let url = format!("{root}/{name}{query}");
+        Some(PgDb { url, server, name })
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        if !psql(&self.server, &sql) {
+            eprintln!("cannot drop test database {}", self.name);
+        }
+    }
+}
+
+struct Node {
+    rt: Runtime,
+    server: TestServer,
+}
+
+async fn node(db: &PgDb, name: &str) -> Node {
+    let dir = std::env::temp_dir();
+    let toml = format!("[defaults]\nconcurrency = 2\n{}", workflows());
+    let config = match Config::parse(&toml, &dir) {
+        Ok(c) => Arc::new(c),
+        Err(issues) => panic!("test config invalid: {issues:?}"),
+    };
+    let store = Arc::new(
+        PgStore::open_with(
+            &db.url,
+            PgOptions {
+                poll: Duration::from_millis(500),
+                ..PgOptions::default()
+            },
+        )
+        .await
+        .expect("open store"),
+    );
+    let rt = Runtime::start(
+        config.clone(),
+        store,
+        RuntimeOptions {
+            node_id: Some(name.to_owned()),
+            ..RuntimeOptions::default()
+        },
+    )
+    .await
+    .expect("runtime starts");
+    let mut settings = ServerSettings::from_config(&config.server);
+    settings.keepalive = Duration::from_secs(5);
+    let auth = tsbridge_server::Auth::resolve(&settings.tokens).expect("tokens");
+    let state = AppState::with_auth(Arc::new(rt.clone()), settings, auth);
+    let server = TestServer::start(state).await;
+    Node { rt, server }
+}
+
+async fn job(n: &Node, id: &str) -> Value {
+    reqwest::get(n.server.url(&format!("/v1/jobs/{id}")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sse_on_one_node_follows_a_job_running_on_another() {
+    let Some(db) = PgDb::create("sse_on_one_node_follows_a_job_running_on_another") else {
+        return;
+    };
+    let a = node(&db, "node-a").await;
+    let r: Value = reqwest::Client::new()
+        .post(a.server.url("/v1/jobs"))
+        .json(&json!({"workflow": "work", "parameters": {"progress": 30, "stepMs": 200}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = r["data"]["jobId"].as_str().expect("jobId").to_owned();
+    let deadline = tokio::time::Instant::now() + SOON;
+    while job(&a, &id).await["data"]["state"] != "running" {
+        assert!(tokio::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Node b starts once the job runs on a: it never runs it.
+    let b = node(&db, "node-b").await;
+    let resp = reqwest::get(b.server.url(&format!("/v1/jobs/{id}/events")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let mut parser = SseParser::new();
+    let mut all: Vec<(u64, String, Value)> = Vec::new();
+    tokio::time::timeout(SOON, async {
+        while let Some(chunk) = body.next().await {
+            for e in parser.push(&chunk.unwrap()) {
+                all.push((
+                    e.id.unwrap().parse().unwrap(),
+                    e.event,
+                    serde_json::from_str(&e.data).unwrap(),
+                ));
+            }
+        }
+    })
+    .await
+    .expect("the stream ends after the terminal state");
+    let seqs: Vec<u64> = all.iter().map(|e| e.0).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
+    let progress = all.iter().filter(|e| e.1 == "progress").count();
+    assert_eq!(progress, 30);
+    let (_, kind, last) = all.last().unwrap();
+    assert_eq!(kind, "state");
+    assert_eq!(last["state"], "succeeded");
+    let v = job(&b, &id).await;
+    assert_eq!(v["data"]["state"], "succeeded");
+    assert_eq!(v["data"]["attempts"].as_array().map(Vec::len), Some(1));
+    a.rt.shutdown(Duration::ZERO).await;
+    b.rt.shutdown(Duration::ZERO).await;
+}
