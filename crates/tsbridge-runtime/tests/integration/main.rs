@@ -37,6 +37,7 @@ mod pool_warmup;
 mod queue_limit;
 mod recovery;
 mod result_event;
+mod retry_restart;
 mod retry;
 mod sealed_env;
 mod shutdown;
