@@ -18,6 +18,9 @@
 //! - Wake-ups: an insert and a re-queue `NOTIFY` [`QUEUED_CHANNEL`] with the
 //!   job id (delivered at commit). [`JobStore::watch_queued`] turns them,
 //!   and a periodic poll, into the queued jobs of other nodes.
+//! - Live events: every commit of events `NOTIFY`s [`EVENTS_CHANNEL`] with
+//!   the job id and event numbers; the watch's listener hears them too and
+//!   hands them to [`JobStore::watch_events`] (the runtime's relay).
 
 mod rows;
 
@@ -65,6 +68,9 @@ macro_rules! now_ms {
 
 /// Output shown per stream in job lists.
 const LIST_OUTPUT_TAIL: usize = 4096;
+
+/// Event announcements buffered for the reader of [`JobStore::watch_events`].
+const EVENTS_BUFFER: usize = 4096;
 
 /// Queued jobs one poll of [`JobStore::watch_queued`] reads, at most.
 const POLL_LIMIT: i64 = 1000;
@@ -121,6 +127,9 @@ struct Inner {
     /// Jobs this store announced while watched: the watch skips them (this
     /// node holds them already).
     own_announced: Mutex<Option<HashSet<JobId>>>,
+    /// The reader of [`JobStore::watch_events`]: the watch's listener
+    /// forwards the announcements of events to it.
+    events: Mutex<Option<mpsc::Sender<EventsWritten>>>,
     /// Held jobs whose lease a renewal found gone (another node took the
     /// job over): [`JobStore::watch_cancels`] stops them here, so the job
     /// does not run on two nodes for longer than a renewal period.
@@ -177,6 +186,7 @@ impl PgStore {
             held: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
             own_announced: Mutex::new(None),
+            events: Mutex::new(None),
             lost: Mutex::new(HashSet::new()),
             lost_found: tokio::sync::Notify::new(),
             queued: Mutex::new(QueuedCount {
@@ -328,6 +338,28 @@ impl PgStore {
 }
 
 impl PgStore {
+    /// Hands an announcement of events to the reader of
+    /// [`JobStore::watch_events`]. Never waits: when that reader is behind,
+    /// the announcement is dropped (it reads the followed jobs now and
+    /// then anyway).
+    fn forward_events(&self, payload: &str) {
+        let Some(w) = EventsWritten::from_payload(payload) else {
+            return;
+        };
+        let Ok(mut events) = self.inner.events.lock() else {
+            return;
+        };
+        if let Some(tx) = events.as_ref() {
+            match tx.try_send(w) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::debug!(job = %w.job, "event announcement dropped: its reader is behind");
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => *events = None,
+            }
+        }
+    }
+
     /// Moves the cached count of queued jobs by this store's own write.
     fn queued_moved(&self, by: i64) {
         if let Ok(mut q) = self.inner.queued.lock() {
@@ -981,9 +1013,14 @@ impl JobStore for PgStore {
         Some(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
     }
 
+    /// Fed by the listener of [`JobStore::watch_queued`] (one `LISTEN`
+    /// connection for both): announcements flow while the queue is watched
+    /// (a runtime watches it from its start to the end of its shutdown).
     fn watch_events(&self) -> Option<BoxStream<'static, EventsWritten>> {
-        let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(watch_events(self.clone(), tx));
+        let (tx, rx) = mpsc::channel(EVENTS_BUFFER);
+        if let Ok(mut events) = self.inner.events.lock() {
+            *events = Some(tx);
+        }
         Some(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
     }
 
@@ -1016,6 +1053,10 @@ async fn watch(store: PgStore, tx: mpsc::Sender<JobRecord>) {
             _ = stop.cancelled() => return,
             _ = tx.closed() => return,
             n = heard => match n {
+                Ok(n) if n.channel() == EVENTS_CHANNEL => {
+                    store.forward_events(n.payload());
+                    Vec::new()
+                }
                 Ok(n) => match n.payload().parse::<JobId>() {
                     Ok(id) if !store.was_own(id) => match store.get_job(id).await {
                         Ok(Some(rec)) if rec.state == JobState::Queued => vec![rec],
@@ -1133,60 +1174,27 @@ async fn watch_cancels(store: PgStore, tx: mpsc::Sender<JobId>) {
     }
 }
 
-/// Feeds `tx` with the commits of events announced by every node (this
-/// one's too), until the store is closed or `tx`'s reader is gone. A
-/// listener that fails is connected again after a poll period; what was
-/// announced meanwhile is lost (the reader reads the store now and then).
-async fn watch_events(store: PgStore, tx: mpsc::Sender<EventsWritten>) {
-    let stop = store.inner.stop.clone();
-    let mut listener = listen_to(&store, EVENTS_CHANNEL).await;
-    loop {
-        let heard = async {
-            match listener.as_mut() {
-                Some(l) => Some(l.recv().await),
-                None => {
-                    tokio::time::sleep(store.inner.opts.poll).await;
-                    None
-                }
-            }
-        };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tx.closed() => return,
-            n = heard => match n {
-                Some(Ok(n)) => {
-                    if let Some(w) = EventsWritten::from_payload(n.payload())
-                        && tx.send(w).await.is_err()
-                    {
-                        return;
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "job event announcements lost; listening again");
-                    listener = None;
-                }
-                None => listener = listen_to(&store, EVENTS_CHANNEL).await,
-            },
-        }
-    }
-}
-
+/// The watch's listener: queued jobs and events.
 async fn listen(store: &PgStore) -> Option<PgListener> {
-    listen_to(store, QUEUED_CHANNEL).await
+    listen_to_all(store, &[QUEUED_CHANNEL, EVENTS_CHANNEL]).await
 }
 
 async fn listen_to(store: &PgStore, channel: &str) -> Option<PgListener> {
+    listen_to_all(store, &[channel]).await
+}
+
+async fn listen_to_all(store: &PgStore, channels: &[&str]) -> Option<PgListener> {
     let mut l = match PgListener::connect_with(&store.inner.pool).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::warn!(error = %e, channel, "cannot listen to the store's announcements");
+            tracing::warn!(error = %e, ?channels, "cannot listen to the store's announcements");
             return None;
         }
     };
-    match l.listen(channel).await {
+    match l.listen_all(channels.iter().copied()).await {
         Ok(()) => Some(l),
         Err(e) => {
-            tracing::warn!(error = %e, channel, "cannot listen to the store's announcements");
+            tracing::warn!(error = %e, ?channels, "cannot listen to the store's announcements");
             None
         }
     }
