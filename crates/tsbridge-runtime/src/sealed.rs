@@ -72,6 +72,8 @@ pub enum SealError {
     },
     #[error("no randomness from the operating system")]
     Random,
+    #[error("cannot seal a request env value")]
+    Seal,
     #[error(
         "the request-env key file {path} is missing, but job {job} holds request env sealed under a key: restore the file (or set store.key_file)"
     )]
@@ -150,7 +152,7 @@ impl EnvKey {
                     aad: &aad,
                 },
             )
-            .map_err(|_| SealError::Random)?;
+            .map_err(|_| SealError::Seal)?;
         let mut boxed = Vec::with_capacity(NONCE_LEN + ct.len());
         boxed.extend_from_slice(&nonce);
         boxed.extend_from_slice(&ct);
@@ -232,6 +234,13 @@ pub fn default_key_file(url: &str) -> Option<PathBuf> {
     Some(PathBuf::from(p))
 }
 
+/// Whether the database beside which `key` would live exists.
+fn default_db_exists(key: &Path) -> bool {
+    key.to_str()
+        .and_then(|k| k.strip_suffix(".key"))
+        .is_some_and(|db| Path::new(db).is_file())
+}
+
 fn is_sqlite(url: &str) -> bool {
     url.starts_with("sqlite:")
 }
@@ -246,11 +255,16 @@ impl EnvSealer {
                 create: is_sqlite(&store.url),
                 configured: true,
             },
-            (None, Some(path)) => KeySource::File {
+            // Beside the SQLite file the config names, when it is there (the
+            // server opens that store before the runtime starts). A runtime
+            // given a store opened elsewhere (tests) keeps its key in memory
+            // rather than leave a key file beside a database that is not one.
+            (None, Some(path)) if default_db_exists(&path) => KeySource::File {
                 path,
                 create: true,
                 configured: false,
             },
+            (None, Some(_)) => KeySource::Ephemeral,
             (None, None) if is_sqlite(&store.url) => KeySource::Ephemeral,
             (None, None) => KeySource::None,
         };
@@ -452,20 +466,35 @@ fn parse_key(bytes: &[u8]) -> Option<[u8; KEY_LEN]> {
     Some(k)
 }
 
+/// Creates the key file atomically: written and synced under a temporary
+/// name, then linked to `path` (which fails if another process or thread
+/// made it first: `AlreadyExists`, and its key is read instead), so nobody
+/// ever reads a half-written key.
 fn create_key(path: &Path) -> Result<[u8; KEY_LEN], SealError> {
     let create = |source| SealError::Create {
         path: path.to_path_buf(),
         source,
     };
     let key = random_key()?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(create)?;
-    f.write_all(&key).map_err(create)?;
-    f.sync_all().map_err(create)?;
+    let mut suffix = [0u8; 8];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut suffix)
+        .map_err(|_| SealError::Random)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", u64::from_le_bytes(suffix)));
+    let tmp = PathBuf::from(tmp);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&key)?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    written.map_err(create)?;
     tracing::info!(path = %path.display(), "created the request-env key file");
     Ok(key)
 }
@@ -584,6 +613,44 @@ mod tests {
             load_key(&short, false),
             Err(SealError::BadKey { len: 5, .. })
         ));
+    }
+
+    #[test]
+    fn concurrent_first_uses_agree_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db.key");
+        let keys: Vec<[u8; KEY_LEN]> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| load_key(&path, true))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap().unwrap())
+                .collect()
+        });
+        assert!(keys.iter().all(|k| *k == keys[0]), "one key for all");
+        assert_eq!(std::fs::read(&path).unwrap(), keys[0]);
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_default_key_file_is_used_only_beside_an_existing_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("jobs.db");
+        let cfg = StoreConfig {
+            url: format!("sqlite://{}", db.display()),
+            key_file: None,
+        };
+        // No database there (a runtime given a store opened elsewhere).
+        assert_eq!(EnvSealer::from_config(&cfg).source, KeySource::Ephemeral);
+        std::fs::write(&db, b"").unwrap();
+        assert_eq!(
+            EnvSealer::from_config(&cfg).source,
+            KeySource::File {
+                path: dir.path().join("jobs.db.key"),
+                create: true,
+                configured: false
+            }
+        );
     }
 
     #[test]
