@@ -1,6 +1,7 @@
 //! Two servers (nodes) on one PostgreSQL store: an SSE client of one node
 //! follows a job that runs on the other, from its first event to its
-//! terminal state, in order, each event once. Each test gets a database of
+//! terminal state, in order, each event once; a WebSocket subscriber there
+//! gets its progress and its result. Each test gets a database of
 //! its own (made and dropped with `psql`) on the server
 //! `TSBRIDGE_TEST_PG_URL` names; without it the test is skipped with a
 //! message, except under CI (`CI` set), where that is a failure.
@@ -10,8 +11,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio_tungstenite::connect_async;
+use tokio_tungstenite::tungstenite::Message;
 use tsbridge_client::SseParser;
 use tsbridge_runtime::store::{PgOptions, PgStore};
 use tsbridge_runtime::{Config, Runtime, RuntimeOptions};
@@ -137,16 +140,7 @@ async fn sse_on_one_node_follows_a_job_running_on_another() {
         return;
     };
     let a = node(&db, "node-a").await;
-    let r: Value = reqwest::Client::new()
-        .post(a.server.url("/v1/jobs"))
-        .json(&json!({"workflow": "work", "parameters": {"progress": 30, "stepMs": 200}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = r["data"]["jobId"].as_str().expect("jobId").to_owned();
+    let id = submit(&a, json!({"progress": 30, "stepMs": 200})).await;
     let deadline = tokio::time::Instant::now() + SOON;
     while job(&a, &id).await["data"]["state"] != "running" {
         assert!(tokio::time::Instant::now() < deadline, "never started");
@@ -188,6 +182,86 @@ async fn sse_on_one_node_follows_a_job_running_on_another() {
     let v = job(&b, &id).await;
     assert_eq!(v["data"]["state"], "succeeded");
     assert_eq!(v["data"]["attempts"].as_array().map(Vec::len), Some(1));
+    a.rt.shutdown(Duration::ZERO).await;
+    b.rt.shutdown(Duration::ZERO).await;
+}
+
+async fn submit(n: &Node, params: Value) -> String {
+    let r: Value = reqwest::Client::new()
+        .post(n.server.url("/v1/jobs"))
+        .json(&json!({"workflow": "work", "parameters": params}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["data"]["jobId"].as_str().expect("jobId").to_owned()
+}
+
+async fn next_json(
+    ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
+) -> Value {
+    loop {
+        let m = tokio::time::timeout(SOON, ws.next())
+            .await
+            .expect("message in time")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = m {
+            return serde_json::from_str(t.as_str()).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_on_one_node_follows_a_job_running_on_another() {
+    let Some(db) = PgDb::create("a_websocket_on_one_node_follows_a_job_running_on_another") else {
+        return;
+    };
+    let a = node(&db, "node-a").await;
+    let id = submit(
+        &a,
+        json!({"progress": 20, "stepMs": 200, "result": {"done": true}}),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + SOON;
+    while job(&a, &id).await["data"]["state"] != "running" {
+        assert!(tokio::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b = node(&db, "node-b").await;
+    let (mut ws, _) = connect_async(b.server.ws_url("/v1/ws")).await.unwrap();
+    ws.send(Message::text(
+        json!({"type": "subscribe", "workflowId": id}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    let mut stages = Vec::new();
+    let result = loop {
+        let m = next_json(&mut ws).await;
+        match m["type"].as_str().unwrap() {
+            "progress" => stages.push(m["data"]["stage"].as_str().unwrap().to_owned()),
+            "result" => break m,
+            "error" => panic!("{m}"),
+            _ => {}
+        }
+    };
+    assert_eq!(result["data"], json!({"done": true}));
+    assert_eq!(
+        stages.last().map(String::as_str),
+        Some("20/20"),
+        "{stages:?}"
+    );
+    let numbers: Vec<u32> = stages
+        .iter()
+        .map(|s| s.split('/').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "in order, once: {stages:?}"
+    );
     a.rt.shutdown(Duration::ZERO).await;
     b.rt.shutdown(Duration::ZERO).await;
 }
