@@ -246,3 +246,210 @@ async fn run(
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    //! The relay's logic on an embedded store whose announcements the test
+    //! makes (the PostgreSQL path is tested end to end in
+    //! `tests/integration/multi_node_pg.rs`).
+
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use chrono::{DateTime, Utc};
+    use serde_json::json;
+    use tokio::sync::mpsc;
+    use tsbridge_proto::{EventData, JobEvent, JobId, JobState};
+
+    use super::*;
+    use crate::dispatcher::state_event;
+    use crate::errors::StoreError;
+    use crate::store::{
+        AfterAttempt, AttemptEnd, Finish, Inserted, JobPage, JobRecord, ListFilter, NewJob,
+        SqliteStore, StoredRequest,
+    };
+
+    /// A SQLite store that announces what the test sends.
+    #[derive(Debug)]
+    struct Announcing {
+        store: SqliteStore,
+        announced: Mutex<Option<mpsc::Receiver<EventsWritten>>>,
+    }
+
+    #[async_trait]
+    impl JobStore for Announcing {
+        async fn insert_job(&self, job: &NewJob) -> Result<Inserted, StoreError> {
+            self.store.insert_job(job).await
+        }
+        async fn find_by_idempotency_key(
+            &self,
+            key: &str,
+        ) -> Result<Option<JobRecord>, StoreError> {
+            self.store.find_by_idempotency_key(key).await
+        }
+        async fn start_attempt(
+            &self,
+            id: JobId,
+            n: u32,
+            node: &str,
+            at: DateTime<Utc>,
+            event: &JobEvent,
+        ) -> Result<(), StoreError> {
+            self.store.start_attempt(id, n, node, at, event).await
+        }
+        async fn set_attempt_pid(&self, id: JobId, n: u32, pid: u32) -> Result<(), StoreError> {
+            self.store.set_attempt_pid(id, n, pid).await
+        }
+        async fn append_events(&self, id: JobId, events: &[JobEvent]) -> Result<(), StoreError> {
+            self.store.append_events(id, events).await
+        }
+        async fn complete_attempt(
+            &self,
+            id: JobId,
+            end: &AttemptEnd,
+            next: &AfterAttempt,
+            event: &JobEvent,
+        ) -> Result<(), StoreError> {
+            self.store.complete_attempt(id, end, next, event).await
+        }
+        async fn finish_job(
+            &self,
+            id: JobId,
+            finish: &Finish,
+            event: &JobEvent,
+        ) -> Result<(), StoreError> {
+            self.store.finish_job(id, finish, event).await
+        }
+        async fn get_job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+            self.store.get_job(id).await
+        }
+        async fn list_jobs(&self, filter: &ListFilter) -> Result<JobPage, StoreError> {
+            self.store.list_jobs(filter).await
+        }
+        async fn events_after(
+            &self,
+            id: JobId,
+            after: u64,
+            limit: u32,
+        ) -> Result<Vec<JobEvent>, StoreError> {
+            self.store.events_after(id, after, limit).await
+        }
+        async fn recover_interrupted(&self, node: &str) -> Result<Vec<JobRecord>, StoreError> {
+            self.store.recover_interrupted(node).await
+        }
+        async fn queued_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+            self.store.queued_jobs().await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.store.ping().await
+        }
+        fn watch_events(&self) -> Option<BoxStream<'static, EventsWritten>> {
+            let rx = self.announced.lock().unwrap().take()?;
+            Some(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+        }
+    }
+
+    fn line(id: JobId, seq: u64) -> JobEvent {
+        JobEvent {
+            seq,
+            job_id: id,
+            timestamp: Utc::now(),
+            data: EventData::Stdout {
+                line: format!("line {seq}"),
+            },
+        }
+    }
+
+    async fn setup() -> (Arc<Announcing>, mpsc::Sender<EventsWritten>, Relay, JobId) {
+        let (tx, rx) = mpsc::channel(64);
+        let store = Arc::new(Announcing {
+            store: SqliteStore::open("sqlite::memory:").await.unwrap(),
+            announced: Mutex::new(Some(rx)),
+        });
+        let id = JobId::new();
+        store
+            .insert_job(&NewJob {
+                id,
+                workflow: "wf".into(),
+                priority: 0,
+                params: json!({}),
+                request: StoredRequest::default(),
+                idempotency_key: None,
+                max_attempts: 1,
+                created_at: Utc::now(),
+                event: state_event(id, 1, JobState::Queued, None, None),
+            })
+            .await
+            .unwrap();
+        let relay = Relay::start(store.clone(), None).expect("the store announces");
+        (store, tx, relay, id)
+    }
+
+    fn written(job: JobId, first: u64, last: u64, ended: bool) -> EventsWritten {
+        EventsWritten {
+            job,
+            first,
+            last,
+            ended,
+        }
+    }
+
+    #[tokio::test]
+    async fn announced_events_reach_subscribers_in_order_once_then_the_end() {
+        let (store, tx, relay, id) = setup().await;
+        let mut sub = relay.subscribe(id);
+        let mut ended = relay.ended(id);
+        store
+            .append_events(id, &[line(id, 2), line(id, 3), line(id, 4)])
+            .await
+            .unwrap();
+        // The same commit announced twice, and an overlapping one: read
+        // and published once.
+        tx.send(written(id, 2, 4, false)).await.unwrap();
+        tx.send(written(id, 2, 4, false)).await.unwrap();
+        store.append_events(id, &[line(id, 5)]).await.unwrap();
+        tx.send(written(id, 3, 5, false)).await.unwrap();
+        // Another job's announcement: nobody here follows it.
+        tx.send(written(JobId::new(), 1, 9, true)).await.unwrap();
+        let fin = Finish {
+            state: JobState::Cancelled,
+            reason: None,
+            result: None,
+            error: None,
+            finished_at: Utc::now(),
+        };
+        let last = state_event(id, 6, JobState::Cancelled, None, None);
+        store.finish_job(id, &fin, &last).await.unwrap();
+        tx.send(written(id, 6, 6, true)).await.unwrap();
+        let mut seqs = Vec::new();
+        while let Some(e) = tokio::time::timeout(Duration::from_secs(60), sub.recv())
+            .await
+            .expect("events in time")
+        {
+            seqs.push(e.seq);
+        }
+        assert_eq!(seqs, vec![2, 3, 4, 5, 6]);
+        assert!(!sub.lagged());
+        tokio::time::timeout(Duration::from_secs(60), ended.wait_for(|d| *d))
+            .await
+            .expect("the end in time")
+            .expect("signal");
+        assert!(relay.inner.lock().is_empty(), "an ended job is forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_job_nobody_follows_any_more_is_forgotten() {
+        let (store, tx, relay, id) = setup().await;
+        drop(relay.subscribe(id));
+        assert_eq!(relay.inner.lock().len(), 1);
+        store.append_events(id, &[line(id, 2)]).await.unwrap();
+        tx.send(written(id, 2, 2, false)).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !relay.inner.lock().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "never forgotten");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!relay.inner.bus.is_open(id));
+    }
+}
