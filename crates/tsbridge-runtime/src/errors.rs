@@ -89,6 +89,19 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// The SQLite store's writer (rusqlite) failed.
+    #[error("job store write failed: {op}")]
+    Write {
+        op: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The SQLite store's writer is not running (closed, or it stopped).
+    #[error("job store write failed: {op}: the writer has stopped")]
+    WriterStopped { op: &'static str },
+    /// The SQLite store's writer could not start.
+    #[error("the job store's writer cannot start: {0}")]
+    WriterStart(String),
     #[error("stored job {job} is corrupt: {what}")]
     Corrupt { job: String, what: String },
     #[error("no job {0}")]

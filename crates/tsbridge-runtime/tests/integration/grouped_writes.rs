@@ -1,8 +1,9 @@
-//! The SQLite writer's grouped queries: every kind of write is one query per
-//! batch, built for a fixed row count (1, 4, 16, 64; events up to 256) and
-//! padded with rows that match nothing. These tests write batches whose
-//! sizes are not bucket sizes, lone writes of every kind, and writes of one
-//! job sent together, and read everything back (after a reopen where it
+//! The SQLite writer's batches: whatever arrives together is written in one
+//! transaction, one statement per row, in arrival order (they were grouped
+//! multi-row queries padded to fixed row counts before the writer moved to
+//! a thread of its own; these tests kept their odd batch sizes). They write
+//! batches of many sizes, lone writes of every kind, and writes of one job
+//! sent together, and read everything back (after a reopen where it
 //! matters). The runtime tests check the attempt's pid: written with the
 //! end of a short attempt, and visible while a silent one runs.
 

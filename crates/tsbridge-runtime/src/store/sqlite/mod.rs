@@ -31,7 +31,7 @@ use super::{
     StoredRequest, encode_cursor,
 };
 use crate::errors::StoreError;
-use writer::{Applied, EndRow, EventRow, FinishRow, Op, WriterHandle};
+use writer::{Applied, EndRow, EventRow, FinishRow, Op, Target, WriterHandle};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -122,15 +122,14 @@ impl SqliteStore {
                 })?;
             }
         }
-        // The writer's grouped queries are prepared once per shape and row
-        // count (see writer.rs): room for all of them.
-        let mut conn = opts
-            .clone()
-            .statement_cache_capacity(256)
-            .connect()
-            .await
-            .map_err(StoreError::Open)?;
+        // Migrations run on a connection of their own, closed once the
+        // writer's is open (an in-memory database lives while one is).
+        let mut conn = opts.clone().connect().await.map_err(StoreError::Open)?;
         MIGRATOR.run(&mut conn).await.map_err(StoreError::Migrate)?;
+        let target = Target {
+            path: opts.get_filename().to_path_buf(),
+            memory,
+        };
         // `sqlite::memory:` is a named shared-cache database in sqlx: the
         // same options reach the same database (while one connection is
         // open: the writer's). A file is opened read-only by the readers.
@@ -152,10 +151,9 @@ impl SqliteStore {
             .connect_with(read_opts)
             .await
             .map_err(StoreError::Open)?;
-        Ok(Self {
-            readers,
-            writer: WriterHandle::spawn(conn, retention),
-        })
+        let writer = WriterHandle::spawn(target, retention).await?;
+        drop(conn);
+        Ok(Self { readers, writer })
     }
 
     /// Opens a store file by path.
@@ -540,9 +538,8 @@ impl JobStore for SqliteStore {
         if let Some(Err(e)) = results.next() {
             tracing::warn!(job = %id, error = %e, count = events.len(), "cannot store events");
         }
-        results.next().unwrap_or(Err(StoreError::Query {
+        results.next().unwrap_or(Err(StoreError::WriterStopped {
             op: "complete attempt",
-            source: sqlx::Error::PoolClosed,
         }))?;
         Ok(())
     }
@@ -676,10 +673,7 @@ impl JobStore for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         if self.writer.is_closed() {
-            return Err(StoreError::Query {
-                op: "ping",
-                source: sqlx::Error::PoolClosed,
-            });
+            return Err(StoreError::WriterStopped { op: "ping" });
         }
         sqlx::query("SELECT 1")
             .execute(&self.readers)

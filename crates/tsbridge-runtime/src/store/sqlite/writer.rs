@@ -1,22 +1,25 @@
-//! The one writer of the SQLite store: a task that owns the only read-write
-//! connection and applies write operations sent to it over a channel, with
-//! **group commit**. Whatever arrives while a transaction is being written
-//! goes into the next one, so N concurrent callers cost one `BEGIN
-//! IMMEDIATE ... COMMIT` instead of N, and no two connections ever compete
-//! for SQLite's write lock (no busy back-off). Each caller waits for its own
-//! acknowledgement, which is sent only after the transaction that holds its
-//! operation committed: a write returns when it is durable, as before;
-//! batching shares the commit, it never skips it.
+//! The one writer of the SQLite store: a thread that owns the only
+//! read-write connection (rusqlite) and applies write operations sent to it
+//! over a channel, with **group commit**. Whatever arrives while a
+//! transaction is being written goes into the next one, so N concurrent
+//! callers cost one `BEGIN IMMEDIATE ... COMMIT` instead of N, and no two
+//! connections ever compete for SQLite's write lock (no busy back-off).
+//! Each caller waits for its own acknowledgement, which is sent only after
+//! the transaction that holds its operation committed: a write returns when
+//! it is durable; batching shares the commit, it never skips it.
+//!
+//! A batch costs one hop to the writer's thread and back, however many
+//! statements it runs: the statements are executed synchronously on the
+//! thread, each a cached prepared statement over one row, in the order the
+//! operations arrived. (Through sqlx, every statement was a round trip to
+//! its connection's thread; batches were grouped into multi-row queries to
+//! save hops. Here a plain statement per row is cheaper, and simpler.)
 //!
 //! If a batch fails (any statement, or the commit), it is rolled back and its
 //! operations are retried one per transaction, so one bad operation fails
 //! only its own caller and every caller gets the error of its own operation.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-
-use sqlx::sqlite::SqliteArguments;
-use sqlx::{Arguments, AssertSqlSafe, Sqlite, SqliteConnection};
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::EventRetention;
@@ -29,6 +32,8 @@ const MAX_BATCH_OPS: usize = 256;
 const MAX_BATCH_EVENTS: usize = 4096;
 /// Operations waiting for the writer, at most (callers wait beyond).
 const QUEUE: usize = 4096;
+/// Prepared statements the writer keeps (it uses 16).
+const STATEMENT_CACHE: usize = 32;
 
 /// One event row, encoded.
 #[derive(Debug)]
@@ -161,12 +166,6 @@ enum Msg {
     Close(oneshot::Sender<()>),
 }
 
-/// The handle callers write through. Cheap to clone.
-#[derive(Debug, Clone)]
-pub(super) struct WriterHandle {
-    tx: mpsc::Sender<Msg>,
-}
-
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -180,28 +179,52 @@ impl std::fmt::Debug for Msg {
     }
 }
 
+/// The handle callers write through. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(super) struct WriterHandle {
+    tx: mpsc::Sender<Msg>,
+}
+
 fn closed(op: &'static str) -> StoreError {
-    StoreError::Query {
-        op,
-        source: sqlx::Error::PoolClosed,
-    }
+    StoreError::WriterStopped { op }
+}
+
+fn failed(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Write { op, source }
+}
+
+/// Where the writer's connection opens: a file, or the named shared-cache
+/// in-memory database the readers (sqlx) use.
+#[derive(Debug, Clone)]
+pub(super) struct Target {
+    pub path: std::path::PathBuf,
+    pub memory: bool,
 }
 
 impl WriterHandle {
-    /// Starts the writer task on the current tokio runtime; it owns `conn`
-    /// until [`WriterHandle::close`] or until every handle is dropped.
-    pub(super) fn spawn(conn: SqliteConnection, retention: EventRetention) -> Self {
+    /// Opens the writer's connection and starts its thread; it owns the
+    /// connection until [`WriterHandle::close`] or until every handle is
+    /// dropped.
+    pub(super) async fn spawn(
+        target: Target,
+        retention: EventRetention,
+    ) -> Result<Self, StoreError> {
+        let conn = tokio::task::spawn_blocking(move || open(&target))
+            .await
+            .map_err(|e| StoreError::WriterStart(e.to_string()))??;
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(
-            Writer {
-                conn,
-                texts: Texts::default(),
-                retention,
-                rx,
-            }
-            .run(),
-        );
-        Self { tx }
+        std::thread::Builder::new()
+            .name("tsbridge-store-writer".into())
+            .spawn(move || {
+                Writer {
+                    conn,
+                    retention,
+                    rx,
+                }
+                .run()
+            })
+            .map_err(|e| StoreError::WriterStart(e.to_string()))?;
+        Ok(Self { tx })
     }
 
     /// Applies `op` and returns once the transaction holding it committed.
@@ -253,6 +276,37 @@ impl WriterHandle {
     }
 }
 
+/// Opens the read-write connection (the schema is migrated already).
+fn open(target: &Target) -> Result<Connection, StoreError> {
+    let op = "open the writer";
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if target.memory {
+        flags |= OpenFlags::SQLITE_OPEN_MEMORY | OpenFlags::SQLITE_OPEN_SHARED_CACHE;
+    }
+    let conn = Connection::open_with_flags(&target.path, flags).map_err(failed(op))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(failed(op))?;
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+        .map_err(failed(op))?;
+    if !target.memory {
+        // Set by the migrating connection already (it persists in the
+        // file); a writer that finds another mode must not write.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(failed(op))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::WriterStart(format!(
+                "the journal mode is {mode}, not wal"
+            )));
+        }
+    }
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
 /// The operations of one transaction.
 #[derive(Default)]
 struct Batch {
@@ -279,19 +333,18 @@ impl Batch {
 }
 
 struct Writer {
-    conn: SqliteConnection,
-    texts: Texts,
+    conn: Connection,
     retention: EventRetention,
     rx: mpsc::Receiver<Msg>,
 }
 
 impl Writer {
-    async fn run(mut self) {
+    fn run(mut self) {
         let mut next: Option<Msg> = None;
         loop {
             let first = match next.take() {
                 Some(m) => m,
-                None => match self.rx.recv().await {
+                None => match self.rx.blocking_recv() {
                     Some(m) => m,
                     None => break,
                 },
@@ -299,7 +352,7 @@ impl Writer {
             let mut batch = Batch::default();
             match first {
                 Msg::Close(done) => {
-                    self.close().await;
+                    self.close();
                     let _ = done.send(());
                     return;
                 }
@@ -316,22 +369,22 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(batch.ops, batch.acks).await;
+            self.commit(batch.ops, batch.acks);
         }
-        self.close().await;
+        self.close();
     }
 
-    async fn close(&mut self) {
+    fn close(&mut self) {
         self.rx.close();
         // Ops still queued get an error when their acks drop with `rx`.
-        if let Err(e) = sqlx::query("PRAGMA optimize").execute(&mut self.conn).await {
+        if let Err(e) = self.conn.execute_batch("PRAGMA optimize") {
             tracing::debug!(error = %e, "PRAGMA optimize failed");
         }
     }
 
     /// Writes `ops` in one transaction and answers every caller.
-    async fn commit(&mut self, ops: Vec<Op>, acks: Vec<Ack>) {
-        match self.transaction(&ops).await {
+    fn commit(&mut self, ops: Vec<Op>, acks: Vec<Ack>) {
+        match self.transaction(&ops) {
             Ok(applied) => {
                 for (ack, a) in acks.into_iter().zip(applied) {
                     let _ = ack.send(Ok(a));
@@ -349,7 +402,6 @@ impl Writer {
                 for (op, ack) in ops.into_iter().zip(acks) {
                     let r = self
                         .transaction(std::slice::from_ref(&op))
-                        .await
                         .map(|a| a.first().copied().unwrap_or(Applied::Done));
                     let _ = ack.send(r);
                 }
@@ -357,535 +409,37 @@ impl Writer {
         }
     }
 
-    /// Writes `ops` in one transaction (opened and committed by the
-    /// queries of [`apply`]); on an error, rolls it back.
-    async fn transaction(&mut self, ops: &[Op]) -> Result<Vec<Applied>, StoreError> {
-        match apply(&mut self.conn, &mut self.texts, ops, self.retention).await {
-            Ok(applied) => Ok(applied),
-            Err(e) => {
-                // The transaction may be open (a statement after BEGIN
-                // failed) or not (BEGIN or COMMIT failed): ROLLBACK ends it
-                // if it is, and fails harmlessly if not. Nothing of it was
-                // committed: the COMMIT is the last statement run, and a
-                // query whose rows are read after it never carries it.
-                if let Err(r) = sqlx::query("ROLLBACK").execute(&mut self.conn).await {
-                    tracing::debug!(error = %r, "ROLLBACK after a failed batch");
-                }
-                Err(e)
-            }
+    /// Writes `ops` in one `BEGIN IMMEDIATE` transaction (IMMEDIATE: the
+    /// write lock is taken now, not at the first write, where a deferred
+    /// transaction that must upgrade can fail with BUSY at once). On an
+    /// error it is rolled back (when the transaction is dropped).
+    fn transaction(&mut self, ops: &[Op]) -> Result<Vec<Applied>, StoreError> {
+        let retention = self.retention;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(failed("begin"))?;
+        let mut applied = Vec::with_capacity(ops.len());
+        for op in ops {
+            applied.push(apply(&tx, op, retention).map_err(failed(op.name()))?);
         }
+        tx.commit().map_err(failed("commit"))?;
+        Ok(applied)
     }
 }
 
-impl Op {
-    fn job_id(&self) -> &str {
-        match self {
-            Op::InsertJob { id, .. }
-            | Op::StartAttempt { id, .. }
-            | Op::SetPid { id, .. }
-            | Op::AppendEvents { id, .. }
-            | Op::CompleteAttempt { id, .. }
-            | Op::FinishJob { id, .. } => id,
-        }
-    }
+const INSERT_EVENT: &str = "INSERT INTO events (job_id, seq, ts, data) VALUES (?1, ?2, ?3, ?4)";
 
-    /// Its statement's place in a round (see [`apply`]).
-    fn kind(&self) -> usize {
-        match self {
-            Op::InsertJob { .. } => 0,
-            Op::StartAttempt { .. } => 1,
-            Op::SetPid { .. } => 2,
-            Op::AppendEvents { .. } => 3,
-            Op::CompleteAttempt { .. } => 4,
-            Op::FinishJob { .. } => 5,
-        }
-    }
+fn insert_event(tx: &Transaction<'_>, id: &str, e: &EventRow) -> rusqlite::Result<()> {
+    tx.prepare_cached(INSERT_EVENT)?
+        .execute(params![id, e.seq, e.ts, e.data])?;
+    Ok(())
 }
 
-/// Kinds of operation (`Op::kind`).
-const KINDS: usize = 6;
-
-/// Row counts the statements of an operation kind are prepared for.
-const OP_BUCKETS: &[usize] = &[1, 4, 16, 64];
-/// Row counts the `INSERT INTO events` of appended events is prepared for.
-const EVENT_BUCKETS: &[usize] = &[1, 4, 16, 64, 256];
-
-/// One grouped query: for each of `stmts`, `WITH v(<cols>) AS (VALUES
-/// (..), (..)) <stmt>`, all in one query text, so that a kind of operation
-/// costs one round trip to the connection's thread however many statements
-/// it needs. The statements share the bound rows through numbered
-/// parameters (`?1`, `?2`, ...): each row is bound once.
-///
-/// A query is built for a fixed row count (a bucket): the rows of a batch
-/// are cut into chunks of the largest bucket, and the last chunk is padded
-/// with rows of NULLs up to the smallest bucket that holds it (a NULL id
-/// matches no job, and inserts skip it). So every (shape, bucket) is one
-/// text, prepared once and then served from the connection's statement
-/// cache.
-#[derive(Debug)]
-struct Shape {
-    /// What a failure says was being done.
-    op: &'static str,
-    /// The columns of `v`, in the order the rows are bound.
-    cols: &'static [&'static str],
-    /// Run in order.
-    stmts: &'static [&'static str],
-    buckets: &'static [usize],
-    /// Its last statement ends in `RETURNING id`.
-    returns: bool,
-}
-
-impl Shape {
-    fn largest(&self) -> usize {
-        self.buckets.last().copied().unwrap_or(1)
-    }
-}
-
-/// An operation's own event (its `state` event), for the shapes whose
-/// rows end with `vseq, vts, vdata`.
-const INSERT_OWN_EVENT: &str = "INSERT INTO events (job_id, seq, ts, data) SELECT vid, vseq, vts, vdata FROM v WHERE vid IS NOT NULL";
-
-/// Submissions. A missing id in `RETURNING` means the idempotency key
-/// names another job: its row and event are not written.
-const INSERT_JOBS: Shape = Shape {
-    op: "insert jobs",
-    cols: &[
-        "vid",
-        "vworkflow",
-        "vpriority",
-        "vparams",
-        "vrequest",
-        "vkey",
-        "vmax",
-        "vcreated",
-        "vseq",
-        "vts",
-        "vdata",
-    ],
-    stmts: &[
-        "INSERT INTO jobs (id, workflow, state, priority, params, request, idempotency_key, \
-         max_attempts, created_at, last_seq) \
-         SELECT vid, vworkflow, 'queued', vpriority, vparams, vrequest, vkey, vmax, vcreated, vseq \
-         FROM v WHERE vid IS NOT NULL \
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-        // Ids are new: a job with the id is one this statement created.
-        "INSERT INTO events (job_id, seq, ts, data) \
-         SELECT vid, vseq, vts, vdata FROM v JOIN jobs ON jobs.id = v.vid",
-    ],
-    buckets: OP_BUCKETS,
-    returns: true,
-};
-
-/// Claims: only a queued job can start; a missing id in `RETURNING` is a
-/// refused claim, and its attempt and event are not written.
-const START_ATTEMPTS: Shape = Shape {
-    op: "claim jobs",
-    cols: &["vid", "vn", "vnode", "vat", "vseq", "vts", "vdata"],
-    stmts: &[
-        "INSERT INTO attempts (job_id, n, node, started_at) \
-         SELECT vid, vn, vnode, vat FROM v JOIN jobs ON jobs.id = v.vid \
-         WHERE jobs.state = 'queued'",
-        "INSERT INTO events (job_id, seq, ts, data) \
-         SELECT vid, vseq, vts, vdata FROM v JOIN jobs ON jobs.id = v.vid \
-         WHERE jobs.state = 'queued'",
-        "UPDATE jobs SET state = 'running', attempts = v.vn, node = v.vnode, \
-         started_at = COALESCE(started_at, v.vat), last_seq = MAX(last_seq, v.vseq) \
-         FROM v WHERE jobs.id = v.vid AND jobs.state = 'queued' RETURNING jobs.id",
-    ],
-    buckets: OP_BUCKETS,
-    returns: true,
-};
-
-const SET_PIDS: Shape = Shape {
-    op: "set pids",
-    cols: &["vid", "vn", "vpid"],
-    stmts: &[
-        "UPDATE attempts SET process_id = v.vpid FROM v \
-         WHERE attempts.job_id = v.vid AND attempts.n = v.vn",
-        "UPDATE jobs SET process_id = v.vpid FROM v WHERE jobs.id = v.vid",
-    ],
-    buckets: OP_BUCKETS,
-    returns: false,
-};
-
-/// What a batch of events changes on its job row (the events themselves
-/// go through [`INSERT_EVENTS`]).
-const APPEND_EVENTS: Shape = Shape {
-    op: "update progress",
-    cols: &["vid", "vlast", "vprogress", "vresult"],
-    stmts: &["UPDATE jobs SET last_seq = MAX(last_seq, v.vlast), \
-         progress = COALESCE(v.vprogress, progress), \
-         result = COALESCE(v.vresult, result) FROM v WHERE jobs.id = v.vid"],
-    buckets: OP_BUCKETS,
-    returns: false,
-};
-
-/// Attempt ends: the attempt, then the job (a re-queue, `vfin` false,
-/// keeps the job's finish columns), then the `state` event.
-const COMPLETE_ATTEMPTS: Shape = Shape {
-    op: "record attempt ends",
-    cols: &[
-        "vid",
-        "vn",
-        "vfinished",
-        "vreason",
-        "vexit",
-        "vsignal",
-        "vpid",
-        "verror",
-        "vstdout",
-        "vstderr",
-        "vstdout_dropped",
-        "vstderr_dropped",
-        "vstdout_truncated",
-        "vstderr_truncated",
-        "vpeak",
-        "vcpu",
-        "vwall",
-        "vfin",
-        "vstate",
-        "vjreason",
-        "vresult",
-        "vjerror",
-        "vjfinished",
-        "vnot_before",
-        "vseq",
-        "vts",
-        "vdata",
-    ],
-    stmts: &[
-        "UPDATE attempts SET finished_at = v.vfinished, reason = v.vreason, \
-         exit_code = v.vexit, signal = v.vsignal, process_id = COALESCE(v.vpid, process_id), \
-         error = v.verror FROM v WHERE attempts.job_id = v.vid AND attempts.n = v.vn",
-        "UPDATE jobs SET exit_code = v.vexit, signal = v.vsignal, \
-         process_id = COALESCE(v.vpid, process_id), stdout = v.vstdout, \
-         stderr = v.vstderr, stdout_dropped = v.vstdout_dropped, \
-         stderr_dropped = v.vstderr_dropped, stdout_truncated = v.vstdout_truncated, \
-         stderr_truncated = v.vstderr_truncated, peak_memory = v.vpeak, \
-         cpu_ms = v.vcpu, wall_ms = v.vwall, last_seq = MAX(last_seq, v.vseq), \
-         node = NULL, state = v.vstate, \
-         reason = CASE WHEN v.vfin THEN v.vjreason ELSE reason END, \
-         result = CASE WHEN v.vfin THEN COALESCE(v.vresult, result) ELSE result END, \
-         error = CASE WHEN v.vfin THEN v.vjerror ELSE error END, \
-         finished_at = CASE WHEN v.vfin THEN v.vjfinished ELSE finished_at END, \
-         not_before = CASE WHEN v.vfin THEN NULL ELSE v.vnot_before END \
-         FROM v WHERE jobs.id = v.vid",
-        INSERT_OWN_EVENT,
-    ],
-    buckets: OP_BUCKETS,
-    returns: false,
-};
-
-/// Ends of jobs with no running attempt.
-const FINISH_JOBS: Shape = Shape {
-    op: "finish jobs",
-    cols: &[
-        "vid",
-        "vstate",
-        "vreason",
-        "vresult",
-        "verror",
-        "vfinished",
-        "vseq",
-        "vts",
-        "vdata",
-    ],
-    stmts: &[
-        "UPDATE jobs SET last_seq = MAX(last_seq, v.vseq), state = v.vstate, \
-         reason = v.vreason, result = COALESCE(v.vresult, result), error = v.verror, \
-         finished_at = v.vfinished, node = NULL FROM v WHERE jobs.id = v.vid",
-        INSERT_OWN_EVENT,
-    ],
-    buckets: OP_BUCKETS,
-    returns: false,
-};
-
-/// Appended events (4 values a row: 256 rows bind 1 024 of SQLite's 32 766).
-const INSERT_EVENTS: Shape = Shape {
-    op: "insert events",
-    cols: &["vid", "vseq", "vts", "vdata"],
-    stmts: &[INSERT_OWN_EVENT],
-    buckets: EVENT_BUCKETS,
-    returns: false,
-};
-
-/// The query texts built so far, by shape, row count and whether they open
-/// or close the transaction (each is also a prepared statement in the
-/// connection's cache: at most 7 shapes x 5 row counts x 4 = 140, the
-/// writer's cache holds 256).
-#[derive(Debug, Default)]
-pub(super) struct Texts(HashMap<(&'static str, usize, Txn), Arc<str>>);
-
-impl Texts {
-    fn get(&mut self, shape: &'static Shape, rows: usize, txn: Txn) -> Arc<str> {
-        self.0
-            .entry((shape.op, rows, txn))
-            .or_insert_with(|| {
-                let mut text = String::new();
-                if txn.begin {
-                    // IMMEDIATE: take the write lock now, not at the first
-                    // write (a DEFERRED transaction that must upgrade can
-                    // fail with BUSY at once).
-                    text.push_str("BEGIN IMMEDIATE;\n");
-                }
-                text.push_str(&shape_text(shape, rows));
-                if txn.commit {
-                    text.push_str(";\nCOMMIT");
-                }
-                text.into()
-            })
-            .clone()
-    }
-}
-
-/// The text of `shape` for `rows` rows.
-fn shape_text(shape: &Shape, rows: usize) -> String {
-    use std::fmt::Write;
-    let k = shape.cols.len();
-    let mut head = format!("WITH v({}) AS (VALUES ", shape.cols.join(", "));
-    for r in 0..rows {
-        head.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 0..k {
-            let sep = if c == 0 { "" } else { ", " };
-            // Writing to a String cannot fail.
-            let _ = write!(head, "{sep}?{}", r * k + c + 1);
-        }
-        head.push(')');
-    }
-    head.push_str(") ");
-    let stmts: Vec<String> = shape.stmts.iter().map(|s| format!("{head}{s}")).collect();
-    stmts.join(";\n")
-}
-
-/// The bound values of one grouped query, row after row.
-#[derive(Default)]
-struct Binder {
-    args: SqliteArguments,
-    err: Option<sqlx::error::BoxDynError>,
-}
-
-impl Binder {
-    fn v<'t, T>(&mut self, value: T) -> &mut Self
-    where
-        T: sqlx::Encode<'t, Sqlite> + sqlx::Type<Sqlite> + 't,
-    {
-        if let Err(e) = self.args.add(value)
-            && self.err.is_none()
-        {
-            self.err = Some(e);
-        }
-        self
-    }
-
-    fn len(&self) -> usize {
-        self.args.len()
-    }
-}
-
-/// One query of a batch: a shape over at most its largest bucket of rows.
-struct Step<'a> {
-    shape: &'static Shape,
-    rows: Rows<'a>,
-}
-
-enum Rows<'a> {
-    /// Operations (indexes into the batch), each of the shape's kind.
-    Ops(Vec<usize>),
-    /// Appended events, by job id.
-    Events(&'a [(&'a str, &'a EventRow)]),
-}
-
-/// The shape of each operation kind (`Op::kind`).
-const SHAPES: [&Shape; KINDS] = [
-    &INSERT_JOBS,
-    &START_ATTEMPTS,
-    &SET_PIDS,
-    &APPEND_EVENTS,
-    &COMPLETE_ATTEMPTS,
-    &FINISH_JOBS,
-];
-
-/// Writes a batch (or a lone operation) in one transaction: one grouped
-/// query per kind of operation present (per 64 rows) instead of a few
-/// statements per operation, and the transaction's `BEGIN IMMEDIATE` and
-/// `COMMIT` ride in the first and last query, so a batch of one kind is a
-/// single round trip to the connection's thread. Calls in flight together
-/// have no order, so operations are grouped by kind; a job appears at most
-/// once per kind in a round (a second operation of the same kind and job,
-/// which its caller sent concurrently, goes to the next round). No query
-/// depends on another's answer: refusals happen inside the SQL (a claim of
-/// a job that is not queued writes nothing) and are read back with
-/// `RETURNING`. Appended events go into `INSERT INTO events` queries at the
-/// end, then retention prunes.
-///
-/// On an error the transaction may be open: the caller rolls it back.
-async fn apply(
-    conn: &mut SqliteConnection,
-    texts: &mut Texts,
-    ops: &[Op],
-    retention: EventRetention,
-) -> Result<Vec<Applied>, StoreError> {
-    let mut applied = vec![Applied::Done; ops.len()];
-    // Appends without events write nothing.
-    let writes =
-        |i: &usize| !matches!(&ops[*i], Op::AppendEvents { events, .. } if events.is_empty());
-    let mut steps: Vec<Step<'_>> = Vec::new();
-    let mut remaining: Vec<usize> = (0..ops.len()).filter(writes).collect();
-    while !remaining.is_empty() {
-        let mut seen = HashSet::new();
-        let (round, later): (Vec<usize>, Vec<usize>) = remaining
-            .into_iter()
-            .partition(|&i| seen.insert((ops[i].kind(), ops[i].job_id())));
-        for (kind, shape) in SHAPES.iter().enumerate() {
-            let of_kind: Vec<usize> = round
-                .iter()
-                .copied()
-                .filter(|&i| ops[i].kind() == kind)
-                .collect();
-            for chunk in of_kind.chunks(shape.largest()) {
-                steps.push(Step {
-                    shape,
-                    rows: Rows::Ops(chunk.to_vec()),
-                });
-            }
-        }
-        remaining = later;
-    }
-    let mut events: Vec<(&str, &EventRow)> = Vec::new();
-    let mut prune: Vec<(&str, i64)> = Vec::new();
-    for op in ops {
-        if let Op::AppendEvents {
-            id, events: evs, ..
-        } = op
-        {
-            events.extend(evs.iter().map(|e| (id.as_str(), e)));
-            if let Some(last) = evs.last().map(|e| e.seq)
-                && last as u64 > retention.head + retention.tail
-            {
-                prune.push((id, last));
-            }
-        }
-    }
-    for chunk in events.chunks(INSERT_EVENTS.largest()) {
-        steps.push(Step {
-            shape: &INSERT_EVENTS,
-            rows: Rows::Events(chunk),
-        });
-    }
-    let Some(last) = steps.len().checked_sub(1) else {
-        return Ok(applied);
-    };
-    // A query that returns rows does not carry the COMMIT: its rows are
-    // read after it ran, and a failure to read them must not come after
-    // the commit (the batch would be retried although it was written).
-    let commit_inline = prune.is_empty() && !steps[last].shape.returns;
-    for (s, step) in steps.iter().enumerate() {
-        let txn = Txn {
-            begin: s == 0,
-            commit: s == last && commit_inline,
-        };
-        match &step.rows {
-            Rows::Ops(idx) => {
-                let rows: Vec<&Op> = idx.iter().map(|&i| &ops[i]).collect();
-                let returned = run_shape(conn, texts, step.shape, txn, &rows, bind_op).await?;
-                let refusal = match step.shape.op {
-                    op if op == INSERT_JOBS.op => Applied::KeyTaken,
-                    op if op == START_ATTEMPTS.op => Applied::NotQueued,
-                    _ => continue,
-                };
-                for &i in idx {
-                    if !returned.contains(ops[i].job_id()) {
-                        applied[i] = refusal;
-                    }
-                }
-            }
-            Rows::Events(rows) => {
-                run_shape(conn, texts, step.shape, txn, rows, |b, (id, e)| {
-                    b.v(*id);
-                    bind_event(b, e);
-                })
-                .await?;
-            }
-        }
-    }
-    if !commit_inline {
-        prune_events(conn, &prune, retention).await?;
-        sqlx::query("COMMIT")
-            .execute(&mut *conn)
-            .await
-            .map_err(StoreError::query("commit"))?;
-    }
-    Ok(applied)
-}
-
-/// Whether a query opens or closes the batch's transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Txn {
-    begin: bool,
-    commit: bool,
-}
-
-/// Runs `shape` over `items` (at most its largest bucket; `row` binds one
-/// item's columns, in order) and returns the ids its statements returned.
-async fn run_shape<T>(
-    conn: &mut SqliteConnection,
-    texts: &mut Texts,
-    shape: &'static Shape,
-    txn: Txn,
-    items: &[T],
-    row: impl Fn(&mut Binder, &T),
-) -> Result<HashSet<String>, StoreError> {
-    let k = shape.cols.len();
-    let failed = |what: String| StoreError::Query {
-        op: shape.op,
-        source: sqlx::Error::Protocol(what),
-    };
-    let Some(size) = shape.buckets.iter().copied().find(|&b| b >= items.len()) else {
-        return Err(failed(format!("{} rows for one query", items.len())));
-    };
-    let mut b = Binder::default();
-    for item in items {
-        let before = b.len();
-        row(&mut b, item);
-        if b.len() != before + k {
-            return Err(failed(format!(
-                "a row bound {} values for {k} columns",
-                b.len() - before
-            )));
-        }
-    }
-    for _ in items.len()..size {
-        for _ in 0..k {
-            b.v(None::<i64>);
-        }
-    }
-    if let Some(e) = b.err {
-        return Err(StoreError::Query {
-            op: shape.op,
-            source: sqlx::Error::Encode(e),
-        });
-    }
-    let query = sqlx::query_with(AssertSqlSafe(texts.get(shape, size, txn)), b.args);
-    let mut ids = HashSet::new();
-    if shape.returns {
-        let rows = query
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(StoreError::query(shape.op))?;
-        for r in &rows {
-            ids.insert(sqlx::Row::try_get::<String, _>(r, 0).map_err(StoreError::query(shape.op))?);
-        }
-    } else {
-        query
-            .execute(&mut *conn)
-            .await
-            .map_err(StoreError::query(shape.op))?;
-    }
-    Ok(ids)
-}
-
-/// Binds an operation's row of its kind's shape.
-fn bind_op(b: &mut Binder, op: &&Op) {
+/// Applies one operation inside the batch's transaction. Refusals (a key
+/// that names another job, a claim of a job that is not queued) write
+/// nothing and are answered, not raised.
+fn apply(tx: &Transaction<'_>, op: &Op, retention: EventRetention) -> rusqlite::Result<Applied> {
     match op {
         Op::InsertJob {
             id,
@@ -898,15 +452,28 @@ fn bind_op(b: &mut Binder, op: &&Op) {
             created_at,
             event,
         } => {
-            b.v(id.as_str())
-                .v(workflow.as_str())
-                .v(*priority)
-                .v(params.as_str())
-                .v(request.as_str())
-                .v(key.as_deref())
-                .v(*max_attempts)
-                .v(*created_at);
-            bind_event(b, event);
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO jobs (id, workflow, state, priority, params, request, \
+                     idempotency_key, max_attempts, created_at, last_seq) \
+                     VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                     ON CONFLICT (idempotency_key) DO NOTHING",
+                )?
+                .execute(params![
+                    id,
+                    workflow,
+                    priority,
+                    params,
+                    request,
+                    key,
+                    max_attempts,
+                    created_at,
+                    event.seq
+                ])?;
+            if inserted == 0 {
+                return Ok(Applied::KeyTaken);
+            }
+            insert_event(tx, id, event)?;
         }
         Op::StartAttempt {
             id,
@@ -915,11 +482,27 @@ fn bind_op(b: &mut Binder, op: &&Op) {
             at,
             event,
         } => {
-            b.v(id.as_str()).v(*n).v(node.as_str()).v(*at);
-            bind_event(b, event);
+            let claimed = tx
+                .prepare_cached(
+                    "UPDATE jobs SET state = 'running', attempts = ?2, node = ?3, \
+                     started_at = COALESCE(started_at, ?4), last_seq = MAX(last_seq, ?5) \
+                     WHERE id = ?1 AND state = 'queued'",
+                )?
+                .execute(params![id, n, node, at, event.seq])?;
+            if claimed == 0 {
+                return Ok(Applied::NotQueued);
+            }
+            tx.prepare_cached(
+                "INSERT INTO attempts (job_id, n, node, started_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![id, n, node, at])?;
+            insert_event(tx, id, event)?;
         }
         Op::SetPid { id, n, pid } => {
-            b.v(id.as_str()).v(*n).v(*pid);
+            tx.prepare_cached("UPDATE attempts SET process_id = ?3 WHERE job_id = ?1 AND n = ?2")?
+                .execute(params![id, n, pid])?;
+            tx.prepare_cached("UPDATE jobs SET process_id = ?2 WHERE id = ?1")?
+                .execute(params![id, pid])?;
         }
         Op::AppendEvents {
             id,
@@ -927,10 +510,24 @@ fn bind_op(b: &mut Binder, op: &&Op) {
             progress,
             result,
         } => {
-            b.v(id.as_str())
-                .v(events.last().map_or(0, |e| e.seq))
-                .v(progress.as_deref())
-                .v(result.as_deref());
+            let Some(last) = events.last().map(|e| e.seq) else {
+                return Ok(Applied::Done);
+            };
+            tx.prepare_cached(
+                "UPDATE jobs SET last_seq = MAX(last_seq, ?2), \
+                 progress = COALESCE(?3, progress), result = COALESCE(?4, result) WHERE id = ?1",
+            )?
+            .execute(params![id, last, progress, result])?;
+            for e in events {
+                insert_event(tx, id, e)?;
+            }
+            let EventRetention { head, tail } = retention;
+            if last as u64 > head + tail {
+                tx.prepare_cached(
+                    "DELETE FROM events WHERE job_id = ?1 AND seq > ?2 AND seq <= ?3",
+                )?
+                .execute(params![id, head as i64, last - tail as i64])?;
+            }
         }
         Op::CompleteAttempt {
             id,
@@ -938,104 +535,76 @@ fn bind_op(b: &mut Binder, op: &&Op) {
             finish,
             event,
         } => {
-            b.v(id.as_str())
-                .v(end.n)
-                .v(end.finished_at)
-                .v(end.reason)
-                .v(end.exit_code)
-                .v(end.signal)
-                .v(end.pid)
-                .v(end.error.as_deref())
-                .v(end.stdout.as_str())
-                .v(end.stderr.as_str())
-                .v(end.stdout_dropped)
-                .v(end.stderr_dropped)
-                .v(end.stdout_truncated)
-                .v(end.stderr_truncated)
-                .v(end.peak_memory)
-                .v(end.cpu_ms)
-                .v(end.wall_ms)
-                .v(finish.is_some())
-                .v(finish.as_ref().map_or("queued", |f| f.state))
-                .v(finish.as_ref().and_then(|f| f.reason))
-                .v(finish.as_ref().and_then(|f| f.result.as_deref()))
-                .v(finish.as_ref().and_then(|f| f.error.as_deref()))
-                .v(finish.as_ref().map(|f| f.finished_at))
-                .v(end.not_before);
-            bind_event(b, event);
+            tx.prepare_cached(
+                "UPDATE attempts SET finished_at = ?3, reason = ?4, exit_code = ?5, signal = ?6, \
+                 process_id = COALESCE(?7, process_id), error = ?8 WHERE job_id = ?1 AND n = ?2",
+            )?
+            .execute(params![
+                id,
+                end.n,
+                end.finished_at,
+                end.reason,
+                end.exit_code,
+                end.signal,
+                end.pid,
+                end.error
+            ])?;
+            // A re-queue (`finish` None) keeps the job's finish columns.
+            let fin = finish.is_some();
+            tx.prepare_cached(
+                "UPDATE jobs SET exit_code = ?2, signal = ?3, process_id = COALESCE(?4, process_id), \
+                 stdout = ?5, stderr = ?6, stdout_dropped = ?7, stderr_dropped = ?8, \
+                 stdout_truncated = ?9, stderr_truncated = ?10, peak_memory = ?11, cpu_ms = ?12, \
+                 wall_ms = ?13, last_seq = MAX(last_seq, ?14), node = NULL, state = ?15, \
+                 reason = CASE WHEN ?16 THEN ?17 ELSE reason END, \
+                 result = CASE WHEN ?16 THEN COALESCE(?18, result) ELSE result END, \
+                 error = CASE WHEN ?16 THEN ?19 ELSE error END, \
+                 finished_at = CASE WHEN ?16 THEN ?20 ELSE finished_at END, \
+                 not_before = CASE WHEN ?16 THEN NULL ELSE ?21 END \
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                end.exit_code,
+                end.signal,
+                end.pid,
+                end.stdout,
+                end.stderr,
+                end.stdout_dropped,
+                end.stderr_dropped,
+                end.stdout_truncated,
+                end.stderr_truncated,
+                end.peak_memory,
+                end.cpu_ms,
+                end.wall_ms,
+                event.seq,
+                finish.as_ref().map_or("queued", |f| f.state),
+                fin,
+                finish.as_ref().and_then(|f| f.reason),
+                finish.as_ref().and_then(|f| f.result.as_deref()),
+                finish.as_ref().and_then(|f| f.error.as_deref()),
+                finish.as_ref().map(|f| f.finished_at),
+                end.not_before
+            ])?;
+            insert_event(tx, id, event)?;
         }
         Op::FinishJob { id, finish, event } => {
-            b.v(id.as_str())
-                .v(finish.state)
-                .v(finish.reason)
-                .v(finish.result.as_deref())
-                .v(finish.error.as_deref())
-                .v(finish.finished_at);
-            bind_event(b, event);
+            tx.prepare_cached(
+                "UPDATE jobs SET last_seq = MAX(last_seq, ?2), state = ?3, reason = ?4, \
+                 result = COALESCE(?5, result), error = ?6, finished_at = ?7, node = NULL \
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                event.seq,
+                finish.state,
+                finish.reason,
+                finish.result,
+                finish.error,
+                finish.finished_at
+            ])?;
+            insert_event(tx, id, event)?;
         }
     }
-}
-
-/// The `vseq, vts, vdata` of a row.
-fn bind_event(b: &mut Binder, e: &EventRow) {
-    b.v(e.seq).v(e.ts).v(e.data.as_str());
-}
-
-async fn prune_events(
-    conn: &mut SqliteConnection,
-    prune: &[(&str, i64)],
-    retention: EventRetention,
-) -> Result<(), StoreError> {
-    let EventRetention { head, tail } = retention;
-    for (id, last) in prune {
-        sqlx::query("DELETE FROM events WHERE job_id = ? AND seq > ? AND seq <= ?")
-            .bind(*id)
-            .bind(head as i64)
-            .bind(last - tail as i64)
-            .execute(&mut *conn)
-            .await
-            .map_err(StoreError::query("prune events"))?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn texts_number_every_row_and_repeat_them_per_statement() {
-        let t = shape_text(&SET_PIDS, 2);
-        assert_eq!(
-            t.matches("WITH v(vid, vn, vpid) AS (VALUES (?1, ?2, ?3), (?4, ?5, ?6)) ")
-                .count(),
-            2,
-            "{t}"
-        );
-        assert!(!t.contains("?7"), "{t}");
-    }
-
-    #[test]
-    fn every_shape_binds_what_it_declares() {
-        for shape in [
-            &INSERT_JOBS,
-            &START_ATTEMPTS,
-            &SET_PIDS,
-            &APPEND_EVENTS,
-            &COMPLETE_ATTEMPTS,
-            &FINISH_JOBS,
-            &INSERT_EVENTS,
-        ] {
-            for col in shape.cols {
-                assert!(
-                    shape.stmts.iter().any(|s| s.contains(col)),
-                    "{}: {col} is bound but never used",
-                    shape.op
-                );
-            }
-            // SQLite's limit on parameters per statement.
-            let largest = shape.buckets.last().copied().unwrap_or(1);
-            assert!(shape.cols.len() * largest <= 32_766, "{}", shape.op);
-        }
-    }
+    Ok(Applied::Done)
 }
