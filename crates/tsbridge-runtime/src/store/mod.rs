@@ -296,17 +296,6 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
         self.complete_attempt(id, end, next, event).await
     }
 
-    /// Whether this node is the only one that writes the store (the
-    /// embedded SQLite store: one node per file). A claim in an exclusive
-    /// store cannot be lost to another node, so an attempt may start while
-    /// its claim is being written; nothing else of the job is written
-    /// before the claim is acknowledged, and a failed claim stops the
-    /// attempt. A store shared by many nodes answers `false` (the default):
-    /// its attempts start only once their claim is won.
-    fn exclusive(&self) -> bool {
-        false
-    }
-
     /// Finishes a job that has no running attempt (cancelled while queued,
     /// failed at recovery), writing `event`.
     async fn finish_job(

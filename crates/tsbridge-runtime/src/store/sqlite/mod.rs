@@ -544,11 +544,6 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
-    fn exclusive(&self) -> bool {
-        // One node per SQLite file (see `recover_interrupted`).
-        true
-    }
-
     async fn complete_attempt(
         &self,
         id: JobId,
