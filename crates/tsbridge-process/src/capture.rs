@@ -86,6 +86,32 @@ impl CaptureBuffer {
         }
     }
 
+    /// Where the next bytes can be read straight into the buffer, with no
+    /// copy: the free region of the full tail ring from its oldest byte to
+    /// its end, at most `max` bytes. `None` unless the head is full, the ring
+    /// is allocated in full and that region holds at least `min` bytes; then
+    /// read into a buffer of your own and [`Self::push`] it. Fill a prefix of
+    /// the region, then [`Self::commit`] its length before any other call.
+    pub fn spare(&mut self, min: usize, max: usize) -> Option<&mut [u8]> {
+        if self.head.len() < self.head_cap || self.tail_cap == 0 || self.tail.len() < self.tail_cap
+        {
+            return None;
+        }
+        let end = self.tail_cap.min(self.tail_start.saturating_add(max));
+        (end - self.tail_start >= min.max(1)).then(|| &mut self.tail[self.tail_start..end])
+    }
+
+    /// Records `n` bytes written at the start of the region [`Self::spare`]
+    /// returned (the same as pushing them).
+    pub fn commit(&mut self, n: usize) {
+        if self.tail_cap == 0 {
+            return;
+        }
+        let n = n.min(self.tail_cap - self.tail_start);
+        self.total = self.total.saturating_add(n as u64);
+        self.tail_start = (self.tail_start + n) % self.tail_cap;
+    }
+
     /// Bytes pushed so far.
     pub fn total(&self) -> u64 {
         self.total
@@ -212,6 +238,49 @@ impl Captured {
 
 #[cfg(test)]
 mod tests {
+    /// Reading straight into the ring ([`CaptureBuffer::spare`] +
+    /// [`CaptureBuffer::commit`]) keeps exactly what pushing the same bytes
+    /// keeps, whatever the chunk sizes.
+    #[test]
+    fn spare_and_commit_equal_push() {
+        let stream: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        for (max, chunk, min) in [
+            (1000, 37, 1),
+            (4096, 700, 64),
+            (64, 5, 1),
+            (10_000, 3000, 100),
+        ] {
+            let mut pushed = CaptureBuffer::new(max);
+            let mut direct = CaptureBuffer::new(max);
+            let mut used_spare = false;
+            let mut at = 0;
+            while at < stream.len() {
+                let end = (at + chunk).min(stream.len());
+                pushed.push(&stream[at..end]);
+                match direct.spare(min, end - at) {
+                    Some(slot) => {
+                        let n = slot.len();
+                        slot.copy_from_slice(&stream[at..at + n]);
+                        direct.commit(n);
+                        used_spare = true;
+                        at += n;
+                        // Keep `pushed` in step: it took the whole chunk.
+                        if at < end {
+                            direct.push(&stream[at..end]);
+                            at = end;
+                        }
+                    }
+                    None => {
+                        direct.push(&stream[at..end]);
+                        at = end;
+                    }
+                }
+            }
+            assert!(used_spare, "max {max}: the ring was never read into");
+            assert_eq!(pushed.finish(), direct.finish(), "max {max}, chunk {chunk}");
+        }
+    }
+
     use super::*;
     use rand::{Rng, SeedableRng, rngs::StdRng};
 

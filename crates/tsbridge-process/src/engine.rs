@@ -821,33 +821,59 @@ struct StdoutDone {
     summary: StdoutSummary,
 }
 
+/// Reads a stream to its end (or `stop`): every chunk goes into `cap` and
+/// through `feed` (the line protocol), whose events go to `sink`. Once the
+/// capture keeps only the tail, reads go straight into its ring (no copy of
+/// the bytes in user space besides the protocol's scan).
 async fn read_chunks<R: AsyncRead + Unpin>(
     mut r: R,
     stop: &CancellationToken,
-    mut on_chunk: impl FnMut(&[u8]) -> Vec<ChildEvent>,
+    cap: &mut CaptureBuffer,
+    mut feed: impl FnMut(&[u8]) -> Vec<ChildEvent>,
     sink: &EventSink,
 ) {
     let mut buf = vec![0u8; READ_BUF_MIN];
     loop {
-        let n = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            r = r.read(&mut buf) => match r {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::debug!(error = %e, "read from child failed");
-                    break;
-                }
-            },
+        let events = if let Some(slot) = cap.spare(READ_BUF_MIN, READ_BUF_MAX) {
+            let n = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                r = r.read(&mut *slot) => match r {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "read from child failed");
+                        break;
+                    }
+                },
+            };
+            let events = feed(&slot[..n]);
+            cap.commit(n);
+            events
+        } else {
+            let n = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                r = r.read(&mut buf) => match r {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "read from child failed");
+                        break;
+                    }
+                },
+            };
+            cap.push(&buf[..n]);
+            let events = feed(&buf[..n]);
+            if n == buf.len() && buf.len() < READ_BUF_MAX {
+                buf.resize(buf.len() * 2, 0);
+            }
+            events
         };
-        let events = on_chunk(&buf[..n]);
         for ev in events {
             sink.send(ev).await;
-        }
-        if n == buf.len() && buf.len() < READ_BUF_MAX {
-            buf.resize(buf.len() * 2, 0);
         }
     }
 }
@@ -863,8 +889,8 @@ async fn read_stdout(
     read_chunks(
         r,
         &stop,
+        &mut cap,
         |chunk| {
-            cap.push(chunk);
             let mut evs = Vec::new();
             proto.feed(chunk, &mut |e| evs.push(e));
             evs
@@ -894,8 +920,8 @@ async fn read_stderr(
     read_chunks(
         r,
         &stop,
+        &mut cap,
         |chunk| {
-            cap.push(chunk);
             let mut evs = Vec::new();
             proto.feed(chunk, &mut |e| evs.push(e));
             evs
