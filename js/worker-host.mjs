@@ -11,12 +11,13 @@
 // an `error` with the same id (tsbridge's IPC layer correlates them):
 //   {type:"request", id, payload:{op:"ping"}}
 //       -> {type:"response", id, payload:{op:"pong", ready, pid, exports, node, rss, heapUsed, busy, jobs, uptimeMs}}
-//   {type:"request", id, payload:{op:"run", jobId, workflow, params, barrier}}
+//   {type:"request", id, payload:{op:"run", jobId, workflow, params}}
 //       -> {type:"progress", id, payload:{current, total, message}}   (ctx.progress)
 //       -> {type:"log",      id, payload:{level, message}}            (ctx.log, console.*)
-//       -> {type:"result",   id, payload:{tsbridgeEnd: barrier}}      (end of the job's events, if any)
 //       -> {type:"response", id, payload:{value:<the handler's value>, events}}  or
 //          {type:"error",    id, payload:{message, name, aborted, stack?, events}}
+//   `events` counts the job's progress/log envelopes: tsbridge forwards that
+//   many before it reports the answer (they travel on another path there).
 //   {type:"request", id, payload:{op:"cancel", jobId, reason}}
 //       -> {type:"response", id, payload:{op:"cancel", jobId, found}}
 // Messages that arrive while the module loads are queued by Node until the
@@ -170,51 +171,96 @@ function abortReason(reason) {
   return new DOMException('job cancelled', 'AbortError');
 }
 
+/** Handler per workflow name, looked up once (the module namespace does not change). */
+const handlers = new Map();
+
+function handlerFor(ns, workflow) {
+  let handler = handlers.get(workflow);
+  if (handler === undefined) {
+    handler = findHandler(ns, workflow);
+    handlers.set(workflow, handler);
+  }
+  return handler;
+}
+
+/**
+ * One job. Its AbortController is made only when the handler reads
+ * `ctx.signal` or the job is aborted: most handlers never look, and a
+ * signal costs microseconds to make (and more to collect).
+ */
+class Job {
+  constructor(id, jobId) {
+    this.id = id;
+    this.jobId = jobId;
+    this.settled = false;
+    this.events = 0;
+    this.controller = null;
+    this.aborted = false;
+  }
+
+  signal() {
+    if (this.controller === null) this.controller = new AbortController();
+    return this.controller.signal;
+  }
+
+  abort(reason) {
+    this.aborted = true;
+    this.signal();
+    this.controller.abort(reason);
+  }
+
+  progress(cur, total, message) {
+    if (this.settled) return;
+    this.events += 1;
+    send('progress', this.id, { current: Number(cur) || 0, total: Number(total) || 0, message: message == null ? '' : String(message) });
+  }
+
+  log(level, message) {
+    if (this.settled) return;
+    this.events += 1;
+    send('log', this.id, { level: String(level || 'info'), message: message == null ? '' : String(message) });
+  }
+}
+
 async function runJob(ns, id, payload) {
   if (current) {
     send('error', id, { message: `worker busy with job ${current.jobId}`, name: 'BusyError', aborted: false });
     return;
   }
-  const controller = new AbortController();
   const jobId = payload.jobId == null ? String(id) : String(payload.jobId);
-  const job = { id, jobId, controller, settled: false, events: 0 };
+  const job = new Job(id, jobId);
   current = job;
   const workflow = typeof payload.workflow === 'string' ? payload.workflow : '';
+  // Frozen, and bound to this job: calls after it settled are dropped, so a
+  // stray timer cannot speak for the next job (the methods work detached).
   const ctx = Object.freeze({
     jobId,
     workflow,
-    signal: controller.signal,
-    progress(cur, total, message) {
-      if (job.settled) return;
-      job.events += 1;
-      send('progress', id, { current: Number(cur) || 0, total: Number(total) || 0, message: message == null ? '' : String(message) });
+    get signal() {
+      return job.signal();
     },
-    log(level, message) {
-      if (job.settled) return;
-      job.events += 1;
-      send('log', id, { level: String(level || 'info'), message: message == null ? '' : String(message) });
-    },
+    progress: (cur, total, message) => job.progress(cur, total, message),
+    log: (level, message) => job.log(level, message),
   });
-  let settledAs;
+  let type;
+  let answer;
   try {
-    const handler = findHandler(ns, workflow);
+    const handler = handlerFor(ns, workflow);
     if (!handler) throw new TypeError(`no handler for workflow "${workflow}": export a function named ${camelCase(workflow)} or a default function`);
     const value = await handler(payload.params ?? {}, ctx);
-    settledAs = ['response', { value: value === undefined ? null : value }];
+    type = 'response';
+    answer = { value: value === undefined ? null : value, events: 0 };
   } catch (err) {
-    settledAs = ['error', errorPayload(err, controller.signal.aborted)];
+    type = 'error';
+    answer = errorPayload(err, job.aborted);
   }
-  // How many progress/log envelopes the job sent: tsbridge waits for the end
-  // marker only when there were some.
-  settledAs[1].events = job.events;
+  // How many progress/log envelopes the job sent: tsbridge forwards that many
+  // (they reach it on another path than the answer) before it reports the end.
+  answer.events = job.events;
   job.settled = true;
   current = null;
   jobsServed += 1;
-  // End-of-job marker on the event path (progress/log travel there, the
-  // answer travels on the reply path): tsbridge forwards the job's events up
-  // to this marker before it reports the answer, so none arrive late.
-  if (job.events > 0 && typeof payload.barrier === 'string') send('result', id, { tsbridgeEnd: payload.barrier });
-  send(settledAs[0], id, settledAs[1]);
+  send(type, id, answer);
 }
 
 function handleRequest(ns, msg) {
@@ -225,7 +271,7 @@ function handleRequest(ns, msg) {
       return;
     case 'cancel': {
       const found = current !== null && !current.settled && (payload.jobId == null || String(payload.jobId) === current.jobId);
-      if (found) current.controller.abort(abortReason(payload.reason));
+      if (found) current.abort(abortReason(payload.reason));
       send('response', msg.id, { op: 'cancel', jobId: payload.jobId ?? null, found });
       return;
     }
@@ -293,7 +339,7 @@ async function main() {
   });
   // The parent closed the channel: end now, whatever a handler still holds open.
   process.on('disconnect', () => {
-    if (current) current.controller.abort(abortReason('shutdown'));
+    if (current) current.abort(abortReason('shutdown'));
     process.exit(0);
   });
 }

@@ -28,25 +28,9 @@ impl AbortReason {
 /// The host's exit code when the module cannot be loaded or has no handler.
 pub const EXIT_FATAL: i32 = 78;
 
-/// `{op:"run", jobId, workflow, params, barrier}`. `barrier` is a nonce the
-/// host echoes as its last event of the job (see [`is_end_marker`]).
-pub fn run_payload(job_id: &str, workflow: &str, params: &Value, barrier: &str) -> Value {
-    json!({"op": "run", "jobId": job_id, "workflow": workflow, "params": params, "barrier": barrier})
-}
-
-/// A fresh barrier nonce (a handler cannot forge the end marker: it never
-/// sees the nonce).
-pub fn new_barrier() -> String {
-    format!("{:016x}", rand::random::<u64>())
-}
-
-/// Whether a `result` event is the host's end-of-job marker for `barrier`:
-/// `{tsbridgeEnd: barrier}`. The job's progress and logs travel on the
-/// event path, its answer on the reply path; events up to this marker
-/// belong to the job.
-pub fn is_end_marker(value: &Value, barrier: &str) -> bool {
-    value.get("tsbridgeEnd").and_then(Value::as_str) == Some(barrier)
-        && value.as_object().is_some_and(|o| o.len() == 1)
+/// `{op:"run", jobId, workflow, params}`.
+pub fn run_payload(job_id: &str, workflow: &str, params: &Value) -> Value {
+    json!({"op": "run", "jobId": job_id, "workflow": workflow, "params": params})
 }
 
 /// `{op:"cancel", jobId, reason}`.
@@ -91,8 +75,9 @@ pub fn parse_pong(v: &Value) -> Pong {
     }
 }
 
-/// How many progress/log envelopes a job sent, from its answer's `events`
-/// (the end marker follows them when there were some).
+/// How many progress/log envelopes a job sent, from its answer's `events`.
+/// They travel on the event path, the answer on the reply path: the pool
+/// forwards that many events before it reports the answer.
 pub fn event_count(answer: &Value) -> u64 {
     answer.get("events").and_then(Value::as_u64).unwrap_or(0)
 }
@@ -126,15 +111,13 @@ mod tests {
 
     #[test]
     fn payloads() {
-        let r = run_payload("j1", "data-analysis", &json!({"a": 1}), "b1");
+        let r = run_payload("j1", "data-analysis", &json!({"a": 1}));
         assert_eq!(
             r,
-            json!({"op":"run","jobId":"j1","workflow":"data-analysis","params":{"a":1},"barrier":"b1"})
+            json!({"op":"run","jobId":"j1","workflow":"data-analysis","params":{"a":1}})
         );
-        assert!(is_end_marker(&json!({"tsbridgeEnd": "b1"}), "b1"));
-        assert!(!is_end_marker(&json!({"tsbridgeEnd": "b2"}), "b1"));
-        assert!(!is_end_marker(&json!({"tsbridgeEnd": "b1", "x": 1}), "b1"));
-        assert_ne!(new_barrier(), new_barrier());
+        assert_eq!(event_count(&json!({"value": 1, "events": 3})), 3);
+        assert_eq!(event_count(&json!({"value": 1})), 0);
         assert_eq!(
             cancel_payload("j1", AbortReason::Timeout)["reason"],
             "timeout"

@@ -88,7 +88,7 @@ async fn fake_host(
         return;
     }
     // The job in flight: its mode and where its answer goes.
-    let mut running: Option<(String, AnswerTx, Value)> = None;
+    let mut running: Option<(String, AnswerTx)> = None;
     loop {
         tokio::select! {
             _ = kill.cancelled() => {
@@ -108,12 +108,19 @@ async fn fake_host(
                     }
                     Some("run") => {
                         let mode = p["params"]["mode"].as_str().unwrap_or("echo").to_owned();
-                        let marker = ChildEvent::Result { value: json!({"tsbridgeEnd": p["barrier"]}) };
                         match mode.as_str() {
                             "echo" => {
                                 let _ = out.send(ChildEvent::Progress(tsbridge_proto::Progress::new(1, 2, "half"))).await;
-                                let _ = out.send(marker).await;
                                 let _ = answer.send(Ok(json!({"value": {"pid": pid, "params": p["params"]}, "events": 1})));
+                            }
+                            // The answer overtakes the job's events (as it
+                            // can in the engine: another path).
+                            "late" => {
+                                let _ = answer.send(Ok(json!({"value": {"pid": pid}, "events": 3})));
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                for i in 1..=3 {
+                                    let _ = out.send(ChildEvent::Progress(tsbridge_proto::Progress::new(i, 3, format!("late {i}")))).await;
+                                }
                             }
                             "throw" => {
                                 let _ = answer.send(Err(LinkError::Remote(json!({"message":"bad","name":"RangeError","aborted":false}))));
@@ -124,15 +131,14 @@ async fn fake_host(
                                 let _ = exit.send(WorkerExit::Code(1));
                                 return;
                             }
-                            other => running = Some((other.to_owned(), answer, p["barrier"].clone())),
+                            other => running = Some((other.to_owned(), answer)),
                         }
                     }
                     Some("cancel") => {
                         let _ = answer.send(Ok(json!({"op":"cancel","found":running.is_some()})));
-                        if running.as_ref().is_some_and(|(mode, _, _)| mode == "abortable")
-                            && let Some((_, job, barrier)) = running.take()
+                        if running.as_ref().is_some_and(|(mode, _)| mode == "abortable")
+                            && let Some((_, job)) = running.take()
                         {
-                            let _ = barrier;
                             let _ = job.send(Err(LinkError::Remote(json!({"message":"job cancelled","name":"AbortError","aborted":true}))));
                         }
                         // "hang": ignores the cancel
@@ -212,6 +218,38 @@ async fn runs_jobs_and_streams_events() {
     assert_eq!(s.jobs_total, 1);
     p.shutdown(Duration::from_secs(1)).await;
     assert_eq!(p.stats().size, 0);
+}
+
+/// Without an end marker: the answer says how many events the job sent,
+/// and the pool forwards that many before it reports the outcome, even when
+/// the answer overtook them; none leak into the next job.
+#[tokio::test]
+async fn events_overtaken_by_the_answer_are_forwarded_before_it() {
+    let p = pool(PoolConfig { max: 1, ..cfg() }).await;
+    for _ in 0..3 {
+        let (tx, mut rx) = sink();
+        let o = p.run(job("late"), tx).await;
+        assert!(o.result.is_ok());
+        // Everything was in the sink before the outcome came back.
+        let mut got = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            if let PoolEvent::Child(ChildEvent::Progress(pr)) = ev {
+                got.push(pr.message);
+            }
+        }
+        assert_eq!(got, ["late 1", "late 2", "late 3"]);
+        let (tx, mut rx) = sink();
+        let o = p.run(job("echo"), tx).await;
+        assert!(o.result.is_ok());
+        let mut got = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            if let PoolEvent::Child(ChildEvent::Progress(pr)) = ev {
+                got.push(pr.message);
+            }
+        }
+        assert_eq!(got, ["half"]);
+    }
+    p.shutdown(Duration::ZERO).await;
 }
 
 #[tokio::test]

@@ -26,10 +26,10 @@ use super::{EventSink, PoolEvent, PoolJob, PoolOutcome};
 /// worker's timers do).
 const NO_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// How long, after a job's answer, its end-of-events marker may take to
-/// come through the event path (it only misses if the engine dropped events
-/// of a flooding job).
-const MARKER_WAIT: Duration = Duration::from_secs(2);
+/// How long, after a job's answer, the rest of its events may take to come
+/// through the event path (they only miss if the engine dropped events of a
+/// flooding job).
+const EVENTS_WAIT: Duration = Duration::from_secs(2);
 
 /// Everything a worker process says besides answers, in order. After
 /// `Exited` nothing follows.
@@ -391,9 +391,8 @@ impl Worker {
                 pid: self.io.pid,
             })
             .await;
-        let barrier = protocol::new_barrier();
         let mut answer = Some(self.ask(
-            protocol::run_payload(&job_id, &job.workflow, &job.params, &barrier),
+            protocol::run_payload(&job_id, &job.workflow, &job.params),
             NO_TIMEOUT,
         ));
 
@@ -401,7 +400,9 @@ impl Worker {
         let mut abort: Option<(AbortReason, Instant)> = None;
         let mut killed = false;
         let mut retire_after = false;
-        let mut marker_seen = false;
+        // The job's progress/log events forwarded so far (its answer says
+        // how many it sent).
+        let mut seen: u64 = 0;
         let aborted_error = |reason: AbortReason, killed: bool| match reason {
             AbortReason::Timeout => PoolJobError::Timeout {
                 after: timeout.unwrap_or_default(),
@@ -426,10 +427,8 @@ impl Worker {
             tokio::select! {
                 biased;
                 input = next_input(&mut self.io.events, &mut self.io.exit) => match input {
-                    Some(WorkerInput::Event(ChildEvent::Result { value })) if protocol::is_end_marker(&value, &barrier) => {
-                        marker_seen = true;
-                    }
                     Some(WorkerInput::Event(ev)) => {
+                        seen += u64::from(counts(&ev));
                         let _ = sink.send(PoolEvent::Child(neutralize(ev))).await;
                     }
                     Some(WorkerInput::Exited(exit)) => {
@@ -469,12 +468,11 @@ impl Worker {
                         }
                     };
                     // The job's events travel on another path than its
-                    // answer: when it sent some, forward them up to the
-                    // host's end marker first.
-                    let exited = if marker_seen || events == 0 {
+                    // answer: forward as many as it sent first.
+                    let exited = if seen >= events {
                         None
                     } else {
-                        self.forward_until_marker(&sink, &barrier).await
+                        self.forward_remaining(&sink, events - seen).await
                     };
                     let result = match abort {
                         Some((reason, _)) => Err(aborted_error(reason, false)),
@@ -537,27 +535,30 @@ impl Worker {
         }
     }
 
-    /// Forwards the job's events until its end marker (or the process's
-    /// exit, returned, or [`MARKER_WAIT`]).
-    async fn forward_until_marker(
+    /// Forwards the job's events until `missing` more progress/log events
+    /// went through (or the process's exit, returned, or [`EVENTS_WAIT`]).
+    async fn forward_remaining(
         &mut self,
         sink: &EventSink,
-        barrier: &str,
+        mut missing: u64,
     ) -> Option<WorkerExit> {
-        let give_up = Instant::now() + MARKER_WAIT;
+        let give_up = Instant::now() + EVENTS_WAIT;
         loop {
             tokio::select! {
                 biased;
                 input = next_input(&mut self.io.events, &mut self.io.exit) => match input {
-                    Some(WorkerInput::Event(ChildEvent::Result { value })) if protocol::is_end_marker(&value, barrier) => return None,
                     Some(WorkerInput::Event(ev)) => {
+                        missing = missing.saturating_sub(u64::from(counts(&ev)));
                         let _ = sink.send(PoolEvent::Child(neutralize(ev))).await;
+                        if missing == 0 {
+                            return None;
+                        }
                     }
                     Some(WorkerInput::Exited(exit)) => return Some(exit),
                     None => return Some(WorkerExit::Unknown),
                 },
                 _ = sleep_until(give_up) => {
-                    tracing::debug!(worker = %self.id, "end-of-job marker did not arrive");
+                    tracing::debug!(worker = %self.id, missing, "events of the job did not arrive");
                     return None;
                 }
             }
@@ -624,6 +625,15 @@ fn start_failure(last_error: Option<String>, exit: WorkerExit) -> WorkerStartErr
         },
         exit => WorkerStartError::ExitedEarly { exit, last_error },
     }
+}
+
+/// Whether an event is one the host counts in a job's `events`: its
+/// `progress` and `log` envelopes. A handler's own protocol lines on
+/// stdout/stderr become the same kinds of event and count too; they only
+/// shorten the wait (their order against the answer is not guaranteed
+/// anyway: they travel on other pipes).
+fn counts(ev: &ChildEvent) -> bool {
+    matches!(ev, ChildEvent::Progress(_) | ChildEvent::Log { .. })
 }
 
 /// Stdout is not the protocol in pool mode: a stray `RESULT:` line a

@@ -14,6 +14,13 @@ export default async function handler(params, ctx) {
       ctx.log('info', 'half way');
       console.log('RESULT: {"forged": true}');
       return { pid: process.pid };
+    case 'burst':
+      // Many events, the last one right before the answer.
+      for (let i = 1; i <= params.n; i++) {
+        if (i % 2) ctx.progress(i, params.n, params.tag);
+        else ctx.log('info', `${params.tag} ${i}`);
+      }
+      return params.tag;
     case 'throw':
       throw new TypeError(`bad input: ${params.what ?? 'x'}`);
     case 'exit':

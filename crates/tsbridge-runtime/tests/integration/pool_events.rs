@@ -52,3 +52,38 @@ async fn events_reach_the_sink_in_order() {
     );
     pool.shutdown(Duration::from_secs(10)).await;
 }
+
+/// The answer travels on another path than the job's events: the pool
+/// forwards all of them (counted by the answer's `events`) before it
+/// reports the outcome, so none is missing or lands in the next job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_of_a_job_is_forwarded_before_its_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = start(js_spec(dir.path()), config(1, 1)).await.unwrap();
+    for job in 0..100u64 {
+        let tag = format!("job-{job}");
+        let n = 1 + job % 40;
+        let (tx, mut rx) = sink();
+        let o = pool
+            .run(
+                PoolJob::new("pool-test", json!({"mode": "burst", "n": n, "tag": tag})),
+                tx,
+            )
+            .await;
+        assert_eq!(o.result.unwrap(), json!(tag));
+        let events = child_events(&mut rx);
+        let seen: Vec<u64> = events
+            .iter()
+            .map(|e| match e {
+                ChildEvent::Progress(p) if p.message == tag => p.current,
+                ChildEvent::Log { message, .. } => message
+                    .strip_prefix(&format!("{tag} "))
+                    .and_then(|i| i.parse().ok())
+                    .unwrap_or_else(|| panic!("{tag}: foreign event {e:?}")),
+                other => panic!("{tag}: foreign event {other:?}"),
+            })
+            .collect();
+        assert_eq!(seen, (1..=n).collect::<Vec<_>>(), "{tag}: {events:?}");
+    }
+    pool.shutdown(Duration::from_secs(10)).await;
+}
