@@ -19,6 +19,7 @@ mod group_commit;
 mod grouped_writes;
 mod idempotency;
 mod live_view;
+mod memory_store;
 mod multi_node_pg;
 mod ordering;
 mod path_params_landlock;
