@@ -23,17 +23,13 @@
 //!   JSON-escaped, percent, base64): in a multi-line text (a whole capture,
 //!   an error) it is matched exactly, with line breaks allowed between any
 //!   two of its characters, and redacted line by line (the line structure
-//!   stays). One line alone (a streamed event) cannot see its neighbour, so
-//!   a line that *ends* with a piece of [`MIN_WRAP_PIECE`] bytes or more that
-//!   begins a secret, *starts* with such a piece that ends one, or is whole
-//!   a piece of at least [`MIN_ENCODED_SECRET_LEN`] bytes from inside one, has
-//!   that piece redacted ([`Masker::mask`] on text without a line break).
-//!   This needs no state between lines, so events stay one per line and
-//!   none is held back; the price is that at most
-//!   `MIN_WRAP_PIECE - 1` bytes of a secret can show at each line break, and
-//!   that text which only looks like such a piece is redacted too. A
-//!   quick test of the 4-byte windows at the ends of a line skips the search
-//!   for almost every line.
+//!   stays). One line alone (a streamed event) cannot see its neighbour,
+//!   and is not guessed at: redacting the end of a line because it looks
+//!   like the start of a secret would tell whoever controls what a job
+//!   prints whether a guessed prefix is right (a byte-by-byte oracle), and
+//!   would redact ordinary words and numbers. So a wrapped secret is masked
+//!   in captures and errors, **not** in streamed events (a known gap: it
+//!   needs the line protocol to hold a line back until the next one decides).
 //! - A secret that contains `"` or `\` appears escaped inside JSON text; the
 //!   JSON-escaped form is a secret too. Results are masked as values
 //!   ([`Masker::mask_json`]): strings, object keys and numbers.
@@ -61,10 +57,6 @@ pub const MIN_SECRET_LEN: usize = 4;
 /// The shortest piece of a secret redacted at a cut edge.
 pub const MIN_PARTIAL: usize = 3;
 
-/// The shortest piece of a wrapped secret redacted at the start or end of a
-/// line (see the module doc).
-pub const MIN_WRAP_PIECE: usize = 4;
-
 /// Whether an environment variable name looks like it holds a secret
 /// (SPEC §5). One rule for the whole product: the sandbox's, which also
 /// decides what a child never inherits.
@@ -87,20 +79,9 @@ pub struct Masker {
 struct Wrapped {
     /// Every form (literal, JSON-escaped, percent, base64), longest first.
     forms: Vec<String>,
-    /// A bitmap of the 4-byte windows of the forms: a line whose first and
-    /// last 4 bytes are not in it has no piece of a form at its ends.
-    grams: Box<[u64]>,
     /// The forms with line breaks allowed between characters, compiled
     /// when a multi-line text is first masked.
     regex: OnceLock<Option<Regex>>,
-}
-
-const GRAM_BITS: u32 = 16;
-
-#[inline]
-fn gram_slot(w: &[u8]) -> usize {
-    let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-    (v.wrapping_mul(0x9E37_79B1) >> (32 - GRAM_BITS)) as usize
 }
 
 impl Wrapped {
@@ -108,24 +89,10 @@ impl Wrapped {
         if forms.is_empty() {
             return None;
         }
-        let mut grams = vec![0u64; (1 << GRAM_BITS) / 64].into_boxed_slice();
-        for f in &forms {
-            for w in f.as_bytes().windows(MIN_WRAP_PIECE) {
-                let slot = gram_slot(w);
-                grams[slot / 64] |= 1 << (slot % 64);
-            }
-        }
         Some(Wrapped {
             forms,
-            grams,
             regex: OnceLock::new(),
         })
-    }
-
-    #[inline]
-    fn has_gram(&self, w: &[u8]) -> bool {
-        let slot = gram_slot(w);
-        self.grams[slot / 64] & (1 << (slot % 64)) != 0
     }
 
     /// One alternation of the forms (longest first), compiled when a
@@ -215,64 +182,6 @@ impl Wrapped {
         out.push_str(&s[copied..]);
         Cow::Owned(out)
     }
-
-    /// The pieces of one line (no line break in it) that a wrapped secret
-    /// may have left at its ends: `(lead, trail)` byte lengths, or `None`
-    /// when the whole line is a piece from inside a secret.
-    fn edges(&self, s: &str) -> Option<(usize, usize)> {
-        let b = s.as_bytes();
-        if b.len() < MIN_WRAP_PIECE {
-            return Some((0, 0));
-        }
-        let head = self.has_gram(&b[..MIN_WRAP_PIECE]);
-        let tail = self.has_gram(&b[b.len() - MIN_WRAP_PIECE..]);
-        if !head && !tail {
-            return Some((0, 0));
-        }
-        let (mut lead, mut trail) = (0, 0);
-        let first = &b[..MIN_WRAP_PIECE];
-        let last = &b[b.len() - MIN_WRAP_PIECE..];
-        for f in &self.forms {
-            let fb = f.as_bytes();
-            if head && tail && b.len() >= MIN_ENCODED_SECRET_LEN && b.len() < fb.len() {
-                // Whole, from inside (a middle line of a wrapped secret).
-                if memchr::memmem::find(fb, b).is_some() {
-                    return None;
-                }
-            }
-            for p in 0..=fb.len() - MIN_WRAP_PIECE {
-                let w = &fb[p..p + MIN_WRAP_PIECE];
-                // The line starts with the end of the form (from `p`).
-                let k = fb.len() - p;
-                if head
-                    && w == first
-                    && k > lead
-                    && k < fb.len()
-                    && k <= b.len()
-                    && fb[p..] == b[..k]
-                    && s.is_char_boundary(k)
-                {
-                    lead = k;
-                }
-                // The line ends with the start of the form (up to `p + 4`).
-                let k = p + MIN_WRAP_PIECE;
-                if tail
-                    && w == last
-                    && k > trail
-                    && k < fb.len()
-                    && k <= b.len()
-                    && fb[..k] == b[b.len() - k..]
-                    && s.is_char_boundary(b.len() - k)
-                {
-                    trail = k;
-                }
-            }
-        }
-        if lead + trail >= b.len() {
-            return None;
-        }
-        Some((lead, trail))
-    }
 }
 
 impl fmt::Debug for Masker {
@@ -353,8 +262,11 @@ impl Masker {
         if self.is_empty() {
             return Cow::Borrowed(s);
         }
-        // One scan: a multi-line text gets the exact wrapped match, one line
-        // the edge test.
+        // A multi-line text gets the exact wrapped match. One line alone is
+        // not guessed at: redacting a line's end because it looks like the
+        // start of a secret would answer, to whoever controls what a job
+        // prints, whether a guessed prefix is right (a byte-by-byte oracle),
+        // and would redact ordinary words and numbers.
         let multiline = self.wrap.is_some() && memchr::memchr(b'\n', s.as_bytes()).is_some();
         let mut out = match &self.wrap {
             Some(w) if multiline => w.mask_lines(s),
@@ -364,25 +276,6 @@ impl Masker {
             && let Cow::Owned(o) = re.replace_all(&out, REDACTED)
         {
             out = Cow::Owned(o);
-        }
-        if let Some(w) = &self.wrap
-            && !multiline
-        {
-            match w.edges(&out) {
-                Some((0, 0)) => {}
-                Some((lead, trail)) => {
-                    let mut o = String::with_capacity(out.len() + 2 * REDACTED.len());
-                    if lead > 0 {
-                        o.push_str(REDACTED);
-                    }
-                    o.push_str(&out[lead..out.len() - trail]);
-                    if trail > 0 {
-                        o.push_str(REDACTED);
-                    }
-                    out = Cow::Owned(o);
-                }
-                None => out = Cow::Owned(REDACTED.to_owned()),
-            }
         }
         for p in &self.patterns {
             if let Cow::Owned(o) = p.replace_all(&out, REDACTED) {
@@ -736,15 +629,16 @@ mod tests {
             masker.mask_cut("RETVALUE tail", true, false),
             "[REDACTED] tail"
         );
-        // Without a cut, a fragment inside a line is just text; at the end
-        // of a line it may be the first half of a wrapped secret.
+        // Without a cut, a fragment is just text (inside a line or at its
+        // end: guessing there would be an oracle, see
+        // `one_line_is_masked_only_where_a_whole_secret_is`).
         assert_eq!(
             masker.mask_cut("output SUPERSEC here", false, false),
             "output SUPERSEC here"
         );
         assert_eq!(
             masker.mask_cut("output SUPERSEC", false, false),
-            "output [REDACTED]"
+            "output SUPERSEC"
         );
         // Fragments shorter than MIN_PARTIAL are left alone.
         assert_eq!(masker.mask_cut("end SU", false, true), "end SU");
@@ -793,9 +687,9 @@ mod tests {
         (events, masker.mask(text).into_owned())
     }
 
-    /// No `MIN_WRAP_PIECE`-byte window of `form` in any of `texts`.
+    /// No 4-byte window of `form` in any of `texts`.
     fn assert_no_piece(texts: &[String], form: &str, what: &str) {
-        for w in form.as_bytes().windows(MIN_WRAP_PIECE) {
+        for w in form.as_bytes().windows(4) {
             let w = std::str::from_utf8(w).unwrap_or_default();
             for t in texts {
                 assert!(!t.contains(w), "{what}: {t:?} shows {w:?} of {form:?}");
@@ -804,7 +698,7 @@ mod tests {
     }
 
     #[test]
-    fn a_secret_wrapped_across_lines_never_shows_in_events_or_captures() {
+    fn a_secret_wrapped_across_lines_never_shows_in_captures() {
         let secret = "sk-live-9Qz7Wm2Rt5Yx8Kp3Lv6Nb1Hc4Jd0Fg";
         let masker = m(&[secret]);
         // Split once, at every position, by \n and by \r\n.
@@ -815,8 +709,7 @@ mod tests {
                     &secret[..cut],
                     &secret[cut..]
                 );
-                let (events, captured) = streamed(&masker, &text);
-                assert_no_piece(&events, secret, &format!("cut {cut}"));
+                let (_, captured) = streamed(&masker, &text);
                 assert_no_piece(
                     std::slice::from_ref(&captured),
                     secret,
@@ -833,16 +726,13 @@ mod tests {
                 .map(|c| std::str::from_utf8(c).unwrap_or_default())
                 .collect();
             let text = format!("{}\n", wrapped.join("\n"));
-            let (events, captured) = streamed(&masker, &text);
-            if width >= MIN_ENCODED_SECRET_LEN {
-                assert_no_piece(&events, secret, &format!("width {width}"));
-            }
+            let (_, captured) = streamed(&masker, &text);
             assert_no_piece(&[captured], secret, &format!("capture, width {width}"));
         }
     }
 
     #[test]
-    fn base64_of_a_secret_wrapped_like_pem_or_mime_never_shows() {
+    fn base64_of_a_secret_wrapped_like_pem_or_mime_never_shows_in_captures() {
         use base64::Engine as _;
         use base64::engine::general_purpose::STANDARD;
         let secret = "AKIAIOSFODNN7EXAMPLE/wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
@@ -859,30 +749,34 @@ mod tests {
                     "-----BEGIN-----{brk}{}{brk}-----END-----{brk}",
                     wrapped.join(brk)
                 );
-                let (events, captured) = streamed(&masker, &text);
+                let (_, captured) = streamed(&masker, &text);
                 for form in base64_forms(secret.as_bytes()) {
                     let what = format!("{prefix:?} at {width}");
-                    assert_no_piece(&events, &form, &what);
                     assert_no_piece(std::slice::from_ref(&captured), &form, &what);
                 }
             }
         }
     }
 
+    /// Found by review: redacting a line's end that looks like the start of
+    /// a secret told a guesser, byte by byte, whether a prefix was right, and
+    /// redacted ordinary words and numbers.
     #[test]
-    fn lines_that_only_touch_a_secret_by_less_than_a_piece_stay() {
-        let masker = m(&["sk-live-9Qz7Wm2Rt5Yx8Kp3"]);
-        for line in ["done", "ends with sk-", "k3 starts it", "sk-live is a word"] {
-            let out = masker.mask(line);
-            if line == "sk-live is a word" {
-                // Begins like the secret, at the start: not a wrapped end.
-                assert_eq!(out, line);
-            } else {
-                assert!(matches!(out, Cow::Borrowed(_)), "{line} -> {out}");
-            }
+    fn one_line_is_masked_only_where_a_whole_secret_is() {
+        let secret = "sk_live_Q7xv93kPz";
+        let masker = m(&[secret]);
+        let alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        let known = "sk_live_";
+        for c in alphabet.chars() {
+            let line = format!("echo {known}{c}");
+            assert_eq!(masker.mask(&line), line, "a prefix guess changed the line");
         }
-        // A line that ends with 4+ bytes that begin the secret is redacted.
-        assert_eq!(masker.mask("key=sk-live"), "key=[REDACTED]");
+        assert_eq!(masker.mask(&format!("echo {secret}")), "echo [REDACTED]");
+        let masker = m(&["admin12345", "20261126"]);
+        assert_eq!(masker.mask("logged in as admin"), "logged in as admin");
+        let mut v = serde_json::json!({"user": "admin", "year": 2026});
+        masker.mask_json(&mut v);
+        assert_eq!(v, serde_json::json!({"user": "admin", "year": 2026}));
     }
 
     #[test]
