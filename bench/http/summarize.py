@@ -65,5 +65,7 @@ for t, peers in pairs:
             a, b = med[k], med[pk]
             cpu_a = a['srv'] / max(a['rps'], 1e-9)
             cpu_b = b['srv'] / max(b['rps'], 1e-9)
+            # A server whose CPU was not sampled (0) has no CPU ratio.
+            cpu = f"{cpu_a / cpu_b:.2f}×" if cpu_a > 0 and cpu_b > 0 else "n/a"
             print(f"| {k} | {pk} | {a['rps'] / b['rps']:.2f}× | {a['p50'] / b['p50']:.2f}× | {a['p99'] / b['p99']:.2f}× | "
-                  f"{cpu_a / cpu_b:.2f}× |")
+                  f"{cpu} |")
