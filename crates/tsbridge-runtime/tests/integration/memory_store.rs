@@ -7,34 +7,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use chrono::Utc;
 use futures::future::join_all;
-use serde_json::json;
-use tsbridge_proto::{EventData, JobEvent, JobId, JobState};
-use tsbridge_runtime::store::{Inserted, JobStore, NewJob, SqliteStore, StoredRequest};
+use tsbridge_runtime::store::{Inserted, JobStore, NewJob, SqliteStore};
+
+use crate::store_contract;
 
 fn new_job() -> NewJob {
-    let id = JobId::new();
-    NewJob {
-        id,
-        workflow: "wf".into(),
-        priority: 0,
-        params: json!({"n": 1, "pad": "x".repeat(512)}),
-        request: StoredRequest::default(),
-        idempotency_key: None,
-        max_attempts: 1,
-        created_at: Utc::now(),
-        event: JobEvent {
-            seq: 1,
-            job_id: id,
-            timestamp: Utc::now(),
-            data: EventData::State {
-                state: JobState::Queued,
-                reason: None,
-                attempt: None,
-            },
-        },
-    }
+    store_contract::new_job("wf", 0, None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
