@@ -189,6 +189,8 @@ enum Slot {
     /// queued) is being written; `event` is published once it is.
     Ending {
         state: JobState,
+        /// What is written (kept to write it again if the store fails).
+        write: EndWrite,
         /// Written with the end, published before `event`.
         events: Arc<[JobEvent]>,
         event: JobEvent,
@@ -199,6 +201,22 @@ enum Slot {
         late: Vec<Reply<()>>,
     },
 }
+
+/// The store write that ends a job or an attempt.
+#[derive(Debug, Clone)]
+enum EndWrite {
+    /// `complete_attempt_with_events`.
+    Attempt {
+        end: Box<AttemptEnd>,
+        next: Box<AfterAttempt>,
+    },
+    /// `finish_job` (no attempt running).
+    Finish(Box<Finish>),
+}
+
+/// How long a job whose end the store failed to write waits before the
+/// write is tried again (it stays live, unpublished, until it is written).
+const END_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 enum Phase {
@@ -435,17 +453,30 @@ impl Dispatcher {
         });
     }
 
-    /// Writes the end of a live job (`Slot::Ending`, set by the caller).
-    fn spawn_end(
-        &mut self,
-        id: JobId,
-        write: impl Future<Output = Result<(), StoreError>> + Send + 'static,
-    ) {
+    /// Writes the end of a live job (its `Slot::Ending`, set by the caller;
+    /// again after a failed write).
+    fn write_end(&mut self, id: JobId) {
+        let Some(Slot::Ending {
+            write,
+            events,
+            event,
+            ..
+        }) = self.jobs.get(&id).map(|j| &j.slot)
+        else {
+            return;
+        };
+        let (write, events, event) = (write.clone(), events.clone(), event.clone());
+        let store = self.shared.store.clone();
         self.spawn_write(async move {
-            Written::Ended {
-                id,
-                result: write.await,
-            }
+            let result = match &write {
+                EndWrite::Attempt { end, next } => {
+                    store
+                        .complete_attempt_with_events(id, &events, end, next, &event)
+                        .await
+                }
+                EndWrite::Finish(finish) => store.finish_job(id, finish, &event).await,
+            };
+            Written::Ended { id, result }
         });
     }
 
@@ -552,6 +583,7 @@ impl Dispatcher {
 
     /// The end (or re-queue) of a job is written.
     fn on_ended(&mut self, id: JobId, result: Result<(), StoreError>) {
+        let accepting = self.accepting();
         let Some(job) = self
             .jobs
             .get_mut(&id)
@@ -559,12 +591,32 @@ impl Dispatcher {
         else {
             return;
         };
+        match &result {
+            Err(StoreError::NotFound(_)) | Ok(()) => {}
+            Err(e) if accepting => {
+                // The store failed (a full disk, a lost connection): the job
+                // stays live and unpublished, its waiters wait, and the same
+                // end is written again. Publishing an end the store does not
+                // hold would show subscribers a result that a restart then
+                // runs again.
+                tracing::error!(job = %id, error = %e, retry_in = ?END_RETRY, "cannot record a job's end; trying again");
+                let until = Instant::now() + END_RETRY;
+                self.backoff.insert((until, id));
+                return;
+            }
+            Err(e) => {
+                // Shutting down: it stays `running` in the store, and the
+                // next start recovers it.
+                tracing::error!(job = %id, error = %e, "cannot record a job's end");
+            }
+        }
         let Slot::Ending {
             state,
             events,
             event,
             waiters,
             late,
+            ..
         } = std::mem::replace(&mut job.slot, Slot::Ready)
         else {
             return;
@@ -573,10 +625,8 @@ impl Dispatcher {
             self.lost_to_another_node(id, state, waiters.into_iter().chain(late));
             return;
         }
-        if let Err(e) = &result {
-            tracing::error!(job = %id, error = %e, "cannot record a job's end");
-        }
-        // Published even if the write failed: live subscribers see the end.
+        // Published even if the write failed (only while shutting down):
+        // live subscribers see the end.
         for e in events.iter() {
             self.shared.bus.publish(e);
         }
@@ -756,22 +806,19 @@ impl Dispatcher {
             }),
             finished_at: Utc::now(),
         };
+        live_view::finished(&mut job.view, &finish);
         job.slot = Slot::Ending {
             state: JobState::Failed,
+            write: EndWrite::Finish(Box::new(finish)),
             events: Arc::from([]),
-            event: event.clone(),
+            event,
             waiters: Vec::new(),
             late: Vec::new(),
         };
-        live_view::finished(&mut job.view, &finish);
         count_finished(&self.shared, &job.workflow, JobState::Failed, None);
         metrics::counter!("tsbridge_spawn_failures_total", "workflow" => job.workflow.clone())
             .increment(1);
-        let store = self.shared.store.clone();
-        self.spawn_end(
-            id,
-            async move { store.finish_job(id, &finish, &event).await },
-        );
+        self.write_end(id);
     }
 
     fn on_done(&mut self, done: AttemptDone) {
@@ -891,21 +938,18 @@ impl Dispatcher {
         let r = done.reported;
         live_view::reported(&mut job.view, r.progress, r.result, r.pid);
         live_view::attempt_ended(&mut job.view, &end, &next);
-        let events: Arc<[JobEvent]> = done.events.into();
-        let written = events.clone();
         job.slot = Slot::Ending {
             state: if retry { JobState::Queued } else { state },
-            events,
-            event: event.clone(),
+            write: EndWrite::Attempt {
+                end: Box::new(end),
+                next: Box::new(next),
+            },
+            events: done.events.into(),
+            event,
             waiters: cancel_waiters,
             late: Vec::new(),
         };
-        let (id, store) = (done.id, shared.store.clone());
-        self.spawn_end(id, async move {
-            store
-                .complete_attempt_with_events(id, &written, &end, &next, &event)
-                .await
-        });
+        self.write_end(done.id);
     }
 
     fn on_cancel(&mut self, id: JobId, reply: Reply<()>) {
@@ -975,20 +1019,17 @@ impl Dispatcher {
             }),
             finished_at: Utc::now(),
         };
+        live_view::finished(&mut job.view, &finish);
         job.slot = Slot::Ending {
             state: JobState::Cancelled,
+            write: EndWrite::Finish(Box::new(finish)),
             events: Arc::from([]),
-            event: event.clone(),
+            event,
             waiters,
             late: Vec::new(),
         };
-        live_view::finished(&mut job.view, &finish);
         count_finished(&self.shared, &job.workflow, JobState::Cancelled, None);
-        let store = self.shared.store.clone();
-        self.spawn_end(
-            id,
-            async move { store.finish_job(id, &finish, &event).await },
-        );
+        self.write_end(id);
     }
 
     fn on_retry_timer(&mut self) {
@@ -998,9 +1039,14 @@ impl Dispatcher {
                 break;
             }
             self.backoff.remove(&(until, id));
-            if let Some(job) = self.jobs.get_mut(&id) {
-                job.slot = Slot::Ready;
-                self.ready.push(id, &job.workflow, job.priority);
+            match self.jobs.get_mut(&id) {
+                // Its end failed to be written: write it again.
+                Some(job) if matches!(job.slot, Slot::Ending { .. }) => self.write_end(id),
+                Some(job) => {
+                    job.slot = Slot::Ready;
+                    self.ready.push(id, &job.workflow, job.priority);
+                }
+                None => {}
             }
         }
     }

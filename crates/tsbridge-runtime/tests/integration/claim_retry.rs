@@ -2,7 +2,9 @@
 //! database connection) does not lose the job: it is still queued in the
 //! store, and the dispatcher tries it again after a pause; it runs, and a
 //! waiter gets its end. (A claim the store *refuses*, another node's job, is
-//! dropped instead: see the PostgreSQL tests.)
+//! dropped instead: see the PostgreSQL tests.) Likewise an end the store
+//! fails to write is written again: the job is not left `running` in the
+//! store with its end published.
 
 use crate::common;
 
@@ -19,11 +21,18 @@ use tsbridge_runtime::store::{
 };
 use tsbridge_runtime::{JobStore, Runtime, RuntimeOptions, SqliteStore, StoreError};
 
-/// SQLite, whose first `fail` claims fail like a lost connection.
+/// SQLite, whose first `fail` claims and first `fail_ends` attempt ends
+/// fail like a lost connection (writing nothing).
 #[derive(Debug)]
 struct FlakyClaims {
     inner: Arc<SqliteStore>,
     fail: AtomicU32,
+    fail_ends: AtomicU32,
+}
+
+fn take(n: &AtomicU32) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
 }
 
 #[async_trait]
@@ -42,11 +51,7 @@ impl JobStore for FlakyClaims {
         at: DateTime<Utc>,
         event: &JobEvent,
     ) -> Result<(), StoreError> {
-        if self
-            .fail
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
+        if take(&self.fail) {
             return Err(StoreError::Query {
                 op: "start an attempt",
                 source: sqlx::Error::PoolTimedOut,
@@ -68,6 +73,24 @@ impl JobStore for FlakyClaims {
         event: &JobEvent,
     ) -> Result<(), StoreError> {
         self.inner.complete_attempt(id, end, next, event).await
+    }
+    async fn complete_attempt_with_events(
+        &self,
+        id: JobId,
+        events: &[JobEvent],
+        end: &AttemptEnd,
+        next: &AfterAttempt,
+        event: &JobEvent,
+    ) -> Result<(), StoreError> {
+        if take(&self.fail_ends) {
+            return Err(StoreError::Query {
+                op: "complete an attempt",
+                source: sqlx::Error::PoolTimedOut,
+            });
+        }
+        self.inner
+            .complete_attempt_with_events(id, events, end, next, event)
+            .await
     }
     async fn finish_job(
         &self,
@@ -108,6 +131,7 @@ async fn a_failed_claim_is_tried_again_and_the_job_runs() {
     let store = Arc::new(FlakyClaims {
         inner: open_store(dir.path()).await,
         fail: AtomicU32::new(2),
+        fail_ends: AtomicU32::new(0),
     });
     let rt = Runtime::start(
         config(&workflow("job", "")),
@@ -141,4 +165,60 @@ async fn a_failed_claim_is_tried_again_and_the_job_runs() {
         .map(|e| e.seq)
         .collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_failed_end_is_written_again_before_anyone_sees_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(FlakyClaims {
+        inner: open_store(dir.path()).await,
+        fail: AtomicU32::new(0),
+        fail_ends: AtomicU32::new(2),
+    });
+    let rt = Runtime::start(
+        config(&workflow("job", "")),
+        store.clone(),
+        RuntimeOptions::default(),
+    )
+    .await
+    .expect("start");
+    let s = rt
+        .submit(
+            "job",
+            json!({"progress": 2, "result": 7}),
+            Default::default(),
+        )
+        .await
+        .expect("submit");
+    let mut sub = rt.subscribe(s.job_id);
+    let v = tokio::time::timeout(SOON, rt.wait(s.job_id))
+        .await
+        .expect("the job ends in time")
+        .expect("wait");
+    assert_eq!(
+        store.fail_ends.load(Ordering::SeqCst),
+        0,
+        "both failures were hit"
+    );
+    assert_eq!(v.state, JobState::Succeeded, "{v:?}");
+    // The store holds the end (it is not left running), as wait said.
+    assert_eq!(rt.get(s.job_id).await.expect("get"), v);
+    // Every event is stored once, in order, the last ones included.
+    let stored = rt.events_after(s.job_id, 0).await.expect("events");
+    let seqs: Vec<u64> = stored.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert!(
+        stored
+            .iter()
+            .any(|e| matches!(e.data, tsbridge_proto::EventData::Result { .. }))
+    );
+    // The live subscriber saw the end once, after it was stored.
+    let mut live = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout(SOON, sub.recv()).await {
+        live.push(e.seq);
+    }
+    assert_eq!(live.last(), seqs.last(), "the end reached the subscriber");
+    let mut sorted = live.clone();
+    sorted.dedup();
+    assert_eq!(sorted, live, "no event published twice");
 }
