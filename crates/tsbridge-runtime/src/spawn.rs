@@ -415,11 +415,18 @@ impl Executor for SpawnExecutor {
             // without cgroups runs such jobs unsandboxed, as before.
             (Some(sb), false) => {
                 let policy = attempt_policy(sb, wf, &tmpdir, &targets, &inv.via);
+                // A ruleset for path parameters is a guard, not a courtesy:
+                // if it cannot be set up, the job does not run unconfined.
+                let guarded = policy.fs.is_some();
                 match sb.prepare(key.as_str(), &policy) {
                     Ok(prepared) => Some(SandboxAttachment {
                         prepared: Arc::new(prepared),
                         policy: Arc::new(policy),
                     }),
+                    Err(e) if guarded => {
+                        tracing::warn!(job = %req.job_id, error = %e, "sandbox setup failed");
+                        return AttemptOutcome::spawn_failure("sandbox setup failed", false);
+                    }
                     Err(e) => {
                         tracing::debug!(job = %req.job_id, error = %e, "no tracking cgroup for this job");
                         None
