@@ -1069,7 +1069,21 @@ impl Dispatcher {
                     self.ready.remove(id);
                     self.shared.bus.close(id);
                 }
-                self.backoff.clear();
+                // Ends waiting to be written again get one last try now
+                // (the drain waits for it; a failure then is published and
+                // the next start recovers the job).
+                let ends: Vec<JobId> = std::mem::take(&mut self.backoff)
+                    .into_iter()
+                    .map(|(_, id)| id)
+                    .filter(|id| {
+                        self.jobs
+                            .get(id)
+                            .is_some_and(|j| matches!(j.slot, Slot::Ending { .. }))
+                    })
+                    .collect();
+                for id in ends {
+                    self.write_end(id);
+                }
                 self.phase = Phase::Draining {
                     deadline,
                     stopped: false,
