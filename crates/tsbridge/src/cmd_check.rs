@@ -68,6 +68,28 @@ pub async fn main(args: CheckArgs) -> Result<ExitCode> {
     })
 }
 
+/// What `check` says about a workflow whose path parameters Landlock will
+/// guard by default (spawn mode, no `limits.read`/`limits.write`, a host
+/// with Landlock): the job may read its root and the checked paths, and
+/// write only its TMPDIR, so one that writes an output path fails at run
+/// time with EACCES unless the config lists where it writes.
+fn path_params_note(
+    w: &tsbridge_runtime::config::WorkflowConfig,
+    caps: &Capabilities,
+) -> Option<String> {
+    let guarded = w.mode == tsbridge_runtime::config::Mode::Spawn
+        && !w.path_params.is_empty()
+        && w.limits.read.is_empty()
+        && w.limits.write.is_empty()
+        && caps.landlock.is_available();
+    guarded.then(|| {
+        format!(
+            "path parameters ({}) are read-only under Landlock here: list the folders the workflow writes in limits.write",
+            w.path_params.join(", ")
+        )
+    })
+}
+
 /// Prints the report: JSON on stdout, or text with the config's errors on stderr.
 fn report(
     args: &CheckArgs,
@@ -92,7 +114,8 @@ fn report(
                             std::path::Path::new("/tmp"),
                         ))
                     });
-                    wf.insert(name.clone(), json!({ "mode": w.mode.as_str(), "runtime": w.runtime.as_str(), "isolation": report }));
+                    let note = caps.and_then(|caps| path_params_note(w, caps));
+                    wf.insert(name.clone(), json!({ "mode": w.mode.as_str(), "runtime": w.runtime.as_str(), "isolation": report, "note": note }));
                 }
                 out["config"] =
                     json!({ "checked": true, "path": shown, "valid": true, "workflows": wf });
@@ -163,6 +186,9 @@ fn text_report(
                             " (workflow will be unavailable)"
                         };
                         writeln!(text, "    {mech}: {e:?}{degraded}")?;
+                    }
+                    if let Some(note) = path_params_note(w, caps) {
+                        writeln!(text, "    note: {note}")?;
                     }
                 }
             }

@@ -140,6 +140,43 @@ fn check_validates_tsbridge_toml_in_the_current_directory_by_default() {
     assert_eq!(issue["line"], 7, "{r}");
 }
 
+/// A spawn workflow with path parameters and no read/write lists: where the
+/// host has Landlock, `check` says the paths are read-only (a job writing
+/// an output path would fail at run time otherwise unexplained).
+#[test]
+fn check_notes_path_parameters_that_landlock_makes_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{VALID_CONFIG}path_params = [\"outputPath\"]\n");
+    write_config(dir.path(), &config);
+    let r = run(dir.path(), &["check", "--json"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    let grade = &v["isolation"]["landlock"]["grade"];
+    let note = &v["config"]["workflows"]["exit"]["note"];
+    let text = run(dir.path(), &["check"]);
+    if grade.is_null() || grade == "none" {
+        assert!(note.is_null(), "no Landlock, no note: {r}");
+        return;
+    }
+    assert!(
+        note.as_str()
+            .is_some_and(|n| n.contains("outputPath") && n.contains("limits.write")),
+        "{r}"
+    );
+    assert!(
+        text.stdout.contains("note: path parameters (outputPath)"),
+        "{text}"
+    );
+    // Listing where it writes removes the note.
+    write_config(
+        dir.path(),
+        &format!("{config}limits = {{ write = [\"out\"] }}\n"),
+    );
+    let r = run(dir.path(), &["check", "--json"]);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(v["config"]["workflows"]["exit"]["note"].is_null(), "{r}");
+}
+
 #[test]
 fn check_reads_tsbridge_config_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
