@@ -189,8 +189,9 @@ enum Slot {
     /// queued) is being written; `event` is published once it is.
     Ending {
         state: JobState,
-        /// What is written (kept to write it again if the store fails).
-        write: EndWrite,
+        /// What is written (kept to write it again if the store fails;
+        /// shared with the write in flight: it may hold a 16 MiB capture).
+        write: Arc<EndWrite>,
         /// Written with the end, published before `event`.
         events: Arc<[JobEvent]>,
         event: JobEvent,
@@ -202,16 +203,15 @@ enum Slot {
     },
 }
 
-/// The store write that ends a job or an attempt.
-#[derive(Debug, Clone)]
+/// The store write that ends a job or an attempt (always behind an `Arc`,
+/// so the size of its variants does not matter).
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum EndWrite {
     /// `complete_attempt_with_events`.
-    Attempt {
-        end: Box<AttemptEnd>,
-        next: Box<AfterAttempt>,
-    },
+    Attempt { end: AttemptEnd, next: AfterAttempt },
     /// `finish_job` (no attempt running).
-    Finish(Box<Finish>),
+    Finish(Finish),
 }
 
 /// How long a job whose end the store failed to write waits before the
@@ -468,7 +468,7 @@ impl Dispatcher {
         let (write, events, event) = (write.clone(), events.clone(), event.clone());
         let store = self.shared.store.clone();
         self.spawn_write(async move {
-            let result = match &write {
+            let result = match &*write {
                 EndWrite::Attempt { end, next } => {
                     store
                         .complete_attempt_with_events(id, &events, end, next, &event)
@@ -809,7 +809,7 @@ impl Dispatcher {
         live_view::finished(&mut job.view, &finish);
         job.slot = Slot::Ending {
             state: JobState::Failed,
-            write: EndWrite::Finish(Box::new(finish)),
+            write: Arc::new(EndWrite::Finish(finish)),
             events: Arc::from([]),
             event,
             waiters: Vec::new(),
@@ -850,11 +850,7 @@ impl Dispatcher {
             // (a cancel meanwhile cancels the waiting job).
             job.attempts_started = attempt.saturating_sub(1);
             job.last_seq = done.last_seq;
-            job.view.attempts.pop();
-            if job.view.attempts.is_empty() {
-                job.view.started_at = None;
-            }
-            job.view.state = JobState::Queued;
+            live_view::unstarted(&mut job.view);
             let until = Instant::now() + CLAIM_RETRY;
             job.slot = Slot::Backoff { until };
             self.backoff.insert((until, done.id));
@@ -940,10 +936,7 @@ impl Dispatcher {
         live_view::attempt_ended(&mut job.view, &end, &next);
         job.slot = Slot::Ending {
             state: if retry { JobState::Queued } else { state },
-            write: EndWrite::Attempt {
-                end: Box::new(end),
-                next: Box::new(next),
-            },
+            write: Arc::new(EndWrite::Attempt { end, next }),
             events: done.events.into(),
             event,
             waiters: cancel_waiters,
@@ -1022,7 +1015,7 @@ impl Dispatcher {
         live_view::finished(&mut job.view, &finish);
         job.slot = Slot::Ending {
             state: JobState::Cancelled,
-            write: EndWrite::Finish(Box::new(finish)),
+            write: Arc::new(EndWrite::Finish(finish)),
             events: Arc::from([]),
             event,
             waiters,

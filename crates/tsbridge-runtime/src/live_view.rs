@@ -62,6 +62,15 @@ pub(crate) fn started(view: &mut JobView, n: u32, at: DateTime<Utc>) {
     });
 }
 
+/// A claim the store failed: [`started`] undone (nothing was written).
+pub(crate) fn unstarted(view: &mut JobView) {
+    view.attempts.pop();
+    if view.attempts.is_empty() {
+        view.started_at = None;
+    }
+    view.state = JobState::Queued;
+}
+
 /// `append_events` and `set_attempt_pid`: the last progress and result
 /// events written, and the pid.
 pub(crate) fn reported(

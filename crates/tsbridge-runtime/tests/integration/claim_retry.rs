@@ -125,13 +125,14 @@ impl JobStore for FlakyClaims {
     }
 }
 
-#[tokio::test]
-async fn a_failed_claim_is_tried_again_and_the_job_runs() {
+/// A runtime of one `job` workflow on a store whose first `claims` claims
+/// and first `ends` attempt ends fail.
+async fn start_flaky(claims: u32, ends: u32) -> (Runtime, Arc<FlakyClaims>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(FlakyClaims {
         inner: open_store(dir.path()).await,
-        fail: AtomicU32::new(2),
-        fail_ends: AtomicU32::new(0),
+        fail: AtomicU32::new(claims),
+        fail_ends: AtomicU32::new(ends),
     });
     let rt = Runtime::start(
         config(&workflow("job", "")),
@@ -140,6 +141,12 @@ async fn a_failed_claim_is_tried_again_and_the_job_runs() {
     )
     .await
     .expect("start");
+    (rt, store, dir)
+}
+
+#[tokio::test]
+async fn a_failed_claim_is_tried_again_and_the_job_runs() {
+    let (rt, store, _dir) = start_flaky(2, 0).await;
     let s = rt
         .submit("job", json!({"result": 7}), Default::default())
         .await
@@ -169,19 +176,7 @@ async fn a_failed_claim_is_tried_again_and_the_job_runs() {
 
 #[tokio::test]
 async fn a_failed_end_is_written_again_before_anyone_sees_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(FlakyClaims {
-        inner: open_store(dir.path()).await,
-        fail: AtomicU32::new(0),
-        fail_ends: AtomicU32::new(2),
-    });
-    let rt = Runtime::start(
-        config(&workflow("job", "")),
-        store.clone(),
-        RuntimeOptions::default(),
-    )
-    .await
-    .expect("start");
+    let (rt, store, _dir) = start_flaky(0, 2).await;
     let s = rt
         .submit(
             "job",

@@ -526,13 +526,15 @@ impl JobStore for SqliteStore {
         next: &AfterAttempt,
         event: &JobEvent,
     ) -> Result<(), StoreError> {
-        let complete = complete_op(id, end, next, event);
         if events.is_empty() {
-            return self.writer.write(complete).await.map(drop);
+            return self.complete_attempt(id, end, next, event).await;
         }
         let mut results = self
             .writer
-            .write_all(vec![append_op(id, events), complete])
+            .write_all(vec![
+                append_op(id, events),
+                complete_op(id, end, next, event),
+            ])
             .await
             .into_iter();
         if let Some(Err(e)) = results.next() {
