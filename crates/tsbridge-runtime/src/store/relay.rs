@@ -73,6 +73,16 @@ impl Relay {
     /// announcements). Its task ends with the last clone of the relay, or
     /// when the store stops announcing.
     pub(crate) fn start(store: Arc<dyn JobStore>, buffer: Option<usize>) -> Option<Relay> {
+        Self::start_with(store, buffer, RESYNC)
+    }
+
+    /// [`Relay::start`] with another resync period (tests that must not
+    /// race a resync use a long one).
+    fn start_with(
+        store: Arc<dyn JobStore>,
+        buffer: Option<usize>,
+        resync: Duration,
+    ) -> Option<Relay> {
         let written = store.watch_events()?;
         let bus = match buffer {
             Some(n) => Bus::with_buffer(n),
@@ -82,7 +92,7 @@ impl Relay {
             bus,
             jobs: Mutex::new(HashMap::new()),
         });
-        tokio::spawn(run(Arc::downgrade(&inner), store, written));
+        tokio::spawn(run(Arc::downgrade(&inner), store, written, resync));
         Some(Relay { inner })
     }
 
@@ -226,8 +236,10 @@ async fn run(
     inner: Weak<Inner>,
     store: Arc<dyn JobStore>,
     mut written: BoxStream<'static, EventsWritten>,
+    every: Duration,
 ) {
-    let mut resync = tokio::time::interval(RESYNC);
+    // The first resync one period from now (nothing is followed at start).
+    let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -382,7 +394,10 @@ mod tests {
             })
             .await
             .unwrap();
-        let relay = Relay::start(store.clone(), None).expect("the store announces");
+        // No resync during a test: it would race the announcements the
+        // test makes (a resync may publish or end on its own, by design).
+        let relay = Relay::start_with(store.clone(), None, Duration::from_secs(3600))
+            .expect("the store announces");
         (store, tx, relay, id)
     }
 
