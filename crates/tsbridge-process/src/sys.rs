@@ -260,13 +260,16 @@ pub(crate) fn main_thread_children(pid: Pid, out: &mut Vec<Pid>) {
 }
 
 /// tsbridge's own session id.
+///
+/// It is 0 when the session's leader lives outside our pid namespace (a
+/// container started without a fresh session, as some CI runners are), the
+/// same value /proc/<pid>/stat shows for such processes. `rustix::getsid`
+/// cannot express that (its `Pid` is non-zero and it panics), so this asks
+/// libc.
 pub(crate) fn self_session() -> i32 {
     static SID: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
-    *SID.get_or_init(|| {
-        rp::getsid(None)
-            .map(|p| p.as_raw_nonzero().get())
-            .unwrap_or(0)
-    })
+    // SAFETY: getsid(0) takes no pointers and only reads our own session.
+    *SID.get_or_init(|| unsafe { libc::getsid(0) }.max(0))
 }
 
 /// Now, in the unit of /proc/<pid>/stat's start time (clock ticks since
@@ -435,6 +438,45 @@ mod tests {
         assert_eq!(st.state, b'S');
         assert_eq!(st.pgrp, 123);
         assert_eq!(st.start, 777);
+    }
+
+    /// self_session is the session /proc shows for us, also when that is 0
+    /// (the leader outside our pid namespace: rustix's getsid panicked there,
+    /// on a CI runner). The second half re-runs this test inside a new pid
+    /// namespace, where the session leader is outside, when `unshare` can.
+    #[test]
+    fn self_session_is_the_session_proc_shows() {
+        let st = read_stat(self_pid()).expect("own stat");
+        assert_eq!(self_session(), st.session);
+        if std::env::var_os("TSBRIDGE_SID_TEST_INNER").is_some() {
+            assert_eq!(st.session, 0, "inside the new pid namespace");
+            return;
+        }
+        let exe = std::env::current_exe().expect("test binary");
+        let out = std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc"])
+            .arg(exe)
+            .args([
+                "--exact",
+                "sys::tests::self_session_is_the_session_proc_shows",
+            ])
+            .env("TSBRIDGE_SID_TEST_INNER", "1")
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                let text = String::from_utf8_lossy(&o.stdout);
+                assert!(text.contains("1 passed"), "{text}");
+            }
+            Ok(o) if String::from_utf8_lossy(&o.stderr).contains("unshare failed") => {
+                eprintln!("no pid namespace here (not root?): inner half not run");
+            }
+            Ok(o) => panic!(
+                "inner run failed: {}\n{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("no unshare binary ({e}): inner half not run"),
+        }
     }
 
     #[test]
