@@ -99,19 +99,7 @@ impl Wrapped {
     /// multi-line text is first masked.
     fn regex(&self) -> Option<&Regex> {
         self.regex
-            .get_or_init(|| {
-                let alternation = self
-                    .forms
-                    .iter()
-                    .map(|f| regex::escape(f))
-                    .collect::<Vec<_>>()
-                    .join("|");
-                RegexBuilder::new(&alternation)
-                    .size_limit(256 << 20)
-                    .dfa_size_limit(64 << 20)
-                    .build()
-                    .ok()
-            })
+            .get_or_init(|| literal_alternation(&self.forms))
             .as_ref()
     }
 
@@ -184,6 +172,26 @@ impl Wrapped {
     }
 }
 
+/// One regex alternation of `literals` (in their order: longest first, so
+/// that a literal containing another matches whole); `None` when there are
+/// none. Escaped literals always compile; only the size limit could refuse,
+/// so it is raised to fit any realistic set of secrets.
+fn literal_alternation(literals: &[String]) -> Option<Regex> {
+    if literals.is_empty() {
+        return None;
+    }
+    let alternation = literals
+        .iter()
+        .map(|s| regex::escape(s))
+        .collect::<Vec<_>>()
+        .join("|");
+    RegexBuilder::new(&alternation)
+        .size_limit(256 << 20)
+        .dfa_size_limit(64 << 20)
+        .build()
+        .ok()
+}
+
 impl fmt::Debug for Masker {
     // Never prints the secrets.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -216,24 +224,8 @@ impl Masker {
         all.dedup();
         wrap.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         wrap.dedup();
-        let literals = if all.is_empty() {
-            None
-        } else {
-            let alternation = all
-                .iter()
-                .map(|s| regex::escape(s))
-                .collect::<Vec<_>>()
-                .join("|");
-            // Escaped literals always compile; only the size limit could
-            // refuse, so it is raised to fit any realistic set of secrets.
-            RegexBuilder::new(&alternation)
-                .size_limit(256 << 20)
-                .dfa_size_limit(64 << 20)
-                .build()
-                .ok()
-        };
         Self {
-            literals,
+            literals: literal_alternation(&all),
             secrets: all,
             patterns: patterns.to_vec(),
             wrap: Wrapped::new(wrap).map(Arc::new),
