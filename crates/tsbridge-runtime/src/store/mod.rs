@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tsbridge_proto::api::{ApiErrorBody, AttemptView, JobView, OutputView, Resources};
-use tsbridge_proto::{EndReason, JobEvent, JobId, JobState, Progress};
+use tsbridge_proto::{EndReason, EventData, JobEvent, JobId, JobState, Progress};
 
 use crate::errors::StoreError;
 
@@ -51,8 +51,10 @@ impl StoredRequest {
 
 #[cfg(test)]
 mod tests {
-    use super::{EventsWritten, StoredRequest};
-    use tsbridge_proto::JobId;
+    use serde_json::json;
+    use tsbridge_proto::{EventData, JobEvent, JobId, Progress};
+
+    use super::{EventsWritten, StoredRequest, last_progress_and_result};
 
     #[test]
     fn event_announcements_round_trip_and_bad_ones_are_refused() {
@@ -76,6 +78,39 @@ mod tests {
         ] {
             assert_eq!(EventsWritten::from_payload(&bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_last_progress_and_the_last_result_of_events_are_found() {
+        let id = JobId::new();
+        let event = |seq, data| JobEvent {
+            seq,
+            job_id: id,
+            timestamp: chrono::Utc::now(),
+            data,
+        };
+        let progress = |n| EventData::Progress(Progress::new(n, 9, "step"));
+        let result = |v| EventData::Result { value: json!(v) };
+        let log = || EventData::Stdout { line: "x".into() };
+        assert_eq!(last_progress_and_result(&[]), (None, None));
+        assert_eq!(last_progress_and_result(&[event(1, log())]), (None, None));
+        let events = [
+            event(1, progress(1)),
+            event(2, result(1)),
+            event(3, progress(2)),
+            event(4, log()),
+            event(5, result(2)),
+            event(6, log()),
+        ];
+        let (p, r) = last_progress_and_result(&events);
+        assert_eq!(p.map(|p| p.current), Some(2));
+        assert_eq!(r, Some(&json!(2)));
+        let (p, r) = last_progress_and_result(&events[..2]);
+        assert_eq!(p.map(|p| p.current), Some(1));
+        assert_eq!(r, Some(&json!(1)));
+        let (p, r) = last_progress_and_result(&events[..1]);
+        assert_eq!(p.map(|p| p.current), Some(1));
+        assert_eq!(r, None);
     }
 
     #[test]
@@ -395,6 +430,24 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     fn watch_events(&self) -> Option<futures::stream::BoxStream<'static, EventsWritten>> {
         None
     }
+}
+
+/// The last progress and the last result among `events`: what the job's
+/// `progress` and `result` become when they are appended (each stays as it
+/// was when `events` has none).
+pub(crate) fn last_progress_and_result(events: &[JobEvent]) -> (Option<&Progress>, Option<&Value>) {
+    let (mut progress, mut result) = (None, None);
+    for e in events.iter().rev() {
+        match &e.data {
+            EventData::Progress(p) if progress.is_none() => progress = Some(p),
+            EventData::Result { value } if result.is_none() => result = Some(value),
+            _ => {}
+        }
+        if progress.is_some() && result.is_some() {
+            break;
+        }
+    }
+    (progress, result)
 }
 
 /// An announcement of [`JobStore::watch_events`]: job `job` got the events

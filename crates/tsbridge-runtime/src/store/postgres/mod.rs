@@ -37,11 +37,11 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Transaction};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tsbridge_proto::{EventData, JobEvent, JobId, JobState};
+use tsbridge_proto::{JobEvent, JobId, JobState};
 
 use super::{
     AfterAttempt, AttemptEnd, EventRetention, EventsWritten, Finish, Inserted, JobPage, JobRecord,
-    JobStore, ListFilter, NewJob, encode_cursor,
+    JobStore, ListFilter, NewJob, encode_cursor, last_progress_and_result,
 };
 use crate::errors::StoreError;
 use rows::{corrupt, json_text, ms, read_attempt, read_event, read_job};
@@ -668,14 +668,8 @@ impl JobStore for PgStore {
         let Some(last) = events.last().map(|e| e.seq as i64) else {
             return Ok(());
         };
-        let progress = events.iter().rev().find_map(|e| match &e.data {
-            EventData::Progress(p) => Some(json_text(p)),
-            _ => None,
-        });
-        let result = events.iter().rev().find_map(|e| match &e.data {
-            EventData::Result { value } => Some(json_text(value)),
-            _ => None,
-        });
+        let (progress, result) = last_progress_and_result(events);
+        let (progress, result) = (progress.map(json_text), result.map(json_text));
         let ids = id.to_string();
         let mut tx = self.begin().await?;
         // A running job's writer is alive: its lease is renewed too.

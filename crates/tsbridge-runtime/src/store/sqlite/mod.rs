@@ -28,7 +28,7 @@ use tsbridge_proto::{EndReason, EventData, JobEvent, JobId, JobState};
 
 use super::{
     AfterAttempt, AttemptEnd, Finish, Inserted, JobPage, JobRecord, JobStore, ListFilter, NewJob,
-    StoredRequest, encode_cursor,
+    StoredRequest, encode_cursor, last_progress_and_result,
 };
 use crate::errors::StoreError;
 use writer::{Applied, EndRow, EventRow, FinishRow, Op, Target, WriterHandle};
@@ -184,19 +184,12 @@ fn json_text<T: serde::Serialize>(v: &T) -> String {
 
 /// The write of appended events.
 fn append_op(id: JobId, events: &[JobEvent]) -> Op {
-    let progress = events.iter().rev().find_map(|e| match &e.data {
-        EventData::Progress(p) => Some(json_text(p)),
-        _ => None,
-    });
-    let result = events.iter().rev().find_map(|e| match &e.data {
-        EventData::Result { value } => Some(json_text(value)),
-        _ => None,
-    });
+    let (progress, result) = last_progress_and_result(events);
     Op::AppendEvents {
         id: id.to_string(),
         events: events.iter().map(event_row).collect(),
-        progress,
-        result,
+        progress: progress.map(json_text),
+        result: result.map(json_text),
     }
 }
 
