@@ -25,7 +25,7 @@ use crate::dispatcher::{Command, Dispatcher, Shared, state_event};
 use crate::errors::RuntimeError;
 use crate::executor::Executor;
 use crate::pool::{HostScript, PoolExecutor};
-use crate::sealed::EnvSealer;
+use crate::sealed::{EnvSealer, SealError};
 use crate::spawn::{HostSecrets, SpawnExecutor};
 use crate::stats::RuntimeStats;
 use crate::store::relay::Relay;
@@ -100,8 +100,15 @@ impl Runtime {
     ) -> Result<Runtime, RuntimeError> {
         let node_id = opts.node_id.clone().unwrap_or_else(default_node_id);
         let secrets = host_secrets(&config);
-        let sealer = Arc::new(EnvSealer::from_config(&config.store));
-        sealer.load_at_start()?;
+        // The request-env key, checked against the store's fingerprint
+        // before anything (recovery) changes a row; file work off the
+        // async runtime's threads.
+        let store_config = config.store.clone();
+        let sealer = tokio::task::spawn_blocking(move || EnvSealer::from_config(&store_config))
+            .await
+            .map_err(|e| SealError::Task(e.to_string()))?;
+        sealer.start(store.as_ref()).await?;
+        let sealer = Arc::new(sealer);
         let spawn: Arc<dyn Executor> = Arc::new(
             SpawnExecutor::new(opts.sandbox.clone(), opts.tmp_base.clone())
                 .with_transpile_cache(opts.transpile_cache.clone())
@@ -187,9 +194,10 @@ impl Runtime {
         recover(&shared).await?;
         let (tx, rx) = mpsc::channel(256);
         let mut dispatcher = Dispatcher::new(shared.clone(), rx);
+        // A wrong or missing key stopped the start above; a job whose
+        // request env does not open (an altered row, a value in clear)
+        // fails alone when its attempt starts.
         for rec in shared.store.queued_jobs().await? {
-            // A wrong or missing key is an error now, not jobs without env.
-            sealer.check(rec.id, &rec.request)?;
             dispatcher.adopt(rec);
         }
         tokio::spawn(dispatcher.run());
@@ -280,7 +288,15 @@ impl Runtime {
             request: StoredRequest {
                 timeout_ms: timeout.map(|t| t.as_millis() as u64),
                 memory_bytes: memory,
-                env: self.sealer.seal_env(id, env)?,
+                env: self
+                    .sealer
+                    .seal_env(
+                        self.shared.store.as_ref(),
+                        id,
+                        options.idempotency_key.as_deref(),
+                        env,
+                    )
+                    .await?,
             },
             idempotency_key: options.idempotency_key.clone(),
             max_attempts: wf.retry.attempts.max(1),

@@ -335,11 +335,10 @@ impl Executor for SpawnExecutor {
         match self.sealer.open_env(req.job_id, &req.request_env) {
             Ok(env) => extra.extend(env),
             Err(e) => {
+                // This job alone fails (no retry: the row will not open
+                // better), and says which variable and why.
                 tracing::error!(job = %req.job_id, error = %e, "cannot open the job's request env");
-                return AttemptOutcome::spawn_failure(
-                    "cannot open the job's request env (see the server log)",
-                    false,
-                );
+                return AttemptOutcome::spawn_failure(e.job_message(), false);
             }
         }
         let pass: Vec<&str> = wf.env.pass.iter().map(String::as_str).collect();

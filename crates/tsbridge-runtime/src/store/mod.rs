@@ -392,6 +392,15 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// The fingerprint of the key this store's request env is sealed under
+    /// (see `sealed.rs`), if a key was ever used with it.
+    async fn env_key_fingerprint(&self) -> Result<Option<String>, StoreError>;
+
+    /// Records `fingerprint` as the store's request-env key fingerprint
+    /// unless one is recorded already, and returns the one recorded: the
+    /// first writer wins, atomically, also among nodes starting together.
+    async fn claim_env_key_fingerprint(&self, fingerprint: &str) -> Result<String, StoreError>;
+
     /// Queued jobs this node may not hold: in a store shared by many nodes,
     /// the jobs queued (submitted or re-queued) through other nodes, as they
     /// are announced and as a periodic poll finds them (it also covers

@@ -356,6 +356,12 @@ mod tests {
         async fn ping(&self) -> Result<(), StoreError> {
             self.store.ping().await
         }
+        async fn env_key_fingerprint(&self) -> Result<Option<String>, StoreError> {
+            self.store.env_key_fingerprint().await
+        }
+        async fn claim_env_key_fingerprint(&self, fp: &str) -> Result<String, StoreError> {
+            self.store.claim_env_key_fingerprint(fp).await
+        }
         fn watch_events(&self) -> Option<BoxStream<'static, EventsWritten>> {
             let rx = self.announced.lock().unwrap().take()?;
             Some(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())

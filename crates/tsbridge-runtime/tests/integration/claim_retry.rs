@@ -123,6 +123,12 @@ impl JobStore for FlakyClaims {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
+    async fn env_key_fingerprint(&self) -> Result<Option<String>, StoreError> {
+        self.inner.env_key_fingerprint().await
+    }
+    async fn claim_env_key_fingerprint(&self, fp: &str) -> Result<String, StoreError> {
+        self.inner.claim_env_key_fingerprint(fp).await
+    }
 }
 
 /// A runtime of one `job` workflow on a store whose first `claims` claims

@@ -48,6 +48,9 @@ use rows::{corrupt, json_text, ms, read_attempt, read_event, read_job};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// The `store_meta` row of the request-env key's fingerprint (sealed.rs).
+const ENV_KEY_FINGERPRINT: &str = "env_key_fingerprint";
+
 /// The channel an insert or a re-queue notifies, with the job id as payload.
 pub const QUEUED_CHANNEL: &str = "tsbridge_queued";
 
@@ -975,6 +978,32 @@ impl JobStore for PgStore {
             .await
             .map_err(StoreError::query("ping"))?;
         Ok(())
+    }
+
+    async fn env_key_fingerprint(&self) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT value FROM store_meta WHERE name = $1")
+            .bind(ENV_KEY_FINGERPRINT)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(StoreError::query("read the env key fingerprint"))
+    }
+
+    async fn claim_env_key_fingerprint(&self, fingerprint: &str) -> Result<String, StoreError> {
+        // Two statements: a concurrent claim's insert waits for the first
+        // to commit and does nothing; the read after it (a snapshot of its
+        // own) sees the row that won.
+        sqlx::query(
+            "INSERT INTO store_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(ENV_KEY_FINGERPRINT)
+        .bind(fingerprint)
+        .execute(&self.inner.pool)
+        .await
+        .map_err(StoreError::query("claim the env key fingerprint"))?;
+        self.env_key_fingerprint().await?.ok_or(StoreError::Query {
+            op: "read the env key fingerprint after its claim",
+            source: sqlx::Error::RowNotFound,
+        })
     }
 
     async fn request_cancel(&self, id: JobId) -> Result<bool, StoreError> {

@@ -38,6 +38,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// Read-only connections.
 const READERS: u32 = 4;
 
+/// The `store_meta` row of the request-env key's fingerprint (sealed.rs).
+const ENV_KEY_FINGERPRINT: &str = "env_key_fingerprint";
+
 /// How many events of one job are kept: the first `head` and the last
 /// `tail`; the middle of a longer stream is deleted as it grows (its `seq`
 /// numbers are never reused, so a reader sees the gap).
@@ -670,5 +673,26 @@ impl JobStore for SqliteStore {
             .await
             .map_err(StoreError::query("ping"))?;
         Ok(())
+    }
+
+    async fn env_key_fingerprint(&self) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT value FROM store_meta WHERE name = ?")
+            .bind(ENV_KEY_FINGERPRINT)
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(StoreError::query("read the env key fingerprint"))
+    }
+
+    async fn claim_env_key_fingerprint(&self, fingerprint: &str) -> Result<String, StoreError> {
+        let op = Op::ClaimMeta {
+            name: ENV_KEY_FINGERPRINT,
+            value: fingerprint.to_owned(),
+        };
+        self.writer.write(op).await?;
+        // Committed: the readers see the row (ours, or the one before).
+        self.env_key_fingerprint().await?.ok_or(StoreError::Query {
+            op: "read the env key fingerprint after its claim",
+            source: sqlx::Error::RowNotFound,
+        })
     }
 }

@@ -121,6 +121,11 @@ pub(super) enum Op {
         finish: FinishRow,
         event: EventRow,
     },
+    /// A `store_meta` row, unless the name has one already.
+    ClaimMeta {
+        name: &'static str,
+        value: String,
+    },
 }
 
 impl Op {
@@ -132,13 +137,14 @@ impl Op {
             Op::AppendEvents { .. } => "append events",
             Op::CompleteAttempt { .. } => "complete attempt",
             Op::FinishJob { .. } => "finish job",
+            Op::ClaimMeta { .. } => "claim store meta",
         }
     }
 
     fn event_count(&self) -> usize {
         match self {
             Op::AppendEvents { events, .. } => events.len(),
-            Op::SetPid { .. } => 0,
+            Op::SetPid { .. } | Op::ClaimMeta { .. } => 0,
             _ => 1,
         }
     }
@@ -627,6 +633,12 @@ fn apply(tx: &Transaction<'_>, op: &Op, retention: EventRetention) -> rusqlite::
                 finish.finished_at
             ])?;
             insert_event(tx, id, event)?;
+        }
+        Op::ClaimMeta { name, value } => {
+            tx.prepare_cached(
+                "INSERT INTO store_meta (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+            )?
+            .execute(params![name, value])?;
         }
     }
     Ok(Applied::Done)
