@@ -18,22 +18,40 @@ use crate::pg_support::PgDb;
 use crate::store_contract::{attempt_end, state};
 
 struct Node {
+    name: &'static str,
     rt: Runtime,
     store: Arc<PgStore>,
 }
 
-async fn node(db: &PgDb, name: &str, toml: &str) -> Node {
-    let store = Arc::new(
-        PgStore::open_with(
-            &db.url,
-            PgOptions {
-                poll: Duration::from_millis(500),
-                ..PgOptions::default()
-            },
-        )
-        .await
-        .expect("open store"),
-    );
+/// How often the tests' nodes poll for jobs queued elsewhere.
+const POLL: Duration = Duration::from_millis(500);
+
+/// The config of a node running `job` workflows: the `[defaults]` lines
+/// `defaults`, then the workflow with `extra`.
+fn job_config(defaults: &str, extra: &str) -> String {
+    format!("[defaults]\n{defaults}\n{}", common::workflow("job", extra))
+}
+
+/// A workflow's retry policy: two attempts, `backoff` apart.
+fn retry_twice(backoff: &str) -> String {
+    format!("retry = {{ attempts = 2, backoff = \"{backoff}\", multiplier = 1.0, jitter = 0.0 }}")
+}
+
+async fn node(db: &PgDb, name: &'static str, toml: &str) -> Node {
+    node_with(
+        db,
+        name,
+        toml,
+        PgOptions {
+            poll: POLL,
+            ..PgOptions::default()
+        },
+    )
+    .await
+}
+
+async fn node_with(db: &PgDb, name: &'static str, toml: &str, opts: PgOptions) -> Node {
+    let store = Arc::new(PgStore::open_with(&db.url, opts).await.expect("open store"));
     let rt = Runtime::start(
         common::config(toml),
         store.clone(),
@@ -44,7 +62,51 @@ async fn node(db: &PgDb, name: &str, toml: &str) -> Node {
     )
     .await
     .expect("runtime starts");
-    Node { rt, store }
+    Node { name, rt, store }
+}
+
+/// `node-a` and `node-b`, on one config.
+async fn two_nodes(db: &PgDb, toml: &str) -> (Node, Node) {
+    (
+        node(db, "node-a", toml).await,
+        node(db, "node-b", toml).await,
+    )
+}
+
+/// Of `a` and `b`: the node named `owner`, then the other one.
+fn owner_first<'n>(a: &'n Node, b: &'n Node, owner: Option<&str>) -> (&'n Node, &'n Node) {
+    match owner {
+        Some(o) if o == a.name => (a, b),
+        Some(o) if o == b.name => (b, a),
+        other => panic!("no owner: {other:?}"),
+    }
+}
+
+impl Node {
+    /// The job as stored.
+    async fn job(&self, id: JobId) -> JobRecord {
+        self.store.get_job(id).await.expect("get").expect("job")
+    }
+}
+
+async fn shutdown(nodes: &[&Node]) {
+    for n in nodes {
+        n.rt.shutdown(Duration::ZERO).await;
+    }
+}
+
+/// Asserts that `r` succeeded on its second attempt, which started at least
+/// `min_ms` after the first ended (waiting out `backoff`).
+async fn assert_retried_after(db: &PgDb, r: &JobRecord, min_ms: i64, backoff: &str) {
+    assert_eq!(r.state, JobState::Succeeded, "{r:?}");
+    assert_eq!(r.attempts.len(), 2, "{r:?}");
+    let first_end = r.attempts[0].finished_at.expect("attempt 1 ended");
+    let gap = r.attempts[1].started_at - first_end;
+    assert!(
+        gap >= chrono::Duration::milliseconds(min_ms),
+        "attempt 2 started {gap} after attempt 1 ended, before {backoff} (nodes {:?})",
+        attempt_nodes(db, r.id).await
+    );
 }
 
 async fn submit(n: &Node, params: Value) -> JobId {
@@ -89,31 +151,20 @@ async fn a_job_submitted_on_a_busy_node_runs_on_another() {
     let Some(db) = PgDb::create("a_job_submitted_on_a_busy_node_runs_on_another").await else {
         return;
     };
-    let toml = format!(
-        "[defaults]\nconcurrency = 1\n{}",
-        common::workflow("job", "")
-    );
-    let a = node(&db, "node-a", &toml).await;
-    let b = node(&db, "node-b", &toml).await;
+    let (a, b) = two_nodes(&db, &job_config("concurrency = 1", "")).await;
     // A job that never ends keeps one node busy (concurrency 1); which
     // node runs it is a race.
     let hang = submit(&b, json!({"hang": true})).await;
     wait_running(&b.store, hang).await;
-    let owner = b.store.get_job(hang).await.expect("get").expect("job").node;
-    let (busy, idle, idle_name) = match owner.as_deref() {
-        Some("node-a") => (&a, &b, "node-b"),
-        Some("node-b") => (&b, &a, "node-a"),
-        other => panic!("the running job has no node: {other:?}"),
-    };
+    let (busy, idle) = owner_first(&a, &b, b.job(hang).await.node.as_deref());
     // A job submitted on the busy node runs on the idle one.
     let job = submit(busy, json!({"result": "elsewhere"})).await;
     let r = ended(&idle.store, job).await;
     assert_eq!(r.state, JobState::Succeeded, "{r:?}");
     assert_eq!(r.result, Some(json!("elsewhere")));
-    assert_eq!(attempt_nodes(&db, job).await, vec![idle_name.to_owned()]);
+    assert_eq!(attempt_nodes(&db, job).await, vec![idle.name.to_owned()]);
     busy.rt.cancel(hang).await.expect("cancel");
-    a.rt.shutdown(Duration::ZERO).await;
-    b.rt.shutdown(Duration::ZERO).await;
+    shutdown(&[&a, &b]).await;
 }
 
 async fn wait_running(store: &PgStore, id: JobId) {
@@ -134,12 +185,7 @@ async fn racing_nodes_run_every_job_exactly_once() {
     let Some(db) = PgDb::create("racing_nodes_run_every_job_exactly_once").await else {
         return;
     };
-    let toml = format!(
-        "[defaults]\nconcurrency = 2\n{}",
-        common::workflow("job", "")
-    );
-    let a = node(&db, "node-a", &toml).await;
-    let b = node(&db, "node-b", &toml).await;
+    let (a, b) = two_nodes(&db, &job_config("concurrency = 2", "")).await;
     let mut ids = Vec::new();
     for i in 0..12 {
         let on = if i % 3 == 0 { &b } else { &a };
@@ -157,8 +203,7 @@ async fn racing_nodes_run_every_job_exactly_once() {
             "one writer numbered the events"
         );
     }
-    a.rt.shutdown(Duration::ZERO).await;
-    b.rt.shutdown(Duration::ZERO).await;
+    shutdown(&[&a, &b]).await;
 }
 
 #[tokio::test]
@@ -166,15 +211,7 @@ async fn a_retry_waits_out_its_backoff_on_every_node() {
     let Some(db) = PgDb::create("a_retry_waits_out_its_backoff_on_every_node").await else {
         return;
     };
-    let toml = format!(
-        "[defaults]\nconcurrency = 2\n{}",
-        common::workflow(
-            "job",
-            "retry = { attempts = 2, backoff = \"2s\", multiplier = 1.0, jitter = 0.0 }",
-        )
-    );
-    let a = node(&db, "node-a", &toml).await;
-    let b = node(&db, "node-b", &toml).await;
+    let (a, b) = two_nodes(&db, &job_config("concurrency = 2", &retry_twice("2s"))).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let counter = dir.path().join("counter").display().to_string();
     // The first attempt kills itself (retried); the second succeeds. The
@@ -185,17 +222,8 @@ async fn a_retry_waits_out_its_backoff_on_every_node() {
     )
     .await;
     let r = ended(&a.store, id).await;
-    assert_eq!(r.state, JobState::Succeeded, "{r:?}");
-    assert_eq!(r.attempts.len(), 2, "{r:?}");
-    let first_end = r.attempts[0].finished_at.expect("attempt 1 ended");
-    let gap = r.attempts[1].started_at - first_end;
-    assert!(
-        gap >= chrono::Duration::milliseconds(2000),
-        "attempt 2 started {gap} after attempt 1 ended, before the 2 s backoff (nodes {:?})",
-        attempt_nodes(&db, id).await
-    );
-    a.rt.shutdown(Duration::ZERO).await;
-    b.rt.shutdown(Duration::ZERO).await;
+    assert_retried_after(&db, &r, 2000, "the 2 s backoff").await;
+    shutdown(&[&a, &b]).await;
 }
 
 #[tokio::test]
@@ -223,14 +251,9 @@ async fn a_dead_nodes_jobs_are_taken_over_by_a_live_node() {
     dead.close().await;
     // A live node starts while the leases hold: its start-up recovery
     // leaves them alone.
-    let toml = format!(
-        "[defaults]\nconcurrency = 2\n{}",
-        common::workflow("job", "")
-    );
-    let live = node(&db, "node-b", &toml).await;
+    let live = node(&db, "node-b", &job_config("concurrency = 2", "")).await;
     for j in [&retried, &last] {
-        let r = live.store.get_job(j.id).await.expect("get").expect("job");
-        assert_eq!(r.state, JobState::Running);
+        assert_eq!(live.job(j.id).await.state, JobState::Running);
     }
     // The leases expire (as 30 s without renewal would make them).
     let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
@@ -279,20 +302,12 @@ async fn a_job_running_on_one_node_is_cancelled_from_another() {
     let Some(db) = PgDb::create("a_job_running_on_one_node_is_cancelled_from_another").await else {
         return;
     };
-    let toml = format!(
-        "[defaults]\nconcurrency = 2\nkill_grace = \"500ms\"\n{}",
-        common::workflow("job", "")
-    );
-    let a = node(&db, "node-a", &toml).await;
-    let b = node(&db, "node-b", &toml).await;
+    let toml = job_config("concurrency = 2\nkill_grace = \"500ms\"", "");
+    let (a, b) = two_nodes(&db, &toml).await;
     let id = submit(&a, json!({"hang": true})).await;
     wait_running(&a.store, id).await;
-    let owner = a.store.get_job(id).await.expect("get").expect("job").node;
-    let other = match owner.as_deref() {
-        Some("node-a") => &b,
-        Some("node-b") => &a,
-        o => panic!("no owner: {o:?}"),
-    };
+    let owner = a.job(id).await.node;
+    let (_, other) = owner_first(&a, &b, owner.as_deref());
     // The other node may hold the job as waiting (its own claim not yet
     // tried): either way the cancel reaches the owner.
     let view = other.rt.cancel(id).await.expect("cancelled");
@@ -306,8 +321,7 @@ async fn a_job_running_on_one_node_is_cancelled_from_another() {
         other.rt.cancel(id).await,
         Err(tsbridge_runtime::RuntimeError::AlreadyFinished { .. })
     ));
-    a.rt.shutdown(Duration::ZERO).await;
-    b.rt.shutdown(Duration::ZERO).await;
+    shutdown(&[&a, &b]).await;
 }
 
 #[tokio::test]
@@ -317,31 +331,15 @@ async fn a_cancel_on_a_node_holding_a_waiting_copy_reaches_the_owner() {
     else {
         return;
     };
-    let toml = format!(
-        "[defaults]\nconcurrency = 1\nkill_grace = \"500ms\"\n{}",
-        common::workflow("job", "")
-    );
-    let a = node(&db, "node-a", &toml).await;
-    let b = node(&db, "node-b", &toml).await;
+    let toml = job_config("concurrency = 1\nkill_grace = \"500ms\"", "");
+    let (a, b) = two_nodes(&db, &toml).await;
     // Each node runs one job that never ends; the node that got the first
     // also holds the second as waiting (no room to claim it).
     let first = submit(&a, json!({"hang": true, "tag": "first"})).await;
     wait_running(&a.store, first).await;
     let second = submit(&a, json!({"hang": true, "tag": "second"})).await;
     wait_running(&a.store, second).await;
-    let owner_of = |r: Option<String>| match r.as_deref() {
-        Some("node-a") => (&a, &b),
-        Some("node-b") => (&b, &a),
-        o => panic!("no owner: {o:?}"),
-    };
-    let first_owner = a
-        .store
-        .get_job(first)
-        .await
-        .expect("get")
-        .expect("job")
-        .node;
-    let (holder, _) = owner_of(first_owner);
+    let (holder, _) = owner_first(&a, &b, a.job(first).await.node.as_deref());
     // Give the busy node time to hear of the second job (a poll): then it
     // holds a waiting copy. (Without one, the cancel goes to the owner
     // directly; both must work.)
@@ -353,11 +351,10 @@ async fn a_cancel_on_a_node_holding_a_waiting_copy_reaches_the_owner() {
     assert_eq!(r.attempts.len(), 1, "it ran once, on its owner");
     // The holder forgot its copy: the first job still runs there, and the
     // owner is free again.
-    let r = a.store.get_job(first).await.expect("get").expect("job");
+    let r = a.job(first).await;
     assert_eq!(r.state, JobState::Running);
     holder.rt.cancel(first).await.expect("cancel");
-    a.rt.shutdown(Duration::ZERO).await;
-    b.rt.shutdown(Duration::ZERO).await;
+    shutdown(&[&a, &b]).await;
 }
 
 /// A node that finds its lease gone (another node took the job over while
@@ -371,32 +368,17 @@ async fn a_node_that_lost_a_lease_stops_its_run() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("runs.log");
-    let toml = format!(
-        "[defaults]\nkill_grace = \"500ms\"\n{}",
-        common::workflow("job", "")
-    );
-    let store = Arc::new(
-        PgStore::open_with(
-            &db.url,
-            PgOptions {
-                poll: Duration::from_millis(500),
-                lease: Duration::from_millis(900),
-                ..PgOptions::default()
-            },
-        )
-        .await
-        .expect("open store"),
-    );
-    let rt = Runtime::start(
-        common::config(&toml),
-        store.clone(),
-        RuntimeOptions {
-            node_id: Some("node-a".to_owned()),
-            ..RuntimeOptions::default()
+    let Node { rt, store, .. } = node_with(
+        &db,
+        "node-a",
+        &job_config("kill_grace = \"500ms\"", ""),
+        PgOptions {
+            poll: POLL,
+            lease: Duration::from_millis(900),
+            ..PgOptions::default()
         },
     )
-    .await
-    .expect("runtime starts");
+    .await;
     let id = rt
         .submit(
             "job",
@@ -471,10 +453,7 @@ async fn a_subscriber_on_another_node_follows_a_job_live() {
     let Some(db) = PgDb::create("a_subscriber_on_another_node_follows_a_job_live").await else {
         return;
     };
-    let toml = format!(
-        "[defaults]\nconcurrency = 2\n{}",
-        common::workflow("job", "")
-    );
+    let toml = job_config("concurrency = 2", "");
     let a = node(&db, "node-a", &toml).await;
     // Long enough to be followed while it runs (40 steps, 250 ms apart).
     let id = submit(&a, json!({"progress": 40, "stepMs": 250, "result": "done"})).await;
@@ -541,8 +520,7 @@ async fn a_subscriber_on_another_node_follows_a_job_live() {
         .expect("wait");
     assert_eq!(view.state, JobState::Succeeded);
     assert_eq!(attempt_nodes(&db, id).await, vec!["node-a".to_owned()]);
-    a.rt.shutdown(Duration::ZERO).await;
-    b.rt.shutdown(Duration::ZERO).await;
+    shutdown(&[&a, &b]).await;
 }
 
 /// The retry delay is stored with the re-queue: a node whose own config
@@ -554,20 +532,8 @@ async fn a_stored_retry_delay_holds_on_a_node_with_another_backoff() {
     else {
         return;
     };
-    let slow = format!(
-        "[defaults]\nconcurrency = 2\n{}",
-        common::workflow(
-            "job",
-            "retry = { attempts = 2, backoff = \"3s\", multiplier = 1.0, jitter = 0.0 }",
-        )
-    );
-    let eager = format!(
-        "[defaults]\nconcurrency = 2\n{}",
-        common::workflow(
-            "job",
-            "retry = { attempts = 2, backoff = \"10ms\", multiplier = 1.0, jitter = 0.0 }",
-        )
-    );
+    let slow = job_config("concurrency = 2", &retry_twice("3s"));
+    let eager = job_config("concurrency = 2", &retry_twice("10ms"));
     let a = node(&db, "node-a", &slow).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let counter = dir.path().join("counter").display().to_string();
@@ -581,19 +547,10 @@ async fn a_stored_retry_delay_holds_on_a_node_with_another_backoff() {
     wait_running(&a.store, id).await;
     let b = node(&db, "node-b", &eager).await;
     let r = ended(&a.store, id).await;
-    assert_eq!(r.state, JobState::Succeeded, "{r:?}");
-    assert_eq!(r.attempts.len(), 2, "{r:?}");
-    let first_end = r.attempts[0].finished_at.expect("attempt 1 ended");
-    let gap = r.attempts[1].started_at - first_end;
     // The stored delay counts from the re-queue's commit (after the
     // attempt's end): allow the difference between the two clocks' reads.
-    assert!(
-        gap >= chrono::Duration::milliseconds(2900),
-        "attempt 2 started {gap} after attempt 1 ended, before the stored 3 s backoff (nodes {:?})",
-        attempt_nodes(&db, id).await
-    );
-    a.rt.shutdown(Duration::ZERO).await;
-    b.rt.shutdown(Duration::ZERO).await;
+    assert_retried_after(&db, &r, 2900, "the stored 3 s backoff").await;
+    shutdown(&[&a, &b]).await;
 }
 
 /// Waits until `store`'s count of queued jobs (cached, refreshed as it is
@@ -619,11 +576,10 @@ async fn the_queue_limit_counts_the_whole_cluster() {
     let Some(db) = PgDb::create("the_queue_limit_counts_the_whole_cluster").await else {
         return;
     };
-    let wf = common::workflow("job", "");
     let b = node(
         &db,
         "node-b",
-        &format!("[defaults]\nconcurrency = 1\nqueue_limit = 2\n{wf}"),
+        &job_config("concurrency = 1\nqueue_limit = 2", ""),
     )
     .await;
     // b is busy (its only slot runs a job that never ends) ...
@@ -634,7 +590,7 @@ async fn the_queue_limit_counts_the_whole_cluster() {
     let a = node(
         &db,
         "node-a",
-        &format!("[defaults]\nconcurrency = 3\nqueue_limit = 2\n{wf}"),
+        &job_config("concurrency = 3\nqueue_limit = 2", ""),
     )
     .await;
     let mut hanging = vec![busy];
@@ -658,9 +614,7 @@ async fn the_queue_limit_counts_the_whole_cluster() {
         }
     }
     for id in [queued, another] {
-        let r = a.store.get_job(id).await.expect("get").expect("job");
-        assert_eq!(r.state, JobState::Queued);
+        assert_eq!(a.job(id).await.state, JobState::Queued);
     }
-    a.rt.shutdown(Duration::ZERO).await;
-    b.rt.shutdown(Duration::ZERO).await;
+    shutdown(&[&a, &b]).await;
 }

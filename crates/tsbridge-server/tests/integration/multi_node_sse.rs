@@ -2,9 +2,9 @@
 //! follows a job that runs on the other, from its first event to its
 //! terminal state, in order, each event once; a WebSocket subscriber there
 //! gets its progress and its result. Each test gets a database of
-//! its own (made and dropped with `psql`) on the server
-//! `TSBRIDGE_TEST_PG_URL` names; without it the test is skipped with a
-//! message, except under CI (`CI` set), where that is a failure.
+//! its own on the server `TSBRIDGE_TEST_PG_URL` names (the runtime's
+//! `pg_support`); without it the test is skipped with a message, except
+//! under CI (`CI` set), where that is a failure.
 
 #![allow(clippy::unwrap_used)]
 
@@ -17,72 +17,13 @@ use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
 use tsbridge_client::SseParser;
 use tsbridge_runtime::store::{PgOptions, PgStore};
-use tsbridge_runtime::{Config, Runtime, RuntimeOptions};
-use tsbridge_server::{AppState, ServerSettings};
+use tsbridge_runtime::{Runtime, RuntimeOptions};
 
 use crate::common::TestServer;
-use crate::common::real::workflows;
+use crate::common::pg_support::PgDb;
+use crate::common::real;
 
-const URL_VAR: &str = "TSBRIDGE_TEST_PG_URL";
 const SOON: Duration = Duration::from_secs(60);
-
-/// A database of one test, dropped on drop.
-struct PgDb {
-    url: String,
-    server: String,
-    name: String,
-}
-
-fn psql(server: &str, sql: &str) -> bool {
-    std::process::Command::new("psql")
-        .arg(server)
-        .args(["-v", "ON_ERROR_STOP=1", "-qc", sql])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-impl PgDb {
-    fn create(test: &str) -> Option<PgDb> {
-        let server = match std::env::var(URL_VAR) {
-            Ok(u) if !u.trim().is_empty() => u,
-            _ if std::env::var_os("CI").is_some() => {
-                panic!("{URL_VAR} is not set under CI: the PostgreSQL tests must run there")
-            }
-            _ => {
-                eprintln!("SKIPPED {test}: {URL_VAR} is not set (no PostgreSQL server)");
-                return None;
-            }
-        };
-        let name = format!(
-            "tsbridge_srv_{}",
-            tsbridge_proto::JobId::new().to_string().replace('-', "")
-        );
-        assert!(
-            psql(&server, &format!("CREATE DATABASE {name}")),
-            "create a test database with psql (the role needs CREATEDB)"
-        );
-        let (base, query) = match server.split_once('?') {
-            Some((b, q)) => (b, format!("?{q}")),
-            None => (server.as_str(), String::new()),
-        };
-        let host_start = base.find("://").map_or(0, |i| i + 3);
-        let root = match base[host_start..].find('/') {
-            Some(i) => &base[..host_start + i],
-            None => base,
-        };
-        let url = format!("{root}/{name}{query}");
-        Some(PgDb { url, server, name })
-    }
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        if !psql(&self.server, &sql) {
-            eprintln!("cannot drop test database {}", self.name);
-        }
-    }
-}
 
 struct Node {
     rt: Runtime,
@@ -90,12 +31,7 @@ struct Node {
 }
 
 async fn node(db: &PgDb, name: &str) -> Node {
-    let dir = std::env::temp_dir();
-    let toml = format!("[defaults]\nconcurrency = 2\n{}", workflows());
-    let config = match Config::parse(&toml, &dir) {
-        Ok(c) => Arc::new(c),
-        Err(issues) => panic!("test config invalid: {issues:?}"),
-    };
+    let config = real::config("[defaults]\nconcurrency = 2", &std::env::temp_dir());
     let store = Arc::new(
         PgStore::open_with(
             &db.url,
@@ -117,11 +53,7 @@ async fn node(db: &PgDb, name: &str) -> Node {
     )
     .await
     .expect("runtime starts");
-    let mut settings = ServerSettings::from_config(&config.server);
-    settings.keepalive = Duration::from_secs(5);
-    let auth = tsbridge_server::Auth::resolve(&settings.tokens).expect("tokens");
-    let state = AppState::with_auth(Arc::new(rt.clone()), settings, auth);
-    let server = TestServer::start(state).await;
+    let server = TestServer::start(real::state_for(&rt, &config, |_| {})).await;
     Node { rt, server }
 }
 
@@ -134,18 +66,23 @@ async fn job(n: &Node, id: &str) -> Value {
         .unwrap()
 }
 
+/// Waits until job `id` runs (on any node).
+async fn until_running(n: &Node, id: &str) {
+    let deadline = tokio::time::Instant::now() + SOON;
+    while job(n, id).await["data"]["state"] != "running" {
+        assert!(tokio::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn sse_on_one_node_follows_a_job_running_on_another() {
-    let Some(db) = PgDb::create("sse_on_one_node_follows_a_job_running_on_another") else {
+    let Some(db) = PgDb::create("sse_on_one_node_follows_a_job_running_on_another").await else {
         return;
     };
     let a = node(&db, "node-a").await;
     let id = submit(&a, json!({"progress": 30, "stepMs": 200})).await;
-    let deadline = tokio::time::Instant::now() + SOON;
-    while job(&a, &id).await["data"]["state"] != "running" {
-        assert!(tokio::time::Instant::now() < deadline, "never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_running(&a, &id).await;
     // Node b starts once the job runs on a: it never runs it.
     let b = node(&db, "node-b").await;
     let resp = reqwest::get(b.server.url(&format!("/v1/jobs/{id}/events")))
@@ -216,7 +153,8 @@ async fn next_json(
 
 #[tokio::test]
 async fn a_websocket_on_one_node_follows_a_job_running_on_another() {
-    let Some(db) = PgDb::create("a_websocket_on_one_node_follows_a_job_running_on_another") else {
+    let Some(db) = PgDb::create("a_websocket_on_one_node_follows_a_job_running_on_another").await
+    else {
         return;
     };
     let a = node(&db, "node-a").await;
@@ -225,11 +163,7 @@ async fn a_websocket_on_one_node_follows_a_job_running_on_another() {
         json!({"progress": 20, "stepMs": 200, "result": {"done": true}}),
     )
     .await;
-    let deadline = tokio::time::Instant::now() + SOON;
-    while job(&a, &id).await["data"]["state"] != "running" {
-        assert!(tokio::time::Instant::now() < deadline, "never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_running(&a, &id).await;
     let b = node(&db, "node-b").await;
     let (mut ws, _) = connect_async(b.server.ws_url("/v1/ws")).await.unwrap();
     ws.send(Message::text(

@@ -4,6 +4,9 @@
 #![allow(dead_code)]
 
 pub mod fake;
+/// A PostgreSQL database per test: the runtime's test support, shared.
+#[path = "../../../../tsbridge-runtime/tests/integration/pg_support.rs"]
+pub mod pg_support;
 pub mod real;
 
 use std::net::SocketAddr;

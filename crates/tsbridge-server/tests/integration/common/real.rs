@@ -57,11 +57,7 @@ pub async fn real(head: &str) -> Real {
 
 pub async fn real_with(head: &str, tweak: impl FnOnce(&mut ServerSettings)) -> Real {
     let dir = tempfile::tempdir().expect("tempdir");
-    let toml = format!("{head}\n{}", workflows());
-    let config = match Config::parse(&toml, dir.path()) {
-        Ok(c) => Arc::new(c),
-        Err(issues) => panic!("test config invalid: {issues:?}"),
-    };
+    let config = config(head, dir.path());
     let store = Arc::new(
         SqliteStore::open(&format!("sqlite://{}/jobs.db", dir.path().display()))
             .await
@@ -70,10 +66,29 @@ pub async fn real_with(head: &str, tweak: impl FnOnce(&mut ServerSettings)) -> R
     let rt = Runtime::start(config.clone(), store, RuntimeOptions::default())
         .await
         .expect("runtime starts");
+    let state = state_for(&rt, &config, tweak);
+    Real { rt, state, dir }
+}
+
+/// The config of `head` and the default workflows, relative to `dir`.
+pub fn config(head: &str, dir: &Path) -> Arc<Config> {
+    let toml = format!("{head}\n{}", workflows());
+    match Config::parse(&toml, dir) {
+        Ok(c) => Arc::new(c),
+        Err(issues) => panic!("test config invalid: {issues:?}"),
+    }
+}
+
+/// A server state serving `rt` with the settings of `config` (a 5 s
+/// keep-alive), as `tweak` changes them.
+pub fn state_for(
+    rt: &Runtime,
+    config: &Config,
+    tweak: impl FnOnce(&mut ServerSettings),
+) -> AppState {
     let mut settings = ServerSettings::from_config(&config.server);
     settings.keepalive = std::time::Duration::from_secs(5);
     tweak(&mut settings);
     let auth = tsbridge_server::Auth::resolve(&settings.tokens).expect("tokens");
-    let state = AppState::with_auth(Arc::new(rt.clone()), settings, auth);
-    Real { rt, state, dir }
+    AppState::with_auth(Arc::new(rt.clone()), settings, auth)
 }
