@@ -5,7 +5,8 @@
 //!   the engine (bounded capture + line protocol) vs a raw read loop over the
 //!   same kind of pipe (enlarged to 1 MiB, 1 MiB reads, bytes discarded);
 //! - `ProcessControl::kill_descendants` on a childless leader (a pool
-//!   worker's per-job sweep).
+//!   worker's per-job sweep): as the machine runs, and with a thread started
+//!   and joined before each sweep (a new pid: the sweep cannot skip its walk).
 //!
 //! Run: `cargo bench -p tsbridge-process --bench spawn` (bench/engine/run.sh
 //! runs it with the TypeScript startup comparison).
@@ -231,6 +232,28 @@ fn kill_descendants_of_a_childless_node_worker(b: divan::Bencher) {
     // Let node start its threads before measuring.
     std::thread::sleep(std::time::Duration::from_millis(500));
     b.bench(|| {
+        let killed = rt().block_on(control.kill_descendants());
+        assert_eq!(killed, 0);
+    });
+}
+
+/// The same on an idle `node`, with a thread started and joined before each
+/// sweep (outside the timing): a pid was allocated since the last sweep, so
+/// the sweep walks the worker's threads (what a job that forked and waited
+/// for a child costs, or any sweep while other processes fork).
+#[divan::bench(sample_count = 200, sample_size = 1)]
+fn kill_descendants_of_a_childless_node_worker_after_a_new_pid(b: divan::Bencher) {
+    static LEADER: OnceLock<tsbridge_process::ProcessControl> = OnceLock::new();
+    let control = sweep_leader(
+        &LEADER,
+        "/usr/bin/node",
+        &["-e", "setInterval(() => {}, 1e6)"],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    b.with_inputs(|| {
+        let _ = std::thread::spawn(|| {}).join();
+    })
+    .bench_values(|()| {
         let killed = rt().block_on(control.kill_descendants());
         assert_eq!(killed, 0);
     });

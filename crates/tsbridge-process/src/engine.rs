@@ -949,7 +949,7 @@ fn sweep(leader: Pid, tracker: &mut Tracker) -> usize {
     // starts at or after it.
     let since = sys::boot_ticks_now();
     let found: Vec<_> = tracker
-        .discover(true, Scope::Ending)
+        .discover_after_task()
         .into_iter()
         .filter(|p| p.pid != leader)
         .collect();

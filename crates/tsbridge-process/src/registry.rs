@@ -88,7 +88,7 @@ pub(crate) fn is_subreaper() -> bool {
 /// were reaped.
 pub(crate) fn reap_orphans(extra: &HashSet<i32>) -> usize {
     let mut kids = Vec::new();
-    sys::main_thread_children(sys::self_pid(), &mut kids);
+    sys::own_main_thread_children(&mut kids);
     if kids.is_empty() {
         return 0;
     }

@@ -191,15 +191,39 @@ fn read_children_file(path: &ProcPath, out: &mut Vec<Pid>) {
     let Some(fd) = path.open(rustix::fs::OFlags::empty()) else {
         return;
     };
+    parse_children(out, |buf| match rustix::io::read(&fd, buf) {
+        Err(rustix::io::Errno::INTR) => Some(None),
+        Err(_) => None,
+        Ok(n) => Some(Some(n)),
+    });
+}
+
+/// The same from a `children` file kept open: `pread` from offset 0 (a
+/// /proc seq_file renders afresh for a read at offset 0), one syscall when
+/// the list fits in one read.
+fn pread_children(fd: &OwnedFd, out: &mut Vec<Pid>) {
+    let mut off = 0u64;
+    parse_children(out, |buf| match rustix::io::pread(fd, buf, off) {
+        Err(rustix::io::Errno::INTR) => Some(None),
+        Err(_) => None,
+        Ok(n) => {
+            off += n as u64;
+            Some(Some(n))
+        }
+    });
+}
+
+/// Parses a `children` list read through `read` (`None`: stop, `Some(None)`:
+/// interrupted, try again, `Some(Some(n))`: `n` bytes read).
+fn parse_children(out: &mut Vec<Pid>, mut read: impl FnMut(&mut [u8]) -> Option<Option<usize>>) {
     // At most a page per read: a short read is the end (see `read_into`).
     let mut buf = [0u8; 1024];
     let mut cur: Option<i64> = None;
     loop {
-        let n = match rustix::io::read(&fd, &mut buf) {
-            Ok(0) => break,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(_) => break,
-            Ok(n) => n,
+        let n = match read(&mut buf) {
+            None | Some(Some(0)) => break,
+            Some(None) => continue,
+            Some(Some(n)) => n,
         };
         let last = n < buf.len();
         for &b in &buf[..n] {
@@ -256,6 +280,201 @@ pub(crate) fn main_thread_children(pid: Pid, out: &mut Vec<Pid>) {
     }
     if let Some(path) = ProcPath::new(pid.raw(), Some(&tid.buf[..tid.len]), b"children") {
         read_children_file(&path, out);
+    }
+}
+
+/// tsbridge's main thread's children ([`main_thread_children`] of our own
+/// pid), through a file opened once and re-read with `pread`.
+pub(crate) fn own_main_thread_children(out: &mut Vec<Pid>) {
+    static FD: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+    let fd = FD.get_or_init(|| {
+        let me = self_pid().raw();
+        let mut tid = ProcPath {
+            buf: [0; 64],
+            len: 0,
+        };
+        tid.push_int(me)?;
+        ProcPath::new(me, Some(&tid.buf[..tid.len]), b"children")?.open(rustix::fs::OFlags::empty())
+    });
+    match fd {
+        Some(fd) => pread_children(fd, out),
+        None => main_thread_children(self_pid(), out),
+    }
+}
+
+/// The /proc files of one long-lived process (a pool worker) kept open, so
+/// that walking it costs one `pread` per file instead of open + read +
+/// close: its `stat`, its `task` directory and each thread's `children`.
+/// The thread list is re-read (`getdents` from offset 0) at every walk, so a
+/// thread that started since is opened and one that ended is dropped.
+#[derive(Debug)]
+pub(crate) struct OpenProc {
+    pid: Pid,
+    stat: OwnedFd,
+    task: OwnedFd,
+    /// (tid, its `children` file, the walk that last listed it).
+    threads: Vec<(i32, OwnedFd, u32)>,
+    walk: u32,
+}
+
+impl OpenProc {
+    /// `None` when the process is gone (or /proc cannot be opened).
+    pub(crate) fn open(pid: Pid) -> Option<Self> {
+        let stat = ProcPath::new(pid.raw(), None, b"stat")?.open(rustix::fs::OFlags::empty())?;
+        let task = ProcPath::new(pid.raw(), None, b"task")?.open(rustix::fs::OFlags::DIRECTORY)?;
+        Some(Self {
+            pid,
+            stat,
+            task,
+            threads: Vec::new(),
+            walk: 0,
+        })
+    }
+
+    pub(crate) fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// [`read_stat`] of the process. `None` once it is reaped: the open file
+    /// names the process it was opened for, never a reuse of its pid.
+    pub(crate) fn stat(&self) -> Option<Stat> {
+        let mut buf = [0u8; 1024];
+        let mut n = 0;
+        while n < buf.len() {
+            match rustix::io::pread(&self.stat, &mut buf[n..], n as u64) {
+                Ok(0) => break,
+                Ok(k) => {
+                    n += k;
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return None,
+            }
+        }
+        parse_stat(&buf[..n])
+    }
+
+    /// [`children_of`] the process: the children of every thread it has now.
+    pub(crate) fn children(&mut self, out: &mut Vec<Pid>) {
+        self.walk = self.walk.wrapping_add(1);
+        let walk = self.walk;
+        if rustix::fs::seek(&self.task, rustix::fs::SeekFrom::Start(0)).is_err() {
+            return;
+        }
+        let mut dents = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+        let mut it = rustix::fs::RawDir::new(&self.task, &mut dents);
+        while let Some(Ok(e)) = it.next() {
+            let name = e.file_name().to_bytes();
+            let Some(tid) = parse_pid(name) else {
+                continue;
+            };
+            if let Some(t) = self.threads.iter_mut().find(|t| t.0 == tid) {
+                t.2 = walk;
+                continue;
+            }
+            let fd = ProcPath::new(self.pid.raw(), Some(name), b"children")
+                .and_then(|p| p.open(rustix::fs::OFlags::empty()));
+            match fd {
+                Some(fd) => self.threads.push((tid, fd, walk)),
+                // The thread ended since the listing: its children went to
+                // another thread, which is read below.
+                None => continue,
+            }
+        }
+        self.threads.retain(|t| t.2 == walk);
+        for (_, fd, _) in &self.threads {
+            pread_children(fd, out);
+        }
+    }
+}
+
+/// A decimal pid (ASCII digits only).
+fn parse_pid(name: &[u8]) -> Option<i32> {
+    if name.is_empty() || !name.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(name).ok()?.parse().ok()
+}
+
+/// The last pid the kernel allocated in our pid namespace
+/// (`/proc/sys/kernel/ns_last_pid`, through a file opened once). Every new
+/// process or thread takes the next free pid after it, so it changes with
+/// every fork/clone in the namespace (or in one nested in it).
+pub(crate) fn ns_last_pid() -> Option<i32> {
+    static FD: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+    let fd = FD
+        .get_or_init(|| {
+            rustix::fs::open(
+                c"/proc/sys/kernel/ns_last_pid",
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .ok()
+        })
+        .as_ref()?;
+    let mut buf = [0u8; 32];
+    let n = loop {
+        match rustix::io::pread(fd, &mut buf, 0) {
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return None,
+            Ok(n) => break n,
+        }
+    };
+    parse_pid(buf.get(..n)?.trim_ascii())
+}
+
+/// "No process or thread was created in our pid namespace since": the last
+/// allocated pid at one moment and a pidfd of the task that holds it.
+///
+/// While that task holds its pid (it has not been reaped; the pidfd tells
+/// exactly, a reuse of the number is another task), the kernel cannot hand
+/// that pid out again; and every allocation moves `ns_last_pid` to the pid it
+/// allocated. So if `ns_last_pid` still reads the same pid and its task still
+/// holds it, nothing was allocated in between. (Only a process with
+/// `CAP_SYS_ADMIN` or `CAP_CHECKPOINT_RESTORE` over our pid namespace can
+/// choose its pid or write `ns_last_pid`.)
+#[derive(Debug)]
+pub(crate) struct PidMark {
+    last: i32,
+    holder: OwnedFd,
+}
+
+impl PidMark {
+    /// Now; `None` when it cannot be told (no `ns_last_pid`, the task that
+    /// holds the last pid already ended, or a thread on a kernel without
+    /// `PIDFD_THREAD`, before 6.9).
+    pub(crate) fn take() -> Option<Self> {
+        let last = ns_last_pid()?;
+        // PIDFD_THREAD (= O_EXCL): the pid may be a thread's.
+        let flags = libc::O_EXCL as libc::c_uint;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, last, flags) };
+        let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+        // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+        let holder = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Some(Self { last, holder })
+    }
+
+    /// Whether no pid was allocated since [`Self::take`]: `ns_last_pid` is
+    /// unchanged and its task has not been reaped.
+    pub(crate) fn unchanged(&self) -> bool {
+        if ns_last_pid() != Some(self.last) {
+            return false;
+        }
+        // Signal 0: no signal, only the checks. EPERM: it exists (not ours).
+        // SAFETY: pidfd_send_signal with a live fd, signal 0 and no siginfo.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.holder.as_raw_fd(),
+                0,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
     }
 }
 
@@ -516,6 +735,97 @@ mod tests {
         for k in &mut kids {
             let _ = k.kill();
             let _ = k.wait();
+        }
+    }
+
+    /// OpenProc lists the children of threads that started after it was
+    /// opened, keeps finding a child whose thread ended (the kernel moves it
+    /// to another thread), drops ended threads, and reads nothing once its
+    /// process is reaped (never a reuse of the pid).
+    #[test]
+    fn open_proc_follows_threads_and_ends_with_its_process() {
+        let mut me = OpenProc::open(self_pid()).unwrap();
+        let mut out = Vec::new();
+        me.children(&mut out);
+        let threads = me.threads.len();
+        assert!(threads >= 2, "the main thread and this test's");
+        // A thread that starts now forks a child, then ends.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let child = std::process::Command::new("/bin/sleep")
+                .arg("30")
+                .spawn()
+                .unwrap();
+            tx.send(child).unwrap();
+            let _ = done_rx.recv();
+        });
+        let mut child = rx.recv().unwrap();
+        let pid = Pid::new(child.id() as i32).unwrap();
+        out.clear();
+        me.children(&mut out);
+        assert!(out.contains(&pid), "{out:?}");
+        assert_eq!(me.threads.len(), threads + 1);
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+        out.clear();
+        me.children(&mut out);
+        assert!(out.contains(&pid), "reparented to another thread: {out:?}");
+        assert_eq!(me.threads.len(), threads);
+        let _ = child.kill();
+        let _ = child.wait();
+
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let open = OpenProc::open(Pid::new(child.id() as i32).unwrap()).unwrap();
+        assert!(open.stat().is_some_and(|st| !st.is_zombie()));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(open.stat().is_none(), "reaped: nothing to read");
+    }
+
+    /// A pid mark changes when a process or a thread is created; with
+    /// nothing created it stays (tried a few times: other processes of the
+    /// machine fork too).
+    #[test]
+    fn pid_mark_moves_with_every_new_pid() {
+        let mut settled = false;
+        for _ in 0..1000 {
+            if PidMark::take().is_some_and(|m| m.unchanged()) {
+                settled = true;
+                break;
+            }
+        }
+        assert!(settled, "never two reads without a new pid in between");
+        // A new long-lived child holds the last pid (unless something else
+        // forked since: then try again).
+        let mut holders = Vec::new();
+        let mut fresh_mark = || {
+            for _ in 0..100 {
+                holders.push(
+                    std::process::Command::new("/bin/sleep")
+                        .arg("30")
+                        .spawn()
+                        .unwrap(),
+                );
+                if let Some(m) = PidMark::take() {
+                    return m;
+                }
+            }
+            panic!("no pid mark");
+        };
+        let mark = fresh_mark();
+        std::thread::spawn(|| {}).join().unwrap();
+        assert!(!mark.unchanged(), "a thread was created");
+        let mark = fresh_mark();
+        let mut c = std::process::Command::new("/bin/true").spawn().unwrap();
+        assert!(!mark.unchanged(), "a process was created");
+        let _ = c.wait();
+        for mut h in holders {
+            let _ = h.kill();
+            let _ = h.wait();
         }
     }
 

@@ -60,6 +60,17 @@ pub(crate) struct Tracker {
     queue: Vec<Pid>,
     kids: Vec<Pid>,
     found: HashMap<i32, u64>,
+    /// The leader's /proc files kept open (a pool worker's, opened by its
+    /// first per-task sweep; see [`Self::discover_after_task`]).
+    open: Option<sys::OpenProc>,
+    /// Taken before the last per-task sweep's walk: if no pid was allocated
+    /// since, the worker cannot have a process that walk did not see.
+    quiet: Option<sys::PidMark>,
+    /// How many per-task sweeps skipped the walk (nothing new).
+    pub(crate) quiet_sweeps: u64,
+    /// Tests: take the pid mark as unchanged.
+    #[cfg(test)]
+    assume_nothing_new: bool,
 }
 
 impl Tracker {
@@ -73,6 +84,11 @@ impl Tracker {
             queue: Vec::new(),
             kids: Vec::new(),
             found: HashMap::new(),
+            open: None,
+            quiet: None,
+            quiet_sweeps: 0,
+            #[cfg(test)]
+            assume_nothing_new: false,
         }
     }
 
@@ -82,6 +98,8 @@ impl Tracker {
 
     pub(crate) fn set_leader_reaped(&mut self) {
         self.leader_reaped = true;
+        self.open = None;
+        self.quiet = None;
     }
 
     /// The cheap check after a normal exit of the leader: is anything of the
@@ -117,7 +135,7 @@ impl Tracker {
     /// over.
     fn adopted_roots(&self, scope: Scope, out: &mut Vec<Pid>) {
         let mut kids = Vec::new();
-        sys::main_thread_children(sys::self_pid(), &mut kids);
+        sys::own_main_thread_children(&mut kids);
         if kids.is_empty() {
             return;
         }
@@ -186,7 +204,11 @@ impl Tracker {
             if p == self.leader && self.leader_reaped {
                 continue;
             }
-            let Some(st) = sys::read_stat(p) else {
+            let open = self.open.as_mut().filter(|o| o.pid() == p);
+            let Some(st) = (match &open {
+                Some(o) => o.stat(),
+                None => sys::read_stat(p),
+            }) else {
                 continue;
             };
             // A pid we saw before that now has another start time was reused.
@@ -196,7 +218,10 @@ impl Tracker {
                 continue;
             }
             kids.clear();
-            sys::children_of(p, &mut kids);
+            match open {
+                Some(o) => o.children(&mut kids),
+                None => sys::children_of(p, &mut kids),
+            }
             queue.extend(kids.iter().copied());
             if st.is_zombie() {
                 continue;
@@ -220,6 +245,53 @@ impl Tracker {
         self.kids = kids;
         self.found = found;
         out
+    }
+
+    /// The search of a pool worker's per-task sweep: what
+    /// [`Self::discover`]`(true, Scope::Ending)` finds, cheaper when the
+    /// worker left nothing behind.
+    ///
+    /// With the subreaper, when the last sweep's walk left no descendant
+    /// alive (none seen since) and no pid was allocated in our pid namespace
+    /// since it began ([`sys::PidMark`]), the worker's subtree cannot hold a
+    /// process that walk did not see: a process that is not the worker's
+    /// descendant only becomes one by being created. Then only tsbridge's
+    /// adopted children are examined (their marker, group and the hidden
+    /// escapee rule can change without a fork, so they are looked at every
+    /// time); anything there and the walk runs. Otherwise the full walk
+    /// runs, through the worker's /proc files kept open ([`sys::OpenProc`]).
+    pub(crate) fn discover_after_task(&mut self) -> Vec<ProcRef> {
+        if self.open.is_none() && !self.leader_reaped {
+            self.open = sys::OpenProc::open(self.leader);
+        }
+        if self.nothing_new() {
+            let mut roots = Vec::new();
+            self.adopted_roots(Scope::Ending, &mut roots);
+            if roots.is_empty() {
+                self.quiet_sweeps += 1;
+                return Vec::new();
+            }
+        }
+        // Before the walk: whatever is created after it moves the mark.
+        let mark = if registry::is_subreaper() {
+            sys::PidMark::take()
+        } else {
+            None
+        };
+        let found = self.discover(true, Scope::Ending);
+        self.quiet = mark;
+        found
+    }
+
+    fn nothing_new(&self) -> bool {
+        if !registry::is_subreaper() || self.leader_reaped || !self.seen.is_empty() {
+            return false;
+        }
+        #[cfg(test)]
+        if self.assume_nothing_new {
+            return true;
+        }
+        self.quiet.as_ref().is_some_and(sys::PidMark::unchanged)
     }
 
     /// Signals the whole job: the cgroup (when given), the process group, and
@@ -293,5 +365,188 @@ mod tests {
             eprintln!("normal-exit leftover check (subreaper={subreaper}): {per:?} per job");
             assert!(!t.may_have_orphans());
         }
+    }
+
+    /// `sh -c SCRIPT x <pidfile>`: starts a hidden escapee (a grandchild
+    /// that `setsid`s and execs `sleep` with an empty environment, orphaned at
+    /// once), writes its pid, then becomes a childless `sleep` (a pool
+    /// worker's shape).
+    const ESCAPE: &str = r#"
+( setsid env -i /bin/sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > "$1.tmp"; mv "$1.tmp" "$1" )
+exec /bin/sleep 1000
+"#;
+
+    fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs (and reaps, if ours) the processes it names when dropped, so a
+    /// failed assertion leaves nothing running.
+    struct KillOnDrop(Vec<Pid>);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            for &p in &self.0 {
+                kill_and_reap(p);
+            }
+        }
+    }
+
+    fn kill_and_reap(pid: Pid) {
+        // SAFETY: kill and waitpid on a specific pid this test started
+        // (waitpid fails at once with ECHILD if it is not our child).
+        unsafe {
+            libc::kill(pid.raw(), libc::SIGKILL);
+            libc::waitpid(pid.raw(), std::ptr::null_mut(), 0);
+        }
+    }
+
+    /// The per-task sweep's cheap check may say "nothing new" (no pid
+    /// allocated since the last sweep's walk) while a hidden escapee of the
+    /// worker's last task exists: one the last sweep left alone because
+    /// another live job's window began before it. When that job is over, the
+    /// next sweep still kills the escapee: adopted children are examined
+    /// whatever the check says.
+    #[test]
+    fn a_sweep_that_sees_nothing_new_still_finds_a_hidden_escapee() {
+        // SAFETY: prctl with integer arguments (this test's own process:
+        // nextest runs each test in a process of its own).
+        assert_eq!(
+            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+            0
+        );
+        registry::set_subreaper();
+        let mut older = std::process::Command::new("/bin/sleep")
+            .arg("1000")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let older_pid = Pid::new(older.id() as i32).unwrap();
+        let mut cleanup = KillOnDrop(vec![older_pid]);
+        registry::add_group(older_pid, 0);
+
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("escapee.pid");
+        let since = sys::boot_ticks_now();
+        let mut worker = std::process::Command::new("/bin/sh")
+            .args(["-c", ESCAPE, "x"])
+            .arg(&pidfile)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let worker_pid = Pid::new(worker.id() as i32).unwrap();
+        cleanup.0.push(worker_pid);
+        registry::add_group(worker_pid, since);
+        let mut escapee = None;
+        wait_until("the escapee's pid file", || {
+            escapee = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .and_then(Pid::new);
+            escapee.is_some()
+        });
+        let escapee = escapee.unwrap();
+        cleanup.0.push(escapee);
+        wait_until(
+            "the escapee hides (own session, empty env, adopted)",
+            || {
+                let env_empty = std::fs::read(format!("/proc/{}/environ", escapee.raw()))
+                    .is_ok_and(|e| e.is_empty());
+                let mut kids = Vec::new();
+                sys::own_main_thread_children(&mut kids);
+                env_empty
+                    && kids.contains(&escapee)
+                    && sys::read_stat(escapee).is_some_and(|st| st.session == escapee.raw())
+            },
+        );
+        wait_until("the worker is a childless sleep", || {
+            let mut kids = Vec::new();
+            sys::children_of(worker_pid, &mut kids);
+            kids.is_empty()
+                && std::fs::read_to_string(format!("/proc/{}/comm", worker_pid.raw()))
+                    .is_ok_and(|c| c.trim() == "sleep")
+        });
+
+        let mut t = Tracker::new(worker_pid, b"TSBRIDGE_JOB=q2-test".to_vec());
+        let found = t.discover_after_task();
+        assert!(
+            found.iter().all(|p| p.pid != escapee),
+            "the older job may own it: left alone ({found:?})"
+        );
+        registry::restart_window(worker_pid, sys::boot_ticks_now());
+
+        // The older job is over; the check says nothing new.
+        registry::remove_group(older_pid);
+        t.assume_nothing_new = true;
+        assert!(t.nothing_new());
+        let found = t.discover_after_task();
+        assert!(
+            found.iter().any(|p| p.pid == escapee),
+            "the escapee {escapee:?} was not found: {found:?}"
+        );
+
+        // That walk saw the escapee: the next sweep walks again (and finds
+        // it gone); with nothing adopted left, the one after skips the walk.
+        kill_and_reap(escapee);
+        assert!(!t.nothing_new());
+        let quiet = t.quiet_sweeps;
+        assert!(t.discover_after_task().iter().all(|p| p.pid == worker_pid));
+        assert_eq!(t.quiet_sweeps, quiet);
+        assert!(t.nothing_new());
+        assert!(t.discover_after_task().is_empty());
+        assert_eq!(t.quiet_sweeps, quiet + 1);
+
+        drop(cleanup);
+        let _ = older.wait();
+        let _ = worker.wait();
+        registry::remove_group(worker_pid);
+    }
+
+    /// Without an assumed verdict: a child the worker forks after a sweep is
+    /// found by the next one (the fork moved the pid mark, so it walks), and
+    /// a sweep that found descendants never lets the next one skip its walk.
+    #[test]
+    fn a_sweep_after_a_fork_walks_and_finds_the_child() {
+        registry::set_subreaper();
+        let dir = tempfile::tempdir().unwrap();
+        let go = dir.path().join("go");
+        // The leader forks a child once `go` exists, then waits.
+        let script = r#"while [ ! -e "$1" ]; do sleep 0.02; done; /bin/sleep 1000 & wait"#;
+        let mut leader = std::process::Command::new("/bin/sh")
+            .args(["-c", script, "x"])
+            .arg(&go)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = Pid::new(leader.id() as i32).unwrap();
+        let mut cleanup = KillOnDrop(vec![pid]);
+        let mut t = Tracker::new(pid, b"TSBRIDGE_JOB=q2-test-2".to_vec());
+        // The polling loop forks `sleep 0.02` children: sweep until one
+        // sees none alive.
+        wait_until("a sweep that finds no child", || {
+            t.discover_after_task().iter().all(|p| p.pid == pid)
+        });
+        std::fs::write(&go, b"").unwrap();
+        let mut child = None;
+        wait_until("the leader's child sleep 1000", || {
+            let mut kids = Vec::new();
+            sys::children_of(pid, &mut kids);
+            child = kids.into_iter().find(|k| {
+                std::fs::read(format!("/proc/{}/cmdline", k.raw()))
+                    .is_ok_and(|c| c.ends_with(b"1000\0"))
+            });
+            child.is_some()
+        });
+        let child = child.unwrap();
+        cleanup.0.push(child);
+        let found = t.discover_after_task();
+        assert!(found.iter().any(|p| p.pid == child), "{found:?}");
+        assert!(!t.nothing_new(), "descendants seen: the next sweep walks");
+        drop(cleanup);
+        let _ = leader.wait();
     }
 }
