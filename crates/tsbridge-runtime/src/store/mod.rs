@@ -7,6 +7,8 @@
 //! disagree with the stored state.
 
 mod cursor;
+#[cfg(any(test, feature = "test-support"))]
+mod delegating;
 mod postgres;
 pub(crate) mod relay;
 mod sqlite;
@@ -24,6 +26,8 @@ use tsbridge_proto::{EndReason, EventData, JobEvent, JobId, JobState, Progress};
 use crate::errors::StoreError;
 
 pub use cursor::{decode_cursor, encode_cursor};
+#[cfg(any(test, feature = "test-support"))]
+pub use delegating::{DelegatingStore, Overrides};
 pub use postgres::{EVENTS_CHANNEL, PgOptions, PgStore, QUEUED_CHANNEL};
 pub use sqlite::{EventRetention, SqliteStore};
 
@@ -272,6 +276,9 @@ pub struct JobPage {
 /// attempt (`node`); only that node writes it until it ends, or until
 /// [`JobStore::recover_interrupted`] hands it to a restarted node. On
 /// SQLite there is one node; a shared store claims with leases instead.
+///
+/// A new method is also one line in the list of `store/delegating.rs`
+/// (the [`DelegatingStore`] of tests, which forwards every method).
 #[async_trait]
 pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// Inserts a queued job with its first event. With an idempotency key

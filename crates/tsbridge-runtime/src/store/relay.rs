@@ -266,103 +266,23 @@ mod tests {
     //! makes (the PostgreSQL path is tested end to end in
     //! `tests/integration/multi_node_pg.rs`).
 
-    use std::sync::Mutex;
-
-    use async_trait::async_trait;
-    use chrono::{DateTime, Utc};
+    use chrono::Utc;
     use serde_json::json;
     use tokio::sync::mpsc;
     use tsbridge_proto::{EventData, JobEvent, JobId, JobState};
 
     use super::*;
     use crate::dispatcher::state_event;
-    use crate::errors::StoreError;
-    use crate::store::{
-        AfterAttempt, AttemptEnd, Finish, Inserted, JobPage, JobRecord, ListFilter, NewJob,
-        SqliteStore, StoredRequest,
-    };
+    use crate::store::{DelegatingStore, Finish, NewJob, Overrides, SqliteStore, StoredRequest};
 
-    /// A SQLite store that announces what the test sends.
+    /// Announces what the test sends (of a SQLite store).
     #[derive(Debug)]
     struct Announcing {
-        store: SqliteStore,
         announced: Mutex<Option<mpsc::Receiver<EventsWritten>>>,
     }
 
-    #[async_trait]
-    impl JobStore for Announcing {
-        async fn insert_job(&self, job: &NewJob) -> Result<Inserted, StoreError> {
-            self.store.insert_job(job).await
-        }
-        async fn find_by_idempotency_key(
-            &self,
-            key: &str,
-        ) -> Result<Option<JobRecord>, StoreError> {
-            self.store.find_by_idempotency_key(key).await
-        }
-        async fn start_attempt(
-            &self,
-            id: JobId,
-            n: u32,
-            node: &str,
-            at: DateTime<Utc>,
-            event: &JobEvent,
-        ) -> Result<(), StoreError> {
-            self.store.start_attempt(id, n, node, at, event).await
-        }
-        async fn set_attempt_pid(&self, id: JobId, n: u32, pid: u32) -> Result<(), StoreError> {
-            self.store.set_attempt_pid(id, n, pid).await
-        }
-        async fn append_events(&self, id: JobId, events: &[JobEvent]) -> Result<(), StoreError> {
-            self.store.append_events(id, events).await
-        }
-        async fn complete_attempt(
-            &self,
-            id: JobId,
-            end: &AttemptEnd,
-            next: &AfterAttempt,
-            event: &JobEvent,
-        ) -> Result<(), StoreError> {
-            self.store.complete_attempt(id, end, next, event).await
-        }
-        async fn finish_job(
-            &self,
-            id: JobId,
-            finish: &Finish,
-            event: &JobEvent,
-        ) -> Result<(), StoreError> {
-            self.store.finish_job(id, finish, event).await
-        }
-        async fn get_job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
-            self.store.get_job(id).await
-        }
-        async fn list_jobs(&self, filter: &ListFilter) -> Result<JobPage, StoreError> {
-            self.store.list_jobs(filter).await
-        }
-        async fn events_after(
-            &self,
-            id: JobId,
-            after: u64,
-            limit: u32,
-        ) -> Result<Vec<JobEvent>, StoreError> {
-            self.store.events_after(id, after, limit).await
-        }
-        async fn recover_interrupted(&self, node: &str) -> Result<Vec<JobRecord>, StoreError> {
-            self.store.recover_interrupted(node).await
-        }
-        async fn queued_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
-            self.store.queued_jobs().await
-        }
-        async fn ping(&self) -> Result<(), StoreError> {
-            self.store.ping().await
-        }
-        async fn env_key_fingerprint(&self) -> Result<Option<String>, StoreError> {
-            self.store.env_key_fingerprint().await
-        }
-        async fn claim_env_key_fingerprint(&self, fp: &str) -> Result<String, StoreError> {
-            self.store.claim_env_key_fingerprint(fp).await
-        }
-        fn watch_events(&self) -> Option<BoxStream<'static, EventsWritten>> {
+    impl Overrides for Announcing {
+        fn watch_events(&self, _: &dyn JobStore) -> Option<BoxStream<'static, EventsWritten>> {
             let rx = self.announced.lock().unwrap().take()?;
             Some(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
         }
@@ -379,12 +299,16 @@ mod tests {
         }
     }
 
-    async fn setup() -> (Arc<Announcing>, mpsc::Sender<EventsWritten>, Relay, JobId) {
+    type Store = DelegatingStore<Announcing>;
+
+    async fn setup() -> (Arc<Store>, mpsc::Sender<EventsWritten>, Relay, JobId) {
         let (tx, rx) = mpsc::channel(64);
-        let store = Arc::new(Announcing {
-            store: SqliteStore::open("sqlite::memory:").await.unwrap(),
-            announced: Mutex::new(Some(rx)),
-        });
+        let store = Arc::new(DelegatingStore::new(
+            Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
+            Announcing {
+                announced: Mutex::new(Some(rx)),
+            },
+        ));
         let id = JobId::new();
         store
             .insert_job(&NewJob {

@@ -16,16 +16,13 @@ use chrono::{DateTime, Utc};
 use common::*;
 use serde_json::json;
 use tsbridge_proto::{JobEvent, JobId, JobState};
-use tsbridge_runtime::store::{
-    AfterAttempt, AttemptEnd, Finish, Inserted, JobPage, JobRecord, ListFilter, NewJob,
-};
-use tsbridge_runtime::{JobStore, Runtime, RuntimeOptions, SqliteStore, StoreError};
+use tsbridge_runtime::store::{AfterAttempt, AttemptEnd, DelegatingStore, Overrides};
+use tsbridge_runtime::{JobStore, Runtime, RuntimeOptions, StoreError};
 
-/// SQLite, whose first `fail` claims and first `fail_ends` attempt ends
-/// fail like a lost connection (writing nothing).
+/// Of a SQLite store: its first `fail` claims and first `fail_ends` attempt
+/// ends fail like a lost connection (writing nothing).
 #[derive(Debug)]
 struct FlakyClaims {
-    inner: Arc<SqliteStore>,
     fail: AtomicU32,
     fail_ends: AtomicU32,
 }
@@ -36,15 +33,10 @@ fn take(n: &AtomicU32) -> bool {
 }
 
 #[async_trait]
-impl JobStore for FlakyClaims {
-    async fn insert_job(&self, job: &NewJob) -> Result<Inserted, StoreError> {
-        self.inner.insert_job(job).await
-    }
-    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<JobRecord>, StoreError> {
-        self.inner.find_by_idempotency_key(key).await
-    }
+impl Overrides for FlakyClaims {
     async fn start_attempt(
         &self,
+        inner: &dyn JobStore,
         id: JobId,
         n: u32,
         node: &str,
@@ -57,25 +49,11 @@ impl JobStore for FlakyClaims {
                 source: sqlx::Error::PoolTimedOut,
             });
         }
-        self.inner.start_attempt(id, n, node, at, event).await
-    }
-    async fn set_attempt_pid(&self, id: JobId, n: u32, pid: u32) -> Result<(), StoreError> {
-        self.inner.set_attempt_pid(id, n, pid).await
-    }
-    async fn append_events(&self, id: JobId, events: &[JobEvent]) -> Result<(), StoreError> {
-        self.inner.append_events(id, events).await
-    }
-    async fn complete_attempt(
-        &self,
-        id: JobId,
-        end: &AttemptEnd,
-        next: &AfterAttempt,
-        event: &JobEvent,
-    ) -> Result<(), StoreError> {
-        self.inner.complete_attempt(id, end, next, event).await
+        inner.start_attempt(id, n, node, at, event).await
     }
     async fn complete_attempt_with_events(
         &self,
+        inner: &dyn JobStore,
         id: JobId,
         events: &[JobEvent],
         end: &AttemptEnd,
@@ -88,58 +66,25 @@ impl JobStore for FlakyClaims {
                 source: sqlx::Error::PoolTimedOut,
             });
         }
-        self.inner
+        inner
             .complete_attempt_with_events(id, events, end, next, event)
             .await
     }
-    async fn finish_job(
-        &self,
-        id: JobId,
-        finish: &Finish,
-        event: &JobEvent,
-    ) -> Result<(), StoreError> {
-        self.inner.finish_job(id, finish, event).await
-    }
-    async fn get_job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
-        self.inner.get_job(id).await
-    }
-    async fn list_jobs(&self, filter: &ListFilter) -> Result<JobPage, StoreError> {
-        self.inner.list_jobs(filter).await
-    }
-    async fn events_after(
-        &self,
-        id: JobId,
-        after: u64,
-        limit: u32,
-    ) -> Result<Vec<JobEvent>, StoreError> {
-        self.inner.events_after(id, after, limit).await
-    }
-    async fn recover_interrupted(&self, node: &str) -> Result<Vec<JobRecord>, StoreError> {
-        self.inner.recover_interrupted(node).await
-    }
-    async fn queued_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
-        self.inner.queued_jobs().await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    async fn env_key_fingerprint(&self) -> Result<Option<String>, StoreError> {
-        self.inner.env_key_fingerprint().await
-    }
-    async fn claim_env_key_fingerprint(&self, fp: &str) -> Result<String, StoreError> {
-        self.inner.claim_env_key_fingerprint(fp).await
-    }
 }
+
+type Flaky = DelegatingStore<FlakyClaims>;
 
 /// A runtime of one `job` workflow on a store whose first `claims` claims
 /// and first `ends` attempt ends fail.
-async fn start_flaky(claims: u32, ends: u32) -> (Runtime, Arc<FlakyClaims>, tempfile::TempDir) {
+async fn start_flaky(claims: u32, ends: u32) -> (Runtime, Arc<Flaky>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(FlakyClaims {
-        inner: open_store(dir.path()).await,
-        fail: AtomicU32::new(claims),
-        fail_ends: AtomicU32::new(ends),
-    });
+    let store = Arc::new(DelegatingStore::new(
+        open_store(dir.path()).await,
+        FlakyClaims {
+            fail: AtomicU32::new(claims),
+            fail_ends: AtomicU32::new(ends),
+        },
+    ));
     let rt = Runtime::start(
         config(&workflow("job", "")),
         store.clone(),
@@ -164,7 +109,7 @@ async fn a_failed_claim_is_tried_again_and_the_job_runs() {
     assert_eq!(v.state, JobState::Succeeded, "{v:?}");
     assert_eq!(v.result, Some(json!(7)));
     assert_eq!(
-        store.fail.load(Ordering::SeqCst),
+        store.overrides.fail.load(Ordering::SeqCst),
         0,
         "both failures were hit"
     );
@@ -197,7 +142,7 @@ async fn a_failed_end_is_written_again_before_anyone_sees_it() {
         .expect("the job ends in time")
         .expect("wait");
     assert_eq!(
-        store.fail_ends.load(Ordering::SeqCst),
+        store.overrides.fail_ends.load(Ordering::SeqCst),
         0,
         "both failures were hit"
     );
