@@ -515,3 +515,54 @@ async fn a_pg_node_with_another_key_or_none_refuses_to_start() {
     second.shutdown(Duration::ZERO).await;
     first.shutdown(Duration::ZERO).await;
 }
+
+#[tokio::test]
+async fn concurrent_first_submits_with_env_share_one_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = start_on(dir.path()).await.expect("start");
+    let key_path = dir.path().join("jobs.db.key");
+    assert!(!key_path.exists(), "made only when first needed");
+    let submits = (0..8).map(|_| rt.submit("digest", json!({"name": NAME}), with_env()));
+    let ids: Vec<JobId> = futures::future::join_all(submits)
+        .await
+        .into_iter()
+        .map(|r| r.expect("submit").job_id)
+        .collect();
+    for id in ids {
+        let v = wait_done(&rt, id).await;
+        assert_eq!(v.result, Some(expected_digest()), "{v:?}");
+    }
+    rt.shutdown(Duration::ZERO).await;
+    drop(rt);
+    // One key, recorded: a restart with it starts.
+    assert!(key_path.exists());
+    let rt = start_on(dir.path()).await.expect("restart with the key");
+    rt.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn concurrent_claims_of_a_pg_store_agree_on_one_fingerprint() {
+    let Some(db) = PgDb::create("concurrent_claims_of_a_pg_store_agree_on_one_fingerprint").await
+    else {
+        return;
+    };
+    let stores: Vec<PgStore> = futures::future::join_all((0..4).map(|_| PgStore::open(&db.url)))
+        .await
+        .into_iter()
+        .map(|s| s.expect("open store"))
+        .collect();
+    let claims = stores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| async move { s.claim_env_key_fingerprint(&format!("node-{i}")).await });
+    let won: Vec<String> = futures::future::join_all(claims)
+        .await
+        .into_iter()
+        .map(|r| r.expect("claim"))
+        .collect();
+    assert!(won.iter().all(|w| *w == won[0]), "{won:?}");
+    assert_eq!(
+        stores[0].env_key_fingerprint().await.unwrap().as_ref(),
+        Some(&won[0])
+    );
+}
