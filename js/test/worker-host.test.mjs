@@ -180,6 +180,31 @@ test('a throw or a rejection fails only that job; no stack outside dev mode', as
   }
 });
 
+test('handlers that are not async: a plain value, a sync throw, a thenable', async () => {
+  const h = await start(fx('handlers.mjs'));
+  try {
+    const v = await h.run({ n: 7 }, 'sync-value');
+    assert.equal(v.end.type, 'response');
+    assert.deepEqual(v.end.payload, { sync: true, n: 7 });
+    // What the handler queued before returning still belongs to its job.
+    assert.deepEqual(v.events.map((e) => [e.type, e.payload.message]), [['progress', 'sync'], ['log', 'queued before the return']]);
+    const t = await h.run({}, 'sync-throw');
+    assert.equal(t.end.type, 'error');
+    assert.deepEqual(t.end.payload, { message: 'sync failure', name: 'TypeError', aborted: false });
+    const ok = await h.run({}, 'thenable');
+    assert.deepEqual(ok.end.payload, { via: 'thenable' });
+    assert.equal(ok.events.length, 1);
+    const bad = await h.run({ fail: true }, 'thenable');
+    assert.equal(bad.end.type, 'error');
+    assert.equal(bad.end.payload.message, 'thenable failed');
+    // Settled once: no second answer for either, and the worker goes on.
+    assert.equal((await h.run({ mode: 'echo' })).end.payload.pid, h.child.pid);
+    assert.ok(!h.inbox.some((m) => m.type === 'response' || m.type === 'error'), JSON.stringify(h.inbox));
+  } finally {
+    await h.stop();
+  }
+});
+
 test('dev mode includes the stack', async () => {
   const h = await start(fx('handlers.mjs'), { args: ['--dev'] });
   try {
