@@ -447,10 +447,15 @@ impl PidMark {
     /// `PIDFD_THREAD`, before 6.9).
     pub(crate) fn take() -> Option<Self> {
         let last = ns_last_pid()?;
-        // PIDFD_THREAD (= O_EXCL): the pid may be a thread's.
-        let flags = libc::O_EXCL as libc::c_uint;
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, last, flags) };
+        let open =
+            |flags: libc::c_uint| unsafe { libc::syscall(libc::SYS_pidfd_open, last, flags) };
+        // PIDFD_THREAD (= O_EXCL): the pid may be a thread's. Before 6.9 the
+        // flag is unknown (EINVAL): then only a process's pid can be held.
+        let mut fd = open(libc::O_EXCL as libc::c_uint);
+        if fd < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+            fd = open(0);
+        }
         let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
         // SAFETY: the kernel just returned this fd to us; nothing else owns it.
         let holder = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
