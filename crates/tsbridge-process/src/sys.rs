@@ -356,6 +356,16 @@ impl OpenProc {
         parse_stat(&buf[..n])
     }
 
+    /// A number that changes whenever the process gains or loses a thread:
+    /// the link count of its `task` directory (procfs adds the thread
+    /// count), one `fstat`. `None` when it cannot be read.
+    #[allow(clippy::unnecessary_cast)] // st_nlink is u32 on some targets
+    pub(crate) fn thread_links(&self) -> Option<u64> {
+        rustix::fs::fstat(&self.task)
+            .ok()
+            .map(|st| st.st_nlink as u64)
+    }
+
     /// [`children_of`] the process: the children of every thread it has now.
     pub(crate) fn children(&mut self, out: &mut Vec<Pid>) {
         self.walk = self.walk.wrapping_add(1);
@@ -767,12 +777,19 @@ mod tests {
         });
         let mut child = rx.recv().unwrap();
         let pid = Pid::new(child.id() as i32).unwrap();
+        let links = me.thread_links().unwrap();
         out.clear();
         me.children(&mut out);
         assert!(out.contains(&pid), "{out:?}");
         assert_eq!(me.threads.len(), threads + 1);
         done_tx.send(()).unwrap();
         t.join().unwrap();
+        // The kernel lets the joined thread go a moment after join returns.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while me.thread_links() != Some(links - 1) {
+            assert!(std::time::Instant::now() < deadline, "one thread fewer");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         out.clear();
         me.children(&mut out);
         assert!(out.contains(&pid), "reparented to another thread: {out:?}");

@@ -273,13 +273,19 @@ impl Tracker {
             }
         }
         // Before the walk: whatever is created after it moves the mark.
+        let before = self.open.as_ref().and_then(sys::OpenProc::thread_links);
         let mark = if registry::is_subreaper() {
             sys::PidMark::take()
         } else {
             None
         };
         let found = self.discover(true, Scope::Ending);
-        self.quiet = mark;
+        // A worker thread that ended during the walk handed its children to
+        // another thread, perhaps one already read: this walk may have
+        // missed them, so the next sweep must walk again. (A thread that
+        // started moved the mark anyway.)
+        let after = self.open.as_ref().and_then(sys::OpenProc::thread_links);
+        self.quiet = mark.filter(|_| before.is_some() && before == after);
         found
     }
 
@@ -548,5 +554,30 @@ exec /bin/sleep 1000
         assert!(!t.nothing_new(), "descendants seen: the next sweep walks");
         drop(cleanup);
         let _ = leader.wait();
+    }
+
+    /// Nothing assumed: a childless worker's sweeps skip the walk once no
+    /// pid is allocated between two of them (tried until that happens: the
+    /// machine's other processes fork too).
+    #[test]
+    fn a_childless_worker_s_sweeps_skip_the_walk_when_nothing_is_new() {
+        registry::set_subreaper();
+        let mut worker = std::process::Command::new("/bin/sleep")
+            .arg("1000")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = Pid::new(worker.id() as i32).unwrap();
+        let cleanup = KillOnDrop(vec![pid]);
+        let mut t = Tracker::new(pid, b"TSBRIDGE_JOB=q2-test-3".to_vec());
+        wait_until("a sweep that skips the walk", || {
+            for _ in 0..2 {
+                let found = t.discover_after_task();
+                assert!(found.iter().all(|p| p.pid == pid), "{found:?}");
+            }
+            t.quiet_sweeps > 0
+        });
+        drop(cleanup);
+        let _ = worker.wait();
     }
 }
