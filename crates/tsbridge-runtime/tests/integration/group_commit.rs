@@ -281,6 +281,62 @@ async fn writes_after_close_fail_instead_of_hanging() {
     assert!(store.get_job(j.id).await.expect("get").is_some());
 }
 
+/// The writer never checkpoints in its commits (no automatic checkpoint):
+/// the checkpointer thread copies committed rows into the database file on
+/// its own, with the store open and idle. Read through `immutable=1`, which
+/// ignores the WAL: the rows are in the file itself.
+#[tokio::test]
+async fn the_checkpointer_copies_commits_into_the_database_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(&url(&dir)).await.expect("open"));
+    let jobs: Vec<NewJob> = (0..100).map(|_| new_job(None)).collect();
+    for r in join_all(jobs.iter().map(|j| {
+        let store = store.clone();
+        async move { store.insert_job(j).await }
+    }))
+    .await
+    {
+        assert!(matches!(r, Ok(Inserted::Created)), "{r:?}");
+    }
+    let file_only = format!(
+        "sqlite://{}/jobs.db?immutable=true&mode=ro",
+        dir.path().display()
+    );
+    // Until the first checkpoint the file may not even hold the schema
+    // (the migrations are in the WAL too): that counts as no jobs.
+    let in_file = || async {
+        let mut c = sqlx::SqliteConnection::connect(&file_only)
+            .await
+            .expect("read the file");
+        match sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs")
+            .fetch_one(&mut c)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) if e.to_string().contains("no such table") => 0,
+            Err(e) => panic!("count: {e}"),
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let n = in_file().await;
+        if n == 100 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after 60 s the database file holds {n} of 100 committed jobs"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Still open and writing: the checkpoints did not get in the way.
+    store
+        .insert_job(&new_job(None))
+        .await
+        .expect("insert after");
+    assert_eq!(store.queued_jobs().await.expect("queued").len(), 101);
+}
+
 #[tokio::test]
 async fn the_in_memory_store_reads_what_it_wrote() {
     let store = SqliteStore::open("sqlite::memory:").await.expect("open");

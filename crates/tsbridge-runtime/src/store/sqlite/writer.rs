@@ -18,6 +18,21 @@
 //! If a batch fails (any statement, or the commit), it is rolled back and its
 //! operations are retried one per transaction, so one bad operation fails
 //! only its own caller and every caller gets the error of its own operation.
+//!
+//! Checkpoints (copying the WAL back into the database file, where the
+//! fsyncs of `synchronous = NORMAL` happen) run on a second thread with its
+//! own connection, not in the writer's commits: SQLite's automatic
+//! checkpoint runs inside the commit that crosses its threshold and holds
+//! every caller of that batch for the copy and both fsyncs (tens of
+//! milliseconds on a slow disk). The checkpointer runs a `PASSIVE`
+//! checkpoint, which never waits for the writer or for readers, a short
+//! while after commits happened; the writer then restarts the WAL from its
+//! start once it has been copied whole, so the file stays as large as the
+//! WAL written in a period or so.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
@@ -34,6 +49,11 @@ const MAX_BATCH_EVENTS: usize = 4096;
 const QUEUE: usize = 4096;
 /// Prepared statements the writer keeps (it uses 16).
 const STATEMENT_CACHE: usize = 32;
+/// How long after a commit the checkpointer copies the WAL back, at most.
+const CHECKPOINT_PERIOD: Duration = Duration::from_millis(200);
+/// WAL pages after which a checkpoint that could not copy everything
+/// (readers on old snapshots) is logged.
+const WAL_PAGES_WARN: i64 = 50_000;
 
 /// One event row, encoded.
 #[derive(Debug)]
@@ -215,9 +235,17 @@ impl WriterHandle {
         target: Target,
         retention: EventRetention,
     ) -> Result<Self, StoreError> {
-        let conn = tokio::task::spawn_blocking(move || open(&target))
-            .await
-            .map_err(|e| StoreError::WriterStart(e.to_string()))??;
+        let (conn, checkpointer) = tokio::task::spawn_blocking(move || {
+            let conn = open(&target)?;
+            let checkpointer = if target.memory {
+                None
+            } else {
+                Some(Checkpointer::start(&target)?)
+            };
+            Ok::<_, StoreError>((conn, checkpointer))
+        })
+        .await
+        .map_err(|e| StoreError::WriterStart(e.to_string()))??;
         let (tx, rx) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
             .name("tsbridge-store-writer".into())
@@ -226,6 +254,7 @@ impl WriterHandle {
                     conn,
                     retention,
                     rx,
+                    checkpointer,
                 }
                 .run()
             })
@@ -295,13 +324,11 @@ fn open(target: &Target) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(&target.path, flags).map_err(failed(op))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(failed(op))?;
-    // A checkpoint every 4 000 pages (16 MiB of WAL) instead of SQLite's
-    // 1 000: a checkpoint copies each page once however often the WAL holds
-    // it (the tail pages of jobs and events change in every commit), and
-    // with `synchronous = NORMAL` it is where the fsyncs happen.
+    // No automatic checkpoint in the writer's commits: the checkpointer
+    // thread does them (see the module's documentation).
     conn.execute_batch(
         "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-         PRAGMA wal_autocheckpoint = 4000;",
+         PRAGMA wal_autocheckpoint = 0;",
     )
     .map_err(failed(op))?;
     if !target.memory {
@@ -349,6 +376,109 @@ struct Writer {
     conn: Connection,
     retention: EventRetention,
     rx: mpsc::Receiver<Msg>,
+    /// `None` for an in-memory store (no WAL).
+    checkpointer: Option<Checkpointer>,
+}
+
+/// What the writer and the checkpointer thread share.
+#[derive(Default)]
+struct CheckpointState {
+    /// Commits so far (written by the writer).
+    commits: AtomicU64,
+    /// Set when the writer closes.
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+/// The checkpointer thread: a `PASSIVE` checkpoint on its own connection
+/// at most [`CHECKPOINT_PERIOD`] after commits happened.
+struct Checkpointer {
+    state: Arc<CheckpointState>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(target: &Target) -> Result<Self, StoreError> {
+        let op = "open the checkpointer";
+        let conn = Connection::open_with_flags(
+            &target.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(failed(op))?;
+        // Its checkpoints never wait for a lock (PASSIVE); the timeout
+        // only covers opening the WAL index while the writer resets it.
+        conn.busy_timeout(Duration::from_secs(1))
+            .map_err(failed(op))?;
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")
+            .map_err(failed(op))?;
+        let state = Arc::new(CheckpointState::default());
+        let shared = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("tsbridge-store-checkpoint".into())
+            .spawn(move || checkpoint_loop(&conn, &shared))
+            .map_err(|e| StoreError::WriterStart(e.to_string()))?;
+        Ok(Self {
+            state,
+            thread: Some(thread),
+        })
+    }
+
+    fn committed(&self) {
+        self.state.commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stops the thread after a last checkpoint and waits for it.
+    fn stop(&mut self) {
+        if let Ok(mut stop) = self.state.stop.lock() {
+            *stop = true;
+        }
+        self.state.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn checkpoint_loop(conn: &Connection, state: &CheckpointState) {
+    let mut seen = 0;
+    loop {
+        let stopping = match state.stop.lock() {
+            Ok(guard) => match state.wake.wait_timeout(guard, CHECKPOINT_PERIOD) {
+                Ok((stop, _)) => *stop,
+                Err(_) => true,
+            },
+            Err(_) => true,
+        };
+        let commits = state.commits.load(Ordering::Relaxed);
+        if commits != seen || stopping {
+            seen = commits;
+            // (busy, pages in the WAL, pages copied); busy is 0 for PASSIVE.
+            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            }) {
+                Ok((log, copied)) if log > WAL_PAGES_WARN && copied < log => {
+                    tracing::warn!(
+                        wal_pages = log,
+                        copied,
+                        "the SQLite WAL keeps growing: a reader holds an old snapshot"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "a WAL checkpoint failed"),
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 impl Writer {
@@ -389,6 +519,9 @@ impl Writer {
 
     fn close(&mut self) {
         self.rx.close();
+        if let Some(mut c) = self.checkpointer.take() {
+            c.stop();
+        }
         // Ops still queued get an error when their acks drop with `rx`.
         if let Err(e) = self.conn.execute_batch("PRAGMA optimize") {
             tracing::debug!(error = %e, "PRAGMA optimize failed");
@@ -453,6 +586,9 @@ impl Writer {
             applied.push(apply(&tx, op, retention).map_err(failed(op.name()))?);
         }
         tx.commit().map_err(failed("commit"))?;
+        if let Some(c) = &self.checkpointer {
+            c.committed();
+        }
         Ok(applied)
     }
 }
