@@ -59,6 +59,12 @@ const EVENT_BATCH: usize = 512;
 /// How long a reported pid waits to be written with the attempt's first
 /// events or its end (a short attempt then costs no write for its pid).
 const PID_DELAY: Duration = Duration::from_millis(50);
+/// How long a child's events wait for more events or the attempt's end
+/// before they are written (and then published): a short job's events then
+/// share its end's transaction instead of costing one of their own, and a
+/// chatty job's events are written in batches. It is the most a live
+/// subscriber sees an event late by (plus the commit).
+const EVENT_DELAY: Duration = Duration::from_millis(10);
 /// Longest text of one event (a longer line is cut).
 const MAX_EVENT_TEXT: usize = 64 * 1024;
 
@@ -1460,8 +1466,9 @@ async fn run_attempt(
     );
     tokio::pin!(run);
     let mut pending = Pending::default();
-    // A pid with no events waits for them (or the end) up to this deadline.
-    let mut pid_due: Option<Instant> = None;
+    // What is pending is written by this deadline at the latest (or with
+    // the attempt's end, or when a batch is full).
+    let mut flush_due: Option<Instant> = None;
     let outcome = loop {
         tokio::select! {
             // The end first: once the run is over every event is in `rx`
@@ -1477,16 +1484,18 @@ async fn run_attempt(
                         Err(_) => break,
                     }
                 }
-                if pending.events.is_empty() {
-                    pid_due.get_or_insert_with(|| Instant::now() + PID_DELAY);
+                if pending.events.len() >= EVENT_BATCH {
+                    pending.flush(&store, &bus, id, n).await;
+                    flush_due = None;
                     continue;
                 }
-                pending.flush(&store, &bus, id, n).await;
-                pid_due = None;
+                let hold = if pending.events.is_empty() { PID_DELAY } else { EVENT_DELAY };
+                let due = Instant::now() + hold;
+                flush_due = Some(flush_due.map_or(due, |d| d.min(due)));
             }
-            _ = sleep_until(pid_due), if pid_due.is_some() => {
+            _ = sleep_until(flush_due), if flush_due.is_some() => {
                 pending.flush(&store, &bus, id, n).await;
-                pid_due = None;
+                flush_due = None;
             }
         }
     };
