@@ -246,6 +246,27 @@ test('cancel aborts the job signal with the reason; the worker serves the next j
   }
 });
 
+test('ctx is frozen (its prototype too) and has jobId, workflow, progress, log and a lazy signal', async () => {
+  const h = await start(fx('handlers.mjs'));
+  try {
+    for (let i = 0; i < 2; i++) {
+      const { id, end } = await h.run({ mode: 'ctx-shape' }, 'shape');
+      assert.deepEqual(end.payload, {
+        frozen: true,
+        protoFrozen: true,
+        refused: ['add', 'replace', 'signal', 'proto'],
+        keys: ['jobId', 'log', 'progress', 'workflow'],
+        jobId: `J${id}`,
+        workflow: 'shape',
+        signal: true,
+        progress: 'function',
+      });
+    }
+  } finally {
+    await h.stop();
+  }
+});
+
 test('ctx methods work detached and count as the job\'s events', async () => {
   const h = await start(fx('handlers.mjs'));
   try {
