@@ -51,7 +51,8 @@ use crate::live_view;
 use crate::queue::ReadyQueue;
 use crate::stats::RuntimeStats;
 use crate::store::{
-    AfterAttempt, AttemptEnd, Finish, Inserted, JobRecord, JobStore, NewJob, StoredRequest,
+    AfterAttempt, AttemptEnd, Finish, FirstStart, Inserted, JobRecord, JobStore, NewJob,
+    StoredRequest,
 };
 
 /// Child events written to the store per transaction, at most.
@@ -154,7 +155,10 @@ enum Written {
         job: Box<NewJob>,
         /// It holds a place in the queue (`Dispatcher::inserting`).
         reserved: bool,
-        result: Result<Option<Submitted>, RuntimeError>,
+        /// It holds a running slot and was claimed with its insert if
+        /// `result` says so (`Ok((None, true))`).
+        direct: Option<Box<DirectStart>>,
+        result: Result<(Option<Submitted>, bool), RuntimeError>,
         reply: Reply<Submitted>,
     },
     /// The end of a job or of an attempt (`Slot::Ending`).
@@ -162,6 +166,15 @@ enum Written {
         id: JobId,
         result: Result<(), StoreError>,
     },
+}
+
+/// A submission that starts at once (a slot was free and nothing waited):
+/// its first claim is written with its insert (`insert_and_start`), and
+/// it holds its running slot from the submit on.
+struct DirectStart {
+    first: FirstStart,
+    workflow: Arc<WorkflowConfig>,
+    executor: Arc<dyn Executor>,
 }
 
 /// What the dispatcher keeps of a live job.
@@ -505,21 +518,70 @@ impl Dispatcher {
             full => full,
         };
         let reserved = full.is_none();
+        let mut direct = None;
         if reserved {
             self.inserting += 1;
             // Open the channel first: the id is unknown to clients until we reply.
             self.shared.bus.open(job.id);
+            direct = self.direct_start(&job).map(Box::new);
         }
         let store = self.shared.store.clone();
         self.spawn_write(async move {
-            let result = insert(store.as_ref(), &job, full).await;
+            let result = insert(store.as_ref(), &job, full, direct.as_deref()).await;
             Written::Inserted {
                 job: Box::new(job),
                 reserved,
+                direct,
                 result,
                 reply,
             }
         });
+    }
+
+    /// A running slot for `job` now, if it would be the next to start: the
+    /// dispatcher is accepting, the store claims with the insert (one node's
+    /// store), nothing is ready before it, the global and its workflow's
+    /// limits have room, and its workflow can run here. The slot is taken
+    /// (counted as running) until the insert is answered.
+    fn direct_start(&mut self, job: &NewJob) -> Option<DirectStart> {
+        if !self.accepting()
+            || !self.shared.store.claims_with_insert()
+            || !self.ready.is_empty()
+            || self.running >= self.shared.config.defaults.concurrency.max(1)
+        {
+            return None;
+        }
+        let workflow = self.shared.workflows.get(&job.workflow)?.clone();
+        let executor = self.shared.executors.get(&job.workflow)?.clone();
+        if !matches!(self.shared.availability.get(&job.workflow), Some(Ok(()))) {
+            return None;
+        }
+        let running = self
+            .running_by_workflow
+            .entry(workflow.name.clone())
+            .or_default();
+        if *running >= workflow.concurrency.unwrap_or(usize::MAX) {
+            return None;
+        }
+        *running += 1;
+        self.running += 1;
+        Some(DirectStart {
+            first: FirstStart {
+                node: self.shared.node_id.clone(),
+                at: Utc::now(),
+                event: state_event(job.id, job.event.seq + 1, JobState::Running, None, Some(1)),
+            },
+            workflow,
+            executor,
+        })
+    }
+
+    /// Gives back the slot `direct_start` took.
+    fn release_slot(&mut self, workflow: &str) {
+        self.running -= 1;
+        if let Some(n) = self.running_by_workflow.get_mut(workflow) {
+            *n = n.saturating_sub(1);
+        }
     }
 
     fn on_written(&mut self, w: Written) {
@@ -528,6 +590,7 @@ impl Dispatcher {
             Written::Inserted {
                 job,
                 reserved,
+                direct,
                 result,
                 reply,
             } => {
@@ -535,9 +598,29 @@ impl Dispatcher {
                     self.inserting -= 1;
                 }
                 let job = *job;
-                match result {
+                let direct = match (direct, &result) {
+                    (Some(d), Ok((None, true))) => Some(d),
+                    (Some(d), _) => {
+                        // Not claimed: the slot goes back, and a created
+                        // job is queued like any other.
+                        self.release_slot(&d.workflow.name);
+                        None
+                    }
+                    (None, _) => None,
+                };
+                match result.map(|(existing, _)| existing) {
                     Ok(None) => {
                         self.shared.bus.publish(&job.event);
+                        if let Some(d) = direct {
+                            let id = job.id;
+                            self.launch_claimed(job, *d);
+                            let _ = reply.send(Ok(Submitted {
+                                job_id: id,
+                                state: JobState::Queued,
+                                existing: false,
+                            }));
+                            return;
+                        }
                         if self.jobs.contains_key(&job.id) {
                             // A shared store's watch announced it before
                             // this answer came back: adopted already.
@@ -724,13 +807,67 @@ impl Dispatcher {
         let n = job.attempts_started + 1;
         let seq = job.last_seq + 1;
         let event = state_event(id, seq, JobState::Running, None, Some(n));
+        self.running += 1;
+        *self.running_by_workflow.entry(wf.name.clone()).or_default() += 1;
+        self.launch(id, wf, executor, Utc::now(), event, false);
+    }
+
+    /// A job submitted with its first attempt claimed (`direct_start`): it
+    /// is live from here on, running in the slot it took.
+    fn launch_claimed(&mut self, job: NewJob, d: DirectStart) {
+        let id = job.id;
+        let view = live_view::queued(&job);
+        self.jobs.insert(
+            id,
+            LiveJob {
+                workflow: job.workflow,
+                priority: job.priority,
+                params: job.params,
+                request: job.request,
+                max_attempts: job.max_attempts,
+                attempts_started: 0,
+                last_seq: job.event.seq,
+                slot: Slot::Ready,
+                view,
+            },
+        );
+        self.launch(id, d.workflow, d.executor, d.first.at, d.first.event, true);
+        if let Phase::Draining { stopped: true, .. } = self.phase
+            && let Some(LiveJob {
+                slot: Slot::Running { control, .. },
+                ..
+            }) = self.jobs.get(&id)
+        {
+            // Claimed while the drain's deadline passed: stopped like the
+            // jobs that were running then.
+            control.shutdown();
+        }
+    }
+
+    /// Runs the next attempt of live job `id` (its slot counted already):
+    /// `event` is its `running` event, written by the attempt's task unless
+    /// `claimed` (written with the insert).
+    fn launch(
+        &mut self,
+        id: JobId,
+        wf: Arc<WorkflowConfig>,
+        executor: Arc<dyn Executor>,
+        at: chrono::DateTime<Utc>,
+        event: JobEvent,
+        claimed: bool,
+    ) {
+        let shared = self.shared.clone();
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let n = job.attempts_started + 1;
+        let seq = event.seq;
         job.attempts_started = n;
         job.last_seq = seq;
         let timeout = job
             .request
             .timeout()
             .map_or(wf.timeout, |t| t.min(wf.timeout));
-        let at = Utc::now();
         live_view::started(&mut job.view, n, at);
         let control = ProcessControl::new();
         let req = AttemptRequest {
@@ -747,8 +884,6 @@ impl Dispatcher {
             started: Instant::now(),
             cancel_waiters: Vec::new(),
         };
-        self.running += 1;
-        *self.running_by_workflow.entry(wf.name.clone()).or_default() += 1;
         let done = self.done_tx.clone();
         let store = shared.store.clone();
         tokio::spawn(async move {
@@ -761,6 +896,7 @@ impl Dispatcher {
                 shared.node_id.clone(),
                 at,
                 event,
+                claimed,
                 done.clone(),
             );
             // If the attempt panics, its slot must still be freed: report
@@ -1159,7 +1295,8 @@ async fn insert(
     store: &dyn JobStore,
     job: &NewJob,
     full: Option<RuntimeError>,
-) -> Result<Option<Submitted>, RuntimeError> {
+    direct: Option<&DirectStart>,
+) -> Result<(Option<Submitted>, bool), RuntimeError> {
     // A replay must be the same request: a key reused for other work is a
     // client bug, answered as a conflict rather than with another job's result.
     let existing = |rec: &JobRecord| {
@@ -1178,14 +1315,18 @@ async fn insert(
     if let Some(key) = &job.idempotency_key
         && let Some(rec) = store.find_by_idempotency_key(key).await?
     {
-        return existing(&rec);
+        return Ok((existing(&rec)?, false));
     }
     if let Some(e) = full {
         return Err(e);
     }
-    match store.insert_job(job).await? {
-        Inserted::Created => Ok(None),
-        Inserted::Existing(rec) => existing(&rec),
+    let (inserted, started) = match direct {
+        Some(d) => store.insert_and_start(job, &d.first).await?,
+        None => (store.insert_job(job).await?, false),
+    };
+    match inserted {
+        Inserted::Created => Ok((None, started)),
+        Inserted::Existing(rec) => Ok((existing(&rec)?, false)),
     }
 }
 
@@ -1430,11 +1571,17 @@ async fn run_attempt(
     node: String,
     at: chrono::DateTime<Utc>,
     running: JobEvent,
+    claimed: bool,
     done: mpsc::UnboundedSender<AttemptDone>,
 ) {
     let id = req.job_id;
     let n = req.attempt;
-    if let Err(e) = store.start_attempt(id, n, &node, at, &running).await {
+    let claim = if claimed {
+        Ok(())
+    } else {
+        store.start_attempt(id, n, &node, at, &running).await
+    };
+    if let Err(e) = claim {
         let start = if let StoreError::NotFound(_) = e {
             // A shared store: another node claimed it first.
             tracing::debug!(job = %id, "the job was claimed elsewhere");

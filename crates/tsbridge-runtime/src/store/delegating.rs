@@ -16,8 +16,8 @@ use futures::stream::BoxStream;
 use tsbridge_proto::{JobEvent, JobId};
 
 use super::{
-    AfterAttempt, AttemptEnd, EventsWritten, Finish, Inserted, JobPage, JobRecord, JobStore,
-    ListFilter, NewJob,
+    AfterAttempt, AttemptEnd, EventsWritten, Finish, FirstStart, Inserted, JobPage, JobRecord,
+    JobStore, ListFilter, NewJob,
 };
 use crate::errors::StoreError;
 
@@ -85,6 +85,7 @@ delegate! {
         fn insert_job(job: &NewJob) -> Result<Inserted, StoreError>;
         fn find_by_idempotency_key(key: &str) -> Result<Option<JobRecord>, StoreError>;
         fn start_attempt(id: JobId, n: u32, node: &str, at: DateTime<Utc>, event: &JobEvent) -> Result<(), StoreError>;
+        fn insert_and_start(job: &NewJob, start: &FirstStart) -> Result<(Inserted, bool), StoreError>;
         fn set_attempt_pid(id: JobId, n: u32, pid: u32) -> Result<(), StoreError>;
         fn append_events(id: JobId, events: &[JobEvent]) -> Result<(), StoreError>;
         fn complete_attempt(id: JobId, end: &AttemptEnd, next: &AfterAttempt, event: &JobEvent) -> Result<(), StoreError>;
@@ -102,6 +103,7 @@ delegate! {
         fn request_cancel(id: JobId) -> Result<bool, StoreError>;
     }
     sync {
+        fn claims_with_insert() -> bool;
         fn takeover_every() -> Option<Duration>;
         fn queued_estimate() -> Option<u64>;
         fn watch_queued() -> Option<BoxStream<'static, JobRecord>>;

@@ -243,6 +243,16 @@ pub struct Finish {
     pub finished_at: DateTime<Utc>,
 }
 
+/// A new job's first attempt, claimed with its insert
+/// (`JobStore::insert_and_start`): what `start_attempt` takes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FirstStart {
+    pub node: String,
+    pub at: DateTime<Utc>,
+    /// The `running` event (attempt 1), numbered after the queued one.
+    pub event: JobEvent,
+}
+
 /// What follows an attempt's end.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AfterAttempt {
@@ -299,6 +309,46 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
         at: DateTime<Utc>,
         event: &JobEvent,
     ) -> Result<(), StoreError>;
+
+    /// Inserts a job and claims its first attempt (`start_attempt` with
+    /// `n = 1`), in one transaction where the store can: a job submitted
+    /// while a slot is free costs one write instead of two. Answers what
+    /// `insert_job` answers, and whether the claim was written: when it was
+    /// not (an existing job, or the claim failed after the insert) the job
+    /// is as `insert_job` left it, queued.
+    ///
+    /// The default writes the two one after the other.
+    async fn insert_and_start(
+        &self,
+        job: &NewJob,
+        start: &FirstStart,
+    ) -> Result<(Inserted, bool), StoreError> {
+        match self.insert_job(job).await? {
+            Inserted::Created => {
+                let started = match self
+                    .start_attempt(job.id, 1, &start.node, start.at, &start.event)
+                    .await
+                {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::debug!(job = %job.id, error = %e, "the first claim failed; the job stays queued");
+                        false
+                    }
+                };
+                Ok((Inserted::Created, started))
+            }
+            existing => Ok((existing, false)),
+        }
+    }
+
+    /// Whether `insert_and_start` writes the insert and the claim in one
+    /// transaction that no other node can see half of: only then does the
+    /// dispatcher start a job with its insert. A store shared by nodes
+    /// announces an insert to the others (which may claim it) before a
+    /// second write could claim it; the default's two writes gain nothing.
+    fn claims_with_insert(&self) -> bool {
+        false
+    }
 
     /// Records the pid of attempt `n` once it is known.
     async fn set_attempt_pid(&self, id: JobId, n: u32, pid: u32) -> Result<(), StoreError>;

@@ -16,7 +16,9 @@ use chrono::{DateTime, Utc};
 use common::*;
 use serde_json::json;
 use tsbridge_proto::{JobEvent, JobId, JobState};
-use tsbridge_runtime::store::{AfterAttempt, AttemptEnd, DelegatingStore, Overrides};
+use tsbridge_runtime::store::{
+    AfterAttempt, AttemptEnd, DelegatingStore, FirstStart, Inserted, NewJob, Overrides,
+};
 use tsbridge_runtime::{JobStore, Runtime, RuntimeOptions, StoreError};
 
 /// Of a SQLite store: its first `fail` claims and first `fail_ends` attempt
@@ -34,6 +36,20 @@ fn take(n: &AtomicU32) -> bool {
 
 #[async_trait]
 impl Overrides for FlakyClaims {
+    /// A job submitted while a slot is free is claimed with its insert:
+    /// that claim fails the same way (the insert is written, the job stays
+    /// queued).
+    async fn insert_and_start(
+        &self,
+        inner: &dyn JobStore,
+        job: &NewJob,
+        start: &FirstStart,
+    ) -> Result<(Inserted, bool), StoreError> {
+        if take(&self.fail) {
+            return Ok((inner.insert_job(job).await?, false));
+        }
+        inner.insert_and_start(job, start).await
+    }
     async fn start_attempt(
         &self,
         inner: &dyn JobStore,

@@ -13,6 +13,7 @@ mod cancel;
 mod claim_retry;
 mod conformance;
 mod crash_restart;
+mod direct_start;
 mod example_app;
 mod executor_panic;
 mod group_commit;

@@ -12,8 +12,8 @@ use tsbridge_proto::api::{OutputView, Resources};
 use tsbridge_proto::{EndReason, EventData, JobEvent, JobId, JobState, LogLevel, Progress};
 use tsbridge_runtime::StoreError;
 use tsbridge_runtime::store::{
-    AfterAttempt, AttemptEnd, EventRetention, Finish, Inserted, JobStore, ListFilter, NewJob,
-    PgOptions, PgStore, SqliteStore, StoredRequest, decode_cursor,
+    AfterAttempt, AttemptEnd, EventRetention, Finish, FirstStart, Inserted, JobStore, ListFilter,
+    NewJob, PgOptions, PgStore, SqliteStore, StoredRequest, decode_cursor,
 };
 
 use crate::pg_support::PgDb;
@@ -184,7 +184,64 @@ contract!(
     reopened_store_finds_running_and_queued_jobs,
     concurrent_inserts_with_one_key_make_one_job,
     a_requeue_stores_when_the_retry_may_start,
+    insert_and_start_claims_a_new_job_only,
 );
+
+/// `insert_and_start` stores the job and its first claim (running, attempt
+/// 1 on the node, the queued and running events); with a key that names
+/// another job it answers that job and writes nothing, the other job
+/// unclaimed.
+async fn insert_and_start_claims_a_new_job_only(f: &Fixture) {
+    let s = f.open().await;
+    let store = s.get();
+    let j = new_job("wf", 0, Some("key-s"));
+    let first = |job: &NewJob| FirstStart {
+        node: "node-a".into(),
+        at: Utc::now(),
+        event: state(job.id, 2, JobState::Running, None, Some(1)),
+    };
+    let (inserted, started) = store
+        .insert_and_start(&j, &first(&j))
+        .await
+        .expect("insert and start");
+    assert!(matches!(inserted, Inserted::Created));
+    assert!(started);
+    let r = store.get_job(j.id).await.expect("get").expect("exists");
+    assert_eq!(r.state, JobState::Running);
+    assert_eq!(r.node.as_deref(), Some("node-a"));
+    assert_eq!(r.attempts.len(), 1);
+    assert_eq!(r.last_seq, 2);
+    let seqs: Vec<u64> = store
+        .events_after(j.id, 0, 10)
+        .await
+        .expect("events")
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+
+    // The same key again, while a queued job holds another key.
+    let queued = new_job("wf", 0, Some("key-q"));
+    store.insert_job(&queued).await.expect("insert");
+    let again = new_job("wf", 0, Some("key-q"));
+    let (inserted, started) = store
+        .insert_and_start(&again, &first(&again))
+        .await
+        .expect("insert and start");
+    match inserted {
+        Inserted::Existing(rec) => assert_eq!(rec.id, queued.id),
+        Inserted::Created => panic!("the key names a job"),
+    }
+    assert!(!started);
+    assert!(store.get_job(again.id).await.expect("get").is_none());
+    let q = store
+        .get_job(queued.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(q.state, JobState::Queued, "the other job is not claimed");
+    assert!(q.attempts.is_empty());
+}
 
 /// A re-queue for a retry stores its `not_before` (the retry's backoff from
 /// the commit); a re-queue without a delay, and an end, clear it; it

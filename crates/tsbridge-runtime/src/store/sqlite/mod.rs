@@ -27,8 +27,8 @@ use tsbridge_proto::api::{ApiErrorBody, AttemptView, OutputView, Resources};
 use tsbridge_proto::{EndReason, EventData, JobEvent, JobId, JobState};
 
 use super::{
-    AfterAttempt, AttemptEnd, Finish, Inserted, JobPage, JobRecord, JobStore, ListFilter, NewJob,
-    StoredRequest, encode_cursor, last_progress_and_result,
+    AfterAttempt, AttemptEnd, Finish, FirstStart, Inserted, JobPage, JobRecord, JobStore,
+    ListFilter, NewJob, StoredRequest, encode_cursor, last_progress_and_result,
 };
 use crate::errors::StoreError;
 use writer::{Applied, EndRow, EventRow, FinishRow, Op, Target, WriterHandle};
@@ -433,23 +433,10 @@ impl SqliteStore {
             .map_err(StoreError::query("read jobs"))?;
         rows.iter().map(|r| read_job(r, cut_output)).collect()
     }
-}
 
-#[async_trait]
-impl JobStore for SqliteStore {
-    async fn insert_job(&self, job: &NewJob) -> Result<Inserted, StoreError> {
-        let op = Op::InsertJob {
-            id: job.id.to_string(),
-            workflow: job.workflow.clone(),
-            priority: i64::from(job.priority),
-            params: json_text(&job.params),
-            request: json_text(&job.request),
-            key: job.idempotency_key.clone(),
-            max_attempts: i64::from(job.max_attempts),
-            created_at: ms(job.created_at),
-            event: event_row(&job.event),
-        };
-        match self.writer.write(op).await? {
+    /// What an insert's write means for its caller.
+    async fn inserted(&self, job: &NewJob, applied: Applied) -> Result<Inserted, StoreError> {
+        match applied {
             Applied::KeyTaken => {
                 // The job holding the key is committed (before, or earlier
                 // in the same transaction, which has committed now).
@@ -464,6 +451,60 @@ impl JobStore for SqliteStore {
             }
             Applied::Done | Applied::NotQueued => Ok(Inserted::Created),
         }
+    }
+}
+
+fn insert_op(job: &NewJob) -> Op {
+    Op::InsertJob {
+        id: job.id.to_string(),
+        workflow: job.workflow.clone(),
+        priority: i64::from(job.priority),
+        params: json_text(&job.params),
+        request: json_text(&job.request),
+        key: job.idempotency_key.clone(),
+        max_attempts: i64::from(job.max_attempts),
+        created_at: ms(job.created_at),
+        event: event_row(&job.event),
+    }
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    async fn insert_job(&self, job: &NewJob) -> Result<Inserted, StoreError> {
+        let applied = self.writer.write(insert_op(job)).await?;
+        self.inserted(job, applied).await
+    }
+
+    fn claims_with_insert(&self) -> bool {
+        true
+    }
+
+    async fn insert_and_start(
+        &self,
+        job: &NewJob,
+        start: &FirstStart,
+    ) -> Result<(Inserted, bool), StoreError> {
+        let claim = Op::StartAttempt {
+            id: job.id.to_string(),
+            n: 1,
+            node: start.node.clone(),
+            at: ms(start.at),
+            event: event_row(&start.event),
+        };
+        // One transaction; a claim that finds no queued job (the key named
+        // another job, nothing was inserted) writes nothing.
+        let mut results = self
+            .writer
+            .write_all(vec![insert_op(job), claim])
+            .await
+            .into_iter();
+        let inserted = results
+            .next()
+            .unwrap_or(Err(StoreError::WriterStopped { op: "insert job" }))?;
+        let started = matches!(results.next(), Some(Ok(Applied::Done)));
+        let inserted = self.inserted(job, inserted).await?;
+        let started = started && matches!(inserted, Inserted::Created);
+        Ok((inserted, started))
     }
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<JobRecord>, StoreError> {
