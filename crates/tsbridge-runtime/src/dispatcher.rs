@@ -192,6 +192,24 @@ struct LiveJob {
     view: JobView,
 }
 
+impl LiveJob {
+    /// A job just inserted (queued, nothing started): `Slot::Ready`.
+    fn submitted(job: NewJob) -> Self {
+        let view = live_view::queued(&job);
+        LiveJob {
+            workflow: job.workflow,
+            priority: job.priority,
+            params: job.params,
+            request: job.request,
+            max_attempts: job.max_attempts,
+            attempts_started: 0,
+            last_seq: job.event.seq,
+            slot: Slot::Ready,
+            view,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Slot {
     /// In the ready queue.
@@ -611,8 +629,8 @@ impl Dispatcher {
                 match result.map(|(existing, _)| existing) {
                     Ok(None) => {
                         self.shared.bus.publish(&job.event);
+                        let id = job.id;
                         if let Some(d) = direct {
-                            let id = job.id;
                             self.launch_claimed(job, *d);
                             let _ = reply.send(Ok(Submitted {
                                 job_id: id,
@@ -625,29 +643,15 @@ impl Dispatcher {
                             // A shared store's watch announced it before
                             // this answer came back: adopted already.
                         } else if self.accepting() {
-                            self.ready.push(job.id, &job.workflow, job.priority);
-                            let view = live_view::queued(&job);
-                            self.jobs.insert(
-                                job.id,
-                                LiveJob {
-                                    workflow: job.workflow,
-                                    priority: job.priority,
-                                    params: job.params,
-                                    request: job.request,
-                                    max_attempts: job.max_attempts,
-                                    attempts_started: 0,
-                                    last_seq: job.event.seq,
-                                    slot: Slot::Ready,
-                                    view,
-                                },
-                            );
+                            self.ready.push(id, &job.workflow, job.priority);
+                            self.jobs.insert(id, LiveJob::submitted(job));
                         } else {
                             // Stored while shutting down: it stays queued and
                             // runs after the next start, like every queued job.
-                            self.shared.bus.close(job.id);
+                            self.shared.bus.close(id);
                         }
                         let _ = reply.send(Ok(Submitted {
-                            job_id: job.id,
+                            job_id: id,
                             state: JobState::Queued,
                             existing: false,
                         }));
@@ -816,21 +820,7 @@ impl Dispatcher {
     /// is live from here on, running in the slot it took.
     fn launch_claimed(&mut self, job: NewJob, d: DirectStart) {
         let id = job.id;
-        let view = live_view::queued(&job);
-        self.jobs.insert(
-            id,
-            LiveJob {
-                workflow: job.workflow,
-                priority: job.priority,
-                params: job.params,
-                request: job.request,
-                max_attempts: job.max_attempts,
-                attempts_started: 0,
-                last_seq: job.event.seq,
-                slot: Slot::Ready,
-                view,
-            },
-        );
+        self.jobs.insert(id, LiveJob::submitted(job));
         self.launch(id, d.workflow, d.executor, d.first.at, d.first.event, true);
         if let Phase::Draining { stopped: true, .. } = self.phase
             && let Some(LiveJob {

@@ -92,6 +92,14 @@ async fn wait_done(rt: &Runtime, id: JobId) -> JobView {
         .expect("wait")
 }
 
+/// The message of a failed job's error ("" without one).
+fn error_message(v: &JobView) -> String {
+    v.error
+        .as_ref()
+        .map(|e| e.message.clone())
+        .unwrap_or_default()
+}
+
 #[tokio::test]
 async fn request_env_values_are_not_stored_in_clear_and_still_reach_the_job() {
     let dir = tempfile::tempdir().unwrap();
@@ -339,11 +347,7 @@ async fn an_altered_row_fails_only_its_job_and_the_start_goes_on() {
     assert_eq!(v.state, JobState::Failed, "{v:?}");
     assert_eq!(v.reason, Some(EndReason::SpawnFailure));
     assert_eq!(v.result, None, "the job never ran");
-    let message = v
-        .error
-        .as_ref()
-        .map(|e| e.message.clone())
-        .unwrap_or_default();
+    let message = error_message(&v);
     assert!(
         message.contains(NAME) && message.contains("cannot be opened"),
         "{message}"
@@ -367,11 +371,7 @@ async fn a_value_written_in_clear_into_a_store_that_seals_fails_its_job_unseen()
     assert_eq!(v.state, JobState::Failed, "{v:?}");
     assert_eq!(v.reason, Some(EndReason::SpawnFailure));
     assert_eq!(v.result, None, "the child never got the value");
-    let message = v
-        .error
-        .as_ref()
-        .map(|e| e.message.clone())
-        .unwrap_or_default();
+    let message = error_message(&v);
     assert!(
         message.contains(NAME) && message.contains("stored in clear"),
         "{message}"
