@@ -168,9 +168,19 @@ impl ProcPath {
 /// short read is the end: one `read` instead of two.
 fn read_into(path: &ProcPath, buf: &mut [u8]) -> Option<usize> {
     let fd = path.open(rustix::fs::OFlags::empty())?;
+    fill(buf, |rest, _| rustix::io::read(&fd, rest))
+}
+
+/// Fills `buf` from the start with `read(rest, offset)` until a read comes
+/// back short (the end of a small /proc file, see [`read_into`]) or the
+/// buffer is full; retried on EINTR, `None` on any other error.
+fn fill(
+    buf: &mut [u8],
+    mut read: impl FnMut(&mut [u8], u64) -> rustix::io::Result<usize>,
+) -> Option<usize> {
     let mut n = 0;
     while n < buf.len() {
-        match rustix::io::read(&fd, &mut buf[n..]) {
+        match read(&mut buf[n..], n as u64) {
             Ok(0) => break,
             Ok(k) => {
                 n += k;
@@ -339,20 +349,9 @@ impl OpenProc {
     /// names the process it was opened for, never a reuse of its pid.
     pub(crate) fn stat(&self) -> Option<Stat> {
         let mut buf = [0u8; 1024];
-        let mut n = 0;
-        while n < buf.len() {
-            match rustix::io::pread(&self.stat, &mut buf[n..], n as u64) {
-                Ok(0) => break,
-                Ok(k) => {
-                    n += k;
-                    if n < buf.len() {
-                        break;
-                    }
-                }
-                Err(rustix::io::Errno::INTR) => {}
-                Err(_) => return None,
-            }
-        }
+        let n = fill(&mut buf, |rest, off| {
+            rustix::io::pread(&self.stat, rest, off)
+        })?;
         parse_stat(&buf[..n])
     }
 

@@ -92,6 +92,21 @@ async fn wait_done(rt: &Runtime, id: JobId) -> JobView {
         .expect("wait")
 }
 
+/// Waits until `blocker` runs (the jobs submitted behind it stay queued),
+/// then shuts the runtime down at once.
+async fn shutdown_once_running(rt: &Runtime, blocker: JobId) {
+    tokio::time::timeout(SOON, async {
+        while rt.get(blocker).await.unwrap().state != JobState::Running {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the blocker runs");
+    tokio::time::timeout(SOON, rt.shutdown(Duration::ZERO))
+        .await
+        .expect("shutdown ends");
+}
+
 /// The message of a failed job's error ("" without one).
 fn error_message(v: &JobView) -> String {
     v.error
@@ -144,16 +159,7 @@ async fn a_queued_job_gets_its_env_after_a_restart_and_a_wrong_or_missing_key_st
         .await
         .expect("submit")
         .job_id;
-    tokio::time::timeout(SOON, async {
-        while rt.get(blocker).await.unwrap().state != JobState::Running {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the blocker runs");
-    tokio::time::timeout(SOON, rt.shutdown(Duration::ZERO))
-        .await
-        .expect("shutdown ends");
+    shutdown_once_running(&rt, blocker).await;
     drop(rt);
     assert!(!contains(&store_bytes(dir.path()), VALUE.as_bytes()));
 
@@ -282,16 +288,7 @@ async fn queued_behind_a_blocker(dir: &Path, n: usize) -> Vec<JobId> {
                 .job_id,
         );
     }
-    tokio::time::timeout(SOON, async {
-        while rt.get(blocker).await.unwrap().state != JobState::Running {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the blocker runs");
-    tokio::time::timeout(SOON, rt.shutdown(Duration::ZERO))
-        .await
-        .expect("shutdown ends");
+    shutdown_once_running(&rt, blocker).await;
     queued
 }
 
