@@ -574,15 +574,11 @@ impl Dispatcher {
         if !matches!(self.shared.availability.get(&job.workflow), Some(Ok(()))) {
             return None;
         }
-        let running = self
-            .running_by_workflow
-            .entry(workflow.name.clone())
-            .or_default();
-        if *running >= workflow.concurrency.unwrap_or(usize::MAX) {
+        let running = self.running_by_workflow.get(&workflow.name).copied();
+        if running.unwrap_or(0) >= workflow.concurrency.unwrap_or(usize::MAX) {
             return None;
         }
-        *running += 1;
-        self.running += 1;
+        self.take_slot(&workflow.name);
         Some(DirectStart {
             first: FirstStart {
                 node: self.shared.node_id.clone(),
@@ -594,9 +590,21 @@ impl Dispatcher {
         })
     }
 
+    /// Counts a running slot of `workflow` taken (no allocation once the
+    /// workflow has run here).
+    fn take_slot(&mut self, workflow: &str) {
+        self.running += 1;
+        match self.running_by_workflow.get_mut(workflow) {
+            Some(n) => *n += 1,
+            None => {
+                self.running_by_workflow.insert(workflow.to_owned(), 1);
+            }
+        }
+    }
+
     /// Gives back the slot `direct_start` took.
     fn release_slot(&mut self, workflow: &str) {
-        self.running -= 1;
+        self.running = self.running.saturating_sub(1);
         if let Some(n) = self.running_by_workflow.get_mut(workflow) {
             *n = n.saturating_sub(1);
         }
@@ -811,8 +819,7 @@ impl Dispatcher {
         let n = job.attempts_started + 1;
         let seq = job.last_seq + 1;
         let event = state_event(id, seq, JobState::Running, None, Some(n));
-        self.running += 1;
-        *self.running_by_workflow.entry(wf.name.clone()).or_default() += 1;
+        self.take_slot(&wf.name);
         self.launch(id, wf, executor, Utc::now(), event, false);
     }
 

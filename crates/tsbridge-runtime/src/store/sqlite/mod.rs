@@ -454,6 +454,16 @@ impl SqliteStore {
     }
 }
 
+fn start_op(id: JobId, n: u32, node: &str, at: DateTime<Utc>, event: &JobEvent) -> Op {
+    Op::StartAttempt {
+        id: id.to_string(),
+        n: i64::from(n),
+        node: node.to_owned(),
+        at: ms(at),
+        event: event_row(event),
+    }
+}
+
 fn insert_op(job: &NewJob) -> Op {
     Op::InsertJob {
         id: job.id.to_string(),
@@ -484,13 +494,7 @@ impl JobStore for SqliteStore {
         job: &NewJob,
         start: &FirstStart,
     ) -> Result<(Inserted, bool), StoreError> {
-        let claim = Op::StartAttempt {
-            id: job.id.to_string(),
-            n: 1,
-            node: start.node.clone(),
-            at: ms(start.at),
-            event: event_row(&start.event),
-        };
+        let claim = start_op(job.id, 1, &start.node, start.at, &start.event);
         // One transaction; a claim that finds no queued job (the key named
         // another job, nothing was inserted) writes nothing.
         let mut results = self
@@ -526,13 +530,7 @@ impl JobStore for SqliteStore {
         at: DateTime<Utc>,
         event: &JobEvent,
     ) -> Result<(), StoreError> {
-        let op = Op::StartAttempt {
-            id: id.to_string(),
-            n: i64::from(n),
-            node: node.to_owned(),
-            at: ms(at),
-            event: event_row(event),
-        };
+        let op = start_op(id, n, node, at, event);
         match self.writer.write(op).await? {
             Applied::NotQueued => Err(StoreError::NotFound(id)),
             Applied::Done | Applied::KeyTaken => Ok(()),
