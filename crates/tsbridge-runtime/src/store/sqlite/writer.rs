@@ -26,11 +26,21 @@
 //! every caller of that batch for the copy and both fsyncs (tens of
 //! milliseconds on a slow disk). The checkpointer runs a `PASSIVE`
 //! checkpoint, which never waits for the writer or for readers, a short
-//! while after commits happened; the writer then restarts the WAL from its
-//! start once it has been copied whole, so the file stays as large as the
-//! WAL written in a period or so.
+//! while after commits happened.
+//!
+//! SQLite starts the WAL again from its beginning only when a write
+//! transaction begins with every frame copied back. Under a steady load the
+//! writer always has appended frames the last checkpoint did not see, so the
+//! WAL would grow without end (595 MB after 10 s of pooled HTTP load, and
+//! every page lookup scans its index). Once the WAL holds more than
+//! [`WAL_RESTART_PAGES`], the checkpointer copies more often, and after a
+//! pass that copied all it saw it asks the writer to copy the rest itself
+//! between two batches (the frames of a few milliseconds, and the fsyncs):
+//! with no write in flight that copy is whole, and the next transaction
+//! restarts the WAL, which `journal_size_limit` then truncates to
+//! [`WAL_SIZE_LIMIT`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -54,6 +64,15 @@ const CHECKPOINT_PERIOD: Duration = Duration::from_millis(200);
 /// WAL pages after which a checkpoint that could not copy everything
 /// (readers on old snapshots) is logged.
 const WAL_PAGES_WARN: i64 = 50_000;
+/// WAL pages (16 MiB of 4 KiB pages) past which the WAL is restarted from
+/// its beginning: the checkpointer copies every [`CHECKPOINT_PERIOD_BUSY`]
+/// and asks the writer to copy the rest.
+const WAL_RESTART_PAGES: i64 = 4_096;
+/// How often the checkpointer copies while the WAL is past
+/// [`WAL_RESTART_PAGES`] (so that the rest the writer copies is short).
+const CHECKPOINT_PERIOD_BUSY: Duration = Duration::from_millis(5);
+/// The size the WAL file is truncated to when it restarts (bytes).
+const WAL_SIZE_LIMIT: i64 = 32 * 1024 * 1024;
 
 /// One event row, encoded.
 #[derive(Debug)]
@@ -326,10 +345,10 @@ fn open(target: &Target) -> Result<Connection, StoreError> {
         .map_err(failed(op))?;
     // No automatic checkpoint in the writer's commits: the checkpointer
     // thread does them (see the module's documentation).
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-         PRAGMA wal_autocheckpoint = 0;",
-    )
+             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
+    ))
     .map_err(failed(op))?;
     if !target.memory {
         // Set by the migrating connection already (it persists in the
@@ -385,6 +404,10 @@ struct Writer {
 struct CheckpointState {
     /// Commits so far (written by the writer).
     commits: AtomicU64,
+    /// Set by the checkpointer: the WAL is past [`WAL_RESTART_PAGES`] and
+    /// its last pass copied all it saw; the writer copies the rest and
+    /// clears it (the checkpointer does not copy meanwhile).
+    restart: AtomicBool,
     /// Set when the writer closes.
     stop: Mutex<bool>,
     wake: Condvar,
@@ -429,6 +452,16 @@ impl Checkpointer {
         self.state.commits.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Whether the writer should copy the rest of the WAL now: the
+    /// checkpointer waits until [`Checkpointer::rest_copied`].
+    fn restart_wanted(&self) -> bool {
+        self.state.restart.load(Ordering::Acquire)
+    }
+
+    fn rest_copied(&self) {
+        self.state.restart.store(false, Ordering::Release);
+    }
+
     /// Stops the thread after a last checkpoint and waits for it.
     fn stop(&mut self) {
         if let Ok(mut stop) = self.state.stop.lock() {
@@ -449,29 +482,43 @@ impl Drop for Checkpointer {
 
 fn checkpoint_loop(conn: &Connection, state: &CheckpointState) {
     let mut seen = 0;
+    let mut period = CHECKPOINT_PERIOD;
     loop {
         let stopping = match state.stop.lock() {
-            Ok(guard) => match state.wake.wait_timeout(guard, CHECKPOINT_PERIOD) {
+            Ok(guard) => match state.wake.wait_timeout(guard, period) {
                 Ok((stop, _)) => *stop,
                 Err(_) => true,
             },
             Err(_) => true,
         };
         let commits = state.commits.load(Ordering::Relaxed);
-        if commits != seen || stopping {
+        // While the writer has yet to copy the rest, a pass of ours would
+        // only make its checkpoint find the checkpoint lock taken.
+        let writers_turn = state.restart.load(Ordering::Acquire) && !stopping;
+        if (commits != seen || stopping) && !writers_turn {
             seen = commits;
             // (busy, pages in the WAL, pages copied); busy is 0 for PASSIVE.
             match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                 Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
             }) {
-                Ok((log, copied)) if log > WAL_PAGES_WARN && copied < log => {
-                    tracing::warn!(
-                        wal_pages = log,
-                        copied,
-                        "the SQLite WAL keeps growing: a reader holds an old snapshot"
-                    );
+                Ok((log, copied)) => {
+                    if log > WAL_PAGES_WARN && copied < log {
+                        tracing::warn!(
+                            wal_pages = log,
+                            copied,
+                            "the SQLite WAL keeps growing: a reader holds an old snapshot"
+                        );
+                    }
+                    let long = log >= WAL_RESTART_PAGES;
+                    period = if long {
+                        CHECKPOINT_PERIOD_BUSY
+                    } else {
+                        CHECKPOINT_PERIOD
+                    };
+                    if long && copied == log {
+                        state.restart.store(true, Ordering::Release);
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "a WAL checkpoint failed"),
             }
         }
@@ -513,8 +560,44 @@ impl Writer {
                 }
             }
             self.commit(batch.ops, batch.acks);
+            if self
+                .checkpointer
+                .as_ref()
+                .is_some_and(Checkpointer::restart_wanted)
+            {
+                self.copy_the_rest();
+                if let Some(c) = &self.checkpointer {
+                    c.rest_copied();
+                }
+            }
         }
         self.close();
+    }
+
+    /// Copies what the checkpointer has not (a `PASSIVE` checkpoint on the
+    /// writer's own connection, between two transactions: nothing is
+    /// appended meanwhile, so it copies everything unless a reader holds an
+    /// old snapshot), so that the next transaction restarts the WAL.
+    fn copy_the_rest(&mut self) {
+        match self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            }) {
+            Ok((busy, log, copied)) => {
+                tracing::debug!(
+                    busy,
+                    wal_pages = log,
+                    copied,
+                    "the writer copied the rest of the WAL"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "a WAL checkpoint failed"),
+        }
     }
 
     fn close(&mut self) {
