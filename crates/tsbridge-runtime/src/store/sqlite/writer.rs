@@ -35,14 +35,15 @@
 //! every page lookup scans its index). Once the WAL holds more than
 //! [`WAL_RESTART_PAGES`], the checkpointer copies more often, and after a
 //! pass that copied all it saw it asks the writer to copy the rest itself
-//! between two batches (the frames of a few milliseconds, and the fsyncs):
+//! between two batches, when no write waits or at most [`RESTART_WAIT`]
+//! later (the frames of a few milliseconds, and the fsyncs):
 //! with no write in flight that copy is whole, and the next transaction
 //! restarts the WAL, which `journal_size_limit` then truncates to
 //! [`WAL_SIZE_LIMIT`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
@@ -71,6 +72,10 @@ const WAL_RESTART_PAGES: i64 = 4_096;
 /// How often the checkpointer copies while the WAL is past
 /// [`WAL_RESTART_PAGES`] (so that the rest the writer copies is short).
 const CHECKPOINT_PERIOD_BUSY: Duration = Duration::from_millis(5);
+/// How long the writer waits for a moment with no write waiting before it
+/// copies the rest of a long WAL anyway (the copy and its fsyncs hold the
+/// writes that wait).
+const RESTART_WAIT: Duration = Duration::from_millis(250);
 /// The size the WAL file is truncated to when it restarts (bytes).
 const WAL_SIZE_LIMIT: i64 = 32 * 1024 * 1024;
 
@@ -274,6 +279,7 @@ impl WriterHandle {
                     retention,
                     rx,
                     checkpointer,
+                    restart_asked: None,
                 }
                 .run()
             })
@@ -397,6 +403,8 @@ struct Writer {
     rx: mpsc::Receiver<Msg>,
     /// `None` for an in-memory store (no WAL).
     checkpointer: Option<Checkpointer>,
+    /// When the checkpointer asked for the rest of the WAL to be copied.
+    restart_asked: Option<Instant>,
 }
 
 /// What the writer and the checkpointer thread share.
@@ -560,25 +568,34 @@ impl Writer {
                 }
             }
             self.commit(batch.ops, batch.acks);
-            if self
-                .checkpointer
-                .as_ref()
-                .is_some_and(Checkpointer::restart_wanted)
-            {
-                self.copy_the_rest();
-                if let Some(c) = &self.checkpointer {
-                    c.rest_copied();
-                }
-            }
+            self.maybe_copy_the_rest();
         }
         self.close();
+    }
+
+    /// Copies the rest of a long WAL when the checkpointer asks for it:
+    /// while no write waits, or [`RESTART_WAIT`] after it asked.
+    fn maybe_copy_the_rest(&mut self) {
+        let Some(c) = &self.checkpointer else {
+            return;
+        };
+        if !c.restart_wanted() {
+            self.restart_asked = None;
+            return;
+        }
+        let asked = *self.restart_asked.get_or_insert_with(Instant::now);
+        if self.rx.is_empty() || asked.elapsed() >= RESTART_WAIT {
+            self.copy_the_rest();
+            c.rest_copied();
+            self.restart_asked = None;
+        }
     }
 
     /// Copies what the checkpointer has not (a `PASSIVE` checkpoint on the
     /// writer's own connection, between two transactions: nothing is
     /// appended meanwhile, so it copies everything unless a reader holds an
     /// old snapshot), so that the next transaction restarts the WAL.
-    fn copy_the_rest(&mut self) {
+    fn copy_the_rest(&self) {
         match self
             .conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
