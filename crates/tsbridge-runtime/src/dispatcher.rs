@@ -6,8 +6,10 @@
 //! queue limit, decides retries, and has every state change written to the
 //! store (with its `state` event) before it publishes that event on the bus.
 //!
-//! The loop never awaits the store: each write runs in a task of its own
-//! and reports back (`Written`), and the job waits in a slot that says what
+//! The loop never awaits the store: each write is a future of its own that
+//! the loop polls beside its other inputs (`Dispatcher::writes`, no task
+//! and no channel hop: the store's answer wakes the dispatcher itself) and
+//! that reports back (`Written`), and the job waits in a slot that says what
 //! is being written (a submission is not yet a live job; `Slot::Ending`).
 //! So one job's write never holds up the others, and writes of many jobs
 //! reach the store together (the SQLite store commits them as one group).
@@ -27,12 +29,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use futures::FutureExt;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -168,6 +172,9 @@ enum Written {
     },
 }
 
+/// A store write the dispatcher's loop polls (`None`: it panicked).
+type PendingWrite = Pin<Box<dyn Future<Output = Option<Written>> + Send>>;
+
 /// A submission that starts at once (a slot was free and nothing waited):
 /// its first claim is written with its insert (`insert_and_start`), and
 /// it holds its running slot from the submit on.
@@ -272,8 +279,9 @@ pub(crate) struct Dispatcher {
     commands_closed: bool,
     done_tx: mpsc::UnboundedSender<AttemptDone>,
     done_rx: mpsc::UnboundedReceiver<AttemptDone>,
-    written_tx: mpsc::UnboundedSender<Written>,
-    written_rx: mpsc::UnboundedReceiver<Written>,
+    /// Store writes in flight, polled by the loop (each reports its end:
+    /// `on_written`; `None` for a write that panicked).
+    writes: FuturesUnordered<PendingWrite>,
     jobs: HashMap<JobId, LiveJob>,
     ready: ReadyQueue,
     backoff: BTreeSet<(Instant, JobId)>,
@@ -281,37 +289,35 @@ pub(crate) struct Dispatcher {
     inserting: usize,
     /// Jobs whose re-queue (for a retry) is being written.
     requeueing: usize,
-    /// Store writes started and not yet reported.
-    writes: usize,
     running: usize,
     running_by_workflow: HashMap<String, usize>,
     phase: Phase,
     /// Moving average of attempt wall time, for Retry-After.
     avg_secs: f64,
+    /// The queued and running counts last published (`publish_stats`).
+    published: Option<(u64, u64)>,
 }
 
 impl Dispatcher {
     pub(crate) fn new(shared: Arc<Shared>, commands: mpsc::Receiver<Command>) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let (written_tx, written_rx) = mpsc::unbounded_channel();
         Self {
             shared,
             commands,
             commands_closed: false,
             done_tx,
             done_rx,
-            written_tx,
-            written_rx,
+            writes: FuturesUnordered::new(),
             jobs: HashMap::new(),
             ready: ReadyQueue::new(),
             backoff: BTreeSet::new(),
             inserting: 0,
             requeueing: 0,
-            writes: 0,
             running: 0,
             running_by_workflow: HashMap::new(),
             phase: Phase::Accepting,
             avg_secs: 1.0,
+            published: None,
         }
     }
 
@@ -371,7 +377,10 @@ impl Dispatcher {
             };
             tokio::select! {
                 Some(done) = self.done_rx.recv() => self.on_done(done),
-                Some(w) = self.written_rx.recv() => self.on_written(w),
+                Some(w) = self.writes.next(), if !self.writes.is_empty() => match w {
+                    Some(w) => self.on_written(w),
+                    None => tracing::error!("a store write panicked"),
+                },
                 cmd = self.commands.recv(), if !self.commands_closed => match cmd {
                     Some(Command::Submit { job, reply }) => self.on_submit(*job, reply),
                     Some(Command::Cancel { id, reply }) => self.on_cancel(id, reply),
@@ -395,7 +404,9 @@ impl Dispatcher {
             }
             self.dispatch();
             self.publish_stats();
-            if matches!(self.phase, Phase::Draining { .. }) && self.running == 0 && self.writes == 0
+            if matches!(self.phase, Phase::Draining { .. })
+                && self.running == 0
+                && self.writes.is_empty()
             {
                 self.finish_shutdown().await;
                 return;
@@ -481,13 +492,13 @@ impl Dispatcher {
         self.ready.len() + self.backoff.len() + self.inserting + self.requeueing
     }
 
-    /// Runs a store write in a task of its own; `on_written` gets its end.
+    /// Starts a store write, polled by the loop; `on_written` gets its end.
     fn spawn_write(&mut self, write: impl Future<Output = Written> + Send + 'static) {
-        self.writes += 1;
-        let tx = self.written_tx.clone();
-        tokio::spawn(async move {
-            let _ = tx.send(write.await);
-        });
+        // A panic in a write is caught (as it was in a task of its own): the
+        // dispatcher goes on without that write's report.
+        self.writes.push(Box::pin(
+            AssertUnwindSafe(write).catch_unwind().map(Result::ok),
+        ));
     }
 
     /// Writes the end of a live job (its `Slot::Ending`, set by the caller;
@@ -611,7 +622,6 @@ impl Dispatcher {
     }
 
     fn on_written(&mut self, w: Written) {
-        self.writes -= 1;
         match w {
             Written::Inserted {
                 job,
@@ -1268,20 +1278,27 @@ impl Dispatcher {
         }
     }
 
-    fn publish_stats(&self) {
-        let queued = self.waiting() as u64;
-        let running = self.running as u64;
-        metrics::gauge!("tsbridge_queue_depth").set(queued as f64);
-        metrics::gauge!("tsbridge_jobs_running").set(running as f64);
+    /// Publishes the counters after a turn of the loop: only what changed
+    /// (most turns change nothing that is published, and the gauges are a
+    /// registry lookup each).
+    fn publish_stats(&mut self) {
+        let counts = (self.waiting() as u64, self.running as u64);
+        let changed = self.published != Some(counts);
+        if changed {
+            self.published = Some(counts);
+            metrics::gauge!("tsbridge_queue_depth").set(counts.0 as f64);
+            metrics::gauge!("tsbridge_jobs_running").set(counts.1 as f64);
+        }
         let mut s = self.shared.stats.lock().unwrap_or_else(|p| p.into_inner());
-        s.queued = queued;
-        s.running = running;
-        s.running_by_workflow = self
-            .running_by_workflow
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(w, n)| (w.clone(), *n as u64))
-            .collect();
+        if changed {
+            (s.queued, s.running) = counts;
+        }
+        let running = || self.running_by_workflow.iter().filter(|(_, n)| **n > 0);
+        let same = s.running_by_workflow.len() == running().count()
+            && running().all(|(w, n)| s.running_by_workflow.get(w) == Some(&(*n as u64)));
+        if !same {
+            s.running_by_workflow = running().map(|(w, n)| (w.clone(), *n as u64)).collect();
+        }
     }
 }
 
