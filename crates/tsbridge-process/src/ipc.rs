@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
@@ -233,8 +233,10 @@ impl IpcParent {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             next_id: AtomicU64::new(1),
+            backlog: Mutex::new(0),
         });
-        tokio::spawn(write_loop(wr, cmd_rx));
+        let wr = Arc::new(wr);
+        tokio::spawn(write_loop(Arc::clone(&wr), Arc::clone(&shared), cmd_rx));
         tokio::spawn(read_loop(
             rd,
             Arc::clone(&shared),
@@ -246,6 +248,7 @@ impl IpcParent {
             IpcHandle {
                 inner: Arc::new(HandleInner {
                     writer: cmd_tx,
+                    sock: wr,
                     shared,
                 }),
             },
@@ -265,6 +268,10 @@ struct Pending {
 struct Shared {
     pending: Mutex<Pending>,
     next_id: AtomicU64,
+    /// Commands handed to the write loop and not yet done (a line not yet
+    /// written entirely, a close). A line is written by its sender directly
+    /// only when there are none, so the order of lines holds.
+    backlog: Mutex<usize>,
 }
 
 impl Shared {
@@ -286,6 +293,13 @@ impl Shared {
         for (_, tx) in waiting {
             let _ = tx.send(Err(IpcError::Closed));
         }
+    }
+
+    fn backlog(&self) -> MutexGuard<'_, usize> {
+        // A plain counter: consistent whatever panicked while it was held.
+        self.backlog
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn complete(&self, id: &str, reply: Reply) {
@@ -313,6 +327,10 @@ pub struct IpcHandle {
 
 struct HandleInner {
     writer: mpsc::Sender<WriterCmd>,
+    /// The socket's write half, shared with the write loop: a sender writes
+    /// its line itself when nothing is queued and the socket takes it all
+    /// at once (no hand-off to the loop's task); the rest goes to the loop.
+    sock: Arc<OwnedWriteHalf>,
     shared: Arc<Shared>,
 }
 
@@ -358,12 +376,31 @@ impl IpcHandle {
         self.send_line(encode(value)?).await
     }
 
-    async fn send_line(&self, line: Vec<u8>) -> Result<(), IpcError> {
-        self.inner
+    async fn send_line(&self, mut line: Vec<u8>) -> Result<(), IpcError> {
+        // Room in the queue first (the only await: nothing is written by a
+        // send that is dropped while it waits).
+        let permit = self
+            .inner
             .writer
-            .send(WriterCmd::Data(line))
+            .reserve()
             .await
-            .map_err(|_| IpcError::Closed)
+            .map_err(|_| IpcError::Closed)?;
+        let mut backlog = self.inner.shared.backlog();
+        if *backlog == 0 {
+            match self.inner.sock.try_write(&line) {
+                Ok(n) if n == line.len() => return Ok(()),
+                Ok(n) => {
+                    line.drain(..n);
+                }
+                // Full (the loop waits for room), or an error that the loop
+                // meets again and closes the writer on, as it did for every
+                // line before.
+                Err(_) => {}
+            }
+        }
+        *backlog += 1;
+        permit.send(WriterCmd::Data(line));
+        Ok(())
     }
 
     /// Sends `{id, type: "request", payload, timestamp}` and waits for the
@@ -400,7 +437,11 @@ impl IpcHandle {
     /// Pending requests fail with [`IpcError::Closed`]; later sends too.
     pub async fn close(&self) {
         self.inner.shared.close();
-        let _ = self.inner.writer.send(WriterCmd::Close).await;
+        if let Ok(permit) = self.inner.writer.reserve().await {
+            // Counted until the loop ends: no line is written after it.
+            *self.inner.shared.backlog() += 1;
+            permit.send(WriterCmd::Close);
+        }
     }
 
     /// Whether the channel was closed (by [`IpcHandle::close`] or because the
@@ -426,7 +467,14 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, IpcError> {
 /// Largest batch the writer gathers from its queue for one write.
 const WRITE_BATCH: usize = 256 * 1024;
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<WriterCmd>) {
+/// Writes the lines its senders could not write at once (see
+/// `IpcHandle::send_line`), in order, then shuts the socket down for
+/// writing (on `Close`, a write error, or once every handle is gone).
+async fn write_loop(
+    wr: Arc<OwnedWriteHalf>,
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<WriterCmd>,
+) {
     let mut batch: Vec<u8> = Vec::new();
     'run: while let Some(cmd) = rx.recv().await {
         let mut closing = false;
@@ -434,6 +482,7 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<WriterCmd>) {
             WriterCmd::Data(d) => d,
             WriterCmd::Close => break 'run,
         };
+        let mut lines = 1;
         // Gather what else is queued, so a burst costs one write.
         while first.len() + batch.len() < WRITE_BATCH {
             match rx.try_recv() {
@@ -442,6 +491,7 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<WriterCmd>) {
                         batch.append(&mut first);
                     }
                     batch.extend_from_slice(&d);
+                    lines += 1;
                 }
                 Ok(WriterCmd::Close) => {
                     closing = true;
@@ -451,16 +501,34 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<WriterCmd>) {
             }
         }
         let bytes = if batch.is_empty() { &first } else { &batch };
-        if let Err(e) = wr.write_all(bytes).await {
+        if let Err(e) = write_all(&wr, bytes).await {
             tracing::debug!(error = %e, "ipc write failed; closing the writer");
             break 'run;
         }
         batch.clear();
+        // Written: senders may write directly again once nothing is queued.
+        *shared.backlog() -= lines;
         if closing {
             break 'run;
         }
     }
-    let _ = wr.shutdown().await;
+    // The backlog stays counted: nothing is written directly from now on
+    // (and sends fail once this loop's queue is gone).
+    let _ = rustix::net::shutdown(wr.as_ref().as_ref(), rustix::net::Shutdown::Write);
+}
+
+/// `write_all` through a shared write half.
+async fn write_all(wr: &OwnedWriteHalf, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        wr.writable().await?;
+        match wr.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 async fn read_loop(
@@ -672,7 +740,7 @@ fn error_message(payload: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
-    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
     fn classify_plain(v: Value) -> Classified {
         classify(v, &Masker::default())
@@ -865,6 +933,39 @@ mod tests {
             Err(IpcError::Closed)
         ));
         // The peer reads EOF.
+        let mut rest = String::new();
+        assert_eq!(r.read_line(&mut rest).await.expect("read"), 0);
+        assert!(matches!(
+            handle.send(&json!(1)).await,
+            Err(IpcError::Closed)
+        ));
+    }
+
+    /// A peer that does not read: the socket fills, the lines it did not
+    /// take go to the writer (whole, after the ones written directly), and
+    /// everything arrives in order once the peer reads; `close` drains the
+    /// queue before the peer reads EOF.
+    #[tokio::test]
+    async fn lines_stay_in_order_when_the_socket_is_full() {
+        let (parent, child) = IpcChannel::new().expect("socketpair");
+        let (handle, _incoming) = parent.start().expect("start");
+        let (mut r, _w) = peer(child);
+        // 48 x 64 KiB: far more than a socket buffer, less than the queue.
+        let filler = "x".repeat(64 * 1024);
+        for i in 0..48 {
+            handle
+                .send(&json!({"i": i, "filler": filler}))
+                .await
+                .expect("send");
+        }
+        let h = handle.clone();
+        let closing = tokio::spawn(async move { h.close().await });
+        for i in 0..48 {
+            let v = read_json(&mut r).await;
+            assert_eq!(v["i"], json!(i));
+            assert_eq!(v["filler"].as_str().map(str::len), Some(filler.len()));
+        }
+        closing.await.expect("join");
         let mut rest = String::new();
         assert_eq!(r.read_line(&mut rest).await.expect("read"), 0);
         assert!(matches!(
