@@ -5,6 +5,7 @@
 //! worker: a request's own `env` cannot reach a warm worker and is ignored
 //! (documented in docs/design/pool.md).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -220,7 +221,7 @@ impl Executor for PoolExecutor {
         crate::spawn::SpawnExecutor::new(self.sandbox.clone(), self.tmp_base.clone()).check(wf)
     }
 
-    async fn run(&self, req: AttemptRequest, io: AttemptIo) -> AttemptOutcome {
+    async fn run(&self, mut req: AttemptRequest, io: AttemptIo) -> AttemptOutcome {
         let pool = match self.pool_for(&req.workflow).await {
             Ok(p) => p,
             Err(e) => {
@@ -232,8 +233,11 @@ impl Executor for PoolExecutor {
         };
         // As in spawn mode: checked again now, and the handler gets the
         // checked canonical paths (see `path_params`).
+        // The request's own params move to the job (a copy only when a path
+        // parameter was rewritten).
         let params = match crate::path_params::for_attempt(&req) {
-            Ok(p) => p.into_owned(),
+            Ok(Cow::Owned(p)) => p,
+            Ok(Cow::Borrowed(_)) => std::mem::take(&mut req.params),
             Err(refused) => return *refused,
         };
         let cancel = CancellationToken::new();

@@ -28,9 +28,15 @@ impl AbortReason {
 /// The host's exit code when the module cannot be loaded or has no handler.
 pub const EXIT_FATAL: i32 = 78;
 
-/// `{op:"run", jobId, workflow, params}`.
-pub fn run_payload(job_id: &str, workflow: &str, params: &Value) -> Value {
-    json!({"op": "run", "jobId": job_id, "workflow": workflow, "params": params})
+/// `{op:"run", jobId, workflow, params}` (the params moved in, not copied:
+/// `json!` would serialize them into a new tree).
+pub fn run_payload(job_id: &str, workflow: &str, params: Value) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("op".into(), Value::from("run"));
+    m.insert("jobId".into(), Value::from(job_id));
+    m.insert("workflow".into(), Value::from(workflow));
+    m.insert("params".into(), params);
+    Value::Object(m)
 }
 
 /// `{op:"cancel", jobId, reason}`.
@@ -111,7 +117,7 @@ mod tests {
 
     #[test]
     fn payloads() {
-        let r = run_payload("j1", "data-analysis", &json!({"a": 1}));
+        let r = run_payload("j1", "data-analysis", json!({"a": 1}));
         assert_eq!(
             r,
             json!({"op":"run","jobId":"j1","workflow":"data-analysis","params":{"a":1}})

@@ -373,7 +373,7 @@ impl Worker {
 
     async fn run_job(&mut self, a: Assignment) -> JobEnd {
         let Assignment {
-            job,
+            mut job,
             sink,
             reply,
             queued,
@@ -392,7 +392,7 @@ impl Worker {
             })
             .await;
         let mut answer = Some(self.ask(
-            protocol::run_payload(&job_id, &job.workflow, &job.params),
+            protocol::run_payload(&job_id, &job.workflow, std::mem::take(&mut job.params)),
             NO_TIMEOUT,
         ));
 
