@@ -20,7 +20,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{Method, StatusCode, header};
-use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -56,8 +56,7 @@ pub fn router(state: AppState) -> Router {
         .layer(from_fn_with_state(state.clone(), auth::require_token))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))
-        .layer(from_fn_with_state(state.clone(), finish_errors))
-        .layer(from_fn(metrics::track_http))
+        .layer(from_fn_with_state(state.clone(), finish_and_count))
         .with_state(state)
 }
 
@@ -70,11 +69,19 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
     resp
 }
 
+/// The outer middleware: [`finish_errors`], and the HTTP metrics of the
+/// answer it gives (one layer, not two, per request).
+async fn finish_and_count(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let timer = metrics::HttpTimer::start(&req);
+    let resp = finish_errors(&state, next.run(req).await);
+    timer.record(resp.status());
+    resp
+}
+
 /// Every error answer is JSON: errors produced below the handlers (the body
 /// limit layer, extractor rejections) get the failure body; in dev mode an
 /// `InternalError` shows what it hid.
-async fn finish_errors(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let resp = next.run(req).await;
+fn finish_errors(state: &AppState, resp: Response) -> Response {
     let status = resp.status();
     if let Some(RevealedError(full)) = resp.extensions().get::<RevealedError>().cloned() {
         if state.settings().dev {

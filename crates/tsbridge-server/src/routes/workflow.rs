@@ -112,26 +112,26 @@ pub async fn execute(
     }
     let view = backend.wait(submitted.job_id).await;
     guard.disarm();
-    Ok(Json(Success::new(job_outcome(&view?)?)))
+    Ok(Json(Success::new(job_outcome(view?)?)))
 }
 
 /// A finished job as the execute route answers it: the success body, or the
 /// error of its end reason with the job id (and exit code, signal, stderr
-/// tail) in `details`.
-pub fn job_outcome(view: &JobView) -> Result<ExecuteResponse, ApiError> {
+/// tail) in `details`. Its result and resources move to the answer.
+pub fn job_outcome(mut view: JobView) -> Result<ExecuteResponse, ApiError> {
     if view.state == JobState::Succeeded {
         return Ok(ExecuteResponse {
             job_id: view.job_id,
             success: true,
-            result: view.result.clone().unwrap_or(Value::Null),
-            execution_time: execution_time_ms(view),
+            execution_time: execution_time_ms(&view),
+            result: view.result.take().unwrap_or(Value::Null),
             process_id: view.process_id,
             exit_code: view.exit_code,
             attempts: u32::try_from(view.attempts.len()).unwrap_or(u32::MAX),
-            resources: view.resources.clone(),
+            resources: std::mem::take(&mut view.resources),
         });
     }
-    Err(job_error(view))
+    Err(job_error(&view))
 }
 
 fn execution_time_ms(view: &JobView) -> u64 {
@@ -378,7 +378,7 @@ impl BatchRun {
                 self.backend.wait(id).await
             }
         };
-        let outcome = view.map_err(ApiError::from).and_then(|v| job_outcome(&v));
+        let outcome = view.map_err(ApiError::from).and_then(job_outcome);
         match outcome {
             Ok(r) => BatchResult {
                 workflow_id,
