@@ -62,10 +62,16 @@ import re, sys
 src, dst, db = sys.argv[1:]
 text = open(src).read()
 line = f'url = "sqlite://{db}"'
-new, n = re.subn(r'(?m)^url\s*=.*$', line, text, count=1)
-if n == 0:
-    new = text + f'\n[store]\n{line}\n'
-open(dst, 'w').write(new)
+# The url key of the [store] table (up to the next table header).
+m = re.search(r'(?ms)^\[store\][^\n]*\n(.*?)(?=^\[|\Z)', text)
+if m is None:
+    text += f'\n[store]\n{line}\n'
+else:
+    body, n = re.subn(r'(?m)^\s*url\s*=.*$', line, m.group(1), count=1)
+    if n == 0:
+        body = line + '\n' + body
+    text = text[:m.start(1)] + body + text[m.end(1):]
+open(dst, 'w').write(text)
 EOF
 
 env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="${HOME:-/tmp}" LANG=C.UTF-8 TSBRIDGE_TOKEN=dev-token \
