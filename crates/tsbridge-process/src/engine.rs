@@ -187,6 +187,20 @@ impl ProcessControl {
         }
     }
 
+    /// Takes the processes the running job's leader has started so far as
+    /// its own helpers, which [`Self::kill_descendants`] then leaves alone
+    /// (the same processes only: pid and start time). For a pool worker
+    /// once it is ready, before its first task: what its runtime started
+    /// while loading (tsx's esbuild service, which later imports need) is
+    /// not a task's stray. They still die with the job. Returns how many.
+    pub async fn keep_descendants(&self) -> usize {
+        let target = self.sweep_slot().clone();
+        match target {
+            Some(t) => lock_tracker(&t.tracker).keep_current(),
+            None => 0,
+        }
+    }
+
     fn sweep_slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<SweepTarget>>> {
         self.inner.sweep.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -951,7 +965,7 @@ fn sweep(leader: Pid, tracker: &mut Tracker) -> usize {
     let found: Vec<_> = tracker
         .discover_after_task()
         .into_iter()
-        .filter(|p| p.pid != leader)
+        .filter(|p| p.pid != leader && !tracker.is_kept(p))
         .collect();
     for p in &found {
         if let Err(e) = sys::signal_proc(*p, Signal::KILL) {

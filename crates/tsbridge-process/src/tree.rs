@@ -52,6 +52,10 @@ pub(crate) struct Tracker {
     needle: Vec<u8>,
     /// Every descendant seen alive, by pid -> start time.
     seen: HashMap<i32, u64>,
+    /// A long-lived leader's own helpers (pid -> start time): what a pool
+    /// worker had started before its first task (tsx's esbuild service).
+    /// Per-task sweeps leave them; the job's end kills them like the rest.
+    kept: HashMap<i32, u64>,
     /// Pids that were ever seen (for the orphan reaper).
     ever: HashSet<i32>,
     /// Whether the leader has been reaped (its pid may be reused).
@@ -79,6 +83,7 @@ impl Tracker {
             leader,
             needle,
             seen: HashMap::new(),
+            kept: HashMap::new(),
             ever: HashSet::new(),
             leader_reaped: false,
             queue: Vec::new(),
@@ -289,8 +294,32 @@ impl Tracker {
         found
     }
 
+    /// Takes the leader's descendants alive now as its own helpers
+    /// ([`Self::is_kept`]); returns how many.
+    pub(crate) fn keep_current(&mut self) -> usize {
+        let leader = self.leader;
+        self.kept = self
+            .discover(true, Scope::Ending)
+            .into_iter()
+            .filter(|p| p.pid != leader)
+            .map(|p| (p.pid.raw(), p.start))
+            .collect();
+        self.kept.len()
+    }
+
+    /// Whether `p` is one of the helpers [`Self::keep_current`] took (the
+    /// same process: its pid and its start time).
+    pub(crate) fn is_kept(&self, p: &ProcRef) -> bool {
+        self.kept.get(&p.pid.raw()) == Some(&p.start)
+    }
+
     fn nothing_new(&self) -> bool {
-        if !registry::is_subreaper() || self.leader_reaped || !self.seen.is_empty() {
+        // Seen in the last walk and still there on purpose: only kept helpers.
+        let only_kept = self
+            .seen
+            .iter()
+            .all(|(p, start)| self.kept.get(p) == Some(start));
+        if !registry::is_subreaper() || self.leader_reaped || !only_kept {
             return false;
         }
         #[cfg(test)]

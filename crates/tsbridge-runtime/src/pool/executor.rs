@@ -23,7 +23,7 @@ use super::config::{PoolConfig, WorkerSandbox, WorkerSpec};
 use super::errors::{PoolJobError, WorkerExit, WorkerStartError};
 use super::host_script::HostScript;
 use super::{Pool, PoolEvent, PoolJob, PoolStats};
-use crate::config::{Mode, WorkflowConfig};
+use crate::config::{Mode, RuntimeKind, WorkflowConfig};
 use crate::executor::{AttemptEvent, AttemptIo, AttemptOutcome, AttemptRequest, Executor};
 
 /// Runs attempts of pool-mode workflows on warm workers.
@@ -110,7 +110,18 @@ impl PoolExecutor {
         // `invocation` ends with the script; the host comes in between.
         node_args.pop();
         let pass: Vec<&str> = wf.env.pass.iter().map(String::as_str).collect();
-        let env = tsbridge_sandbox::env::build_child_env(&pass, std::env::vars(), &wf.env.set);
+        let mut env = tsbridge_sandbox::env::build_child_env(&pass, std::env::vars(), &wf.env.set);
+        if matches!(wf.runtime, RuntimeKind::Tsx) {
+            // tsx transpiles through an esbuild service it starts on its
+            // first transform. With its disk cache, a worker's module loads
+            // without one, so the service would start in a job and the
+            // per-job sweep would kill it as that job's stray (and every
+            // later .ts import fail). Uncached, the module's own transform
+            // starts it while the worker loads: a helper of the worker's
+            // (see `HostLink::keep_helpers`).
+            env.entry("TSX_DISABLE_CACHE".to_owned())
+                .or_insert_with(|| "1".to_owned());
+        }
         // As in spawn mode, a worker without limits still gets a cgroup where
         // the host has them: its whole tree is found (and the per-job sweep
         // is one listing), and rlimits, no_new_privs and seccomp come with it.
@@ -400,6 +411,36 @@ fn end_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tsx workflow's workers run without tsx's disk cache (so that its
+    /// esbuild service starts while they load), unless the workflow says
+    /// otherwise; other runtimes are left alone.
+    #[test]
+    fn tsx_workers_run_without_the_disk_cache() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        for f in ["a.ts", "b.ts", "c.mjs"] {
+            std::fs::write(dir.path().join(f), "").unwrap_or_else(|e| panic!("{e}"));
+        }
+        let cfg = crate::config::Config::parse(
+            "[workflows.a]\nscript = \"a.ts\"\nruntime = \"tsx\"\nmode = \"pool\"\n\
+             [workflows.b]\nscript = \"b.ts\"\nruntime = \"tsx\"\nmode = \"pool\"\n\
+             env = { set = { TSX_DISABLE_CACHE = \"\" } }\n\
+             [workflows.c]\nscript = \"c.mjs\"\nruntime = \"node\"\nmode = \"pool\"\n",
+            dir.path(),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let ex = PoolExecutor::new(None, None, HostScript::Embedded, false);
+        let env = |wf: &str| ex.pool_spec(&cfg.workflows[wf]).0.env;
+        assert_eq!(
+            env("a").get("TSX_DISABLE_CACHE").map(String::as_str),
+            Some("1")
+        );
+        assert_eq!(
+            env("b").get("TSX_DISABLE_CACHE").map(String::as_str),
+            Some("")
+        );
+        assert_eq!(env("c").get("TSX_DISABLE_CACHE"), None);
+    }
 
     #[test]
     fn end_reasons() {

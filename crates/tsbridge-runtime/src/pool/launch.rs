@@ -153,4 +153,8 @@ impl HostLink for EngineLink {
     async fn kill_strays(&self) -> usize {
         self.1.kill_descendants().await
     }
+
+    async fn keep_helpers(&self) -> usize {
+        self.1.keep_descendants().await
+    }
 }

@@ -69,6 +69,12 @@ pub trait HostLink: Send + Sync + fmt::Debug + 'static {
     async fn kill_strays(&self) -> usize {
         0
     }
+    /// Takes the processes the worker has started so far (while loading,
+    /// before any job: tsx's esbuild service) as its own, which
+    /// [`HostLink::kill_strays`] leaves alone; returns how many.
+    async fn keep_helpers(&self) -> usize {
+        0
+    }
 }
 
 /// A started worker process, as the pool drives it.
@@ -286,7 +292,12 @@ impl Worker {
                     Ok(v) => {
                         let pong = protocol::parse_pong(&v);
                         if pong.ready {
-                            tracing::debug!(worker = %self.id, exports = ?pong.exports, "worker host ready");
+                            // What its runtime started while loading is
+                            // not a job's stray: tsx's esbuild service,
+                            // killed, fails every later import of a .ts
+                            // module ("The service is no longer running").
+                            let helpers = self.io.link.keep_helpers().await;
+                            tracing::debug!(worker = %self.id, exports = ?pong.exports, helpers, "worker host ready");
                             return Ok(self.io.pid.or(pong.pid));
                         }
                         answer = self.ask(protocol::ping_payload(), timeout);

@@ -45,6 +45,36 @@ async fn default_and_named_exports_through_tsx() {
     pool.shutdown(Duration::from_secs(10)).await;
 }
 
+/// Every job imports a TypeScript module of its own: tsx transpiles each
+/// through the esbuild service it started while the worker loaded, which
+/// the per-job sweep must leave running (it killed it after the first job,
+/// and every later job failed with "The service is no longer running").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_jobs_import_typescript_through_tsx() {
+    let Some(tsx) = tsx_loader() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = WorkerSpec::node("fresh", fixtures().join("imports-fresh.ts")).with_import(tsx);
+    spec.host = HostScript::EmbeddedIn(dir.path().to_owned());
+    // As `PoolExecutor::pool_spec` sets it for tsx workflows.
+    spec.env.insert("TSX_DISABLE_CACHE".into(), "1".into());
+    let pool = start(spec, config(1, 1)).await.unwrap();
+    let params = json!({"dir": dir.path()});
+    let mut worker = None;
+    for n in 1..=3 {
+        let o = pool
+            .run(PoolJob::new("fresh", params.clone()), sink().0)
+            .await;
+        let v = o.result.unwrap_or_else(|e| panic!("job {n} failed: {e:?}"));
+        assert_eq!(v["v"], n, "job {n} imported its own module");
+        assert_eq!(
+            *worker.get_or_insert(v["pid"].clone()),
+            v["pid"],
+            "one worker"
+        );
+    }
+    pool.shutdown(Duration::from_secs(10)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_export_through_ts_node() {
     let Some(hook) = ts_node_register() else {
