@@ -65,13 +65,10 @@ const CHECKPOINT_PERIOD: Duration = Duration::from_millis(200);
 /// WAL pages after which a checkpoint that could not copy everything
 /// (readers on old snapshots) is logged.
 const WAL_PAGES_WARN: i64 = 50_000;
-/// WAL pages (64 MiB of 4 KiB pages) past which the WAL is restarted from
+/// WAL pages (16 MiB of 4 KiB pages) past which the WAL is restarted from
 /// its beginning: the checkpointer copies every [`CHECKPOINT_PERIOD_BUSY`]
 /// and asks the writer to copy the rest.
-/// Each restart stalls the writer for the rest's copy and two fsyncs (10-25
-/// ms on a slow disk): 16 MiB made that 2-4 times a second at 1,000 pooled
-/// requests per second, and a visible p99.9.
-const WAL_RESTART_PAGES: i64 = 16_384;
+const WAL_RESTART_PAGES: i64 = 4_096;
 /// How often the checkpointer copies while the WAL is past
 /// [`WAL_RESTART_PAGES`] (so that the rest the writer copies is short).
 const CHECKPOINT_PERIOD_BUSY: Duration = Duration::from_millis(5);
@@ -80,7 +77,7 @@ const CHECKPOINT_PERIOD_BUSY: Duration = Duration::from_millis(5);
 /// writes that wait).
 const RESTART_WAIT: Duration = Duration::from_millis(250);
 /// The size the WAL file is truncated to when it restarts (bytes).
-const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+const WAL_SIZE_LIMIT: i64 = 32 * 1024 * 1024;
 
 /// One event row, encoded.
 #[derive(Debug)]
