@@ -488,6 +488,28 @@ impl Drop for Checkpointer {
     }
 }
 
+/// What `PRAGMA wal_checkpoint(PASSIVE)` answered.
+struct Checkpointed {
+    /// 1 if another checkpoint held the lock (nothing was done).
+    busy: i64,
+    /// Frames in the WAL.
+    log: i64,
+    /// Frames copied into the database file so far.
+    copied: i64,
+}
+
+/// A `PASSIVE` checkpoint on `conn`: it never waits for the writer or for
+/// readers, and copies what they allow.
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<Checkpointed> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok(Checkpointed {
+            busy: r.get(0)?,
+            log: r.get(1)?,
+            copied: r.get(2)?,
+        })
+    })
+}
+
 fn checkpoint_loop(conn: &Connection, state: &CheckpointState) {
     let mut seen = 0;
     let mut period = CHECKPOINT_PERIOD;
@@ -505,11 +527,8 @@ fn checkpoint_loop(conn: &Connection, state: &CheckpointState) {
         let writers_turn = state.restart.load(Ordering::Acquire) && !stopping;
         if (commits != seen || stopping) && !writers_turn {
             seen = commits;
-            // (busy, pages in the WAL, pages copied); busy is 0 for PASSIVE.
-            match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-            }) {
-                Ok((log, copied)) => {
+            match passive_checkpoint(conn) {
+                Ok(Checkpointed { log, copied, .. }) => {
                     if log > WAL_PAGES_WARN && copied < log {
                         tracing::warn!(
                             wal_pages = log,
@@ -596,16 +615,8 @@ impl Writer {
     /// appended meanwhile, so it copies everything unless a reader holds an
     /// old snapshot), so that the next transaction restarts the WAL.
     fn copy_the_rest(&self) {
-        match self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            }) {
-            Ok((busy, log, copied)) => {
+        match passive_checkpoint(&self.conn) {
+            Ok(Checkpointed { busy, log, copied }) => {
                 tracing::debug!(
                     busy,
                     wal_pages = log,
