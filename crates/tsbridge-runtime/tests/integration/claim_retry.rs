@@ -29,11 +29,6 @@ struct FlakyClaims {
     fail_ends: AtomicU32,
 }
 
-fn take(n: &AtomicU32) -> bool {
-    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
-}
-
 #[async_trait]
 impl Overrides for FlakyClaims {
     /// A job submitted while a slot is free is claimed with its insert:

@@ -36,11 +36,7 @@ impl Overrides for Counting {
         job: &NewJob,
         start: &FirstStart,
     ) -> Result<(Inserted, bool), StoreError> {
-        if self
-            .fail_inserts
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
+        if take(&self.fail_inserts) {
             return Err(StoreError::Query {
                 op: "insert a job",
                 source: sqlx::Error::PoolTimedOut,

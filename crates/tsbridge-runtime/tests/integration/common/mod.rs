@@ -129,3 +129,10 @@ impl Harness {
             .collect()
     }
 }
+
+/// Takes one from `n` if it is above 0 (a test store's "fail the next N"):
+/// whether it did.
+pub fn take(n: &std::sync::atomic::AtomicU32) -> bool {
+    use std::sync::atomic::Ordering::SeqCst;
+    n.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok()
+}
