@@ -14,8 +14,17 @@
 //!   [`MIN_PARTIAL`] bytes) at a cut edge. Head and tail are masked
 //!   separately and joined by the marker line, so the two halves of a secret
 //!   are never put back together ([`Masker::mask_captured`]).
-//! - A secret with a newline in it (a PEM key) can never be whole in one line:
-//!   each of its lines of at least [`MIN_SECRET_LEN`] bytes is a secret too.
+//! - A secret printed line by line can never be whole in one streamed line.
+//!   As CI systems do (GitHub Actions registers each line of a multi-line
+//!   secret as its own mask), each whole *piece* of it is a secret too
+//!   ([`pieces`]): each line of a secret with a line break in it (a PEM
+//!   key), and each line of its base64 (standard alphabet, with and without
+//!   padding) wrapped at 64 and at 76 columns (PEM, MIME), when at least
+//!   [`MIN_PIECE_LEN`] bytes. A piece is matched whole, like any secret, so a
+//!   line that shows only part of one is not guessed at. Lines that are not
+//!   secret material are not pieces: PEM/SSH armour (`-----BEGIN ...-----`),
+//!   `Proc-Type:` headers, the first base64 line of an OpenSSH key (its magic
+//!   and cipher names), lines of one repeated byte (`AAAA...`).
 //! - A secret printed wrapped across lines (a line break `\n`/`\r\n` inside
 //!   it: base64 wrapped at 64/76 columns as in PEM/MIME, a terminal-width
 //!   wrap, a split by `\r\n`), for secrets of at least
@@ -27,9 +36,10 @@
 //!   and is not guessed at: redacting the end of a line because it looks
 //!   like the start of a secret would tell whoever controls what a job
 //!   prints whether a guessed prefix is right (a byte-by-byte oracle), and
-//!   would redact ordinary words and numbers. So a wrapped secret is masked
-//!   in captures and errors, **not** in streamed events (a known gap: it
-//!   needs the line protocol to hold a line back until the next one decides).
+//!   would redact ordinary words and numbers. So in streamed events a
+//!   wrapped secret is masked only through its whole pieces (above): a
+//!   line wrapped at another column, or base64 of the secret with other
+//!   bytes before it, shows its pieces in clear there.
 //! - A secret that contains `"` or `\` appears escaped inside JSON text; the
 //!   JSON-escaped form is a secret too. Results are masked as values
 //!   ([`Masker::mask_json`]): strings, object keys and numbers.
@@ -209,6 +219,9 @@ impl Masker {
         let mut all: Vec<String> = Vec::new();
         let mut wrap: Vec<String> = Vec::new();
         for s in secrets {
+            if s.len() < MIN_SECRET_LEN {
+                continue;
+            }
             let from = all.len();
             add_secret(&mut all, &s);
             if s.len() >= MIN_ENCODED_SECRET_LEN {
@@ -218,6 +231,11 @@ impl Masker {
                         .filter(|f| f.len() >= MIN_ENCODED_SECRET_LEN)
                         .cloned(),
                 );
+            }
+            // After the wrapped forms: the base64 lines are parts of the
+            // base64 form, which the multi-line search already finds whole.
+            for piece in base64_pieces(&s) {
+                add_literal(&mut all, piece);
             }
         }
         all.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
@@ -394,25 +412,26 @@ impl Masker {
     }
 }
 
-/// Adds `s`, its lines (for multi-line secrets) and its JSON-escaped form.
-fn add_secret(all: &mut Vec<String>, s: &str) {
-    if s.len() < MIN_SECRET_LEN {
-        return;
-    }
-    all.push(s.to_owned());
-    if s.contains(['\n', '\r']) {
-        for line in s.split(['\n', '\r']) {
-            let line = line.trim();
-            if line.len() >= MIN_SECRET_LEN {
-                all.push(line.to_owned());
-            }
-        }
-    }
-    if let Ok(json) = serde_json::to_string(s) {
+/// Adds `s` and its JSON-escaped form.
+fn add_literal(all: &mut Vec<String>, s: String) {
+    if let Ok(json) = serde_json::to_string(&s) {
         let inner = &json[1..json.len() - 1];
         if inner != s {
             all.push(inner.to_owned());
         }
+    }
+    all.push(s);
+}
+
+/// Adds `s`, its lines (for multi-line secrets), its JSON-escaped form and
+/// (at least [`MIN_ENCODED_SECRET_LEN`] bytes) its encoded forms.
+fn add_secret(all: &mut Vec<String>, s: &str) {
+    if s.len() < MIN_SECRET_LEN {
+        return;
+    }
+    add_literal(all, s.to_owned());
+    for line in line_pieces(s) {
+        add_literal(all, line);
     }
     if s.len() >= MIN_ENCODED_SECRET_LEN {
         let pct = percent_encoded(s);
@@ -430,6 +449,97 @@ fn add_secret(all: &mut Vec<String>, s: &str) {
 /// Secrets at least this long are also masked base64- and percent-encoded
 /// (shorter ones would give encoded forms that match by chance).
 pub const MIN_ENCODED_SECRET_LEN: usize = 8;
+
+/// The shortest piece of a secret (a line of it, a line of its wrapped
+/// base64) masked on its own: shorter ones would match by chance, and a
+/// guess at a few bytes is cheap.
+pub const MIN_PIECE_LEN: usize = 8;
+
+/// The columns base64 is wrapped at: PEM (RFC 7468) and MIME (RFC 2045).
+pub const WRAP_COLUMNS: [usize; 2] = [64, 76];
+
+/// Every whole piece of `secret` masked on its own, in no particular order
+/// (with repeats): the secret's own lines when it has a line break
+/// (`\n`, `\r\n` or `\r`; each trimmed), and the lines of its base64
+/// (standard alphabet, padded and not) wrapped at each of [`WRAP_COLUMNS`]
+/// when it is longer than one line. Only pieces of at least
+/// [`MIN_PIECE_LEN`] bytes that are secret material ([`is_piece`]).
+pub fn pieces(secret: &str) -> Vec<String> {
+    let mut out = line_pieces(secret);
+    out.extend(base64_pieces(secret));
+    out
+}
+
+/// The lines of a secret that has a line break in it (trimmed), that are
+/// pieces ([`is_piece`]).
+fn line_pieces(secret: &str) -> Vec<String> {
+    if !secret.contains(['\n', '\r']) {
+        return Vec::new();
+    }
+    secret
+        .split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|l| is_piece(l))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The lines of the secret's base64 (standard alphabet) wrapped at each of
+/// [`WRAP_COLUMNS`], with and without the padding of the last one, that
+/// are pieces ([`is_piece`]). None when the base64 fits in one line: the
+/// encoded forms of [`add_secret`] mask it whole.
+fn base64_pieces(secret: &str) -> Vec<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    if secret.len() < MIN_ENCODED_SECRET_LEN {
+        return Vec::new();
+    }
+    let b64 = STANDARD.encode(secret);
+    let mut out = Vec::new();
+    for width in WRAP_COLUMNS {
+        if b64.len() <= width {
+            continue;
+        }
+        // Base64 is ASCII: every byte offset is a character boundary.
+        let mut start = 0;
+        while start < b64.len() {
+            let line = &b64[start..(start + width).min(b64.len())];
+            for piece in [line, line.trim_end_matches('=')] {
+                if is_piece(piece) {
+                    out.push(piece.to_owned());
+                }
+            }
+            start += width;
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Whether one line of a secret is masked on its own: at least
+/// [`MIN_PIECE_LEN`] bytes, and secret material. Not: PEM (RFC 7468) and
+/// SSH (RFC 4716) armour lines (`-----BEGIN PRIVATE KEY-----`, `---- END
+/// SSH2 PUBLIC KEY ----`), RFC 1421 `Proc-Type:` headers, the first base64
+/// line of an OpenSSH private key (`openssh-key-v1`, the cipher and KDF
+/// names: the same for every key of one type), and lines of one repeated
+/// byte (base64 of zero bytes, a rule of dashes). Masking those would
+/// redact common text, and tell anyone who prints it that a secret holds it.
+fn is_piece(line: &str) -> bool {
+    const OPENSSH_MAGIC_B64: &str = "b3BlbnNzaC1rZXktdjE"; // "openssh-key-v1"
+    if line.len() < MIN_PIECE_LEN {
+        return false;
+    }
+    let bytes = line.as_bytes();
+    if bytes.iter().all(|&b| b == bytes[0]) {
+        return false;
+    }
+    let inner = line.trim_matches('-').trim();
+    let armour = line.starts_with("----")
+        && line.ends_with("----")
+        && (inner.starts_with("BEGIN ") || inner.starts_with("END "));
+    !(armour || line.starts_with("Proc-Type:") || line.starts_with(OPENSSH_MAGIC_B64))
+}
 
 /// `s` percent-encoded as a URL component (RFC 3986: all but unreserved).
 fn percent_encoded(s: &str) -> String {
@@ -769,6 +879,174 @@ mod tests {
         let mut v = serde_json::json!({"user": "admin", "year": 2026});
         masker.mask_json(&mut v);
         assert_eq!(v, serde_json::json!({"user": "admin", "year": 2026}));
+    }
+
+    /// `text` wrapped at `width` columns with `brk` between the lines.
+    fn wrap_at(text: &str, width: usize, brk: &str) -> String {
+        text.as_bytes()
+            .chunks(width)
+            .map(|c| std::str::from_utf8(c).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(brk)
+    }
+
+    /// A PEM private key made of made-up base64 (64 columns, a short last
+    /// line).
+    fn pem_key() -> String {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::STANDARD;
+        let der: Vec<u8> = (0u32..700)
+            .map(|i| u8::try_from((i * 7919 + 13) % 251).unwrap_or(0))
+            .collect();
+        let body = STANDARD.encode(&der);
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            wrap_at(&body, 64, "\n")
+        )
+    }
+
+    #[test]
+    fn pieces_are_the_lines_of_a_secret_and_of_its_wrapped_base64() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::STANDARD;
+        let pem = pem_key();
+        let p = pieces(&pem);
+        let body: Vec<&str> = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        for line in &body {
+            assert_eq!(p.contains(&line.to_string()), line.len() >= MIN_PIECE_LEN);
+        }
+        assert!(!p.iter().any(|l| l.contains("PRIVATE KEY")), "armour");
+        let b64 = STANDARD.encode(&pem);
+        for width in WRAP_COLUMNS {
+            for line in wrap_at(&b64, width, "\n").lines() {
+                assert!(p.contains(&line.to_string()), "{width}: {line}");
+                let bare = line.trim_end_matches('=');
+                assert_eq!(p.contains(&bare.to_string()), bare.len() >= MIN_PIECE_LEN);
+            }
+        }
+        // A secret whose base64 fits in one line has no pieces: its encoded
+        // forms mask that line whole.
+        assert!(pieces(&"k".repeat(48)).is_empty());
+        assert!(!pieces(&"kx".repeat(25)).is_empty());
+    }
+
+    #[test]
+    fn common_lines_are_not_pieces() {
+        for line in [
+            "-----BEGIN RSA PRIVATE KEY-----",
+            "-----END ENCRYPTED PRIVATE KEY-----",
+            "---- BEGIN SSH2 PUBLIC KEY ----",
+            "Proc-Type: 4,ENCRYPTED",
+            "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAABlwAAAAdzc2gtcn",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "================",
+            "short",
+        ] {
+            assert!(!is_piece(line), "{line}");
+        }
+        assert!(is_piece("MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"));
+        // The key's own lines are masked, its armour is not (it is the same
+        // text in every PEM file, and printing it must tell nothing).
+        let masker = m(&[&pem_key()]);
+        for line in [
+            "-----BEGIN PRIVATE KEY-----",
+            "-----END PRIVATE KEY-----",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            assert_eq!(masker.mask(line), line);
+        }
+        // Zero bytes base64-encode to `A`s: no piece of them.
+        let zeros = String::from_utf8(vec![0u8; 120]).unwrap_or_default();
+        assert!(pieces(&zeros).is_empty());
+    }
+
+    /// Issue #5: a PEM key printed line by line, and a long token's base64
+    /// wrapped at 64 and 76 columns (with and without padding, `\n` and
+    /// `\r\n`), streamed one line per event: no event shows a piece, as a
+    /// log line, a progress message, plain output or JSON-escaped.
+    #[test]
+    fn a_secret_printed_line_by_line_never_shows_a_piece_in_streamed_events() {
+        use crate::lineproto::{ProtocolLimits, StdoutProtocol};
+        use base64::Engine as _;
+        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+        use tsbridge_proto::ChildEvent;
+        let pem = pem_key();
+        let token = "tsb-live-7Qm2Wx9Rk4Tz6Yp1Lc8Vb3Nd5Hf0Jg-aX9eR2tY7uI4oP1sD6fG3hJ8kL5zX0cV";
+        let config = "id = 7\npassword = \"pa55\\w0rd-Xy7\"\n";
+        let masker = m(&[&pem, token, config]);
+        let mut text = String::new();
+        for line in pem.lines().chain(config.lines()) {
+            text.push_str(&format!(
+                "{line}\nINFO: key {line}\nPROGRESS: 1/2 - {line}\n{}\n",
+                serde_json::json!({ "line": line })
+            ));
+        }
+        for secret in [token, pem.as_str()] {
+            for b64 in [STANDARD.encode(secret), STANDARD_NO_PAD.encode(secret)] {
+                for (width, brk) in [(64, "\n"), (76, "\r\n")] {
+                    let wrapped = wrap_at(&b64, width, brk);
+                    text.push_str(&format!("{wrapped}\n"));
+                    for line in wrapped.lines() {
+                        text.push_str(&format!("[t] WARN: {line} end\nPROGRESS: 2/2 - {line}\n"));
+                    }
+                }
+            }
+        }
+        // The text of every event, one line each, and the whole capture.
+        let mut events = Vec::new();
+        let mut p = StdoutProtocol::new(ProtocolLimits::default()).with_masker(masker.clone());
+        let mut text_of = |e: ChildEvent| match e {
+            ChildEvent::Log { message, .. } => events.push(message),
+            ChildEvent::Progress(p) => events.push(p.message),
+            ChildEvent::Output { line, .. } => events.push(line),
+            ChildEvent::Result { value } => events.push(value.to_string()),
+        };
+        for chunk in text.as_bytes().chunks(7) {
+            p.feed(chunk, &mut text_of);
+        }
+        p.finish(&mut text_of);
+        assert!(events.len() > 200, "one event per line: {}", events.len());
+        events.push(masker.mask(&text).into_owned());
+        let all: Vec<String> = [pem.as_str(), token, config]
+            .iter()
+            .flat_map(|s| pieces(s))
+            .collect();
+        assert!(all.len() > 40, "{}", all.len());
+        assert!(all.iter().any(|p| p == "password = \"pa55\\w0rd-Xy7\""));
+        for piece in &all {
+            let json = serde_json::to_string(piece).unwrap_or_default();
+            let escaped = &json[1..json.len() - 1];
+            for e in &events {
+                assert!(!e.contains(piece.as_str()), "{e:?} shows {piece:?}");
+                assert!(!e.contains(escaped), "{e:?} shows {escaped:?}");
+            }
+        }
+        assert!(
+            events
+                .iter()
+                .any(|e| e.contains("-----BEGIN PRIVATE KEY-----"))
+        );
+        assert!(events.iter().any(|e| e.contains("id = 7")), "short line");
+    }
+
+    /// The pieces are whole secrets: a line's end that is the start of one
+    /// is left alone (no byte-by-byte oracle, see
+    /// `one_line_is_masked_only_where_a_whole_secret_is`).
+    #[test]
+    fn a_part_of_a_piece_is_not_guessed_at() {
+        let pem = pem_key();
+        let masker = m(&[&pem]);
+        let piece = pem.lines().nth(1).unwrap_or_default();
+        assert_eq!(piece.len(), 64);
+        for k in 1..piece.len() {
+            for line in [
+                format!("echo {}", &piece[..k]),
+                format!("{} x", &piece[k..]),
+            ] {
+                assert_eq!(masker.mask(&line), line);
+            }
+        }
+        assert_eq!(masker.mask(&format!("echo {piece} x")), "echo [REDACTED] x");
     }
 
     #[test]
