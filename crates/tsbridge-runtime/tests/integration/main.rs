@@ -51,3 +51,4 @@ mod throughput;
 mod timeout;
 mod validation;
 mod wrapped_secret;
+mod wrapped_secret_streamed;
