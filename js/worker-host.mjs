@@ -22,6 +22,9 @@
 //       -> {type:"response", id, payload:{op:"cancel", jobId, found}}
 // Messages that arrive while the module loads are queued by Node until the
 // listener exists, so the first ping's answer means "loaded and serving".
+// Under an ESM loader (tsx) the host first transpiles worker-host-warm.cts
+// and .mts (beside it, if present), so that tsx's esbuild services start
+// before `ready` (see warmLoader).
 // If the module cannot be loaded (or exports no function) the host sends
 //   {type:"log", id:"fatal", payload:{level:"error", message, fatal:true}}
 // and exits 78.
@@ -36,9 +39,10 @@
 // envelopes of that job (so a "RESULT: ..." printed by a handler is inert
 // text); outside a job it goes to stderr.
 
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { format } from 'node:util';
 import v8 from 'node:v8';
 
@@ -108,6 +112,40 @@ for (const [method, level] of Object.entries(consoleLevels)) {
       process.stderr.write(format(...parts) + '\n');
     }
   };
+}
+
+/** Whether node runs with an ESM loader (`--import` / `--loader`, e.g. tsx), here or in NODE_OPTIONS. */
+function hasEsmLoader() {
+  const flags = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)];
+  return flags.some((a) => /^--(import|loader|experimental-loader)(=|$)/.test(a));
+}
+
+/**
+ * Under an ESM loader (tsx), transpiles the two tiny modules shipped beside
+ * this file before the worker answers `ready`. tsx starts an esbuild service
+ * process on its first transform, one per module format and thread: a
+ * CommonJS module required, the same imported, an ES module imported. Started
+ * now, they are the worker's own helpers (tsbridge keeps what the worker
+ * started before `ready`); started by a job that imports TypeScript lazily,
+ * the per-job sweep would kill them as that job's strays, and every later
+ * job's transform would fail ("The service is no longer running"). A host
+ * copy installed without the files skips this.
+ */
+async function warmLoader() {
+  if (!hasEsmLoader()) return;
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const cts = path.join(here, 'worker-host-warm.cts');
+  const mts = path.join(here, 'worker-host-warm.mts');
+  if (!existsSync(cts) || !existsSync(mts)) return;
+  const steps = [() => createRequire(cts)(cts), () => import(pathToFileURL(cts).href), () => import(pathToFileURL(mts).href)];
+  for (const step of steps) {
+    try {
+      await step();
+    } catch (err) {
+      // A loader that does not know TypeScript: nothing to warm this way.
+      if (dev) process.stderr.write(`tsbridge worker host: loader warm-up: ${err && err.message ? err.message : String(err)}\n`);
+    }
+  }
 }
 
 /** Loads the module: import() first (ESM, or CJS/TS through a loader), require() for extensions only a require hook knows (ts-node/register). */
@@ -359,6 +397,7 @@ async function main() {
     fatal('usage: worker-host.mjs <module path> [--dev]');
     return;
   }
+  await warmLoader();
   let ns;
   try {
     ns = await loadModule(modulePath);

@@ -2,6 +2,12 @@
 //! materialized on disk for node to run: a private 0700 directory holding a
 //! 0600 file, removed when the last pool using it is gone. A user may point
 //! at their own copy instead ([`HostScript::Path`]).
+//!
+//! Beside the host go the two tiny TypeScript modules it transpiles while
+//! it loads under tsx ([`WARMUP_FILES`]), so that tsx's esbuild services
+//! start before the worker is ready (and are its own helpers, not a job's
+//! strays). A user's copy may have them beside it; without them the host
+//! skips the warm-up.
 
 use std::fs;
 use std::io::Write;
@@ -12,6 +18,20 @@ use super::errors::HostScriptError;
 
 /// The worker host, as shipped (see js/README.md).
 pub const WORKER_HOST_JS: &str = include_str!("../../../../js/worker-host.mjs");
+
+/// The modules the host transpiles while it loads under tsx (file name,
+/// content), written beside it: a CommonJS one (required and imported) and
+/// an ES module, one for each of tsx's esbuild services.
+pub(crate) const WARMUP_FILES: [(&str, &str); 2] = [
+    (
+        "worker-host-warm.cts",
+        include_str!("../../../../js/worker-host-warm.cts"),
+    ),
+    (
+        "worker-host-warm.mts",
+        include_str!("../../../../js/worker-host-warm.mts"),
+    ),
+];
 
 /// Where the worker host comes from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -78,15 +98,19 @@ impl HostFile {
             });
         };
         let path = dir.join("worker-host.mjs");
-        let written = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .and_then(|mut f| f.write_all(WORKER_HOST_JS.as_bytes()));
-        if let Err(source) = written {
-            let _ = fs::remove_dir_all(&dir);
-            return Err(HostScriptError::Write { path, source });
+        let files = std::iter::once(("worker-host.mjs", WORKER_HOST_JS)).chain(WARMUP_FILES);
+        for (name, content) in files {
+            let file = dir.join(name);
+            let written = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&file)
+                .and_then(|mut f| f.write_all(content.as_bytes()));
+            if let Err(source) = written {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(HostScriptError::Write { path: file, source });
+            }
         }
         Ok(Self {
             path,
@@ -126,6 +150,14 @@ mod tests {
             0o700
         );
         assert_eq!(fs::read_to_string(f.path()).unwrap(), WORKER_HOST_JS);
+        for (name, content) in WARMUP_FILES {
+            let warm = dir.join(name);
+            assert_eq!(fs::read_to_string(&warm).unwrap(), content, "{name}");
+            assert_eq!(
+                fs::metadata(&warm).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
         drop(f);
         assert!(!dir.exists());
     }
@@ -144,5 +176,8 @@ mod tests {
     #[test]
     fn embedded_script_is_the_host() {
         assert!(WORKER_HOST_JS.contains("op: 'pong'"));
+        for (name, _) in WARMUP_FILES {
+            assert!(WORKER_HOST_JS.contains(name), "the host imports {name}");
+        }
     }
 }

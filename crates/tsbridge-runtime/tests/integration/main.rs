@@ -34,6 +34,7 @@ mod pool_recycle;
 mod pool_reuse;
 mod pool_shutdown;
 mod pool_strays;
+mod pool_tsx_warmup;
 mod pool_typescript;
 mod pool_warmup;
 mod queue_limit;
