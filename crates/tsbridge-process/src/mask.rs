@@ -24,7 +24,8 @@
 //!   line that shows only part of one is not guessed at. Lines that are not
 //!   secret material are not pieces: PEM/SSH armour (`-----BEGIN ...-----`),
 //!   `Proc-Type:` headers, the first base64 line of an OpenSSH key (its magic
-//!   and cipher names), lines of one repeated byte (`AAAA...`).
+//!   and cipher names), the first line of a PEM file's own base64 (armour
+//!   and DER header), lines of one repeated byte (`AAAA...`).
 //! - A secret printed wrapped across lines (a line break `\n`/`\r\n` inside
 //!   it: base64 wrapped at 64/76 columns as in PEM/MIME, a terminal-width
 //!   wrap, a split by `\r\n`), for secrets of at least
@@ -487,7 +488,10 @@ fn line_pieces(secret: &str) -> Vec<String> {
 /// The lines of the secret's base64 (standard alphabet) wrapped at each of
 /// [`WRAP_COLUMNS`], with and without the padding of the last one, that
 /// are pieces ([`is_piece`]). None when the base64 fits in one line: the
-/// encoded forms of [`add_secret`] mask it whole.
+/// encoded forms of [`add_secret`] mask it whole. Not the first line when
+/// the secret starts with an armour line (a PEM file): it encodes that line
+/// and the start of a DER or OpenSSH header, the same in every key of one
+/// type and size (`-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG`).
 fn base64_pieces(secret: &str) -> Vec<String> {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
@@ -495,13 +499,14 @@ fn base64_pieces(secret: &str) -> Vec<String> {
         return Vec::new();
     }
     let b64 = STANDARD.encode(secret);
+    let armoured = secret.lines().next().is_some_and(|l| is_armour(l.trim()));
     let mut out = Vec::new();
     for width in WRAP_COLUMNS {
         if b64.len() <= width {
             continue;
         }
         // Base64 is ASCII: every byte offset is a character boundary.
-        let mut start = 0;
+        let mut start = if armoured { width } else { 0 };
         while start < b64.len() {
             let line = &b64[start..(start + width).min(b64.len())];
             for piece in [line, line.trim_end_matches('=')] {
@@ -534,11 +539,16 @@ fn is_piece(line: &str) -> bool {
     if bytes.iter().all(|&b| b == bytes[0]) {
         return false;
     }
+    !(is_armour(line) || line.starts_with("Proc-Type:") || line.starts_with(OPENSSH_MAGIC_B64))
+}
+
+/// A PEM (RFC 7468) or SSH (RFC 4716) armour line: `-----BEGIN X-----`,
+/// `---- END X ----`.
+fn is_armour(line: &str) -> bool {
     let inner = line.trim_matches('-').trim();
-    let armour = line.starts_with("----")
+    line.starts_with("----")
         && line.ends_with("----")
-        && (inner.starts_with("BEGIN ") || inner.starts_with("END "));
-    !(armour || line.starts_with("Proc-Type:") || line.starts_with(OPENSSH_MAGIC_B64))
+        && (inner.starts_with("BEGIN ") || inner.starts_with("END "))
 }
 
 /// `s` percent-encoded as a URL component (RFC 3986: all but unreserved).
@@ -918,7 +928,12 @@ mod tests {
         assert!(!p.iter().any(|l| l.contains("PRIVATE KEY")), "armour");
         let b64 = STANDARD.encode(&pem);
         for width in WRAP_COLUMNS {
-            for line in wrap_at(&b64, width, "\n").lines() {
+            let wrapped = wrap_at(&b64, width, "\n");
+            let mut lines = wrapped.lines();
+            // The armour and the start of the DER header: not secret.
+            let first = lines.next().unwrap_or_default();
+            assert!(!p.contains(&first.to_string()), "{width}: {first}");
+            for line in lines {
                 assert!(p.contains(&line.to_string()), "{width}: {line}");
                 let bare = line.trim_end_matches('=');
                 assert_eq!(p.contains(&bare.to_string()), bare.len() >= MIN_PIECE_LEN);
