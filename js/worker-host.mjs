@@ -137,15 +137,18 @@ async function warmLoader() {
   const cts = path.join(here, 'worker-host-warm.cts');
   const mts = path.join(here, 'worker-host-warm.mts');
   if (!existsSync(cts) || !existsSync(mts)) return;
-  const steps = [() => createRequire(cts)(cts), () => import(pathToFileURL(cts).href), () => import(pathToFileURL(mts).href)];
-  for (const step of steps) {
-    try {
-      await step();
-    } catch (err) {
-      // A loader that does not know TypeScript: nothing to warm this way.
-      if (dev) process.stderr.write(`tsbridge worker host: loader warm-up: ${err && err.message ? err.message : String(err)}\n`);
-    }
+  const failed = (err) => {
+    // A loader that does not know TypeScript: nothing to warm this way.
+    if (dev) process.stderr.write(`tsbridge worker host: loader warm-up: ${err && err.message ? err.message : String(err)}\n`);
+  };
+  try {
+    createRequire(cts)(cts);
+  } catch (err) {
+    failed(err);
   }
+  // The two imports transpile in parallel (each through its own service).
+  const imports = [import(pathToFileURL(cts).href), import(pathToFileURL(mts).href)];
+  for (const r of await Promise.allSettled(imports)) if (r.status === 'rejected') failed(r.reason);
 }
 
 /** Loads the module: import() first (ESM, or CJS/TS through a loader), require() for extensions only a require hook knows (ts-node/register). */
@@ -397,10 +400,12 @@ async function main() {
     fatal('usage: worker-host.mjs <module path> [--dev]');
     return;
   }
-  await warmLoader();
+  // The warm-up runs while the module loads; both end before `ready`.
+  const warmed = warmLoader();
   let ns;
   try {
     ns = await loadModule(modulePath);
+    await warmed;
   } catch (err) {
     fatal(`cannot load ${modulePath}: ${err && err.message ? err.message : String(err)}`, err);
     return;
