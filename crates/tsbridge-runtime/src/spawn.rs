@@ -8,10 +8,10 @@
 //! job leaves: the child's own secret-named variables and tsbridge's
 //! ([`HostSecrets`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -41,11 +41,56 @@ const STDERR_TAIL: usize = 4096;
 /// `is_secret_name`) and any given explicitly (the server's resolved
 /// tokens). A child never inherits them, but it can still print them (read
 /// from a file, or as a parameter): they are masked all the same.
+///
+/// Building a [`Masker`] compiles a regex of every secret and its encodings
+/// (milliseconds with a PEM key), so the masker of a workflow's own secrets
+/// (its `env.set`) is built once and shared by its jobs: see
+/// [`HostSecrets::masker_for_workflow`]. Clones share that cache.
 #[derive(Debug, Clone, Default)]
 pub struct HostSecrets {
     values: Arc<Vec<String>>,
     /// The masker of `values` alone, shared by every job that adds nothing.
     masker: Arc<Masker>,
+    /// Maskers of `values` plus a workflow's `env.set` secrets.
+    cache: Arc<MaskerCache>,
+}
+
+/// Workflow maskers kept at most: one per workflow with secrets in its
+/// `env.set` (a config with more evicts, and rebuilds on the next use).
+const MASKER_CACHE_ENTRIES: usize = 32;
+
+/// The maskers of secret sets that live as long as the server anyway: a
+/// workflow's `env.set` values are in its config for the server's lifetime,
+/// so keeping them (and their masker) here keeps nothing new in memory. A
+/// request's own values (opened from the sealed store per attempt) never
+/// enter it: their masker lives as long as the attempt
+/// ([`HostSecrets::masker_for_attempt`]).
+#[derive(Debug, Default)]
+struct MaskerCache {
+    /// Keyed by the workflow's secret values themselves, sorted and
+    /// deduplicated (not by a hash of them: a collision would hand a job a
+    /// masker without its secrets).
+    map: Mutex<HashMap<Vec<String>, Arc<Masker>>>,
+}
+
+impl MaskerCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<String>, Arc<Masker>>> {
+        // A panic while holding it cannot leave the map half-updated (one
+        // get or insert), so a poisoned lock is still a good map.
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// The values of `env`'s secret-named variables.
+fn secret_values(env: &BTreeMap<String, String>) -> impl Iterator<Item = &String> {
+    env.iter()
+        .filter(|(k, _)| tsbridge_sandbox::env::is_secret_name(k))
+        .map(|(_, v)| v)
 }
 
 impl HostSecrets {
@@ -68,21 +113,73 @@ impl HostSecrets {
         Self {
             values: Arc::new(values),
             masker,
+            cache: Arc::default(),
         }
     }
 
     /// The masker of a job whose environment is `env`: these secrets plus
-    /// the values of `env`'s secret-named variables.
+    /// the values of `env`'s secret-named variables. Built anew on every
+    /// call: for secrets that must not outlive the job.
     pub fn masker_for(&self, env: &BTreeMap<String, String>) -> Arc<Masker> {
-        let own: Vec<&String> = env
-            .iter()
-            .filter(|(k, _)| tsbridge_sandbox::env::is_secret_name(k))
-            .map(|(_, v)| v)
-            .collect();
+        let own: Vec<&String> = secret_values(env).collect();
         if own.is_empty() {
             return self.masker.clone();
         }
         Arc::new(Masker::new(self.values.iter().chain(own).cloned(), &[]))
+    }
+
+    /// The masker of a job of `wf` that adds nothing to the workflow's
+    /// environment (a pooled job, a worker): these secrets plus the values
+    /// of `wf.env.set`'s secret-named variables (a child never inherits a
+    /// secret-named variable of tsbridge's, so these are all its own). Built
+    /// once per set of values and shared (see [`MaskerCache`]).
+    pub fn masker_for_workflow(&self, wf: &WorkflowConfig) -> Arc<Masker> {
+        let mut key: Vec<String> = secret_values(&wf.env.set).cloned().collect();
+        if key.is_empty() {
+            return self.masker.clone();
+        }
+        key.sort();
+        key.dedup();
+        if let Some(m) = self.cache.lock().get(&key) {
+            return m.clone();
+        }
+        // Built without the lock (it takes milliseconds): two first jobs
+        // may both build it, the first stored is the one kept.
+        let built = Arc::new(Masker::new(
+            self.values.iter().chain(key.iter()).cloned(),
+            &[],
+        ));
+        let mut map = self.cache.lock();
+        if map.len() >= MASKER_CACHE_ENTRIES && !map.contains_key(&key) {
+            // Any one: with more workflows with secrets than entries, each
+            // still finds its masker most of the time.
+            if let Some(evict) = map.keys().next().cloned() {
+                map.remove(&evict);
+            }
+        }
+        map.entry(key).or_insert(built).clone()
+    }
+
+    /// The masker of an attempt of `wf` whose child environment is `env`
+    /// (the workflow's `env.set`, then the request's opened values): the
+    /// workflow's shared masker when the request adds no secret of its own
+    /// (no secret-named variable other than `env.set`'s, with its value),
+    /// otherwise one built for this attempt alone and never cached, so a
+    /// request's secret lives no longer than its attempt.
+    pub fn masker_for_attempt(
+        &self,
+        wf: &WorkflowConfig,
+        env: &BTreeMap<String, String>,
+    ) -> Arc<Masker> {
+        let request_adds = env
+            .iter()
+            .filter(|(k, _)| tsbridge_sandbox::env::is_secret_name(k))
+            .any(|(k, v)| wf.env.set.get(k) != Some(v));
+        if request_adds {
+            self.masker_for(env)
+        } else {
+            self.masker_for_workflow(wf)
+        }
     }
 }
 
@@ -345,7 +442,9 @@ impl Executor for SpawnExecutor {
         let env = tsbridge_sandbox::env::build_child_env(&pass, std::env::vars(), &extra);
         // The child's own secrets and tsbridge's: a job may print a host
         // secret it got some other way (a file, a parameter).
-        let masker = self.secrets.masker_for(&env);
+        // Shared with the workflow's other jobs unless the request adds
+        // secrets of its own.
+        let masker = self.secrets.masker_for_attempt(wf, &env);
 
         // Checked again now, on the stored parameters: the child gets the
         // checked canonical paths (see `path_params`).
@@ -556,4 +655,106 @@ impl Executor for SpawnExecutor {
     }
 
     async fn shutdown(&self, _grace: Duration) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: &str = "host-secret-9876543210";
+    const WF: &str = "wf-secret-0123456789";
+    const REQ: &str = "request-secret-5555555555";
+
+    fn workflow() -> (tempfile::TempDir, WorkflowConfig) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("w.mjs"), "").unwrap_or_else(|e| panic!("{e}"));
+        let cfg = crate::config::Config::parse(
+            &format!(
+                "[workflows.w]\nscript = \"w.mjs\"\n\
+                 env = {{ set = {{ API_TOKEN = \"{WF}\" }}, request = [\"DB_PASSWORD\", \"API_TOKEN\"] }}\n"
+            ),
+            dir.path(),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let wf = cfg.workflows["w"].clone();
+        (dir, wf)
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// Attempts that add no secret share the workflow's masker; one whose
+    /// request adds a secret gets its own, which masks it (and the rest),
+    /// and which the cache does not keep.
+    #[test]
+    fn the_workflow_masker_is_shared_and_request_secrets_are_not_kept() {
+        let (_dir, wf) = workflow();
+        let secrets = HostSecrets::new([HOST.to_owned()]);
+        let plain = env(&[("API_TOKEN", WF), ("LANG", "C")]);
+        let a = secrets.masker_for_attempt(&wf, &plain);
+        let b = secrets.masker_for_attempt(&wf, &plain);
+        assert!(Arc::ptr_eq(&a, &b), "each attempt built its masker");
+        assert!(Arc::ptr_eq(&a, &secrets.masker_for_workflow(&wf)));
+        assert!(Arc::ptr_eq(&a, &secrets.clone().masker_for_workflow(&wf)));
+        assert_eq!(secrets.cache.len(), 1);
+
+        let with_request = env(&[("API_TOKEN", WF), ("DB_PASSWORD", REQ)]);
+        let r = secrets.masker_for_attempt(&wf, &with_request);
+        assert!(!Arc::ptr_eq(&a, &r));
+        assert_eq!(
+            r.mask(&format!("{REQ} {WF} {HOST}")),
+            "[REDACTED] [REDACTED] [REDACTED]"
+        );
+        // The request's value overriding the workflow's is its own secret.
+        let overridden = env(&[("API_TOKEN", REQ)]);
+        let o = secrets.masker_for_attempt(&wf, &overridden);
+        assert!(!Arc::ptr_eq(&a, &o));
+        assert_eq!(o.mask(REQ), "[REDACTED]");
+        assert_eq!(secrets.cache.len(), 1, "a request secret was cached");
+        assert_eq!(a.mask(REQ), REQ);
+    }
+
+    /// A workflow without secrets of its own gets the host's masker, and
+    /// caches nothing.
+    #[test]
+    fn no_workflow_secrets_no_cache_entry() {
+        let (_dir, mut wf) = workflow();
+        wf.env.set.clear();
+        let secrets = HostSecrets::new([HOST.to_owned()]);
+        let m = secrets.masker_for_workflow(&wf);
+        assert!(Arc::ptr_eq(&m, &secrets.masker));
+        assert_eq!(m.mask(HOST), "[REDACTED]");
+        assert_eq!(secrets.cache.len(), 0);
+    }
+
+    /// The cache stays bounded, and an evicted workflow's masker is built
+    /// again (still masking) on its next use.
+    #[test]
+    fn the_cache_is_bounded() {
+        let (_dir, wf) = workflow();
+        let secrets = HostSecrets::default();
+        let wfs: Vec<WorkflowConfig> = (0..MASKER_CACHE_ENTRIES + 3)
+            .map(|i| {
+                let mut w = wf.clone();
+                w.env
+                    .set
+                    .insert("API_TOKEN".into(), format!("secret-number-{i:04}"));
+                w
+            })
+            .collect();
+        for w in &wfs {
+            let m = secrets.masker_for_workflow(w);
+            assert_eq!(m.mask(&w.env.set["API_TOKEN"]), "[REDACTED]");
+        }
+        assert_eq!(secrets.cache.len(), MASKER_CACHE_ENTRIES);
+        for w in &wfs {
+            let m = secrets.masker_for_workflow(w);
+            assert_eq!(m.mask(&w.env.set["API_TOKEN"]), "[REDACTED]");
+        }
+        assert_eq!(secrets.cache.len(), MASKER_CACHE_ENTRIES);
+    }
 }

@@ -65,6 +65,12 @@ impl PoolExecutor {
         self
     }
 
+    /// The masker of a job of `wf`: built once per workflow secrets and
+    /// shared by its jobs (a pooled job adds no environment of its own).
+    fn job_masker(&self, wf: &WorkflowConfig) -> Arc<tsbridge_process::mask::Masker> {
+        self.secrets.masker_for_workflow(wf)
+    }
+
     /// Starts (and, with `warmup`, warms) the pools of these workflows now,
     /// so that the first jobs find ready workers. Returns the failures.
     pub async fn start_all<'a>(
@@ -135,7 +141,8 @@ impl PoolExecutor {
             node_args,
             module: wf.script.clone(),
             cwd: wf.cwd.clone(),
-            masker: self.secrets.masker_for(&env),
+            // The same secrets as its jobs' (`env` adds none to `env.set`).
+            masker: self.secrets.masker_for_workflow(wf),
             env,
             host: self.host.clone(),
             max_output: usize::try_from(wf.max_output.bytes()).unwrap_or(usize::MAX),
@@ -261,7 +268,7 @@ impl Executor for PoolExecutor {
         };
         let (tx, mut rx) = mpsc::channel(256);
         let events = io.events.clone();
-        let masker = self.secrets.masker_for(&req.workflow.env.set);
+        let masker = self.job_masker(&req.workflow);
         let forward = async {
             while let Some(e) = rx.recv().await {
                 let e = match e {
@@ -440,6 +447,33 @@ mod tests {
             Some("")
         );
         assert_eq!(env("c").get("TSX_DISABLE_CACHE"), None);
+    }
+
+    /// Two jobs of one pool workflow with a secret in `env.set` share one
+    /// masker (with its workers), built once, and it masks that secret and
+    /// the host's.
+    #[test]
+    fn jobs_of_a_workflow_share_its_masker() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("p.mjs"), "").unwrap_or_else(|e| panic!("{e}"));
+        let cfg = crate::config::Config::parse(
+            "[workflows.p]\nscript = \"p.mjs\"\nmode = \"pool\"\n\
+             env = { set = { API_TOKEN = \"wf-secret-0123456789\", LANG = \"C\" } }\n",
+            dir.path(),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let wf = &cfg.workflows["p"];
+        let ex = PoolExecutor::new(None, None, HostScript::Embedded, false).with_host_secrets(
+            crate::spawn::HostSecrets::new(["host-secret-9876543210".to_owned()]),
+        );
+        let first = ex.job_masker(wf);
+        let second = ex.job_masker(wf);
+        assert!(Arc::ptr_eq(&first, &second), "each job built its masker");
+        assert!(Arc::ptr_eq(&first, &ex.pool_spec(wf).0.masker));
+        assert_eq!(
+            first.mask("a wf-secret-0123456789 b host-secret-9876543210 c"),
+            "a [REDACTED] b [REDACTED] c"
+        );
     }
 
     #[test]
