@@ -328,6 +328,16 @@ async fn the_checkpointer_copies_commits_into_the_database_file() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // The file grows a whole chunk at a time (8 MiB), so that later
+    // checkpoints write into blocks it has already and their syncs need no
+    // journal commit: 100 jobs are far less than one chunk.
+    let size = std::fs::metadata(dir.path().join("jobs.db"))
+        .expect("database file")
+        .len();
+    assert!(
+        size > 0 && size.is_multiple_of(8 << 20),
+        "the database file is {size} bytes, not a whole number of 8 MiB chunks"
+    );
     // Still open and writing: the checkpoints did not get in the way, and
     // the database (file and WAL, read as SQLite reads them) is sound.
     store
