@@ -8,7 +8,7 @@
 //! job leaves: the child's own secret-named variables and tsbridge's
 //! ([`HostSecrets`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -67,17 +67,46 @@ const MASKER_CACHE_ENTRIES: usize = 32;
 /// ([`HostSecrets::masker_for_attempt`]).
 #[derive(Debug, Default)]
 struct MaskerCache {
-    /// Keyed by the workflow's secret values themselves, sorted and
-    /// deduplicated (not by a hash of them: a collision would hand a job a
-    /// masker without its secrets).
-    map: Mutex<HashMap<Vec<String>, Arc<Masker>>>,
+    /// Oldest first; each keyed by the workflow's secret values themselves,
+    /// sorted and deduplicated (not by a hash of them: a collision would
+    /// hand a job a masker without its secrets). Found by a scan, which
+    /// neither copies nor hashes the values (a few PEM keys are kilobytes):
+    /// a differing entry differs in its lengths or first bytes.
+    entries: Mutex<Vec<(Vec<String>, Arc<Masker>)>>,
 }
 
 impl MaskerCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<String>, Arc<Masker>>> {
-        // A panic while holding it cannot leave the map half-updated (one
-        // get or insert), so a poisoned lock is still a good map.
-        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Vec<String>, Arc<Masker>)>> {
+        // A panic while holding it cannot leave the list half-updated (one
+        // scan, push or remove), so a poisoned lock is still a good list.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The masker of exactly these (sorted, deduplicated) values.
+    fn get(&self, key: &[&String]) -> Option<Arc<Masker>> {
+        self.lock()
+            .iter()
+            .find(|(k, _)| k.len() == key.len() && k.iter().zip(key).all(|(a, b)| a == *b))
+            .map(|(_, m)| m.clone())
+    }
+
+    /// Keeps `masker` for `key` unless one is there already (two first
+    /// jobs may both build it); returns the one kept.
+    fn insert(&self, key: &[&String], masker: Arc<Masker>) -> Arc<Masker> {
+        let mut entries = self.lock();
+        let found = entries
+            .iter()
+            .find(|(k, _)| k.len() == key.len() && k.iter().zip(key).all(|(a, b)| a == *b));
+        if let Some((_, m)) = found {
+            return m.clone();
+        }
+        if entries.len() >= MASKER_CACHE_ENTRIES {
+            // The oldest: with more workflows with secrets than entries,
+            // the busy ones are built again soon after.
+            entries.remove(0);
+        }
+        entries.push((key.iter().map(|v| (*v).clone()).collect(), masker.clone()));
+        masker
     }
 
     #[cfg(test)]
@@ -134,30 +163,21 @@ impl HostSecrets {
     /// secret-named variable of tsbridge's, so these are all its own). Built
     /// once per set of values and shared (see [`MaskerCache`]).
     pub fn masker_for_workflow(&self, wf: &WorkflowConfig) -> Arc<Masker> {
-        let mut key: Vec<String> = secret_values(&wf.env.set).cloned().collect();
+        let mut key: Vec<&String> = secret_values(&wf.env.set).collect();
         if key.is_empty() {
             return self.masker.clone();
         }
         key.sort();
         key.dedup();
-        if let Some(m) = self.cache.lock().get(&key) {
-            return m.clone();
+        if let Some(m) = self.cache.get(&key) {
+            return m;
         }
-        // Built without the lock (it takes milliseconds): two first jobs
-        // may both build it, the first stored is the one kept.
+        // Built without the lock (it takes milliseconds).
         let built = Arc::new(Masker::new(
-            self.values.iter().chain(key.iter()).cloned(),
+            self.values.iter().chain(key.iter().copied()).cloned(),
             &[],
         ));
-        let mut map = self.cache.lock();
-        if map.len() >= MASKER_CACHE_ENTRIES && !map.contains_key(&key) {
-            // Any one: with more workflows with secrets than entries, each
-            // still finds its masker most of the time.
-            if let Some(evict) = map.keys().next().cloned() {
-                map.remove(&evict);
-            }
-        }
-        map.entry(key).or_insert(built).clone()
+        self.cache.insert(&key, built)
     }
 
     /// The masker of an attempt of `wf` whose child environment is `env`
@@ -756,5 +776,77 @@ mod tests {
             assert_eq!(m.mask(&w.env.set["API_TOKEN"]), "[REDACTED]");
         }
         assert_eq!(secrets.cache.len(), MASKER_CACHE_ENTRIES);
+    }
+
+    /// A PEM-armoured key of 1,704 bytes (64-column base64 of pseudo-random
+    /// bytes), different for each `seed`.
+    fn pem(seed: u64) -> String {
+        use base64::Engine as _;
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let der: Vec<u8> = (0..1218)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[0]
+            })
+            .collect();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let mut out = String::from("-----BEGIN PRIVATE KEY-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END PRIVATE KEY-----\n");
+        out
+    }
+
+    /// The per-job cost of a pooled job's masker, before (`masker_for` of
+    /// the workflow's `env.set`, built per job) and after
+    /// (`masker_for_workflow`, cached): `env.set` with `keys` PEM keys and
+    /// 4 tokens of 120 bytes. Prints only; run by hand:
+    /// `cargo nextest run -p tsbridge-runtime --lib --run-ignored only
+    /// -E 'test(masker_cost)' --no-capture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn masker_cost_per_job() {
+        let (_dir, wf) = workflow();
+        let secrets = HostSecrets::new([HOST.to_owned()]);
+        for keys in [1_u64, 10] {
+            let mut wf = wf.clone();
+            wf.env.set.clear();
+            for k in 0..keys {
+                wf.env.set.insert(format!("PRIVATE_KEY_{k}"), pem(k + 1));
+            }
+            for t in 0..4_u8 {
+                let a = char::from(b'a' + 2 * t);
+                let b = char::from(b'b' + 2 * t);
+                let token: String = (0..60).flat_map(|_| [a, b]).collect();
+                wf.env.set.insert(format!("API_TOKEN_{t}"), token);
+            }
+            let mut before: Vec<Duration> = (0..7)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    std::hint::black_box(secrets.masker_for(&wf.env.set));
+                    t.elapsed()
+                })
+                .collect();
+            before.sort();
+            let t = std::time::Instant::now();
+            let first = secrets.masker_for_workflow(&wf);
+            let miss = t.elapsed();
+            const N: u32 = 100_000;
+            let t = std::time::Instant::now();
+            for _ in 0..N {
+                let m = std::hint::black_box(secrets.masker_for_workflow(&wf));
+                assert!(Arc::ptr_eq(&m, &first));
+            }
+            let hit = t.elapsed() / N;
+            println!(
+                "{keys} PEM + 4 tokens: before (masker_for, per job) min {:?} median {:?}; \
+                 after: first job {miss:?}, each later job {hit:?}",
+                before[0], before[3]
+            );
+        }
     }
 }
