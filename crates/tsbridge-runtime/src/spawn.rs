@@ -849,4 +849,71 @@ mod tests {
             );
         }
     }
+
+    /// A real child that prints the workflow's, the request's and the
+    /// host's secrets (stdout, stderr, result): masked in every attempt,
+    /// the one whose request adds a secret (its own masker) and the ones
+    /// that add none (the workflow's shared masker).
+    #[tokio::test]
+    async fn a_child_printing_workflow_request_and_host_secrets_is_masked() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            dir.path().join("w.mjs"),
+            format!(
+                "const s = [process.env.API_TOKEN, process.env.DB_PASSWORD ?? '', '{HOST}'];\n\
+                 console.log(s.join(' '));\n\
+                 console.error(s.join(' '));\n\
+                 console.log('RESULT: ' + JSON.stringify(s));\n"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let cfg = crate::config::Config::parse(
+            &format!(
+                "[workflows.w]\nscript = \"w.mjs\"\nruntime = \"node\"\n\
+                 env = {{ set = {{ API_TOKEN = \"{WF}\" }}, request = [\"DB_PASSWORD\"] }}\n"
+            ),
+            dir.path(),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let wf = Arc::new(cfg.workflows["w"].clone());
+        let ex = SpawnExecutor::new(None, Some(dir.path().to_owned()))
+            .with_host_secrets(HostSecrets::new([HOST.to_owned()]));
+        for (attempt, request_env) in [
+            env(&[("DB_PASSWORD", REQ)]),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+            let req = AttemptRequest {
+                job_id: tsbridge_proto::JobId::new(),
+                attempt: u32::try_from(attempt).unwrap_or(0) + 1,
+                workflow: wf.clone(),
+                params: serde_json::Value::Null,
+                request_env,
+                timeout: Duration::from_secs(120),
+            };
+            let io = AttemptIo {
+                events: tx,
+                control: crate::executor::ProcessControl::new(),
+            };
+            let outcome = ex.run(req, io).await;
+            let mut seen = format!("{outcome:?}");
+            while let Ok(e) = rx.try_recv() {
+                seen.push_str(&format!("{e:?}"));
+            }
+            assert!(outcome.succeeded(), "attempt {attempt}: {seen}");
+            assert!(outcome.result.is_some(), "attempt {attempt}: {seen}");
+            assert!(seen.contains("[REDACTED]"), "attempt {attempt}: {seen}");
+            for secret in [WF, REQ, HOST] {
+                assert!(
+                    !seen.contains(secret),
+                    "attempt {attempt} showed {secret}: {seen}"
+                );
+            }
+        }
+        assert_eq!(ex.secrets.cache.len(), 1);
+    }
 }
