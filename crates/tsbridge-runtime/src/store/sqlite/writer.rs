@@ -657,12 +657,15 @@ impl Writer {
     /// appended meanwhile, so it copies everything unless a reader holds an
     /// old snapshot), so that the next transaction restarts the WAL.
     fn copy_the_rest(&self) {
+        let started = Instant::now();
         match passive_checkpoint(&self.conn) {
             Ok(Checkpointed { busy, log, copied }) => {
+                // Every write waits meanwhile: how long is worth knowing.
                 tracing::debug!(
                     busy,
                     wal_pages = log,
                     copied,
+                    took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                     "the writer copied the rest of the WAL"
                 );
             }
