@@ -387,10 +387,10 @@ async fn the_wal_restarts_under_a_load_that_never_stops() {
             })
         })
         .collect();
-    // Each insert appends a few 4 KiB pages; the WAL restarts past 16 MiB.
+    // Each insert appends a few 4 KiB pages; the WAL restarts past 64 MiB.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
     // The WAL file is as long as the WAL ever was since its last
-    // truncation (to 32 MiB, at a restart).
+    // truncation (to 128 MiB, at a restart).
     let wal_len = || std::fs::metadata(dir.path().join("jobs.db-wal")).map_or(0, |m| m.len());
     let mut longest = 0;
     while wal_restarts(&dir) < 3 && std::time::Instant::now() < deadline {
@@ -408,7 +408,7 @@ async fn the_wal_restarts_under_a_load_that_never_stops() {
         restarts >= 3,
         "after {written} inserts the WAL restarted {restarts} times; it was {longest} bytes long"
     );
-    // It restarts past 16 MiB: 256 MiB leaves room for a starved
+    // It restarts past 64 MiB: 256 MiB leaves room for a starved
     // checkpointer on a loaded machine (without the restart it grew to
     // 900 MB before SQLite found a moment to restart it three times).
     assert!(

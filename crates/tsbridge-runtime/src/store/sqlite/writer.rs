@@ -65,10 +65,17 @@ const CHECKPOINT_PERIOD: Duration = Duration::from_millis(200);
 /// WAL pages after which a checkpoint that could not copy everything
 /// (readers on old snapshots) is logged.
 const WAL_PAGES_WARN: i64 = 50_000;
-/// WAL pages (16 MiB of 4 KiB pages) past which the WAL is restarted from
+/// WAL pages (64 MiB of 4 KiB pages) past which the WAL is restarted from
 /// its beginning: the checkpointer copies every [`CHECKPOINT_PERIOD_BUSY`]
 /// and asks the writer to copy the rest.
-const WAL_RESTART_PAGES: i64 = 4_096;
+///
+/// Each restart holds every write for the writer's copy and its two syncs
+/// (tens of milliseconds on a virtual disk), so the threshold sets how often
+/// writes stall: at 16 MiB, 36-38 restarts per 10 s of pooled HTTP load here
+/// (1.1 s of the writer's time in syncs), at 64 MiB 13-15 (0.4-0.6 s; p99
+/// 54-68 ms against 63-89), at 256 MiB 3-4 (0.2-0.3 s), whose WAL of up to
+/// 256 MiB a crash recovery would read whole (docs/design/job-store.md).
+const WAL_RESTART_PAGES: i64 = 16_384;
 /// How often the checkpointer copies while the WAL is past
 /// [`WAL_RESTART_PAGES`] (so that the rest the writer copies is short).
 const CHECKPOINT_PERIOD_BUSY: Duration = Duration::from_millis(5);
@@ -77,7 +84,10 @@ const CHECKPOINT_PERIOD_BUSY: Duration = Duration::from_millis(5);
 /// writes that wait).
 const RESTART_WAIT: Duration = Duration::from_millis(250);
 /// The size the WAL file is truncated to when it restarts (bytes).
-const WAL_SIZE_LIMIT: i64 = 32 * 1024 * 1024;
+/// Twice the restart threshold: a WAL restarted before it reached this
+/// keeps its file (and blocks), so the frames after a restart overwrite
+/// blocks the file has rather than allocating new ones.
+const WAL_SIZE_LIMIT: i64 = 128 * 1024 * 1024;
 /// The database file grows by this much at a time (bytes): see
 /// [`grow_in_chunks`].
 pub(super) const DB_CHUNK: i32 = 8 * 1024 * 1024;
