@@ -842,14 +842,8 @@ fn create_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, SealError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::env;
     use sha2::Digest;
-
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
 
     #[test]
     fn sealed_values_open_and_hide_the_value() {

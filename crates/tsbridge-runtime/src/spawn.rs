@@ -680,6 +680,7 @@ impl Executor for SpawnExecutor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::env;
 
     const HOST: &str = "host-secret-9876543210";
     const WF: &str = "wf-secret-0123456789";
@@ -698,13 +699,6 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e:?}"));
         let wf = cfg.workflows["w"].clone();
         (dir, wf)
-    }
-
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
     }
 
     /// Attempts that add no secret share the workflow's masker; one whose
