@@ -84,7 +84,12 @@ impl MaskerCache {
 
     /// The masker of exactly these (sorted, deduplicated) values.
     fn get(&self, key: &[&String]) -> Option<Arc<Masker>> {
-        self.lock()
+        Self::find(&self.lock(), key)
+    }
+
+    /// The entry for exactly `key`, compared value by value (no copy).
+    fn find(entries: &[(Vec<String>, Arc<Masker>)], key: &[&String]) -> Option<Arc<Masker>> {
+        entries
             .iter()
             .find(|(k, _)| k.len() == key.len() && k.iter().zip(key).all(|(a, b)| a == *b))
             .map(|(_, m)| m.clone())
@@ -94,11 +99,8 @@ impl MaskerCache {
     /// jobs may both build it); returns the one kept.
     fn insert(&self, key: &[&String], masker: Arc<Masker>) -> Arc<Masker> {
         let mut entries = self.lock();
-        let found = entries
-            .iter()
-            .find(|(k, _)| k.len() == key.len() && k.iter().zip(key).all(|(a, b)| a == *b));
-        if let Some((_, m)) = found {
-            return m.clone();
+        if let Some(kept) = Self::find(&entries, key) {
+            return kept;
         }
         if entries.len() >= MASKER_CACHE_ENTRIES {
             // The oldest: with more workflows with secrets than entries,
@@ -115,11 +117,15 @@ impl MaskerCache {
     }
 }
 
-/// The values of `env`'s secret-named variables.
-fn secret_values(env: &BTreeMap<String, String>) -> impl Iterator<Item = &String> {
+/// `env`'s secret-named variables.
+fn secret_vars(env: &BTreeMap<String, String>) -> impl Iterator<Item = (&String, &String)> {
     env.iter()
         .filter(|(k, _)| tsbridge_sandbox::env::is_secret_name(k))
-        .map(|(_, v)| v)
+}
+
+/// The values of `env`'s secret-named variables.
+fn secret_values(env: &BTreeMap<String, String>) -> impl Iterator<Item = &String> {
+    secret_vars(env).map(|(_, v)| v)
 }
 
 impl HostSecrets {
@@ -191,10 +197,7 @@ impl HostSecrets {
         wf: &WorkflowConfig,
         env: &BTreeMap<String, String>,
     ) -> Arc<Masker> {
-        let request_adds = env
-            .iter()
-            .filter(|(k, _)| tsbridge_sandbox::env::is_secret_name(k))
-            .any(|(k, v)| wf.env.set.get(k) != Some(v));
+        let request_adds = secret_vars(env).any(|(k, v)| wf.env.set.get(k) != Some(v));
         if request_adds {
             self.masker_for(env)
         } else {
