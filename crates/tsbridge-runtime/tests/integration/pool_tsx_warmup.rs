@@ -13,17 +13,14 @@ use std::time::Duration;
 use pool_support::*;
 use serde_json::json;
 use tsbridge_proto::ChildEvent;
-use tsbridge_runtime::pool::{HostScript, PoolJob, WorkerSpec};
+use tsbridge_runtime::pool::PoolJob;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mjs_handler_imports_typescript_in_every_job() {
     let Some(tsx) = tsx_loader() else { return };
     let dir = tempfile::tempdir().unwrap();
     let modules = tempfile::tempdir().unwrap();
-    let mut spec = WorkerSpec::node("lazy", fixtures().join("lazy-ts.mjs")).with_import(tsx);
-    spec.host = HostScript::EmbeddedIn(dir.path().to_owned());
-    // As `PoolExecutor::pool_spec` sets it for tsx workflows.
-    spec.env.insert("TSX_DISABLE_CACHE".into(), "1".into());
+    let spec = tsx_worker("lazy", "lazy-ts.mjs", tsx, dir.path());
     let pool = start(spec, config(1, 1)).await.unwrap();
     let params = json!({"dir": modules.path()});
     let mut worker = None;

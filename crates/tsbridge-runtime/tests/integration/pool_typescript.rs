@@ -53,10 +53,7 @@ async fn default_and_named_exports_through_tsx() {
 async fn later_jobs_import_typescript_through_tsx() {
     let Some(tsx) = tsx_loader() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = WorkerSpec::node("fresh", fixtures().join("imports-fresh.ts")).with_import(tsx);
-    spec.host = HostScript::EmbeddedIn(dir.path().to_owned());
-    // As `PoolExecutor::pool_spec` sets it for tsx workflows.
-    spec.env.insert("TSX_DISABLE_CACHE".into(), "1".into());
+    let spec = tsx_worker("fresh", "imports-fresh.ts", tsx, dir.path());
     let pool = start(spec, config(1, 1)).await.unwrap();
     let params = json!({"dir": dir.path()});
     let mut worker = None;

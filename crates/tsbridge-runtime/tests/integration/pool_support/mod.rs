@@ -29,6 +29,16 @@ pub fn tsx_loader() -> Option<PathBuf> {
     }
 }
 
+/// A worker of `module` (in fixtures-pool) under tsx's loader `tsx`, its
+/// host script written into `host_dir`, with the environment
+/// `PoolExecutor::pool_spec` gives tsx workflows (`TSX_DISABLE_CACHE=1`).
+pub fn tsx_worker(name: &str, module: &str, tsx: PathBuf, host_dir: &Path) -> WorkerSpec {
+    let mut spec = WorkerSpec::node(name, fixtures().join(module)).with_import(tsx);
+    spec.host = HostScript::EmbeddedIn(host_dir.to_owned());
+    spec.env.insert("TSX_DISABLE_CACHE".into(), "1".into());
+    spec
+}
+
 /// ts-node's transpile-only register hook, or `None` (with the reason printed).
 pub fn ts_node_register() -> Option<PathBuf> {
     let p = fixtures().join("node_modules/ts-node/register/transpile-only.js");
