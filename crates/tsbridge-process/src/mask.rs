@@ -38,9 +38,36 @@
 //!   like the start of a secret would tell whoever controls what a job
 //!   prints whether a guessed prefix is right (a byte-by-byte oracle), and
 //!   would redact ordinary words and numbers. So in streamed events a
-//!   wrapped secret is masked only through its whole pieces (above): a
-//!   line wrapped at another column, or base64 of the secret with other
-//!   bytes before it, shows its pieces in clear there.
+//!   wrapped secret is masked only through its whole pieces (above), and
+//!   through the whole base64 runs below: a literal secret wrapped at
+//!   another column shows its pieces in clear there.
+//! - Base64 of a secret with other bytes before it (HTTP basic auth
+//!   `base64("user:" + secret)`, a JSON blob, a config file): in one line
+//!   the secret's *cores* (the base64 its bytes alone determine after 0, 1
+//!   or 2 bytes of a 3-byte group, standard and URL-safe alphabets) are
+//!   literals like the secret itself, so all but the 1-2 characters it
+//!   shares with its neighbours is redacted. Wrapped at 64/76 columns (or
+//!   any width that is a multiple of 4) and streamed line by line, where
+//!   the breaks fall is not known; a whole line that falls inside the
+//!   secret's encoding is a run of base64 characters, from one 4-character
+//!   group boundary to another, of one of its cores ([`Cores`]): such a
+//!   run of at least [`MIN_CORE_RUN`] characters (36 bytes of the secret)
+//!   is redacted whole, and so is the block's last line (8 characters or
+//!   more) when the secret ends the data. The line that shows the bytes
+//!   before the secret, and the one with the bytes after it, are not
+//!   guessed at (that would be the prefix oracle above): up to a line's
+//!   worth of the encoding stays in clear at each end. Secrets shorter
+//!   than 36 bytes have no such runs (their wrapped base64 is rare, and a
+//!   shorter run is a cheaper guess). See docs/design/masking.md.
+//! - Pieces (and runs) under [`MIN_PIECE_LEN`] (8) bytes are never masked on
+//!   their own, by design: a line of a PEM key's base64 of 5 characters, or
+//!   a 6-byte line of a multi-line secret, shows in a streamed event. They
+//!   would match ordinary text, and a guess at a few bytes is cheap.
+//! - A masker can add secrets to a shared one ([`Masker::with_secrets`]):
+//!   a request's own secrets on top of its workflow's cached masker. Only
+//!   the added ones are compiled; they are masked first, with every form
+//!   of the shared secrets that contains one of them, so a secret that
+//!   contains another is still redacted whole, whichever side each is on.
 //! - A secret that contains `"` or `\` appears escaped inside JSON text; the
 //!   JSON-escaped form is a secret too. Results are masked as values
 //!   ([`Masker::mask_json`]): strings, object keys and numbers.
@@ -73,16 +100,29 @@ pub const MIN_PARTIAL: usize = 3;
 /// decides what a child never inherits.
 pub use tsbridge_sandbox::env::is_secret_name;
 
-/// Replaces secret values and patterns by [`REDACTED`]. Cheap to clone.
+/// Replaces secret values and patterns by [`REDACTED`]. Cheap to clone
+/// (its layers are shared).
 #[derive(Clone, Default)]
 pub struct Masker {
+    /// Applied in this order, phase by phase (see [`Masker::mask`]): the
+    /// secrets a masker adds to a shared one ([`Masker::with_secrets`])
+    /// first, the shared one's last. Empty: masks nothing.
+    layers: Vec<Arc<Layer>>,
+}
+
+/// The compiled secrets of one set of values.
+#[derive(Default)]
+struct Layer {
     /// One alternation of all literal secrets, longest first.
     literals: Option<Regex>,
     /// The literal secrets themselves (for cut edges), longest first.
     secrets: Vec<String>,
     patterns: Vec<Regex>,
     /// Secrets that may be printed wrapped across lines.
-    wrap: Option<Arc<Wrapped>>,
+    wrap: Option<Wrapped>,
+    /// The base64 of long secrets with other bytes before them, for whole
+    /// base64 runs of a wrapped line ([`Cores`]).
+    cores: Option<Cores>,
 }
 
 /// The forms of the secrets of at least [`MIN_ENCODED_SECRET_LEN`] bytes, for
@@ -206,19 +246,26 @@ fn literal_alternation(literals: &[String]) -> Option<Regex> {
 impl fmt::Debug for Masker {
     // Never prints the secrets.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = |n: fn(&Layer) -> usize| self.layers.iter().map(|l| n(l)).sum::<usize>();
         f.debug_struct("Masker")
-            .field("secrets", &self.secrets.len())
-            .field("patterns", &self.patterns.len())
+            .field("layers", &self.layers.len())
+            .field("secrets", &count(|l| l.secrets.len()))
+            .field("patterns", &count(|l| l.patterns.len()))
             .finish()
     }
 }
 
-impl Masker {
-    /// A masker for the given secret values (those shorter than
-    /// [`MIN_SECRET_LEN`] bytes are ignored) and extra patterns.
-    pub fn new(secrets: impl IntoIterator<Item = String>, patterns: &[Regex]) -> Self {
-        let mut all: Vec<String> = Vec::new();
-        let mut wrap: Vec<String> = Vec::new();
+impl Layer {
+    /// The literals, wrapped forms and base64 cores of `secrets` (those
+    /// shorter than [`MIN_SECRET_LEN`] bytes are ignored), plus `extra`
+    /// literals and wrapped forms taken whole (see [`Masker::with_secrets`]).
+    fn new(
+        secrets: impl IntoIterator<Item = String>,
+        patterns: &[Regex],
+        extra: (Vec<String>, Vec<String>),
+    ) -> Layer {
+        let (mut all, mut wrap) = extra;
+        let mut cores = Vec::new();
         for s in secrets {
             if s.len() < MIN_SECRET_LEN {
                 continue;
@@ -238,95 +285,23 @@ impl Masker {
             for piece in base64_pieces(&s) {
                 add_literal(&mut all, piece);
             }
+            cores.extend(core_texts(&s));
         }
         all.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         all.dedup();
         wrap.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         wrap.dedup();
-        Self {
+        Layer {
             literals: literal_alternation(&all),
             secrets: all,
             patterns: patterns.to_vec(),
-            wrap: Wrapped::new(wrap).map(Arc::new),
+            wrap: Wrapped::new(wrap),
+            cores: Cores::new(cores),
         }
     }
 
-    /// A masker for the values of the variables in `env` whose names look
-    /// secret ([`is_secret_name`]), plus `extra_patterns`.
-    pub fn from_env(env: &BTreeMap<String, String>, extra_patterns: &[Regex]) -> Self {
-        Self::new(
-            env.iter()
-                .filter(|(k, _)| is_secret_name(k))
-                .map(|(_, v)| v.clone()),
-            extra_patterns,
-        )
-    }
-
-    /// Whether this masker never changes anything.
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.literals.is_none() && self.patterns.is_empty()
-    }
-
-    /// `s` with every secret and pattern match replaced by [`REDACTED`];
-    /// borrows when nothing matched.
-    pub fn mask<'a>(&self, s: &'a str) -> Cow<'a, str> {
-        if self.is_empty() {
-            return Cow::Borrowed(s);
-        }
-        // A multi-line text gets the exact wrapped match. One line alone is
-        // not guessed at: redacting a line's end because it looks like the
-        // start of a secret would answer, to whoever controls what a job
-        // prints, whether a guessed prefix is right (a byte-by-byte oracle),
-        // and would redact ordinary words and numbers.
-        let multiline = self.wrap.is_some() && memchr::memchr(b'\n', s.as_bytes()).is_some();
-        let mut out = match &self.wrap {
-            Some(w) if multiline => w.mask_lines(s),
-            _ => Cow::Borrowed(s),
-        };
-        if let Some(re) = &self.literals
-            && let Cow::Owned(o) = re.replace_all(&out, REDACTED)
-        {
-            out = Cow::Owned(o);
-        }
-        for p in &self.patterns {
-            if let Cow::Owned(o) = p.replace_all(&out, REDACTED) {
-                out = Cow::Owned(o);
-            }
-        }
-        out
-    }
-
-    /// Like [`Masker::mask`], for text cut from a longer stream: when
-    /// `cut_before`, a leading piece that is a suffix of a secret is redacted;
-    /// when `cut_after`, a trailing piece that is a prefix of a secret is
-    /// redacted (pieces of at least [`MIN_PARTIAL`] bytes).
-    pub fn mask_cut<'a>(&self, s: &'a str, cut_before: bool, cut_after: bool) -> Cow<'a, str> {
-        let masked = self.mask(s);
-        if self.secrets.is_empty() || !(cut_before || cut_after) {
-            return masked;
-        }
-        let mut text: &str = &masked;
-        let mut lead = 0;
-        let mut trail = 0;
-        if cut_before {
-            lead = self.partial_prefix_len(text);
-        }
-        if cut_after {
-            trail = self.partial_suffix_len(&text[lead..]);
-        }
-        if lead == 0 && trail == 0 {
-            return masked;
-        }
-        let mut out = String::with_capacity(text.len() + 2 * REDACTED.len());
-        if lead > 0 {
-            out.push_str(REDACTED);
-        }
-        text = &text[lead..text.len() - trail];
-        out.push_str(text);
-        if trail > 0 {
-            out.push_str(REDACTED);
-        }
-        Cow::Owned(out)
     }
 
     /// Length of the longest prefix of `s` that is a proper suffix of a secret.
@@ -358,6 +333,237 @@ impl Masker {
             }
         }
         best
+    }
+}
+
+/// Replaces `out` by `f(out)` when that made a change.
+fn apply<'a>(out: &mut Cow<'a, str>, f: impl FnOnce(&str) -> Cow<'_, str>) {
+    if let Cow::Owned(o) = f(out) {
+        *out = Cow::Owned(o);
+    }
+}
+
+impl Masker {
+    /// A masker for the given secret values (those shorter than
+    /// [`MIN_SECRET_LEN`] bytes are ignored) and extra patterns.
+    pub fn new(secrets: impl IntoIterator<Item = String>, patterns: &[Regex]) -> Self {
+        let layer = Layer::new(secrets, patterns, Default::default());
+        if layer.is_empty() {
+            return Self::default();
+        }
+        Self {
+            layers: vec![Arc::new(layer)],
+        }
+    }
+
+    /// A masker of this one's secrets and patterns plus `secrets`, that
+    /// shares this one's compiled secrets: only the added ones are
+    /// compiled (microseconds for a token, where building the whole set
+    /// again takes milliseconds with a PEM key in it). For secrets that
+    /// live shorter than this masker (a request's own, per attempt): the
+    /// returned masker holds them, this one does not.
+    ///
+    /// The added secrets are masked first. So that a secret of this masker
+    /// that contains an added one is still redacted whole (not cut around
+    /// the added one's `[REDACTED]`), the added layer also holds every
+    /// literal and wrapped form of this masker that contains an added
+    /// literal: the longest-first rule then holds across the two. One that
+    /// an added secret contains is redacted whole by the added layer.
+    pub fn with_secrets(&self, secrets: impl IntoIterator<Item = String>) -> Self {
+        let secrets: Vec<String> = secrets.into_iter().collect();
+        let added = Layer::new(secrets.iter().cloned(), &[], Default::default());
+        let Some(re) = &added.literals else {
+            return self.clone();
+        };
+        let containing = |forms: &mut dyn Iterator<Item = &String>| -> Vec<String> {
+            forms.filter(|f| re.is_match(f)).cloned().collect()
+        };
+        let mut literals = Vec::new();
+        let mut wrapped = Vec::new();
+        for layer in &self.layers {
+            literals.extend(containing(&mut layer.secrets.iter()));
+            if let Some(w) = &layer.wrap {
+                wrapped.extend(containing(&mut w.forms.iter()));
+            }
+        }
+        let added = if literals.is_empty() && wrapped.is_empty() {
+            added
+        } else {
+            // Rare (a request secret inside a workflow one): compiled again
+            // with the containing forms.
+            Layer::new(secrets, &[], (literals, wrapped))
+        };
+        let mut layers = Vec::with_capacity(self.layers.len() + 1);
+        layers.push(Arc::new(added));
+        layers.extend(self.layers.iter().cloned());
+        Self { layers }
+    }
+
+    /// A masker for the values of the variables in `env` whose names look
+    /// secret ([`is_secret_name`]), plus `extra_patterns`.
+    pub fn from_env(env: &BTreeMap<String, String>, extra_patterns: &[Regex]) -> Self {
+        Self::new(
+            env.iter()
+                .filter(|(k, _)| is_secret_name(k))
+                .map(|(_, v)| v.clone()),
+            extra_patterns,
+        )
+    }
+
+    /// Whether this masker never changes anything.
+    pub fn is_empty(&self) -> bool {
+        self.layers.iter().all(|l| l.is_empty())
+    }
+
+    /// Whether `self` and `other` mask with the same compiled secrets
+    /// (shared, not equal copies): what a cache hit gives.
+    pub fn shares_layers_with(&self, other: &Masker) -> bool {
+        self.layers.len() == other.layers.len()
+            && self
+                .layers
+                .iter()
+                .zip(&other.layers)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+
+    /// Whether `self`'s last layers are `base`'s (it was made by
+    /// [`Masker::with_secrets`] on `base`, or is `base`).
+    pub fn extends(&self, base: &Masker) -> bool {
+        self.layers.len() >= base.layers.len()
+            && self.layers[self.layers.len() - base.layers.len()..]
+                .iter()
+                .zip(&base.layers)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+
+    /// `s` with every secret and pattern match replaced by [`REDACTED`];
+    /// borrows when nothing matched.
+    ///
+    /// In phases, each over every layer (the added secrets' first): the
+    /// wrapped forms of a multi-line text, the whole base64 runs of
+    /// [`Cores`], the literals, the patterns. A phase never cuts what an
+    /// earlier one would have redacted whole (a run is tested before a
+    /// literal inside it is redacted).
+    pub fn mask<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        if self.is_empty() {
+            return Cow::Borrowed(s);
+        }
+        let mut out = Cow::Borrowed(s);
+        // A multi-line text gets the exact wrapped match. One line alone is
+        // not guessed at: redacting a line's end because it looks like the
+        // start of a secret would answer, to whoever controls what a job
+        // prints, whether a guessed prefix is right (a byte-by-byte oracle),
+        // and would redact ordinary words and numbers.
+        if self.layers.iter().any(|l| l.wrap.is_some())
+            && memchr::memchr(b'\n', s.as_bytes()).is_some()
+        {
+            for w in self.layers.iter().filter_map(|l| l.wrap.as_ref()) {
+                apply(&mut out, |t| w.mask_lines(t));
+            }
+        }
+        if self.layers.iter().any(|l| l.cores.is_some()) {
+            apply(&mut out, |t| self.mask_runs(t));
+        }
+        for re in self.layers.iter().filter_map(|l| l.literals.as_ref()) {
+            apply(&mut out, |t| re.replace_all(t, REDACTED));
+        }
+        for p in self.layers.iter().flat_map(|l| &l.patterns) {
+            apply(&mut out, |t| p.replace_all(t, REDACTED));
+        }
+        out
+    }
+
+    /// `s` with every whole base64 run that is a line of some layer's
+    /// [`Cores`] redacted. One pass over the line's bytes; a lookup (a
+    /// binary search) only for each run of [`MIN_CORE_RUN`] base64
+    /// characters, and for a shorter one (of [`MIN_PIECE_LEN`] or more)
+    /// that ends with the last character of a secret's encoding.
+    fn mask_runs<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        if s.len() < MIN_PIECE_LEN {
+            return Cow::Borrowed(s);
+        }
+        let mut hits: Vec<(usize, usize)> = Vec::new();
+        for_each_run(s.as_bytes(), |alphabet, start, end| {
+            let run = &s.as_bytes()[start..end];
+            let found = self
+                .layers
+                .iter()
+                .filter_map(|l| l.cores.as_ref())
+                .any(|c| c.matches(alphabet, run));
+            if found {
+                hits.push((start, end));
+            }
+        });
+        if hits.is_empty() {
+            return Cow::Borrowed(s);
+        }
+        // A run of letters and digits is a run of both alphabets: merge.
+        hits.sort_unstable();
+        let mut out = String::with_capacity(s.len());
+        let mut copied = 0;
+        for (start, end) in hits {
+            if end <= copied {
+                continue;
+            }
+            if start >= copied {
+                out.push_str(&s[copied..start]);
+                out.push_str(REDACTED);
+            }
+            copied = end;
+        }
+        out.push_str(&s[copied..]);
+        Cow::Owned(out)
+    }
+
+    /// Like [`Masker::mask`], for text cut from a longer stream: when
+    /// `cut_before`, a leading piece that is a suffix of a secret is redacted;
+    /// when `cut_after`, a trailing piece that is a prefix of a secret is
+    /// redacted (pieces of at least [`MIN_PARTIAL`] bytes).
+    pub fn mask_cut<'a>(&self, s: &'a str, cut_before: bool, cut_after: bool) -> Cow<'a, str> {
+        let masked = self.mask(s);
+        if self.layers.iter().all(|l| l.secrets.is_empty()) || !(cut_before || cut_after) {
+            return masked;
+        }
+        let mut text: &str = &masked;
+        let mut lead = 0;
+        let mut trail = 0;
+        if cut_before {
+            lead = self.partial_prefix_len(text);
+        }
+        if cut_after {
+            trail = self.partial_suffix_len(&text[lead..]);
+        }
+        if lead == 0 && trail == 0 {
+            return masked;
+        }
+        let mut out = String::with_capacity(text.len() + 2 * REDACTED.len());
+        if lead > 0 {
+            out.push_str(REDACTED);
+        }
+        text = &text[lead..text.len() - trail];
+        out.push_str(text);
+        if trail > 0 {
+            out.push_str(REDACTED);
+        }
+        Cow::Owned(out)
+    }
+
+    /// Length of the longest prefix of `s` that is a proper suffix of a secret.
+    fn partial_prefix_len(&self, s: &str) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.partial_prefix_len(s))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Length of the longest suffix of `s` that is a proper prefix of a secret.
+    fn partial_suffix_len(&self, s: &str) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.partial_suffix_len(s))
+            .max()
+            .unwrap_or(0)
     }
 
     /// A captured stream as text, masked: the whole text when nothing was
@@ -590,6 +796,264 @@ fn base64_forms(secret: &[u8]) -> Vec<String> {
     forms.sort();
     forms.dedup();
     forms
+}
+
+/// The shortest base64 run looked up in [`Cores`]: 36 bytes of a secret.
+/// Every wrap width in use (64 for PEM, 76 for MIME, 60, 72) is longer. A
+/// shorter bound would let one who already knows that many consecutive
+/// bytes of a secret confirm the next 3 with fewer guesses (see [`Cores`]).
+pub const MIN_CORE_RUN: usize = 48;
+
+/// The bytes of the base64 alphabets: 1 standard only (`+/`), 2 URL-safe
+/// only (`-_`), 3 both (letters and digits), 0 neither (`=` included).
+static BASE64_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = if b.is_ascii_alphanumeric() {
+            3
+        } else if b == b'+' || b == b'/' {
+            1
+        } else if b == b'-' || b == b'_' {
+            2
+        } else {
+            0
+        };
+        i += 1;
+    }
+    t
+};
+
+/// Calls `f(alphabet, start, end)` for each maximal run of at least
+/// [`MIN_PIECE_LEN`] bytes of the standard (`0`) and of the URL-safe (`1`)
+/// base64 alphabet in `bytes` (a run of letters and digits is both).
+fn for_each_run(bytes: &[u8], mut f: impl FnMut(usize, usize, usize)) {
+    let mut starts = [0usize; 2];
+    for (i, &b) in bytes.iter().enumerate() {
+        let class = BASE64_CLASS[usize::from(b)];
+        if class == 3 {
+            continue;
+        }
+        for (alphabet, start) in starts.iter_mut().enumerate() {
+            if class & (1 << alphabet) == 0 {
+                if i - *start >= MIN_PIECE_LEN {
+                    f(alphabet, *start, i);
+                }
+                *start = i + 1;
+            }
+        }
+    }
+    for (alphabet, start) in starts.into_iter().enumerate() {
+        if bytes.len() - start >= MIN_PIECE_LEN {
+            f(alphabet, start, bytes.len());
+        }
+    }
+}
+
+/// A secret's base64 after 0, 1 or 2 bytes of a 3-byte group, in one
+/// alphabet: the characters that hold no bit before the secret, to the end
+/// of the encoding when the secret ends the data.
+struct CoreText {
+    text: Vec<u8>,
+    /// 0 standard, 1 URL-safe.
+    alphabet: usize,
+    /// Where the encoding's 4-character groups start: at `p % 4 == phase`.
+    phase: usize,
+    /// The end of the characters that hold no bit after the secret (the
+    /// text's last, at most, holds the padding bits of a secret that ends
+    /// the data).
+    core_end: usize,
+    /// The first start looked up: a run must hold more than the armour
+    /// and first line of a PEM/SSH file (the same in every key of a type).
+    min_start: usize,
+    /// The last start of a tail looked up: a tail must hold more than the
+    /// closing armour line of a PEM/SSH file.
+    max_tail_start: usize,
+}
+
+/// The [`CoreText`]s of `secret`, when it is long enough that a run of
+/// [`MIN_CORE_RUN`] fits in them.
+fn core_texts(secret: &str) -> Vec<CoreText> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    if secret.len() * 4 / 3 < MIN_CORE_RUN {
+        return Vec::new();
+    }
+    // Bytes that every key of one type starts with: the armour line and
+    // the first line after it.
+    let common = if secret.lines().next().is_some_and(|l| is_armour(l.trim())) {
+        secret
+            .match_indices('\n')
+            .nth(1)
+            .map_or(secret.len(), |(i, _)| i + 1)
+    } else {
+        0
+    };
+    // And the closing armour line (with the break before it).
+    let trimmed = secret.trim_end();
+    let closing = match trimmed.rfind('\n') {
+        Some(i) if is_armour(trimmed[i + 1..].trim()) => i,
+        _ => secret.len(),
+    };
+    let mut out = Vec::new();
+    for offset in 0..3usize {
+        let mut data = vec![0u8; offset];
+        data.extend_from_slice(secret.as_bytes());
+        let first = (offset * 8).div_ceil(6);
+        let core_end = data.len() * 8 / 6 - first;
+        let common_end = ((offset + common) * 8).div_ceil(6).saturating_sub(first);
+        // Characters before this one hold a bit of a byte before `closing`.
+        let max_tail_start = ((offset + closing) * 8 / 6).saturating_sub(first + 1);
+        for (alphabet, engine) in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD].into_iter().enumerate() {
+            let text = engine.encode(&data).into_bytes().split_off(first);
+            if text.len() < MIN_CORE_RUN {
+                continue;
+            }
+            out.push(CoreText {
+                text,
+                alphabet,
+                phase: (4 - first % 4) % 4,
+                core_end,
+                min_start: common_end.saturating_sub(MIN_CORE_RUN - 1),
+                max_tail_start,
+            });
+        }
+    }
+    out
+}
+
+/// The base64 of the long secrets with any bytes before them (HTTP basic
+/// auth, a JSON blob, a config file), for streamed lines of it wrapped at
+/// any width that is a multiple of 4 (64, 76, ...).
+///
+/// Where the line breaks fall in the secret's encoding depends on how many
+/// bytes come before it, which is not known; but a whole line that falls
+/// inside it is a run of base64 characters that the secret's bytes alone
+/// determine, and that starts (and ends) where a 4-character group does:
+/// a substring of one of its [`CoreText`]s at a group boundary. Such a run
+/// of at least [`MIN_CORE_RUN`] characters, standing alone (not part of a
+/// longer run of the same alphabet), is redacted whole; so is a shorter one
+/// (at least [`MIN_PIECE_LEN`]) from a group boundary to the text's end,
+/// when the secret ends the data (`user:<secret>`: its block's last line,
+/// the padding `=` aside). The line before it
+/// (which shows the bytes before the secret) and the one after it (bytes
+/// after it) are not: telling where a secret starts would be the prefix
+/// oracle that [`Masker::mask`] refuses. A lookup is a binary search by
+/// the run's first 8 characters among the group starts of every text.
+///
+/// The lookup is no oracle for one who knows nothing of a secret: a run
+/// must be at least 36 bytes of it, whole (a tail: its last 6 bytes at
+/// least, 2^48 guesses). One who already knows 33
+/// consecutive bytes (a public part of a key file) could confirm the next
+/// 3 by printing up to 2^24 guesses: the group rule makes a run grow 4
+/// characters at a time.
+struct Cores {
+    texts: Vec<CoreText>,
+    /// (first 8 characters, text, start) of every group start, sorted.
+    index: Vec<(u64, u32, u32)>,
+    /// (last 8 characters, text, start) of every tail shorter than
+    /// [`MIN_CORE_RUN`] (from a group start to the text's end), sorted.
+    tails: Vec<(u64, u32, u32)>,
+    /// The last characters of the texts: a shorter run that ends with
+    /// another is not looked up.
+    tail_ends: [bool; 256],
+}
+
+impl Cores {
+    fn new(texts: Vec<CoreText>) -> Option<Cores> {
+        if texts.is_empty() {
+            return None;
+        }
+        let mut index = Vec::new();
+        let mut tails = Vec::new();
+        let mut tail_ends = [false; 256];
+        for (t, c) in texts.iter().enumerate() {
+            let len = c.text.len();
+            let mut p = c.min_start + (4 + c.phase - c.min_start % 4) % 4;
+            while p + MIN_PIECE_LEN <= len {
+                let (Ok(t), Ok(pos)) = (u32::try_from(t), u32::try_from(p)) else {
+                    break;
+                };
+                if p + MIN_CORE_RUN <= len {
+                    if let Some(key) = key8(&c.text[p..]) {
+                        index.push((key, t, pos));
+                    }
+                } else if p <= c.max_tail_start
+                    && let Some(key) = key8(&c.text[len - MIN_PIECE_LEN..])
+                {
+                    tails.push((key, t, pos));
+                    tail_ends[usize::from(c.text[len - 1])] = true;
+                }
+                p += 4;
+            }
+        }
+        index.sort_unstable();
+        tails.sort_unstable();
+        Some(Cores {
+            texts,
+            index,
+            tails,
+            tail_ends,
+        })
+    }
+
+    /// Whether `run` (of `alphabet`, [`MIN_PIECE_LEN`] bytes or more) is
+    /// the text of a secret from a group boundary: to another one when
+    /// at least [`MIN_CORE_RUN`] long, else to the text's end (the last
+    /// line of a block whose data the secret ends: `user:<secret>`).
+    fn matches(&self, alphabet: usize, run: &[u8]) -> bool {
+        if run.len() >= MIN_CORE_RUN {
+            return self.holds(alphabet, run);
+        }
+        let Some(&last) = run.last() else {
+            return false;
+        };
+        if !self.tail_ends[usize::from(last)] || run.iter().all(|&b| b == run[0]) {
+            return false;
+        }
+        let Some(key) = key8(&run[run.len() - MIN_PIECE_LEN..]) else {
+            return false;
+        };
+        let from = self.tails.partition_point(|&(k, _, _)| k < key);
+        self.tails[from..]
+            .iter()
+            .take_while(|&&(k, _, _)| k == key)
+            .any(|&(_, t, p)| {
+                let c = &self.texts[t as usize];
+                c.alphabet == alphabet && c.text.get(p as usize..) == Some(run)
+            })
+    }
+
+    /// Whether `run` (of `alphabet`, at least [`MIN_CORE_RUN`] bytes) is
+    /// the text of a secret from one group boundary to another.
+    fn holds(&self, alphabet: usize, run: &[u8]) -> bool {
+        if run.iter().all(|&b| b == run[0]) {
+            return false;
+        }
+        let Some(key) = key8(run) else {
+            return false;
+        };
+        let from = self.index.partition_point(|&(k, _, _)| k < key);
+        self.index[from..]
+            .iter()
+            .take_while(|&&(k, _, _)| k == key)
+            .any(|&(_, t, p)| {
+                let (t, p) = (t as usize, p as usize);
+                let c = &self.texts[t];
+                let end = p + run.len();
+                c.alphabet == alphabet
+                    && (end == c.text.len() || (end <= c.core_end && end % 4 == c.phase))
+                    && c.text.get(p..end) == Some(run)
+            })
+    }
+}
+
+/// The first 8 bytes of `b` as one number.
+fn key8(b: &[u8]) -> Option<u64> {
+    b.get(..8)
+        .and_then(|k| <[u8; 8]>::try_from(k).ok())
+        .map(u64::from_le_bytes)
 }
 
 #[cfg(test)]
@@ -902,7 +1366,7 @@ mod tests {
 
     /// A PEM private key made of made-up base64 (64 columns, a short last
     /// line).
-    fn pem_key() -> String {
+    pub(super) fn pem_key() -> String {
         use base64::Engine as _;
         use base64::engine::general_purpose::STANDARD;
         let der: Vec<u8> = (0u32..700)
@@ -1062,6 +1526,196 @@ mod tests {
             }
         }
         assert_eq!(masker.mask(&format!("echo {piece} x")), "echo [REDACTED] x");
+    }
+
+    /// The lines of `b64` wrapped at `width` that only the secret's bytes
+    /// determine (`secret_at`: where the secret starts in the encoded
+    /// data, `secret_len` its length), and those that are not.
+    fn split_lines(
+        b64: &str,
+        width: usize,
+        secret_at: usize,
+        secret_len: usize,
+    ) -> (Vec<String>, Vec<String>) {
+        let inside = (secret_at * 8).div_ceil(6)..(secret_at + secret_len) * 8 / 6;
+        let (mut whole, mut mixed) = (Vec::new(), Vec::new());
+        for (i, line) in b64.as_bytes().chunks(width).enumerate() {
+            let line = String::from_utf8_lossy(line).into_owned();
+            let (a, b) = (i * width, i * width + line.len());
+            if a >= inside.start && b <= inside.end {
+                whole.push(line);
+            } else {
+                mixed.push(line);
+            }
+        }
+        (whole, mixed)
+    }
+
+    /// Gap 2 (issue #5 follow-up): base64 of a secret with other bytes
+    /// before it (HTTP basic auth, a JSON blob), wrapped at 64/76 (and 60,
+    /// 72) columns and streamed one line per event: every whole line that
+    /// only the secret determines is redacted, in both alphabets; the
+    /// lines that show bytes around it are not guessed at.
+    #[test]
+    fn prefixed_base64_of_a_secret_wrapped_and_streamed_shows_no_whole_line() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+        let token = "tsb-live-7Qm2Wx9Rk4Tz6Yp1Lc8Vb3Nd5Hf0Jg-aX9eR2tY7uI4oP1sD6fG3hJ8kL5zX0cV\
+                     -Bn7Mq2We5Rt8Yu1Io4Pa6Sd9Fg3Hj0Kl7Zx2Cv5Bn8Mq1We4Rt7";
+        let pem = pem_key();
+        let masker = m(&[token, &pem]);
+        let mut checked = 0;
+        for secret in [token, pem.as_str()] {
+            for prefix in ["u:", "user:", "admin:", "{\"token\":\"", "x"] {
+                for suffix in ["", "\"}"] {
+                    let data = format!("{prefix}{secret}{suffix}");
+                    for b64 in [STANDARD.encode(&data), URL_SAFE.encode(&data)] {
+                        for width in [64, 76, 60, 72] {
+                            let (mut whole, mixed) =
+                                split_lines(&b64, width, prefix.len(), secret.len());
+                            // Left by design: a line under MIN_PIECE_LEN,
+                            // and one that only encodes a PEM file's
+                            // armour and first line (the same in every key
+                            // of a type) or its closing armour.
+                            let pem = secret.starts_with("-----");
+                            let closing = secret.trim_end().rfind('\n').unwrap_or(secret.len());
+                            let armour_from = (prefix.len() + closing) * 8 / 6;
+                            let opening =
+                                secret.match_indices('\n').nth(1).map_or(0, |(i, _)| i + 1);
+                            let common_to = ((prefix.len() + opening) * 8).div_ceil(6);
+                            whole.retain(|l| {
+                                let at = b64.find(l.as_str()).unwrap_or(0);
+                                l.len() >= MIN_PIECE_LEN
+                                    && (!pem || at + MIN_CORE_RUN > common_to)
+                                    && (l.len() >= MIN_CORE_RUN || !pem || at < armour_from)
+                            });
+                            let text = format!("{}\n", wrap_at(&b64, width, "\n"));
+                            let (events, _) = streamed(&masker, &text);
+                            for line in &whole {
+                                checked += 1;
+                                for e in &events {
+                                    assert!(!e.contains(line.as_str()), "{prefix:?} {width}: {e}");
+                                }
+                            }
+                            // The first line shows the prefix's bytes: not
+                            // redacted whole (a 64-column piece of the
+                            // secret inside it may be).
+                            let shown = &mixed[0][..prefix.len() * 4 / 3];
+                            assert!(
+                                events.iter().any(|e| e.contains(shown)),
+                                "{prefix:?} {width}: {}",
+                                mixed[0]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked}");
+    }
+
+    /// Gap 1: the same unwrapped, in one line, is already masked by the
+    /// three alignments' literal cores (both alphabets).
+    #[test]
+    fn prefixed_base64_of_a_secret_in_one_line_is_masked() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let secret = "AKIAIOSFODNN7EXAMPLE/wJalrXUtnFEMI";
+        let masker = m(&[secret]);
+        for prefix in ["user:", "admin:", "{\"k\":\""] {
+            for b64 in [
+                STANDARD.encode(format!("{prefix}{secret}\"}}")),
+                URL_SAFE_NO_PAD.encode(format!("{prefix}{secret}")),
+            ] {
+                let out = masker.mask(&b64).into_owned();
+                let left = out.replace(REDACTED, "");
+                // The prefix's characters and at most 2 around the secret.
+                assert!(left.len() <= prefix.len() * 4 / 3 + 8, "{b64} -> {out}");
+            }
+        }
+    }
+
+    /// A run is redacted only whole, from one group boundary of the
+    /// secret's encoding to another, and at least [`MIN_CORE_RUN`] long:
+    /// a shifted window, a shorter one, one with a guessed character at
+    /// either end, or base64 that is not the secret's, stays.
+    #[test]
+    fn a_base64_run_is_redacted_only_whole_and_group_aligned() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::STANDARD_NO_PAD;
+        let secret = "sk-live-9Qz7Wm2Rt5Yx8Kp3Lv6Nb1Hc4Jd0Fg-7Qm2Wx9Rk4Tz6Yp1Lc8Vb3Nd5Hf0Jg";
+        let masker = m(&[secret]);
+        let b64 = STANDARD_NO_PAD.encode(secret);
+        let win = |a: usize, n: usize| b64[a..a + n].to_owned();
+        assert_eq!(
+            masker.mask(&format!("> {}", win(8, 64))),
+            format!("> {REDACTED}")
+        );
+        assert_eq!(masker.mask(&win(4, 48)), REDACTED);
+        for line in [
+            win(9, 64),
+            win(10, 64),
+            win(8, 63),
+            win(8, 65),
+            win(8, 44),
+            format!("{}Q", win(8, 64)),
+            format!("Q{}", win(8, 64)),
+            STANDARD_NO_PAD.encode("not the secret, but as long as one: 0123456789abcdef"),
+        ] {
+            assert_eq!(masker.mask(&line), line);
+        }
+        // The secret's own base64 is masked whole as before.
+        assert_eq!(masker.mask(&b64), REDACTED);
+    }
+
+    /// A masker with secrets added to a shared one masks what one built
+    /// from all of them masks, shares the base's layers, and keeps a
+    /// secret that contains another whole, whichever side each is on.
+    #[test]
+    fn added_secrets_mask_like_one_masker_of_all() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::STANDARD;
+        let pem = pem_key();
+        let wf_outer = "wf-outer-secret-has-REQ-INNER-0042-inside";
+        let wf_inner = "WF-INNER-7781";
+        let req_inner = "REQ-INNER-0042";
+        let req_outer = "req-outer-secret-holds-WF-INNER-7781-too";
+        let base = m(&[&pem, wf_outer, wf_inner]);
+        let layered = base.with_secrets([req_inner.to_owned(), req_outer.to_owned()]);
+        let whole = m(&[&pem, wf_outer, wf_inner, req_inner, req_outer]);
+        assert!(layered.extends(&base) && !layered.shares_layers_with(&base));
+        assert!(
+            base.with_secrets(["ab".to_owned()])
+                .shares_layers_with(&base)
+        );
+        let line = pem.lines().nth(3).unwrap_or_default().to_owned();
+        let texts = [
+            format!("a {wf_outer} b {req_inner} c"),
+            format!("{req_outer} {wf_inner}"),
+            format!("{req_outer}{wf_outer}"),
+            STANDARD.encode(format!("user:{wf_outer}")),
+            STANDARD.encode(format!("user:{req_outer}")),
+            format!("pem line {line} end"),
+            format!("wrapped: {}\n{}", &wf_outer[..20], &wf_outer[20..]),
+            format!("wrapped: {}\r\n{}", &req_outer[..9], &req_outer[9..]),
+            wrap_at(&STANDARD.encode(format!("admin:{pem}")), 64, "\n"),
+        ];
+        for t in &texts {
+            assert_eq!(layered.mask(t), whole.mask(t), "{t}");
+        }
+        assert_eq!(
+            layered.mask(&format!("{wf_outer} {req_outer}")),
+            format!("{REDACTED} {REDACTED}")
+        );
+        assert_eq!(
+            base.mask(req_inner),
+            req_inner,
+            "the base got the request's"
+        );
+        assert_eq!(
+            layered.mask_cut("tail req-outer-secret", false, true),
+            format!("tail {REDACTED}")
+        );
     }
 
     #[test]

@@ -37,6 +37,7 @@ mod pool_strays;
 mod pool_tsx_warmup;
 mod pool_typescript;
 mod pool_warmup;
+mod prefixed_base64_secret;
 mod queue_limit;
 mod recovery;
 mod result_event;
