@@ -14,6 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
+use tsbridge_process::mask::Masker;
 use tsbridge_process::{SandboxAttachment, StopReason};
 use tsbridge_proto::EndReason;
 use tsbridge_proto::api::{OutputView, Resources};
@@ -37,7 +38,18 @@ pub struct PoolExecutor {
     secrets: crate::spawn::HostSecrets,
     /// One pool per workflow name. The lock only guards the map (never held
     /// across an await); the cell serializes the pool's start.
-    pools: Mutex<HashMap<String, Arc<OnceCell<Pool>>>>,
+    pools: Mutex<HashMap<String, Arc<OnceCell<Pooled>>>>,
+}
+
+/// A started pool and the masker of its workers, which its jobs share: a
+/// pooled job adds nothing to the workflow's environment, so its secrets
+/// are its workers'. Kept here so that a job does not look the masker up
+/// again (a scan of `env.set`'s names, and with secrets a sort and a
+/// comparison of the values under a lock: ~10 us with a PEM key).
+#[derive(Clone, Debug)]
+struct Pooled {
+    pool: Pool,
+    masker: Arc<Masker>,
 }
 
 impl PoolExecutor {
@@ -65,12 +77,6 @@ impl PoolExecutor {
         self
     }
 
-    /// The masker of a job of `wf`: built once per workflow secrets and
-    /// shared by its jobs (a pooled job adds no environment of its own).
-    fn job_masker(&self, wf: &WorkflowConfig) -> Arc<tsbridge_process::mask::Masker> {
-        self.secrets.masker_for_workflow(wf)
-    }
-
     /// Starts (and, with `warmup`, warms) the pools of these workflows now,
     /// so that the first jobs find ready workers. Returns the failures.
     pub async fn start_all<'a>(
@@ -91,16 +97,23 @@ impl PoolExecutor {
 
     /// The pool of `wf`, started if needed.
     pub async fn pool_for(&self, wf: &WorkflowConfig) -> Result<Pool, String> {
+        self.pooled(wf).await.map(|p| p.pool)
+    }
+
+    /// The pool of `wf` (started if needed) and its workers' masker.
+    async fn pooled(&self, wf: &WorkflowConfig) -> Result<Pooled, String> {
         let cell = {
             let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
             pools.entry(wf.name.clone()).or_default().clone()
         };
         cell.get_or_try_init(|| async {
             let (spec, cfg) = self.pool_spec(wf);
-            Pool::start(spec, cfg).await.map_err(|e| {
+            let masker = spec.masker.clone();
+            let pool = Pool::start(spec, cfg).await.map_err(|e| {
                 tracing::warn!(workflow = %wf.name, error = %error_chain(&e), "pool failed to start");
                 error_chain(&e)
-            })
+            })?;
+            Ok(Pooled { pool, masker })
         })
         .await
         .cloned()
@@ -228,7 +241,7 @@ impl Executor for PoolExecutor {
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools
             .iter()
-            .filter_map(|(name, cell)| cell.get().map(|pool| (name.clone(), pool.stats())))
+            .filter_map(|(name, cell)| cell.get().map(|p| (name.clone(), p.pool.stats())))
             .collect()
     }
 
@@ -240,7 +253,7 @@ impl Executor for PoolExecutor {
     }
 
     async fn run(&self, mut req: AttemptRequest, io: AttemptIo) -> AttemptOutcome {
-        let pool = match self.pool_for(&req.workflow).await {
+        let Pooled { pool, masker } = match self.pooled(&req.workflow).await {
             Ok(p) => p,
             Err(e) => {
                 return AttemptOutcome::spawn_failure(
@@ -268,7 +281,6 @@ impl Executor for PoolExecutor {
         };
         let (tx, mut rx) = mpsc::channel(256);
         let events = io.events.clone();
-        let masker = self.job_masker(&req.workflow);
         let forward = async {
             while let Some(e) = rx.recv().await {
                 let e = match e {
@@ -343,17 +355,17 @@ impl Executor for PoolExecutor {
     async fn shutdown(&self, grace: Duration) {
         let pools: Vec<Pool> = {
             let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-            pools.values().filter_map(|c| c.get().cloned()).collect()
+            pools
+                .values()
+                .filter_map(|c| c.get().map(|p| p.pool.clone()))
+                .collect()
         };
         futures::future::join_all(pools.iter().map(|p| p.shutdown(grace))).await;
     }
 }
 
 /// A worker's event with the job's secrets masked.
-fn mask_event(
-    masker: &tsbridge_process::mask::Masker,
-    e: tsbridge_proto::ChildEvent,
-) -> tsbridge_proto::ChildEvent {
+fn mask_event(masker: &Masker, e: tsbridge_proto::ChildEvent) -> tsbridge_proto::ChildEvent {
     use tsbridge_proto::ChildEvent as E;
     if masker.is_empty() {
         return e;
@@ -449,31 +461,48 @@ mod tests {
         assert_eq!(env("c").get("TSX_DISABLE_CACHE"), None);
     }
 
-    /// Two jobs of one pool workflow with a secret in `env.set` share one
-    /// masker (with its workers), built once, and it masks that secret and
-    /// the host's.
-    #[test]
-    fn jobs_of_a_workflow_share_its_masker() {
+    /// The jobs of one pool workflow with a secret in `env.set` share its
+    /// workers' masker, kept with the pool: not looked up per job (after
+    /// the workflow's masker left the `HostSecrets` cache, a lookup would
+    /// build another), and it masks that secret and the host's.
+    #[tokio::test]
+    async fn jobs_of_a_workflow_share_its_workers_masker() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(dir.path().join("p.mjs"), "").unwrap_or_else(|e| panic!("{e}"));
         let cfg = crate::config::Config::parse(
-            "[workflows.p]\nscript = \"p.mjs\"\nmode = \"pool\"\n\
+            "[workflows.p]\nscript = \"p.mjs\"\nmode = \"pool\"\npool = { min = 0, max = 1 }\n\
              env = { set = { API_TOKEN = \"wf-secret-0123456789\", LANG = \"C\" } }\n",
             dir.path(),
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
         let wf = &cfg.workflows["p"];
-        let ex = PoolExecutor::new(None, None, HostScript::Embedded, false).with_host_secrets(
-            crate::spawn::HostSecrets::new(["host-secret-9876543210".to_owned()]),
-        );
-        let first = ex.job_masker(wf);
-        let second = ex.job_masker(wf);
-        assert!(Arc::ptr_eq(&first, &second), "each job built its masker");
-        assert!(Arc::ptr_eq(&first, &ex.pool_spec(wf).0.masker));
+        let ex = PoolExecutor::new(
+            None,
+            Some(dir.path().to_owned()),
+            HostScript::Embedded,
+            false,
+        )
+        .with_host_secrets(crate::spawn::HostSecrets::new([
+            "host-secret-9876543210".to_owned()
+        ]));
+        let first = ex.pooled(wf).await.unwrap_or_else(|e| panic!("{e}")).masker;
+        assert!(Arc::ptr_eq(&first, &ex.secrets.masker_for_workflow(wf)));
+        // Other workflows' secrets push this one's masker out of the cache.
+        for i in 0..40 {
+            let mut w = wf.clone();
+            w.env
+                .set
+                .insert("API_TOKEN".into(), format!("other-secret-{i:04}"));
+            ex.secrets.masker_for_workflow(&w);
+        }
+        assert!(!Arc::ptr_eq(&first, &ex.secrets.masker_for_workflow(wf)));
+        let again = ex.pooled(wf).await.unwrap_or_else(|e| panic!("{e}")).masker;
+        assert!(Arc::ptr_eq(&first, &again), "a job looked its masker up");
         assert_eq!(
-            first.mask("a wf-secret-0123456789 b host-secret-9876543210 c"),
+            again.mask("a wf-secret-0123456789 b host-secret-9876543210 c"),
             "a [REDACTED] b [REDACTED] c"
         );
+        ex.shutdown(Duration::ZERO).await;
     }
 
     #[test]
