@@ -165,7 +165,7 @@ mod masker {
         )
     }
 
-    const CLEAN: &str =
+    pub(super) const CLEAN: &str =
         "[2024-05-01T10:00:00.123Z] INFO: processed record 12345 of batch 77 in 12 ms";
     const DIRTY: &str = "[2024-05-01T10:00:00.123Z] INFO: connecting with hunter2-password to db";
 
@@ -185,6 +185,74 @@ mod masker {
     fn five_secrets_one_match(bencher: Bencher) {
         let m = secrets();
         bencher.bench(|| m.mask(divan::black_box(DIRTY)).len());
+    }
+}
+
+/// The masker with long secrets (1 PEM key of 1,704 bytes and 4 tokens of
+/// 120 bytes, whose base64 runs are looked up per line), per line: a
+/// clean log line, a log line with a line of the key, a 64-character
+/// base64 line that is no secret's (the case that pays a lookup), and a
+/// whole 64-column line of `base64("user:" + key)`.
+mod masker_long {
+    use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+
+    fn pem() -> String {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let der: Vec<u8> = (0..1218)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[0]
+            })
+            .collect();
+        let b64 = STANDARD.encode(der);
+        let mut out = String::from("-----BEGIN PRIVATE KEY-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END PRIVATE KEY-----\n");
+        out
+    }
+
+    fn masker() -> Masker {
+        let mut secrets = vec![pem()];
+        for t in 0..4_u8 {
+            let (a, b) = (char::from(b'a' + 2 * t), char::from(b'b' + 2 * t));
+            secrets.push((0..60).flat_map(|_| [a, b]).collect());
+        }
+        Masker::new(secrets, &[])
+    }
+
+    fn lines() -> [String; 4] {
+        let key = pem();
+        let wrapped = STANDARD.encode(format!("user:{key}"));
+        [
+            super::masker::CLEAN.to_owned(),
+            format!("INFO: key {} end", key.lines().nth(3).unwrap_or_default()),
+            STANDARD.encode("no secret here, only 48 bytes of text to encode.."),
+            wrapped[128..192].to_owned(),
+        ]
+    }
+
+    #[divan::bench(args = ["clean", "pem_line", "clean_base64_64", "prefixed_base64_64"])]
+    fn one_line(bencher: Bencher, which: &str) {
+        let m = masker();
+        let i = ["clean", "pem_line", "clean_base64_64", "prefixed_base64_64"]
+            .iter()
+            .position(|w| *w == which)
+            .unwrap_or(0);
+        let line = lines()[i].clone();
+        bencher.bench(|| m.mask(divan::black_box(&line)).len());
+    }
+
+    #[divan::bench]
+    fn build(bencher: Bencher) {
+        let secrets = [pem()];
+        bencher.bench(|| Masker::new(secrets.iter().cloned(), &[]).is_empty());
     }
 }
 
