@@ -47,6 +47,7 @@ mod sealed_env;
 mod shutdown;
 mod slow_subscriber;
 mod store_contract;
+mod store_migration;
 mod store_pg;
 mod submit;
 mod throughput;

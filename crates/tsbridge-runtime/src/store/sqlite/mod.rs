@@ -31,7 +31,7 @@ use super::{
     ListFilter, NewJob, StoredRequest, encode_cursor, last_progress_and_result,
 };
 use crate::errors::StoreError;
-use writer::{Applied, EndRow, EventRow, FinishRow, Op, Target, WriterHandle};
+use writer::{Applied, EndRow, EventRow, FinishRow, Op, StartRow, Target, WriterHandle};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -59,20 +59,37 @@ impl Default for EventRetention {
     }
 }
 
-/// `SELECT` of job rows with their attempts in the same statement (one
-/// round trip for a job and its attempts): `jobs.*` and `attempts_json`,
-/// then the given `WHERE ...` and `ORDER BY ...`.
+/// `SELECT` of job rows (their attempts are a column of the row,
+/// `attempt_log`), then the given `WHERE ...` and `ORDER BY ...`.
 macro_rules! select_jobs {
-    ($rest:literal) => {
-        concat!(
-            "SELECT jobs.*, (SELECT json_group_array(json_array(a.n, a.started_at, \
-             a.finished_at, a.reason, a.exit_code, a.signal, a.process_id)) \
-             FROM (SELECT * FROM attempts WHERE attempts.job_id = jobs.id ORDER BY n) a) \
-             AS attempts_json FROM jobs ",
-            $rest
-        )
+    ($rest:expr) => {
+        concat!("SELECT * FROM jobs ", $rest)
     };
 }
+
+/// The term of `jobs_by_state`'s `WHERE` (migration 0004): the index holds
+/// every job that has not succeeded, and SQLite uses a partial index only
+/// for a query that carries its term word for word. Every lookup by another
+/// state adds it (the plans are checked by a test).
+macro_rules! not_succeeded {
+    () => {
+        "state <> 'succeeded'"
+    };
+}
+
+/// The queued jobs, best first ([`JobStore::queued_jobs`]).
+const QUEUED_JOBS: &str = select_jobs!(concat!(
+    "WHERE state = 'queued' AND ",
+    not_succeeded!(),
+    " ORDER BY priority DESC, id"
+));
+
+/// The running jobs, oldest first ([`JobStore::recover_interrupted`]).
+const RUNNING_JOBS: &str = select_jobs!(concat!(
+    "WHERE state = 'running' AND ",
+    not_succeeded!(),
+    " ORDER BY id"
+));
 
 /// Output shown per stream in job lists.
 const LIST_OUTPUT_TAIL: usize = 4096;
@@ -373,16 +390,16 @@ fn read_job(row: &SqliteRow, cut_output: bool) -> Result<JobRecord, StoreError> 
         last_seq: row.try_get::<i64, _>("last_seq").map_err(g)?.max(0) as u64,
         attempts: read_attempts(
             &id_s,
-            row.try_get::<Option<String>, _>("attempts_json")
+            row.try_get::<Option<String>, _>("attempt_log")
                 .map_err(g)?
                 .as_deref(),
         )?,
     })
 }
 
-/// A job's attempts as [`select_jobs!`] reads them: one JSON array per
-/// attempt, `[n, started_at, finished_at, reason, exit_code, signal,
-/// process_id]`.
+/// A job's attempts as its `attempt_log` column holds them: one JSON array
+/// per attempt, `[n, started_at, finished_at, reason, exit_code, signal,
+/// process_id, node, error]` (the writer's statements keep this order).
 type AttemptTuple = (
     i64,
     i64,
@@ -391,6 +408,8 @@ type AttemptTuple = (
     Option<i64>,
     Option<i64>,
     Option<i64>,
+    Option<String>,
+    Option<String>,
 );
 
 fn read_attempts(id: &str, json: Option<&str>) -> Result<Vec<AttemptView>, StoreError> {
@@ -403,7 +422,7 @@ fn read_attempts(id: &str, json: Option<&str>) -> Result<Vec<AttemptView>, Store
     Ok(rows
         .into_iter()
         .map(
-            |(n, started, finished, reason, exit_code, signal, pid)| AttemptView {
+            |(n, started, finished, reason, exit_code, signal, pid, _node, _error)| AttemptView {
                 n: n as u32,
                 started_at: from_ms(started),
                 finished_at: finished.map(from_ms),
@@ -454,6 +473,27 @@ impl SqliteStore {
     }
 }
 
+/// The `SELECT` of a page of [`JobStore::list_jobs`]: `limit + 1` rows,
+/// newest first (the extra row tells whether there is a next page).
+fn list_query(filter: &ListFilter, limit: u32) -> QueryBuilder<Sqlite> {
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(select_jobs!("WHERE 1 = 1"));
+    if let Some(s) = filter.state {
+        qb.push(" AND state = ").push_bind(s.as_str());
+        if s != JobState::Succeeded {
+            qb.push(concat!(" AND ", not_succeeded!()));
+        }
+    }
+    if let Some(w) = &filter.workflow {
+        qb.push(" AND workflow = ").push_bind(w.clone());
+    }
+    if let Some(b) = filter.before {
+        qb.push(" AND id < ").push_bind(b.to_string());
+    }
+    qb.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(limit) + 1);
+    qb
+}
+
 fn start_op(id: JobId, n: u32, node: &str, at: DateTime<Utc>, event: &JobEvent) -> Op {
     Op::StartAttempt {
         id: id.to_string(),
@@ -475,6 +515,7 @@ fn insert_op(job: &NewJob) -> Op {
         max_attempts: i64::from(job.max_attempts),
         created_at: ms(job.created_at),
         event: event_row(&job.event),
+        start: None,
     }
 }
 
@@ -494,20 +535,20 @@ impl JobStore for SqliteStore {
         job: &NewJob,
         start: &FirstStart,
     ) -> Result<(Inserted, bool), StoreError> {
-        let claim = start_op(job.id, 1, &start.node, start.at, &start.event);
-        // One transaction; a claim that finds no queued job (the key named
-        // another job, nothing was inserted) writes nothing.
-        let mut results = self
-            .writer
-            .write_all(vec![insert_op(job), claim])
-            .await
-            .into_iter();
-        let inserted = results
-            .next()
-            .unwrap_or(Err(StoreError::WriterStopped { op: "insert job" }))?;
-        let started = matches!(results.next(), Some(Ok(Applied::Done)));
-        let inserted = self.inserted(job, inserted).await?;
-        let started = started && matches!(inserted, Inserted::Created);
+        // One row, inserted running with its first attempt: a key that
+        // names another job inserts and starts nothing.
+        let mut op = insert_op(job);
+        if let Op::InsertJob { start: claim, .. } = &mut op {
+            *claim = Some(StartRow {
+                n: 1,
+                node: start.node.clone(),
+                at: ms(start.at),
+                event: event_row(&start.event),
+            });
+        }
+        let applied = self.writer.write(op).await?;
+        let inserted = self.inserted(job, applied).await?;
+        let started = matches!(inserted, Inserted::Created);
         Ok((inserted, started))
     }
 
@@ -617,19 +658,7 @@ impl JobStore for SqliteStore {
 
     async fn list_jobs(&self, filter: &ListFilter) -> Result<JobPage, StoreError> {
         let limit = filter.limit.clamp(1, 500);
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(select_jobs!("WHERE 1 = 1"));
-        if let Some(s) = filter.state {
-            qb.push(" AND state = ").push_bind(s.as_str());
-        }
-        if let Some(w) = &filter.workflow {
-            qb.push(" AND workflow = ").push_bind(w.clone());
-        }
-        if let Some(b) = filter.before {
-            qb.push(" AND id < ").push_bind(b.to_string());
-        }
-        qb.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(limit) + 1);
-        let rows = qb
+        let rows = list_query(filter, limit)
             .build()
             .fetch_all(&self.readers)
             .await
@@ -686,21 +715,11 @@ impl JobStore for SqliteStore {
 
     async fn recover_interrupted(&self, _node: &str) -> Result<Vec<JobRecord>, StoreError> {
         // One node per SQLite file: every running job was ours.
-        self.jobs_where(
-            select_jobs!("WHERE state = 'running' ORDER BY id"),
-            &[],
-            false,
-        )
-        .await
+        self.jobs_where(RUNNING_JOBS, &[], false).await
     }
 
     async fn queued_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
-        self.jobs_where(
-            select_jobs!("WHERE state = 'queued' ORDER BY priority DESC, id"),
-            &[],
-            false,
-        )
-        .await
+        self.jobs_where(QUEUED_JOBS, &[], false).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -733,5 +752,67 @@ impl JobStore for SqliteStore {
             op: "read the env key fingerprint after its claim",
             source: sqlx::Error::RowNotFound,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What SQLite plans for `sql` (with `binds`): its `detail` lines.
+    async fn plan(store: &SqliteStore, sql: &str, binds: &[&str]) -> String {
+        // Test-only text: the store's own statements, explained.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
+        for b in binds {
+            q = q.bind(*b);
+        }
+        q.fetch_all(&store.readers)
+            .await
+            .expect("explain query plan")
+            .iter()
+            .map(|r| r.try_get::<String, _>("detail").expect("detail"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// `jobs_by_state` is partial (jobs not succeeded): it serves the
+    /// start-up queries and lists by every other state only because they
+    /// carry its term.
+    #[tokio::test]
+    async fn lookups_by_state_use_the_partial_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open_path(&dir.path().join("s.db"))
+            .await
+            .expect("open");
+        for sql in [QUEUED_JOBS, RUNNING_JOBS] {
+            let p = plan(&store, sql, &[]).await;
+            assert!(p.contains("jobs_by_state"), "{sql}: {p}");
+        }
+        for state in [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Failed,
+            JobState::Cancelled,
+            JobState::TimedOut,
+        ] {
+            let filter = ListFilter {
+                state: Some(state),
+                limit: 50,
+                ..ListFilter::default()
+            };
+            // The binds of `list_query` for this filter: the state, the limit.
+            let list = list_query(&filter, 50).sql();
+            let p = plan(&store, list.as_str(), &[state.as_str(), "51"]).await;
+            assert!(p.contains("jobs_by_state"), "{state:?}: {p}");
+        }
+        // Without the term, the partial index cannot serve the lookup.
+        let p = plan(
+            &store,
+            "SELECT * FROM jobs WHERE state = 'failed' ORDER BY id DESC LIMIT 51",
+            &[],
+        )
+        .await;
+        assert!(!p.contains("jobs_by_state"), "{p}");
+        store.close().await;
     }
 }

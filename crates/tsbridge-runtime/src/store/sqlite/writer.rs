@@ -124,6 +124,15 @@ pub(super) struct EndRow {
     pub not_before: Option<i64>,
 }
 
+/// The start of an attempt, encoded.
+#[derive(Debug)]
+pub(super) struct StartRow {
+    pub n: i64,
+    pub node: String,
+    pub at: i64,
+    pub event: EventRow,
+}
+
 /// The end of a job, encoded.
 #[derive(Debug)]
 pub(super) struct FinishRow {
@@ -147,6 +156,9 @@ pub(super) enum Op {
         max_attempts: i64,
         created_at: i64,
         event: EventRow,
+        /// Claimed in the same write: the job is inserted `running`, with
+        /// its first attempt started (no `queued` row to rewrite).
+        start: Option<StartRow>,
     },
     StartAttempt {
         id: String,
@@ -201,6 +213,7 @@ impl Op {
     fn event_count(&self) -> usize {
         match self {
             Op::AppendEvents { events, .. } => events.len(),
+            Op::InsertJob { start, .. } => 1 + usize::from(start.is_some()),
             Op::SetPid { .. } | Op::ClaimMeta { .. } => 0,
             _ => 1,
         }
@@ -212,7 +225,8 @@ impl Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Applied {
     Done,
-    /// `InsertJob`: the idempotency key names another job.
+    /// `InsertJob`: the idempotency key names another job (nothing was
+    /// inserted, nothing started).
     KeyTaken,
     /// `StartAttempt`: the job is not queued.
     NotQueued,
@@ -782,13 +796,21 @@ fn apply(tx: &Transaction<'_>, op: &Op, retention: EventRetention) -> rusqlite::
             max_attempts,
             created_at,
             event,
+            start,
         } => {
+            // The key's unique index is partial (keyed jobs only): the
+            // conflict target names its condition. With `start`, the row
+            // is inserted running, its first attempt in its log.
             let inserted = tx
                 .prepare_cached(
                     "INSERT INTO jobs (id, workflow, state, priority, params, request, \
-                     idempotency_key, max_attempts, created_at, last_seq) \
-                     VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-                     ON CONFLICT (idempotency_key) DO NOTHING",
+                     idempotency_key, max_attempts, created_at, last_seq, attempts, node, \
+                     started_at, attempt_log) \
+                     VALUES (?1, ?2, CASE WHEN ?10 IS NULL THEN 'queued' ELSE 'running' END, \
+                     ?3, ?4, ?5, ?6, ?7, ?8, MAX(?9, COALESCE(?12, 0)), COALESCE(?10, 0), ?11, ?13, \
+                     CASE WHEN ?10 IS NULL THEN NULL \
+                     ELSE json_array(json_array(?10, ?13, NULL, NULL, NULL, NULL, NULL, ?11, NULL)) END) \
+                     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
                 )?
                 .execute(params![
                     id,
@@ -799,12 +821,19 @@ fn apply(tx: &Transaction<'_>, op: &Op, retention: EventRetention) -> rusqlite::
                     key,
                     max_attempts,
                     created_at,
-                    event.seq
+                    event.seq,
+                    start.as_ref().map(|s| s.n),
+                    start.as_ref().map(|s| s.node.as_str()),
+                    start.as_ref().map(|s| s.event.seq),
+                    start.as_ref().map(|s| s.at),
                 ])?;
             if inserted == 0 {
                 return Ok(Applied::KeyTaken);
             }
             insert_event(tx, id, event)?;
+            if let Some(s) = start {
+                insert_event(tx, id, &s.event)?;
+            }
         }
         Op::StartAttempt {
             id,
@@ -816,24 +845,29 @@ fn apply(tx: &Transaction<'_>, op: &Op, retention: EventRetention) -> rusqlite::
             let claimed = tx
                 .prepare_cached(
                     "UPDATE jobs SET state = 'running', attempts = ?2, node = ?3, \
-                     started_at = COALESCE(started_at, ?4), last_seq = MAX(last_seq, ?5) \
+                     started_at = COALESCE(started_at, ?4), last_seq = MAX(last_seq, ?5), \
+                     attempt_log = json_insert(COALESCE(attempt_log, '[]'), '$[#]', \
+                     json_array(?2, ?4, NULL, NULL, NULL, NULL, NULL, ?3, NULL)) \
                      WHERE id = ?1 AND state = 'queued'",
                 )?
                 .execute(params![id, n, node, at, event.seq])?;
             if claimed == 0 {
                 return Ok(Applied::NotQueued);
             }
-            tx.prepare_cached(
-                "INSERT INTO attempts (job_id, n, node, started_at) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![id, n, node, at])?;
             insert_event(tx, id, event)?;
         }
+        // An attempt is the last entry of its job's log while it runs (one
+        // attempt runs at a time, and a start appends): an update of an
+        // attempt names its `n` and changes the last entry only if it is
+        // that attempt.
         Op::SetPid { id, n, pid } => {
-            tx.prepare_cached("UPDATE attempts SET process_id = ?3 WHERE job_id = ?1 AND n = ?2")?
-                .execute(params![id, n, pid])?;
-            tx.prepare_cached("UPDATE jobs SET process_id = ?2 WHERE id = ?1")?
-                .execute(params![id, pid])?;
+            tx.prepare_cached(
+                "UPDATE jobs SET process_id = ?3, attempt_log = CASE \
+                 WHEN attempt_log ->> '$[#-1][0]' = ?2 \
+                 THEN json_set(attempt_log, '$[#-1][6]', ?3) ELSE attempt_log END \
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, n, pid])?;
         }
         Op::AppendEvents {
             id,
@@ -866,20 +900,6 @@ fn apply(tx: &Transaction<'_>, op: &Op, retention: EventRetention) -> rusqlite::
             finish,
             event,
         } => {
-            tx.prepare_cached(
-                "UPDATE attempts SET finished_at = ?3, reason = ?4, exit_code = ?5, signal = ?6, \
-                 process_id = COALESCE(?7, process_id), error = ?8 WHERE job_id = ?1 AND n = ?2",
-            )?
-            .execute(params![
-                id,
-                end.n,
-                end.finished_at,
-                end.reason,
-                end.exit_code,
-                end.signal,
-                end.pid,
-                end.error
-            ])?;
             // A re-queue (`finish` None) keeps the job's finish columns.
             let fin = finish.is_some();
             tx.prepare_cached(
@@ -891,7 +911,12 @@ fn apply(tx: &Transaction<'_>, op: &Op, retention: EventRetention) -> rusqlite::
                  result = CASE WHEN ?16 THEN COALESCE(?18, result) ELSE result END, \
                  error = CASE WHEN ?16 THEN ?19 ELSE error END, \
                  finished_at = CASE WHEN ?16 THEN ?20 ELSE finished_at END, \
-                 not_before = CASE WHEN ?16 THEN NULL ELSE ?21 END \
+                 not_before = CASE WHEN ?16 THEN NULL ELSE ?21 END, \
+                 attempt_log = CASE WHEN attempt_log ->> '$[#-1][0]' = ?22 \
+                 THEN json_set(attempt_log, '$[#-1][2]', ?23, '$[#-1][3]', ?24, \
+                 '$[#-1][4]', ?2, '$[#-1][5]', ?3, \
+                 '$[#-1][6]', COALESCE(?4, attempt_log ->> '$[#-1][6]'), '$[#-1][8]', ?25) \
+                 ELSE attempt_log END \
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -915,7 +940,11 @@ fn apply(tx: &Transaction<'_>, op: &Op, retention: EventRetention) -> rusqlite::
                 finish.as_ref().and_then(|f| f.result.as_deref()),
                 finish.as_ref().and_then(|f| f.error.as_deref()),
                 finish.as_ref().map(|f| f.finished_at),
-                end.not_before
+                end.not_before,
+                end.n,
+                end.finished_at,
+                end.reason,
+                end.error
             ])?;
             insert_event(tx, id, event)?;
         }
