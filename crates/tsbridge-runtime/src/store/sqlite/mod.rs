@@ -213,10 +213,20 @@ fn append_op(id: JobId, events: &[JobEvent]) -> Op {
     }
 }
 
-/// The write of an attempt's end.
-fn complete_op(id: JobId, end: &AttemptEnd, next: &AfterAttempt, event: &JobEvent) -> Op {
+/// The write of an attempt's end, after its last `events`.
+fn complete_op(
+    id: JobId,
+    events: &[JobEvent],
+    end: &AttemptEnd,
+    next: &AfterAttempt,
+    event: &JobEvent,
+) -> Op {
+    let (progress, result) = last_progress_and_result(events);
     Op::CompleteAttempt {
         id: id.to_string(),
+        events: events.iter().map(event_row).collect(),
+        progress: progress.map(json_text),
+        result: result.map(json_text),
         end: end_row(end),
         finish: match next {
             AfterAttempt::Requeue => None,
@@ -602,24 +612,20 @@ impl JobStore for SqliteStore {
         next: &AfterAttempt,
         event: &JobEvent,
     ) -> Result<(), StoreError> {
-        if events.is_empty() {
-            return self.complete_attempt(id, end, next, event).await;
-        }
-        let mut results = self
+        // One operation, one update of the job's row. Should the events
+        // not go in (the write fails as a whole), the end is written alone:
+        // a job's end is never lost for its events.
+        match self
             .writer
-            .write_all(vec![
-                append_op(id, events),
-                complete_op(id, end, next, event),
-            ])
+            .write(complete_op(id, events, end, next, event))
             .await
-            .into_iter();
-        if let Some(Err(e)) = results.next() {
-            tracing::warn!(job = %id, error = %e, count = events.len(), "cannot store events");
+        {
+            Err(e @ StoreError::Write { .. }) if !events.is_empty() => {
+                tracing::warn!(job = %id, error = %e, count = events.len(), "cannot store events");
+                self.complete_attempt(id, end, next, event).await
+            }
+            r => r.map(drop),
         }
-        results.next().unwrap_or(Err(StoreError::WriterStopped {
-            op: "complete attempt",
-        }))?;
-        Ok(())
     }
 
     async fn complete_attempt(
@@ -630,7 +636,7 @@ impl JobStore for SqliteStore {
         event: &JobEvent,
     ) -> Result<(), StoreError> {
         self.writer
-            .write(complete_op(id, end, next, event))
+            .write(complete_op(id, &[], end, next, event))
             .await
             .map(drop)
     }

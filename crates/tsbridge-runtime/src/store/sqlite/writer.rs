@@ -58,7 +58,7 @@ const MAX_BATCH_OPS: usize = 256;
 const MAX_BATCH_EVENTS: usize = 4096;
 /// Operations waiting for the writer, at most (callers wait beyond).
 const QUEUE: usize = 4096;
-/// Prepared statements the writer keeps (it uses 16).
+/// Prepared statements the writer keeps (it uses 9).
 const STATEMENT_CACHE: usize = 32;
 /// How long after a commit the checkpointer copies the WAL back, at most.
 const CHECKPOINT_PERIOD: Duration = Duration::from_millis(200);
@@ -180,6 +180,12 @@ pub(super) enum Op {
     },
     CompleteAttempt {
         id: String,
+        /// The attempt's last events, written before its end (the job's
+        /// row is updated once for both).
+        events: Vec<EventRow>,
+        /// The last progress and result among `events`.
+        progress: Option<String>,
+        result: Option<String>,
         end: EndRow,
         /// `None`: re-queue.
         finish: Option<FinishRow>,
@@ -213,6 +219,7 @@ impl Op {
     fn event_count(&self) -> usize {
         match self {
             Op::AppendEvents { events, .. } => events.len(),
+            Op::CompleteAttempt { events, .. } => events.len() + 1,
             Op::InsertJob { start, .. } => 1 + usize::from(start.is_some()),
             Op::SetPid { .. } | Op::ClaimMeta { .. } => 0,
             _ => 1,
@@ -237,8 +244,6 @@ type Ack = oneshot::Sender<Result<Applied, StoreError>>;
 enum Msg {
     /// Boxed: an operation is large, and the channel holds up to 4 096.
     Op(Box<Op>, Ack),
-    /// Operations that go into the same transaction, in this order.
-    Ops(Vec<(Op, Ack)>),
     /// Write what came before, close the connection, stop.
     Close(oneshot::Sender<()>),
 }
@@ -247,10 +252,6 @@ impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Msg::Op(op, _) => f.debug_tuple("Op").field(&op.name()).finish(),
-            Msg::Ops(ops) => f
-                .debug_tuple("Ops")
-                .field(&ops.iter().map(|(op, _)| op.name()).collect::<Vec<_>>())
-                .finish(),
             Msg::Close(_) => f.write_str("Close"),
         }
     }
@@ -325,28 +326,6 @@ impl WriterHandle {
         // A dropped ack means the writer stopped before answering: the
         // operation is not known to be written.
         done.await.map_err(|_| closed(name))?
-    }
-
-    /// Applies `ops` in one transaction, in this order, and returns once it
-    /// committed: each operation's own result (a failed batch is retried
-    /// one operation per transaction, like any other).
-    pub(super) async fn write_all(&self, ops: Vec<Op>) -> Vec<Result<Applied, StoreError>> {
-        let names: Vec<&'static str> = ops.iter().map(Op::name).collect();
-        let (msgs, dones): (Vec<_>, Vec<_>) = ops
-            .into_iter()
-            .map(|op| {
-                let (ack, done) = oneshot::channel();
-                ((op, ack), done)
-            })
-            .unzip();
-        if self.tx.send(Msg::Ops(msgs)).await.is_err() {
-            return names.into_iter().map(|n| Err(closed(n))).collect();
-        }
-        let mut out = Vec::with_capacity(dones.len());
-        for (done, name) in dones.into_iter().zip(names) {
-            out.push(done.await.map_err(|_| closed(name)).and_then(|r| r));
-        }
-        out
     }
 
     /// Writes what was sent before, then closes the connection. Later
@@ -447,17 +426,12 @@ struct Batch {
 }
 
 impl Batch {
-    /// Adds the operations of `msg` (not a `Close`).
+    /// Adds the operation of `msg` (not a `Close`).
     fn push(&mut self, msg: Msg) {
-        let mut add = |op: Op, ack: Ack| {
+        if let Msg::Op(op, ack) = msg {
             self.events += op.event_count();
-            self.ops.push(op);
+            self.ops.push(*op);
             self.acks.push(ack);
-        };
-        match msg {
-            Msg::Op(op, ack) => add(*op, ack),
-            Msg::Ops(pairs) => pairs.into_iter().for_each(|(op, ack)| add(op, ack)),
-            Msg::Close(_) => {}
         }
     }
 }
@@ -781,6 +755,28 @@ fn insert_event(tx: &Transaction<'_>, id: &str, e: &EventRow) -> rusqlite::Resul
     Ok(())
 }
 
+/// Inserts `events` of job `id` and deletes the middle of its stream past
+/// the retention: the last `seq` written, if any.
+fn insert_events(
+    tx: &Transaction<'_>,
+    id: &str,
+    events: &[EventRow],
+    retention: EventRetention,
+) -> rusqlite::Result<Option<i64>> {
+    let Some(last) = events.last().map(|e| e.seq) else {
+        return Ok(None);
+    };
+    for e in events {
+        insert_event(tx, id, e)?;
+    }
+    let EventRetention { head, tail } = retention;
+    if last as u64 > head + tail {
+        tx.prepare_cached("DELETE FROM events WHERE job_id = ?1 AND seq > ?2 AND seq <= ?3")?
+            .execute(params![id, head as i64, last - tail as i64])?;
+    }
+    Ok(Some(last))
+}
+
 /// Applies one operation inside the batch's transaction. Refusals (a key
 /// that names another job, a claim of a job that is not queued) write
 /// nothing and are answered, not raised.
@@ -875,7 +871,7 @@ fn apply(tx: &Transaction<'_>, op: &Op, retention: EventRetention) -> rusqlite::
             progress,
             result,
         } => {
-            let Some(last) = events.last().map(|e| e.seq) else {
+            let Some(last) = insert_events(tx, id, events, retention)? else {
                 return Ok(Applied::Done);
             };
             tx.prepare_cached(
@@ -883,24 +879,20 @@ fn apply(tx: &Transaction<'_>, op: &Op, retention: EventRetention) -> rusqlite::
                  progress = COALESCE(?3, progress), result = COALESCE(?4, result) WHERE id = ?1",
             )?
             .execute(params![id, last, progress, result])?;
-            for e in events {
-                insert_event(tx, id, e)?;
-            }
-            let EventRetention { head, tail } = retention;
-            if last as u64 > head + tail {
-                tx.prepare_cached(
-                    "DELETE FROM events WHERE job_id = ?1 AND seq > ?2 AND seq <= ?3",
-                )?
-                .execute(params![id, head as i64, last - tail as i64])?;
-            }
         }
         Op::CompleteAttempt {
             id,
+            events,
+            progress,
+            result,
             end,
             finish,
             event,
         } => {
+            insert_events(tx, id, events, retention)?;
             // A re-queue (`finish` None) keeps the job's finish columns.
+            // The result: the end's own, else the last of `events`, else
+            // the one stored (an append's rule, then a finish's).
             let fin = finish.is_some();
             tx.prepare_cached(
                 "UPDATE jobs SET exit_code = ?2, signal = ?3, process_id = COALESCE(?4, process_id), \
@@ -908,7 +900,8 @@ fn apply(tx: &Transaction<'_>, op: &Op, retention: EventRetention) -> rusqlite::
                  stdout_truncated = ?9, stderr_truncated = ?10, peak_memory = ?11, cpu_ms = ?12, \
                  wall_ms = ?13, last_seq = MAX(last_seq, ?14), node = NULL, state = ?15, \
                  reason = CASE WHEN ?16 THEN ?17 ELSE reason END, \
-                 result = CASE WHEN ?16 THEN COALESCE(?18, result) ELSE result END, \
+                 result = COALESCE(CASE WHEN ?16 THEN ?18 END, ?27, result), \
+                 progress = COALESCE(?26, progress), \
                  error = CASE WHEN ?16 THEN ?19 ELSE error END, \
                  finished_at = CASE WHEN ?16 THEN ?20 ELSE finished_at END, \
                  not_before = CASE WHEN ?16 THEN NULL ELSE ?21 END, \
@@ -944,7 +937,9 @@ fn apply(tx: &Transaction<'_>, op: &Op, retention: EventRetention) -> rusqlite::
                 end.n,
                 end.finished_at,
                 end.reason,
-                end.error
+                end.error,
+                progress,
+                result
             ])?;
             insert_event(tx, id, event)?;
         }
