@@ -12,6 +12,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: a pooled HTTP job allocates and frees
+/// a few hundred small blocks across the tokio threads and the store's
+/// writer, and glibc spent 17 % of the server's request threads' samples in
+/// `malloc`/`free`/`malloc_consolidate` (perf, 16 connections). See
+/// BENCHMARKS.md "Allocator". A forked child before `exec` allocates nothing
+/// (the engine's `pre_exec` hooks are async-signal-safe), so the allocator
+/// never runs in a forked child.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_tracing(&cli);
