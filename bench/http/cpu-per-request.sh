@@ -9,6 +9,8 @@
 #           node-fork4 (the Node fork pool of $SEED, default /tmp/node-seed)
 #   e.g.   bench/http/cpu-per-request.sh target/release/tsbridge 8790 16 15s
 # prints: NAME c=CONNS rps=.. p50=.. p99=.. n=REQUESTS server_us/req=.. workers_us/req=..
+#   disk_kib/req=.. (bytes the server sent to storage per request, from
+#   /proc/PID/io write_bytes: its store's WAL and database file; tsbridge only)
 # Needs wrk, curl, python3; loopback only; the server is stopped at the end.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -40,15 +42,23 @@ def ticks(p):
     return int(f[11]) + int(f[12])
 kids = [int(p) for p in os.listdir('/proc') if p.isdigit()
         and open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[1] == str(pid)]
-print(ticks(pid), sum(ticks(k) for k in kids))
+def written(p):
+    try:
+        for line in open(f'/proc/{p}/io'):
+            if line.startswith('write_bytes:'):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+print(ticks(pid), sum(ticks(k) for k in kids), written(pid))
 PY
 }
-read -r s0 k0 < <(snap)
+read -r s0 k0 w0 < <(snap)
 wrk -t1 -c"$C" -d"$D" --latency -s "$HERE/post.lua" "$URL" >"$W/wrk.txt"
-read -r s1 k1 < <(snap)
+read -r s1 k1 w1 < <(snap)
 N=$(grep -o "[0-9]* requests in" "$W/wrk.txt" | awk '{print $1}')
 RPS=$(awk '/Requests\/sec/ {print $2}' "$W/wrk.txt")
 P50=$(awk '$1 == "50%" {print $2}' "$W/wrk.txt")
 P99=$(awk '$1 == "99%" {print $2}' "$W/wrk.txt")
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
-echo "$NAME c=$C rps=$RPS p50=$P50 p99=$P99 n=$N server_us/req=$(( (s1 - s0) * TICK_US / N )) workers_us/req=$(( (k1 - k0) * TICK_US / N ))"
+echo "$NAME c=$C rps=$RPS p50=$P50 p99=$P99 n=$N server_us/req=$(( (s1 - s0) * TICK_US / N )) workers_us/req=$(( (k1 - k0) * TICK_US / N )) disk_kib/req=$(awk -v b=$((w1 - w0)) -v n="$N" 'BEGIN {printf "%.1f", b / 1024 / n}')"

@@ -84,6 +84,10 @@ const QUEUED_JOBS: &str = select_jobs!(concat!(
     " ORDER BY priority DESC, id"
 ));
 
+/// The job that holds an idempotency key (the key's partial unique index
+/// serves it: `idempotency_key = ?` implies its `IS NOT NULL`).
+const BY_KEY: &str = select_jobs!("WHERE idempotency_key = ?");
+
 /// The running jobs, oldest first ([`JobStore::recover_interrupted`]).
 const RUNNING_JOBS: &str = select_jobs!(concat!(
     "WHERE state = 'running' AND ",
@@ -564,11 +568,7 @@ impl JobStore for SqliteStore {
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<JobRecord>, StoreError> {
         Ok(self
-            .jobs_where(
-                select_jobs!("WHERE idempotency_key = ?"),
-                &[key.to_owned()],
-                false,
-            )
+            .jobs_where(BY_KEY, &[key.to_owned()], false)
             .await?
             .pop())
     }
@@ -811,6 +811,8 @@ mod tests {
             let p = plan(&store, list.as_str(), &[state.as_str(), "51"]).await;
             assert!(p.contains("jobs_by_state"), "{state:?}: {p}");
         }
+        let p = plan(&store, BY_KEY, &["k"]).await;
+        assert!(p.contains("jobs_by_idempotency_key"), "{p}");
         // Without the term, the partial index cannot serve the lookup.
         let p = plan(
             &store,
