@@ -18,9 +18,38 @@ use clap::Parser;
 /// `malloc`/`free`/`malloc_consolidate` (perf, 16 connections). See
 /// BENCHMARKS.md "Allocator". A forked child before `exec` allocates nothing
 /// (the engine's `pre_exec` hooks are async-signal-safe), so the allocator
-/// never runs in a forked child.
+/// never runs in a forked child. See [`configure_allocator`].
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_arena_eager_commit` (mimalloc.h's `mi_option_e`; the Rust
+/// bindings name no constant for it).
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// Commits mimalloc's arenas as they fill, not whole when reserved. Eagerly
+/// committed arenas are backed by 2 MiB transparent huge pages on hosts
+/// with THP `always` (as here), and idle `tsbridge serve` held 29-31 MiB
+/// instead of 18 (BENCHMARKS.md "Allocator").
+///
+/// It must run before mimalloc reserves its first arena, which happens
+/// before `main` (its initializer is an ELF constructor): set first thing
+/// in `main`, the option left idle `serve` with 16.5 MiB of anonymous
+/// memory, set here 4.4 MiB (debug builds, example config). So it runs from `.preinit_array`, which the
+/// loader runs before every constructor of the executable. It overrides
+/// `MIMALLOC_ARENA_EAGER_COMMIT` (mimalloc reads an option's variable only
+/// while the option is unset).
+extern "C" fn configure_allocator() {
+    // SAFETY: sets one of mimalloc's global options (an index it defines
+    // and an integer value): a plain store into its option table, which is
+    // static data and needs no initialization; no allocation, no pointer.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
+}
+
+/// Runs [`configure_allocator`] before any constructor (an executable's
+/// `DT_PREINIT_ARRAY`).
+#[used]
+#[unsafe(link_section = ".preinit_array")]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = configure_allocator;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
