@@ -786,6 +786,23 @@ mod tests {
         assert_eq!(secrets.cache.len(), MASKER_CACHE_ENTRIES);
     }
 
+    /// `wf` with an `env.set` of `keys` PEM keys and 4 tokens of 120 bytes
+    /// (the measurements' heavy case).
+    fn with_heavy_secrets(wf: &WorkflowConfig, keys: u64) -> WorkflowConfig {
+        let mut wf = wf.clone();
+        wf.env.set.clear();
+        for k in 0..keys {
+            wf.env.set.insert(format!("PRIVATE_KEY_{k}"), pem(k + 1));
+        }
+        for t in 0..4_u8 {
+            let a = char::from(b'a' + 2 * t);
+            let b = char::from(b'b' + 2 * t);
+            let token: String = (0..60).flat_map(|_| [a, b]).collect();
+            wf.env.set.insert(format!("API_TOKEN_{t}"), token);
+        }
+        wf
+    }
+
     /// A PEM-armoured key of 1,704 bytes (64-column base64 of pseudo-random
     /// bytes), different for each `seed`.
     fn pem(seed: u64) -> String {
@@ -821,17 +838,7 @@ mod tests {
         let (_dir, wf) = workflow();
         let secrets = HostSecrets::new([HOST.to_owned()]);
         for keys in [1_u64, 10] {
-            let mut wf = wf.clone();
-            wf.env.set.clear();
-            for k in 0..keys {
-                wf.env.set.insert(format!("PRIVATE_KEY_{k}"), pem(k + 1));
-            }
-            for t in 0..4_u8 {
-                let a = char::from(b'a' + 2 * t);
-                let b = char::from(b'b' + 2 * t);
-                let token: String = (0..60).flat_map(|_| [a, b]).collect();
-                wf.env.set.insert(format!("API_TOKEN_{t}"), token);
-            }
+            let wf = with_heavy_secrets(&wf, keys);
             let mut before: Vec<Duration> = (0..7)
                 .map(|_| {
                     let t = std::time::Instant::now();
@@ -872,17 +879,7 @@ mod tests {
         let (_dir, wf) = workflow();
         let secrets = HostSecrets::new([HOST.to_owned()]);
         for keys in [1_u64, 10] {
-            let mut wf = wf.clone();
-            wf.env.set.clear();
-            for k in 0..keys {
-                wf.env.set.insert(format!("PRIVATE_KEY_{k}"), pem(k + 1));
-            }
-            for t in 0..4_u8 {
-                let a = char::from(b'a' + 2 * t);
-                let b = char::from(b'b' + 2 * t);
-                let token: String = (0..60).flat_map(|_| [a, b]).collect();
-                wf.env.set.insert(format!("API_TOKEN_{t}"), token);
-            }
+            let wf = with_heavy_secrets(&wf, keys);
             let mut env = wf.env.set.clone();
             env.insert(
                 "DB_PASSWORD".into(),
