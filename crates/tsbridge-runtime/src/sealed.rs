@@ -891,6 +891,7 @@ mod tests {
         let s = EnvSealer::from_config(&StoreConfig {
             url: "postgres://x/y".into(),
             key_file: None,
+            wal_restart: None,
         });
         let old = env(&[("MODE", "fast")]);
         assert_eq!(s.open_env(JobId::new(), &old).unwrap(), old);
@@ -1016,6 +1017,7 @@ mod tests {
         let cfg = StoreConfig {
             url: format!("sqlite://{}", db.display()),
             key_file: None,
+            wal_restart: None,
         };
         // No database there (a runtime given a store opened elsewhere).
         assert_eq!(EnvSealer::from_config(&cfg).source, KeySource::Ephemeral);

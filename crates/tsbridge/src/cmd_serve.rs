@@ -9,7 +9,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tsbridge_process::transpile::TranspileCache;
-use tsbridge_runtime::store::PgStore;
+use tsbridge_runtime::config::StoreConfig;
+use tsbridge_runtime::store::{PgStore, SqliteOptions};
 use tsbridge_runtime::{Config, JobStore, Runtime, RuntimeOptions, SqliteStore};
 use tsbridge_sandbox::{Sandbox, SandboxConfig};
 use tsbridge_server::{AppState, Auth, ServerSettings};
@@ -92,7 +93,7 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
         )
     } else {
         Arc::new(
-            SqliteStore::open(&config.store.url)
+            SqliteStore::open_with(&config.store.url, sqlite_options(&config.store))
                 .await
                 .with_context(|| format!("cannot open the job store {}", config.store.url))?,
         )
@@ -140,6 +141,15 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
 }
 
 /// A `postgres://` store, shared by many nodes.
+/// The SQLite store's options from `[store]` (defaults where unset).
+fn sqlite_options(store: &StoreConfig) -> SqliteOptions {
+    let mut o = SqliteOptions::default();
+    if let Some(size) = store.wal_restart {
+        o.wal_restart = size.bytes();
+    }
+    o
+}
+
 fn is_shared_store(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
@@ -189,6 +199,18 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sqlite_store_takes_the_configured_wal_restart() {
+        let mut store = StoreConfig {
+            url: "sqlite:///srv/a.db".into(),
+            key_file: None,
+            wal_restart: None,
+        };
+        assert_eq!(sqlite_options(&store), SqliteOptions::default());
+        store.wal_restart = Some(tsbridge_proto::ByteSize(256 << 20));
+        assert_eq!(sqlite_options(&store).wal_restart, 256 << 20);
+    }
 
     #[test]
     fn cgroup_parent_is_per_store_and_stable() {

@@ -127,7 +127,16 @@ pub struct StoreConfig {
     /// `<db>.key`, created 0600 when first needed. Required with PostgreSQL
     /// when a spawn workflow accepts request env (see sealed.rs).
     pub key_file: Option<PathBuf>,
+    /// `wal_restart`: the WAL size past which a SQLite store's WAL starts
+    /// again from its beginning (default 64 MiB; SQLite only).
+    pub wal_restart: Option<ByteSize>,
 }
+
+/// `store.wal_restart`, at least: a smaller WAL would restart (and stall
+/// the writes for a copy and two syncs) every few hundred jobs.
+pub const WAL_RESTART_MIN: u64 = 1024 * 1024;
+/// `store.wal_restart`, at most: a crash recovery reads the whole WAL.
+pub const WAL_RESTART_MAX: u64 = 4 * 1024 * 1024 * 1024;
 
 /// `[defaults]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -500,7 +509,7 @@ const SERVER_KEYS: &[&str] = &[
     "batch_concurrency",
     "dev",
 ];
-const STORE_KEYS: &[&str] = &["url", "key_file"];
+const STORE_KEYS: &[&str] = &["url", "key_file", "wal_restart"];
 const DEFAULTS_KEYS: &[&str] = &[
     "timeout",
     "kill_grace",
@@ -764,11 +773,44 @@ fn read_store(issues: &mut Issues<'_>, s: Option<&Section<'_, '_>>, base: &Path)
     let key_file = s
         .and_then(|s| s.get::<String>(issues, "key_file"))
         .map(|k| absolute(&base.join(k.into_inner())));
+    let wal_restart = s.and_then(|s| {
+        let v = s.get::<ByteSize>(issues, "wal_restart")?;
+        let (span, size) = (v.span(), v.into_inner());
+        if !url.starts_with("sqlite:") {
+            issues.push(
+                "store.wal_restart",
+                Some(span),
+                "applies to a SQLite store only (store.url is not sqlite:)",
+            );
+            None
+        } else if !(WAL_RESTART_MIN..=WAL_RESTART_MAX).contains(&size.bytes()) {
+            issues.push(
+                "store.wal_restart",
+                Some(span),
+                format!(
+                    "must be between {} and {}, not {size}",
+                    ByteSize(WAL_RESTART_MIN),
+                    ByteSize(WAL_RESTART_MAX)
+                ),
+            );
+            None
+        } else {
+            Some(size)
+        }
+    });
     match resolve_store_url(&url, base) {
-        Ok(url) => StoreConfig { url, key_file },
+        Ok(url) => StoreConfig {
+            url,
+            key_file,
+            wal_restart,
+        },
         Err(e) => {
             issues.push("store.url", span, e);
-            StoreConfig { url, key_file }
+            StoreConfig {
+                url,
+                key_file,
+                wal_restart,
+            }
         }
     }
 }

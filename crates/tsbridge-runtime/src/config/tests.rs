@@ -470,3 +470,33 @@ fn a_postgres_store_needs_a_key_file_when_a_workflow_accepts_request_env() {
     // SQLite: the default key file beside the store serves.
     f.parse(wf).expect("sqlite needs no key_file");
 }
+
+#[test]
+fn store_wal_restart_is_a_size_within_bounds_for_sqlite_only() {
+    let f = Fixture::new();
+    let c = f
+        .parse("[store]\nwal_restart = \"256MiB\"\n")
+        .expect("a valid threshold");
+    assert_eq!(c.store.wal_restart, Some(ByteSize(256 << 20)));
+    assert_eq!(
+        f.parse("").expect("default").store.wal_restart,
+        None,
+        "unset: the store's default"
+    );
+    for bad in ["\"512KiB\"", "\"8GiB\""] {
+        let issues = f.issues(&format!("[store]\nwal_restart = {bad}\n"));
+        assert!(has(&issues, "store.wal_restart", 2), "{bad}: {issues:?}");
+        assert!(
+            issues.iter().any(|i| i.message.contains("between")),
+            "{issues:?}"
+        );
+    }
+    let issues = f.issues("[store]\nwal_restart = \"lots\"\n");
+    assert!(has(&issues, "store.wal_restart", 2), "{issues:?}");
+    let issues = f.issues("[store]\nurl = \"postgres://db/x\"\nwal_restart = \"64MiB\"\n");
+    assert!(has(&issues, "store.wal_restart", 3), "{issues:?}");
+    assert!(
+        issues.iter().any(|i| i.message.contains("SQLite")),
+        "{issues:?}"
+    );
+}

@@ -29,7 +29,7 @@ pub use cursor::{decode_cursor, encode_cursor};
 #[cfg(any(test, feature = "test-support"))]
 pub use delegating::{DelegatingStore, Overrides};
 pub use postgres::{EVENTS_CHANNEL, PgOptions, PgStore, QUEUED_CHANNEL};
-pub use sqlite::{EventRetention, SqliteStore};
+pub use sqlite::{EventRetention, SqliteOptions, SqliteStore};
 
 /// What a re-run of a job needs besides its parameters.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -17,7 +17,9 @@ use serde_json::json;
 use sqlx::Connection;
 use tsbridge_proto::api::JobOptions;
 use tsbridge_proto::{EndReason, EventData, JobEvent, JobId, JobState, Progress};
-use tsbridge_runtime::store::{Inserted, JobStore, NewJob, SqliteStore, StoredRequest};
+use tsbridge_runtime::store::{
+    Inserted, JobStore, NewJob, SqliteOptions, SqliteStore, StoredRequest,
+};
 use tsbridge_runtime::{AttemptIo, AttemptOutcome, AttemptRequest, Executor, RuntimeOptions};
 
 fn new_job(key: Option<String>) -> NewJob {
@@ -424,6 +426,67 @@ async fn the_wal_restarts_under_a_load_that_never_stops() {
         .await
         .expect("integrity check");
     assert_eq!(check, "ok");
+}
+
+/// `store.wal_restart` sets the threshold: at 4 MiB the WAL restarts long
+/// before the default 64 MiB would let it, and its file never grows far
+/// past the threshold (with the default it reaches 64 MiB before the first
+/// restart, so the bound below fails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_wal_restart_keeps_the_wal_short() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = SqliteOptions {
+        wal_restart: 4 << 20,
+        ..SqliteOptions::default()
+    };
+    let store = Arc::new(
+        SqliteStore::open_with(&url(&dir), options)
+            .await
+            .expect("open"),
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = store.insert_job(&new_job(None)).await;
+                    assert!(matches!(r, Ok(Inserted::Created)), "{r:?}");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let wal_len = || std::fs::metadata(dir.path().join("jobs.db-wal")).map_or(0, |m| m.len());
+    let mut longest = 0;
+    while wal_restarts(&dir) < 5 && std::time::Instant::now() < deadline {
+        longest = longest.max(wal_len());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut written = 0;
+    for w in writers {
+        written += w.await.expect("writer task");
+    }
+    let restarts = wal_restarts(&dir);
+    assert!(
+        restarts >= 5,
+        "after {written} inserts the WAL restarted {restarts} times; it was {longest} bytes long"
+    );
+    // Past 4 MiB it restarts; its file is kept up to 8 MiB. 32 MiB leaves
+    // room for a starved checkpointer on a loaded machine, and is half of
+    // what the default threshold lets it reach before its first restart.
+    assert!(
+        longest < 32 << 20,
+        "the WAL grew to {longest} bytes with a 4 MiB threshold"
+    );
+    assert_eq!(
+        store.queued_jobs().await.expect("queued").len() as u64,
+        written
+    );
 }
 
 #[tokio::test]

@@ -50,6 +50,35 @@ pub struct EventRetention {
     pub tail: u64,
 }
 
+/// How a SQLite store is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteOptions {
+    pub retention: EventRetention,
+    /// The WAL size (bytes) past which the WAL is started again from its
+    /// beginning (`store.wal_restart`): each restart holds the writes for a
+    /// copy and two syncs, so a larger one stalls less often, and a crash
+    /// recovery reads up to this much (docs/design/job-store.md).
+    pub wal_restart: u64,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            retention: EventRetention::default(),
+            wal_restart: writer::DEFAULT_WAL_RESTART,
+        }
+    }
+}
+
+impl From<EventRetention> for SqliteOptions {
+    fn from(retention: EventRetention) -> Self {
+        Self {
+            retention,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for EventRetention {
     fn default() -> Self {
         Self {
@@ -112,10 +141,19 @@ impl SqliteStore {
     /// runs the embedded migrations. Must be called within a tokio runtime:
     /// the writer is a task of it.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        Self::open_with(url, EventRetention::default()).await
+        Self::open_with(url, SqliteOptions::default()).await
     }
 
-    pub async fn open_with(url: &str, retention: EventRetention) -> Result<Self, StoreError> {
+    /// [`SqliteStore::open`] with these options (an [`EventRetention`]
+    /// alone keeps the other defaults).
+    pub async fn open_with(
+        url: &str,
+        options: impl Into<SqliteOptions>,
+    ) -> Result<Self, StoreError> {
+        let SqliteOptions {
+            retention,
+            wal_restart,
+        } = options.into();
         let memory = url == "sqlite::memory:";
         if !memory && !url.starts_with("sqlite:") {
             return Err(StoreError::UnsupportedUrl {
@@ -175,7 +213,7 @@ impl SqliteStore {
             .connect_with(read_opts)
             .await
             .map_err(StoreError::Open)?;
-        let writer = WriterHandle::spawn(target, retention).await?;
+        let writer = WriterHandle::spawn(target, retention, wal_restart).await?;
         drop(conn);
         Ok(Self { readers, writer })
     }

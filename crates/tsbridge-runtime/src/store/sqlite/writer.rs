@@ -33,13 +33,14 @@
 //! writer always has appended frames the last checkpoint did not see, so the
 //! WAL would grow without end (595 MB after 10 s of pooled HTTP load, and
 //! every page lookup scans its index). Once the WAL holds more than
-//! [`WAL_RESTART_PAGES`], the checkpointer copies more often, and after a
+//! its restart threshold ([`WalLimits`]; `store.wal_restart`, 64 MiB by
+//! default), the checkpointer copies more often, and after a
 //! pass that copied all it saw it asks the writer to copy the rest itself
 //! between two batches, when no write waits or at most [`RESTART_WAIT`]
 //! later (the frames of a few milliseconds, and the fsyncs):
 //! with no write in flight that copy is whole, and the next transaction
-//! restarts the WAL, which `journal_size_limit` then truncates to
-//! [`WAL_SIZE_LIMIT`].
+//! restarts the WAL, which `journal_size_limit` then truncates to twice
+//! the threshold.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -65,9 +66,9 @@ const CHECKPOINT_PERIOD: Duration = Duration::from_millis(200);
 /// WAL pages after which a checkpoint that could not copy everything
 /// (readers on old snapshots) is logged.
 const WAL_PAGES_WARN: i64 = 50_000;
-/// WAL pages (64 MiB of 4 KiB pages) past which the WAL is restarted from
-/// its beginning: the checkpointer copies every [`CHECKPOINT_PERIOD_BUSY`]
-/// and asks the writer to copy the rest.
+/// The WAL size past which the WAL is restarted from its beginning, unless
+/// the config says otherwise (`store.wal_restart`): the checkpointer copies
+/// every [`CHECKPOINT_PERIOD_BUSY`] and asks the writer to copy the rest.
 ///
 /// Each restart holds every write for the writer's copy and its two syncs
 /// (tens of milliseconds on a virtual disk), so the threshold sets how often
@@ -75,19 +76,40 @@ const WAL_PAGES_WARN: i64 = 50_000;
 /// (1.1 s of the writer's time in syncs), at 64 MiB 13-15 (0.4-0.6 s; p99
 /// 54-68 ms against 63-89), at 256 MiB 3-4 (0.2-0.3 s), whose WAL of up to
 /// 256 MiB a crash recovery would read whole (docs/design/job-store.md).
-const WAL_RESTART_PAGES: i64 = 16_384;
-/// How often the checkpointer copies while the WAL is past
-/// [`WAL_RESTART_PAGES`] (so that the rest the writer copies is short).
+pub const DEFAULT_WAL_RESTART: u64 = 64 * 1024 * 1024;
+
+/// When the WAL restarts, and how much of its file is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct WalLimits {
+    /// WAL pages past which it is restarted.
+    pub restart_pages: i64,
+    /// The size the WAL file is truncated to when it restarts (bytes):
+    /// twice the threshold, so that a WAL restarted before it reached this
+    /// keeps its file (and blocks), and the frames after a restart
+    /// overwrite blocks the file has rather than allocating new ones.
+    pub size_limit: i64,
+}
+
+impl WalLimits {
+    /// The limits of a restart threshold of `bytes`, in pages of
+    /// `page_size` bytes (at least one page).
+    pub(super) fn new(bytes: u64, page_size: u64) -> Self {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        let page = i64::try_from(page_size.max(512)).unwrap_or(4096);
+        Self {
+            restart_pages: (bytes / page).max(1),
+            size_limit: bytes.saturating_mul(2),
+        }
+    }
+}
+
+/// How often the checkpointer copies while the WAL is past its restart
+/// threshold (so that the rest the writer copies is short).
 const CHECKPOINT_PERIOD_BUSY: Duration = Duration::from_millis(5);
 /// How long the writer waits for a moment with no write waiting before it
 /// copies the rest of a long WAL anyway (the copy and its fsyncs hold the
 /// writes that wait).
 const RESTART_WAIT: Duration = Duration::from_millis(250);
-/// The size the WAL file is truncated to when it restarts (bytes).
-/// Twice the restart threshold: a WAL restarted before it reached this
-/// keeps its file (and blocks), so the frames after a restart overwrite
-/// blocks the file has rather than allocating new ones.
-const WAL_SIZE_LIMIT: i64 = 128 * 1024 * 1024;
 /// The database file grows by this much at a time (bytes): see
 /// [`grow_in_chunks`].
 pub(super) const DB_CHUNK: i32 = 8 * 1024 * 1024;
@@ -286,13 +308,14 @@ impl WriterHandle {
     pub(super) async fn spawn(
         target: Target,
         retention: EventRetention,
+        wal_restart: u64,
     ) -> Result<Self, StoreError> {
         let (conn, checkpointer) = tokio::task::spawn_blocking(move || {
-            let conn = open(&target)?;
+            let (conn, limits) = open(&target, wal_restart)?;
             let checkpointer = if target.memory {
                 None
             } else {
-                Some(Checkpointer::start(&target)?)
+                Some(Checkpointer::start(&target, limits)?)
             };
             Ok::<_, StoreError>((conn, checkpointer))
         })
@@ -342,8 +365,9 @@ impl WriterHandle {
     }
 }
 
-/// Opens the read-write connection (the schema is migrated already).
-fn open(target: &Target) -> Result<Connection, StoreError> {
+/// Opens the read-write connection (the schema is migrated already), with
+/// the WAL limits of a `wal_restart`-byte threshold in its page size.
+fn open(target: &Target, wal_restart: u64) -> Result<(Connection, WalLimits), StoreError> {
     let op = "open the writer";
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -357,9 +381,14 @@ fn open(target: &Target) -> Result<Connection, StoreError> {
         .map_err(failed(op))?;
     // No automatic checkpoint in the writer's commits: the checkpointer
     // thread does them (see the module's documentation).
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .map_err(failed(op))?;
+    let limits = WalLimits::new(wal_restart, page_size.unsigned_abs());
     conn.execute_batch(&format!(
         "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
+             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {};",
+        limits.size_limit
     ))
     .map_err(failed(op))?;
     if !target.memory {
@@ -378,7 +407,7 @@ fn open(target: &Target) -> Result<Connection, StoreError> {
     if !target.memory {
         grow_in_chunks(&conn, op)?;
     }
-    Ok(conn)
+    Ok((conn, limits))
 }
 
 /// Makes `conn` grow the database file [`DB_CHUNK`] at a time
@@ -451,7 +480,7 @@ struct Writer {
 struct CheckpointState {
     /// Commits so far (written by the writer).
     commits: AtomicU64,
-    /// Set by the checkpointer: the WAL is past [`WAL_RESTART_PAGES`] and
+    /// Set by the checkpointer: the WAL is past its restart threshold and
     /// its last pass copied all it saw; the writer copies the rest and
     /// clears it (the checkpointer does not copy meanwhile).
     restart: AtomicBool,
@@ -468,7 +497,7 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(target: &Target) -> Result<Self, StoreError> {
+    fn start(target: &Target, limits: WalLimits) -> Result<Self, StoreError> {
         let op = "open the checkpointer";
         let conn = Connection::open_with_flags(
             &target.path,
@@ -488,7 +517,7 @@ impl Checkpointer {
         let shared = state.clone();
         let thread = std::thread::Builder::new()
             .name("tsbridge-store-checkpoint".into())
-            .spawn(move || checkpoint_loop(&conn, &shared))
+            .spawn(move || checkpoint_loop(&conn, &shared, limits))
             .map_err(|e| StoreError::WriterStart(e.to_string()))?;
         Ok(Self {
             state,
@@ -550,7 +579,7 @@ fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<Checkpointed> {
     })
 }
 
-fn checkpoint_loop(conn: &Connection, state: &CheckpointState) {
+fn checkpoint_loop(conn: &Connection, state: &CheckpointState, limits: WalLimits) {
     let mut seen = 0;
     let mut period = CHECKPOINT_PERIOD;
     loop {
@@ -576,7 +605,7 @@ fn checkpoint_loop(conn: &Connection, state: &CheckpointState) {
                             "the SQLite WAL keeps growing: a reader holds an old snapshot"
                         );
                     }
-                    let long = log >= WAL_RESTART_PAGES;
+                    let long = log >= limits.restart_pages;
                     period = if long {
                         CHECKPOINT_PERIOD_BUSY
                     } else {
