@@ -363,18 +363,17 @@ fn wal_restarts(dir: &tempfile::TempDir) -> u32 {
     }
 }
 
-/// Under a load that never lets the writer go idle, the WAL still starts
-/// again from its beginning once it is long (it grew without end before:
-/// a checkpoint running beside the writer never sees the last frames, and
-/// SQLite restarts the WAL only when every frame was copied), and the data
-/// written across the restarts is all there and sound.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_wal_restarts_under_a_load_that_never_stops() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(SqliteStore::open(&url(&dir)).await.expect("open"));
+/// Inserts from 8 writers, each sending its next insert as soon as the
+/// last one committed (small commits, one after the other, as under HTTP
+/// load), until the WAL restarted `restarts` times (or 180 s passed).
+/// Returns the jobs written and the longest the WAL file was meanwhile (it
+/// is as long as the WAL ever was since its last truncation).
+async fn insert_until_the_wal_restarted(
+    store: &Arc<SqliteStore>,
+    dir: &tempfile::TempDir,
+    restarts: u32,
+) -> (u64, u64) {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Writers that each send their next insert as soon as the last one
-    // committed: small commits, one after the other, as under HTTP load.
     let writers: Vec<_> = (0..8)
         .map(|_| {
             let (store, stop) = (store.clone(), stop.clone());
@@ -389,22 +388,34 @@ async fn the_wal_restarts_under_a_load_that_never_stops() {
             })
         })
         .collect();
-    // Each insert appends a few 4 KiB pages; the WAL restarts past 64 MiB.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
-    // The WAL file is as long as the WAL ever was since its last
-    // truncation (to 128 MiB, at a restart).
     let wal_len = || std::fs::metadata(dir.path().join("jobs.db-wal")).map_or(0, |m| m.len());
     let mut longest = 0;
-    while wal_restarts(&dir) < 3 && std::time::Instant::now() < deadline {
+    while wal_restarts(dir) < restarts && std::time::Instant::now() < deadline {
         longest = longest.max(wal_len());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    eprintln!("the WAL was {longest} bytes long at most");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut written = 0;
     for w in writers {
         written += w.await.expect("writer task");
     }
+    (written, longest)
+}
+
+/// Under a load that never lets the writer go idle, the WAL still starts
+/// again from its beginning once it is long (it grew without end before:
+/// a checkpoint running beside the writer never sees the last frames, and
+/// SQLite restarts the WAL only when every frame was copied), and the data
+/// written across the restarts is all there and sound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_restarts_under_a_load_that_never_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(&url(&dir)).await.expect("open"));
+    // Each insert appends a few 4 KiB pages; the WAL restarts past 64 MiB
+    // (and its file is truncated to 128 MiB at a restart).
+    let (written, longest) = insert_until_the_wal_restarted(&store, &dir, 3).await;
+    eprintln!("the WAL was {longest} bytes long at most");
     let restarts = wal_restarts(&dir);
     assert!(
         restarts >= 3,
@@ -444,33 +455,7 @@ async fn a_configured_wal_restart_keeps_the_wal_short() {
             .await
             .expect("open"),
     );
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writers: Vec<_> = (0..8)
-        .map(|_| {
-            let (store, stop) = (store.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut n = 0u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let r = store.insert_job(&new_job(None)).await;
-                    assert!(matches!(r, Ok(Inserted::Created)), "{r:?}");
-                    n += 1;
-                }
-                n
-            })
-        })
-        .collect();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
-    let wal_len = || std::fs::metadata(dir.path().join("jobs.db-wal")).map_or(0, |m| m.len());
-    let mut longest = 0;
-    while wal_restarts(&dir) < 5 && std::time::Instant::now() < deadline {
-        longest = longest.max(wal_len());
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut written = 0;
-    for w in writers {
-        written += w.await.expect("writer task");
-    }
+    let (written, longest) = insert_until_the_wal_restarted(&store, &dir, 5).await;
     let restarts = wal_restarts(&dir);
     assert!(
         restarts >= 5,
