@@ -19,8 +19,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use common::*;
 use serde_json::json;
+use tsbridge_proto::JobState;
 use tsbridge_proto::api::JobOptions;
-use tsbridge_proto::{EventData, JobEvent, JobState};
 use tsbridge_runtime::{Config, Runtime, RuntimeOptions};
 
 const TOKEN: &str = "tsb-live-7Qm2Wx9Rk4Tz6Yp1Lc8Vb3Nd5Hf0Jg-aX9eR2tY7uI4oP1sD6fG3hJ8kL5zX0cV\
@@ -80,17 +80,6 @@ fn toml(dir: &std::path::Path, name: &str, extra: &str) -> String {
     )
 }
 
-/// The texts an event carries.
-fn text(e: &JobEvent) -> Option<String> {
-    match &e.data {
-        EventData::Log { message, .. } => Some(message.clone()),
-        EventData::Progress(p) => Some(p.message.clone()),
-        EventData::Stdout { line } | EventData::Stderr { line } => Some(line.clone()),
-        EventData::Result { value } => Some(value.to_string()),
-        EventData::State { .. } => None,
-    }
-}
-
 /// Runs one job of `name`: its stored event texts and its captures.
 async fn run(name: &str, extra: &str, opts: JobOptions) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
@@ -117,7 +106,7 @@ async fn run(name: &str, extra: &str, opts: JobOptions) -> Vec<String> {
         .await
         .unwrap()
         .iter()
-        .filter_map(text)
+        .filter_map(event_text)
         .collect();
     texts.push(v.output.stdout.clone());
     texts.push(v.output.stderr.clone());

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use common::*;
 use serde_json::json;
-use tsbridge_proto::{EventData, JobEvent, JobState};
+use tsbridge_proto::JobState;
 
 /// A PEM private key of made-up base64 (64 columns, a short last line).
 fn pem_key() -> String {
@@ -104,17 +104,6 @@ fn workflow(name: &str, extra: &str, pem: &str) -> String {
     )
 }
 
-/// The texts an event carries.
-fn text(e: &JobEvent) -> Option<String> {
-    match &e.data {
-        EventData::Log { message, .. } => Some(message.clone()),
-        EventData::Progress(p) => Some(p.message.clone()),
-        EventData::Stdout { line } | EventData::Stderr { line } => Some(line.clone()),
-        EventData::Result { value } => Some(value.to_string()),
-        EventData::State { .. } => None,
-    }
-}
-
 /// Asserts no text shows a piece, as it is or JSON-escaped.
 fn assert_clean(texts: &[String], pieces: &[String], what: &str) {
     for piece in pieces {
@@ -143,7 +132,7 @@ async fn run(
     let deadline = tokio::time::Instant::now() + SOON;
     while let Ok(Some(e)) = tokio::time::timeout_at(deadline, sub.recv()).await {
         let end = e.data.is_terminal_state();
-        live.extend(text(&e));
+        live.extend(event_text(&e));
         if end {
             break;
         }
@@ -154,7 +143,7 @@ async fn run(
             .await
             .unwrap()
             .iter()
-            .filter_map(text)
+            .filter_map(event_text)
             .collect();
     (v, stored, live)
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tsbridge_proto::api::{JobOptions, JobView};
-use tsbridge_proto::{JobId, JobState};
+use tsbridge_proto::{EventData, JobEvent, JobId, JobState};
 use tsbridge_runtime::{Config, Runtime, RuntimeOptions, SqliteStore};
 
 /// Generous bound for anything that should happen "soon" on a loaded machine.
@@ -135,4 +135,17 @@ impl Harness {
 pub fn take(n: &std::sync::atomic::AtomicU32) -> bool {
     use std::sync::atomic::Ordering::SeqCst;
     n.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok()
+}
+
+/// The text an event carries (a log or progress message, an output line,
+/// the result as JSON); none for a state change. What a secret could leak
+/// through.
+pub fn event_text(e: &JobEvent) -> Option<String> {
+    match &e.data {
+        EventData::Log { message, .. } => Some(message.clone()),
+        EventData::Progress(p) => Some(p.message.clone()),
+        EventData::Stdout { line } | EventData::Stderr { line } => Some(line.clone()),
+        EventData::Result { value } => Some(value.to_string()),
+        EventData::State { .. } => None,
+    }
 }
