@@ -1,17 +1,22 @@
 //! Request extractors whose rejections are API errors: [`ApiJson`] (bad JSON,
-//! wrong types and unknown fields are 400 `ValidationError`; a body over the
-//! limit is 413 `PayloadTooLarge`) and job ids from the path.
+//! wrong types, unknown fields and a body declared as something other than
+//! JSON are 400 `ValidationError`; a body over the limit is 413
+//! `PayloadTooLarge`) and job ids from the path.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 use tsbridge_proto::{ErrorType, JobId};
 
 use crate::errors::ApiError;
 
-/// A JSON body. The `Content-Type` is not checked (curl's `-d` sends a form
-/// type); the body must parse as the expected type.
+/// A JSON body. SPEC §8: "All bodies are JSON", so a body declared as
+/// something else (`text/plain`, `multipart/form-data`, XML...) is refused
+/// with 400 `ValidationError` even when its bytes happen to parse. Accepted:
+/// no `Content-Type`, `application/json`, any `application/*+json`, and
+/// `application/x-www-form-urlencoded` (what `curl -d` sends when no type is
+/// given; its body must still parse as JSON, so a real form is refused).
 #[derive(Debug, Clone)]
 pub struct ApiJson<T>(pub T);
 
@@ -23,6 +28,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        check_content_type(req.headers())?;
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|rej| match rej.status() {
@@ -34,6 +40,29 @@ where
             })?;
         parse_body(&bytes).map(ApiJson)
     }
+}
+
+/// Refuses a body whose declared type is not JSON (see [`ApiJson`]).
+pub fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let raw = String::from_utf8_lossy(value.as_bytes());
+    // The media type without parameters (`; charset=utf-8`), case-insensitive.
+    let essence = raw
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if json || essence == "application/x-www-form-urlencoded" {
+        return Ok(());
+    }
+    Err(ApiError::validation(format!(
+        "unsupported Content-Type {raw:?}: request bodies are JSON (application/json)"
+    )))
 }
 
 pub(crate) fn payload_too_large() -> ApiError {
@@ -87,5 +116,34 @@ mod tests {
         let e = parse_body::<SubmitRequest>(b"  ").unwrap_err();
         assert!(e.message.contains("empty"), "{}", e.message);
         assert_eq!(job_id("x").unwrap_err().kind, ErrorType::NotFound);
+    }
+
+    #[test]
+    fn only_json_content_types_are_accepted() {
+        let with = |ct: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            check_content_type(&h)
+        };
+        assert!(check_content_type(&HeaderMap::new()).is_ok());
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/vnd.api+json",
+            "application/x-www-form-urlencoded",
+        ] {
+            assert!(with(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "text/plain;charset=UTF-8",
+            "multipart/form-data; boundary=x",
+            "application/xml",
+            "",
+        ] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.kind, ErrorType::ValidationError, "{bad}");
+            assert!(e.message.contains("Content-Type"), "{}", e.message);
+        }
     }
 }

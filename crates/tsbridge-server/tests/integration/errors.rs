@@ -71,6 +71,55 @@ async fn bad_json_wrong_types_and_unknown_fields_are_400() {
     assert_failure(&a, 400, "ValidationError");
 }
 
+/// SPEC §8 "All bodies are JSON": a valid JSON body declared as another type
+/// (fetch's default `text/plain;charset=UTF-8`, a multipart form, XML) is 400
+/// `ValidationError` and submits nothing; JSON types, no type and curl's
+/// default form type (with a JSON body) are accepted.
+#[tokio::test]
+async fn a_body_declared_as_not_json_is_400() {
+    let (state, fake) = fake_state(settings());
+    let body = r#"{"workflow":"echo","parameters":{}}"#;
+    let post = |ct: Option<&str>| {
+        let mut r = Request::post("/v1/jobs");
+        if let Some(ct) = ct {
+            r = r.header("content-type", ct);
+        }
+        r.body(Body::from(body)).unwrap()
+    };
+    for ct in [
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+    ] {
+        let a = send(&state, post(Some(ct))).await;
+        assert_failure(&a, 400, "ValidationError");
+        let message = a.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("Content-Type"), "{ct}: {message}");
+    }
+    let a = send(
+        &state,
+        Request::post("/workflow/echo/execute")
+            .header("content-type", "text/plain")
+            .body(Body::from(r#"{"parameters":{}}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_failure(&a, 400, "ValidationError");
+    assert_eq!(fake.job_count(), 0, "nothing was submitted");
+
+    for ct in [
+        None,
+        Some("application/json"),
+        Some("application/json; charset=utf-8"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let a = send(&state, post(ct)).await;
+        assert_eq!(a.status, 202, "{ct:?}: {:?}", a.body);
+    }
+    assert_eq!(fake.job_count(), 4);
+}
+
 #[tokio::test]
 async fn schema_violations_are_400_with_details() {
     let (state, _) = fake_state(settings());
