@@ -150,6 +150,7 @@ impl JobsArgs {
             state: None,
             workflow: None,
             limit: DEFAULT_LIST_LIMIT,
+            cursor: None,
         })
     }
 }
@@ -161,12 +162,19 @@ pub const DEFAULT_LIST_LIMIT: u32 = 20;
 pub enum JobsCommand {
     /// List jobs, newest first.
     List {
+        /// Only jobs in this state (queued, running, succeeded, failed,
+        /// cancelled, timed_out).
         #[arg(long)]
         state: Option<String>,
+        /// Only jobs of this workflow.
         #[arg(long)]
         workflow: Option<String>,
+        /// Jobs per page (1 to 500).
         #[arg(long, default_value_t = DEFAULT_LIST_LIMIT)]
         limit: u32,
+        /// The next page: the cursor a previous list printed (`nextCursor`).
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// Show one job.
     Show { id: String },
@@ -326,7 +334,8 @@ mod tests {
             JobsCommand::List {
                 state: None,
                 workflow: None,
-                limit: DEFAULT_LIST_LIMIT
+                limit: DEFAULT_LIST_LIMIT,
+                cursor: None
             }
         ));
         let cli = Cli::try_parse_from(["tsbridge", "jobs", "show", "x"]).unwrap();

@@ -21,6 +21,7 @@ pub async fn main(mut args: JobsArgs) -> Result<ExitCode> {
             state,
             workflow,
             limit,
+            cursor,
         } => {
             let state = match state.as_deref() {
                 None => None,
@@ -33,7 +34,7 @@ pub async fn main(mut args: JobsArgs) -> Result<ExitCode> {
                     state,
                     workflow,
                     limit: Some(limit),
-                    cursor: None,
+                    cursor,
                 })
                 .await?;
             if args.json {
@@ -41,7 +42,7 @@ pub async fn main(mut args: JobsArgs) -> Result<ExitCode> {
             } else {
                 out!("{}", table(&list.jobs))?;
                 if let Some(c) = list.next_cursor {
-                    errln!("(more: cursor {c})")?;
+                    errln!("(more: --cursor {c})")?;
                 }
             }
         }

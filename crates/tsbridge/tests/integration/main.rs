@@ -7,3 +7,4 @@
 
 mod cli;
 mod crash_recovery;
+mod jobs_cli;
