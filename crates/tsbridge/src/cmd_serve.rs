@@ -27,8 +27,9 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
     };
     if let Some(bind) = &args.bind {
         config.server.bind = bind
-            .parse()
-            .with_context(|| format!("--bind {bind:?} is not an address like 127.0.0.1:8787"))?;
+            .parse::<tsbridge_runtime::config::BindAddr>()
+            .map_err(|e| anyhow::anyhow!("--bind: {e}"))?
+            .0;
     }
     if args.dev {
         config.server.dev = true;

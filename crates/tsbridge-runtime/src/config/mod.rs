@@ -732,10 +732,40 @@ impl<'de> Deserialize<'de> for DurationSpecStr {
     }
 }
 
+/// `server.bind`: an `IP:PORT`, or `localhost:PORT` (what people write, and
+/// what Node's `listen` accepts), which is `127.0.0.1:PORT`. Other host
+/// names are refused: which address a name resolves to (and so whether the
+/// listener is loopback, which decides whether a token is required) must
+/// not depend on the resolver of the day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BindAddr(pub SocketAddr);
+
+impl std::str::FromStr for BindAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(Self(a));
+        }
+        let bad = || {
+            format!(
+                "invalid address {s:?}: expected IP:PORT such as \"127.0.0.1:8787\" or localhost:PORT"
+            )
+        };
+        match s.rsplit_once(':') {
+            Some((host, port)) if host.eq_ignore_ascii_case("localhost") => port
+                .parse::<u16>()
+                .map(|p| Self(SocketAddr::from(([127, 0, 0, 1], p))))
+                .map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+}
+
 fn read_server(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> ServerConfig {
     let mut c = ServerConfig::default();
-    if let Some(b) = s.parse::<SocketAddr>(issues, "bind") {
-        c.bind = b.into_inner();
+    if let Some(b) = s.parse::<BindAddr>(issues, "bind") {
+        c.bind = b.into_inner().0;
     }
     if let Some(toks) = s.get::<Vec<String>>(issues, "tokens") {
         let span = toks.span();

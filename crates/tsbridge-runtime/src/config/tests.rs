@@ -500,3 +500,24 @@ fn store_wal_restart_is_a_size_within_bounds_for_sqlite_only() {
         "{issues:?}"
     );
 }
+
+#[test]
+fn bind_takes_an_ip_or_localhost_with_a_port() {
+    let f = Fixture::new();
+    let wf = "[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\n";
+    for (bind, want) in [
+        ("127.0.0.1:9000", "127.0.0.1:9000"),
+        ("[::1]:9000", "[::1]:9000"),
+        ("localhost:9000", "127.0.0.1:9000"),
+        ("LOCALHOST:9001", "127.0.0.1:9001"),
+    ] {
+        let c = f
+            .parse(&format!("[server]\nbind = \"{bind}\"\n{wf}"))
+            .unwrap_or_else(|e| panic!("{bind}: {e:?}"));
+        assert_eq!(c.server.bind.to_string(), want);
+    }
+    for bind in ["localhost", "localhost:http", "example.com:80", "9000"] {
+        let issues = f.issues(&format!("[server]\nbind = \"{bind}\"\n{wf}"));
+        assert!(has(&issues, "server.bind", 2), "{bind}: {issues:?}");
+    }
+}
