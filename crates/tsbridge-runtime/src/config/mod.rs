@@ -500,6 +500,32 @@ pub fn substitute_args(
         .collect()
 }
 
+/// The `{name}`s of an `args` element that [`substitute_args`] does not
+/// know: a typo such as `{param}` would otherwise reach the program as
+/// those literal bytes. Only identifier-like names count, so literal JSON
+/// such as `{}` or `{"a":1}` in a template stays allowed.
+fn unknown_placeholders(element: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = element;
+    while let Some(i) = rest.find('{') {
+        let tail = &rest[i + 1..];
+        let Some(end) = tail.find('}') else {
+            break;
+        };
+        let name = &tail[..end];
+        let identifier = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if identifier && !matches!(name, "workflow" | "params" | "jobId") {
+            out.push(name);
+        }
+        rest = tail;
+    }
+    out
+}
+
 const TOP_KEYS: &[&str] = &["server", "store", "defaults", "workflows"];
 const SERVER_KEYS: &[&str] = &[
     "bind",
@@ -974,10 +1000,23 @@ fn read_workflow(
     let runtime = s
         .get::<RuntimeKind>(issues, "runtime")
         .map(|v| v.into_inner());
-    let args = s
-        .get::<Vec<String>>(issues, "args")
-        .map(|v| v.into_inner())
-        .unwrap_or_else(|| DEFAULT_ARGS.iter().map(|a| (*a).to_owned()).collect());
+    let args = match s.get::<Vec<String>>(issues, "args") {
+        Some(v) => {
+            let span = v.span();
+            let args = v.into_inner();
+            for unknown in args.iter().flat_map(|a| unknown_placeholders(a)) {
+                issues.push(
+                    &s.key("args"),
+                    Some(span.clone()),
+                    format!(
+                        "unknown placeholder {{{unknown}}}: the template knows {{workflow}}, {{params}} and {{jobId}}"
+                    ),
+                );
+            }
+            args
+        }
+        None => DEFAULT_ARGS.iter().map(|a| (*a).to_owned()).collect(),
+    };
     let mode = s
         .get::<Mode>(issues, "mode")
         .map(|v| v.into_inner())

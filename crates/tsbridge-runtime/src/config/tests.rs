@@ -521,3 +521,19 @@ fn bind_takes_an_ip_or_localhost_with_a_port() {
         assert!(has(&issues, "server.bind", 2), "{bind}: {issues:?}");
     }
 }
+
+#[test]
+fn an_unknown_args_placeholder_is_reported_with_its_line() {
+    let f = Fixture::new();
+    let issues = f.issues(
+        "[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\nargs = [\"--params\", \"{param}\", \"--id={jobid}\"]\n",
+    );
+    assert!(has(&issues, "workflows.a.args", 4), "{issues:?}");
+    assert_eq!(issues.len(), 2, "{issues:?}");
+    assert!(issues[0].message.contains("{param}"), "{issues:?}");
+    // Known placeholders, and literal braces that are not names, are fine.
+    let c = f
+        .parse("[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\nargs = [\"{workflow}\", \"--params={params}\", \"{jobId}\", \"{}\", \"{\\\"a\\\":1}\", \"{ x }\"]\n")
+        .expect("valid");
+    assert_eq!(c.workflows["a"].args.len(), 6);
+}
