@@ -43,6 +43,51 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Answers every route can give besides its own, added to each operation
+/// rather than repeated in every annotation: 401 on every route but
+/// `/healthz` (the auth middleware), 413 `PayloadTooLarge` on every route
+/// with a body (the body limit layer).
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+        let failure = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        Content::new(Some(Ref::from_schema_name("Failure"))),
+                    )
+                    .build(),
+            )
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let responses = &mut op.responses.responses;
+                if path != "/healthz" {
+                    responses.entry("401".into()).or_insert_with(|| {
+                        failure("Unauthorized: a missing or wrong bearer token")
+                    });
+                }
+                if op.request_body.is_some() {
+                    responses.entry("413".into()).or_insert_with(|| {
+                        failure("PayloadTooLarge: the body is larger than server.max_body")
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// The API description.
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -72,7 +117,7 @@ impl Modify for BearerAuth {
         tsbridge_proto::JobEvent,
         tsbridge_proto::EventData,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonResponses),
     security(("bearer" = [])),
     tags(
         (name = "workflows", description = "Run configured workflows"),

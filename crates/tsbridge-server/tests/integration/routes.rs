@@ -228,6 +228,20 @@ async fn service_routes() {
     }
     assert!(a.body["components"]["schemas"]["JobView"].is_object());
     assert!(a.body["components"]["securitySchemes"]["bearer"].is_object());
+
+    // Every protected operation documents its 401, every one with a body its
+    // 413 PayloadTooLarge (both answered by layers, not by the handlers).
+    for (path, item) in a.body["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = &op["responses"];
+            if path != "/healthz" {
+                assert!(responses["401"].is_object(), "{method} {path}: no 401");
+            }
+            if op.get("requestBody").is_some() {
+                assert!(responses["413"].is_object(), "{method} {path}: no 413");
+            }
+        }
+    }
 }
 
 #[tokio::test]
