@@ -90,6 +90,25 @@ fn path_params_note(
     })
 }
 
+/// The `env:NAME` tokens whose variable is unset or empty here: the config
+/// is valid, but `serve` run with this environment refuses to start.
+fn unset_token_vars(c: &Config) -> Vec<String> {
+    c.server
+        .tokens
+        .iter()
+        .filter_map(|t| match t {
+            tsbridge_runtime::config::TokenSpec::Env(name)
+                if std::env::var_os(name).is_none_or(|v| v.is_empty()) =>
+            {
+                Some(format!(
+                    "server.tokens: env:{name} is not set in this environment; `serve` needs it"
+                ))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Prints the report: JSON on stdout, or text with the config's errors on stderr.
 fn report(
     args: &CheckArgs,
@@ -117,8 +136,7 @@ fn report(
                     let note = caps.and_then(|caps| path_params_note(w, caps));
                     wf.insert(name.clone(), json!({ "mode": w.mode.as_str(), "runtime": w.runtime.as_str(), "isolation": report, "note": note }));
                 }
-                out["config"] =
-                    json!({ "checked": true, "path": shown, "valid": true, "workflows": wf });
+                out["config"] = json!({ "checked": true, "path": shown, "valid": true, "workflows": wf, "notes": unset_token_vars(c) });
             }
             Some(Err(e)) => {
                 let issues: Vec<_> = e
@@ -167,6 +185,9 @@ fn text_report(
                 "Config {shown}: valid, {} workflow(s)",
                 c.workflows.len()
             )?;
+            for note in unset_token_vars(c) {
+                writeln!(text, "  note: {note}")?;
+            }
             for (name, w) in &c.workflows {
                 writeln!(
                     text,

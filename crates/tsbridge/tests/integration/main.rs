@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+mod check_tokens;
 mod cli;
 mod crash_recovery;
 mod jobs_cli;
