@@ -176,10 +176,39 @@ pub struct BatchItem {
     pub workflow: String,
     #[serde(default)]
     pub parameters: Value,
-    #[serde(default)]
+    /// The client's name for the item, echoed as its result's `workflowId`.
+    /// A number is accepted too (and echoed as its decimal string): a whole
+    /// batch refused over `"id": 1` would help nobody.
+    #[serde(default, deserialize_with = "string_or_integer")]
+    #[schema(value_type = Option<String>)]
     pub id: Option<String>,
     #[serde(default)]
     pub priority: Option<i32>,
+}
+
+/// `Option<String>` from a JSON string, an integer or null.
+fn string_or_integer<'de, D>(d: D) -> Result<Option<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        S(String),
+        I(i64),
+        U(u64),
+    }
+    Ok(match Option::<Raw>::deserialize(d) {
+        Ok(None) => None,
+        Ok(Some(Raw::S(s))) => Some(s),
+        Ok(Some(Raw::I(i))) => Some(i.to_string()),
+        Ok(Some(Raw::U(u))) => Some(u.to_string()),
+        Err(_) => {
+            return Err(serde::de::Error::custom(
+                "invalid id: expected a string or an integer",
+            ));
+        }
+    })
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -105,3 +105,37 @@ async fn batch_size_is_1_to_10() {
     let (status, _) = post(&server, json!({"workflows": eleven})).await;
     assert_eq!(status, 400);
 }
+
+/// An item's `id` may be a number (`"id": 7`, as a JS client writes it):
+/// the batch runs and the item's `workflowId` is `"7"`; any other type is
+/// still a 400 for the whole body.
+#[tokio::test]
+async fn a_numeric_item_id_is_echoed_as_its_workflow_id() {
+    let (state, _) = fake_state(settings());
+    let server = TestServer::start(state).await;
+    let (status, body) = post(
+        &server,
+        json!({"workflows": [
+            {"type": "echo", "parameters": {"n": 1}, "id": 7},
+            {"type": "echo", "parameters": {"n": 2}, "id": "b"},
+            {"type": "echo", "parameters": {"n": 3}, "id": null},
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let ids: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["workflowId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["7", "b", "workflow_2"], "{body}");
+
+    let (status, body) = post(
+        &server,
+        json!({"workflows": [{"type": "echo", "parameters": {}, "id": {"x": 1}}]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["type"], "ValidationError");
+}
