@@ -72,10 +72,33 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
 /// The outer middleware: [`finish_errors`], and the HTTP metrics of the
 /// answer it gives (one layer, not two, per request).
 async fn finish_and_count(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    use futures::FutureExt;
     let timer = metrics::HttpTimer::start(&req);
-    let resp = finish_errors(&state, next.run(req).await);
+    let resp = match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(resp) => resp,
+        Err(panic) => panicked(panic.as_ref()),
+    };
+    let resp = finish_errors(&state, resp);
     timer.record(resp.status());
     resp
+}
+
+/// A handler (or the backend under it) that panicked answers 500
+/// `InternalError` like any hidden failure: without this, hyper drops the
+/// connection and the client gets no answer at all, not the JSON failure
+/// body every error has. The panic's message is logged, and shown only in
+/// dev mode.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned());
+    tracing::error!(panic = %what, "a request handler panicked");
+    ApiError::internal(format!("a request handler panicked: {what}")).into_response()
 }
 
 /// Every error answer is JSON: errors produced below the handlers (the body

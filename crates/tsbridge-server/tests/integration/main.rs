@@ -14,6 +14,7 @@ mod client;
 mod errors;
 mod measure;
 mod multi_node_sse;
+mod panics;
 mod real_execute;
 mod real_streams;
 mod routes;
