@@ -461,11 +461,12 @@ async fn a_configured_wal_restart_keeps_the_wal_short() {
         restarts >= 5,
         "after {written} inserts the WAL restarted {restarts} times; it was {longest} bytes long"
     );
-    // Past 4 MiB it restarts; its file is kept up to 8 MiB. 32 MiB leaves
-    // room for a starved checkpointer on a loaded machine, and is half of
-    // what the default threshold lets it reach before its first restart.
+    // Past 4 MiB it restarts; its file is kept up to 8 MiB. On a loaded
+    // machine a starved checkpointer lets it grow further (38 MB was seen
+    // with two builds beside the test), but with the default threshold no
+    // restart can happen before the WAL passes 64 MiB.
     assert!(
-        longest < 32 << 20,
+        longest < 64 << 20,
         "the WAL grew to {longest} bytes with a 4 MiB threshold"
     );
     assert_eq!(
