@@ -25,7 +25,7 @@ mod sandbox;
 mod seccomp;
 
 pub use cgroup::{
-    CgroupStats, CgroupVersion, Controller, JobCgroup, LimitBreach, V8_HEAP_OOM_MARKER,
+    CgroupStats, CgroupVersion, Controller, JobCgroup, LimitBreach, LimitEvents, V8_HEAP_OOM_MARKER,
 };
 pub use child::{ChildFailure, ChildStep};
 pub use error::{SandboxError, SecurityError};

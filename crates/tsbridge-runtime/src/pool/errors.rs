@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tsbridge_proto::WorkerId;
+use tsbridge_sandbox::LimitBreach;
 
 /// Writing (or finding) the worker host script.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,16 @@ pub enum WorkerExit {
     Code(i32),
     /// A signal ended it.
     Signal(i32),
+    /// It ended because it hit a limit of its sandbox (the kernel's OOM kill
+    /// at the memory limit, a fork refused at the pids limit, ...), with how
+    /// it then ended. Told apart from a plain crash so that the job it ran
+    /// ends with `ResourceLimitError` naming the limit, as in spawn mode
+    /// (SPEC §5).
+    Limit {
+        limit: LimitBreach,
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
     /// It ended, and nothing more is known (the wait failed).
     Unknown,
 }
@@ -73,6 +84,18 @@ impl fmt::Display for WorkerExit {
         match self {
             WorkerExit::Code(c) => write!(f, "exit code {c}"),
             WorkerExit::Signal(s) => write!(f, "killed by signal {s}"),
+            WorkerExit::Limit {
+                limit,
+                code,
+                signal,
+            } => {
+                write!(f, "hit its {limit} limit")?;
+                match (code, signal) {
+                    (_, Some(s)) => write!(f, ", killed by signal {s}"),
+                    (Some(c), None) => write!(f, ", exit code {c}"),
+                    (None, None) => Ok(()),
+                }
+            }
             WorkerExit::Unknown => f.write_str("exit status unknown"),
         }
     }
@@ -110,6 +133,12 @@ pub enum PoolJobError {
         /// Only in dev mode.
         stack: Option<String>,
     },
+    /// The handler failed after its job hit a limit of the worker's sandbox
+    /// (a fork refused at the pids limit, a process of its OOM-killed): the
+    /// job ends with that limit (SPEC §5: "a job that hit its pids limit
+    /// and then failed ends with it too"); the worker is kept.
+    #[error("the job hit its {limit} limit; handler failed: {message}")]
+    LimitHit { limit: LimitBreach, message: String },
     /// The worker process died while it ran the job; it is replaced.
     #[error("worker {worker} died while running the job ({exit})")]
     WorkerCrashed { worker: WorkerId, exit: WorkerExit },

@@ -344,6 +344,10 @@ impl Executor for PoolExecutor {
                         "worker {worker} died while running the job (killed by signal {})",
                         tsbridge_proto::api::describe_signal(*s)
                     ),
+                    PoolJobError::WorkerCrashed {
+                        worker,
+                        exit: WorkerExit::Limit { limit, .. },
+                    } => format!("the job hit its {limit} limit (worker {worker} ended)"),
                     _ => e.to_string(),
                 };
                 out.error = Some(masker.mask(&message).into_owned());
@@ -403,9 +407,15 @@ fn end_of(
     match e {
         // A handler error is the pool's "non-zero exit".
         PoolJobError::Handler { .. } => (EndReason::Exited, Some(1), None, false),
+        PoolJobError::LimitHit { limit, .. } => (limit_reason(*limit), Some(1), None, false),
         PoolJobError::WorkerCrashed { exit, .. } => match exit {
             WorkerExit::Code(c) => (EndReason::Exited, Some(*c), None, false),
             WorkerExit::Signal(s) => (EndReason::Signaled, None, Some(*s), false),
+            WorkerExit::Limit {
+                limit,
+                code,
+                signal,
+            } => (limit_reason(*limit), *code, *signal, false),
             WorkerExit::Unknown => (EndReason::Exited, None, None, false),
         },
         PoolJobError::Timeout { .. } => (EndReason::Timeout, None, None, false),
@@ -424,6 +434,15 @@ fn end_of(
             (EndReason::SpawnFailure, None, None, true)
         }
         PoolJobError::WorkerStart(_) => (EndReason::SpawnFailure, None, None, false),
+    }
+}
+
+/// The end reason of a job whose worker hit this limit.
+fn limit_reason(limit: tsbridge_sandbox::LimitBreach) -> EndReason {
+    match limit {
+        tsbridge_sandbox::LimitBreach::Memory => EndReason::MemoryLimit,
+        tsbridge_sandbox::LimitBreach::Pids => EndReason::PidsLimit,
+        tsbridge_sandbox::LimitBreach::Cpu => EndReason::CpuLimit,
     }
 }
 
@@ -536,6 +555,23 @@ mod tests {
             end_of(&s, None),
             (EndReason::Signaled, None, Some(9), false)
         );
+        let oom = PoolJobError::WorkerCrashed {
+            worker: tsbridge_proto::WorkerId(1),
+            exit: WorkerExit::Limit {
+                limit: tsbridge_sandbox::LimitBreach::Memory,
+                code: None,
+                signal: Some(9),
+            },
+        };
+        assert_eq!(
+            end_of(&oom, None),
+            (EndReason::MemoryLimit, None, Some(9), false)
+        );
+        let forks = PoolJobError::LimitHit {
+            limit: tsbridge_sandbox::LimitBreach::Pids,
+            message: "m".into(),
+        };
+        assert_eq!(end_of(&forks, None).0, EndReason::PidsLimit);
         assert!(end_of(&PoolJobError::AcquireTimeout(Duration::from_secs(1)), None).3);
     }
 }

@@ -5,7 +5,7 @@
 //! a kill of its whole tree (TERM, grace, KILL) when the pool asks for it.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -13,7 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tsbridge_process::ipc::{IpcError, IpcHandle};
 use tsbridge_process::{ExitKind, JobKey, JobSpec, RunningProcess, StopReason};
-use tsbridge_proto::WorkerId;
+use tsbridge_proto::{EndReason, WorkerId};
+use tsbridge_sandbox::{LimitBreach, LimitEvents, PreparedSandbox};
 
 use super::config::{PoolConfig, WorkerSpec};
 use super::errors::{HostScriptError, WorkerExit, WorkerStartError};
@@ -46,7 +47,12 @@ impl EngineLauncher {
         self.host.path()
     }
 
-    fn job_spec(&self, worker: WorkerId) -> Result<JobSpec, WorkerStartError> {
+    /// The worker's job spec, and a weak handle on its sandbox (to read its
+    /// limit counters without keeping its cgroup alive).
+    fn job_spec(
+        &self,
+        worker: WorkerId,
+    ) -> Result<(JobSpec, Option<Weak<PreparedSandbox>>), WorkerStartError> {
         let s = &self.spec;
         let key = JobKey::generate();
         let sandbox = match &s.sandbox {
@@ -54,6 +60,11 @@ impl EngineLauncher {
                 .map_err(|e| WorkerStartError::Spawn(e.into()))?,
             None => None,
         };
+        // Only a worker with a memory or pids limit can breach one.
+        let counters = sandbox
+            .as_ref()
+            .filter(|a| a.policy.memory.is_some() || a.policy.pids.is_some())
+            .map(|a| Arc::downgrade(&a.prepared));
         let mut b = JobSpec::builder(&s.program)
             .args(s.node_args.iter().cloned())
             .arg(self.host.path())
@@ -72,6 +83,7 @@ impl EngineLauncher {
             .sandbox(sandbox)
             .private_tmp(s.tmp_base.clone())
             .build()
+            .map(|spec| (spec, counters))
             .map_err(|e| WorkerStartError::Spawn(Box::new(e)))
     }
 }
@@ -79,7 +91,7 @@ impl EngineLauncher {
 #[async_trait::async_trait]
 impl Launcher for EngineLauncher {
     async fn launch(&self, worker: WorkerId) -> Result<WorkerIo, WorkerStartError> {
-        let spec = self.job_spec(worker)?;
+        let (spec, counters) = self.job_spec(worker)?;
         let mut process = tsbridge_process::spawn(spec)
             .await
             .map_err(|e| WorkerStartError::Spawn(Box::new(e)))?;
@@ -99,7 +111,7 @@ impl Launcher for EngineLauncher {
         tokio::spawn(supervise(process, kill.clone(), exit_tx));
         Ok(WorkerIo {
             pid: Some(pid),
-            link: Arc::new(EngineLink(ipc, control)),
+            link: Arc::new(EngineLink(ipc, control, counters)),
             events,
             exit,
             kill,
@@ -124,17 +136,35 @@ async fn supervise(
             wait.await
         }
     };
-    let exit = match outcome.exit {
-        ExitKind::Code(c) => WorkerExit::Code(c),
-        ExitKind::Signal(s) => WorkerExit::Signal(s),
+    // The engine tells a limit's breach from a crash (the worker's cgroup
+    // counters); the job it ran must end with that limit as its reason.
+    let limit = match outcome.reason {
+        EndReason::MemoryLimit => Some(LimitBreach::Memory),
+        EndReason::PidsLimit => Some(LimitBreach::Pids),
+        EndReason::CpuLimit => Some(LimitBreach::Cpu),
+        _ => None,
+    };
+    let exit = match (limit, outcome.exit) {
+        (Some(limit), exit) => WorkerExit::Limit {
+            limit,
+            code: exit.code(),
+            signal: exit.signal(),
+        },
+        (None, ExitKind::Code(c)) => WorkerExit::Code(c),
+        (None, ExitKind::Signal(s)) => WorkerExit::Signal(s),
     };
     let _ = exit_tx.send(exit);
 }
 
-/// The engine's IPC handle as the pool's [`HostLink`], and the worker
-/// process's control (to kill what a job left behind).
+/// The engine's IPC handle as the pool's [`HostLink`], the worker
+/// process's control (to kill what a job left behind), and its sandbox when
+/// it has limits (weak: the engine owns it, and removes its cgroup).
 #[derive(Debug)]
-struct EngineLink(IpcHandle, tsbridge_process::ProcessControl);
+struct EngineLink(
+    IpcHandle,
+    tsbridge_process::ProcessControl,
+    Option<Weak<PreparedSandbox>>,
+);
 
 #[async_trait::async_trait]
 impl HostLink for EngineLink {
@@ -156,5 +186,10 @@ impl HostLink for EngineLink {
 
     async fn keep_helpers(&self) -> usize {
         self.1.keep_descendants().await
+    }
+
+    fn limit_events(&self) -> Option<LimitEvents> {
+        let prepared = self.2.as_ref()?.upgrade()?;
+        prepared.cgroup().map(|cg| cg.limit_events())
     }
 }

@@ -16,6 +16,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tsbridge_proto::event::Stream;
 use tsbridge_proto::{ChildEvent, LogLevel, WorkerId};
+use tsbridge_sandbox::LimitEvents;
 
 use super::config::PoolConfig;
 use super::errors::{PoolJobError, WorkerExit, WorkerStartError};
@@ -74,6 +75,12 @@ pub trait HostLink: Send + Sync + fmt::Debug + 'static {
     /// [`HostLink::kill_strays`] leaves alone; returns how many.
     async fn keep_helpers(&self) -> usize {
         0
+    }
+    /// The worker's counters of limit breaches so far (its cgroup's OOM
+    /// kills and refused forks); `None` when it has no limits to breach.
+    /// Read around each job to tell which job hit a limit.
+    fn limit_events(&self) -> Option<LimitEvents> {
+        None
     }
 }
 
@@ -402,6 +409,7 @@ impl Worker {
                 pid: self.io.pid,
             })
             .await;
+        let limits_before = self.io.link.limit_events();
         let mut answer = Some(self.ask(
             protocol::run_payload(&job_id, &job.workflow, std::mem::take(&mut job.params)),
             NO_TIMEOUT,
@@ -464,10 +472,16 @@ impl Worker {
                         }
                         Err(LinkError::Remote(payload)) => {
                             let f = protocol::parse_failure(&payload);
-                            let err = PoolJobError::Handler {
-                                message: f.message,
-                                name: f.name,
-                                stack: if self.cfg.dev_mode { f.stack } else { None },
+                            let limit = limits_before.and_then(|before| {
+                                self.io.link.limit_events().and_then(|now| now.since(&before))
+                            });
+                            let err = match limit {
+                                Some(limit) => PoolJobError::LimitHit { limit, message: f.message },
+                                None => PoolJobError::Handler {
+                                    message: f.message,
+                                    name: f.name,
+                                    stack: if self.cfg.dev_mode { f.stack } else { None },
+                                },
                             };
                             (Err(err), protocol::event_count(&payload))
                         }

@@ -29,6 +29,7 @@ mod pool_crash;
 mod pool_events;
 mod pool_handler_error;
 mod pool_ipc_runners;
+mod pool_limits;
 mod pool_mode;
 mod pool_recycle;
 mod pool_reuse;

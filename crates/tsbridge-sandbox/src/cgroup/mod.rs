@@ -18,7 +18,7 @@ use serde::Serialize;
 pub(crate) use discover::{Discovered, discover};
 pub(crate) use fs::FsKind;
 pub(crate) use host::{CgroupHost, CgroupLimits};
-pub use stats::{CgroupStats, LimitBreach, V8_HEAP_OOM_MARKER};
+pub use stats::{CgroupStats, LimitBreach, LimitEvents, V8_HEAP_OOM_MARKER};
 
 use fs::{read_key, tree};
 
@@ -265,6 +265,19 @@ impl JobCgroup {
                 self.dir_of(Controller::Pids),
                 self.dir_of(Controller::Cpu),
                 self.dir_of(Controller::Cpuacct),
+            ),
+        }
+    }
+
+    /// The job's counters of OOM kills and refused forks so far (two
+    /// reads, where [`JobCgroup::stats`] makes nine).
+    pub fn limit_events(&self) -> LimitEvents {
+        match &self.layout {
+            Layout::V2 { dir } => stats::limit_events_v2(self.fs, dir),
+            Layout::V1 { .. } => stats::limit_events_v1(
+                self.fs,
+                self.dir_of(Controller::Memory),
+                self.dir_of(Controller::Pids),
             ),
         }
     }

@@ -116,6 +116,52 @@ pub(crate) fn read_v2(fs: FsKind, dir: &Path) -> CgroupStats {
     }
 }
 
+/// The counters of a cgroup's refused allocations so far: OOM kills at its
+/// memory limit and forks refused at its pids limit. Cumulative over the
+/// cgroup's life and only two small reads, so that a long-lived process (a
+/// pool worker serving many jobs) can be read around each job to tell
+/// which job hit a limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LimitEvents {
+    /// As [`CgroupStats::oom_kills`].
+    pub oom_kills: Option<u64>,
+    /// As [`CgroupStats::pids_max_events`].
+    pub pids_refused: Option<u64>,
+}
+
+impl LimitEvents {
+    /// The limit hit since `before` was read (memory first: an OOM kill is
+    /// the harder failure), if any.
+    pub fn since(&self, before: &LimitEvents) -> Option<LimitBreach> {
+        let grew = |now: Option<u64>, then: Option<u64>| now.unwrap_or(0) > then.unwrap_or(0);
+        if grew(self.oom_kills, before.oom_kills) {
+            Some(LimitBreach::Memory)
+        } else if grew(self.pids_refused, before.pids_refused) {
+            Some(LimitBreach::Pids)
+        } else {
+            None
+        }
+    }
+}
+
+pub(crate) fn limit_events_v2(fs: FsKind, dir: &Path) -> LimitEvents {
+    LimitEvents {
+        oom_kills: read_key(fs, &dir.join("memory.events"), "oom_kill"),
+        pids_refused: read_key(fs, &dir.join("pids.events"), "max"),
+    }
+}
+
+pub(crate) fn limit_events_v1(
+    fs: FsKind,
+    memory: Option<&Path>,
+    pids: Option<&Path>,
+) -> LimitEvents {
+    LimitEvents {
+        oom_kills: memory.and_then(|d| read_key(fs, &d.join("memory.oom_control"), "oom_kill")),
+        pids_refused: pids.and_then(|d| read_key(fs, &d.join("pids.events"), "max")),
+    }
+}
+
 pub(crate) fn read_v1(
     fs: FsKind,
     memory: Option<&Path>,
@@ -147,6 +193,27 @@ mod tests {
             memory: Some(limit),
             ..SandboxPolicy::default()
         }
+    }
+
+    #[test]
+    fn limit_events_name_the_counter_that_grew() {
+        let before = LimitEvents {
+            oom_kills: Some(0),
+            pids_refused: Some(2),
+        };
+        assert_eq!(before.since(&before), None);
+        let forks = LimitEvents {
+            pids_refused: Some(3),
+            ..before
+        };
+        assert_eq!(forks.since(&before), Some(LimitBreach::Pids));
+        let both = LimitEvents {
+            oom_kills: Some(1),
+            pids_refused: Some(5),
+        };
+        assert_eq!(both.since(&before), Some(LimitBreach::Memory));
+        // A counter this host does not have never grows.
+        assert_eq!(LimitEvents::default().since(&LimitEvents::default()), None);
     }
 
     #[test]
