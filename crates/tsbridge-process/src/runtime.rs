@@ -1,7 +1,7 @@
 //! Script -> invocation: which program runs a script, with which leading
 //! arguments.
 //!
-//! - `.ts`/`.mts`/`.cts` default to tsx, run in one process as
+//! - `.ts`/`.mts`/`.cts`/`.tsx` default to tsx, run in one process as
 //!   `node --import <abs path of tsx's loader>` (never the tsx CLI, which
 //!   starts a second node process);
 //! - ts-node as `node -r <abs path of ts-node/register/transpile-only>` (or
@@ -38,7 +38,7 @@ impl RuntimeKind {
     /// The default for a file name: by extension.
     pub fn for_path(script: &Path) -> Self {
         match script.extension().and_then(|e| e.to_str()) {
-            Some("ts" | "mts" | "cts") => RuntimeKind::Tsx,
+            Some("ts" | "mts" | "cts" | "tsx") => RuntimeKind::Tsx,
             Some("js" | "mjs" | "cjs") => RuntimeKind::Node,
             _ => RuntimeKind::Exec,
         }
@@ -49,7 +49,8 @@ impl RuntimeKind {
         Some(match s {
             "tsx" => RuntimeKind::Tsx,
             "ts-node" => RuntimeKind::TsNode { type_check: false },
-            "ts-node-typecheck" => RuntimeKind::TsNode { type_check: true },
+            // `ts-node-check` is what `tsbridge run --help` names it.
+            "ts-node-typecheck" | "ts-node-check" => RuntimeKind::TsNode { type_check: true },
             "node" => RuntimeKind::Node,
             "exec" => RuntimeKind::Exec,
             _ => return None,
@@ -326,12 +327,17 @@ mod tests {
     fn defaults_by_extension() {
         assert_eq!(RuntimeKind::for_path(Path::new("a.ts")), RuntimeKind::Tsx);
         assert_eq!(RuntimeKind::for_path(Path::new("a.mts")), RuntimeKind::Tsx);
+        assert_eq!(RuntimeKind::for_path(Path::new("a.tsx")), RuntimeKind::Tsx);
         assert_eq!(RuntimeKind::for_path(Path::new("a.cjs")), RuntimeKind::Node);
         assert_eq!(RuntimeKind::for_path(Path::new("a.sh")), RuntimeKind::Exec);
         assert_eq!(RuntimeKind::for_path(Path::new("a")), RuntimeKind::Exec);
         for k in ["tsx", "ts-node", "ts-node-typecheck", "node", "exec"] {
             assert_eq!(RuntimeKind::parse(k).map(RuntimeKind::as_str), Some(k));
         }
+        assert_eq!(
+            RuntimeKind::parse("ts-node-check"),
+            Some(RuntimeKind::TsNode { type_check: true })
+        );
     }
 
     #[test]

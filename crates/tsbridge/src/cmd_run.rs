@@ -41,6 +41,9 @@ use crate::output::{self, OutputError, note, outln};
 const EXIT_NOT_FOUND: u8 = 127;
 /// Exit code when it exists but cannot be executed (timeout(1), env(1)).
 const EXIT_CANNOT_EXECUTE: u8 = 126;
+/// The signals `run` stops on (Linux numbers, as everywhere tsbridge runs).
+const SIGINT: i32 = 2;
+const SIGTERM: i32 = 15;
 
 pub async fn main(args: RunArgs) -> Result<ExitCode> {
     tsbridge_process::init_supervisor().context("cannot set up process supervision")?;
@@ -244,10 +247,16 @@ fn spawn_failure_code(e: &SpawnError) -> Option<u8> {
 }
 
 /// The exit code that mirrors the child: its code, 124 on timeout, 128+N on
-/// signal N, 130 when cancelled by SIGINT, 137 for a kill by a limit.
+/// signal N (137 for a kill by a limit). When `tsbridge run` itself was
+/// interrupted, 128 + the signal it received, as a shell reports a program
+/// ended by Ctrl-C: 130 for SIGINT (the job was cancelled), 143 for SIGTERM
+/// (shut down), whatever the child did on the SIGTERM tsbridge sent it (died
+/// of it: 143; exited 0 after cleaning up: still not a success).
 fn exit_code(o: &Outcome) -> u8 {
     let code = match o.reason {
         EndReason::Timeout => 124,
+        EndReason::Cancelled => 128 + SIGINT,
+        EndReason::Shutdown => 128 + SIGTERM,
         _ => match o.exit {
             ExitKind::Code(c) => c,
             ExitKind::Signal(s) => 128 + s,

@@ -9,3 +9,4 @@ mod check_tokens;
 mod cli;
 mod crash_recovery;
 mod jobs_cli;
+mod run_contract;

@@ -1,0 +1,256 @@
+//! `tsbridge run` as SPEC §6 words it, through the built binary: only the
+//! result JSON on stdout; logs, progress and plain output on stderr (plain
+//! lines: stderr is a pipe here); the exit code is the child's, 124 on a
+//! timeout (the whole tree gone), 128+N on signal N, and 128+N when `run`
+//! itself receives signal N (130 on Ctrl-C); the runtime chosen by the
+//! file's extension (`.tsx` too) or named as `--help` names it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn fixtures() -> PathBuf {
+    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")).unwrap()
+}
+
+fn fixture(name: &str) -> String {
+    fixtures().join(name).to_str().unwrap().to_owned()
+}
+
+fn tsbridge(cwd: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tsbridge"));
+    c.args(args)
+        .current_dir(cwd)
+        .env_remove("TSBRIDGE_CONFIG")
+        .env_remove("TSBRIDGE_LOG")
+        .stdin(Stdio::null());
+    c
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+fn of(out: Output) -> Run {
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn run(cwd: &Path, args: &[&str]) -> Run {
+    of(tsbridge(cwd, args).output().unwrap())
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_owned()
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// Starts `tsbridge run ARGS`, waits for `READY` among the child's plain
+/// output (on tsbridge's stderr), sends `signal` to tsbridge, and returns
+/// how it ended.
+fn interrupted(cwd: &Path, args: &[&str], signal: i32) -> Run {
+    let mut child = tsbridge(cwd, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "stderr ended before READY: {seen}"
+        );
+        seen.push_str(&line);
+        if line.trim_end() == "READY" {
+            break;
+        }
+    }
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: a plain kill(2) of the tsbridge process this test started.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    let reader = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        rest
+    });
+    let out = child.wait_with_output().unwrap();
+    let mut r = of(out);
+    seen.push_str(&reader.join().unwrap());
+    r.stderr = seen;
+    r
+}
+
+#[test]
+fn only_the_result_goes_to_stdout_and_the_rest_to_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = write(
+        dir.path(),
+        "proto.js",
+        r#"console.log("[2024-01-01T00:00:00Z] INFO: hello info");
+console.log("[2024-01-01T00:00:00Z] ERROR: an error line");
+console.log("PROGRESS: 1/4 - first step");
+console.log("plain line");
+console.log('RESULT: {"a":1}');
+console.error("to stderr");
+console.log('RESULT: {"a":2}');
+"#,
+    );
+    let r = run(dir.path(), &["run", "--", &script]);
+    assert_eq!(r.code, Some(0), "{r}");
+    assert_eq!(r.stdout, "{\"a\":2}\n", "a later RESULT replaces: {r}");
+    for want in [
+        "INFO: hello info",
+        "ERROR: an error line",
+        "PROGRESS: 1/4 - first step",
+        "plain line",
+        "to stderr",
+    ] {
+        assert!(r.stderr.contains(want), "{want:?} on stderr: {r}");
+    }
+    // No marker, exit 0: the whole stdout is the result if it is JSON, else null.
+    let whole = write(
+        dir.path(),
+        "whole.js",
+        "console.log('{\\n \"w\": [1,\\n 2]}');",
+    );
+    let r = run(dir.path(), &["run", &whole]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (Some(0), "{\"w\":[1,2]}\n"),
+        "{r}"
+    );
+    let text = write(dir.path(), "text.js", "console.log('just text');");
+    let r = run(dir.path(), &["run", &text]);
+    assert_eq!((r.code, r.stdout.as_str()), (Some(0), "null\n"), "{r}");
+}
+
+#[test]
+fn the_exit_code_is_the_childs_and_128_plus_n_on_signal_n() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(dir.path(), &["run", &fixture("exit-code.sh"), "5"]);
+    assert_eq!(r.code, Some(5), "{r}");
+    assert_eq!(r.stdout, "", "no result of a failed job: {r}");
+    assert!(r.stderr.contains("this goes to stderr"), "{r}");
+    let r = run(dir.path(), &["run", &fixture("die-by-signal.sh"), "SEGV"]);
+    assert_eq!(r.code, Some(128 + libc::SIGSEGV), "{r}");
+    assert!(r.stderr.contains("SIGSEGV"), "the signal is named: {r}");
+    let r = run(dir.path(), &["run", &fixture("die-by-signal.sh"), "USR1"]);
+    assert_eq!(r.code, Some(128 + libc::SIGUSR1), "{r}");
+}
+
+#[test]
+fn a_timeout_exits_124_and_ends_the_whole_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pids.json");
+    let started = Instant::now();
+    let r = run(
+        dir.path(),
+        &[
+            "run",
+            "--timeout",
+            "3s",
+            "--kill-grace",
+            "1s",
+            &fixture("tree.js"),
+            pidfile.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, Some(124), "{r}");
+    assert!(r.stderr.contains("READY"), "the tree was up: {r}");
+    let pids: Value = serde_json::from_slice(&std::fs::read(&pidfile).unwrap()).unwrap();
+    for who in ["leader", "grandchild", "escapee"] {
+        let pid = i32::try_from(pids[who].as_i64().unwrap()).unwrap();
+        while alive(pid) {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "{who} ({pid}) outlived the job"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Regression: Ctrl-C made `run` exit 143 (its child's SIGTERM), or 137
+/// when the child ignored SIGTERM; a shell says 130 for a program ended by
+/// SIGINT, as the module doc promised.
+#[test]
+fn sigint_to_run_cancels_the_job_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = interrupted(dir.path(), &["run", &fixture("hang.js")], libc::SIGINT);
+    assert_eq!(r.code, Some(130), "{r}");
+    assert!(r.stderr.contains("cancelled"), "{r}");
+    let r = interrupted(
+        dir.path(),
+        &["run", "--kill-grace", "1s", &fixture("ignore-term.js")],
+        libc::SIGINT,
+    );
+    assert_eq!(r.code, Some(130), "a SIGTERM-ignoring child: {r}");
+    let r = interrupted(
+        dir.path(),
+        &["run", "--kill-grace", "1s", &fixture("ignore-term.js")],
+        libc::SIGTERM,
+    );
+    assert_eq!(r.code, Some(128 + libc::SIGTERM), "{r}");
+}
+
+/// Regression: a `.tsx` file was exec'd (exit 126, "Permission denied").
+#[test]
+fn a_tsx_file_runs_through_tsx() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(dir.path(), &["run", &fixture("ts/component.tsx")]);
+    assert_eq!(r.code, Some(0), "{r}");
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v, serde_json::json!({"tsx": true, "n": 7}), "{r}");
+}
+
+/// Regression: `--runtime ts-node-check`, as `--help` and the error message
+/// name it, was refused as an unknown runtime.
+#[test]
+fn the_runtime_names_help_gives_are_accepted() {
+    // ts-node finds its tsconfig.json from the working directory, as under
+    // `node -r ts-node/register` by hand: the repository's.
+    let repo = fixtures().parent().unwrap().to_owned();
+    let r = run(
+        &repo,
+        &[
+            "run",
+            "--runtime",
+            "ts-node-check",
+            "--",
+            &fixture("ts/hello.ts"),
+            "check",
+        ],
+    );
+    assert!(!r.stderr.contains("unknown runtime"), "{r}");
+    assert_eq!(r.code, Some(0), "{r}");
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["version"], 1, "{r}");
+}
