@@ -27,10 +27,13 @@ mod registry;
 mod spawner;
 mod sys;
 mod tree;
+mod watchdog;
 
 pub use engine::{ExitKind, Outcome, ProcessControl, RunningProcess, StopReason, run, spawn};
 pub use error::{ErrorKind, JobError, ResolveError, SpawnError, ValidationError};
 pub use ipclink::IpcHandle;
 pub use monitor::ResourceSample;
 pub use spec::{JobKey, JobSpec, JobSpecBuilder, SandboxAttachment, StdinSpec};
-pub use supervisor::{init_supervisor, shutdown_all, sweep_orphans};
+pub use supervisor::{
+    SupervisorOptions, init_supervisor, init_supervisor_with, shutdown_all, sweep_orphans,
+};

@@ -17,9 +17,14 @@ use tokio::sync::oneshot;
 
 use crate::registry;
 
-struct Request {
-    cmd: Command,
-    reply: oneshot::Sender<io::Result<Child>>,
+enum Request {
+    Spawn {
+        cmd: Command,
+        reply: oneshot::Sender<io::Result<Child>>,
+    },
+    /// Runs a function on this thread: a fork whose child must not be
+    /// handed to another thread when its parent thread ends.
+    Call(Box<dyn FnOnce() + Send>),
 }
 
 fn sender() -> io::Result<&'static mpsc::Sender<Request>> {
@@ -39,7 +44,14 @@ fn sender() -> io::Result<&'static mpsc::Sender<Request>> {
 }
 
 fn run(rx: mpsc::Receiver<Request>) {
-    while let Ok(Request { mut cmd, reply }) = rx.recv() {
+    while let Ok(req) = rx.recv() {
+        let (mut cmd, reply) = match req {
+            Request::Spawn { cmd, reply } => (cmd, reply),
+            Request::Call(f) => {
+                f();
+                continue;
+            }
+        };
         let result = {
             let mut leaders = registry::lock_leaders();
             // The job's window starts before the fork (see
@@ -84,8 +96,21 @@ fn kill_abandoned(mut child: Child) {
 pub(crate) async fn spawn(cmd: Command) -> io::Result<Child> {
     let (reply, rx) = oneshot::channel();
     sender()?
-        .send(Request { cmd, reply })
+        .send(Request::Spawn { cmd, reply })
         .map_err(|_| io::Error::other("spawner thread is gone"))?;
     rx.await
         .map_err(|_| io::Error::other("spawner thread dropped the request"))?
+}
+
+/// Runs `f` on the spawner thread and waits for its value (blocking: for
+/// start-up work such as forking the watchdog).
+pub(crate) fn call<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    let (tx, rx) = mpsc::channel();
+    sender()?
+        .send(Request::Call(Box::new(move || {
+            let _ = tx.send(f());
+        })))
+        .map_err(|_| io::Error::other("spawner thread is gone"))?;
+    rx.recv()
+        .map_err(|_| io::Error::other("spawner thread dropped the request"))
 }

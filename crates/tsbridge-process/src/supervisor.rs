@@ -21,6 +21,25 @@ pub struct SupervisorInfo {
     /// `setsid` double-fork daemons) are reparented to it, found by the
     /// descendant tracker and reaped by the orphan reaper.
     pub subreaper: bool,
+    /// A death watchdog runs (see [`SupervisorOptions::watchdog`]).
+    pub watchdog: bool,
+}
+
+/// What [`init_supervisor_with`] sets up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SupervisorOptions {
+    /// Fork a watchdog that, if this process dies without ending its jobs
+    /// (SIGKILL, a crash), SIGKILLs every process still carrying its owner
+    /// tag at once: a job's grandchildren and `setsid` escapees, which the
+    /// parent-death signal does not reach (SPEC §4). Without it they live
+    /// until the next start's [`sweep_orphans`]. Default: on.
+    pub watchdog: bool,
+}
+
+impl Default for SupervisorOptions {
+    fn default() -> Self {
+        Self { watchdog: true }
+    }
 }
 
 /// Makes tsbridge a child subreaper (`PR_SET_CHILD_SUBREAPER`) and starts the
@@ -28,14 +47,39 @@ pub struct SupervisorInfo {
 /// pids; never `waitpid(-1)`). Call once at startup, inside the tokio runtime.
 /// Without it the engine still works: orphans then live under PID 1 and are
 /// found at termination by a full `/proc` scan for the job marker.
+/// With the death watchdog ([`SupervisorOptions::default`]).
 pub fn init_supervisor() -> io::Result<SupervisorInfo> {
+    init_supervisor_with(SupervisorOptions::default())
+}
+
+/// [`init_supervisor`] with options. The watchdog is started once per
+/// process; if it cannot be forked, a warning is logged and
+/// [`SupervisorInfo::watchdog`] says so.
+pub fn init_supervisor_with(opts: SupervisorOptions) -> io::Result<SupervisorInfo> {
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         return Err(io::Error::last_os_error());
     }
     registry::set_subreaper();
     registry::start_background_reaper();
-    Ok(SupervisorInfo { subreaper: true })
+    let watchdog = opts.watchdog && start_watchdog_once();
+    Ok(SupervisorInfo {
+        subreaper: true,
+        watchdog,
+    })
+}
+
+fn start_watchdog_once() -> bool {
+    static STARTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(|| {
+        match crate::spawner::call(crate::watchdog::fork_watchdog).and_then(|r| r) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "no death watchdog: a job's grandchildren would outlive a SIGKILLed tsbridge until its next start");
+                false
+            }
+        }
+    })
 }
 
 /// `<pid>.<start time>` of this process (the value of [`crate::spec::OWNER_ENV`]).

@@ -2,7 +2,7 @@
 //! need a clean process of their own: it runs one job and prints what
 //! happened as one JSON line (with its own peak RSS, VmHWM).
 //!
-//! `tsbridge-engine-probe [--subreaper] [--max-output BYTES] [--timeout-ms MS]
+//! `tsbridge-engine-probe [--subreaper [--no-watchdog]] [--max-output BYTES] [--timeout-ms MS]
 //!  [--kill-grace-ms MS] [--script [--no-cache]] -- PROGRAM [ARGS...]`
 //!
 //! With `--script`, PROGRAM is a script resolved by `runtime::resolve_for_spawn`
@@ -17,7 +17,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tsbridge_process::{JobSpec, init_supervisor, spawn};
+use tsbridge_process::{JobSpec, SupervisorOptions, init_supervisor_with, spawn};
 
 fn vm_hwm_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -32,7 +32,7 @@ fn vm_hwm_kib() -> u64 {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: tsbridge-engine-probe [--subreaper] [--max-output BYTES] [--timeout-ms MS] [--kill-grace-ms MS] -- PROGRAM [ARGS...]"
+        "usage: tsbridge-engine-probe [--subreaper [--no-watchdog]] [--max-output BYTES] [--timeout-ms MS] [--kill-grace-ms MS] -- PROGRAM [ARGS...]"
     );
     std::process::exit(2)
 }
@@ -40,6 +40,7 @@ fn usage() -> ! {
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut subreaper = false;
+    let mut watchdog = true;
     let mut max_output: Option<usize> = None;
     let mut timeout = None;
     let mut grace = None;
@@ -49,6 +50,7 @@ fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--subreaper" => subreaper = true,
+            "--no-watchdog" => watchdog = false,
             "--script" => script = true,
             "--no-cache" => cache = false,
             "--max-output" => max_output = args.next().and_then(|v| v.parse().ok()),
@@ -86,7 +88,7 @@ fn main() {
         }
     };
     let code = rt.block_on(async move {
-        if subreaper && let Err(e) = init_supervisor() {
+        if subreaper && let Err(e) = init_supervisor_with(SupervisorOptions { watchdog }) {
             eprintln!("subreaper: {e}");
         }
         let mut b = if script {

@@ -21,6 +21,7 @@ mod kill_descendants;
 mod long_line;
 mod normal_exit_leftovers;
 mod parent_death;
+mod parent_death_watchdog;
 mod resource_monitor;
 mod retry_no_overlap;
 mod sandbox_cgroup;

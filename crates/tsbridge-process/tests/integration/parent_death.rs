@@ -2,7 +2,9 @@
 //! direct child dies with it (PR_SET_PDEATHSIG, which survives exec). The
 //! job's descendants — a grandchild and a setsid escapee — are not covered by
 //! the parent-death signal without cgroups; the next tsbridge's startup sweep
-//! (`sweep_orphans`, by the TSBRIDGE_OWNER tag) ends them.
+//! (`sweep_orphans`, by the TSBRIDGE_OWNER tag) ends them. Here without the
+//! death watchdog, which ends them at once (`parent_death_watchdog.rs`): the
+//! sweep is what remains when the watchdog was killed too.
 
 use crate::common;
 
@@ -14,7 +16,7 @@ async fn job_dies_with_its_parent_and_sweep_ends_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("pids.json");
     let mut probe = Command::new(env!("CARGO_BIN_EXE_tsbridge-engine-probe"))
-        .args(["--subreaper", "--"])
+        .args(["--subreaper", "--no-watchdog", "--"])
         .arg(common::node())
         .arg(common::fixture("tree.js"))
         .arg(&pidfile)
