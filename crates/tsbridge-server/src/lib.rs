@@ -185,9 +185,14 @@ where
         .with_graceful_shutdown(signal)
         .into_future();
     tokio::pin!(server);
+    // Biased: on a shutdown signal, `stop` is cancelled before axum's graceful
+    // shutdown can end `server`; with no open connection both are ready at
+    // once, and an unbiased pick skipped the runtime's shutdown (running jobs
+    // left `running` in the store, temp files kept) about one time in four.
     tokio::select! {
-        r = &mut server => return r.map_err(ServeError::Io),
+        biased;
         _ = stop.cancelled() => {}
+        r = &mut server => return r.map_err(ServeError::Io),
     }
     let settings = state.settings();
     let drain = settings.drain_timeout;

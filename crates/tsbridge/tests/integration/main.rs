@@ -10,3 +10,4 @@ mod cli;
 mod crash_recovery;
 mod jobs_cli;
 mod run_contract;
+mod shutdown_records;

@@ -1,0 +1,114 @@
+//! SIGTERM to `tsbridge serve` with a job running: the server ends the job
+//! and records it `failed` with reason `shutdown`, then exits 0 (SPEC §4).
+//! Regression: with no HTTP connection open, the API server's end and the
+//! stop signal were ready at once and an unbiased `select!` sometimes took
+//! the first, skipping the runtime's shutdown: the job stayed `running` in
+//! the store (and a restart found it `interrupted`). Several rounds, since
+//! the lost pick was random.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const DEADLINE: Duration = Duration::from_secs(90);
+const ROUNDS: usize = 8;
+
+fn fixtures() -> std::path::PathBuf {
+    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")).unwrap()
+}
+
+fn serve(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tsbridge"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env_remove("TSBRIDGE_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tsbridge serve")
+}
+
+async fn until<T, Fut: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> Fut,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn job(http: &reqwest::Client, base: &str, id: &str) -> Option<Value> {
+    let r = http.get(format!("{base}/v1/jobs/{id}")).send().await.ok()?;
+    let v: Value = r.json().await.ok()?;
+    Some(v["data"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_records_the_running_job_as_shutdown_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("tsbridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nbind = \"127.0.0.1:{port}\"\n\n[store]\nurl = \"sqlite://jobs.db\"\n\n\
+             [defaults]\nkill_grace = \"1s\"\n\n\
+             [workflows.hang]\nroot = \"{}\"\nscript = \"hang.js\"\nruntime = \"node\"\n",
+            fixtures().display()
+        ),
+    )
+    .unwrap();
+    // No keep-alive: once the job runs, no connection stays open.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut ids = Vec::new();
+    for round in 0..ROUNDS {
+        let mut server = serve(&config);
+        let id: String = until("the server to accept a job", || async {
+            let r = http
+                .post(format!("{base}/v1/jobs"))
+                .json(&json!({"workflow": "hang", "parameters": {}}))
+                .send()
+                .await
+                .ok()?;
+            let v: Value = r.json().await.ok()?;
+            v["data"]["jobId"].as_str().map(str::to_owned)
+        })
+        .await;
+        until("the job to run", || async {
+            let v = job(&http, &base, &id).await?;
+            (v["state"] == "running").then_some(())
+        })
+        .await;
+        // SAFETY: plain kill(2) of the server this test started.
+        unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+        let status = server.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "round {round}: exit status");
+        ids.push(id);
+    }
+    let mut server = serve(&config);
+    for (round, id) in ids.iter().enumerate() {
+        let v = until("the restarted server", || job(&http, &base, id)).await;
+        assert_eq!(
+            (v["state"].as_str(), v["reason"].as_str()),
+            (Some("failed"), Some("shutdown")),
+            "round {round}: {v}"
+        );
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
