@@ -3,7 +3,8 @@
 //! PROGRESS lines drive a progress bar when stderr is a terminal (plain lines
 //! otherwise); logs and the child's plain output go to stderr; only the result
 //! JSON goes to stdout. The exit code mirrors the child: its own code, 124 on
-//! timeout (like coreutils `timeout`), 128+N on signal N; and when it never
+//! timeout (like coreutils `timeout`), 128+N on signal N (and 130/143 when
+//! `run` itself gets SIGINT/SIGTERM, as a shell says it); and when it never
 //! started, 127 if the program (or its runtime) is not found, 126 if it cannot
 //! be executed, as timeout(1) and env(1) say it.
 //!
