@@ -19,15 +19,27 @@ fn fixtures() -> std::path::PathBuf {
     std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")).unwrap()
 }
 
-fn serve(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_tsbridge"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env_remove("TSBRIDGE_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start tsbridge serve")
+/// A server that is killed when the test ends, failed or not.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(config: &Path) -> Server {
+    Server(
+        Command::new(env!("CARGO_BIN_EXE_tsbridge"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env_remove("TSBRIDGE_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tsbridge serve"),
+    )
 }
 
 async fn until<T, Fut: std::future::Future<Output = Option<T>>>(
@@ -95,12 +107,12 @@ async fn sigterm_records_the_running_job_as_shutdown_every_time() {
         })
         .await;
         // SAFETY: plain kill(2) of the server this test started.
-        unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-        let status = server.wait().unwrap();
+        unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) };
+        let status = server.0.wait().unwrap();
         assert_eq!(status.code(), Some(0), "round {round}: exit status");
         ids.push(id);
     }
-    let mut server = serve(&config);
+    let _server = serve(&config);
     for (round, id) in ids.iter().enumerate() {
         let v = until("the restarted server", || job(&http, &base, id)).await;
         assert_eq!(
@@ -109,6 +121,4 @@ async fn sigterm_records_the_running_job_as_shutdown_every_time() {
             "round {round}: {v}"
         );
     }
-    let _ = server.kill();
-    let _ = server.wait();
 }
