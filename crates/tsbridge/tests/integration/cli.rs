@@ -3,34 +3,11 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Output, Stdio};
 
 use serde_json::Value;
 
-const DEADLINE: Duration = Duration::from_secs(120);
-
-fn fixtures() -> PathBuf {
-    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")).unwrap()
-}
-
-fn fixture(name: &str) -> String {
-    fixtures().join(name).to_str().unwrap().to_owned()
-}
-
-/// `tsbridge ARGS` in `cwd`, with none of the variables that would change its
-/// defaults inherited from whoever runs the tests.
-fn tsbridge(cwd: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tsbridge"));
-    c.args(args)
-        .current_dir(cwd)
-        .env_remove("TSBRIDGE_CONFIG")
-        .env_remove("TSBRIDGE_URL")
-        .env_remove("TSBRIDGE_TOKEN")
-        .env_remove("TSBRIDGE_LOG")
-        .stdin(Stdio::null());
-    c
-}
+use crate::common::{Server, fixture, fixtures, free_port, tsbridge};
 
 struct Run {
     code: Option<i32>,
@@ -414,22 +391,13 @@ fn run_into_a_closed_pipe_keeps_the_childs_exit_code_and_does_not_panic() {
 
 // ---------------------------------------------------------------- jobs
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(dir: &Path) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        std::fs::write(
-            dir.join("tsbridge.toml"),
-            format!(
-                r#"[server]
+/// `tsbridge serve` in `dir` with the protocol fixture as a workflow.
+fn protocol_server(dir: &Path) -> Server {
+    let port = free_port();
+    std::fs::write(
+        dir.join("tsbridge.toml"),
+        format!(
+            r#"[server]
 bind = "127.0.0.1:{port}"
 
 [store]
@@ -440,39 +408,17 @@ root = "{root}"
 script = "protocol.js"
 runtime = "node"
 "#,
-                root = fixtures().display()
-            ),
-        )
-        .unwrap();
-        let child = tsbridge(dir, &["serve"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let server = Server {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < DEADLINE, "the server never listened");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        server
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            root = fixtures().display()
+        ),
+    )
+    .unwrap();
+    Server::spawn(tsbridge(dir, &["serve"]), port)
 }
 
 #[test]
 fn jobs_alone_lists_and_a_closed_pipe_ends_it_quietly() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
+    let server = protocol_server(dir.path());
     let url = server.url.as_str();
 
     let r = run(dir.path(), &["jobs", "--server", url, "submit", "protocol"]);

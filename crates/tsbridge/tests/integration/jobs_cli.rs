@@ -4,31 +4,14 @@
 //! (`--cursor`), `show`, and `cancel` of a finished job (the server's 409,
 //! exit 1).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
 use serde_json::Value;
 
-const DEADLINE: Duration = Duration::from_secs(120);
+use crate::common::{Server, fixtures, free_port, tsbridge};
+
 const TOKEN: &str = "jobs-cli-test-token";
-
-fn fixtures() -> PathBuf {
-    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")).unwrap()
-}
-
-/// `tsbridge ARGS` in `cwd`, without the caller's TSBRIDGE_* variables.
-fn tsbridge(cwd: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tsbridge"));
-    c.args(args)
-        .current_dir(cwd)
-        .env_remove("TSBRIDGE_CONFIG")
-        .env_remove("TSBRIDGE_URL")
-        .env_remove("TSBRIDGE_TOKEN")
-        .env_remove("TSBRIDGE_LOG")
-        .stdin(Stdio::null());
-    c
-}
 
 #[derive(Debug)]
 struct Run {
@@ -48,23 +31,13 @@ fn run(c: &mut Command) -> Run {
     r
 }
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    /// `tsbridge serve` with one token, `TSBRIDGE_TOKEN` naming it.
-    fn start(dir: &Path) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        std::fs::write(
-            dir.join("tsbridge.toml"),
-            format!(
-                r#"[server]
+/// `tsbridge serve` in `dir` with one token, `TSBRIDGE_TOKEN` naming it.
+fn token_server(dir: &Path) -> Server {
+    let port = free_port();
+    std::fs::write(
+        dir.join("tsbridge.toml"),
+        format!(
+            r#"[server]
 bind = "127.0.0.1:{port}"
 tokens = ["env:TSBRIDGE_TOKEN"]
 
@@ -76,34 +49,13 @@ root = "{root}"
 script = "protocol.js"
 runtime = "node"
 "#,
-                root = fixtures().display()
-            ),
-        )
-        .unwrap();
-        let child = tsbridge(dir, &["serve"])
-            .env("TSBRIDGE_TOKEN", TOKEN)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let server = Server {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < DEADLINE, "the server never listened");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        server
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            root = fixtures().display()
+        ),
+    )
+    .unwrap();
+    let mut serve = tsbridge(dir, &["serve"]);
+    serve.env("TSBRIDGE_TOKEN", TOKEN);
+    Server::spawn(serve, port)
 }
 
 fn json(r: &Run) -> Value {
@@ -114,7 +66,7 @@ fn json(r: &Run) -> Value {
 #[test]
 fn jobs_uses_the_token_and_url_from_flags_or_env_and_pages_with_cursor() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
+    let server = token_server(dir.path());
     let url = server.url.as_str();
 
     // No token: the server's 401, one line, exit 1.

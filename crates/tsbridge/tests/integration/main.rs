@@ -7,6 +7,7 @@
 
 mod check_tokens;
 mod cli;
+mod common;
 mod crash_recovery;
 mod jobs_cli;
 mod run_contract;

@@ -6,31 +6,13 @@
 //! file's extension (`.tsx` too) or named as `--help` names it.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const DEADLINE: Duration = Duration::from_secs(120);
-
-fn fixtures() -> PathBuf {
-    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")).unwrap()
-}
-
-fn fixture(name: &str) -> String {
-    fixtures().join(name).to_str().unwrap().to_owned()
-}
-
-fn tsbridge(cwd: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tsbridge"));
-    c.args(args)
-        .current_dir(cwd)
-        .env_remove("TSBRIDGE_CONFIG")
-        .env_remove("TSBRIDGE_LOG")
-        .stdin(Stdio::null());
-    c
-}
+use crate::common::{DEADLINE, fixture, fixtures, tsbridge};
 
 struct Run {
     code: Option<i32>,

@@ -12,12 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const DEADLINE: Duration = Duration::from_secs(90);
-const ROUNDS: usize = 8;
+use crate::common::{DEADLINE, fixtures};
 
-fn fixtures() -> std::path::PathBuf {
-    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")).unwrap()
-}
+const ROUNDS: usize = 8;
 
 /// A server that is killed when the test ends, failed or not.
 struct Server(Child);
