@@ -1151,6 +1151,8 @@ fn read_workflow(
         .flatten()
         .min()
         .unwrap_or(defaults.timeout);
+    // A `min` alone above the default `max` (4) raises `max` to it; both
+    // given with `min` above `max` was refused in `read_pool`.
     let mut pool = pool;
     if pool.max < pool.min {
         pool.max = pool.min;
@@ -1346,14 +1348,29 @@ enum JitterSpec {
 
 fn read_pool(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> PoolConfig {
     let mut p = PoolConfig::default();
+    let mut min_span = None;
     if let Some(m) = s.get::<i64>(issues, "min") {
         match usize::try_from(*m.get_ref()) {
-            Ok(n) => p.min = n,
+            Ok(n) => {
+                p.min = n;
+                min_span = Some(m.span());
+            }
             Err(_) => issues.push(&s.key("min"), Some(m.span()), "must be >= 0"),
         }
     }
     if let Some(v) = positive(issues, s, "max") {
         p.max = v;
+        // Both given and contradictory: a mistake, not something to guess
+        // (a `min` alone above the default `max` raises `max` instead).
+        if let Some(span) = min_span
+            && p.min > v
+        {
+            issues.push(
+                &s.key("min"),
+                Some(span),
+                format!("must not be larger than max ({v}), not {}", p.min),
+            );
+        }
     }
     p.max_age = dur(issues, s, "max_age");
     if let Some(v) = dur(issues, s, "idle_timeout") {

@@ -472,6 +472,34 @@ fn a_postgres_store_needs_a_key_file_when_a_workflow_accepts_request_env() {
 }
 
 #[test]
+fn pool_min_above_max_is_refused_but_min_alone_raises_the_default_max() {
+    let f = Fixture::new();
+    let wf = |pool: &str| {
+        format!(
+            "[workflows.p]\nroot = \"app\"\nscript = \"main.js\"\nmode = \"pool\"\npool = {pool}\n"
+        )
+    };
+    let issues = f.issues(&wf("{ min = 5, max = 2 }"));
+    assert!(has(&issues, "workflows.p.pool.min", 5), "{issues:?}");
+    assert!(
+        issues
+            .iter()
+            .any(|i| i.message.contains("larger than max (2)")),
+        "{issues:?}"
+    );
+    let c = f.parse(&wf("{ min = 8 }")).expect("min alone");
+    assert_eq!(
+        (c.workflows["p"].pool.min, c.workflows["p"].pool.max),
+        (8, 8)
+    );
+    let c = f.parse(&wf("{ min = 3, max = 3 }")).expect("min = max");
+    assert_eq!(
+        (c.workflows["p"].pool.min, c.workflows["p"].pool.max),
+        (3, 3)
+    );
+}
+
+#[test]
 fn store_wal_restart_is_a_size_within_bounds_for_sqlite_only() {
     let f = Fixture::new();
     let c = f
