@@ -7,7 +7,7 @@ use std::process::{Output, Stdio};
 
 use serde_json::Value;
 
-use crate::common::{Server, fixture, fixtures, free_port, tsbridge};
+use crate::common::{Server, fixture, fixtures, free_port, tsbridge, write_protocol_config};
 
 struct Run {
     code: Option<i32>,
@@ -394,24 +394,7 @@ fn run_into_a_closed_pipe_keeps_the_childs_exit_code_and_does_not_panic() {
 /// `tsbridge serve` in `dir` with the protocol fixture as a workflow.
 fn protocol_server(dir: &Path) -> Server {
     let port = free_port();
-    std::fs::write(
-        dir.join("tsbridge.toml"),
-        format!(
-            r#"[server]
-bind = "127.0.0.1:{port}"
-
-[store]
-url = "sqlite://jobs.db"
-
-[workflows.protocol]
-root = "{root}"
-script = "protocol.js"
-runtime = "node"
-"#,
-            root = fixtures().display()
-        ),
-    )
-    .unwrap();
+    write_protocol_config(dir, port, &[]);
     Server::spawn(tsbridge(dir, &["serve"]), port)
 }
 
@@ -464,11 +447,7 @@ fn jobs_alone_lists_and_a_closed_pipe_ends_it_quietly() {
 #[test]
 fn jobs_without_a_server_reports_the_connection_error() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let r = run(
         dir.path(),
         &["jobs", "--server", &format!("http://127.0.0.1:{port}")],

@@ -42,6 +42,31 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Writes `dir/tsbridge.toml`: a server on `port` (plus `server_lines` in
+/// its `[server]` table), a SQLite store in `dir`, and the `protocol.js`
+/// fixture as the workflow `protocol`.
+pub fn write_protocol_config(dir: &Path, port: u16, server_lines: &[&str]) {
+    let extra: String = server_lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(
+        dir.join("tsbridge.toml"),
+        format!(
+            r#"[server]
+bind = "127.0.0.1:{port}"
+{extra}
+[store]
+url = "sqlite://jobs.db"
+
+[workflows.protocol]
+root = "{root}"
+script = "protocol.js"
+runtime = "node"
+"#,
+            root = fixtures().display()
+        ),
+    )
+    .unwrap();
+}
+
 /// A running `tsbridge serve`, killed when dropped.
 pub struct Server {
     pub child: Child,

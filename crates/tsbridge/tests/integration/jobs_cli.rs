@@ -9,7 +9,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::common::{Server, fixtures, free_port, tsbridge};
+use crate::common::{Server, free_port, tsbridge, write_protocol_config};
 
 const TOKEN: &str = "jobs-cli-test-token";
 
@@ -34,25 +34,7 @@ fn run(c: &mut Command) -> Run {
 /// `tsbridge serve` in `dir` with one token, `TSBRIDGE_TOKEN` naming it.
 fn token_server(dir: &Path) -> Server {
     let port = free_port();
-    std::fs::write(
-        dir.join("tsbridge.toml"),
-        format!(
-            r#"[server]
-bind = "127.0.0.1:{port}"
-tokens = ["env:TSBRIDGE_TOKEN"]
-
-[store]
-url = "sqlite://jobs.db"
-
-[workflows.protocol]
-root = "{root}"
-script = "protocol.js"
-runtime = "node"
-"#,
-            root = fixtures().display()
-        ),
-    )
-    .unwrap();
+    write_protocol_config(dir, port, &["tokens = [\"env:TSBRIDGE_TOKEN\"]"]);
     let mut serve = tsbridge(dir, &["serve"]);
     serve.env("TSBRIDGE_TOKEN", TOKEN);
     Server::spawn(serve, port)

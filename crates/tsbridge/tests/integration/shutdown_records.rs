@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{DEADLINE, fixtures};
+use crate::common::{DEADLINE, fixtures, free_port};
 
 const ROUNDS: usize = 8;
 
@@ -62,11 +62,7 @@ async fn job(http: &reqwest::Client, base: &str, id: &str) -> Option<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_records_the_running_job_as_shutdown_every_time() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let config = dir.path().join("tsbridge.toml");
     std::fs::write(
         &config,
