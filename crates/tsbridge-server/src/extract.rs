@@ -47,19 +47,31 @@ pub fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(());
     };
-    let raw = String::from_utf8_lossy(value.as_bytes());
-    // The media type without parameters (`; charset=utf-8`), case-insensitive.
-    let essence = raw
-        .split(';')
+    // The media type without parameters (`; charset=utf-8`), compared
+    // case-insensitively in place: this runs on every request with a body.
+    let bytes = value.as_bytes();
+    let essence = bytes
+        .split(|&b| b == b';')
         .next()
         .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    let json = essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"));
-    if json || essence == "application/x-www-form-urlencoded" {
+        .trim_ascii();
+    let is = |t: &[u8]| essence.eq_ignore_ascii_case(t);
+    let prefixed = |p: &[u8], at_end: bool| {
+        essence.len() > p.len() && {
+            let part = if at_end {
+                &essence[essence.len() - p.len()..]
+            } else {
+                &essence[..p.len()]
+            };
+            part.eq_ignore_ascii_case(p)
+        }
+    };
+    let json =
+        is(b"application/json") || (prefixed(b"application/", false) && prefixed(b"+json", true));
+    if json || is(b"application/x-www-form-urlencoded") {
         return Ok(());
     }
+    let raw = String::from_utf8_lossy(bytes);
     Err(ApiError::validation(format!(
         "unsupported Content-Type {raw:?}: request bodies are JSON (application/json)"
     )))
