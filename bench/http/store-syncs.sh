@@ -21,8 +21,9 @@ PID=$!
 trap 'kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; rm -rf "$W"' EXIT
 for _ in $(seq 240); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.5; done
 URL=http://127.0.0.1:$PORT/workflow/video-generation-pool/execute
-# Both store threads are named tsbridge-store-*; the writer starts last.
-WRITER=$(for t in /proc/$PID/task/*; do case "$(cat "$t/comm")" in tsbridge-store-*) basename "$t";; esac; done | sort -n | tail -1)
+# The writer thread is tsb-store-write (builds before 2026-11-27 named both
+# store threads tsbridge-store-*, and the writer started last).
+WRITER=$(for t in /proc/$PID/task/*; do case "$(cat "$t/comm")" in tsb-store-write|tsbridge-store-*) basename "$t";; esac; done | sort -n | tail -1)
 wrk -t1 -c"$C" -d"${S}s" --latency -s "$HERE/post.lua" "$URL" >"$W/wrk.txt" &
 WRK=$!
 sleep 1

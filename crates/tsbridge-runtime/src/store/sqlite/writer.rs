@@ -41,7 +41,18 @@
 //! with no write in flight that copy is whole, and the next transaction
 //! restarts the WAL, which `journal_size_limit` then truncates to twice
 //! the threshold.
+//!
+//! The checkpointer's request depends on its passes keeping up; on a
+//! machine where it is starved of CPU they never copy all they saw, and it
+//! would never ask (the WAL reached 84 MB with a 4 MiB threshold while two
+//! builds shared the cores). So the writer also counts the WAL's pages
+//! after each of its commits (SQLite's WAL hook), and once they pass twice
+//! the threshold ([`WalLimits::force_pages`]) it copies the rest itself
+//! after that commit, whatever the checkpointer did: the WAL never grows
+//! much past twice its threshold unless a reader holds an old snapshot.
 
+use std::cell::Cell;
+use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -83,6 +94,10 @@ pub const DEFAULT_WAL_RESTART: u64 = 64 * 1024 * 1024;
 pub(super) struct WalLimits {
     /// WAL pages past which it is restarted.
     pub restart_pages: i64,
+    /// WAL pages past which the writer copies the rest itself after its
+    /// commit, without waiting for the checkpointer to ask: twice
+    /// `restart_pages`.
+    pub force_pages: i64,
     /// The size the WAL file is truncated to when it restarts (bytes):
     /// twice the threshold, so that a WAL restarted before it reached this
     /// keeps its file (and blocks), and the frames after a restart
@@ -96,8 +111,10 @@ impl WalLimits {
     pub(super) fn new(bytes: u64, page_size: u64) -> Self {
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         let page = i64::try_from(page_size.max(512)).unwrap_or(4096);
+        let restart_pages = (bytes / page).max(1);
         Self {
-            restart_pages: (bytes / page).max(1),
+            restart_pages,
+            force_pages: restart_pages.saturating_mul(2),
             size_limit: bytes.saturating_mul(2),
         }
     }
@@ -110,6 +127,25 @@ const CHECKPOINT_PERIOD_BUSY: Duration = Duration::from_millis(5);
 /// copies the rest of a long WAL anyway (the copy and its fsyncs hold the
 /// writes that wait).
 const RESTART_WAIT: Duration = Duration::from_millis(250);
+/// How long a forced copy waits for a checkpointer pass that holds the
+/// checkpoint lock to end, at most (the checkpointer starts no new pass
+/// meanwhile).
+const FORCED_COPY_WAIT: Duration = Duration::from_secs(2);
+
+thread_local! {
+    /// Pages in the WAL after the last commit on this thread: set by
+    /// [`note_wal_pages`], SQLite's WAL hook on the writer's connection,
+    /// which runs in the writer thread's commits.
+    static WAL_PAGES: Cell<i64> = const { Cell::new(0) };
+}
+
+/// The writer connection's WAL hook: SQLite calls it after each commit
+/// with the pages in the WAL (registering it also turns off the automatic
+/// checkpoint, which the writer does not use).
+fn note_wal_pages(_: &rusqlite::hooks::Wal, pages: c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.with(|p| p.set(i64::from(pages)));
+    Ok(())
+}
 /// The database file grows by this much at a time (bytes): see
 /// [`grow_in_chunks`].
 pub(super) const DB_CHUNK: i32 = 8 * 1024 * 1024;
@@ -310,26 +346,28 @@ impl WriterHandle {
         retention: EventRetention,
         wal_restart: u64,
     ) -> Result<Self, StoreError> {
-        let (conn, checkpointer) = tokio::task::spawn_blocking(move || {
+        let (conn, checkpointer, limits) = tokio::task::spawn_blocking(move || {
             let (conn, limits) = open(&target, wal_restart)?;
             let checkpointer = if target.memory {
                 None
             } else {
                 Some(Checkpointer::start(&target, limits)?)
             };
-            Ok::<_, StoreError>((conn, checkpointer))
+            Ok::<_, StoreError>((conn, checkpointer, limits))
         })
         .await
         .map_err(|e| StoreError::WriterStart(e.to_string()))??;
         let (tx, rx) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
-            .name("tsbridge-store-writer".into())
+            // At most 15 bytes: the name the kernel keeps (top, ps, perf).
+            .name("tsb-store-write".into())
             .spawn(move || {
                 Writer {
                     conn,
                     retention,
                     rx,
                     checkpointer,
+                    limits,
                     restart_asked: None,
                 }
                 .run()
@@ -406,6 +444,8 @@ fn open(target: &Target, wal_restart: u64) -> Result<(Connection, WalLimits), St
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     if !target.memory {
         grow_in_chunks(&conn, op)?;
+        // After `wal_autocheckpoint = 0`, which would unset it.
+        conn.wal_hook(Some(note_wal_pages));
     }
     Ok((conn, limits))
 }
@@ -471,6 +511,7 @@ struct Writer {
     rx: mpsc::Receiver<Msg>,
     /// `None` for an in-memory store (no WAL).
     checkpointer: Option<Checkpointer>,
+    limits: WalLimits,
     /// When the checkpointer asked for the rest of the WAL to be copied.
     restart_asked: Option<Instant>,
 }
@@ -516,7 +557,7 @@ impl Checkpointer {
         let state = Arc::new(CheckpointState::default());
         let shared = state.clone();
         let thread = std::thread::Builder::new()
-            .name("tsbridge-store-checkpoint".into())
+            .name("tsb-store-ckpt".into())
             .spawn(move || checkpoint_loop(&conn, &shared, limits))
             .map_err(|e| StoreError::WriterStart(e.to_string()))?;
         Ok(Self {
@@ -537,6 +578,12 @@ impl Checkpointer {
 
     fn rest_copied(&self) {
         self.state.restart.store(false, Ordering::Release);
+    }
+
+    /// Takes the WAL copy from the checkpointer: it starts no pass until
+    /// [`Checkpointer::rest_copied`].
+    fn claim_the_copy(&self) {
+        self.state.restart.store(true, Ordering::Release);
     }
 
     /// Stops the thread after a last checkpoint and waits for it.
@@ -662,18 +709,29 @@ impl Writer {
     }
 
     /// Copies the rest of a long WAL when the checkpointer asks for it:
-    /// while no write waits, or [`RESTART_WAIT`] after it asked.
+    /// while no write waits, or [`RESTART_WAIT`] after it asked; and at
+    /// once, without its asking, when the WAL is past
+    /// [`WalLimits::force_pages`].
     fn maybe_copy_the_rest(&mut self) {
         let Some(c) = &self.checkpointer else {
             return;
         };
+        let pages = WAL_PAGES.with(Cell::get);
+        if pages >= self.limits.force_pages {
+            c.claim_the_copy();
+            self.copy_the_rest_forced(pages);
+            c.rest_copied();
+            self.restart_asked = None;
+            return;
+        }
         if !c.restart_wanted() {
             self.restart_asked = None;
             return;
         }
         let asked = *self.restart_asked.get_or_insert_with(Instant::now);
-        if self.rx.is_empty() || asked.elapsed() >= RESTART_WAIT {
-            self.copy_the_rest();
+        // The lock is normally free (the checkpointer starts no pass while
+        // it waits); if not, the copy is tried again after the next commit.
+        if (self.rx.is_empty() || asked.elapsed() >= RESTART_WAIT) && self.copy_the_rest() {
             c.rest_copied();
             self.restart_asked = None;
         }
@@ -683,7 +741,8 @@ impl Writer {
     /// writer's own connection, between two transactions: nothing is
     /// appended meanwhile, so it copies everything unless a reader holds an
     /// old snapshot), so that the next transaction restarts the WAL.
-    fn copy_the_rest(&self) {
+    /// Returns whether the checkpoint lock was free (the copy was made).
+    fn copy_the_rest(&self) -> bool {
         let started = Instant::now();
         match passive_checkpoint(&self.conn) {
             Ok(Checkpointed { busy, log, copied }) => {
@@ -695,8 +754,37 @@ impl Writer {
                     took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                     "the writer copied the rest of the WAL"
                 );
+                busy == 0
             }
-            Err(e) => tracing::warn!(error = %e, "a WAL checkpoint failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "a WAL checkpoint failed");
+                // Not the lock: trying again would fail the same way.
+                true
+            }
+        }
+    }
+
+    /// [`Writer::copy_the_rest`] of a WAL of `pages` past
+    /// [`WalLimits::force_pages`], with the copy claimed from the
+    /// checkpointer: if a pass of its holds the checkpoint lock, waits for
+    /// that pass to end (up to [`FORCED_COPY_WAIT`]; every write waits
+    /// too, but the WAL is already twice as long as it should be).
+    fn copy_the_rest_forced(&self, pages: i64) {
+        tracing::debug!(
+            wal_pages = pages,
+            force_pages = self.limits.force_pages,
+            "the WAL is long: the writer copies it without the checkpointer"
+        );
+        let started = Instant::now();
+        while !self.copy_the_rest() {
+            if started.elapsed() >= FORCED_COPY_WAIT {
+                tracing::warn!(
+                    wal_pages = pages,
+                    "a checkpoint held the lock for too long: the WAL restart waits for a later commit"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
