@@ -1,7 +1,7 @@
 //! Script -> invocation: which program runs a script, with which leading
 //! arguments.
 //!
-//! - `.ts`/`.mts`/`.cts`/`.tsx` default to tsx, run in one process as
+//! - `.ts`/`.mts`/`.cts`/`.tsx` and `.jsx` default to tsx, run in one process as
 //!   `node --import <abs path of tsx's loader>` (never the tsx CLI, which
 //!   starts a second node process);
 //! - ts-node as `node -r <abs path of ts-node/register/transpile-only>` (or
@@ -38,7 +38,8 @@ impl RuntimeKind {
     /// The default for a file name: by extension.
     pub fn for_path(script: &Path) -> Self {
         match script.extension().and_then(|e| e.to_str()) {
-            Some("ts" | "mts" | "cts" | "tsx") => RuntimeKind::Tsx,
+            // JSX needs a compiler as TypeScript does: `.jsx` goes the way of `.tsx`.
+            Some("ts" | "mts" | "cts" | "tsx" | "jsx") => RuntimeKind::Tsx,
             Some("js" | "mjs" | "cjs") => RuntimeKind::Node,
             _ => RuntimeKind::Exec,
         }
@@ -328,6 +329,7 @@ mod tests {
         assert_eq!(RuntimeKind::for_path(Path::new("a.ts")), RuntimeKind::Tsx);
         assert_eq!(RuntimeKind::for_path(Path::new("a.mts")), RuntimeKind::Tsx);
         assert_eq!(RuntimeKind::for_path(Path::new("a.tsx")), RuntimeKind::Tsx);
+        assert_eq!(RuntimeKind::for_path(Path::new("a.jsx")), RuntimeKind::Tsx);
         assert_eq!(RuntimeKind::for_path(Path::new("a.cjs")), RuntimeKind::Node);
         assert_eq!(RuntimeKind::for_path(Path::new("a.sh")), RuntimeKind::Exec);
         assert_eq!(RuntimeKind::for_path(Path::new("a")), RuntimeKind::Exec);

@@ -196,12 +196,16 @@ impl RuntimeKind {
         }
     }
 
-    /// The runtime a script's extension implies.
+    /// The runtime a script's extension implies: the engine's table
+    /// ([`tsbridge_process::runtime::RuntimeKind::for_path`]), so that a
+    /// workflow and `tsbridge run` choose alike.
     pub fn for_script(script: &Path) -> Self {
-        match script.extension().and_then(|e| e.to_str()) {
-            Some("ts" | "mts" | "cts" | "tsx") => RuntimeKind::Tsx,
-            Some("js" | "mjs" | "cjs") => RuntimeKind::Node,
-            _ => RuntimeKind::Exec,
+        use tsbridge_process::runtime::RuntimeKind as Engine;
+        match Engine::for_path(script) {
+            Engine::Tsx => RuntimeKind::Tsx,
+            Engine::TsNode { .. } => RuntimeKind::TsNode,
+            Engine::Node => RuntimeKind::Node,
+            Engine::Exec => RuntimeKind::Exec,
         }
     }
 }

@@ -213,6 +213,19 @@ fn a_tsx_file_runs_through_tsx() {
     assert_eq!(v, serde_json::json!({"tsx": true, "n": 7}), "{r}");
 }
 
+/// Regression: a `.jsx` file was exec'd (exit 126, "Permission denied"),
+/// though it needs a compiler as `.tsx` does; real JSX elements in it.
+#[test]
+fn a_jsx_file_runs_through_tsx() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(dir.path(), &["run", &fixture("ts/component.jsx")]);
+    assert_eq!(r.code, Some(0), "{r}");
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    let want =
+        serde_json::json!({"jsx": true, "tag": "greeting", "to": "jsx", "children": ["hi ", 7]});
+    assert_eq!(v, want, "{r}");
+}
+
 /// Regression: `--runtime ts-node-check`, as `--help` and the error message
 /// name it, was refused as an unknown runtime.
 #[test]
