@@ -55,9 +55,12 @@ impl ErrorType {
             (JobState::Cancelled, _) | (_, Some(EndReason::Cancelled)) => Some(ErrorType::Conflict),
             (_, Some(r)) if r.is_resource_limit() => Some(ErrorType::ResourceLimitError),
             (_, Some(EndReason::Shutdown)) => Some(ErrorType::Unavailable),
-            (_, Some(EndReason::SpawnFailure)) | (_, Some(EndReason::Interrupted)) => {
-                Some(ErrorType::InternalError)
-            }
+            // The workflow's program could not be run (a missing `#!`
+            // interpreter, a worker whose module does not load): an
+            // execution failure whose message says why, not a hidden
+            // internal error (SPEC §8 has no type of its own for it).
+            (_, Some(EndReason::SpawnFailure)) => Some(ErrorType::ExecutionError),
+            (_, Some(EndReason::Interrupted)) => Some(ErrorType::InternalError),
             _ => Some(ErrorType::ExecutionError),
         }
     }
@@ -563,6 +566,14 @@ mod tests {
         assert_eq!(
             ErrorType::for_end(JobState::Cancelled, Some(EndReason::Cancelled)),
             Some(ErrorType::Conflict)
+        );
+        assert_eq!(
+            ErrorType::for_end(JobState::Failed, Some(EndReason::SpawnFailure)),
+            Some(ErrorType::ExecutionError)
+        );
+        assert_eq!(
+            ErrorType::for_end(JobState::Failed, Some(EndReason::Interrupted)),
+            Some(ErrorType::InternalError)
         );
         assert_eq!(ErrorType::for_end(JobState::Succeeded, None), None);
     }

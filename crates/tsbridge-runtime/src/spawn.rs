@@ -290,6 +290,44 @@ impl Drop for PrivateTmp {
     }
 }
 
+/// What a job whose program could not be started says: the program (as
+/// the workflow names it: relative to its root, else by file name, so no
+/// host path reaches API clients) and the OS error. A script whose `#!`
+/// interpreter is missing says so: the OS only says "No such file".
+async fn spawn_failure_message(e: &tsbridge_process::SpawnError, root: &Path) -> String {
+    let program = program_name(&e.program, root);
+    let mut msg = format!("cannot start {program}: {}", e.source);
+    if e.kind == std::io::ErrorKind::NotFound
+        && let Some(interp) = shebang_interpreter(&e.program).await
+    {
+        msg.push_str(&format!(" (its #! interpreter {interp} was not found)"));
+    }
+    msg
+}
+
+/// `path` relative to `root` when inside it, else its file name.
+pub(crate) fn program_name(path: &Path, root: &Path) -> String {
+    match path.strip_prefix(root) {
+        Ok(rel) if !rel.as_os_str().is_empty() => rel.display().to_string(),
+        _ => path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string()),
+    }
+}
+
+/// The interpreter a script's `#!` line names, if it has one.
+async fn shebang_interpreter(script: &Path) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 256];
+    let mut f = tokio::fs::File::open(script).await.ok()?;
+    let n = f.read(&mut head).await.ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next()?;
+    let interp = String::from_utf8_lossy(line);
+    interp.split_whitespace().next().map(str::to_owned)
+}
+
 /// The engine's runtime for a config runtime (ts-node never type-checks
 /// at job time: about 1 s per job).
 pub fn engine_runtime(kind: RuntimeKind) -> rt::RuntimeKind {
@@ -597,10 +635,10 @@ impl Executor for SpawnExecutor {
         let mut running = match tsbridge_process::spawn(spec).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(job = %req.job_id, error = %e, "spawn failed");
+                tracing::warn!(job = %req.job_id, error = %e, source = %e.source, "spawn failed");
                 let transient = e.is_retryable();
                 return AttemptOutcome::spawn_failure(
-                    format!("the program could not be started ({:?})", e.kind),
+                    spawn_failure_message(&e, &wf.root).await,
                     transient,
                 );
             }

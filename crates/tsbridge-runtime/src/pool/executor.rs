@@ -224,6 +224,11 @@ fn worker_sandbox(sb: Arc<Sandbox>, wf: WorkflowConfig, tmp_base: PathBuf) -> Wo
     }))
 }
 
+/// The workflow's module as its config names it (no host path).
+fn module_name(wf: &WorkflowConfig) -> String {
+    crate::spawn::program_name(&wf.script, &wf.root)
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -257,7 +262,10 @@ impl Executor for PoolExecutor {
             Ok(p) => p,
             Err(e) => {
                 return AttemptOutcome::spawn_failure(
-                    format!("the worker pool could not start: {e}"),
+                    format!(
+                        "the worker pool of {} could not start: {e}",
+                        module_name(&req.workflow)
+                    ),
                     false,
                 );
             }
@@ -348,6 +356,13 @@ impl Executor for PoolExecutor {
                         worker,
                         exit: WorkerExit::Limit { limit, .. },
                     } => format!("the job hit its {limit} limit (worker {worker} ended)"),
+                    // Why, not only that: the module and the cause (its
+                    // load error, the OS error of the spawn).
+                    PoolJobError::WorkerStart(cause) => format!(
+                        "cannot start a pool worker for {}: {}",
+                        module_name(&req.workflow),
+                        error_chain(cause)
+                    ),
                     _ => e.to_string(),
                 };
                 out.error = Some(masker.mask(&message).into_owned());

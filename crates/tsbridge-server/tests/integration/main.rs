@@ -19,5 +19,6 @@ mod real_execute;
 mod real_streams;
 mod routes;
 mod shutdown;
+mod spawn_failure;
 mod sse;
 mod ws;
