@@ -33,7 +33,7 @@ use crate::sealed::EnvSealer;
 const EVENT_CAPACITY: usize = 8192;
 
 /// Bytes of stderr kept for error details.
-const STDERR_TAIL: usize = 4096;
+pub(crate) const STDERR_TAIL: usize = 4096;
 
 /// Secret values of tsbridge itself that no job may show: the values of
 /// its own secret-named environment variables (PASSWORD, SECRET, KEY,

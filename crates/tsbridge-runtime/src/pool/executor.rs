@@ -289,23 +289,41 @@ impl Executor for PoolExecutor {
         };
         let (tx, mut rx) = mpsc::channel(256);
         let events = io.events.clone();
-        let forward = async {
+        // The job's stderr is the worker's stderr lines while it ran: their
+        // masked tail goes into the error's details, as a spawned job's.
+        let forward_masker = masker.clone();
+        let forward = async move {
+            let mut stderr = StderrTail::default();
+            // Once the consumer is gone the events are still read: the
+            // stderr tail is the job's whatever became of its stream.
+            let mut consumer = true;
             while let Some(e) = rx.recv().await {
                 let e = match e {
                     PoolEvent::Started { pid: Some(pid), .. } => AttemptEvent::Started { pid },
                     PoolEvent::Started { pid: None, .. } => continue,
-                    PoolEvent::Child(c) => AttemptEvent::Child(mask_event(&masker, c)),
+                    PoolEvent::Child(c) => {
+                        let c = mask_event(&forward_masker, c);
+                        if let tsbridge_proto::ChildEvent::Output {
+                            stream: tsbridge_proto::event::Stream::Stderr,
+                            line,
+                        } = &c
+                        {
+                            stderr.push_line(line);
+                        }
+                        AttemptEvent::Child(c)
+                    }
                 };
-                if events.send(e).await.is_err() {
-                    break;
+                if consumer && events.send(e).await.is_err() {
+                    consumer = false;
                 }
             }
+            stderr.into_string()
         };
         // A stop request (cancel, shutdown) aborts the job on its worker
         // (watched here, not by a task of its own).
         let work = async { tokio::join!(pool.run(job, tx), forward) };
         tokio::pin!(work);
-        let (o, ()) = tokio::select! {
+        let (o, stderr_tail) = tokio::select! {
             biased;
             done = &mut work => done,
             _ = io.control.stopped() => {
@@ -322,7 +340,7 @@ impl Executor for PoolExecutor {
             result: None,
             error: None,
             transient: false,
-            stderr_tail: String::new(),
+            stderr_tail,
             output: OutputView::default(),
             resources: Resources {
                 peak_memory_bytes: None,
@@ -380,6 +398,38 @@ impl Executor for PoolExecutor {
                 .collect()
         };
         futures::future::join_all(pools.iter().map(|p| p.shutdown(grace))).await;
+    }
+}
+
+/// The last [`crate::spawn::STDERR_TAIL`] bytes of a pooled job's stderr
+/// lines (bounded while they come, cut at a character boundary).
+#[derive(Debug, Default)]
+struct StderrTail(String);
+
+impl StderrTail {
+    fn push_line(&mut self, line: &str) {
+        self.0.push_str(line);
+        self.0.push('\n');
+        if self.0.len() > 2 * crate::spawn::STDERR_TAIL {
+            self.keep_tail();
+        }
+    }
+
+    fn keep_tail(&mut self) {
+        let max = crate::spawn::STDERR_TAIL;
+        if self.0.len() <= max {
+            return;
+        }
+        let mut start = self.0.len() - max;
+        while !self.0.is_char_boundary(start) {
+            start += 1;
+        }
+        self.0.drain(..start);
+    }
+
+    fn into_string(mut self) -> String {
+        self.keep_tail();
+        self.0
     }
 }
 
@@ -464,6 +514,22 @@ fn limit_reason(limit: tsbridge_sandbox::LimitBreach) -> EndReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pooled job's stderr tail keeps the last lines, bounded, cut at a
+    /// character boundary.
+    #[test]
+    fn the_stderr_tail_is_bounded_and_whole_characters() {
+        let mut t = StderrTail::default();
+        for i in 0..10_000 {
+            t.push_line(&format!("é line {i}"));
+        }
+        let s = t.into_string();
+        assert!(s.len() <= crate::spawn::STDERR_TAIL, "{}", s.len());
+        assert!(s.ends_with("é line 9999\n"), "{s}");
+        let mut t = StderrTail::default();
+        t.push_line("only");
+        assert_eq!(t.into_string(), "only\n");
+    }
 
     /// A tsx workflow's workers run without tsx's disk cache (so that its
     /// esbuild service starts while they load), unless the workflow says
