@@ -250,9 +250,31 @@ pub async fn shutdown_all(grace: Duration) -> ShutdownReport {
     }
 }
 
-/// Creates `<base>/tsbridge-<key>` with mode 0700 and records it.
-pub(crate) fn create_private_tmp(base: &Path, key: &JobKey) -> io::Result<PathBuf> {
-    let dir = base.join(format!("tsbridge-{key}"));
+/// The start of the names of this process's private TMPDIRs:
+/// `tsbridge-<owner tag>-`.
+pub(crate) fn private_tmp_prefix() -> String {
+    format!("tsbridge-{}-", owner_tag())
+}
+
+/// Where the private TMPDIR of job `key` is made in `base`:
+/// `<base>/tsbridge-<owner tag>-<key>`. The owner tag (`<pid>.<start
+/// time>` of this process) tells the death watchdog which to remove if
+/// this process is SIGKILLed, and the next start's [`sweep_stale_tmp`]
+/// which were left by a tsbridge that is gone.
+pub fn private_tmp_path(base: &Path, key: &str) -> PathBuf {
+    base.join(format!("{}{key}", private_tmp_prefix()))
+}
+
+/// Creates the private TMPDIR of job `key` in `base` (see
+/// [`private_tmp_path`]), mode 0700, after telling the death watchdog
+/// about `base`. An existing one is accepted only if it is a real
+/// directory of ours, private to us (a caller may make it first: the
+/// sandbox needs it to exist to grant it to Landlock). The caller removes
+/// it when the job is over.
+pub fn make_private_tmp(base: &Path, key: &str) -> io::Result<PathBuf> {
+    let base = std::path::absolute(base)?;
+    crate::watchdog::watch_tmp_base(&base);
+    let dir = private_tmp_path(&base, key);
     match std::fs::DirBuilder::new()
         .recursive(false)
         .mode(0o700)
@@ -275,8 +297,54 @@ pub(crate) fn create_private_tmp(base: &Path, key: &JobKey) -> io::Result<PathBu
     }
     // The umask may have narrowed it further; make it exactly 0700.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
+/// [`make_private_tmp`], recorded for [`shutdown_all`].
+pub(crate) fn create_private_tmp(base: &Path, key: &JobKey) -> io::Result<PathBuf> {
+    let dir = make_private_tmp(base, key.as_str())?;
     with_live(|l| l.tmpdirs.push(dir.clone()));
     Ok(dir)
+}
+
+/// Removes the private TMPDIRs in `base` of every tsbridge that is no
+/// longer running (names `tsbridge-<pid>.<start time>-<key>` whose owner
+/// tag names a pid that is gone or now another process), owned by this
+/// user. Call at startup: the death watchdog removes them when a tsbridge
+/// is SIGKILLed, but it may have been killed too, or unable to finish.
+/// `remove_dir_all` does not follow symlinks. Returns how many it removed.
+pub fn sweep_stale_tmp(base: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return 0;
+    };
+    // SAFETY: geteuid never fails and has no side effects.
+    let me = unsafe { libc::geteuid() };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(owner) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("tsbridge-"))
+            .and_then(|rest| rest.split_once('-'))
+            .map(|(owner, _key)| owner)
+        else {
+            continue;
+        };
+        let Some((pid, start)) = owner.split_once('.') else {
+            continue;
+        };
+        let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !numeric(pid) || !numeric(start) || owner_alive(owner) {
+            continue;
+        }
+        let path = e.path();
+        let ours = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == me);
+        if ours && std::fs::remove_dir_all(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Removes a private TMPDIR (after the job's tree is gone).

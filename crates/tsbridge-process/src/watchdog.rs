@@ -13,6 +13,19 @@
 //! its environment), through pidfds so that a reused pid is never hit, and
 //! exits. After a normal exit there is nothing left to find.
 //!
+//! Then it removes the private TMPDIRs of this tsbridge's jobs (SPEC §4:
+//! "temp files it created are removed"), which a SIGKILLed tsbridge cannot.
+//! Their names carry the owner tag (`tsbridge-<tag>-<key>`, see
+//! [`crate::supervisor::private_tmp_path`]); tsbridge tells the watchdog
+//! each base directory it makes them in, once, over the same pipe (a
+//! NUL-terminated absolute path, at most [`MAX_BASES`]). The removal uses
+//! raw system calls relative to directory fds and never follows a symlink
+//! (`openat` with `O_NOFOLLOW | O_DIRECTORY`, `unlinkat`, `AT_REMOVEDIR`):
+//! a job may have left symlinks to anything in its TMPDIR. It stays on the
+//! base's file system, descends at most [`MAX_DEPTH`] levels and gives up
+//! after [`MAX_DESCENTS`]; what it leaves is swept by the next start
+//! ([`crate::supervisor::sweep_stale_tmp`]).
+//!
 //! It is forked (without exec) on the spawner thread, which never ends, so
 //! that it stays a child of that thread: tsbridge's main thread's children
 //! are its adopted orphans, which the descendant tracker examines at every
@@ -26,12 +39,86 @@
 
 use std::io;
 use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::spec::OWNER_ENV;
 
 /// How many /proc scans at most: one more after each that killed something
 /// (a job may fork while it is scanned), up to this bound.
 const MAX_ROUNDS: usize = 50;
+/// Base directories of TMPDIRs the watchdog can be told.
+pub(crate) const MAX_BASES: usize = 8;
+/// Longest base path (with its NUL) it accepts: one atomic pipe write.
+const MAX_BASE_LEN: usize = 4096;
+/// Directory levels it descends into below a TMPDIR.
+pub(crate) const MAX_DEPTH: usize = 64;
+/// Subdirectories it opens in all, so that entries it cannot remove (or a
+/// surviving process that keeps writing) cannot keep it busy for ever.
+pub(crate) const MAX_DESCENTS: usize = 100_000;
+
+/// The write end of the pipe to the watchdog (-1 without one).
+static WRITE_END: AtomicI32 = AtomicI32::new(-1);
+/// Bases already told (the watchdog keeps the first [`MAX_BASES`]).
+static TOLD: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Tells the watchdog that private TMPDIRs of this process are made in
+/// `base` (absolute), once per base; a no-op without a watchdog. Returns
+/// whether the watchdog knows it.
+pub(crate) fn watch_tmp_base(base: &Path) -> bool {
+    let fd = WRITE_END.load(Ordering::Acquire);
+    if fd < 0 {
+        return false;
+    }
+    let mut told = TOLD.lock().unwrap_or_else(|p| p.into_inner());
+    if told.iter().any(|b| b == base) {
+        return true;
+    }
+    let bytes = base.as_os_str().as_bytes();
+    if told.len() >= MAX_BASES
+        || !base.is_absolute()
+        || bytes.len() >= MAX_BASE_LEN
+        || bytes.contains(&0)
+    {
+        tracing::warn!(base = %base.display(), "the death watchdog cannot take this TMPDIR base: a SIGKILLed tsbridge leaves its jobs' TMPDIRs there until the next start");
+        return false;
+    }
+    let mut record = Vec::with_capacity(bytes.len() + 1);
+    record.extend_from_slice(bytes);
+    record.push(0);
+    // SAFETY: write(2) of a buffer we own to the pipe's write end, which is
+    // never closed. At most PIPE_BUF bytes: written whole or not at all.
+    let n = unsafe { libc::write(fd, record.as_ptr().cast(), record.len()) };
+    if usize::try_from(n).ok() != Some(record.len()) {
+        tracing::warn!(base = %base.display(), error = %io::Error::last_os_error(), "cannot tell the death watchdog a TMPDIR base");
+        return false;
+    }
+    told.push(base.to_path_buf());
+    true
+}
+
+/// The watchdog's working memory, allocated before the fork (the child may
+/// not allocate).
+struct Scratch {
+    /// `"\0TSBRIDGE_OWNER=<tag>\0"`.
+    needle: Vec<u8>,
+    /// `"tsbridge-<tag>-"`: the names of this process's TMPDIRs.
+    tmp_prefix: Vec<u8>,
+    bases: [[u8; MAX_BASE_LEN]; MAX_BASES],
+    base_count: usize,
+    /// The record being read.
+    record: [u8; MAX_BASE_LEN],
+    record_len: usize,
+    /// The record is too long: skipped up to its NUL.
+    record_skip: bool,
+    /// Directory fds and names of the levels being removed.
+    fds: [RawFd; MAX_DEPTH],
+    names: [[u8; 256]; MAX_DEPTH],
+    base_dents: [u8; 8192],
+    tree_dents: [u8; 8192],
+}
 
 /// Forks the watchdog. Call on the spawner thread. The pipe's write end
 /// stays open in tsbridge for the rest of its life.
@@ -43,6 +130,7 @@ pub(crate) fn fork_watchdog() -> io::Result<()> {
     needle.push(b'=');
     needle.extend_from_slice(crate::supervisor::owner_tag().as_bytes());
     needle.push(0);
+    let mut scratch = Scratch::new(needle, crate::supervisor::private_tmp_prefix().into_bytes());
     let mut fds: [RawFd; 2] = [-1; 2];
     // SAFETY: pipe2 writes two fds into the array it is given.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -50,7 +138,7 @@ pub(crate) fn fork_watchdog() -> io::Result<()> {
     }
     let [read_end, write_end] = fds;
     // SAFETY: the child only runs `watchdog_main`, which is async-signal-safe
-    // (raw system calls on stack buffers and on `needle`, which the fork
+    // (raw system calls on stack buffers and on `scratch`, which the fork
     // copied, no allocation, no locks) and never returns.
     match unsafe { libc::fork() } {
         -1 => {
@@ -64,24 +152,26 @@ pub(crate) fn fork_watchdog() -> io::Result<()> {
         }
         0 => {
             // SAFETY: in the child of a fork; see above.
-            unsafe { watchdog_main(read_end, write_end, &needle) }
+            unsafe { watchdog_main(read_end, write_end, &mut scratch) }
         }
         _ => {
             // SAFETY: the parent's copy of the read end is not used.
             unsafe { libc::close(read_end) };
             // The write end is deliberately never closed: it must stay open
             // exactly as long as this process lives.
+            WRITE_END.store(write_end, Ordering::Release);
             Ok(())
         }
     }
 }
 
 /// The child: detach from the terminal's signals, drop every inherited fd
-/// but the pipe, wait for end-of-file, sweep, exit.
+/// but the pipe, read TMPDIR bases until end-of-file, kill, remove the
+/// TMPDIRs, exit.
 ///
 /// # Safety
 /// Only in the child of a fork; never returns.
-unsafe fn watchdog_main(read_end: RawFd, write_end: RawFd, needle: &[u8]) -> ! {
+unsafe fn watchdog_main(read_end: RawFd, write_end: RawFd, s: &mut Scratch) -> ! {
     // SAFETY: async-signal-safe system calls on fds and constants of ours.
     unsafe {
         libc::close(write_end);
@@ -118,20 +208,236 @@ unsafe fn watchdog_main(read_end: RawFd, write_end: RawFd, needle: &[u8]) -> ! {
                 libc::close(fd);
             }
         }
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; 512];
         loop {
             let n = libc::read(PIPE, buf.as_mut_ptr().cast(), buf.len());
             if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
                 break;
             }
+            if n > 0 {
+                s.take_records(&buf[..n as usize]);
+            }
         }
         for _ in 0..MAX_ROUNDS {
-            if sweep(needle) == 0 {
+            if sweep(&s.needle) == 0 {
                 break;
             }
         }
+        // The jobs are gone: nothing writes into their TMPDIRs any more.
+        for i in 0..s.base_count {
+            s.remove_tmpdirs_in(i);
+        }
         libc::_exit(0)
     }
+}
+
+impl Scratch {
+    fn new(needle: Vec<u8>, tmp_prefix: Vec<u8>) -> Box<Scratch> {
+        Box::new(Scratch {
+            needle,
+            tmp_prefix,
+            bases: [[0; MAX_BASE_LEN]; MAX_BASES],
+            base_count: 0,
+            record: [0; MAX_BASE_LEN],
+            record_len: 0,
+            record_skip: false,
+            fds: [-1; MAX_DEPTH],
+            names: [[0; 256]; MAX_DEPTH],
+            base_dents: [0; 8192],
+            tree_dents: [0; 8192],
+        })
+    }
+
+    /// Takes NUL-terminated base paths out of what was read.
+    fn take_records(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if b == 0 {
+                if !self.record_skip && self.record_len > 0 && self.base_count < MAX_BASES {
+                    let slot = &mut self.bases[self.base_count];
+                    slot[..self.record_len].copy_from_slice(&self.record[..self.record_len]);
+                    slot[self.record_len] = 0;
+                    self.base_count += 1;
+                }
+                self.record_len = 0;
+                self.record_skip = false;
+            } else if self.record_len + 1 < MAX_BASE_LEN {
+                self.record[self.record_len] = b;
+                self.record_len += 1;
+            } else {
+                self.record_skip = true;
+            }
+        }
+    }
+
+    /// Removes every directory of base `i` whose name starts with this
+    /// process's TMPDIR prefix and that is ours (owner uid), listing the
+    /// base again while a pass removed something (entries removed while
+    /// listing may shift the listing).
+    ///
+    /// Async-signal-safe.
+    fn remove_tmpdirs_in(&mut self, i: usize) {
+        // SAFETY: raw system calls on NUL-terminated buffers and fds opened
+        // and closed here.
+        unsafe {
+            let base = libc::open(
+                self.bases[i].as_ptr().cast(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            );
+            if base < 0 {
+                return;
+            }
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(base, &mut st) != 0 {
+                libc::close(base);
+                return;
+            }
+            let dev = st.st_dev;
+            let me = libc::geteuid();
+            for _ in 0..MAX_ROUNDS {
+                libc::lseek(base, 0, libc::SEEK_SET);
+                let mut found = false;
+                while let Some(n) = getdents(base, &mut self.base_dents) {
+                    let mut off = 0;
+                    while let Some((name, next)) = dirent_at(&self.base_dents, n, off) {
+                        off = next;
+                        if name.len() <= self.tmp_prefix.len()
+                            || !name.starts_with(&self.tmp_prefix)
+                            || name.len() >= 256
+                        {
+                            continue;
+                        }
+                        let mut name_z = [0u8; 256];
+                        name_z[..name.len()].copy_from_slice(name);
+                        let mut st: libc::stat = std::mem::zeroed();
+                        if libc::fstatat(
+                            base,
+                            name_z.as_ptr().cast(),
+                            &mut st,
+                            libc::AT_SYMLINK_NOFOLLOW,
+                        ) != 0
+                            || st.st_mode & libc::S_IFMT != libc::S_IFDIR
+                            || st.st_uid != me
+                            || st.st_dev != dev
+                        {
+                            continue;
+                        }
+                        found = true;
+                        self.remove_tree(base, &name_z, dev);
+                    }
+                }
+                if !found {
+                    break;
+                }
+            }
+            libc::close(base);
+        }
+    }
+
+    /// Removes directory `name` (NUL-terminated) of `parent` and all it
+    /// holds, never following a symlink and staying on file system `dev`:
+    /// each level is scanned from its start again after a subdirectory was
+    /// removed, so one listing buffer serves every level.
+    ///
+    /// Async-signal-safe.
+    fn remove_tree(&mut self, parent: RawFd, name: &[u8; 256], dev: libc::dev_t) {
+        const DIR_FLAGS: libc::c_int =
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let mut descents = 0;
+        // SAFETY: raw system calls on NUL-terminated buffers and fds opened
+        // and closed here.
+        unsafe {
+            let top = libc::openat(parent, name.as_ptr().cast(), DIR_FLAGS);
+            if top < 0 {
+                return;
+            }
+            self.fds[0] = top;
+            self.names[0] = *name;
+            let mut depth = 1;
+            while depth > 0 {
+                let fd = self.fds[depth - 1];
+                libc::lseek(fd, 0, libc::SEEK_SET);
+                let mut descended = false;
+                'scan: while let Some(n) = getdents(fd, &mut self.tree_dents) {
+                    let mut off = 0;
+                    while let Some((entry, next)) = dirent_at(&self.tree_dents, n, off) {
+                        off = next;
+                        if entry == b"." || entry == b".." || entry.len() >= 256 {
+                            continue;
+                        }
+                        let mut entry_z = [0u8; 256];
+                        entry_z[..entry.len()].copy_from_slice(entry);
+                        // A file, a symlink (itself, not its target), a socket...
+                        if libc::unlinkat(fd, entry_z.as_ptr().cast(), 0) == 0 {
+                            continue;
+                        }
+                        if *libc::__errno_location() != libc::EISDIR
+                            || depth >= MAX_DEPTH
+                            || descents >= MAX_DESCENTS
+                        {
+                            continue;
+                        }
+                        let child = libc::openat(fd, entry_z.as_ptr().cast(), DIR_FLAGS);
+                        if child < 0 {
+                            continue;
+                        }
+                        let mut st: libc::stat = std::mem::zeroed();
+                        if libc::fstat(child, &mut st) != 0 || st.st_dev != dev {
+                            libc::close(child);
+                            continue;
+                        }
+                        descents += 1;
+                        self.fds[depth] = child;
+                        self.names[depth] = entry_z;
+                        depth += 1;
+                        descended = true;
+                        break 'scan;
+                    }
+                }
+                if descended {
+                    continue;
+                }
+                // As empty as it can be made: remove it from its parent.
+                libc::close(fd);
+                depth -= 1;
+                let up = if depth == 0 {
+                    parent
+                } else {
+                    self.fds[depth - 1]
+                };
+                libc::unlinkat(up, self.names[depth].as_ptr().cast(), libc::AT_REMOVEDIR);
+            }
+        }
+    }
+}
+
+/// The next entries of directory `fd` into `buf` (getdents64): how many
+/// bytes, or `None` at its end or on an error.
+///
+/// # Safety
+/// Async-signal-safe.
+unsafe fn getdents(fd: RawFd, buf: &mut [u8]) -> Option<usize> {
+    // SAFETY: getdents64 writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+    usize::try_from(n).ok().filter(|&n| n > 0)
+}
+
+/// The name of the `linux_dirent64` at `off` of a getdents64 buffer holding
+/// `len` bytes (without its NUL), and the offset of the next one.
+fn dirent_at(buf: &[u8], len: usize, off: usize) -> Option<(&[u8], usize)> {
+    // struct linux_dirent64 { u64 ino; i64 off; u16 reclen; u8 type; char name[]; }
+    if off + 19 > len {
+        return None;
+    }
+    let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+    if reclen == 0 || off + reclen > len {
+        return None;
+    }
+    let name = &buf[off + 19..off + reclen];
+    let name = match name.iter().position(|&b| b == 0) {
+        Some(end) => &name[..end],
+        None => name,
+    };
+    Some((name, off + reclen))
 }
 
 /// One scan of /proc: SIGKILLs every process whose environ holds `needle`.
@@ -152,30 +458,10 @@ unsafe fn sweep(needle: &[u8]) -> usize {
         let me = libc::getpid();
         let mut killed = 0;
         let mut dents = [0u8; 8192];
-        loop {
-            let n = libc::syscall(
-                libc::SYS_getdents64,
-                proc_fd,
-                dents.as_mut_ptr(),
-                dents.len(),
-            );
-            if n <= 0 {
-                break;
-            }
-            let n = n as usize;
+        while let Some(n) = getdents(proc_fd, &mut dents) {
             let mut off = 0;
-            // struct linux_dirent64 { u64 ino; i64 off; u16 reclen; u8 type; char name[]; }
-            while off + 19 <= n {
-                let reclen = u16::from_ne_bytes([dents[off + 16], dents[off + 17]]) as usize;
-                if reclen == 0 || off + reclen > n {
-                    break;
-                }
-                let name = &dents[off + 19..off + reclen];
-                let name = match name.iter().position(|&b| b == 0) {
-                    Some(end) => &name[..end],
-                    None => name,
-                };
-                off += reclen;
+            while let Some((name, next)) = dirent_at(&dents, n, off) {
+                off = next;
                 let Some(pid) = parse_pid(name) else {
                     continue;
                 };
@@ -324,6 +610,84 @@ mod tests {
             assert!(!holds(prefixed, needle, chunk), "{chunk}");
             assert!(!holds(inside, needle, chunk), "{chunk}");
         }
+    }
+
+    fn base(s: &Scratch, i: usize) -> &[u8] {
+        let b = &s.bases[i];
+        &b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())]
+    }
+
+    #[test]
+    fn bases_are_whole_records_across_any_reads() {
+        let mut s = Scratch::new(Vec::new(), Vec::new());
+        let long = vec![b'x'; MAX_BASE_LEN + 10];
+        let mut stream = b"/tmp/a\0/var/b\0".to_vec();
+        stream.extend_from_slice(&long);
+        stream.extend_from_slice(b"\0/c\0");
+        for chunk in stream.chunks(3) {
+            s.take_records(chunk);
+        }
+        assert_eq!(s.base_count, 3, "the over-long record is skipped");
+        assert_eq!(base(&s, 0), b"/tmp/a");
+        assert_eq!(base(&s, 1), b"/var/b");
+        assert_eq!(base(&s, 2), b"/c");
+        for i in 0..20 {
+            s.take_records(format!("/more/{i}\0").as_bytes());
+        }
+        assert_eq!(s.base_count, MAX_BASES);
+    }
+
+    /// The removal (as the forked watchdog runs it, here in-process): every
+    /// prefixed directory of the base goes with all it holds, deeper than
+    /// one listing and with entries of every kind; symlinks to a directory
+    /// and a file outside are removed themselves, their targets kept; other
+    /// names and a prefixed symlink's target stay.
+    #[test]
+    fn tmpdirs_are_removed_without_following_symlinks() {
+        use std::os::unix::fs::symlink;
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let base = root.path().join("base");
+        let outside = root.path().join("outside");
+        let mk = |p: &std::path::Path| std::fs::create_dir_all(p).unwrap_or_else(|e| panic!("{e}"));
+        let write =
+            |p: std::path::PathBuf| std::fs::write(p, "x").unwrap_or_else(|e| panic!("{e}"));
+        mk(&outside.join("sub"));
+        write(outside.join("keep.txt"));
+        write(outside.join("sub/deep.txt"));
+        let job = base.join("tsbridge-1.2-job-1");
+        let mut d = job.clone();
+        for i in 0..10 {
+            d = d.join(format!("l{i}"));
+            mk(&d);
+            for f in 0..300 {
+                write(d.join(format!("file-with-a-longish-name-{f}")));
+            }
+        }
+        symlink(&outside, job.join("escape-dir")).unwrap_or_else(|e| panic!("{e}"));
+        symlink(outside.join("keep.txt"), d.join("escape-file")).unwrap_or_else(|e| panic!("{e}"));
+        mk(&job.join("empty"));
+        mk(&base.join("tsbridge-1.2-job-2"));
+        symlink(&outside, base.join("tsbridge-1.2-link")).unwrap_or_else(|e| panic!("{e}"));
+        mk(&base.join("tsbridge-9.9-other"));
+        mk(&base.join("unrelated"));
+
+        let mut s = Scratch::new(Vec::new(), b"tsbridge-1.2-".to_vec());
+        let mut record = base.as_os_str().as_bytes().to_vec();
+        record.push(0);
+        s.take_records(&record);
+        s.remove_tmpdirs_in(0);
+
+        let mut left: Vec<String> = std::fs::read_dir(&base)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["tsbridge-1.2-link", "tsbridge-9.9-other", "unrelated"]
+        );
+        assert!(outside.join("keep.txt").is_file());
+        assert!(outside.join("sub/deep.txt").is_file());
     }
 
     #[test]

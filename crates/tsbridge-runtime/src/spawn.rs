@@ -271,12 +271,10 @@ impl SpawnExecutor {
 struct PrivateTmp(PathBuf);
 
 impl PrivateTmp {
+    /// Made as the engine makes its own (named for this process, so that
+    /// the death watchdog removes it if tsbridge is SIGKILLed).
     fn create(base: &Path, key: &str) -> std::io::Result<Self> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        let dir = base.join(format!("tsbridge-{key}"));
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        Ok(Self(dir))
+        tsbridge_process::make_private_tmp(base, key).map(Self)
     }
 }
 

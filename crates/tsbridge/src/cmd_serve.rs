@@ -47,6 +47,14 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
             "killed processes left by a tsbridge that died"
         );
     }
+    // Their private TMPDIRs, where the death watchdog could not remove them.
+    let tmpdirs = tsbridge_process::sweep_stale_tmp(&std::env::temp_dir());
+    if tmpdirs > 0 {
+        tracing::warn!(
+            dirs = tmpdirs,
+            "removed job TMPDIRs left by a tsbridge that died"
+        );
+    }
 
     let shared_store = is_shared_store(&config.store.url);
     // This node's name in a shared store: stable across restarts when set,

@@ -28,6 +28,7 @@ mod sandbox_cgroup;
 mod shutdown_all;
 mod signal_death;
 mod spawn_errors;
+mod stale_tmp_sweep;
 mod timeout_kills_tree;
 mod transpile_location;
 mod typescript;

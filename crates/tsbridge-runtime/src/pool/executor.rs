@@ -185,14 +185,8 @@ fn worker_sandbox(sb: Arc<Sandbox>, wf: WorkflowConfig, tmp_base: PathBuf) -> Wo
     WorkerSandbox(Arc::new(move |key, host: &Path| {
         // The engine makes this same private TMPDIR for the worker; make it
         // now, because Landlock can only grant a path that exists.
-        let tmpdir = tmp_base.join(format!("tsbridge-{key}"));
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&tmpdir)
-                .map_err(|e| format!("cannot create the worker's TMPDIR: {e}"))?;
-        }
+        let tmpdir = tsbridge_process::make_private_tmp(&tmp_base, key.as_str())
+            .map_err(|e| format!("cannot create the worker's TMPDIR: {e}"))?;
         let mut policy = crate::spawn::policy_for(&wf, &tmpdir);
         // RLIMIT_CPU would count a warm worker's CPU time over all its jobs.
         policy.rlimits.cpu_seconds = None;

@@ -12,3 +12,4 @@ mod crash_recovery;
 mod jobs_cli;
 mod run_contract;
 mod shutdown_records;
+mod tmpdir_after_sigkill;

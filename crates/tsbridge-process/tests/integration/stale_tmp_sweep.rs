@@ -1,0 +1,45 @@
+//! The startup sweep of private TMPDIRs (`sweep_stale_tmp`): it removes
+//! those of a tsbridge that is gone (owner tag naming a dead pid, or a pid
+//! now another process: other start time), with their contents and without
+//! following a symlink out of them; it keeps a live owner's and any other
+//! `tsbridge-*` name.
+
+use std::os::unix::fs::symlink;
+
+#[test]
+fn the_startup_sweep_removes_only_the_tmpdirs_of_gone_owners() {
+    let base = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("keep.txt"), "keep").unwrap();
+
+    // Our pid with another start time: a reused pid, its owner is gone.
+    let gone = base
+        .path()
+        .join(format!("tsbridge-{}.1-0192abcd-1", std::process::id()));
+    std::fs::create_dir_all(gone.join("a/b")).unwrap();
+    std::fs::write(gone.join("a/b/data.txt"), "x").unwrap();
+    symlink(outside.path(), gone.join("a/escape")).unwrap();
+    symlink(outside.path().join("keep.txt"), gone.join("escape-file")).unwrap();
+
+    let live = tsbridge_process::make_private_tmp(base.path(), "live-1").unwrap();
+    let others = [
+        "tsbridge-pool-123-abcdef",
+        "tsbridge-abc-1",
+        "tsbridge-1.x-2",
+    ];
+    for o in others {
+        std::fs::create_dir(base.path().join(o)).unwrap();
+    }
+
+    assert_eq!(tsbridge_process::sweep_stale_tmp(base.path()), 1);
+    assert!(!gone.exists());
+    assert!(live.is_dir(), "a live owner's TMPDIR is kept");
+    for o in others {
+        assert!(base.path().join(o).is_dir(), "{o} is kept");
+    }
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("keep.txt")).unwrap(),
+        "keep"
+    );
+    assert_eq!(tsbridge_process::sweep_stale_tmp(base.path()), 0);
+}
