@@ -25,6 +25,7 @@ mod parent_death_watchdog;
 mod resource_monitor;
 mod retry_no_overlap;
 mod sandbox_cgroup;
+mod secrets_mid_output;
 mod shutdown_all;
 mod signal_death;
 mod spawn_errors;
