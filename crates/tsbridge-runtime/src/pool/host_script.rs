@@ -11,7 +11,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::errors::HostScriptError;
@@ -74,29 +74,15 @@ impl HostFile {
     }
 
     fn write_embedded(base: &Path) -> Result<Self, HostScriptError> {
-        let mut last_err = None;
-        let mut dir = None;
-        for _ in 0..16 {
-            let r: u64 = rand::random();
-            let d = base.join(format!("tsbridge-pool-{}-{r:016x}", std::process::id()));
-            match fs::DirBuilder::new().mode(0o700).create(&d) {
-                Ok(()) => {
-                    dir = Some(d);
-                    break;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last_err = Some(e),
-                Err(e) => {
-                    last_err = Some(e);
-                    break;
-                }
-            }
-        }
-        let Some(dir) = dir else {
-            return Err(HostScriptError::CreateDir {
+        // A private TMPDIR of this process (random key): the death watchdog
+        // removes it if tsbridge is SIGKILLed, the next start's sweep if the
+        // watchdog could not.
+        let r: u64 = rand::random();
+        let dir = tsbridge_process::make_private_tmp(base, &format!("pool-host-{r:016x}"))
+            .map_err(|source| HostScriptError::CreateDir {
                 base: base.to_owned(),
-                source: last_err.unwrap_or_else(|| std::io::Error::other("no free directory name")),
-            });
-        };
+                source,
+            })?;
         let path = dir.join("worker-host.mjs");
         let files = std::iter::once(("worker-host.mjs", WORKER_HOST_JS)).chain(WARMUP_FILES);
         for (name, content) in files {

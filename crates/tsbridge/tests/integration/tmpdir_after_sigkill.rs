@@ -2,8 +2,9 @@
 //! `tsbridge serve` is SIGKILLed with a spawn job running, the job's
 //! private TMPDIR is removed by the death watchdog, with what the job put
 //! in it (nested directories, files), without following the symlinks the
-//! job left there to a directory and a file outside. Before, it stayed
-//! until somebody removed it by hand.
+//! job left there to a directory and a file outside; so are the TMPDIR of
+//! a warm pool worker and the pool's copy of the worker host script. Before,
+//! they stayed until somebody removed them by hand.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -45,6 +46,11 @@ async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 fn write_config(dir: &Path, port: u16) -> PathBuf {
     std::fs::write(dir.join("tmp-job.js"), JOB).unwrap();
+    std::fs::write(
+        dir.join("handler.mjs"),
+        "export default async () => ({ pid: process.pid });\n",
+    )
+    .unwrap();
     let cfg = dir.join("tsbridge.toml");
     std::fs::write(
         &cfg,
@@ -59,6 +65,13 @@ url = "sqlite://jobs.db"
 root = "."
 script = "tmp-job.js"
 runtime = "node"
+
+[workflows.pooled]
+root = "."
+script = "handler.mjs"
+runtime = "node"
+mode = "pool"
+pool = {{ min = 1, max = 1 }}
 "#
         ),
     )
@@ -100,6 +113,16 @@ async fn a_sigkilled_server_leaves_no_job_tmpdir() {
     .await;
     assert!(job_tmp.starts_with(&base), "{}", job_tmp.display());
     assert!(job_tmp.join("level-0/level-1/data.txt").is_file());
+    let pool_dirs = until("the pool's worker host and worker TMPDIRs", || {
+        let n = std::fs::read_dir(&base)
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("tsbridge-") && !job_tmp.ends_with(n))
+            .count();
+        (n >= 2).then_some(n)
+    })
+    .await;
+    assert!(pool_dirs >= 2, "{pool_dirs}");
 
     // SIGKILL: no shutdown path of tsbridge runs.
     server.child.kill().unwrap();
