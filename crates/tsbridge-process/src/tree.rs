@@ -67,6 +67,12 @@ pub(crate) struct Tracker {
     /// The leader's /proc files kept open (a pool worker's, opened by its
     /// first per-task sweep; see [`Self::discover_after_task`]).
     open: Option<sys::OpenProc>,
+    /// The kept helpers' /proc files, opened by [`Self::keep_current`] and
+    /// kept while they live: each walk of a pool worker goes through them
+    /// too (tsx's esbuild service has a thread list of its own), and read
+    /// this way it costs `pread`s instead of an open, read and close per
+    /// file (7 opens per walk with esbuild's threads).
+    helpers: HashMap<i32, sys::OpenProc>,
     /// Taken before the last per-task sweep's walk: if no pid was allocated
     /// since, the worker cannot have a process that walk did not see.
     quiet: Option<sys::PidMark>,
@@ -90,6 +96,7 @@ impl Tracker {
             kids: Vec::new(),
             found: HashMap::new(),
             open: None,
+            helpers: HashMap::new(),
             quiet: None,
             quiet_sweeps: 0,
             #[cfg(test)]
@@ -209,11 +216,21 @@ impl Tracker {
             if p == self.leader && self.leader_reaped {
                 continue;
             }
-            let open = self.open.as_mut().filter(|o| o.pid() == p);
-            let Some(st) = (match &open {
+            let mut open = match self.open.as_mut().filter(|o| o.pid() == p) {
+                Some(o) => Some(o),
+                None => self.helpers.get_mut(&p.raw()),
+            };
+            let mut st = match &open {
                 Some(o) => o.stat(),
                 None => sys::read_stat(p),
-            }) else {
+            };
+            if st.is_none() && open.as_ref().is_some_and(|o| o.pid() != self.leader) {
+                // A helper that ended: its pid may name another process
+                // now, read as any other.
+                open = None;
+                st = sys::read_stat(p);
+            }
+            let Some(st) = st else {
                 continue;
             };
             // A pid we saw before that now has another start time was reused.
@@ -241,6 +258,9 @@ impl Tracker {
                 .filter(|(p, _)| **p != leader)
                 .map(|(p, s)| (*p, *s)),
         );
+        // A helper that ended is not walked again.
+        let seen = &self.seen;
+        self.helpers.retain(|p, _| seen.contains_key(p));
         self.ever.extend(self.seen.keys().copied());
         let out = found
             .iter()
@@ -303,6 +323,16 @@ impl Tracker {
             .into_iter()
             .filter(|p| p.pid != leader)
             .map(|p| (p.pid.raw(), p.start))
+            .collect();
+        // Opened after the walk that found them: a file opened now names
+        // the process the pid has now, the one kept if its start time is.
+        self.helpers = self
+            .kept
+            .iter()
+            .filter_map(|(&pid, &start)| {
+                let open = sys::OpenProc::open(Pid::new(pid)?)?;
+                (open.stat()?.start == start).then_some((pid, open))
+            })
             .collect();
         self.kept.len()
     }
@@ -608,5 +638,75 @@ exec /bin/sleep 1000
         });
         drop(cleanup);
         let _ = worker.wait();
+    }
+
+    /// A kept helper (a pool worker's esbuild service) is walked through
+    /// /proc files opened once, by `keep_current`: a child it forks later is
+    /// still found, and once it is gone its files are let go.
+    #[test]
+    fn a_kept_helper_is_walked_through_files_kept_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("go");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // The leader starts a helper that waits on the fifo (no fork
+        // before), then forks `sleep 1000` and waits for it.
+        let helper = r#"read x < "$1"; /bin/sleep 1000 & wait"#;
+        let mut leader = std::process::Command::new("/bin/sh")
+            .args(["-c", r#"/bin/sh -c "$1" y "$2" & wait"#, "x", helper])
+            .arg(&fifo)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = Pid::new(leader.id() as i32).unwrap();
+        let mut cleanup = KillOnDrop(vec![pid]);
+        let mut helper_pid = None;
+        wait_until("the helper waits on the fifo", || {
+            let mut kids = Vec::new();
+            sys::children_of(pid, &mut kids);
+            helper_pid = kids.first().copied();
+            // Exec'd (until then it is a copy of the leader).
+            helper_pid.is_some_and(|h| {
+                std::fs::read(format!("/proc/{}/cmdline", h.raw()))
+                    .is_ok_and(|c| c.starts_with(b"/bin/sh\0-c\0read x"))
+            })
+        });
+        let helper_pid = helper_pid.unwrap();
+        cleanup.0.push(helper_pid);
+        let mut t = Tracker::new(pid, b"TSBRIDGE_JOB=kept-open-test".to_vec());
+        assert_eq!(t.keep_current(), 1);
+        assert!(
+            t.helpers.contains_key(&helper_pid.raw()),
+            "the helper's files are open: {:?}",
+            t.helpers.keys().collect::<Vec<_>>()
+        );
+
+        std::fs::write(&fifo, b"go\n").unwrap();
+        let mut child = None;
+        wait_until("the helper's child sleep 1000", || {
+            let mut kids = Vec::new();
+            sys::children_of(helper_pid, &mut kids);
+            child = kids.first().copied();
+            child.is_some()
+        });
+        let child = child.unwrap();
+        cleanup.0.push(child);
+        let found = t.discover_after_task();
+        assert!(found.iter().any(|p| p.pid == child), "{found:?}");
+        assert!(t.helpers.contains_key(&helper_pid.raw()));
+
+        kill_and_reap(child);
+        kill_and_reap(helper_pid);
+        wait_until("the helper is gone", || {
+            let mut kids = Vec::new();
+            sys::children_of(pid, &mut kids);
+            !kids.contains(&helper_pid)
+        });
+        let found = t.discover_after_task();
+        assert!(found.iter().all(|p| p.pid == pid), "{found:?}");
+        assert!(t.helpers.is_empty(), "a helper that ended is let go");
+        drop(cleanup);
+        let _ = leader.wait();
     }
 }
