@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use serde::Serialize;
 
+use crate::cgroup::JoinBy;
 use crate::seccomp::Program;
 
 #[cfg(target_env = "gnu")]
@@ -157,10 +158,27 @@ impl Drop for FailureSlot {
     }
 }
 
+/// The job cgroup files the child writes to join, and how.
+#[derive(Debug)]
+pub(crate) struct CgroupJoin {
+    pub fds: Vec<OwnedFd>,
+    pub by: JoinBy,
+}
+
+impl CgroupJoin {
+    /// No cgroup to join.
+    pub(crate) fn none() -> Self {
+        Self {
+            fds: Vec::new(),
+            by: JoinBy::ProcsPid,
+        }
+    }
+}
+
 /// Everything the child needs, prepared before fork.
 #[derive(Debug)]
 pub(crate) struct ChildPlan {
-    pub cgroup_procs: Vec<OwnedFd>,
+    pub cgroup_join: CgroupJoin,
     pub rlimits: Vec<(RlimitResource, libc::rlimit)>,
     pub parent_death_signal: Option<i32>,
     pub parent_pid: libc::pid_t,
@@ -219,12 +237,20 @@ impl ChildPlan {
 
         // 1. Join the job cgroups first, so everything after is accounted and
         //    every later fork lands in the job.
-        if !self.cgroup_procs.is_empty() {
-            // SAFETY: getpid has no preconditions.
-            let pid = unsafe { libc::getpid() };
+        //    v1: "0" to `tasks` (this thread, the whole process here:
+        //    no global lock in the kernel, see JoinBy); v2: the pid to
+        //    `cgroup.procs`.
+        if !self.cgroup_join.fds.is_empty() {
             let mut buf = [0u8; 12];
-            let digits = fmt_pid(pid.unsigned_abs(), &mut buf);
-            for fd in &self.cgroup_procs {
+            let digits: &[u8] = match self.cgroup_join.by {
+                JoinBy::TasksSelf => b"0",
+                JoinBy::ProcsPid => {
+                    // SAFETY: getpid has no preconditions.
+                    let pid = unsafe { libc::getpid() };
+                    fmt_pid(pid.unsigned_abs(), &mut buf)
+                }
+            };
+            for fd in &self.cgroup_join.fds {
                 // SAFETY: fd is open (owned by the plan), digits is a live buffer.
                 let n =
                     unsafe { libc::write(fd.as_raw_fd(), digits.as_ptr().cast(), digits.len()) };

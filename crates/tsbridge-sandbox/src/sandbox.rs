@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::cgroup::{
     CgroupHost, CgroupLimits, CgroupVersion, Controller, Discovered, FsKind, JobCgroup, discover,
 };
-use crate::child::{ChildFailure, ChildPlan, FailureSlot, NetPlan, RlimitResource};
+use crate::child::{CgroupJoin, ChildFailure, ChildPlan, FailureSlot, NetPlan, RlimitResource};
 use crate::error::SandboxError;
 use crate::landlock;
 use crate::netns;
@@ -230,13 +230,23 @@ impl Sandbox {
         Self::assemble(SandboxConfig::default(), Some(host), notes)
     }
 
+    /// A sandbox whose v1 hierarchies live in a fake cgroupfs.
+    #[cfg(test)]
+    pub(crate) fn with_fake_v1(
+        hierarchies: &[(Vec<Controller>, PathBuf)],
+        name: &str,
+    ) -> Result<Sandbox, SandboxError> {
+        let (host, notes) = CgroupHost::setup_v1(hierarchies, name, FsKind::Plain)?;
+        Self::assemble(SandboxConfig::default(), Some(host), notes)
+    }
+
     /// What this host can enforce.
     pub fn capabilities(&self) -> &Capabilities {
         &self.caps
     }
 
     /// Prepare one job: create its cgroup(s) with the limits, open their
-    /// `cgroup.procs`, build the Landlock ruleset, and collect what the child
+    /// join files (v2 `cgroup.procs`, v1 `tasks`), build the Landlock ruleset, and collect what the child
     /// will apply. Mechanisms the host lacks are skipped and graded in
     /// [`PreparedSandbox::report`]; the caller decides whether to run anyway.
     pub fn prepare(
@@ -285,11 +295,14 @@ impl Sandbox {
         cgroup: Option<&JobCgroup>,
         report: &mut EnforcementReport,
     ) -> Result<ChildPlan, SandboxError> {
-        let cgroup_procs = match cgroup {
-            Some(cg) => cg.open_procs_fds().map_err(|e| {
-                SandboxError::cgroup(cg.dirs().first().copied().unwrap_or(Path::new("")), e)
-            })?,
-            None => Vec::new(),
+        let cgroup_join = match cgroup {
+            Some(cg) => CgroupJoin {
+                fds: cg.open_join_fds().map_err(|e| {
+                    SandboxError::cgroup(cg.dirs().first().copied().unwrap_or(Path::new("")), e)
+                })?,
+                by: cg.join_by(),
+            },
+            None => CgroupJoin::none(),
         };
 
         let net = if policy.network || !self.caps.network_ns {
@@ -349,7 +362,7 @@ impl Sandbox {
             report.fs = Enforcement::NotEnforced("landlock is not enabled in this kernel".into());
         }
         Ok(ChildPlan {
-            cgroup_procs,
+            cgroup_join,
             rlimits,
             parent_death_signal: policy.parent_death_signal,
             parent_pid: std::process::id() as libc::pid_t,

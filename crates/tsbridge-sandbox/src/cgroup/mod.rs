@@ -57,6 +57,33 @@ pub enum CgroupVersion {
     None,
 }
 
+/// How a child joins its job's cgroups between fork and exec: which file
+/// of each job directory it writes, and what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JoinBy {
+    /// v2: its pid to `cgroup.procs` (a v2 thread cannot move to another
+    /// domain on its own through `cgroup.threads`).
+    ProcsPid,
+    /// v1: `0` to `tasks`, which moves the calling thread: the whole
+    /// process, since a freshly forked child has one thread. Moving a
+    /// single thread named by `0` is the one migration for which the kernel
+    /// skips the global `cgroup_threadgroup_rwsem` write lock (taken for any
+    /// `cgroup.procs` write, or a `tasks` write naming a pid), whose
+    /// percpu-rwsem writer waits for an RCU grace period: about 13-16 ms per
+    /// job on the development host (BENCHMARKS.md, "Joining v1 cgroups").
+    TasksSelf,
+}
+
+impl JoinBy {
+    /// The file of each job directory the child writes.
+    pub(crate) fn file(self) -> &'static str {
+        match self {
+            JoinBy::ProcsPid => "cgroup.procs",
+            JoinBy::TasksSelf => "tasks",
+        }
+    }
+}
+
 /// One v1 hierarchy's directory of a job (or of the parent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct V1Dir {
@@ -129,9 +156,19 @@ impl JobCgroup {
         }
     }
 
-    /// Open every `cgroup.procs` of the job for writing (O_CLOEXEC), so the
-    /// child can join with a bare `write(2)` between fork and exec.
-    pub(crate) fn open_procs_fds(&self) -> io::Result<Vec<OwnedFd>> {
+    /// How a child joins this job (see [`JoinBy`]).
+    pub(crate) fn join_by(&self) -> JoinBy {
+        match self.layout {
+            Layout::V2 { .. } => JoinBy::ProcsPid,
+            Layout::V1 { .. } => JoinBy::TasksSelf,
+        }
+    }
+
+    /// Open the join file ([`JoinBy::file`]) of every directory of the job
+    /// for writing (O_CLOEXEC), so the child can join with a bare
+    /// `write(2)` between fork and exec.
+    pub(crate) fn open_join_fds(&self) -> io::Result<Vec<OwnedFd>> {
+        let file = self.join_by().file();
         self.dirs()
             .into_iter()
             .map(|d| {
@@ -139,7 +176,7 @@ impl JobCgroup {
                     .write(true)
                     .create(self.fs == FsKind::Plain)
                     .truncate(false)
-                    .open(d.join("cgroup.procs"))?;
+                    .open(d.join(file))?;
                 Ok(OwnedFd::from(f))
             })
             .collect()

@@ -28,6 +28,27 @@ fn fake_v2() -> (tempfile::TempDir, PathBuf) {
     (dir, own)
 }
 
+/// Fake v1 hierarchies under `base` (memory nested as on the development
+/// host, cpu and cpuacct co-mounted), created.
+fn fake_v1(base: &Path) -> Vec<(Vec<Controller>, PathBuf)> {
+    let hier = vec![
+        (
+            vec![Controller::Memory],
+            base.join("memory/process_api/abc"),
+        ),
+        (vec![Controller::Pids], base.join("pids")),
+        (
+            vec![Controller::Cpu, Controller::Cpuacct],
+            base.join("cpu,cpuacct"),
+        ),
+        (vec![Controller::Freezer], base.join("freezer")),
+    ];
+    for (_, d) in &hier {
+        fs::create_dir_all(d).expect("mkdir");
+    }
+    hier
+}
+
 #[test]
 fn v2_setup_enables_controllers_down_to_the_parent() {
     let (_d, own) = fake_v2();
@@ -201,15 +222,7 @@ fn dropping_a_prepared_sandbox_removes_its_cgroup() {
 fn v1_limits_and_stats_use_v1_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     let h = |n: &str| dir.path().join(n);
-    let hier = vec![
-        (vec![Controller::Memory], h("memory/process_api/abc")),
-        (vec![Controller::Pids], h("pids")),
-        (vec![Controller::Cpu, Controller::Cpuacct], h("cpu,cpuacct")),
-        (vec![Controller::Freezer], h("freezer")),
-    ];
-    for (_, d) in &hier {
-        fs::create_dir_all(d).expect("mkdir");
-    }
+    let hier = fake_v1(dir.path());
     let (host, _) = CgroupHost::setup_v1(&hier, "tsbridge", FsKind::Plain).expect("setup");
     let job = host
         .create_job(
@@ -275,5 +288,56 @@ fn v2_without_cgroup_kill_falls_back_to_freeze_kill_thaw() {
     job.kill_all().expect("kill");
     assert_eq!(read(&dir.join("cgroup.freeze")), "0", "thawed again");
     assert!(!dir.join("cgroup.kill").exists());
+    job.remove().expect("remove");
+}
+
+/// Runs `/bin/true` with `prepared` applied between fork and exec; its pid.
+fn run_child(prepared: &crate::PreparedSandbox) -> u32 {
+    use std::os::unix::process::CommandExt;
+    let hook = prepared.child_hook();
+    let mut cmd = std::process::Command::new("/bin/true");
+    // SAFETY: the hook runs in the forked child before exec, its contract;
+    // it only makes raw syscalls on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || hook.apply());
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    let pid = child.id();
+    assert!(child.wait().expect("wait").success());
+    pid
+}
+
+/// On v1 the child joins each hierarchy by writing `0` to `tasks` (it moves
+/// itself: one thread, the whole process before exec), never its pid to
+/// `cgroup.procs`: a pid, or `cgroup.procs` at all, makes the kernel take
+/// its global threadgroup lock, whose writer waits for an RCU grace period
+/// (13-16 ms per job on the v1 development host).
+#[test]
+fn a_v1_child_joins_through_tasks_by_moving_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hier = fake_v1(dir.path());
+    let sb = Sandbox::with_fake_v1(&hier, "tsbridge").expect("sandbox");
+    let prepared = sb.prepare("t", &SandboxPolicy::default()).expect("prepare");
+    run_child(&prepared);
+    let job = prepared.into_cgroup().expect("cgroup");
+    assert_eq!(job.dirs().len(), 4);
+    for d in job.dirs() {
+        assert_eq!(read(&d.join("tasks")), "0", "{}", d.display());
+        assert!(!d.join("cgroup.procs").exists(), "{}", d.display());
+    }
+    job.remove().expect("remove");
+}
+
+/// On v2 the child still joins by writing its pid to `cgroup.procs`.
+#[test]
+fn a_v2_child_joins_through_cgroup_procs_with_its_pid() {
+    let (_d, own) = fake_v2();
+    let sb = Sandbox::with_fake_v2(&own, "tsbridge").expect("sandbox");
+    let prepared = sb.prepare("p", &SandboxPolicy::default()).expect("prepare");
+    let pid = run_child(&prepared);
+    let job = prepared.into_cgroup().expect("cgroup");
+    let d = job.dirs()[0].to_path_buf();
+    assert_eq!(read(&d.join("cgroup.procs")), pid.to_string());
+    assert!(!d.join("tasks").exists());
     job.remove().expect("remove");
 }
