@@ -512,10 +512,19 @@ async fn a_starved_checkpointer_does_not_hold_up_the_wal_restart() {
             .await
             .expect("open"),
     );
-    let ours: Vec<_> = threads_named(CHECKPOINTER)
-        .difference(&before)
-        .copied()
-        .collect();
+    // A new thread names itself when it first runs, which may be after
+    // the store opened.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let ours = loop {
+        let ours: Vec<_> = threads_named(CHECKPOINTER)
+            .difference(&before)
+            .copied()
+            .collect();
+        if !ours.is_empty() || std::time::Instant::now() >= deadline {
+            break ours;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     assert_eq!(ours.len(), 1, "the store's checkpointer thread: {ours:?}");
     let idle = libc::sched_param { sched_priority: 0 };
     // SAFETY: a valid thread id of this process and a valid parameter.
