@@ -214,19 +214,20 @@ impl Inner {
                 self.end(id);
                 continue;
             };
-            if rec.state.is_terminal() {
-                // Subscribers read the rest from the store.
-                self.end(id);
-                continue;
-            }
             // Without a cursor, what a subscriber has is unknown: its last
             // event is published, and a subscriber that lacks more sees the
-            // gap and reads the store.
+            // gap and reads the store. A job that is over gets the events
+            // after the cursor too, up to its terminal event, before the
+            // end: a resync that comes between the runner's last commit and
+            // its announcement used to end the stream without them.
             let latest = Some(rec.last_seq);
             if let Some(from) = self.read_from(id, latest)
                 && rec.last_seq > from
             {
                 self.relay(store, id, from).await;
+            }
+            if rec.state.is_terminal() {
+                self.end(id);
             }
         }
     }
@@ -302,6 +303,15 @@ mod tests {
     type Store = DelegatingStore<Announcing>;
 
     async fn setup() -> (Arc<Store>, mpsc::Sender<EventsWritten>, Relay, JobId) {
+        // No resync during a test: it would race the announcements the
+        // test makes (a resync may publish or end on its own, by design).
+        setup_with(Duration::from_secs(3600)).await
+    }
+
+    /// A store with one queued job and a relay that resyncs `every`.
+    async fn setup_with(
+        every: Duration,
+    ) -> (Arc<Store>, mpsc::Sender<EventsWritten>, Relay, JobId) {
         let (tx, rx) = mpsc::channel(64);
         let store = Arc::new(DelegatingStore::new(
             Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap()),
@@ -324,10 +334,7 @@ mod tests {
             })
             .await
             .unwrap();
-        // No resync during a test: it would race the announcements the
-        // test makes (a resync may publish or end on its own, by design).
-        let relay = Relay::start_with(store.clone(), None, Duration::from_secs(3600))
-            .expect("the store announces");
+        let relay = Relay::start_with(store.clone(), None, every).expect("the store announces");
         (store, tx, relay, id)
     }
 
@@ -381,6 +388,49 @@ mod tests {
             .expect("the end in time")
             .expect("signal");
         assert!(relay.inner.lock().is_empty(), "an ended job is forgotten");
+    }
+
+    /// A job that ended without its last commits being announced (the
+    /// announcement not yet heard when a resync runs): the resync publishes
+    /// the events after the subscriber's cursor, the terminal one last,
+    /// then the end. It used to end the stream after the announced ones.
+    #[tokio::test]
+    async fn a_resync_of_a_finished_job_publishes_its_last_events_before_the_end() {
+        let (store, tx, relay, id) = setup_with(Duration::from_millis(50)).await;
+        let mut sub = relay.subscribe(id);
+        store
+            .append_events(id, &[line(id, 2), line(id, 3)])
+            .await
+            .unwrap();
+        tx.send(written(id, 2, 3, false)).await.unwrap();
+        let mut seqs = Vec::new();
+        while seqs.len() < 2 {
+            let e = tokio::time::timeout(Duration::from_secs(60), sub.recv())
+                .await
+                .expect("events in time")
+                .expect("the stream goes on");
+            seqs.push(e.seq);
+        }
+        // Never announced: only a resync can find them.
+        store.append_events(id, &[line(id, 4)]).await.unwrap();
+        let fin = Finish {
+            state: JobState::Succeeded,
+            reason: None,
+            result: None,
+            error: None,
+            finished_at: Utc::now(),
+        };
+        let last = state_event(id, 5, JobState::Succeeded, None, None);
+        store.finish_job(id, &fin, &last).await.unwrap();
+        while let Some(e) = tokio::time::timeout(Duration::from_secs(60), sub.recv())
+            .await
+            .expect("events in time")
+        {
+            seqs.push(e.seq);
+        }
+        assert_eq!(seqs, vec![2, 3, 4, 5]);
+        assert!(!sub.lagged());
+        drop(tx);
     }
 
     #[tokio::test]
