@@ -82,14 +82,10 @@ fn start_watchdog_once() -> bool {
     })
 }
 
-/// `<pid>.<start time>` of this process (the value of [`crate::spec::OWNER_ENV`]).
+/// `<pid>.<start time>` of this process (the value of [`crate::spec::OWNER_ENV`]):
+/// the sandbox's instance tag, which names this process's job cgroups too.
 pub(crate) fn owner_tag() -> &'static str {
-    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    TAG.get_or_init(|| {
-        let me = crate::sys::self_pid();
-        let start = crate::sys::read_stat(me).map(|s| s.start).unwrap_or(0);
-        format!("{}.{}", me.raw(), start)
-    })
+    tsbridge_sandbox::instance_tag()
 }
 
 /// Kills (SIGKILL) every process started by a tsbridge that is no longer

@@ -104,6 +104,9 @@ pub(crate) fn watch_tmp_base(base: &Path) -> bool {
 struct Scratch {
     /// `"\0TSBRIDGE_OWNER=<tag>\0"`.
     needle: Vec<u8>,
+    /// `"/job-<tag>-"`: the start of the name of this process's job
+    /// cgroups, as it shows in a member's `/proc/<pid>/cgroup`.
+    cg_needle: Vec<u8>,
     /// `"tsbridge-<tag>-"`: the names of this process's TMPDIRs.
     tmp_prefix: Vec<u8>,
     bases: [[u8; MAX_BASE_LEN]; MAX_BASES],
@@ -130,7 +133,12 @@ pub(crate) fn fork_watchdog() -> io::Result<()> {
     needle.push(b'=');
     needle.extend_from_slice(crate::supervisor::owner_tag().as_bytes());
     needle.push(0);
-    let mut scratch = Scratch::new(needle, crate::supervisor::private_tmp_prefix().into_bytes());
+    let cg_needle = format!("/{}", tsbridge_sandbox::job_cgroup_prefix()).into_bytes();
+    let mut scratch = Scratch::new(
+        needle,
+        cg_needle,
+        crate::supervisor::private_tmp_prefix().into_bytes(),
+    );
     let mut fds: [RawFd; 2] = [-1; 2];
     // SAFETY: pipe2 writes two fds into the array it is given.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -219,7 +227,7 @@ unsafe fn watchdog_main(read_end: RawFd, write_end: RawFd, s: &mut Scratch) -> !
             }
         }
         for _ in 0..MAX_ROUNDS {
-            if sweep(&s.needle) == 0 {
+            if sweep(&s.needle, &s.cg_needle) == 0 {
                 break;
             }
         }
@@ -232,9 +240,10 @@ unsafe fn watchdog_main(read_end: RawFd, write_end: RawFd, s: &mut Scratch) -> !
 }
 
 impl Scratch {
-    fn new(needle: Vec<u8>, tmp_prefix: Vec<u8>) -> Box<Scratch> {
+    fn new(needle: Vec<u8>, cg_needle: Vec<u8>, tmp_prefix: Vec<u8>) -> Box<Scratch> {
         Box::new(Scratch {
             needle,
+            cg_needle,
             tmp_prefix,
             bases: [[0; MAX_BASE_LEN]; MAX_BASES],
             base_count: 0,
@@ -440,12 +449,14 @@ fn dirent_at(buf: &[u8], len: usize, off: usize) -> Option<(&[u8], usize)> {
     Some((name, off + reclen))
 }
 
-/// One scan of /proc: SIGKILLs every process whose environ holds `needle`.
-/// Returns how many were signalled.
+/// One scan of /proc: SIGKILLs every process whose environ holds `needle`
+/// or whose cgroup path holds `cg_needle` (a job process that cleared its
+/// environment is still in its job's cgroup). Returns how many were
+/// signalled.
 ///
 /// # Safety
 /// Async-signal-safe; callable in a forked child.
-unsafe fn sweep(needle: &[u8]) -> usize {
+unsafe fn sweep(needle: &[u8], cg_needle: &[u8]) -> usize {
     // SAFETY: raw system calls on stack buffers, fds opened and closed here.
     unsafe {
         let proc_fd = libc::open(
@@ -468,7 +479,7 @@ unsafe fn sweep(needle: &[u8]) -> usize {
                 if pid == me {
                     continue;
                 }
-                if kill_if_tagged(proc_fd, pid, name, needle) {
+                if kill_if_tagged(proc_fd, pid, name, needle, cg_needle) {
                     killed += 1;
                 }
             }
@@ -478,81 +489,99 @@ unsafe fn sweep(needle: &[u8]) -> usize {
     }
 }
 
-/// Pins `pid` with a pidfd, reads its environ, and SIGKILLs it through the
-/// pidfd if the environ holds `needle`.
+/// Pins `pid` with a pidfd, then reads its environ and, if that does not
+/// hold `needle`, its cgroup membership; SIGKILLs it through the pidfd if
+/// either names this tsbridge. The pidfd is taken first, so the files read
+/// are those of the process it pins, or of none (a reused pid is never hit).
 ///
 /// # Safety
 /// Async-signal-safe.
-unsafe fn kill_if_tagged(proc_fd: RawFd, pid: libc::pid_t, name: &[u8], needle: &[u8]) -> bool {
-    // "<pid>/environ\0", relative to /proc.
-    let mut path = [0u8; 48];
-    const SUFFIX: &[u8] = b"/environ\0";
-    if name.len() + SUFFIX.len() > path.len() {
-        return false;
-    }
-    path[..name.len()].copy_from_slice(name);
-    path[name.len()..name.len() + SUFFIX.len()].copy_from_slice(SUFFIX);
-    // SAFETY: raw system calls; `path` is NUL-terminated.
+unsafe fn kill_if_tagged(
+    proc_fd: RawFd,
+    pid: libc::pid_t,
+    name: &[u8],
+    needle: &[u8],
+    cg_needle: &[u8],
+) -> bool {
+    // SAFETY: raw system calls on fds opened and closed here.
     unsafe {
         let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd;
         if pidfd < 0 {
             return false;
         }
-        let env_fd = libc::openat(
-            proc_fd,
-            path.as_ptr().cast(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        );
-        let mut hit = false;
-        if env_fd >= 0 {
-            if environ_holds(env_fd, needle) {
-                hit = libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    pidfd,
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                ) == 0;
-            }
-            libc::close(env_fd);
-        }
+        let ours = proc_file_holds(proc_fd, name, b"/environ\0", Matcher::entry(needle))
+            || proc_file_holds(proc_fd, name, b"/cgroup\0", Matcher::substring(cg_needle));
+        let hit = ours
+            && libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd,
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            ) == 0;
         libc::close(pidfd);
         hit
     }
 }
 
-/// Whether the NUL-separated entries read from `fd` contain `needle`
-/// (`"\0NAME=VALUE\0"`), streaming: the file may be longer than any buffer.
+/// Whether `/proc/<name><suffix>` (`suffix` NUL-terminated) holds what `m`
+/// looks for, read as a stream: the file may be longer than any buffer.
 ///
 /// # Safety
 /// Async-signal-safe.
-unsafe fn environ_holds(fd: RawFd, needle: &[u8]) -> bool {
+unsafe fn proc_file_holds(proc_fd: RawFd, name: &[u8], suffix: &[u8], mut m: Matcher) -> bool {
+    // "<pid>/<file>\0", relative to /proc.
+    let mut path = [0u8; 48];
+    if name.len() + suffix.len() > path.len() {
+        return false;
+    }
+    path[..name.len()].copy_from_slice(name);
+    path[name.len()..name.len() + suffix.len()].copy_from_slice(suffix);
     let mut buf = [0u8; 4096];
-    let mut m = Matcher::new(needle);
-    loop {
-        // SAFETY: reads into a stack buffer of its length.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
+    // SAFETY: `path` is NUL-terminated; reads into a stack buffer of its
+    // length; the fd is opened and closed here.
+    unsafe {
+        let fd = libc::openat(
+            proc_fd,
+            path.as_ptr().cast(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
             return false;
         }
-        if m.feed(&buf[..n as usize]) {
-            return true;
-        }
+        let found = loop {
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            if n <= 0 {
+                break false;
+            }
+            if m.feed(&buf[..n as usize]) {
+                break true;
+            }
+        };
+        libc::close(fd);
+        found
     }
 }
 
-/// Finds one whole environ entry in a stream. `needle` is `"\0" + entry +
-/// "\0"` with no NUL in between, so after a mismatch a match can only start
-/// again at a NUL: no backtracking is needed. The stream is taken as
-/// preceded by a NUL (its first entry has none before it).
+/// Finds `needle` in a stream without backtracking: its first byte occurs
+/// nowhere else in it but possibly at its end, so after a mismatch a match
+/// can only start again at that byte.
+/// - [`Matcher::entry`]: one whole entry of a NUL-separated environ,
+///   `"\0" + entry + "\0"`; the stream is taken as preceded by a NUL (its
+///   first entry has none before it).
+/// - [`Matcher::substring`]: e.g. `"/job-<tag>-"` in `/proc/<pid>/cgroup`.
 struct Matcher<'a> {
     needle: &'a [u8],
     at: usize,
 }
 
 impl<'a> Matcher<'a> {
-    fn new(needle: &'a [u8]) -> Self {
+    fn entry(needle: &'a [u8]) -> Self {
         Self { needle, at: 1 }
+    }
+
+    fn substring(needle: &'a [u8]) -> Self {
+        Self { needle, at: 0 }
     }
 
     fn feed(&mut self, bytes: &[u8]) -> bool {
@@ -563,7 +592,7 @@ impl<'a> Matcher<'a> {
                     return true;
                 }
             } else {
-                self.at = usize::from(b == 0);
+                self.at = usize::from(b == self.needle[0]);
             }
         }
         false
@@ -589,7 +618,7 @@ mod tests {
     use super::*;
 
     fn holds(env: &[u8], needle: &[u8], chunk: usize) -> bool {
-        let mut m = Matcher::new(needle);
+        let mut m = Matcher::entry(needle);
         env.chunks(chunk.max(1)).any(|c| m.feed(c))
     }
 
@@ -612,6 +641,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_cgroup_matcher_finds_the_job_prefix_in_any_line_across_any_reads() {
+        let needle = b"/job-12.34-";
+        let v1 = b"12:pids:/tsbridge-0a1b2c3d/job-12.34-01a2-1\n11:memory:/user.slice\n";
+        let v2 = b"0::/system.slice/tsbridge-0a1b2c3d/job-12.34-k\n";
+        let restart = b"0::/a//job-12.34-k\n";
+        let other_instance = b"12:pids:/tsbridge-0a1b2c3d/job-12.345-01a2-1\n";
+        let no_slash = b"12:pids:/tsbridge-0a1b2c3djob-12.34-k\n";
+        let elsewhere = b"0::/user.slice/session-3.scope\n";
+        let cut = |hay: &[u8], chunk: usize| {
+            let mut m = Matcher::substring(needle);
+            hay.chunks(chunk).any(|c| m.feed(c))
+        };
+        for chunk in [1, 2, 3, 7, 4096] {
+            assert!(cut(v1, chunk), "{chunk}");
+            assert!(cut(v2, chunk), "{chunk}");
+            assert!(cut(restart, chunk), "{chunk}");
+            assert!(!cut(other_instance, chunk), "{chunk}");
+            assert!(!cut(no_slash, chunk), "{chunk}");
+            assert!(!cut(elsewhere, chunk), "{chunk}");
+        }
+    }
+
     fn base(s: &Scratch, i: usize) -> &[u8] {
         let b = &s.bases[i];
         &b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())]
@@ -619,7 +671,7 @@ mod tests {
 
     #[test]
     fn bases_are_whole_records_across_any_reads() {
-        let mut s = Scratch::new(Vec::new(), Vec::new());
+        let mut s = Scratch::new(Vec::new(), Vec::new(), Vec::new());
         let long = vec![b'x'; MAX_BASE_LEN + 10];
         let mut stream = b"/tmp/a\0/var/b\0".to_vec();
         stream.extend_from_slice(&long);
@@ -671,7 +723,7 @@ mod tests {
         mk(&base.join("tsbridge-9.9-other"));
         mk(&base.join("unrelated"));
 
-        let mut s = Scratch::new(Vec::new(), b"tsbridge-1.2-".to_vec());
+        let mut s = Scratch::new(Vec::new(), Vec::new(), b"tsbridge-1.2-".to_vec());
         let mut record = base.as_os_str().as_bytes().to_vec();
         record.push(0);
         s.take_records(&record);

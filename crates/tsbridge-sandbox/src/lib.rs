@@ -16,6 +16,7 @@ mod cgroup;
 mod child;
 pub mod env;
 mod error;
+mod instance;
 mod landlock;
 mod netns;
 pub mod paths;
@@ -25,10 +26,12 @@ mod sandbox;
 mod seccomp;
 
 pub use cgroup::{
-    CgroupStats, CgroupVersion, Controller, JobCgroup, LimitBreach, LimitEvents, V8_HEAP_OOM_MARKER,
+    CgroupStats, CgroupVersion, Controller, JobCgroup, LimitBreach, LimitEvents,
+    V8_HEAP_OOM_MARKER, job_cgroup_prefix,
 };
 pub use child::{ChildFailure, ChildStep};
 pub use error::{SandboxError, SecurityError};
+pub use instance::instance_tag;
 pub use policy::{FsPolicy, Rlimits, SandboxPolicy};
 pub use report::{Capabilities, Enforcement, EnforcementReport, KillMethod, LandlockSupport};
 pub use sandbox::{ChildHook, PreparedSandbox, Sandbox, SandboxConfig};

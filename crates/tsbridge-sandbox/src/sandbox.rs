@@ -22,8 +22,9 @@ use crate::seccomp::{self, Program};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxConfig {
     /// Name of tsbridge's parent cgroup under its own cgroup (per hierarchy):
-    /// jobs are `<own cgroup>/<name>/job-<key>`. Two tsbridge instances in the
-    /// same cgroup must use different names (each sweeps its own).
+    /// jobs are `<own cgroup>/<name>/job-<instance tag>-<key>`. Two tsbridge
+    /// instances in the same cgroup must use different names (each sweeps
+    /// its own).
     pub cgroup_parent_name: String,
     /// Use cgroups at all (false: no limits, kill by process group only).
     pub use_cgroups: bool,

@@ -50,8 +50,18 @@ const V2_WANTED: [(Controller, &str); 3] = [
     (Controller::Cpu, "cpu"),
 ];
 
-fn job_dir_name(key: &str) -> String {
-    format!("job-{key}")
+/// `job-<instance tag>-<key>`: the tag names this tsbridge (see
+/// [`crate::instance_tag`]), so its death watchdog can tell its own jobs'
+/// processes by their cgroup (`/proc/<pid>/cgroup`), and never another
+/// instance's, even one started meanwhile on the same parent.
+pub(crate) fn job_dir_name(key: &str) -> String {
+    format!("{}{key}", job_cgroup_prefix())
+}
+
+/// `job-<instance tag>-`: the start of the names of this process's job
+/// cgroups.
+pub fn job_cgroup_prefix() -> String {
+    format!("job-{}-", crate::instance_tag())
 }
 
 fn mkdir_ok_if_exists(fs: FsKind, dir: &Path) -> Result<(), SandboxError> {
@@ -192,7 +202,7 @@ impl CgroupHost {
         }
     }
 
-    /// Create `<parent>/job-<key>` (per hierarchy) and write the limits.
+    /// Create `<parent>/job-<instance tag>-<key>` (per hierarchy) and write the limits.
     pub(crate) fn create_job(
         &self,
         key: &str,

@@ -6,6 +6,7 @@
 mod discover;
 mod fs;
 mod host;
+pub use host::job_cgroup_prefix;
 mod stats;
 
 use std::io;

@@ -43,6 +43,15 @@ fn fork_bomb_is_contained_and_killed() {
     assert!(!members.is_empty() && members.len() <= 64, "{members:?}");
     assert_eq!(stats.breach(&policy, None), Some(LimitBreach::Pids));
 
+    // The job's cgroup as a member's /proc/<pid>/cgroup names it.
+    let job_dir = format!(
+        "/{}",
+        job.cg().dirs()[0].file_name().unwrap().to_str().unwrap()
+    );
+    assert!(
+        job_dir.starts_with("/job-") && job_dir.ends_with("-bomb"),
+        "{job_dir}"
+    );
     job.cg().kill_all().expect("kill_all");
     let _ = wait_status(&mut child, Duration::from_secs(10));
     assert!(job.cg().pids().expect("pids").is_empty());
@@ -51,10 +60,7 @@ fn fork_bomb_is_contained_and_killed() {
     // A pid may have been reused by an unrelated process: it must not be in our job.
     for p in &survivors {
         let cg = std::fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap_or_default();
-        assert!(
-            !cg.contains("job-bomb"),
-            "pid {p} of the bomb survived: {cg}"
-        );
+        assert!(!cg.contains(&job_dir), "pid {p} of the bomb survived: {cg}");
     }
     let dirs: Vec<std::path::PathBuf> = job.cg().dirs().iter().map(|d| d.to_path_buf()).collect();
     job.remove();

@@ -9,6 +9,7 @@ mod check_tokens;
 mod cli;
 mod common;
 mod crash_recovery;
+mod escapee_after_sigkill;
 mod jobs_cli;
 mod run_contract;
 mod shutdown_records;
