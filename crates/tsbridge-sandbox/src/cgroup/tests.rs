@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::host::{CgroupHost, CgroupLimits};
+use super::host::{CgroupHost, CgroupLimits, job_dir_name as jd};
 use super::*;
 use crate::policy::SandboxPolicy;
 use crate::sandbox::Sandbox;
@@ -101,7 +101,7 @@ fn v2_limits_are_written_in_v2_syntax() {
     };
     let prepared = sb.prepare("a1", &policy).expect("prepare");
     let job = prepared.cgroup().expect("cgroup");
-    let dir = own.join("tsbridge/job-a1");
+    let dir = own.join("tsbridge").join(jd("a1"));
     assert_eq!(job.dirs(), vec![dir.as_path()]);
     assert_eq!(read(&dir.join("memory.max")), "268435456");
     assert_eq!(read(&dir.join("memory.swap.max")), "0");
@@ -201,9 +201,12 @@ fn v2_sweep_removes_stale_jobs_only() {
         drop(j.into_cgroup()); // "crash": a dropped JobCgroup stays
     }
     fs::create_dir(own.join("tsbridge/not-a-job")).expect("mkdir");
+    for k in ["x", "y"] {
+        assert!(own.join("tsbridge").join(jd(k)).exists(), "{k}");
+    }
     assert_eq!(sb.sweep_stale().expect("sweep"), 2);
-    assert!(!own.join("tsbridge/job-x").exists());
-    assert!(!own.join("tsbridge/job-y").exists());
+    assert!(!own.join("tsbridge").join(jd("x")).exists());
+    assert!(!own.join("tsbridge").join(jd("y")).exists());
     assert!(own.join("tsbridge/not-a-job").exists());
 }
 
@@ -212,7 +215,7 @@ fn dropping_a_prepared_sandbox_removes_its_cgroup() {
     let (_d, own) = fake_v2();
     let sb = Sandbox::with_fake_v2(&own, "tsbridge").expect("sandbox");
     let p = sb.prepare("d", &SandboxPolicy::default()).expect("prepare");
-    let dir = own.join("tsbridge/job-d");
+    let dir = own.join("tsbridge").join(jd("d"));
     assert!(dir.exists());
     drop(p);
     assert!(!dir.exists());
@@ -234,13 +237,16 @@ fn v1_limits_and_stats_use_v1_files() {
             },
         )
         .expect("job");
-    let mem = h("memory/process_api/abc/tsbridge/job-j");
+    let mem = h("memory/process_api/abc/tsbridge").join(jd("j"));
     assert_eq!(read(&mem.join("memory.limit_in_bytes")), "134217728");
     assert_eq!(read(&mem.join("memory.memsw.limit_in_bytes")), "134217728");
-    let cpu = h("cpu,cpuacct/tsbridge/job-j");
+    let cpu = h("cpu,cpuacct/tsbridge").join(jd("j"));
     assert_eq!(read(&cpu.join("cpu.cfs_quota_us")), "25000");
     assert_eq!(read(&cpu.join("cpu.cfs_period_us")), "100000");
-    assert_eq!(read(&h("pids/tsbridge/job-j/pids.max")), "32");
+    assert_eq!(
+        read(&h("pids/tsbridge").join(jd("j")).join("pids.max")),
+        "32"
+    );
 
     fs::write(
         mem.join("memory.oom_control"),
@@ -248,7 +254,11 @@ fn v1_limits_and_stats_use_v1_files() {
     )
     .expect("w");
     fs::write(mem.join("memory.max_usage_in_bytes"), "134217728\n").expect("w");
-    fs::write(h("pids/tsbridge/job-j/pids.events"), "max 7\n").expect("w");
+    fs::write(
+        h("pids/tsbridge").join(jd("j")).join("pids.events"),
+        "max 7\n",
+    )
+    .expect("w");
     fs::write(cpu.join("cpuacct.usage"), "1555000000\n").expect("w");
     fs::write(
         cpu.join("cpu.stat"),
@@ -267,7 +277,10 @@ fn v1_limits_and_stats_use_v1_files() {
         fs::write(d.join("cgroup.procs"), "").expect("w");
     }
     job.kill_all().expect("kill");
-    assert_eq!(read(&h("freezer/tsbridge/job-j/freezer.state")), "THAWED");
+    assert_eq!(
+        read(&h("freezer/tsbridge").join(jd("j")).join("freezer.state")),
+        "THAWED"
+    );
     assert_eq!(host.sweep().expect("sweep"), 1);
     assert!(!mem.exists());
 }

@@ -21,7 +21,8 @@ fn the_child_and_its_children_are_in_every_job_cgroup() {
     drop(JobGuard(prepared.into_cgroup()));
     assert!(out.status.success(), "{out:?}");
     let text = stdout(&out);
-    let in_job = text.lines().filter(|l| l.ends_with("/job-join")).count();
+    let name = format!("/{}join", tsbridge_sandbox::job_cgroup_prefix());
+    let in_job = text.lines().filter(|l| l.ends_with(&name)).count();
     // Each of the two processes lists every directory of the job.
     assert_eq!(
         in_job,
