@@ -4,9 +4,12 @@
 //!
 //! - Environment: `env_clear` + the spec's env + `TSBRIDGE_JOB=<key>` (+ the
 //!   Node IPC variables when `ipc` is on). Nothing is inherited.
-//! - Process tree: the child leads its own process group; in `pre_exec` it
-//!   gets `PR_SET_PDEATHSIG(SIGKILL)` (and dies at once if tsbridge already
-//!   died), then the IPC fd, then the sandbox. See docs/design/termination.md.
+//! - Spawn: `clone.rs` (clone3; a v2 sandboxed job is created in its
+//!   cgroup), not `std::process::Command`.
+//! - Process tree: the child leads its own process group; in its pre-exec
+//!   step it gets `PR_SET_PDEATHSIG(SIGKILL)` (and dies at once if tsbridge
+//!   already died), then the IPC fd, then the sandbox. See
+//!   docs/design/termination.md.
 //! - Stop (timeout, cancel, shutdown): SIGTERM to the whole tree, `kill_grace`,
 //!   SIGKILL to whatever remains, then a bounded wait until nothing of the job
 //!   is alive. After a normal exit of the leader, leftovers are killed the
@@ -36,10 +39,8 @@
 use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::pin::{Pin, pin};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -64,7 +65,7 @@ use crate::monitor::{self, Monitor, ResourceSample};
 use crate::spec::{JOB_MARKER_ENV, JobKey, JobSpec, OWNER_ENV, StdinSpec};
 use crate::sys::{self, Pid};
 use crate::tree::{Scope, Tracker};
-use crate::{registry, spawner, supervisor};
+use crate::{clone, registry, spawner, supervisor};
 
 /// How long a `result` event may wait for room in a full event channel.
 pub const RESULT_SEND_WAIT: Duration = Duration::from_millis(250);
@@ -456,20 +457,18 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
         }
     };
 
-    let mut cmd = std::process::Command::new(&program);
+    // Exactly the spec's environment; stdout and stderr piped; its own
+    // process group (see crate::clone).
+    let mut cmd = clone::Command::new(&program);
     cmd.args(&args)
-        .env_clear()
         .envs(&env)
         .env(JOB_MARKER_ENV, key.as_str())
         .env(OWNER_ENV, supervisor::owner_tag())
         .current_dir(&cwd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .stdin(match stdin {
-            StdinSpec::Null => Stdio::null(),
-            StdinSpec::Bytes(_) | StdinSpec::Pipe => Stdio::piped(),
-        })
-        .process_group(0);
+            StdinSpec::Null => clone::Stdin::Null,
+            StdinSpec::Bytes(_) | StdinSpec::Pipe => clone::Stdin::Piped,
+        });
 
     let ipc_parts = if ipc {
         match crate::ipclink::prepare(&mut cmd, &masker) {
@@ -486,38 +485,44 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
     let parent = sys::self_pid().raw();
     let ipc_fds = ipc_parts.as_ref().map(|p| p.child_fds());
     let hook = sandbox.as_ref().map(|s| s.prepared.child_hook());
-    let pre_exec = move || -> io::Result<()> {
+    // A v2 job is created in its cgroup (clone3 CLONE_INTO_CGROUP).
+    cmd.cgroup(hook.as_ref().and_then(|h| h.cgroup_v2_dir()));
+    let pre_exec = move |ctx: clone::ChildCtx| -> io::Result<()> {
         // SAFETY: prctl with integer arguments; async-signal-safe.
         if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
             return Err(io::Error::last_os_error());
         }
         // tsbridge may have died between fork and prctl: then die now.
-        // SAFETY: getppid and raise are async-signal-safe.
+        // (kill, not raise: glibc's raise names the thread by the tid it
+        // cached, which a raw clone3 does not update.)
+        // SAFETY: getppid, getpid and kill are async-signal-safe.
         if unsafe { libc::getppid() } != parent {
             // SAFETY: as above.
-            unsafe { libc::raise(libc::SIGKILL) };
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
         }
         if let Some((child_fd, target)) = ipc_fds {
             crate::ipclink::install_in_child(child_fd, target)?;
         }
-        if let Some(h) = &hook {
-            // SAFETY: we are in the forked child between fork and exec, which
-            // is the hook's contract; it is async-signal-safe (it only reads
-            // data prepared before the fork and makes raw syscalls).
-            unsafe { h.apply() }?;
+        // A child created in its v2 cgroup does not join it again.
+        match &hook {
+            // SAFETY: we are in the cloned child between clone and exec,
+            // which is the hook's contract; it is async-signal-safe (it only
+            // reads data prepared before the clone and makes raw syscalls).
+            Some(h) if ctx.in_cgroup => unsafe { h.apply_in_cgroup() }?,
+            // SAFETY: as above.
+            Some(h) => unsafe { h.apply() }?,
+            None => {}
         }
         Ok(())
     };
-    // SAFETY: `pre_exec` runs in the child between fork and exec. It only
-    // makes raw syscalls (prctl, getppid, raise, the dup2/fcntl of
-    // install_in_child) and calls the sandbox hook; nothing allocates or takes
-    // a lock, and errors are built from a raw errno (no allocation).
-    unsafe {
-        cmd.pre_exec(pre_exec);
-    }
+    // `pre_exec` runs in the child between clone and exec. It only makes raw
+    // syscalls (prctl, getppid, kill, the dup2/fcntl of install_in_child) and
+    // calls the sandbox hook; nothing allocates or takes a lock, and errors
+    // are built from a raw errno (no allocation).
+    cmd.pre_exec(Box::new(pre_exec));
 
     let spawned = spawner::spawn(cmd).await;
-    let mut child = match spawned {
+    let child = match spawned {
         Ok(c) => c,
         Err(e) => {
             cleanup_tmp(&tmpdir);
@@ -531,22 +536,24 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
     };
     let started = Instant::now();
     let started_at = SystemTime::now();
-    let Some(pid) = Pid::new(child.id() as i32) else {
-        cleanup_tmp(&tmpdir);
-        return Err(err(SpawnStage::Wire, io::Error::other("child has no pid")));
-    };
+    let pid = child.pid;
+    tracing::trace!(
+        pid = pid.raw(),
+        in_cgroup = child.in_cgroup,
+        "spawned (in_cgroup: created in its v2 cgroup)"
+    );
     // The spawner registered the job's group (and its window) at the fork.
     let needle = format!("{JOB_MARKER_ENV}={key}").into_bytes();
     let tracker = Tracker::new(pid, needle);
 
     // From here on the child runs: every failure must still end it.
-    let wired = wire(&mut child, ipc_parts);
+    let wired = wire(child, ipc_parts);
     let (stdout, stderr, stdin_pipe, ipc_link) = match wired {
         Ok(w) => w,
         Err(e) => {
             let _ = pid.signal_group(Signal::KILL);
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = sys::kill(pid);
+            let _ = sys::reap_blocking(pid);
             registry::leader_done(pid);
             registry::remove_group(pid);
             cleanup_tmp(&tmpdir);
@@ -558,9 +565,6 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
         // as the OwnedFd lives, which is the AsyncFd's whole lifetime.
         unsafe { AsyncFd::register(fd) }.ok()
     });
-    // The std Child is only a pid now: we reap it ourselves with wait4.
-    drop(child);
-
     let dropped = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::channel(event_capacity);
     let results = Arc::new(ResultSlot::default());
@@ -677,27 +681,20 @@ type Wired = (
     Option<crate::ipclink::Link>,
 );
 
-fn wire(
-    child: &mut std::process::Child,
-    ipc: Option<crate::ipclink::Prepared>,
-) -> io::Result<Wired> {
-    let out = child
-        .stdout
-        .take()
-        .ok_or_else(|| io::Error::other("no stdout pipe"))?;
-    let err = child
-        .stderr
-        .take()
-        .ok_or_else(|| io::Error::other("no stderr pipe"))?;
-    for fd in [sys::raw(&out), sys::raw(&err)] {
+/// The child's pipes into the runtime (the pid stays with the caller, which
+/// reaps it with wait4).
+fn wire(child: clone::Child, ipc: Option<crate::ipclink::Prepared>) -> io::Result<Wired> {
+    for fd in [sys::raw(&child.stdout), sys::raw(&child.stderr)] {
         if let Err(e) = sys::set_pipe_size(fd, PIPE_SIZE) {
             tracing::debug!(error = %e, "pipe keeps its default size");
         }
     }
-    let out = tokio::process::ChildStdout::from_std(out)?;
-    let err = tokio::process::ChildStderr::from_std(err)?;
-    let stdin = match child.stdin.take() {
-        Some(s) => Some(tokio::process::ChildStdin::from_std(s)?),
+    let out = tokio::process::ChildStdout::from_std(std::process::ChildStdout::from(child.stdout))?;
+    let err = tokio::process::ChildStderr::from_std(std::process::ChildStderr::from(child.stderr))?;
+    let stdin = match child.stdin {
+        Some(s) => Some(tokio::process::ChildStdin::from_std(
+            std::process::ChildStdin::from(s),
+        )?),
         None => None,
     };
     let link = match ipc {

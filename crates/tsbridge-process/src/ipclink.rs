@@ -32,7 +32,7 @@ pub(crate) struct Link {
 }
 
 /// Creates the socketpair and adds the channel's variables to `cmd`.
-pub(crate) fn prepare(cmd: &mut std::process::Command, masker: &Masker) -> io::Result<Prepared> {
+pub(crate) fn prepare(cmd: &mut crate::clone::Command, masker: &Masker) -> io::Result<Prepared> {
     let (parent, child_end) = IpcChannel::new()?;
     for (k, v) in crate::ipc::child_env(CHILD_FD) {
         cmd.env(k, v);

@@ -22,6 +22,7 @@ pub mod spec;
 pub mod supervisor;
 pub mod transpile;
 
+mod clone;
 mod ipclink;
 mod registry;
 mod spawner;

@@ -9,12 +9,12 @@
 //! a process of a job it does not know.
 
 use std::io;
-use std::process::{Child, Command};
 use std::sync::OnceLock;
 use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 
+use crate::clone::{self, Child, Command};
 use crate::registry;
 
 enum Request {
@@ -59,18 +59,17 @@ fn run(rx: mpsc::Receiver<Request>) {
             // the lock is released, so nobody holding the lock sees a
             // process of the job without it.
             let since = crate::sys::boot_ticks_now();
-            let r = cmd.spawn();
+            let r = clone::spawn(&mut cmd);
             if let Ok(child) = &r {
-                let pid = child.id() as i32;
-                leaders.get_or_insert_with(Default::default).insert(pid);
-                if let Some(pid) = crate::sys::Pid::new(pid) {
-                    registry::add_group(pid, since);
-                }
+                leaders
+                    .get_or_insert_with(Default::default)
+                    .insert(child.pid.raw());
+                registry::add_group(child.pid, since);
             }
             r
         };
-        // Drop the Command (and the fds it holds for the child) here, before
-        // answering, so the parent's copies of the child's pipe ends are closed.
+        // Drop the Command (its pre-exec step holds the sandbox's hook and
+        // fds) here, on this thread, before answering.
         drop(cmd);
         if let Err(Ok(child)) = reply.send(result) {
             // The caller went away: nobody will wait for this child. Kill it;
@@ -81,18 +80,18 @@ fn run(rx: mpsc::Receiver<Request>) {
     }
 }
 
-fn kill_abandoned(mut child: Child) {
-    let _ = child.kill();
+fn kill_abandoned(child: Child) {
+    let pid = child.pid;
+    let _ = crate::sys::kill(pid);
+    drop(child);
     std::thread::spawn(move || {
-        let _ = child.wait();
-        if let Some(pid) = crate::sys::Pid::new(child.id() as i32) {
-            registry::leader_done(pid);
-            registry::remove_group(pid);
-        }
+        let _ = crate::sys::reap_blocking(pid);
+        registry::leader_done(pid);
+        registry::remove_group(pid);
     });
 }
 
-/// Forks and execs `cmd` on the spawner thread.
+/// Clones and execs `cmd` on the spawner thread (see [`crate::clone`]).
 pub(crate) async fn spawn(cmd: Command) -> io::Result<Child> {
     let (reply, rx) = oneshot::channel();
     sender()?

@@ -635,6 +635,32 @@ pub(crate) fn wait4_nohang(pid: Pid) -> io::Result<Option<Reaped>> {
     }
 }
 
+/// `wait4(pid)` without WNOHANG, for a child that has ended or was just
+/// killed (a failed spawn); its raw wait status.
+pub(crate) fn reap_blocking(pid: Pid) -> io::Result<i32> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: wait4 writes only `status` (rusage is null); the pid is a
+        // specific child of ours, never -1.
+        let r = unsafe { libc::wait4(pid.raw(), &mut status, 0, std::ptr::null_mut()) };
+        if r == pid.raw() {
+            return Ok(status);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// SIGKILL to one process (a child of ours), never to a group.
+pub(crate) fn kill(pid: Pid) -> io::Result<()> {
+    let p = pid
+        .rustix()
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(rp::kill_process(p, Signal::KILL)?)
+}
+
 /// `waitpid(pid, WNOHANG)` for an adopted orphan; true when it was reaped.
 pub(crate) fn reap_nohang(pid: Pid) -> bool {
     let mut status: libc::c_int = 0;

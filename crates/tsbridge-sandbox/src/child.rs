@@ -158,11 +158,14 @@ impl Drop for FailureSlot {
     }
 }
 
-/// The job cgroup files the child writes to join, and how.
+/// The job cgroup files the child writes to join, and how; on v2 also the
+/// job's directory, to create the child in it instead.
 #[derive(Debug)]
 pub(crate) struct CgroupJoin {
     pub fds: Vec<OwnedFd>,
     pub by: JoinBy,
+    /// v2: the job's directory (`O_PATH`), for `clone3(CLONE_INTO_CGROUP)`.
+    pub v2_dir: Option<Arc<OwnedFd>>,
 }
 
 impl CgroupJoin {
@@ -171,6 +174,7 @@ impl CgroupJoin {
         Self {
             fds: Vec::new(),
             by: JoinBy::ProcsPid,
+            v2_dir: None,
         }
     }
 }
@@ -218,13 +222,15 @@ struct IfreqFlags {
 }
 
 impl ChildPlan {
-    /// Apply the plan to the calling process.
+    /// Apply the plan to the calling process; `in_cgroup`: the child was
+    /// created in the job's v2 directory (`CLONE_INTO_CGROUP`), so it skips
+    /// step 1.
     ///
     /// # Safety
     /// Call only in a freshly forked child before exec (it moves the process
     /// into the job's cgroups and restricts it irreversibly). It is
     /// async-signal-safe: it only reads `self` and makes raw syscalls.
-    pub(crate) unsafe fn apply(&self) -> io::Result<()> {
+    pub(crate) unsafe fn apply(&self, in_cgroup: bool) -> io::Result<()> {
         let fail = |step: ChildStep| {
             let e = errno();
             self.failure.record(step, e);
@@ -238,9 +244,10 @@ impl ChildPlan {
         // 1. Join the job cgroups first, so everything after is accounted and
         //    every later fork lands in the job.
         //    v1: "0" to `tasks` (this thread, the whole process here:
-        //    no global lock in the kernel, see JoinBy); v2: the pid to
+        //    no global lock in the kernel, see JoinBy); v2: nothing when the
+        //    child was created in the job's directory, else the pid to
         //    `cgroup.procs`.
-        if !self.cgroup_join.fds.is_empty() {
+        if !in_cgroup && !self.cgroup_join.fds.is_empty() {
             let mut buf = [0u8; 12];
             let digits: &[u8] = match self.cgroup_join.by {
                 JoinBy::TasksSelf => b"0",

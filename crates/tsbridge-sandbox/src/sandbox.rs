@@ -297,12 +297,16 @@ impl Sandbox {
         report: &mut EnforcementReport,
     ) -> Result<ChildPlan, SandboxError> {
         let cgroup_join = match cgroup {
-            Some(cg) => CgroupJoin {
-                fds: cg.open_join_fds().map_err(|e| {
+            Some(cg) => {
+                let cg_err = |e| {
                     SandboxError::cgroup(cg.dirs().first().copied().unwrap_or(Path::new("")), e)
-                })?,
-                by: cg.join_by(),
-            },
+                };
+                CgroupJoin {
+                    fds: cg.open_join_fds().map_err(cg_err)?,
+                    by: cg.join_by(),
+                    v2_dir: cg.open_v2_dir_fd().map_err(cg_err)?.map(Arc::new),
+                }
+            }
             None => CgroupJoin::none(),
         };
 
@@ -440,7 +444,27 @@ impl ChildHook {
     /// Same contract: only in the forked child, before exec.
     pub unsafe fn apply(&self) -> io::Result<()> {
         // SAFETY: forwarded contract.
-        unsafe { self.plan.apply() }
+        unsafe { self.plan.apply(false) }
+    }
+
+    /// The job's cgroup v2 directory (`O_PATH | O_DIRECTORY | O_CLOEXEC`),
+    /// to create the child in with `clone3(CLONE_INTO_CGROUP)`; `None`
+    /// without a v2 cgroup. A child created there runs
+    /// [`ChildHook::apply_in_cgroup`]; one that was not (clone3 refused the
+    /// fd, or the caller forked) runs [`ChildHook::apply`], which joins.
+    pub fn cgroup_v2_dir(&self) -> Option<Arc<OwnedFd>> {
+        self.plan.cgroup_join.v2_dir.clone()
+    }
+
+    /// [`ChildHook::apply`] for a child created inside the job's cgroup
+    /// ([`ChildHook::cgroup_v2_dir`] with `CLONE_INTO_CGROUP`): everything
+    /// but joining the cgroup, which it is in already.
+    ///
+    /// # Safety
+    /// Same contract as [`ChildHook::apply`].
+    pub unsafe fn apply_in_cgroup(&self) -> io::Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.plan.apply(true) }
     }
 }
 
@@ -457,7 +481,7 @@ impl PreparedSandbox {
     /// returns the errno; [`PreparedSandbox::take_child_failure`] then tells which step failed.
     pub unsafe fn apply_in_child(&self) -> io::Result<()> {
         // SAFETY: forwarded contract.
-        unsafe { self.plan.apply() }
+        unsafe { self.plan.apply(false) }
     }
 
     /// A cloneable `'static` handle for `pre_exec`:

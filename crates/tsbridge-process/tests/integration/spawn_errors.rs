@@ -1,5 +1,6 @@
-//! A missing program is a SpawnError with kind NotFound (not retryable); a
-//! missing cwd is a ValidationError before anything runs.
+//! A missing program is a SpawnError with kind NotFound (not retryable), a
+//! file that is not a program one with ENOEXEC (no shell); a missing cwd is
+//! a ValidationError before anything runs.
 
 use crate::common;
 
@@ -26,6 +27,27 @@ async fn missing_program_is_not_found() {
         .unwrap();
     let e = run(spec).await.unwrap_err();
     assert_eq!(e.kind, std::io::ErrorKind::NotFound);
+}
+
+/// An executable file that is not a program (no `#!`, not ELF) is ENOEXEC:
+/// no shell runs it (std's spawn, through glibc's execvp, handed it to
+/// /bin/sh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_without_a_shebang_is_not_run_by_a_shell() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("job");
+    std::fs::write(&script, "exit 0\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for program in [script.clone(), "job".into()] {
+        let spec = JobSpec::builder(&program)
+            .env("PATH", dir.path().to_str().unwrap())
+            .build()
+            .unwrap();
+        let e = run(spec).await.unwrap_err();
+        assert_eq!(e.stage, SpawnStage::Exec, "{program:?}");
+        assert_eq!(e.errno, Some(libc::ENOEXEC), "{program:?}");
+    }
 }
 
 #[test]

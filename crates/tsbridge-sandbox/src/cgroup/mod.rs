@@ -1,7 +1,8 @@
 //! Job cgroups: creation under tsbridge's own cgroup (v2 unified or v1
 //! per-controller hierarchies), limits, membership, stats, whole-tree kill and
-//! removal. Everything here runs in the parent; the child only writes its pid
-//! to the `cgroup.procs` fds opened by [`JobCgroup::open_procs_fds`].
+//! removal. Everything here runs in the parent; the child only writes to the
+//! join files opened by [`JobCgroup::open_join_fds`], unless it was created
+//! in its v2 directory ([`JobCgroup::open_v2_dir_fd`]).
 
 mod discover;
 mod fs;
@@ -59,7 +60,9 @@ pub enum CgroupVersion {
 }
 
 /// How a child joins its job's cgroups between fork and exec: which file
-/// of each job directory it writes, and what.
+/// of each job directory it writes, and what. (On v2 the engine creates the
+/// child in the job's directory with `clone3(CLONE_INTO_CGROUP)` and the
+/// child writes nothing; `ProcsPid` is the fallback where clone3 cannot.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum JoinBy {
     /// v2: its pid to `cgroup.procs` (a v2 thread cannot move to another
@@ -181,6 +184,24 @@ impl JobCgroup {
                 Ok(OwnedFd::from(f))
             })
             .collect()
+    }
+
+    /// v2: the job's directory opened `O_PATH | O_DIRECTORY | O_CLOEXEC`, for
+    /// `clone3(CLONE_INTO_CGROUP)`, which creates the child inside it (no
+    /// migration, so none of the global lock a `cgroup.procs` write takes).
+    /// `None` on v1, which has no such thing.
+    pub(crate) fn open_v2_dir_fd(&self) -> io::Result<Option<OwnedFd>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        match &self.layout {
+            Layout::V2 { dir } => {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                    .open(dir)?;
+                Ok(Some(OwnedFd::from(f)))
+            }
+            Layout::V1 { .. } => Ok(None),
+        }
     }
 
     /// Every process in the job and in any cgroup below it, setsid'd and

@@ -1,6 +1,7 @@
 //! Unit tests of the cgroup code against a fake cgroupfs (a tempdir).
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::host::{CgroupHost, CgroupLimits, job_dir_name as jd};
@@ -306,13 +307,25 @@ fn v2_without_cgroup_kill_falls_back_to_freeze_kill_thaw() {
 
 /// Runs `/bin/true` with `prepared` applied between fork and exec; its pid.
 fn run_child(prepared: &crate::PreparedSandbox) -> u32 {
+    run_child_with(prepared, |h| {
+        // SAFETY: called in the forked child before exec (see run_child_with).
+        unsafe { h.apply() }
+    })
+}
+
+/// Runs `/bin/true` with `apply` (one of the hook's ways) between fork and
+/// exec; its pid.
+fn run_child_with(
+    prepared: &crate::PreparedSandbox,
+    apply: fn(&crate::ChildHook) -> std::io::Result<()>,
+) -> u32 {
     use std::os::unix::process::CommandExt;
     let hook = prepared.child_hook();
     let mut cmd = std::process::Command::new("/bin/true");
     // SAFETY: the hook runs in the forked child before exec, its contract;
     // it only makes raw syscalls on data prepared before the fork.
     unsafe {
-        cmd.pre_exec(move || hook.apply());
+        cmd.pre_exec(move || apply(&hook));
     }
     let mut child = cmd.spawn().expect("spawn");
     let pid = child.id();
@@ -353,4 +366,45 @@ fn a_v2_child_joins_through_cgroup_procs_with_its_pid() {
     assert_eq!(read(&d.join("cgroup.procs")), pid.to_string());
     assert!(!d.join("tasks").exists());
     job.remove().expect("remove");
+}
+
+/// On v2 the plan offers the job's directory, for the engine to create the
+/// child in it (`clone3(CLONE_INTO_CGROUP)`); a child created there
+/// (`apply_in_cgroup`) joins nothing, so writes nothing to `cgroup.procs`.
+/// v1 offers no directory.
+#[test]
+fn a_v2_plan_offers_its_directory_and_a_child_created_in_it_writes_nothing() {
+    let (_d, own) = fake_v2();
+    let sb = Sandbox::with_fake_v2(&own, "tsbridge").expect("sandbox");
+    let prepared = sb.prepare("c", &SandboxPolicy::default()).expect("prepare");
+    let fd = prepared
+        .child_hook()
+        .cgroup_v2_dir()
+        .expect("a v2 directory");
+    let d = prepared.cgroup().expect("cgroup").dirs()[0].to_path_buf();
+    let named = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("readlink");
+    assert_eq!(named, d);
+    run_child_with(&prepared, |h| {
+        // SAFETY: called in the forked child before exec (see run_child_with).
+        unsafe { h.apply_in_cgroup() }
+    });
+    assert_eq!(read(&d.join("cgroup.procs")), "", "the child wrote nothing");
+    drop(fd);
+    prepared
+        .into_cgroup()
+        .expect("cgroup")
+        .remove()
+        .expect("remove");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sb = Sandbox::with_fake_v1(&fake_v1(dir.path()), "tsbridge").expect("sandbox");
+    let prepared = sb
+        .prepare("c1", &SandboxPolicy::default())
+        .expect("prepare");
+    assert!(prepared.child_hook().cgroup_v2_dir().is_none());
+    prepared
+        .into_cgroup()
+        .expect("cgroup")
+        .remove()
+        .expect("remove");
 }

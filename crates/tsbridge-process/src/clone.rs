@@ -1,0 +1,962 @@
+//! The engine's own fork + exec of a job, in place of
+//! `std::process::Command::spawn`: `clone3(2)` without `CLONE_VM` (a copy of
+//! memory, like fork), so that a job with a cgroup v2 directory is created
+//! inside it (`CLONE_INTO_CGROUP`) instead of moving itself there by writing
+//! its pid to `cgroup.procs` between fork and exec. That write takes the
+//! kernel's global `cgroup_threadgroup_rwsem` for writing, which waits for an
+//! RCU grace period: milliseconds per job, and every spawn on the host waits
+//! in line (docs/design/sandbox.md, step 1 "Join the job cgroups").
+//!
+//! It does what std did for the engine, and nothing more: argv, an exact
+//! environment, cwd, stdin null or piped, stdout/stderr piped (O_CLOEXEC
+//! pipes, dup2'd in the child), its own process group, an empty signal mask
+//! and SIGPIPE back to SIG_DFL, the caller's pre-exec step, a `PATH` search
+//! in the job's own `PATH` (glibc's `execvp` rules, without its `/bin/sh`
+//! retry of a file that is not an executable: no shell, ever), and the errno
+//! of a failed step or execve sent back through an O_CLOEXEC pipe (the
+//! parent then reaps the child and returns the error).
+//!
+//! Every C string and pointer array is built before the clone: the child
+//! only makes raw syscalls on memory prepared by the parent
+//! (async-signal-safe, no allocation, no lock).
+//!
+//! Fallbacks, each logged once per process: a kernel or seccomp filter
+//! without `clone3` (ENOSYS) gets `fork(2)`; a kernel without
+//! `CLONE_INTO_CGROUP` (E2BIG, EINVAL), or a directory that is not a v2
+//! cgroup (EBADF, EOPNOTSUPP: e.g. the plain directories of a fake
+//! cgroupfs), gets the same clone3 without it, and the child is told
+//! ([`ChildCtx::in_cgroup`] false) to join on its own as before.
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+use crate::sys::{self, Pid};
+
+/// glibc's default search path (`confstr(_CS_PATH)`), which `execvp` uses
+/// when the environment has no `PATH`.
+const DEFAULT_PATH: &[u8] = b"/bin:/usr/bin";
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7), as the u64 of `clone_args.flags`.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`, Linux 5.7).
+#[repr(C)]
+#[derive(Debug, Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// The child's stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stdin {
+    /// `/dev/null`, read-only.
+    Null,
+    /// A pipe whose write end the parent gets.
+    Piped,
+}
+
+/// What the pre-exec step learns about the child it runs in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChildCtx {
+    /// The child was created in the cgroup given to [`Command::cgroup`]:
+    /// it must not join it again.
+    pub(crate) in_cgroup: bool,
+}
+
+/// The step run in the child after its stdio, cwd, process group and
+/// signals are set, just before exec. It must be async-signal-safe.
+type PreExec = Box<dyn FnMut(ChildCtx) -> io::Result<()> + Send>;
+
+/// A program to start: everything the child needs, prepared in the parent.
+pub(crate) struct Command {
+    program: CString,
+    argv: Vec<CString>,
+    env: BTreeMap<OsString, OsString>,
+    cwd: Option<CString>,
+    stdin: Stdin,
+    cgroup: Option<Arc<OwnedFd>>,
+    pre_exec: Option<PreExec>,
+    /// The first argument or variable that could not be a C string.
+    invalid: Option<&'static str>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Command")
+            .field("program", &self.program)
+            .field("argv", &self.argv)
+            .field("cwd", &self.cwd)
+            .field("stdin", &self.stdin)
+            .field("cgroup", &self.cgroup)
+            .finish_non_exhaustive()
+    }
+}
+
+fn cstring(s: &OsStr) -> Option<CString> {
+    CString::new(s.as_bytes()).ok()
+}
+
+impl Command {
+    /// `program` with `argv[0]` = `program`, an empty environment, the
+    /// parent's cwd and stdin from `/dev/null`.
+    pub(crate) fn new(program: impl AsRef<OsStr>) -> Self {
+        let program = program.as_ref();
+        let mut invalid = None;
+        let c = cstring(program).unwrap_or_else(|| {
+            invalid = Some("program");
+            CString::default()
+        });
+        Self {
+            argv: vec![c.clone()],
+            program: c,
+            env: BTreeMap::new(),
+            cwd: None,
+            stdin: Stdin::Null,
+            cgroup: None,
+            pre_exec: None,
+            invalid,
+        }
+    }
+
+    pub(crate) fn args<I, S>(&mut self, args: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        for a in args {
+            match cstring(a.as_ref()) {
+                Some(c) => self.argv.push(c),
+                None => self.invalid = self.invalid.or(Some("argument")),
+            }
+        }
+        self
+    }
+
+    /// Sets `key` (the last value of a key wins, as with std).
+    pub(crate) fn env(&mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Self {
+        self.env
+            .insert(key.as_ref().to_owned(), value.as_ref().to_owned());
+        self
+    }
+
+    pub(crate) fn envs<I, K, V>(&mut self, vars: I) -> &mut Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        for (k, v) in vars {
+            self.env(k, v);
+        }
+        self
+    }
+
+    pub(crate) fn current_dir(&mut self, dir: &Path) -> &mut Self {
+        match cstring(dir.as_os_str()) {
+            Some(c) => self.cwd = Some(c),
+            None => self.invalid = self.invalid.or(Some("cwd")),
+        }
+        self
+    }
+
+    pub(crate) fn stdin(&mut self, stdin: Stdin) -> &mut Self {
+        self.stdin = stdin;
+        self
+    }
+
+    /// A cgroup v2 directory (an `O_DIRECTORY` or `O_PATH` fd) to create
+    /// the child in.
+    pub(crate) fn cgroup(&mut self, dir: Option<Arc<OwnedFd>>) -> &mut Self {
+        self.cgroup = dir;
+        self
+    }
+
+    /// The step the child runs last before exec.
+    pub(crate) fn pre_exec(&mut self, f: PreExec) -> &mut Self {
+        self.pre_exec = Some(f);
+        self
+    }
+
+    /// The paths to try with execve, in order: `program` itself if it names a path, else
+    /// each `PATH` entry of the job's environment (glibc's default without
+    /// one) joined with it; an empty entry is the child's cwd.
+    fn resolve(&self) -> Vec<CString> {
+        let prog = self.program.as_bytes();
+        if prog.contains(&b'/') {
+            return vec![self.program.clone()];
+        }
+        let path = self
+            .env
+            .get(OsStr::new("PATH"))
+            .map(|p| p.as_bytes())
+            .unwrap_or(DEFAULT_PATH);
+        path.split(|b| *b == b':')
+            .filter_map(|dir| {
+                let mut full = Vec::with_capacity(dir.len() + 1 + prog.len());
+                if !dir.is_empty() {
+                    full.extend_from_slice(dir);
+                    full.push(b'/');
+                }
+                full.extend_from_slice(prog);
+                CString::new(full).ok()
+            })
+            .collect()
+    }
+}
+
+/// A started child: its pid and the parent's ends of its pipes.
+#[derive(Debug)]
+pub(crate) struct Child {
+    pub(crate) pid: Pid,
+    pub(crate) stdin: Option<OwnedFd>,
+    pub(crate) stdout: OwnedFd,
+    pub(crate) stderr: OwnedFd,
+    /// Created in the [`Command::cgroup`] directory (`CLONE_INTO_CGROUP`).
+    pub(crate) in_cgroup: bool,
+}
+
+/// An O_CLOEXEC pipe: (read end, write end).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two fds into the live 2-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created by pipe2 and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// What this process learned about clone3 (each state only moves forward).
+const CLONE3_FULL: u8 = 0;
+const CLONE3_NO_INTO_CGROUP: u8 = 1;
+const CLONE3_MISSING: u8 = 2;
+static CLONE3: AtomicU8 = AtomicU8::new(CLONE3_FULL);
+
+/// Logs `what` once per process (per flag).
+fn log_once(flag: &AtomicBool, what: &str, e: &io::Error) {
+    if !flag.swap(true, Ordering::Relaxed) {
+        tracing::info!(error = %e, "{what}");
+    }
+}
+
+/// How the child was made.
+enum Forked {
+    /// In the parent: the child's pid.
+    Parent(libc::pid_t),
+    /// In the child.
+    Child,
+}
+
+/// clone3 (or fork when the kernel has none) into `cgroup` if given; on a
+/// refusal of the cgroup, again without it. Returns whether the child is
+/// in the cgroup. Like fork it returns twice: in the child, the caller may
+/// only run async-signal-safe code until it execs or exits.
+fn clone_child(cgroup: Option<RawFd>) -> io::Result<(Forked, bool)> {
+    static NO_CLONE3: AtomicBool = AtomicBool::new(false);
+    static NO_INTO: AtomicBool = AtomicBool::new(false);
+    static NOT_CGROUP: AtomicBool = AtomicBool::new(false);
+    let mut into = cgroup.filter(|_| CLONE3.load(Ordering::Relaxed) == CLONE3_FULL);
+    loop {
+        if CLONE3.load(Ordering::Relaxed) == CLONE3_MISSING {
+            // SAFETY: fork is what std's spawn did; the child only runs
+            // async-signal-safe code (see `exec_child`).
+            let pid = unsafe { libc::fork() };
+            return match pid {
+                -1 => Err(io::Error::last_os_error()),
+                0 => Ok((Forked::Child, false)),
+                p => Ok((Forked::Parent(p), false)),
+            };
+        }
+        let mut args = CloneArgs {
+            exit_signal: libc::SIGCHLD as u64,
+            ..CloneArgs::default()
+        };
+        if let Some(fd) = into {
+            args.flags |= CLONE_INTO_CGROUP;
+            args.cgroup = fd as u64;
+        }
+        // SAFETY: clone3 without CLONE_VM and without a stack is fork: the
+        // child gets a copy of this process's memory and returns here on
+        // its copy of this thread's stack. `args` is a live, correctly sized
+        // clone_args (the kernel reads `size_of` bytes).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        match r {
+            0 => return Ok((Forked::Child, into.is_some())),
+            p if p > 0 => return Ok((Forked::Parent(p as libc::pid_t), into.is_some())),
+            _ => {}
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOSYS) => {
+                log_once(
+                    &NO_CLONE3,
+                    "clone3 unavailable: jobs are forked, and a cgroup v2 job joins its cgroup from the child",
+                    &e,
+                );
+                CLONE3.store(CLONE3_MISSING, Ordering::Relaxed);
+            }
+            Some(libc::E2BIG | libc::EINVAL) if into.is_some() => {
+                log_once(
+                    &NO_INTO,
+                    "clone3 cannot create a job in its cgroup (CLONE_INTO_CGROUP): a cgroup v2 job joins its cgroup from the child",
+                    &e,
+                );
+                // Only raise the state: ENOSYS may have been learnt meanwhile.
+                let _ = CLONE3.compare_exchange(
+                    CLONE3_FULL,
+                    CLONE3_NO_INTO_CGROUP,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                into = None;
+            }
+            Some(libc::EBADF | libc::EOPNOTSUPP) if into.is_some() => {
+                log_once(
+                    &NOT_CGROUP,
+                    "the job cgroup is not a cgroup v2 directory for clone3: its jobs join it from the child",
+                    &e,
+                );
+                into = None;
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Starts `cmd` (call it on the spawner thread: see `spawner`). Returns
+/// once the child has exec'd, or with the errno of the step that failed
+/// in it (the child is reaped then).
+pub(crate) fn spawn(cmd: &mut Command) -> io::Result<Child> {
+    if let Some(what) = cmd.invalid {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the {what} contains a NUL byte"),
+        ));
+    }
+    let candidates = cmd.resolve();
+    let envp_strings: Vec<CString> = cmd
+        .env
+        .iter()
+        .filter_map(|(k, v)| {
+            let mut kv = Vec::with_capacity(k.len() + 1 + v.len());
+            kv.extend_from_slice(k.as_bytes());
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    if envp_strings.len() != cmd.env.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an environment variable contains a NUL byte",
+        ));
+    }
+    let argv = null_terminated(&cmd.argv);
+    let envp = null_terminated(&envp_strings);
+
+    let (stdin_child, stdin_parent) = match cmd.stdin {
+        Stdin::Null => {
+            let f = std::fs::File::open("/dev/null")?;
+            (OwnedFd::from(f), None)
+        }
+        Stdin::Piped => {
+            let (r, w) = pipe()?;
+            (r, Some(w))
+        }
+    };
+    let (stdout_parent, stdout_child) = pipe()?;
+    let (stderr_parent, stderr_child) = pipe()?;
+    let (report_read, report_write) = pipe()?;
+
+    let plan = ExecPlan {
+        stdio: [
+            stdin_child.as_raw_fd(),
+            stdout_child.as_raw_fd(),
+            stderr_child.as_raw_fd(),
+        ],
+        cwd: cmd.cwd.as_deref().map(|c| c.as_ptr()),
+        candidates: &candidates,
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        report: report_write.as_raw_fd(),
+    };
+    let cgroup = cmd.cgroup.as_ref().map(|fd| fd.as_raw_fd());
+    let (forked, in_cgroup) = clone_child(cgroup)?;
+    let pid = match forked {
+        Forked::Child => {
+            let pre_exec = cmd.pre_exec.as_mut();
+            // SAFETY: this is the freshly cloned child; exec_child never
+            // returns and runs only async-signal-safe code on memory the
+            // parent prepared.
+            unsafe { exec_child(&plan, pre_exec, ChildCtx { in_cgroup }) }
+        }
+        Forked::Parent(pid) => pid,
+    };
+    // The child's ends: closed here, so that the report pipe sees EOF at
+    // the exec and the job's pipes at its exit.
+    drop((stdin_child, stdout_child, stderr_child, report_write));
+    let Some(pid) = Pid::new(pid) else {
+        return Err(io::Error::other("clone returned an invalid pid"));
+    };
+    match read_report(&report_read) {
+        Ok(None) => Ok(Child {
+            pid,
+            stdin: stdin_parent,
+            stdout: stdout_parent,
+            stderr: stderr_parent,
+            in_cgroup,
+        }),
+        Ok(Some(errno)) => {
+            let _ = sys::reap_blocking(pid);
+            Err(io::Error::from_raw_os_error(errno))
+        }
+        Err(e) => {
+            let _ = sys::kill(pid);
+            let _ = sys::reap_blocking(pid);
+            Err(e)
+        }
+    }
+}
+
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// The report the child writes when a step fails: its errno, then a tag.
+const REPORT_TAG: [u8; 4] = *b"NOEX";
+
+/// Waits for the child's exec (EOF: `None`) or its failure report (the errno).
+fn read_report(fd: &OwnedFd) -> io::Result<Option<i32>> {
+    let mut buf = [0u8; 8];
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reads into the live tail of `buf`.
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                buf[got..].as_mut_ptr().cast(),
+                buf.len() - got,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => got += n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    match got {
+        0 => Ok(None),
+        8 if buf[4..] == REPORT_TAG => {
+            let errno = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            Ok(Some(errno))
+        }
+        _ => Err(io::Error::other("malformed failure report from the child")),
+    }
+}
+
+/// What the child uses: raw fds and pointers into memory the parent owns.
+struct ExecPlan<'a> {
+    /// The fds to become 0, 1 and 2.
+    stdio: [RawFd; 3],
+    cwd: Option<*const libc::c_char>,
+    candidates: &'a [CString],
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    report: RawFd,
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// The child's side: stdio, cwd, process group, signals, the pre-exec
+/// step, exec. Reports the errno of what failed and exits.
+///
+/// # Safety
+/// Only in the freshly cloned child. Everything here is async-signal-safe:
+/// raw syscalls on memory the parent prepared before the clone.
+unsafe fn exec_child(plan: &ExecPlan<'_>, pre_exec: Option<&mut PreExec>, ctx: ChildCtx) -> ! {
+    // SAFETY: forwarded contract.
+    let errno = match unsafe { prepare_child(plan, pre_exec, ctx) } {
+        Err(e) => e,
+        // SAFETY: forwarded contract.
+        Ok(()) => unsafe { exec(plan) },
+    };
+    let mut report = [0u8; 8];
+    report[..4].copy_from_slice(&errno.to_be_bytes());
+    report[4..].copy_from_slice(&REPORT_TAG);
+    // SAFETY: write of a live stack buffer to the report pipe, then _exit
+    // (no atexit handlers, no unwinding): both async-signal-safe.
+    unsafe {
+        libc::write(plan.report, report.as_ptr().cast(), report.len());
+        libc::_exit(1)
+    }
+}
+
+/// # Safety
+/// See [`exec_child`].
+unsafe fn prepare_child(
+    plan: &ExecPlan<'_>,
+    pre_exec: Option<&mut PreExec>,
+    ctx: ChildCtx,
+) -> Result<(), i32> {
+    for (target, &fd) in plan.stdio.iter().enumerate() {
+        let target = target as RawFd;
+        let r = if fd == target {
+            // Already in place (a parent started with 0-2 closed): only
+            // let it survive the exec.
+            // SAFETY: fcntl on a plain fd number.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }
+        } else {
+            // SAFETY: dup2 on fd numbers; the new fd has no CLOEXEC.
+            unsafe { libc::dup2(fd, target) }
+        };
+        if r < 0 {
+            return Err(errno());
+        }
+    }
+    if let Some(cwd) = plan.cwd {
+        // SAFETY: cwd points into a CString the parent keeps alive.
+        if unsafe { libc::chdir(cwd) } != 0 {
+            return Err(errno());
+        }
+    }
+    // SAFETY: setpgid on ourselves with constant arguments.
+    if unsafe { libc::setpgid(0, 0) } != 0 {
+        return Err(errno());
+    }
+    // As std: an empty signal mask, and SIGPIPE (which the Rust runtime
+    // ignores) back to its default; handlers are reset by the exec itself.
+    // SAFETY: sigset_t is plain data; sigemptyset/sigprocmask write only
+    // to the live local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+            return Err(errno());
+        }
+        if libc::signal(libc::SIGPIPE, libc::SIG_DFL) == libc::SIG_ERR {
+            return Err(errno());
+        }
+    }
+    if let Some(f) = pre_exec {
+        f(ctx).map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
+    }
+    Ok(())
+}
+
+/// execve of each candidate, with glibc's `execvp` rules: go on after
+/// ENOENT, ENOTDIR, ESTALE, ENODEV, ETIMEDOUT and EACCES (which is then
+/// the result if nothing else ran); stop at any other error. Returns the
+/// errno to report.
+///
+/// # Safety
+/// See [`exec_child`].
+unsafe fn exec(plan: &ExecPlan<'_>) -> i32 {
+    let mut eacces = false;
+    let mut last = libc::ENOENT;
+    for c in plan.candidates {
+        // SAFETY: c, argv and envp point to NUL-terminated strings and
+        // null-terminated arrays the parent keeps alive.
+        unsafe { libc::execve(c.as_ptr(), plan.argv, plan.envp) };
+        last = errno();
+        match last {
+            libc::EACCES => eacces = true,
+            libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+            _ => return last,
+        }
+    }
+    if eacces { libc::EACCES } else { last }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    fn sleeper(args: &[&str]) -> Command {
+        let mut c = Command::new("/bin/sleep");
+        c.args(args).env("PATH", "/usr/bin:/bin");
+        c
+    }
+
+    /// Kills and reaps a child the test started (its whole group).
+    struct Reap(Pid);
+
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.signal_group(rustix::process::Signal::KILL);
+            let _ = sys::reap_blocking(self.0);
+        }
+    }
+
+    fn await_cond<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Awaits the exec of `pid` into `comm` (/proc/<pid>/comm).
+    fn await_exec(pid: Pid, comm: &str) {
+        await_cond("the exec", || {
+            let c = std::fs::read_to_string(format!("/proc/{}/comm", pid.raw())).ok()?;
+            (c.trim() == comm).then_some(())
+        });
+    }
+
+    fn status_field(pid: Pid, name: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", pid.raw())).unwrap();
+        let v = s
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(":"))
+            .unwrap();
+        u64::from_str_radix(v.trim(), 16).unwrap()
+    }
+
+    fn dir_fd(dir: &Path) -> Arc<OwnedFd> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(dir)
+            .unwrap();
+        Arc::new(OwnedFd::from(f))
+    }
+
+    fn v2_line(pid: Pid) -> Option<String> {
+        let s = std::fs::read_to_string(format!("/proc/{}/cgroup", pid.raw())).ok()?;
+        s.lines()
+            .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+    }
+
+    /// The host's cgroup2 mount: (mount point, root of the hierarchy there).
+    fn cgroup2_mount() -> Option<(PathBuf, PathBuf)> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        text.lines().find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            if right.split(' ').next()? != "cgroup2" {
+                return None;
+            }
+            let f: Vec<&str> = left.split(' ').collect();
+            Some((PathBuf::from(f.get(4)?), PathBuf::from(f.get(3)?)))
+        })
+    }
+
+    /// A directory made for the test under the real cgroup2 mount, removed
+    /// (once empty) on drop.
+    struct TestCgroup(PathBuf);
+
+    impl Drop for TestCgroup {
+        fn drop(&mut self) {
+            let procs = self.0.join("cgroup.procs");
+            let start = Instant::now();
+            while std::fs::read_to_string(&procs).is_ok_and(|s| !s.trim().is_empty())
+                && start.elapsed() < DEADLINE
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+
+    /// On a real cgroup2 mount, clone3 creates the child in the job's
+    /// directory (the pre-exec step joins nothing), and what it forks is
+    /// there too.
+    #[test]
+    fn a_child_is_created_in_its_v2_cgroup_and_so_are_its_children() {
+        let Some((mount, root)) = cgroup2_mount() else {
+            eprintln!("SKIP: no cgroup2 mount");
+            return;
+        };
+        let dir = mount.join(format!("tsb-clone3-test-{}", std::process::id()));
+        if let Err(e) = std::fs::create_dir(&dir) {
+            eprintln!("SKIP: cannot create {}: {e}", dir.display());
+            return;
+        }
+        let cg = TestCgroup(dir);
+        // timeout(1) forks, and its child execs sleep.
+        let mut cmd = Command::new("/usr/bin/timeout");
+        cmd.args(["60", "/bin/sleep", "60"])
+            .cgroup(Some(dir_fd(&cg.0)))
+            .pre_exec(Box::new(|_| Ok(())));
+        let child = spawn(&mut cmd).unwrap();
+        let _reap = Reap(child.pid);
+        assert!(child.in_cgroup, "clone3 fell back");
+        let expected = root.join(cg.0.strip_prefix(&mount).unwrap());
+        let expected = expected.to_str().unwrap();
+        assert_eq!(v2_line(child.pid).as_deref(), Some(expected));
+        let grandchild = await_cond("timeout's child", || {
+            let pid = child.pid.raw();
+            let s = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+            Pid::new(s.split_whitespace().next()?.parse().ok()?)
+        });
+        await_exec(grandchild, "sleep");
+        assert_eq!(v2_line(grandchild).as_deref(), Some(expected));
+    }
+
+    /// A directory that is not a cgroup: clone3 refuses it (EBADF), the
+    /// spawn goes on without it, and the child is told to join by itself,
+    /// which it does (here: writes its pid to a fake `cgroup.procs`).
+    #[test]
+    fn a_directory_that_is_not_a_cgroup_falls_back_to_the_child_joining() {
+        let dir = tempfile::tempdir().unwrap();
+        let procs = std::fs::File::create(dir.path().join("cgroup.procs")).unwrap();
+        let procs = OwnedFd::from(procs);
+        let mut cmd = Command::new("/bin/true");
+        cmd.cgroup(Some(dir_fd(dir.path())))
+            .pre_exec(Box::new(move |ctx| {
+                if !ctx.in_cgroup {
+                    let mut buf = [0u8; 12];
+                    // SAFETY: getpid and write on a live stack buffer.
+                    let pid = unsafe { libc::getpid() };
+                    let digits = fmt_decimal(pid.unsigned_abs(), &mut buf);
+                    // SAFETY: as above.
+                    unsafe { libc::write(procs.as_raw_fd(), digits.as_ptr().cast(), digits.len()) };
+                }
+                Ok(())
+            }));
+        let child = spawn(&mut cmd).unwrap();
+        assert!(!child.in_cgroup);
+        let status = sys::reap_blocking(child.pid).unwrap();
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        let written = std::fs::read_to_string(dir.path().join("cgroup.procs")).unwrap();
+        assert_eq!(written, child.pid.raw().to_string());
+    }
+
+    fn fmt_decimal(mut v: u32, buf: &mut [u8; 12]) -> &[u8] {
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        &buf[i..]
+    }
+
+    /// As std: a missing program is ENOENT, from the child's exec.
+    #[test]
+    fn a_missing_program_is_enoent() {
+        let e = spawn(&mut Command::new("/no/such/program")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+        let mut c = Command::new("no-such-program-anywhere");
+        c.env("PATH", "/usr/bin:/bin");
+        let e = spawn(&mut c).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    /// A bare name is searched in the job's PATH (glibc's default without
+    /// one), an unexecutable match is EACCES when nothing else runs, and a
+    /// file that is not an executable is ENOEXEC: never run by /bin/sh.
+    #[test]
+    fn path_search_follows_execvp_without_a_shell() {
+        let mut c = Command::new("true");
+        c.env("PATH", "/nonexistent::/usr/bin:/bin");
+        let child = spawn(&mut c).unwrap();
+        assert_eq!(sys::reap_blocking(child.pid).unwrap(), 0);
+        // No PATH at all: /bin:/usr/bin.
+        let child = spawn(&mut Command::new("true")).unwrap();
+        assert_eq!(sys::reap_blocking(child.pid).unwrap(), 0);
+
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("job");
+        std::fs::write(&script, "exit 0\n").unwrap();
+        let mut c = Command::new("job");
+        c.env("PATH", dir.path());
+        let e = spawn(&mut c).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "not executable");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let e = spawn(&mut c).unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::ENOEXEC),
+            "no shebang, no shell"
+        );
+    }
+
+    /// A failing pre-exec step: its errno comes back, and the child is
+    /// already reaped.
+    #[test]
+    fn a_failing_pre_exec_step_reports_its_errno_and_is_reaped() {
+        let (r, w) = pipe().unwrap();
+        let mut c = Command::new("/bin/true");
+        c.pre_exec(Box::new(move |_| {
+            // SAFETY: getpid and write of a live stack buffer.
+            let pid = unsafe { libc::getpid() }.to_ne_bytes();
+            // SAFETY: as above.
+            unsafe { libc::write(w.as_raw_fd(), pid.as_ptr().cast(), pid.len()) };
+            Err(io::Error::from_raw_os_error(libc::EXDEV))
+        }));
+        let e = spawn(&mut c).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
+        drop(c);
+        let mut buf = [0u8; 4];
+        std::fs::File::from(r).read_exact(&mut buf).unwrap();
+        let pid = i32::from_ne_bytes(buf);
+        // SAFETY: waitpid of a specific pid, WNOHANG, status into a local.
+        let r = unsafe { libc::waitpid(pid, &mut 0, libc::WNOHANG) };
+        assert_eq!(r, -1);
+        assert_eq!(errno(), libc::ECHILD, "the failed child was reaped");
+    }
+
+    /// The child starts like std's: empty signal mask and SIGPIPE at its
+    /// default even though this thread blocks signals and the Rust runtime
+    /// ignores SIGPIPE; its own process group; exact cwd, argv and
+    /// environment; stdin /dev/null, stdout and stderr pipes; no other fd.
+    #[test]
+    fn the_child_starts_as_std_started_it() {
+        let me = sys::self_pid();
+        let pipe_bit = 1u64 << (libc::SIGPIPE - 1);
+        assert_ne!(
+            status_field(me, "SigIgn") & pipe_bit,
+            0,
+            "runtime ignores SIGPIPE"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let cwd = std::fs::canonicalize(dir.path()).unwrap();
+        let child = std::thread::spawn(move || {
+            // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset;
+            // pthread_sigmask changes only this (test) thread's mask.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGUSR1);
+                libc::sigaddset(&mut set, libc::SIGTERM);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            }
+            let mut c = sleeper(&["60"]);
+            c.env("B", "2")
+                .env("A", "1")
+                .env("A", "x y")
+                .current_dir(&cwd);
+            spawn(&mut c).unwrap()
+        })
+        .join()
+        .unwrap();
+        let pid = child.pid;
+        let _reap = Reap(pid);
+        await_exec(pid, "sleep");
+        assert_eq!(status_field(pid, "SigBlk"), 0);
+        assert_eq!(status_field(pid, "SigIgn") & pipe_bit, 0);
+        assert_eq!(sys::read_stat(pid).unwrap().pgrp, pid.raw());
+        let p = format!("/proc/{}", pid.raw());
+        assert_eq!(
+            std::fs::read_link(format!("{p}/cwd")).unwrap(),
+            std::fs::canonicalize(dir.path()).unwrap()
+        );
+        assert_eq!(
+            std::fs::read(format!("{p}/environ")).unwrap(),
+            b"A=x y\0B=2\0PATH=/usr/bin:/bin\0"
+        );
+        assert_eq!(
+            std::fs::read(format!("{p}/cmdline")).unwrap(),
+            b"/bin/sleep\x0060\0"
+        );
+        let mut expected = vec![0, 1, 2];
+        expected.extend(inherited_fds());
+        assert_eq!(open_fds(pid), expected);
+        assert_eq!(
+            std::fs::read_link(format!("{p}/fd/0")).unwrap(),
+            Path::new("/dev/null")
+        );
+        for fd in [1, 2] {
+            let l = std::fs::read_link(format!("{p}/fd/{fd}")).unwrap();
+            assert!(l.to_string_lossy().starts_with("pipe:"), "{fd}: {l:?}");
+        }
+        assert!(child.stdin.is_none());
+    }
+
+    /// The fds this process holds without FD_CLOEXEC beyond 0-2: inherited
+    /// from whoever started the test (std passed them on too); the child
+    /// gets these and nothing else of ours.
+    fn inherited_fds() -> Vec<i32> {
+        open_fds(sys::self_pid())
+            .into_iter()
+            // SAFETY: F_GETFD on an fd number; -1 for one closed meanwhile
+            // (the read_dir's own fd).
+            .filter(|&fd| fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } == 0)
+            .collect()
+    }
+
+    fn open_fds(pid: Pid) -> Vec<i32> {
+        let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{}/fd", pid.raw()))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        fds.sort_unstable();
+        fds
+    }
+
+    /// Piped stdin reaches the child; an fd the pre-exec step installs
+    /// (the IPC channel's way) is the only one beside 0-2.
+    #[test]
+    fn piped_stdin_and_an_installed_fd_are_all_the_child_gets() {
+        let (_keep, ipc_child) = pipe().unwrap();
+        let ipc_raw = ipc_child.as_raw_fd();
+        let mut c = sleeper(&["60"]);
+        c.stdin(Stdin::Piped).pre_exec(Box::new(move |_| {
+            crate::ipclink::install_in_child(ipc_raw, crate::ipc::CHILD_FD)
+        }));
+        let child = spawn(&mut c).unwrap();
+        let _reap = Reap(child.pid);
+        drop(c);
+        drop(ipc_child);
+        await_exec(child.pid, "sleep");
+        let mut expected = vec![0, 1, 2, crate::ipc::CHILD_FD];
+        expected.extend(inherited_fds());
+        expected.sort_unstable();
+        expected.dedup();
+        assert_eq!(open_fds(child.pid), expected);
+        let l = std::fs::read_link(format!("/proc/{}/fd/0", child.pid.raw())).unwrap();
+        assert!(l.to_string_lossy().starts_with("pipe:"), "{l:?}");
+        assert!(child.stdin.is_some());
+    }
+}
