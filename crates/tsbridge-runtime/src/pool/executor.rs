@@ -184,7 +184,8 @@ impl PoolExecutor {
 fn worker_sandbox(sb: Arc<Sandbox>, wf: WorkflowConfig, tmp_base: PathBuf) -> WorkerSandbox {
     WorkerSandbox(Arc::new(move |key, host: &Path| {
         // The engine makes this same private TMPDIR for the worker; make it
-        // now, because Landlock can only grant a path that exists.
+        // now, because Landlock can only grant a path that exists (the
+        // launcher removes it again if the worker does not start).
         let tmpdir = tsbridge_process::make_private_tmp(&tmp_base, key.as_str())
             .map_err(|e| format!("cannot create the worker's TMPDIR: {e}"))?;
         let mut policy = crate::spawn::policy_for(&wf, &tmpdir);
@@ -597,6 +598,48 @@ mod tests {
             "a [REDACTED] b [REDACTED] c"
         );
         ex.shutdown(Duration::ZERO).await;
+    }
+
+    /// A worker whose sandbox cannot be set up does not start, and leaves
+    /// no TMPDIR behind: the sandbox made it first (Landlock can only grant
+    /// a path that exists), and it stayed (one per retried start, while
+    /// tsbridge kept running).
+    #[tokio::test]
+    async fn a_worker_whose_sandbox_fails_leaves_no_tmpdir() {
+        use super::super::worker::Launcher;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let base = dir.path().join("tmp");
+        std::fs::create_dir(&base).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("p.mjs"), "").unwrap_or_else(|e| panic!("{e}"));
+        // A memory limit without cgroups cannot be enforced (not degraded).
+        let cfg = crate::config::Config::parse(
+            "[workflows.p]\nscript = \"p.mjs\"\nmode = \"pool\"\nlimits = { memory = \"256MiB\" }\n",
+            dir.path(),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let sandbox = Sandbox::new(tsbridge_sandbox::SandboxConfig {
+            use_cgroups: false,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let ex = PoolExecutor::new(
+            Some(Arc::new(sandbox)),
+            Some(base.clone()),
+            HostScript::Embedded,
+            false,
+        );
+        let (spec, pool_cfg) = ex.pool_spec(&cfg.workflows["p"]);
+        let launcher =
+            super::super::EngineLauncher::new(spec, &pool_cfg).unwrap_or_else(|e| panic!("{e}"));
+        for n in 1..=3 {
+            let r = launcher.launch(tsbridge_proto::WorkerId(n)).await;
+            assert!(r.is_err(), "the worker started without its limit");
+        }
+        let left: Vec<String> = std::fs::read_dir(&base)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        assert!(left.is_empty(), "left in the TMPDIR base: {left:?}");
     }
 
     #[test]

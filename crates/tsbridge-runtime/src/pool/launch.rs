@@ -48,16 +48,35 @@ impl EngineLauncher {
     }
 
     /// The worker's job spec, and a weak handle on its sandbox (to read its
-    /// limit counters without keeping its cgroup alive).
+    /// limit counters without keeping its cgroup alive). On a failure, the
+    /// worker's private TMPDIR is removed: its sandbox makes it before the
+    /// engine does (Landlock can only grant a path that exists), and a
+    /// failed start (a sandbox that cannot be set up, at each retry) left
+    /// it for as long as tsbridge ran.
     fn job_spec(
         &self,
         worker: WorkerId,
     ) -> Result<(JobSpec, Option<Weak<PreparedSandbox>>), WorkerStartError> {
-        let s = &self.spec;
         let key = JobKey::generate();
+        let spec = self.job_spec_for(worker, &key);
+        if spec.is_err()
+            && let Some(base) = &self.spec.tmp_base
+        {
+            remove_worker_tmp(base, &key);
+        }
+        spec
+    }
+
+    fn job_spec_for(
+        &self,
+        worker: WorkerId,
+        key: &JobKey,
+    ) -> Result<(JobSpec, Option<Weak<PreparedSandbox>>), WorkerStartError> {
+        let s = &self.spec;
         let sandbox = match &s.sandbox {
-            Some(prepare) => (prepare.0)(&key, self.host.path())
-                .map_err(|e| WorkerStartError::Spawn(e.into()))?,
+            Some(prepare) => {
+                (prepare.0)(key, self.host.path()).map_err(|e| WorkerStartError::Spawn(e.into()))?
+            }
             None => None,
         };
         // Only a worker with a memory or pids limit can breach one.
@@ -79,12 +98,27 @@ impl EngineLauncher {
             .max_output(s.max_output)
             .masker(s.masker.clone())
             .label(format!("pool {} {worker}", s.name))
-            .key(key)
+            .key(key.clone())
             .sandbox(sandbox)
             .private_tmp(s.tmp_base.clone())
             .build()
             .map(|spec| (spec, counters))
             .map_err(|e| WorkerStartError::Spawn(Box::new(e)))
+    }
+}
+
+/// Removes the private TMPDIR a worker that did not start may have got in
+/// `base` (named for this process and `key`, so never anybody else's;
+/// `remove_dir_all` follows no symlink).
+fn remove_worker_tmp(base: &Path, key: &JobKey) {
+    let Ok(base) = std::path::absolute(base) else {
+        return;
+    };
+    let dir = tsbridge_process::private_tmp_path(&base, key.as_str());
+    if let Err(e) = std::fs::remove_dir_all(&dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a worker's TMPDIR");
     }
 }
 

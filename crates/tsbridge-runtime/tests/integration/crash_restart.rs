@@ -89,6 +89,9 @@ async fn jobs_survive_a_sigkill_of_the_server() {
             "1",
         ])
         .env(HELPER_ENV, dir.path())
+        // Its jobs' TMPDIRs: a SIGKILLed runtime without the death watchdog
+        // leaves them (the next `serve` sweeps them), here in the test's dir.
+        .env("TMPDIR", dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -132,6 +135,8 @@ async fn jobs_survive_a_sigkill_of_the_server() {
         unsafe { libc::kill(child_pid, libc::SIGKILL) };
     }
     assert!(!survived, "the job's process outlived the server");
+    // The running attempt's TMPDIR stayed; a start's sweep removes it.
+    assert_eq!(tsbridge_process::sweep_stale_tmp(dir.path()), 1);
 
     let store = open_store(dir.path()).await;
     let rt = Runtime::start(

@@ -55,6 +55,7 @@ mod store_pg;
 mod submit;
 mod throughput;
 mod timeout;
+mod tmpdirs;
 mod validation;
 mod wrapped_secret;
 mod wrapped_secret_streamed;

@@ -54,8 +54,15 @@ pub async fn start(toml: &str) -> Harness {
     start_with(toml, RuntimeOptions::default()).await
 }
 
-pub async fn start_with(toml: &str, opts: RuntimeOptions) -> Harness {
+/// The jobs' private TMPDIRs are made in the test's own directory unless
+/// `opts` names a base: a test that ends without shutting its runtime down
+/// ends its pool workers' supervision with the test's tokio runtime (the
+/// workers die with the test process), and their TMPDIRs went to the
+/// machine's /tmp for good.
+pub async fn start_with(toml: &str, mut opts: RuntimeOptions) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
+    opts.tmp_base
+        .get_or_insert_with(|| dir.path().to_path_buf());
     let store = open_store(dir.path()).await;
     let config = config(toml);
     let rt = Runtime::start(config.clone(), store.clone(), opts)
