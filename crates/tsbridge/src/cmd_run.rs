@@ -48,6 +48,8 @@ const SIGTERM: i32 = 15;
 
 pub async fn main(args: RunArgs) -> Result<ExitCode> {
     tsbridge_process::init_supervisor().context("cannot set up process supervision")?;
+    // TMPDIRs of jobs of a tsbridge that died (as `serve` does).
+    crate::cmd_serve::sweep_stale_tmpdirs();
     let control = ProcessControl::new();
     spawn_signal_forwarder(control.clone());
 

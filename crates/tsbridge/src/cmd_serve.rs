@@ -48,13 +48,7 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
         );
     }
     // Their private TMPDIRs, where the death watchdog could not remove them.
-    let tmpdirs = tsbridge_process::sweep_stale_tmp(&std::env::temp_dir());
-    if tmpdirs > 0 {
-        tracing::warn!(
-            dirs = tmpdirs,
-            "removed job TMPDIRs left by a tsbridge that died"
-        );
-    }
+    sweep_stale_tmpdirs();
 
     let shared_store = is_shared_store(&config.store.url);
     // This node's name in a shared store: stable across restarts when set,
@@ -202,6 +196,21 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+/// Removes the private TMPDIRs (in the system's temp dir) of jobs of
+/// tsbridge processes that are gone, where their death watchdog could not
+/// (it was killed too, or gave up): at the start of `serve` and of `run`.
+/// Only names `tsbridge-<pid>.<start time>-<key>` whose owner is not
+/// running, owned by this user, without following symlinks.
+pub(crate) fn sweep_stale_tmpdirs() {
+    let tmpdirs = tsbridge_process::sweep_stale_tmp(&std::env::temp_dir());
+    if tmpdirs > 0 {
+        tracing::warn!(
+            dirs = tmpdirs,
+            "removed job TMPDIRs left by a tsbridge that died"
+        );
     }
 }
 

@@ -249,3 +249,62 @@ fn the_runtime_names_help_gives_are_accepted() {
     let v: Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["version"], 1, "{r}");
 }
+
+/// The start time (clock ticks after boot) of a process, from /proc.
+fn start_time(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields = &stat[stat.rfind(')').unwrap() + 2..];
+    fields.split(' ').nth(19).unwrap().parse().unwrap()
+}
+
+/// `run`, as `serve`, removes at its start the private TMPDIRs of jobs of
+/// tsbridge processes that are gone (the death watchdog of a tsbridge may
+/// be killed too), with what is in them; a live owner's stays, and its own
+/// job's is gone when it exits. Before, only `serve` swept them.
+#[test]
+fn run_sweeps_the_tmpdirs_of_gone_owners_at_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("tmp");
+    std::fs::create_dir(&base).unwrap();
+    // A gone owner: a process this test started and reaped.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_tag = format!("{}.{}", gone.id(), start_time(gone.id()));
+    gone.wait().unwrap();
+    // A reused pid: ours, with another start time.
+    let me = std::process::id();
+    let reused_tag = format!("{me}.{}", start_time(me) + 1);
+    let live_tag = format!("{me}.{}", start_time(me));
+    let stale = [
+        base.join(format!("tsbridge-{gone_tag}-j1-0-abcd1234")),
+        base.join(format!(
+            "tsbridge-{reused_tag}-01a21c73e61175bea53153475af3c33a-1"
+        )),
+    ];
+    for d in &stale {
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/data.txt"), "x").unwrap();
+    }
+    let live = base.join(format!("tsbridge-{live_tag}-j2-0-abcd1234"));
+    std::fs::create_dir(&live).unwrap();
+
+    let script = write(dir.path(), "ok.js", "console.log('RESULT: 1');\n");
+    let out = tsbridge(dir.path(), &["run", "--", &script])
+        .env("TMPDIR", &base)
+        .output()
+        .unwrap();
+    let r = of(out);
+    assert_eq!(r.code, Some(0), "{r}");
+    for d in &stale {
+        assert!(!d.exists(), "{} is left", d.display());
+    }
+    assert!(live.is_dir(), "a live owner's TMPDIR is kept");
+    let left: Vec<String> = std::fs::read_dir(&base)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    assert_eq!(
+        left,
+        [live.file_name().unwrap().to_str().unwrap()],
+        "{left:?}"
+    );
+}
