@@ -223,17 +223,33 @@ impl Captured {
         };
         let total_len = self.head.len() + self.tail.len();
         let cut = bytes.len() < total_len;
-        let start = if cut {
-            bytes
-                .iter()
-                .take(3)
-                .take_while(|b| (**b & 0xC0) == 0x80)
-                .count()
-        } else {
-            0
-        };
-        String::from_utf8_lossy(&bytes[start..]).into_owned()
+        let text = if cut { after_cut(&bytes) } else { &bytes };
+        String::from_utf8_lossy(text).into_owned()
     }
+}
+
+/// Bytes that begin where a longer text was cut, without the UTF-8
+/// continuation bytes (at most 3) of the character the cut went through.
+fn after_cut(bytes: &[u8]) -> &[u8] {
+    let orphans = bytes
+        .iter()
+        .take(3)
+        .take_while(|b| (**b & 0xC0) == 0x80)
+        .count();
+    &bytes[orphans..]
+}
+
+/// The last (at most) `max` bytes of `s`, starting at a character
+/// boundary: a character the cut goes through is left out whole (so the
+/// result may be up to 3 bytes shorter than `max`). The cut of
+/// [`Captured::tail_string`], for text that is already a `str`.
+pub fn tail_at_char_boundary(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let tail = after_cut(&s.as_bytes()[s.len() - max..]);
+    // Continuation bytes skipped: a character boundary.
+    s.get(s.len() - tail.len()..).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -402,6 +418,34 @@ mod tests {
         let n = s.len() - idx;
         assert_eq!(got.tail_string(n), " failed\n");
         assert_eq!(got.tail_string(10_000), s);
+    }
+
+    /// Cuts through 2-, 3- and 4-byte characters leave each out whole; a
+    /// cut on a boundary keeps everything after it; short text is whole.
+    #[test]
+    fn tail_at_char_boundary_cuts_multibyte_characters_whole() {
+        let s = "aé€😀z"; // 1 + 2 + 3 + 4 + 1 bytes
+        assert_eq!(tail_at_char_boundary(s, 100), s);
+        assert_eq!(tail_at_char_boundary(s, s.len()), s);
+        assert_eq!(tail_at_char_boundary(s, 0), "");
+        assert_eq!(tail_at_char_boundary(s, 1), "z");
+        for max in 2..=4 {
+            assert_eq!(tail_at_char_boundary(s, max), "z", "{max}");
+        }
+        assert_eq!(tail_at_char_boundary(s, 5), "😀z");
+        for max in 6..=7 {
+            assert_eq!(tail_at_char_boundary(s, max), "😀z", "{max}");
+        }
+        assert_eq!(tail_at_char_boundary(s, 8), "€😀z");
+        assert_eq!(tail_at_char_boundary(s, 9), "€😀z");
+        assert_eq!(tail_at_char_boundary(s, 10), "é€😀z");
+        // The same cuts as the bytes of a capture.
+        let mut c = CaptureBuffer::new(1000);
+        c.push(s.as_bytes());
+        let got = c.finish();
+        for max in 0..=s.len() + 1 {
+            assert_eq!(got.tail_string(max), tail_at_char_boundary(s, max), "{max}");
+        }
     }
 
     #[test]

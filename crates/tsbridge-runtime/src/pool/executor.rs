@@ -411,15 +411,10 @@ impl StderrTail {
     }
 
     fn keep_tail(&mut self) {
-        let max = crate::spawn::STDERR_TAIL;
-        if self.0.len() <= max {
-            return;
-        }
-        let mut start = self.0.len() - max;
-        while !self.0.is_char_boundary(start) {
-            start += 1;
-        }
-        self.0.drain(..start);
+        let kept =
+            tsbridge_process::capture::tail_at_char_boundary(&self.0, crate::spawn::STDERR_TAIL)
+                .len();
+        self.0.drain(..self.0.len() - kept);
     }
 
     fn into_string(mut self) -> String {
