@@ -308,7 +308,12 @@ pub(crate) fn create_private_tmp(base: &Path, key: &JobKey) -> io::Result<PathBu
 /// tag names a pid that is gone or now another process), owned by this
 /// user. Call at startup: the death watchdog removes them when a tsbridge
 /// is SIGKILLed, but it may have been killed too, or unable to finish.
-/// `remove_dir_all` does not follow symlinks. Returns how many it removed.
+/// Also the flat names of builds before the owner tag whose key was
+/// generated (`tsbridge-j<pid>-<n>-<8 hex>`, [`JobKey::generate`]: the pid
+/// is the tsbridge's) when no process has that pid (a pid in use, maybe
+/// by another process now, keeps it); `tsbridge-<job id>-<attempt>` names
+/// tell no owner and are left. `remove_dir_all` does not follow symlinks.
+/// Returns how many it removed.
 pub fn sweep_stale_tmp(base: &Path) -> usize {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(base) else {
@@ -319,19 +324,10 @@ pub fn sweep_stale_tmp(base: &Path) -> usize {
     let mut removed = 0;
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(owner) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("tsbridge-"))
-            .and_then(|rest| rest.split_once('-'))
-            .map(|(owner, _key)| owner)
-        else {
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("tsbridge-")) else {
             continue;
         };
-        let Some((pid, start)) = owner.split_once('.') else {
-            continue;
-        };
-        let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        if !numeric(pid) || !numeric(start) || owner_alive(owner) {
+        if !owner_gone(rest) {
             continue;
         }
         let path = e.path();
@@ -341,6 +337,37 @@ pub fn sweep_stale_tmp(base: &Path) -> usize {
         }
     }
     removed
+}
+
+/// Whether the TMPDIR named `tsbridge-<rest>` is of a tsbridge that is
+/// gone (see [`sweep_stale_tmp`]); `false` when its name tells no owner.
+fn owner_gone(rest: &str) -> bool {
+    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let Some((owner, _key)) = rest.split_once('-') else {
+        return false;
+    };
+    if let Some((pid, start)) = owner.split_once('.') {
+        return numeric(pid) && numeric(start) && !owner_alive(owner);
+    }
+    // A flat generated key: `j<pid>-<n>-<8 hex>`.
+    let mut parts = rest.split('-');
+    let (Some(pid), Some(n), Some(r), None) = (
+        parts.next().and_then(|p| p.strip_prefix('j')),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    let hex8 = r.len() == 8 && r.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    numeric(pid)
+        && numeric(n)
+        && hex8
+        && pid
+            .parse::<i32>()
+            .ok()
+            .and_then(crate::sys::Pid::new)
+            .is_some_and(|p| !std::path::Path::new(&format!("/proc/{}", p.raw())).exists())
 }
 
 /// Removes a private TMPDIR (after the job's tree is gone).

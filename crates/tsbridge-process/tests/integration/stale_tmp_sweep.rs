@@ -43,3 +43,36 @@ fn the_startup_sweep_removes_only_the_tmpdirs_of_gone_owners() {
     );
     assert_eq!(tsbridge_process::sweep_stale_tmp(base.path()), 0);
 }
+
+/// Flat names of builds before the owner tag: a generated key's
+/// (`tsbridge-j<pid>-<n>-<8 hex>`) goes when no process has its pid; one
+/// whose pid is in use stays, and so do a job id's (`tsbridge-<id>-<n>`,
+/// no owner in it) and anything not exactly of that form.
+#[test]
+fn the_startup_sweep_removes_flat_generated_names_of_gone_pids() {
+    let base = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = child.id();
+    child.wait().unwrap();
+    let gone = base.path().join(format!("tsbridge-j{gone_pid}-0-5653d55c"));
+    std::fs::create_dir_all(gone.join("sub")).unwrap();
+    std::fs::write(gone.join("sub/data.txt"), "x").unwrap();
+    let me = std::process::id();
+    let kept = [
+        format!("tsbridge-j{me}-3-b1a75dd0"),
+        "tsbridge-01a21c73e61175bea53153475af3c33a-1".to_owned(),
+        format!("tsbridge-j{gone_pid}-0-5653d55"),
+        format!("tsbridge-j{gone_pid}-0-5653D55C"),
+        format!("tsbridge-j{gone_pid}-0-5653d55c-x"),
+        format!("tsbridge-j{gone_pid}-x-5653d55c"),
+    ];
+    for k in &kept {
+        std::fs::create_dir(base.path().join(k)).unwrap();
+    }
+
+    assert_eq!(tsbridge_process::sweep_stale_tmp(base.path()), 1);
+    assert!(!gone.exists());
+    for k in &kept {
+        assert!(base.path().join(k).is_dir(), "{k} is kept");
+    }
+}
