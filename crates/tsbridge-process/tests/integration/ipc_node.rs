@@ -66,6 +66,9 @@ fn spawn(program: impl AsRef<std::ffi::OsStr>, args: &[&std::ffi::OsStr], cwd: &
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
+        // Its own group, so that a child that runs the script in a process
+        // of its own (the tsx CLI) can be ended whole.
+        .process_group(0)
         .kill_on_drop(true);
     attach_to_command(cmd.as_std_mut(), &child_end);
     let child = cmd.spawn().expect("spawn");
@@ -133,7 +136,11 @@ async fn echo_round_trips(mut r: Running, exits_on_close: bool) {
     r.handle.close().await;
     assert_eq!(next(&mut r.incoming).await, IpcIncoming::Disconnected);
     if !exits_on_close {
-        r.child.start_kill().expect("kill");
+        // The whole group: the tsx CLI's inner node process would outlive
+        // its killed parent (nextest saw it hold the test's stderr: LEAK).
+        let pid = r.child.id().expect("running") as i32;
+        // SAFETY: kill(2) of the process group this test started.
+        assert_eq!(unsafe { libc::kill(-pid, libc::SIGKILL) }, 0);
         r.child.wait().await.expect("wait");
         return;
     }
