@@ -114,6 +114,7 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
         );
     }
     let config = Arc::new(config);
+    let cgroup_parents = sandbox.clone();
     let runtime = Runtime::start(
         config.clone(),
         store,
@@ -139,6 +140,13 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {bind}"))?;
     tsbridge_server::serve(listener, state, shutdown_signal()).await?;
+    // Every job and its cgroup is gone: leave no empty parent cgroup behind
+    // either (a SIGKILLed server's stays, and its next start reuses it).
+    if let Some(s) = cgroup_parents
+        && let Err(e) = s.remove_parent()
+    {
+        tracing::debug!(error = %e, "the job cgroups' parent stays");
+    }
     tracing::info!("tsbridge stopped");
     Ok(ExitCode::SUCCESS)
 }
