@@ -617,9 +617,13 @@ fn parse_pid(name: &[u8]) -> Option<libc::pid_t> {
 mod tests {
     use super::*;
 
+    /// Whether `m` finds its needle in `hay` fed in reads of `chunk` bytes.
+    fn found(mut m: Matcher, hay: &[u8], chunk: usize) -> bool {
+        hay.chunks(chunk.max(1)).any(|c| m.feed(c))
+    }
+
     fn holds(env: &[u8], needle: &[u8], chunk: usize) -> bool {
-        let mut m = Matcher::entry(needle);
-        env.chunks(chunk.max(1)).any(|c| m.feed(c))
+        found(Matcher::entry(needle), env, chunk)
     }
 
     #[test]
@@ -650,10 +654,7 @@ mod tests {
         let other_instance = b"12:pids:/tsbridge-0a1b2c3d/job-12.345-01a2-1\n";
         let no_slash = b"12:pids:/tsbridge-0a1b2c3djob-12.34-k\n";
         let elsewhere = b"0::/user.slice/session-3.scope\n";
-        let cut = |hay: &[u8], chunk: usize| {
-            let mut m = Matcher::substring(needle);
-            hay.chunks(chunk).any(|c| m.feed(c))
-        };
+        let cut = |hay: &[u8], chunk: usize| found(Matcher::substring(needle), hay, chunk);
         for chunk in [1, 2, 3, 7, 4096] {
             assert!(cut(v1, chunk), "{chunk}");
             assert!(cut(v2, chunk), "{chunk}");
