@@ -123,8 +123,10 @@ pub struct ProcessControl {
 struct ControlInner {
     token: CancellationToken,
     request: Mutex<Option<StopRequest>>,
-    /// The running job's tracker, for [`ProcessControl::kill_descendants`];
-    /// `None` while no supervisor runs the job (not started yet, or over).
+    /// The running job's tracker, for [`ProcessControl::kill_descendants`]:
+    /// set by `spawn` before it returns (not when the supervision task first
+    /// runs, which on a busy runtime can be later); `None` before that and
+    /// once the job is over.
     sweep: Mutex<Option<Arc<SweepTarget>>>,
 }
 
@@ -629,6 +631,11 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
         .map(|every| (every, Monitor::new(started, memory_limit)));
 
     let (done_tx, done_rx) = oneshot::channel();
+    let tracker = Arc::new(Mutex::new(tracker));
+    let sweep = Arc::new(SweepTarget {
+        leader: pid,
+        tracker: tracker.clone(),
+    });
     let job = Supervised {
         pid,
         key: key.clone(),
@@ -639,7 +646,8 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
         kill_grace,
         control: control.clone(),
         pidfd,
-        tracker: Arc::new(Mutex::new(tracker)),
+        tracker,
+        sweep: sweep.clone(),
         stdout_task,
         stderr_task,
         ipc_task,
@@ -652,6 +660,11 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
         monitor,
     };
     let registration = supervisor::register(&key, control.clone());
+    // Open the sweeps before `spawn` returns, not when the supervision task
+    // first runs: on a busy runtime that can be after the caller's first
+    // sweep, which then found nothing (a retry shares the control: this
+    // attempt's tracker replaces the previous one's).
+    *control.sweep_slot() = Some(sweep);
     let span = tracing::debug_span!("job", key = %key, pid = pid.raw(), label = ?job.label);
     tokio::spawn(
         async move {
@@ -1019,6 +1032,9 @@ struct Supervised {
     control: ProcessControl,
     pidfd: Option<AsyncFd<OwnedFd>>,
     tracker: Arc<Mutex<Tracker>>,
+    /// What the control's sweeps search, put in its slot by `spawn`; taken
+    /// out when the job ends.
+    sweep: Arc<SweepTarget>,
     stdout_task: JoinHandle<StdoutDone>,
     stderr_task: JoinHandle<Captured>,
     ipc_task: Option<JoinHandle<()>>,
@@ -1051,13 +1067,8 @@ impl Supervised {
             .timeout
             .map(|t| tokio::time::Instant::from_std(self.started + t));
         let control = self.control.clone();
-        // Open the sweeps (a retry shares the control: this attempt's tracker
-        // replaces the previous one's).
-        let target = Arc::new(SweepTarget {
-            leader: self.pid,
-            tracker: self.tracker.clone(),
-        });
-        *control.sweep_slot() = Some(target.clone());
+        // The sweeps were opened by `spawn`.
+        let target = self.sweep.clone();
         let mut ticker = self.monitor.as_ref().map(|(every, _)| {
             let first = tokio::time::Instant::from_std(self.started) + *every;
             let mut i = tokio::time::interval_at(first, *every);

@@ -115,3 +115,94 @@ async fn with_a_cgroup_the_daemon_dies_and_the_leader_lives() {
     l.control.cancel();
     let _ = l.process.wait().await;
 }
+
+/// `sh -c STRAY x <pidfile>`: forks a `sleep 1000` (a task's stray), writes
+/// its pid, then becomes a long-lived `sleep` (a pool worker's shape).
+const STRAY: &str =
+    r#"/bin/sleep 1000 & echo $! > "$1.tmp"; mv "$1.tmp" "$1"; exec /bin/sleep 1000"#;
+
+/// A job with a stray, spawned, on a current-thread runtime: this returns
+/// without yielding once `spawn` has, so the job's supervision task has not
+/// been polled yet (it runs only when the test awaits something pending).
+/// Waits without yielding (a blocking poll) for the stray's pid file and for
+/// the leader's `exec` of `sleep` (by then the shell has reaped its `mv`: the
+/// stray is the only descendant).
+async fn spawned_with_a_stray() -> (RunningProcess, ProcessControl, i32, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("stray.pid");
+    let control = ProcessControl::new();
+    let spec = tsbridge_process::JobSpec::builder("/bin/sh")
+        .arg("-c")
+        .arg(STRAY)
+        .arg("x")
+        .arg(&pidfile)
+        .envs(common::base_env())
+        .monitor(None)
+        .control(control.clone())
+        .build()
+        .unwrap();
+    let process = spawn(spec).await.unwrap();
+    let leader = process.pid();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let stray = loop {
+        let stray = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let leader_sleeps = std::fs::read(format!("/proc/{leader}/cmdline"))
+            .is_ok_and(|c| c == b"/bin/sleep\x001000\0");
+        if let Some(pid) = stray.filter(|_| leader_sleeps) {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no stray, or the leader never became a sleep"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(common::alive(stray));
+    (process, control, stray, dir)
+}
+
+/// A sweep asked as soon as `spawn` returned searches the job: the job is
+/// open to sweeps from `spawn`'s return, not from the first poll of its
+/// supervision task (before: "found 0", and the stray outlived the sweep;
+/// the flake of `hidden_escapee::the_per_task_sweep_kills_a_hidden_escapee`
+/// on a loaded machine, where that task had not run yet either).
+#[tokio::test(flavor = "current_thread")]
+async fn a_sweep_right_after_spawn_kills_the_stray() {
+    let (process, control, stray, _dir) = spawned_with_a_stray().await;
+    let killed = control.kill_descendants().await;
+    assert_eq!(killed, 1, "found {killed}");
+    assert!(
+        common::eventually(Duration::from_secs(30), || !common::alive(stray)).await,
+        "the stray {stray} outlived the sweep"
+    );
+    assert!(
+        common::alive(process.pid() as i32),
+        "the leader keeps running"
+    );
+    control.cancel();
+    let o = process.wait().await;
+    assert_eq!(o.reason, tsbridge_proto::EndReason::Cancelled, "{o:?}");
+}
+
+/// The same for `keep_descendants` right after `spawn`: the stray is taken
+/// as the leader's helper (before: 0 taken, and the next sweep killed it).
+#[tokio::test(flavor = "current_thread")]
+async fn a_keep_right_after_spawn_takes_the_helper() {
+    let (process, control, stray, _dir) = spawned_with_a_stray().await;
+    assert_eq!(control.keep_descendants().await, 1);
+    assert_eq!(
+        control.kill_descendants().await,
+        0,
+        "a helper is not a stray"
+    );
+    assert!(common::alive(stray));
+    control.cancel();
+    let o = process.wait().await;
+    assert_eq!(o.reason, tsbridge_proto::EndReason::Cancelled, "{o:?}");
+    assert!(
+        common::eventually(Duration::from_secs(30), || !common::alive(stray)).await,
+        "the helper {stray} outlived its job"
+    );
+}
