@@ -703,6 +703,11 @@ exec /bin/sleep 1000
             sys::children_of(pid, &mut kids);
             !kids.contains(&helper_pid)
         });
+        // Not ours to reap: SIGKILLed, it may not have died yet, and the
+        // walk goes through every descendant seen before (it was).
+        wait_until("the helper's child is dead", || {
+            sys::read_stat(child).is_none_or(|st| st.is_zombie())
+        });
         let found = t.discover_after_task();
         assert!(found.iter().all(|p| p.pid == pid), "{found:?}");
         assert!(t.helpers.is_empty(), "a helper that ended is let go");
