@@ -62,10 +62,14 @@ async fn crash_helper() {
         .await
         .expect("submit")
         .job_id;
-    // Wait until the first attempt runs (its log line is written).
-    while !std::fs::read_to_string(&log)
+    // Wait until the first attempt runs and hangs: its log line is written
+    // and so is the flag (job.js writes the flag after the log line, then
+    // hangs). A kill between the two left no flag, so the second attempt
+    // hung too and the restarted runtime's wait for it timed out (CI, twice).
+    while !(std::fs::read_to_string(&log)
         .unwrap_or_default()
         .contains("start")
+        && flag.exists())
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
