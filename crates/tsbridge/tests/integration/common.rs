@@ -101,3 +101,15 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Whether `pid` is a process that can still run: a zombie (or a dying
+/// task) has exited, only its parent's reaping is missing.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let state = s[s.rfind(')')? + 1..].split_whitespace().next()?.to_owned();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::common::alive;
+
 const DEADLINE: Duration = Duration::from_secs(90);
 
 struct Server {
@@ -71,16 +73,6 @@ async fn get_job(http: &reqwest::Client, base: &str, id: &str) -> Option<Value> 
     Some(v["data"].clone())
 }
 
-fn alive(pid: u32) -> bool {
-    // A zombie has exited; only a process that can still run counts.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
 /// Live processes running this test's grandchild script (found by the job's
 /// marker: its cwd is the test's temp dir).
 fn grandchildren(dir: &Path) -> Vec<u32> {
@@ -92,7 +84,7 @@ fn grandchildren(dir: &Path) -> Vec<u32> {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains("setTimeout(()=>{}, 600000)"))
                 && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == dir)
-                && alive(*pid)
+                && alive(*pid as i32)
         })
         .collect()
 }
@@ -191,7 +183,7 @@ async fn sigkilled_server_loses_no_job_and_leaks_no_process() {
     server.kill9();
     // The job's process (and the grandchild it forked) die with the server.
     wait_for("the killed server's child to die", || async {
-        (!alive(running_pid)).then_some(())
+        (!alive(running_pid as i32)).then_some(())
     })
     .await;
 

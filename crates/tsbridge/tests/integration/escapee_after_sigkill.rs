@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{DEADLINE, Server, free_port, tsbridge};
+use crate::common::{DEADLINE, Server, alive, free_port, tsbridge};
 
 /// Starts a detached (`setsid`) `sleep` with an empty environment, reports
 /// its pid (written whole: a temp file renamed) and hangs.
@@ -26,17 +26,6 @@ fs.writeFileSync(p.report + '.part', String(e.pid));
 fs.renameSync(p.report + '.part', p.report);
 setInterval(() => {}, 1000);
 "#;
-
-fn alive(pid: i32) -> bool {
-    // A zombie has exited: only its parent's reaping is missing.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let state = s[s.rfind(')')? + 1..].split_whitespace().next()?.to_owned();
-            Some(state != "Z" && state != "X")
-        })
-        .unwrap_or(false)
-}
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
