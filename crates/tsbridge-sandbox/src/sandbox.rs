@@ -6,9 +6,11 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::cgroup::{
-    CgroupHost, CgroupLimits, CgroupVersion, Controller, Discovered, FsKind, JobCgroup, discover,
+    CgroupHost, CgroupLimits, CgroupVersion, Controller, Discovered, FsKind, JobCgroup, LiveJobs,
+    LiveToken, discover,
 };
 use crate::child::{CgroupJoin, ChildFailure, ChildPlan, FailureSlot, NetPlan, RlimitResource};
 use crate::error::SandboxError;
@@ -56,6 +58,8 @@ pub struct Sandbox {
     landlock_abi: Option<u32>,
     seccomp: Arc<Vec<Program>>,
     shared_netns: Option<Arc<OwnedFd>>,
+    /// The job cgroups made by [`Sandbox::prepare`] that are still held.
+    live: Arc<LiveJobs>,
 }
 
 /// Valid job keys: 1..=64 of `[A-Za-z0-9._-]`, not starting with '.'.
@@ -221,6 +225,7 @@ impl Sandbox {
             landlock_abi,
             seccomp: Arc::new(seccomp),
             shared_netns,
+            live: Arc::default(),
         })
     }
 
@@ -263,14 +268,17 @@ impl Sandbox {
         let mut report = self.caps.predict(policy);
 
         let cgroup = match &self.cgroups {
-            Some(host) => Some(host.create_job(
-                job_key,
-                &CgroupLimits {
-                    memory: policy.memory,
-                    cpu: policy.cpu,
-                    pids: policy.pids,
-                },
-            )?),
+            Some(host) => Some(
+                host.create_job(
+                    job_key,
+                    &CgroupLimits {
+                        memory: policy.memory,
+                        cpu: policy.cpu,
+                        pids: policy.pids,
+                    },
+                )?
+                .track(LiveToken::new(&self.live)),
+            ),
             None => None,
         };
         // From here on, remove the cgroup again on any error.
@@ -397,6 +405,25 @@ impl Sandbox {
             Some(h) => h.remove_parents(),
             None => Ok(()),
         }
+    }
+
+    /// How many job cgroups made by [`Sandbox::prepare`] are still held: by a
+    /// [`PreparedSandbox`] (which removes its cgroup when dropped) or by a
+    /// [`JobCgroup`] taken out of one with [`PreparedSandbox::into_cgroup`]
+    /// (until it is removed or dropped).
+    pub fn live_job_cgroups(&self) -> usize {
+        self.live.count()
+    }
+
+    /// Blocks until no job cgroup made by this sandbox is held any more
+    /// (each was removed, or its handle dropped) or `timeout` passed;
+    /// `true` if none is. A shutdown calls it once the jobs are over, so
+    /// that it returns only when their cgroups are gone and
+    /// [`Sandbox::remove_parent`] can succeed: a job's cgroup is removed
+    /// when its supervision lets go of it, which can be just after the
+    /// job's outcome was reported.
+    pub fn wait_job_cgroups_released(&self, timeout: Duration) -> bool {
+        self.live.wait_none(timeout)
     }
 
     /// The parent cgroup directories (one per v1 hierarchy).

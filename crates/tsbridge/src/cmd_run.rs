@@ -117,13 +117,17 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
             .private_tmp(Some(std::env::temp_dir()))
             .control(control.clone())
             .memory_limit(args.memory.map(|m| m.0));
-        if let Some((sb, pol)) = &sandbox {
+        if let Some(RunSandbox {
+            sandbox: sb,
+            policy,
+        }) = &sandbox
+        {
             let prepared = sb
-                .prepare(&format!("run-{}-{attempt}", std::process::id()), pol)
+                .prepare(&format!("run-{}-{attempt}", std::process::id()), policy)
                 .context("cannot prepare the sandbox")?;
             b = b.sandbox(Some(SandboxAttachment {
                 prepared: Arc::new(prepared),
-                policy: Arc::new(pol.clone()),
+                policy: Arc::new(policy.clone()),
             }));
         }
         let spec = b.build().map_err(anyhow::Error::from)?;
@@ -343,13 +347,37 @@ fn locate(target: &Path, runtime: Option<RuntimeKind>) -> Result<PathBuf, NotFou
     })
 }
 
+/// The sandbox of a `run` with limits, and the policy of its job. Its
+/// parent cgroup (`tsbridge-run-<pid>`) is this run's alone and goes when it
+/// is dropped, at every return of `main`: once the job's cgroups are gone
+/// (they are when its outcome is in), the parent is removed.
+struct RunSandbox {
+    sandbox: Sandbox,
+    policy: SandboxPolicy,
+}
+
+impl Drop for RunSandbox {
+    fn drop(&mut self) {
+        if !self
+            .sandbox
+            .wait_job_cgroups_released(JOB_CGROUPS_RELEASE_WAIT)
+        {
+            tracing::warn!("the job's cgroups are still held: the parent cgroup stays");
+        }
+        if let Err(e) = self.sandbox.remove_parent() {
+            tracing::warn!(error = %e, "cannot remove run's parent cgroup");
+        }
+    }
+}
+
+/// How long a finished `run` waits for its job's cgroups to go before it
+/// removes their parent (they are gone when the outcome is in; each removal
+/// kills what is left first, which the sandbox gives up after 10 s).
+const JOB_CGROUPS_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// A sandbox when any limit was asked for; its own parent cgroup so it never
 /// touches a server's jobs.
-fn sandbox_for(
-    args: &RunArgs,
-    script: &Path,
-    node: &Path,
-) -> Result<Option<(Sandbox, SandboxPolicy)>> {
+fn sandbox_for(args: &RunArgs, script: &Path, node: &Path) -> Result<Option<RunSandbox>> {
     let wants_fs = !args.read.is_empty() || !args.write.is_empty();
     if args.memory.is_none()
         && args.cpu.is_none()
@@ -383,7 +411,7 @@ fn sandbox_for(
     for (mech, grade) in report.shortfalls() {
         tracing::warn!(mechanism = mech, ?grade, "not fully enforced on this host");
     }
-    Ok(Some((sandbox, policy)))
+    Ok(Some(RunSandbox { sandbox, policy }))
 }
 
 /// SIGINT cancels the job (exit 130 like a shell), SIGTERM stops it as a shutdown.

@@ -140,23 +140,17 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {bind}"))?;
     tsbridge_server::serve(listener, state, shutdown_signal()).await?;
-    // Every job has ended: leave no empty parent cgroup behind either (a
-    // SIGKILLed server's stays, and its next start reuses it). The last
-    // jobs' cgroups are removed as their supervision lets go of them, which
-    // may be just after the runtime's shutdown returned: wait for that, a
-    // bounded time.
-    if let Some(s) = cgroup_parents {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            match s.remove_parent() {
-                Ok(()) => break,
-                Err(e) if std::time::Instant::now() >= deadline => {
-                    tracing::debug!(error = %e, "the job cgroups' parent stays");
-                    break;
-                }
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(25)).await,
-            }
-        }
+    // Every job has ended and the runtime's shutdown returned only once
+    // their cgroups were removed: leave no empty parent cgroup behind either
+    // (a SIGKILLed server's stays, and its next start reuses it).
+    if let Some(s) = cgroup_parents
+        && let Err(e) = s.remove_parent()
+    {
+        tracing::warn!(
+            error = %e,
+            live_job_cgroups = s.live_job_cgroups(),
+            "the job cgroups' parent stays"
+        );
     }
     tracing::info!("tsbridge stopped");
     Ok(ExitCode::SUCCESS)

@@ -47,6 +47,7 @@ mod retry;
 mod retry_restart;
 mod sealed_env;
 mod shutdown;
+mod shutdown_cgroups;
 mod signal_stderr_tail;
 mod slow_subscriber;
 mod store_contract;

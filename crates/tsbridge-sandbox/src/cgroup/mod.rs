@@ -8,6 +8,7 @@ mod discover;
 mod fs;
 mod host;
 pub use host::job_cgroup_prefix;
+mod live;
 mod stats;
 
 use std::io;
@@ -20,6 +21,7 @@ use serde::Serialize;
 pub(crate) use discover::{Discovered, discover};
 pub(crate) use fs::FsKind;
 pub(crate) use host::{CgroupHost, CgroupLimits};
+pub(crate) use live::{LiveJobs, LiveToken};
 pub use stats::{CgroupStats, LimitBreach, LimitEvents, V8_HEAP_OOM_MARKER};
 
 use fs::{read_key, tree};
@@ -107,6 +109,9 @@ pub struct JobCgroup {
     key: String,
     fs: FsKind,
     layout: Layout,
+    /// Counts this handle among its sandbox's live job cgroups (none for a
+    /// swept one).
+    live: Option<LiveToken>,
 }
 
 /// How long `kill_all` keeps trying before it gives up.
@@ -118,6 +123,7 @@ impl JobCgroup {
             key: key.to_owned(),
             fs,
             layout: Layout::V2 { dir },
+            live: None,
         }
     }
 
@@ -126,7 +132,14 @@ impl JobCgroup {
             key: key.to_owned(),
             fs,
             layout: Layout::V1 { dirs },
+            live: None,
         }
+    }
+
+    /// Counted among a sandbox's live job cgroups until dropped.
+    pub(crate) fn track(mut self, token: LiveToken) -> Self {
+        self.live = Some(token);
+        self
     }
 
     /// The job key this cgroup was created for.

@@ -408,3 +408,34 @@ fn a_v2_plan_offers_its_directory_and_a_child_created_in_it_writes_nothing() {
         .remove()
         .expect("remove");
 }
+
+/// The sandbox counts the job cgroups it made until their handles go (a
+/// prepared sandbox's drop removes its cgroup first), and a shutdown's
+/// wait ends when the last one went, on another thread too; then the
+/// parent can be removed.
+#[test]
+fn the_wait_for_job_cgroups_ends_when_the_last_is_removed() {
+    let (_d, own) = fake_v2();
+    let sb = Sandbox::with_fake_v2(&own, "tsbridge").expect("sandbox");
+    assert!(sb.wait_job_cgroups_released(Duration::ZERO));
+    let a = sb
+        .prepare("w1", &SandboxPolicy::default())
+        .expect("prepare");
+    let b = sb
+        .prepare("w2", &SandboxPolicy::default())
+        .expect("prepare")
+        .into_cgroup()
+        .expect("cgroup");
+    assert_eq!(sb.live_job_cgroups(), 2);
+    assert!(!sb.wait_job_cgroups_released(Duration::from_millis(1)));
+    b.remove().expect("remove");
+    assert_eq!(sb.live_job_cgroups(), 1);
+    let dir = own.join("tsbridge").join(jd("w1"));
+    assert!(dir.exists());
+    let t = std::thread::spawn(move || drop(a));
+    assert!(sb.wait_job_cgroups_released(Duration::from_secs(60)));
+    assert!(!dir.exists(), "released before its cgroup was removed");
+    t.join().expect("join");
+    sb.remove_parent().expect("the parent goes");
+    assert!(!own.join("tsbridge").exists());
+}

@@ -113,3 +113,102 @@ pub fn alive(pid: i32) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// The parent cgroups of the `tsbridge serve`s whose config (with the store
+/// `sqlite://jobs.db`) is in `dir`: `tsbridge-<hash of the store URL>`
+/// under this test's own cgroup in each hierarchy, as `serve` names them.
+/// Removed when this is dropped, with the `job-*` cgroups left in them
+/// (their processes killed first): a SIGKILLed server leaves its parent by
+/// design, a test leaves nothing. Only these names are touched. Declare it
+/// before the servers, so that it drops after them.
+pub struct ServeCgroups {
+    parents: Vec<PathBuf>,
+}
+
+impl ServeCgroups {
+    pub fn for_config_dir(dir: &Path) -> ServeCgroups {
+        let url = format!(
+            "sqlite://{}/jobs.db",
+            std::path::absolute(dir).unwrap().display()
+        );
+        // `serve`'s name: FNV-1a of the store URL, 32 bits.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in url.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        let name = format!("tsbridge-{:08x}", h as u32);
+        ServeCgroups {
+            parents: own_cgroup_dirs().iter().map(|d| d.join(&name)).collect(),
+        }
+    }
+}
+
+impl Drop for ServeCgroups {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + DEADLINE;
+        for parent in self.parents.iter().filter(|p| p.is_dir()) {
+            let jobs = std::fs::read_dir(parent)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("job-"))
+                .map(|e| e.path());
+            for job in jobs {
+                // Empty it (what a SIGKILLed server's jobs left), then rmdir.
+                while std::fs::remove_dir(&job).is_err() && job.exists() {
+                    let procs =
+                        std::fs::read_to_string(job.join("cgroup.procs")).unwrap_or_default();
+                    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                        // SAFETY: plain kill(2) of a process of this test's server's job.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            while std::fs::remove_dir(parent).is_err()
+                && parent.exists()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// This process's own cgroup directory in each mounted hierarchy (v1:
+/// `/sys/fs/cgroup/<controllers>/<path>`; v2: `/sys/fs/cgroup/<path>` or the
+/// hybrid `/sys/fs/cgroup/unified/<path>`), those that exist.
+pub fn own_cgroup_dirs() -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut out = Vec::new();
+    for (controllers, path) in proc_cgroups("self") {
+        let rel = path.trim_start_matches('/');
+        let candidates = if controllers.is_empty() {
+            vec![root.join(rel), root.join("unified").join(rel)]
+        } else {
+            vec![root.join(controllers).join(rel)]
+        };
+        out.extend(candidates.into_iter().filter(|d| d.is_dir()));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `(controllers, path)` of each line of `/proc/<pid>/cgroup` (`self`: this
+/// process); none when it cannot be read.
+pub fn proc_cgroups(pid: &str) -> Vec<(String, String)> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            Some((controllers.to_owned(), path.to_owned()))
+        })
+        .collect()
+}

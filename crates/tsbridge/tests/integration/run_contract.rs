@@ -308,3 +308,39 @@ fn run_sweeps_the_tmpdirs_of_gone_owners_at_its_start() {
         "{left:?}"
     );
 }
+
+/// A `run` with a limit makes a parent cgroup of its own
+/// (`tsbridge-run-<pid>`) for its job's: it is gone when `run` has exited,
+/// whatever the job's exit code (it stayed before). Skipped (said) on a
+/// host that cannot sandbox.
+#[test]
+fn a_run_with_limits_leaves_no_parent_cgroup() {
+    let dir = tempfile::tempdir().unwrap();
+    for code in ["0", "5"] {
+        let child = tsbridge(
+            dir.path(),
+            &["run", "--pids", "64", &fixture("exit-code.sh"), code],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let pid = child.id();
+        let r = of(child.wait_with_output().unwrap());
+        if r.stderr.contains("cannot sandbox") {
+            eprintln!("SKIP: no sandbox on this host: {r}");
+            return;
+        }
+        assert_eq!(r.code, Some(code.parse().unwrap()), "{r}");
+        let name = format!("tsbridge-run-{pid}");
+        let left: Vec<_> = crate::common::own_cgroup_dirs()
+            .into_iter()
+            .map(|d| d.join(&name))
+            .filter(|d| d.exists())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "exit {code}: parent cgroups left: {left:?}"
+        );
+    }
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{DEADLINE, fixtures, free_port};
+use crate::common::{DEADLINE, ServeCgroups, fixtures, free_port, proc_cgroups};
 
 const ROUNDS: usize = 8;
 
@@ -62,6 +62,8 @@ async fn job(http: &reqwest::Client, base: &str, id: &str) -> Option<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_records_the_running_job_as_shutdown_every_time() {
     let dir = tempfile::tempdir().unwrap();
+    // Goes after the servers: removes what a SIGKILLed one left in cgroupfs.
+    let _cgroups = ServeCgroups::for_config_dir(dir.path());
     let port = free_port();
     let config = dir.path().join("tsbridge.toml");
     std::fs::write(
@@ -138,20 +140,14 @@ async fn sigterm_records_the_running_job_as_shutdown_every_time() {
 /// exist: v1 hierarchies mounted at `/sys/fs/cgroup/<controllers>`, or v2
 /// at `/sys/fs/cgroup`).
 fn cgroup_parents(pid: i32) -> Vec<std::path::PathBuf> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
     let mut out = Vec::new();
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
+    for (controllers, path) in proc_cgroups(&pid.to_string()) {
         let Some(at) = path.find("/job-") else {
             continue;
         };
         let parent = path[..at].trim_start_matches('/');
         for root in [
-            Path::new("/sys/fs/cgroup").join(controllers),
+            Path::new("/sys/fs/cgroup").join(&controllers),
             Path::new("/sys/fs/cgroup").to_path_buf(),
         ] {
             let dir = root.join(parent);
