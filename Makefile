@@ -27,10 +27,16 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Doctests first: the last line CI reads is nextest's summary.
+# Doctests first: the last line CI reads is nextest's summary. The tests
+# leave no cgroup and no job TMPDIR behind: .ci/leftovers lists tsbridge's
+# before nextest and fails the run, naming them, if new ones are left after
+# it (quiet when there are none; no cgroupfs: only the TMPDIRs are checked).
+LEFTOVERS := $(or $(TMPDIR),/tmp)/.tsbridge-leftovers-before.$(shell echo $$PPID)
 unit:
 	$(CARGO) test --workspace --doc
+	@.ci/leftovers list > $(LEFTOVERS)
 	$(CARGO) nextest run --workspace --no-fail-fast
+	@.ci/leftovers check $(LEFTOVERS); rc=$$?; rm -f $(LEFTOVERS); exit $$rc
 
 # The JavaScript parts: the pool worker host and the example app's own suite.
 js-test:

@@ -114,6 +114,10 @@ async fn with_a_cgroup_the_daemon_dies_and_the_leader_lives() {
     sweep_kills_the_daemon_only(&l).await;
     l.control.cancel();
     let _ = l.process.wait().await;
+    // The job's cgroup went with it: the test's parent goes too.
+    assert!(sb.wait_job_cgroups_released(std::time::Duration::from_secs(60)));
+    sb.remove_parent()
+        .expect("the test's parent cgroup is removed");
 }
 
 /// `sh -c STRAY x <pidfile>`: forks a `sleep 1000` (a task's stray), writes

@@ -99,6 +99,17 @@ async fn memory_breach_and_cgroup_tree_kill() {
         .unwrap_or_default();
     let live: Vec<i32> = cg_pids.into_iter().filter(|p| common::alive(*p)).collect();
     assert!(live.is_empty(), "cgroup still has {live:?}");
+    // The killed grandchild and escapee were orphans (no subreaper here):
+    // they leave the job's cgroup once whoever adopted them reaped them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for k in ["grandchild", "escapee"] {
+        let proc_dir = format!("/proc/{}", pids[k]);
+        while std::path::Path::new(&proc_dir).exists() {
+            assert!(std::time::Instant::now() < deadline, "{k} never reaped");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     remove(a);
-    let _ = sb.remove_parent();
+    sb.remove_parent()
+        .expect("the test's parent cgroup is removed");
 }

@@ -135,7 +135,9 @@ async fn a_death_by_signal_names_the_signal() {
 }
 
 /// A runtime with the host sandbox, or `None` (said) where there is none.
-async fn start_sandboxed(toml: &str) -> Option<(Runtime, tempfile::TempDir)> {
+/// The sandbox's parent cgroups go when the [`OwnParent`] drops: shut the
+/// runtime down first.
+async fn start_sandboxed(toml: &str) -> Option<(Runtime, tempfile::TempDir, OwnParent)> {
     let sandbox = match Sandbox::new(SandboxConfig {
         cgroup_parent_name: format!("tsbridge-conf-{}", std::process::id()),
         ..SandboxConfig::default()
@@ -146,6 +148,7 @@ async fn start_sandboxed(toml: &str) -> Option<(Runtime, tempfile::TempDir)> {
             return None;
         }
     };
+    let parent = OwnParent(sandbox.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let opts = RuntimeOptions {
         sandbox: Some(sandbox),
@@ -154,7 +157,7 @@ async fn start_sandboxed(toml: &str) -> Option<(Runtime, tempfile::TempDir)> {
     let rt = Runtime::start(config(toml), open_store(dir.path()).await, opts)
         .await
         .expect("start");
-    Some((rt, dir))
+    Some((rt, dir, parent))
 }
 
 async fn run(rt: &Runtime, workflow: &str, params: Value) -> JobView {
@@ -170,7 +173,8 @@ async fn run(rt: &Runtime, workflow: &str, params: Value) -> JobView {
 
 #[tokio::test]
 async fn cpu_time_ends_a_busy_loop_with_cpu_limit() {
-    let Some((rt, _dir)) = start_sandboxed(&probe("busy", "limits = { cpu_time = \"1s\" }")).await
+    let Some((rt, _dir, _parent)) =
+        start_sandboxed(&probe("busy", "limits = { cpu_time = \"1s\" }")).await
     else {
         return;
     };
@@ -187,6 +191,7 @@ async fn cpu_time_ends_a_busy_loop_with_cpu_limit() {
         Some(ErrorType::ResourceLimitError),
         "{v:?}"
     );
+    rt.shutdown(std::time::Duration::ZERO).await;
 }
 
 #[tokio::test]
@@ -199,7 +204,7 @@ async fn every_job_gets_the_open_files_rlimit_and_the_configured_ones() {
             "limits = { open_files = 256, file_size = \"1MiB\" }"
         )
     );
-    let Some((rt, _dir)) = start_sandboxed(&toml).await else {
+    let Some((rt, _dir, _parent)) = start_sandboxed(&toml).await else {
         return;
     };
     let v = run(&rt, "plain", json!({"limits": true})).await;
@@ -213,6 +218,7 @@ async fn every_job_gets_the_open_files_rlimit_and_the_configured_ones() {
     let r = v.result.expect("result");
     assert_eq!(r["openFiles"], json!(["256", "256"]), "{r}");
     assert_eq!(r["fileSize"], json!(["1048576", "1048576"]), "{r}");
+    rt.shutdown(std::time::Duration::ZERO).await;
 }
 
 #[tokio::test]
@@ -276,7 +282,7 @@ fn memory(m: &str) -> JobOptions {
 /// SPEC §4: a request may lower the workflow's memory limit, never raise it.
 #[tokio::test]
 async fn a_request_lowers_the_memory_limit_but_never_raises_it() {
-    let Some((rt, _dir)) = start_sandboxed(&probe(
+    let Some((rt, _dir, _parent)) = start_sandboxed(&probe(
         "mem",
         "limits = { memory = \"384MiB\", degraded = true }",
     ))
@@ -302,6 +308,7 @@ async fn a_request_lowers_the_memory_limit_but_never_raises_it() {
     // still ends at the workflow's limit.
     let v = run_opts(&rt, "mem", json!({"allocMiB": 640}), memory("4GiB")).await;
     assert_eq!(v.reason, Some(EndReason::MemoryLimit), "{v:?}");
+    rt.shutdown(std::time::Duration::ZERO).await;
 }
 
 #[tokio::test]

@@ -17,7 +17,9 @@ use tsbridge_sandbox::{Sandbox, SandboxConfig};
 
 /// A runtime whose `limited` pool workflow has a memory and a pids limit;
 /// `None` (the test is skipped) where the host cannot enforce them.
-async fn start_limited(dir: &std::path::Path) -> Option<Runtime> {
+/// The sandbox's parent cgroups go when the [`OwnParent`] drops: shut the
+/// runtime down first.
+async fn start_limited(dir: &std::path::Path) -> Option<(Runtime, OwnParent)> {
     let sandbox = match Sandbox::new(SandboxConfig {
         cgroup_parent_name: format!("tsbridge-pl-{}", std::process::id()),
         ..SandboxConfig::default()
@@ -28,6 +30,7 @@ async fn start_limited(dir: &std::path::Path) -> Option<Runtime> {
             return None;
         }
     };
+    let parent = OwnParent(sandbox.clone());
     let caps = sandbox.capabilities();
     if !caps.memory || !caps.pids {
         eprintln!("SKIP: no memory or pids limit on this host");
@@ -49,7 +52,7 @@ async fn start_limited(dir: &std::path::Path) -> Option<Runtime> {
     )
     .await
     .expect("start");
-    Some(rt)
+    Some((rt, parent))
 }
 
 async fn run(rt: &Runtime, params: Value) -> tsbridge_proto::api::JobView {
@@ -72,7 +75,7 @@ async fn assert_next_job_succeeds(rt: &Runtime) {
 #[tokio::test]
 async fn a_pooled_job_over_its_memory_limit_ends_with_memory_limit() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(rt) = start_limited(dir.path()).await else {
+    let Some((rt, _parent)) = start_limited(dir.path()).await else {
         return;
     };
     let v = run(&rt, json!({"mem": true})).await;
@@ -92,7 +95,7 @@ async fn a_pooled_job_over_its_memory_limit_ends_with_memory_limit() {
 #[tokio::test]
 async fn a_pooled_job_whose_fork_was_refused_ends_with_pids_limit() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(rt) = start_limited(dir.path()).await else {
+    let Some((rt, _parent)) = start_limited(dir.path()).await else {
         return;
     };
     // Uncaught: the refused fork's error event ends the worker.

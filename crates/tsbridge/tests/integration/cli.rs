@@ -7,7 +7,9 @@ use std::process::{Output, Stdio};
 
 use serde_json::Value;
 
-use crate::common::{Server, fixture, fixtures, free_port, tsbridge, write_protocol_config};
+use crate::common::{
+    ServeCgroups, Server, fixture, fixtures, free_port, tsbridge, write_protocol_config,
+};
 
 struct Run {
     code: Option<i32>,
@@ -401,6 +403,8 @@ fn protocol_server(dir: &Path) -> Server {
 #[test]
 fn jobs_alone_lists_and_a_closed_pipe_ends_it_quietly() {
     let dir = tempfile::tempdir().unwrap();
+    // Goes after the servers: removes what a SIGKILLed one left in cgroupfs.
+    let _cgroups = ServeCgroups::for_config_dir(dir.path());
     let server = protocol_server(dir.path());
     let url = server.url.as_str();
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::alive;
+use crate::common::{ServeCgroups, alive};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -137,6 +137,8 @@ retry = {{ attempts = 2, backoff = "100ms" }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_server_loses_no_job_and_leaks_no_process() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // Goes after the servers: removes what a SIGKILLed one left in cgroupfs.
+    let _cgroups = ServeCgroups::for_config_dir(dir.path());
     let port = free_port();
     let cfg = write_config(dir.path(), port);
     let http = reqwest::Client::new();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{DEADLINE, Server, alive, free_port, tsbridge};
+use crate::common::{DEADLINE, ServeCgroups, Server, alive, free_port, tsbridge};
 
 /// Starts a detached (`setsid`) `sleep` with an empty environment, reports
 /// its pid (written whole: a temp file renamed) and hangs.
@@ -67,6 +67,8 @@ fn kill(pid: i32) {
 async fn a_sigkilled_server_takes_an_env_clearing_escapee_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let dir_path = std::fs::canonicalize(dir.path()).unwrap();
+    // Goes after the servers: removes what a SIGKILLed one left in cgroupfs.
+    let _cgroups = ServeCgroups::for_config_dir(&dir_path);
     let report = dir_path.join("escapee.pid");
     let port = free_port();
     let cfg = write_config(&dir_path, port);

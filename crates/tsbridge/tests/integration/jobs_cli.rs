@@ -9,7 +9,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::common::{Server, free_port, tsbridge, write_protocol_config};
+use crate::common::{ServeCgroups, Server, free_port, tsbridge, write_protocol_config};
 
 const TOKEN: &str = "jobs-cli-test-token";
 
@@ -48,6 +48,8 @@ fn json(r: &Run) -> Value {
 #[test]
 fn jobs_uses_the_token_and_url_from_flags_or_env_and_pages_with_cursor() {
     let dir = tempfile::tempdir().unwrap();
+    // Goes after the servers: removes what a SIGKILLed one left in cgroupfs.
+    let _cgroups = ServeCgroups::for_config_dir(dir.path());
     let server = token_server(dir.path());
     let url = server.url.as_str();
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{DEADLINE, Server, free_port, tsbridge};
+use crate::common::{DEADLINE, ServeCgroups, Server, free_port, tsbridge};
 
 /// Fills its TMPDIR, links out of it, reports the TMPDIR's path (written
 /// whole: a temp file renamed) and hangs.
@@ -83,6 +83,8 @@ pool = {{ min = 1, max = 1 }}
 async fn a_sigkilled_server_leaves_no_job_tmpdir() {
     let dir = tempfile::tempdir().unwrap();
     let dir_path = std::fs::canonicalize(dir.path()).unwrap();
+    // Goes after the servers: removes what a SIGKILLed one left in cgroupfs.
+    let _cgroups = ServeCgroups::for_config_dir(&dir_path);
     let base = dir_path.join("tmp");
     let outside = dir_path.join("outside");
     std::fs::create_dir_all(&base).unwrap();

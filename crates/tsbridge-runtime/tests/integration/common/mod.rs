@@ -12,6 +12,7 @@ use serde_json::Value;
 use tsbridge_proto::api::{JobOptions, JobView};
 use tsbridge_proto::{EventData, JobEvent, JobId, JobState};
 use tsbridge_runtime::{Config, Runtime, RuntimeOptions, SqliteStore};
+use tsbridge_sandbox::Sandbox;
 
 /// Generous bound for anything that should happen "soon" on a loaded machine.
 pub const SOON: Duration = Duration::from_secs(60);
@@ -154,5 +155,25 @@ pub fn event_text(e: &JobEvent) -> Option<String> {
         EventData::Stdout { line } | EventData::Stderr { line } => Some(line.clone()),
         EventData::Result { value } => Some(value.to_string()),
         EventData::State { .. } => None,
+    }
+}
+
+/// The parent cgroup(s) of a test's own [`Sandbox`], removed when this is
+/// dropped, so that a test leaves nothing in cgroupfs (a sandbox makes its
+/// parent at once, a skipped test's too). Shut the runtime down before it
+/// drops: a returned shutdown has removed the job cgroups. A parent that
+/// cannot go fails the test (unless it is failing already).
+pub struct OwnParent(pub Arc<Sandbox>);
+
+impl Drop for OwnParent {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.remove_parent()
+            && !std::thread::panicking()
+        {
+            panic!(
+                "the test's parent cgroup stays ({:?}): {e}",
+                self.0.cgroup_parents()
+            );
+        }
     }
 }
