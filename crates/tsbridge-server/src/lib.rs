@@ -171,38 +171,36 @@ where
     }
     tracing::info!(%addr, auth = state.auth().is_enabled(), "tsbridge API listening");
     let stop = state.shutdown_token().clone();
-    let signal = {
-        let stop = stop.clone();
-        async move {
-            tokio::select! {
-                _ = shutdown => stop.cancel(),
-                _ = stop.cancelled() => {}
-            }
-        }
-    };
     let app = router(state.clone());
+    // axum stops on the token alone, and the signal is awaited here rather
+    // than inside axum's shutdown (which runs it in a task of its own, so
+    // the server could end, with no connection open, between this task's
+    // look at the token and its poll of the server: it then returned
+    // without draining the runtime). Whatever ends the serving, the runtime
+    // is drained below before `serve` returns.
     let server = axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
         .into_future();
     tokio::pin!(server);
-    // Biased: on a shutdown signal, `stop` is cancelled before axum's graceful
-    // shutdown can end `server`; with no open connection both are ready at
-    // once, and an unbiased pick skipped the runtime's shutdown (running jobs
-    // left `running` in the store, temp files kept) about one time in four.
-    tokio::select! {
-        biased;
-        _ = stop.cancelled() => {}
-        r = &mut server => return r.map_err(ServeError::Io),
-    }
+    tokio::pin!(shutdown);
+    let ended = tokio::select! {
+        () = &mut shutdown => None,
+        () = stop.cancelled() => None,
+        r = &mut server => Some(r),
+    };
+    stop.cancel();
     let settings = state.settings();
     let drain = settings.drain_timeout;
     let bound = drain + settings.shutdown_grace;
     tracing::info!(?drain, "tsbridge API shutting down");
     let backend = state.backend_arc();
-    let (served, ()) = tokio::join!(
-        tokio::time::timeout(bound, &mut server),
-        backend.shutdown(drain)
-    );
+    let server_end = async move {
+        match ended {
+            Some(r) => Ok(r),
+            None => tokio::time::timeout(bound, &mut server).await,
+        }
+    };
+    let (served, ()) = tokio::join!(server_end, backend.shutdown(drain));
     match served {
         Ok(r) => r.map_err(ServeError::Io),
         Err(_) => {

@@ -74,3 +74,42 @@ async fn a_client_that_hangs_up_on_execute_cancels_its_job() {
     .await;
     assert_eq!(v.state, JobState::Cancelled);
 }
+
+/// The stop signal `serve` is given (SIGTERM in `tsbridge serve`) with no
+/// connection open: `serve` drains the runtime before it returns, every
+/// time. Regression: axum awaits the signal in a task of its own, which
+/// cancelled the stop token and let the server end; when that ran while
+/// `serve` was between its look at the token and its poll of the server,
+/// the ended server won and `serve` returned at once, skipping the
+/// runtime's shutdown: the running job stayed `running` in the store (a
+/// restart found it `interrupted`) and its cgroup stayed. A signal that is
+/// ready at once makes the window the first poll; several rounds, since
+/// the outcome depended on which thread ran first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stop_signal_drains_the_runtime_with_no_connection_open() {
+    for round in 0..30 {
+        let r = real("").await;
+        let id =
+            r.rt.submit("work", json!({"hang": true}), Default::default())
+                .await
+                .expect("submit")
+                .job_id;
+        let rt = r.rt.clone();
+        eventually(|| async { (rt.get(id).await.ok()?.state == JobState::Running).then_some(()) })
+            .await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let served = tsbridge_server::serve(listener, r.state.clone(), std::future::ready(()));
+        tokio::time::timeout(Duration::from_secs(60), served)
+            .await
+            .expect("serve returns in time")
+            .expect("serve returns Ok");
+        let v = r.rt.get(id).await.unwrap();
+        assert_eq!(
+            (v.state, v.reason),
+            (JobState::Failed, Some(tsbridge_proto::EndReason::Shutdown)),
+            "round {round}: serve returned before the runtime's shutdown"
+        );
+    }
+}
