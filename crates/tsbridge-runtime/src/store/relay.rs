@@ -403,14 +403,21 @@ mod tests {
             .await
             .unwrap();
         tx.send(written(id, 2, 3, false)).await.unwrap();
+        // Up to 3, the cursor. A resync that runs between the commit and
+        // its announcement finds no cursor and publishes only the last
+        // event (3): 2 is then a gap the subscriber fills from the store,
+        // as documented at the top, and the announcement adds nothing. So
+        // 3 comes, 2 may not (a full test run under load took that path once:
+        // the old test then waited for a second event that never came).
         let mut seqs = Vec::new();
-        while seqs.len() < 2 {
+        while seqs.last() != Some(&3) {
             let e = tokio::time::timeout(Duration::from_secs(60), sub.recv())
                 .await
                 .expect("events in time")
                 .expect("the stream goes on");
             seqs.push(e.seq);
         }
+        assert!(seqs == [2, 3] || seqs == [3], "{seqs:?}");
         // Never announced: only a resync can find them.
         store.append_events(id, &[line(id, 4)]).await.unwrap();
         let fin = Finish {
@@ -422,13 +429,18 @@ mod tests {
         };
         let last = state_event(id, 5, JobState::Succeeded, None, None);
         store.finish_job(id, &fin, &last).await.unwrap();
+        let mut after = Vec::new();
         while let Some(e) = tokio::time::timeout(Duration::from_secs(60), sub.recv())
             .await
             .expect("events in time")
         {
-            seqs.push(e.seq);
+            after.push(e.seq);
         }
-        assert_eq!(seqs, vec![2, 3, 4, 5]);
+        assert_eq!(
+            after,
+            vec![4, 5],
+            "everything after the cursor, then the end"
+        );
         assert!(!sub.lagged());
         drop(tx);
     }
