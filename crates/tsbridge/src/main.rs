@@ -103,9 +103,14 @@ fn init_tracing(cli: &cli::Cli) {
     };
     let filter =
         EnvFilter::try_from_env("TSBRIDGE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // Without `log_internal_errors(false)` a log line that cannot be
+    // written (stderr closed, as in `tsbridge run ... 2>&- | head`) makes
+    // tracing-subscriber report it with `eprintln!`, which panics on the
+    // same closed stderr: the run ended with 101 instead of the job's code.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if cli.log_json {
         builder.json().init();
     } else {

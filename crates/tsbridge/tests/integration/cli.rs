@@ -389,6 +389,15 @@ fn run_into_a_closed_pipe_keeps_the_childs_exit_code_and_does_not_panic() {
     assert_eq!(r.code, Some(0), "{r}");
     let r = run_into_closed_pipe(dir.path(), &["run", &fixture("exit-code.sh"), "3"], true);
     assert_eq!(r.code, Some(3), "{r}");
+    // Log lines too (`-vv`: debug; at the default level a warning under
+    // load did the same): tracing-subscriber reported the failed write with
+    // `eprintln!`, which panicked on the closed stderr (exit 101).
+    let r = run_into_closed_pipe(
+        dir.path(),
+        &["-vv", "run", &fixture("exit-code.sh"), "3"],
+        true,
+    );
+    assert_eq!(r.code, Some(3), "{r}");
 }
 
 // ---------------------------------------------------------------- jobs
