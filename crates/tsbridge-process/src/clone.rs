@@ -7,14 +7,27 @@
 //! RCU grace period: milliseconds per job, and every spawn on the host waits
 //! in line (docs/design/sandbox.md, step 1 "Join the job cgroups").
 //!
-//! It does what std did for the engine, and nothing more: argv, an exact
-//! environment, cwd, stdin null or piped, stdout/stderr piped (O_CLOEXEC
-//! pipes, dup2'd in the child), its own process group, an empty signal mask
-//! and SIGPIPE back to SIG_DFL, the caller's pre-exec step, a `PATH` search
-//! in the job's own `PATH` (glibc's `execvp` rules, without its `/bin/sh`
-//! retry of a file that is not an executable: no shell, ever), and the errno
-//! of a failed step or execve sent back through an O_CLOEXEC pipe (the
-//! parent then reaps the child and returns the error).
+//! It does what std did for the engine: argv, an exact environment, cwd,
+//! stdin null or piped, stdout/stderr piped (O_CLOEXEC pipes, dup2'd in the
+//! child), its own process group, an empty signal mask and SIGPIPE back to
+//! SIG_DFL, the caller's pre-exec step, a `PATH` search in the job's own
+//! `PATH` (glibc's `execvp` rules, without its `/bin/sh` retry of a file
+//! that is not an executable: no shell, ever), and the errno of a failed
+//! step or execve sent back through an O_CLOEXEC pipe (the parent then
+//! reaps the child and returns the error).
+//!
+//! One thing std does not do: no fd beyond 0-2 survives the exec unless the
+//! pre-exec step installs it (the IPC channel's fd 3). Once stdio is in
+//! place, the child marks every fd from 3 up close-on-exec (`close_range(3,
+//! ~0U, CLOSE_RANGE_CLOEXEC)`, Linux 5.11), so an fd tsbridge holds without
+//! FD_CLOEXEC (inherited from whoever started it, or opened by a library
+//! without O_CLOEXEC) never reaches a job. Marked, not closed: the report
+//! pipe and the fds the pre-exec step uses (the sandbox's cgroup, Landlock
+//! and namespace fds) work until the exec; an fd the step installs
+//! afterwards (`dup2`, or clearing FD_CLOEXEC) is kept. Without close_range
+//! (ENOSYS, or EINVAL before 5.11, or a seccomp filter), an `fcntl(F_SETFD,
+//! FD_CLOEXEC)` on each number from 3 to the highest fd open in
+//! /proc/self/fd, listed in the parent just before the clone.
 //!
 //! Every C string and pointer array is built before the clone: the child
 //! only makes raw syscalls on memory prepared by the parent
@@ -33,8 +46,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::sys::{self, Pid};
 
@@ -263,17 +276,108 @@ enum Forked {
     Child,
 }
 
-/// clone3 (or fork when the kernel has none) into `cgroup` if given; on a
-/// refusal of the cgroup, again without it. Returns whether the child is
-/// in the cgroup. Like fork it returns twice: in the child, the caller may
-/// only run async-signal-safe code until it execs or exits.
-fn clone_child(cgroup: Option<RawFd>) -> io::Result<(Forked, bool)> {
+/// How to spawn: what this process learned about its kernel (tests choose
+/// the fallbacks).
+#[derive(Debug, Clone, Copy)]
+struct Method {
+    /// Try clone3 (else fork straight away).
+    clone3: bool,
+    seal: FdSeal,
+}
+
+impl Method {
+    fn detect() -> Self {
+        Self {
+            clone3: true,
+            seal: FdSeal::detect(),
+        }
+    }
+}
+
+/// How the child keeps the fds it was not given from passing the exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FdSeal {
+    /// `close_range(3, ~0U, CLOSE_RANGE_CLOEXEC)`.
+    CloseRange,
+    /// `fcntl(F_SETFD, FD_CLOEXEC)` on every number from 3 to `last`.
+    EachUpTo { last: RawFd },
+}
+
+impl FdSeal {
+    /// close_range when this kernel (and seccomp filter) has it with
+    /// `CLOSE_RANGE_CLOEXEC`, asked once per process; else the loop.
+    fn detect() -> Self {
+        static CLOSE_RANGE: OnceLock<bool> = OnceLock::new();
+        if *CLOSE_RANGE.get_or_init(close_range_works) {
+            Self::CloseRange
+        } else {
+            Self::each()
+        }
+    }
+
+    /// The loop, up to the highest fd open now (see [`highest_open_fd`]). An fd another thread opens without
+    /// O_CLOEXEC between this and the clone, above that number, is missed.
+    fn each() -> Self {
+        Self::EachUpTo {
+            last: highest_open_fd(),
+        }
+    }
+}
+
+/// Whether `close_range(..., CLOSE_RANGE_CLOEXEC)` works here: asked of a
+/// range above any fd, which changes nothing. Logged once when it does not.
+fn close_range_works() -> bool {
+    let last = libc::c_uint::MAX;
+    // SAFETY: close_range with plain integers; the range holds no open fd.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, last, last, libc::CLOSE_RANGE_CLOEXEC) };
+    if r == 0 {
+        return true;
+    }
+    let e = io::Error::last_os_error();
+    tracing::info!(
+        error = %e,
+        "close_range(CLOSE_RANGE_CLOEXEC) unavailable: each job's child marks its fds close-on-exec one by one"
+    );
+    false
+}
+
+/// The highest fd the kernel allows by default (its `fs.nr_open` less one).
+const MAX_FD_DEFAULT: RawFd = (1 << 20) - 1;
+
+/// The highest fd in /proc/self/fd; without /proc, the soft limit of open
+/// fds less one, at most [`MAX_FD_DEFAULT`].
+fn highest_open_fd() -> RawFd {
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        return dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+            .max()
+            .unwrap_or(2);
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return MAX_FD_DEFAULT;
+    }
+    RawFd::try_from(lim.rlim_cur.saturating_sub(1))
+        .unwrap_or(MAX_FD_DEFAULT)
+        .min(MAX_FD_DEFAULT)
+}
+
+/// clone3 (or fork when the kernel has none, or `clone3` is false) into
+/// `cgroup` if given; on a refusal of the cgroup, again without it.
+/// Returns whether the child is in the cgroup. Like fork it returns twice:
+/// in the child, the caller may only run async-signal-safe code until it
+/// execs or exits.
+fn clone_child(cgroup: Option<RawFd>, clone3: bool) -> io::Result<(Forked, bool)> {
     static NO_CLONE3: AtomicBool = AtomicBool::new(false);
     static NO_INTO: AtomicBool = AtomicBool::new(false);
     static NOT_CGROUP: AtomicBool = AtomicBool::new(false);
     let mut into = cgroup.filter(|_| CLONE3.load(Ordering::Relaxed) == CLONE3_FULL);
     loop {
-        if CLONE3.load(Ordering::Relaxed) == CLONE3_MISSING {
+        if !clone3 || CLONE3.load(Ordering::Relaxed) == CLONE3_MISSING {
             // SAFETY: fork is what std's spawn did; the child only runs
             // async-signal-safe code (see `exec_child`).
             let pid = unsafe { libc::fork() };
@@ -349,6 +453,10 @@ fn clone_child(cgroup: Option<RawFd>) -> io::Result<(Forked, bool)> {
 /// once the child has exec'd, or with the errno of the step that failed
 /// in it (the child is reaped then).
 pub(crate) fn spawn(cmd: &mut Command) -> io::Result<Child> {
+    spawn_with(cmd, Method::detect())
+}
+
+fn spawn_with(cmd: &mut Command, method: Method) -> io::Result<Child> {
     if let Some(what) = cmd.invalid {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -401,9 +509,10 @@ pub(crate) fn spawn(cmd: &mut Command) -> io::Result<Child> {
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
         report: report_write.as_raw_fd(),
+        seal: method.seal,
     };
     let cgroup = cmd.cgroup.as_ref().map(|fd| fd.as_raw_fd());
-    let (forked, in_cgroup) = clone_child(cgroup)?;
+    let (forked, in_cgroup) = clone_child(cgroup, method.clone3)?;
     let pid = match forked {
         Forked::Child => {
             let pre_exec = cmd.pre_exec.as_mut();
@@ -494,6 +603,7 @@ struct ExecPlan<'a> {
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     report: RawFd,
+    seal: FdSeal,
 }
 
 fn errno() -> i32 {
@@ -548,6 +658,8 @@ unsafe fn prepare_child(
             return Err(errno());
         }
     }
+    // SAFETY: forwarded contract.
+    unsafe { seal_fds(plan.seal) }?;
     if let Some(cwd) = plan.cwd {
         // SAFETY: cwd points into a CString the parent keeps alive.
         if unsafe { libc::chdir(cwd) } != 0 {
@@ -574,6 +686,39 @@ unsafe fn prepare_child(
     }
     if let Some(f) = pre_exec {
         f(ctx).map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))?;
+    }
+    Ok(())
+}
+
+/// Marks every fd from 3 up close-on-exec (see the module's doc): what
+/// the pre-exec step installs after this is all the child keeps beyond
+/// 0-2.
+///
+/// # Safety
+/// See [`exec_child`].
+unsafe fn seal_fds(seal: FdSeal) -> Result<(), i32> {
+    match seal {
+        FdSeal::CloseRange => {
+            // SAFETY: close_range with plain integers.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3 as libc::c_uint,
+                    libc::c_uint::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                )
+            };
+            if r != 0 {
+                return Err(errno());
+            }
+        }
+        FdSeal::EachUpTo { last } => {
+            for fd in 3..=last {
+                // EBADF for a number that is not open: nothing to mark.
+                // SAFETY: fcntl on a plain fd number.
+                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
+        }
     }
     Ok(())
 }
@@ -900,9 +1045,7 @@ mod tests {
             std::fs::read(format!("{p}/cmdline")).unwrap(),
             b"/bin/sleep\x0060\0"
         );
-        let mut expected = vec![0, 1, 2];
-        expected.extend(inherited_fds());
-        assert_eq!(open_fds(pid), expected);
+        assert_eq!(open_fds(pid), vec![0, 1, 2]);
         assert_eq!(
             std::fs::read_link(format!("{p}/fd/0")).unwrap(),
             Path::new("/dev/null")
@@ -915,8 +1058,7 @@ mod tests {
     }
 
     /// The fds this process holds without FD_CLOEXEC beyond 0-2: inherited
-    /// from whoever started the test (std passed them on too); the child
-    /// gets these and nothing else of ours.
+    /// from whoever started the test, or opened by [`leaky_fd`].
     fn inherited_fds() -> Vec<i32> {
         open_fds(sys::self_pid())
             .into_iter()
@@ -924,6 +1066,75 @@ mod tests {
             // (the read_dir's own fd).
             .filter(|&fd| fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } == 0)
             .collect()
+    }
+
+    /// An fd WITHOUT FD_CLOEXEC, as one inherited from tsbridge's own
+    /// parent or opened by a library without O_CLOEXEC, at `min` or above
+    /// (above the IPC channel's fd 3, so that installing that cannot hide
+    /// it). Closed on drop.
+    fn leaky_fd(min: RawFd) -> OwnedFd {
+        let f = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: F_DUPFD (a copy without close-on-exec) of an open fd.
+        let fd = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD, min) };
+        assert!(fd >= min, "{}", io::Error::last_os_error());
+        // SAFETY: fd was just made by F_DUPFD and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        assert!(inherited_fds().contains(&fd.as_raw_fd()));
+        fd
+    }
+
+    /// Each way of spawning: clone3 or fork, the child sealing its fds
+    /// with close_range (where this kernel has it) or one by one.
+    fn methods() -> Vec<Method> {
+        let mut seals = vec![FdSeal::each()];
+        if close_range_works() {
+            seals.push(FdSeal::CloseRange);
+        } else {
+            eprintln!("SKIP (close_range): no close_range(CLOSE_RANGE_CLOEXEC) here");
+        }
+        seals
+            .into_iter()
+            .flat_map(|seal| [true, false].map(|clone3| Method { clone3, seal }))
+            .collect()
+    }
+
+    /// A job child gets no fd it was not given: an fd this process holds
+    /// without FD_CLOEXEC does not reach it, whichever way it is spawned;
+    /// 0-2 and the fd the pre-exec step installs do, and the fds the step
+    /// uses (here a pipe it writes to) still work in it.
+    #[test]
+    fn an_fd_held_without_cloexec_does_not_reach_the_child() {
+        for method in methods() {
+            let leaky = leaky_fd(40);
+            let (_keep, ipc_child) = pipe().unwrap();
+            let ipc_raw = ipc_child.as_raw_fd();
+            let (said_r, said_w) = pipe().unwrap();
+            let mut c = sleeper(&["60"]);
+            c.pre_exec(Box::new(move |_| {
+                // SAFETY: write of a static buffer to an open pipe.
+                unsafe { libc::write(said_w.as_raw_fd(), b"ok".as_ptr().cast(), 2) };
+                crate::ipclink::install_in_child(ipc_raw, crate::ipc::CHILD_FD)
+            }));
+            let child = spawn_with(&mut c, method).unwrap();
+            let _reap = Reap(child.pid);
+            drop(c);
+            drop(ipc_child);
+            await_exec(child.pid, "sleep");
+            assert_eq!(
+                open_fds(child.pid),
+                vec![0, 1, 2, crate::ipc::CHILD_FD],
+                "{method:?}: the child has only stdio and the IPC fd (not {})",
+                leaky.as_raw_fd()
+            );
+            let mut said = String::new();
+            std::fs::File::from(said_r)
+                .read_to_string(&mut said)
+                .unwrap();
+            assert_eq!(said, "ok", "{method:?}");
+            // SAFETY: F_GETFD on an open fd.
+            let flags = unsafe { libc::fcntl(leaky.as_raw_fd(), libc::F_GETFD) };
+            assert_eq!(flags, 0, "the parent's fd is left as it was");
+        }
     }
 
     fn open_fds(pid: Pid) -> Vec<i32> {
@@ -950,11 +1161,7 @@ mod tests {
         drop(c);
         drop(ipc_child);
         await_exec(child.pid, "sleep");
-        let mut expected = vec![0, 1, 2, crate::ipc::CHILD_FD];
-        expected.extend(inherited_fds());
-        expected.sort_unstable();
-        expected.dedup();
-        assert_eq!(open_fds(child.pid), expected);
+        assert_eq!(open_fds(child.pid), vec![0, 1, 2, crate::ipc::CHILD_FD]);
         let l = std::fs::read_link(format!("/proc/{}/fd/0", child.pid.raw())).unwrap();
         assert!(l.to_string_lossy().starts_with("pipe:"), "{l:?}");
         assert!(child.stdin.is_some());

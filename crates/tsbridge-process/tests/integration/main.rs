@@ -15,6 +15,7 @@ mod event_budget;
 mod exit_code;
 mod flood_capture;
 mod hidden_escapee;
+mod inherited_fds;
 mod ipc_engine;
 mod ipc_node;
 mod kill_descendants;
