@@ -795,6 +795,20 @@ mod tests {
         });
     }
 
+    /// Awaits `pid` asleep in `sleep`'s nanosleep: past its exec AND its
+    /// dynamic loader, which opens the libraries at the lowest free fds (a
+    /// listing taken just after the exec can see one of them).
+    fn await_sleeping(pid: Pid) {
+        await_exec(pid, "sleep");
+        await_cond("the nanosleep", || {
+            let s = std::fs::read_to_string(format!("/proc/{}/syscall", pid.raw())).ok()?;
+            let nr: libc::c_long = s.split_whitespace().next()?.parse().ok()?;
+            [libc::SYS_clock_nanosleep, libc::SYS_nanosleep]
+                .contains(&nr)
+                .then_some(())
+        });
+    }
+
     fn status_field(pid: Pid, name: &str) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", pid.raw())).unwrap();
         let v = s
@@ -1028,7 +1042,7 @@ mod tests {
         .unwrap();
         let pid = child.pid;
         let _reap = Reap(pid);
-        await_exec(pid, "sleep");
+        await_sleeping(pid);
         assert_eq!(status_field(pid, "SigBlk"), 0);
         assert_eq!(status_field(pid, "SigIgn") & pipe_bit, 0);
         assert_eq!(sys::read_stat(pid).unwrap().pgrp, pid.raw());
@@ -1084,17 +1098,26 @@ mod tests {
     }
 
     /// Each way of spawning: clone3 or fork, the child sealing its fds
-    /// with close_range (where this kernel has it) or one by one.
-    fn methods() -> Vec<Method> {
-        let mut seals = vec![FdSeal::each()];
+    /// with close_range (where this kernel has it) or one by one. Each is
+    /// made when called, as `spawn` makes its own: the loop's limit is the
+    /// highest fd open then.
+    fn methods() -> Vec<Box<dyn Fn() -> Method>> {
+        let mut seals: Vec<fn() -> FdSeal> = vec![FdSeal::each];
         if close_range_works() {
-            seals.push(FdSeal::CloseRange);
+            seals.push(|| FdSeal::CloseRange);
         } else {
             eprintln!("SKIP (close_range): no close_range(CLOSE_RANGE_CLOEXEC) here");
         }
         seals
             .into_iter()
-            .flat_map(|seal| [true, false].map(|clone3| Method { clone3, seal }))
+            .flat_map(|seal| {
+                [true, false].map(|clone3| -> Box<dyn Fn() -> Method> {
+                    Box::new(move || Method {
+                        clone3,
+                        seal: seal(),
+                    })
+                })
+            })
             .collect()
     }
 
@@ -1106,6 +1129,7 @@ mod tests {
     fn an_fd_held_without_cloexec_does_not_reach_the_child() {
         for method in methods() {
             let leaky = leaky_fd(40);
+            let method = method();
             let (_keep, ipc_child) = pipe().unwrap();
             let ipc_raw = ipc_child.as_raw_fd();
             let (said_r, said_w) = pipe().unwrap();
@@ -1119,7 +1143,7 @@ mod tests {
             let _reap = Reap(child.pid);
             drop(c);
             drop(ipc_child);
-            await_exec(child.pid, "sleep");
+            await_sleeping(child.pid);
             assert_eq!(
                 open_fds(child.pid),
                 vec![0, 1, 2, crate::ipc::CHILD_FD],
@@ -1160,7 +1184,7 @@ mod tests {
         let _reap = Reap(child.pid);
         drop(c);
         drop(ipc_child);
-        await_exec(child.pid, "sleep");
+        await_sleeping(child.pid);
         assert_eq!(open_fds(child.pid), vec![0, 1, 2, crate::ipc::CHILD_FD]);
         let l = std::fs::read_link(format!("/proc/{}/fd/0", child.pid.raw())).unwrap();
         assert!(l.to_string_lossy().starts_with("pipe:"), "{l:?}");
