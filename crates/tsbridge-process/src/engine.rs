@@ -524,7 +524,7 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
     cmd.pre_exec(Box::new(pre_exec));
 
     let spawned = spawner::spawn(cmd).await;
-    let child = match spawned {
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             cleanup_tmp(&tmpdir);
@@ -548,6 +548,8 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
     let needle = format!("{JOB_MARKER_ENV}={key}").into_bytes();
     let tracker = Tracker::new(pid, needle);
 
+    // Taken at the clone (CLONE_PIDFD; pidfd_open after a fork).
+    let pidfd = child.pidfd.take();
     // From here on the child runs: every failure must still end it.
     let wired = wire(child, ipc_parts);
     let (stdout, stderr, stdin_pipe, ipc_link) = match wired {
@@ -562,7 +564,7 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
             return Err(err(SpawnStage::Wire, e));
         }
     };
-    let pidfd = sys::pidfd_open(pid).ok().and_then(|fd| {
+    let pidfd = pidfd.and_then(|fd| {
         // SAFETY: an OwnedFd's raw fd is valid, open and unchanged for as long
         // as the OwnedFd lives, which is the AsyncFd's whole lifetime.
         unsafe { AsyncFd::register(fd) }.ok()
