@@ -28,7 +28,7 @@
 //!   installs afterwards (`dup2`, or clearing FD_CLOEXEC) is kept. Without
 //!   close_range (ENOSYS, or EINVAL before 5.11, or a seccomp filter), an
 //!   `fcntl(F_SETFD, FD_CLOEXEC)` on each number from 3 to the highest fd
-//!   open in /proc/self/fd, listed in the parent just before the clone.
+//!   open in /proc/self/fd, listed in the parent as the spawn begins.
 //! - The parent gets a pidfd of the child from clone3 itself
 //!   (`CLONE_PIDFD`): no window in which the pid could be reused before it
 //!   is taken, and one syscall less per spawn; `pidfd_open` after a fork.
