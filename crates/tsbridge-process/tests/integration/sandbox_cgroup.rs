@@ -22,6 +22,9 @@ fn sandbox() -> Option<Sandbox> {
         Ok(s) if s.capabilities().memory && s.capabilities().pids => Some(s),
         Ok(s) => {
             eprintln!("SKIP: no memory/pids cgroups: {:?}", s.capabilities().notes);
+            // It made its parent on the hierarchies it has (a host with
+            // pids and cpu on v2 and memory on v1 left it there).
+            let _ = s.remove_parent();
             None
         }
         Err(e) => {
