@@ -76,6 +76,13 @@ pub struct RunArgs {
     /// Run without network (own network namespace).
     #[arg(long)]
     pub no_network: bool,
+    /// Run even where this host cannot fully enforce the limits asked for
+    /// (`--memory`, `--cpu`, `--pids`, `--no-network`, `--read`/`--write`):
+    /// they are then best effort, and each shortfall is logged. Without it
+    /// `run` refuses to start the job, as `serve` makes such a workflow
+    /// unavailable unless its config says `degraded = true`.
+    #[arg(long)]
+    pub degraded: bool,
     /// Restrict the filesystem (Landlock): readable path (repeatable).
     #[arg(long = "read", value_name = "PATH")]
     pub read: Vec<PathBuf>,

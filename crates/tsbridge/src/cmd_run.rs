@@ -407,9 +407,21 @@ fn sandbox_for(args: &RunArgs, script: &Path, node: &Path) -> Result<Option<RunS
         fs,
         ..SandboxPolicy::default()
     };
-    let report = sandbox.capabilities().predict(&policy);
-    for (mech, grade) in report.shortfalls() {
-        tracing::warn!(mechanism = mech, ?grade, "not fully enforced on this host");
+    let shortfalls = sandbox.capabilities().predict(&policy).shortfalls();
+    if !shortfalls.is_empty() && !args.degraded {
+        let list: Vec<String> = shortfalls
+            .iter()
+            .map(|(mech, grade)| format!("{mech} ({grade})"))
+            .collect();
+        anyhow::bail!(
+            "this host cannot enforce the limits asked for: {}; the job was not started \
+             (`--degraded` runs it with them as best effort; `tsbridge check` shows what \
+             this host enforces)",
+            list.join(", ")
+        );
+    }
+    for (mech, grade) in shortfalls {
+        tracing::warn!(mechanism = mech, %grade, "not fully enforced on this host (--degraded)");
     }
     Ok(Some(RunSandbox { sandbox, policy }))
 }

@@ -469,3 +469,55 @@ fn jobs_without_a_server_reports_the_connection_error() {
     assert!(r.stderr.starts_with("tsbridge: "), "{r}");
     assert_eq!(r.stderr.lines().count(), 1, "one line, no backtrace: {r}");
 }
+
+/// A limit this host cannot enforce for the user running `tsbridge run`
+/// stops the run before the job starts, naming the shortfall, unless
+/// `--degraded` accepts it as best effort (as `serve` makes such a workflow
+/// unavailable unless its config says `degraded = true`). It ran the job
+/// without its memory limit, with a warning only. Here: `nobody` (no
+/// delegated cgroup, so `--memory` is not enforced); skipped when the
+/// tests do not run as root or `nobody` cannot reach the binary.
+#[test]
+fn run_refuses_limits_this_host_cannot_enforce_unless_degraded() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("not root: cannot run as another user; skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let marker = dir.path().join("ran");
+    let script = dir.path().join("job.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\ntouch '{}'\n", marker.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |extra: &[&str]| {
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        args.extend(["--memory", "64MiB", script.to_str().unwrap()]);
+        let mut cmd = tsbridge(dir.path(), &args);
+        cmd.uid(65534).gid(65534);
+        cmd.output().map(Run::of)
+    };
+    let r = match as_nobody(&[]) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start tsbridge as nobody ({e}); skipped");
+            return;
+        }
+    };
+    assert_eq!(r.code, Some(1), "{r}");
+    assert!(r.stderr.contains("cannot enforce"), "{r}");
+    assert!(r.stderr.contains("memory"), "{r}");
+    assert!(r.stderr.contains("--degraded"), "{r}");
+    assert!(!marker.exists(), "the job must not have run: {r}");
+
+    let r = as_nobody(&["--degraded"]).unwrap();
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(r.stderr.contains("not fully enforced"), "{r}");
+    assert!(marker.exists(), "--degraded runs the job: {r}");
+}
