@@ -59,6 +59,12 @@ pub struct SqliteOptions {
     /// copy and two syncs, so a larger one stalls less often, and a crash
     /// recovery reads up to this much (docs/design/job-store.md).
     pub wal_restart: u64,
+    /// Run the checkpointer thread, which copies the WAL back beside the
+    /// writer (the default). Without it only the writer's own copy past
+    /// twice `wal_restart` restarts the WAL: for tests of that path, which
+    /// must hold whatever the checkpointer does (a thread starved of CPU
+    /// completes no pass).
+    pub checkpointer: bool,
 }
 
 impl Default for SqliteOptions {
@@ -66,6 +72,7 @@ impl Default for SqliteOptions {
         Self {
             retention: EventRetention::default(),
             wal_restart: writer::DEFAULT_WAL_RESTART,
+            checkpointer: true,
         }
     }
 }
@@ -153,6 +160,7 @@ impl SqliteStore {
         let SqliteOptions {
             retention,
             wal_restart,
+            checkpointer,
         } = options.into();
         let memory = url == "sqlite::memory:";
         if !memory && !url.starts_with("sqlite:") {
@@ -213,7 +221,7 @@ impl SqliteStore {
             .connect_with(read_opts)
             .await
             .map_err(StoreError::Open)?;
-        let writer = WriterHandle::spawn(target, retention, wal_restart).await?;
+        let writer = WriterHandle::spawn(target, retention, wal_restart, checkpointer).await?;
         drop(conn);
         Ok(Self { readers, writer })
     }

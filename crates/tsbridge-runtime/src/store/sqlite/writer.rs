@@ -345,10 +345,11 @@ impl WriterHandle {
         target: Target,
         retention: EventRetention,
         wal_restart: u64,
+        with_checkpointer: bool,
     ) -> Result<Self, StoreError> {
         let (conn, checkpointer, limits) = tokio::task::spawn_blocking(move || {
             let (conn, limits) = open(&target, wal_restart)?;
-            let checkpointer = if target.memory {
+            let checkpointer = if target.memory || !with_checkpointer {
                 None
             } else {
                 Some(Checkpointer::start(&target, limits)?)
@@ -713,17 +714,23 @@ impl Writer {
     /// once, without its asking, when the WAL is past
     /// [`WalLimits::force_pages`].
     fn maybe_copy_the_rest(&mut self) {
-        let Some(c) = &self.checkpointer else {
-            return;
-        };
+        // (A store in memory has no WAL: its page count stays 0.)
         let pages = WAL_PAGES.with(Cell::get);
         if pages >= self.limits.force_pages {
-            c.claim_the_copy();
+            let c = self.checkpointer.as_ref();
+            if let Some(c) = c {
+                c.claim_the_copy();
+            }
             self.copy_the_rest_forced(pages);
-            c.rest_copied();
+            if let Some(c) = c {
+                c.rest_copied();
+            }
             self.restart_asked = None;
             return;
         }
+        let Some(c) = &self.checkpointer else {
+            return;
+        };
         if !c.restart_wanted() {
             self.restart_asked = None;
             return;
