@@ -407,7 +407,10 @@ fn sandbox_for(args: &RunArgs, script: &Path, node: &Path) -> Result<Option<RunS
         fs,
         ..SandboxPolicy::default()
     };
-    let shortfalls = sandbox.capabilities().predict(&policy).shortfalls();
+    // Owned by the guard first: a refusal below removes the parent cgroup
+    // `Sandbox::new` made, as the end of a run does.
+    let run = RunSandbox { sandbox, policy };
+    let shortfalls = run.sandbox.capabilities().predict(&run.policy).shortfalls();
     if !shortfalls.is_empty() && !args.degraded {
         let list: Vec<String> = shortfalls
             .iter()
@@ -423,7 +426,7 @@ fn sandbox_for(args: &RunArgs, script: &Path, node: &Path) -> Result<Option<RunS
     for (mech, grade) in shortfalls {
         tracing::warn!(mechanism = mech, %grade, "not fully enforced on this host (--degraded)");
     }
-    Ok(Some(RunSandbox { sandbox, policy }))
+    Ok(Some(run))
 }
 
 /// SIGINT cancels the job (exit 130 like a shell), SIGTERM stops it as a shutdown.
