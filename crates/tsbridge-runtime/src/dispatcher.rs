@@ -62,11 +62,6 @@ use crate::store::{
 /// Child events written to the store per transaction, at most.
 const EVENT_BATCH: usize = 512;
 
-/// How long a shutdown waits, once every attempt is over, for their job
-/// cgroups to be removed (each removal kills what is left first: normally
-/// milliseconds; the sandbox's kill gives up after 10 s).
-const JOB_CGROUPS_RELEASE_WAIT: Duration = Duration::from_secs(20);
-
 /// How long a reported pid waits to be written with the attempt's first
 /// events or its end (a short attempt then costs no write for its pid).
 const PID_DELAY: Duration = Duration::from_millis(50);
@@ -1281,13 +1276,13 @@ impl Dispatcher {
         // shutdown leaves no job cgroup and the owner can remove the parent.
         if let Some(sb) = self.shared.sandbox.clone() {
             let released = tokio::task::spawn_blocking(move || {
-                sb.wait_job_cgroups_released(JOB_CGROUPS_RELEASE_WAIT)
+                sb.wait_job_cgroups_released(tsbridge_sandbox::Sandbox::JOB_CGROUPS_RELEASE_WAIT)
             })
             .await
             .unwrap_or(false);
             if !released {
                 tracing::warn!(
-                    wait = ?JOB_CGROUPS_RELEASE_WAIT,
+                    wait = ?tsbridge_sandbox::Sandbox::JOB_CGROUPS_RELEASE_WAIT,
                     "job cgroups are still held after the shutdown's wait"
                 );
             }

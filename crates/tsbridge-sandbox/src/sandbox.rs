@@ -415,6 +415,12 @@ impl Sandbox {
         self.live.count()
     }
 
+    /// How long an owner's shutdown waits in
+    /// [`Sandbox::wait_job_cgroups_released`], by default, once its jobs are
+    /// over: each removal kills what is left first, normally milliseconds,
+    /// and gives up after 10 s.
+    pub const JOB_CGROUPS_RELEASE_WAIT: Duration = Duration::from_secs(20);
+
     /// Blocks until no job cgroup made by this sandbox is held any more
     /// (each was removed, or its handle dropped) or `timeout` passed;
     /// `true` if none is. A shutdown calls it once the jobs are over, so

@@ -360,7 +360,7 @@ impl Drop for RunSandbox {
     fn drop(&mut self) {
         if !self
             .sandbox
-            .wait_job_cgroups_released(JOB_CGROUPS_RELEASE_WAIT)
+            .wait_job_cgroups_released(Sandbox::JOB_CGROUPS_RELEASE_WAIT)
         {
             tracing::warn!("the job's cgroups are still held: the parent cgroup stays");
         }
@@ -369,11 +369,6 @@ impl Drop for RunSandbox {
         }
     }
 }
-
-/// How long a finished `run` waits for its job's cgroups to go before it
-/// removes their parent (they are gone when the outcome is in; each removal
-/// kills what is left first, which the sandbox gives up after 10 s).
-const JOB_CGROUPS_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// A sandbox when any limit was asked for; its own parent cgroup so it never
 /// touches a server's jobs.
