@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::cgroup::CgroupVersion;
+use crate::cgroup::{CgroupVersion, Controller};
 use crate::landlock::FULL_ABI;
 use crate::policy::SandboxPolicy;
 
@@ -81,6 +81,10 @@ pub struct Capabilities {
     pub cgroup_parents: Vec<PathBuf>,
     /// Why something is missing, and what was done at setup.
     pub notes: Vec<String>,
+    /// Controllers this host has on cgroup v1 only while tsbridge uses v2
+    /// (a host that splits them between the two): not used.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub controllers_on_v1: Vec<Controller>,
 }
 
 impl Capabilities {
@@ -90,6 +94,12 @@ impl Capabilities {
         let cg_missing = |what: &str| {
             Enforcement::NotEnforced(match self.cgroups {
                 CgroupVersion::None => "no usable cgroup hierarchy (see tsbridge check)".into(),
+                CgroupVersion::V2 if self.controllers_on_v1.iter().any(|c| c.name() == what) => {
+                    format!(
+                        "the {what} controller is on cgroup v1 only, and tsbridge uses cgroup v2 \
+                         on this host (it splits the controllers between v1 and v2)"
+                    )
+                }
                 _ => format!("the {what} controller is not delegated to tsbridge"),
             })
         };
@@ -311,7 +321,36 @@ mod tests {
             no_new_privs: true,
             cgroup_parents: vec![],
             notes: vec![],
+            controllers_on_v1: vec![],
         }
+    }
+
+    /// On a host that splits the controllers between v1 and v2, a limit
+    /// whose controller is on v1 only is a shortfall that says so (it said
+    /// "not delegated", which sends an admin after the wrong fix).
+    #[test]
+    fn a_controller_left_on_v1_is_named_as_such() {
+        let c = Capabilities {
+            cgroups: CgroupVersion::V2,
+            memory: false,
+            pids: false,
+            controllers_on_v1: vec![Controller::Memory],
+            ..caps()
+        };
+        let p = SandboxPolicy {
+            memory: Some(1),
+            pids: Some(4),
+            ..SandboxPolicy::default()
+        };
+        let r = c.predict(&p);
+        let Enforcement::NotEnforced(why) = &r.memory else {
+            panic!("memory: {:?}", r.memory)
+        };
+        assert!(why.contains("cgroup v1 only"), "{why}");
+        let Enforcement::NotEnforced(why) = &r.pids else {
+            panic!("pids: {:?}", r.pids)
+        };
+        assert!(why.contains("not delegated"), "{why}");
     }
 
     #[test]

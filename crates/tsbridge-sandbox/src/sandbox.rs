@@ -102,6 +102,7 @@ impl Sandbox {
             });
         }
         let mut notes = Vec::new();
+        let mut on_v1 = Vec::new();
         let cgroups = if config.use_cgroups {
             let proc_cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
             let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -109,13 +110,31 @@ impl Sandbox {
                 std::fs::read_to_string(dir.join("cgroup.controllers")).ok()
             });
             let r = match d {
-                Discovered::V2 { own_dir } => CgroupHost::setup_v2(
-                    &own_dir,
-                    &config.cgroup_parent_name,
-                    config.v2_move_self_to_leaf,
-                    FsKind::Kernel,
-                )
-                .map(Some),
+                Discovered::V2 {
+                    own_dir,
+                    on_v1: left,
+                } => {
+                    if !left.is_empty() {
+                        let names: Vec<&str> = left.iter().map(|c| c.name()).collect();
+                        notes.push(format!(
+                            "this host splits the cgroup controllers between v1 and v2: tsbridge uses v2, \
+                             and {} {} on v1 only, so limits that need {} are not enforced \
+                             (move {} to the unified hierarchy, or every controller to v1)",
+                            names.join(", "),
+                            if names.len() == 1 { "is" } else { "are" },
+                            if names.len() == 1 { "it" } else { "them" },
+                            if names.len() == 1 { "it" } else { "them" },
+                        ));
+                    }
+                    on_v1 = left;
+                    CgroupHost::setup_v2(
+                        &own_dir,
+                        &config.cgroup_parent_name,
+                        config.v2_move_self_to_leaf,
+                        FsKind::Kernel,
+                    )
+                    .map(Some)
+                }
                 Discovered::V1 { hierarchies } => {
                     CgroupHost::setup_v1(&hierarchies, &config.cgroup_parent_name, FsKind::Kernel)
                         .map(Some)
@@ -145,13 +164,14 @@ impl Sandbox {
             notes.push("cgroups disabled by configuration".into());
             None
         };
-        Self::assemble(config, cgroups, notes)
+        Self::assemble(config, cgroups, notes, on_v1)
     }
 
     fn assemble(
         config: SandboxConfig,
         cgroups: Option<CgroupHost>,
         mut notes: Vec<String>,
+        on_v1: Vec<Controller>,
     ) -> Result<Sandbox, SandboxError> {
         let landlock_abi = landlock::abi_version();
         let (network_ns, shared_netns) = match netns::create_empty_netns() {
@@ -218,6 +238,7 @@ impl Sandbox {
                 .map(|h| h.parent_dirs().iter().map(|p| p.to_path_buf()).collect())
                 .unwrap_or_default(),
             notes,
+            controllers_on_v1: on_v1,
         };
         Ok(Sandbox {
             caps,
@@ -233,7 +254,7 @@ impl Sandbox {
     #[cfg(test)]
     pub(crate) fn with_fake_v2(own_dir: &Path, name: &str) -> Result<Sandbox, SandboxError> {
         let (host, notes) = CgroupHost::setup_v2(own_dir, name, true, FsKind::Plain)?;
-        Self::assemble(SandboxConfig::default(), Some(host), notes)
+        Self::assemble(SandboxConfig::default(), Some(host), notes, Vec::new())
     }
 
     /// A sandbox whose v1 hierarchies live in a fake cgroupfs.
@@ -243,7 +264,7 @@ impl Sandbox {
         name: &str,
     ) -> Result<Sandbox, SandboxError> {
         let (host, notes) = CgroupHost::setup_v1(hierarchies, name, FsKind::Plain)?;
-        Self::assemble(SandboxConfig::default(), Some(host), notes)
+        Self::assemble(SandboxConfig::default(), Some(host), notes, Vec::new())
     }
 
     /// What this host can enforce.

@@ -104,6 +104,11 @@ pub(crate) enum Discovered {
     /// Unified hierarchy with at least one of memory/pids/cpu available.
     V2 {
         own_dir: PathBuf,
+        /// Of memory/pids/cpu, those not available in `own_dir` that a
+        /// mounted v1 hierarchy of ours has: a host that splits the
+        /// controllers between v1 and v2. tsbridge uses one version, so
+        /// these are not used (a limit that needs one is a shortfall).
+        on_v1: Vec<Controller>,
     },
     /// Legacy hierarchies: (controllers of the hierarchy, own dir in it).
     V1 {
@@ -124,6 +129,7 @@ pub(crate) fn discover(
     let lines = parse_proc_cgroup(proc_cgroup);
     let mounts = parse_mountinfo(mountinfo);
 
+    let hierarchies = v1_hierarchies(&lines, &mounts);
     if let Some(line) = lines.iter().find(|l| l.id == 0 && l.controllers.is_empty()) {
         for m in mounts.iter().filter(|m| m.v2) {
             if let Some(dir) = dir_under_mount(m, &line.path)
@@ -132,11 +138,33 @@ pub(crate) fn discover(
                     .split_whitespace()
                     .any(|c| matches!(c, "memory" | "pids" | "cpu"))
             {
-                return Discovered::V2 { own_dir: dir };
+                let on_v1 = [Controller::Memory, Controller::Pids, Controller::Cpu]
+                    .into_iter()
+                    .filter(|c| {
+                        !ctrls.split_whitespace().any(|n| n == c.name())
+                            && hierarchies.iter().any(|(h, _)| h.contains(c))
+                    })
+                    .collect();
+                return Discovered::V2 {
+                    own_dir: dir,
+                    on_v1,
+                };
             }
         }
     }
+    if hierarchies.is_empty() {
+        Discovered::None {
+            reason: "no cgroup v2 hierarchy with memory/pids/cpu controllers and no cgroup v1 \
+                     memory/pids/cpu/freezer hierarchy is mounted"
+                .to_owned(),
+        }
+    } else {
+        Discovered::V1 { hierarchies }
+    }
+}
 
+/// Our own dir in each mounted v1 hierarchy of a controller tsbridge uses.
+fn v1_hierarchies(lines: &[ProcCgroup], mounts: &[CgroupMount]) -> Vec<(Vec<Controller>, PathBuf)> {
     let mut hierarchies = Vec::new();
     for line in lines.iter().filter(|l| !l.controllers.is_empty()) {
         let ctrls: Vec<Controller> = line
@@ -160,15 +188,7 @@ pub(crate) fn discover(
             hierarchies.push((ctrls, dir));
         }
     }
-    if hierarchies.is_empty() {
-        Discovered::None {
-            reason: "no cgroup v2 hierarchy with memory/pids/cpu controllers and no cgroup v1 \
-                     memory/pids/cpu/freezer hierarchy is mounted"
-                .to_owned(),
-        }
-    } else {
-        Discovered::V1 { hierarchies }
-    }
+    hierarchies
 }
 
 #[cfg(test)]
@@ -219,7 +239,33 @@ mod tests {
         assert_eq!(
             d,
             Discovered::V2 {
-                own_dir: PathBuf::from("/sys/fs/cgroup/system.slice/tsbridge.service")
+                own_dir: PathBuf::from("/sys/fs/cgroup/system.slice/tsbridge.service"),
+                on_v1: vec![],
+            }
+        );
+    }
+
+    /// A host that moved pids and cpu to the unified hierarchy and left
+    /// memory on v1 (this machine, after `+pids +cpu` in the unified root's
+    /// `cgroup.subtree_control`): v2 is used, and memory is named as the
+    /// controller left on v1, not as one missing.
+    #[test]
+    fn a_host_that_splits_controllers_uses_v2_and_names_those_left_on_v1() {
+        let proc_cgroup = "8:pids:/
+4:memory:/process_api/49d4
+1:cpu:/
+2:cpuacct:/
+0::/
+";
+        let d = discover(proc_cgroup, THIS_HOST_MOUNTS, |p| {
+            assert_eq!(p, Path::new("/sys/fs/cgroup/unified/"));
+            Some("cpu pids".into())
+        });
+        assert_eq!(
+            d,
+            Discovered::V2 {
+                own_dir: PathBuf::from("/sys/fs/cgroup/unified/"),
+                on_v1: vec![Controller::Memory],
             }
         );
     }

@@ -40,6 +40,17 @@ pub enum Controller {
 }
 
 impl Controller {
+    /// The controller's name in cgroupfs (v1 and v2 alike).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Pids => "pids",
+            Self::Cpu => "cpu",
+            Self::Cpuacct => "cpuacct",
+            Self::Freezer => "freezer",
+        }
+    }
+
     pub(crate) fn from_v1_name(name: &str) -> Option<Self> {
         Some(match name {
             "memory" => Self::Memory,
