@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{DEADLINE, fixture, fixtures, tsbridge};
+use crate::common::{DEADLINE, alive, fixture, fixtures, tsbridge};
 
 struct Run {
     code: Option<i32>,
@@ -46,11 +46,6 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p.to_str().unwrap().to_owned()
-}
-
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
 }
 
 /// Starts `tsbridge run ARGS`, waits for `READY` among the child's plain
