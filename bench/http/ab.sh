@@ -34,14 +34,8 @@ if [ -n "${B_NICE:-}" ]; then
 fi
 U() { echo "http://127.0.0.1:$1/workflow/video-generation-pool/execute"; }
 for p in 8831 8832; do wrk -t1 -c16 -d3s -s "$HERE/post.lua" "$(U $p)" > /dev/null; done
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-kids() {
-  local s=0 k
-  for k in $(ps -o pid= --ppid "$1"); do
-    s=$((s + $(awk '{print $14+$15+$16+$17}' "/proc/$k/stat" 2>/dev/null || echo 0)))
-  done
-  echo $s
-}
+# shellcheck source=proc-cpu.sh
+. "$HERE/proc-cpu.sh"
 one() { # NAME PID PORT
   local name=$1 pid=$2 port=$3
   read -r _ u1 n1 s1 i1 w1 _ < /proc/stat

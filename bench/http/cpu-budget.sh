@@ -30,15 +30,8 @@ for _ in $(seq 240); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && b
 for _ in $(seq 240); do curl -sf -XPOST -H 'content-type: application/json' -d '{"parameters":{}}' "$UN" >/dev/null && break; sleep 0.5; done
 for u in "$UA" "$UN"; do wrk -t1 -c16 -d3s -s "$HERE/post.lua" "$u" > /dev/null; done
 
-ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-# The children's CPU, and what the children they reaped used.
-kids() {
-  local s=0 k
-  for k in $(ps -o pid= --ppid "$1"); do
-    s=$((s + $(awk '{print $14+$15+$16+$17}' "/proc/$k/stat" 2>/dev/null || echo 0)))
-  done
-  echo $s
-}
+# shellcheck source=proc-cpu.sh
+. "$HERE/proc-cpu.sh"
 one() { # NAME PID URL CONNS
   local name=$1 pid=$2 url=$3 c=$4
   read -r _ u1 n1 s1 i1 w1 q1 sq1 st1 _ < /proc/stat
