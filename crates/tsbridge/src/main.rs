@@ -51,14 +51,38 @@ extern "C" fn configure_allocator() {
 #[unsafe(link_section = ".preinit_array")]
 static CONFIGURE_ALLOCATOR: extern "C" fn() = configure_allocator;
 
+/// The async runtime's thread count, as tokio names it (README).
+const WORKER_THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
+
+/// [`WORKER_THREADS_VAR`]'s value, read here rather than by tokio, whose
+/// builder panics on a value that is not a positive integer (an empty one
+/// included): that is a usage error with a message, not a crash.
+fn worker_threads(value: Option<std::ffi::OsString>) -> Result<Option<usize>, String> {
+    let Some(v) = value else {
+        return Ok(None);
+    };
+    v.to_str()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .map(Some)
+        .ok_or_else(|| format!("{WORKER_THREADS_VAR} must be a positive integer, not {v:?}"))
+}
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_tracing(&cli);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("tsbridge")
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    match worker_threads(std::env::var_os(WORKER_THREADS_VAR)) {
+        Ok(Some(n)) => {
+            builder.worker_threads(n);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            output::note!("tsbridge: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let runtime = match builder.enable_all().thread_name("tsbridge").build() {
         Ok(rt) => rt,
         Err(e) => {
             output::note!("tsbridge: cannot start the async runtime: {e}");

@@ -206,6 +206,36 @@ fn check_keeps_its_verdict_when_the_reader_goes_away() {
 
 // ---------------------------------------------------------------- run
 
+/// `TOKIO_WORKER_THREADS` (README: the async runtime's threads) that is not
+/// a positive integer is a usage error with a message; tokio's own reading
+/// of it panicked (exit 101 and a backtrace). A valid value runs.
+#[test]
+fn a_bad_worker_thread_count_is_a_usage_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["", "0", "two", "-1"] {
+        let r = Run::of(
+            tsbridge(dir.path(), &["check"])
+                .env("TOKIO_WORKER_THREADS", bad)
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(r.code, Some(2), "{bad:?}: {r}");
+        assert!(
+            r.stderr
+                .contains("TOKIO_WORKER_THREADS must be a positive integer"),
+            "{bad:?}: {r}"
+        );
+        assert!(!r.stderr.contains("panicked"), "{bad:?}: {r}");
+    }
+    let r = Run::of(
+        tsbridge(dir.path(), &["check"])
+            .env("TOKIO_WORKER_THREADS", "1")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, Some(0), "{r}");
+}
+
 #[test]
 fn run_reads_a_bare_timeout_as_seconds() {
     let dir = tempfile::tempdir().unwrap();
