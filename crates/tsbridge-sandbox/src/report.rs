@@ -91,10 +91,11 @@ impl Capabilities {
     /// What a job with `policy` would get on this host (no cgroup is created).
     /// Used at startup to mark workflows whose sandbox cannot be enforced.
     pub fn predict(&self, policy: &SandboxPolicy) -> EnforcementReport {
-        let cg_missing = |what: &str| {
+        let cg_missing = |c: Controller| {
+            let what = c.name();
             Enforcement::NotEnforced(match self.cgroups {
                 CgroupVersion::None => "no usable cgroup hierarchy (see tsbridge check)".into(),
-                CgroupVersion::V2 if self.controllers_on_v1.iter().any(|c| c.name() == what) => {
+                CgroupVersion::V2 if self.controllers_on_v1.contains(&c) => {
                     format!(
                         "the {what} controller is on cgroup v1 only, and tsbridge uses cgroup v2 \
                          on this host (it splits the controllers between v1 and v2)"
@@ -103,7 +104,7 @@ impl Capabilities {
                 _ => format!("the {what} controller is not delegated to tsbridge"),
             })
         };
-        let limit = |requested: bool, have: bool, what: &str| {
+        let limit = |requested: bool, have: bool, what: Controller| {
             if !requested {
                 Enforcement::NotRequested
             } else if have {
@@ -160,9 +161,9 @@ impl Capabilities {
             }
         };
         EnforcementReport {
-            memory: limit(policy.memory.is_some(), self.memory, "memory"),
-            cpu: limit(policy.cpu.is_some(), self.cpu, "cpu"),
-            pids: limit(policy.pids.is_some(), self.pids, "pids"),
+            memory: limit(policy.memory.is_some(), self.memory, Controller::Memory),
+            cpu: limit(policy.cpu.is_some(), self.cpu, Controller::Cpu),
+            pids: limit(policy.pids.is_some(), self.pids, Controller::Pids),
             network,
             fs,
             rlimits,

@@ -117,13 +117,10 @@ impl Sandbox {
                     if !left.is_empty() {
                         let names: Vec<&str> = left.iter().map(|c| c.name()).collect();
                         notes.push(format!(
-                            "this host splits the cgroup controllers between v1 and v2: tsbridge uses v2, \
-                             and {} {} on v1 only, so limits that need {} are not enforced \
-                             (move {} to the unified hierarchy, or every controller to v1)",
-                            names.join(", "),
-                            if names.len() == 1 { "is" } else { "are" },
-                            if names.len() == 1 { "it" } else { "them" },
-                            if names.len() == 1 { "it" } else { "them" },
+                            "this host splits the cgroup controllers between v1 and v2: tsbridge \
+                             uses v2, so the limits of those on v1 only are not enforced ({}; move \
+                             them to the unified hierarchy, or every controller to v1)",
+                            names.join(", ")
                         ));
                     }
                     on_v1 = left;
