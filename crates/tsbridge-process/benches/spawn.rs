@@ -4,6 +4,7 @@
 //! - capture throughput of 1 GiB (`dd if=/dev/zero bs=1M count=1024`) through
 //!   the engine (bounded capture + line protocol) vs a raw read loop over the
 //!   same kind of pipe (enlarged to 1 MiB, 1 MiB reads, bytes discarded);
+//!   and the same two over a Unix socketpair (`OutputChannel::Socket`);
 //! - `ProcessControl::kill_descendants` on a childless leader (a pool
 //!   worker's per-job sweep): as the machine runs, and with a thread started
 //!   and joined before each sweep (a new pid: the sweep cannot skip its walk).
@@ -13,11 +14,12 @@
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use divan::counter::BytesCount;
-use tsbridge_process::{JobSpec, run};
+use tsbridge_process::{JobSpec, OutputChannel, run};
 
 const GIB: u64 = 1 << 30;
 
@@ -95,6 +97,43 @@ fn capture_1gib_engine(b: divan::Bencher) {
             .expect("spec");
         let o = rt().block_on(run(spec)).expect("runs");
         assert_eq!(o.stdout.total, GIB);
+    });
+}
+
+#[divan::bench(sample_count = 5, sample_size = 1)]
+fn capture_1gib_engine_socket(b: divan::Bencher) {
+    b.counter(BytesCount::new(GIB)).bench(|| {
+        let spec = JobSpec::builder("/usr/bin/dd")
+            .args(["if=/dev/zero", "bs=1M", "count=1024", "status=none"])
+            .envs(env())
+            .output(OutputChannel::Socket)
+            .build()
+            .expect("spec");
+        let o = rt().block_on(run(spec)).expect("runs");
+        assert_eq!(o.stdout.total, GIB);
+    });
+}
+
+#[divan::bench(sample_count = 5, sample_size = 1)]
+fn capture_1gib_raw_socket_read_loop(b: divan::Bencher) {
+    b.counter(BytesCount::new(GIB)).bench(|| {
+        let (mut ours, theirs) = UnixStream::pair().expect("socketpair");
+        let mut child = Command::new("/usr/bin/dd")
+            .args(["if=/dev/zero", "bs=1M", "count=1024", "status=none"])
+            .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+            .spawn()
+            .expect("dd");
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            match ours.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => total += n as u64,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        child.wait().expect("wait");
+        assert_eq!(total, GIB);
     });
 }
 

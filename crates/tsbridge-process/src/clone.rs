@@ -8,8 +8,8 @@
 //! in line (docs/design/sandbox.md, step 1 "Join the job cgroups").
 //!
 //! It does what std did for the engine: argv, an exact environment, cwd,
-//! stdin null or piped, stdout/stderr piped (O_CLOEXEC pipes, dup2'd in the
-//! child), its own process group, an empty signal mask and SIGPIPE back to
+//! stdin null or piped, stdout/stderr piped (O_CLOEXEC pipes or, on
+//! request, socketpairs; dup2'd in the child), its own process group, an empty signal mask and SIGPIPE back to
 //! SIG_DFL, the caller's pre-exec step, a `PATH` search in the job's own
 //! `PATH` (glibc's `execvp` rules, without its `/bin/sh` retry of a file
 //! that is not an executable: no shell, ever), and the errno of a failed
@@ -53,6 +53,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use crate::spec::OutputChannel;
 use crate::sys::{self, Pid};
 
 /// glibc's default search path (`confstr(_CS_PATH)`), which `execvp` uses
@@ -111,6 +112,7 @@ pub(crate) struct Command {
     env: BTreeMap<OsString, OsString>,
     cwd: Option<CString>,
     stdin: Stdin,
+    output: OutputChannel,
     cgroup: Option<Arc<OwnedFd>>,
     pre_exec: Option<PreExec>,
     /// The first argument or variable that could not be a C string.
@@ -124,6 +126,7 @@ impl std::fmt::Debug for Command {
             .field("argv", &self.argv)
             .field("cwd", &self.cwd)
             .field("stdin", &self.stdin)
+            .field("output", &self.output)
             .field("cgroup", &self.cgroup)
             .finish_non_exhaustive()
     }
@@ -149,6 +152,7 @@ impl Command {
             env: BTreeMap::new(),
             cwd: None,
             stdin: Stdin::Null,
+            output: OutputChannel::Pipe,
             cgroup: None,
             pre_exec: None,
             invalid,
@@ -198,6 +202,12 @@ impl Command {
 
     pub(crate) fn stdin(&mut self, stdin: Stdin) -> &mut Self {
         self.stdin = stdin;
+        self
+    }
+
+    /// Pipes (the default) or socketpairs for stdout and stderr.
+    pub(crate) fn output(&mut self, output: OutputChannel) -> &mut Self {
+        self.output = output;
         self
     }
 
@@ -264,6 +274,41 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: both fds were just created by pipe2 and are owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// An O_CLOEXEC Unix stream socketpair for one output stream: (the
+/// parent's end, the child's end). The parent's end is shut for writing,
+/// so a child that reads its stdout or stderr gets end-of-file instead of
+/// waiting forever.
+fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: socketpair writes two fds into the live 2-element array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created by socketpair and are owned by nobody else.
+    let (parent, child) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: shutdown on a socket fd we own.
+    if unsafe { libc::shutdown(parent.as_raw_fd(), libc::SHUT_WR) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((parent, child))
+}
+
+/// One output stream's channel: (the parent's read end, the child's end).
+fn output_channel(kind: OutputChannel) -> io::Result<(OwnedFd, OwnedFd)> {
+    match kind {
+        OutputChannel::Pipe => pipe(),
+        OutputChannel::Socket => socketpair(),
+    }
 }
 
 /// What this process learned about clone3 (each state only moves forward).
@@ -520,8 +565,8 @@ fn spawn_with(cmd: &mut Command, method: Method) -> io::Result<Child> {
             (r, Some(w))
         }
     };
-    let (stdout_parent, stdout_child) = pipe()?;
-    let (stderr_parent, stderr_child) = pipe()?;
+    let (stdout_parent, stdout_child) = output_channel(cmd.output)?;
+    let (stderr_parent, stderr_child) = output_channel(cmd.output)?;
     let (report_read, report_write) = pipe()?;
 
     let plan = ExecPlan {

@@ -14,7 +14,8 @@
 //!   SIGKILL to whatever remains, then a bounded wait until nothing of the job
 //!   is alive. After a normal exit of the leader, leftovers are killed the
 //!   same way (counted in [`Outcome::leaked_descendants_killed`]).
-//! - Output: stdout and stderr pipes enlarged to 1 MiB, read into bounded
+//! - Output: stdout and stderr pipes enlarged to 1 MiB (or, with
+//!   [`crate::OutputChannel::Socket`], socketpairs), read into bounded
 //!   [`CaptureBuffer`]s and through the line protocol.
 //! - Events: a bounded channel, bounded in count (`event_capacity`) and in
 //!   bytes (the larger of `max_output` and [`MIN_EVENT_BUDGET`]: what the
@@ -62,7 +63,7 @@ use crate::lineproto::{
 };
 use crate::mask::Masker;
 use crate::monitor::{self, Monitor, ResourceSample};
-use crate::spec::{JOB_MARKER_ENV, JobKey, JobSpec, OWNER_ENV, StdinSpec};
+use crate::spec::{JOB_MARKER_ENV, JobKey, JobSpec, OWNER_ENV, OutputChannel, StdinSpec};
 use crate::sys::{self, Pid};
 use crate::tree::{Scope, Tracker};
 use crate::{clone, registry, spawner, supervisor};
@@ -431,6 +432,7 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
         max_output,
         max_line,
         ipc,
+        output,
         masker,
         sandbox,
         key,
@@ -467,6 +469,7 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
         .env(JOB_MARKER_ENV, key.as_str())
         .env(OWNER_ENV, supervisor::owner_tag())
         .current_dir(&cwd)
+        .output(output)
         .stdin(match stdin {
             StdinSpec::Null => clone::Stdin::Null,
             StdinSpec::Bytes(_) | StdinSpec::Pipe => clone::Stdin::Piped,
@@ -551,7 +554,7 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
     // Taken at the clone (CLONE_PIDFD; pidfd_open after a fork).
     let pidfd = child.pidfd.take();
     // From here on the child runs: every failure must still end it.
-    let wired = wire(child, ipc_parts);
+    let wired = wire(child, output, ipc_parts);
     let (stdout, stderr, stdin_pipe, ipc_link) = match wired {
         Ok(w) => w,
         Err(e) => {
@@ -698,10 +701,18 @@ type Wired = (
 
 /// The child's pipes into the runtime (the pid stays with the caller, which
 /// reaps it with wait4).
-fn wire(child: clone::Child, ipc: Option<crate::ipclink::Prepared>) -> io::Result<Wired> {
-    for fd in [sys::raw(&child.stdout), sys::raw(&child.stderr)] {
-        if let Err(e) = sys::set_pipe_size(fd, PIPE_SIZE) {
-            tracing::debug!(error = %e, "pipe keeps its default size");
+fn wire(
+    child: clone::Child,
+    output: OutputChannel,
+    ipc: Option<crate::ipclink::Prepared>,
+) -> io::Result<Wired> {
+    // (A socketpair keeps the kernel's default buffers: 4 MiB ones measured
+    // slower than the default, bench/engine/RESULTS.md.)
+    if output == OutputChannel::Pipe {
+        for fd in [sys::raw(&child.stdout), sys::raw(&child.stderr)] {
+            if let Err(e) = sys::set_pipe_size(fd, PIPE_SIZE) {
+                tracing::debug!(error = %e, "pipe keeps its default size");
+            }
         }
     }
     let out = tokio::process::ChildStdout::from_std(std::process::ChildStdout::from(child.stdout))?;

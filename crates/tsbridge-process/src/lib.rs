@@ -34,7 +34,7 @@ pub use engine::{ExitKind, Outcome, ProcessControl, RunningProcess, StopReason, 
 pub use error::{ErrorKind, JobError, ResolveError, SpawnError, ValidationError};
 pub use ipclink::IpcHandle;
 pub use monitor::ResourceSample;
-pub use spec::{JobKey, JobSpec, JobSpecBuilder, SandboxAttachment, StdinSpec};
+pub use spec::{JobKey, JobSpec, JobSpecBuilder, OutputChannel, SandboxAttachment, StdinSpec};
 pub use supervisor::{
     SupervisorOptions, init_supervisor, init_supervisor_with, make_private_tmp, private_tmp_path,
     shutdown_all, sweep_orphans, sweep_stale_tmp,

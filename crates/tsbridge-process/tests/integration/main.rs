@@ -29,6 +29,7 @@ mod sandbox_cgroup;
 mod secrets_mid_output;
 mod shutdown_all;
 mod signal_death;
+mod socket_output;
 mod spawn_errors;
 mod stale_tmp_sweep;
 mod timeout_kills_tree;

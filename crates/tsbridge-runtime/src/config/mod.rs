@@ -228,6 +228,28 @@ impl Mode {
     }
 }
 
+/// What a workflow's processes get as stdout and stderr (`stdio`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stdio {
+    /// Pipes: what a shell gives a program.
+    #[default]
+    Pipe,
+    /// Unix socketpairs, as Node's `child_process` gives its children:
+    /// faster for floods of output; a program that opens `/dev/stdout` by
+    /// path gets `ENXIO`.
+    Socket,
+}
+
+impl From<Stdio> for tsbridge_process::OutputChannel {
+    fn from(s: Stdio) -> Self {
+        match s {
+            Stdio::Pipe => Self::Pipe,
+            Stdio::Socket => Self::Socket,
+        }
+    }
+}
+
 /// A compiled parameter schema.
 #[derive(Clone)]
 pub struct ParamsSchema {
@@ -456,6 +478,7 @@ pub struct WorkflowConfig {
     pub retry: RetryConfig,
     pub pool: PoolConfig,
     pub ipc: bool,
+    pub stdio: Stdio,
     /// Effective wall timeout of one attempt (the ceiling for requests).
     pub timeout: Duration,
     pub kill_grace: Duration,
@@ -564,6 +587,7 @@ const WORKFLOW_KEYS: &[&str] = &[
     "retry",
     "pool",
     "ipc",
+    "stdio",
     "timeout",
     "kill_grace",
     "max_output",
@@ -1035,6 +1059,10 @@ fn read_workflow(
         .map(|v| v.into_inner())
         .unwrap_or(0);
     let ipc = s.get::<bool>(issues, "ipc").map(|v| v.into_inner());
+    let stdio = s
+        .get::<Stdio>(issues, "stdio")
+        .map(|v| v.into_inner())
+        .unwrap_or_default();
     let timeout = dur(issues, s, "timeout");
     let kill_grace = dur(issues, s, "kill_grace").unwrap_or(defaults.kill_grace);
     let max_output = size(issues, s, "max_output").unwrap_or(defaults.max_output);
@@ -1145,6 +1173,13 @@ fn read_workflow(
             "pool mode needs a node runtime (tsx, ts-node or node)",
         );
     }
+    if mode == Mode::Pool && stdio != Stdio::Pipe {
+        issues.push(
+            &s.key("stdio"),
+            s.span_of("stdio"),
+            "stdio applies to spawn mode: a pool worker's jobs talk over its IPC channel, not its stdout",
+        );
+    }
     if issues.list.len() != before {
         return None;
     }
@@ -1178,6 +1213,7 @@ fn read_workflow(
         retry,
         pool,
         ipc: ipc.unwrap_or(runtime.is_node()),
+        stdio,
         timeout,
         kill_grace,
         max_output,

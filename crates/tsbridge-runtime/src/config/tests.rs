@@ -565,3 +565,21 @@ fn an_unknown_args_placeholder_is_reported_with_its_line() {
         .expect("valid");
     assert_eq!(c.workflows["a"].args.len(), 6);
 }
+
+#[test]
+fn stdio_is_pipe_by_default_socket_on_request_and_refused_in_pool_mode() {
+    let f = Fixture::new();
+    let wf = |extra: &str| format!("[workflows.w]\nroot = \"app\"\nscript = \"main.js\"\n{extra}");
+    let c = f.parse(&wf("")).expect("default");
+    assert_eq!(c.workflows["w"].stdio, Stdio::Pipe);
+    let c = f.parse(&wf("stdio = \"socket\"\n")).expect("socket");
+    assert_eq!(c.workflows["w"].stdio, Stdio::Socket);
+    let issues = f.issues(&wf("stdio = \"tty\"\n"));
+    assert!(has(&issues, "workflows.w.stdio", 4), "{issues:?}");
+    let issues = f.issues(&wf("mode = \"pool\"\nstdio = \"socket\"\n"));
+    assert!(has(&issues, "workflows.w.stdio", 5), "{issues:?}");
+    assert!(
+        issues.iter().any(|i| i.message.contains("spawn mode")),
+        "{issues:?}"
+    );
+}

@@ -50,6 +50,7 @@ mod shutdown;
 mod shutdown_cgroups;
 mod signal_stderr_tail;
 mod slow_subscriber;
+mod stdio_socket;
 mod store_contract;
 mod store_migration;
 mod store_pg;

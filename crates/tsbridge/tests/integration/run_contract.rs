@@ -245,6 +245,34 @@ fn the_runtime_names_help_gives_are_accepted() {
     assert_eq!(v["version"], 1, "{r}");
 }
 
+/// `--stdio socket` gives the child Unix sockets for stdout and stderr
+/// (pipes by default), and `run` keeps its contract through them: only the
+/// result on stdout, the child's plain output on stderr.
+#[test]
+fn stdio_socket_gives_the_child_sockets() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, kind, read_back) in [
+        (Some("socket"), "socket", serde_json::json!(0)),
+        (None, "pipe", serde_json::json!("EBADF")),
+    ] {
+        let mut args = vec!["run"];
+        if let Some(f) = flag {
+            args.extend(["--stdio", f]);
+        }
+        let script = fixture("socket-output.js");
+        args.push(&script);
+        let r = run(dir.path(), &args);
+        assert_eq!(r.code, Some(0), "{r}");
+        let v: Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"stdout": kind, "stderr": kind, "readBack": read_back}),
+            "{r}"
+        );
+        assert!(r.stderr.contains("a line on stderr"), "{r}");
+    }
+}
+
 /// The start time (clock ticks after boot) of a process, from /proc.
 fn start_time(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
