@@ -654,7 +654,7 @@ impl Config {
         let mut issues = Issues::new(src);
         let (doc, syntax) = DeTable::parse_recoverable(src);
         for e in syntax {
-            issues.push("", e.span(), e.message().to_owned());
+            issues.push_syntax(e.span(), e.message().to_owned());
         }
         let root = Section::open(&mut issues, doc.get_ref(), "", TOP_KEYS);
 
@@ -821,14 +821,27 @@ fn read_server(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> ServerConfig {
     if let Some(b) = s.parse::<BindAddr>(issues, "bind") {
         c.bind = b.into_inner().0;
     }
+    let mut any_token = false;
     if let Some(toks) = s.get::<Vec<String>>(issues, "tokens") {
         let span = toks.span();
         for t in toks.into_inner() {
+            any_token = true;
             match t.parse::<TokenSpec>() {
                 Ok(spec) => c.tokens.push(spec),
                 Err(e) => issues.push(&s.key("tokens"), Some(span.clone()), e),
             }
         }
+    }
+    // `serve` refuses such a file (SPEC §5): `check` must say so too.
+    if !c.bind.ip().is_loopback() && !any_token {
+        issues.push(
+            &s.key("bind"),
+            s.span_of("bind"),
+            format!(
+                "{} is beyond loopback: a token is required there (set server.tokens, or bind 127.0.0.1)",
+                c.bind
+            ),
+        );
     }
     if let Some(v) = size(issues, s, "max_body") {
         c.max_body = v;

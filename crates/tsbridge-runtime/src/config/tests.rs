@@ -231,6 +231,44 @@ fn bad_schema_and_syntax_are_reported() {
 }
 
 #[test]
+fn a_bind_beyond_loopback_needs_a_token() {
+    let f = Fixture::new();
+    let issues = f.issues("[server]\nmax_body = \"1MiB\"\nbind = \"0.0.0.0:9000\"\n");
+    assert!(has(&issues, "server.bind", 3), "{issues:?}");
+    let issues = f.issues("[server]\nbind = \"[::]:9000\"\ntokens = []\n");
+    assert!(has(&issues, "server.bind", 2), "{issues:?}");
+    // One token, or loopback, is enough.
+    f.parse("[server]\nbind = \"0.0.0.0:9000\"\ntokens = [\"lit\"]\n")
+        .expect("valid");
+    f.parse("[server]\nbind = \"[::1]:9000\"\n").expect("valid");
+    f.parse("[server]\nbind = \"localhost:9000\"\n")
+        .expect("valid");
+}
+
+#[test]
+fn a_syntax_error_names_the_key_it_is_about() {
+    let f = Fixture::new();
+    let wf = "[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\n";
+    let issues = f.issues(&format!("{wf}script = \"main.js\"\n"));
+    assert!(has(&issues, "workflows.a.script", 4), "{issues:?}");
+    let issues = f.issues("[workflows.a]\nroot = \"app\"\nscript = main.js\n");
+    assert!(has(&issues, "workflows.a.script", 3), "{issues:?}");
+    let issues = f.issues("[server]\nbind = \"127.0.0.1:1\"\n[server]\n");
+    assert!(has(&issues, "server", 3), "{issues:?}");
+    let issues = f.issues(&format!(
+        "{wf}limits.memory = \"1GiB\"\nlimits.memory = 2\n"
+    ));
+    assert!(has(&issues, "workflows.a.limits.memory", 5), "{issues:?}");
+    // No key on the line: the line alone, and no empty key quoted.
+    let issues = f.issues("[server]\ntokens = [\n  \"a\",\n  \"b\" \"c\"\n]\n");
+    let shown: Vec<String> = issues.iter().map(ToString::to_string).collect();
+    assert!(
+        issues.iter().all(|i| i.line.is_some()) && shown.iter().all(|s| !s.contains("``")),
+        "{shown:?}"
+    );
+}
+
+#[test]
 fn load_reports_the_file() {
     let f = Fixture::new();
     let p = f.dir.path().join("t.toml");

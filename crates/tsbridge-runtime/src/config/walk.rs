@@ -36,6 +36,16 @@ impl<'s> Issues<'s> {
             + 1
     }
 
+    /// A TOML syntax error at `span`, under the dotted key it is about
+    /// ([`key_at`]): the parser's message alone does not name it.
+    pub(crate) fn push_syntax(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+        let key = span
+            .as_ref()
+            .map(|s| key_at(self.src, s.start))
+            .unwrap_or_default();
+        self.push(&key, span, message);
+    }
+
     pub(crate) fn push(
         &mut self,
         key: &str,
@@ -183,4 +193,60 @@ pub(crate) fn join(path: &str, name: &str) -> String {
     } else {
         format!("{path}.{name}")
     }
+}
+
+/// The dotted key a syntax error at byte `offset` is about, read from the
+/// text, since a file that does not parse has no tree to ask: the line's
+/// own `[table]` header, or the key before the line's `=` under the header
+/// in effect there. Empty when the line shows none (a value continued over
+/// several lines, a line that is not `key = value`).
+pub(crate) fn key_at(src: &str, offset: usize) -> String {
+    let offset = offset.min(src.len());
+    let start = src[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let end = src[offset..].find('\n').map_or(src.len(), |i| offset + i);
+    let line = &src[start..end];
+    if let Some(header) = table_header(line) {
+        return header;
+    }
+    let Some(key) = line.split_once('=').and_then(|(k, _)| dotted_key(k)) else {
+        return String::new();
+    };
+    let table = src[..start]
+        .lines()
+        .rev()
+        .find_map(table_header)
+        .unwrap_or_default();
+    join(&table, &key)
+}
+
+/// The dotted name of a `[table]` or `[[array]]` header line.
+fn table_header(line: &str) -> Option<String> {
+    let l = line.trim();
+    let inner = match l.strip_prefix("[[") {
+        Some(rest) => rest.split_once("]]")?.0,
+        None => l.strip_prefix('[')?.split_once(']')?.0,
+    };
+    dotted_key(inner)
+}
+
+/// `a.b."c d"` as `a.b.c d`; `None` unless every part is a bare or a
+/// simply quoted key.
+fn dotted_key(text: &str) -> Option<String> {
+    let mut parts = Vec::new();
+    for part in text.split('.') {
+        let p = part.trim();
+        let p = p
+            .strip_prefix('"')
+            .and_then(|q| q.strip_suffix('"'))
+            .or_else(|| p.strip_prefix('\'').and_then(|q| q.strip_suffix('\'')))
+            .unwrap_or(p);
+        let bare = p
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+        if p.is_empty() || !bare {
+            return None;
+        }
+        parts.push(p);
+    }
+    Some(parts.join("."))
 }
