@@ -65,8 +65,8 @@ pub struct RunArgs {
     /// Extra environment variable for the child (repeatable): K=V.
     #[arg(long = "env", value_name = "K=V", value_parser = parse_kv)]
     pub env: Vec<(String, String)>,
-    /// Pass a variable of this environment through to the child (repeatable).
-    #[arg(long = "pass-env", value_name = "NAME")]
+    /// Pass a variable of this environment through to the child (repeatable). Not a name that looks secret (PASSWORD, SECRET, KEY, TOKEN, CREDENTIAL): those are never passed; give one with --env.
+    #[arg(long = "pass-env", value_name = "NAME", value_parser = parse_pass_env)]
     pub pass_env: Vec<String>,
     /// Working directory of the child (default: the current directory).
     #[arg(long)]
@@ -259,6 +259,18 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("expected NAME=VALUE, got {s:?}")),
     }
+}
+
+/// `--pass-env NAME`: a name that looks secret is never passed (as for a
+/// workflow's `env.pass`), so asking for one is a usage error, not a
+/// variable silently missing in the child.
+fn parse_pass_env(s: &str) -> Result<String, String> {
+    if tsbridge_sandbox::env::is_secret_name(s) {
+        return Err(format!(
+            "{s} looks secret, and host variables with such names are never passed: give it with --env {s}=VALUE"
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 #[cfg(test)]

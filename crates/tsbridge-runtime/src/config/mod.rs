@@ -1236,7 +1236,22 @@ fn read_workflow(
 fn read_env(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> EnvConfig {
     let mut e = EnvConfig::default();
     if let Some(v) = s.get::<Vec<String>>(issues, "pass") {
-        e.pass = v.into_inner();
+        let span = v.span();
+        for n in v.into_inner() {
+            // Never passed (SPEC §5): listing one would be silently ignored.
+            if tsbridge_sandbox::env::is_secret_name(&n) {
+                issues.push(
+                    &s.key("pass"),
+                    Some(span.clone()),
+                    format!(
+                        "{n} looks secret, and host variables with such names are never passed \
+                         to a job: give its value with env.set, or let requests set it with env.request"
+                    ),
+                );
+            } else {
+                e.pass.push(n);
+            }
+        }
     }
     if let Some(v) = s.get::<Vec<String>>(issues, "request") {
         let span = v.span();

@@ -246,6 +246,20 @@ fn a_bind_beyond_loopback_needs_a_token() {
 }
 
 #[test]
+fn passing_a_secret_looking_host_variable_is_refused_not_ignored() {
+    let f = Fixture::new();
+    let wf = "[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\n";
+    let issues = f.issues(&format!("{wf}env = {{ pass = [\"LANG\", \"API_KEY\"] }}\n"));
+    assert!(has(&issues, "workflows.a.env.pass", 4), "{issues:?}");
+    assert!(issues[0].message.contains("API_KEY"), "{issues:?}");
+    // Set in the config or by a request, such a name is fine.
+    f.parse(&format!(
+        "{wf}env = {{ pass = [\"LANG\"], request = [\"API_KEY\"], set = {{ DB_PASSWORD = \"x\" }} }}\n"
+    ))
+    .expect("valid");
+}
+
+#[test]
 fn a_syntax_error_names_the_key_it_is_about() {
     let f = Fixture::new();
     let wf = "[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\n";

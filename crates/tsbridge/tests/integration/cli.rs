@@ -234,6 +234,39 @@ fn a_bad_worker_thread_count_is_a_usage_error_not_a_panic() {
     assert_eq!(r.code, Some(0), "{r}");
 }
 
+/// `--pass-env` of a name that looks secret is refused (exit 2, the name
+/// and what to do), not passed as nothing; other names pass.
+#[test]
+fn run_refuses_to_pass_a_secret_looking_variable_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let print = "process.stdout.write(JSON.stringify(process.env.AUD_API_KEY ?? null))";
+    let r = Run::of(
+        tsbridge(
+            dir.path(),
+            &["run", "--pass-env", "AUD_API_KEY", "node", "-e", print],
+        )
+        .env("AUD_API_KEY", "k")
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(r.code, Some(2), "{r}");
+    assert!(r.stderr.contains("AUD_API_KEY looks secret"), "{r}");
+    assert!(r.stderr.contains("--env"), "{r}");
+
+    let print = "process.stdout.write(JSON.stringify(process.env.AUD_PLAIN ?? null))";
+    let r = Run::of(
+        tsbridge(
+            dir.path(),
+            &["run", "--pass-env", "AUD_PLAIN", "node", "-e", print],
+        )
+        .env("AUD_PLAIN", "p")
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(r.code, Some(0), "{r}");
+    assert_eq!(r.stdout.trim(), r#""p""#, "{r}");
+}
+
 #[test]
 fn run_reads_a_bare_timeout_as_seconds() {
     let dir = tempfile::tempdir().unwrap();
