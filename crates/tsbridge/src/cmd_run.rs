@@ -83,7 +83,10 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     secret_sources.extend(extra.clone());
     let masker = Arc::new(Masker::from_env(&secret_sources, &[]));
 
-    let search = RuntimeSearch::default();
+    let search = RuntimeSearch {
+        extra_node_modules: fallback_node_modules(&cwd),
+        ..RuntimeSearch::default()
+    };
     let cache = TranspileCache::new(None).ok();
     let inv = match resolve_for_spawn_async(script.clone(), runtime, search.clone(), cache).await {
         Ok(inv) => inv,
@@ -346,6 +349,39 @@ fn locate(target: &Path, runtime: Option<RuntimeKind>) -> Result<PathBuf, NotFou
         target: target.to_path_buf(),
         searched_path,
     })
+}
+
+/// Where `run` looks for tsx, ts-node and esbuild after the `node_modules`
+/// folders of the script's own directory and its parents: those of the
+/// current directory and its parents (the project `run` is started in, for a
+/// script kept elsewhere), `NODE_PATH`'s, and the `node_modules` holding a
+/// `tsx` or `ts-node` found on PATH (a global `npm install -g tsx`, nvm's
+/// included), in that order.
+fn fallback_node_modules(cwd: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = cwd
+        .ancestors()
+        .map(|d| d.join("node_modules"))
+        .filter(|nm| nm.is_dir())
+        .collect();
+    let node_path = std::env::var_os("NODE_PATH").unwrap_or_default();
+    dirs.extend(std::env::split_paths(&node_path).filter(|d| d.is_dir()));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for bin_dir in std::env::split_paths(&path) {
+        for bin in ["tsx", "ts-node"] {
+            let Ok(real) = std::fs::canonicalize(bin_dir.join(bin)) else {
+                continue;
+            };
+            if let Some(nm) = real
+                .ancestors()
+                .find(|a| a.file_name().is_some_and(|n| n == "node_modules"))
+            {
+                dirs.push(nm.to_path_buf());
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    dirs.retain(|d| seen.insert(d.clone()));
+    dirs
 }
 
 /// The sandbox of a `run` with limits, and the policy of its job. Its

@@ -394,6 +394,45 @@ fn run_exits_127_when_the_program_is_not_found() {
     assert_eq!(v["reason"], "spawn_failure", "{r}");
 }
 
+/// A TypeScript file kept outside any project (a temp dir, no
+/// `node_modules` above it) runs through the tsx of the project `run` is
+/// started in, or of a tsx found on PATH (a global `npm install -g tsx`),
+/// instead of ending with 127 "runtime tsx not found".
+#[test]
+fn run_finds_tsx_in_the_current_project_or_on_path() {
+    let repo = fixtures().parent().unwrap().to_path_buf();
+    let repo_tsx = repo.join("node_modules/tsx/dist/cli.mjs");
+    assert!(repo_tsx.is_file(), "npm ci the repository first");
+    let scripts = tempfile::tempdir().unwrap();
+    let script = write_script(
+        scripts.path(),
+        "alone.ts",
+        "const n: number = 41;\nconsole.log(`RESULT: ${JSON.stringify({ n: n + 1 })}`);\n",
+        0o644,
+    );
+    let expect_42 = |r: &Run, how: &str| {
+        assert_eq!(r.code, Some(0), "{how}: {r}");
+        assert_eq!(r.stdout.trim(), r#"{"n":42}"#, "{how}: {r}");
+    };
+
+    // From the repository (its node_modules has tsx).
+    expect_42(&run(&repo, &["run", "--runtime", "tsx", &script]), "cwd");
+
+    // From elsewhere, with tsx on PATH as npm -g links it.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let bin = elsewhere.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(&repo_tsx, bin.join("tsx")).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let r = Run::of(
+        crate::common::tsbridge(elsewhere.path(), &["run", "--runtime", "tsx", &script])
+            .env("PATH", path)
+            .output()
+            .unwrap(),
+    );
+    expect_42(&r, "PATH");
+}
+
 #[test]
 fn run_exits_126_when_the_program_cannot_be_executed() {
     let dir = tempfile::tempdir().unwrap();
