@@ -8,6 +8,7 @@ mod cmd_run;
 mod cmd_serve;
 mod output;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -131,9 +132,15 @@ fn init_tracing(cli: &cli::Cli) {
     // written (stderr closed, as in `tsbridge run ... 2>&- | head`) makes
     // tracing-subscriber report it with `eprintln!`, which panics on the
     // same closed stderr: the run ended with 101 instead of the job's code.
+    // Colours only on a terminal: stderr into a file, a pipe or a service's
+    // journal gets plain lines (as `run` prints PROGRESS there), and NO_COLOR
+    // (https://no-color.org) turns them off on a terminal too.
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .log_internal_errors(false);
     if cli.log_json {
         builder.json().init();

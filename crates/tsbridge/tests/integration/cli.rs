@@ -267,6 +267,17 @@ fn run_refuses_to_pass_a_secret_looking_variable_silently() {
     assert_eq!(r.stdout.trim(), r#""p""#, "{r}");
 }
 
+/// Log lines into a pipe or a file are plain text: no ANSI colour codes,
+/// which tracing writes unless told the writer is no terminal.
+#[test]
+fn logs_into_a_pipe_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(dir.path(), &["run", "-vv", "--", "sh", "-c", "exit 0"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(r.stderr.contains("DEBUG"), "no log line to look at: {r}");
+    assert!(!r.stderr.contains('\u{1b}'), "{r:?}", r = r.stderr);
+}
+
 #[test]
 fn run_reads_a_bare_timeout_as_seconds() {
     let dir = tempfile::tempdir().unwrap();
