@@ -750,6 +750,22 @@ fn dur(issues: &mut Issues<'_>, s: &Section<'_, '_>, key: &str) -> Option<Durati
         .map(|d| d.into_inner().0.0)
 }
 
+/// A job timeout: a duration above zero (a job that may run for no time at
+/// all would fail every attempt before it starts).
+fn job_timeout(issues: &mut Issues<'_>, s: &Section<'_, '_>, key: &str) -> Option<Duration> {
+    let v = s.get::<DurationSpecStr>(issues, key)?;
+    let d = v.get_ref().0.0;
+    if d.is_zero() {
+        issues.push(
+            &s.key(key),
+            Some(v.span()),
+            "must be greater than zero, such as \"30s\"",
+        );
+        return None;
+    }
+    Some(d)
+}
+
 fn size(issues: &mut Issues<'_>, s: &Section<'_, '_>, key: &str) -> Option<ByteSize> {
     s.get::<ByteSize>(issues, key).map(|d| d.into_inner())
 }
@@ -958,7 +974,7 @@ fn absolute(p: &Path) -> PathBuf {
 
 fn read_defaults(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> Defaults {
     let mut d = Defaults::default();
-    if let Some(v) = dur(issues, s, "timeout") {
+    if let Some(v) = job_timeout(issues, s, "timeout") {
         d.timeout = v;
     }
     if let Some(v) = dur(issues, s, "kill_grace") {
@@ -1076,7 +1092,7 @@ fn read_workflow(
         .get::<Stdio>(issues, "stdio")
         .map(|v| v.into_inner())
         .unwrap_or_default();
-    let timeout = dur(issues, s, "timeout");
+    let timeout = job_timeout(issues, s, "timeout");
     let kill_grace = dur(issues, s, "kill_grace").unwrap_or(defaults.kill_grace);
     let max_output = size(issues, s, "max_output").unwrap_or(defaults.max_output);
     let degraded = s.get::<bool>(issues, "degraded");
@@ -1319,7 +1335,7 @@ fn read_limits(issues: &mut Issues<'_>, s: &Section<'_, '_>, root: &Path) -> Lim
         .get::<Vec<String>>(issues, "write")
         .map(|v| abs(v.into_inner()))
         .unwrap_or_default();
-    l.timeout = dur(issues, s, "timeout");
+    l.timeout = job_timeout(issues, s, "timeout");
     if let Some(n) = s.get::<i64>(issues, "open_files") {
         match u64::try_from(*n.get_ref()) {
             // Below ~16 node cannot even start (stdio, its own pipes, epoll).

@@ -260,6 +260,19 @@ fn passing_a_secret_looking_host_variable_is_refused_not_ignored() {
 }
 
 #[test]
+fn a_zero_timeout_is_refused_where_it_is_written() {
+    let f = Fixture::new();
+    let wf = "[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\n";
+    let issues = f.issues(&format!(
+        "[defaults]\ntimeout = \"0s\"\n{wf}timeout = \"0ms\"\nlimits = {{ timeout = 0 }}\n"
+    ));
+    assert!(has(&issues, "defaults.timeout", 2), "{issues:?}");
+    assert!(has(&issues, "workflows.a.timeout", 6), "{issues:?}");
+    assert!(has(&issues, "workflows.a.limits.timeout", 7), "{issues:?}");
+    f.parse(&format!("{wf}timeout = \"1ms\"\n")).expect("valid");
+}
+
+#[test]
 fn a_syntax_error_names_the_key_it_is_about() {
     let f = Fixture::new();
     let wf = "[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\n";
