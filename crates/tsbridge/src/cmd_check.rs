@@ -6,10 +6,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Result;
 use serde_json::json;
-use tsbridge_runtime::{Config, ConfigError};
+use tsbridge_runtime::config::WorkflowConfig;
+use tsbridge_runtime::spawn::SpawnExecutor;
+use tsbridge_runtime::{Config, ConfigError, Executor};
 use tsbridge_sandbox::{Capabilities, Sandbox, SandboxConfig, SandboxError};
 
 use crate::cli::CheckArgs;
@@ -39,7 +42,8 @@ pub async fn main(args: CheckArgs) -> Result<ExitCode> {
     let sandbox = Sandbox::new(SandboxConfig {
         cgroup_parent_name: format!("tsbridge-check-{}", std::process::id()),
         ..SandboxConfig::default()
-    });
+    })
+    .map(Arc::new);
     let caps = sandbox.as_ref().ok().map(|s| s.capabilities().clone());
     if let Ok(s) = &sandbox {
         // Best effort: the parent dir is empty, it was made for this probe.
@@ -56,7 +60,13 @@ pub async fn main(args: CheckArgs) -> Result<ExitCode> {
     // The verdict does not depend on anyone reading it: `check | head -1`
     // with a broken config still exits non-zero.
     let valid = !matches!(config, Some(Err(_)));
-    match report(&args, &sandbox, caps.as_ref(), config.as_ref(), &shown) {
+    let executor = SpawnExecutor::new(sandbox.as_ref().ok().cloned(), None);
+    let host = Host {
+        sandbox: &sandbox,
+        caps: caps.as_ref(),
+        executor: &executor,
+    };
+    match report(&args, &host, config.as_ref(), &shown) {
         Ok(()) => {}
         Err(e) if OutputError::is_closed(&e) => {}
         Err(e) => return Err(e),
@@ -90,6 +100,23 @@ fn path_params_note(
     })
 }
 
+/// What this host offers, as `serve` would see it.
+struct Host<'a> {
+    sandbox: &'a Result<Arc<Sandbox>, SandboxError>,
+    caps: Option<&'a Capabilities>,
+    /// Decides, as `serve` does at start, whether a workflow can run here.
+    executor: &'a SpawnExecutor,
+}
+
+impl Host<'_> {
+    /// Why `serve` would make this workflow unavailable here (503): its
+    /// runtime or script not found, limits this host cannot enforce. The
+    /// config is valid either way; `serve` starts and says the same.
+    fn unavailable(&self, w: &WorkflowConfig) -> Option<String> {
+        self.executor.check(w).err()
+    }
+}
+
 /// The `env:NAME` tokens whose variable is unset or empty here: the config
 /// is valid, but `serve` run with this environment refuses to start.
 fn unset_token_vars(c: &Config) -> Vec<String> {
@@ -112,11 +139,11 @@ fn unset_token_vars(c: &Config) -> Vec<String> {
 /// Prints the report: JSON on stdout, or text with the config's errors on stderr.
 fn report(
     args: &CheckArgs,
-    sandbox: &Result<Sandbox, SandboxError>,
-    caps: Option<&Capabilities>,
+    host: &Host<'_>,
     config: Option<&Result<Config, ConfigError>>,
     shown: &str,
 ) -> Result<()> {
+    let (sandbox, caps) = (host.sandbox, host.caps);
     if args.json {
         let mut out = json!({ "isolation": caps });
         if let Err(e) = sandbox {
@@ -134,7 +161,7 @@ fn report(
                         ))
                     });
                     let note = caps.and_then(|caps| path_params_note(w, caps));
-                    wf.insert(name.clone(), json!({ "mode": w.mode.as_str(), "runtime": w.runtime.as_str(), "isolation": report, "note": note }));
+                    wf.insert(name.clone(), json!({ "mode": w.mode.as_str(), "runtime": w.runtime.as_str(), "isolation": report, "note": note, "unavailable": host.unavailable(w) }));
                 }
                 out["config"] = json!({ "checked": true, "path": shown, "valid": true, "workflows": wf, "notes": unset_token_vars(c) });
             }
@@ -152,7 +179,7 @@ fn report(
         // Built first, written once: the config's errors reach stderr even
         // when stdout's reader is gone.
         let mut text = String::new();
-        text_report(&mut text, sandbox, caps, config, shown)?;
+        text_report(&mut text, host, config, shown)?;
         let printed = out!("{text}");
         if let Some(Err(e)) = config {
             errln!("{e}")?;
@@ -165,12 +192,12 @@ fn report(
 /// The text report (stdout's part: the config's errors go to stderr).
 fn text_report(
     text: &mut String,
-    sandbox: &Result<Sandbox, SandboxError>,
-    caps: Option<&Capabilities>,
+    host: &Host<'_>,
     config: Option<&Result<Config, ConfigError>>,
     shown: &str,
 ) -> std::fmt::Result {
     use std::fmt::Write;
+    let (sandbox, caps) = (host.sandbox, host.caps);
     writeln!(text, "Isolation on this host")?;
     match (caps, sandbox) {
         (Some(c), _) => writeln!(text, "{c}")?,
@@ -211,6 +238,9 @@ fn text_report(
                     if let Some(note) = path_params_note(w, caps) {
                         writeln!(text, "    note: {note}")?;
                     }
+                }
+                if let Some(why) = host.unavailable(w) {
+                    writeln!(text, "    unavailable here: {why}")?;
                 }
             }
         }

@@ -190,6 +190,40 @@ fn check_without_any_config_reports_the_host_and_says_nothing_was_checked() {
     assert_eq!(v["config"]["checked"], false, "{r}");
 }
 
+/// A valid config whose workflow `serve` would make unavailable here (503:
+/// its runtime is not installed) is valid for `check` too, which says so
+/// with serve's own words instead of nothing.
+#[test]
+fn check_says_which_workflows_serve_would_make_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("job.ts"), "console.log('{}');\n").unwrap();
+    std::fs::write(
+        dir.path().join("tsbridge.toml"),
+        "[workflows.typed]\nscript = \"job.ts\"\n[workflows.plain]\nscript = \"job.ts\"\nruntime = \"node\"\n",
+    )
+    .unwrap();
+    let r = run(dir.path(), &["check"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    let unavailable: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.contains("unavailable here"))
+        .collect();
+    assert_eq!(unavailable.len(), 1, "{r}");
+    assert!(unavailable[0].contains("tsx is not installed"), "{r}");
+
+    let r = run(dir.path(), &["check", "--json"]);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    let wf = &v["config"]["workflows"];
+    assert!(
+        wf["typed"]["unavailable"]
+            .as_str()
+            .is_some_and(|w| w.contains("tsx")),
+        "{r}"
+    );
+    assert!(wf["plain"]["unavailable"].is_null(), "{r}");
+}
+
 #[test]
 fn check_keeps_its_verdict_when_the_reader_goes_away() {
     let dir = tempfile::tempdir().unwrap();
