@@ -85,11 +85,20 @@ pub async fn main(mut args: JobsArgs) -> Result<ExitCode> {
             print_events(events, args.json).await?;
             let job = client.get(sub.job_id).await?;
             outln!("{}", serde_json::to_string_pretty(&job.result)?)?;
-            return Ok(if job.state == JobState::Succeeded {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            });
+            if job.state == JobState::Succeeded {
+                return Ok(ExitCode::SUCCESS);
+            }
+            // Why, as `run` says it: the events above need not show it.
+            if let Some(e) = &job.error {
+                errln!(
+                    "tsbridge: job {} {}: {}: {}",
+                    job.job_id,
+                    job.state,
+                    e.kind,
+                    e.message
+                )?;
+            }
+            return Ok(ExitCode::from(1));
         }
         JobsCommand::Logs { id, follow } => {
             let id = parse_id(&id)?;

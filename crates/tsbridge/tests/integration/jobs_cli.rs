@@ -119,3 +119,40 @@ fn jobs_uses_the_token_and_url_from_flags_or_env_and_pages_with_cursor() {
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(r.stderr.contains("Conflict"), "{r:?}");
 }
+
+/// `jobs submit --wait` of a job that fails exits 1 and says why on stderr
+/// (its error type and message), as `run` does: the events it streamed
+/// need not show it (a non-zero exit is no event).
+#[test]
+fn submit_wait_of_a_failing_job_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cgroups = ServeCgroups::for_config_dir(dir.path());
+    let port = free_port();
+    write_protocol_config(dir.path(), port, &[]);
+    let config = dir.path().join("tsbridge.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[workflows.exits]\nroot = \"{}\"\nscript = \"exit-code.sh\"\nruntime = \"exec\"\nargs = [\"5\"]\n",
+        crate::common::fixtures().display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let server = Server::spawn(tsbridge(dir.path(), &["serve"]), port);
+
+    let r = run(&mut tsbridge(
+        dir.path(),
+        &[
+            "jobs",
+            "--server",
+            &server.url,
+            "submit",
+            "exits",
+            "{}",
+            "--wait",
+        ],
+    ));
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        r.stderr.contains("failed: ExecutionError") && r.stderr.contains("code 5"),
+        "{r:?}"
+    );
+}
