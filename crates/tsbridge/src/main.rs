@@ -113,6 +113,15 @@ fn main() -> ExitCode {
         Err(e) if output::OutputError::is_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             output::note!("tsbridge: {e:#}");
+            // What the server said beyond its message: which parameter
+            // broke the schema, the exit code and stderr tail of a job.
+            if let Some(tsbridge_client::ClientError::Api {
+                details: Some(details),
+                ..
+            }) = e.downcast_ref()
+            {
+                output::note!("  details: {details}");
+            }
             ExitCode::from(1)
         }
     }

@@ -122,7 +122,8 @@ fn jobs_uses_the_token_and_url_from_flags_or_env_and_pages_with_cursor() {
 
 /// `jobs submit --wait` of a job that fails exits 1 and says why on stderr
 /// (its error type and message), as `run` does: the events it streamed
-/// need not show it (a non-zero exit is no event).
+/// need not show it (a non-zero exit is no event). A request the server
+/// refuses shows the error's details too (which parameter broke the schema).
 #[test]
 fn submit_wait_of_a_failing_job_says_why() {
     let dir = tempfile::tempdir().unwrap();
@@ -132,7 +133,7 @@ fn submit_wait_of_a_failing_job_says_why() {
     let config = dir.path().join("tsbridge.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
-        "\n[workflows.exits]\nroot = \"{}\"\nscript = \"exit-code.sh\"\nruntime = \"exec\"\nargs = [\"5\"]\n",
+        "\n[workflows.exits]\nroot = \"{}\"\nscript = \"exit-code.sh\"\nruntime = \"exec\"\nargs = [\"5\"]\nparams_schema = {{ type = \"object\", properties = {{ n = {{ type = \"integer\" }} }} }}\n",
         crate::common::fixtures().display()
     ));
     std::fs::write(&config, text).unwrap();
@@ -153,6 +154,24 @@ fn submit_wait_of_a_failing_job_says_why() {
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(
         r.stderr.contains("failed: ExecutionError") && r.stderr.contains("code 5"),
+        "{r:?}"
+    );
+
+    let r = run(&mut tsbridge(
+        dir.path(),
+        &[
+            "jobs",
+            "--server",
+            &server.url,
+            "submit",
+            "exits",
+            r#"{"n":"x"}"#,
+        ],
+    ));
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("ValidationError"), "{r:?}");
+    assert!(
+        r.stderr.contains("details:") && r.stderr.contains("/n"),
         "{r:?}"
     );
 }
