@@ -273,32 +273,27 @@ fn a_bad_worker_thread_count_is_a_usage_error_not_a_panic() {
 #[test]
 fn run_refuses_to_pass_a_secret_looking_variable_silently() {
     let dir = tempfile::tempdir().unwrap();
-    let print = "process.stdout.write(JSON.stringify(process.env.AUD_API_KEY ?? null))";
-    let r = Run::of(
-        tsbridge(
-            dir.path(),
-            &["run", "--pass-env", "AUD_API_KEY", "node", "-e", print],
+    // Passes NAME (set to "v") and prints it as JSON.
+    let pass = |name: &str| {
+        let print = format!("process.stdout.write(JSON.stringify(process.env.{name} ?? null))");
+        Run::of(
+            tsbridge(
+                dir.path(),
+                &["run", "--pass-env", name, "node", "-e", &print],
+            )
+            .env(name, "v")
+            .output()
+            .unwrap(),
         )
-        .env("AUD_API_KEY", "k")
-        .output()
-        .unwrap(),
-    );
+    };
+    let r = pass("AUD_API_KEY");
     assert_eq!(r.code, Some(2), "{r}");
     assert!(r.stderr.contains("AUD_API_KEY looks secret"), "{r}");
     assert!(r.stderr.contains("--env"), "{r}");
 
-    let print = "process.stdout.write(JSON.stringify(process.env.AUD_PLAIN ?? null))";
-    let r = Run::of(
-        tsbridge(
-            dir.path(),
-            &["run", "--pass-env", "AUD_PLAIN", "node", "-e", print],
-        )
-        .env("AUD_PLAIN", "p")
-        .output()
-        .unwrap(),
-    );
+    let r = pass("AUD_PLAIN");
     assert_eq!(r.code, Some(0), "{r}");
-    assert_eq!(r.stdout.trim(), r#""p""#, "{r}");
+    assert_eq!(r.stdout.trim(), r#""v""#, "{r}");
 }
 
 /// Log lines into a pipe or a file are plain text: no ANSI colour codes,

@@ -139,35 +139,19 @@ fn submit_wait_of_a_failing_job_says_why() {
     std::fs::write(&config, text).unwrap();
     let server = Server::spawn(tsbridge(dir.path(), &["serve"]), port);
 
-    let r = run(&mut tsbridge(
-        dir.path(),
-        &[
-            "jobs",
-            "--server",
-            &server.url,
-            "submit",
-            "exits",
-            "{}",
-            "--wait",
-        ],
-    ));
+    let submit = |more: &[&str]| {
+        let mut args = vec!["jobs", "--server", &server.url, "submit", "exits"];
+        args.extend_from_slice(more);
+        run(&mut tsbridge(dir.path(), &args))
+    };
+    let r = submit(&["{}", "--wait"]);
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(
         r.stderr.contains("failed: ExecutionError") && r.stderr.contains("code 5"),
         "{r:?}"
     );
 
-    let r = run(&mut tsbridge(
-        dir.path(),
-        &[
-            "jobs",
-            "--server",
-            &server.url,
-            "submit",
-            "exits",
-            r#"{"n":"x"}"#,
-        ],
-    ));
+    let r = submit(&[r#"{"n":"x"}"#]);
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(r.stderr.contains("ValidationError"), "{r:?}");
     assert!(
