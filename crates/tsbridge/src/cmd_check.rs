@@ -136,6 +136,16 @@ fn unset_token_vars(c: &Config) -> Vec<String> {
         .collect()
 }
 
+/// A config that cannot be used, with why it cannot be read (`No such
+/// file or directory`) when that is the problem: `{e}` alone names only
+/// the file.
+pub(crate) fn config_error(e: &ConfigError) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
 /// Prints the report: JSON on stdout, or text with the config's errors on stderr.
 fn report(
     args: &CheckArgs,
@@ -171,7 +181,7 @@ fn report(
                     .iter()
                     .map(|i| json!({"key": i.key, "line": i.line, "message": i.message}))
                     .collect();
-                out["config"] = json!({ "checked": true, "path": shown, "valid": false, "error": e.to_string(), "issues": issues });
+                out["config"] = json!({ "checked": true, "path": shown, "valid": false, "error": config_error(e), "issues": issues });
             }
         }
         outln!("{}", serde_json::to_string_pretty(&out)?)?;
@@ -182,7 +192,7 @@ fn report(
         text_report(&mut text, host, config, shown)?;
         let printed = out!("{text}");
         if let Some(Err(e)) = config {
-            errln!("{e}")?;
+            errln!("{}", config_error(e))?;
         }
         printed?;
     }

@@ -21,7 +21,7 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
     let mut config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("tsbridge: {e}");
+            crate::output::note!("tsbridge: {}", crate::cmd_check::config_error(&e));
             return Ok(ExitCode::from(2));
         }
     };

@@ -224,6 +224,21 @@ fn check_says_which_workflows_serve_would_make_unavailable() {
     assert!(wf["plain"]["unavailable"].is_null(), "{r}");
 }
 
+/// A config file that cannot be read: `check` and `serve` say why (the
+/// OS's reason), not only which file.
+#[test]
+fn a_config_that_cannot_be_read_is_reported_with_why() {
+    let dir = tempfile::tempdir().unwrap();
+    for cmd in ["check", "serve"] {
+        let r = run(dir.path(), &[cmd, "--config", "missing.toml"]);
+        assert_eq!(r.code, Some(2), "{cmd}: {r}");
+        assert!(
+            r.stderr.contains("missing.toml") && r.stderr.contains("No such file or directory"),
+            "{cmd}: {r}"
+        );
+    }
+}
+
 #[test]
 fn check_keeps_its_verdict_when_the_reader_goes_away() {
     let dir = tempfile::tempdir().unwrap();
