@@ -8,6 +8,8 @@
 //! started, 127 if the program (or its runtime) is not found, 126 if it cannot
 //! be executed, as timeout(1) and env(1) say it.
 //!
+//! A piped or redirected stdin is the job's; a terminal is not.
+//!
 //! A reader of stdout or stderr that goes away does not end the job: the
 //! child's output is captured anyway, and the exit code stays the child's.
 
@@ -29,7 +31,7 @@ use tsbridge_process::runtime::{RuntimeKind, RuntimeSearch, resolve_for_spawn_as
 use tsbridge_process::transpile::TranspileCache;
 use tsbridge_process::{
     ExitKind, JobError, JobKey, Outcome, ProcessControl, ResolveError, SandboxAttachment,
-    SpawnError, StopReason, spawn,
+    SpawnError, StdinSpec, StopReason, spawn,
 };
 use tsbridge_proto::event::Stream;
 use tsbridge_proto::{ChildEvent, EndReason};
@@ -104,10 +106,20 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     };
 
     let ui = Ui::new(args.json);
+    // A piped or redirected stdin is the job's, as under timeout(1); a
+    // terminal is not (a background `run` reading it would be stopped by
+    // SIGTTIN). It can be read once: a retry gets /dev/null.
+    let mut forward_stdin = !std::io::stdin().is_terminal();
     let mut attempt = 1u32;
     let outcome = loop {
+        let stdin = if std::mem::take(&mut forward_stdin) {
+            StdinSpec::Pipe
+        } else {
+            StdinSpec::Null
+        };
         let mut b = inv
             .builder()
+            .stdin(stdin)
             .args(job_args.iter().cloned())
             .cwd(&cwd)
             .envs(merge(&env, &inv.env))
@@ -137,6 +149,9 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
         let spec = b.build().map_err(anyhow::Error::from)?;
         let result = match spawn(spec).await {
             Ok(mut running) => {
+                if let Some(pipe) = running.take_stdin() {
+                    forward_own_stdin(pipe);
+                }
                 let events = running.take_events();
                 let printer = events.map(|rx| tokio::spawn(ui.clone().print_events(rx)));
                 let outcome = running.wait().await;
@@ -203,6 +218,25 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
         print_result(&text)?;
     }
     Ok(ExitCode::from(exit_code(&outcome)))
+}
+
+/// Copies tsbridge's stdin into the child's on a thread of its own, which
+/// blocks on reads (tokio's stdin would hold up the runtime's shutdown on a
+/// stdin that never ends) and dies with the process. A child that stops
+/// reading ends the copy (EPIPE).
+fn forward_own_stdin(pipe: tokio::process::ChildStdin) {
+    let Ok(fd) = pipe.into_owned_fd() else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("run-stdin".into())
+        .spawn(move || {
+            let mut to_child = std::fs::File::from(fd);
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut to_child);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot forward stdin: the job's stdin is empty");
+    }
 }
 
 /// The one line (or JSON document) of stdout. A reader that went away is no

@@ -311,6 +311,27 @@ fn run_refuses_to_pass_a_secret_looking_variable_silently() {
     assert_eq!(r.stdout.trim(), r#""v""#, "{r}");
 }
 
+/// A piped stdin is the job's (as under timeout(1)): `echo data | tsbridge
+/// run prog` gives prog the data and then EOF. It got /dev/null.
+#[test]
+fn run_gives_its_child_a_piped_stdin() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let echo = "let d='';process.stdin.on('data',c=>d+=c).on('end',()=>console.log('RESULT: '+JSON.stringify({got:d})))";
+    let mut child = tsbridge(dir.path(), &["run", "node", "-e", echo])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(b"line 1\nline 2\n").unwrap();
+    drop(input);
+    let r = Run::of(child.wait_with_output().unwrap());
+    assert_eq!(r.code, Some(0), "{r}");
+    assert_eq!(r.stdout.trim(), r#"{"got":"line 1\nline 2\n"}"#, "{r}");
+}
+
 /// Log lines into a pipe or a file are plain text: no ANSI colour codes,
 /// which tracing writes unless told the writer is no terminal.
 #[test]
