@@ -18,19 +18,22 @@ use tsbridge_server::{AppState, Auth, ServerSettings};
 use crate::cli::ServeArgs;
 
 pub async fn main(args: ServeArgs) -> Result<ExitCode> {
-    let mut config = match Config::load(&args.config) {
+    let bind = match &args.bind {
+        Some(b) => Some(
+            b.parse::<tsbridge_runtime::config::BindAddr>()
+                .map_err(|e| anyhow::anyhow!("--bind: {e}"))?
+                .0,
+        ),
+        None => None,
+    };
+    let overrides = tsbridge_runtime::config::Overrides { bind };
+    let mut config = match Config::load_with(&args.config, &overrides) {
         Ok(c) => c,
         Err(e) => {
             crate::output::note!("tsbridge: {}", crate::cmd_check::config_error(&e));
             return Ok(ExitCode::from(2));
         }
     };
-    if let Some(bind) = &args.bind {
-        config.server.bind = bind
-            .parse::<tsbridge_runtime::config::BindAddr>()
-            .map_err(|e| anyhow::anyhow!("--bind: {e}"))?
-            .0;
-    }
     if args.dev {
         config.server.dev = true;
     }

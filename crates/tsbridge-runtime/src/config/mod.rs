@@ -624,9 +624,22 @@ const POOL_KEYS: &[&str] = &[
     "warmup",
 ];
 
+/// Values given on the command line in place of the file's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `serve --bind`.
+    pub bind: Option<SocketAddr>,
+}
+
 impl Config {
     /// Reads, resolves and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with(path, &Overrides::default())
+    }
+
+    /// [`Self::load`], with command-line values in place of the file's
+    /// (validated as the file's values would be, after replacing them).
+    pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -640,10 +653,11 @@ impl Config {
         } else {
             base
         };
-        let mut cfg = Self::parse(&src, &base).map_err(|issues| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            issues,
-        })?;
+        let mut cfg =
+            Self::parse_with(&src, &base, overrides).map_err(|issues| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                issues,
+            })?;
         cfg.source = Some(path.to_path_buf());
         Ok(cfg)
     }
@@ -651,6 +665,15 @@ impl Config {
     /// Parses config text; relative paths are resolved against `base`.
     /// Every problem found is returned, in file order.
     pub fn parse(src: &str, base: &Path) -> Result<Config, Vec<ConfigIssue>> {
+        Self::parse_with(src, base, &Overrides::default())
+    }
+
+    /// [`Self::parse`] with [`Overrides`].
+    pub fn parse_with(
+        src: &str,
+        base: &Path,
+        overrides: &Overrides,
+    ) -> Result<Config, Vec<ConfigIssue>> {
         let mut issues = Issues::new(src);
         let (doc, syntax) = DeTable::parse_recoverable(src);
         for e in syntax {
@@ -660,8 +683,11 @@ impl Config {
 
         let server = root
             .table(&mut issues, "server", "server", SERVER_KEYS)
-            .map(|s| read_server(&mut issues, &s))
-            .unwrap_or_default();
+            .map(|s| read_server(&mut issues, &s, overrides))
+            .unwrap_or_else(|| ServerConfig {
+                bind: overrides.bind.unwrap_or(ServerConfig::default().bind),
+                ..ServerConfig::default()
+            });
         let store_sec = root.table(&mut issues, "store", "store", STORE_KEYS);
         let store = read_store(&mut issues, store_sec.as_ref(), base);
         let defaults = root
@@ -832,10 +858,20 @@ impl std::str::FromStr for BindAddr {
     }
 }
 
-fn read_server(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> ServerConfig {
+fn read_server(
+    issues: &mut Issues<'_>,
+    s: &Section<'_, '_>,
+    overrides: &Overrides,
+) -> ServerConfig {
     let mut c = ServerConfig::default();
     if let Some(b) = s.parse::<BindAddr>(issues, "bind") {
         c.bind = b.into_inner().0;
+    }
+    // `serve --bind` replaces the file's address before it is judged (its
+    // own refusal of an open address without tokens is serve's to say).
+    let bind_from_file = overrides.bind.is_none();
+    if let Some(b) = overrides.bind {
+        c.bind = b;
     }
     let mut any_token = false;
     if let Some(toks) = s.get::<Vec<String>>(issues, "tokens") {
@@ -849,7 +885,7 @@ fn read_server(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> ServerConfig {
         }
     }
     // `serve` refuses such a file (SPEC §5): `check` must say so too.
-    if !c.bind.ip().is_loopback() && !any_token {
+    if bind_from_file && !c.bind.ip().is_loopback() && !any_token {
         issues.push(
             &s.key("bind"),
             s.span_of("bind"),

@@ -648,3 +648,22 @@ fn stdio_is_pipe_by_default_socket_on_request_and_refused_in_pool_mode() {
         "{issues:?}"
     );
 }
+
+#[test]
+fn a_bind_override_is_judged_in_place_of_the_files_bind() {
+    let f = Fixture::new();
+    let open = "[server]\nbind = \"0.0.0.0:9000\"\n";
+    let local = Overrides {
+        bind: Some("127.0.0.1:9001".parse().unwrap()),
+    };
+    let c = Config::parse_with(open, f.dir.path(), &local).expect("overridden to loopback");
+    assert_eq!(c.server.bind.to_string(), "127.0.0.1:9001");
+    let c = Config::parse_with("", f.dir.path(), &local).expect("no [server] table");
+    assert_eq!(c.server.bind.to_string(), "127.0.0.1:9001");
+    // An open override is serve's to refuse, not a problem of the file's.
+    let wide = Overrides {
+        bind: Some("0.0.0.0:9002".parse().unwrap()),
+    };
+    let c = Config::parse_with("", f.dir.path(), &wide).expect("the file is fine");
+    assert_eq!(c.server.bind.to_string(), "0.0.0.0:9002");
+}

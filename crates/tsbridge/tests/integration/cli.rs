@@ -226,6 +226,26 @@ fn check_says_which_workflows_serve_would_make_unavailable() {
 
 /// A config file that cannot be read: `check` and `serve` say why (the
 /// OS's reason), not only which file.
+/// A file that binds beyond loopback without a token is refused by `check`
+/// and `serve` (key and line), but `serve --bind 127.0.0.1:PORT` replaces
+/// that address before it is judged, and serves.
+#[test]
+fn serve_bind_replaces_an_open_address_before_the_token_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cgroups = ServeCgroups::for_config_dir(dir.path());
+    write_config(dir.path(), "[server]\nbind = \"0.0.0.0:8787\"\n");
+    let r = run(dir.path(), &["check"]);
+    assert_ne!(r.code, Some(0), "{r}");
+    assert!(r.stderr.contains("server.bind"), "{r}");
+    let r = run(dir.path(), &["serve"]);
+    assert_eq!(r.code, Some(2), "{r}");
+    assert!(r.stderr.contains("server.bind"), "{r}");
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let server = Server::spawn(tsbridge(dir.path(), &["serve", "--bind", &bind]), port);
+    drop(server);
+}
+
 #[test]
 fn a_config_that_cannot_be_read_is_reported_with_why() {
     let dir = tempfile::tempdir().unwrap();
