@@ -353,7 +353,9 @@ impl AttemptView {
 #[schema(as = AttemptView)]
 struct AttemptWire<'a> {
     n: u32,
+    #[serde(serialize_with = "crate::time::serialize")]
     started_at: &'a DateTime<Utc>,
+    #[serde(serialize_with = "crate::time::serialize_opt")]
     finished_at: Option<&'a DateTime<Utc>>,
     reason: Option<EndReason>,
     exit_code: Option<i32>,
@@ -469,8 +471,11 @@ struct JobViewWire<'a> {
     state: JobState,
     reason: Option<EndReason>,
     priority: i32,
+    #[serde(serialize_with = "crate::time::serialize")]
     created_at: &'a DateTime<Utc>,
+    #[serde(serialize_with = "crate::time::serialize_opt")]
     started_at: Option<&'a DateTime<Utc>>,
+    #[serde(serialize_with = "crate::time::serialize_opt")]
     finished_at: Option<&'a DateTime<Utc>>,
     #[schema(value_type = Vec<AttemptView>)]
     attempts: &'a [AttemptView],

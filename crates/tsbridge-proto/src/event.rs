@@ -171,6 +171,9 @@ pub struct JobEvent {
     pub seq: u64,
     #[schema(value_type = String)]
     pub job_id: JobId,
+    /// Cut to the millisecond on the wire, as the store keeps it, so a live
+    /// event and its replay are the same bytes.
+    #[serde(serialize_with = "crate::time::serialize")]
     pub timestamp: DateTime<Utc>,
     #[serde(flatten)]
     pub data: EventData,
@@ -189,10 +192,12 @@ mod tests {
 
     #[test]
     fn event_json_shape() {
+        // A time the wire keeps whole: it writes milliseconds.
+        let at = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
         let e = JobEvent {
             seq: 3,
             job_id: JobId::new(),
-            timestamp: Utc::now(),
+            timestamp: at,
             data: EventData::Progress(Progress::new(1, 2, "half")),
         };
         let v = serde_json::to_value(&e).unwrap();

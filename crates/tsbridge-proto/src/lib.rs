@@ -10,6 +10,7 @@ pub mod ids;
 pub mod ipc;
 pub mod job;
 pub mod service;
+pub mod time;
 pub mod units;
 pub mod ws;
 

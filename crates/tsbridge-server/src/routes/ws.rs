@@ -524,14 +524,14 @@ fn progress_message(raw: &str, p: &Progress, at: &chrono::DateTime<chrono::Utc>)
             progress: p.percentage,
             message: p.message.clone(),
             stage: format!("{}/{}", p.current, p.total),
-            timestamp: at.to_rfc3339(),
+            timestamp: tsbridge_proto::time::rfc3339(at),
         },
     }
 }
 
 /// The messages one job event becomes.
 fn messages_for(raw: &str, e: &JobEvent) -> Vec<ServerMessage> {
-    let at = e.timestamp.to_rfc3339();
+    let at = tsbridge_proto::time::rfc3339(&e.timestamp);
     let workflow_id = raw.to_owned();
     match &e.data {
         EventData::Progress(p) => vec![progress_message(raw, p, &e.timestamp)],
@@ -738,8 +738,12 @@ async fn snapshot(backend: &dyn Backend, id: JobId) -> Result<Snapshot, String> 
                     attempt,
                 } => {
                     current = *state;
-                    snap.state =
-                        state_data(*state, *reason, *attempt, Some(e.timestamp.to_rfc3339()));
+                    snap.state = state_data(
+                        *state,
+                        *reason,
+                        *attempt,
+                        Some(tsbridge_proto::time::rfc3339(&e.timestamp)),
+                    );
                 }
                 EventData::Progress(_) => snap.progress = Some(e.clone()),
                 EventData::Result { value } => snap.result = Some(value.clone()),

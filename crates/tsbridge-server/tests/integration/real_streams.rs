@@ -191,3 +191,91 @@ async fn websocket_progress_result_late_subscriber_and_cancel() {
     let v = r.rt.get(hang_id).await.unwrap();
     assert_eq!(v.state, JobState::Cancelled);
 }
+
+/// An event reads the same live and replayed: SSE's live `data` (the
+/// runtime's clock, to the nanosecond) used to differ from its replay (the
+/// store's milliseconds), and the WebSocket wrote `+00:00` where HTTP writes
+/// `Z`. Every time on the wire is now RFC 3339 with milliseconds and `Z`.
+#[tokio::test]
+async fn a_live_event_reads_the_same_replayed_and_over_the_websocket() {
+    let r = real("").await;
+    let server = TestServer::start(r.state.clone()).await;
+    let id = submit(&server, json!({"progress": 1, "hang": true})).await;
+
+    // An SSE stream that has delivered the progress is following the job
+    // live: the cancel's events reach it live, not from the store.
+    let resp = reqwest::get(server.url(&format!("/v1/jobs/{id}/events")))
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let mut parser = SseParser::new();
+    let mut live: Vec<Value> = Vec::new();
+    let mut next = async || -> Option<Vec<Value>> {
+        let chunk = tokio::time::timeout(Duration::from_secs(60), body.next())
+            .await
+            .expect("an event in time")?
+            .unwrap();
+        Some(
+            parser
+                .push(&chunk)
+                .into_iter()
+                .map(|e| serde_json::from_str(&e.data).unwrap())
+                .collect(),
+        )
+    };
+    while !live.iter().any(|e| e["type"] == "progress") {
+        live.extend(next().await.expect("the stream is open"));
+    }
+    let (mut ws, _) = connect_async(server.ws_url("/v1/ws")).await.unwrap();
+    ws.send(Message::text(
+        json!({"type": "subscribe", "jobId": id}).to_string(),
+    ))
+    .await
+    .unwrap();
+    while next_json(&mut ws).await["type"] != "progress" {}
+
+    let cancel = reqwest::Client::new()
+        .post(server.url(&format!("/v1/jobs/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 200);
+    let job: Value = cancel.json().await.unwrap();
+    while let Some(events) = next().await {
+        live.extend(events);
+    }
+    let ws_end = loop {
+        let m = next_json(&mut ws).await;
+        if m["type"] == "state" && m["data"]["state"] == "cancelled" {
+            break m;
+        }
+    };
+
+    let end = live.last().unwrap();
+    assert_eq!(end["state"], "cancelled");
+    let replay: Vec<Value> = sse_all(&server, &id, None)
+        .await
+        .into_iter()
+        .map(|e| e.2)
+        .collect();
+    assert_eq!(live, replay, "live events and their replay are the same");
+    assert_eq!(ws_end["data"]["timestamp"], end["timestamp"]);
+    let wire_time = |v: &Value| {
+        let s = v.as_str().unwrap_or_else(|| panic!("a time: {v}"));
+        let ok = s.len() == 24
+            && s.ends_with('Z')
+            && s.as_bytes()[19] == b'.'
+            && chrono::DateTime::parse_from_rfc3339(s).is_ok();
+        assert!(ok, "RFC 3339 with milliseconds and Z: {s}");
+    };
+    for e in &live {
+        wire_time(&e["timestamp"]);
+    }
+    wire_time(&ws_end["data"]["timestamp"]);
+    let job = &job["data"];
+    for k in ["createdAt", "startedAt", "finishedAt"] {
+        wire_time(&job[k]);
+    }
+    wire_time(&job["attempts"][0]["startedAt"]);
+    wire_time(&job["attempts"][0]["finishedAt"]);
+}
