@@ -145,7 +145,7 @@ pub struct JobOptions {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExecuteRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "parameters_object")]
     pub parameters: Value,
     #[serde(default)]
     pub options: Option<JobOptions>,
@@ -156,7 +156,7 @@ pub struct ExecuteRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SubmitRequest {
     pub workflow: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "parameters_object")]
     pub parameters: Value,
     #[serde(default)]
     pub options: Option<JobOptions>,
@@ -177,7 +177,7 @@ pub struct SubmitResponse {
 pub struct BatchItem {
     #[serde(rename = "type")]
     pub workflow: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "parameters_object")]
     pub parameters: Value,
     /// The client's name for the item, echoed as its result's `workflowId`.
     /// A number is accepted too (and echoed as its decimal string): a whole
@@ -187,6 +187,30 @@ pub struct BatchItem {
     pub id: Option<String>,
     #[serde(default)]
     pub priority: Option<i32>,
+}
+
+/// `parameters`: a JSON object, or null (absent), which the runtime reads as
+/// `{}`. SPEC §2 passes them as `--params <json>`, the pool's handler gets
+/// them as `params`: a number or a list there is a client's mistake (a
+/// workflow with a schema refuses it anyway; one without should too).
+fn parameters_object<'de, D>(d: D) -> Result<Value, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::{Error, Unexpected};
+    let v = Value::deserialize(d)?;
+    let unexpected = match &v {
+        Value::Object(_) | Value::Null => return Ok(v),
+        Value::Bool(b) => Unexpected::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Unexpected::Signed(i),
+            (_, Some(u), _) => Unexpected::Unsigned(u),
+            (_, _, f) => Unexpected::Float(f.unwrap_or_default()),
+        },
+        Value::String(s) => Unexpected::Str(s),
+        Value::Array(_) => Unexpected::Seq,
+    };
+    Err(D::Error::invalid_type(unexpected, &"a JSON object"))
 }
 
 /// `Option<String>` from a JSON string, an integer or null.
@@ -689,6 +713,46 @@ mod tests {
             serde_json::from_str(r#"{"parameters":{},"options":{"timeout":"2s"}}"#).unwrap();
         assert_eq!(r.options.unwrap().timeout.unwrap().0.as_secs(), 2);
         assert!(serde_json::from_str::<ExecuteRequest>(r#"{"parameters":{},"bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn parameters_are_an_object_or_absent() {
+        let r: SubmitRequest =
+            serde_json::from_str(r#"{"workflow":"w","parameters":{"a":1}}"#).unwrap();
+        assert_eq!(r.parameters, serde_json::json!({"a": 1}));
+        for ok in [
+            r#"{"workflow":"w"}"#,
+            r#"{"workflow":"w","parameters":null}"#,
+        ] {
+            let r: SubmitRequest = serde_json::from_str(ok).unwrap();
+            assert!(r.parameters.is_null(), "{ok}");
+        }
+        for (bad, what) in [
+            ("5", "integer `5`"),
+            ("-1.5", "floating point `-1.5`"),
+            (r#""x""#, "string \"x\""),
+            ("[1]", "sequence"),
+            ("true", "boolean `true`"),
+        ] {
+            let body = format!(r#"{{"workflow":"w","parameters":{bad}}}"#);
+            let e = serde_json::from_str::<SubmitRequest>(&body)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("invalid type: {what}, expected a JSON object")),
+                "{e}"
+            );
+            let body = format!(r#"{{"parameters":{bad}}}"#);
+            assert!(
+                serde_json::from_str::<ExecuteRequest>(&body).is_err(),
+                "{body}"
+            );
+            let body = format!(r#"{{"workflows":[{{"type":"w","parameters":{bad}}}]}}"#);
+            assert!(
+                serde_json::from_str::<BatchRequest>(&body).is_err(),
+                "{body}"
+            );
+        }
     }
 
     #[test]

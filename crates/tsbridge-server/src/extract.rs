@@ -84,12 +84,26 @@ pub(crate) fn payload_too_large() -> ApiError {
     )
 }
 
-/// Parses a JSON body into `T` with a message that says what is wrong.
+/// Parses a JSON body (every body of the API is an object) into `T` with a
+/// message that says what is wrong. Another JSON value is refused before
+/// serde sees it: serde reads a struct from an array too (`["w", {}]` as
+/// `{"workflow": "w", "parameters": {}}`), which no client means.
 pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::validation(
-            "request body is empty: expected a JSON object",
-        ));
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(ApiError::validation(
+                "request body is empty: expected a JSON object",
+            ));
+        }
+        Some(b'{') => {}
+        Some(_) => {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+                return Err(ApiError::validation(format!(
+                    "invalid request body: expected a JSON object, got {}",
+                    json_kind(&v)
+                )));
+            }
+        }
     }
     serde_json::from_slice(bytes).map_err(|e| {
         let what = match e.classify() {
@@ -98,6 +112,18 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         };
         ApiError::validation(format!("{what}: {e}"))
     })
+}
+
+/// What a JSON value is, in the words of serde's messages.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 /// A job id from a path segment; anything that is not one names no job (404).
@@ -127,6 +153,18 @@ mod tests {
         assert!(e.message.contains("unknown field `bogus`"), "{}", e.message);
         let e = parse_body::<SubmitRequest>(b"  ").unwrap_err();
         assert!(e.message.contains("empty"), "{}", e.message);
+        let e = parse_body::<SubmitRequest>(br#" ["w", {}]"#).unwrap_err();
+        assert!(
+            e.message.ends_with("expected a JSON object, got an array"),
+            "{}",
+            e.message
+        );
+        let e = parse_body::<SubmitRequest>(b"[nope").unwrap_err();
+        assert!(
+            e.message.starts_with("request body is not valid JSON"),
+            "{}",
+            e.message
+        );
         assert_eq!(job_id("x").unwrap_err().kind, ErrorType::NotFound);
     }
 

@@ -427,3 +427,67 @@ async fn invalid_list_filters_are_400() {
     let a = call(&state, "GET", "/v1/jobs?limit=0", None, None).await;
     assert_failure(&a, 400, "ValidationError");
 }
+
+/// Every body of the API is a JSON object, and so are `parameters`: over a
+/// real socket, a body that is an array (which serde would read as the
+/// struct's fields in order) or parameters that are a number, a string or a
+/// list are 400, and nothing is submitted. Absent or null parameters are `{}`.
+#[tokio::test]
+async fn a_body_or_parameters_that_are_not_an_object_are_400() {
+    let (state, fake) = fake_state(settings());
+    let server = TestServer::start(state).await;
+    let http = reqwest::Client::new();
+    let post = async |path: &str, body: &str| {
+        let r = http
+            .post(server.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let v: serde_json::Value = r.json().await.unwrap();
+        (status, v)
+    };
+    let refused = [
+        ("/v1/jobs", r#"["echo", {}]"#, "got an array"),
+        ("/workflow/echo/execute", r#"[{"a": 1}]"#, "got an array"),
+        ("/workflow/batch", r#"[[["echo", {}]]]"#, "got an array"),
+        ("/v1/jobs", r#" "echo""#, "got a string"),
+        (
+            "/v1/jobs",
+            r#"{"workflow":"echo","parameters":5}"#,
+            "expected a JSON object",
+        ),
+        (
+            "/v1/jobs",
+            r#"{"workflow":"echo","parameters":"a=1"}"#,
+            "expected a JSON object",
+        ),
+        (
+            "/workflow/echo/execute",
+            r#"{"parameters":[1,2]}"#,
+            "expected a JSON object",
+        ),
+        (
+            "/workflow/batch",
+            r#"{"workflows":[{"type":"echo","parameters":true}]}"#,
+            "expected a JSON object",
+        ),
+    ];
+    for (path, body, says) in refused {
+        let (status, v) = post(path, body).await;
+        assert_eq!(status, 400, "{path} {body}: {v}");
+        assert_eq!(v["error"]["type"], "ValidationError", "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{path} {body}: {message}");
+    }
+    assert_eq!(fake.job_count(), 0, "nothing was submitted");
+    for body in [
+        r#"{"workflow":"echo"}"#,
+        r#"{"workflow":"echo","parameters":null}"#,
+    ] {
+        let (status, v) = post("/v1/jobs", body).await;
+        assert_eq!(status, 202, "{body}: {v}");
+    }
+}
