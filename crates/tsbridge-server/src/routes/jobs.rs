@@ -22,8 +22,9 @@ use crate::state::AppState;
 /// The most jobs one page may hold.
 pub const MAX_LIMIT: u32 = 500;
 
-/// Submit a job without waiting. 202 when a job was created; 200 when the
-/// `idempotencyKey` named an existing job (its current state is returned).
+/// Submit a job without waiting: 202 `{jobId, state}`. A repeated
+/// `idempotencyKey` answers 202 too, with the existing job (its current
+/// state) and `Idempotent-Replayed: true`; the key reused for other work is 409.
 #[utoipa::path(
     post,
     path = "/v1/jobs",
@@ -34,6 +35,7 @@ pub const MAX_LIMIT: u32 = 500;
         (status = 400, description = "Invalid body or parameters", body = tsbridge_proto::api::Failure),
         (status = 403, description = "A path or env name is refused", body = tsbridge_proto::api::Failure),
         (status = 404, description = "No such workflow", body = tsbridge_proto::api::Failure),
+        (status = 409, description = "The idempotencyKey names a job submitted with another workflow, parameters or options", body = tsbridge_proto::api::Failure),
         (status = 429, description = "The queue is full", body = tsbridge_proto::api::Failure),
         (status = 503, description = "Unavailable on this host, or shutting down", body = tsbridge_proto::api::Failure),
     )

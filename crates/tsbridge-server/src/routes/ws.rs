@@ -60,6 +60,7 @@ const FLUSH_ON_CLOSE: Duration = Duration::from_secs(5);
     params(("token" = Option<String>, Query, description = "Bearer token, for clients that cannot set headers")),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket handshake", body = tsbridge_proto::api::Failure),
         (status = 401, description = "Missing or invalid token", body = tsbridge_proto::api::Failure),
     )
 )]

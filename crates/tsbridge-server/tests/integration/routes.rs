@@ -226,6 +226,15 @@ async fn service_routes() {
     ] {
         assert!(a.body["paths"][p].is_object(), "{p} missing from openapi");
     }
+    // Statuses the routes answer that a client generated from the document
+    // must know (the idempotency key's 409, the WebSocket's non-handshake
+    // 400); a replayed key is 202 like a new job, not the 200 it once said.
+    let responses = |method: &str, path: &str| a.body["paths"][path][method]["responses"].clone();
+    assert!(responses("post", "/v1/jobs")["409"].is_object());
+    assert!(responses("post", "/v1/jobs")["200"].is_null());
+    assert!(responses("get", "/v1/ws")["400"].is_object());
+    let summary = a.body["paths"]["/v1/jobs"]["post"]["summary"].to_string();
+    assert!(!summary.contains("200"), "{summary}");
     assert!(a.body["components"]["schemas"]["JobView"].is_object());
     assert!(a.body["components"]["securitySchemes"]["bearer"].is_object());
 
