@@ -124,13 +124,13 @@ impl<T> Success<T> {
 pub struct JobOptions {
     /// Milliseconds, or a string such as "2s".
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = openapi::timeout)]
     pub timeout: Option<DurationSpec>,
     /// Bytes, or a string such as "256MiB": lowers the workflow's memory
     /// limit for this job (never raises it). Spawn mode only: a pool's warm
     /// workers share the limit of the config.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = openapi::memory)]
     pub memory: Option<ByteSize>,
     #[serde(default)]
     pub priority: Option<i32>,
@@ -146,6 +146,7 @@ pub struct JobOptions {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExecuteRequest {
     #[serde(default, deserialize_with = "parameters_object")]
+    #[schema(schema_with = openapi::parameters)]
     pub parameters: Value,
     #[serde(default)]
     pub options: Option<JobOptions>,
@@ -157,6 +158,7 @@ pub struct ExecuteRequest {
 pub struct SubmitRequest {
     pub workflow: String,
     #[serde(default, deserialize_with = "parameters_object")]
+    #[schema(schema_with = openapi::parameters)]
     pub parameters: Value,
     #[serde(default)]
     pub options: Option<JobOptions>,
@@ -178,12 +180,13 @@ pub struct BatchItem {
     #[serde(rename = "type")]
     pub workflow: String,
     #[serde(default, deserialize_with = "parameters_object")]
+    #[schema(schema_with = openapi::parameters)]
     pub parameters: Value,
     /// The client's name for the item, echoed as its result's `workflowId`.
     /// A number is accepted too (and echoed as its decimal string): a whole
     /// batch refused over `"id": 1` would help nobody.
     #[serde(default, deserialize_with = "string_or_integer")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = openapi::item_id)]
     pub id: Option<String>,
     #[serde(default)]
     pub priority: Option<i32>,
@@ -211,6 +214,47 @@ where
         Value::Array(_) => Unexpected::Seq,
     };
     Err(D::Error::invalid_type(unexpected, &"a JSON object"))
+}
+
+/// OpenAPI schemas of the request fields that serde reads from more than
+/// one JSON type (the derive would document only one of them).
+mod openapi {
+    use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
+
+    fn of(types: impl IntoIterator<Item = Type>, description: &str) -> Object {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter(types))
+            .description(Some(description))
+            .build()
+    }
+
+    pub fn timeout() -> Object {
+        of(
+            [Type::Integer, Type::String, Type::Null],
+            "Milliseconds (a number), or a string such as \"500ms\", \"2s\", \"5m\". Only lowers the workflow's own timeout.",
+        )
+    }
+
+    pub fn memory() -> Object {
+        of(
+            [Type::Integer, Type::String, Type::Null],
+            "Bytes (a number), or a string such as \"256MiB\": lowers the workflow's memory limit for this job (never raises it). Spawn mode only.",
+        )
+    }
+
+    pub fn parameters() -> Object {
+        of(
+            [Type::Object, Type::Null],
+            "The workflow's parameters, checked against its schema (GET /v1/workflows). Absent or null: {}.",
+        )
+    }
+
+    pub fn item_id() -> Object {
+        of(
+            [Type::String, Type::Integer, Type::Null],
+            "The client's name for the item, echoed as its result's workflowId (a number as its decimal string).",
+        )
+    }
 }
 
 /// `Option<String>` from a JSON string, an integer or null.
@@ -243,8 +287,9 @@ where
 pub struct BatchOptions {
     #[serde(default)]
     pub fail_fast: bool,
+    /// Each item's timeout.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = openapi::timeout)]
     pub timeout: Option<DurationSpec>,
 }
 

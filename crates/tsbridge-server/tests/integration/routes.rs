@@ -318,3 +318,81 @@ async fn metrics_render_prometheus_text() {
             .starts_with("text/plain")
     );
 }
+
+/// The served OpenAPI document describes what the server really takes and
+/// answers: request bodies it accepts (a timeout or memory as a number, a
+/// batch item's numeric id) validate against the document's request schemas
+/// (they used to say "string" only), one it refuses does not, and the
+/// answers validate against the envelopes. Over a real socket.
+#[tokio::test]
+async fn the_openapi_document_accepts_what_the_server_accepts() {
+    let (state, _) = fake_state(settings());
+    let server = TestServer::start(state).await;
+    let http = reqwest::Client::new();
+    let send = async |method: reqwest::Method, path: &str, body: Option<&Value>| {
+        let mut rb = http.request(method, server.url(path));
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        let r = rb.send().await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+
+    let (status, doc) = send(reqwest::Method::GET, "/openapi.json", None).await;
+    assert_eq!(status, 200);
+    let validator = |name: &str| {
+        let schema = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$ref": format!("#/components/schemas/{name}"),
+            "components": doc["components"],
+        });
+        jsonschema::validator_for(&schema).unwrap()
+    };
+    let check = |name: &str, v: &Value| {
+        let errors: Vec<String> = validator(name)
+            .iter_errors(v)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{name}: {errors:?}\n{v}");
+    };
+    let submit = json!({"workflow": "echo", "parameters": {"a": 1},
+        "options": {"timeout": 1500, "memory": 1048576, "priority": 2, "idempotencyKey": "k"}});
+    check("SubmitRequest", &submit);
+    let (status, answer) = send(reqwest::Method::POST, "/v1/jobs", Some(&submit)).await;
+    assert_eq!(status, 202, "{answer}");
+    check("SubmitEnvelope", &answer);
+    let id = answer["data"]["jobId"].as_str().unwrap().to_owned();
+
+    let execute = json!({"parameters": {"a": 1}, "options": {"timeout": "2s", "memory": "64MiB"}});
+    check("ExecuteRequest", &execute);
+    let (status, answer) = send(
+        reqwest::Method::POST,
+        "/workflow/echo/execute",
+        Some(&execute),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    check("ExecuteEnvelope", &answer);
+
+    let batch = json!({"workflows": [{"type": "echo", "parameters": {}, "id": 7}, {"type": "echo", "id": "b"}],
+        "options": {"failFast": true, "timeout": 1000}});
+    check("BatchRequest", &batch);
+    let (status, answer) = send(reqwest::Method::POST, "/workflow/batch", Some(&batch)).await;
+    assert_eq!(status, 200, "{answer}");
+    check("BatchEnvelope", &answer);
+    assert_eq!(answer["results"][0]["workflowId"], "7");
+
+    let (status, answer) = send(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None).await;
+    assert_eq!(status, 200, "{answer}");
+    check("JobEnvelope", &answer);
+    let (status, answer) = send(reqwest::Method::GET, "/v1/jobs?limit=5", None).await;
+    assert_eq!(status, 200, "{answer}");
+    check("JobListEnvelope", &answer);
+
+    // Refused by both.
+    let bad = json!({"workflow": "echo", "parameters": 5});
+    assert!(!validator("SubmitRequest").is_valid(&bad));
+    let (status, answer) = send(reqwest::Method::POST, "/v1/jobs", Some(&bad)).await;
+    assert_eq!(status, 400, "{answer}");
+    check("Failure", &answer);
+}
