@@ -21,8 +21,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures::stream::BoxStream;
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -32,6 +33,7 @@ use tsbridge_proto::ws::{ClientMessage, JobRef, ServerMessage, WsProgress};
 use tsbridge_proto::{ErrorType, EventData, JobEvent, JobId, JobState, Progress};
 
 use crate::backend::Backend;
+use crate::errors::ApiError;
 use crate::events::Follower;
 use crate::state::AppState;
 
@@ -64,7 +66,21 @@ const FLUSH_ON_CLOSE: Duration = Duration::from_secs(5);
         (status = 401, description = "Missing or invalid token", body = tsbridge_proto::api::Failure),
     )
 )]
-pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(state): State<AppState>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        // A plain GET, or a handshake missing a header: say which, with
+        // axum's status (400, or 426 when the connection cannot upgrade).
+        Err(rej) => {
+            let message = format!("not a WebSocket handshake: {}", rej.body_text());
+            let mut resp = ApiError::validation(message).into_response();
+            *resp.status_mut() = rej.status();
+            return resp;
+        }
+    };
     // Small per-connection buffers: tungstenite's default 128 KiB read buffer
     // would cost ~1.3 GiB for 10,000 idle subscribers.
     ws.max_message_size(MAX_CLIENT_MESSAGE)

@@ -450,3 +450,21 @@ async fn one_connection_follows_at_most_max_subscriptions_jobs() {
         }
     }
 }
+
+/// A plain GET of `/v1/ws` (no handshake headers) is a failure body that
+/// says what is missing, not a bare "bad request". Over a real socket.
+#[tokio::test]
+async fn a_get_without_a_handshake_says_what_is_missing() {
+    let (state, _) = fake_state(settings());
+    let server = TestServer::start(state).await;
+    let r = reqwest::get(server.url("/v1/ws")).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["success"], false);
+    assert_eq!(v["error"]["type"], "ValidationError");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("not a WebSocket handshake: ") && message.contains("upgrade"),
+        "{message}"
+    );
+}
