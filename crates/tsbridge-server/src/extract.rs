@@ -12,11 +12,15 @@ use tsbridge_proto::{ErrorType, JobId};
 use crate::errors::ApiError;
 
 /// A JSON body. SPEC §8: "All bodies are JSON", so a body declared as
-/// something else (`text/plain`, `multipart/form-data`, XML...) is refused
-/// with 400 `ValidationError` even when its bytes happen to parse. Accepted:
-/// no `Content-Type`, `application/json`, any `application/*+json`, and
-/// `application/x-www-form-urlencoded` (what `curl -d` sends when no type is
-/// given; its body must still parse as JSON, so a real form is refused).
+/// another kind of document (`multipart/form-data`, XML...) is refused with
+/// 400 `ValidationError` even when its bytes happen to parse. Accepted: no
+/// `Content-Type`, `application/json`, any `application/*+json`, and the two
+/// types clients send by default with a JSON string: `text/plain` (fetch's,
+/// for a string body) and `application/x-www-form-urlencoded` (curl's `-d`).
+/// The body must parse as JSON either way, so a real form or text is
+/// refused. (Cross-site "simple" requests, which can carry these types, are
+/// stopped by the token or, without tokens, by the `Origin`/`Host` guard:
+/// docs/design/http-api.md.)
 #[derive(Debug, Clone)]
 pub struct ApiJson<T>(pub T);
 
@@ -68,7 +72,7 @@ pub fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     };
     let json =
         is(b"application/json") || (prefixed(b"application/", false) && prefixed(b"+json", true));
-    if json || is(b"application/x-www-form-urlencoded") {
+    if json || is(b"application/x-www-form-urlencoded") || is(b"text/plain") {
         return Ok(());
     }
     let raw = String::from_utf8_lossy(bytes);
@@ -181,12 +185,13 @@ mod tests {
             "Application/JSON; charset=utf-8",
             "application/vnd.api+json",
             "application/x-www-form-urlencoded",
+            "text/plain",
+            "text/plain;charset=UTF-8",
         ] {
             assert!(with(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "text/plain",
-            "text/plain;charset=UTF-8",
+            "text/html",
             "multipart/form-data; boundary=x",
             "application/xml",
             "",
