@@ -72,6 +72,28 @@ macro_rules! now_ms {
 /// Output shown per stream in job lists.
 const LIST_OUTPUT_TAIL: usize = 4096;
 
+/// A job list's columns: every column of `jobs` but the captured output,
+/// of which the list reads only the last [`LIST_OUTPUT_TAIL`] characters
+/// per stream and the length in bytes (`stdout_len`): a page of 500 jobs
+/// whose streams hold 16 MiB each reads a few KiB of each, not 16 GiB.
+/// (The literal 4096 is checked against [`LIST_OUTPUT_TAIL`] below; test
+/// `list_columns_are_every_column_of_jobs` compares the list with the table.)
+macro_rules! list_columns {
+    () => {
+        "id, workflow, state, reason, priority, params, request, idempotency_key, \
+         max_attempts, attempts, node, lease_until, created_at, started_at, finished_at, \
+         progress, result, error, exit_code, signal, process_id, stdout_dropped, \
+         stderr_dropped, stdout_truncated, stderr_truncated, peak_memory, cpu_ms, wall_ms, \
+         last_seq, cancel_requested, not_before, \
+         right(stdout,4096) AS stdout, octet_length(stdout)::bigint AS stdout_len, \
+         right(stderr,4096) AS stderr, octet_length(stderr)::bigint AS stderr_len"
+    };
+}
+const _: () = assert!(
+    LIST_OUTPUT_TAIL == 4096,
+    "list_columns! cuts 4096 characters"
+);
+
 /// Event announcements buffered for the reader of [`JobStore::watch_events`].
 const EVENTS_BUFFER: usize = 4096;
 
@@ -266,7 +288,7 @@ impl PgStore {
         .fetch_all(&self.inner.pool)
         .await
         .map_err(StoreError::query("read jobs"))?;
-        self.records(&rows, false).await
+        self.records(&rows).await
     }
 
     fn lease_secs(&self) -> f64 {
@@ -323,17 +345,13 @@ impl PgStore {
             .fetch_all(&self.inner.pool)
             .await
             .map_err(StoreError::query("read jobs"))?;
-        self.records(&rows, false).await
+        self.records(&rows).await
     }
 
-    async fn records(
-        &self,
-        rows: &[sqlx::postgres::PgRow],
-        cut_output: bool,
-    ) -> Result<Vec<JobRecord>, StoreError> {
+    async fn records(&self, rows: &[sqlx::postgres::PgRow]) -> Result<Vec<JobRecord>, StoreError> {
         let mut jobs = rows
             .iter()
-            .map(|r| read_job(r, cut_output.then_some(LIST_OUTPUT_TAIL)))
+            .map(|r| read_job(r, None))
             .collect::<Result<Vec<_>, _>>()?;
         self.attach_attempts(&mut jobs).await?;
         Ok(jobs)
@@ -590,7 +608,7 @@ impl JobStore for PgStore {
             .fetch_all(&self.inner.pool)
             .await
             .map_err(StoreError::query("read jobs"))?;
-        Ok(self.records(&rows, false).await?.pop())
+        Ok(self.records(&rows).await?.pop())
     }
 
     async fn start_attempt(
@@ -851,7 +869,8 @@ impl JobStore for PgStore {
 
     async fn list_jobs(&self, filter: &ListFilter) -> Result<JobPage, StoreError> {
         let limit = filter.limit.clamp(1, 500);
-        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("SELECT * FROM jobs WHERE TRUE");
+        let mut qb: QueryBuilder<Postgres> =
+            QueryBuilder::new(concat!("SELECT ", list_columns!(), " FROM jobs WHERE TRUE"));
         if let Some(s) = filter.state {
             qb.push(" AND state = ").push_bind(s.as_str());
         }
@@ -969,7 +988,7 @@ impl JobStore for PgStore {
                 .fetch_all(&self.inner.pool)
                 .await
                 .map_err(StoreError::query("read jobs"))?;
-        self.records(&rows, false).await
+        self.records(&rows).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -47,7 +47,9 @@ fn get_err(op: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { op, source }
 }
 
-/// A `jobs` row; `cut_output` keeps that many last bytes per stream.
+/// A `jobs` row; `cut_output` keeps that many last bytes per stream of a
+/// row read with the store's `list_columns!` (which carry each stream's
+/// last characters and its length in bytes).
 pub(super) fn read_job(row: &PgRow, cut_output: Option<usize>) -> Result<JobRecord, StoreError> {
     let g = get_err("read job row");
     let id_s: String = row.try_get("id").map_err(&g)?;
@@ -91,11 +93,18 @@ pub(super) fn read_job(row: &PgRow, cut_output: Option<usize>) -> Result<JobReco
     let mut stdout_truncated: bool = row.try_get("stdout_truncated").map_err(&g)?;
     let mut stderr_truncated: bool = row.try_get("stderr_truncated").map_err(&g)?;
     if let Some(max) = cut_output {
-        let (s, cut) = tail(stdout, max);
+        // The row holds the streams' last characters (the store's
+        // `list_columns!`) and their whole length in bytes.
+        let len = |col: &str| -> Result<u64, StoreError> {
+            Ok(row.try_get::<i64, _>(col).map_err(&g)?.max(0) as u64)
+        };
+        let (s, _) = tail(stdout, max);
+        let cut = len("stdout_len")?.saturating_sub(s.len() as u64);
         stdout = s;
         stdout_dropped += cut;
         stdout_truncated |= cut > 0;
-        let (s, cut) = tail(stderr, max);
+        let (s, _) = tail(stderr, max);
+        let cut = len("stderr_len")?.saturating_sub(s.len() as u64);
         stderr = s;
         stderr_dropped += cut;
         stderr_truncated |= cut > 0;

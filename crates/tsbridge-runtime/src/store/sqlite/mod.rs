@@ -134,6 +134,29 @@ const RUNNING_JOBS: &str = select_jobs!(concat!(
 /// Output shown per stream in job lists.
 const LIST_OUTPUT_TAIL: usize = 4096;
 
+/// A job list's columns: every column of `jobs` but the captured output,
+/// of which the list reads only the last [`LIST_OUTPUT_TAIL`] characters
+/// per stream and the length in bytes (`stdout_len`), cut by SQLite: a page
+/// of 500 jobs whose streams hold 16 MiB each reads a few KiB of each into
+/// tsbridge, not 16 GiB. (The literal 4096 is checked against
+/// [`LIST_OUTPUT_TAIL`] below; test `list_columns_are_every_column_of_jobs`
+/// compares the list with the table.)
+macro_rules! list_columns {
+    () => {
+        "id, workflow, state, reason, priority, params, request, idempotency_key, \
+         max_attempts, attempts, node, lease_until, created_at, started_at, finished_at, \
+         progress, result, error, exit_code, signal, process_id, stdout_dropped, \
+         stderr_dropped, stdout_truncated, stderr_truncated, peak_memory, cpu_ms, wall_ms, \
+         last_seq, not_before, attempt_log, \
+         substr(stdout,-4096) AS stdout, length(CAST(stdout AS BLOB)) AS stdout_len, \
+         substr(stderr,-4096) AS stderr, length(CAST(stderr AS BLOB)) AS stderr_len"
+    };
+}
+const _: () = assert!(
+    LIST_OUTPUT_TAIL == 4096,
+    "list_columns! cuts 4096 characters"
+);
+
 /// The SQLite [`JobStore`]. Cheap to clone (clones share the connections).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -403,11 +426,18 @@ fn read_job(row: &SqliteRow, cut_output: bool) -> Result<JobRecord, StoreError> 
     let mut stdout_truncated = row.try_get::<i64, _>("stdout_truncated").map_err(g)? != 0;
     let mut stderr_truncated = row.try_get::<i64, _>("stderr_truncated").map_err(g)? != 0;
     if cut_output {
-        let (s, cut) = tail(stdout, LIST_OUTPUT_TAIL);
+        // The row holds the streams' last characters (`list_columns!`) and
+        // their whole length in bytes.
+        let len = |col: &str| -> Result<u64, StoreError> {
+            Ok(row.try_get::<i64, _>(col).map_err(g)?.max(0) as u64)
+        };
+        let (s, _) = tail(stdout, LIST_OUTPUT_TAIL);
+        let cut = len("stdout_len")?.saturating_sub(s.len() as u64);
         stdout = s;
         stdout_dropped += cut;
         stdout_truncated |= cut > 0;
-        let (s, cut) = tail(stderr, LIST_OUTPUT_TAIL);
+        let (s, _) = tail(stderr, LIST_OUTPUT_TAIL);
+        let cut = len("stderr_len")?.saturating_sub(s.len() as u64);
         stderr = s;
         stderr_dropped += cut;
         stderr_truncated |= cut > 0;
@@ -536,7 +566,11 @@ impl SqliteStore {
 /// The `SELECT` of a page of [`JobStore::list_jobs`]: `limit + 1` rows,
 /// newest first (the extra row tells whether there is a next page).
 fn list_query(filter: &ListFilter, limit: u32) -> QueryBuilder<Sqlite> {
-    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(select_jobs!("WHERE 1 = 1"));
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(concat!(
+        "SELECT ",
+        list_columns!(),
+        " FROM jobs WHERE 1 = 1"
+    ));
     if let Some(s) = filter.state {
         qb.push(" AND state = ").push_bind(s.as_str());
         if s != JobState::Succeeded {
@@ -825,6 +859,40 @@ mod tests {
             .map(|r| r.try_get::<String, _>("detail").expect("detail"))
             .collect::<Vec<_>>()
             .join("; ")
+    }
+
+    /// The names a list's rows carry: each column or its `AS` alias.
+    fn list_column_names() -> Vec<String> {
+        list_columns!()
+            .split(", ")
+            .map(|c| c.rsplit(" AS ").next().unwrap_or(c).trim().to_owned())
+            .collect()
+    }
+
+    /// `list_columns!` names every column of `jobs` (a migration that adds
+    /// one must add it there too), with the two streams cut in SQL.
+    #[tokio::test]
+    async fn list_columns_are_every_column_of_jobs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open_path(&dir.path().join("s.db"))
+            .await
+            .expect("open");
+        let mut table: Vec<String> = sqlx::query("SELECT name FROM pragma_table_info('jobs')")
+            .fetch_all(&store.readers)
+            .await
+            .expect("table info")
+            .iter()
+            .map(|r| r.try_get::<String, _>("name").expect("name"))
+            .collect();
+        table.extend(["stdout_len".to_owned(), "stderr_len".to_owned()]);
+        table.sort();
+        let mut listed = list_column_names();
+        listed.sort();
+        assert_eq!(listed, table);
+        assert!(
+            list_columns!().contains("substr(stdout,-4096) AS stdout"),
+            "the streams are cut in SQL"
+        );
     }
 
     /// `jobs_by_state` is partial (jobs not succeeded): it serves the
