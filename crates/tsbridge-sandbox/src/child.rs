@@ -43,6 +43,7 @@ pub enum ChildStep {
     NoNewPrivs = 6,
     Landlock = 7,
     Seccomp = 8,
+    Capabilities = 9,
 }
 
 impl ChildStep {
@@ -56,6 +57,7 @@ impl ChildStep {
             6 => Self::NoNewPrivs,
             7 => Self::Landlock,
             8 => Self::Seccomp,
+            9 => Self::Capabilities,
             _ => return None,
         })
     }
@@ -72,6 +74,7 @@ impl fmt::Display for ChildStep {
             Self::NoNewPrivs => "setting no_new_privs",
             Self::Landlock => "applying landlock",
             Self::Seccomp => "installing seccomp",
+            Self::Capabilities => "dropping capabilities",
         })
     }
 }
@@ -330,8 +333,16 @@ impl ChildPlan {
             return Err(fail(ChildStep::NoNewPrivs));
         }
 
-        // 6. no_new_privs (also what lets an unprivileged process use landlock/seccomp).
+        // 6. no_new_privs (also what lets an unprivileged process use landlock/seccomp),
+        //    and no capabilities after exec: a job run as root would otherwise
+        //    get them all back on exec (CAP_SYS_PTRACE reads tsbridge's
+        //    /proc/<pid>/environ and mem even though tsbridge is not dumpable,
+        //    CAP_KILL signals anything, CAP_DAC_OVERRIDE reads any file).
         if self.no_new_privs {
+            // SAFETY: async-signal-safe raw syscalls on stack data.
+            if let Err(e) = unsafe { drop_capabilities_on_exec() } {
+                return Err(fail_with(ChildStep::Capabilities, e));
+            }
             // SAFETY: plain prctl with integer arguments.
             if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
                 return Err(fail(ChildStep::NoNewPrivs));
@@ -369,6 +380,81 @@ impl ChildPlan {
         }
         Ok(())
     }
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3` (linux/capability.h): two data structs, 64 capabilities.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Make the coming `exec` grant no capability, whatever the uid: empty the
+/// bounding set (root's exec gets `inheritable | bounding` as its permitted
+/// set) and the inheritable set. The current process keeps its effective
+/// capabilities until exec, for the steps after this one. Without
+/// CAP_SETPCAP (a non-root tsbridge) the bounding set cannot shrink and needs
+/// not: such a process's exec gains nothing (no_new_privs also stops file
+/// capabilities). Returns the errno of a call that failed otherwise.
+///
+/// # Safety
+/// Only raw syscalls on stack data: async-signal-safe. Changes the calling
+/// process's capability sets.
+pub(crate) unsafe fn drop_capabilities_on_exec() -> Result<(), i32> {
+    for cap in 0..64 {
+        // SAFETY: plain prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+            match errno() {
+                // Past the kernel's last capability: done.
+                libc::EINVAL => break,
+                // No CAP_SETPCAP: nothing an exec could gain (see above).
+                libc::EPERM => break,
+                e => return Err(e),
+            }
+        }
+    }
+    let mut data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    capability_sets(libc::SYS_capget, &mut data)?;
+    if data.iter().all(|d| d.inheritable == 0) {
+        return Ok(());
+    }
+    for d in &mut data {
+        d.inheritable = 0;
+    }
+    // Lowering the inheritable set needs no privilege.
+    capability_sets(libc::SYS_capset, &mut data)
+}
+
+/// `capget` or `capset` (`call`) of the calling process's sets, version 3.
+/// Raw syscall on stack data: async-signal-safe.
+fn capability_sets(call: libc::c_long, data: &mut [CapData; 2]) -> Result<(), i32> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: header and data are live and sized for version 3 (two data
+    // structs); capget writes data, capset reads it.
+    let r = unsafe { libc::syscall(call, &mut header as *mut CapHeader, data.as_mut_ptr()) };
+    if r != 0 {
+        return Err(errno());
+    }
+    Ok(())
 }
 
 /// Bring `lo` up in the current network namespace; returns the errno on failure.

@@ -59,6 +59,9 @@ const WRITE: u64 = READ
     | TRUNCATE
     | IOCTL_DEV;
 
+/// First ABI that scopes signals and abstract unix sockets to the domain.
+pub(crate) const SCOPE_ABI: u32 = 6;
+
 /// First ABI with the file-system rights we consider complete (truncate).
 pub(crate) const FULL_ABI: u32 = 3;
 
@@ -139,7 +142,7 @@ pub(crate) fn build(
 ) -> Result<Ruleset, SandboxError> {
     let handled = if fs.is_some() { handled_fs(abi) } else { 0 };
     let tcp_denied = deny_tcp && abi >= 4;
-    let scoped = abi >= 6;
+    let scoped = abi >= SCOPE_ABI;
     let attr = RulesetAttr {
         handled_access_fs: handled,
         handled_access_net: if tcp_denied {

@@ -58,3 +58,19 @@ pub fn set_child_subreaper() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Make the calling process not dumpable (`PR_SET_DUMPABLE` 0): its
+/// `/proc/<pid>` files (`environ` with tsbridge's tokens and secrets, `mem`,
+/// `fd/*` with the store's SQLite file) then belong to root and open only
+/// to a process with CAP_SYS_PTRACE, which a job never has (its exec gets no
+/// capabilities, [`SandboxPolicy::no_new_privs`]); ptrace needs the same. A
+/// fork (the death watchdog) inherits it; a job's exec gets its own dumpable
+/// flag back. Also: no core dumps, which would hold the same secrets. Call
+/// first thing in `main`.
+pub fn set_not_dumpable() -> std::io::Result<()> {
+    // SAFETY: plain prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

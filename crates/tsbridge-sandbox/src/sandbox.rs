@@ -345,8 +345,15 @@ impl Sandbox {
         };
         let deny_tcp = !policy.network && !self.caps.network_ns;
 
+        // Every job gets a Landlock domain where the kernel can scope one
+        // (ABI 6+): without file rules it only confines the job's signals and
+        // abstract unix sockets to itself, so a job with no `fs` policy
+        // cannot signal tsbridge, its watchdog or other jobs either. Not
+        // without no_new_privs: an unprivileged tsbridge could not apply it.
+        let scope_only =
+            |abi: u32| abi >= landlock::SCOPE_ABI && policy.no_new_privs && self.caps.no_new_privs;
         let landlock = match self.landlock_abi {
-            Some(abi) if policy.fs.is_some() || (deny_tcp && abi >= 4) => {
+            Some(abi) if policy.fs.is_some() || (deny_tcp && abi >= 4) || scope_only(abi) => {
                 let rs = landlock::build(policy.fs.as_ref(), deny_tcp, abi)?;
                 tracing::debug!(
                     skipped = ?rs.skipped,

@@ -70,6 +70,12 @@ fn worker_threads(value: Option<std::ffi::OsString>) -> Result<Option<usize>, St
 }
 
 fn main() -> ExitCode {
+    // Before anything holds a secret: a job must not read this process's
+    // environment, memory or open files through /proc (README, security model).
+    if let Err(e) = tsbridge_sandbox::set_not_dumpable() {
+        output::note!("tsbridge: cannot make the process non-dumpable: {e}");
+        return ExitCode::from(70);
+    }
     let cli = cli::Cli::parse();
     init_tracing(&cli);
     let mut builder = tokio::runtime::Builder::new_multi_thread();

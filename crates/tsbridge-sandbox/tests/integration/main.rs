@@ -14,6 +14,7 @@ mod daemon_escape;
 mod landlock_fs;
 mod memory_limit;
 mod network_isolation;
+mod parent_attack;
 mod pids_limit;
 mod rlimits;
 mod seccomp_deny;

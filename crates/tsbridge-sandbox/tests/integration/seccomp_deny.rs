@@ -7,9 +7,13 @@ use crate::common;
 use common::*;
 use tsbridge_sandbox::{Enforcement, SandboxPolicy};
 
+/// `seccomp: false` is the control, which also keeps no_new_privs off: with
+/// it a root job execs without capabilities, and the calls would fail for
+/// lack of them rather than reach the kernel's checks.
 fn probe(host: &Host, key: &str, seccomp: bool) -> String {
     let policy = SandboxPolicy {
         seccomp,
+        no_new_privs: seccomp,
         ..SandboxPolicy::default()
     };
     let prepared = host.prepare(key, &policy);
@@ -68,6 +72,8 @@ fn unshare_command_fails_under_seccomp() {
         "unshare-ctl",
         &SandboxPolicy {
             seccomp: false,
+            // Else a root job execs without the capability unshare needs.
+            no_new_privs: false,
             ..policy
         },
     );

@@ -11,6 +11,7 @@ mod common;
 mod crash_recovery;
 mod escapee_after_sigkill;
 mod jobs_cli;
+mod proc_of_tsbridge;
 mod run_contract;
 mod shutdown_records;
 mod tmpdir_after_sigkill;
