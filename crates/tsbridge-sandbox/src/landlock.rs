@@ -133,14 +133,33 @@ pub(crate) struct Ruleset {
     pub tcp_denied: bool,
 }
 
-/// Build a ruleset allowing `fs` (when given) and, when `deny_tcp`, denying
-/// every TCP bind/connect (fallback when no network namespace is available).
-pub(crate) fn build(
-    fs: Option<&FsPolicy>,
-    deny_tcp: bool,
-    abi: u32,
-) -> Result<Ruleset, SandboxError> {
-    let handled = if fs.is_some() { handled_fs(abi) } else { 0 };
+/// The file-system part of a ruleset.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum FsRules<'a> {
+    /// No file-system right handled.
+    None,
+    /// Every right handled; only the policy's lists are allowed.
+    Allow(&'a FsPolicy),
+    /// Only the rights that change the file system handled, allowed
+    /// everywhere but beneath these paths (the cgroupfs mounts): reads and
+    /// execs stay as they were, writes there are EACCES.
+    WritesOutside(&'a [PathBuf]),
+}
+
+/// Rights of [`FsRules::WritesOutside`]: all the ABI handles but reading and
+/// executing.
+fn write_rights(abi: u32) -> u64 {
+    handled_fs(abi) & !(READ | EXECUTE)
+}
+
+/// Build a ruleset with `fs` and, when `deny_tcp`, denying every TCP
+/// bind/connect (fallback when no network namespace is available).
+pub(crate) fn build(fs: FsRules<'_>, deny_tcp: bool, abi: u32) -> Result<Ruleset, SandboxError> {
+    let handled = match fs {
+        FsRules::None => 0,
+        FsRules::Allow(_) => handled_fs(abi),
+        FsRules::WritesOutside(_) => write_rights(abi),
+    };
     let tcp_denied = deny_tcp && abi >= 4;
     let scoped = abi >= SCOPE_ABI;
     let attr = RulesetAttr {
@@ -184,7 +203,10 @@ pub(crate) fn build(
     // SAFETY: the syscall succeeded, so `fd` is a fresh descriptor we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut skipped = Vec::new();
-    if let Some(fs) = fs {
+    if let FsRules::WritesOutside(keep_out) = fs {
+        allow_outside(&fd, Path::new("/"), keep_out, handled, &mut skipped);
+    }
+    if let FsRules::Allow(fs) = fs {
         let lists: [(&[PathBuf], u64); 3] =
             [(&fs.read, READ), (&fs.exec, EXEC), (&fs.write, WRITE)];
         for (paths, rights) in lists {
@@ -201,6 +223,42 @@ pub(crate) fn build(
         scoped,
         tcp_denied,
     })
+}
+
+/// Allow `rights` beneath every entry of `dir` except the `keep_out` paths:
+/// an entry that is an ancestor of one is walked into instead. Symbolic
+/// links are skipped (their targets get rules where they really are, and
+/// one into `keep_out` must not open it). An entry whose rule cannot be
+/// added is recorded in `skipped`: that only takes write access away.
+fn allow_outside(
+    ruleset: &OwnedFd,
+    dir: &Path,
+    keep_out: &[PathBuf],
+    rights: u64,
+    skipped: &mut Vec<PathBuf>,
+) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        skipped.push(dir.to_path_buf());
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_symlink() || keep_out.contains(&path) {
+            continue;
+        }
+        if keep_out.iter().any(|k| k.starts_with(&path)) {
+            if kind.is_dir() {
+                allow_outside(ruleset, &path, keep_out, rights, skipped);
+            }
+            continue;
+        }
+        if !matches!(add_path_rule(ruleset, &path, rights), Ok(true)) {
+            skipped.push(path);
+        }
+    }
 }
 
 /// Add one path-beneath rule; `Ok(false)` when the path does not exist.
@@ -282,7 +340,7 @@ mod tests {
             write: vec![PathBuf::from("/dev/null")],
             exec: vec![],
         };
-        let r = build(Some(&p), false, abi).expect("ruleset");
+        let r = build(FsRules::Allow(&p), false, abi).expect("ruleset");
         assert_eq!(r.skipped, vec![PathBuf::from("/nonexistent/x")]);
     }
 }

@@ -25,8 +25,9 @@ pub struct SandboxPolicy {
     /// Set `PR_SET_NO_NEW_PRIVS` (setuid binaries no longer gain privileges)
     /// and empty the bounding and inheritable capability sets, so that the
     /// job's exec grants no capability even to root (where tsbridge holds
-    /// CAP_SETPCAP); with it, and Landlock ABI 6+, every job also gets a
-    /// Landlock domain that scopes its signals and abstract unix sockets.
+    /// CAP_SETPCAP); with it, a job without `fs` still gets a Landlock
+    /// domain: cgroupfs read-only (ABI 2+), signals and abstract unix
+    /// sockets scoped (ABI 6+).
     pub no_new_privs: bool,
     /// Install the seccomp deny-list (see `docs/design/sandbox.md`).
     pub seccomp: bool,

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use crate::cgroup::{
     CgroupHost, CgroupLimits, CgroupVersion, Controller, Discovered, FsKind, JobCgroup, LiveJobs,
-    LiveToken, discover,
+    LiveToken, discover, parse_mountinfo,
 };
 use crate::child::{CgroupJoin, ChildFailure, ChildPlan, FailureSlot, NetPlan, RlimitResource};
 use crate::error::SandboxError;
-use crate::landlock;
+use crate::landlock::{self, FsRules};
 use crate::netns;
 use crate::policy::SandboxPolicy;
 use crate::report::{Capabilities, Enforcement, EnforcementReport, KillMethod, LandlockSupport};
@@ -56,6 +56,8 @@ pub struct Sandbox {
     caps: Capabilities,
     cgroups: Option<CgroupHost>,
     landlock_abi: Option<u32>,
+    /// Mount points of cgroupfs (from mountinfo): read-only to every job.
+    cgroupfs: Vec<PathBuf>,
     seccomp: Arc<Vec<Program>>,
     shared_netns: Option<Arc<OwnedFd>>,
     /// The job cgroups made by [`Sandbox::prepare`] that are still held.
@@ -241,6 +243,12 @@ impl Sandbox {
             caps,
             cgroups,
             landlock_abi,
+            cgroupfs: parse_mountinfo(
+                &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+            )
+            .into_iter()
+            .map(|m| m.mount_point)
+            .collect(),
             seccomp: Arc::new(seccomp),
             shared_netns,
             live: Arc::default(),
@@ -345,16 +353,32 @@ impl Sandbox {
         };
         let deny_tcp = !policy.network && !self.caps.network_ns;
 
-        // Every job gets a Landlock domain where the kernel can scope one
-        // (ABI 6+): without file rules it only confines the job's signals and
-        // abstract unix sockets to itself, so a job with no `fs` policy
-        // cannot signal tsbridge, its watchdog or other jobs either. Not
-        // without no_new_privs: an unprivileged tsbridge could not apply it.
-        let scope_only =
-            |abi: u32| abi >= landlock::SCOPE_ABI && policy.no_new_privs && self.caps.no_new_privs;
+        // A job with no `fs` policy still gets a Landlock domain (with
+        // no_new_privs only: an unprivileged tsbridge could not apply it
+        // otherwise): cgroupfs read-only (ABI 2+, REFER: no cross-directory
+        // rename breaks), else nothing of the file system; on ABI 6+ its
+        // signals and abstract unix sockets are scoped to it either way,
+        // and any domain keeps it from ptrace-reading processes outside it.
+        let unprivileged = policy.no_new_privs && self.caps.no_new_privs;
+        let fs = match &policy.fs {
+            Some(fs) => FsRules::Allow(fs),
+            None if unprivileged && !self.cgroupfs.is_empty() => {
+                FsRules::WritesOutside(&self.cgroupfs)
+            }
+            None => FsRules::None,
+        };
+        let wanted = |abi: u32| match fs {
+            FsRules::Allow(_) => true,
+            FsRules::WritesOutside(_) => abi >= 2,
+            FsRules::None => (deny_tcp && abi >= 4) || (unprivileged && abi >= landlock::SCOPE_ABI),
+        };
         let landlock = match self.landlock_abi {
-            Some(abi) if policy.fs.is_some() || (deny_tcp && abi >= 4) || scope_only(abi) => {
-                let rs = landlock::build(policy.fs.as_ref(), deny_tcp, abi)?;
+            Some(abi) if wanted(abi) => {
+                let fs = match fs {
+                    FsRules::WritesOutside(_) if abi < 2 => FsRules::None,
+                    fs => fs,
+                };
+                let rs = landlock::build(fs, deny_tcp, abi)?;
                 tracing::debug!(
                     skipped = ?rs.skipped,
                     scoped = rs.scoped,

@@ -7,6 +7,7 @@
 
 mod common;
 
+mod cgroup_escape;
 mod cgroup_join;
 mod child_failure;
 mod cpu_quota;

@@ -8,7 +8,7 @@
 use crate::common;
 
 use common::*;
-use tsbridge_sandbox::{LandlockSupport, SandboxPolicy};
+use tsbridge_sandbox::SandboxPolicy;
 
 fn peek(host: &Host, key: &str) -> String {
     let prepared = host.prepare(key, &SandboxPolicy::default());
@@ -52,10 +52,7 @@ fn a_root_job_gets_no_capabilities_and_cannot_read_a_non_dumpable_parent() {
 #[test]
 fn a_job_without_fs_policy_cannot_signal_its_parent() {
     let host = Host::new("parentsignal");
-    let abi = match host.sandbox.capabilities().landlock {
-        LandlockSupport::Full { abi } | LandlockSupport::Partial { abi } => abi,
-        LandlockSupport::None => 0,
-    };
+    let abi = landlock_abi(&host);
     if abi < 6 || !host.sandbox.capabilities().no_new_privs {
         eprintln!("skipped: Landlock scopes signals from ABI 6 (this kernel: {abi})");
         return;

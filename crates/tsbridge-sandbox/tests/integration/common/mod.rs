@@ -188,6 +188,15 @@ pub fn alive(pid: i32) -> bool {
 }
 
 /// Skip (return true) unless this host can run the real-cgroup tests.
+/// The host's Landlock ABI, 0 without Landlock.
+pub fn landlock_abi(host: &Host) -> u32 {
+    match host.sandbox.capabilities().landlock {
+        tsbridge_sandbox::LandlockSupport::Full { abi }
+        | tsbridge_sandbox::LandlockSupport::Partial { abi } => abi,
+        tsbridge_sandbox::LandlockSupport::None => 0,
+    }
+}
+
 pub fn skip_without_cgroups(host: &Host) -> bool {
     let caps = host.sandbox.capabilities();
     if !is_root() || caps.cgroups == tsbridge_sandbox::CgroupVersion::None {
