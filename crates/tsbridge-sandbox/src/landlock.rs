@@ -8,7 +8,7 @@
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::SandboxError;
@@ -140,16 +140,19 @@ pub(crate) enum FsRules<'a> {
     None,
     /// Every right handled; only the policy's lists are allowed.
     Allow(&'a FsPolicy),
-    /// Only the rights that change the file system handled, allowed
-    /// everywhere but beneath these paths (the cgroupfs mounts): reads and
-    /// execs stay as they were, writes there are EACCES.
-    WritesOutside(&'a [PathBuf]),
+    /// The host's own files kept from a job that has no lists: the rights
+    /// that change the file system and READ_FILE handled, all of them
+    /// allowed everywhere except beneath these paths (`/proc`, `/sys`, the
+    /// cgroupfs mounts), which stay readable only, and `/dev`'s block
+    /// devices, which get nothing. Directory listing and exec stay as they
+    /// were. See [`guard_system`].
+    SystemGuard(&'a [PathBuf]),
 }
 
-/// Rights of [`FsRules::WritesOutside`]: all the ABI handles but reading and
-/// executing.
-fn write_rights(abi: u32) -> u64 {
-    handled_fs(abi) & !(READ | EXECUTE)
+/// Rights of [`FsRules::SystemGuard`]: all the ABI handles but listing
+/// directories and executing.
+fn guard_rights(abi: u32) -> u64 {
+    handled_fs(abi) & !(READ_DIR | EXECUTE)
 }
 
 /// Build a ruleset with `fs` and, when `deny_tcp`, denying every TCP
@@ -158,7 +161,7 @@ pub(crate) fn build(fs: FsRules<'_>, deny_tcp: bool, abi: u32) -> Result<Ruleset
     let handled = match fs {
         FsRules::None => 0,
         FsRules::Allow(_) => handled_fs(abi),
-        FsRules::WritesOutside(_) => write_rights(abi),
+        FsRules::SystemGuard(_) => guard_rights(abi),
     };
     let tcp_denied = deny_tcp && abi >= 4;
     let scoped = abi >= SCOPE_ABI;
@@ -203,8 +206,8 @@ pub(crate) fn build(fs: FsRules<'_>, deny_tcp: bool, abi: u32) -> Result<Ruleset
     // SAFETY: the syscall succeeded, so `fd` is a fresh descriptor we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut skipped = Vec::new();
-    if let FsRules::WritesOutside(keep_out) = fs {
-        allow_outside(&fd, Path::new("/"), keep_out, handled, &mut skipped);
+    if let FsRules::SystemGuard(read_only) = fs {
+        guard_system(&fd, Path::new("/"), read_only, handled, &mut skipped);
     }
     if let FsRules::Allow(fs) = fs {
         let lists: [(&[PathBuf], u64); 3] =
@@ -225,15 +228,17 @@ pub(crate) fn build(fs: FsRules<'_>, deny_tcp: bool, abi: u32) -> Result<Ruleset
     })
 }
 
-/// Allow `rights` beneath every entry of `dir` except the `keep_out` paths:
-/// an entry that is an ancestor of one is walked into instead. Symbolic
-/// links are skipped (their targets get rules where they really are, and
-/// one into `keep_out` must not open it). An entry whose rule cannot be
-/// added is recorded in `skipped`: that only takes write access away.
-fn allow_outside(
+/// Allow `rights` beneath every entry of `dir`, except: the `read_only`
+/// paths get READ_FILE only (an entry that is an ancestor of one is walked
+/// into instead), `/dev` is walked into and its block devices get nothing
+/// (a root job owns them: raw disk access), symbolic links are skipped
+/// (their targets get rules where they really are, and one into a guarded
+/// path must not open it). An entry whose rule cannot be added is recorded
+/// in `skipped`: that only takes access away.
+fn guard_system(
     ruleset: &OwnedFd,
     dir: &Path,
-    keep_out: &[PathBuf],
+    read_only: &[PathBuf],
     rights: u64,
     skipped: &mut Vec<PathBuf>,
 ) {
@@ -246,16 +251,19 @@ fn allow_outside(
         let Ok(kind) = entry.file_type() else {
             continue;
         };
-        if kind.is_symlink() || keep_out.contains(&path) {
+        let allowed = if kind.is_symlink() || kind.is_block_device() {
             continue;
-        }
-        if keep_out.iter().any(|k| k.starts_with(&path)) {
-            if kind.is_dir() {
-                allow_outside(ruleset, &path, keep_out, rights, skipped);
-            }
+        } else if read_only.contains(&path) {
+            READ_FILE
+        } else if kind.is_dir()
+            && (path == Path::new("/dev") || read_only.iter().any(|k| k.starts_with(&path)))
+        {
+            guard_system(ruleset, &path, read_only, rights, skipped);
             continue;
-        }
-        if !matches!(add_path_rule(ruleset, &path, rights), Ok(true)) {
+        } else {
+            rights
+        };
+        if !matches!(add_path_rule(ruleset, &path, allowed & rights), Ok(true)) {
             skipped.push(path);
         }
     }

@@ -26,8 +26,8 @@ pub struct SandboxPolicy {
     /// and empty the bounding and inheritable capability sets, so that the
     /// job's exec grants no capability even to root (where tsbridge holds
     /// CAP_SETPCAP); with it, a job without `fs` still gets a Landlock
-    /// domain: cgroupfs read-only (ABI 2+), signals and abstract unix
-    /// sockets scoped (ABI 6+).
+    /// domain: `/proc`, `/sys` and cgroupfs read-only and block devices
+    /// closed (ABI 2+), signals and abstract unix sockets scoped (ABI 6+).
     pub no_new_privs: bool,
     /// Install the seccomp deny-list (see `docs/design/sandbox.md`).
     pub seccomp: bool,

@@ -56,8 +56,9 @@ pub struct Sandbox {
     caps: Capabilities,
     cgroups: Option<CgroupHost>,
     landlock_abi: Option<u32>,
-    /// Mount points of cgroupfs (from mountinfo): read-only to every job.
-    cgroupfs: Vec<PathBuf>,
+    /// What a job without lists may only read: `/proc`, `/sys` and the
+    /// cgroupfs mount points (from mountinfo), see `FsRules::SystemGuard`.
+    read_only: Vec<PathBuf>,
     seccomp: Arc<Vec<Program>>,
     shared_netns: Option<Arc<OwnedFd>>,
     /// The job cgroups made by [`Sandbox::prepare`] that are still held.
@@ -243,12 +244,17 @@ impl Sandbox {
             caps,
             cgroups,
             landlock_abi,
-            cgroupfs: parse_mountinfo(
-                &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
-            )
-            .into_iter()
-            .map(|m| m.mount_point)
-            .collect(),
+            read_only: ["/proc", "/sys"]
+                .into_iter()
+                .map(PathBuf::from)
+                .chain(
+                    parse_mountinfo(
+                        &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+                    )
+                    .into_iter()
+                    .map(|m| m.mount_point),
+                )
+                .collect(),
             seccomp: Arc::new(seccomp),
             shared_netns,
             live: Arc::default(),
@@ -355,29 +361,24 @@ impl Sandbox {
 
         // A job with no `fs` policy still gets a Landlock domain (with
         // no_new_privs only: an unprivileged tsbridge could not apply it
-        // otherwise): cgroupfs read-only (ABI 2+, REFER: no cross-directory
-        // rename breaks), else nothing of the file system; on ABI 6+ its
-        // signals and abstract unix sockets are scoped to it either way,
-        // and any domain keeps it from ptrace-reading processes outside it.
+        // otherwise). On ABI 2+ (REFER: no cross-directory rename breaks)
+        // it keeps the host's own files from the job: `/proc`, `/sys` and
+        // cgroupfs read-only, `/dev`'s block devices closed (what uid 0
+        // without capabilities still owns: core_pattern, its own cgroup,
+        // raw disks), the rest as before. On ABI 6+ its signals and abstract
+        // unix sockets are scoped to it either way, and any domain keeps it
+        // from ptrace-reading processes outside it.
         let unprivileged = policy.no_new_privs && self.caps.no_new_privs;
-        let fs = match &policy.fs {
-            Some(fs) => FsRules::Allow(fs),
-            None if unprivileged && !self.cgroupfs.is_empty() => {
-                FsRules::WritesOutside(&self.cgroupfs)
+        let fs = |abi: u32| match &policy.fs {
+            Some(fs) => Some(FsRules::Allow(fs)),
+            None if unprivileged && abi >= 2 => Some(FsRules::SystemGuard(&self.read_only)),
+            None if (deny_tcp && abi >= 4) || (unprivileged && abi >= landlock::SCOPE_ABI) => {
+                Some(FsRules::None)
             }
-            None => FsRules::None,
+            None => None,
         };
-        let wanted = |abi: u32| match fs {
-            FsRules::Allow(_) => true,
-            FsRules::WritesOutside(_) => abi >= 2,
-            FsRules::None => (deny_tcp && abi >= 4) || (unprivileged && abi >= landlock::SCOPE_ABI),
-        };
-        let landlock = match self.landlock_abi {
-            Some(abi) if wanted(abi) => {
-                let fs = match fs {
-                    FsRules::WritesOutside(_) if abi < 2 => FsRules::None,
-                    fs => fs,
-                };
+        let landlock = match self.landlock_abi.and_then(|abi| Some((abi, fs(abi)?))) {
+            Some((abi, fs)) => {
                 let rs = landlock::build(fs, deny_tcp, abi)?;
                 tracing::debug!(
                     skipped = ?rs.skipped,

@@ -12,6 +12,7 @@ mod cgroup_join;
 mod child_failure;
 mod cpu_quota;
 mod daemon_escape;
+mod host_files;
 mod landlock_fs;
 mod memory_limit;
 mod network_isolation;
