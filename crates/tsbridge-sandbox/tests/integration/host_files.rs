@@ -19,26 +19,33 @@ fn a_root_job_without_fs_policy_cannot_open_proc_sys_sysfs_or_block_devices() {
         eprintln!("skipped: needs root (which owns those files) and Landlock ABI 2+ ({abi})");
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let prepared = host.prepare("hostfiles", &SandboxPolicy::default());
-    let mut cmd = base_command(python());
-    cmd.arg(fixture("host_files.py")).arg(tmp.path());
-    let out = run(cmd, Some(&prepared));
-    drop(JobGuard(prepared.into_cgroup()));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = stdout(&out);
-    for attempt in ["core_pattern", "sys_write"] {
+    // The second job gets the ruleset the first one built (the sandbox
+    // reuses it while `/` and `/dev` are unchanged): it must hold the same.
+    for key in ["hostfiles-built", "hostfiles-reused"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let prepared = host.prepare(key, &SandboxPolicy::default());
+        let mut cmd = base_command(python());
+        cmd.arg(fixture("host_files.py")).arg(tmp.path());
+        let out = run(cmd, Some(&prepared));
+        drop(JobGuard(prepared.into_cgroup()));
+        assert!(out.status.success(), "{key}: {}", stderr(&out));
+        let out = stdout(&out);
+        for attempt in ["core_pattern", "sys_write"] {
+            assert!(
+                out.contains(&format!("{attempt}=EACCES")),
+                "{key}: {attempt}: {out}"
+            );
+        }
+        // A host (or container) without block devices has nothing to refuse.
         assert!(
-            out.contains(&format!("{attempt}=EACCES")),
-            "{attempt}: {out}"
+            out.contains("blockdev=EACCES") || out.contains("blockdev=none"),
+            "{key}: blockdev: {out}"
         );
-    }
-    // A host (or container) without block devices has nothing to refuse.
-    assert!(
-        out.contains("blockdev=EACCES") || out.contains("blockdev=none"),
-        "blockdev: {out}"
-    );
-    for control in ["proc_read", "dev_null", "tmp_write"] {
-        assert!(out.contains(&format!("{control}=ok")), "{control}: {out}");
+        for control in ["proc_read", "dev_null", "tmp_write"] {
+            assert!(
+                out.contains(&format!("{control}=ok")),
+                "{key}: {control}: {out}"
+            );
+        }
     }
 }
