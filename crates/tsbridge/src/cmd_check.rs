@@ -117,6 +117,69 @@ impl Host<'_> {
     }
 }
 
+/// The store's files that lie inside a workflow's root or its `read` or
+/// `write` lists, which that workflow's jobs can open: the SQLite file
+/// (every job's parameters, results and output) and the key that seals
+/// request env. One note per workflow and file.
+fn store_exposure_notes(c: &Config) -> Vec<String> {
+    let Some(db) = c.store.url.strip_prefix("sqlite://").map(PathBuf::from) else {
+        return Vec::new();
+    };
+    if !db.is_absolute() {
+        return Vec::new(); // sqlite::memory:
+    }
+    // The files (and their folder) may not exist yet: the nearest existing
+    // ancestor made canonical (`..` and symlinks resolved), then the rest.
+    let canonical = |p: &Path| {
+        let mut rest = Vec::new();
+        let mut at = p;
+        loop {
+            if let Ok(c) = std::fs::canonicalize(at) {
+                return rest.iter().rev().fold(c, |acc, name| acc.join(name));
+            }
+            match (at.parent(), at.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_owned());
+                    at = parent;
+                }
+                _ => return p.to_path_buf(),
+            }
+        }
+    };
+    let key = c.store.key_file.clone().unwrap_or_else(|| {
+        let mut k = db.clone().into_os_string();
+        k.push(".key");
+        PathBuf::from(k)
+    });
+    let files = [
+        ("the store", canonical(&db)),
+        ("its key file", canonical(&key)),
+    ];
+    let mut notes = Vec::new();
+    for (name, w) in &c.workflows {
+        let readable = std::iter::once(&w.root)
+            .chain(&w.limits.read)
+            .chain(&w.limits.write);
+        for (what, file) in &files {
+            if let Some(dir) = readable.clone().find(|d| file.starts_with(d)) {
+                notes.push(format!(
+                    "{what} ({}) is inside {} of workflow {name}, which its jobs can read: move store.url (and store.key_file) outside every workflow's root and lists",
+                    file.display(),
+                    dir.display()
+                ));
+            }
+        }
+    }
+    notes
+}
+
+/// The config-level notes of a valid config.
+fn notes(c: &Config) -> Vec<String> {
+    let mut n = unset_token_vars(c);
+    n.extend(store_exposure_notes(c));
+    n
+}
+
 /// The `env:NAME` tokens whose variable is unset or empty here: the config
 /// is valid, but `serve` run with this environment refuses to start.
 fn unset_token_vars(c: &Config) -> Vec<String> {
@@ -173,7 +236,7 @@ fn report(
                     let note = caps.and_then(|caps| path_params_note(w, caps));
                     wf.insert(name.clone(), json!({ "mode": w.mode.as_str(), "runtime": w.runtime.as_str(), "isolation": report, "note": note, "unavailable": host.unavailable(w) }));
                 }
-                out["config"] = json!({ "checked": true, "path": shown, "valid": true, "workflows": wf, "notes": unset_token_vars(c) });
+                out["config"] = json!({ "checked": true, "path": shown, "valid": true, "workflows": wf, "notes": notes(c) });
             }
             Some(Err(e)) => {
                 let issues: Vec<_> = e
@@ -222,7 +285,7 @@ fn text_report(
                 "Config {shown}: valid, {} workflow(s)",
                 c.workflows.len()
             )?;
-            for note in unset_token_vars(c) {
+            for note in notes(c) {
                 writeln!(text, "  note: {note}")?;
             }
             for (name, w) in &c.workflows {

@@ -156,6 +156,45 @@ fn check_notes_path_parameters_that_landlock_makes_read_only() {
     assert!(v["config"]["workflows"]["exit"]["note"].is_null(), "{r}");
 }
 
+/// A store (or its key file) inside a workflow's root is readable to that
+/// workflow's jobs: `check` says so (JSON `notes` and text), and not for a
+/// store kept elsewhere.
+#[test]
+fn check_notes_a_store_inside_a_workflow_root() {
+    let dir = tempfile::tempdir().unwrap();
+    write_script(dir.path(), "job.sh", "#!/bin/sh\necho '{}'\n", 0o755);
+    let wf = "[workflows.w]\nroot = \".\"\nscript = \"job.sh\"\nruntime = \"exec\"\n";
+    std::fs::write(dir.path().join("tsbridge.toml"), wf).unwrap();
+    let r = run(dir.path(), &["check", "--json"]);
+    assert_eq!(r.code, Some(0), "a note, not an error: {r}");
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    let notes: Vec<&str> = v["config"]["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let about = |what: &str| {
+        notes
+            .iter()
+            .any(|n| n.starts_with(what) && n.contains("workflow w"))
+    };
+    assert!(about("the store (") && about("its key file ("), "{r}");
+    let text = run(dir.path(), &["check"]);
+    assert!(text.stdout.contains("note: the store ("), "{text}");
+
+    // Elsewhere, also through a `..` and a folder that does not exist yet
+    // (as the example app's `../../.tsbridge/`).
+    let app = dir.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    write_script(&app, "job.sh", "#!/bin/sh\necho '{}'\n", 0o755);
+    let store = format!("[store]\nurl = \"sqlite://../.state/jobs.db\"\n{wf}");
+    std::fs::write(app.join("tsbridge.toml"), store).unwrap();
+    let r = run(&app, &["check", "--json"]);
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(!r.stdout.contains("the store ("), "{r}");
+}
+
 #[test]
 fn check_reads_tsbridge_config_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
