@@ -37,6 +37,19 @@ async fn until_no_tmpdir(base: &Path) {
     }
 }
 
+/// Waits (bounded by [`SOON`]) until `base` holds `n` or more `tsbridge-*` entries.
+async fn until_at_least(base: &Path, n: usize) {
+    let start = Instant::now();
+    while tsbridge_entries(base).len() < n {
+        assert!(
+            start.elapsed() < SOON,
+            "fewer than {n} TMPDIRs: {:?}",
+            tsbridge_entries(base)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Spawned jobs (one retried, one with a timeout), a script whose `#!`
 /// interpreter is missing, and a pool.
 fn toml(root: &Path) -> String {
@@ -119,7 +132,9 @@ async fn a_dropped_runtime_leaves_no_tmpdir() {
     h.until_state(pooled, JobState::Running).await;
     let spawned = h.submit("job", json!({"hang": true})).await;
     h.until_state(spawned, JobState::Running).await;
-    assert!(tsbridge_entries(base.path()).len() >= 2);
+    // A job is `running` from its attempt's start, a moment before the
+    // engine makes its TMPDIR: wait for both (the pool worker's and the job's).
+    until_at_least(base.path(), 2).await;
 
     let Harness { rt, store, dir, .. } = h;
     drop(rt);
