@@ -55,7 +55,11 @@ pub enum StdinSpec {
 
 /// What the child's stdout and stderr are. Either way the engine reads
 /// them the same (bounded capture, the line protocol).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// Written `"pipe"` or `"socket"` (config `stdio`, `tsbridge run --stdio`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum OutputChannel {
     /// Pipes, enlarged to [`crate::engine::PIPE_SIZE`]: what a shell gives.
     #[default]
@@ -66,6 +70,17 @@ pub enum OutputChannel {
     /// `/proc/self/fd/1` by path gets `ENXIO`, as under Node; reading its
     /// stdout or stderr gives end-of-file.
     Socket,
+}
+
+impl std::str::FromStr for OutputChannel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pipe" => Ok(Self::Pipe),
+            "socket" => Ok(Self::Socket),
+            _ => Err(format!("expected pipe or socket, not {s:?}")),
+        }
+    }
 }
 
 /// The key naming one job's processes (the value of [`JOB_MARKER_ENV`]).

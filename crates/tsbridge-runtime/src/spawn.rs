@@ -658,7 +658,7 @@ impl Executor for SpawnExecutor {
             .kill_grace(wf.kill_grace)
             .max_output(usize::try_from(wf.max_output.bytes()).unwrap_or(usize::MAX))
             .ipc(wf.ipc)
-            .output(wf.stdio.into())
+            .output(wf.stdio)
             .masker(masker)
             .sandbox(sandbox)
             // Enforced by tsbridge's monitor only where no cgroup enforces it

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use tsbridge_proto::{ByteSize, DurationSpec};
 
 #[derive(Debug, Parser)]
@@ -33,22 +33,6 @@ pub enum Command {
     Check(CheckArgs),
     /// Talk to a running server: list (the default), show, cancel, follow logs.
     Jobs(JobsArgs),
-}
-
-/// `tsbridge run --stdio`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Stdio {
-    Pipe,
-    Socket,
-}
-
-impl From<Stdio> for tsbridge_process::OutputChannel {
-    fn from(s: Stdio) -> Self {
-        match s {
-            Stdio::Pipe => Self::Pipe,
-            Stdio::Socket => Self::Socket,
-        }
-    }
 }
 
 #[derive(Debug, Args)]
@@ -108,10 +92,10 @@ pub struct RunArgs {
     /// Do not open Node's IPC channel for Node runtimes.
     #[arg(long)]
     pub no_ipc: bool,
-    /// The child's stdout and stderr: pipes, or Unix sockets as Node's
-    /// child_process gives (faster for floods; opening /dev/stdout by path fails).
-    #[arg(long, value_enum, default_value_t = Stdio::Pipe)]
-    pub stdio: Stdio,
+    /// The child's stdout and stderr: pipe, or socket (Unix socketpairs, as Node's
+    /// child_process gives: less CPU per byte of a flood; opening /dev/stdout by path fails).
+    #[arg(long, default_value = "pipe", value_name = "pipe|socket")]
+    pub stdio: tsbridge_process::OutputChannel,
     /// The program or script, then its arguments. Everything from the script on
     /// is the child's, flags included; `--` before it is optional (needed only
     /// when the script's name starts with `-`).

@@ -127,7 +127,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
             .kill_grace(args.kill_grace.0)
             .max_output(usize::try_from(args.max_output.0).unwrap_or(usize::MAX))
             .ipc(inv.runtime.is_node() && !args.no_ipc)
-            .output(args.stdio.into())
+            .output(args.stdio)
             .masker(masker.clone())
             .key(JobKey::generate())
             .private_tmp(Some(std::env::temp_dir()))

@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
+pub use tsbridge_process::OutputChannel;
 use tsbridge_proto::{ByteSize, DurationSpec};
 
 use crate::errors::{ConfigError, ConfigIssue};
@@ -224,28 +225,6 @@ impl Mode {
         match self {
             Mode::Spawn => "spawn",
             Mode::Pool => "pool",
-        }
-    }
-}
-
-/// What a workflow's processes get as stdout and stderr (`stdio`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stdio {
-    /// Pipes: what a shell gives a program.
-    #[default]
-    Pipe,
-    /// Unix socketpairs, as Node's `child_process` gives its children:
-    /// faster for floods of output; a program that opens `/dev/stdout` by
-    /// path gets `ENXIO`.
-    Socket,
-}
-
-impl From<Stdio> for tsbridge_process::OutputChannel {
-    fn from(s: Stdio) -> Self {
-        match s {
-            Stdio::Pipe => Self::Pipe,
-            Stdio::Socket => Self::Socket,
         }
     }
 }
@@ -478,7 +457,8 @@ pub struct WorkflowConfig {
     pub retry: RetryConfig,
     pub pool: PoolConfig,
     pub ipc: bool,
-    pub stdio: Stdio,
+    /// `stdio`: pipes (the default) or socketpairs for stdout and stderr.
+    pub stdio: OutputChannel,
     /// Effective wall timeout of one attempt (the ceiling for requests).
     pub timeout: Duration,
     pub kill_grace: Duration,
@@ -1125,7 +1105,7 @@ fn read_workflow(
         .unwrap_or(0);
     let ipc = s.get::<bool>(issues, "ipc").map(|v| v.into_inner());
     let stdio = s
-        .get::<Stdio>(issues, "stdio")
+        .get::<OutputChannel>(issues, "stdio")
         .map(|v| v.into_inner())
         .unwrap_or_default();
     let timeout = job_timeout(issues, s, "timeout");
@@ -1238,7 +1218,7 @@ fn read_workflow(
             "pool mode needs a node runtime (tsx, ts-node or node)",
         );
     }
-    if mode == Mode::Pool && stdio != Stdio::Pipe {
+    if mode == Mode::Pool && stdio != OutputChannel::Pipe {
         issues.push(
             &s.key("stdio"),
             s.span_of("stdio"),

@@ -636,9 +636,9 @@ fn stdio_is_pipe_by_default_socket_on_request_and_refused_in_pool_mode() {
     let f = Fixture::new();
     let wf = |extra: &str| format!("[workflows.w]\nroot = \"app\"\nscript = \"main.js\"\n{extra}");
     let c = f.parse(&wf("")).expect("default");
-    assert_eq!(c.workflows["w"].stdio, Stdio::Pipe);
+    assert_eq!(c.workflows["w"].stdio, OutputChannel::Pipe);
     let c = f.parse(&wf("stdio = \"socket\"\n")).expect("socket");
-    assert_eq!(c.workflows["w"].stdio, Stdio::Socket);
+    assert_eq!(c.workflows["w"].stdio, OutputChannel::Socket);
     let issues = f.issues(&wf("stdio = \"tty\"\n"));
     assert!(has(&issues, "workflows.w.stdio", 4), "{issues:?}");
     let issues = f.issues(&wf("mode = \"pool\"\nstdio = \"socket\"\n"));
