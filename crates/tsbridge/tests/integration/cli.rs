@@ -272,7 +272,11 @@ fn check_says_which_workflows_serve_would_make_unavailable() {
 fn serve_bind_replaces_an_open_address_before_the_token_check() {
     let dir = tempfile::tempdir().unwrap();
     let _cgroups = ServeCgroups::for_config_dir(dir.path());
-    write_config(dir.path(), "[server]\nbind = \"0.0.0.0:8787\"\n");
+    // The store ServeCgroups names (serve's cgroup parent is named after it).
+    write_config(
+        dir.path(),
+        "[server]\nbind = \"0.0.0.0:8787\"\n[store]\nurl = \"sqlite://jobs.db\"\n",
+    );
     let r = run(dir.path(), &["check"]);
     assert_ne!(r.code, Some(0), "{r}");
     assert!(r.stderr.contains("server.bind"), "{r}");
