@@ -13,7 +13,7 @@ use serde_json::json;
 use tsbridge_runtime::config::WorkflowConfig;
 use tsbridge_runtime::spawn::SpawnExecutor;
 use tsbridge_runtime::{Config, ConfigError, Executor};
-use tsbridge_sandbox::{Capabilities, Sandbox, SandboxConfig, SandboxError};
+use tsbridge_sandbox::{Capabilities, Sandbox, SandboxConfig, SandboxError, paths};
 
 use crate::cli::CheckArgs;
 use crate::output::{OutputError, errln, out, outln};
@@ -128,40 +128,24 @@ fn store_exposure_notes(c: &Config) -> Vec<String> {
     if !db.is_absolute() {
         return Vec::new(); // sqlite::memory:
     }
-    // The files (and their folder) may not exist yet: the nearest existing
-    // ancestor made canonical (`..` and symlinks resolved), then the rest.
-    let canonical = |p: &Path| {
-        let mut rest = Vec::new();
-        let mut at = p;
-        loop {
-            if let Ok(c) = std::fs::canonicalize(at) {
-                return rest.iter().rev().fold(c, |acc, name| acc.join(name));
-            }
-            match (at.parent(), at.file_name()) {
-                (Some(parent), Some(name)) => {
-                    rest.push(name.to_owned());
-                    at = parent;
-                }
-                _ => return p.to_path_buf(),
-            }
-        }
-    };
     let key = c.store.key_file.clone().unwrap_or_else(|| {
         let mut k = db.clone().into_os_string();
         k.push(".key");
         PathBuf::from(k)
     });
-    let files = [
-        ("the store", canonical(&db)),
-        ("its key file", canonical(&key)),
-    ];
+    let files = [("the store", db), ("its key file", key)];
     let mut notes = Vec::new();
     for (name, w) in &c.workflows {
         let readable = std::iter::once(&w.root)
             .chain(&w.limits.read)
             .chain(&w.limits.write);
         for (what, file) in &files {
-            if let Some(dir) = readable.clone().find(|d| file.starts_with(d)) {
+            // The files may not exist yet: `confine` resolves the deepest
+            // existing ancestor (`..`, symlinks), as for path parameters.
+            let inside = readable
+                .clone()
+                .find_map(|d| paths::confine(d, file).ok().map(|f| (d, f)));
+            if let Some((dir, file)) = inside {
                 notes.push(format!(
                     "{what} ({}) is inside {} of workflow {name}, which its jobs can read: move store.url (and store.key_file) outside every workflow's root and lists",
                     file.display(),
