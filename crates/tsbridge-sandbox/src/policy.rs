@@ -16,7 +16,9 @@ pub struct SandboxPolicy {
     pub cpu: Option<f64>,
     /// Maximum number of tasks (processes *and threads*) in the job.
     pub pids: Option<u64>,
-    /// `false` = the job gets a network namespace of its own with only `lo` (up).
+    /// `false` = the job gets a network namespace of its own with only `lo`
+    /// (up), and (with `seccomp`) cannot make unix sockets: `socket(AF_UNIX)`
+    /// fails with EACCES, so socket files on the host are out of reach too.
     pub network: bool,
     /// `None` = no Landlock file-system restriction.
     pub fs: Option<FsPolicy>,

@@ -63,6 +63,9 @@ pub struct Sandbox {
     /// unchanged (see [`Sandbox::system_guard`]).
     guard: Mutex<Option<GuardCache>>,
     seccomp: Arc<Vec<Program>>,
+    /// `seccomp` and the refusal of unix sockets, for `network = false`
+    /// jobs (see [`seccomp::compile_offline`]).
+    seccomp_offline: Arc<Vec<Program>>,
     shared_netns: Option<Arc<OwnedFd>>,
     /// The job cgroups made by [`Sandbox::prepare`] that are still held.
     live: Arc<LiveJobs>,
@@ -199,11 +202,13 @@ impl Sandbox {
             }
         };
         let seccomp_ok = prctl_supported(libc::PR_GET_SECCOMP);
-        let seccomp = if seccomp_ok {
-            seccomp::compile()?
+        let (seccomp, seccomp_offline) = if seccomp_ok {
+            let base = seccomp::compile()?;
+            let offline = seccomp::compile_offline(&base)?;
+            (base, offline)
         } else {
             notes.push("seccomp unavailable in this kernel".into());
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         let (version, memory, pids, cpu, cpu_usage, kill) = match &cgroups {
             None => (
@@ -274,6 +279,7 @@ impl Sandbox {
                 )
                 .collect(),
             seccomp: Arc::new(seccomp),
+            seccomp_offline: Arc::new(seccomp_offline),
             shared_netns,
             live: Arc::default(),
         })
@@ -435,7 +441,9 @@ impl Sandbox {
         push(libc::RLIMIT_CPU, r.cpu_seconds, 2);
         push(libc::RLIMIT_AS, r.address_space, 0);
 
-        let seccomp = if policy.seccomp && self.caps.seccomp {
+        let seccomp = if policy.seccomp && self.caps.seccomp && !policy.network {
+            Arc::clone(&self.seccomp_offline)
+        } else if policy.seccomp && self.caps.seccomp {
             Arc::clone(&self.seccomp)
         } else {
             Arc::new(Vec::new())

@@ -123,6 +123,37 @@ fn any_ns_flag(arg: u8) -> Result<Vec<SeccompRule>, SandboxError> {
         .collect()
 }
 
+/// The programs of a `network = false` job: the deny-list's, then one that
+/// refuses `socket(AF_UNIX, ...)` with EACCES. A network namespace holds no
+/// file system, and Landlock (up to ABI 7) has no right for `connect()` to a
+/// socket file: without this a job with no network still reaches
+/// `/var/run/docker.sock` or a database's socket that its uid may open.
+/// `socketpair` (how Node and libuv make a child's stdio) stays allowed, and
+/// so do the sockets a job inherits (its output, Node's IPC channel).
+pub(crate) fn compile_offline(base: &[Program]) -> Result<Vec<Program>, SandboxError> {
+    let arch = target_arch()?;
+    let rule = SeccompRule::new(vec![
+        SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_UNIX as u64,
+        )
+        .map_err(err)?,
+    ])
+    .map_err(err)?;
+    let unix = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_socket, vec![rule])]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        arch,
+    )
+    .map_err(err)?;
+    let mut programs = base.to_vec();
+    programs.push(to_kernel(unix.try_into().map_err(err)?));
+    Ok(programs)
+}
+
 /// Compile the deny-list into the programs to install, in order.
 pub(crate) fn compile() -> Result<Vec<Program>, SandboxError> {
     let arch = target_arch()?;
@@ -203,5 +234,7 @@ mod tests {
         let progs = compile().expect("compile");
         assert!(progs.len() >= 2);
         assert!(progs.iter().all(|p| !p.is_empty() && p.len() < 4096));
+        let offline = compile_offline(&progs).expect("compile offline");
+        assert_eq!(offline.len(), progs.len() + 1);
     }
 }

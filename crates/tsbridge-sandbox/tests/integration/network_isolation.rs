@@ -54,3 +54,47 @@ fn shared_empty_namespace_also_isolates() {
     let host = Host::with("netshared", |c| c.shared_netns = true);
     check(&host, "shared");
 }
+
+/// A socket file on the host, outside every list: a `network = false` job
+/// cannot connect to it (it cannot make a unix socket at all), while the
+/// same program with the network can; a socketpair works in both.
+#[test]
+fn job_without_network_cannot_reach_a_unix_socket_file() {
+    let host = Host::new("netunix");
+    if !host.sandbox.capabilities().seccomp {
+        eprintln!("skipped: no seccomp");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("service.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let attempt = |key: &str, network: bool| {
+        let policy = SandboxPolicy {
+            network,
+            ..SandboxPolicy::default()
+        };
+        let prepared = host.prepare(key, &policy);
+        let mut cmd = base_command(python());
+        cmd.arg(fixture("connect_unix.py")).arg(&path);
+        let out = run(cmd, Some(&prepared));
+        let _job = JobGuard(prepared.into_cgroup());
+        (out.status.success(), stdout(&out))
+    };
+
+    let (ok, out) = attempt("unix-open", true);
+    assert!(
+        ok && out.contains("SOCKETPAIR") && out.contains("CONNECTED"),
+        "with network: {out}"
+    );
+    assert!(listener.accept().is_ok(), "the listener saw no connection");
+
+    let (ok, out) = attempt("unix-closed", false);
+    assert!(!ok, "connected without network: {out}");
+    assert!(
+        out.contains("SOCKETPAIR"),
+        "socketpair broken without network: {out}"
+    );
+    assert!(out.contains("ERR EACCES"), "unexpected error: {out}");
+    assert!(listener.accept().is_err(), "the listener saw a connection");
+}
