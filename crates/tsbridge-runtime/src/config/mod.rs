@@ -787,24 +787,58 @@ fn positive(issues: &mut Issues<'_>, s: &Section<'_, '_>, key: &str) -> Option<u
     }
 }
 
-/// A config duration: a string (`"5s"`) or an integer of milliseconds.
+/// A config duration: a string with a unit (`"5s"`, `"500ms"`, SPEC §7).
+/// A number without one (`timeout = 30`, or `"30"`) is refused, naming what
+/// to write: read as milliseconds, as a request reads it (SPEC §4), a
+/// `timeout = 30` meant as seconds would end every job after 30 ms.
 #[derive(Debug, Clone, Copy)]
 struct DurationSpecStr(DurationSpec);
 
+impl DurationSpecStr {
+    /// The message for a number written without a unit (`written` as in
+    /// the file), with that number in the strings to write instead.
+    fn unitless(written: &str) -> String {
+        let n = match written.parse::<f64>() {
+            Ok(n) if n.is_finite() && n >= 0.0 => written,
+            _ => "30",
+        };
+        format!(
+            "a number without a unit is not a duration: write a duration string such as \"{n}s\" or \"{n}ms\""
+        )
+    }
+}
+
 impl<'de> Deserialize<'de> for DurationSpecStr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Ms(u64),
-            S(String),
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = DurationSpecStr;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration string such as \"5s\" or \"500ms\"")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                let t = s.trim();
+                if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+                    return Err(E::custom(DurationSpecStr::unitless(t)));
+                }
+                s.parse().map(DurationSpecStr).map_err(E::custom)
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+                Err(E::custom(DurationSpecStr::unitless(&n.to_string())))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+                Err(E::custom(DurationSpecStr::unitless(&n.to_string())))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Self::Value, E> {
+                Err(E::custom(DurationSpecStr::unitless(&n.to_string())))
+            }
         }
-        match Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected a duration such as \"5s\" or \"500ms\"")
-        })? {
-            Raw::Ms(ms) => Ok(Self(DurationSpec::from_millis(ms))),
-            Raw::S(s) => s.parse().map(Self).map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(Visitor)
     }
 }
 

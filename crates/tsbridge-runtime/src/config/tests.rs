@@ -264,12 +264,94 @@ fn a_zero_timeout_is_refused_where_it_is_written() {
     let f = Fixture::new();
     let wf = "[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\n";
     let issues = f.issues(&format!(
-        "[defaults]\ntimeout = \"0s\"\n{wf}timeout = \"0ms\"\nlimits = {{ timeout = 0 }}\n"
+        "[defaults]\ntimeout = \"0s\"\n{wf}timeout = \"0ms\"\nlimits = {{ timeout = \"0s\" }}\n"
     ));
     assert!(has(&issues, "defaults.timeout", 2), "{issues:?}");
     assert!(has(&issues, "workflows.a.timeout", 6), "{issues:?}");
     assert!(has(&issues, "workflows.a.limits.timeout", 7), "{issues:?}");
     f.parse(&format!("{wf}timeout = \"1ms\"\n")).expect("valid");
+}
+
+#[test]
+fn a_duration_written_as_a_bare_number_is_refused_with_key_line_and_what_to_write() {
+    // Every duration key of the file, each on its own line, written as V.
+    // A bare `timeout = 30` was read as 30 milliseconds.
+    let template = "\
+[server]
+drain_timeout = V
+[defaults]
+timeout = V
+kill_grace = V
+[workflows.a]
+root = \"app\"
+script = \"main.js\"
+timeout = V
+kill_grace = V
+[workflows.a.limits]
+timeout = V
+cpu_time = V
+[workflows.a.retry]
+backoff = V
+max_delay = V
+[workflows.b]
+root = \"app\"
+script = \"main.js\"
+mode = \"pool\"
+[workflows.b.pool]
+max_age = V
+idle_timeout = V
+";
+    let keys = [
+        ("server.drain_timeout", 2),
+        ("defaults.timeout", 4),
+        ("defaults.kill_grace", 5),
+        ("workflows.a.timeout", 9),
+        ("workflows.a.kill_grace", 10),
+        ("workflows.a.limits.timeout", 12),
+        ("workflows.a.limits.cpu_time", 13),
+        ("workflows.a.retry.backoff", 15),
+        ("workflows.a.retry.max_delay", 16),
+        ("workflows.b.pool.max_age", 22),
+        ("workflows.b.pool.idle_timeout", 23),
+    ];
+    let f = Fixture::new();
+    for (value, hint) in [
+        ("30", "\"30s\" or \"30ms\""),
+        ("2.5", "\"2.5s\" or \"2.5ms\""),
+        ("\"30\"", "\"30s\" or \"30ms\""),
+        ("-1", "\"30s\" or \"30ms\""),
+    ] {
+        let src = template.replace('V', value);
+        let issues = f.issues(&src);
+        assert_eq!(issues.len(), keys.len(), "{src}\n{issues:#?}");
+        for (key, line) in keys {
+            let issue = issues
+                .iter()
+                .find(|i| i.key == key && i.line == Some(line))
+                .unwrap_or_else(|| panic!("no issue for {key} on line {line}: {issues:#?}"));
+            assert!(
+                issue.message.contains("write a duration string such as")
+                    && issue.message.contains(hint),
+                "{key} = {value}: {}",
+                issue.message
+            );
+        }
+    }
+    // With a unit, the same keys load.
+    let c = f
+        .parse(&template.replace('V', "\"30s\""))
+        .unwrap_or_else(|e| panic!("{e:#?}"));
+    assert_eq!(c.server.drain_timeout, Duration::from_secs(30));
+    assert_eq!(c.defaults.kill_grace, Duration::from_secs(30));
+    assert_eq!(c.workflows["a"].retry.backoff, Duration::from_secs(30));
+    assert_eq!(
+        c.workflows["a"].limits.cpu_time,
+        Some(Duration::from_secs(30))
+    );
+    assert_eq!(
+        c.workflows["b"].pool.idle_timeout,
+        Some(Duration::from_secs(30))
+    );
 }
 
 #[test]
