@@ -70,7 +70,8 @@ pub struct RunArgs {
     /// CPU limit in cores, e.g. 0.5.
     #[arg(long)]
     pub cpu: Option<f64>,
-    /// Maximum number of processes/threads.
+    /// Maximum number of processes/threads. At least 6 for a Node program
+    /// (node, tsx, ts-node, or a script whose #! runs node), which cannot start with fewer.
     #[arg(long)]
     pub pids: Option<u64>,
     /// Run without network (own network namespace).

@@ -35,6 +35,7 @@ use tsbridge_process::{
 };
 use tsbridge_proto::event::Stream;
 use tsbridge_proto::{ChildEvent, EndReason};
+use tsbridge_runtime::config::node_pids;
 use tsbridge_sandbox::{FsPolicy, Sandbox, SandboxConfig, SandboxPolicy};
 
 use crate::cli::RunArgs;
@@ -98,6 +99,14 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
         }
     };
     tracing::debug!(program = %inv.program.display(), via = ?inv.via, "resolved");
+    // Node cannot start below this many tasks: it would abort or hang, and
+    // `run` has no timeout unless one is given (node_pids.rs).
+    if let Some(pids) = args.pids
+        && (inv.runtime.is_node() || node_pids::runs_node(&inv.program))
+        && let Some(why) = node_pids::node_pids_too_low(pids)
+    {
+        anyhow::bail!("--pids {why}; the job was not started");
+    }
 
     let sandbox = sandbox_for(&args, &script, &search.node)?;
     let policy = RetryPolicy {

@@ -4,6 +4,7 @@
 //! parameter schemas are compiled once, and every problem of the file is
 //! reported with its key and line.
 
+pub mod node_pids;
 mod walk;
 
 use std::collections::BTreeMap;
@@ -1258,6 +1259,17 @@ fn read_workflow(
             s.span_of("stdio"),
             "stdio applies to spawn mode: a pool worker's jobs talk over its IPC channel, not its stdout",
         );
+    }
+    // A Node program under a pids limit Node cannot start in (node_pids.rs).
+    if let (Some(pids), Some(l)) = (limits.pids, &limits_sec) {
+        let node = match runtime.or_else(|| script.as_deref().map(RuntimeKind::for_script)) {
+            Some(RuntimeKind::Exec) => script.as_deref().is_some_and(node_pids::runs_node),
+            Some(_) => true,
+            None => false,
+        };
+        if node && let Some(why) = node_pids::node_pids_too_low(pids) {
+            issues.push(&l.key("pids"), l.span_of("pids"), why);
+        }
     }
     if issues.list.len() != before {
         return None;

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::node_pids::NODE_MIN_PIDS;
 use super::*;
 
 struct Fixture {
@@ -352,6 +353,43 @@ idle_timeout = V
         c.workflows["b"].pool.idle_timeout,
         Some(Duration::from_secs(30))
     );
+}
+
+#[test]
+fn a_pids_limit_node_cannot_start_in_is_refused_for_node_programs_only() {
+    let f = Fixture::new();
+    let app = f.dir.path().join("app");
+    std::fs::write(app.join("cli.js"), "#!/usr/bin/env node\nconsole.log(1)\n").expect("write");
+    std::fs::write(app.join("tool.sh"), "#!/bin/sh\necho hi\n").expect("write");
+    let wf = |script: &str, runtime: &str, pids: u64| {
+        format!(
+            "[workflows.a]\nroot = \"app\"\nscript = \"{script}\"\n{runtime}limits = {{ pids = {pids} }}\n"
+        )
+    };
+    // By extension, named, and an exec'd script whose #! runs node: Node
+    // aborts (1) or hangs (2 to 5) below 6 tasks.
+    for (script, runtime) in [
+        ("main.js", ""),
+        ("main.js", "runtime = \"tsx\"\n"),
+        ("main.js", "runtime = \"ts-node\"\n"),
+        ("cli.js", "runtime = \"exec\"\n"),
+    ] {
+        for pids in [1, NODE_MIN_PIDS - 1] {
+            let src = wf(script, runtime, pids);
+            let issues = f.issues(&src);
+            let line = src.lines().count();
+            assert!(
+                has(&issues, "workflows.a.limits.pids", line),
+                "{src}{issues:?}"
+            );
+            assert!(issues[0].message.contains("too few for node"), "{issues:?}");
+        }
+        f.parse(&wf(script, runtime, NODE_MIN_PIDS))
+            .expect("enough for node");
+    }
+    // Not Node: any positive limit.
+    f.parse(&wf("tool.sh", "runtime = \"exec\"\n", 1))
+        .expect("valid");
 }
 
 #[test]
