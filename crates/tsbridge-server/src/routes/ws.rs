@@ -2,7 +2,8 @@
 //! unsubscribes from and cancels jobs (`workflowId` or `jobId`); the server
 //! answers `subscribed`, then a `state` message with the job's current state
 //! and its last `progress`, then live `progress`, `log`, `result`, `state`
-//! and `cancelled` messages. One connection may follow many jobs.
+//! and `cancelled` messages. One connection may follow many jobs. A client
+//! message is JSON in a text frame, or UTF-8 JSON in a binary frame.
 //!
 //! A connection is **one task** and no channel: it polls the socket, its
 //! subscriptions (each a [`Follower`] of one job, polled in place) and the
@@ -37,6 +38,9 @@ use crate::errors::ApiError;
 use crate::events::Follower;
 use crate::state::AppState;
 
+/// The error for a binary frame that is not UTF-8 (a UTF-8 one is read as
+/// the same text frame would be).
+const NOT_UTF8: &str = "Invalid JSON message: a binary frame must be UTF-8 JSON text";
 /// The largest message a client may send.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 /// Jobs one connection may follow at once (each costs a feed); past it a
@@ -300,7 +304,12 @@ fn connection(state: AppState, socket: WebSocket) -> impl Future<Output = ()> + 
                             Message::Text(text) => {
                                 Box::pin(on_text(&state, &mut conn, text.as_str())).await
                             }
-                            Message::Binary(_) => conn.error("Invalid JSON message"),
+                            // Some clients (Node `ws` wrappers handed a
+                            // Buffer) send their JSON as a binary frame.
+                            Message::Binary(bytes) => match std::str::from_utf8(&bytes) {
+                                Ok(text) => Box::pin(on_text(&state, &mut conn, text)).await,
+                                Err(_) => conn.error(NOT_UTF8),
+                            },
                             _ => {}
                         }
                     }

@@ -1,8 +1,9 @@
 //! `GET /v1/ws` over a real socket with a tokio-tungstenite client:
 //! subscribe, progress (all five keys), result, late subscribers (state then
 //! last progress first), cancel, many jobs per connection, error messages,
-//! a client too slow to read being disconnected, unsubscribing from one of
-//! several jobs, and what a repeated subscribe answers.
+//! binary frames of JSON, a client too slow to read being disconnected,
+//! unsubscribing from one of several jobs, and what a repeated subscribe
+//! answers.
 
 #![allow(clippy::unwrap_used)]
 
@@ -252,6 +253,52 @@ async fn bad_messages_get_error_messages() {
     let id = submit(&server, "echo", json!({})).await;
     send(&mut ws, json!({"type": "subscribe", "workflowId": id})).await;
     assert_eq!(next(&mut ws).await["type"], "subscribed");
+}
+
+/// A binary frame carrying UTF-8 JSON is read as a text frame is (Node
+/// `ws` wrappers send Buffers); one that is not UTF-8 gets an error that
+/// says so, and the connection goes on.
+#[tokio::test]
+async fn binary_frames_of_json_are_read_as_text() {
+    let (state, _) = fake_state(settings());
+    let server = TestServer::start(state).await;
+    let mut ws = open(&server).await;
+    let id = submit(&server, "echo", json!({})).await;
+    let subscribe = json!({"type": "subscribe", "workflowId": id}).to_string();
+    ws.send(Message::binary(subscribe.into_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type": "subscribed", "workflowId": id})
+    );
+    until(&mut ws, "result").await;
+    ws.send(Message::binary(br#"{"type":"dance"}"#.to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type": "error", "message": "Unknown message type: dance"})
+    );
+    ws.send(Message::binary(b"{not json".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type": "error", "message": "Invalid JSON message"})
+    );
+    ws.send(Message::binary(vec![0x7b, 0xff, 0xfe, 0x7d]))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type": "error", "message": "Invalid JSON message: a binary frame must be UTF-8 JSON text"})
+    );
+    send(&mut ws, json!({"type": "unsubscribe", "workflowId": id})).await;
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type": "unsubscribed", "workflowId": id})
+    );
 }
 
 #[tokio::test]
