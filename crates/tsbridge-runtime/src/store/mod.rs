@@ -9,6 +9,7 @@
 mod cursor;
 #[cfg(any(test, feature = "test-support"))]
 mod delegating;
+mod list_output;
 mod postgres;
 pub(crate) mod relay;
 mod sqlite;

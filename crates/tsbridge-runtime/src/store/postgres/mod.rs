@@ -39,6 +39,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tsbridge_proto::{JobEvent, JobId, JobState};
 
+use super::list_output::LIST_OUTPUT_TAIL;
 use super::{
     AfterAttempt, AttemptEnd, EventRetention, EventsWritten, Finish, Inserted, JobPage, JobRecord,
     JobStore, ListFilter, NewJob, encode_cursor, last_progress_and_result,
@@ -68,9 +69,6 @@ macro_rules! now_ms {
         "(EXTRACT(EPOCH FROM now()) * 1000)::bigint"
     };
 }
-
-/// Output shown per stream in job lists.
-const LIST_OUTPUT_TAIL: usize = 4096;
 
 /// A job list's columns: every column of `jobs` but the captured output,
 /// of which the list reads only the last [`LIST_OUTPUT_TAIL`] characters

@@ -8,6 +8,7 @@ use sqlx::postgres::PgRow;
 use tsbridge_proto::api::{ApiErrorBody, AttemptView, OutputView, Resources};
 use tsbridge_proto::{EndReason, EventData, JobEvent, JobId, JobState};
 
+use super::super::list_output::cut_listed_output;
 use super::super::{JobRecord, StoredRequest};
 use crate::errors::StoreError;
 
@@ -29,18 +30,6 @@ pub(super) fn corrupt(id: &str, what: impl Into<String>) -> StoreError {
         job: id.to_owned(),
         what: what.into(),
     }
-}
-
-/// The last `max` bytes of `s` (on a char boundary) and how many were cut.
-fn tail(s: String, max: usize) -> (String, u64) {
-    if s.len() <= max {
-        return (s, 0);
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    (s[start..].to_owned(), start as u64)
 }
 
 fn get_err(op: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
@@ -86,28 +75,21 @@ pub(super) fn read_job(row: &PgRow, cut_output: Option<usize>) -> Result<JobReco
     };
     let opt_u64 =
         |col: &str| -> Result<Option<u64>, StoreError> { Ok(opt(col)?.map(|v| v.max(0) as u64)) };
-    let mut stdout: String = row.try_get("stdout").map_err(&g)?;
-    let mut stderr: String = row.try_get("stderr").map_err(&g)?;
-    let mut stdout_dropped = int("stdout_dropped")?.max(0) as u64;
-    let mut stderr_dropped = int("stderr_dropped")?.max(0) as u64;
-    let mut stdout_truncated: bool = row.try_get("stdout_truncated").map_err(&g)?;
-    let mut stderr_truncated: bool = row.try_get("stderr_truncated").map_err(&g)?;
+    let mut output = OutputView {
+        stdout: row.try_get("stdout").map_err(&g)?,
+        stderr: row.try_get("stderr").map_err(&g)?,
+        stdout_truncated: row.try_get("stdout_truncated").map_err(&g)?,
+        stderr_truncated: row.try_get("stderr_truncated").map_err(&g)?,
+        stdout_dropped_bytes: int("stdout_dropped")?.max(0) as u64,
+        stderr_dropped_bytes: int("stderr_dropped")?.max(0) as u64,
+    };
     if let Some(max) = cut_output {
         // The row holds the streams' last characters (the store's
         // `list_columns!`) and their whole length in bytes.
         let len = |col: &str| -> Result<u64, StoreError> {
             Ok(row.try_get::<i64, _>(col).map_err(&g)?.max(0) as u64)
         };
-        let (s, _) = tail(stdout, max);
-        let cut = len("stdout_len")?.saturating_sub(s.len() as u64);
-        stdout = s;
-        stdout_dropped += cut;
-        stdout_truncated |= cut > 0;
-        let (s, _) = tail(stderr, max);
-        let cut = len("stderr_len")?.saturating_sub(s.len() as u64);
-        stderr = s;
-        stderr_dropped += cut;
-        stderr_truncated |= cut > 0;
+        cut_listed_output(&mut output, max, len("stdout_len")?, len("stderr_len")?);
     }
     let not_before = row
         .try_get::<Option<i64>, _>("not_before")
@@ -135,14 +117,7 @@ pub(super) fn read_job(row: &PgRow, cut_output: Option<usize>) -> Result<JobReco
         exit_code: opt("exit_code")?.map(|v| v as i32),
         signal: opt("signal")?.map(|v| v as i32),
         process_id: opt_u64("process_id")?.map(|p| p as u32),
-        output: OutputView {
-            stdout,
-            stderr,
-            stdout_truncated,
-            stderr_truncated,
-            stdout_dropped_bytes: stdout_dropped,
-            stderr_dropped_bytes: stderr_dropped,
-        },
+        output,
         resources: Resources {
             peak_memory_bytes: opt_u64("peak_memory")?,
             cpu_time_ms: opt_u64("cpu_ms")?,

@@ -26,6 +26,7 @@ use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite};
 use tsbridge_proto::api::{ApiErrorBody, AttemptView, OutputView, Resources};
 use tsbridge_proto::{EndReason, EventData, JobEvent, JobId, JobState};
 
+use super::list_output::{LIST_OUTPUT_TAIL, cut_listed_output};
 use super::{
     AfterAttempt, AttemptEnd, Finish, FirstStart, Inserted, JobPage, JobRecord, JobStore,
     ListFilter, NewJob, StoredRequest, encode_cursor, last_progress_and_result,
@@ -130,9 +131,6 @@ const RUNNING_JOBS: &str = select_jobs!(concat!(
     not_succeeded!(),
     " ORDER BY id"
 ));
-
-/// Output shown per stream in job lists.
-const LIST_OUTPUT_TAIL: usize = 4096;
 
 /// A job list's columns: every column of `jobs` but the captured output,
 /// of which the list reads only the last [`LIST_OUTPUT_TAIL`] characters
@@ -360,17 +358,6 @@ fn corrupt(id: &str, what: impl Into<String>) -> StoreError {
     }
 }
 
-fn tail(s: String, max: usize) -> (String, u64) {
-    if s.len() <= max {
-        return (s, 0);
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    (s[start..].to_owned(), start as u64)
-}
-
 fn read_job(row: &SqliteRow, cut_output: bool) -> Result<JobRecord, StoreError> {
     let g = |e: sqlx::Error| StoreError::Query {
         op: "read job row",
@@ -419,28 +406,26 @@ fn read_job(row: &SqliteRow, cut_output: bool) -> Result<JobRecord, StoreError> 
     let opt_time = |col: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
         Ok(row.try_get::<Option<i64>, _>(col).map_err(g)?.map(from_ms))
     };
-    let mut stdout: String = row.try_get("stdout").map_err(g)?;
-    let mut stderr: String = row.try_get("stderr").map_err(g)?;
-    let mut stdout_dropped = opt_u64("stdout_dropped")?.unwrap_or(0);
-    let mut stderr_dropped = opt_u64("stderr_dropped")?.unwrap_or(0);
-    let mut stdout_truncated = row.try_get::<i64, _>("stdout_truncated").map_err(g)? != 0;
-    let mut stderr_truncated = row.try_get::<i64, _>("stderr_truncated").map_err(g)? != 0;
+    let mut output = OutputView {
+        stdout: row.try_get("stdout").map_err(g)?,
+        stderr: row.try_get("stderr").map_err(g)?,
+        stdout_truncated: row.try_get::<i64, _>("stdout_truncated").map_err(g)? != 0,
+        stderr_truncated: row.try_get::<i64, _>("stderr_truncated").map_err(g)? != 0,
+        stdout_dropped_bytes: opt_u64("stdout_dropped")?.unwrap_or(0),
+        stderr_dropped_bytes: opt_u64("stderr_dropped")?.unwrap_or(0),
+    };
     if cut_output {
         // The row holds the streams' last characters (`list_columns!`) and
         // their whole length in bytes.
         let len = |col: &str| -> Result<u64, StoreError> {
             Ok(row.try_get::<i64, _>(col).map_err(g)?.max(0) as u64)
         };
-        let (s, _) = tail(stdout, LIST_OUTPUT_TAIL);
-        let cut = len("stdout_len")?.saturating_sub(s.len() as u64);
-        stdout = s;
-        stdout_dropped += cut;
-        stdout_truncated |= cut > 0;
-        let (s, _) = tail(stderr, LIST_OUTPUT_TAIL);
-        let cut = len("stderr_len")?.saturating_sub(s.len() as u64);
-        stderr = s;
-        stderr_dropped += cut;
-        stderr_truncated |= cut > 0;
+        cut_listed_output(
+            &mut output,
+            LIST_OUTPUT_TAIL,
+            len("stdout_len")?,
+            len("stderr_len")?,
+        );
     }
     Ok(JobRecord {
         not_before: opt_time("not_before")?,
@@ -464,14 +449,7 @@ fn read_job(row: &SqliteRow, cut_output: bool) -> Result<JobRecord, StoreError> 
         exit_code: opt_i32("exit_code")?,
         signal: opt_i32("signal")?,
         process_id: opt_u64("process_id")?.map(|p| p as u32),
-        output: OutputView {
-            stdout,
-            stderr,
-            stdout_truncated,
-            stderr_truncated,
-            stdout_dropped_bytes: stdout_dropped,
-            stderr_dropped_bytes: stderr_dropped,
-        },
+        output,
         resources: Resources {
             peak_memory_bytes: opt_u64("peak_memory")?,
             cpu_time_ms: opt_u64("cpu_ms")?,
