@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::cgroup::JoinBy;
 use crate::seccomp::Program;
+use crate::user::JobUser;
 
 #[cfg(target_env = "gnu")]
 pub(crate) type RlimitResource = libc::__rlimit_resource_t;
@@ -44,6 +45,7 @@ pub enum ChildStep {
     Landlock = 7,
     Seccomp = 8,
     Capabilities = 9,
+    SwitchUser = 10,
 }
 
 impl ChildStep {
@@ -58,6 +60,7 @@ impl ChildStep {
             7 => Self::Landlock,
             8 => Self::Seccomp,
             9 => Self::Capabilities,
+            10 => Self::SwitchUser,
             _ => return None,
         })
     }
@@ -75,6 +78,7 @@ impl fmt::Display for ChildStep {
             Self::Landlock => "applying landlock",
             Self::Seccomp => "installing seccomp",
             Self::Capabilities => "dropping capabilities",
+            Self::SwitchUser => "switching to the job's user",
         })
     }
 }
@@ -191,6 +195,8 @@ pub(crate) struct ChildPlan {
     pub parent_pid: libc::pid_t,
     pub net: NetPlan,
     pub no_new_privs: bool,
+    /// The uid and gid to switch to (no supplementary groups).
+    pub user: Option<JobUser>,
     pub landlock: Option<OwnedFd>,
     pub seccomp: Arc<Vec<Program>>,
     pub failure: FailureSlot,
@@ -343,6 +349,19 @@ impl ChildPlan {
             if let Err(e) = unsafe { drop_capabilities_on_exec() } {
                 return Err(fail_with(ChildStep::Capabilities, e));
             }
+        }
+
+        // 6b. The job's own user, once nothing after needs privilege (the
+        //     cgroup was joined, the namespace entered, the bounding set
+        //     emptied; Landlock and seccomp need only no_new_privs, which
+        //     a policy with a user always has).
+        if let Some(user) = self.user {
+            // SAFETY: async-signal-safe raw syscalls on stack data.
+            if let Err(e) = unsafe { switch_user(user, self.parent_pid) } {
+                return Err(fail_with(ChildStep::SwitchUser, e));
+            }
+        }
+        if self.no_new_privs {
             // SAFETY: plain prctl with integer arguments.
             if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
                 return Err(fail(ChildStep::NoNewPrivs));
@@ -439,6 +458,86 @@ pub(crate) unsafe fn drop_capabilities_on_exec() -> Result<(), i32> {
     }
     // Lowering the inheritable set needs no privilege.
     capability_sets(libc::SYS_capset, &mut data)
+}
+
+/// Become `user` for good: no supplementary groups, then the gid, then
+/// the uid (real, effective and saved: no way back), each checked. Raw
+/// syscalls, not glibc's wrappers: those apply a credential change to
+/// every thread glibc believes the process has, by signalling them and
+/// waiting, and a child made by a raw clone still lists its parent's
+/// threads (it would wait forever). Then every capability set is emptied
+/// (leaving uid 0 clears them anyway, but a non-root tsbridge granted
+/// CAP_SETUID would keep its permitted set) and the parent-death signal,
+/// which the kernel clears on a credential change, is set again, followed
+/// by the check that the parent did not die meanwhile (`parent`).
+///
+/// # Safety
+/// Only raw syscalls on stack data: async-signal-safe. Changes the calling
+/// thread's credentials (the whole process: call it single-threaded).
+pub(crate) unsafe fn switch_user(user: JobUser, parent: libc::pid_t) -> Result<(), i32> {
+    let mut death_signal: libc::c_int = 0;
+    // SAFETY: prctl writes one int to a live stack variable.
+    if unsafe {
+        libc::prctl(
+            libc::PR_GET_PDEATHSIG,
+            &mut death_signal as *mut libc::c_int as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
+        return Err(errno());
+    }
+    let groups: *const libc::gid_t = std::ptr::null();
+    // SAFETY: raw syscalls with integer arguments (an empty group list).
+    unsafe {
+        if libc::syscall(libc::SYS_setgroups, 0 as libc::size_t, groups) != 0 {
+            return Err(errno());
+        }
+        if libc::syscall(libc::SYS_setresgid, user.gid, user.gid, user.gid) != 0 {
+            return Err(errno());
+        }
+        if libc::syscall(libc::SYS_setresuid, user.uid, user.uid, user.uid) != 0 {
+            return Err(errno());
+        }
+    }
+    let mut none = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    capability_sets(libc::SYS_capset, &mut none)?;
+    if death_signal != 0 {
+        // SAFETY: plain prctl with integer arguments; getppid has no preconditions.
+        unsafe {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                death_signal as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(errno());
+            }
+            if libc::getppid() != parent {
+                return Err(libc::ESRCH);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The calling thread's effective capability set (bit n = capability n).
+pub(crate) fn effective_capabilities() -> Result<u64, i32> {
+    let mut data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    capability_sets(libc::SYS_capget, &mut data)?;
+    Ok(u64::from(data[0].effective) | (u64::from(data[1].effective) << 32))
 }
 
 /// `capget` or `capset` (`call`) of the calling process's sets, version 3.

@@ -24,6 +24,7 @@ mod policy;
 mod report;
 mod sandbox;
 mod seccomp;
+pub mod user;
 
 pub use cgroup::{
     CgroupStats, CgroupVersion, Controller, JobCgroup, LimitBreach, LimitEvents,
@@ -35,6 +36,7 @@ pub use instance::instance_tag;
 pub use policy::{FsPolicy, Rlimits, SandboxPolicy};
 pub use report::{Capabilities, Enforcement, EnforcementReport, KillMethod, LandlockSupport};
 pub use sandbox::{ChildHook, PreparedSandbox, Sandbox, SandboxConfig};
+pub use user::{JobUser, UserError};
 
 /// Names of the syscalls the seccomp deny-list refuses (EPERM), for docs and `tsbridge check`.
 pub fn seccomp_denied_syscalls() -> Vec<&'static str> {

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::user::JobUser;
+
 /// The sandbox of one job. `Default` limits nothing except core dumps (off),
 /// allows the network, sets no_new_privs and installs the seccomp deny-list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +38,11 @@ pub struct SandboxPolicy {
     /// Signal sent to the direct child when the thread that forked it dies
     /// (`PR_SET_PDEATHSIG`). Reaches only the direct child; see the design doc.
     pub parent_death_signal: Option<i32>,
+    /// Run the job as this uid and gid, with no supplementary groups
+    /// (`None`: tsbridge's own). Switched to in the child after the steps
+    /// that need privilege; implies `no_new_privs`. Needs CAP_SETUID and
+    /// CAP_SETGID ([`crate::user::switch_refusal`]).
+    pub user: Option<JobUser>,
 }
 
 impl Default for SandboxPolicy {
@@ -50,6 +57,7 @@ impl Default for SandboxPolicy {
             no_new_privs: true,
             seccomp: true,
             parent_death_signal: None,
+            user: None,
         }
     }
 }

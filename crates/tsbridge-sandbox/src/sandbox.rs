@@ -392,7 +392,11 @@ impl Sandbox {
         // raw disks), the rest as before. On ABI 6+ its signals and abstract
         // unix sockets are scoped to it either way, and any domain keeps it
         // from ptrace-reading processes outside it.
-        let unprivileged = policy.no_new_privs && self.caps.no_new_privs;
+        // A job with its own user always gets no_new_privs: after the
+        // switch it has no capability left to install Landlock or seccomp
+        // without it.
+        let no_new_privs = (policy.no_new_privs || policy.user.is_some()) && self.caps.no_new_privs;
+        let unprivileged = no_new_privs;
         let fs = |abi: u32| match &policy.fs {
             Some(fs) => Some(FsRules::Allow(fs)),
             None if unprivileged && abi >= 2 => Some(FsRules::SystemGuard(&self.read_only)),
@@ -457,7 +461,8 @@ impl Sandbox {
             parent_death_signal: policy.parent_death_signal,
             parent_pid: std::process::id() as libc::pid_t,
             net,
-            no_new_privs: policy.no_new_privs && self.caps.no_new_privs,
+            no_new_privs,
+            user: policy.user,
             landlock,
             seccomp,
             failure: FailureSlot::new().map_err(|e| SandboxError::Io {

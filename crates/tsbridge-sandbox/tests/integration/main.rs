@@ -13,6 +13,7 @@ mod child_failure;
 mod cpu_quota;
 mod daemon_escape;
 mod host_files;
+mod job_user;
 mod landlock_fs;
 mod memory_limit;
 mod network_isolation;
