@@ -448,7 +448,12 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
 
     let tmpdir = match &private_tmp {
         Some(base) => {
-            let dir = supervisor::create_private_tmp(base, &key)
+            // A job with its own user owns its TMPDIR.
+            let owner = sandbox
+                .as_ref()
+                .and_then(|s| s.policy.user)
+                .map(|u| (u.uid, u.gid));
+            let dir = supervisor::create_private_tmp(base, &key, owner)
                 .map_err(|e| err(SpawnStage::Prepare, e))?;
             env.insert("TMPDIR".into(), dir.to_string_lossy().into_owned());
             Some(dir)

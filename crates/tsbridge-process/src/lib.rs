@@ -36,6 +36,6 @@ pub use ipclink::IpcHandle;
 pub use monitor::ResourceSample;
 pub use spec::{JobKey, JobSpec, JobSpecBuilder, OutputChannel, SandboxAttachment, StdinSpec};
 pub use supervisor::{
-    SupervisorOptions, init_supervisor, init_supervisor_with, make_private_tmp, private_tmp_path,
-    shutdown_all, sweep_orphans, sweep_stale_tmp,
+    SupervisorOptions, init_supervisor, init_supervisor_with, make_private_tmp,
+    make_private_tmp_for, private_tmp_path, shutdown_all, sweep_orphans, sweep_stale_tmp,
 };

@@ -268,6 +268,17 @@ pub fn private_tmp_path(base: &Path, key: &str) -> PathBuf {
 /// sandbox needs it to exist to grant it to Landlock). The caller removes
 /// it when the job is over.
 pub fn make_private_tmp(base: &Path, key: &str) -> io::Result<PathBuf> {
+    make_private_tmp_for(base, key, None)
+}
+
+/// [`make_private_tmp`] for a job that runs as `owner` (uid, gid): the
+/// directory is then that user's, still 0700 (needs CAP_CHOWN). An existing
+/// one may already be that user's (the sandbox made it first).
+pub fn make_private_tmp_for(
+    base: &Path,
+    key: &str,
+    owner: Option<(u32, u32)>,
+) -> io::Result<PathBuf> {
     let base = std::path::absolute(base)?;
     crate::watchdog::watch_tmp_base(&base);
     let dir = private_tmp_path(&base, key);
@@ -285,20 +296,28 @@ pub fn make_private_tmp(base: &Path, key: &str) -> io::Result<PathBuf> {
             let m = std::fs::symlink_metadata(&dir)?;
             // SAFETY: geteuid never fails and has no side effects.
             let me = unsafe { libc::geteuid() };
-            if !m.file_type().is_dir() || m.uid() != me || m.mode() & 0o077 != 0 {
+            let by = m.uid() == me || owner.is_some_and(|(uid, _)| uid == m.uid());
+            if !m.file_type().is_dir() || !by || m.mode() & 0o077 != 0 {
                 return Err(e);
             }
         }
         Err(e) => return Err(e),
+    }
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::lchown(&dir, Some(uid), Some(gid))?;
     }
     // The umask may have narrowed it further; make it exactly 0700.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     Ok(dir)
 }
 
-/// [`make_private_tmp`], recorded for [`shutdown_all`].
-pub(crate) fn create_private_tmp(base: &Path, key: &JobKey) -> io::Result<PathBuf> {
-    let dir = make_private_tmp(base, key.as_str())?;
+/// [`make_private_tmp_for`], recorded for [`shutdown_all`].
+pub(crate) fn create_private_tmp(
+    base: &Path,
+    key: &JobKey,
+    owner: Option<(u32, u32)>,
+) -> io::Result<PathBuf> {
+    let dir = make_private_tmp_for(base, key.as_str(), owner)?;
     with_live(|l| l.tmpdirs.push(dir.clone()));
     Ok(dir)
 }
@@ -313,7 +332,8 @@ pub(crate) fn create_private_tmp(base: &Path, key: &JobKey) -> io::Result<PathBu
 /// is the tsbridge's) when no process has that pid (a pid in use, maybe
 /// by another process now, keeps it); `tsbridge-<job id>-<attempt>` names
 /// tell no owner and are left. `remove_dir_all` does not follow symlinks.
-/// Returns how many it removed.
+/// As root, whoever owns them: the TMPDIR of a job with its own user is
+/// that user's. Returns how many it removed.
 pub fn sweep_stale_tmp(base: &Path) -> usize {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(base) else {
@@ -331,7 +351,8 @@ pub fn sweep_stale_tmp(base: &Path) -> usize {
             continue;
         }
         let path = e.path();
-        let ours = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == me);
+        let ours = std::fs::symlink_metadata(&path)
+            .is_ok_and(|m| m.is_dir() && (m.uid() == me || me == 0));
         if ours && std::fs::remove_dir_all(&path).is_ok() {
             removed += 1;
         }

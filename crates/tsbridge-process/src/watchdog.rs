@@ -279,7 +279,8 @@ impl Scratch {
     }
 
     /// Removes every directory of base `i` whose name starts with this
-    /// process's TMPDIR prefix and that is ours (owner uid), listing the
+    /// process's TMPDIR prefix and that is ours (owner uid; as root, any
+    /// owner: a job with its own user owns its TMPDIR), listing the
     /// base again while a pass removed something (entries removed while
     /// listing may shift the listing).
     ///
@@ -325,7 +326,7 @@ impl Scratch {
                             libc::AT_SYMLINK_NOFOLLOW,
                         ) != 0
                             || st.st_mode & libc::S_IFMT != libc::S_IFDIR
-                            || st.st_uid != me
+                            || (st.st_uid != me && me != 0)
                             || st.st_dev != dev
                         {
                             continue;

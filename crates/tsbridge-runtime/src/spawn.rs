@@ -276,10 +276,17 @@ struct PrivateTmp(PathBuf);
 
 impl PrivateTmp {
     /// Made as the engine makes its own (named for this process, so that
-    /// the death watchdog removes it if tsbridge is SIGKILLed).
-    fn create(base: &Path, key: &str) -> std::io::Result<Self> {
-        tsbridge_process::make_private_tmp(base, key).map(Self)
+    /// the death watchdog removes it if tsbridge is SIGKILLed); owned by
+    /// the workflow's user when it has one.
+    fn create(base: &Path, key: &str, wf: &WorkflowConfig) -> std::io::Result<Self> {
+        tsbridge_process::make_private_tmp_for(base, key, tmp_owner(wf)).map(Self)
     }
+}
+
+/// Who owns the private TMPDIR of a workflow's job or worker: its user
+/// (uid, gid), or `None` (tsbridge).
+pub(crate) fn tmp_owner(wf: &WorkflowConfig) -> Option<(u32, u32)> {
+    wf.user.map(|u| (u.uid, u.gid))
 }
 
 /// Removes the private TMPDIRs of finished attempts off the response path:
@@ -440,6 +447,7 @@ pub fn policy_for(wf: &WorkflowConfig, tmpdir: &Path) -> SandboxPolicy {
             cpu_seconds: l.cpu_seconds(),
             ..Rlimits::default()
         },
+        user: wf.user,
         ..SandboxPolicy::default()
     }
 }
@@ -500,6 +508,9 @@ impl Executor for SpawnExecutor {
                 return Err("the script is not executable".into());
             }
         }
+        if wf.user.is_some() && self.sandbox.is_none() {
+            return Err("its user needs the sandbox, which is off".into());
+        }
         if wf.limits.any() && !wf.limits.degraded {
             let Some(sb) = &self.sandbox else {
                 return Err(
@@ -528,7 +539,7 @@ impl Executor for SpawnExecutor {
         };
         // The private TMPDIR exists before the sandbox is prepared, so that
         // its Landlock rule can name it; removed when this attempt is over.
-        let tmp = match PrivateTmp::create(&self.tmp_base(), key.as_str()) {
+        let tmp = match PrivateTmp::create(&self.tmp_base(), key.as_str(), wf) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(job = %req.job_id, error = %e, "cannot create the job's TMPDIR");
@@ -564,11 +575,17 @@ impl Executor for SpawnExecutor {
             ),
             Err(refused) => return *refused,
         };
+        // The transpile cache is tsbridge's (0700): a job with its own
+        // user runs its TypeScript through the runner instead.
+        let cache = match wf.user {
+            Some(_) => None,
+            None => self.cache.clone(),
+        };
         let inv = match rt::resolve_for_spawn_async(
             wf.script.clone(),
             Some(engine_runtime(wf.runtime)),
             self.search.clone(),
-            self.cache.clone(),
+            cache,
         )
         .await
         {
@@ -622,9 +639,10 @@ impl Executor for SpawnExecutor {
             // without cgroups runs such jobs unsandboxed, as before.
             (Some(sb), false) => {
                 let policy = attempt_policy(sb, wf, &tmpdir, &targets, &inv.via);
-                // A ruleset for path parameters is a guard, not a courtesy:
-                // if it cannot be set up, the job does not run unconfined.
-                let guarded = policy.fs.is_some();
+                // A ruleset for path parameters, or a user, is a guard, not
+                // a courtesy: if it cannot be set up, the job does not run
+                // unconfined (or as tsbridge).
+                let guarded = policy.fs.is_some() || policy.user.is_some();
                 match sb.prepare(key.as_str(), &policy) {
                     Ok(prepared) => Some(SandboxAttachment {
                         prepared: Arc::new(prepared),
@@ -639,6 +657,12 @@ impl Executor for SpawnExecutor {
                         None
                     }
                 }
+            }
+            (None, _) if wf.user.is_some() => {
+                return AttemptOutcome::spawn_failure(
+                    "its user needs the sandbox, which is off",
+                    false,
+                );
             }
             _ => None,
         };

@@ -76,3 +76,42 @@ fn the_startup_sweep_removes_flat_generated_names_of_gone_pids() {
         assert!(base.path().join(k).is_dir(), "{k} is kept");
     }
 }
+
+/// As root, a gone owner's TMPDIR goes whoever owns it: the TMPDIR of a
+/// job with its own user is that user's (`make_private_tmp_for`), and a
+/// crash must not leave it behind. Before, only root-owned ones went.
+#[test]
+fn as_root_the_startup_sweep_removes_tmpdirs_given_to_a_job_user() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs root (to give a TMPDIR to another user)");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let base = tempfile::tempdir().unwrap();
+    let live =
+        tsbridge_process::make_private_tmp_for(base.path(), "user-1", Some((1500, 1501))).unwrap();
+    let m = std::fs::metadata(&live).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (1500, 1501, 0o700));
+    // Made again (the sandbox made it first): accepted, still the user's.
+    assert_eq!(
+        tsbridge_process::make_private_tmp_for(base.path(), "user-1", Some((1500, 1501))).unwrap(),
+        live
+    );
+    // Not for another user, nor for tsbridge itself.
+    assert!(
+        tsbridge_process::make_private_tmp_for(base.path(), "user-1", Some((1600, 1600))).is_err()
+    );
+    assert!(tsbridge_process::make_private_tmp(base.path(), "user-1").is_err());
+
+    let gone = base
+        .path()
+        .join(format!("tsbridge-{}.1-0192abcd-1", std::process::id()));
+    std::fs::create_dir_all(gone.join("sub")).unwrap();
+    std::fs::write(gone.join("sub/data.txt"), "x").unwrap();
+    std::os::unix::fs::chown(&gone, Some(1500), Some(1500)).unwrap();
+    std::os::unix::fs::chown(gone.join("sub"), Some(1500), Some(1500)).unwrap();
+    assert_eq!(tsbridge_process::sweep_stale_tmp(base.path()), 1);
+    assert!(!gone.exists());
+    assert!(live.is_dir(), "a live owner's TMPDIR is kept");
+}

@@ -20,6 +20,7 @@ pub use tsbridge_process::OutputChannel;
 use tsbridge_proto::{ByteSize, DurationSpec};
 
 use crate::errors::{ConfigError, ConfigIssue};
+use tsbridge_sandbox::JobUser;
 use tsbridge_sandbox::paths;
 use walk::{Issues, Section};
 
@@ -152,6 +153,9 @@ pub struct Defaults {
     /// Run workflows even where a limit cannot be enforced on this host
     /// (a workflow's own `degraded` or `limits.degraded` overrides it).
     pub degraded: bool,
+    /// `user`: the user of every workflow that names none (`None`:
+    /// tsbridge's own).
+    pub user: Option<JobUser>,
 }
 
 impl Default for Defaults {
@@ -165,6 +169,7 @@ impl Default for Defaults {
                 .map(|n| n.get())
                 .unwrap_or(1),
             degraded: false,
+            user: None,
         }
     }
 }
@@ -464,6 +469,9 @@ pub struct WorkflowConfig {
     pub timeout: Duration,
     pub kill_grace: Duration,
     pub max_output: ByteSize,
+    /// The user its jobs (and pool workers) run as: its own `user`, else
+    /// `defaults.user`; `None`: tsbridge's own uid.
+    pub user: Option<JobUser>,
 }
 
 impl WorkflowConfig {
@@ -551,6 +559,7 @@ const DEFAULTS_KEYS: &[&str] = &[
     "queue_limit",
     "concurrency",
     "degraded",
+    "user",
 ];
 const WORKFLOW_KEYS: &[&str] = &[
     "root",
@@ -573,6 +582,7 @@ const WORKFLOW_KEYS: &[&str] = &[
     "kill_grace",
     "max_output",
     "degraded",
+    "user",
 ];
 const ENV_KEYS: &[&str] = &["pass", "request", "set"];
 const LIMITS_KEYS: &[&str] = &[
@@ -1043,7 +1053,26 @@ fn read_defaults(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> Defaults {
     if let Some(v) = s.get::<bool>(issues, "degraded") {
         d.degraded = v.into_inner();
     }
+    d.user = read_user(issues, s, tsbridge_sandbox::user::switch_refusal());
     d
+}
+
+/// `user`: resolved through the system's user database now (a name that
+/// does not resolve is this file's error, not a failure of every job), and
+/// refused when tsbridge cannot switch to it (`refusal`: why not).
+fn read_user(
+    issues: &mut Issues<'_>,
+    s: &Section<'_, '_>,
+    refusal: Option<String>,
+) -> Option<JobUser> {
+    let v = s.get::<String>(issues, "user")?;
+    let why = match (JobUser::resolve(v.get_ref()), refusal) {
+        (Ok(u), None) => return Some(u),
+        (Ok(_), Some(why)) => why,
+        (Err(e), _) => e.to_string(),
+    };
+    issues.push(&s.key("user"), Some(v.span()), why);
+    None
 }
 
 fn read_workflow(
@@ -1147,6 +1176,7 @@ fn read_workflow(
     let kill_grace = dur(issues, s, "kill_grace").unwrap_or(defaults.kill_grace);
     let max_output = size(issues, s, "max_output").unwrap_or(defaults.max_output);
     let degraded = s.get::<bool>(issues, "degraded");
+    let user = read_user(issues, s, tsbridge_sandbox::user::switch_refusal()).or(defaults.user);
 
     let env_path = s.key("env");
     let env = s
@@ -1308,6 +1338,7 @@ fn read_workflow(
         timeout,
         kill_grace,
         max_output,
+        user,
     })
 }
 

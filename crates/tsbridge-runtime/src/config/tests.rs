@@ -787,3 +787,55 @@ fn a_bind_override_is_judged_in_place_of_the_files_bind() {
     let c = Config::parse_with("", f.dir.path(), &wide).expect("the file is fine");
     assert_eq!(c.server.bind.to_string(), "0.0.0.0:9002");
 }
+
+#[test]
+fn user_names_resolve_or_name_their_key_and_line() {
+    let f = Fixture::new();
+    let issues = f.issues(
+        "[defaults]\nuser = \"no-such-user-tsb\"\n\n\
+         [workflows.a]\nroot = \"app\"\nscript = \"main.js\"\nuser = \"1500:no-such-group-tsb\"\n\n\
+         [workflows.b]\nroot = \"app\"\nscript = \"main.js\"\nuser = \"3999999999\"\n",
+    );
+    assert!(has(&issues, "defaults.user", 2), "{issues:?}");
+    assert!(has(&issues, "workflows.a.user", 7), "{issues:?}");
+    assert!(has(&issues, "workflows.b.user", 12), "{issues:?}");
+    let text = |k: &str| {
+        issues
+            .iter()
+            .find(|i| i.key == k)
+            .map(|i| i.message.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        text("defaults.user").contains("no-such-user-tsb"),
+        "{issues:?}"
+    );
+    assert!(text("workflows.a.user").contains("no group"), "{issues:?}");
+    assert!(
+        text("workflows.b.user").contains("give its group"),
+        "{issues:?}"
+    );
+}
+
+#[test]
+fn a_workflow_takes_its_own_user_else_the_defaults() {
+    if tsbridge_sandbox::user::switch_refusal().is_some() {
+        eprintln!("SKIP: this process cannot switch users, so `user` is refused");
+        return;
+    }
+    let f = Fixture::new();
+    let c = f
+        .parse(
+            "[defaults]\nuser = \"1500:1501\"\n\n\
+             [workflows.a]\nroot = \"app\"\nscript = \"main.js\"\n\n\
+             [workflows.b]\nroot = \"app\"\nscript = \"main.js\"\nuser = \"1600:1601\"\n",
+        )
+        .expect("valid");
+    let ids = |w: &str| c.workflows[w].user.map(|u| (u.uid, u.gid));
+    assert_eq!(ids("a"), Some((1500, 1501)));
+    assert_eq!(ids("b"), Some((1600, 1601)));
+    let c = f
+        .parse("[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\n")
+        .expect("valid");
+    assert_eq!(c.workflows["a"].user, None, "tsbridge's own uid by default");
+}

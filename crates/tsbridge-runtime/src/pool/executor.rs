@@ -186,8 +186,12 @@ fn worker_sandbox(sb: Arc<Sandbox>, wf: WorkflowConfig, tmp_base: PathBuf) -> Wo
         // The engine makes this same private TMPDIR for the worker; make it
         // now, because Landlock can only grant a path that exists (the
         // launcher removes it again if the worker does not start).
-        let tmpdir = tsbridge_process::make_private_tmp(&tmp_base, key.as_str())
-            .map_err(|e| format!("cannot create the worker's TMPDIR: {e}"))?;
+        let tmpdir = tsbridge_process::make_private_tmp_for(
+            &tmp_base,
+            key.as_str(),
+            crate::spawn::tmp_owner(&wf),
+        )
+        .map_err(|e| format!("cannot create the worker's TMPDIR: {e}"))?;
         let mut policy = crate::spawn::policy_for(&wf, &tmpdir);
         // RLIMIT_CPU would count a warm worker's CPU time over all its jobs.
         policy.rlimits.cpu_seconds = None;
@@ -196,9 +200,9 @@ fn worker_sandbox(sb: Arc<Sandbox>, wf: WorkflowConfig, tmp_base: PathBuf) -> Wo
         }
         let prepared = match sb.prepare(key.as_str(), &policy) {
             Ok(p) => p,
-            // Without limits the sandbox is only tracking: run without it
-            // where the host cannot (as spawn mode does).
-            Err(e) if !wf.limits.any() => {
+            // Without limits (and user) the sandbox is only tracking: run
+            // without it where the host cannot (as spawn mode does).
+            Err(e) if !wf.limits.any() && wf.user.is_none() => {
                 tracing::debug!(error = %e, "no tracking cgroup for this worker");
                 return Ok(None);
             }

@@ -1,7 +1,10 @@
 //! The worker host script (`js/worker-host.mjs`), embedded in the binary and
-//! materialized on disk for node to run: a private 0700 directory holding a
-//! 0600 file, removed when the last pool using it is gone. A user may point
-//! at their own copy instead ([`HostScript::Path`]).
+//! materialized on disk for node to run: a directory of tsbridge's, 0755,
+//! holding 0644 files, removed when the last pool using it is gone. Workers
+//! that run as a workflow's own user read it and cannot change it (nor can
+//! any other workflow's user: every worker loads it). Its content is the
+//! public script shipped in the binary. A user may point at their own copy
+//! instead ([`HostScript::Path`]).
 //!
 //! Beside the host go the two tiny TypeScript modules it transpiles while
 //! it loads under tsx ([`WARMUP_FILES`]), so that tsx's esbuild services
@@ -11,7 +14,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::errors::HostScriptError;
@@ -83,6 +86,14 @@ impl HostFile {
                 base: base.to_owned(),
                 source,
             })?;
+        // Readable, not writable, by the workers' users (see the module doc).
+        if let Err(source) = fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)) {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(HostScriptError::CreateDir {
+                base: base.to_owned(),
+                source,
+            });
+        }
         let path = dir.join("worker-host.mjs");
         let files = std::iter::once(("worker-host.mjs", WORKER_HOST_JS)).chain(WARMUP_FILES);
         for (name, content) in files {
@@ -90,9 +101,13 @@ impl HostFile {
             let written = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode(0o600)
+                .mode(0o644)
                 .open(&file)
-                .and_then(|mut f| f.write_all(content.as_bytes()));
+                .and_then(|mut f| {
+                    // The umask may have narrowed it.
+                    f.set_permissions(fs::Permissions::from_mode(0o644))?;
+                    f.write_all(content.as_bytes())
+                });
             if let Err(source) = written {
                 let _ = fs::remove_dir_all(&dir);
                 return Err(HostScriptError::Write { path: file, source });
@@ -125,15 +140,15 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn embedded_copy_is_private_and_removed_on_drop() {
+    fn embedded_copy_is_readable_not_writable_by_others_and_removed_on_drop() {
         let base = tempfile::tempdir().unwrap();
         let f = HostFile::materialize(&HostScript::EmbeddedIn(base.path().to_owned())).unwrap();
         let meta = fs::metadata(f.path()).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
         let dir = f.path().parent().unwrap().to_owned();
         assert_eq!(
             fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
-            0o700
+            0o755
         );
         assert_eq!(fs::read_to_string(f.path()).unwrap(), WORKER_HOST_JS);
         for (name, content) in WARMUP_FILES {
@@ -141,7 +156,7 @@ mod tests {
             assert_eq!(fs::read_to_string(&warm).unwrap(), content, "{name}");
             assert_eq!(
                 fs::metadata(&warm).unwrap().permissions().mode() & 0o777,
-                0o600
+                0o644
             );
         }
         drop(f);

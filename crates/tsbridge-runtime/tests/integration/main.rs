@@ -19,6 +19,7 @@ mod executor_panic;
 mod group_commit;
 mod grouped_writes;
 mod idempotency;
+mod job_user;
 mod jsx_runtime;
 mod live_view;
 mod memory_store;
