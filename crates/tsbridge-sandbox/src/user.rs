@@ -145,10 +145,14 @@ pub fn switch_refusal_for(euid: u32, effective: u64) -> Option<String> {
 
 /// [`switch_refusal_for`] of this process.
 pub fn switch_refusal() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
     let effective = crate::child::effective_capabilities().unwrap_or(0);
-    switch_refusal_for(euid, effective)
+    switch_refusal_for(effective_uid(), effective)
+}
+
+/// This process's effective uid.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
 }
 
 /// getpwnam_r / getpwuid_r / getgrnam_r with a growing buffer.

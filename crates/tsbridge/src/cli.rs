@@ -90,6 +90,12 @@ pub struct RunArgs {
     /// Restrict the filesystem (Landlock): writable path (repeatable).
     #[arg(long = "write", value_name = "PATH")]
     pub write: Vec<PathBuf>,
+    /// Run the job as this user: a name or uid, optionally with :group
+    /// (`nobody`, `1500:1500`); no supplementary groups. Needs root (or
+    /// CAP_SETUID and CAP_SETGID). The job's TMPDIR is given to it; folders
+    /// of --write must be writable by it already.
+    #[arg(long, value_name = "USER[:GROUP]", value_parser = parse_user)]
+    pub user: Option<tsbridge_sandbox::JobUser>,
     /// Do not open Node's IPC channel for Node runtimes.
     #[arg(long)]
     pub no_ipc: bool,
@@ -213,6 +219,11 @@ pub enum JobsCommand {
 /// timeout(1) (`30`, `0.5`); with a unit as in the config (`30s`, `500ms`,
 /// `5m`, `1h30m`). HTTP requests keep their own notation (a bare number is
 /// milliseconds there, SPEC §4), which is why this is not `DurationSpec`'s parser.
+/// `--user`, resolved through the user database now.
+fn parse_user(s: &str) -> Result<tsbridge_sandbox::JobUser, String> {
+    tsbridge_sandbox::JobUser::resolve(s).map_err(|e| e.to_string())
+}
+
 fn parse_duration(s: &str) -> Result<DurationSpec, String> {
     let bad = || {
         format!(

@@ -122,18 +122,7 @@ impl Host<'_> {
 /// (every job's parameters, results and output) and the key that seals
 /// request env. One note per workflow and file.
 fn store_exposure_notes(c: &Config) -> Vec<String> {
-    let Some(db) = c.store.url.strip_prefix("sqlite://").map(PathBuf::from) else {
-        return Vec::new();
-    };
-    if !db.is_absolute() {
-        return Vec::new(); // sqlite::memory:
-    }
-    let key = c.store.key_file.clone().unwrap_or_else(|| {
-        let mut k = db.clone().into_os_string();
-        k.push(".key");
-        PathBuf::from(k)
-    });
-    let files = [("the store", db), ("its key file", key)];
+    let files = store_files(c);
     let mut notes = Vec::new();
     for (name, w) in &c.workflows {
         let readable = std::iter::once(&w.root)
@@ -157,10 +146,77 @@ fn store_exposure_notes(c: &Config) -> Vec<String> {
     notes
 }
 
+/// The store's SQLite file, and the key that seals request env (absolute
+/// paths; none for an in-memory or PostgreSQL store).
+fn store_files(c: &Config) -> Vec<(&'static str, PathBuf)> {
+    let Some(db) = c.store.url.strip_prefix("sqlite://").map(PathBuf::from) else {
+        return Vec::new();
+    };
+    if !db.is_absolute() {
+        return Vec::new(); // sqlite::memory:
+    }
+    let key = c.store.key_file.clone().unwrap_or_else(|| {
+        let mut k = db.clone().into_os_string();
+        k.push(".key");
+        PathBuf::from(k)
+    });
+    vec![("the store", db), ("its key file", key)]
+}
+
+/// What the users of jobs change (SPEC §5): a root tsbridge whose
+/// workflows name no `user` runs their jobs as root (one line for all of
+/// them); a workflow's user that cannot read its root, search the TMPDIR
+/// base or write a `limits.write` folder (tsbridge changes no operator
+/// folder: the operator grants it), or that can read the store's files.
+/// Judged by mode bits, as the job will run (uid, gid, no supplementary
+/// groups).
+fn user_notes(c: &Config, euid: u32) -> Vec<String> {
+    let mut notes = Vec::new();
+    let as_root: Vec<&str> = c
+        .workflows
+        .iter()
+        .filter(|(_, w)| w.user.is_none())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if euid == 0 && !as_root.is_empty() {
+        notes.push(format!(
+            "tsbridge runs as root and workflow(s) {} name no user: their jobs run as root \
+             (without capabilities); set user (or defaults.user) to an unprivileged user",
+            as_root.join(", ")
+        ));
+    }
+    let store = store_files(c);
+    let tmp = std::env::temp_dir();
+    for (name, w) in &c.workflows {
+        let Some(user) = w.user else { continue };
+        let mut problems: Vec<String> = [(&w.root, false), (&tmp, false)]
+            .into_iter()
+            .chain(w.limits.write.iter().map(|d| (d, true)))
+            .filter_map(|(p, write)| user.may_use(p, write).err())
+            .collect();
+        for (what, file) in &store {
+            if file.exists() && user.may_use(file, false).is_ok() {
+                problems.push(format!(
+                    "{what} ({}) is readable by it: keep its folder private to tsbridge",
+                    file.display()
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            notes.push(format!(
+                "workflow {name} runs as {user}: {}",
+                problems.join("; ")
+            ));
+        }
+    }
+    notes
+}
+
 /// The config-level notes of a valid config.
 fn notes(c: &Config) -> Vec<String> {
     let mut n = unset_token_vars(c);
     n.extend(store_exposure_notes(c));
+    n.extend(user_notes(c, tsbridge_sandbox::user::effective_uid()));
     n
 }
 

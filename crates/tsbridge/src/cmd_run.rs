@@ -90,7 +90,12 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
         extra_node_modules: fallback_node_modules(&cwd),
         ..RuntimeSearch::default()
     };
-    let cache = TranspileCache::new(None).ok();
+    // The transpile cache is this user's (0700): a job run as another user
+    // goes through the runner instead.
+    let cache = match args.user {
+        Some(_) => None,
+        None => TranspileCache::new(None).ok(),
+    };
     let inv = match resolve_for_spawn_async(script.clone(), runtime, search.clone(), cache).await {
         Ok(inv) => inv,
         Err(e) => {
@@ -459,8 +464,14 @@ fn sandbox_for(args: &RunArgs, script: &Path, node: &Path) -> Result<Option<RunS
         && args.pids.is_none()
         && !args.no_network
         && !wants_fs
+        && args.user.is_none()
     {
         return Ok(None);
+    }
+    if args.user.is_some()
+        && let Some(why) = tsbridge_sandbox::user::switch_refusal()
+    {
+        anyhow::bail!("--user: {why}; the job was not started");
     }
     let sandbox = Sandbox::new(SandboxConfig {
         cgroup_parent_name: format!("tsbridge-run-{}", std::process::id()),
@@ -480,6 +491,7 @@ fn sandbox_for(args: &RunArgs, script: &Path, node: &Path) -> Result<Option<RunS
         pids: args.pids,
         network: !args.no_network,
         fs,
+        user: args.user,
         ..SandboxPolicy::default()
     };
     // Owned by the guard first: a refusal below removes the parent cgroup

@@ -10,6 +10,7 @@ mod cli;
 mod common;
 mod crash_recovery;
 mod escapee_after_sigkill;
+mod job_users;
 mod jobs_cli;
 mod proc_of_tsbridge;
 mod run_contract;
