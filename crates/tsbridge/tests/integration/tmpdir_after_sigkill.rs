@@ -4,7 +4,9 @@
 //! in it (nested directories, files), without following the symlinks the
 //! job left there to a directory and a file outside; so are the TMPDIR of
 //! a warm pool worker and the pool's copy of the worker host script. Before,
-//! they stayed until somebody removed them by hand.
+//! they stayed until somebody removed them by hand. As root, the same when
+//! the workflows run as their own user, which owns those TMPDIRs (before,
+//! the watchdog removed only directories of tsbridge's uid).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -44,7 +46,8 @@ async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-fn write_config(dir: &Path, port: u16) -> PathBuf {
+/// `user`: the `user` line of both workflows (empty: none).
+fn write_config(dir: &Path, port: u16, user: &str) -> PathBuf {
     std::fs::write(dir.join("tmp-job.js"), JOB).unwrap();
     std::fs::write(
         dir.join("handler.mjs"),
@@ -65,6 +68,7 @@ url = "sqlite://jobs.db"
 root = "."
 script = "tmp-job.js"
 runtime = "node"
+{user}
 
 [workflows.pooled]
 root = "."
@@ -72,6 +76,7 @@ script = "handler.mjs"
 runtime = "node"
 mode = "pool"
 pool = {{ min = 1, max = 1 }}
+{user}
 "#
         ),
     )
@@ -81,6 +86,20 @@ pool = {{ min = 1, max = 1 }}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_server_leaves_no_job_tmpdir() {
+    sigkilled_server_leaves_no_tmpdir(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_server_leaves_no_tmpdir_of_a_job_user() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs root, to run jobs as another user");
+        return;
+    }
+    sigkilled_server_leaves_no_tmpdir(Some("nobody")).await;
+}
+
+async fn sigkilled_server_leaves_no_tmpdir(user: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let dir_path = std::fs::canonicalize(dir.path()).unwrap();
     // Goes after the servers: removes what a SIGKILLed one left in cgroupfs.
@@ -91,9 +110,20 @@ async fn a_sigkilled_server_leaves_no_job_tmpdir() {
     std::fs::create_dir_all(outside.join("sub")).unwrap();
     std::fs::write(outside.join("keep.txt"), "keep").unwrap();
     std::fs::write(outside.join("sub/deep.txt"), "deep").unwrap();
-    let report = dir_path.join("tmpdir.txt");
+    // Where the job reports: a folder its user may write.
+    let reports = dir_path.join("reports");
+    std::fs::create_dir_all(&reports).unwrap();
+    let user_line = match user {
+        Some(name) => {
+            let u = tsbridge_sandbox::JobUser::resolve(name).unwrap();
+            std::os::unix::fs::chown(&reports, Some(u.uid), Some(u.gid)).unwrap();
+            format!("user = \"{name}\"")
+        }
+        None => String::new(),
+    };
+    let report = reports.join("tmpdir.txt");
     let port = free_port();
-    let cfg = write_config(&dir_path, port);
+    let cfg = write_config(&dir_path, port, &user_line);
 
     let mut serve = tsbridge(&dir_path, &["serve", "--config", cfg.to_str().unwrap()]);
     serve.env("TMPDIR", &base);
