@@ -129,17 +129,17 @@ impl JobUser {
 
 /// Why tsbridge cannot give its jobs another user, judged from its
 /// effective uid and effective capability set (bit n = capability n):
-/// `setresuid`/`setresgid`/`setgroups` need CAP_SETUID and CAP_SETGID
-/// (root has both unless they were taken away). `None`: it can.
+/// `setresuid`/`setresgid`/`setgroups` need CAP_SETUID and CAP_SETGID, and
+/// giving the job its TMPDIR needs CAP_CHOWN (root has all three unless
+/// they were taken away). `None`: it can.
 pub fn switch_refusal_for(euid: u32, effective: u64) -> Option<String> {
-    const CAP_SETGID: u64 = 1 << 6;
-    const CAP_SETUID: u64 = 1 << 7;
-    if effective & CAP_SETUID != 0 && effective & CAP_SETGID != 0 {
+    const NEEDED: u64 = 1 | (1 << 6) | (1 << 7); // CHOWN, SETGID, SETUID
+    if effective & NEEDED == NEEDED {
         return None;
     }
     Some(format!(
-        "tsbridge cannot run jobs as another user: it runs as uid {euid} without CAP_SETUID and \
-         CAP_SETGID (start it as root, or grant it those two capabilities)"
+        "tsbridge cannot run jobs as another user: it runs as uid {euid} without CAP_SETUID, \
+         CAP_SETGID and CAP_CHOWN (start it as root, or grant it those capabilities)"
     ))
 }
 
@@ -268,15 +268,17 @@ mod tests {
     }
 
     #[test]
-    fn switching_needs_both_capabilities() {
-        let both = (1 << 6) | (1 << 7);
+    fn switching_needs_setuid_setgid_and_chown() {
+        let all = 1 | (1 << 6) | (1 << 7);
         assert_eq!(switch_refusal_for(0, u64::MAX), None);
-        assert_eq!(
-            switch_refusal_for(1000, both),
-            None,
-            "granted to a non-root"
-        );
-        for (euid, eff) in [(1000, 0), (1000, 1 << 7), (0, 1 << 6), (0, 0)] {
+        assert_eq!(switch_refusal_for(1000, all), None, "granted to a non-root");
+        for (euid, eff) in [
+            (1000, 0),
+            (1000, 1 << 7),
+            (0, 1 << 6),
+            (0, (1 << 6) | (1 << 7)),
+            (0, 0),
+        ] {
             let why = switch_refusal_for(euid, eff).expect("refused");
             assert!(why.contains(&format!("uid {euid}")), "{why}");
             assert!(why.contains("CAP_SETUID"), "{why}");

@@ -92,8 +92,8 @@ pub struct RunArgs {
     pub write: Vec<PathBuf>,
     /// Run the job as this user: a name or uid, optionally with :group
     /// (`nobody`, `1500:1500`); no supplementary groups. Needs root (or
-    /// CAP_SETUID and CAP_SETGID). The job's TMPDIR is given to it; folders
-    /// of --write must be writable by it already.
+    /// CAP_SETUID, CAP_SETGID and CAP_CHOWN). The job's TMPDIR is given to
+    /// it; folders of --write must be writable by it already.
     #[arg(long, value_name = "USER[:GROUP]", value_parser = parse_user)]
     pub user: Option<tsbridge_sandbox::JobUser>,
     /// Do not open Node's IPC channel for Node runtimes.
