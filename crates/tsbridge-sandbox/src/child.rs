@@ -420,6 +420,13 @@ struct CapData {
     inheritable: u32,
 }
 
+/// Both data structs of [`CapData`] with every set empty.
+const NO_CAPABILITIES: [CapData; 2] = [CapData {
+    effective: 0,
+    permitted: 0,
+    inheritable: 0,
+}; 2];
+
 /// Make the coming `exec` grant no capability, whatever the uid: empty the
 /// bounding set (root's exec gets `inheritable | bounding` as its permitted
 /// set) and the inheritable set. The current process keeps its effective
@@ -444,11 +451,7 @@ pub(crate) unsafe fn drop_capabilities_on_exec() -> Result<(), i32> {
             }
         }
     }
-    let mut data = [CapData {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
+    let mut data = NO_CAPABILITIES;
     capability_sets(libc::SYS_capget, &mut data)?;
     if data.iter().all(|d| d.inheritable == 0) {
         return Ok(());
@@ -502,11 +505,7 @@ pub(crate) unsafe fn switch_user(user: JobUser, parent: libc::pid_t) -> Result<(
             return Err(errno());
         }
     }
-    let mut none = [CapData {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
+    let mut none = NO_CAPABILITIES;
     capability_sets(libc::SYS_capset, &mut none)?;
     if death_signal != 0 {
         // SAFETY: plain prctl with integer arguments; getppid has no preconditions.
@@ -531,11 +530,7 @@ pub(crate) unsafe fn switch_user(user: JobUser, parent: libc::pid_t) -> Result<(
 
 /// The calling thread's effective capability set (bit n = capability n).
 pub(crate) fn effective_capabilities() -> Result<u64, i32> {
-    let mut data = [CapData {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
+    let mut data = NO_CAPABILITIES;
     capability_sets(libc::SYS_capget, &mut data)?;
     Ok(u64::from(data[0].effective) | (u64::from(data[1].effective) << 32))
 }
