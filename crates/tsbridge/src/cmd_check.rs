@@ -274,7 +274,7 @@ fn report(
                         ))
                     });
                     let note = caps.and_then(|caps| path_params_note(w, caps));
-                    wf.insert(name.clone(), json!({ "mode": w.mode.as_str(), "runtime": w.runtime.as_str(), "isolation": report, "note": note, "unavailable": host.unavailable(w) }));
+                    wf.insert(name.clone(), json!({ "mode": w.mode.as_str(), "runtime": w.runtime.as_str(), "user": w.user.map(|u| u.to_string()), "isolation": report, "note": note, "unavailable": host.unavailable(w) }));
                 }
                 out["config"] = json!({ "checked": true, "path": shown, "valid": true, "workflows": wf, "notes": notes(c) });
             }
@@ -329,9 +329,10 @@ fn text_report(
                 writeln!(text, "  note: {note}")?;
             }
             for (name, w) in &c.workflows {
+                let user = w.user.map(|u| format!(", runs as {u}")).unwrap_or_default();
                 writeln!(
                     text,
-                    "  {name}: {} mode, runtime {}",
+                    "  {name}: {} mode, runtime {}{user}",
                     w.mode.as_str(),
                     w.runtime.as_str()
                 )?;

@@ -27,6 +27,18 @@ fn notes(dir: &Path) -> Vec<String> {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(0), "notes, not errors: {stdout}");
     let v: Value = serde_json::from_str(&stdout).unwrap();
+    // Each workflow says whom its jobs run as.
+    assert_eq!(
+        v["config"]["workflows"]["plain"]["user"],
+        Value::Null,
+        "{v}"
+    );
+    let nobody = tsbridge_sandbox::JobUser::resolve("nobody").unwrap();
+    assert_eq!(
+        v["config"]["workflows"]["own"]["user"],
+        nobody.to_string(),
+        "{v}"
+    );
     v["config"]["notes"]
         .as_array()
         .unwrap()
