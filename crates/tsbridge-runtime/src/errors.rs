@@ -81,6 +81,12 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot create the store's file {path}")]
+    CreateFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open the job store")]
     Open(#[source] sqlx::Error),
     #[error("job store migration failed")]

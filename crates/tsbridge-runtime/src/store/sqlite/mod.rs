@@ -212,6 +212,7 @@ impl SqliteStore {
                     source,
                 })?;
             }
+            create_private(file)?;
         }
         // Migrations run on a connection of their own, closed once the
         // writer's is open (an in-memory database lives while one is).
@@ -819,6 +820,28 @@ impl JobStore for SqliteStore {
     }
 }
 
+/// Creates the database file `path`, empty and readable by its owner only
+/// (0600), unless it exists. SQLite gives its `-wal` and `-shm` files the
+/// mode of the database file, so all three stay private: the store holds
+/// every job's parameters, results and output. An existing file keeps its
+/// mode (`tsbridge check` notes a store a job's user can read).
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::CreateFile {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -845,6 +868,25 @@ mod tests {
             .split(", ")
             .map(|c| c.rsplit(" AS ").next().unwrap_or(c).trim().to_owned())
             .collect()
+    }
+
+    /// A new store's file, its WAL and its shared-memory index are its
+    /// owner's alone, whatever the umask lets through.
+    #[tokio::test]
+    async fn a_new_store_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("s.db");
+        // The migrations have written through the WAL by now.
+        let store = SqliteStore::open_path(&db).await.expect("open");
+        for name in ["s.db", "s.db-wal", "s.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .expect(name)
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{name} is {mode:o}");
+        }
+        store.close().await;
     }
 
     /// `list_columns!` names every column of `jobs` (a migration that adds
