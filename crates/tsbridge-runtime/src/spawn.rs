@@ -452,6 +452,45 @@ pub fn policy_for(wf: &WorkflowConfig, tmpdir: &Path) -> SandboxPolicy {
     }
 }
 
+/// Points `inv` (run from the transpile cache) at a copy of its bundle in
+/// `tmpdir`, owned by `owner` (uid, gid) and readable by it alone: the
+/// cache is tsbridge's (0700) and the job runs as the workflow's user. The
+/// bundle does not depend on where it lies (the build points `__dirname`,
+/// `import.meta` and `argv[1]` at the original file, and packages come
+/// from `NODE_PATH`), so the copy runs as the cached file would.
+async fn bundle_for_user(
+    inv: &mut rt::Invocation,
+    tmpdir: &Path,
+    owner: (u32, u32),
+) -> std::io::Result<()> {
+    let rt::Via::TranspileCache { bundle, .. } = &mut inv.via else {
+        return Ok(());
+    };
+    let copy = tmpdir.join("tsbridge-bundle.cjs");
+    let from = bundle.clone();
+    let to = copy.clone();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut src = std::fs::File::open(&from)?;
+        let mut dst = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(&to)?;
+        std::io::copy(&mut src, &mut dst)?;
+        std::os::unix::fs::fchown(&dst, Some(owner.0), Some(owner.1))
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    let old = std::mem::replace(bundle, copy.clone());
+    for a in &mut inv.args {
+        if std::path::Path::new(a.as_os_str()) == old {
+            *a = copy.clone().into_os_string();
+        }
+    }
+    Ok(())
+}
+
 /// The policy of one attempt: [`policy_for`], and where the host has
 /// Landlock, a ruleset for a workflow with path parameters but no
 /// `read`/`write` lists ([`FsPolicy::for_path_params`]: system dirs, the
@@ -575,20 +614,35 @@ impl Executor for SpawnExecutor {
             ),
             Err(refused) => return *refused,
         };
-        // The transpile cache is tsbridge's (0700): a job with its own
-        // user runs its TypeScript through the runner instead.
-        let cache = match wf.user {
-            Some(_) => None,
-            None => self.cache.clone(),
-        };
-        let inv = match rt::resolve_for_spawn_async(
+        let resolved = rt::resolve_for_spawn_async(
             wf.script.clone(),
             Some(engine_runtime(wf.runtime)),
             self.search.clone(),
-            cache,
+            self.cache.clone(),
         )
-        .await
-        {
+        .await;
+        // The transpile cache is tsbridge's (0700): a job with its own user
+        // gets a copy of its bundle in its TMPDIR (which is the user's),
+        // or, should that fail, runs its TypeScript through the runner.
+        let resolved = match (resolved, tmp_owner(wf)) {
+            (Ok(mut inv), Some(owner)) if matches!(inv.via, rt::Via::TranspileCache { .. }) => {
+                match bundle_for_user(&mut inv, &tmpdir, owner).await {
+                    Ok(()) => Ok(inv),
+                    Err(e) => {
+                        tracing::warn!(job = %req.job_id, error = %e, "cannot give the job's user its cached bundle: running through the runner");
+                        rt::resolve_for_spawn_async(
+                            wf.script.clone(),
+                            Some(engine_runtime(wf.runtime)),
+                            self.search.clone(),
+                            None,
+                        )
+                        .await
+                    }
+                }
+            }
+            (resolved, _) => resolved,
+        };
+        let inv = match resolved {
             Ok(inv) => inv,
             Err(e) => {
                 tracing::warn!(job = %req.job_id, error = %e, "cannot resolve the runtime");

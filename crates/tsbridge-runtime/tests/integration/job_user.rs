@@ -116,7 +116,7 @@ async fn jobs_with_a_user_run_as_it_and_reach_only_what_it_may() {
     )
     .await;
     // The store's folder is private, as `tsbridge check` asks of a store
-    // beside workflows with users (SQLite makes its files 0644).
+    // beside workflows with users (a store made before 0600 files were).
     let store = h.dir.path().join("jobs.db");
     assert!(store.exists(), "the store is {store:?}");
     mode(h.dir.path(), 0o700);
@@ -181,5 +181,64 @@ async fn jobs_with_a_user_run_as_it_and_reach_only_what_it_may() {
 
     h.rt.cancel(holder).await.expect("cancel");
     h.wait(holder).await;
+    h.rt.shutdown(Duration::ZERO).await;
+}
+
+/// A TypeScript job of a workflow with a user still starts from the
+/// transpile cache: tsbridge's cache is 0700, so the job gets a copy of its
+/// bundle in its own TMPDIR (the user's, 0400), and node runs that, with no
+/// runner's loader. Before, such a job skipped the cache and ran through tsx.
+#[tokio::test]
+async fn a_typescript_job_with_a_user_runs_a_copy_of_its_cached_bundle() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs root, to run jobs as other users");
+        return;
+    }
+    let nobody = JobUser::resolve("nobody").expect("a nobody user");
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxConfig {
+            cgroup_parent_name: format!("tsbridge-jc-{}", std::process::id()),
+            ..SandboxConfig::default()
+        })
+        .expect("sandbox"),
+    );
+    let _parent = OwnParent(sandbox.clone());
+    let files = tempfile::tempdir().unwrap();
+    mode(files.path(), 0o755);
+    let base = files.path().join("tmp");
+    std::fs::create_dir(&base).unwrap();
+    mode(&base, 0o755);
+    let cache = tsbridge_process::transpile::TranspileCache::new(Some(files.path().join("cache")))
+        .expect("cache");
+
+    let f = fixtures();
+    let toml = format!(
+        "[workflows.ts]\nroot = \"{f}\"\nscript = \"user-probe.ts\"\nruntime = \"tsx\"\nuser = \"nobody\"\n",
+        f = f.display(),
+    );
+    let h = start_with(
+        &toml,
+        RuntimeOptions {
+            sandbox: Some(sandbox.clone()),
+            tmp_base: Some(base.clone()),
+            transpile_cache: Some(cache),
+            ..RuntimeOptions::default()
+        },
+    )
+    .await;
+    for _ in 0..2 {
+        let v = h.wait(h.submit("ts", json!({"tmp": true})).await).await;
+        let r = result(&v);
+        assert_runs_as(r, nobody);
+        let argv = r["execArgv"].to_string();
+        assert!(!argv.contains("tsx"), "ran through the runner: {r}");
+        let main = r["main"].as_str().expect("main");
+        let tmpdir = r["tmpdir"].as_str().expect("tmpdir");
+        assert!(
+            Path::new(main).starts_with(tmpdir),
+            "not the TMPDIR's copy of the bundle: {r}"
+        );
+    }
     h.rt.shutdown(Duration::ZERO).await;
 }
