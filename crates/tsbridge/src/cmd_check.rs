@@ -167,8 +167,8 @@ fn store_files(c: &Config) -> Vec<(&'static str, PathBuf)> {
 /// workflows name no `user` runs their jobs as root (one line for all of
 /// them); a workflow's user that cannot read its root, search the TMPDIR
 /// base or write a `limits.write` folder (tsbridge changes no operator
-/// folder: the operator grants it), or that can read the store's files.
-/// Judged by mode bits, as the job will run (uid, gid, no supplementary
+/// folder: the operator grants it), or that can read the store's files or
+/// a config holding literal tokens. Judged by mode bits, as the job will run (uid, gid, no supplementary
 /// groups).
 fn user_notes(c: &Config, euid: u32) -> Vec<String> {
     let mut notes = Vec::new();
@@ -186,6 +186,11 @@ fn user_notes(c: &Config, euid: u32) -> Vec<String> {
         ));
     }
     let store = store_files(c);
+    let literal_tokens = c
+        .server
+        .tokens
+        .iter()
+        .any(|t| matches!(t, tsbridge_runtime::config::TokenSpec::Literal(_)));
     let tmp = std::env::temp_dir();
     for (name, w) in &c.workflows {
         let Some(user) = w.user else { continue };
@@ -201,6 +206,19 @@ fn user_notes(c: &Config, euid: u32) -> Vec<String> {
                     file.display()
                 ));
             }
+        }
+        if let Some(config) = c
+            .source
+            .as_deref()
+            .filter(|_| literal_tokens)
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            && user.may_use(&config, false).is_ok()
+        {
+            problems.push(format!(
+                "the config ({}) holds literal server.tokens and is readable by it: make it \
+                 private to tsbridge (0600) or write the tokens as env:NAME or sha256:HEX",
+                config.display()
+            ));
         }
         if !problems.is_empty() {
             notes.push(format!(

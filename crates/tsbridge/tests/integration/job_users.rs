@@ -1,8 +1,9 @@
 //! Jobs with their own user from the CLI (SPEC §5, issue #5), on a root
 //! tsbridge. `check` says which workflows run their jobs as root (no
 //! `user`), and for a workflow with a user: a `limits.write` folder it
-//! cannot write (tsbridge changes no operator folder) and a store it can
-//! read; once the operator fixed both, only the first note stays.
+//! cannot write (tsbridge changes no operator folder), a store it can read
+//! and a config with literal tokens it can read; once the operator fixed
+//! them, only the first note stays.
 //! `run --user` runs the program as that user (its TMPDIR given to it), and
 //! an unknown user is a usage error. None of this existed before.
 
@@ -69,7 +70,8 @@ fn check_notes_root_jobs_and_what_a_workflows_user_cannot_write_or_can_read() {
     std::fs::write(
         dir.path().join("tsbridge.toml"),
         format!(
-            "[store]\nurl = \"sqlite://state/jobs.db\"\n\n\
+            "[server]\ntokens = [\"a-literal-token\"]\n\n\
+             [store]\nurl = \"sqlite://state/jobs.db\"\n\n\
              [workflows.plain]\nroot = \"app\"\nscript = \"job.js\"\n\n\
              [workflows.own]\nroot = \"app\"\nscript = \"job.js\"\nuser = \"nobody\"\n\
              limits = {{ write = [\"{}\"] }}\n",
@@ -90,6 +92,10 @@ fn check_notes_root_jobs_and_what_a_workflows_user_cannot_write_or_can_read() {
     );
     assert!(about("the store ("), "{n:?}");
     assert!(
+        about("holds literal server.tokens and is readable by it"),
+        "{n:?}"
+    );
+    assert!(
         n.iter()
             .all(|x| !x.contains("workflow(s) own") && !x.contains("own,")),
         "a workflow with a user is not one that runs as root: {n:?}"
@@ -99,6 +105,7 @@ fn check_notes_root_jobs_and_what_a_workflows_user_cannot_write_or_can_read() {
     let nobody = tsbridge_sandbox::JobUser::resolve("nobody").unwrap();
     std::os::unix::fs::chown(&out, Some(nobody.uid), Some(nobody.gid)).unwrap();
     mode(&state, 0o700);
+    mode(&dir.path().join("tsbridge.toml"), 0o600);
     let n = notes(dir.path());
     assert_eq!(n.len(), 1, "{n:?}");
     assert!(n[0].contains("workflow(s) plain name no user"), "{n:?}");
