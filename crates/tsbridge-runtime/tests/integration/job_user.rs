@@ -61,31 +61,62 @@ fn assert_runs_as(r: &Value, user: JobUser) {
     }
 }
 
-#[tokio::test]
-async fn jobs_with_a_user_run_as_it_and_reach_only_what_it_may() {
+/// What every test here needs: root (else `None`, said), the `nobody`
+/// user, a sandbox with its own cgroup parent (removed at the end), and a
+/// folder of files with a TMPDIR base the users can traverse (as /tmp).
+struct Setup {
+    nobody: JobUser,
+    sandbox: Arc<Sandbox>,
+    _parent: OwnParent,
+    files: tempfile::TempDir,
+    base: PathBuf,
+}
+
+fn setup(tag: &str) -> Option<Setup> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("SKIP: needs root, to run jobs as other users");
-        return;
+        return None;
     }
     let nobody = JobUser::resolve("nobody").expect("a nobody user");
     let sandbox = Arc::new(
         Sandbox::new(SandboxConfig {
-            cgroup_parent_name: format!("tsbridge-ju-{}", std::process::id()),
+            cgroup_parent_name: format!("tsbridge-{tag}-{}", std::process::id()),
             ..SandboxConfig::default()
         })
         .expect("sandbox"),
     );
     let _parent = OwnParent(sandbox.clone());
-
-    // What an operator sets up: a TMPDIR base the users can traverse (as
-    // /tmp), a write-list folder given to the user; and what it must not
-    // reach: a 0600 root-owned file in a readable folder.
     let files = tempfile::tempdir().unwrap();
     mode(files.path(), 0o755);
     let base = files.path().join("tmp");
     std::fs::create_dir(&base).unwrap();
     mode(&base, 0o755);
+    Some(Setup {
+        nobody,
+        sandbox,
+        _parent,
+        files,
+        base,
+    })
+}
+
+#[tokio::test]
+async fn jobs_with_a_user_run_as_it_and_reach_only_what_it_may() {
+    let Some(Setup {
+        nobody,
+        sandbox,
+        _parent,
+        files,
+        base,
+    }) = setup("ju")
+    else {
+        return;
+    };
+
+    // What an operator sets up besides: a write-list folder given to the
+    // user; and what it must not reach: a 0600 root-owned file in a
+    // readable folder.
     let out = files.path().join("out");
     std::fs::create_dir(&out).unwrap();
     std::os::unix::fs::chown(&out, Some(nobody.uid), Some(nobody.gid)).unwrap();
@@ -190,25 +221,16 @@ async fn jobs_with_a_user_run_as_it_and_reach_only_what_it_may() {
 /// runner's loader. Before, such a job skipped the cache and ran through tsx.
 #[tokio::test]
 async fn a_typescript_job_with_a_user_runs_a_copy_of_its_cached_bundle() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: needs root, to run jobs as other users");
+    let Some(Setup {
+        nobody,
+        sandbox,
+        _parent,
+        files,
+        base,
+    }) = setup("jc")
+    else {
         return;
-    }
-    let nobody = JobUser::resolve("nobody").expect("a nobody user");
-    let sandbox = Arc::new(
-        Sandbox::new(SandboxConfig {
-            cgroup_parent_name: format!("tsbridge-jc-{}", std::process::id()),
-            ..SandboxConfig::default()
-        })
-        .expect("sandbox"),
-    );
-    let _parent = OwnParent(sandbox.clone());
-    let files = tempfile::tempdir().unwrap();
-    mode(files.path(), 0o755);
-    let base = files.path().join("tmp");
-    std::fs::create_dir(&base).unwrap();
-    mode(&base, 0o755);
+    };
     let cache = tsbridge_process::transpile::TranspileCache::new(Some(files.path().join("cache")))
         .expect("cache");
 
