@@ -16,8 +16,16 @@
 //! A job's own writes stay in order: each is started only once the previous
 //! one was acknowledged.
 //!
+//! On a store shared by many nodes ([`JobStore::claims_next`]) the
+//! dispatcher keeps no queue: it asks the store for the best jobs it can
+//! run (`claim_next`, one claim in flight at a time, its answer a write's
+//! report like the others) whenever it has room and may have work: woken by
+//! the store (another node queued a job, or a poll), by its own
+//! submissions, by a freed slot, by a retry's delay ending. The order is
+//! the store's, across nodes, and no two nodes ever try the same job.
+//!
 //! Each attempt runs in a task of its own ([`run_attempt`]) that claims the
-//! job in the store (`start_attempt`), then owns the job's event numbering
+//! job in the store (`start_attempt`, unless `claim_next` claimed it), then owns the job's event numbering
 //! while the attempt runs: it numbers the child's events, writes them to the
 //! store in batches, publishes them, and hands the last number back with the
 //! outcome, together with the events still unwritten at the end (the
@@ -150,7 +158,8 @@ enum Claim {
     Failed,
 }
 
-/// How long a job whose claim failed in the store waits before the next try.
+/// How long a job whose claim failed in the store waits before the next
+/// try (likewise a failed `claim_next`).
 const CLAIM_RETRY: Duration = Duration::from_secs(1);
 
 /// A store write the dispatcher started, reported when it is over.
@@ -170,6 +179,14 @@ enum Written {
     Ended {
         id: JobId,
         result: Result<(), StoreError>,
+    },
+    /// A `claim_next` of up to `asked` jobs, at `at`; `every` when it
+    /// named every workflow this node can run.
+    Claimed {
+        at: chrono::DateTime<Utc>,
+        asked: usize,
+        every: bool,
+        result: Result<Vec<JobRecord>, StoreError>,
     },
 }
 
@@ -297,11 +314,40 @@ pub(crate) struct Dispatcher {
     avg_secs: f64,
     /// The queued and running counts last published (`publish_stats`).
     published: Option<(u64, u64)>,
+    /// The store claims the best jobs for us (`claim_next`): no queue here.
+    claims: Claims,
+}
+
+/// The state of `claim_next` on a store that [`JobStore::claims_next`].
+#[derive(Debug, Default)]
+struct Claims {
+    on: bool,
+    /// There may be work: claim once there is room.
+    wanted: bool,
+    /// A claim is in flight (its slots are not taken yet: nothing else
+    /// takes slots meanwhile, there being no queue here).
+    in_flight: bool,
+    /// The last claim named every workflow this node runs and got fewer
+    /// jobs than it asked for: a freed slot finds nothing more until a
+    /// wake-up.
+    drained: bool,
+    /// When to claim again: retry delays of jobs re-queued here, and a
+    /// claim the store failed.
+    wakes: BTreeSet<Instant>,
+}
+
+impl Claims {
+    /// Something says there is work.
+    fn wake(&mut self) {
+        self.wanted = true;
+        self.drained = false;
+    }
 }
 
 impl Dispatcher {
     pub(crate) fn new(shared: Arc<Shared>, commands: mpsc::Receiver<Command>) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let claims_next = shared.store.claims_next();
         Self {
             shared,
             commands,
@@ -319,13 +365,17 @@ impl Dispatcher {
             phase: Phase::Accepting,
             avg_secs: 1.0,
             published: None,
+            claims: Claims {
+                on: claims_next,
+                wanted: true,
+                ..Claims::default()
+            },
         }
     }
 
-    /// Takes over queued jobs found in the store (at startup, or announced
-    /// by a shared store). A re-queued job waits out what is left of its
-    /// retry delay (its stored `not_before`), on every node and after a
-    /// restart.
+    /// Takes over queued jobs found in the store at startup (a store that
+    /// does not claim for its nodes). A re-queued job waits out what is
+    /// left of its retry delay (its stored `not_before`) after a restart.
     pub(crate) fn adopt(&mut self, rec: JobRecord) {
         if self.jobs.contains_key(&rec.id) || rec.state != JobState::Queued {
             return;
@@ -360,14 +410,17 @@ impl Dispatcher {
     }
 
     pub(crate) async fn run(mut self) {
-        // A shared store: jobs queued through other nodes, and cancels
-        // asked on other nodes for jobs that run here.
+        // A shared store: wake-ups (jobs queued through other nodes, a
+        // poll), and cancels asked on other nodes for jobs that run here.
         let mut remote = self.shared.store.watch_queued();
         let mut cancels = self.shared.store.watch_cancels();
         self.dispatch();
         self.publish_stats();
         loop {
-            let next_retry = self.backoff.first().map(|(t, _)| *t);
+            let next_retry = match (self.backoff.first(), self.claims.wakes.first()) {
+                (Some((a, _)), Some(b)) => Some(*a.min(b)),
+                (a, b) => a.map(|(t, _)| *t).or(b.copied()),
+            };
             let stop_at = match &self.phase {
                 Phase::Draining {
                     deadline,
@@ -394,8 +447,8 @@ impl Dispatcher {
                 },
                 _ = sleep_until(next_retry), if next_retry.is_some() => self.on_retry_timer(),
                 _ = sleep_until(stop_at), if stop_at.is_some() => self.stop_running(),
-                rec = next_remote(&mut remote), if remote.is_some() => match rec {
-                    Some(rec) => self.adopt_remote(rec),
+                woken = next_remote(&mut remote), if remote.is_some() => match woken {
+                    Some(()) => self.claims.wake(),
                     None => remote = None,
                 },
                 id = next_remote(&mut cancels), if cancels.is_some() => match id {
@@ -413,17 +466,6 @@ impl Dispatcher {
                 return;
             }
         }
-    }
-
-    /// A job a shared store says is queued (often through another node):
-    /// adopted unless it is live here already; whichever node claims it
-    /// first runs it, the others drop it (`start_attempt` answers
-    /// `NotFound`, see `on_done`).
-    fn adopt_remote(&mut self, rec: JobRecord) {
-        if !self.accepting() || self.jobs.contains_key(&rec.id) {
-            return;
-        }
-        self.adopt(rec);
     }
 
     /// Another node asked to cancel a job that runs here: stopped as a local
@@ -478,8 +520,8 @@ impl Dispatcher {
 
     /// What `queue_limit` counts: this node's waiting jobs, or, on a store
     /// shared by many nodes, every node's queued jobs (the store's cached
-    /// count) and this node's submissions being written. (A node's ready
-    /// queue there also holds copies of jobs other nodes run already.)
+    /// count) and this node's submissions being written (such a node
+    /// keeps no queue: the store claims for it).
     fn queued_for_limit(&self) -> usize {
         match self.shared.store.queued_estimate() {
             Some(n) => usize::try_from(n)
@@ -658,9 +700,14 @@ impl Dispatcher {
                             }));
                             return;
                         }
-                        if self.jobs.contains_key(&job.id) {
-                            // A shared store's watch announced it before
-                            // this answer came back: adopted already.
+                        if self.claims.on {
+                            // The store's queue, claimed by whichever node
+                            // has room (this one asks now; a poll's claim
+                            // may have been answered first).
+                            if !self.jobs.contains_key(&id) {
+                                self.shared.bus.close(id);
+                            }
+                            self.claims.wake();
                         } else if self.accepting() {
                             self.ready.push(id, &job.workflow, job.priority);
                             self.jobs.insert(id, LiveJob::submitted(job));
@@ -690,7 +737,147 @@ impl Dispatcher {
                 }
             }
             Written::Ended { id, result } => self.on_ended(id, result),
+            Written::Claimed {
+                at,
+                asked,
+                every,
+                result,
+            } => self.on_claimed(at, asked, every, result),
         }
+    }
+
+    /// Asks the store for the best jobs this node can run, if it may have
+    /// work and has room (one claim in flight at a time). `room` is the
+    /// global room, and no more than the least room of a workflow with a
+    /// limit among those named (the store does not count per workflow).
+    fn claim(&mut self) {
+        let limit = self.shared.config.defaults.concurrency.max(1);
+        if !self.claims.on
+            || !self.claims.wanted
+            || self.claims.in_flight
+            || !self.accepting()
+            || self.running >= limit
+        {
+            return;
+        }
+        let mut room = limit - self.running;
+        let mut workflows = Vec::new();
+        let mut every = true;
+        for (name, wf) in &self.shared.workflows {
+            if !self.shared.executors.contains_key(name)
+                || !matches!(self.shared.availability.get(name), Some(Ok(())))
+            {
+                continue;
+            }
+            let running = self.running_by_workflow.get(name).copied().unwrap_or(0);
+            match wf.concurrency {
+                Some(max) if running >= max => every = false,
+                Some(max) => {
+                    room = room.min(max - running);
+                    workflows.push(name.clone());
+                }
+                None => workflows.push(name.clone()),
+            }
+        }
+        if workflows.is_empty() {
+            return;
+        }
+        self.claims.wanted = false;
+        self.claims.in_flight = true;
+        let store = self.shared.store.clone();
+        let node = self.shared.node_id.clone();
+        let at = Utc::now();
+        // Jobs live here are not claimed again (see `claim_next`).
+        let live: Vec<JobId> = self.jobs.keys().copied().collect();
+        self.spawn_write(async move {
+            let result = store.claim_next(&node, room, &workflows, &live, at).await;
+            Written::Claimed {
+                at,
+                asked: room,
+                every,
+                result,
+            }
+        });
+    }
+
+    /// The answer of a `claim_next`: the claimed jobs start.
+    fn on_claimed(
+        &mut self,
+        at: chrono::DateTime<Utc>,
+        asked: usize,
+        every: bool,
+        result: Result<Vec<JobRecord>, StoreError>,
+    ) {
+        self.claims.in_flight = false;
+        let jobs = match result {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::error!(error = %e, retry_in = ?CLAIM_RETRY, "cannot claim jobs; trying again");
+                self.claims.wakes.insert(Instant::now() + CLAIM_RETRY);
+                return;
+            }
+        };
+        if jobs.len() >= asked {
+            // There may be more.
+            self.claims.wanted = true;
+        } else if every && !self.claims.wanted {
+            self.claims.drained = true;
+        }
+        for rec in jobs {
+            self.start_claimed(rec, at);
+        }
+    }
+
+    /// A job `claim_next` claimed for this node (its attempt and `running`
+    /// event are written): live here from now on, running.
+    fn start_claimed(&mut self, mut rec: JobRecord, at: chrono::DateTime<Utc>) {
+        let id = rec.id;
+        let n = rec.attempts_started;
+        let event = crate::store::running_event(id, rec.last_seq, n, at);
+        let wf = self.shared.workflows.get(&rec.workflow).cloned();
+        let executor = self.shared.executors.get(&rec.workflow).cloned();
+        // Live as it was before the claim: `launch` applies the claim.
+        rec.attempts_started = n.saturating_sub(1);
+        rec.last_seq = rec.last_seq.saturating_sub(1);
+        self.adopt_as(rec, Slot::Ready);
+        if let Some(job) = self.jobs.get_mut(&id) {
+            live_view::unstarted(&mut job.view);
+        }
+        let (Some(wf), Some(executor)) = (wf, executor) else {
+            // Not asked for (the claim names only workflows with an
+            // executor here): ended as a failed start.
+            tracing::error!(job = %id, "claimed a job of a workflow this node cannot run");
+            let Some(job) = self.jobs.get(&id) else {
+                return;
+            };
+            let workflow = job.workflow.clone();
+            self.take_slot(&workflow);
+            let control = ProcessControl::new();
+            if let Some(job) = self.jobs.get_mut(&id) {
+                job.attempts_started = n;
+                job.last_seq = event.seq;
+                live_view::started(&mut job.view, n, at);
+                job.slot = Slot::Running {
+                    attempt: n,
+                    control,
+                    started: Instant::now(),
+                    cancel_waiters: Vec::new(),
+                };
+            }
+            let _ = self.done_tx.send(AttemptDone {
+                id,
+                attempt: n,
+                start: Claim::Started,
+                outcome: AttemptOutcome::spawn_failure("no executor serves it", false),
+                last_seq: event.seq,
+                events: Vec::new(),
+                reported: Reported::default(),
+            });
+            return;
+        };
+        self.take_slot(&wf.name);
+        self.launch(id, wf, executor, at, event, true);
+        self.stop_if_stopped(id);
     }
 
     /// The end (or re-queue) of a job is written.
@@ -769,9 +956,18 @@ impl Dispatcher {
                 .get(&job.workflow)
                 .map_or(Duration::ZERO, |w| retry_delay(&w.retry, id, attempt + 1));
             let until = Instant::now() + delay;
+            tracing::info!(job = %id, attempt, ?delay, "retrying");
+            if self.claims.on {
+                // Back in the store's queue (its `not_before` holds it
+                // there): any node may claim it once the delay is over,
+                // this one asks then.
+                self.jobs.remove(&id);
+                self.shared.bus.close(id);
+                self.claims.wakes.insert(until);
+                return;
+            }
             job.slot = Slot::Backoff { until };
             self.backoff.insert((until, id));
-            tracing::info!(job = %id, attempt, ?delay, "retrying");
         } else {
             // Shutting down: it stays queued in the store.
             self.jobs.remove(&id);
@@ -781,7 +977,7 @@ impl Dispatcher {
 
     fn retry_after_estimate(&self) -> Duration {
         let conc = self.shared.config.defaults.concurrency.max(1) as f64;
-        let secs = (self.waiting() as f64 / conc + 1.0) * self.avg_secs;
+        let secs = (self.queued_for_limit() as f64 / conc + 1.0) * self.avg_secs;
         Duration::from_secs_f64(secs.clamp(1.0, 3600.0))
     }
 
@@ -802,6 +998,7 @@ impl Dispatcher {
             };
             self.start(id);
         }
+        self.claim();
     }
 
     fn start(&mut self, id: JobId) {
@@ -840,14 +1037,18 @@ impl Dispatcher {
         let id = job.id;
         self.jobs.insert(id, LiveJob::submitted(job));
         self.launch(id, d.workflow, d.executor, d.first.at, d.first.event, true);
+        self.stop_if_stopped(id);
+    }
+
+    /// A job claimed while the drain's deadline passed: stopped like the
+    /// jobs that were running then.
+    fn stop_if_stopped(&self, id: JobId) {
         if let Phase::Draining { stopped: true, .. } = self.phase
             && let Some(LiveJob {
                 slot: Slot::Running { control, .. },
                 ..
             }) = self.jobs.get(&id)
         {
-            // Claimed while the drain's deadline passed: stopped like the
-            // jobs that were running then.
             control.shutdown();
         }
     }
@@ -995,6 +1196,9 @@ impl Dispatcher {
         if let Some(c) = self.running_by_workflow.get_mut(&job.workflow) {
             *c = c.saturating_sub(1);
         }
+        if !self.claims.drained {
+            self.claims.wanted = true;
+        }
         if done.start == Claim::Failed && accepting {
             // Still queued in the store: undo the start, pause, try again
             // (a cancel meanwhile cancels the waiting job).
@@ -1099,23 +1303,10 @@ impl Dispatcher {
         let Some(job) = self.jobs.get_mut(&id) else {
             // Not live here: the store says why (a read; not our business
             // to wait for).
-            let store = self.shared.store.clone();
+            let shared = self.shared.clone();
+            let queued_here = self.claims.on && self.accepting();
             tokio::spawn(async move {
-                let r = match store.get_job(id).await {
-                    Ok(Some(rec)) if rec.state.is_terminal() => {
-                        Err(RuntimeError::AlreadyFinished {
-                            id,
-                            state: rec.state,
-                        })
-                    }
-                    Ok(Some(rec)) if rec.state == JobState::Running => {
-                        cancel_elsewhere(store.as_ref(), id).await
-                    }
-                    Ok(Some(_)) => Err(RuntimeError::ShuttingDown),
-                    Ok(None) => Err(RuntimeError::JobNotFound(id)),
-                    Err(e) => Err(e.into()),
-                };
-                let _ = reply.send(r);
+                let _ = reply.send(cancel_stored(&shared, id, queued_here).await);
             });
             return;
         };
@@ -1144,24 +1335,8 @@ impl Dispatcher {
         }
         self.ready.remove(id);
         job.last_seq += 1;
-        let event = state_event(
-            id,
-            job.last_seq,
-            JobState::Cancelled,
-            Some(EndReason::Cancelled),
-            None,
-        );
-        let finish = Finish {
-            state: JobState::Cancelled,
-            reason: Some(EndReason::Cancelled),
-            result: None,
-            error: Some(ApiErrorBody {
-                kind: ErrorType::Conflict,
-                message: "the job was cancelled".into(),
-                details: Some(json!({ "jobId": id })),
-            }),
-            finished_at: Utc::now(),
-        };
+        let event = cancelled_event(id, job.last_seq);
+        let finish = cancelled(id);
         live_view::finished(&mut job.view, &finish);
         job.slot = Slot::Ending {
             state: JobState::Cancelled,
@@ -1177,6 +1352,13 @@ impl Dispatcher {
 
     fn on_retry_timer(&mut self) {
         let now = Instant::now();
+        while let Some(&at) = self.claims.wakes.first() {
+            if at > now {
+                break;
+            }
+            self.claims.wakes.remove(&at);
+            self.claims.wake();
+        }
         while let Some(&(until, id)) = self.backoff.first() {
             if until > now {
                 break;
@@ -1300,7 +1482,8 @@ impl Dispatcher {
     /// (most turns change nothing that is published, and the gauges are a
     /// registry lookup each).
     fn publish_stats(&mut self) {
-        let counts = (self.waiting() as u64, self.running as u64);
+        // A node of a shared store shows the store's queue (it keeps none).
+        let counts = (self.queued_for_limit() as u64, self.running as u64);
         let changed = self.published != Some(counts);
         if changed {
             self.published = Some(counts);
@@ -1383,6 +1566,62 @@ fn answer(waiters: Vec<Reply<()>>, result: Result<(), StoreError>) {
                     source: sqlx::Error::Protocol(message.clone()),
                 })));
             }
+        }
+    }
+}
+
+/// The end of a job cancelled while it waited.
+fn cancelled(id: JobId) -> Finish {
+    Finish {
+        state: JobState::Cancelled,
+        reason: Some(EndReason::Cancelled),
+        result: None,
+        error: Some(ApiErrorBody {
+            kind: ErrorType::Conflict,
+            message: "the job was cancelled".into(),
+            details: Some(json!({ "jobId": id })),
+        }),
+        finished_at: Utc::now(),
+    }
+}
+
+fn cancelled_event(id: JobId, seq: u64) -> JobEvent {
+    state_event(
+        id,
+        seq,
+        JobState::Cancelled,
+        Some(EndReason::Cancelled),
+        None,
+    )
+}
+
+/// Cancels a job this node does not hold, as the store has it: one that
+/// runs elsewhere is asked of its node; a queued one, when `queued_here`
+/// (a store that claims for its nodes, which keep no queue), is ended here
+/// with `finish_job`, fenced as ever: refused when a node claimed it
+/// meanwhile, and then cancelled as the store has it now.
+async fn cancel_stored(shared: &Shared, id: JobId, queued_here: bool) -> Result<(), RuntimeError> {
+    let store = shared.store.as_ref();
+    loop {
+        let rec = match store.get_job(id).await? {
+            Some(rec) => rec,
+            None => return Err(RuntimeError::JobNotFound(id)),
+        };
+        match rec.state {
+            s if s.is_terminal() => return Err(RuntimeError::AlreadyFinished { id, state: s }),
+            JobState::Running => return cancel_elsewhere(store, id).await,
+            _ if queued_here => {
+                let event = cancelled_event(id, rec.last_seq + 1);
+                match store.finish_job(id, &cancelled(id), &event).await {
+                    Ok(()) => {
+                        count_finished(shared, &rec.workflow, JobState::Cancelled, None);
+                        return Ok(());
+                    }
+                    Err(StoreError::NotFound(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            _ => return Err(RuntimeError::ShuttingDown),
         }
     }
 }

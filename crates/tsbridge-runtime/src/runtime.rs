@@ -197,8 +197,11 @@ impl Runtime {
         // A wrong or missing key stopped the start above; a job whose
         // request env does not open (an altered row, a value in clear)
         // fails alone when its attempt starts.
-        for rec in shared.store.queued_jobs().await? {
-            dispatcher.adopt(rec);
+        // (A store that claims for its nodes keeps the queue itself.)
+        if !shared.store.claims_next() {
+            for rec in shared.store.queued_jobs().await? {
+                dispatcher.adopt(rec);
+            }
         }
         tokio::spawn(dispatcher.run());
         let relay = Relay::start(shared.store.clone(), opts.subscriber_buffer);

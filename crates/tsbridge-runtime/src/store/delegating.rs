@@ -86,6 +86,7 @@ delegate! {
         fn find_by_idempotency_key(key: &str) -> Result<Option<JobRecord>, StoreError>;
         fn start_attempt(id: JobId, n: u32, node: &str, at: DateTime<Utc>, event: &JobEvent) -> Result<(), StoreError>;
         fn insert_and_start(job: &NewJob, start: &FirstStart) -> Result<(Inserted, bool), StoreError>;
+        fn claim_next(node: &str, room: usize, workflows: &[String], live: &[JobId], at: DateTime<Utc>) -> Result<Vec<JobRecord>, StoreError>;
         fn set_attempt_pid(id: JobId, n: u32, pid: u32) -> Result<(), StoreError>;
         fn append_events(id: JobId, events: &[JobEvent]) -> Result<(), StoreError>;
         fn complete_attempt(id: JobId, end: &AttemptEnd, next: &AfterAttempt, event: &JobEvent) -> Result<(), StoreError>;
@@ -104,9 +105,10 @@ delegate! {
     }
     sync {
         fn claims_with_insert() -> bool;
+        fn claims_next() -> bool;
         fn takeover_every() -> Option<Duration>;
         fn queued_estimate() -> Option<u64>;
-        fn watch_queued() -> Option<BoxStream<'static, JobRecord>>;
+        fn watch_queued() -> Option<BoxStream<'static, ()>>;
         fn watch_cancels() -> Option<BoxStream<'static, JobId>>;
         fn watch_events() -> Option<BoxStream<'static, EventsWritten>>;
     }

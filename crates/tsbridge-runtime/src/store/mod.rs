@@ -351,6 +351,39 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
         false
     }
 
+    /// Whether [`JobStore::claim_next`] claims here: a store shared by many
+    /// nodes, whose nodes keep no copies of the queue and ask it for the
+    /// best jobs they can run instead. `false` (the default, one node): the
+    /// dispatcher keeps the queue itself and claims with `start_attempt`.
+    fn claims_next(&self) -> bool {
+        false
+    }
+
+    /// Claims for `node`, at `at`, up to `room` of the best queued jobs
+    /// (highest priority, then oldest) whose workflow is one of
+    /// `workflows` and whose retry delay (`not_before`) is over: each gets
+    /// its next attempt (`attempts_started + 1`), in state `running` with a
+    /// lease, an attempt row, and its [`running_event`] numbered after its
+    /// last event (`last_seq + 1`), all in one transaction. Jobs another
+    /// node is claiming at the same moment are skipped, never waited for;
+    /// so are the jobs in `live`, which the node still holds (an attempt
+    /// of theirs runs or ends there: a job re-queued by another node that
+    /// took it over from this one waits until its old run here is over).
+    /// Answers the claimed jobs as they are now (best first): their
+    /// `last_seq` is the `running` event's number. A store that does not
+    /// claim this way ([`JobStore::claims_next`] is `false`) claims nothing.
+    async fn claim_next(
+        &self,
+        node: &str,
+        room: usize,
+        workflows: &[String],
+        live: &[JobId],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let _ = (node, room, workflows, live, at);
+        Ok(Vec::new())
+    }
+
     /// Records the pid of attempt `n` once it is known.
     async fn set_attempt_pid(&self, id: JobId, n: u32, pid: u32) -> Result<(), StoreError>;
 
@@ -459,16 +492,16 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// first writer wins, atomically, also among nodes starting together.
     async fn claim_env_key_fingerprint(&self, fingerprint: &str) -> Result<String, StoreError>;
 
-    /// Queued jobs this node may not hold: in a store shared by many nodes,
-    /// the jobs queued (submitted or re-queued) through other nodes, as they
-    /// are announced and as a periodic poll finds them (it also covers
-    /// announcements lost while disconnected). The dispatcher adopts each
-    /// one it does not hold and tries to claim it; a lost claim
-    /// (`NotFound`) drops it. May also yield jobs the node holds already.
+    /// Wake-ups of a store that [`JobStore::claims_next`]: "there may be
+    /// queued work", when another node queued (submitted or re-queued) a
+    /// job, as it is announced, and at each periodic poll (which also covers
+    /// announcements lost while disconnected). The dispatcher then claims
+    /// if it has room. Wake-ups that come while one waits to be taken are
+    /// one.
     ///
     /// A method with a default rather than a change of the others: the
     /// embedded store has one node, which queued every job itself (`None`).
-    fn watch_queued(&self) -> Option<futures::stream::BoxStream<'static, JobRecord>> {
+    fn watch_queued(&self) -> Option<futures::stream::BoxStream<'static, ()>> {
         None
     }
 
@@ -496,6 +529,21 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// own bus has every event.
     fn watch_events(&self) -> Option<futures::stream::BoxStream<'static, EventsWritten>> {
         None
+    }
+}
+
+/// The `running` event of attempt `n` of job `id`, number `seq`, claimed
+/// at `at` (as [`JobStore::claim_next`] writes it).
+pub fn running_event(id: JobId, seq: u64, n: u32, at: DateTime<Utc>) -> JobEvent {
+    JobEvent {
+        seq,
+        job_id: id,
+        timestamp: at,
+        data: EventData::State {
+            state: JobState::Running,
+            reason: None,
+            attempt: Some(n),
+        },
     }
 }
 

@@ -4,14 +4,19 @@
 //! quietly. Skipped (with a message) without `TSBRIDGE_TEST_PG_URL`,
 //! failed under CI; see `pg_support`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::Utc;
 use serde_json::{Value, json};
 use tsbridge_proto::{EndReason, JobId, JobState};
-use tsbridge_runtime::store::{AfterAttempt, JobRecord, JobStore, PgOptions, PgStore};
-use tsbridge_runtime::{Runtime, RuntimeOptions};
+use tsbridge_runtime::store::{
+    AfterAttempt, DelegatingStore, JobRecord, JobStore, Overrides, PgOptions, PgStore,
+};
+use tsbridge_runtime::{Executor, Runtime, RuntimeOptions, StoreError};
 
 use crate::common::{self, SOON};
 use crate::pg_support::PgDb;
@@ -617,4 +622,351 @@ async fn the_queue_limit_counts_the_whole_cluster() {
         assert_eq!(a.job(id).await.state, JobState::Queued);
     }
     shutdown(&[&a, &b]).await;
+}
+
+/// What a node asked its store to claim: `start_attempt` calls (a claim of
+/// a job it holds a copy of) and those refused (another node had it);
+/// `claim_next` calls, those that found nothing, and the jobs they claimed.
+#[derive(Debug, Default)]
+struct ClaimCounts {
+    tried: AtomicU64,
+    refused: AtomicU64,
+    asked: AtomicU64,
+    empty: AtomicU64,
+    claimed: AtomicU64,
+}
+
+/// The overrides of a counting node's store.
+#[derive(Debug)]
+struct Counted(Arc<ClaimCounts>);
+
+#[async_trait]
+impl Overrides for Counted {
+    async fn start_attempt(
+        &self,
+        inner: &dyn JobStore,
+        id: JobId,
+        n: u32,
+        node: &str,
+        at: chrono::DateTime<Utc>,
+        event: &tsbridge_proto::JobEvent,
+    ) -> Result<(), StoreError> {
+        self.0.tried.fetch_add(1, Ordering::SeqCst);
+        let r = inner.start_attempt(id, n, node, at, event).await;
+        if let Err(StoreError::NotFound(_)) = &r {
+            self.0.refused.fetch_add(1, Ordering::SeqCst);
+        }
+        r
+    }
+
+    async fn claim_next(
+        &self,
+        inner: &dyn JobStore,
+        node: &str,
+        room: usize,
+        workflows: &[String],
+        live: &[JobId],
+        at: chrono::DateTime<Utc>,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        self.0.asked.fetch_add(1, Ordering::SeqCst);
+        let r = inner.claim_next(node, room, workflows, live, at).await;
+        match &r {
+            Ok(jobs) if jobs.is_empty() => {
+                self.0.empty.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(jobs) => {
+                self.0
+                    .claimed
+                    .fetch_add(jobs.len() as u64, Ordering::SeqCst);
+            }
+            Err(_) => {}
+        }
+        r
+    }
+}
+
+/// A node whose runtime's store counts its claims; `executors` replace
+/// the spawn executor for their workflows.
+async fn counted_node(
+    db: &PgDb,
+    name: &'static str,
+    toml: &str,
+    executors: BTreeMap<String, Arc<dyn Executor>>,
+) -> (Node, Arc<ClaimCounts>) {
+    let store = Arc::new(
+        PgStore::open_with(
+            &db.url,
+            PgOptions {
+                poll: POLL,
+                ..PgOptions::default()
+            },
+        )
+        .await
+        .expect("open store"),
+    );
+    let counts = Arc::new(ClaimCounts::default());
+    let counted = Arc::new(DelegatingStore::new(store.clone(), Counted(counts.clone())));
+    let rt = Runtime::start(
+        common::config(toml),
+        counted,
+        RuntimeOptions {
+            node_id: Some(name.to_owned()),
+            executors,
+            ..RuntimeOptions::default()
+        },
+    )
+    .await
+    .expect("runtime starts");
+    (Node { name, rt, store }, counts)
+}
+
+/// Many short jobs submitted on one of three nodes: each runs exactly once,
+/// and no node asked the store for a job another node had taken (each asks
+/// for the best job it can run, not for a copy of its own).
+#[tokio::test]
+async fn three_nodes_run_every_job_once_without_refused_claims() {
+    let Some(db) = PgDb::create("three_nodes_run_every_job_once_without_refused_claims").await
+    else {
+        return;
+    };
+    let toml = job_config("concurrency = 2", "");
+    let mut nodes = Vec::new();
+    for name in ["node-a", "node-b", "node-c"] {
+        nodes.push(counted_node(&db, name, &toml, BTreeMap::new()).await);
+    }
+    let a = &nodes[0].0;
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(submit(a, json!({ "result": i })).await);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let r = ended(&a.store, *id).await;
+        assert_eq!(r.state, JobState::Succeeded, "{r:?}");
+        assert_eq!(r.result, Some(json!(i)));
+        assert_eq!(r.attempts.len(), 1, "ran once: {r:?}");
+    }
+    let mut claimed = 0;
+    for (n, counts) in &nodes {
+        assert_eq!(
+            counts.refused.load(Ordering::SeqCst),
+            0,
+            "{} tried {} claims of jobs another node had",
+            n.name,
+            counts.tried.load(Ordering::SeqCst)
+        );
+        claimed += counts.claimed.load(Ordering::SeqCst);
+    }
+    assert_eq!(claimed, ids.len() as u64, "each job claimed once");
+    shutdown(&nodes.iter().map(|(n, _)| n).collect::<Vec<_>>()).await;
+}
+
+/// With every node full, a high-priority job submitted later on one node
+/// starts before older low-priority jobs submitted on another, whichever
+/// node's slot frees first: the order is the store's, across nodes.
+#[tokio::test]
+async fn priority_holds_across_nodes() {
+    let Some(db) = PgDb::create("priority_holds_across_nodes").await else {
+        return;
+    };
+    let (a, b) = two_nodes(
+        &db,
+        &job_config("concurrency = 1\nkill_grace = \"500ms\"", ""),
+    )
+    .await;
+    let busy_a = submit(&a, json!({"hang": true, "tag": "a"})).await;
+    let busy_b = submit(&b, json!({"hang": true, "tag": "b"})).await;
+    wait_running(&a.store, busy_a).await;
+    wait_running(&a.store, busy_b).await;
+    let mut low = Vec::new();
+    for i in 0..2 {
+        low.push(submit(&b, json!({"hang": true, "tag": format!("low{i}")})).await);
+    }
+    let high =
+        a.rt.submit(
+            "job",
+            json!({"hang": true, "tag": "high"}),
+            tsbridge_proto::api::JobOptions {
+                priority: Some(10),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("submit")
+        .job_id;
+    // A slot frees on b (which submitted the low ones).
+    let on_b = if a.job(busy_a).await.node.as_deref() == Some("node-b") {
+        busy_a
+    } else {
+        busy_b
+    };
+    b.rt.cancel(on_b).await.expect("cancel");
+    wait_running(&a.store, high).await;
+    for id in &low {
+        assert_eq!(a.job(*id).await.state, JobState::Queued, "low {id}");
+    }
+    for id in [busy_a, busy_b, high].into_iter().chain(low) {
+        let _ = a.rt.cancel(id).await;
+    }
+    shutdown(&[&a, &b]).await;
+}
+
+/// A node where a workflow is unavailable (limits without a sandbox) never
+/// takes that workflow's jobs, however long they wait; a node where it is
+/// available runs them once it has room.
+#[tokio::test]
+async fn a_node_never_claims_a_workflow_unavailable_there() {
+    let Some(db) = PgDb::create("a_node_never_claims_a_workflow_unavailable_there").await else {
+        return;
+    };
+    let defaults = "[defaults]\nconcurrency = 1\nkill_grace = \"500ms\"\n";
+    let without = format!(
+        "{defaults}{}{}",
+        common::workflow("job", ""),
+        common::workflow("w", "limits = { memory = \"64MiB\" }")
+    );
+    let with = format!(
+        "{defaults}{}{}",
+        common::workflow("job", ""),
+        common::workflow("w", "")
+    );
+    // b is busy (a starts once b runs its job); a has room, but cannot
+    // run `w`.
+    let b = node(&db, "node-b", &with).await;
+    let busy = submit(&b, json!({"hang": true})).await;
+    wait_running(&b.store, busy).await;
+    let a = node(&db, "node-a", &without).await;
+    assert!(matches!(a.rt.availability("w"), Some(Err(_))));
+    let w =
+        b.rt.submit("w", json!({"result": "w"}), Default::default())
+            .await
+            .expect("submit")
+            .job_id;
+    // A later job a can run: once a ran it, a has looked at the queue.
+    let later = submit(&b, json!({"result": "later"})).await;
+    let r = ended(&a.store, later).await;
+    assert_eq!(
+        attempt_nodes(&db, later).await,
+        vec!["node-a".to_owned()],
+        "{r:?}"
+    );
+    assert_eq!(a.job(w).await.state, JobState::Queued);
+    // b's slot frees: b runs `w`.
+    b.rt.cancel(busy).await.expect("cancel");
+    let r = ended(&a.store, w).await;
+    assert_eq!(r.state, JobState::Succeeded, "{r:?}");
+    assert_eq!(attempt_nodes(&db, w).await, vec!["node-b".to_owned()]);
+    shutdown(&[&a, &b]).await;
+}
+
+/// Succeeds at once, without a process: the claims are what is measured.
+#[derive(Debug)]
+struct Instant;
+
+#[async_trait]
+impl Executor for Instant {
+    async fn run(
+        &self,
+        req: tsbridge_runtime::AttemptRequest,
+        _io: tsbridge_runtime::AttemptIo,
+    ) -> tsbridge_runtime::AttemptOutcome {
+        let mut o = tsbridge_runtime::AttemptOutcome::spawn_failure("", false);
+        o.reason = EndReason::Exited;
+        o.exit_code = Some(0);
+        o.error = None;
+        o.result = Some(req.params);
+        o
+    }
+}
+
+/// A measurement, not a check of speed: three nodes in this process on one
+/// database, `CLAIM_BENCH_JOBS` (2000) trivial jobs (no process) submitted
+/// on one node; prints the claims each node tried and had refused, and the
+/// time to run them all. Run with
+/// `cargo nextest run -p tsbridge-runtime --test integration --run-ignored only --no-capture multi_node_pg::claims_of_three_nodes`.
+#[tokio::test]
+#[ignore = "measurement"]
+async fn claims_of_three_nodes() {
+    let Some(db) = PgDb::create("claims_of_three_nodes").await else {
+        return;
+    };
+    let n: usize = std::env::var("CLAIM_BENCH_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let toml = job_config("concurrency = 8\nqueue_limit = 100000", "");
+    let mut nodes = Vec::new();
+    for name in ["node-a", "node-b", "node-c"] {
+        let ex = BTreeMap::from([("job".to_owned(), Arc::new(Instant) as Arc<dyn Executor>)]);
+        nodes.push(counted_node(&db, name, &toml, ex).await);
+    }
+    let t = std::time::Instant::now();
+    let a = nodes[0].0.rt.clone();
+    let ids = futures::future::join_all((0..n).map(|i| {
+        let rt = a.clone();
+        async move {
+            rt.submit("job", json!({ "i": i }), Default::default())
+                .await
+                .expect("submit")
+                .job_id
+        }
+    }))
+    .await;
+    let last = ids.last().copied().expect("jobs");
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE state NOT IN ('succeeded', 'failed')",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+        if left == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{left} jobs left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let el = t.elapsed();
+    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts")
+        .fetch_one(&pool)
+        .await
+        .expect("attempts");
+    let by_node: Vec<(String, i64)> =
+        sqlx::query_as("SELECT node, count(*) FROM attempts GROUP BY node ORDER BY node")
+            .fetch_all(&pool)
+            .await
+            .expect("by node");
+    pool.close().await;
+    assert_eq!(attempts, n as i64, "every job ran once");
+    assert_eq!(nodes[0].0.job(last).await.state, JobState::Succeeded);
+    let (mut tried, mut refused, mut asked, mut empty) = (0, 0, 0, 0);
+    for (node, c) in &nodes {
+        let load = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        let (t, r, q, e) = (
+            load(&c.tried),
+            load(&c.refused),
+            load(&c.asked),
+            load(&c.empty),
+        );
+        println!(
+            "{}: start_attempt tried {t}, refused {r}; claim_next asked {q}, empty {e}, \
+             claimed {}",
+            node.name,
+            load(&c.claimed)
+        );
+        (tried, refused, asked, empty) = (tried + t, refused + r, asked + q, empty + e);
+    }
+    let per_job = |v: u64| v as f64 / n as f64;
+    println!(
+        "{n} jobs on 3 nodes in {el:?} ({:.0} jobs/s); attempts by node {by_node:?}; \
+         start_attempt per job {:.2}, refused {refused} ({:.2} per job); \
+         claim_next per job {:.2}, empty {empty} ({:.2} per job)",
+        n as f64 / el.as_secs_f64(),
+        per_job(tried),
+        per_job(refused),
+        per_job(asked),
+        per_job(empty),
+    );
+    shutdown(&nodes.iter().map(|(n, _)| n).collect::<Vec<_>>()).await;
 }

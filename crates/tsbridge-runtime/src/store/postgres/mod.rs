@@ -15,9 +15,13 @@
 //!   SKIP LOCKED` so two recovering nodes never take the same job. A live
 //!   node's runtime also takes expired jobs over every poll period
 //!   ([`JobStore::take_over_expired`]) and ends them as its recovery does.
+//! - Claims of the best job: [`JobStore::claim_next`] takes the best queued
+//!   jobs a node can run in one statement (`FOR UPDATE SKIP LOCKED`), so
+//!   nodes never race for a job nor keep copies of the queue.
 //! - Wake-ups: an insert and a re-queue `NOTIFY` [`QUEUED_CHANNEL`] with the
-//!   job id (delivered at commit). [`JobStore::watch_queued`] turns them,
-//!   and a periodic poll, into the queued jobs of other nodes.
+//!   job id (delivered at commit). [`JobStore::watch_queued`] turns those of
+//!   other nodes, and a periodic poll, into wake-ups ("claim if you have
+//!   room").
 //! - Live events: every commit of events `NOTIFY`s [`EVENTS_CHANNEL`] with
 //!   the job id and event numbers; the watch's listener hears them too and
 //!   hands them to [`JobStore::watch_events`] (the runtime's relay).
@@ -37,12 +41,12 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder, Transaction};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tsbridge_proto::{JobEvent, JobId, JobState};
+use tsbridge_proto::{JobEvent, JobId};
 
 use super::list_output::LIST_OUTPUT_TAIL;
 use super::{
     AfterAttempt, AttemptEnd, EventRetention, EventsWritten, Finish, Inserted, JobPage, JobRecord,
-    JobStore, ListFilter, NewJob, encode_cursor, last_progress_and_result,
+    JobStore, ListFilter, NewJob, encode_cursor, last_progress_and_result, running_event,
 };
 use crate::errors::StoreError;
 use rows::{corrupt, json_text, ms, read_attempt, read_event, read_job};
@@ -95,9 +99,6 @@ const _: () = assert!(
 /// Event announcements buffered for the reader of [`JobStore::watch_events`].
 const EVENTS_BUFFER: usize = 4096;
 
-/// Queued jobs one poll of [`JobStore::watch_queued`] reads, at most.
-const POLL_LIMIT: i64 = 1000;
-
 /// How old the cached count of queued jobs may be before a submit counts
 /// them again ([`JobStore::queued_estimate`]).
 const QUEUED_COUNT_TTL: Duration = Duration::from_millis(250);
@@ -115,8 +116,9 @@ pub struct PgOptions {
     pub lease: Duration,
     /// Connections in the pool, at most.
     pub max_connections: u32,
-    /// How often [`JobStore::watch_queued`] also reads the queue, besides
-    /// the announcements.
+    /// How often [`JobStore::watch_queued`] also wakes its reader, besides
+    /// the announcements (and how often a live node takes expired jobs
+    /// over).
     pub poll: Duration,
 }
 
@@ -275,18 +277,6 @@ impl PgStore {
             .ok()
             .and_then(|mut own| own.as_mut().map(|o| o.remove(&id)))
             .unwrap_or(false)
-    }
-
-    /// Queued jobs, best first, at most [`POLL_LIMIT`].
-    async fn poll_queued(&self) -> Result<Vec<JobRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id LIMIT $1",
-        )
-        .bind(POLL_LIMIT)
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(StoreError::query("read jobs"))?;
-        self.records(&rows).await
     }
 
     fn lease_secs(&self) -> f64 {
@@ -662,6 +652,114 @@ impl JobStore for PgStore {
         self.queued_moved(-1);
         self.hold(id, node);
         Ok(())
+    }
+
+    fn claims_next(&self) -> bool {
+        true
+    }
+
+    async fn claim_next(
+        &self,
+        node: &str,
+        room: usize,
+        workflows: &[String],
+        live: &[JobId],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        if room == 0 || workflows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin().await?;
+        // The best queued jobs this node can run, skipping those another
+        // node's claim holds locked right now (never waiting for it), then
+        // claimed as `start_attempt` claims one: the next attempt, the
+        // next event number, a lease. The partial index `jobs_queued
+        // (priority DESC, id) WHERE state = 'queued'` gives the order; the
+        // workflow and the retry delay are filters.
+        let rows = sqlx::query(concat!(
+            "WITH c AS (SELECT id FROM jobs WHERE state = 'queued' \
+             AND (not_before IS NULL OR not_before <= ",
+            now_ms!(),
+            ") AND workflow = ANY($1) AND NOT (id = ANY($6)) \
+             ORDER BY priority DESC, id FOR UPDATE SKIP LOCKED LIMIT $2) \
+             UPDATE jobs SET state = 'running', node = $3, attempts = jobs.attempts + 1, \
+             started_at = COALESCE(jobs.started_at, $4), last_seq = jobs.last_seq + 1, \
+             lease_until = now() + make_interval(secs => $5) \
+             FROM c WHERE jobs.id = c.id RETURNING jobs.*"
+        ))
+        .bind(workflows)
+        .bind(i64::try_from(room).unwrap_or(i64::MAX))
+        .bind(node)
+        .bind(ms(at))
+        .bind(self.lease_secs())
+        .bind(live.iter().map(JobId::to_string).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StoreError::query("claim jobs"))?;
+        if rows.is_empty() {
+            drop(tx);
+            return Ok(Vec::new());
+        }
+        let mut jobs = rows
+            .iter()
+            .map(|r| read_job(r, None))
+            .collect::<Result<Vec<_>, _>>()?;
+        jobs.sort_by_key(|j| (std::cmp::Reverse(j.priority), j.id));
+        let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
+        let ns: Vec<i64> = jobs.iter().map(|j| i64::from(j.attempts_started)).collect();
+        sqlx::query(
+            "INSERT INTO attempts (job_id, n, node, started_at) \
+             SELECT j, n, $3, $4 FROM UNNEST($1::text[], $2::bigint[]) AS u(j, n)",
+        )
+        .bind(&ids)
+        .bind(&ns)
+        .bind(node)
+        .bind(ms(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("insert attempts"))?;
+        let events: Vec<JobEvent> = jobs
+            .iter()
+            .map(|j| running_event(j.id, j.last_seq, j.attempts_started, at))
+            .collect();
+        let seqs: Vec<i64> = events.iter().map(|e| e.seq as i64).collect();
+        let data: Vec<String> = events.iter().map(|e| json_text(&e.data)).collect();
+        sqlx::query(
+            "INSERT INTO events (job_id, seq, ts, data) \
+             SELECT j, s, $3, d FROM UNNEST($1::text[], $2::bigint[], $4::text[]) AS u(j, s, d)",
+        )
+        .bind(&ids)
+        .bind(&seqs)
+        .bind(ms(at))
+        .bind(&data)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::query("insert events"))?;
+        let announced: Vec<String> = events
+            .iter()
+            .map(|e| {
+                EventsWritten {
+                    job: e.job_id,
+                    first: e.seq,
+                    last: e.seq,
+                    ended: false,
+                }
+                .to_payload()
+            })
+            .collect();
+        sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p")
+            .bind(EVENTS_CHANNEL)
+            .bind(&announced)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("notify"))?;
+        commit(tx).await?;
+        self.queued_moved(-(jobs.len() as i64));
+        for j in &jobs {
+            self.hold(j.id, node);
+        }
+        self.attach_attempts(&mut jobs).await?;
+        Ok(jobs)
     }
 
     async fn set_attempt_pid(&self, id: JobId, n: u32, pid: u32) -> Result<(), StoreError> {
@@ -1064,20 +1162,22 @@ impl JobStore for PgStore {
         Some(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
     }
 
-    fn watch_queued(&self) -> Option<BoxStream<'static, JobRecord>> {
+    fn watch_queued(&self) -> Option<BoxStream<'static, ()>> {
         if let Ok(mut own) = self.inner.own_announced.lock() {
             own.get_or_insert_with(HashSet::new);
         }
-        let (tx, rx) = mpsc::channel(256);
+        // One wake-up waiting is enough: more fold into it.
+        let (tx, rx) = mpsc::channel(1);
         tokio::spawn(watch(self.clone(), tx));
         Some(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
     }
 }
 
-/// Feeds `tx` with the queued jobs other nodes announce, and with every
-/// queued job at each poll, until the store is closed or `tx`'s reader is
-/// gone. A listener that fails is connected again at the next poll.
-async fn watch(store: PgStore, tx: mpsc::Sender<JobRecord>) {
+/// Wakes `tx`'s reader when another node announces a queued job, and at
+/// each poll, until the store is closed or the reader is gone; forwards
+/// the announcements of events heard on the same connection. A listener
+/// that fails is connected again at the next poll.
+async fn watch(store: PgStore, tx: mpsc::Sender<()>) {
     let stop = store.inner.stop.clone();
     let mut poll = tokio::time::interval(store.inner.opts.poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1089,48 +1189,30 @@ async fn watch(store: PgStore, tx: mpsc::Sender<JobRecord>) {
                 None => std::future::pending().await,
             }
         };
-        let found: Vec<JobRecord> = tokio::select! {
+        let wake = tokio::select! {
             _ = stop.cancelled() => return,
             _ = tx.closed() => return,
             n = heard => match n {
                 Ok(n) if n.channel() == EVENTS_CHANNEL => {
                     store.forward_events(n.payload());
-                    Vec::new()
+                    false
                 }
-                Ok(n) => match n.payload().parse::<JobId>() {
-                    Ok(id) if !store.was_own(id) => match store.get_job(id).await {
-                        Ok(Some(rec)) if rec.state == JobState::Queued => vec![rec],
-                        Ok(_) => Vec::new(),
-                        Err(e) => {
-                            tracing::warn!(error = %e, job = %id, "cannot read an announced job");
-                            Vec::new()
-                        }
-                    },
-                    _ => Vec::new(),
-                },
+                Ok(n) => n.payload().parse::<JobId>().is_ok_and(|id| !store.was_own(id)),
                 Err(e) => {
                     tracing::warn!(error = %e, "job store announcements lost; listening again at the next poll");
                     listener = None;
-                    Vec::new()
+                    false
                 }
             },
             _ = poll.tick() => {
                 if listener.is_none() {
                     listener = listen(&store).await;
                 }
-                match store.poll_queued().await {
-                    Ok(jobs) => jobs,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot poll the shared queue");
-                        Vec::new()
-                    }
-                }
+                true
             }
         };
-        for rec in found {
-            if tx.send(rec).await.is_err() {
-                return;
-            }
+        if wake && let Err(mpsc::error::TrySendError::Closed(())) = tx.try_send(()) {
+            return;
         }
     }
 }
