@@ -810,6 +810,44 @@ async fn priority_holds_across_nodes() {
     shutdown(&[&a, &b]).await;
 }
 
+/// A queued job (no node holds it: the store keeps the queue) is cancelled
+/// from a node other than the one it was submitted on, and never runs.
+#[tokio::test]
+async fn a_queued_job_is_cancelled_from_any_node() {
+    let Some(db) = PgDb::create("a_queued_job_is_cancelled_from_any_node").await else {
+        return;
+    };
+    let (a, b) = two_nodes(
+        &db,
+        &job_config("concurrency = 1\nkill_grace = \"500ms\"", ""),
+    )
+    .await;
+    // Both nodes are full: the job stays queued.
+    let busy = [
+        submit(&a, json!({"hang": true, "tag": "a"})).await,
+        submit(&b, json!({"hang": true, "tag": "b"})).await,
+    ];
+    for id in busy {
+        wait_running(&a.store, id).await;
+    }
+    let queued = submit(&a, json!({"result": 1})).await;
+    let view = b.rt.cancel(queued).await.expect("cancelled");
+    assert_eq!(view.state, JobState::Cancelled, "{view:?}");
+    let r = a.job(queued).await;
+    assert_eq!(r.state, JobState::Cancelled);
+    assert!(r.attempts.is_empty(), "it never ran: {r:?}");
+    let events = a.store.events_after(queued, 0, 10).await.expect("events");
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(matches!(
+        a.rt.cancel(queued).await,
+        Err(tsbridge_runtime::RuntimeError::AlreadyFinished { .. })
+    ));
+    for id in busy {
+        a.rt.cancel(id).await.expect("cancel");
+    }
+    shutdown(&[&a, &b]).await;
+}
+
 /// A node where a workflow is unavailable (limits without a sandbox) never
 /// takes that workflow's jobs, however long they wait; a node where it is
 /// available runs them once it has room.
