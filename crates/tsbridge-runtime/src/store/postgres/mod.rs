@@ -4,9 +4,10 @@
 //!
 //! - A connection pool, one transaction per call (no group commit: the
 //!   server runs transactions of different connections in parallel).
-//! - `start_attempt` is the claim: `UPDATE ... WHERE id = $1 AND state =
+//! - `start_attempt` claims one job: `UPDATE ... WHERE id = $1 AND state =
 //!   'queued'`. Two nodes claiming one job serialize on its row lock; the
-//!   second sees it `running` and gets `NotFound`.
+//!   second sees it `running` and gets `NotFound`. The dispatcher claims
+//!   with `claim_next` instead (below).
 //! - Leases: a claim sets `lease_until = now() + lease` (the database's
 //!   clock). While this store holds running jobs, a task of its own renews
 //!   their leases every `lease / 3`; event writes renew them too.
@@ -309,22 +310,12 @@ impl PgStore {
             return Ok(());
         }
         let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
-        let rows = sqlx::query("SELECT * FROM attempts WHERE job_id = ANY($1) ORDER BY job_id, n")
+        let rows = sqlx::query(ATTEMPTS_OF_JOBS)
             .bind(&ids)
             .fetch_all(&self.inner.pool)
             .await
             .map_err(StoreError::query("read attempts"))?;
-        let mut by_job: HashMap<String, Vec<_>> = HashMap::new();
-        for r in &rows {
-            let (job, a) = read_attempt(r)?;
-            by_job.entry(job).or_default().push(a);
-        }
-        for j in jobs.iter_mut() {
-            if let Some(a) = by_job.remove(&j.id.to_string()) {
-                j.attempts = a;
-            }
-        }
-        Ok(())
+        put_attempts(jobs, &rows)
     }
 
     async fn jobs_by_ids(&self, ids: &[String]) -> Result<Vec<JobRecord>, StoreError> {
@@ -375,6 +366,24 @@ impl PgStore {
             q.value = (q.value + by).max(0);
         }
     }
+}
+
+/// The attempts of the jobs `$1`, by job, in order.
+const ATTEMPTS_OF_JOBS: &str = "SELECT * FROM attempts WHERE job_id = ANY($1) ORDER BY job_id, n";
+
+/// Puts the attempt `rows` (of [`ATTEMPTS_OF_JOBS`]) into their `jobs`.
+fn put_attempts(jobs: &mut [JobRecord], rows: &[sqlx::postgres::PgRow]) -> Result<(), StoreError> {
+    let mut by_job: HashMap<String, Vec<_>> = HashMap::new();
+    for r in rows {
+        let (job, a) = read_attempt(r)?;
+        by_job.entry(job).or_default().push(a);
+    }
+    for j in jobs.iter_mut() {
+        if let Some(a) = by_job.remove(&j.id.to_string()) {
+            j.attempts = a;
+        }
+    }
+    Ok(())
 }
 
 /// Counts the queued jobs into the cache (an index-only count of the
@@ -753,12 +762,19 @@ impl JobStore for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(StoreError::query("notify"))?;
+        // Read before the commit: once committed, the claim must reach the
+        // dispatcher (a failure now rolls it all back).
+        let attempts = sqlx::query(ATTEMPTS_OF_JOBS)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::query("read attempts"))?;
+        put_attempts(&mut jobs, &attempts)?;
         commit(tx).await?;
         self.queued_moved(-(jobs.len() as i64));
         for j in &jobs {
             self.hold(j.id, node);
         }
-        self.attach_attempts(&mut jobs).await?;
         Ok(jobs)
     }
 
