@@ -1,5 +1,6 @@
 //! The PostgreSQL store with several nodes (two `PgStore`s on one
 //! database, as two servers would be): claims race and exactly one wins,
+//! `claim_next` takes the best jobs a node may run, each for one node,
 //! recovery touches only the recovering node's jobs and expired leases,
 //! leases are renewed while a node lives, queued jobs are announced to the
 //! other nodes, and a runtime runs jobs on it. Skipped (with a message)
@@ -511,4 +512,97 @@ async fn live_nodes_take_over_only_expired_leases_each_once() {
     );
     let r = b.get_job(alive.id).await.expect("get").expect("job");
     assert_eq!(r.node.as_deref(), Some("node-b"));
+}
+
+/// `claim_next`: the best jobs first (priority, then age), only of the
+/// workflows named, none waiting out a retry delay nor held live by the
+/// claiming node; each gets its attempt, its `running` event and a lease.
+/// Two nodes claiming at once never get the same job.
+#[tokio::test]
+async fn claim_next_takes_the_best_jobs_each_for_one_node() {
+    let Some(db) = db("claim_next_takes_the_best_jobs_each_for_one_node").await else {
+        return;
+    };
+    let a = node(&db, Duration::from_secs(30)).await;
+    let b = node(&db, Duration::from_secs(30)).await;
+    let wf = vec!["wf".to_owned()];
+    let mut jobs = Vec::new();
+    for (workflow, priority) in [("wf", 0), ("wf", 5), ("other", 9), ("wf", 5), ("wf", 0)] {
+        let j = new_job(workflow, priority, None);
+        a.insert_job(&j).await.expect("insert");
+        jobs.push(j.id);
+    }
+    // A job held live by a (its old run): skipped by a, not by b.
+    let at = Utc::now();
+    let got = a
+        .claim_next("node-a", 2, &wf, &[jobs[1]], at)
+        .await
+        .expect("claim");
+    assert_eq!(
+        got.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![jobs[3], jobs[0]]
+    );
+    for j in &got {
+        assert_eq!(j.state, JobState::Running);
+        assert_eq!(j.node.as_deref(), Some("node-a"));
+        assert_eq!((j.attempts_started, j.last_seq), (1, 2));
+        assert_eq!(j.attempts.len(), 1, "{j:?}");
+        let events = b.events_after(j.id, 0, 10).await.expect("events");
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            events[1],
+            tsbridge_runtime::store::running_event(j.id, 2, 1, events[1].timestamp)
+        );
+    }
+    // A retry waiting out its delay is not claimed until it is over.
+    let end = tsbridge_runtime::store::AttemptEnd {
+        retry_in: Some(Duration::from_secs(3600)),
+        ..attempt_end(1, EndReason::Exited)
+    };
+    a.complete_attempt(
+        jobs[3],
+        &end,
+        &AfterAttempt::Requeue,
+        &state(
+            jobs[3],
+            3,
+            JobState::Queued,
+            Some(EndReason::Exited),
+            Some(1),
+        ),
+    )
+    .await
+    .expect("requeue");
+    // Both nodes at once: the two `wf` jobs left go one each or both to
+    // one node, never to both.
+    let (ra, rb) = tokio::join!(
+        a.claim_next("node-a", 2, &wf, &[], Utc::now()),
+        b.claim_next("node-b", 2, &wf, &[], Utc::now())
+    );
+    let mut ids: Vec<JobId> = ra
+        .expect("claim a")
+        .iter()
+        .chain(rb.expect("claim b").iter())
+        .map(|j| j.id)
+        .collect();
+    ids.sort();
+    let mut left = vec![jobs[1], jobs[4]];
+    left.sort();
+    assert_eq!(ids, left);
+    assert!(
+        a.claim_next("node-a", 8, &wf, &[], Utc::now())
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert_eq!(
+        a.get_job(jobs[2]).await.expect("get").expect("job").state,
+        JobState::Queued
+    );
+    assert_eq!(
+        a.get_job(jobs[3]).await.expect("get").expect("job").state,
+        JobState::Queued
+    );
+    a.close().await;
+    b.close().await;
 }
