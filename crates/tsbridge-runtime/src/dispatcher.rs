@@ -812,7 +812,7 @@ impl Dispatcher {
         let jobs = match result {
             Ok(jobs) => jobs,
             Err(e) => {
-                tracing::error!(error = %e, retry_in = ?CLAIM_RETRY, "cannot claim jobs; trying again");
+                tracing::error!(error = %crate::Causes(&e), retry_in = ?CLAIM_RETRY, "cannot claim jobs; trying again");
                 self.claims.wakes.insert(Instant::now() + CLAIM_RETRY);
                 return;
             }
@@ -898,7 +898,7 @@ impl Dispatcher {
                 // end is written again. Publishing an end the store does not
                 // hold would show subscribers a result that a restart then
                 // runs again.
-                tracing::error!(job = %id, error = %e, retry_in = ?END_RETRY, "cannot record a job's end; trying again");
+                tracing::error!(job = %id, error = %crate::Causes(e), retry_in = ?END_RETRY, "cannot record a job's end; trying again");
                 let until = Instant::now() + END_RETRY;
                 self.backoff.insert((until, id));
                 return;
@@ -906,7 +906,7 @@ impl Dispatcher {
             Err(e) => {
                 // Shutting down: it stays `running` in the store, and the
                 // next start recovers it.
-                tracing::error!(job = %id, error = %e, "cannot record a job's end");
+                tracing::error!(job = %id, error = %crate::Causes(e), "cannot record a job's end");
             }
         }
         let Slot::Ending {
@@ -1858,7 +1858,7 @@ async fn run_attempt(
             tracing::debug!(job = %id, "the job was claimed elsewhere");
             Claim::Lost
         } else {
-            tracing::error!(job = %id, error = %e, "cannot record the start of an attempt; trying again");
+            tracing::error!(job = %id, error = %crate::Causes(&e), "cannot record the start of an attempt; trying again");
             Claim::Failed
         };
         let _ = done.send(AttemptDone {
@@ -2004,7 +2004,7 @@ impl Pending {
         if let Some(pid) = self.pid.take()
             && let Err(e) = store.set_attempt_pid(id, n, pid).await
         {
-            tracing::warn!(job = %id, error = %e, "cannot record the pid");
+            tracing::warn!(job = %id, error = %crate::Causes(&e), "cannot record the pid");
         }
         std::mem::take(&mut self.events)
     }
@@ -2017,14 +2017,14 @@ impl Pending {
             if let Some(pid) = pid
                 && let Err(e) = store.set_attempt_pid(id, n, pid).await
             {
-                tracing::warn!(job = %id, error = %e, "cannot record the pid");
+                tracing::warn!(job = %id, error = %crate::Causes(&e), "cannot record the pid");
             }
         };
         let events = async {
             if !events.is_empty()
                 && let Err(e) = store.append_events(id, events).await
             {
-                tracing::warn!(job = %id, error = %e, count = events.len(), "cannot store events");
+                tracing::warn!(job = %id, error = %crate::Causes(&e), count = events.len(), "cannot store events");
             }
         };
         tokio::join!(pid, events);

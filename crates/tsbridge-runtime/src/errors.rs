@@ -159,7 +159,7 @@ pub enum RuntimeError {
         id: JobId,
         state: tsbridge_proto::JobState,
     },
-    #[error("internal error")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     /// Request env cannot be sealed or opened: its key is missing, unreadable
     /// or not the one it was sealed with (at start: the runtime refuses to
@@ -252,5 +252,24 @@ mod retry_after_tests {
             assert_eq!(header, Some(want), "{ms} ms");
             assert_eq!(details, Some(want), "{ms} ms");
         }
+    }
+}
+
+/// An error and each of its sources, joined by ": ": what a log line
+/// needs (an error's own `Display` leaves its causes to `source()`, so
+/// `%e` alone says "job store write failed: commit" and drops "database or
+/// disk is full").
+#[derive(Debug)]
+pub struct Causes<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
     }
 }

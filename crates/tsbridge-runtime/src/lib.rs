@@ -23,7 +23,7 @@ mod test_util;
 
 pub use bus::{Bus, Subscription};
 pub use config::Config;
-pub use errors::{ConfigError, ConfigIssue, RuntimeError, StoreError};
+pub use errors::{Causes, ConfigError, ConfigIssue, RuntimeError, StoreError};
 pub use executor::{AttemptEvent, AttemptIo, AttemptOutcome, AttemptRequest, Executor};
 pub use runtime::{ListQuery, Runtime, RuntimeOptions, Submitted};
 pub use stats::RuntimeStats;

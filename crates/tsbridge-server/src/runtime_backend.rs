@@ -20,9 +20,18 @@ use crate::state::{AppState, ServerSettings};
 
 impl From<RuntimeError> for BackendError {
     fn from(e: RuntimeError) -> Self {
+        let kind = e.error_type();
+        // An internal error's message reaches the log (and, in dev mode,
+        // the client) only: it carries its whole chain of causes, so that
+        // "database or disk is full" is not lost behind "job store write
+        // failed".
+        let message = match kind {
+            tsbridge_proto::ErrorType::InternalError => tsbridge_runtime::Causes(&e).to_string(),
+            _ => e.to_string(),
+        };
         BackendError {
-            kind: e.error_type(),
-            message: e.to_string(),
+            kind,
+            message,
             details: e.details(),
             retry_after: e.retry_after(),
         }
@@ -147,5 +156,29 @@ impl Backend for Runtime {
 
     async fn shutdown(&self, drain: Duration) {
         Runtime::shutdown(self, drain).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tsbridge_runtime::StoreError;
+
+    /// A store failure's message names the store's operation and its cause
+    /// (the API hides it unless in dev mode; the log shows it).
+    #[test]
+    fn an_internal_error_carries_its_causes() {
+        let e = RuntimeError::Store(StoreError::Query {
+            op: "insert job",
+            source: sqlx::Error::Protocol("database or disk is full".into()),
+        });
+        let b = BackendError::from(e);
+        assert_eq!(b.kind, tsbridge_proto::ErrorType::InternalError);
+        assert!(b.message.contains("insert job"), "{}", b.message);
+        assert!(
+            b.message.contains("database or disk is full"),
+            "{}",
+            b.message
+        );
     }
 }
