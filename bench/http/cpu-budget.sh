@@ -7,7 +7,7 @@
 # usage: bench/http/cpu-budget.sh TSBRIDGE [ROUNDS] [PORT]
 #   e.g. bench/http/cpu-budget.sh target/release/tsbridge 3 8811
 # prints one line per run:
-#   NAME c=CONNS rps=.. p50=.. p99=.. server=.. workers=.. wrk=.. machine_busy=.. us/req idle=..% iowait=..%
+#   NAME c=CONNS rps=.. p50=.. p99=.. server=.. workers=.. wrk=.. machine_busy=.. us/req idle=..% iowait=..% load=..
 # ROUNDS runs at 16 connections and ROUNDS-1 at 1 (10 s each) per server.
 # Needs wrk, curl, GNU time (/usr/bin/time), node and the peers in $SEED
 # (/tmp/node-seed, as for run.sh). Loopback only; servers stopped on exit.
@@ -30,26 +30,8 @@ for _ in $(seq 240); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && b
 for _ in $(seq 240); do curl -sf -XPOST -H 'content-type: application/json' -d '{"parameters":{}}' "$UN" >/dev/null && break; sleep 0.5; done
 for u in "$UA" "$UN"; do wrk -t1 -c16 -d3s -s "$HERE/post.lua" "$u" > /dev/null; done
 
-# shellcheck source=proc-cpu.sh
-. "$HERE/proc-cpu.sh"
-one() { # NAME PID URL CONNS
-  local name=$1 pid=$2 url=$3 c=$4
-  read -r _ u1 n1 s1 i1 w1 q1 sq1 st1 _ < /proc/stat
-  local s0 k0; s0=$(ticks "$pid"); k0=$(kids "$pid")
-  /usr/bin/time -f "%U %S" -o "$W/time" wrk -t1 -c"$c" -d10s --latency -s "$HERE/post.lua" "$url" > "$W/wrk"
-  read -r _ u2 n2 s2 i2 w2 q2 sq2 st2 _ < /proc/stat
-  local s1_ k1; s1_=$(ticks "$pid"); k1=$(kids "$pid")
-  local n; n=$(grep -o "[0-9]* requests in" "$W/wrk" | awk '{print $1}')
-  local tk=$((1000000 / $(getconf CLK_TCK)))
-  local wt; wt=$(awk '{printf "%d", ($1 + $2) * 1000000}' "$W/time")   # µs
-  local tot=$(( (u2+n2+s2+i2+w2+q2+sq2+st2) - (u1+n1+s1+i1+w1+q1+sq1+st1) ))
-  local busy=$(( tot - (i2-i1) - (w2-w1) ))
-  printf "%-10s c=%s rps=%s p50=%s p99=%s server=%d workers=%d wrk=%d machine_busy=%d us/req idle=%d%% iowait=%d%%\n" \
-    "$name" "$c" "$(awk '/Requests\/sec/ {print $2}' "$W/wrk")" \
-    "$(awk '$1 == "50%" {print $2}' "$W/wrk")" "$(awk '$1 == "99%" {print $2}' "$W/wrk")" \
-    $(( (s1_-s0)*tk/n )) $(( (k1-k0)*tk/n )) $(( wt/n )) $(( busy*tk/n )) \
-    $(( (i2-i1)*100/tot )) $(( (w2-w1)*100/tot ))
-}
+# shellcheck source=budget-one.sh
+. "$HERE/budget-one.sh"
 for _ in $(seq "$ROUNDS"); do
   one tsbridge $A "$UA" 16; one fork4 $N "$UN" 16
 done
