@@ -22,8 +22,9 @@
 //! Not there on purpose (what tsbridge does beyond the minimum): no worker
 //! restart, timeout, cancel, recycling, sandbox, output capture, event bus,
 //! metrics, auth, request validation beyond "parameters is an object";
-//! glibc malloc (tsbridge links mimalloc); SQLite's own automatic checkpoint
-//! inside the commit (tsbridge checkpoints on a second thread).
+//! SQLite's own automatic checkpoint inside the commit (tsbridge
+//! checkpoints on a second thread). The allocator is mimalloc, as
+//! tsbridge's binary's (BENCHMARKS.md "Allocator").
 //!
 //! cargo build --release -p tsbridge-runtime --example raw_pool_server
 //! raw_pool_server [--bind 127.0.0.1:8815] [--threads 2] [--workers 4]
@@ -49,6 +50,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Mutex, mpsc, oneshot};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The only workflow served.
 const WORKFLOW: &str = "video-generation-pool";
