@@ -186,11 +186,18 @@ fn user_notes(c: &Config, euid: u32) -> Vec<String> {
         ));
     }
     let store = store_files(c);
-    let literal_tokens = c
+    // The config file, when it holds literal tokens (found once).
+    let secret_config = c
         .server
         .tokens
         .iter()
-        .any(|t| matches!(t, tsbridge_runtime::config::TokenSpec::Literal(_)));
+        .any(|t| matches!(t, tsbridge_runtime::config::TokenSpec::Literal(_)))
+        .then(|| {
+            c.source
+                .as_deref()
+                .and_then(|p| std::fs::canonicalize(p).ok())
+        })
+        .flatten();
     let tmp = std::env::temp_dir();
     for (name, w) in &c.workflows {
         let Some(user) = w.user else { continue };
@@ -207,12 +214,8 @@ fn user_notes(c: &Config, euid: u32) -> Vec<String> {
                 ));
             }
         }
-        if let Some(config) = c
-            .source
-            .as_deref()
-            .filter(|_| literal_tokens)
-            .and_then(|p| std::fs::canonicalize(p).ok())
-            && user.may_use(&config, false).is_ok()
+        if let Some(config) = &secret_config
+            && user.may_use(config, false).is_ok()
         {
             problems.push(format!(
                 "the config ({}) holds literal server.tokens and is readable by it: make it \
