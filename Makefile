@@ -7,7 +7,7 @@ CONFIG ?= examples/omega-workflow/tsbridge.toml
 # npm projects whose packages the example and the tests need (TypeScript runners, esbuild, ...)
 NPM_DIRS := . examples/omega-workflow crates/tsbridge-runtime/tests/fixtures-pool
 
-.PHONY: run test setup build lint unit js-test bench
+.PHONY: run test setup build lint unit js-test bench soak
 
 setup:
 	@for d in $(NPM_DIRS); do \
@@ -47,3 +47,12 @@ test: setup lint js-test unit
 
 bench: setup
 	bench/run.sh
+
+# Not part of `make test`: a randomized soak of a real server (mixed load,
+# cancels, timeouts, escapees, SIGKILLs of the server) that checks SPEC §4's
+# invariants at the end; bench/soak/soak.py says what. SOAK_SECONDS=600 for
+# a longer one.
+SOAK_SECONDS ?= 120
+soak: setup
+	$(CARGO) build --bin tsbridge
+	bench/soak/soak.py target/debug/tsbridge --seconds $(SOAK_SECONDS)

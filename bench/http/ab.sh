@@ -5,7 +5,8 @@
 # usage: bench/http/ab.sh BIN_A BIN_B [ROUNDS] [CONNS] [SECS]
 #   BIN may be a wrapper script that execs tsbridge (e.g. to set an env var);
 #   B_URL=<store url> gives B another store (e.g. sqlite::memory:, or a file
-#   on tmpfs); B_NICE=N renices B's pool workers.
+#   on tmpfs); B_NICE=N renices B's pool workers; B_SED=<sed expression>
+#   edits B's config (e.g. 's/^concurrency = 4/concurrency = 8/').
 # prints one line per run:
 #   A|B c=CONNS rps=.. p99=.. server=.. workers=.. us/req idle=..%
 # Needs wrk and curl; loopback ports 8831 and 8832; servers stopped on exit.
@@ -16,10 +17,12 @@ W=$(mktemp -d /tmp/tsbridge-ab-XXXXXX)
 CLEAN_ENV=(env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp LANG=C.UTF-8)
 start() { # BIN PORT NAME
   local url="sqlite://$W/$3/bench.db"
+  local edit=(-e 's/^$//')
   [ "$3" = b ] && [ -n "${B_URL:-}" ] && url=$B_URL
+  [ "$3" = b ] && [ -n "${B_SED:-}" ] && edit=(-e "$B_SED")
   mkdir -p "$W/$3"
   sed -e "s|^bind = .*|bind = \"127.0.0.1:$2\"|" -e "s|^url = .*|url = \"$url\"|" \
-    -e "s|^root = \".\"|root = \"$HERE\"|" "$HERE/bench.toml" > "$W/$3/cfg.toml"
+    -e "s|^root = \".\"|root = \"$HERE\"|" "${edit[@]}" "$HERE/bench.toml" > "$W/$3/cfg.toml"
   "${CLEAN_ENV[@]}" "$1" serve --config "$W/$3/cfg.toml" > "$W/$3/log" 2>&1 &
   echo $!
 }
