@@ -3,6 +3,7 @@
 crashes, and SIGKILLs of the server itself, then the invariants of SPEC §4.
 
 usage: bench/soak/soak.py BIN [--seconds 120] [--kill-every 30] [--threads 6]
+                            [--pg URL [--nodes 2]]
 
 Starts `BIN serve` with bench/soak/soak.toml (a spawn workflow running
 job.ts through tsx, a pool workflow running handler.ts), then for SECONDS:
@@ -10,14 +11,17 @@ THREADS clients submit jobs (POST /v1/jobs, some with an idempotency key
 used twice), run some synchronously (/workflow/:type/execute, some with
 failing or timing-out jobs), send batches with failFast, and cancel random
 jobs; every KILL_EVERY seconds the server is SIGKILLed and started again on
-the same store. Then it waits for every accepted job and checks:
+the same store. With `--pg URL` the store is a fresh PostgreSQL database made
+beside URL's (dropped at the end) and `--nodes N` servers share it, each
+client request going to a random node and each SIGKILL to one node. Then it
+waits for every accepted job and checks:
 
   1. every job a 202/200 named is found after the restarts and is terminal;
-  2. an idempotency key sent twice named one job; the events of 150 of them
+  2. an idempotency key sent twice named one job; the events of each job
      (SSE) are numbered 1, 2, 3, ... and end with their terminal state;
-  3. within 10 s of each SIGKILL no process of any job is left (the job
-     programs, their setsid'd grandchildren with an empty environment, pool
-     workers);
+  3. within 10 s of each SIGKILL no process the killed server had below it
+     is left (the job programs, their setsid'd grandchildren with an empty
+     environment, pool workers);
   4. after a clean SIGTERM the server exits 0 and no job process, job cgroup
      or job TMPDIR of its is left (.ci/leftovers, only what a `serve` makes);
   5. the server answered no request with a 500.
@@ -68,6 +72,36 @@ def job_pids(servers):
     return out
 
 
+def descendants(root):
+    """(pid, start time) of every process below `root`, by parent links."""
+    kids, start = {}, {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        kids.setdefault(int(st[1]), []).append(int(d))
+        start[int(d)] = st[19]
+    out, todo = [], [root]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.append((k, start[k]))
+            todo.append(k)
+    return out
+
+
+def alive(pid, start):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            st = f.read().rsplit(")", 1)[1].split()
+        return st[19] == start and st[0] != "Z"
+    except OSError:
+        return False
+
+
 def leftovers(servers):
     """What .ci/leftovers lists that a `tsbridge serve` of `servers` could
     have left: job cgroups under a server's parent (`tsbridge-<8 hex>`, one
@@ -85,18 +119,26 @@ class Soak:
     def __init__(self, a):
         self.a = a
         self.dir = tempfile.mkdtemp(prefix="tsbridge-soak-")
-        self.port = a.port
-        cfg = open(os.path.join(HERE, "soak.toml")).read()
-        cfg = cfg.replace("@PORT@", str(self.port)).replace("@STORE@", os.path.join(self.dir, "soak.db")).replace("@ROOT@", HERE)
-        self.cfg = os.path.join(self.dir, "soak.toml")
-        open(self.cfg, "w").write(cfg)
+        self.pg_db = None
+        if a.pg:
+            self.pg_db = f"tsbridge_soak_{os.getpid()}"
+            subprocess.run(["psql", a.pg, "-qc", f"CREATE DATABASE {self.pg_db}"], check=True)
+            store = a.pg.rsplit("/", 1)[0] + "/" + self.pg_db
+        else:
+            store = "sqlite://" + os.path.join(self.dir, "soak.db")
+        template = open(os.path.join(HERE, "soak.toml")).read()
+        self.nodes = []
+        for i in range(a.nodes):
+            port = a.port + i
+            cfg = os.path.join(self.dir, f"soak-{i}.toml")
+            open(cfg, "w").write(template.replace("@PORT@", str(port)).replace("@STORE@", store).replace("@ROOT@", HERE))
+            self.nodes.append({"i": i, "port": port, "cfg": cfg, "proc": None})
         self.lock = threading.Lock()
         self.accepted = {}  # jobId -> what
         self.keys = {}      # idempotency key -> set of job ids
         self.violations = []
         self.counts = {}
         self.stop = threading.Event()
-        self.server = None
         self.pids = []
         self.kills = 0
         self.log = open(os.path.join(self.dir, "server.log"), "ab")
@@ -110,22 +152,28 @@ class Soak:
             self.violations.append(msg)
         print("VIOLATION:", msg, flush=True)
 
-    def start(self):
+    @property
+    def port(self):
+        """A random node's port: where the next request goes."""
+        return random.choice(self.nodes)["port"]
+
+    def start(self, node):
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp", "LANG": "C.UTF-8",
-               "TSBRIDGE_LOG": "warn"}
-        self.server = subprocess.Popen([self.a.bin, "serve", "--config", self.cfg], stdout=self.log,
-                                       stderr=self.log, env=env, start_new_session=True)
-        self.pids.append(self.server.pid)
+               "TSBRIDGE_LOG": "warn", "TSBRIDGE_NODE_ID": f"soak-{node['i']}"}
+        proc = subprocess.Popen([self.a.bin, "serve", "--config", node["cfg"]], stdout=self.log,
+                                stderr=self.log, env=env, start_new_session=True)
+        node["proc"] = proc
+        self.pids.append(proc.pid)
         deadline = time.time() + 120
         while time.time() < deadline:
             try:
-                s, b = req(self.port, "GET", "/readyz", timeout=5)
+                s, b = req(node["port"], "GET", "/readyz", timeout=5)
                 if s == 200:
                     return
             except OSError:
                 pass
-            if self.server.poll() is not None:
-                sys.exit(f"server exited with {self.server.returncode}; log in {self.dir}/server.log")
+            if proc.poll() is not None:
+                sys.exit(f"server exited with {proc.returncode}; log in {self.dir}/server.log")
             time.sleep(0.2)
         sys.exit("server not ready after 120 s")
 
@@ -164,7 +212,7 @@ class Soak:
                 ids.append(int(fields["id"]))
                 last = (fields.get("event"), fields.get("data"))
         if ids != list(range(1, len(ids) + 1)):
-            self.violation(f"job {jid}: event ids {ids[:20]} are not 1..{len(ids)}")
+            self.violation(f"job {jid}: event ids {ids[:20]} are not 1..{len(ids)}; the stream: {text[:3000]}")
         elif last is None or last[0] != "state" or json.loads(last[1]).get("state") in (None, "queued", "running"):
             self.violation(f"job {jid}: its event stream does not end with a terminal state: {last}")
 
@@ -239,28 +287,34 @@ class Soak:
             deadline = time.time() + 30
             while time.time() < deadline and not any("soak-grandchild" in c for _, c in job_pids(self.pids)):
                 time.sleep(0.1)
-            live = job_pids(self.pids)
-            self.server.send_signal(signal.SIGKILL)
-            self.server.wait()
+            node = random.choice(self.nodes)
+            proc = node["proc"]
+            below = descendants(proc.pid)
+            cmds = {p: c for p, c in job_pids(self.pids)}
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
             self.kills += 1
             deadline = time.time() + 10
-            left = job_pids(self.pids)
+            left = [p for p in below if alive(*p)]
             while left and time.time() < deadline:
                 time.sleep(0.2)
-                left = job_pids(self.pids)
+                left = [p for p in below if alive(*p)]
             if left:
-                self.violation(f"10 s after SIGKILL #{self.kills}, job processes live: {[(p, c[:150]) for p, c in left[:5]]}")
+                self.violation(f"10 s after SIGKILL #{self.kills} (node {node['i']}), processes it had live: "
+                               f"{[(p, cmds.get(p, '?')[:150]) for p, _ in left[:5]]}")
                 for pid, _ in left:
                     try: os.kill(pid, signal.SIGKILL)
                     except OSError: pass
-            kinds = sorted({"grandchild" if "soak-grandchild" in c else "worker" if "worker-host" in c else "job" for _, c in live})
-            print(f"SIGKILL #{self.kills}: {len(live)} job processes ({', '.join(kinds)}) before, "
-                  f"{len(left)} left 10 s after", flush=True)
-            self.start()
+            c = [cmds[p] for p, _ in below if p in cmds]
+            kinds = sorted({"grandchild" if "soak-grandchild" in x else "worker" if "worker-host" in x else "job" for x in c})
+            print(f"SIGKILL #{self.kills} (node {node['i']}): {len(below)} processes below it ({len(c)} of jobs: "
+                  f"{', '.join(kinds)}), {len(left)} left 10 s after", flush=True)
+            self.start(node)
 
     def run(self):
         before = leftovers([])
-        self.start()
+        for node in self.nodes:
+            self.start(node)
         threads = [threading.Thread(target=self.client, daemon=True) for _ in range(self.a.threads)]
         k = threading.Thread(target=self.killer, daemon=True)
         for t in threads: t.start()
@@ -290,26 +344,33 @@ class Soak:
             self.violation(f"job {jid} ({pending[jid]}) not terminal after 180 s")
         # A job's events are numbered 1, 2, 3, ... across restarts, and its
         # stream (SSE) ends with its terminal state.
-        for jid in random.sample(sorted(self.accepted), min(150, len(self.accepted))):
+        for jid in sorted(self.accepted):
             self.check_events(jid)
         for key, ids in self.keys.items():
             if len(ids) > 1:
                 self.violation(f"idempotency key {key} named {len(ids)} jobs")
-        self.server.send_signal(signal.SIGTERM)
-        try:
-            rc = self.server.wait(timeout=60)
-            if rc != 0:
-                self.violation(f"server exited {rc} on SIGTERM")
-        except subprocess.TimeoutExpired:
-            self.violation("server did not exit within 60 s of SIGTERM")
-            self.server.kill()
+        for node in self.nodes:
+            node["proc"].send_signal(signal.SIGTERM)
+        for node in self.nodes:
+            try:
+                rc = node["proc"].wait(timeout=60)
+                if rc != 0:
+                    self.violation(f"node {node['i']} exited {rc} on SIGTERM")
+            except subprocess.TimeoutExpired:
+                self.violation(f"node {node['i']} did not exit within 60 s of SIGTERM")
+                node["proc"].kill()
         time.sleep(1)
         if job_pids(self.pids):
             self.violation(f"job processes live after the server stopped: {job_pids(self.pids)[:5]}")
         extra = leftovers(self.pids) - before
         if extra:
             self.violation(f"left behind: {sorted(extra)[:10]}")
-        print(json.dumps({"seconds": self.a.seconds, "server_kills": self.kills, "accepted": len(self.accepted), "event_streams_checked": min(150, len(self.accepted)),
+        if self.pg_db and not self.violations:
+            subprocess.run(["psql", self.a.pg, "-qc", f"DROP DATABASE {self.pg_db}"])
+        elif self.pg_db:
+            print(f"kept the store for a look: database {self.pg_db}")
+        print(json.dumps({"seconds": self.a.seconds, "nodes": len(self.nodes),
+                          "store": "postgres" if self.pg_db else "sqlite", "server_kills": self.kills, "accepted": len(self.accepted), "event_streams_checked": len(self.accepted),
                           "ends": dict(sorted(states.items())), "requests": dict(sorted(self.counts.items())),
                           "violations": len(self.violations), "dir": self.dir}, indent=1))
         return 1 if self.violations else 0
@@ -321,8 +382,12 @@ def main():
     ap.add_argument("--seconds", type=float, default=120)
     ap.add_argument("--kill-every", type=float, default=30)
     ap.add_argument("--threads", type=int, default=6)
-    ap.add_argument("--port", type=int, default=8961)
+    ap.add_argument("--port", type=int, default=8961, help="the first node's port (the next ones follow)")
+    ap.add_argument("--pg", help="a PostgreSQL URL whose role may create databases: the store is a fresh database beside it")
+    ap.add_argument("--nodes", type=int, default=1, help="servers sharing the store (PostgreSQL only)")
     a = ap.parse_args()
+    if a.nodes > 1 and not a.pg:
+        ap.error("--nodes > 1 needs a shared store: --pg URL")
     sys.exit(Soak(a).run())
 
 
