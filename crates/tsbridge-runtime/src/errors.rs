@@ -87,6 +87,17 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the job store {path} is in use by another tsbridge: a SQLite store serves one server at a time \
+         (servers that share a queue use a PostgreSQL store)"
+    )]
+    InUse { path: PathBuf },
+    #[error("cannot lock the job store {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open the job store")]
     Open(#[source] sqlx::Error),
     #[error("job store migration failed")]

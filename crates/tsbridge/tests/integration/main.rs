@@ -15,4 +15,5 @@ mod jobs_cli;
 mod proc_of_tsbridge;
 mod run_contract;
 mod shutdown_records;
+mod store_in_use;
 mod tmpdir_after_sigkill;

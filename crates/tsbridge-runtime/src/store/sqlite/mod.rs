@@ -11,8 +11,9 @@
 
 mod writer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -162,6 +163,9 @@ pub struct SqliteStore {
     readers: SqlitePool,
     /// The one read-write connection, behind its task.
     writer: WriterHandle,
+    /// A file store's exclusive lock ([`lock_store`]), held until
+    /// [`SqliteStore::close`] or the last clone's drop.
+    lock: Arc<Mutex<Option<std::fs::File>>>,
 }
 
 impl SqliteStore {
@@ -214,6 +218,13 @@ impl SqliteStore {
             }
             create_private(file)?;
         }
+        // Before any connection: a second server neither migrates nor
+        // recovers a store another one runs.
+        let lock = if memory {
+            None
+        } else {
+            Some(lock_store(opts.get_filename())?)
+        };
         // Migrations run on a connection of their own, closed once the
         // writer's is open (an in-memory database lives while one is).
         let mut conn = opts.clone().connect().await.map_err(StoreError::Open)?;
@@ -245,7 +256,11 @@ impl SqliteStore {
             .map_err(StoreError::Open)?;
         let writer = WriterHandle::spawn(target, retention, wal_restart, checkpointer).await?;
         drop(conn);
-        Ok(Self { readers, writer })
+        Ok(Self {
+            readers,
+            writer,
+            lock: Arc::new(Mutex::new(lock)),
+        })
     }
 
     /// Opens a store file by path.
@@ -258,6 +273,10 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.writer.close().await;
         self.readers.close().await;
+        // The store is free for another server (or a reopen) from here.
+        if let Ok(mut lock) = self.lock.lock() {
+            lock.take();
+        }
     }
 }
 
@@ -842,6 +861,53 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// Takes the exclusive lock of the store file `db`: a non-blocking
+/// `flock` of `<db>-lock` (beside SQLite's `-wal` and `-shm`, created 0600
+/// and left in place), named after the store's canonical path so that a
+/// symlink or another spelling of it finds the same lock. Two servers on
+/// one SQLite store would each recover the other's running jobs as
+/// interrupted and number the same jobs' events twice; the second is
+/// refused with [`StoreError::InUse`] instead. The kernel lets go of the
+/// lock when its holder dies (a SIGKILLed server's restart is not held
+/// up), and it is close-on-exec: no job or helper process inherits it.
+/// Not the database file itself: closing this descriptor would drop every
+/// POSIX lock SQLite holds on that file in this process.
+fn lock_store(db: &Path) -> Result<std::fs::File, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let canonical = std::fs::canonicalize(db).unwrap_or_else(|_| db.to_path_buf());
+    let mut name = canonical.clone().into_os_string();
+    name.push("-lock");
+    let path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| StoreError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    // SAFETY: `flock` on a descriptor this function owns; no memory is
+    // passed.
+    let r = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if r == 0 {
+        return Ok(file);
+    }
+    let source = std::io::Error::last_os_error();
+    if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Err(StoreError::InUse { path: canonical })
+    } else {
+        Err(StoreError::Lock { path, source })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -887,6 +953,41 @@ mod tests {
             assert_eq!(mode & 0o077, 0, "{name} is {mode:o}");
         }
         store.close().await;
+    }
+
+    /// One server per SQLite store: a second open of a store in use is
+    /// refused, also through a symlink, and writes nothing; the store is
+    /// free again once its holder closes it.
+    #[tokio::test]
+    async fn a_store_in_use_is_refused_until_its_holder_closes_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("s.db");
+        let first = SqliteStore::open_path(&db).await.expect("open");
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&db, &link).expect("symlink");
+        for path in [&db, &link] {
+            match SqliteStore::open_path(path).await {
+                Err(StoreError::InUse { path: named }) => {
+                    assert_eq!(named, db.canonicalize().expect("canonical"));
+                }
+                other => panic!("a second open of {} gave {other:?}", path.display()),
+            }
+        }
+        let err = SqliteStore::open_path(&db).await.expect_err("in use");
+        assert!(
+            err.to_string().contains("in use by another tsbridge"),
+            "{err}"
+        );
+        // The first store still works.
+        assert!(first.get_job(JobId::new()).await.expect("read").is_none());
+        first.close().await;
+        let again = SqliteStore::open_path(&link)
+            .await
+            .expect("free after close");
+        again.close().await;
+        // An in-memory store has no file and no lock.
+        let m1 = SqliteStore::open("sqlite::memory:").await.expect("memory");
+        m1.close().await;
     }
 
     /// `list_columns!` names every column of `jobs` (a migration that adds
