@@ -15,7 +15,8 @@ use crate::backend::BackendError;
 
 /// A failed request. Renders as `{"success":false,"error":{type,message,details?}}`
 /// with the status of its [`ErrorType`]. An `InternalError` hides its message
-/// and details unless the server runs in dev mode (see [`RevealedError`]).
+/// and details unless the server runs in dev mode (see [`RevealedError`]),
+/// except a job's own end ([`ApiError::job_end`]).
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub kind: ErrorType,
@@ -23,6 +24,11 @@ pub struct ApiError {
     pub details: Option<Value>,
     /// For 429: sent as `Retry-After` (whole seconds, at least 1).
     pub retry_after: Option<Duration>,
+    /// The error is how a job ended (an execute's or a batch item's
+    /// answer): public even as an `InternalError` (a job `interrupted` by a
+    /// crash), as `GET /v1/jobs/:id` shows it. Only the server's own
+    /// failures are hidden.
+    pub job_end: bool,
 }
 
 /// The message an `InternalError` shows when internals are hidden.
@@ -40,11 +46,18 @@ impl ApiError {
             message: message.into(),
             details: None,
             retry_after: None,
+            job_end: false,
         }
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
         self.details = Some(details);
+        self
+    }
+
+    /// Marks this error as how a job ended: never hidden.
+    pub fn job_end(mut self) -> Self {
+        self.job_end = true;
         self
     }
 
@@ -94,7 +107,7 @@ impl ApiError {
     }
 
     fn hides_internals(&self) -> bool {
-        self.kind == ErrorType::InternalError
+        self.kind == ErrorType::InternalError && !self.job_end
     }
 
     pub fn status(&self) -> StatusCode {
@@ -120,6 +133,7 @@ impl From<BackendError> for ApiError {
             message: e.message,
             details: e.details,
             retry_after: e.retry_after,
+            job_end: false,
         }
     }
 }

@@ -173,7 +173,9 @@ pub fn job_error(view: &JobView) -> ApiError {
             json!(tail(&view.output.stderr, STDERR_TAIL_BYTES)),
         );
     }
-    let mut err = ApiError::new(kind, message).with_details(Value::Object(details));
+    let mut err = ApiError::new(kind, message)
+        .with_details(Value::Object(details))
+        .job_end();
     if kind == ErrorType::Unavailable {
         err.message = format!("job {} was stopped: tsbridge is shutting down", view.job_id);
     }

@@ -12,6 +12,7 @@ mod batch;
 mod browser_guard;
 mod client;
 mod errors;
+mod job_end_errors;
 mod measure;
 mod multi_node_sse;
 mod panics;

@@ -146,6 +146,13 @@ fn script(workflow: &str, params: &Value) -> Result<Vec<Step>, BackendError> {
             Some(9),
             "heap",
         )],
+        "interrupted" => vec![End(
+            JobState::Failed,
+            Some(EndReason::Interrupted),
+            None,
+            None,
+            "",
+        )],
         "spawnfail" => vec![End(
             JobState::Failed,
             Some(EndReason::SpawnFailure),
