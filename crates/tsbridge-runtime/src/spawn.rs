@@ -23,7 +23,7 @@ use tsbridge_process::transpile::TranspileCache;
 use tsbridge_process::{JobKey, SandboxAttachment};
 use tsbridge_proto::EndReason;
 use tsbridge_proto::api::{OutputView, Resources};
-use tsbridge_sandbox::{FsPolicy, Rlimits, Sandbox, SandboxPolicy};
+use tsbridge_sandbox::{FsPolicy, JobUser, Rlimits, Sandbox, SandboxPolicy, UidLease};
 
 use crate::config::{DEFAULT_OPEN_FILES, RuntimeKind, WorkflowConfig};
 use crate::executor::{AttemptEvent, AttemptIo, AttemptOutcome, AttemptRequest, Executor};
@@ -270,23 +270,47 @@ impl SpawnExecutor {
     }
 }
 
-/// A job's private TMPDIR (0700), removed on drop.
+/// A job's private TMPDIR (0700), removed on drop; then the job's dynamic
+/// uid lease (if any) is let go: a later job with the same uid never finds
+/// this one's TMPDIR.
 #[derive(Debug)]
-struct PrivateTmp(PathBuf);
+struct PrivateTmp {
+    dir: PathBuf,
+    /// Dropped after the directory is removed ([`Drop`] runs first).
+    _lease: Option<UidLease>,
+}
 
 impl PrivateTmp {
     /// Made as the engine makes its own (named for this process, so that
     /// the death watchdog removes it if tsbridge is SIGKILLed); owned by
-    /// the workflow's user when it has one.
-    fn create(base: &Path, key: &str, wf: &WorkflowConfig) -> std::io::Result<Self> {
-        tsbridge_process::make_private_tmp_for(base, key, tmp_owner(wf)).map(Self)
+    /// the job's user when it has one.
+    fn create(
+        base: &Path,
+        key: &str,
+        user: Option<JobUser>,
+        lease: Option<UidLease>,
+    ) -> std::io::Result<Self> {
+        tsbridge_process::make_private_tmp_for(base, key, tmp_owner(user))
+            .map(|dir| Self { dir, _lease: lease })
     }
 }
 
-/// Who owns the private TMPDIR of a workflow's job or worker: its user
-/// (uid, gid), or `None` (tsbridge).
-pub(crate) fn tmp_owner(wf: &WorkflowConfig) -> Option<(u32, u32)> {
-    wf.user.map(|u| (u.uid, u.gid))
+/// Who owns the private TMPDIR of a job or worker: its user (uid, gid), or
+/// `None` (tsbridge).
+pub(crate) fn tmp_owner(user: Option<JobUser>) -> Option<(u32, u32)> {
+    user.map(|u| (u.uid, u.gid))
+}
+
+/// The user one job attempt or pool worker of `wf` runs as, and for a
+/// `dynamic` workflow the lease of its uid (to be held until its tree and
+/// TMPDIR are gone). `Err`: no uid of the range is free.
+pub(crate) fn job_user(
+    wf: &WorkflowConfig,
+) -> Result<(Option<JobUser>, Option<UidLease>), tsbridge_sandbox::DynamicUserError> {
+    match wf.user.map(|r| r.for_job()).transpose()? {
+        Some((u, lease)) => Ok((Some(u), lease)),
+        None => Ok((None, None)),
+    }
 }
 
 /// Removes the private TMPDIRs of finished attempts off the response path:
@@ -329,10 +353,10 @@ impl TmpRemovals {
 
 impl Drop for PrivateTmp {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0)
+        if let Err(e) = std::fs::remove_dir_all(&self.dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
-            tracing::warn!(dir = %self.0.display(), error = %e, "cannot remove a job's TMPDIR");
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove a job's TMPDIR");
         }
     }
 }
@@ -416,8 +440,19 @@ pub fn invocation(runtime: RuntimeKind, script: &Path) -> (PathBuf, Vec<OsString
 
 /// The sandbox policy a workflow's limits ask for. Every job gets the
 /// rlimits: open files ([`DEFAULT_OPEN_FILES`] unless `limits.open_files`),
-/// file size and CPU seconds when set, core dumps off.
+/// file size and CPU seconds when set, core dumps off. Its user is the
+/// one its access is judged by ([`tsbridge_sandbox::RunAs::judged_as`]):
+/// a job's own is set by [`policy_for_user`].
 pub fn policy_for(wf: &WorkflowConfig, tmpdir: &Path) -> SandboxPolicy {
+    policy_for_user(wf, tmpdir, wf.user.map(|u| u.judged_as()))
+}
+
+/// [`policy_for`] of one job or worker that runs as `user`.
+pub(crate) fn policy_for_user(
+    wf: &WorkflowConfig,
+    tmpdir: &Path,
+    user: Option<JobUser>,
+) -> SandboxPolicy {
     let l = &wf.limits;
     let fs = if l.read.is_empty() && l.write.is_empty() {
         None
@@ -447,7 +482,7 @@ pub fn policy_for(wf: &WorkflowConfig, tmpdir: &Path) -> SandboxPolicy {
             cpu_seconds: l.cpu_seconds(),
             ..Rlimits::default()
         },
-        user: wf.user,
+        user,
         ..SandboxPolicy::default()
     }
 }
@@ -491,6 +526,97 @@ async fn bundle_for_user(
     Ok(())
 }
 
+/// How often a job waiting for a dynamic uid tries again.
+const LEASE_RETRY: Duration = Duration::from_millis(100);
+
+/// Why [`job_user_waiting`] gave up.
+enum Waited {
+    /// A cancel or shutdown came first.
+    Stopped(tsbridge_process::StopReason),
+    /// No uid came free within the job's timeout.
+    Exhausted(tsbridge_sandbox::DynamicUserError),
+}
+
+/// [`job_user`], waiting while every uid of a `dynamic` workflow's range is
+/// taken: a uid comes back when a job's tree and TMPDIR are gone, moments
+/// after its outcome, so a full range makes the next job wait (at most its
+/// `timeout`, then it fails with the typed error) rather than fail at
+/// once. A cancel or shutdown ends the wait.
+async fn job_user_waiting(
+    wf: &WorkflowConfig,
+    timeout: Duration,
+    control: &tsbridge_process::ProcessControl,
+) -> Result<(Option<JobUser>, Option<UidLease>), Waited> {
+    let Some(run_as @ tsbridge_sandbox::RunAs::Dynamic(_)) = wf.user else {
+        return job_user(wf).map_err(Waited::Exhausted);
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        // Reads /proc (every process's ids): off the async threads.
+        let tried = tokio::task::spawn_blocking(move || run_as.for_job())
+            .await
+            .unwrap_or_else(|_| run_as.for_job())
+            .map(|(u, lease)| (Some(u), lease));
+        match tried {
+            Err(e @ tsbridge_sandbox::DynamicUserError::Exhausted { .. })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(workflow = %wf.name, error = %e, "waiting for a dynamic uid");
+                tokio::select! {
+                    _ = tokio::time::sleep(LEASE_RETRY) => {}
+                    stop = control.stopped() => return Err(Waited::Stopped(stop.reason)),
+                }
+            }
+            Err(e) => return Err(Waited::Exhausted(e)),
+            Ok(u) => return Ok(u),
+        }
+    }
+}
+
+/// Resolves how to run `script` ([`rt::resolve_for_spawn_async`]) for a
+/// job that runs as another user when `for_user` is `Some((dir, (uid,
+/// gid)))`: the transpile cache is tsbridge's (0700), so a bundle from it is
+/// copied into `dir` for that user ([`bundle_for_user`]); should the copy
+/// fail, the TypeScript runs through its runner instead.
+pub async fn resolve_for_user(
+    script: PathBuf,
+    runtime: Option<rt::RuntimeKind>,
+    search: &RuntimeSearch,
+    cache: Option<TranspileCache>,
+    for_user: Option<(&Path, (u32, u32))>,
+) -> Result<rt::Invocation, rt_error> {
+    let resolved =
+        rt::resolve_for_spawn_async(script.clone(), runtime, search.clone(), cache).await;
+    match (resolved, for_user) {
+        (Ok(mut inv), Some((dir, owner))) if matches!(inv.via, rt::Via::TranspileCache { .. }) => {
+            match bundle_for_user(&mut inv, dir, owner).await {
+                Ok(()) => Ok(inv),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot give the job's user its cached bundle: running through the runner");
+                    rt::resolve_for_spawn_async(script, runtime, search.clone(), None).await
+                }
+            }
+        }
+        (resolved, _) => resolved,
+    }
+}
+
+/// A prepared sandbox for the engine, holding the job's (or worker's)
+/// dynamic uid lease until it is dropped, after its cgroup is removed.
+pub(crate) fn attachment(
+    mut prepared: tsbridge_sandbox::PreparedSandbox,
+    policy: SandboxPolicy,
+    lease: Option<UidLease>,
+) -> SandboxAttachment {
+    if let Some(l) = lease {
+        prepared.hold_lease(l);
+    }
+    SandboxAttachment {
+        prepared: Arc::new(prepared),
+        policy: Arc::new(policy),
+    }
+}
+
 /// The policy of one attempt: [`policy_for`], and where the host has
 /// Landlock, a ruleset for a workflow with path parameters but no
 /// `read`/`write` lists ([`FsPolicy::for_path_params`]: system dirs, the
@@ -500,11 +626,12 @@ async fn bundle_for_user(
 fn attempt_policy(
     sb: &Sandbox,
     wf: &WorkflowConfig,
+    user: Option<JobUser>,
     tmpdir: &Path,
     targets: &[PathBuf],
     via: &rt::Via,
 ) -> SandboxPolicy {
-    let mut policy = policy_for(wf, tmpdir);
+    let mut policy = policy_for_user(wf, tmpdir, user);
     if policy.fs.is_none()
         && !wf.path_params.is_empty()
         && sb.capabilities().landlock.is_available()
@@ -576,16 +703,34 @@ impl Executor for SpawnExecutor {
             Ok(k) => k,
             Err(e) => return AttemptOutcome::spawn_failure(format!("invalid job key: {e}"), false),
         };
+        // A `dynamic` workflow's attempt leases its own uid; the lease is
+        // held by its TMPDIR and its sandbox, and goes back once both are
+        // gone (the tree killed and reaped, the cgroup removed).
+        let (user, lease) = match job_user_waiting(wf, req.timeout, &io.control).await {
+            Ok(u) => u,
+            Err(Waited::Stopped(reason)) => {
+                let mut o = AttemptOutcome::spawn_failure(
+                    "the job was stopped while it waited for a dynamic uid",
+                    false,
+                );
+                o.reason = reason.into();
+                return o;
+            }
+            Err(Waited::Exhausted(e)) => {
+                tracing::warn!(job = %req.job_id, error = %e, "no dynamic uid for the job");
+                return AttemptOutcome::spawn_failure(e.to_string(), true);
+            }
+        };
         // The private TMPDIR exists before the sandbox is prepared, so that
         // its Landlock rule can name it; removed when this attempt is over.
-        let tmp = match PrivateTmp::create(&self.tmp_base(), key.as_str(), wf) {
+        let tmp = match PrivateTmp::create(&self.tmp_base(), key.as_str(), user, lease.clone()) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(job = %req.job_id, error = %e, "cannot create the job's TMPDIR");
                 return AttemptOutcome::spawn_failure("cannot create the job's TMPDIR", false);
             }
         };
-        let tmpdir = tmp.0.clone();
+        let tmpdir = tmp.dir.clone();
 
         let mut extra = wf.env.set.clone();
         match self.sealer.open_env(req.job_id, &req.request_env) {
@@ -614,34 +759,14 @@ impl Executor for SpawnExecutor {
             ),
             Err(refused) => return *refused,
         };
-        let resolved = rt::resolve_for_spawn_async(
+        let resolved = resolve_for_user(
             wf.script.clone(),
             Some(engine_runtime(wf.runtime)),
-            self.search.clone(),
+            &self.search,
             self.cache.clone(),
+            tmp_owner(user).map(|owner| (tmpdir.as_path(), owner)),
         )
         .await;
-        // The transpile cache is tsbridge's (0700): a job with its own user
-        // gets a copy of its bundle in its TMPDIR (which is the user's),
-        // or, should that fail, runs its TypeScript through the runner.
-        let resolved = match (resolved, tmp_owner(wf)) {
-            (Ok(mut inv), Some(owner)) if matches!(inv.via, rt::Via::TranspileCache { .. }) => {
-                match bundle_for_user(&mut inv, &tmpdir, owner).await {
-                    Ok(()) => Ok(inv),
-                    Err(e) => {
-                        tracing::warn!(job = %req.job_id, error = %e, "cannot give the job's user its cached bundle: running through the runner");
-                        rt::resolve_for_spawn_async(
-                            wf.script.clone(),
-                            Some(engine_runtime(wf.runtime)),
-                            self.search.clone(),
-                            None,
-                        )
-                        .await
-                    }
-                }
-            }
-            (resolved, _) => resolved,
-        };
         let inv = match resolved {
             Ok(inv) => inv,
             Err(e) => {
@@ -660,7 +785,7 @@ impl Executor for SpawnExecutor {
 
         let sandbox = match (&self.sandbox, wf.limits.any()) {
             (Some(sb), true) => {
-                let policy = attempt_policy(sb, wf, &tmpdir, &targets, &inv.via);
+                let policy = attempt_policy(sb, wf, user, &tmpdir, &targets, &inv.via);
                 match sb.prepare(key.as_str(), &policy) {
                     Ok(prepared) => {
                         let short = prepared.report().shortfalls();
@@ -674,10 +799,7 @@ impl Executor for SpawnExecutor {
                                 false,
                             );
                         }
-                        Some(SandboxAttachment {
-                            prepared: Arc::new(prepared),
-                            policy: Arc::new(policy),
-                        })
+                        Some(attachment(prepared, policy, lease.clone()))
                     }
                     Err(e) => {
                         tracing::warn!(job = %req.job_id, error = %e, "sandbox setup failed");
@@ -692,16 +814,13 @@ impl Executor for SpawnExecutor {
             // no_new_privs and the seccomp deny-list come with it. A host
             // without cgroups runs such jobs unsandboxed, as before.
             (Some(sb), false) => {
-                let policy = attempt_policy(sb, wf, &tmpdir, &targets, &inv.via);
+                let policy = attempt_policy(sb, wf, user, &tmpdir, &targets, &inv.via);
                 // A ruleset for path parameters, or a user, is a guard, not
                 // a courtesy: if it cannot be set up, the job does not run
                 // unconfined (or as tsbridge).
                 let guarded = policy.fs.is_some() || policy.user.is_some();
                 match sb.prepare(key.as_str(), &policy) {
-                    Ok(prepared) => Some(SandboxAttachment {
-                        prepared: Arc::new(prepared),
-                        policy: Arc::new(policy),
-                    }),
+                    Ok(prepared) => Some(attachment(prepared, policy, lease.clone())),
                     Err(e) if guarded => {
                         tracing::warn!(job = %req.job_id, error = %e, "sandbox setup failed");
                         return AttemptOutcome::spawn_failure("sandbox setup failed", false);
@@ -712,7 +831,7 @@ impl Executor for SpawnExecutor {
                     }
                 }
             }
-            (None, _) if wf.user.is_some() => {
+            (None, _) if user.is_some() => {
                 return AttemptOutcome::spawn_failure(
                     "its user needs the sandbox, which is off",
                     false,

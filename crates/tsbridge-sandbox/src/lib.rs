@@ -14,6 +14,7 @@
 
 mod cgroup;
 mod child;
+pub mod dynamic;
 pub mod env;
 mod error;
 mod instance;
@@ -31,12 +32,13 @@ pub use cgroup::{
     V8_HEAP_OOM_MARKER, job_cgroup_prefix,
 };
 pub use child::{ChildFailure, ChildStep};
+pub use dynamic::{DynamicUserError, UidLease, UidRange};
 pub use error::{SandboxError, SecurityError};
 pub use instance::instance_tag;
 pub use policy::{FsPolicy, Rlimits, SandboxPolicy};
 pub use report::{Capabilities, Enforcement, EnforcementReport, KillMethod, LandlockSupport};
 pub use sandbox::{ChildHook, PreparedSandbox, Sandbox, SandboxConfig};
-pub use user::{JobUser, UserError};
+pub use user::{JobUser, RunAs, UserError};
 
 /// Names of the syscalls the seccomp deny-list refuses (EPERM), for docs and `tsbridge check`.
 pub fn seccomp_denied_syscalls() -> Vec<&'static str> {

@@ -344,6 +344,7 @@ impl Sandbox {
                 plan: Arc::new(plan),
                 cgroup,
                 report,
+                lease: None,
             }),
             Err(e) => {
                 if let Some(cg) = cgroup {
@@ -551,6 +552,9 @@ pub struct PreparedSandbox {
     plan: Arc<ChildPlan>,
     cgroup: Option<JobCgroup>,
     report: EnforcementReport,
+    /// The job's dynamic uid: given back only after the cgroup is emptied
+    /// and removed (this drop).
+    lease: Option<crate::dynamic::UidLease>,
 }
 
 /// Dropping a `PreparedSandbox` that still owns its cgroup kills whatever is
@@ -568,6 +572,10 @@ impl Drop for PreparedSandbox {
                 tracing::warn!(job = %key, error = %e, "removing the job cgroup on drop failed");
             }
         }
+        // After the cgroup is gone; a process that still has the uid (one
+        // that left the cgroup, one in D state) keeps it from being leased
+        // again (`dynamic::ids_in_use`).
+        drop(self.lease.take());
     }
 }
 
@@ -640,8 +648,16 @@ impl PreparedSandbox {
     /// Give up the plan and keep the cgroup (after spawn): for stats, kill and
     /// removal, which are then the caller's job (dropping a `JobCgroup` leaves
     /// the cgroup in place).
+    /// A held dynamic uid lease goes back then (the process scan of the
+    /// next lease still skips a uid some process has).
     pub fn into_cgroup(mut self) -> Option<JobCgroup> {
         self.cgroup.take()
+    }
+
+    /// Keeps `lease` (the job's dynamic uid, [`crate::dynamic`]) until this
+    /// is dropped, after its cgroup was emptied and removed.
+    pub fn hold_lease(&mut self, lease: crate::dynamic::UidLease) {
+        self.lease = Some(lease);
     }
 
     /// What this job's sandbox enforces.

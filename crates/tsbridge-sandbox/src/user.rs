@@ -25,6 +25,53 @@ impl fmt::Display for JobUser {
     }
 }
 
+/// Whom a workflow's jobs run as, when not as tsbridge itself: one user
+/// for all of them, or a uid per job leased from a range
+/// ([`crate::dynamic`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunAs {
+    /// Every job (and pool worker) as this user.
+    User(JobUser),
+    /// Each job attempt (and each pool worker) as a uid of its own from
+    /// this range, gid = the same number.
+    Dynamic(crate::dynamic::UidRange),
+}
+
+impl fmt::Display for RunAs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunAs::User(u) => u.fmt(f),
+            RunAs::Dynamic(r) => write!(f, "a dynamic uid of {r}"),
+        }
+    }
+}
+
+impl RunAs {
+    /// The user to judge file access by (`tsbridge check`): the user, or
+    /// [`crate::dynamic::UidRange::representative`].
+    pub fn judged_as(&self) -> JobUser {
+        match self {
+            RunAs::User(u) => *u,
+            RunAs::Dynamic(r) => r.representative(),
+        }
+    }
+
+    /// The user of one job or worker, and the lease that holds its uid
+    /// (dynamic only): keep the lease until the job's tree and TMPDIR are
+    /// gone.
+    pub fn for_job(
+        &self,
+    ) -> Result<(JobUser, Option<crate::dynamic::UidLease>), crate::dynamic::DynamicUserError> {
+        match self {
+            RunAs::User(u) => Ok((*u, None)),
+            RunAs::Dynamic(r) => {
+                let lease = crate::dynamic::lease(*r)?;
+                Ok((lease.user(), Some(lease)))
+            }
+        }
+    }
+}
+
 /// Why a `user` setting names no usable user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

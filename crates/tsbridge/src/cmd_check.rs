@@ -200,7 +200,10 @@ fn user_notes(c: &Config, euid: u32) -> Vec<String> {
         .flatten();
     let tmp = std::env::temp_dir();
     for (name, w) in &c.workflows {
-        let Some(user) = w.user else { continue };
+        let Some(run_as) = w.user else { continue };
+        // A dynamic uid owns nothing of the operator's (its range has no
+        // account): only "other" bits give it access.
+        let user = run_as.judged_as();
         let mut problems: Vec<String> = [(&w.root, false), (&tmp, false)]
             .into_iter()
             .chain(w.limits.write.iter().map(|d| (d, true)))
@@ -223,9 +226,17 @@ fn user_notes(c: &Config, euid: u32) -> Vec<String> {
                 config.display()
             ));
         }
+        if matches!(run_as, tsbridge_sandbox::RunAs::Dynamic(_)) && !w.limits.write.is_empty() {
+            problems.push(
+                "what its jobs leave in its limits.write folders belongs to a uid that a later job \
+                 (of any dynamic workflow) may get: collect those files, or have the job make them \
+                 readable by others only as it should"
+                    .to_owned(),
+            );
+        }
         if !problems.is_empty() {
             notes.push(format!(
-                "workflow {name} runs as {user}: {}",
+                "workflow {name} runs as {run_as}: {}",
                 problems.join("; ")
             ));
         }

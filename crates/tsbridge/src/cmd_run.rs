@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tsbridge_process::error::SpawnStage;
 use tsbridge_process::mask::Masker;
 use tsbridge_process::retry::RetryPolicy;
-use tsbridge_process::runtime::{RuntimeKind, RuntimeSearch, resolve_for_spawn_async};
+use tsbridge_process::runtime::{RuntimeKind, RuntimeSearch};
 use tsbridge_process::transpile::TranspileCache;
 use tsbridge_process::{
     ExitKind, JobError, JobKey, Outcome, ProcessControl, ResolveError, SandboxAttachment,
@@ -36,6 +36,7 @@ use tsbridge_process::{
 use tsbridge_proto::event::Stream;
 use tsbridge_proto::{ChildEvent, EndReason};
 use tsbridge_runtime::config::node_pids;
+use tsbridge_runtime::spawn::resolve_for_user;
 use tsbridge_sandbox::{FsPolicy, Sandbox, SandboxConfig, SandboxPolicy};
 
 use crate::cli::RunArgs;
@@ -91,12 +92,21 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
         ..RuntimeSearch::default()
     };
     // The transpile cache is this user's (0700): a job run as another user
-    // goes through the runner instead.
-    let cache = match args.user {
-        Some(_) => None,
-        None => TranspileCache::new(None).ok(),
+    // starts from a copy of its bundle in a folder of that user's, as a
+    // server's job does (removed when `run` ends).
+    let cache = TranspileCache::new(None).ok();
+    if args.user.is_some()
+        && let Some(why) = tsbridge_sandbox::user::switch_refusal()
+    {
+        anyhow::bail!("--user: {why}; the job was not started");
+    }
+    let bundle_dir = match args.user {
+        Some(u) => Some(BundleDir::new((u.uid, u.gid))?),
+        None => None,
     };
-    let inv = match resolve_for_spawn_async(script.clone(), runtime, search.clone(), cache).await {
+    let for_user = bundle_dir.as_ref().map(|d| (d.dir.as_path(), d.owner));
+    let resolved = resolve_for_user(script.clone(), runtime, &search, cache, for_user).await;
+    let inv = match resolved {
         Ok(inv) => inv,
         Err(e) => {
             let code = resolve_failure_code(&e);
@@ -455,6 +465,34 @@ impl Drop for RunSandbox {
     }
 }
 
+/// The folder (the job's user's, 0700) that holds the copy of a cached
+/// bundle for `run --user`; removed on drop. Named as the engine names a
+/// TMPDIR of this process, so the death watchdog removes it too.
+struct BundleDir {
+    dir: PathBuf,
+    owner: (u32, u32),
+}
+
+impl BundleDir {
+    fn new(owner: (u32, u32)) -> Result<Self> {
+        let dir = tsbridge_process::make_private_tmp_for(
+            &std::env::temp_dir(),
+            &format!("run-{}-bundle", std::process::id()),
+            Some(owner),
+        )
+        .context("cannot make a folder for the job's user")?;
+        Ok(Self { dir, owner })
+    }
+}
+
+impl Drop for BundleDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove the bundle folder");
+        }
+    }
+}
+
 /// A sandbox when any limit was asked for; its own parent cgroup so it never
 /// touches a server's jobs.
 fn sandbox_for(args: &RunArgs, script: &Path, node: &Path) -> Result<Option<RunSandbox>> {
@@ -467,11 +505,6 @@ fn sandbox_for(args: &RunArgs, script: &Path, node: &Path) -> Result<Option<RunS
         && args.user.is_none()
     {
         return Ok(None);
-    }
-    if args.user.is_some()
-        && let Some(why) = tsbridge_sandbox::user::switch_refusal()
-    {
-        anyhow::bail!("--user: {why}; the job was not started");
     }
     let sandbox = Sandbox::new(SandboxConfig {
         cgroup_parent_name: format!("tsbridge-run-{}", std::process::id()),

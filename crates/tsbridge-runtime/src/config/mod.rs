@@ -20,8 +20,8 @@ pub use tsbridge_process::OutputChannel;
 use tsbridge_proto::{ByteSize, DurationSpec};
 
 use crate::errors::{ConfigError, ConfigIssue};
-use tsbridge_sandbox::JobUser;
 use tsbridge_sandbox::paths;
+use tsbridge_sandbox::{RunAs, UidRange};
 use walk::{Issues, Section};
 
 /// The default argument template (SPEC §2).
@@ -155,7 +155,14 @@ pub struct Defaults {
     pub degraded: bool,
     /// `user`: the user of every workflow that names none (`None`:
     /// tsbridge's own).
-    pub user: Option<JobUser>,
+    pub user: Option<RunAs>,
+    /// `dynamic_uids`: the range `user = "dynamic"` leases a uid per job
+    /// from (default [`tsbridge_sandbox::dynamic::DEFAULT_DYNAMIC_UIDS`]).
+    /// `None`: the key was wrong (reported).
+    pub dynamic_uids: Option<UidRange>,
+    /// Whether `dynamic_uids` was given (then checked free of accounts at
+    /// once; the default range is checked when a workflow uses it).
+    pub dynamic_uids_given: bool,
 }
 
 impl Default for Defaults {
@@ -170,6 +177,8 @@ impl Default for Defaults {
                 .unwrap_or(1),
             degraded: false,
             user: None,
+            dynamic_uids: Some(tsbridge_sandbox::dynamic::DEFAULT_DYNAMIC_UIDS),
+            dynamic_uids_given: false,
         }
     }
 }
@@ -470,8 +479,9 @@ pub struct WorkflowConfig {
     pub kill_grace: Duration,
     pub max_output: ByteSize,
     /// The user its jobs (and pool workers) run as: its own `user`, else
-    /// `defaults.user`; `None`: tsbridge's own uid.
-    pub user: Option<JobUser>,
+    /// `defaults.user`; `None`: tsbridge's own uid (no `user`, or
+    /// `user = "self"`).
+    pub user: Option<RunAs>,
 }
 
 impl WorkflowConfig {
@@ -560,6 +570,7 @@ const DEFAULTS_KEYS: &[&str] = &[
     "concurrency",
     "degraded",
     "user",
+    "dynamic_uids",
 ];
 const WORKFLOW_KEYS: &[&str] = &[
     "root",
@@ -1053,23 +1064,59 @@ fn read_defaults(issues: &mut Issues<'_>, s: &Section<'_, '_>) -> Defaults {
     if let Some(v) = s.get::<bool>(issues, "degraded") {
         d.degraded = v.into_inner();
     }
-    d.user = read_user(issues, s, tsbridge_sandbox::user::switch_refusal());
+    if let Some(v) = s.get::<String>(issues, "dynamic_uids") {
+        d.dynamic_uids_given = true;
+        d.dynamic_uids = match v.get_ref().parse::<UidRange>() {
+            Ok(r) => match r.check_free() {
+                Ok(()) => Some(r),
+                Err(e) => {
+                    issues.push(&s.key("dynamic_uids"), Some(v.span()), e.to_string());
+                    None
+                }
+            },
+            Err(e) => {
+                issues.push(&s.key("dynamic_uids"), Some(v.span()), e.to_string());
+                None
+            }
+        };
+    }
+    d.user = read_user(issues, s, tsbridge_sandbox::user::switch_refusal(), &d).flatten();
     d
 }
 
-/// `user`: resolved through the system's user database now (a name that
-/// does not resolve is this file's error, not a failure of every job), and
-/// refused when tsbridge cannot switch to it (`refusal`: why not).
+/// `user`: `"self"` (tsbridge's own uid: `Some(None)`), `"dynamic"` (a uid
+/// per job from `defaults.dynamic_uids`), or a user resolved through the
+/// system's user database now (a name that does not resolve is this file's
+/// error, not a failure of every job); refused when tsbridge cannot switch
+/// to it (`refusal`: why not). `None`: not given, or wrong (reported).
 fn read_user(
     issues: &mut Issues<'_>,
     s: &Section<'_, '_>,
     refusal: Option<String>,
-) -> Option<JobUser> {
+    defaults: &Defaults,
+) -> Option<Option<RunAs>> {
     let v = s.get::<String>(issues, "user")?;
-    let why = match (JobUser::resolve(v.get_ref()), refusal) {
-        (Ok(u), None) => return Some(u),
+    let resolved = match v.get_ref().as_str() {
+        "self" => return Some(None),
+        "dynamic" => match defaults.dynamic_uids {
+            // Wrong, and said so at its own key.
+            None => return None,
+            Some(r) if defaults.dynamic_uids_given => Ok(RunAs::Dynamic(r)),
+            Some(r) => r.check_free().map(|()| RunAs::Dynamic(r)).map_err(|e| {
+                format!(
+                    "\"dynamic\" leases from defaults.dynamic_uids (by default {r}): {e}; \
+                     set defaults.dynamic_uids to a range of its own"
+                )
+            }),
+        },
+        other => tsbridge_sandbox::JobUser::resolve(other)
+            .map(RunAs::User)
+            .map_err(|e| e.to_string()),
+    };
+    let why = match (resolved, refusal) {
+        (Ok(u), None) => return Some(Some(u)),
         (Ok(_), Some(why)) => why,
-        (Err(e), _) => e.to_string(),
+        (Err(e), _) => e,
     };
     issues.push(&s.key("user"), Some(v.span()), why);
     None
@@ -1176,7 +1223,14 @@ fn read_workflow(
     let kill_grace = dur(issues, s, "kill_grace").unwrap_or(defaults.kill_grace);
     let max_output = size(issues, s, "max_output").unwrap_or(defaults.max_output);
     let degraded = s.get::<bool>(issues, "degraded");
-    let user = read_user(issues, s, tsbridge_sandbox::user::switch_refusal()).or(defaults.user);
+    // "self" (Some(None)) overrides defaults.user.
+    let user = read_user(
+        issues,
+        s,
+        tsbridge_sandbox::user::switch_refusal(),
+        defaults,
+    )
+    .unwrap_or(defaults.user);
 
     let env_path = s.key("env");
     let env = s

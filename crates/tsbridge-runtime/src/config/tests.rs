@@ -831,11 +831,92 @@ fn a_workflow_takes_its_own_user_else_the_defaults() {
              [workflows.b]\nroot = \"app\"\nscript = \"main.js\"\nuser = \"1600:1601\"\n",
         )
         .expect("valid");
-    let ids = |w: &str| c.workflows[w].user.map(|u| (u.uid, u.gid));
+    let ids = |w: &str| {
+        c.workflows[w]
+            .user
+            .map(|u| (u.judged_as().uid, u.judged_as().gid))
+    };
     assert_eq!(ids("a"), Some((1500, 1501)));
     assert_eq!(ids("b"), Some((1600, 1601)));
     let c = f
         .parse("[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\n")
         .expect("valid");
     assert_eq!(c.workflows["a"].user, None, "tsbridge's own uid by default");
+}
+
+/// `user = "self"` runs a workflow as tsbridge even when `defaults.user`
+/// names a user; `"dynamic"` leases from `defaults.dynamic_uids` (systemd's
+/// range unless given).
+#[test]
+fn self_overrides_the_default_user_and_dynamic_takes_the_range() {
+    if tsbridge_sandbox::user::switch_refusal().is_some() {
+        eprintln!("SKIP: this process cannot switch users, so `user` is refused");
+        return;
+    }
+    let f = Fixture::new();
+    let c = f
+        .parse(
+            "[defaults]\nuser = \"1500:1501\"\ndynamic_uids = \"3900000000-3900000009\"\n\n\
+             [workflows.own]\nroot = \"app\"\nscript = \"main.js\"\nuser = \"self\"\n\n\
+             [workflows.dyn]\nroot = \"app\"\nscript = \"main.js\"\nuser = \"dynamic\"\n\n\
+             [workflows.dflt]\nroot = \"app\"\nscript = \"main.js\"\n",
+        )
+        .expect("valid");
+    assert_eq!(c.workflows["own"].user, None, "self is tsbridge's own uid");
+    let range = UidRange::new(3_900_000_000, 3_900_000_009).expect("range");
+    assert_eq!(c.workflows["dyn"].user, Some(RunAs::Dynamic(range)));
+    assert_eq!(
+        c.workflows["dflt"].user,
+        Some(RunAs::User(tsbridge_sandbox::JobUser {
+            uid: 1500,
+            gid: 1501
+        }))
+    );
+    let c = f
+        .parse("[defaults]\nuser = \"dynamic\"\n\n[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\n")
+        .expect("valid");
+    assert_eq!(
+        c.workflows["a"].user,
+        Some(RunAs::Dynamic(
+            tsbridge_sandbox::dynamic::DEFAULT_DYNAMIC_UIDS
+        ))
+    );
+}
+
+/// A range that is malformed, holds root, or holds an account of the
+/// user database is refused at its key and line.
+#[test]
+fn a_bad_dynamic_range_names_its_key_and_line() {
+    let f = Fixture::new();
+    let src = |range: &str| {
+        format!(
+            "[defaults]\nconcurrency = 2\ndynamic_uids = \"{range}\"\n\n\
+             [workflows.a]\nroot = \"app\"\nscript = \"main.js\"\n"
+        )
+    };
+    for (range, says) in [
+        ("9-5", "first <= last"),
+        ("lots", "first <= last"),
+        ("0-100", "uid 0"),
+    ] {
+        let issues = f.issues(&src(range));
+        assert!(has(&issues, "defaults.dynamic_uids", 3), "{issues:?}");
+        assert!(
+            issues.iter().any(|i| i.message.contains(says)),
+            "{range}: {issues:?}"
+        );
+    }
+    // Every user database has an account besides root: `daemon`, `nobody`.
+    let taken = ["daemon", "nobody", "bin"]
+        .into_iter()
+        .find_map(|n| tsbridge_sandbox::JobUser::resolve(n).ok())
+        .expect("an account");
+    let issues = f.issues(&src(&format!("{}-{}", taken.uid, taken.uid)));
+    assert!(has(&issues, "defaults.dynamic_uids", 3), "{issues:?}");
+    assert!(
+        issues
+            .iter()
+            .any(|i| i.message.contains(&format!("user {}", taken.uid))),
+        "{issues:?}"
+    );
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
+use tsbridge_process::StopReason;
 use tsbridge_process::mask::Masker;
-use tsbridge_process::{SandboxAttachment, StopReason};
 use tsbridge_proto::EndReason;
 use tsbridge_proto::api::{OutputView, Resources};
 use tsbridge_sandbox::Sandbox;
@@ -186,13 +186,18 @@ fn worker_sandbox(sb: Arc<Sandbox>, wf: WorkflowConfig, tmp_base: PathBuf) -> Wo
         // The engine makes this same private TMPDIR for the worker; make it
         // now, because Landlock can only grant a path that exists (the
         // launcher removes it again if the worker does not start).
+        // A `dynamic` workflow's worker leases a uid for its lifetime (its
+        // jobs share it, as they share its process): held by its sandbox,
+        // which the engine drops after the worker's TMPDIR is removed and
+        // its tree is gone.
+        let (user, lease) = crate::spawn::job_user(&wf).map_err(|e| e.to_string())?;
         let tmpdir = tsbridge_process::make_private_tmp_for(
             &tmp_base,
             key.as_str(),
-            crate::spawn::tmp_owner(&wf),
+            crate::spawn::tmp_owner(user),
         )
         .map_err(|e| format!("cannot create the worker's TMPDIR: {e}"))?;
-        let mut policy = crate::spawn::policy_for(&wf, &tmpdir);
+        let mut policy = crate::spawn::policy_for_user(&wf, &tmpdir, user);
         // RLIMIT_CPU would count a warm worker's CPU time over all its jobs.
         policy.rlimits.cpu_seconds = None;
         if let (Some(fs), Some(dir)) = (policy.fs.take(), host.parent()) {
@@ -216,10 +221,7 @@ fn worker_sandbox(sb: Arc<Sandbox>, wf: WorkflowConfig, tmp_base: PathBuf) -> Wo
                 names.join(", ")
             ));
         }
-        Ok(Some(SandboxAttachment {
-            prepared: Arc::new(prepared),
-            policy: Arc::new(policy),
-        }))
+        Ok(Some(crate::spawn::attachment(prepared, policy, lease)))
     }))
 }
 

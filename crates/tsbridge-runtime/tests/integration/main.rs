@@ -14,6 +14,7 @@ mod claim_retry;
 mod conformance;
 mod crash_restart;
 mod direct_start;
+mod dynamic_user;
 mod example_app;
 mod executor_panic;
 mod group_commit;

@@ -1,0 +1,272 @@
+//! A uid per job (`user = "dynamic"`, issue #5), through the whole runtime
+//! on a root tsbridge: two concurrent jobs of one workflow get different
+//! uids of `defaults.dynamic_uids` and cannot read or write each other's
+//! TMPDIR nor signal each other; a pool worker gets one of its own; a uid
+//! is not handed out again while the tree of its last job lives (a
+//! grandchild that ignores SIGTERM), nor while any process has it; a job
+//! that finds the range taken waits, and fails with the typed error when
+//! its timeout passes first; `user = "self"` runs as tsbridge even under
+//! `defaults.user`. Each test has a range of its own (nextest runs each
+//! test in its own process, each with its own lease table).
+
+use crate::common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use tsbridge_proto::JobState;
+use tsbridge_proto::api::JobOptions;
+use tsbridge_proto::units::DurationSpec;
+use tsbridge_runtime::RuntimeOptions;
+use tsbridge_sandbox::{Sandbox, SandboxConfig};
+
+struct Setup {
+    sandbox: Arc<Sandbox>,
+    _parent: OwnParent,
+    _files: tempfile::TempDir,
+    base: PathBuf,
+}
+
+fn setup(tag: &str) -> Option<Setup> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs root, to run jobs as other users");
+        return None;
+    }
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxConfig {
+            cgroup_parent_name: format!("tsbridge-{tag}-{}", std::process::id()),
+            ..SandboxConfig::default()
+        })
+        .expect("sandbox"),
+    );
+    let _parent = OwnParent(sandbox.clone());
+    let files = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(files.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = files.path().join("tmp");
+    std::fs::create_dir(&base).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Some(Setup {
+        sandbox,
+        _parent,
+        _files: files,
+        base,
+    })
+}
+
+fn options(s: &Setup) -> RuntimeOptions {
+    RuntimeOptions {
+        sandbox: Some(s.sandbox.clone()),
+        tmp_base: Some(s.base.clone()),
+        ..RuntimeOptions::default()
+    }
+}
+
+fn result(v: &tsbridge_proto::api::JobView) -> &Value {
+    assert_eq!(v.state, JobState::Succeeded, "{v:?}");
+    v.result.as_ref().expect("a result")
+}
+
+/// The pids of the processes whose real uid is `uid`.
+fn pids_of(uid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok())
+                    == Some(uid)
+            })
+        })
+        .collect()
+}
+
+/// Waits until `found` gives something.
+async fn until<T>(what: &str, mut found: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(t) = found() {
+            return t;
+        }
+        assert!(start.elapsed() < SOON, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn probe_workflow(name: &str, extra: &str) -> String {
+    format!(
+        "[workflows.{name}]\nroot = \"{}\"\nscript = \"user-probe.js\"\nruntime = \"node\"\n{extra}\n",
+        fixtures().display()
+    )
+}
+
+fn assert_unprivileged(r: &Value, uid: u64) {
+    assert_eq!(r["uid"], uid, "{r}");
+    assert_eq!(r["euid"], uid, "{r}");
+    assert_eq!(r["gid"], uid, "gid = the uid's number: {r}");
+    assert_eq!(r["groups"], json!([]), "no supplementary group: {r}");
+    for set in ["CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb"] {
+        assert_eq!(r["caps"][set], "0000000000000000", "{set}: {r}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_dynamic_jobs_get_uids_of_their_own_and_cannot_reach_each_other() {
+    let Some(s) = setup("dyn") else { return };
+    const FIRST: u32 = 3_910_000_000;
+    const LAST: u32 = 3_910_000_009;
+    let toml = format!(
+        "[defaults]\nconcurrency = 4\nuser = \"dynamic\"\ndynamic_uids = \"{FIRST}-{LAST}\"\n\n{}{}\
+         [workflows.pooled]\nroot = \"{f}\"\nscript = \"user-handler.mjs\"\nruntime = \"node\"\n\
+         mode = \"pool\"\npool = {{ min = 1, max = 1 }}\n",
+        probe_workflow("dyn", ""),
+        probe_workflow("own", "user = \"self\""),
+        f = fixtures().display(),
+    );
+    let h = start_with(&toml, options(&s)).await;
+    let in_range = |v: &Value| {
+        v.as_u64()
+            .is_some_and(|u| (u64::from(FIRST)..=u64::from(LAST)).contains(&u))
+    };
+
+    // Job A holds its TMPDIR (with a file in it) open to attack.
+    let a = h.submit("dyn", json!({"hold": 120_000, "tmp": true})).await;
+    h.until_state(a, JobState::Running).await;
+    let a_tmp = until("A's TMPDIR", || {
+        std::fs::read_dir(&s.base).unwrap().flatten().find_map(|e| {
+            let m = e.metadata().ok()?;
+            (m.is_dir() && (FIRST..=LAST).contains(&m.uid()) && e.path().join("held").exists())
+                .then(|| e.path())
+        })
+    })
+    .await;
+    let m = std::fs::metadata(&a_tmp).unwrap();
+    let a_uid = m.uid();
+    assert_eq!((m.gid(), m.mode() & 0o777), (a_uid, 0o700), "{a_tmp:?}");
+    let a_pid = until("A's process", || pids_of(a_uid).first().copied()).await;
+
+    // Job B, of the same workflow, goes after it.
+    let held = a_tmp.join("held").display().to_string();
+    let b = h
+        .wait(
+            h.submit(
+                "dyn",
+                json!({"read": [held], "write": [a_tmp], "tmp": true, "signal": a_pid}),
+            )
+            .await,
+        )
+        .await;
+    let r = result(&b);
+    assert!(in_range(&r["uid"]), "{r}");
+    assert_ne!(r["uid"], a_uid, "both jobs got uid {a_uid}: {r}");
+    assert_unprivileged(r, r["uid"].as_u64().unwrap());
+    assert_eq!(r["read"][&held], "EACCES", "read A's file: {r}");
+    assert_eq!(
+        r["write"][a_tmp.display().to_string()],
+        "EACCES",
+        "write in A's TMPDIR: {r}"
+    );
+    assert_eq!(r["signal"], "EPERM", "signal A: {r}");
+    assert_eq!(r["write"][r["tmpdir"].as_str().unwrap()], "ok", "{r}");
+
+    // A pool worker leases a uid of its own for its lifetime.
+    let v = h.wait(h.submit("pooled", json!({"tmp": true})).await).await;
+    let p = result(&v);
+    assert!(in_range(&p["uid"]), "{p}");
+    assert_ne!(p["uid"], a_uid, "{p}");
+    assert_unprivileged(p, p["uid"].as_u64().unwrap());
+    assert_eq!(p["write"][p["tmpdir"].as_str().unwrap()], "ok", "{p}");
+
+    // "self" runs as tsbridge, whatever defaults.user says.
+    let v = h.wait(h.submit("own", json!({})).await).await;
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(result(&v)["uid"], unsafe { libc::geteuid() }, "{v:?}");
+
+    h.rt.cancel(a).await.expect("cancel");
+    h.wait(a).await;
+    h.rt.shutdown(Duration::ZERO).await;
+}
+
+/// A range of one uid: job 1 leaves a grandchild that ignores SIGTERM;
+/// job 2 waits for the uid, and gets it only once that grandchild was
+/// killed (with the rest of job 1's tree, at its cancel): it finds no other
+/// process with its uid.
+#[tokio::test]
+async fn a_dynamic_uid_is_not_handed_out_while_its_last_tree_lives() {
+    let Some(s) = setup("dyt") else { return };
+    const UID: u32 = 3_910_000_100;
+    let toml = format!(
+        "[defaults]\nconcurrency = 2\ndynamic_uids = \"{UID}-{UID}\"\n\n{}",
+        probe_workflow("dyn", "user = \"dynamic\"\nkill_grace = \"1s\""),
+    );
+    let h = start_with(&toml, options(&s)).await;
+    let first = h
+        .submit("dyn", json!({"daemon": true, "linger": 600_000}))
+        .await;
+    // Its leader and the daemon.
+    until("job 1 and its daemon", || {
+        (pids_of(UID).len() >= 2).then_some(())
+    })
+    .await;
+    let second = h.submit("dyn", json!({"peers": true})).await;
+    h.rt.cancel(first).await.expect("cancel");
+    let v = h.wait(second).await;
+    let r = result(&v);
+    assert_eq!(r["uid"], UID, "{r}");
+    assert_eq!(r["peers"], json!([]), "job 1's tree still ran: {r}");
+    h.wait(first).await;
+    h.rt.shutdown(Duration::ZERO).await;
+}
+
+/// A range of one uid that a process of the host has: a job waits for it,
+/// and fails with the typed error once its timeout passed; once that
+/// process is gone, the next job gets the uid.
+#[tokio::test]
+async fn a_taken_range_makes_the_job_wait_then_fail_and_a_live_process_keeps_its_uid() {
+    let Some(s) = setup("dyx") else { return };
+    const UID: u32 = 3_910_000_200;
+    let toml = format!(
+        "[defaults]\ndynamic_uids = \"{UID}-{UID}\"\n\n{}",
+        probe_workflow("dyn", "user = \"dynamic\""),
+    );
+    let h = start_with(&toml, options(&s)).await;
+    let mut holder = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sleep")
+            .arg("600")
+            .uid(UID)
+            .gid(UID)
+            .spawn()
+            .expect("sleep as the range's uid")
+    };
+    let opts = JobOptions {
+        timeout: Some(DurationSpec::from_millis(1_000)),
+        ..JobOptions::default()
+    };
+    let v = h.wait(h.submit_opts("dyn", json!({}), opts).await).await;
+    assert_eq!(v.state, JobState::Failed, "{v:?}");
+    let msg = v
+        .error
+        .as_ref()
+        .map(|e| e.message.clone())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("every uid of the dynamic range")
+            && msg.contains("1 by processes still alive"),
+        "{v:?}"
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let v = h.wait(h.submit("dyn", json!({"peers": true})).await).await;
+    let r = result(&v);
+    assert_eq!(r["uid"], UID, "{r}");
+    assert_eq!(r["peers"], json!([]), "{r}");
+    h.rt.shutdown(Duration::ZERO).await;
+}
