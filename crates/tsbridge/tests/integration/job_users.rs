@@ -5,7 +5,10 @@
 //! and a config with literal tokens it can read; once the operator fixed
 //! them, only the first note stays.
 //! `run --user` runs the program as that user (its TMPDIR given to it), and
-//! an unknown user is a usage error. None of this existed before.
+//! an unknown user is a usage error, and starts a TypeScript file from the
+//! transpile cache. `check` judges a `dynamic` workflow by "other" bits and
+//! names a `self` one among those that run as root. None of this existed
+//! before.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -148,4 +151,117 @@ fn run_user_runs_the_program_as_that_user_and_refuses_an_unknown_one() {
         stderr.contains("ids 1500 1501 1501\n"),
         "{stdout}\n{stderr}"
     );
+}
+
+/// `run --user` on a TypeScript file starts from the transpile cache, as a
+/// server's job does: node runs a copy of the cached bundle given to the
+/// user (no runner's loader in its `execArgv`). Before, such a run skipped
+/// the cache and went through tsx.
+#[test]
+fn run_user_starts_a_typescript_job_from_the_transpile_cache() {
+    if !is_root() {
+        eprintln!("SKIP: needs root, to run a job as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    mode(dir.path(), 0o755);
+    let script = dir.path().join("probe.ts");
+    std::fs::write(
+        &script,
+        "const main: string | null = require.main ? require.main.filename : null;\n\
+         console.log('RESULT: ' + JSON.stringify({ uid: process.getuid(), execArgv: process.execArgv, main }));\n",
+    )
+    .unwrap();
+    mode(&script, 0o644);
+    let cache = tempfile::tempdir().unwrap();
+    let node_modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../node_modules");
+    let r = tsbridge(
+        dir.path(),
+        &["run", "--user", "nobody", script.to_str().unwrap()],
+    )
+    .env("XDG_CACHE_HOME", cache.path())
+    .env("NODE_PATH", &node_modules)
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(0), "{stdout}\n{stderr}");
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let nobody = tsbridge_sandbox::JobUser::resolve("nobody").unwrap();
+    assert_eq!(v["uid"], nobody.uid, "{v}");
+    assert!(
+        !v["execArgv"].to_string().contains("tsx"),
+        "ran through the runner: {v}"
+    );
+    let main = v["main"].as_str().unwrap_or_default();
+    assert!(
+        main.ends_with("tsbridge-bundle.cjs"),
+        "not the bundle's copy: {v}"
+    );
+    // The copy's folder is gone with the run.
+    assert!(!Path::new(main).exists(), "{main} is left behind");
+}
+
+/// `check` of dynamic and `self` workflows: a dynamic workflow is judged by
+/// the "other" bits (a write folder only its owner may write is named) and
+/// told that what it leaves in its write folders keeps a uid later jobs
+/// get; a `self` workflow under `defaults.user` runs as root, and is named
+/// among those.
+#[test]
+fn check_judges_dynamic_workflows_by_other_bits_and_names_self_ones_as_root() {
+    if !is_root() {
+        eprintln!("SKIP: needs root (a user is refused where tsbridge cannot switch)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    mode(dir.path(), 0o755);
+    let app = dir.path().join("app");
+    let out = dir.path().join("out");
+    for d in [&app, &out] {
+        std::fs::create_dir(d).unwrap();
+        mode(d, 0o755);
+    }
+    std::fs::write(app.join("job.js"), "console.log('RESULT: {}')\n").unwrap();
+    std::fs::write(
+        dir.path().join("tsbridge.toml"),
+        format!(
+            "[defaults]\nuser = \"nobody\"\ndynamic_uids = \"3920000000-3920000009\"\n\n\
+             [workflows.dyn]\nroot = \"app\"\nscript = \"job.js\"\nuser = \"dynamic\"\n\
+             limits = {{ write = [\"{}\"] }}\n\n\
+             [workflows.mine]\nroot = \"app\"\nscript = \"job.js\"\nuser = \"self\"\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let notes_now = || -> (Value, Vec<String>) {
+        let out = tsbridge(dir.path(), &["check", "--json"]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(0), "notes, not errors: {stdout}");
+        let v: Value = serde_json::from_str(&stdout).unwrap();
+        let n = v["config"]["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect();
+        (v, n)
+    };
+    let (v, n) = notes_now();
+    assert_eq!(
+        v["config"]["workflows"]["dyn"]["user"], "a dynamic uid of 3920000000-3920000009",
+        "{v}"
+    );
+    assert_eq!(v["config"]["workflows"]["mine"]["user"], Value::Null, "{v}");
+    let about = |n: &[String], needle: &str| n.iter().any(|x| x.contains(needle));
+    assert!(about(&n, "workflow(s) mine name no user"), "{n:?}");
+    assert!(
+        about(&n, &format!("{} is not writable by", out.display())),
+        "{n:?}"
+    );
+    assert!(about(&n, "belongs to a uid that a later job"), "{n:?}");
+    // Writable by others (sticky, as /tmp): only the leftovers note stays.
+    mode(&out, 0o1777);
+    let (_, n) = notes_now();
+    assert!(!about(&n, "is not writable by"), "{n:?}");
+    assert!(about(&n, "belongs to a uid that a later job"), "{n:?}");
 }
