@@ -11,8 +11,9 @@
 //! (lowest first), then the least recently released one. Never a uid that
 //! any process of the host still has (real, effective, saved or file-system
 //! uid, or the same number as a gid: read from `/proc/<pid>/status` at each
-//! lease), so a job's process that outlived it (one that left its cgroup, a
-//! host without cgroups) keeps its uid out of circulation until it is gone.
+//! lease), so a job's process that outlived it (a killed one not reaped yet,
+//! a zombie; one that left its cgroup; a host without cgroups) keeps its
+//! uid out of circulation until it is gone.
 //! The leases are one table per tsbridge process: two tsbridge processes
 //! must not share a range (see `docs/design/sandbox.md`, "A uid per job").
 

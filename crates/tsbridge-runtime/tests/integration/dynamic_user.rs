@@ -225,6 +225,16 @@ async fn a_dynamic_uid_is_not_handed_out_while_its_last_tree_lives() {
     h.rt.shutdown(Duration::ZERO).await;
 }
 
+/// A child killed and reaped when dropped (a failed test leaves none).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A range of one uid that a process of the host has: a job waits for it,
 /// and fails with the typed error once its timeout passed; once that
 /// process is gone, the next job gets the uid.
@@ -237,14 +247,16 @@ async fn a_taken_range_makes_the_job_wait_then_fail_and_a_live_process_keeps_its
         probe_workflow("dyn", "user = \"dynamic\""),
     );
     let h = start_with(&toml, options(&s)).await;
-    let mut holder = {
+    let holder = {
         use std::os::unix::process::CommandExt;
-        std::process::Command::new("sleep")
-            .arg("600")
-            .uid(UID)
-            .gid(UID)
-            .spawn()
-            .expect("sleep as the range's uid")
+        Killed(
+            std::process::Command::new("sleep")
+                .arg("600")
+                .uid(UID)
+                .gid(UID)
+                .spawn()
+                .expect("sleep as the range's uid"),
+        )
     };
     let opts = JobOptions {
         timeout: Some(DurationSpec::from_millis(1_000)),
@@ -262,8 +274,7 @@ async fn a_taken_range_makes_the_job_wait_then_fail_and_a_live_process_keeps_its
             && msg.contains("1 by processes still alive"),
         "{v:?}"
     );
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    drop(holder);
     let v = h.wait(h.submit("dyn", json!({"peers": true})).await).await;
     let r = result(&v);
     assert_eq!(r["uid"], UID, "{r}");
