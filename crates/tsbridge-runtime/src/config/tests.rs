@@ -818,7 +818,7 @@ fn user_names_resolve_or_name_their_key_and_line() {
 }
 
 #[test]
-fn a_workflow_takes_its_own_user_else_the_defaults() {
+fn a_workflow_takes_its_own_user_else_the_defaults_self_or_dynamic() {
     if tsbridge_sandbox::user::switch_refusal().is_some() {
         eprintln!("SKIP: this process cannot switch users, so `user` is refused");
         return;
@@ -842,18 +842,9 @@ fn a_workflow_takes_its_own_user_else_the_defaults() {
         .parse("[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\n")
         .expect("valid");
     assert_eq!(c.workflows["a"].user, None, "tsbridge's own uid by default");
-}
-
-/// `user = "self"` runs a workflow as tsbridge even when `defaults.user`
-/// names a user; `"dynamic"` leases from `defaults.dynamic_uids` (systemd's
-/// range unless given).
-#[test]
-fn self_overrides_the_default_user_and_dynamic_takes_the_range() {
-    if tsbridge_sandbox::user::switch_refusal().is_some() {
-        eprintln!("SKIP: this process cannot switch users, so `user` is refused");
-        return;
-    }
-    let f = Fixture::new();
+    // `user = "self"` runs a workflow as tsbridge even when `defaults.user`
+    // names a user; `"dynamic"` leases from `defaults.dynamic_uids`
+    // (systemd's range unless given).
     let c = f
         .parse(
             "[defaults]\nuser = \"1500:1501\"\ndynamic_uids = \"3900000000-3900000009\"\n\n\

@@ -11,9 +11,7 @@
 
 use crate::common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -22,43 +20,8 @@ use tsbridge_proto::JobState;
 use tsbridge_proto::api::JobOptions;
 use tsbridge_proto::units::DurationSpec;
 use tsbridge_runtime::RuntimeOptions;
-use tsbridge_sandbox::{Sandbox, SandboxConfig};
 
-struct Setup {
-    sandbox: Arc<Sandbox>,
-    _parent: OwnParent,
-    _files: tempfile::TempDir,
-    base: PathBuf,
-}
-
-fn setup(tag: &str) -> Option<Setup> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: needs root, to run jobs as other users");
-        return None;
-    }
-    let sandbox = Arc::new(
-        Sandbox::new(SandboxConfig {
-            cgroup_parent_name: format!("tsbridge-{tag}-{}", std::process::id()),
-            ..SandboxConfig::default()
-        })
-        .expect("sandbox"),
-    );
-    let _parent = OwnParent(sandbox.clone());
-    let files = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(files.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let base = files.path().join("tmp");
-    std::fs::create_dir(&base).unwrap();
-    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
-    Some(Setup {
-        sandbox,
-        _parent,
-        _files: files,
-        base,
-    })
-}
-
-fn options(s: &Setup) -> RuntimeOptions {
+fn options(s: &UserSetup) -> RuntimeOptions {
     RuntimeOptions {
         sandbox: Some(s.sandbox.clone()),
         tmp_base: Some(s.base.clone()),
@@ -119,7 +82,7 @@ fn assert_unprivileged(r: &Value, uid: u64) {
 
 #[tokio::test]
 async fn concurrent_dynamic_jobs_get_uids_of_their_own_and_cannot_reach_each_other() {
-    let Some(s) = setup("dyn") else { return };
+    let Some(s) = user_setup("dyn") else { return };
     const FIRST: u32 = 3_910_000_000;
     const LAST: u32 = 3_910_000_009;
     let toml = format!(
@@ -200,7 +163,7 @@ async fn concurrent_dynamic_jobs_get_uids_of_their_own_and_cannot_reach_each_oth
 /// process with its uid.
 #[tokio::test]
 async fn a_dynamic_uid_is_not_handed_out_while_its_last_tree_lives() {
-    let Some(s) = setup("dyt") else { return };
+    let Some(s) = user_setup("dyt") else { return };
     const UID: u32 = 3_910_000_100;
     let toml = format!(
         "[defaults]\nconcurrency = 2\ndynamic_uids = \"{UID}-{UID}\"\n\n{}",
@@ -240,7 +203,7 @@ impl Drop for Killed {
 /// process is gone, the next job gets the uid.
 #[tokio::test]
 async fn a_taken_range_makes_the_job_wait_then_fail_and_a_live_process_keeps_its_uid() {
-    let Some(s) = setup("dyx") else { return };
+    let Some(s) = user_setup("dyx") else { return };
     const UID: u32 = 3_910_000_200;
     let toml = format!(
         "[defaults]\ndynamic_uids = \"{UID}-{UID}\"\n\n{}",

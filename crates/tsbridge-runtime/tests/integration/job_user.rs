@@ -20,7 +20,7 @@ use common::*;
 use serde_json::{Value, json};
 use tsbridge_proto::JobState;
 use tsbridge_runtime::RuntimeOptions;
-use tsbridge_sandbox::{JobUser, Sandbox, SandboxConfig};
+use tsbridge_sandbox::{JobUser, Sandbox};
 
 /// The uid and gid of the workflow that holds its TMPDIR open for others
 /// to attack (no passwd entry needed: the group is given).
@@ -73,27 +73,14 @@ struct Setup {
 }
 
 fn setup(tag: &str) -> Option<Setup> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: needs root, to run jobs as other users");
-        return None;
-    }
-    let nobody = JobUser::resolve("nobody").expect("a nobody user");
-    let sandbox = Arc::new(
-        Sandbox::new(SandboxConfig {
-            cgroup_parent_name: format!("tsbridge-{tag}-{}", std::process::id()),
-            ..SandboxConfig::default()
-        })
-        .expect("sandbox"),
-    );
-    let _parent = OwnParent(sandbox.clone());
-    let files = tempfile::tempdir().unwrap();
-    mode(files.path(), 0o755);
-    let base = files.path().join("tmp");
-    std::fs::create_dir(&base).unwrap();
-    mode(&base, 0o755);
+    let UserSetup {
+        sandbox,
+        _parent,
+        files,
+        base,
+    } = user_setup(tag)?;
     Some(Setup {
-        nobody,
+        nobody: JobUser::resolve("nobody").expect("a nobody user"),
         sandbox,
         _parent,
         files,

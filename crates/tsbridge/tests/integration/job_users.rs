@@ -26,11 +26,24 @@ fn mode(p: &Path, m: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
 }
 
-fn notes(dir: &Path) -> Vec<String> {
+/// `check --json` of the config in `dir` (valid: notes, not errors), and
+/// its notes.
+fn check(dir: &Path) -> (Value, Vec<String>) {
     let out = tsbridge(dir, &["check", "--json"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(0), "notes, not errors: {stdout}");
     let v: Value = serde_json::from_str(&stdout).unwrap();
+    let notes = v["config"]["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str().map(str::to_owned))
+        .collect();
+    (v, notes)
+}
+
+fn notes(dir: &Path) -> Vec<String> {
+    let (v, notes) = check(dir);
     // Each workflow says whom its jobs run as.
     assert_eq!(
         v["config"]["workflows"]["plain"]["user"],
@@ -43,30 +56,36 @@ fn notes(dir: &Path) -> Vec<String> {
         nobody.to_string(),
         "{v}"
     );
-    v["config"]["notes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|n| n.as_str().map(str::to_owned))
-        .collect()
+    notes
 }
 
-#[test]
-fn check_notes_root_jobs_and_what_a_workflows_user_cannot_write_or_can_read() {
+/// Root (else `None`, said): a folder (0755) with `app/job.js` and an
+/// empty `out` (0755, root's); returns it and `out`.
+fn app_and_out() -> Option<(tempfile::TempDir, std::path::PathBuf)> {
     if !is_root() {
         eprintln!("SKIP: needs root (a user is refused where tsbridge cannot switch)");
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
     mode(dir.path(), 0o755);
     let app = dir.path().join("app");
     let out = dir.path().join("out");
-    let state = dir.path().join("state");
-    for d in [&app, &out, &state] {
+    for d in [&app, &out] {
         std::fs::create_dir(d).unwrap();
         mode(d, 0o755);
     }
     std::fs::write(app.join("job.js"), "console.log('RESULT: {}')\n").unwrap();
+    Some((dir, out))
+}
+
+#[test]
+fn check_notes_root_jobs_and_what_a_workflows_user_cannot_write_or_can_read() {
+    let Some((dir, out)) = app_and_out() else {
+        return;
+    };
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    mode(&state, 0o755);
     // The store (outside the workflows' root) as `serve` leaves it: SQLite makes its files 0644.
     std::fs::write(state.join("jobs.db"), "").unwrap();
     mode(&state.join("jobs.db"), 0o644);
@@ -209,19 +228,9 @@ fn run_user_starts_a_typescript_job_from_the_transpile_cache() {
 /// among those.
 #[test]
 fn check_judges_dynamic_workflows_by_other_bits_and_names_self_ones_as_root() {
-    if !is_root() {
-        eprintln!("SKIP: needs root (a user is refused where tsbridge cannot switch)");
+    let Some((dir, out)) = app_and_out() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    mode(dir.path(), 0o755);
-    let app = dir.path().join("app");
-    let out = dir.path().join("out");
-    for d in [&app, &out] {
-        std::fs::create_dir(d).unwrap();
-        mode(d, 0o755);
-    }
-    std::fs::write(app.join("job.js"), "console.log('RESULT: {}')\n").unwrap();
+    };
     std::fs::write(
         dir.path().join("tsbridge.toml"),
         format!(
@@ -233,20 +242,7 @@ fn check_judges_dynamic_workflows_by_other_bits_and_names_self_ones_as_root() {
         ),
     )
     .unwrap();
-    let notes_now = || -> (Value, Vec<String>) {
-        let out = tsbridge(dir.path(), &["check", "--json"]).output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert_eq!(out.status.code(), Some(0), "notes, not errors: {stdout}");
-        let v: Value = serde_json::from_str(&stdout).unwrap();
-        let n = v["config"]["notes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|n| n.as_str().map(str::to_owned))
-            .collect();
-        (v, n)
-    };
-    let (v, n) = notes_now();
+    let (v, n) = check(dir.path());
     assert_eq!(
         v["config"]["workflows"]["dyn"]["user"], "a dynamic uid of 3920000000-3920000009",
         "{v}"
@@ -261,7 +257,7 @@ fn check_judges_dynamic_workflows_by_other_bits_and_names_self_ones_as_root() {
     assert!(about(&n, "belongs to a uid that a later job"), "{n:?}");
     // Writable by others (sticky, as /tmp): only the leftovers note stays.
     mode(&out, 0o1777);
-    let (_, n) = notes_now();
+    let (_, n) = check(dir.path());
     assert!(!about(&n, "is not writable by"), "{n:?}");
     assert!(about(&n, "belongs to a uid that a later job"), "{n:?}");
 }

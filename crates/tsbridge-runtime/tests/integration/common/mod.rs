@@ -177,3 +177,42 @@ impl Drop for OwnParent {
         }
     }
 }
+
+/// What the tests of jobs with other users need: root (else `None`, said),
+/// a sandbox with its own cgroup parent (removed at the end), and a folder
+/// of files with a TMPDIR base the users can traverse (0755, as /tmp).
+pub struct UserSetup {
+    pub sandbox: Arc<Sandbox>,
+    pub _parent: OwnParent,
+    pub files: tempfile::TempDir,
+    pub base: PathBuf,
+}
+
+pub fn user_setup(tag: &str) -> Option<UserSetup> {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs root, to run jobs as other users");
+        return None;
+    }
+    let sandbox = Arc::new(
+        Sandbox::new(tsbridge_sandbox::SandboxConfig {
+            cgroup_parent_name: format!("tsbridge-{tag}-{}", std::process::id()),
+            ..tsbridge_sandbox::SandboxConfig::default()
+        })
+        .expect("sandbox"),
+    );
+    let _parent = OwnParent(sandbox.clone());
+    let files = tempfile::tempdir().expect("tempdir");
+    let base = files.path().join("tmp");
+    std::fs::create_dir(&base).expect("mkdir");
+    for d in [files.path(), base.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    Some(UserSetup {
+        sandbox,
+        _parent,
+        files,
+        base,
+    })
+}
