@@ -206,8 +206,11 @@ async fn jobs_with_a_user_run_as_it_and_reach_only_what_it_may() {
 /// transpile cache: tsbridge's cache is 0700, so the job gets a copy of its
 /// bundle in its own TMPDIR (the user's, 0400), and node runs that, with no
 /// runner's loader. Before, such a job skipped the cache and ran through tsx.
+/// The same for a `dynamic` workflow's job.
 #[tokio::test]
 async fn a_typescript_job_with_a_user_runs_a_copy_of_its_cached_bundle() {
+    /// The one uid of this test's dynamic range.
+    const DYN: u32 = 3_910_000_300;
     let Some(Setup {
         nobody,
         sandbox,
@@ -223,7 +226,9 @@ async fn a_typescript_job_with_a_user_runs_a_copy_of_its_cached_bundle() {
 
     let f = fixtures();
     let toml = format!(
-        "[workflows.ts]\nroot = \"{f}\"\nscript = \"user-probe.ts\"\nruntime = \"tsx\"\nuser = \"nobody\"\n",
+        "[defaults]\ndynamic_uids = \"{DYN}-{DYN}\"\n\n\
+         [workflows.ts]\nroot = \"{f}\"\nscript = \"user-probe.ts\"\nruntime = \"tsx\"\nuser = \"nobody\"\n\n\
+         [workflows.tsdyn]\nroot = \"{f}\"\nscript = \"user-probe.ts\"\nruntime = \"tsx\"\nuser = \"dynamic\"\n",
         f = f.display(),
     );
     let h = start_with(
@@ -236,10 +241,12 @@ async fn a_typescript_job_with_a_user_runs_a_copy_of_its_cached_bundle() {
         },
     )
     .await;
-    for _ in 0..2 {
-        let v = h.wait(h.submit("ts", json!({"tmp": true})).await).await;
+    // A dynamic uid's job gets its copy as well (given to its leased uid).
+    let dynamic = JobUser { uid: DYN, gid: DYN };
+    for (wf, user) in [("ts", nobody), ("ts", nobody), ("tsdyn", dynamic)] {
+        let v = h.wait(h.submit(wf, json!({"tmp": true})).await).await;
         let r = result(&v);
-        assert_runs_as(r, nobody);
+        assert_runs_as(r, user);
         let argv = r["execArgv"].to_string();
         assert!(!argv.contains("tsx"), "ran through the runner: {r}");
         let main = r["main"].as_str().expect("main");
