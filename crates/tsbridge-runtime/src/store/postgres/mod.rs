@@ -97,6 +97,23 @@ const _: () = assert!(
     "list_columns! cuts 4096 characters"
 );
 
+/// The running jobs `$which` (at most `$limit`), taken by node `$1` with a
+/// fresh lease (`$2` seconds) in one statement, skipping those another
+/// node is taking at the same moment: their ids.
+macro_rules! take_running {
+    ($which:literal, $limit:literal) => {
+        concat!(
+            "WITH c AS ( \
+                 SELECT id FROM jobs WHERE state = 'running' AND (",
+            $which,
+            ") ORDER BY id FOR UPDATE SKIP LOCKED",
+            $limit,
+            ") UPDATE jobs SET node = $1, lease_until = now() + make_interval(secs => $2) \
+             FROM c WHERE jobs.id = c.id RETURNING jobs.id"
+        )
+    };
+}
+
 /// Event announcements buffered for the reader of [`JobStore::watch_events`].
 const EVENTS_BUFFER: usize = 4096;
 
@@ -327,6 +344,25 @@ impl PgStore {
         self.records(&rows).await
     }
 
+    /// Runs a [`take_running!`] statement for `node`: the jobs it took.
+    async fn take_running(
+        &self,
+        node: &str,
+        sql: &'static str,
+        op: &'static str,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(sql)
+            .bind(node)
+            .bind(self.lease_secs())
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(StoreError::query(op))?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.jobs_by_ids(&ids).await
+    }
+
     async fn records(&self, rows: &[sqlx::postgres::PgRow]) -> Result<Vec<JobRecord>, StoreError> {
         let mut jobs = rows
             .iter()
@@ -357,6 +393,15 @@ impl PgStore {
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => *events = None,
             }
+        }
+    }
+
+    /// After the commit of attempts started on `node`: the jobs left the
+    /// queue, and this store renews their leases.
+    fn started(&self, node: &str, jobs: &[JobId]) {
+        self.queued_moved(-(jobs.len() as i64));
+        for id in jobs {
+            self.hold(*id, node);
         }
     }
 
@@ -499,17 +544,28 @@ async fn insert_events(
     id: &str,
     events: &[JobEvent],
 ) -> Result<(), StoreError> {
-    if events.is_empty() {
+    let jobs = vec![id.to_owned(); events.len()];
+    insert_event_rows(tx, &jobs, events.iter()).await
+}
+
+/// Inserts `events`, each of the job of the same index in `jobs`.
+async fn insert_event_rows<'e>(
+    tx: &mut Transaction<'_, Postgres>,
+    jobs: &[String],
+    events: impl Iterator<Item = &'e JobEvent> + Clone,
+) -> Result<(), StoreError> {
+    if jobs.is_empty() {
         return Ok(());
     }
-    let seqs: Vec<i64> = events.iter().map(|e| e.seq as i64).collect();
-    let ts: Vec<i64> = events.iter().map(|e| ms(e.timestamp)).collect();
-    let data: Vec<String> = events.iter().map(|e| json_text(&e.data)).collect();
+    let seqs: Vec<i64> = events.clone().map(|e| e.seq as i64).collect();
+    let ts: Vec<i64> = events.clone().map(|e| ms(e.timestamp)).collect();
+    let data: Vec<String> = events.map(|e| json_text(&e.data)).collect();
     sqlx::query(
         "INSERT INTO events (job_id, seq, ts, data) \
-         SELECT $1, s, t, d FROM UNNEST($2::bigint[], $3::bigint[], $4::text[]) AS u(s, t, d)",
+         SELECT j, s, t, d FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[]) \
+         AS u(j, s, t, d)",
     )
-    .bind(id)
+    .bind(jobs)
     .bind(&seqs)
     .bind(&ts)
     .bind(&data)
@@ -517,6 +573,18 @@ async fn insert_events(
     .await
     .map_err(StoreError::query("insert events"))?;
     Ok(())
+}
+
+/// Writes the `state` event of job `id` and announces it (`ended`: the
+/// event ends the job).
+async fn state_event(
+    tx: &mut Transaction<'_, Postgres>,
+    id: JobId,
+    event: &JobEvent,
+    ended: bool,
+) -> Result<(), StoreError> {
+    insert_events(tx, &id.to_string(), std::slice::from_ref(event)).await?;
+    notify_events(tx, id, event.seq, event.seq, ended).await
 }
 
 /// Announces the events `first..=last` of job `id` (delivered at commit).
@@ -540,6 +608,58 @@ async fn notify_events(
         .await
         .map_err(StoreError::query("notify"))?;
     Ok(())
+}
+
+/// An attempt starting on a job its transaction claimed: its number and
+/// its `running` event (of that job, numbered after its last one).
+struct Start<'a> {
+    n: u32,
+    event: &'a JobEvent,
+}
+
+/// The writes of attempts starting on jobs their transaction claimed
+/// (`start_attempt` one, `claim_next` a batch): the attempt rows on `node`
+/// at `at`, the `running` events and their announcements. Answers the
+/// jobs' ids, in the order of `starts`.
+async fn write_starts(
+    tx: &mut Transaction<'_, Postgres>,
+    node: &str,
+    at: DateTime<Utc>,
+    starts: &[Start<'_>],
+) -> Result<Vec<String>, StoreError> {
+    let ids: Vec<String> = starts.iter().map(|s| s.event.job_id.to_string()).collect();
+    let ns: Vec<i64> = starts.iter().map(|s| i64::from(s.n)).collect();
+    sqlx::query(
+        "INSERT INTO attempts (job_id, n, node, started_at) \
+         SELECT j, n, $3, $4 FROM UNNEST($1::text[], $2::bigint[]) AS u(j, n)",
+    )
+    .bind(&ids)
+    .bind(&ns)
+    .bind(node)
+    .bind(ms(at))
+    .execute(&mut **tx)
+    .await
+    .map_err(StoreError::query("insert attempts"))?;
+    insert_event_rows(tx, &ids, starts.iter().map(|s| s.event)).await?;
+    let announced: Vec<String> = starts
+        .iter()
+        .map(|s| {
+            EventsWritten {
+                job: s.event.job_id,
+                first: s.event.seq,
+                last: s.event.seq,
+                ended: false,
+            }
+            .to_payload()
+        })
+        .collect();
+    sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p")
+        .bind(EVENTS_CHANNEL)
+        .bind(&announced)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::query("notify"))?;
+    Ok(ids)
 }
 
 async fn notify_queued(tx: &mut Transaction<'_, Postgres>, id: &str) -> Result<(), StoreError> {
@@ -647,19 +767,10 @@ impl JobStore for PgStore {
         if !claimed {
             return Err(StoreError::NotFound(id));
         }
-        sqlx::query("INSERT INTO attempts (job_id, n, node, started_at) VALUES ($1, $2, $3, $4)")
-            .bind(&ids)
-            .bind(i64::from(n))
-            .bind(node)
-            .bind(ms(at))
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::query("insert attempt"))?;
-        insert_events(&mut tx, &ids, std::slice::from_ref(event)).await?;
-        notify_events(&mut tx, id, event.seq, event.seq, false).await?;
+        let start = Start { n, event };
+        write_starts(&mut tx, node, at, std::slice::from_ref(&start)).await?;
         commit(tx).await?;
-        self.queued_moved(-1);
-        self.hold(id, node);
+        self.started(node, &[id]);
         Ok(())
     }
 
@@ -714,54 +825,19 @@ impl JobStore for PgStore {
             .map(|r| read_job(r, None))
             .collect::<Result<Vec<_>, _>>()?;
         jobs.sort_by_key(|j| (std::cmp::Reverse(j.priority), j.id));
-        let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
-        let ns: Vec<i64> = jobs.iter().map(|j| i64::from(j.attempts_started)).collect();
-        sqlx::query(
-            "INSERT INTO attempts (job_id, n, node, started_at) \
-             SELECT j, n, $3, $4 FROM UNNEST($1::text[], $2::bigint[]) AS u(j, n)",
-        )
-        .bind(&ids)
-        .bind(&ns)
-        .bind(node)
-        .bind(ms(at))
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::query("insert attempts"))?;
         let events: Vec<JobEvent> = jobs
             .iter()
             .map(|j| running_event(j.id, j.last_seq, j.attempts_started, at))
             .collect();
-        let seqs: Vec<i64> = events.iter().map(|e| e.seq as i64).collect();
-        let data: Vec<String> = events.iter().map(|e| json_text(&e.data)).collect();
-        sqlx::query(
-            "INSERT INTO events (job_id, seq, ts, data) \
-             SELECT j, s, $3, d FROM UNNEST($1::text[], $2::bigint[], $4::text[]) AS u(j, s, d)",
-        )
-        .bind(&ids)
-        .bind(&seqs)
-        .bind(ms(at))
-        .bind(&data)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::query("insert events"))?;
-        let announced: Vec<String> = events
+        let starts: Vec<Start<'_>> = jobs
             .iter()
-            .map(|e| {
-                EventsWritten {
-                    job: e.job_id,
-                    first: e.seq,
-                    last: e.seq,
-                    ended: false,
-                }
-                .to_payload()
+            .zip(&events)
+            .map(|(j, event)| Start {
+                n: j.attempts_started,
+                event,
             })
             .collect();
-        sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p")
-            .bind(EVENTS_CHANNEL)
-            .bind(&announced)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::query("notify"))?;
+        let ids = write_starts(&mut tx, node, at, &starts).await?;
         // Read before the commit: once committed, the claim must reach the
         // dispatcher (a failure now rolls it all back).
         let attempts = sqlx::query(ATTEMPTS_OF_JOBS)
@@ -771,10 +847,8 @@ impl JobStore for PgStore {
             .map_err(StoreError::query("read attempts"))?;
         put_attempts(&mut jobs, &attempts)?;
         commit(tx).await?;
-        self.queued_moved(-(jobs.len() as i64));
-        for j in &jobs {
-            self.hold(j.id, node);
-        }
+        let claimed: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+        self.started(node, &claimed);
         Ok(jobs)
     }
 
@@ -924,8 +998,7 @@ impl JobStore for PgStore {
         if !ended {
             return Err(StoreError::NotFound(id));
         }
-        insert_events(&mut tx, &ids, std::slice::from_ref(event)).await?;
-        notify_events(&mut tx, id, event.seq, event.seq, finish.is_some()).await?;
+        state_event(&mut tx, id, event, finish.is_some()).await?;
         if finish.is_none() {
             self.announcing(id);
             notify_queued(&mut tx, &ids).await?;
@@ -967,8 +1040,7 @@ impl JobStore for PgStore {
         if !finished {
             return Err(StoreError::NotFound(id));
         }
-        insert_events(&mut tx, &ids, std::slice::from_ref(event)).await?;
-        notify_events(&mut tx, id, event.seq, event.seq, true).await?;
+        state_event(&mut tx, id, event, true).await?;
         commit(tx).await?;
         self.queued_moved(-1);
         self.release(id);
@@ -1037,23 +1109,15 @@ impl JobStore for PgStore {
         // expired. Taking them renews their lease under our name, so a
         // second node recovering at the same time skips them (locked now,
         // ours after the commit).
-        let ids: Vec<String> = sqlx::query_scalar(
-            "WITH c AS ( \
-                 SELECT id FROM jobs WHERE state = 'running' \
-                 AND (node = $1 OR node IS NULL OR lease_until IS NULL OR lease_until < now()) \
-                 ORDER BY id FOR UPDATE SKIP LOCKED) \
-             UPDATE jobs SET node = $1, lease_until = now() + make_interval(secs => $2) \
-             FROM c WHERE jobs.id = c.id RETURNING jobs.id",
+        self.take_running(
+            node,
+            take_running!(
+                "node = $1 OR node IS NULL OR lease_until IS NULL OR lease_until < now()",
+                ""
+            ),
+            "recover jobs",
         )
-        .bind(node)
-        .bind(self.lease_secs())
-        .fetch_all(&self.inner.pool)
         .await
-        .map_err(StoreError::query("recover jobs"))?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.jobs_by_ids(&ids).await
     }
 
     async fn take_over_expired(&self, node: &str) -> Result<Vec<JobRecord>, StoreError> {
@@ -1061,23 +1125,12 @@ impl JobStore for PgStore {
         // a node taking over at the same time skips them (locked now, not
         // expired after the commit), and the old node's next renewal sees
         // it lost them.
-        let ids: Vec<String> = sqlx::query_scalar(
-            "WITH c AS ( \
-                 SELECT id FROM jobs WHERE state = 'running' \
-                 AND (lease_until IS NULL OR lease_until < now()) \
-                 ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 100) \
-             UPDATE jobs SET node = $1, lease_until = now() + make_interval(secs => $2) \
-             FROM c WHERE jobs.id = c.id RETURNING jobs.id",
+        self.take_running(
+            node,
+            take_running!("lease_until IS NULL OR lease_until < now()", " LIMIT 100"),
+            "take over expired jobs",
         )
-        .bind(node)
-        .bind(self.lease_secs())
-        .fetch_all(&self.inner.pool)
         .await
-        .map_err(StoreError::query("take over expired jobs"))?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.jobs_by_ids(&ids).await
     }
 
     fn takeover_every(&self) -> Option<Duration> {
