@@ -6,6 +6,24 @@
 //! writes the job's matching `state` event, so the stored events never
 //! disagree with the stored state.
 
+/// The columns of `jobs` in both stores, but their captured output: the
+/// start of each store's `list_columns!`, which reads only the last
+/// [`list_output::LIST_OUTPUT_TAIL`] characters per stream and the length
+/// in bytes (`stdout_len`): a page of 500 jobs whose streams hold 16 MiB
+/// each reads a few KiB of each, not 16 GiB. Each store adds its own
+/// columns. (Test `list_columns_are_every_column_of_jobs` compares the
+/// SQLite list with its table.)
+macro_rules! shared_list_columns {
+    () => {
+        "id, workflow, state, reason, priority, params, request, idempotency_key, \
+         max_attempts, attempts, node, lease_until, created_at, started_at, finished_at, \
+         progress, result, error, exit_code, signal, process_id, stdout_dropped, \
+         stderr_dropped, stdout_truncated, stderr_truncated, peak_memory, cpu_ms, wall_ms, \
+         last_seq, not_before, "
+    };
+}
+
+mod columns;
 mod cursor;
 #[cfg(any(test, feature = "test-support"))]
 mod delegating;

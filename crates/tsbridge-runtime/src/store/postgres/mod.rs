@@ -44,18 +44,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tsbridge_proto::{JobEvent, JobId};
 
+use super::columns::{ENV_KEY_FINGERPRINT, json_text, key_taken, ms, next_page};
 use super::list_output::LIST_OUTPUT_TAIL;
 use super::{
     AfterAttempt, AttemptEnd, EventRetention, EventsWritten, Finish, Inserted, JobPage, JobRecord,
-    JobStore, ListFilter, NewJob, encode_cursor, last_progress_and_result, running_event,
+    JobStore, ListFilter, NewJob, last_progress_and_result, running_event,
 };
 use crate::errors::StoreError;
-use rows::{corrupt, json_text, ms, read_attempt, read_event, read_job};
+use rows::{read_attempt, read_event, read_job};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-
-/// The `store_meta` row of the request-env key's fingerprint (sealed.rs).
-const ENV_KEY_FINGERPRINT: &str = "env_key_fingerprint";
 
 /// The channel an insert or a re-queue notifies, with the job id as payload.
 pub const QUEUED_CHANNEL: &str = "tsbridge_queued";
@@ -75,21 +73,17 @@ macro_rules! now_ms {
     };
 }
 
-/// A job list's columns: every column of `jobs` but the captured output,
-/// of which the list reads only the last [`LIST_OUTPUT_TAIL`] characters
-/// per stream and the length in bytes (`stdout_len`): a page of 500 jobs
-/// whose streams hold 16 MiB each reads a few KiB of each, not 16 GiB.
-/// (The literal 4096 is checked against [`LIST_OUTPUT_TAIL`] below; test
-/// `list_columns_are_every_column_of_jobs` compares the list with the table.)
+/// A job list's columns ([`shared_list_columns!`], then this store's), the
+/// captured output cut in SQL. (The literal 4096 is checked against
+/// [`LIST_OUTPUT_TAIL`] below.)
 macro_rules! list_columns {
     () => {
-        "id, workflow, state, reason, priority, params, request, idempotency_key, \
-         max_attempts, attempts, node, lease_until, created_at, started_at, finished_at, \
-         progress, result, error, exit_code, signal, process_id, stdout_dropped, \
-         stderr_dropped, stdout_truncated, stderr_truncated, peak_memory, cpu_ms, wall_ms, \
-         last_seq, cancel_requested, not_before, \
-         right(stdout,4096) AS stdout, octet_length(stdout)::bigint AS stdout_len, \
-         right(stderr,4096) AS stderr, octet_length(stderr)::bigint AS stderr_len"
+        concat!(
+            shared_list_columns!(),
+            "cancel_requested, \
+             right(stdout,4096) AS stdout, octet_length(stdout)::bigint AS stdout_len, \
+             right(stderr,4096) AS stderr, octet_length(stderr)::bigint AS stderr_len"
+        )
     };
 }
 const _: () = assert!(
@@ -706,10 +700,7 @@ impl JobStore for PgStore {
             // key waited for the other transaction before doing nothing.
             drop(tx);
             let key = job.idempotency_key.as_deref().unwrap_or_default();
-            return match self.find_by_idempotency_key(key).await? {
-                Some(existing) => Ok(Inserted::Existing(Box::new(existing))),
-                None => Err(corrupt(&id, "idempotency conflict without a job")),
-            };
+            return key_taken(job.id, self.find_by_idempotency_key(key).await?);
         }
         insert_events(&mut tx, &id, std::slice::from_ref(&job.event)).await?;
         self.announcing(job.id);
@@ -1075,12 +1066,7 @@ impl JobStore for PgStore {
             .iter()
             .map(|r| read_job(r, Some(LIST_OUTPUT_TAIL)))
             .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if jobs.len() > limit as usize {
-            jobs.truncate(limit as usize);
-            jobs.last().map(|j| encode_cursor(j.id))
-        } else {
-            None
-        };
+        let next_cursor = next_page(&mut jobs, limit);
         self.attach_attempts(&mut jobs).await?;
         Ok(JobPage { jobs, next_cursor })
     }

@@ -1,36 +1,15 @@
 //! Rows of the PostgreSQL store to records and back (the column types of
 //! `migrations/postgres`: integers are BIGINT, times Unix ms, JSON text).
 
-use chrono::{DateTime, TimeZone, Utc};
-use serde_json::Value;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
-use tsbridge_proto::api::{ApiErrorBody, AttemptView, OutputView, Resources};
-use tsbridge_proto::{EndReason, EventData, JobEvent, JobId, JobState};
+use tsbridge_proto::api::{AttemptView, OutputView, Resources};
+use tsbridge_proto::{EndReason, JobEvent, JobId};
 
+use super::super::JobRecord;
+use super::super::columns::{self, from_ms, read_job_text};
 use super::super::list_output::cut_listed_output;
-use super::super::{JobRecord, StoredRequest};
 use crate::errors::StoreError;
-
-pub(super) fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_ms(v: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
-}
-
-pub(super) fn json_text<T: serde::Serialize>(v: &T) -> String {
-    // Serializing our own plain data types cannot fail.
-    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
-}
-
-pub(super) fn corrupt(id: &str, what: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        job: id.to_owned(),
-        what: what.into(),
-    }
-}
 
 fn get_err(op: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { op, source }
@@ -42,33 +21,7 @@ fn get_err(op: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
 pub(super) fn read_job(row: &PgRow, cut_output: Option<usize>) -> Result<JobRecord, StoreError> {
     let g = get_err("read job row");
     let id_s: String = row.try_get("id").map_err(&g)?;
-    let id: JobId = id_s.parse().map_err(|_| corrupt(&id_s, "id"))?;
-    let state_s: String = row.try_get("state").map_err(&g)?;
-    let state = JobState::parse(&state_s).ok_or_else(|| corrupt(&id_s, "state"))?;
-    let reason = row
-        .try_get::<Option<String>, _>("reason")
-        .map_err(&g)?
-        .map(|r| EndReason::parse(&r).ok_or_else(|| corrupt(&id_s, "reason")))
-        .transpose()?;
-    let json = |col: &str| -> Result<Option<Value>, StoreError> {
-        let t: Option<String> = row.try_get(col).map_err(&g)?;
-        t.map(|t| serde_json::from_str(&t).map_err(|_| corrupt(&id_s, col.to_owned())))
-            .transpose()
-    };
-    let params = json("params")?.unwrap_or(Value::Null);
-    let request: StoredRequest = match json("request")? {
-        Some(v) => serde_json::from_value(v).map_err(|_| corrupt(&id_s, "request"))?,
-        None => StoredRequest::default(),
-    };
-    let progress = match json("progress")? {
-        Some(v) => Some(serde_json::from_value(v).map_err(|_| corrupt(&id_s, "progress"))?),
-        None => None,
-    };
-    let error: Option<ApiErrorBody> = match json("error")? {
-        Some(v) => Some(serde_json::from_value(v).map_err(|_| corrupt(&id_s, "error"))?),
-        None => None,
-    };
-    let result = json("result")?;
+    let t = read_job_text(&id_s, |col| row.try_get(col).map_err(&g))?;
     let int = |col: &str| -> Result<i64, StoreError> { row.try_get::<i64, _>(col).map_err(&g) };
     let opt = |col: &str| -> Result<Option<i64>, StoreError> {
         row.try_get::<Option<i64>, _>(col).map_err(&g)
@@ -97,13 +50,13 @@ pub(super) fn read_job(row: &PgRow, cut_output: Option<usize>) -> Result<JobReco
         .map(from_ms);
     Ok(JobRecord {
         not_before,
-        id,
+        id: t.id,
         workflow: row.try_get("workflow").map_err(&g)?,
-        state,
-        reason,
+        state: t.state,
+        reason: t.reason,
         priority: int("priority")? as i32,
-        params,
-        request,
+        params: t.params,
+        request: t.request,
         idempotency_key: row.try_get("idempotency_key").map_err(&g)?,
         max_attempts: int("max_attempts")?.max(0) as u32,
         attempts_started: int("attempts")?.max(0) as u32,
@@ -111,9 +64,9 @@ pub(super) fn read_job(row: &PgRow, cut_output: Option<usize>) -> Result<JobReco
         created_at: from_ms(int("created_at")?),
         started_at: opt("started_at")?.map(from_ms),
         finished_at: opt("finished_at")?.map(from_ms),
-        progress,
-        result,
-        error,
+        progress: t.progress,
+        result: t.result,
+        error: t.error,
         exit_code: opt("exit_code")?.map(|v| v as i32),
         signal: opt("signal")?.map(|v| v as i32),
         process_id: opt_u64("process_id")?.map(|p| p as u32),
@@ -159,12 +112,5 @@ pub(super) fn read_event(row: &PgRow, id: JobId) -> Result<JobEvent, StoreError>
     let seq: i64 = row.try_get("seq").map_err(&g)?;
     let ts: i64 = row.try_get("ts").map_err(&g)?;
     let data: String = row.try_get("data").map_err(&g)?;
-    let data: EventData = serde_json::from_str(&data)
-        .map_err(|_| corrupt(&id.to_string(), format!("event {seq}")))?;
-    Ok(JobEvent {
-        seq: seq.max(0) as u64,
-        job_id: id,
-        timestamp: from_ms(ts),
-        data,
-    })
+    columns::read_event(id, seq, ts, &data)
 }

@@ -17,20 +17,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, TimeZone, Utc};
-use serde_json::Value;
+use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite};
-use tsbridge_proto::api::{ApiErrorBody, AttemptView, OutputView, Resources};
-use tsbridge_proto::{EndReason, EventData, JobEvent, JobId, JobState};
+use tsbridge_proto::api::{AttemptView, OutputView, Resources};
+use tsbridge_proto::{EndReason, JobEvent, JobId, JobState};
 
+use super::columns::{
+    ENV_KEY_FINGERPRINT, corrupt, from_ms, json_text, key_taken, ms, next_page, read_event,
+    read_job_text,
+};
 use super::list_output::{LIST_OUTPUT_TAIL, cut_listed_output};
 use super::{
     AfterAttempt, AttemptEnd, Finish, FirstStart, Inserted, JobPage, JobRecord, JobStore,
-    ListFilter, NewJob, StoredRequest, encode_cursor, last_progress_and_result,
+    ListFilter, NewJob, last_progress_and_result,
 };
 use crate::errors::StoreError;
 use writer::{Applied, EndRow, EventRow, FinishRow, Op, StartRow, Target, WriterHandle};
@@ -39,9 +42,6 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 /// Read-only connections.
 const READERS: u32 = 4;
-
-/// The `store_meta` row of the request-env key's fingerprint (sealed.rs).
-const ENV_KEY_FINGERPRINT: &str = "env_key_fingerprint";
 
 /// How many events of one job are kept: the first `head` and the last
 /// `tail`; the middle of a longer stream is deleted as it grows (its `seq`
@@ -133,22 +133,18 @@ const RUNNING_JOBS: &str = select_jobs!(concat!(
     " ORDER BY id"
 ));
 
-/// A job list's columns: every column of `jobs` but the captured output,
-/// of which the list reads only the last [`LIST_OUTPUT_TAIL`] characters
-/// per stream and the length in bytes (`stdout_len`), cut by SQLite: a page
-/// of 500 jobs whose streams hold 16 MiB each reads a few KiB of each into
-/// tsbridge, not 16 GiB. (The literal 4096 is checked against
+/// A job list's columns ([`shared_list_columns!`], then this store's), the
+/// captured output cut by SQLite. (The literal 4096 is checked against
 /// [`LIST_OUTPUT_TAIL`] below; test `list_columns_are_every_column_of_jobs`
 /// compares the list with the table.)
 macro_rules! list_columns {
     () => {
-        "id, workflow, state, reason, priority, params, request, idempotency_key, \
-         max_attempts, attempts, node, lease_until, created_at, started_at, finished_at, \
-         progress, result, error, exit_code, signal, process_id, stdout_dropped, \
-         stderr_dropped, stdout_truncated, stderr_truncated, peak_memory, cpu_ms, wall_ms, \
-         last_seq, not_before, attempt_log, \
-         substr(stdout,-4096) AS stdout, length(CAST(stdout AS BLOB)) AS stdout_len, \
-         substr(stderr,-4096) AS stderr, length(CAST(stderr AS BLOB)) AS stderr_len"
+        concat!(
+            shared_list_columns!(),
+            "attempt_log, \
+             substr(stdout,-4096) AS stdout, length(CAST(stdout AS BLOB)) AS stdout_len, \
+             substr(stderr,-4096) AS stderr, length(CAST(stderr AS BLOB)) AS stderr_len"
+        )
     };
 }
 const _: () = assert!(
@@ -280,19 +276,6 @@ impl SqliteStore {
     }
 }
 
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_ms(v: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
-}
-
-fn json_text<T: serde::Serialize>(v: &T) -> String {
-    // Serializing our own plain data types cannot fail.
-    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
-}
-
 /// The write of appended events.
 fn append_op(id: JobId, events: &[JobEvent]) -> Op {
     let (progress, result) = last_progress_and_result(events);
@@ -371,46 +354,13 @@ fn finish_row(f: &Finish) -> FinishRow {
     }
 }
 
-fn corrupt(id: &str, what: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        job: id.to_owned(),
-        what: what.into(),
-    }
-}
-
 fn read_job(row: &SqliteRow, cut_output: bool) -> Result<JobRecord, StoreError> {
     let g = |e: sqlx::Error| StoreError::Query {
         op: "read job row",
         source: e,
     };
     let id_s: String = row.try_get("id").map_err(g)?;
-    let id: JobId = id_s.parse().map_err(|_| corrupt(&id_s, "id"))?;
-    let state_s: String = row.try_get("state").map_err(g)?;
-    let state = JobState::parse(&state_s).ok_or_else(|| corrupt(&id_s, "state"))?;
-    let reason = row
-        .try_get::<Option<String>, _>("reason")
-        .map_err(g)?
-        .map(|r| EndReason::parse(&r).ok_or_else(|| corrupt(&id_s, "reason")))
-        .transpose()?;
-    let parse_json = |col: &str| -> Result<Option<Value>, StoreError> {
-        let t: Option<String> = row.try_get(col).map_err(g)?;
-        t.map(|t| serde_json::from_str(&t).map_err(|_| corrupt(&id_s, col.to_owned())))
-            .transpose()
-    };
-    let params = parse_json("params")?.unwrap_or(Value::Null);
-    let request: StoredRequest = match parse_json("request")? {
-        Some(v) => serde_json::from_value(v).map_err(|_| corrupt(&id_s, "request"))?,
-        None => StoredRequest::default(),
-    };
-    let progress = match parse_json("progress")? {
-        Some(v) => Some(serde_json::from_value(v).map_err(|_| corrupt(&id_s, "progress"))?),
-        None => None,
-    };
-    let error: Option<ApiErrorBody> = match parse_json("error")? {
-        Some(v) => Some(serde_json::from_value(v).map_err(|_| corrupt(&id_s, "error"))?),
-        None => None,
-    };
-    let result = parse_json("result")?;
+    let t = read_job_text(&id_s, |col| row.try_get(col).map_err(g))?;
     let opt_u64 = |col: &str| -> Result<Option<u64>, StoreError> {
         Ok(row
             .try_get::<Option<i64>, _>(col)
@@ -449,13 +399,13 @@ fn read_job(row: &SqliteRow, cut_output: bool) -> Result<JobRecord, StoreError> 
     }
     Ok(JobRecord {
         not_before: opt_time("not_before")?,
-        id,
+        id: t.id,
         workflow: row.try_get("workflow").map_err(g)?,
-        state,
-        reason,
+        state: t.state,
+        reason: t.reason,
         priority: row.try_get::<i64, _>("priority").map_err(g)? as i32,
-        params,
-        request,
+        params: t.params,
+        request: t.request,
         idempotency_key: row.try_get("idempotency_key").map_err(g)?,
         max_attempts: row.try_get::<i64, _>("max_attempts").map_err(g)? as u32,
         attempts_started: row.try_get::<i64, _>("attempts").map_err(g)? as u32,
@@ -463,9 +413,9 @@ fn read_job(row: &SqliteRow, cut_output: bool) -> Result<JobRecord, StoreError> 
         created_at: from_ms(row.try_get("created_at").map_err(g)?),
         started_at: opt_time("started_at")?,
         finished_at: opt_time("finished_at")?,
-        progress,
-        result,
-        error,
+        progress: t.progress,
+        result: t.result,
+        error: t.error,
         exit_code: opt_i32("exit_code")?,
         signal: opt_i32("signal")?,
         process_id: opt_u64("process_id")?.map(|p| p as u32),
@@ -548,13 +498,7 @@ impl SqliteStore {
                 // The job holding the key is committed (before, or earlier
                 // in the same transaction, which has committed now).
                 let key = job.idempotency_key.as_deref().unwrap_or_default();
-                match self.find_by_idempotency_key(key).await? {
-                    Some(existing) => Ok(Inserted::Existing(Box::new(existing))),
-                    None => Err(corrupt(
-                        &job.id.to_string(),
-                        "idempotency conflict without a job",
-                    )),
-                }
+                key_taken(job.id, self.find_by_idempotency_key(key).await?)
             }
             Applied::Done | Applied::NotQueued => Ok(Inserted::Created),
         }
@@ -751,12 +695,7 @@ impl JobStore for SqliteStore {
             .iter()
             .map(|r| read_job(r, true))
             .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if jobs.len() > limit as usize {
-            jobs.truncate(limit as usize);
-            jobs.last().map(|j| encode_cursor(j.id))
-        } else {
-            None
-        };
+        let next_cursor = next_page(&mut jobs, limit);
         Ok(JobPage { jobs, next_cursor })
     }
 
@@ -777,22 +716,14 @@ impl JobStore for SqliteStore {
         .map_err(StoreError::query("read events"))?;
         rows.iter()
             .map(|r| {
-                let g = StoreError::query("read event row");
-                let seq: i64 = r
-                    .try_get("seq")
-                    .map_err(StoreError::query("read event row"))?;
-                let ts: i64 = r
-                    .try_get("ts")
-                    .map_err(StoreError::query("read event row"))?;
+                let g = |source| StoreError::Query {
+                    op: "read event row",
+                    source,
+                };
+                let seq: i64 = r.try_get("seq").map_err(g)?;
+                let ts: i64 = r.try_get("ts").map_err(g)?;
                 let data: String = r.try_get("data").map_err(g)?;
-                let data: EventData = serde_json::from_str(&data)
-                    .map_err(|_| corrupt(&id.to_string(), format!("event {seq}")))?;
-                Ok(JobEvent {
-                    seq: seq.max(0) as u64,
-                    job_id: id,
-                    timestamp: from_ms(ts),
-                    data,
-                })
+                read_event(id, seq, ts, &data)
             })
             .collect()
     }
