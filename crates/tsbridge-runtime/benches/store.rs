@@ -27,11 +27,11 @@ use std::sync::OnceLock;
 use chrono::Utc;
 use divan::Bencher;
 use serde_json::json;
-use tsbridge_proto::api::{OutputView, Resources};
 use tsbridge_proto::{EndReason, EventData, JobEvent, JobId, JobState, Progress};
 use tsbridge_runtime::store::{
     AfterAttempt, AttemptEnd, Finish, FirstStart, JobStore, NewJob, SqliteStore, StoredRequest,
 };
+use tsbridge_runtime::test_util::{attempt_end, event, state_event};
 
 fn main() {
     divan::main();
@@ -48,25 +48,9 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-fn ev(id: JobId, seq: u64, data: EventData) -> JobEvent {
-    JobEvent {
-        seq,
-        job_id: id,
-        timestamp: Utc::now(),
-        data,
-    }
-}
-
+/// A `state` event of attempt 1 (none for `queued`).
 fn state(id: JobId, seq: u64, s: JobState, reason: Option<EndReason>) -> JobEvent {
-    ev(
-        id,
-        seq,
-        EventData::State {
-            state: s,
-            reason,
-            attempt: (s != JobState::Queued).then_some(1),
-        },
-    )
+    state_event(id, seq, s, reason, (s != JobState::Queued).then_some(1))
 }
 
 /// The parameters and result of the HTTP benchmark's trivial workflow.
@@ -107,12 +91,12 @@ async fn job_life(store: &SqliteStore, child_events: bool) {
     let mut events: Vec<JobEvent> = ["loading input", "processing", "writing output"]
         .iter()
         .zip(1..)
-        .map(|(m, i)| ev(id, 2 + i, EventData::Progress(Progress::new(i, 3, *m))))
+        .map(|(m, i)| event(id, 2 + i, EventData::Progress(Progress::new(i, 3, *m))))
         .collect();
     if !child_events {
         events.clear();
     }
-    events.push(ev(
+    events.push(event(
         id,
         6,
         EventData::Result {
@@ -120,16 +104,8 @@ async fn job_life(store: &SqliteStore, child_events: bool) {
         },
     ));
     let end = AttemptEnd {
-        n: 1,
-        reason: EndReason::Exited,
-        exit_code: Some(0),
-        signal: None,
         process_id: Some(4242),
-        error: None,
-        finished_at: Utc::now(),
-        output: OutputView::default(),
-        resources: Resources::default(),
-        retry_in: None,
+        ..attempt_end(1, EndReason::Exited)
     };
     let fin = Finish {
         state: JobState::Succeeded,

@@ -18,8 +18,8 @@ pub mod sealed;
 pub mod spawn;
 pub mod stats;
 pub mod store;
-#[cfg(test)]
-mod test_util;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_util;
 
 pub use bus::{Bus, Subscription};
 pub use config::Config;

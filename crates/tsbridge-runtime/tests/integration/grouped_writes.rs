@@ -17,26 +17,19 @@ use chrono::Utc;
 use common::*;
 use futures::future::join_all;
 use serde_json::json;
-use tsbridge_proto::api::{OutputView, Resources};
+use tsbridge_proto::api::OutputView;
 use tsbridge_proto::{ChildEvent, EndReason, EventData, JobEvent, JobId, JobState, Progress};
 use tsbridge_runtime::store::{
     AfterAttempt, AttemptEnd, Finish, Inserted, JobStore, NewJob, SqliteStore, StoredRequest,
 };
+use tsbridge_runtime::test_util::{self, attempt_end, event};
 use tsbridge_runtime::{
     AttemptEvent, AttemptIo, AttemptOutcome, AttemptRequest, Executor, RuntimeOptions,
 };
 
+/// A `state` event without a reason.
 fn state_event(id: JobId, seq: u64, state: JobState, attempt: Option<u32>) -> JobEvent {
-    JobEvent {
-        seq,
-        job_id: id,
-        timestamp: Utc::now(),
-        data: EventData::State {
-            state,
-            reason: None,
-            attempt,
-        },
-    }
+    test_util::state_event(id, seq, state, None, attempt)
 }
 
 fn new_job() -> NewJob {
@@ -55,30 +48,24 @@ fn new_job() -> NewJob {
 }
 
 fn progress(id: JobId, seqs: std::ops::RangeInclusive<u64>) -> Vec<JobEvent> {
-    seqs.map(|seq| JobEvent {
-        seq,
-        job_id: id,
-        timestamp: Utc::now(),
-        data: EventData::Progress(Progress::new(seq, 100, "step")),
+    seqs.map(|seq| {
+        event(
+            id,
+            seq,
+            EventData::Progress(Progress::new(seq, 100, "step")),
+        )
     })
     .collect()
 }
 
 fn end(n: u32, pid: Option<u32>) -> AttemptEnd {
     AttemptEnd {
-        n,
-        reason: EndReason::Exited,
-        exit_code: Some(0),
-        signal: None,
         process_id: pid,
-        error: None,
-        finished_at: Utc::now(),
         output: OutputView {
             stdout: format!("out of attempt {n}"),
             ..OutputView::default()
         },
-        resources: Resources::default(),
-        retry_in: None,
+        ..attempt_end(n, EndReason::Exited)
     }
 }
 

@@ -9,21 +9,13 @@ use std::sync::Arc;
 use chrono::Utc;
 use common::*;
 use serde_json::json;
-use tsbridge_proto::{EndReason, EventData, JobEvent, JobId, JobState};
+use tsbridge_proto::{EndReason, JobEvent, JobId, JobState};
 use tsbridge_runtime::store::{JobStore, NewJob, StoredRequest};
 use tsbridge_runtime::{Runtime, RuntimeOptions};
 
+/// A `state` event without a reason.
 fn state(id: JobId, seq: u64, s: JobState, attempt: Option<u32>) -> JobEvent {
-    JobEvent {
-        seq,
-        job_id: id,
-        timestamp: Utc::now(),
-        data: EventData::State {
-            state: s,
-            reason: None,
-            attempt,
-        },
-    }
+    tsbridge_runtime::test_util::state_event(id, seq, s, None, attempt)
 }
 
 async fn insert(store: &dyn JobStore, max_attempts: u32, running: bool) -> JobId {

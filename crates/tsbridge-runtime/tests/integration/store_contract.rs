@@ -9,7 +9,7 @@
 use chrono::Utc;
 use serde_json::json;
 use tsbridge_proto::api::{OutputView, Resources};
-use tsbridge_proto::{EndReason, EventData, JobEvent, JobId, JobState, LogLevel, Progress};
+use tsbridge_proto::{EndReason, EventData, JobId, JobState, LogLevel, Progress};
 use tsbridge_runtime::StoreError;
 use tsbridge_runtime::store::{
     AfterAttempt, AttemptEnd, EventRetention, Finish, FirstStart, Inserted, JobStore, ListFilter,
@@ -18,49 +18,7 @@ use tsbridge_runtime::store::{
 
 use crate::pg_support::PgDb;
 
-pub fn ev(id: JobId, seq: u64, data: EventData) -> JobEvent {
-    JobEvent {
-        seq,
-        job_id: id,
-        timestamp: Utc::now(),
-        data,
-    }
-}
-
-pub fn state(
-    id: JobId,
-    seq: u64,
-    s: JobState,
-    reason: Option<EndReason>,
-    attempt: Option<u32>,
-) -> JobEvent {
-    ev(
-        id,
-        seq,
-        EventData::State {
-            state: s,
-            reason,
-            attempt,
-        },
-    )
-}
-
-/// The end of attempt `n` for `reason`: exit code 0 when it exited,
-/// SIGKILL when signalled, nothing else.
-pub fn attempt_end(n: u32, reason: EndReason) -> AttemptEnd {
-    AttemptEnd {
-        n,
-        reason,
-        exit_code: (reason == EndReason::Exited).then_some(0),
-        signal: (reason == EndReason::Signaled).then_some(9),
-        process_id: None,
-        error: None,
-        finished_at: Utc::now(),
-        output: OutputView::default(),
-        resources: Resources::default(),
-        retry_in: None,
-    }
-}
+pub use tsbridge_runtime::test_util::{attempt_end, event as ev, state_event as state};
 
 pub fn new_job(workflow: &str, priority: i32, key: Option<&str>) -> NewJob {
     let id = JobId::new();
