@@ -49,7 +49,7 @@ async fn pages_of_other_sites_are_refused_and_run_nothing() {
     ] {
         let a = send(&state, post(headers)).await;
         assert_failure(&a, 403, "SecurityError");
-        let message = a.body["error"]["message"].as_str().unwrap();
+        let message = a.message();
         assert!(message.contains("server.tokens"), "{message}");
     }
     assert_eq!(fake.job_count(), 0, "nothing ran");

@@ -15,21 +15,11 @@ async fn bad_json_wrong_types_and_unknown_fields_are_400() {
     let (state, _) = fake_state(settings());
     let a = call(&state, "POST", "/v1/jobs", Some("{nope"), None).await;
     assert_failure(&a, 400, "ValidationError");
-    assert!(
-        a.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not valid JSON")
-    );
+    assert!(a.message().contains("not valid JSON"));
 
-    let a = call(&state, "POST", "/v1/jobs", Some(r#"{"workflow": 5}"#), None).await;
+    let a = post(&state, "/v1/jobs", r#"{"workflow": 5}"#).await;
     assert_failure(&a, 400, "ValidationError");
-    assert!(
-        a.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("invalid type")
-    );
+    assert!(a.message().contains("invalid type"));
 
     let a = call(
         &state,
@@ -40,12 +30,7 @@ async fn bad_json_wrong_types_and_unknown_fields_are_400() {
     )
     .await;
     assert_failure(&a, 400, "ValidationError");
-    assert!(
-        a.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("unknown field `bogus`")
-    );
+    assert!(a.message().contains("unknown field `bogus`"));
 
     let a = call(
         &state,
@@ -63,7 +48,7 @@ async fn bad_json_wrong_types_and_unknown_fields_are_400() {
         r#"{"parameters":{},"options":{"timeout":-1}}"#,
         r#"{"parameters":{},"options":{"memory":1e30}}"#,
     ] {
-        let a = call(&state, "POST", "/workflow/echo/execute", Some(body), None).await;
+        let a = execute_with(&state, "echo", body).await;
         assert_failure(&a, 400, "ValidationError");
     }
 
@@ -90,7 +75,7 @@ async fn a_body_declared_as_not_json_is_400() {
     for ct in ["multipart/form-data; boundary=x", "application/xml"] {
         let a = send(&state, post(Some(ct))).await;
         assert_failure(&a, 400, "ValidationError");
-        let message = a.body["error"]["message"].as_str().unwrap();
+        let message = a.message();
         assert!(message.contains("Content-Type"), "{ct}: {message}");
     }
     let a = send(
@@ -121,14 +106,7 @@ async fn a_body_declared_as_not_json_is_400() {
 #[tokio::test]
 async fn schema_violations_are_400_with_details() {
     let (state, _) = fake_state(settings());
-    let a = call(
-        &state,
-        "POST",
-        "/workflow/schema/execute",
-        Some(r#"{"parameters":{}}"#),
-        None,
-    )
-    .await;
+    let a = execute(&state, "schema", json!({})).await;
     assert_failure(&a, 400, "ValidationError");
     assert_eq!(a.body["error"]["details"][0]["path"], "/n");
 }
@@ -166,34 +144,21 @@ async fn refused_paths_and_env_are_403() {
         json!({"inputPath": "../../etc/passwd"}),
         json!({"inputPath": "/srv/app-evil/data.csv"}),
     ] {
-        let body = json!({"parameters": params}).to_string();
-        let a = call(&state, "POST", "/workflow/echo/execute", Some(&body), None).await;
+        let a = execute(&state, "echo", params).await;
         assert_failure(&a, 403, "SecurityError");
     }
     let body =
         json!({"parameters": {}, "options": {"env": {"LD_PRELOAD": "/tmp/evil.so"}}}).to_string();
-    let a = call(&state, "POST", "/workflow/echo/execute", Some(&body), None).await;
+    let a = execute_with(&state, "echo", &body).await;
     assert_failure(&a, 403, "SecurityError");
-    assert!(
-        a.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("LD_PRELOAD")
-    );
+    assert!(a.message().contains("LD_PRELOAD"));
     assert_eq!(fake.job_count(), 0, "nothing ran");
 }
 
 #[tokio::test]
 async fn unknown_things_are_404() {
     let (state, _) = fake_state(settings());
-    let a = call(
-        &state,
-        "POST",
-        "/workflow/nope/execute",
-        Some(r#"{"parameters":{}}"#),
-        None,
-    )
-    .await;
+    let a = execute(&state, "nope", json!({})).await;
     assert_failure(&a, 404, "NotFound");
     let a = call(
         &state,
@@ -217,25 +182,13 @@ async fn wrong_method_is_405_json() {
     let a = call(&state, "DELETE", "/v1/jobs", None, None).await;
     assert_eq!(a.status, 405);
     assert_eq!(a.body["success"], false);
-    assert!(
-        a.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("DELETE")
-    );
+    assert!(a.message().contains("DELETE"));
 }
 
 #[tokio::test]
 async fn timeout_is_408_with_job_id() {
     let (state, _) = fake_state(settings());
-    let a = call(
-        &state,
-        "POST",
-        "/workflow/timeout/execute",
-        Some(r#"{"parameters":{}}"#),
-        None,
-    )
-    .await;
+    let a = execute(&state, "timeout", json!({})).await;
     assert_failure(&a, 408, "TimeoutError");
     assert!(a.body["error"]["details"]["jobId"].is_string());
     assert_eq!(a.body["error"]["details"]["reason"], "timeout");
@@ -244,17 +197,10 @@ async fn timeout_is_408_with_job_id() {
 #[tokio::test]
 async fn cancelling_a_finished_job_is_409() {
     let (state, _) = fake_state(settings());
-    let a = call(
-        &state,
-        "POST",
-        "/workflow/echo/execute",
-        Some(r#"{"parameters":{}}"#),
-        None,
-    )
-    .await;
+    let a = execute(&state, "echo", json!({})).await;
     assert_eq!(a.status, 200);
     let id = a.body["data"]["jobId"].as_str().unwrap().to_owned();
-    let a = call(&state, "POST", &format!("/v1/jobs/{id}/cancel"), None, None).await;
+    let a = cancel(&state, &id).await;
     assert_failure(&a, 409, "Conflict");
     assert_eq!(a.body["error"]["details"]["state"], "succeeded");
 }
@@ -282,14 +228,7 @@ async fn body_over_max_body_is_413() {
 #[tokio::test]
 async fn resource_limit_is_413_with_stderr() {
     let (state, _) = fake_state(settings());
-    let a = call(
-        &state,
-        "POST",
-        "/workflow/oom/execute",
-        Some(r#"{"parameters":{}}"#),
-        None,
-    )
-    .await;
+    let a = execute(&state, "oom", json!({})).await;
     assert_failure(&a, 413, "ResourceLimitError");
     assert_eq!(a.body["error"]["details"]["reason"], "memory_limit");
     assert_eq!(a.body["error"]["details"]["stderr"], "heap");
@@ -298,14 +237,7 @@ async fn resource_limit_is_413_with_stderr() {
 #[tokio::test]
 async fn queue_full_is_429_with_retry_after() {
     let (state, _) = fake_state(settings());
-    let a = call(
-        &state,
-        "POST",
-        "/v1/jobs",
-        Some(r#"{"workflow":"full"}"#),
-        None,
-    )
-    .await;
+    let a = post(&state, "/v1/jobs", r#"{"workflow":"full"}"#).await;
     assert_failure(&a, 429, "QueueFull");
     assert_eq!(a.headers["retry-after"], "3");
 }
@@ -313,14 +245,7 @@ async fn queue_full_is_429_with_retry_after() {
 #[tokio::test]
 async fn nonzero_exit_is_500_with_exit_code_and_stderr() {
     let (state, _) = fake_state(settings());
-    let a = call(
-        &state,
-        "POST",
-        "/workflow/fail/execute",
-        Some(r#"{"parameters":{}}"#),
-        None,
-    )
-    .await;
+    let a = execute(&state, "fail", json!({})).await;
     assert_failure(&a, 500, "ExecutionError");
     let d = &a.body["error"]["details"];
     assert_eq!(d["exitCode"], 3);
@@ -331,36 +256,17 @@ async fn nonzero_exit_is_500_with_exit_code_and_stderr() {
     assert!(d["jobId"].is_string());
     assert_eq!(a.body["error"]["message"], "process exited with code 3");
 
-    let a = call(
-        &state,
-        "POST",
-        "/workflow/signal/execute",
-        Some(r#"{"parameters":{}}"#),
-        None,
-    )
-    .await;
+    let a = execute(&state, "signal", json!({})).await;
     assert_failure(&a, 500, "ExecutionError");
     assert_eq!(a.body["error"]["details"]["signal"], 9);
     assert_eq!(a.body["error"]["details"]["signalName"], "SIGKILL");
-    assert!(
-        a.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("SIGKILL")
-    );
+    assert!(a.message().contains("SIGKILL"));
 }
 
 #[tokio::test]
 async fn internal_errors_hide_internals_unless_dev() {
     let (state, _) = fake_state(settings());
-    let a = call(
-        &state,
-        "POST",
-        "/v1/jobs",
-        Some(r#"{"workflow":"broken"}"#),
-        None,
-    )
-    .await;
+    let a = post(&state, "/v1/jobs", r#"{"workflow":"broken"}"#).await;
     assert_failure(&a, 500, "InternalError");
     assert_eq!(a.body["error"]["message"], "internal error");
     let text = a.body.to_string();
@@ -371,14 +277,7 @@ async fn internal_errors_hide_internals_unless_dev() {
 
     // A spawn failure is not an internal error: it says why the program
     // did not start (spawn_failure.rs runs real ones).
-    let a = call(
-        &state,
-        "POST",
-        "/workflow/spawnfail/execute",
-        Some(r#"{"parameters":{}}"#),
-        None,
-    )
-    .await;
+    let a = execute(&state, "spawnfail", json!({})).await;
     assert_failure(&a, 500, "ExecutionError");
     assert_eq!(a.body["error"]["details"]["reason"], "spawn_failure");
     assert!(a.body["error"]["details"]["jobId"].is_string());
@@ -386,34 +285,15 @@ async fn internal_errors_hide_internals_unless_dev() {
     let mut s = settings();
     s.dev = true;
     let (state, _) = fake_state(s);
-    let a = call(
-        &state,
-        "POST",
-        "/v1/jobs",
-        Some(r#"{"workflow":"broken"}"#),
-        None,
-    )
-    .await;
+    let a = post(&state, "/v1/jobs", r#"{"workflow":"broken"}"#).await;
     assert_failure(&a, 500, "InternalError");
-    assert!(
-        a.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("SELECT")
-    );
+    assert!(a.message().contains("SELECT"));
 }
 
 #[tokio::test]
 async fn unavailable_workflow_is_503() {
     let (state, _) = fake_state(settings());
-    let a = call(
-        &state,
-        "POST",
-        "/workflow/unavail/execute",
-        Some(r#"{"parameters":{}}"#),
-        None,
-    )
-    .await;
+    let a = execute(&state, "unavail", json!({})).await;
     assert_failure(&a, 503, "Unavailable");
 }
 

@@ -9,22 +9,16 @@ use crate::common;
 
 use common::real::{fixtures, real};
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use tsbridge_proto::JobState;
-
-fn exec_body(params: Value) -> String {
-    json!({"parameters": params}).to_string()
-}
 
 #[tokio::test]
 async fn execute_runs_a_real_child_and_answers_its_result() {
     let r = real("").await;
-    let a = call(
+    let a = execute(
         &r.state,
-        "POST",
-        "/workflow/work/execute",
-        Some(&exec_body(json!({"progress": 2, "result": {"ok": 1}}))),
-        None,
+        "work",
+        json!({"progress": 2, "result": {"ok": 1}}),
     )
     .await;
     assert_eq!(a.status, 200, "{a:?}");
@@ -44,14 +38,7 @@ async fn execute_runs_a_real_child_and_answers_its_result() {
 #[tokio::test]
 async fn nonzero_exit_is_500_with_exit_code_and_stderr_tail() {
     let r = real("").await;
-    let a = call(
-        &r.state,
-        "POST",
-        "/workflow/work/execute",
-        Some(&exec_body(json!({"exit": 3, "stderr": "it broke\n"}))),
-        None,
-    )
-    .await;
+    let a = execute(&r.state, "work", json!({"exit": 3, "stderr": "it broke\n"})).await;
     assert_failure(&a, 500, "ExecutionError");
     let d = &a.body["error"]["details"];
     assert_eq!(d["exitCode"], 3, "{d}");
@@ -63,14 +50,7 @@ async fn nonzero_exit_is_500_with_exit_code_and_stderr_tail() {
 async fn timeout_is_408() {
     let r = real("").await;
     let body = json!({"parameters": {"hang": true}, "options": {"timeout": "300ms"}}).to_string();
-    let a = call(
-        &r.state,
-        "POST",
-        "/workflow/work/execute",
-        Some(&body),
-        None,
-    )
-    .await;
+    let a = execute_with(&r.state, "work", &body).await;
     assert_failure(&a, 408, "TimeoutError");
     assert!(a.body["error"]["details"]["jobId"].is_string());
 }
@@ -78,73 +58,31 @@ async fn timeout_is_408() {
 #[tokio::test]
 async fn refused_requests_are_400_403_404_503_and_run_nothing() {
     let r = real("").await;
-    let a = call(
-        &r.state,
-        "POST",
-        "/workflow/typed/execute",
-        Some(&exec_body(json!({"n": "x"}))),
-        None,
-    )
-    .await;
+    let a = execute(&r.state, "typed", json!({"n": "x"})).await;
     assert_failure(&a, 400, "ValidationError");
     assert!(a.body["error"]["details"].is_object() || a.body["error"]["details"].is_array());
 
     let sibling = format!("{}-evil/data.csv", fixtures().display());
     for bad in ["../../etc/passwd", sibling.as_str(), "/etc/passwd"] {
-        let a = call(
-            &r.state,
-            "POST",
-            "/workflow/work/execute",
-            Some(&exec_body(json!({"inputPath": bad}))),
-            None,
-        )
-        .await;
+        let a = execute(&r.state, "work", json!({"inputPath": bad})).await;
         assert_failure(&a, 403, "SecurityError");
     }
     let body =
         json!({"parameters": {}, "options": {"env": {"LD_PRELOAD": "/tmp/x.so"}}}).to_string();
-    let a = call(
-        &r.state,
-        "POST",
-        "/workflow/work/execute",
-        Some(&body),
-        None,
-    )
-    .await;
+    let a = execute_with(&r.state, "work", &body).await;
     assert_failure(&a, 403, "SecurityError");
 
     // SPEC §4's memory option: a bare number is bytes, 512 is refused.
     for memory in [json!(512), json!("lots")] {
         let body = json!({"parameters": {}, "options": {"memory": memory}}).to_string();
-        let a = call(
-            &r.state,
-            "POST",
-            "/workflow/work/execute",
-            Some(&body),
-            None,
-        )
-        .await;
+        let a = execute_with(&r.state, "work", &body).await;
         assert_failure(&a, 400, "ValidationError");
     }
 
-    let a = call(
-        &r.state,
-        "POST",
-        "/workflow/nope/execute",
-        Some(&exec_body(json!({}))),
-        None,
-    )
-    .await;
+    let a = execute(&r.state, "nope", json!({})).await;
     assert_failure(&a, 404, "NotFound");
 
-    let a = call(
-        &r.state,
-        "POST",
-        "/workflow/limited/execute",
-        Some(&exec_body(json!({}))),
-        None,
-    )
-    .await;
+    let a = execute(&r.state, "limited", json!({})).await;
     assert_failure(&a, 503, "Unavailable");
 
     let list = call(&r.state, "GET", "/v1/jobs", None, None).await;
@@ -154,34 +92,18 @@ async fn refused_requests_are_400_403_404_503_and_run_nothing() {
 #[tokio::test]
 async fn cancel_gives_the_final_state_then_409() {
     let r = real("").await;
-    let a = call(
+    let a = post(
         &r.state,
-        "POST",
         "/v1/jobs",
-        Some(r#"{"workflow":"work","parameters":{"hang":true}}"#),
-        None,
+        r#"{"workflow":"work","parameters":{"hang":true}}"#,
     )
     .await;
     assert_eq!(a.status, 202, "{a:?}");
     let id = a.body["data"]["jobId"].as_str().unwrap().to_owned();
-    let a = call(
-        &r.state,
-        "POST",
-        &format!("/v1/jobs/{id}/cancel"),
-        None,
-        None,
-    )
-    .await;
+    let a = cancel(&r.state, &id).await;
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(a.body["data"]["state"], "cancelled");
-    let a = call(
-        &r.state,
-        "POST",
-        &format!("/v1/jobs/{id}/cancel"),
-        None,
-        None,
-    )
-    .await;
+    let a = cancel(&r.state, &id).await;
     assert_failure(&a, 409, "Conflict");
 }
 
@@ -191,12 +113,10 @@ async fn queue_full_is_429_with_retry_after() {
     let mut ids = Vec::new();
     let mut full = None;
     for _ in 0..10 {
-        let a = call(
+        let a = post(
             &r.state,
-            "POST",
             "/v1/jobs",
-            Some(r#"{"workflow":"work","parameters":{"hang":true}}"#),
-            None,
+            r#"{"workflow":"work","parameters":{"hang":true}}"#,
         )
         .await;
         if a.status == 429 {
@@ -211,14 +131,7 @@ async fn queue_full_is_429_with_retry_after() {
     let after: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(after >= 1);
     for id in ids {
-        let c = call(
-            &r.state,
-            "POST",
-            &format!("/v1/jobs/{id}/cancel"),
-            None,
-            None,
-        )
-        .await;
+        let c = cancel(&r.state, &id).await;
         assert!(c.status == 200 || c.status == 409, "{c:?}");
     }
     for j in call(&r.state, "GET", "/v1/jobs", None, None).await.body["data"]["jobs"]

@@ -57,14 +57,7 @@ async fn execute_answers_the_documented_shape() {
 #[tokio::test]
 async fn submit_get_list_cancel() {
     let (state, _) = fake_state(settings());
-    let a = call(
-        &state,
-        "POST",
-        "/v1/jobs",
-        Some(r#"{"workflow":"hang","parameters":{}}"#),
-        None,
-    )
-    .await;
+    let a = post(&state, "/v1/jobs", r#"{"workflow":"hang","parameters":{}}"#).await;
     assert_eq!(a.status, 202, "{a:?}");
     assert_eq!(keys(&a.body["data"]), ["jobId", "state"]);
     assert_eq!(a.body["data"]["state"], "queued");
@@ -118,7 +111,7 @@ async fn submit_get_list_cancel() {
     assert_eq!(a.status, 200);
     assert_eq!(keys(&a.body["data"]), ["jobs", "nextCursor"]);
 
-    let a = call(&state, "POST", &format!("/v1/jobs/{id}/cancel"), None, None).await;
+    let a = cancel(&state, &id).await;
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(a.body["data"]["state"], "cancelled");
     assert_eq!(a.body["data"]["reason"], "cancelled");
@@ -143,14 +136,7 @@ async fn list_paginates_newest_first() {
     let (state, _) = fake_state(settings());
     let mut ids = Vec::new();
     for _ in 0..5 {
-        let a = call(
-            &state,
-            "POST",
-            "/workflow/echo/execute",
-            Some(r#"{"parameters":{}}"#),
-            None,
-        )
-        .await;
+        let a = execute(&state, "echo", json!({})).await;
         ids.push(a.body["data"]["jobId"].as_str().unwrap().to_owned());
     }
     ids.reverse();
@@ -273,14 +259,7 @@ async fn metrics_render_prometheus_text() {
     let handle = tsbridge_server::install_recorder().expect("recorder");
     let (state, _) = fake_state(settings());
     let state = state.with_metrics(handle);
-    let a = call(
-        &state,
-        "POST",
-        "/workflow/echo/execute",
-        Some(r#"{"parameters":{}}"#),
-        None,
-    )
-    .await;
+    let a = execute(&state, "echo", json!({})).await;
     assert_eq!(a.status, 200);
     let a = call(&state, "GET", "/metrics", None, None).await;
     assert_eq!(a.status, 200);

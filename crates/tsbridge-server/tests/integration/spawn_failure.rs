@@ -50,7 +50,7 @@ async fn spawn_failures_are_execution_errors_naming_program_and_cause() {
 
     let a = execute(&state, "noshebang").await;
     assert_failure(&a, 500, "ExecutionError");
-    let msg = a.body["error"]["message"].as_str().unwrap();
+    let msg = a.message();
     assert!(msg.contains("missing-interpreter.sh"), "{msg}");
     assert!(msg.contains("No such file or directory"), "{msg}");
     assert!(
@@ -64,7 +64,7 @@ async fn spawn_failures_are_execution_errors_naming_program_and_cause() {
 
     let a = execute(&state, "noload").await;
     assert_failure(&a, 500, "ExecutionError");
-    let msg = a.body["error"]["message"].as_str().unwrap();
+    let msg = a.message();
     assert!(msg.contains("throws-at-load.mjs"), "{msg}");
     assert!(msg.contains("this module refuses to load"), "{msg}");
     assert_eq!(a.body["error"]["details"]["reason"], "spawn_failure");

@@ -77,6 +77,28 @@ pub async fn call(
     send(state, req).await
 }
 
+/// `POST uri` with a JSON `body`, without a token.
+pub async fn post(state: &AppState, uri: &str, body: &str) -> Answer {
+    call(state, "POST", uri, Some(body), None).await
+}
+
+/// `POST /workflow/{workflow}/execute` with the JSON `body`, without a
+/// token.
+pub async fn execute_with(state: &AppState, workflow: &str, body: &str) -> Answer {
+    post(state, &format!("/workflow/{workflow}/execute"), body).await
+}
+
+/// [`execute_with`] a body of these parameters only.
+pub async fn execute(state: &AppState, workflow: &str, parameters: Value) -> Answer {
+    let body = serde_json::json!({ "parameters": parameters }).to_string();
+    execute_with(state, workflow, &body).await
+}
+
+/// `POST /v1/jobs/{id}/cancel`, without a token.
+pub async fn cancel(state: &AppState, id: &str) -> Answer {
+    call(state, "POST", &format!("/v1/jobs/{id}/cancel"), None, None).await
+}
+
 pub async fn send(state: &AppState, req: Request<Body>) -> Answer {
     let resp = router(state.clone())
         .oneshot(req)
@@ -95,6 +117,15 @@ pub async fn send(state: &AppState, req: Request<Body>) -> Answer {
 }
 
 /// Asserts a failure body of exactly `{success:false, error:{type, message, details?}}`.
+impl Answer {
+    /// The failure's `error.message` (panics when it has none).
+    pub fn message(&self) -> &str {
+        self.body["error"]["message"]
+            .as_str()
+            .expect("a failure with a message")
+    }
+}
+
 pub fn assert_failure(a: &Answer, status: u16, kind: &str) {
     assert_eq!(a.status.as_u16(), status, "{a:?}");
     assert_eq!(a.body["success"], false, "{a:?}");
