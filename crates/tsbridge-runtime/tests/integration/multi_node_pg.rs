@@ -20,7 +20,7 @@ use tsbridge_runtime::{Executor, Runtime, RuntimeOptions, StoreError};
 
 use crate::common::{self, SOON};
 use crate::pg_support::PgDb;
-use crate::store_contract::{attempt_end, state};
+use crate::store_contract::{attempt_end, start, state, stored};
 
 struct Node {
     name: &'static str,
@@ -125,7 +125,7 @@ async fn submit(n: &Node, params: Value) -> JobId {
 async fn ended(store: &PgStore, id: JobId) -> JobRecord {
     let deadline = tokio::time::Instant::now() + SOON;
     loop {
-        let r = store.get_job(id).await.expect("get").expect("job");
+        let r = stored(store, id).await;
         if r.state.is_terminal() {
             return r;
         }
@@ -175,7 +175,7 @@ async fn a_job_submitted_on_a_busy_node_runs_on_another() {
 async fn wait_running(store: &PgStore, id: JobId) {
     let deadline = tokio::time::Instant::now() + SOON;
     loop {
-        let r = store.get_job(id).await.expect("get").expect("job");
+        let r = stored(store, id).await;
         if r.state == JobState::Running {
             return;
         }
@@ -405,7 +405,7 @@ async fn a_node_that_lost_a_lease_stops_its_run() {
     // Node b takes the job over, as its recovery does once a lease lapsed:
     // attempt 1 ends interrupted, b claims attempt 2.
     let b = PgStore::open(&db.url).await.expect("open store b");
-    let seq = b.get_job(id).await.expect("get").expect("job").last_seq;
+    let seq = stored(&b, id).await.last_seq;
     let end = attempt_end(1, EndReason::Interrupted);
     b.complete_attempt(
         id,
@@ -421,15 +421,9 @@ async fn a_node_that_lost_a_lease_stops_its_run() {
     )
     .await
     .expect("b ends attempt 1");
-    b.start_attempt(
-        id,
-        2,
-        "node-b",
-        Utc::now(),
-        &state(id, seq + 2, JobState::Running, None, Some(2)),
-    )
-    .await
-    .expect("b claims attempt 2");
+    start(&b, id, 2, seq + 2, "node-b")
+        .await
+        .expect("b claims attempt 2");
     let deadline = tokio::time::Instant::now() + SOON;
     while std::path::Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
@@ -441,7 +435,7 @@ async fn a_node_that_lost_a_lease_stops_its_run() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The job is node-b's: node-a's end was refused.
-    let r = store.get_job(id).await.expect("get").expect("job");
+    let r = stored(store.as_ref(), id).await;
     assert_eq!(r.state, JobState::Running, "{r:?}");
     assert_eq!(r.node.as_deref(), Some("node-b"));
     assert_eq!(r.attempts_started, 2);

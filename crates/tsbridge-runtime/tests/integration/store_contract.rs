@@ -12,8 +12,8 @@ use tsbridge_proto::api::{OutputView, Resources};
 use tsbridge_proto::{EndReason, EventData, JobId, JobState, LogLevel, Progress};
 use tsbridge_runtime::StoreError;
 use tsbridge_runtime::store::{
-    AfterAttempt, AttemptEnd, EventRetention, Finish, FirstStart, Inserted, JobStore, ListFilter,
-    NewJob, PgOptions, PgStore, SqliteStore, StoredRequest, decode_cursor,
+    AfterAttempt, AttemptEnd, EventRetention, Finish, FirstStart, Inserted, JobRecord, JobStore,
+    ListFilter, NewJob, PgOptions, PgStore, SqliteStore, StoredRequest, decode_cursor,
 };
 
 use crate::pg_support::PgDb;
@@ -36,6 +36,50 @@ pub fn new_job(workflow: &str, priority: i32, key: Option<&str>) -> NewJob {
         max_attempts: 2,
         created_at: Utc::now(),
         event: state(id, 1, JobState::Queued, None, None),
+    }
+}
+
+/// Claims job `id` for attempt `n` on `node` now, with its `running`
+/// event `seq`.
+pub async fn start(
+    store: &dyn JobStore,
+    id: JobId,
+    n: u32,
+    seq: u64,
+    node: &str,
+) -> Result<(), StoreError> {
+    let event = state(id, seq, JobState::Running, None, Some(n));
+    store.start_attempt(id, n, node, Utc::now(), &event).await
+}
+
+/// Ends attempt `end.n` of job `id` and re-queues the job, with its
+/// `queued` event `seq` (naming `reason`, if any).
+pub async fn requeue(
+    store: &dyn JobStore,
+    id: JobId,
+    end: &AttemptEnd,
+    seq: u64,
+    reason: Option<EndReason>,
+) -> Result<(), StoreError> {
+    let event = state(id, seq, JobState::Queued, reason, Some(end.n));
+    store
+        .complete_attempt(id, end, &AfterAttempt::Requeue, &event)
+        .await
+}
+
+/// The stored job `id`, which exists.
+pub async fn stored(store: &dyn JobStore, id: JobId) -> JobRecord {
+    store.get_job(id).await.expect("get").expect("job")
+}
+
+/// The end of a job now, in `state` for `reason`, with `result`.
+pub fn finish(state: JobState, reason: EndReason, result: Option<serde_json::Value>) -> Finish {
+    Finish {
+        state,
+        reason: Some(reason),
+        result,
+        error: None,
+        finished_at: Utc::now(),
     }
 }
 
@@ -164,7 +208,7 @@ async fn insert_and_start_claims_a_new_job_only(f: &Fixture) {
         .expect("insert and start");
     assert!(matches!(inserted, Inserted::Created));
     assert!(started);
-    let r = store.get_job(j.id).await.expect("get").expect("exists");
+    let r = stored(store, j.id).await;
     assert_eq!(r.state, JobState::Running);
     assert_eq!(r.node.as_deref(), Some("node-a"));
     assert_eq!(r.attempts.len(), 1);
@@ -192,11 +236,7 @@ async fn insert_and_start_claims_a_new_job_only(f: &Fixture) {
     }
     assert!(!started);
     assert!(store.get_job(again.id).await.expect("get").is_none());
-    let q = store
-        .get_job(queued.id)
-        .await
-        .expect("get")
-        .expect("exists");
+    let q = stored(store, queued.id).await;
     assert_eq!(q.state, JobState::Queued, "the other job is not claimed");
     assert!(q.attempts.is_empty());
 }
@@ -210,46 +250,16 @@ async fn a_requeue_stores_when_the_retry_may_start(f: &Fixture) {
     let j = new_job("wf", 0, None);
     let id = j.id;
     store.insert_job(&j).await.expect("insert");
-    assert_eq!(
-        store
-            .get_job(id)
-            .await
-            .expect("get")
-            .expect("job")
-            .not_before,
-        None
-    );
-    let claim = |n: u32, seq| async move {
-        store
-            .start_attempt(
-                id,
-                n,
-                "node-a",
-                Utc::now(),
-                &state(id, seq, JobState::Running, None, Some(n)),
-            )
-            .await
-    };
+    assert_eq!(stored(store, id).await.not_before, None);
+    let claim = |n: u32, seq| async move { start(store, id, n, seq, "node-a").await };
     claim(1, 2).await.expect("claim 1");
     let before = Utc::now();
     let mut end = attempt_end(1, EndReason::Signaled);
     end.retry_in = Some(std::time::Duration::from_secs(600));
-    store
-        .complete_attempt(
-            id,
-            &end,
-            &AfterAttempt::Requeue,
-            &state(id, 3, JobState::Queued, Some(EndReason::Signaled), Some(1)),
-        )
+    requeue(store, id, &end, 3, Some(EndReason::Signaled))
         .await
         .expect("re-queue");
-    let at = store
-        .get_job(id)
-        .await
-        .expect("get")
-        .expect("job")
-        .not_before
-        .expect("stored");
+    let at = stored(store, id).await.not_before.expect("stored");
     // The store's clock: within generous bounds of ours.
     assert!(
         at > before + chrono::Duration::seconds(500),
@@ -262,21 +272,13 @@ async fn a_requeue_stores_when_the_retry_may_start(f: &Fixture) {
     s.close().await;
     let s = f.open().await;
     let store = s.get();
-    let r = store.get_job(id).await.expect("get").expect("job");
+    let r = stored(store, id).await;
     assert_eq!(r.not_before, Some(at), "kept across a reopen");
     assert_eq!(r.state, JobState::Queued);
     if let AnyStore::Pg(_) = s {
         // The shared store refuses every node's claim before then.
         assert!(matches!(
-            store
-                .start_attempt(
-                    id,
-                    2,
-                    "node-b",
-                    Utc::now(),
-                    &state(id, 4, JobState::Running, None, Some(2)),
-                )
-                .await,
+            start(store, id, 2, 4, "node-b").await,
             Err(StoreError::NotFound(x)) if x == id
         ));
         // Time passes (as the store's clock would make it). (SQLite has
@@ -289,33 +291,14 @@ async fn a_requeue_stores_when_the_retry_may_start(f: &Fixture) {
             .expect("age");
         pool.close().await;
     }
-    store
-        .start_attempt(
-            id,
-            2,
-            "node-b",
-            Utc::now(),
-            &state(id, 4, JobState::Running, None, Some(2)),
-        )
+    start(store, id, 2, 4, "node-b")
         .await
         .expect("claim 2 once the wait is over");
     let end = attempt_end(2, EndReason::Interrupted);
-    store
-        .complete_attempt(
-            id,
-            &end,
-            &AfterAttempt::Requeue,
-            &state(
-                id,
-                5,
-                JobState::Queued,
-                Some(EndReason::Interrupted),
-                Some(2),
-            ),
-        )
+    requeue(store, id, &end, 5, Some(EndReason::Interrupted))
         .await
         .expect("re-queue without a delay");
-    let r = store.get_job(id).await.expect("get").expect("job");
+    let r = stored(store, id).await;
     assert_eq!(r.not_before, None, "no delay, no wait");
     s.close().await;
 }
@@ -337,7 +320,7 @@ async fn insert_get_and_idempotency(f: &Fixture) {
         store.get_job(again.id).await.expect("get").is_none(),
         "nothing inserted"
     );
-    let j = store.get_job(a.id).await.expect("get").expect("exists");
+    let j = stored(store, a.id).await;
     assert_eq!(j.state, JobState::Queued);
     assert_eq!(j.params, a.params);
     // Key order survives (JSON is stored as text).
@@ -391,17 +374,8 @@ async fn attempt_life_cycle_and_events(f: &Fixture) {
     let j = new_job("wf", 0, None);
     let id = j.id;
     store.insert_job(&j).await.expect("insert");
-    store
-        .start_attempt(
-            id,
-            1,
-            "node-a",
-            Utc::now(),
-            &state(id, 2, JobState::Running, None, Some(1)),
-        )
-        .await
-        .expect("start");
-    let r = store.get_job(id).await.expect("get").expect("exists");
+    start(store, id, 1, 2, "node-a").await.expect("start");
+    let r = stored(store, id).await;
     assert_eq!(r.node.as_deref(), Some("node-a"));
     assert_eq!(r.attempts_started, 1);
     assert!(r.started_at.is_some());
@@ -431,7 +405,7 @@ async fn attempt_life_cycle_and_events(f: &Fixture) {
         )
         .await
         .expect("append");
-    let r = store.get_job(id).await.expect("get").expect("exists");
+    let r = stored(store, id).await;
     assert_eq!(r.state, JobState::Running);
     assert_eq!(r.progress.as_ref().map(|p| p.current), Some(2));
     assert_eq!(r.result, Some(json!({"ok": true})));
@@ -463,16 +437,8 @@ async fn attempt_life_cycle_and_events(f: &Fixture) {
         },
         retry_in: None,
     };
-    store
-        .complete_attempt(
-            id,
-            &end,
-            &AfterAttempt::Requeue,
-            &state(id, 7, JobState::Queued, None, Some(1)),
-        )
-        .await
-        .expect("complete");
-    let r = store.get_job(id).await.expect("get").expect("exists");
+    requeue(store, id, &end, 7, None).await.expect("complete");
+    let r = stored(store, id).await;
     assert_eq!(r.state, JobState::Queued);
     assert_eq!(r.node, None);
     assert_eq!(r.signal, Some(9));
@@ -482,16 +448,7 @@ async fn attempt_life_cycle_and_events(f: &Fixture) {
     assert_eq!(store.queued_jobs().await.expect("queued").len(), 1);
 
     // Attempt 2 succeeds.
-    store
-        .start_attempt(
-            id,
-            2,
-            "node-a",
-            Utc::now(),
-            &state(id, 8, JobState::Running, None, Some(2)),
-        )
-        .await
-        .expect("start 2");
+    start(store, id, 2, 8, "node-a").await.expect("start 2");
     let end2 = AttemptEnd {
         n: 2,
         reason: EndReason::Exited,
@@ -499,13 +456,7 @@ async fn attempt_life_cycle_and_events(f: &Fixture) {
         signal: None,
         ..end.clone()
     };
-    let fin = Finish {
-        state: JobState::Succeeded,
-        reason: Some(EndReason::Exited),
-        result: Some(json!(42)),
-        error: None,
-        finished_at: Utc::now(),
-    };
+    let fin = finish(JobState::Succeeded, EndReason::Exited, Some(json!(42)));
     store
         .complete_attempt(
             id,
@@ -515,7 +466,7 @@ async fn attempt_life_cycle_and_events(f: &Fixture) {
         )
         .await
         .expect("complete 2");
-    let r = store.get_job(id).await.expect("get").expect("exists");
+    let r = stored(store, id).await;
     assert_eq!(r.state, JobState::Succeeded);
     assert_eq!(r.reason, Some(EndReason::Exited));
     assert_eq!(r.result, Some(json!(42)));
@@ -548,37 +499,21 @@ async fn a_claim_only_takes_a_queued_job(f: &Fixture) {
     let j = new_job("wf", 0, None);
     let id = j.id;
     store.insert_job(&j).await.expect("insert");
-    let claim = |node: &'static str, seq| async move {
-        store
-            .start_attempt(
-                id,
-                1,
-                node,
-                Utc::now(),
-                &state(id, seq, JobState::Running, None, Some(1)),
-            )
-            .await
-    };
+    let claim = |node: &'static str, seq| async move { start(store, id, 1, seq, node).await };
     claim("node-a", 2).await.expect("the first claim wins");
     // A second claim of a running job is refused and writes nothing.
     assert!(matches!(
         claim("node-b", 3).await,
         Err(StoreError::NotFound(x)) if x == id
     ));
-    let r = store.get_job(id).await.expect("get").expect("exists");
+    let r = stored(store, id).await;
     assert_eq!(r.node.as_deref(), Some("node-a"));
     assert_eq!(r.last_seq, 2);
     assert_eq!(r.attempts.len(), 1);
     // A finished job cannot be claimed either, nor an unknown one.
     let done = new_job("wf", 0, None);
     store.insert_job(&done).await.expect("insert");
-    let fin = Finish {
-        state: JobState::Cancelled,
-        reason: Some(EndReason::Cancelled),
-        result: None,
-        error: None,
-        finished_at: Utc::now(),
-    };
+    let fin = finish(JobState::Cancelled, EndReason::Cancelled, None);
     store
         .finish_job(
             done.id,
@@ -594,31 +529,15 @@ async fn a_claim_only_takes_a_queued_job(f: &Fixture) {
         .await
         .expect("finish");
     assert!(matches!(
-        store
-            .start_attempt(
-                done.id,
-                1,
-                "node-b",
-                Utc::now(),
-                &state(done.id, 3, JobState::Running, None, Some(1))
-            )
-            .await,
+        start(store, done.id, 1, 3, "node-b").await,
         Err(StoreError::NotFound(_))
     ));
     let unknown = JobId::new();
     assert!(matches!(
-        store
-            .start_attempt(
-                unknown,
-                1,
-                "node-a",
-                Utc::now(),
-                &state(unknown, 2, JobState::Running, None, Some(1))
-            )
-            .await,
+        start(store, unknown, 1, 2, "node-a").await,
         Err(StoreError::NotFound(_))
     ));
-    let r = store.get_job(done.id).await.expect("get").expect("exists");
+    let r = stored(store, done.id).await;
     assert_eq!(r.state, JobState::Cancelled);
     assert_eq!(r.node, None);
     assert!(r.attempts.is_empty());
@@ -649,10 +568,7 @@ async fn event_retention_keeps_head_and_tail(f: &Fixture) {
     assert_eq!(&seqs[..5], &[1, 2, 3, 4, 5]);
     assert_eq!(seqs.len(), 15, "{seqs:?}");
     assert_eq!(*seqs.last().expect("last"), 101);
-    assert_eq!(
-        store.get_job(id).await.expect("get").expect("job").last_seq,
-        101
-    );
+    assert_eq!(stored(store, id).await.last_seq, 101);
 }
 
 async fn list_is_newest_first_with_filters_and_cursor(f: &Fixture) {
@@ -664,13 +580,7 @@ async fn list_is_newest_first_with_filters_and_cursor(f: &Fixture) {
         ids.push(j.id);
         store.insert_job(&j).await.expect("insert");
     }
-    let fin = Finish {
-        state: JobState::Cancelled,
-        reason: Some(EndReason::Cancelled),
-        result: None,
-        error: None,
-        finished_at: Utc::now(),
-    };
+    let fin = finish(JobState::Cancelled, EndReason::Cancelled, None);
     store
         .finish_job(
             ids[0],
@@ -759,16 +669,7 @@ async fn list_cuts_output_and_get_has_all_of_it(f: &Fixture) {
     let j = new_job("wf", 0, None);
     let id = j.id;
     store.insert_job(&j).await.expect("insert");
-    store
-        .start_attempt(
-            id,
-            1,
-            "n",
-            Utc::now(),
-            &state(id, 2, JobState::Running, None, Some(1)),
-        )
-        .await
-        .expect("start");
+    start(store, id, 1, 2, "n").await.expect("start");
     let stdout = "é".repeat(3000); // 6000 bytes
     let end = AttemptEnd {
         n: 1,
@@ -785,13 +686,7 @@ async fn list_cuts_output_and_get_has_all_of_it(f: &Fixture) {
         resources: Resources::default(),
         retry_in: None,
     };
-    let fin = Finish {
-        state: JobState::Succeeded,
-        reason: Some(EndReason::Exited),
-        result: None,
-        error: None,
-        finished_at: Utc::now(),
-    };
+    let fin = finish(JobState::Succeeded, EndReason::Exited, None);
     store
         .complete_attempt(
             id,
@@ -801,7 +696,7 @@ async fn list_cuts_output_and_get_has_all_of_it(f: &Fixture) {
         )
         .await
         .expect("complete");
-    let full = store.get_job(id).await.expect("get").expect("job");
+    let full = stored(store, id).await;
     assert_eq!(full.output.stdout, stdout);
     assert!(!full.output.stdout_truncated);
     let listed = store
@@ -827,16 +722,7 @@ async fn reopened_store_finds_running_and_queued_jobs(f: &Fixture) {
         for j in [&r, &lo, &hi] {
             store.insert_job(j).await.expect("insert");
         }
-        store
-            .start_attempt(
-                r.id,
-                1,
-                "n",
-                Utc::now(),
-                &state(r.id, 2, JobState::Running, None, Some(1)),
-            )
-            .await
-            .expect("start");
+        start(store, r.id, 1, 2, "n").await.expect("start");
         s.close().await;
         (r.id, lo.id, hi.id)
     };

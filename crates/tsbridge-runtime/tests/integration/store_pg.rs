@@ -13,17 +13,25 @@ use chrono::Utc;
 use futures::StreamExt;
 use serde_json::json;
 use tsbridge_proto::{EndReason, JobId, JobState};
-use tsbridge_runtime::store::{AfterAttempt, Finish, JobStore, PgOptions, PgStore, QUEUED_CHANNEL};
+use tsbridge_runtime::store::{AfterAttempt, JobStore, PgOptions, PgStore, QUEUED_CHANNEL};
 use tsbridge_runtime::{Runtime, RuntimeOptions, StoreError};
 
 use crate::common;
 use crate::pg_support::PgDb;
-use crate::store_contract::{attempt_end, new_job, state};
+use crate::store_contract::{attempt_end, finish, new_job, requeue, start, state, stored};
 
 const SOON: Duration = common::SOON;
 
-async fn db(test: &str) -> Option<PgDb> {
-    PgDb::create(test).await
+/// A database of its own for `test`, and a node on it for each lease (in
+/// seconds). `None`: no server, the test is skipped (see `pg_support`).
+async fn nodes<const N: usize>(test: &str, leases: [u64; N]) -> Option<(PgDb, [PgStore; N])> {
+    let db = PgDb::create(test).await?;
+    let mut stores = Vec::new();
+    for lease in leases {
+        stores.push(node(&db, Duration::from_secs(lease)).await);
+    }
+    let stores: [PgStore; N] = stores.try_into().expect("one store per lease");
+    Some((db, stores))
 }
 
 async fn node(db: &PgDb, lease: Duration) -> PgStore {
@@ -39,15 +47,7 @@ async fn node(db: &PgDb, lease: Duration) -> PgStore {
 }
 
 async fn claim(store: &PgStore, id: JobId, node: &str) -> Result<(), StoreError> {
-    store
-        .start_attempt(
-            id,
-            1,
-            node,
-            Utc::now(),
-            &state(id, 2, JobState::Running, None, Some(1)),
-        )
-        .await
+    start(store, id, 1, 2, node).await
 }
 
 /// The database's lease of a job (seconds since the epoch), if any.
@@ -66,11 +66,14 @@ async fn lease_of(db: &PgDb, id: JobId) -> Option<f64> {
 
 #[tokio::test]
 async fn two_nodes_race_to_claim_each_job_and_exactly_one_wins() {
-    let Some(db) = db("two_nodes_race_to_claim_each_job_and_exactly_one_wins").await else {
+    let Some((_db, [a, b])) = nodes(
+        "two_nodes_race_to_claim_each_job_and_exactly_one_wins",
+        [30, 30],
+    )
+    .await
+    else {
         return;
     };
-    let a = node(&db, Duration::from_secs(30)).await;
-    let b = node(&db, Duration::from_secs(30)).await;
     let mut ids = Vec::new();
     for _ in 0..20 {
         let j = new_job("wf", 0, None);
@@ -86,7 +89,7 @@ async fn two_nodes_race_to_claim_each_job_and_exactly_one_wins() {
             other => panic!("exactly one claim must win, the other NotFound: {other:?}"),
         };
         wins[usize::from(winner == "node-b")] += 1;
-        let r = b.get_job(id).await.expect("get").expect("job");
+        let r = stored(&b, id).await;
         assert_eq!(r.state, JobState::Running);
         assert_eq!(r.node.as_deref(), Some(winner));
         assert_eq!(r.attempts.len(), 1, "one attempt row");
@@ -101,108 +104,53 @@ async fn two_nodes_race_to_claim_each_job_and_exactly_one_wins() {
 
 #[tokio::test]
 async fn a_claim_from_an_out_of_date_copy_is_refused() {
-    let Some(db) = db("a_claim_from_an_out_of_date_copy_is_refused").await else {
+    let Some((_db, [a, b])) = nodes("a_claim_from_an_out_of_date_copy_is_refused", [30, 30]).await
+    else {
         return;
     };
-    let a = node(&db, Duration::from_secs(30)).await;
-    let b = node(&db, Duration::from_secs(30)).await;
     let j = new_job("wf", 0, None);
     a.insert_job(&j).await.expect("insert");
     // Node b read the queued job (attempts 0, last seq 1) ...
-    let stale = b.get_job(j.id).await.expect("get").expect("job");
+    let stale = stored(&b, j.id).await;
     // ... meanwhile a ran attempt 1 and re-queued it.
     claim(&a, j.id, "node-a").await.expect("claim");
     let end = attempt_end(1, EndReason::Signaled);
-    a.complete_attempt(
-        j.id,
-        &end,
-        &AfterAttempt::Requeue,
-        &state(j.id, 3, JobState::Queued, None, Some(1)),
-    )
-    .await
-    .expect("requeue");
+    requeue(&a, j.id, &end, 3, None).await.expect("requeue");
     // b's claim from its copy (attempt 1, event 2) is refused, not an error.
     let n = stale.attempts_started + 1;
     let seq = stale.last_seq + 1;
     assert!(matches!(
-        b.start_attempt(
-            j.id,
-            n,
-            "node-b",
-            Utc::now(),
-            &state(j.id, seq, JobState::Running, None, Some(n))
-        )
-        .await,
+        start(&b, j.id, n, seq, "node-b").await,
         Err(StoreError::NotFound(_))
     ));
     // From a fresh copy it wins.
-    let fresh = b.get_job(j.id).await.expect("get").expect("job");
+    let fresh = stored(&b, j.id).await;
     let n = fresh.attempts_started + 1;
     let seq = fresh.last_seq + 1;
-    b.start_attempt(
-        j.id,
-        n,
-        "node-b",
-        Utc::now(),
-        &state(j.id, seq, JobState::Running, None, Some(n)),
-    )
-    .await
-    .expect("claim from a fresh copy");
-    assert_eq!(
-        b.get_job(j.id)
-            .await
-            .expect("get")
-            .expect("job")
-            .attempts
-            .len(),
-        2
-    );
+    start(&b, j.id, n, seq, "node-b")
+        .await
+        .expect("claim from a fresh copy");
+    assert_eq!(stored(&b, j.id).await.attempts.len(), 2);
 }
 
 #[tokio::test]
 async fn a_node_that_lost_its_job_cannot_end_it() {
-    let Some(db) = db("a_node_that_lost_its_job_cannot_end_it").await else {
+    let Some((_db, [a, b])) = nodes("a_node_that_lost_its_job_cannot_end_it", [30, 30]).await
+    else {
         return;
     };
-    let a = node(&db, Duration::from_secs(30)).await;
-    let b = node(&db, Duration::from_secs(30)).await;
     let j = new_job("wf", 0, None);
     a.insert_job(&j).await.expect("insert");
     claim(&a, j.id, "node-a").await.expect("claim");
     // Node a's attempt 1 is ended for it (as a recovering node would) and
     // node b runs attempt 2.
     let end = |n: u32| attempt_end(n, EndReason::Interrupted);
-    b.complete_attempt(
-        j.id,
-        &end(1),
-        &AfterAttempt::Requeue,
-        &state(
-            j.id,
-            3,
-            JobState::Queued,
-            Some(EndReason::Interrupted),
-            Some(1),
-        ),
-    )
-    .await
-    .expect("requeue");
-    b.start_attempt(
-        j.id,
-        2,
-        "node-b",
-        Utc::now(),
-        &state(j.id, 4, JobState::Running, None, Some(2)),
-    )
-    .await
-    .expect("claim 2");
+    requeue(&b, j.id, &end(1), 3, Some(EndReason::Interrupted))
+        .await
+        .expect("requeue");
+    start(&b, j.id, 2, 4, "node-b").await.expect("claim 2");
     // Node a comes back and ends its attempt 1: refused, nothing changes.
-    let fin = Finish {
-        state: JobState::Succeeded,
-        reason: Some(EndReason::Exited),
-        result: Some(json!("stale")),
-        error: None,
-        finished_at: Utc::now(),
-    };
+    let fin = finish(JobState::Succeeded, EndReason::Exited, Some(json!("stale")));
     assert!(matches!(
         a.complete_attempt(
             j.id,
@@ -235,7 +183,7 @@ async fn a_node_that_lost_its_job_cannot_end_it() {
         .await,
         Err(StoreError::NotFound(_))
     ));
-    let r = b.get_job(j.id).await.expect("get").expect("job");
+    let r = stored(&b, j.id).await;
     assert_eq!(r.state, JobState::Running);
     assert_eq!(r.node.as_deref(), Some("node-b"));
     assert_eq!(r.result, None);
@@ -246,11 +194,14 @@ async fn a_node_that_lost_its_job_cannot_end_it() {
 
 #[tokio::test]
 async fn recovery_of_one_node_leaves_the_other_nodes_running_job_alone() {
-    let Some(db) = db("recovery_of_one_node_leaves_the_other_nodes_running_job_alone").await else {
+    let Some((db, [a, b])) = nodes(
+        "recovery_of_one_node_leaves_the_other_nodes_running_job_alone",
+        [30, 30],
+    )
+    .await
+    else {
         return;
     };
-    let a = node(&db, Duration::from_secs(30)).await;
-    let b = node(&db, Duration::from_secs(30)).await;
     let ja = new_job("wf", 0, None);
     let jb = new_job("wf", 0, None);
     a.insert_job(&ja).await.expect("insert");
@@ -261,7 +212,7 @@ async fn recovery_of_one_node_leaves_the_other_nodes_running_job_alone() {
     // Node b restarts: it takes back its own job, not a's (lease alive).
     let rec = b.recover_interrupted("node-b").await.expect("recover");
     assert_eq!(rec.iter().map(|j| j.id).collect::<Vec<_>>(), vec![jb.id]);
-    let ra = a.get_job(ja.id).await.expect("get").expect("job");
+    let ra = stored(&a, ja.id).await;
     assert_eq!(ra.state, JobState::Running);
     assert_eq!(ra.node.as_deref(), Some("node-a"));
     // A third node with nothing of its own takes nothing.
@@ -274,21 +225,10 @@ async fn recovery_of_one_node_leaves_the_other_nodes_running_job_alone() {
     );
     // b ends its recovered attempt (as the runtime does): re-queued.
     let end = attempt_end(1, EndReason::Interrupted);
-    b.complete_attempt(
-        jb.id,
-        &end,
-        &AfterAttempt::Requeue,
-        &state(
-            jb.id,
-            3,
-            JobState::Queued,
-            Some(EndReason::Interrupted),
-            Some(1),
-        ),
-    )
-    .await
-    .expect("complete");
-    let rb = a.get_job(jb.id).await.expect("get").expect("job");
+    requeue(&b, jb.id, &end, 3, Some(EndReason::Interrupted))
+        .await
+        .expect("complete");
+    let rb = stored(&a, jb.id).await;
     assert_eq!(rb.state, JobState::Queued);
     assert_eq!(rb.node, None);
     // a's own restart finds its job.
@@ -298,11 +238,10 @@ async fn recovery_of_one_node_leaves_the_other_nodes_running_job_alone() {
 
 #[tokio::test]
 async fn an_expired_lease_is_taken_over_by_another_node() {
-    let Some(db) = db("an_expired_lease_is_taken_over_by_another_node").await else {
+    let Some((db, [a, b])) = nodes("an_expired_lease_is_taken_over_by_another_node", [1, 30]).await
+    else {
         return;
     };
-    let a = node(&db, Duration::from_secs(1)).await;
-    let b = node(&db, Duration::from_secs(30)).await;
     let j = new_job("wf", 0, None);
     a.insert_job(&j).await.expect("insert");
     claim(&a, j.id, "node-a").await.expect("claim");
@@ -321,7 +260,7 @@ async fn an_expired_lease_is_taken_over_by_another_node() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(rec.iter().map(|j| j.id).collect::<Vec<_>>(), vec![j.id]);
-    let r = b.get_job(j.id).await.expect("get").expect("job");
+    let r = stored(&b, j.id).await;
     assert_eq!(
         r.node.as_deref(),
         Some("node-b"),
@@ -339,10 +278,10 @@ async fn an_expired_lease_is_taken_over_by_another_node() {
 
 #[tokio::test]
 async fn a_live_node_renews_the_leases_of_its_running_jobs() {
-    let Some(db) = db("a_live_node_renews_the_leases_of_its_running_jobs").await else {
+    let Some((db, [a])) = nodes("a_live_node_renews_the_leases_of_its_running_jobs", [3]).await
+    else {
         return;
     };
-    let a = node(&db, Duration::from_secs(3)).await;
     let j = new_job("wf", 0, None);
     a.insert_job(&j).await.expect("insert");
     assert_eq!(lease_of(&db, j.id).await, None, "a queued job has no lease");
@@ -365,13 +304,7 @@ async fn a_live_node_renews_the_leases_of_its_running_jobs() {
     }
     // Once the job ends, it has no lease.
     let end = attempt_end(1, EndReason::Exited);
-    let fin = Finish {
-        state: JobState::Succeeded,
-        reason: Some(EndReason::Exited),
-        result: None,
-        error: None,
-        finished_at: Utc::now(),
-    };
+    let fin = finish(JobState::Succeeded, EndReason::Exited, None);
     a.complete_attempt(
         j.id,
         &end,
@@ -391,11 +324,14 @@ async fn a_live_node_renews_the_leases_of_its_running_jobs() {
 
 #[tokio::test]
 async fn inserts_and_requeues_are_announced_to_other_nodes() {
-    let Some(db) = db("inserts_and_requeues_are_announced_to_other_nodes").await else {
+    let Some((_db, [a, b])) = nodes(
+        "inserts_and_requeues_are_announced_to_other_nodes",
+        [30, 30],
+    )
+    .await
+    else {
         return;
     };
-    let a = node(&db, Duration::from_secs(30)).await;
-    let b = node(&db, Duration::from_secs(30)).await;
     let mut heard = Box::pin(b.queued_notifications().await.expect("listen"));
     let j = new_job("wf", 0, None);
     a.insert_job(&j).await.expect("insert");
@@ -406,14 +342,7 @@ async fn inserts_and_requeues_are_announced_to_other_nodes() {
     // A re-queue is announced too; a finish is not.
     claim(&a, j.id, "node-a").await.expect("claim");
     let end = attempt_end(1, EndReason::Signaled);
-    a.complete_attempt(
-        j.id,
-        &end,
-        &AfterAttempt::Requeue,
-        &state(j.id, 3, JobState::Queued, None, Some(1)),
-    )
-    .await
-    .expect("requeue");
+    requeue(&a, j.id, &end, 3, None).await.expect("requeue");
     let next = tokio::time::timeout(SOON, heard.next())
         .await
         .expect("announced in time");
@@ -423,10 +352,11 @@ async fn inserts_and_requeues_are_announced_to_other_nodes() {
 
 #[tokio::test]
 async fn a_runtime_runs_jobs_on_the_postgres_store() {
-    let Some(db) = db("a_runtime_runs_jobs_on_the_postgres_store").await else {
+    let Some((_db, [store])) = nodes("a_runtime_runs_jobs_on_the_postgres_store", [30]).await
+    else {
         return;
     };
-    let store = Arc::new(node(&db, Duration::from_secs(30)).await);
+    let store = Arc::new(store);
     let config = common::config(&common::workflow("job", ""));
     let rt = Runtime::start(
         config,
@@ -448,7 +378,7 @@ async fn a_runtime_runs_jobs_on_the_postgres_store() {
         .expect("wait");
     assert_eq!(view.state, JobState::Succeeded, "{view:?}");
     assert_eq!(view.result, Some(json!({"ok": 1})));
-    let rec = store.get_job(sub.job_id).await.expect("get").expect("job");
+    let rec = stored(store.as_ref(), sub.job_id).await;
     assert_eq!(rec.attempts.len(), 1);
     assert_eq!(rec.node, None, "a finished job has no owner");
     let events = store
@@ -467,12 +397,14 @@ async fn a_runtime_runs_jobs_on_the_postgres_store() {
 /// expired leases, under its own name, each by one node.
 #[tokio::test]
 async fn live_nodes_take_over_only_expired_leases_each_once() {
-    let Some(db) = db("live_nodes_take_over_only_expired_leases_each_once").await else {
+    let Some((_db, [a, b, c])) = nodes(
+        "live_nodes_take_over_only_expired_leases_each_once",
+        [1, 30, 30],
+    )
+    .await
+    else {
         return;
     };
-    let a = node(&db, Duration::from_secs(1)).await;
-    let b = node(&db, Duration::from_secs(30)).await;
-    let c = node(&db, Duration::from_secs(30)).await;
     assert_eq!(b.takeover_every(), Some(PgOptions::default().poll));
     let (dead, alive) = (new_job("wf", 0, None), new_job("wf", 0, None));
     for j in [&dead, &alive] {
@@ -497,7 +429,7 @@ async fn live_nodes_take_over_only_expired_leases_each_once() {
     let taken: Vec<JobId> = by_b.iter().chain(&by_c).map(|r| r.id).collect();
     assert_eq!(taken, vec![dead.id], "once, and only the expired one");
     let taker = if by_b.is_empty() { "node-c" } else { "node-b" };
-    let r = b.get_job(dead.id).await.expect("get").expect("job");
+    let r = stored(&b, dead.id).await;
     assert_eq!(r.node.as_deref(), Some(taker));
     assert_eq!(
         r.state,
@@ -510,7 +442,7 @@ async fn live_nodes_take_over_only_expired_leases_each_once() {
             .expect("again")
             .is_empty()
     );
-    let r = b.get_job(alive.id).await.expect("get").expect("job");
+    let r = stored(&b, alive.id).await;
     assert_eq!(r.node.as_deref(), Some("node-b"));
 }
 
@@ -520,11 +452,11 @@ async fn live_nodes_take_over_only_expired_leases_each_once() {
 /// Two nodes claiming at once never get the same job.
 #[tokio::test]
 async fn claim_next_takes_the_best_jobs_each_for_one_node() {
-    let Some(db) = db("claim_next_takes_the_best_jobs_each_for_one_node").await else {
+    let Some((_db, [a, b])) =
+        nodes("claim_next_takes_the_best_jobs_each_for_one_node", [30, 30]).await
+    else {
         return;
     };
-    let a = node(&db, Duration::from_secs(30)).await;
-    let b = node(&db, Duration::from_secs(30)).await;
     let wf = vec!["wf".to_owned()];
     let mut jobs = Vec::new();
     for (workflow, priority) in [("wf", 0), ("wf", 5), ("other", 9), ("wf", 5), ("wf", 0)] {
@@ -559,20 +491,9 @@ async fn claim_next_takes_the_best_jobs_each_for_one_node() {
         retry_in: Some(Duration::from_secs(3600)),
         ..attempt_end(1, EndReason::Exited)
     };
-    a.complete_attempt(
-        jobs[3],
-        &end,
-        &AfterAttempt::Requeue,
-        &state(
-            jobs[3],
-            3,
-            JobState::Queued,
-            Some(EndReason::Exited),
-            Some(1),
-        ),
-    )
-    .await
-    .expect("requeue");
+    requeue(&a, jobs[3], &end, 3, Some(EndReason::Exited))
+        .await
+        .expect("requeue");
     // Both nodes at once: the two `wf` jobs left go one each or both to
     // one node, never to both.
     let (ra, rb) = tokio::join!(
@@ -595,14 +516,8 @@ async fn claim_next_takes_the_best_jobs_each_for_one_node() {
             .expect("claim")
             .is_empty()
     );
-    assert_eq!(
-        a.get_job(jobs[2]).await.expect("get").expect("job").state,
-        JobState::Queued
-    );
-    assert_eq!(
-        a.get_job(jobs[3]).await.expect("get").expect("job").state,
-        JobState::Queued
-    );
+    assert_eq!(stored(&a, jobs[2]).await.state, JobState::Queued);
+    assert_eq!(stored(&a, jobs[3]).await.state, JobState::Queued);
     a.close().await;
     b.close().await;
 }
