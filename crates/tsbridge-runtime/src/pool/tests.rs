@@ -195,6 +195,25 @@ async fn pool(config: PoolConfig) -> Pool {
         .unwrap()
 }
 
+/// Runs `j` in the background (its events dropped): its cancel token and
+/// its run.
+fn spawn_run(p: &Pool, j: PoolJob) -> (CancellationToken, tokio::task::JoinHandle<PoolOutcome>) {
+    let token = j.cancel.clone();
+    let p = p.clone();
+    (token, tokio::spawn(async move { p.run(j, sink().0).await }))
+}
+
+/// The messages of the progress events `rx` holds now.
+fn progress_messages(rx: &mut mpsc::Receiver<PoolEvent>) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        if let PoolEvent::Child(ChildEvent::Progress(pr)) = ev {
+            got.push(pr.message);
+        }
+    }
+    got
+}
+
 fn pid_of(o: &PoolOutcome) -> u64 {
     o.result.as_ref().unwrap()["pid"].as_u64().unwrap()
 }
@@ -231,23 +250,11 @@ async fn events_overtaken_by_the_answer_are_forwarded_before_it() {
         let o = p.run(job("late"), tx).await;
         assert!(o.result.is_ok());
         // Everything was in the sink before the outcome came back.
-        let mut got = Vec::new();
-        while let Ok(ev) = rx.try_recv() {
-            if let PoolEvent::Child(ChildEvent::Progress(pr)) = ev {
-                got.push(pr.message);
-            }
-        }
-        assert_eq!(got, ["late 1", "late 2", "late 3"]);
+        assert_eq!(progress_messages(&mut rx), ["late 1", "late 2", "late 3"]);
         let (tx, mut rx) = sink();
         let o = p.run(job("echo"), tx).await;
         assert!(o.result.is_ok());
-        let mut got = Vec::new();
-        while let Ok(ev) = rx.try_recv() {
-            if let PoolEvent::Child(ChildEvent::Progress(pr)) = ev {
-                got.push(pr.message);
-            }
-        }
-        assert_eq!(got, ["half"]);
+        assert_eq!(progress_messages(&mut rx), ["half"]);
     }
     p.shutdown(Duration::ZERO).await;
 }
@@ -317,12 +324,7 @@ async fn crash_fails_only_its_job_and_is_replaced() {
 #[tokio::test]
 async fn cancel_aborts_then_kills_a_handler_that_ignores_it() {
     let p = pool(cfg()).await;
-    let j = job("abortable");
-    let token = j.cancel.clone();
-    let run = tokio::spawn({
-        let p = p.clone();
-        async move { p.run(j, sink().0).await }
-    });
+    let (token, run) = spawn_run(&p, job("abortable"));
     p.wait_stats(|s| s.busy == 1).await;
     token.cancel();
     let o = run.await.unwrap();
@@ -332,12 +334,7 @@ async fn cancel_aborts_then_kills_a_handler_that_ignores_it() {
     ));
     assert_eq!(p.stats().crashed_total, 0);
 
-    let j = job("hang");
-    let token = j.cancel.clone();
-    let run = tokio::spawn({
-        let p = p.clone();
-        async move { p.run(j, sink().0).await }
-    });
+    let (token, run) = spawn_run(&p, job("hang"));
     p.wait_stats(|s| s.busy == 1).await;
     token.cancel();
     let o = run.await.unwrap();
@@ -382,22 +379,12 @@ async fn acquire_timeout_and_withdraw() {
         ..cfg()
     })
     .await;
-    let busy = job("abortable");
-    let busy_token = busy.cancel.clone();
-    let run = tokio::spawn({
-        let p = p.clone();
-        async move { p.run(busy, sink().0).await }
-    });
+    let (busy_token, run) = spawn_run(&p, job("abortable"));
     p.wait_stats(|s| s.busy == 1).await;
     let o = p.run(job("echo"), sink().0).await;
     assert!(matches!(o.result, Err(PoolJobError::AcquireTimeout(_))));
 
-    let waiting = job("echo");
-    let wt = waiting.cancel.clone();
-    let w = tokio::spawn({
-        let p = p.clone();
-        async move { p.run(waiting, sink().0).await }
-    });
+    let (wt, w) = spawn_run(&p, job("echo"));
     p.wait_stats(|s| s.waiting == 1).await;
     wt.cancel();
     let o = w.await.unwrap();
@@ -419,17 +406,9 @@ async fn queue_limit() {
         ..cfg()
     })
     .await;
-    let a = job("abortable");
-    let at = a.cancel.clone();
-    let ra = tokio::spawn({
-        let p = p.clone();
-        async move { p.run(a, sink().0).await }
-    });
+    let (at, ra) = spawn_run(&p, job("abortable"));
     p.wait_stats(|s| s.busy == 1).await;
-    let b = tokio::spawn({
-        let p = p.clone();
-        async move { p.run(job("echo"), sink().0).await }
-    });
+    let (_, b) = spawn_run(&p, job("echo"));
     p.wait_stats(|s| s.waiting == 1).await;
     let c = p.run(job("echo"), sink().0).await;
     assert!(matches!(c.result, Err(PoolJobError::QueueFull(1))));
@@ -471,10 +450,7 @@ async fn warmup_and_idle_shrink_to_min() {
     assert_eq!(p.stats().idle, 1);
     let mut runs = Vec::new();
     for _ in 0..3 {
-        let j = job("abortable");
-        let t = j.cancel.clone();
-        let p2 = p.clone();
-        runs.push((t, tokio::spawn(async move { p2.run(j, sink().0).await })));
+        runs.push(spawn_run(&p, job("abortable")));
     }
     p.wait_stats(|s| s.busy == 3).await;
     for (t, r) in runs {
@@ -533,11 +509,7 @@ async fn fatal_module_fails_warmup_and_jobs() {
 #[tokio::test]
 async fn shutdown_drains_then_kills() {
     let p = pool(cfg()).await;
-    let long = job("hang");
-    let r = tokio::spawn({
-        let p = p.clone();
-        async move { p.run(long, sink().0).await }
-    });
+    let (_, r) = spawn_run(&p, job("hang"));
     p.wait_stats(|s| s.busy == 1).await;
     p.shutdown(Duration::from_millis(50)).await;
     assert!(matches!(
