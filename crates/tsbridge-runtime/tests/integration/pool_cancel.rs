@@ -8,14 +8,11 @@ use std::time::Duration;
 
 use pool_support::*;
 use serde_json::json;
-use tsbridge_runtime::pool::{PoolJob, PoolJobError};
+use tsbridge_runtime::pool::{Pool, PoolJob, PoolJobError, PoolOutcome};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ignored_cancel_kills_and_replaces_the_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let pool = start(js_spec(dir.path()), config(1, 1)).await.unwrap();
-    let before = pid_of(&run(&pool, json!({"mode": "echo"})).await) as u32;
-    let job = PoolJob::new("pool-test", json!({"mode": "ignore-abort"}));
+/// Runs a job of `mode` and cancels it once it started: its outcome.
+async fn cancel_once_started(pool: &Pool, mode: &str) -> PoolOutcome {
+    let job = PoolJob::new("pool-test", json!({"mode": mode}));
     let token = job.cancel.clone();
     let (tx, mut rx) = sink();
     let running = {
@@ -24,7 +21,15 @@ async fn ignored_cancel_kills_and_replaces_the_worker() {
     };
     wait_started(&mut rx).await;
     token.cancel();
-    let o = running.await.unwrap();
+    running.await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_cancel_kills_and_replaces_the_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = start(js_spec(dir.path()), config(1, 1)).await.unwrap();
+    let before = pid_of(&run(&pool, json!({"mode": "echo"})).await) as u32;
+    let o = cancel_once_started(&pool, "ignore-abort").await;
     assert!(
         matches!(o.result, Err(PoolJobError::Cancelled { killed: true })),
         "{:?}",
@@ -41,16 +46,7 @@ async fn honoured_cancel_keeps_the_worker() {
     let dir = tempfile::tempdir().unwrap();
     let pool = start(js_spec(dir.path()), config(1, 1)).await.unwrap();
     let before = pid_of(&run(&pool, json!({"mode": "echo"})).await);
-    let job = PoolJob::new("pool-test", json!({"mode": "abortable"}));
-    let token = job.cancel.clone();
-    let (tx, mut rx) = sink();
-    let running = {
-        let p = pool.clone();
-        tokio::spawn(async move { p.run(job, tx).await })
-    };
-    wait_started(&mut rx).await;
-    token.cancel();
-    let o = running.await.unwrap();
+    let o = cancel_once_started(&pool, "abortable").await;
     assert!(
         matches!(o.result, Err(PoolJobError::Cancelled { killed: false })),
         "{:?}",
