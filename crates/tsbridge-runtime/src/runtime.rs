@@ -39,6 +39,10 @@ const MAX_IDEMPOTENCY_KEY: usize = 256;
 /// most this many per job by default).
 const MAX_EVENTS_PER_READ: u32 = 10_000;
 
+/// How long the start of a runtime on a shared store waits to hear the
+/// other nodes' announcements (then it starts anyway, and says so).
+const ANNOUNCEMENTS_WAIT: Duration = Duration::from_secs(10);
+
 /// How to start a [`Runtime`].
 #[derive(Debug, Default, Clone)]
 pub struct RuntimeOptions {
@@ -205,6 +209,22 @@ impl Runtime {
         }
         tokio::spawn(dispatcher.run());
         let relay = Relay::start(shared.store.clone(), opts.subscriber_buffer);
+        // A shared store: the runtime is started once this node hears the
+        // others' announcements. Before, a subscriber of the first moments
+        // could miss the announcement of an event it had not read from the
+        // store, and see the next one after a gap (the server's streams
+        // fill such gaps from the store; a flaky `multi_node_pg` test did
+        // not).
+        if relay.is_some()
+            && tokio::time::timeout(ANNOUNCEMENTS_WAIT, shared.store.announcements_heard())
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                waited = ?ANNOUNCEMENTS_WAIT,
+                "not hearing the job store's announcements yet: jobs followed here are read from the store every 2 s until this node does"
+            );
+        }
         if let Some(every) = shared.store.takeover_every() {
             tokio::spawn(take_over_expired(Arc::downgrade(&shared), every));
         }

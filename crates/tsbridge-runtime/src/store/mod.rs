@@ -390,6 +390,10 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     /// Answers the claimed jobs as they are now (best first): their
     /// `last_seq` is the `running` event's number. A store that does not
     /// claim this way ([`JobStore::claims_next`] is `false`) claims nothing.
+    /// A store whose `not_before` test reads its own clock records its
+    /// claims at that clock's time (PostgreSQL: the transaction's `now()`)
+    /// rather than at `at`, so that no attempt is recorded as started
+    /// before its retry delay ended.
     async fn claim_next(
         &self,
         node: &str,
@@ -522,6 +526,13 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     fn watch_queued(&self) -> Option<futures::stream::BoxStream<'static, ()>> {
         None
     }
+
+    /// Resolves once this node hears the announcements of the others (a
+    /// shared store's listener, started by [`JobStore::watch_queued`], is
+    /// connected), so that a subscription taken after it misses none but
+    /// those a reconnect loses. At once (the default) for a store of one
+    /// node, which has nothing to hear.
+    async fn announcements_heard(&self) {}
 
     /// Asks the node that runs job `id` to cancel it (a store shared by
     /// many nodes; the caller's node does not hold the job). `true`: asked;

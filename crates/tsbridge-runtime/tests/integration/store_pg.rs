@@ -450,6 +450,63 @@ async fn live_nodes_take_over_only_expired_leases_each_once() {
 /// workflows named, none waiting out a retry delay nor held live by the
 /// claiming node; each gets its attempt, its `running` event and a lease.
 /// Two nodes claiming at once never get the same job.
+/// A claim is recorded at the store's time, the clock its retry-delay test
+/// reads, not at the `at` the node took before it had a connection: on a
+/// loaded node that `at` could lie before the end of the delay, and the
+/// second attempt was recorded as started before its backoff was over (a
+/// flaky `multi_node_pg::a_retry_waits_out_its_backoff_on_every_node`).
+#[tokio::test]
+async fn a_claim_after_a_retry_delay_is_recorded_after_it() {
+    let Some((_db, [a])) = nodes("a_claim_after_a_retry_delay_is_recorded_after_it", [30]).await
+    else {
+        return;
+    };
+    let wf = vec!["wf".to_owned()];
+    let j = new_job("wf", 0, None);
+    a.insert_job(&j).await.expect("insert");
+    let got = a
+        .claim_next("node-a", 1, &wf, &[], Utc::now())
+        .await
+        .expect("claim");
+    assert_eq!(got.len(), 1);
+    // A node's `at`, taken long before its claim reaches the store.
+    let stale = Utc::now();
+    let end = tsbridge_runtime::store::AttemptEnd {
+        retry_in: Some(Duration::from_secs(1)),
+        ..attempt_end(1, EndReason::Exited)
+    };
+    requeue(&a, j.id, &end, 3, Some(EndReason::Exited))
+        .await
+        .expect("requeue");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let claimed = loop {
+        let got = a
+            .claim_next("node-a", 1, &wf, &[], stale)
+            .await
+            .expect("claim");
+        if let Some(r) = got.into_iter().next() {
+            break r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never claimed again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(claimed.attempts.len(), 2, "{claimed:?}");
+    let started = claimed.attempts[1].started_at;
+    assert!(
+        started - end.finished_at >= chrono::Duration::seconds(1),
+        "attempt 2 recorded as started {} after attempt 1 ended, inside its 1 s delay",
+        started - end.finished_at
+    );
+    let events = a.events_after(j.id, 3, 10).await.expect("events");
+    assert_eq!(
+        events[0].timestamp, started,
+        "the running event says the same"
+    );
+}
+
 #[tokio::test]
 async fn claim_next_takes_the_best_jobs_each_for_one_node() {
     let Some((_db, [a, b])) =

@@ -44,7 +44,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tsbridge_proto::{JobEvent, JobId};
 
-use super::columns::{ENV_KEY_FINGERPRINT, json_text, key_taken, ms, next_page};
+use super::columns::{ENV_KEY_FINGERPRINT, from_ms, json_text, key_taken, ms, next_page};
 use super::list_output::LIST_OUTPUT_TAIL;
 use super::{
     AfterAttempt, AttemptEnd, EventRetention, EventsWritten, Finish, Inserted, JobPage, JobRecord,
@@ -172,6 +172,8 @@ struct Inner {
     /// does not run on two nodes for longer than a renewal period.
     lost: Mutex<HashSet<JobId>>,
     lost_found: tokio::sync::Notify,
+    /// Whether the watch's listener is connected (announcements are heard).
+    listening: tokio::sync::watch::Sender<bool>,
     /// The cached count of queued jobs (all nodes').
     queued: Mutex<QueuedCount>,
 }
@@ -226,6 +228,7 @@ impl PgStore {
             events: Mutex::new(None),
             lost: Mutex::new(HashSet::new()),
             lost_found: tokio::sync::Notify::new(),
+            listening: tokio::sync::watch::channel(false).0,
             queued: Mutex::new(QueuedCount {
                 value: 0,
                 counted: std::time::Instant::now(),
@@ -775,7 +778,7 @@ impl JobStore for PgStore {
         room: usize,
         workflows: &[String],
         live: &[JobId],
-        at: DateTime<Utc>,
+        _at: DateTime<Utc>,
     ) -> Result<Vec<JobRecord>, StoreError> {
         if room == 0 || workflows.is_empty() {
             return Ok(Vec::new());
@@ -791,17 +794,20 @@ impl JobStore for PgStore {
             "WITH c AS (SELECT id FROM jobs WHERE state = 'queued' \
              AND (not_before IS NULL OR not_before <= ",
             now_ms!(),
-            ") AND workflow = ANY($1) AND NOT (id = ANY($6)) \
+            ") AND workflow = ANY($1) AND NOT (id = ANY($5)) \
              ORDER BY priority DESC, id FOR UPDATE SKIP LOCKED LIMIT $2) \
              UPDATE jobs SET state = 'running', node = $3, attempts = jobs.attempts + 1, \
-             started_at = COALESCE(jobs.started_at, $4), last_seq = jobs.last_seq + 1, \
-             lease_until = now() + make_interval(secs => $5) \
-             FROM c WHERE jobs.id = c.id RETURNING jobs.*"
+             started_at = COALESCE(jobs.started_at, ",
+            now_ms!(),
+            "), last_seq = jobs.last_seq + 1, \
+             lease_until = now() + make_interval(secs => $4) \
+             FROM c WHERE jobs.id = c.id RETURNING jobs.*, ",
+            now_ms!(),
+            " AS claimed_at"
         ))
         .bind(workflows)
         .bind(i64::try_from(room).unwrap_or(i64::MAX))
         .bind(node)
-        .bind(ms(at))
         .bind(self.lease_secs())
         .bind(live.iter().map(JobId::to_string).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
@@ -811,6 +817,14 @@ impl JobStore for PgStore {
             drop(tx);
             return Ok(Vec::new());
         }
+        // The claim's time is the transaction's (`now()`), the clock its
+        // `not_before` test read, not the caller's `at`: taken before a
+        // connection was free, that could lie before the end of the retry
+        // delay on a loaded node, and the attempt would be recorded as
+        // started before it (a flaky `multi_node_pg` test showed it).
+        let claimed_at: i64 =
+            sqlx::Row::try_get(&rows[0], "claimed_at").map_err(StoreError::query("claim jobs"))?;
+        let at = from_ms(claimed_at);
         let mut jobs = rows
             .iter()
             .map(|r| read_job(r, None))
@@ -1217,6 +1231,12 @@ impl JobStore for PgStore {
         Some(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
     }
 
+    async fn announcements_heard(&self) {
+        let mut listening = self.inner.listening.subscribe();
+        // The sender lives as long as the store.
+        let _ = listening.wait_for(|l| *l).await;
+    }
+
     fn watch_queued(&self) -> Option<BoxStream<'static, ()>> {
         if let Ok(mut own) = self.inner.own_announced.lock() {
             own.get_or_insert_with(HashSet::new);
@@ -1256,12 +1276,14 @@ async fn watch(store: PgStore, tx: mpsc::Sender<()>) {
                 Err(e) => {
                     tracing::warn!(error = %e, "job store announcements lost; listening again at the next poll");
                     listener = None;
+                    store.inner.listening.send_replace(false);
                     false
                 }
             },
             _ = poll.tick() => {
                 if listener.is_none() {
                     listener = listen(&store).await;
+                    store.inner.listening.send_replace(listener.is_some());
                 }
                 true
             }
