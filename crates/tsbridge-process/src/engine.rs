@@ -550,6 +550,7 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
     tracing::trace!(
         pid = pid.raw(),
         in_cgroup = child.in_cgroup,
+        via = ?child.via,
         "spawned (in_cgroup: created in its v2 cgroup)"
     );
     // The spawner registered the job's group (and its window) at the fork.
