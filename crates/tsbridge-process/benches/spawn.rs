@@ -18,38 +18,21 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
+use common::{env, rt};
 use divan::counter::BytesCount;
 use tsbridge_process::{JobSpec, OutputChannel, run};
 
 const GIB: u64 = 1 << 30;
 
+mod common;
+
 fn main() {
     divan::main();
 }
 
-fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime")
-    })
-}
-
-fn env() -> std::collections::BTreeMap<String, String> {
-    [("PATH".to_string(), "/usr/bin:/bin".to_string())].into()
-}
-
 #[divan::bench(sample_count = 200)]
 fn spawn_true_engine() {
-    let spec = JobSpec::builder("/bin/true")
-        .envs(env())
-        .build()
-        .expect("spec");
-    let o = rt().block_on(run(spec)).expect("runs");
-    assert!(o.exit.success());
+    common::true_engine();
 }
 
 #[divan::bench(sample_count = 200)]
@@ -64,27 +47,13 @@ fn spawn_true_std_command() {
     assert!(s.success());
 }
 
-/// The floor the engine can reach: std's spawn falls back from posix_spawn
-/// (vfork) to fork as soon as a pre_exec hook exists, and the engine needs
-/// one (PR_SET_PDEATHSIG).
+/// What the engine's fork-like clone could reach: std's spawn falls back
+/// from posix_spawn (vfork) to fork as soon as a pre_exec hook exists, and
+/// the engine needs one (PR_SET_PDEATHSIG). Its vfork-style clone (x86_64)
+/// is not bound by it.
 #[divan::bench(sample_count = 200)]
 fn spawn_true_std_command_fork_pre_exec() {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new("/bin/true");
-    cmd.env_clear()
-        .envs(env())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // SAFETY: prctl with integer arguments is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-            Ok(())
-        });
-    }
-    let s = cmd.status().expect("runs");
-    assert!(s.success());
+    common::true_std_fork_pre_exec();
 }
 
 #[divan::bench(sample_count = 5, sample_size = 1)]

@@ -329,6 +329,7 @@ pub(crate) struct Child {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Via {
     /// `clone3(CLONE_VM | CLONE_VFORK)` on a stack of its own (x86_64).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Vfork,
     /// `clone3` without `CLONE_VM`: a copy of the memory, like fork.
     Clone3,
@@ -1320,9 +1321,16 @@ mod tests {
         fd
     }
 
+    /// What asking for the vfork-style clone gives on this architecture.
+    const VFORK: Via = if cfg!(target_arch = "x86_64") {
+        Via::Vfork
+    } else {
+        Via::Clone3
+    };
+
     /// The three paths, as (vfork, clone3) and the one each takes here.
     const PATHS: [(bool, bool, Via); 3] = [
-        (true, true, Via::Vfork),
+        (true, true, VFORK),
         (false, true, Via::Clone3),
         (false, false, Via::Fork),
     ];
@@ -1469,6 +1477,7 @@ mod tests {
     }
 
     /// How a thread's spawns go (the engine's spawner path).
+    #[cfg(target_arch = "x86_64")]
     fn vfork_method() -> Method {
         Method {
             vfork: true,
@@ -1489,6 +1498,7 @@ mod tests {
     /// child execs its own argv and environment, prints them, exits 0, and
     /// each took the vfork path.
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn a_spawn_storm_while_other_threads_allocate_gives_every_child_its_own_argv() {
         use std::sync::atomic::AtomicUsize;
         let stop = Arc::new(AtomicBool::new(false));
@@ -1587,6 +1597,7 @@ mod tests {
     /// signals this process: its handler runs here, and the spawning
     /// thread's mask is what it was.
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn a_signal_in_the_vfork_child_never_runs_a_handler_of_the_parent() {
         TEST_PID.store(std::process::id() as i32, Ordering::SeqCst);
         install(libc::SIGUSR1, handler());
@@ -1697,6 +1708,7 @@ mod tests {
     }
 
     /// This thread's minor page faults so far.
+    #[cfg(target_arch = "x86_64")]
     fn thread_minor_faults() -> i64 {
         // SAFETY: rusage is plain data, written by getrusage.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -1710,6 +1722,7 @@ mod tests {
     /// fault, where after a fork-like clone each page is copy-on-write
     /// once more (at least one fault per page).
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn the_vfork_path_leaves_the_parents_pages_alone() {
         const LEN: usize = 64 << 20;
         const PAGES: i64 = (LEN / 4096) as i64;
@@ -1837,6 +1850,7 @@ mod tests {
     /// (painted before, looked at after: the measure behind
     /// `vfork::STACK_SIZE`).
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn a_vfork_child_applies_the_whole_sandbox_with_room_to_spare_on_its_stack() {
         const PAINT: u8 = 0xA5;
         let Some(sb) = sandbox() else { return };

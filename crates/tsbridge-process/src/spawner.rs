@@ -7,6 +7,10 @@
 //! registration of the new job's group and window, so the orphan reaper can
 //! never mistake a new leader for an orphan, and the escapee check never sees
 //! a process of a job it does not know.
+//!
+//! On x86_64 the clone is vfork-style (`CLONE_VM | CLONE_VFORK`, see
+//! [`crate::clone`]): it suspends the calling thread until the child has
+//! exec'd. Here that is this thread, never a tokio worker.
 
 use std::io;
 use std::sync::OnceLock;
