@@ -31,7 +31,7 @@ pub fn event(id: JobId, seq: u64, data: EventData) -> JobEvent {
     }
 }
 
-/// The `state` event `seq` of job `id`, now.
+/// The `state` event `seq` of job `id`, now: the dispatcher's own.
 pub fn state_event(
     id: JobId,
     seq: u64,
@@ -39,15 +39,7 @@ pub fn state_event(
     reason: Option<EndReason>,
     attempt: Option<u32>,
 ) -> JobEvent {
-    event(
-        id,
-        seq,
-        EventData::State {
-            state,
-            reason,
-            attempt,
-        },
-    )
+    crate::dispatcher::state_event(id, seq, state, reason, attempt)
 }
 
 /// The end of attempt `n` for `reason`, now: exit code 0 when it exited,
