@@ -27,7 +27,16 @@ fn a_second_server_on_a_sqlite_store_in_use_is_refused() {
     let config = std::fs::read_to_string(dir.path().join("tsbridge.toml"))
         .unwrap()
         .replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{port2}"))
-        .replace("sqlite://jobs.db", "sqlite://../jobs.db");
+        // The same file, spelt as `serve` resolves the first one's: the
+        // same parent cgroup, which `_cgroups` removes after the SIGKILL
+        // of the last server (another spelling would leave its own).
+        .replace(
+            "sqlite://jobs.db",
+            &format!(
+                "sqlite://{}/jobs.db",
+                std::path::absolute(dir.path()).unwrap().display()
+            ),
+        );
     std::fs::write(other.join("tsbridge.toml"), config).unwrap();
     let second = tsbridge(&other, &["serve", "--config", "tsbridge.toml"])
         .stdout(Stdio::null())
