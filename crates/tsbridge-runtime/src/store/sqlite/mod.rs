@@ -820,22 +820,11 @@ fn lock_store(db: &Path) -> Result<std::fs::File, StoreError> {
             path: path.clone(),
             source,
         })?;
-    // SAFETY: `flock` on a descriptor this function owns; no memory is
-    // passed.
-    let r = unsafe {
-        libc::flock(
-            std::os::fd::AsRawFd::as_raw_fd(&file),
-            libc::LOCK_EX | libc::LOCK_NB,
-        )
-    };
-    if r == 0 {
-        return Ok(file);
-    }
-    let source = std::io::Error::last_os_error();
-    if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Err(StoreError::InUse { path: canonical })
-    } else {
-        Err(StoreError::Lock { path, source })
+    // std's `try_lock` is a non-blocking `flock(LOCK_EX)` on Linux.
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse { path: canonical }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Lock { path, source }),
     }
 }
 
