@@ -14,11 +14,18 @@
 //! lease), so a job's process that outlived it (a killed one not reaped yet,
 //! a zombie; one that left its cgroup; a host without cgroups) keeps its
 //! uid out of circulation until it is gone.
-//! The leases are one table per tsbridge process: two tsbridge processes
-//! must not share a range (see `docs/design/sandbox.md`, "A uid per job").
+//! The leases are one table per tsbridge process, and each leased uid is
+//! also reserved host-wide: an exclusive `flock` of `/run/tsbridge/
+//! dynamic-uids/<uid>` ([`DEFAULT_LOCK_DIR`]), held as long as the lease, so
+//! two tsbridge processes that share a range never hand out one uid at
+//! once (a holder that dies lets go with its descriptors). See
+//! `docs/design/sandbox.md`, "A uid per job".
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::fs::{File, TryLockError};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -31,6 +38,11 @@ pub const DEFAULT_DYNAMIC_UIDS: UidRange = UidRange {
     first: 61184,
     last: 65519,
 };
+
+/// Where each leased uid is reserved for the whole host: one file per uid,
+/// locked (`flock`, exclusive) while the lease lasts. On the `/run` tmpfs,
+/// so it is empty after a boot; root's, mode 0700.
+pub const DEFAULT_LOCK_DIR: &str = "/run/tsbridge/dynamic-uids";
 
 /// An inclusive range of uids, written `"FIRST-LAST"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,16 +71,24 @@ pub enum DynamicUserError {
         id: u32,
         name: String,
     },
-    /// Every uid of the range is leased or still has a process.
+    /// Every uid of the range is leased, reserved by another tsbridge of
+    /// the host, or still has a process.
     #[error(
         "every uid of the dynamic range {range} is in use ({leased} held by running jobs or workers of this tsbridge, \
-         {lingering} by processes still alive): widen defaults.dynamic_uids or lower the concurrency"
+         {lingering} by processes still alive or by another tsbridge on this host): widen defaults.dynamic_uids, \
+         give each tsbridge of the host a range of its own, or lower the concurrency"
     )]
     Exhausted {
         range: UidRange,
         leased: usize,
         lingering: usize,
     },
+    /// The host-wide reservation of a uid could not be made or checked
+    /// (its folder is missing and cannot be made, is not root's 0700
+    /// folder, or a lock file cannot be opened): no uid is handed out
+    /// without one.
+    #[error("cannot reserve a dynamic uid for this host in {dir}: {error}")]
+    Reserve { dir: String, error: String },
     /// The database could not be read.
     #[error("cannot read the {0} database: {1}")]
     Lookup(&'static str, String),
@@ -178,6 +198,10 @@ pub struct UidLease(Arc<Held>);
 struct Held {
     uid: u32,
     table: &'static Leases,
+    /// The uid's host-wide reservation (its lock file, locked), let go
+    /// when this is dropped: after the table's release, so another
+    /// tsbridge cannot take the uid while this table still counts it.
+    _reserved: Option<File>,
 }
 
 impl UidLease {
@@ -205,6 +229,9 @@ pub fn lease(range: UidRange) -> Result<UidLease, DynamicUserError> {
 #[derive(Debug, Default)]
 pub struct Leases {
     state: Mutex<State>,
+    /// Where uids are reserved for the host ([`DEFAULT_LOCK_DIR`] for the
+    /// process's table); `None`: this table's leases only.
+    lock_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default)]
@@ -223,7 +250,16 @@ impl Leases {
     /// This process's table: every executor leases from it, so no uid is
     /// held twice in one tsbridge.
     pub fn global() -> &'static Leases {
-        GLOBAL.get_or_init(Leases::default)
+        GLOBAL.get_or_init(|| Leases::reserving_in(DEFAULT_LOCK_DIR))
+    }
+
+    /// A table whose leases are also reserved for the host in `dir` (made
+    /// root's 0700 folder when missing).
+    pub fn reserving_in(dir: impl Into<PathBuf>) -> Leases {
+        Leases {
+            state: Mutex::default(),
+            lock_dir: Some(dir.into()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -231,8 +267,9 @@ impl Leases {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A uid of `range` that is not leased and not in `busy` (the ids some
-    /// process has): a fresh one first, else the least recently released.
+    /// A uid of `range` that is not leased, not in `busy` (the ids some
+    /// process has) and not reserved by another table of the host: a fresh
+    /// one first, else the least recently released.
     pub fn lease(
         &'static self,
         range: UidRange,
@@ -251,22 +288,27 @@ impl Leases {
             if leased.contains(&uid) || released.contains(&uid) {
                 continue;
             }
-            if busy.contains(&uid) {
-                // Someone has it: tried again once released ones are.
-                released.push_back(uid);
-                continue;
+            if !busy.contains(&uid)
+                && let Some(reserved) = self.reserve(uid)?
+            {
+                leased.insert(uid);
+                return Ok(self.held(uid, reserved));
             }
-            leased.insert(uid);
-            return Ok(self.held(uid));
+            // Someone has it: tried again once released ones are.
+            released.push_back(uid);
         }
-        let pick = released
-            .iter()
-            .position(|u| range.contains(*u) && !busy.contains(u));
-        if let Some(i) = pick
-            && let Some(uid) = released.remove(i)
-        {
-            leased.insert(uid);
-            return Ok(self.held(uid));
+        let mut i = 0;
+        while i < released.len() {
+            let uid = released[i];
+            if range.contains(uid)
+                && !busy.contains(&uid)
+                && let Some(reserved) = self.reserve(uid)?
+            {
+                released.remove(i);
+                leased.insert(uid);
+                return Ok(self.held(uid, reserved));
+            }
+            i += 1;
         }
         Err(DynamicUserError::Exhausted {
             range,
@@ -275,8 +317,41 @@ impl Leases {
         })
     }
 
-    fn held(&'static self, uid: u32) -> UidLease {
-        UidLease(Arc::new(Held { uid, table: self }))
+    /// Reserves `uid` for the host: `Ok(None)` when another holder has it.
+    /// A table without a lock folder reserves nothing (`Some(None)`).
+    fn reserve(&self, uid: u32) -> Result<Option<Option<File>>, DynamicUserError> {
+        let Some(dir) = &self.lock_dir else {
+            return Ok(Some(None));
+        };
+        let failed = |error: String| DynamicUserError::Reserve {
+            dir: dir.display().to_string(),
+            error,
+        };
+        lock_folder(dir).map_err(failed)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dir.join(uid.to_string()))
+            .map_err(|e| failed(format!("lock file {uid}: {e}")))?;
+        // std's `try_lock` is a non-blocking `flock(LOCK_EX)` on Linux: held
+        // by the open file, so a second open (another tsbridge, or another
+        // table of this process) is refused, and a holder's death frees it.
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Some(file))),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => Err(failed(format!("lock file {uid}: {e}"))),
+        }
+    }
+
+    fn held(&'static self, uid: u32, reserved: Option<File>) -> UidLease {
+        UidLease(Arc::new(Held {
+            uid,
+            table: self,
+            _reserved: reserved,
+        }))
     }
 
     fn release(&self, uid: u32) {
@@ -321,6 +396,45 @@ pub fn ids_in_use() -> HashSet<u32> {
         }
     }
     ids
+}
+
+/// Makes `dir` (root's, 0700: nobody else may make or swap its lock
+/// files) when missing, and refuses one that is a symlink, not a folder,
+/// or open to anyone but its owner, this process's uid.
+fn lock_folder(dir: &Path) -> Result<(), String> {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("cannot make it: {e}"))?;
+            // `mode` applies to the last folder only (less the umask):
+            // made exact.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("cannot set its mode: {e}"))?;
+            lock_folder_checked(dir)
+        }
+        Err(e) => Err(e.to_string()),
+        Ok(_) => lock_folder_checked(dir),
+    }
+}
+
+fn lock_folder_checked(dir: &Path) -> Result<(), String> {
+    let m = std::fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_dir() {
+        return Err("it is not a folder (a symlink is refused)".into());
+    }
+    if m.uid() != me || m.mode() & 0o077 != 0 {
+        return Err(format!(
+            "it must be a folder of uid {me} with mode 0700 (found uid {}, mode {:o})",
+            m.uid(),
+            m.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy)]
@@ -512,6 +626,61 @@ mod tests {
         assert!(t.lease(r, &busy).is_err());
         let b = t.lease(r, &HashSet::new()).expect("b");
         assert_eq!(b.user().uid, 4_000_000_100);
+    }
+
+    /// Two tsbridge processes on one host (two tables reserving in one
+    /// folder: a `flock` is held by its open file, so two opens conflict
+    /// in one process as in two) never hold one uid at once; a uid freed
+    /// by one goes to the other.
+    #[test]
+    fn two_tables_of_a_host_never_hold_one_uid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let locks = dir.path().join("run/tsbridge/dynamic-uids");
+        let one: &'static Leases = Box::leak(Box::new(Leases::reserving_in(&locks)));
+        let two: &'static Leases = Box::leak(Box::new(Leases::reserving_in(&locks)));
+        let r = UidRange::new(4_000_000_200, 4_000_000_201).expect("range");
+        let none = HashSet::new();
+        let a = one.lease(r, &none).expect("a");
+        let b = two.lease(r, &none).expect("b");
+        assert_eq!([a.user().uid, b.user().uid], [4_000_000_200, 4_000_000_201]);
+        // The other table holds the rest: exhausted, not shared.
+        match one.lease(r, &none) {
+            Err(DynamicUserError::Exhausted { leased: 1, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(two.lease(r, &none).is_err());
+        // Let go by one, taken by the other.
+        drop(a);
+        let c = two.lease(r, &none).expect("c");
+        assert_eq!(c.user().uid, 4_000_000_200);
+        assert!(one.lease(r, &none).is_err());
+        // The folder was made root's (this uid's) 0700.
+        let m = std::fs::metadata(&locks).expect("lock folder");
+        assert_eq!(m.mode() & 0o777, 0o700);
+        drop((b, c));
+    }
+
+    /// A lock folder that another user could write (or a symlink) is
+    /// refused: its lock files could be swapped under the leases.
+    #[test]
+    fn an_open_lock_folder_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).expect("symlink");
+        let r = UidRange::new(4_000_000_300, 4_000_000_300).expect("range");
+        for bad in [open, link] {
+            let t: &'static Leases = Box::leak(Box::new(Leases::reserving_in(&bad)));
+            match t.lease(r, &HashSet::new()) {
+                Err(e @ DynamicUserError::Reserve { .. }) => {
+                    assert!(e.to_string().contains(&bad.display().to_string()), "{e}")
+                }
+                other => panic!("{}: {other:?}", bad.display()),
+            }
+            assert!(!t.is_leased(4_000_000_300));
+        }
     }
 
     /// What the process check of one lease costs: prints the median and

@@ -198,6 +198,20 @@ impl Drop for Killed {
     }
 }
 
+/// A process group killed and its leader reaped when dropped.
+struct KilledGroup(std::process::Child);
+
+impl Drop for KilledGroup {
+    fn drop(&mut self) {
+        let Ok(pgid) = i32::try_from(self.0.id()) else {
+            return;
+        };
+        // SAFETY: killpg has no memory preconditions.
+        unsafe { libc::killpg(pgid, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
 /// A range of one uid that a process of the host has: a job waits for it,
 /// and fails with the typed error once its timeout passed; once that
 /// process is gone, the next job gets the uid.
@@ -242,5 +256,77 @@ async fn a_taken_range_makes_the_job_wait_then_fail_and_a_live_process_keeps_its
     let r = result(&v);
     assert_eq!(r["uid"], UID, "{r}");
     assert_eq!(r["peers"], json!([]), "{r}");
+    h.rt.shutdown(Duration::ZERO).await;
+}
+
+/// A range of one uid that another tsbridge of the host holds (its
+/// host-wide reservation: an exclusive `flock` of the uid's file in
+/// `/run/tsbridge/dynamic-uids`, held here by flock(1), a separate
+/// process, as another tsbridge's lease would be): a job waits for it and
+/// fails with the typed error at its timeout, although no process has the
+/// uid; once the holder is gone, the next job gets it.
+#[tokio::test]
+async fn a_uid_another_tsbridge_holds_is_not_handed_out() {
+    let Some(s) = user_setup("dyh") else { return };
+    const UID: u32 = 3_910_000_300;
+    let toml = format!(
+        "[defaults]\ndynamic_uids = \"{UID}-{UID}\"\n\n{}",
+        probe_workflow("dyn", "user = \"dynamic\""),
+    );
+    let h = start_with(&toml, options(&s)).await;
+    let dir = std::path::Path::new(tsbridge_sandbox::dynamic::DEFAULT_LOCK_DIR);
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .expect("lock folder");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    }
+    let file = dir.join(UID.to_string());
+    // `--close`: the lock is flock(1)'s alone, not its command's (which
+    // would keep it after flock(1) is killed); both die with their group.
+    let holder = KilledGroup({
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("flock")
+            .args(["--exclusive", "--close"])
+            .arg(&file)
+            .args(["sleep", "600"])
+            .process_group(0)
+            .spawn()
+            .expect("flock(1) holding the uid's reservation")
+    });
+    // flock(1) has the lock once a non-blocking try of ours is refused.
+    until("the holder's lock", || {
+        let f = std::fs::File::open(&file).ok()?;
+        match f.try_lock() {
+            Ok(()) => {
+                let _ = f.unlock();
+                None
+            }
+            Err(_) => Some(()),
+        }
+    })
+    .await;
+    let opts = JobOptions {
+        timeout: Some(DurationSpec::from_millis(1_000)),
+        ..JobOptions::default()
+    };
+    let v = h.wait(h.submit_opts("dyn", json!({}), opts).await).await;
+    assert_eq!(v.state, JobState::Failed, "{v:?}");
+    let msg = v
+        .error
+        .as_ref()
+        .map(|e| e.message.clone())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("every uid of the dynamic range") && msg.contains("another tsbridge"),
+        "{v:?}"
+    );
+    assert!(pids_of(UID).is_empty(), "no process had the uid");
+    drop(holder);
+    let v = h.wait(h.submit("dyn", json!({})).await).await;
+    assert_eq!(result(&v)["uid"], UID, "{v:?}");
     h.rt.shutdown(Duration::ZERO).await;
 }
