@@ -408,7 +408,15 @@ fn lock_folder(dir: &Path) -> Result<(), String> {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|e| format!("cannot make it: {e}"))?;
+                .map_err(|e| {
+                    let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                        " (a tsbridge that is not root needs its parent made for it and \
+                         owned by its user, e.g. systemd's RuntimeDirectory=tsbridge)"
+                    } else {
+                        ""
+                    };
+                    format!("cannot make it: {e}{hint}")
+                })?;
             // `mode` applies to the last folder only (less the umask):
             // made exact.
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
