@@ -91,11 +91,14 @@ pub struct RunArgs {
     #[arg(long = "write", value_name = "PATH")]
     pub write: Vec<PathBuf>,
     /// Run the job as this user: a name or uid, optionally with :group
-    /// (`nobody`, `1500:1500`); no supplementary groups. Needs root (or
-    /// CAP_SETUID, CAP_SETGID and CAP_CHOWN). The job's TMPDIR is given to
-    /// it; folders of --write must be writable by it already.
-    #[arg(long, value_name = "USER[:GROUP]", value_parser = parse_user)]
-    pub user: Option<tsbridge_sandbox::JobUser>,
+    /// (`nobody`, `1500:1500`); no supplementary groups. `dynamic`: a uid
+    /// of its own for this run (gid = the same number), leased from
+    /// systemd's dynamic range 61184-65519 and reserved for the host until
+    /// the job's tree and TMPDIR are gone. Needs root (or CAP_SETUID,
+    /// CAP_SETGID and CAP_CHOWN). The job's TMPDIR is given to it; folders
+    /// of --write must be writable by it already.
+    #[arg(long, value_name = "USER[:GROUP]|dynamic", value_parser = parse_user)]
+    pub user: Option<tsbridge_sandbox::RunAs>,
     /// Do not open Node's IPC channel for Node runtimes.
     #[arg(long)]
     pub no_ipc: bool,
@@ -219,9 +222,17 @@ pub enum JobsCommand {
 /// timeout(1) (`30`, `0.5`); with a unit as in the config (`30s`, `500ms`,
 /// `5m`, `1h30m`). HTTP requests keep their own notation (a bare number is
 /// milliseconds there, SPEC §4), which is why this is not `DurationSpec`'s parser.
-/// `--user`, resolved through the user database now.
-fn parse_user(s: &str) -> Result<tsbridge_sandbox::JobUser, String> {
-    tsbridge_sandbox::JobUser::resolve(s).map_err(|e| e.to_string())
+/// `--user`: `dynamic` (the default range; a uid is leased when the run
+/// starts), else a user resolved through the user database now.
+fn parse_user(s: &str) -> Result<tsbridge_sandbox::RunAs, String> {
+    if s == "dynamic" {
+        return Ok(tsbridge_sandbox::RunAs::Dynamic(
+            tsbridge_sandbox::dynamic::DEFAULT_DYNAMIC_UIDS,
+        ));
+    }
+    tsbridge_sandbox::JobUser::resolve(s)
+        .map(tsbridge_sandbox::RunAs::User)
+        .map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<DurationSpec, String> {

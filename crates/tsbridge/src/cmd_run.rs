@@ -37,7 +37,7 @@ use tsbridge_proto::event::Stream;
 use tsbridge_proto::{ChildEvent, EndReason};
 use tsbridge_runtime::config::node_pids;
 use tsbridge_runtime::spawn::resolve_for_user;
-use tsbridge_sandbox::{FsPolicy, Sandbox, SandboxConfig, SandboxPolicy};
+use tsbridge_sandbox::{FsPolicy, Sandbox, SandboxConfig, SandboxPolicy, UidLease};
 
 use crate::cli::RunArgs;
 use crate::output::{self, OutputError, note, outln};
@@ -100,7 +100,12 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     {
         anyhow::bail!("--user: {why}; the job was not started");
     }
-    let bundle_dir = match args.user {
+    // `--user dynamic`: the uid is leased (and reserved for the host) for
+    // the whole run. Declared before the sandbox, the bundle folder and the
+    // job, so it is dropped after them: the uid goes back once the job's
+    // tree, cgroup and TMPDIR are gone.
+    let (user, _lease) = job_user(args.user)?;
+    let bundle_dir = match user {
         Some(u) => Some(BundleDir::new((u.uid, u.gid))?),
         None => None,
     };
@@ -123,7 +128,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
         anyhow::bail!("--pids {why}; the job was not started");
     }
 
-    let sandbox = sandbox_for(&args, &script, &search.node)?;
+    let sandbox = sandbox_for(&args, user, &script, &search.node)?;
     let policy = RetryPolicy {
         attempts: args.retries.saturating_add(1),
         ..RetryPolicy::default()
@@ -495,14 +500,38 @@ impl Drop for BundleDir {
 
 /// A sandbox when any limit was asked for; its own parent cgroup so it never
 /// touches a server's jobs.
-fn sandbox_for(args: &RunArgs, script: &Path, node: &Path) -> Result<Option<RunSandbox>> {
+/// The job's user for `--user`, with the lease of a `dynamic` one (its
+/// range checked free of the system's users and groups first).
+fn job_user(
+    run_as: Option<tsbridge_sandbox::RunAs>,
+) -> Result<(Option<tsbridge_sandbox::JobUser>, Option<UidLease>)> {
+    let Some(run_as) = run_as else {
+        return Ok((None, None));
+    };
+    if let tsbridge_sandbox::RunAs::Dynamic(range) = run_as {
+        range
+            .check_free()
+            .map_err(|e| anyhow::anyhow!("--user dynamic: {e}; the job was not started"))?;
+    }
+    let (user, lease) = run_as
+        .for_job()
+        .map_err(|e| anyhow::anyhow!("--user {run_as}: {e}; the job was not started"))?;
+    Ok((Some(user), lease))
+}
+
+fn sandbox_for(
+    args: &RunArgs,
+    user: Option<tsbridge_sandbox::JobUser>,
+    script: &Path,
+    node: &Path,
+) -> Result<Option<RunSandbox>> {
     let wants_fs = !args.read.is_empty() || !args.write.is_empty();
     if args.memory.is_none()
         && args.cpu.is_none()
         && args.pids.is_none()
         && !args.no_network
         && !wants_fs
-        && args.user.is_none()
+        && user.is_none()
     {
         return Ok(None);
     }
@@ -524,7 +553,7 @@ fn sandbox_for(args: &RunArgs, script: &Path, node: &Path) -> Result<Option<RunS
         pids: args.pids,
         network: !args.no_network,
         fs,
-        user: args.user,
+        user,
         ..SandboxPolicy::default()
     };
     // Owned by the guard first: a refusal below removes the parent cgroup

@@ -172,6 +172,60 @@ fn run_user_runs_the_program_as_that_user_and_refuses_an_unknown_one() {
     );
 }
 
+/// `run --user dynamic` runs the program as a uid of systemd's dynamic
+/// range that no account has, gid = the same number, no supplementary
+/// group, its TMPDIR given to it; the uid's host-wide reservation exists
+/// and is let go when run ends. Before, `dynamic` was looked up as a user
+/// name and refused.
+#[test]
+fn run_user_dynamic_runs_the_program_as_a_uid_of_its_own() {
+    if !is_root() {
+        eprintln!("SKIP: needs root, to run a job as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    mode(dir.path(), 0o755);
+    let script = dir.path().join("whoami.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh
+echo probe > \"$TMPDIR/probe\" && u=$(id -u) && \
+         echo \"ids $u $(id -g) $(id -G) tmp $(cat \"$TMPDIR/probe\")\"\n",
+    )
+    .unwrap();
+    mode(&script, 0o755);
+    let r = tsbridge(
+        dir.path(),
+        &["run", "--user", "dynamic", script.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(0), "{stdout}\n{stderr}");
+    let line = stderr
+        .lines()
+        .find_map(|l| l.split_once("ids ").map(|(_, rest)| rest.to_owned()))
+        .unwrap_or_else(|| panic!("no ids line: {stdout}\n{stderr}"));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let uid: u32 = f[0].parse().unwrap();
+    assert!((61184..=65519).contains(&uid), "{line}");
+    // gid = uid, `id -G` lists it alone, the TMPDIR was written and read.
+    assert_eq!(f[1..], [f[0], f[0], "tmp", "probe"], "{line}");
+    assert!(
+        !std::fs::read_to_string("/etc/passwd")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(':').nth(2) == Some(f[0])),
+        "an account has uid {uid}"
+    );
+    // Reserved while it ran, free once run ended: the lock can be had.
+    let lock = Path::new(tsbridge_sandbox::dynamic::DEFAULT_LOCK_DIR).join(f[0]);
+    let held = std::fs::File::open(&lock).unwrap_or_else(|e| panic!("{}: {e}", lock.display()));
+    held.try_lock()
+        .expect("the reservation is let go when run ends");
+}
+
 /// `run --user` on a TypeScript file starts from the transpile cache, as a
 /// server's job does: node runs a copy of the cached bundle given to the
 /// user (no runner's loader in its `execArgv`). Before, such a run skipped
