@@ -28,7 +28,7 @@ use crate::pool::{HostScript, PoolExecutor};
 use crate::sealed::{EnvSealer, SealError};
 use crate::spawn::{HostSecrets, SpawnExecutor};
 use crate::stats::RuntimeStats;
-use crate::store::relay::Relay;
+use crate::store::relay::{RESYNC, Relay};
 use crate::store::{
     AfterAttempt, AttemptEnd, Finish, JobStore, ListFilter, NewJob, StoredRequest, decode_cursor,
 };
@@ -63,6 +63,10 @@ pub struct RuntimeOptions {
     pub subscriber_buffer: Option<usize>,
     /// Run tsx workflows from cached esbuild bundles when possible.
     pub transpile_cache: Option<tsbridge_process::transpile::TranspileCache>,
+    /// On a shared store: how often the jobs followed here are also read
+    /// from the store, besides the other nodes' announcements (default
+    /// 2 s). Tests set a long one to see what the announcements alone do.
+    pub relay_resync: Option<Duration>,
 }
 
 /// `GET /v1/jobs` filters.
@@ -208,7 +212,11 @@ impl Runtime {
             }
         }
         tokio::spawn(dispatcher.run());
-        let relay = Relay::start(shared.store.clone(), opts.subscriber_buffer);
+        let relay = Relay::start(
+            shared.store.clone(),
+            opts.subscriber_buffer,
+            opts.relay_resync.unwrap_or(RESYNC),
+        );
         // A shared store: the runtime is started once this node hears the
         // others' announcements. Before, a subscriber of the first moments
         // could miss the announcement of an event it had not read from the

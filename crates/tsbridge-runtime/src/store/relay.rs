@@ -69,16 +69,12 @@ impl Followed {
 }
 
 impl Relay {
-    /// The relay of `store`, or `None` when the store has one node (no
-    /// announcements). Its task ends with the last clone of the relay, or
-    /// when the store stops announcing.
-    pub(crate) fn start(store: Arc<dyn JobStore>, buffer: Option<usize>) -> Option<Relay> {
-        Self::start_with(store, buffer, RESYNC)
-    }
-
-    /// [`Relay::start`] with another resync period (tests that must not
-    /// race a resync use a long one).
-    fn start_with(
+    /// The relay of `store`, reading the followed jobs from the store every
+    /// `resync` ([`RESYNC`]; tests that must not race a resync, or be
+    /// rescued by one, use a long one), or `None` when the store has one
+    /// node (no announcements). Its task ends with the last clone of the
+    /// relay, or when the store stops announcing.
+    pub(crate) fn start(
         store: Arc<dyn JobStore>,
         buffer: Option<usize>,
         resync: Duration,
@@ -334,7 +330,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let relay = Relay::start_with(store.clone(), None, every).expect("the store announces");
+        let relay = Relay::start(store.clone(), None, every).expect("the store announces");
         (store, tx, relay, id)
     }
 

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tsbridge_proto::{EndReason, JobId, JobState};
 use tsbridge_runtime::store::{
     AfterAttempt, DelegatingStore, JobRecord, JobStore, Overrides, PgOptions, PgStore,
+    StoredRequest,
 };
 use tsbridge_runtime::{Executor, Runtime, RuntimeOptions, StoreError};
 
@@ -56,13 +57,24 @@ async fn node(db: &PgDb, name: &'static str, toml: &str) -> Node {
 }
 
 async fn node_with(db: &PgDb, name: &'static str, toml: &str, opts: PgOptions) -> Node {
+    node_opts(db, name, toml, opts, RuntimeOptions::default()).await
+}
+
+/// A node with these store and runtime options (its name set).
+async fn node_opts(
+    db: &PgDb,
+    name: &'static str,
+    toml: &str,
+    opts: PgOptions,
+    rt_opts: RuntimeOptions,
+) -> Node {
     let store = Arc::new(PgStore::open_with(&db.url, opts).await.expect("open store"));
     let rt = Runtime::start(
         common::config(toml),
         store.clone(),
         RuntimeOptions {
             node_id: Some(name.to_owned()),
-            ..RuntimeOptions::default()
+            ..rt_opts
         },
     )
     .await
@@ -519,6 +531,75 @@ async fn a_subscriber_on_another_node_follows_a_job_live() {
         .expect("wait");
     assert_eq!(view.state, JobState::Succeeded);
     assert_eq!(attempt_nodes(&db, id).await, vec!["node-a".to_owned()]);
+    shutdown(&[&a, &b]).await;
+}
+
+/// A job that one node claims and starts, followed on another: its
+/// `running` event comes to the follower live, through the announcement
+/// of the start (`write_starts`' NOTIFY), not through a resync (the
+/// follower's comes once an hour here). Without that announcement the
+/// follower's relay began after the job's next announced event, and
+/// `running` never came live (a resync every 2 s used to hide it).
+#[tokio::test]
+async fn the_start_of_a_job_claimed_on_one_node_comes_live_to_another() {
+    let Some(db) =
+        PgDb::create("the_start_of_a_job_claimed_on_one_node_comes_live_to_another").await
+    else {
+        return;
+    };
+    // Node b runs no `job` workflow: the job waits for node a.
+    let b = node_opts(
+        &db,
+        "node-b",
+        &format!(
+            "[defaults]\nconcurrency = 2\n{}",
+            common::workflow("other", "")
+        ),
+        PgOptions {
+            poll: POLL,
+            ..PgOptions::default()
+        },
+        RuntimeOptions {
+            relay_resync: Some(Duration::from_secs(3600)),
+            ..RuntimeOptions::default()
+        },
+    )
+    .await;
+    let mut job = crate::store_contract::new_job("job", 0, None);
+    job.params = json!({"result": "done"});
+    job.request = StoredRequest::default();
+    b.store.insert_job(&job).await.expect("insert");
+    let mut live = b.rt.subscribe(job.id);
+    // Node a starts with the job queued: it claims and starts it.
+    let a = node(&db, "node-a", &job_config("concurrency = 2", "")).await;
+    let mut seen = Vec::new();
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(30), live.recv())
+        .await
+        .expect("live events keep coming")
+    {
+        seen.push((e.seq, e.data));
+    }
+    assert!(!live.lagged());
+    let r = ended(&a.store, job.id).await;
+    assert_eq!(r.state, JobState::Succeeded, "{r:?}");
+    assert_eq!(attempt_nodes(&db, job.id).await, vec!["node-a".to_owned()]);
+    assert!(
+        matches!(
+            seen.first(),
+            Some((
+                2,
+                tsbridge_proto::EventData::State {
+                    state: JobState::Running,
+                    ..
+                }
+            ))
+        ),
+        "the start did not come live to node b: {seen:?}"
+    );
+    assert!(
+        seen.last().is_some_and(|(_, d)| d.is_terminal_state()),
+        "{seen:?}"
+    );
     shutdown(&[&a, &b]).await;
 }
 
