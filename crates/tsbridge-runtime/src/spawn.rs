@@ -227,6 +227,8 @@ pub struct SpawnExecutor {
     sealer: Arc<EnvSealer>,
     /// TMPDIRs of finished attempts, removed after their outcome.
     removals: TmpRemovals,
+    /// [`LEASE_FALLBACK`] unless set.
+    lease_fallback: Option<Duration>,
 }
 
 impl SpawnExecutor {
@@ -242,6 +244,7 @@ impl SpawnExecutor {
             secrets: HostSecrets::from_process_env(None),
             sealer: Arc::new(EnvSealer::none()),
             removals: TmpRemovals::default(),
+            lease_fallback: None,
         }
     }
 
@@ -262,6 +265,14 @@ impl SpawnExecutor {
     /// possible (about 50 ms of startup instead of 170 ms).
     pub fn with_transpile_cache(mut self, cache: Option<TranspileCache>) -> Self {
         self.cache = cache;
+        self
+    }
+
+    /// How often an attempt waiting for a dynamic uid tries again when no
+    /// lease was released (default 1 s). Tests set a long one to show that
+    /// a release wakes the wait.
+    pub fn with_lease_fallback(mut self, every: Duration) -> Self {
+        self.lease_fallback = Some(every);
         self
     }
 
@@ -526,8 +537,10 @@ async fn bundle_for_user(
     Ok(())
 }
 
-/// How often a job waiting for a dynamic uid tries again.
-const LEASE_RETRY: Duration = Duration::from_millis(100);
+/// How often a job waiting for a dynamic uid tries again when no lease was
+/// released (by default): a uid also comes free when a process outside
+/// tsbridge's leases that had it exits, which nothing announces.
+const LEASE_FALLBACK: Duration = Duration::from_secs(1);
 
 /// Why [`job_user_waiting`] gave up.
 enum Waited {
@@ -535,16 +548,21 @@ enum Waited {
     Stopped(tsbridge_process::StopReason),
     /// No uid came free within the job's timeout.
     Exhausted(tsbridge_sandbox::DynamicUserError),
+    /// The lease's task (it reads `/proc`) panicked or was cancelled.
+    Task(tokio::task::JoinError),
 }
 
 /// [`job_user`], waiting while every uid of a `dynamic` workflow's range is
 /// taken: a uid comes back when a job's tree and TMPDIR are gone, moments
 /// after its outcome, so a full range makes the next job wait (at most its
 /// `timeout`, then it fails with the typed error) rather than fail at
-/// once. A cancel or shutdown ends the wait.
+/// once. The release of a lease wakes the wait; without one it tries again
+/// every `fallback` ([`LEASE_FALLBACK`]). A cancel or shutdown ends the
+/// wait.
 async fn job_user_waiting(
     wf: &WorkflowConfig,
     timeout: Duration,
+    fallback: Duration,
     control: &tsbridge_process::ProcessControl,
 ) -> Result<(Option<JobUser>, Option<UidLease>), Waited> {
     let Some(run_as @ tsbridge_sandbox::RunAs::Dynamic(_)) = wf.user else {
@@ -552,10 +570,13 @@ async fn job_user_waiting(
     };
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
+        // Taken before the try: a release while it runs wakes the wait.
+        let mut released = std::pin::pin!(tsbridge_sandbox::dynamic::Leases::global().released());
+        released.as_mut().enable();
         // Reads /proc (every process's ids): off the async threads.
         let tried = tokio::task::spawn_blocking(move || run_as.for_job())
             .await
-            .unwrap_or_else(|_| run_as.for_job())
+            .map_err(Waited::Task)?
             .map(|(u, lease)| (Some(u), lease));
         match tried {
             Err(e @ tsbridge_sandbox::DynamicUserError::Exhausted { .. })
@@ -563,7 +584,9 @@ async fn job_user_waiting(
             {
                 tracing::debug!(workflow = %wf.name, error = %e, "waiting for a dynamic uid");
                 tokio::select! {
-                    _ = tokio::time::sleep(LEASE_RETRY) => {}
+                    _ = released => {}
+                    _ = tokio::time::sleep(fallback) => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
                     stop = control.stopped() => return Err(Waited::Stopped(stop.reason)),
                 }
             }
@@ -706,7 +729,8 @@ impl Executor for SpawnExecutor {
         // A `dynamic` workflow's attempt leases its own uid; the lease is
         // held by its TMPDIR and its sandbox, and goes back once both are
         // gone (the tree killed and reaped, the cgroup removed).
-        let (user, lease) = match job_user_waiting(wf, req.timeout, &io.control).await {
+        let fallback = self.lease_fallback.unwrap_or(LEASE_FALLBACK);
+        let (user, lease) = match job_user_waiting(wf, req.timeout, fallback, &io.control).await {
             Ok(u) => u,
             Err(Waited::Stopped(reason)) => {
                 let mut o = AttemptOutcome::spawn_failure(
@@ -719,6 +743,13 @@ impl Executor for SpawnExecutor {
             Err(Waited::Exhausted(e)) => {
                 tracing::warn!(job = %req.job_id, error = %e, "no dynamic uid for the job");
                 return AttemptOutcome::spawn_failure(e.to_string(), true);
+            }
+            Err(Waited::Task(e)) => {
+                tracing::error!(job = %req.job_id, error = %e, "the lease of a dynamic uid failed");
+                return AttemptOutcome::spawn_failure(
+                    "internal error: the lease of a dynamic uid failed",
+                    false,
+                );
             }
         };
         // The private TMPDIR exists before the sandbox is prepared, so that

@@ -19,7 +19,9 @@
 //! dynamic-uids/<uid>` ([`DEFAULT_LOCK_DIR`]), held as long as the lease, so
 //! two tsbridge processes that share a range never hand out one uid at
 //! once (a holder that dies lets go with its descriptors). See
-//! `docs/design/sandbox.md`, "A uid per job".
+//! `docs/design/sandbox.md`, "A uid per job". Each release of this table
+//! wakes those waiting for a uid ([`Leases::released`]); one by another
+//! tsbridge wakes nobody.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -27,6 +29,7 @@ use std::fs::{File, TryLockError};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::user::JobUser;
@@ -201,7 +204,7 @@ struct Held {
     /// The uid's host-wide reservation (its lock file, locked), let go
     /// when this is dropped: after the table's release, so another
     /// tsbridge cannot take the uid while this table still counts it.
-    _reserved: Option<File>,
+    reserved: Option<File>,
 }
 
 impl UidLease {
@@ -217,6 +220,10 @@ impl UidLease {
 impl Drop for Held {
     fn drop(&mut self) {
         self.table.release(self.uid);
+        // Let go before the waiters are woken: one woken first would find
+        // the uid still reserved, and wait on.
+        drop(self.reserved.take());
+        self.table.released.notify_waiters();
     }
 }
 
@@ -232,6 +239,8 @@ pub struct Leases {
     /// Where uids are reserved for the host ([`DEFAULT_LOCK_DIR`] for the
     /// process's table); `None`: this table's leases only.
     lock_dir: Option<PathBuf>,
+    /// Woken at each release: a job waiting for a uid tries again.
+    released: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -259,6 +268,7 @@ impl Leases {
         Leases {
             state: Mutex::default(),
             lock_dir: Some(dir.into()),
+            released: tokio::sync::Notify::new(),
         }
     }
 
@@ -350,7 +360,7 @@ impl Leases {
         UidLease(Arc::new(Held {
             uid,
             table: self,
-            _reserved: reserved,
+            reserved,
         }))
     }
 
@@ -361,16 +371,39 @@ impl Leases {
         }
     }
 
+    /// Resolves at the next release of a uid of this table (its
+    /// reservation let go). Take it (and
+    /// [`enable`](tokio::sync::futures::Notified::enable) it) before trying
+    /// a lease, so that a release between a failed lease and the wait is
+    /// not missed. A uid also comes free when a process outside the table
+    /// that had it exits, or another tsbridge lets go of it, which wakes
+    /// nobody: a waiter also tries again now and then.
+    pub fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.released.notified()
+    }
+
     /// Whether `uid` is leased now.
     pub fn is_leased(&self, uid: u32) -> bool {
         self.lock().leased.contains(&uid)
     }
 }
 
+/// How many times this process read the process table for a lease
+/// ([`ids_in_use`]).
+static SCANS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times this process read the process table for a lease: the
+/// cost of waiting for a uid (tests show that a waiter is woken rather
+/// than polling).
+pub fn process_scans() -> u64 {
+    SCANS.load(Ordering::Relaxed)
+}
+
 /// Every uid and gid some process of the host has (real, effective, saved,
 /// file system), from `/proc/<pid>/status`. A process that is gone between
 /// the listing and the read is skipped.
 pub fn ids_in_use() -> HashSet<u32> {
+    SCANS.fetch_add(1, Ordering::Relaxed);
     let mut ids = HashSet::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return ids;
@@ -689,6 +722,34 @@ mod tests {
             }
             assert!(!t.is_leased(4_000_000_300));
         }
+    }
+
+    /// A release wakes a waiter that took its signal before its failed
+    /// lease, once the uid's reservation is let go: the waiter, woken on
+    /// another thread, gets the uid at its first try.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_release_wakes_a_waiter_that_then_gets_the_uid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t: &'static Leases = Box::leak(Box::new(Leases::reserving_in(dir.path().join("l"))));
+        let r = UidRange::new(4_000_000_400, 4_000_000_400).expect("range");
+        let a = t.lease(r, &HashSet::new()).expect("a");
+        let (tried, mut told) = tokio::sync::oneshot::channel();
+        let waiter = tokio::spawn(async move {
+            let mut released = std::pin::pin!(t.released());
+            released.as_mut().enable();
+            assert!(t.lease(r, &HashSet::new()).is_err());
+            let _ = tried.send(());
+            released.await;
+            t.lease(r, &HashSet::new())
+        });
+        (&mut told).await.expect("the waiter tried");
+        drop(a);
+        let b = tokio::time::timeout(std::time::Duration::from_secs(60), waiter)
+            .await
+            .expect("woken by the release")
+            .expect("task")
+            .expect("the uid at the first try after the wake-up");
+        assert_eq!(b.user().uid, 4_000_000_400);
     }
 
     /// What the process check of one lease costs: prints the median and

@@ -5,13 +5,15 @@
 //! is not handed out again while the tree of its last job lives (a
 //! grandchild that ignores SIGTERM), nor while any process has it; a job
 //! that finds the range taken waits, and fails with the typed error when
-//! its timeout passes first; `user = "self"` runs as tsbridge even under
+//! its timeout passes first, and is woken when a lease goes back;
+//! `user = "self"` runs as tsbridge even under
 //! `defaults.user`. Each test has a range of its own (nextest runs each
 //! test in its own process, each with its own lease table).
 
 use crate::common;
 
 use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -19,7 +21,8 @@ use serde_json::{Value, json};
 use tsbridge_proto::JobState;
 use tsbridge_proto::api::JobOptions;
 use tsbridge_proto::units::DurationSpec;
-use tsbridge_runtime::RuntimeOptions;
+use tsbridge_runtime::spawn::SpawnExecutor;
+use tsbridge_runtime::{Executor, RuntimeOptions};
 
 fn options(s: &UserSetup) -> RuntimeOptions {
     RuntimeOptions {
@@ -67,6 +70,15 @@ fn probe_workflow(name: &str, extra: &str) -> String {
     format!(
         "[workflows.{name}]\nroot = \"{}\"\nscript = \"user-probe.js\"\nruntime = \"node\"\n{extra}\n",
         fixtures().display()
+    )
+}
+
+/// Two jobs at a time, a range of the one uid `uid`, and the probe as
+/// the dynamic workflow `dyn` (with the lines `extra`).
+fn one_uid_config(uid: u32, extra: &str) -> String {
+    format!(
+        "[defaults]\nconcurrency = 2\ndynamic_uids = \"{uid}-{uid}\"\n\n{}",
+        probe_workflow("dyn", &format!("user = \"dynamic\"\n{extra}")),
     )
 }
 
@@ -165,10 +177,7 @@ async fn concurrent_dynamic_jobs_get_uids_of_their_own_and_cannot_reach_each_oth
 async fn a_dynamic_uid_is_not_handed_out_while_its_last_tree_lives() {
     let Some(s) = user_setup("dyt") else { return };
     const UID: u32 = 3_910_000_100;
-    let toml = format!(
-        "[defaults]\nconcurrency = 2\ndynamic_uids = \"{UID}-{UID}\"\n\n{}",
-        probe_workflow("dyn", "user = \"dynamic\"\nkill_grace = \"1s\""),
-    );
+    let toml = one_uid_config(UID, "kill_grace = \"1s\"");
     let h = start_with(&toml, options(&s)).await;
     let first = h
         .submit("dyn", json!({"daemon": true, "linger": 600_000}))
@@ -185,6 +194,44 @@ async fn a_dynamic_uid_is_not_handed_out_while_its_last_tree_lives() {
     assert_eq!(r["uid"], UID, "{r}");
     assert_eq!(r["peers"], json!([]), "job 1's tree still ran: {r}");
     h.wait(first).await;
+    h.rt.shutdown(Duration::ZERO).await;
+}
+
+/// A range of one uid: job 1 holds it for 5 s, job 2 waits for it and is
+/// woken when job 1's lease goes back. With the fallback retry made an hour
+/// long, job 2 reads the process table twice: once to find the range
+/// taken, once after the release. It used to try every 100 ms (49 reads
+/// here). Counts this process's reads: nextest runs each test alone.
+#[tokio::test]
+async fn a_job_waiting_for_a_dynamic_uid_is_woken_by_its_release() {
+    let Some(s) = user_setup("dyw") else { return };
+    const UID: u32 = 3_910_000_400;
+    let toml = one_uid_config(UID, "");
+    let spawn = SpawnExecutor::new(Some(s.sandbox.clone()), Some(s.base.clone()))
+        .with_lease_fallback(Duration::from_secs(3600));
+    let opts = RuntimeOptions {
+        executors: [("dyn".to_owned(), Arc::new(spawn) as Arc<dyn Executor>)].into(),
+        ..options(&s)
+    };
+    let h = start_with(&toml, opts).await;
+    let first = h.submit("dyn", json!({"hold": 5_000})).await;
+    // Its process: it holds the uid (`running` is stored before the lease).
+    until("job 1's process", || {
+        (!pids_of(UID).is_empty()).then_some(())
+    })
+    .await;
+    let before = tsbridge_sandbox::dynamic::process_scans();
+    let v = h.wait(h.submit("dyn", json!({"peers": true})).await).await;
+    let scans = tsbridge_sandbox::dynamic::process_scans() - before;
+    let r = result(&v);
+    assert_eq!(r["uid"], UID, "{r}");
+    assert_eq!(r["peers"], json!([]), "job 1's tree still ran: {r}");
+    assert_eq!(h.wait(first).await.state, JobState::Succeeded);
+    assert_eq!(
+        scans, 2,
+        "job 2 should read the process table once to find the uid taken and once at its release \
+         (1: job 1 ended before job 2 tried; more: job 2 polled)"
+    );
     h.rt.shutdown(Duration::ZERO).await;
 }
 
