@@ -3,6 +3,7 @@
 //! runtime (crash recovery first) and serves the API until SIGINT/SIGTERM,
 //! then drains and exits 0.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -64,9 +65,26 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
             "TSBRIDGE_NODE_ID is not set: this node is named hostname-pid, so after a crash its running jobs are taken over only once their lease expired"
         );
     }
+    // The store before the sandbox: a second server on a SQLite store in
+    // use is refused here (its lock), before its sweep below could kill
+    // the running jobs of the first one, whose cgroup parent is named
+    // after the same store.
+    let (store, store_name): (Arc<dyn JobStore>, Vec<u8>) = if shared_store {
+        // The URL may hold a password: not in the message.
+        let pg = PgStore::open(&config.store.url)
+            .await
+            .context("cannot open the PostgreSQL job store (store.url)")?;
+        (Arc::new(pg), config.store.url.as_bytes().to_vec())
+    } else {
+        let sqlite = SqliteStore::open_with(&config.store.url, sqlite_options(&config.store))
+            .await
+            .with_context(|| format!("cannot open the job store {}", config.store.url))?;
+        let name = sqlite_store_name(&config.store.url, sqlite.file());
+        (Arc::new(sqlite), name)
+    };
     let sandbox = match Sandbox::new(SandboxConfig {
         cgroup_parent_name: cgroup_parent_name(&cgroup_key(
-            &config.store.url,
+            &store_name,
             shared_store,
             node_id.as_deref(),
         )),
@@ -90,20 +108,6 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
         }
     };
 
-    let store: Arc<dyn JobStore> = if shared_store {
-        // The URL may hold a password: not in the message.
-        Arc::new(
-            PgStore::open(&config.store.url)
-                .await
-                .context("cannot open the PostgreSQL job store (store.url)")?,
-        )
-    } else {
-        Arc::new(
-            SqliteStore::open_with(&config.store.url, sqlite_options(&config.store))
-                .await
-                .with_context(|| format!("cannot open the job store {}", config.store.url))?,
-        )
-    };
     let metrics =
         tsbridge_server::install_recorder().context("cannot install the metrics recorder")?;
     let settings = ServerSettings::from_config(&config.server);
@@ -173,26 +177,39 @@ fn is_shared_store(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-/// What names this server's cgroup parent: the store, and for a shared
-/// store also the node (several nodes of one store may share a host; a
-/// node without a stable id gets one of its own per process).
-fn cgroup_key(url: &str, shared: bool, node_id: Option<&str>) -> String {
+/// What names a SQLite store: `sqlite://` and the canonical path of its
+/// file, however the config spells it (a relative path, `..`, a symlink),
+/// so that a restart with another spelling finds its predecessor's cgroup
+/// parent; the URL of an in-memory store. A store spelt canonically has
+/// the name it had when the URL as written was the name.
+fn sqlite_store_name(url: &str, file: Option<&Path>) -> Vec<u8> {
+    match file {
+        Some(f) => [b"sqlite://", f.as_os_str().as_encoded_bytes()].concat(),
+        None => url.as_bytes().to_vec(),
+    }
+}
+
+/// What names this server's cgroup parent: the store (its name), and for a
+/// shared store also the node (several nodes of one store may share a
+/// host; a node without a stable id gets one of its own per process).
+fn cgroup_key(store: &[u8], shared: bool, node_id: Option<&str>) -> Vec<u8> {
     if !shared {
-        return url.to_owned();
+        return store.to_vec();
     }
-    match node_id {
-        Some(n) => format!("{url}#{n}"),
-        None => format!("{url}#pid-{}", std::process::id()),
-    }
+    let node = match node_id {
+        Some(n) => format!("#{n}"),
+        None => format!("#pid-{}", std::process::id()),
+    };
+    [store, node.as_bytes()].concat()
 }
 
 /// The parent cgroup of this server's jobs: one per job store, so that a
 /// restarted server sweeps exactly what its crashed predecessor left, and two
 /// servers with different stores on one host never touch each other's jobs.
-fn cgroup_parent_name(store_url: &str) -> String {
+fn cgroup_parent_name(key: &[u8]) -> String {
     // FNV-1a: stable across builds and versions (std's hasher is not).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in store_url.bytes() {
+    for &b in key {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -248,9 +265,9 @@ mod tests {
 
     #[test]
     fn cgroup_parent_is_per_store_and_stable() {
-        let a = cgroup_parent_name("sqlite:///srv/a.db");
-        assert_eq!(a, cgroup_parent_name("sqlite:///srv/a.db"));
-        assert_ne!(a, cgroup_parent_name("sqlite:///srv/b.db"));
+        let a = cgroup_parent_name(b"sqlite:///srv/a.db");
+        assert_eq!(a, cgroup_parent_name(b"sqlite:///srv/a.db"));
+        assert_ne!(a, cgroup_parent_name(b"sqlite:///srv/b.db"));
         assert!(a.starts_with("tsbridge-") && a.len() == "tsbridge-".len() + 8);
     }
 
@@ -258,13 +275,50 @@ mod tests {
     fn nodes_of_a_shared_store_have_their_own_cgroup_parent() {
         let url = "postgres://db/tsbridge";
         assert!(is_shared_store(url) && !is_shared_store("sqlite:///srv/a.db"));
-        let a = cgroup_key(url, true, Some("a"));
-        assert_eq!(a, cgroup_key(url, true, Some("a")));
-        assert_ne!(a, cgroup_key(url, true, Some("b")));
-        assert_ne!(a, cgroup_key(url, true, None));
+        let a = cgroup_key(url.as_bytes(), true, Some("a"));
+        assert_eq!(a, b"postgres://db/tsbridge#a");
+        assert_ne!(a, cgroup_key(url.as_bytes(), true, Some("b")));
+        assert_ne!(a, cgroup_key(url.as_bytes(), true, None));
         assert_eq!(
-            cgroup_key("sqlite:///x.db", false, Some("a")),
-            "sqlite:///x.db"
+            cgroup_key(b"sqlite:///x.db", false, Some("a")),
+            b"sqlite:///x.db"
         );
+    }
+
+    /// Every spelling of one SQLite store file (`..`, a symlinked folder,
+    /// the canonical path) names one parent cgroup, the one its canonical
+    /// spelling always named; another file names another.
+    #[tokio::test]
+    async fn every_spelling_of_a_sqlite_store_names_one_cgroup_parent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = std::fs::canonicalize(dir.path()).expect("canonical");
+        std::fs::create_dir(real.join("sub")).expect("mkdir");
+        std::os::unix::fs::symlink(&real, real.join("link")).expect("symlink");
+        let canonical = format!("sqlite://{}/jobs.db", real.display());
+        let mut names = Vec::new();
+        for url in [
+            canonical.clone(),
+            format!("sqlite://{}/sub/../jobs.db", real.display()),
+            format!("sqlite://{}/link/jobs.db", real.display()),
+        ] {
+            let store = SqliteStore::open(&url).await.expect("open");
+            names.push(cgroup_parent_name(&sqlite_store_name(&url, store.file())));
+            store.close().await;
+        }
+        assert_eq!(names[0], cgroup_parent_name(canonical.as_bytes()));
+        assert!(names.iter().all(|n| *n == names[0]), "{names:?}");
+        let other = format!("sqlite://{}/other.db", real.display());
+        let store = SqliteStore::open(&other).await.expect("open");
+        assert_ne!(
+            cgroup_parent_name(&sqlite_store_name(&other, store.file())),
+            names[0]
+        );
+        store.close().await;
+        let memory = SqliteStore::open("sqlite::memory:").await.expect("memory");
+        assert_eq!(
+            sqlite_store_name("sqlite::memory:", memory.file()),
+            b"sqlite::memory:"
+        );
+        memory.close().await;
     }
 }

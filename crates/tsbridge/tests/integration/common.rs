@@ -114,8 +114,8 @@ pub fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-/// The parent cgroups of the `tsbridge serve`s whose config (with the store
-/// `sqlite://jobs.db`) is in `dir`: `tsbridge-<hash of the store URL>`
+/// The parent cgroups of the `tsbridge serve`s whose store is `jobs.db` in
+/// `dir` (however spelt): `tsbridge-<hash of sqlite://CANONICAL-PATH>`
 /// under this test's own cgroup in each hierarchy, as `serve` names them.
 /// Removed when this is dropped, with the `job-*` cgroups left in them
 /// (their processes killed first): a SIGKILLed server leaves its parent by
@@ -129,9 +129,9 @@ impl ServeCgroups {
     pub fn for_config_dir(dir: &Path) -> ServeCgroups {
         let url = format!(
             "sqlite://{}/jobs.db",
-            std::path::absolute(dir).unwrap().display()
+            std::fs::canonicalize(dir).unwrap().display()
         );
-        // `serve`'s name: FNV-1a of the store URL, 32 bits.
+        // `serve`'s name: FNV-1a of the store's name, 32 bits.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in url.bytes() {
             h ^= u64::from(b);
@@ -183,9 +183,15 @@ impl Drop for ServeCgroups {
 /// `/sys/fs/cgroup/<controllers>/<path>`; v2: `/sys/fs/cgroup/<path>` or the
 /// hybrid `/sys/fs/cgroup/unified/<path>`), those that exist.
 pub fn own_cgroup_dirs() -> Vec<PathBuf> {
+    cgroup_dirs("self")
+}
+
+/// The cgroup directories of process `pid` (`self`: this process), as
+/// [`own_cgroup_dirs`], those that exist.
+pub fn cgroup_dirs(pid: &str) -> Vec<PathBuf> {
     let root = Path::new("/sys/fs/cgroup");
     let mut out = Vec::new();
-    for (controllers, path) in proc_cgroups("self") {
+    for (controllers, path) in proc_cgroups(pid) {
         let rel = path.trim_start_matches('/');
         let candidates = if controllers.is_empty() {
             vec![root.join(rel), root.join("unified").join(rel)]

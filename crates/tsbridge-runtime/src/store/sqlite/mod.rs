@@ -162,6 +162,8 @@ pub struct SqliteStore {
     /// A file store's exclusive lock ([`lock_store`]), held until
     /// [`SqliteStore::close`] or the last clone's drop.
     lock: Arc<Mutex<Option<std::fs::File>>>,
+    /// A file store's canonical path ([`SqliteStore::file`]).
+    file: Option<Arc<Path>>,
 }
 
 impl SqliteStore {
@@ -216,10 +218,11 @@ impl SqliteStore {
         }
         // Before any connection: a second server neither migrates nor
         // recovers a store another one runs.
-        let lock = if memory {
-            None
+        let (lock, file) = if memory {
+            (None, None)
         } else {
-            Some(lock_store(opts.get_filename())?)
+            let (lock, canonical) = lock_store(opts.get_filename())?;
+            (Some(lock), Some(Arc::from(canonical)))
         };
         // Migrations run on a connection of their own, closed once the
         // writer's is open (an in-memory database lives while one is).
@@ -256,7 +259,16 @@ impl SqliteStore {
             readers,
             writer,
             lock: Arc::new(Mutex::new(lock)),
+            file,
         })
+    }
+
+    /// The canonical path of the store's file (symlinks resolved, no `.`
+    /// or `..`), whatever spelling opened it; `None` in memory. Its lock
+    /// is named after it, and so is a server's parent cgroup: every
+    /// spelling of one store finds the same ones.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
     }
 
     /// Opens a store file by path.
@@ -802,8 +814,9 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
 /// lock when its holder dies (a SIGKILLed server's restart is not held
 /// up), and it is close-on-exec: no job or helper process inherits it.
 /// Not the database file itself: closing this descriptor would drop every
-/// POSIX lock SQLite holds on that file in this process.
-fn lock_store(db: &Path) -> Result<std::fs::File, StoreError> {
+/// POSIX lock SQLite holds on that file in this process. Answers the lock
+/// and the canonical path.
+fn lock_store(db: &Path) -> Result<(std::fs::File, PathBuf), StoreError> {
     use std::os::unix::fs::OpenOptionsExt;
     let canonical = std::fs::canonicalize(db).unwrap_or_else(|_| db.to_path_buf());
     let mut name = canonical.clone().into_os_string();
@@ -822,7 +835,7 @@ fn lock_store(db: &Path) -> Result<std::fs::File, StoreError> {
         })?;
     // std's `try_lock` is a non-blocking `flock(LOCK_EX)` on Linux.
     match file.try_lock() {
-        Ok(()) => Ok(file),
+        Ok(()) => Ok((file, canonical)),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse { path: canonical }),
         Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Lock { path, source }),
     }
@@ -904,9 +917,14 @@ mod tests {
         let again = SqliteStore::open_path(&link)
             .await
             .expect("free after close");
+        // Either spelling names the store by its canonical path.
+        let canonical = db.canonicalize().expect("canonical");
+        assert_eq!(first.file(), Some(canonical.as_path()));
+        assert_eq!(again.file(), Some(canonical.as_path()));
         again.close().await;
         // An in-memory store has no file and no lock.
         let m1 = SqliteStore::open("sqlite::memory:").await.expect("memory");
+        assert_eq!(m1.file(), None);
         m1.close().await;
     }
 
