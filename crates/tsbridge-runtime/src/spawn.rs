@@ -494,6 +494,10 @@ pub(crate) fn policy_for_user(
             ..Rlimits::default()
         },
         user,
+        // A dynamic uid goes to later jobs: its IPC namespace and the
+        // shared folders' guard keep what it leaves in its TMPDIR.
+        dynamic_tmpdir: matches!(wf.user, Some(tsbridge_sandbox::RunAs::Dynamic(_)))
+            .then(|| tmpdir.to_path_buf()),
         ..SandboxPolicy::default()
     }
 }

@@ -46,6 +46,7 @@ pub enum ChildStep {
     Seccomp = 8,
     Capabilities = 9,
     SwitchUser = 10,
+    IpcNamespace = 11,
 }
 
 impl ChildStep {
@@ -61,6 +62,7 @@ impl ChildStep {
             8 => Self::Seccomp,
             9 => Self::Capabilities,
             10 => Self::SwitchUser,
+            11 => Self::IpcNamespace,
             _ => return None,
         })
     }
@@ -79,6 +81,7 @@ impl fmt::Display for ChildStep {
             Self::Seccomp => "installing seccomp",
             Self::Capabilities => "dropping capabilities",
             Self::SwitchUser => "switching to the job's user",
+            Self::IpcNamespace => "entering an IPC namespace",
         })
     }
 }
@@ -194,10 +197,16 @@ pub(crate) struct ChildPlan {
     pub parent_death_signal: Option<i32>,
     pub parent_pid: libc::pid_t,
     pub net: NetPlan,
+    /// Enter an IPC namespace of its own (a dynamic uid's job: its System V
+    /// IPC objects and POSIX message queues die with it).
+    pub new_ipc: bool,
     pub no_new_privs: bool,
     /// The uid and gid to switch to (no supplementary groups).
     pub user: Option<JobUser>,
     pub landlock: Option<OwnedFd>,
+    /// A second Landlock layer, applied after `landlock` (a dynamic uid's
+    /// job: it creates nothing but beneath its TMPDIR).
+    pub landlock_own: Option<OwnedFd>,
     pub seccomp: Arc<Vec<Program>>,
     pub failure: FailureSlot,
 }
@@ -321,6 +330,12 @@ impl ChildPlan {
             }
         }
 
+        // 4b. An IPC namespace of its own (needs CAP_SYS_ADMIN, dropped below).
+        // SAFETY: unshare with a constant flag.
+        if self.new_ipc && unsafe { libc::unshare(libc::CLONE_NEWIPC) } != 0 {
+            return Err(fail(ChildStep::IpcNamespace));
+        }
+
         // 5. Capabilities tsbridge may hold as ambient (e.g. CAP_SYS_ADMIN for
         //    netns under systemd) must not pass to the job's program on exec.
         //    EINVAL = kernel without ambient capabilities: nothing to clear.
@@ -368,8 +383,8 @@ impl ChildPlan {
             }
         }
 
-        // 7. Landlock.
-        if let Some(fd) = &self.landlock {
+        // 7. Landlock (each layer narrows what the ones before allow).
+        for fd in self.landlock.iter().chain(&self.landlock_own) {
             // SAFETY: fd is an open ruleset fd; flags 0.
             let r =
                 unsafe { libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0u32) };

@@ -228,6 +228,62 @@ pub(crate) fn build(fs: FsRules<'_>, deny_tcp: bool, abi: u32) -> Result<Ruleset
     })
 }
 
+/// The creation rights: making any kind of entry, and REFER (ABI 2+: a
+/// link or a rename into another folder).
+fn creation_rights(abi: u32) -> u64 {
+    handled_fs(abi)
+        & (MAKE_CHAR | MAKE_DIR | MAKE_REG | MAKE_SOCK | MAKE_FIFO | MAKE_BLOCK | MAKE_SYM | REFER)
+}
+
+/// A second layer for a dynamic uid's job under the system guard: it
+/// handles only the creation rights and grants them beneath `own` (its
+/// TMPDIR) alone, so the job creates nothing anywhere else, in particular
+/// in the shared world-writable folders ([`crate::leftovers::SHARED_DIRS`]),
+/// where it would wait for the next job given its uid. Elsewhere such a job
+/// (never root) could create nothing anyway: only folders writable by
+/// others let it. Opening, writing and removing what exists stay as the
+/// first layer and the file modes say. One rule: built for each job
+/// (see `docs/design/sandbox.md`, "A uid per job", for its cost).
+pub(crate) fn create_only_beneath(own: &Path, abi: u32) -> Result<OwnedFd, SandboxError> {
+    let rights = creation_rights(abi);
+    let attr = RulesetAttr {
+        handled_access_fs: rights,
+        handled_access_net: 0,
+        scoped: 0,
+    };
+    // SAFETY: attr is a live, initialised struct; 8 bytes (its fs field)
+    // is the size every ABI takes; the kernel copies it and returns a new
+    // O_CLOEXEC fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            &attr as *const RulesetAttr,
+            8usize,
+            0u32,
+        )
+    };
+    let fd = i32::try_from(fd)
+        .ok()
+        .filter(|fd| *fd >= 0)
+        .ok_or_else(|| SandboxError::Landlock {
+            step: "landlock_create_ruleset",
+            source: io::Error::last_os_error(),
+        })?;
+    // SAFETY: the syscall succeeded, so `fd` is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Never the device kinds (no job may make a device node).
+    if !add_path_rule(&fd, own, rights & !(MAKE_CHAR | MAKE_BLOCK))? {
+        return Err(SandboxError::Landlock {
+            step: "open the job's TMPDIR",
+            source: io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{}: not found", own.display()),
+            ),
+        });
+    }
+    Ok(fd)
+}
+
 /// Allow `rights` beneath every entry of `dir`, except: the `read_only`
 /// paths get READ_FILE only (an entry that is an ancestor of one is walked
 /// into instead), `/dev` is walked into and its block devices get nothing

@@ -19,6 +19,7 @@ pub mod env;
 mod error;
 mod instance;
 mod landlock;
+pub mod leftovers;
 mod netns;
 pub mod paths;
 mod policy;

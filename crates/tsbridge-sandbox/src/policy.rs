@@ -43,6 +43,14 @@ pub struct SandboxPolicy {
     /// that need privilege; implies `no_new_privs`. Needs CAP_SETUID and
     /// CAP_SETGID ([`crate::user::switch_refusal`]).
     pub user: Option<JobUser>,
+    /// `Some(tmpdir)`: `user` is a dynamic uid ([`crate::dynamic`]), handed
+    /// to later jobs, and `tmpdir` is the job's private TMPDIR. The job
+    /// then gets an IPC namespace of its own (System V IPC and POSIX
+    /// message queues die with it) and, without `fs` lists, a Landlock
+    /// domain in which the shared world-writable folders
+    /// ([`crate::leftovers::SHARED_DIRS`]) are read-only but for `tmpdir`:
+    /// it leaves nothing there for the next job with its uid.
+    pub dynamic_tmpdir: Option<PathBuf>,
 }
 
 impl Default for SandboxPolicy {
@@ -58,6 +66,7 @@ impl Default for SandboxPolicy {
             seccomp: true,
             parent_death_signal: None,
             user: None,
+            dynamic_tmpdir: None,
         }
     }
 }

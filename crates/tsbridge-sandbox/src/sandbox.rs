@@ -62,6 +62,9 @@ pub struct Sandbox {
     /// The last system-guard ruleset built, reused while `/` and `/dev` are
     /// unchanged (see [`Sandbox::system_guard`]).
     guard: Mutex<Option<GuardCache>>,
+    /// A dynamic uid's job gets an IPC namespace of its own (`false`: the
+    /// host cannot make one; its leases are swept instead).
+    ipc_ns: bool,
     seccomp: Arc<Vec<Program>>,
     /// `seccomp` and the refusal of unix sockets, for `network = false`
     /// jobs (see [`seccomp::compile_offline`]).
@@ -83,6 +86,19 @@ struct GuardCache {
 /// guard lists.
 fn guard_stamps() -> [Option<SystemTime>; 2] {
     ["/", "/dev"].map(|d| std::fs::metadata(d).and_then(|m| m.modified()).ok())
+}
+
+/// Whether a process can make an IPC namespace (tried on a short-lived
+/// thread: tsbridge itself stays in the host's).
+fn ipc_namespaces_work() -> bool {
+    std::thread::Builder::new()
+        .name("tsbridge-ipcns".into())
+        // SAFETY: unshare only changes this thread's IPC namespace; the
+        // thread ends right after.
+        .spawn(|| unsafe { libc::unshare(libc::CLONE_NEWIPC) } == 0)
+        .ok()
+        .and_then(|t| t.join().ok())
+        .unwrap_or(false)
 }
 
 /// Valid job keys: 1..=64 of `[A-Za-z0-9._-]`, not starting with '.'.
@@ -194,6 +210,18 @@ impl Sandbox {
         on_v1: Vec<Controller>,
     ) -> Result<Sandbox, SandboxError> {
         let landlock_abi = landlock::abi_version();
+        let ipc_ns = ipc_namespaces_work();
+        if !ipc_ns {
+            notes.push(
+                "IPC namespaces unavailable: a dynamic uid's System V IPC objects are removed \
+                 before its next lease instead"
+                    .into(),
+            );
+        }
+        // A dynamic job leaves nothing in the shared folders only under the
+        // system guard (ABI 2+), and no IPC object only in a namespace of
+        // its own: else every lease is swept.
+        crate::leftovers::sweep_every_lease(!(ipc_ns && landlock_abi.is_some_and(|a| a >= 2)));
         let (network_ns, shared_netns) = match netns::create_empty_netns() {
             Ok(fd) => (true, config.shared_netns.then(|| Arc::new(fd))),
             Err(e) => {
@@ -267,6 +295,7 @@ impl Sandbox {
             cgroups,
             landlock_abi,
             guard: Mutex::new(None),
+            ipc_ns,
             read_only: ["/proc", "/sys"]
                 .into_iter()
                 .map(PathBuf::from)
@@ -406,6 +435,15 @@ impl Sandbox {
             }
             None => None,
         };
+        // A dynamic uid's job under the system guard gets a second layer:
+        // it creates nothing but beneath its TMPDIR (nothing in the shared
+        // world-writable folders for the next job given its uid).
+        let mut landlock_own = None;
+        if let (Some(abi), Some(own)) = (self.landlock_abi, &policy.dynamic_tmpdir)
+            && matches!(fs(abi), Some(FsRules::SystemGuard(_)))
+        {
+            landlock_own = Some(landlock::create_only_beneath(own, abi)?);
+        }
         let landlock = match self.landlock_abi.and_then(|abi| Some((abi, fs(abi)?))) {
             Some((abi, FsRules::SystemGuard(_))) if !deny_tcp => Some(self.system_guard(abi)?),
             Some((abi, fs)) => {
@@ -462,9 +500,11 @@ impl Sandbox {
             parent_death_signal: policy.parent_death_signal,
             parent_pid: std::process::id() as libc::pid_t,
             net,
+            new_ipc: policy.dynamic_tmpdir.is_some() && self.ipc_ns,
             no_new_privs,
             user: policy.user,
             landlock,
+            landlock_own,
             seccomp,
             failure: FailureSlot::new().map_err(|e| SandboxError::Io {
                 what: "mmap of the child failure slot",
@@ -618,8 +658,9 @@ impl ChildHook {
 
 impl PreparedSandbox {
     /// Apply the sandbox to the calling process. Order: join the job cgroups,
-    /// rlimits, parent-death signal, network namespace (+ lo up), no_new_privs,
-    /// Landlock, seccomp.
+    /// rlimits, parent-death signal, network namespace (+ lo up), IPC
+    /// namespace (a dynamic uid's job), capabilities, the job's user,
+    /// no_new_privs, Landlock, seccomp.
     ///
     /// # Safety
     /// Call only in the child between fork and exec (e.g. from
@@ -674,6 +715,48 @@ impl PreparedSandbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a job's system guard costs: built (the cache emptied first), a
+    /// copy of the cached one, and a dynamic uid's second layer (its
+    /// TMPDIR alone may get new entries). Prints the median and p90 of 200
+    /// of each. Run by hand: `cargo nextest run --release -p
+    /// tsbridge-sandbox --lib --run-ignored only -E 'test(guard_cost)'
+    /// --no-capture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn guard_cost() {
+        let Some(abi) = landlock::abi_version().filter(|a| *a >= 2) else {
+            eprintln!("SKIP: no landlock ABI 2");
+            return;
+        };
+        let sb = Sandbox::new(SandboxConfig {
+            use_cgroups: false,
+            ..SandboxConfig::default()
+        })
+        .expect("sandbox");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let time = |what: &str, f: &mut dyn FnMut()| {
+            let mut t: Vec<Duration> = (0..200)
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    f();
+                    start.elapsed()
+                })
+                .collect();
+            t.sort();
+            println!("{what}: median {:?}, p90 {:?}", t[100], t[180]);
+        };
+        time("system guard, built", &mut || {
+            *sb.guard.lock().expect("lock") = None;
+            std::hint::black_box(sb.system_guard(abi).expect("guard"));
+        });
+        time("system guard, cached (a copy)", &mut || {
+            std::hint::black_box(sb.system_guard(abi).expect("guard"));
+        });
+        time("dynamic uid's second layer", &mut || {
+            std::hint::black_box(landlock::create_only_beneath(tmp.path(), abi).expect("layer"));
+        });
+    }
 
     #[test]
     fn job_keys_are_checked() {

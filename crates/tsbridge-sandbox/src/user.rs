@@ -58,16 +58,35 @@ impl RunAs {
 
     /// The user of one job or worker, and the lease that holds its uid
     /// (dynamic only): keep the lease until the job's tree and TMPDIR are
-    /// gone.
+    /// gone. A dynamic uid comes without what an earlier holder left in the
+    /// shared folders or System V IPC ([`crate::leftovers`]); one that
+    /// still owns something there that cannot be removed is kept out of
+    /// circulation (its lease is never given back) and another is leased.
+    /// Blocks (reads `/proc`, may sweep folders): call it off async threads.
     pub fn for_job(
         &self,
     ) -> Result<(JobUser, Option<crate::dynamic::UidLease>), crate::dynamic::DynamicUserError> {
         match self {
             RunAs::User(u) => Ok((*u, None)),
-            RunAs::Dynamic(r) => {
+            RunAs::Dynamic(r) => loop {
                 let lease = crate::dynamic::lease(*r)?;
-                Ok((lease.user(), Some(lease)))
-            }
+                let uid = lease.user().uid;
+                match crate::leftovers::clear_for_lease(uid) {
+                    Ok(_) => return Ok((lease.user(), Some(lease))),
+                    Err(kept) => {
+                        tracing::warn!(
+                            uid,
+                            ?kept,
+                            "a dynamic uid still owns files or IPC objects that cannot be \
+                             removed: it is kept out of circulation until tsbridge restarts"
+                        );
+                        // Never released: the uid stays leased, so it is
+                        // not handed out again (the loop ends once the
+                        // range is exhausted).
+                        std::mem::forget(lease);
+                    }
+                }
+            },
         }
     }
 }

@@ -377,3 +377,295 @@ async fn a_uid_another_tsbridge_holds_is_not_handed_out() {
     assert_eq!(result(&v)["uid"], UID, "{v:?}");
     h.rt.shutdown(Duration::ZERO).await;
 }
+
+/// The shared world-writable folders a dynamic job tries to leave files in
+/// (`leak-probe.py`'s list).
+const SHARED_DIRS: [&str; 5] = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue"];
+
+/// What a leak test may have left on the host (a test that fails, or runs
+/// before the fix): its files in [`SHARED_DIRS`] and its System V IPC
+/// objects and POSIX message queue in tsbridge's IPC namespace; removed on
+/// drop.
+struct Planted {
+    name: String,
+    /// shm, msg, sem.
+    keys: [i32; 3],
+    /// A shm segment the test gives the uid before its first job.
+    old_shm: i32,
+}
+
+impl Planted {
+    fn new(tag: &str) -> Planted {
+        let pid = std::process::id();
+        let base = 0x7d00_0000 + i32::try_from((pid & 0xffff) * 8).unwrap();
+        Planted {
+            name: format!("tsbridge-leak-{tag}-{pid}"),
+            keys: [base, base + 1, base + 2],
+            old_shm: base + 3,
+        }
+    }
+
+    /// What an earlier holder of `uid` (an older tsbridge, or one on a
+    /// host without Landlock) left: a 0600 file `<name>-old` of the uid in
+    /// each shared folder that exists, and a shm segment it owns.
+    fn leave_old(&self, uid: u32) {
+        use std::os::unix::fs::OpenOptionsExt;
+        for d in SHARED_DIRS {
+            let p = std::path::Path::new(d).join(format!("{}-old", self.name));
+            let made = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&p);
+            if made.is_ok() {
+                std::os::unix::fs::chown(&p, Some(uid), Some(uid)).unwrap();
+            }
+        }
+        // SAFETY: shmget with integer arguments; shmctl with a live,
+        // zeroed-then-filled shmid_ds.
+        unsafe {
+            let id = libc::shmget(self.old_shm, 4096, libc::IPC_CREAT | 0o600);
+            assert!(id >= 0, "shmget: {}", std::io::Error::last_os_error());
+            let mut ds: libc::shmid_ds = std::mem::zeroed();
+            assert_eq!(libc::shmctl(id, libc::IPC_STAT, &mut ds), 0);
+            ds.shm_perm.uid = uid;
+            ds.shm_perm.gid = uid;
+            assert_eq!(libc::shmctl(id, libc::IPC_SET, &mut ds), 0);
+        }
+    }
+
+    /// The `<name>-old` files still there.
+    fn old_files(&self) -> Vec<String> {
+        SHARED_DIRS
+            .iter()
+            .map(|d| format!("{d}/{}-old", self.name))
+            .filter(|p| std::path::Path::new(p).exists())
+            .collect()
+    }
+
+    fn params(&self, extra: Value) -> Value {
+        let mut p = json!({"name": self.name, "keys": self.keys});
+        p.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        p
+    }
+
+    /// The System V objects of these keys and the POSIX message queue that
+    /// exist in this process's (the host's) IPC namespace.
+    fn on_host(&self) -> Vec<&'static str> {
+        let [shm, msg, sem] = self.keys;
+        let mut found = Vec::new();
+        let mq = std::ffi::CString::new(format!("/{}", self.name)).unwrap();
+        // SAFETY: plain syscalls with integer arguments or a live C string.
+        unsafe {
+            if libc::shmget(self.old_shm, 0, 0) >= 0 {
+                found.push("the old shm");
+            }
+            let q = libc::mq_open(mq.as_ptr(), libc::O_RDONLY);
+            if q >= 0 {
+                libc::mq_close(q);
+                found.push("mq");
+            }
+            if libc::shmget(shm, 0, 0) >= 0 {
+                found.push("shm");
+            }
+            if libc::msgget(msg, 0) >= 0 {
+                found.push("msg");
+            }
+            if libc::semget(sem, 0, 0) >= 0 {
+                found.push("sem");
+            }
+        }
+        found
+    }
+}
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        for d in SHARED_DIRS {
+            let _ = std::fs::remove_file(std::path::Path::new(d).join(&self.name));
+            let _ =
+                std::fs::remove_file(std::path::Path::new(d).join(format!("{}-old", self.name)));
+        }
+        let [shm, msg, sem] = self.keys;
+        let mq = std::ffi::CString::new(format!("/{}", self.name)).unwrap();
+        // SAFETY: plain syscalls; the pointers are null or to live data.
+        unsafe {
+            for key in [shm, self.old_shm] {
+                let id = libc::shmget(key, 0, 0);
+                if id >= 0 {
+                    libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+                }
+            }
+            let id = libc::msgget(msg, 0);
+            if id >= 0 {
+                libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut());
+            }
+            let id = libc::semget(sem, 0, 0);
+            if id >= 0 {
+                libc::semctl(id, 0, libc::IPC_RMID);
+            }
+            libc::mq_unlink(mq.as_ptr());
+        }
+    }
+}
+
+fn leak_workflow(name: &str, extra: &str) -> String {
+    format!(
+        "[workflows.{name}]\nroot = \"{}\"\nscript = \"leak-probe.py\"\nruntime = \"exec\"\n\
+         user = \"dynamic\"\n{extra}\n",
+        fixtures().display()
+    )
+}
+
+/// The result of a job of `workflow` with `params`, which must succeed.
+async fn succeeded(h: &Harness, workflow: &str, params: Value) -> Value {
+    result(&h.wait(h.submit(workflow, params).await).await).clone()
+}
+
+/// This process's IPC namespace (`ipc:[inode]`).
+fn own_ipcns() -> String {
+    std::fs::read_link("/proc/self/ns/ipc")
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+/// A range of one uid: job 1 tries to leave a 0600 file in each shared
+/// world-writable folder, a System V shared-memory segment, message queue
+/// and semaphore set, and a POSIX message queue; job 2, given the same
+/// uid, tries to open each. It gets none: job 1 could create no file there
+/// (Landlock: those folders are read-only to a dynamic job, but for its
+/// TMPDIR), and its IPC objects lived in an IPC namespace of its own, gone
+/// with it. Both still write their TMPDIR, and only it: job 1 cannot
+/// create a file in another folder anyone may write either. What an
+/// earlier holder of the uid left before this tsbridge ran (files in those
+/// folders, a shm segment) was removed at its first lease.
+#[tokio::test]
+async fn a_dynamic_jobs_leftovers_do_not_reach_the_next_job_with_its_uid() {
+    let Some(s) = user_setup("dyl") else { return };
+    const UID: u32 = 3_910_000_500;
+    let planted = Planted::new("dyl");
+    let toml = format!(
+        "[defaults]\ndynamic_uids = \"{UID}-{UID}\"\n\n{}",
+        leak_workflow("leak", "")
+    );
+    planted.leave_old(UID);
+    // A folder anyone may write, outside the shared ones.
+    let open = s.files.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let open = open.display().to_string();
+    let h = start_with(&toml, options(&s)).await;
+    let params = planted.params(json!({"plant": true, "write": [open]}));
+    let first = succeeded(&h, "leak", params).await;
+    let second = succeeded(&h, "leak", planted.params(json!({"steal": true}))).await;
+    h.rt.shutdown(Duration::ZERO).await;
+
+    assert_eq!((&first["uid"], &second["uid"]), (&json!(UID), &json!(UID)));
+    // Every leak, not only the first.
+    let mut leaks = Vec::new();
+    for r in [&first, &second] {
+        let tmp = r["write"].as_object().unwrap();
+        assert!(
+            tmp.iter().all(|(d, w)| *d == open || w == "ok"),
+            "its TMPDIR: {r}"
+        );
+        if r["ipcns"] == own_ipcns() {
+            leaks.push("a job in tsbridge's IPC namespace".to_owned());
+        }
+    }
+    for d in SHARED_DIRS {
+        if first["files"][d] == "ok" {
+            leaks.push(format!("job 1 created {d}/{}", planted.name));
+        }
+        if second["files"][d] == "ok" {
+            leaks.push(format!("job 2 read job 1's file in {d}"));
+        }
+        if second["old"][d] == "ok" {
+            leaks.push(format!("job 2 read the earlier holder's file in {d}"));
+        }
+    }
+    if first["write"][&open] == "ok" {
+        leaks.push(format!("job 1 created a file in {open}"));
+    }
+    leaks.extend(planted.old_files().into_iter().map(|f| format!("{f} left")));
+    for k in ["shm", "msg", "sem", "mq"] {
+        if second["ipc"][k] == "ok" {
+            leaks.push(format!("job 2 opened job 1's {k}"));
+        }
+    }
+    leaks.extend(
+        planted
+            .on_host()
+            .into_iter()
+            .map(|k| format!("{k} left on the host")),
+    );
+    assert!(
+        leaks.is_empty(),
+        "{leaks:#?}\njob 1: {first}\njob 2: {second}"
+    );
+}
+
+/// A dynamic job with a write folder still writes it and its TMPDIR, and
+/// leaves nothing in the shared folders; a dynamic pool worker (its uid
+/// leased for its lifetime) is kept out of them too and has an IPC
+/// namespace of its own.
+#[tokio::test]
+async fn dynamic_jobs_and_workers_write_their_own_folders_only() {
+    let Some(s) = user_setup("dyw") else { return };
+    use std::os::unix::fs::PermissionsExt;
+    const FIRST: u32 = 3_910_000_600;
+    let planted = Planted::new("dyw");
+    let out = s.files.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let toml = format!(
+        "[defaults]\ndynamic_uids = \"{FIRST}-{}\"\n\n{}\
+         [workflows.pooled]\nroot = \"{f}\"\nscript = \"user-handler.mjs\"\nruntime = \"node\"\n\
+         user = \"dynamic\"\nmode = \"pool\"\npool = {{ min = 1, max = 1 }}\n",
+        FIRST + 3,
+        leak_workflow(
+            "leak",
+            &format!("limits = {{ write = [\"{}\"] }}", out.display())
+        ),
+        f = fixtures().display(),
+    );
+    let h = start_with(&toml, options(&s)).await;
+    let params = planted.params(json!({"plant": true, "write": [out]}));
+    let r = succeeded(&h, "leak", params).await;
+    let params = json!({"name": planted.name, "write": SHARED_DIRS, "tmp": true, "ipcns": true});
+    let p = succeeded(&h, "pooled", params).await;
+    h.rt.shutdown(Duration::ZERO).await;
+
+    assert_eq!(r["write"].as_object().unwrap().len(), 2, "{r}");
+    assert!(
+        r["write"].as_object().unwrap().values().all(|w| w == "ok"),
+        "its write folder and TMPDIR: {r}"
+    );
+    let mut leaks = Vec::new();
+    for d in SHARED_DIRS {
+        if r["files"][d] == "ok" {
+            leaks.push(format!("the job created a file in {d}"));
+        }
+        if p["write"][d] == "ok" {
+            leaks.push(format!("the worker created a file in {d}"));
+        }
+    }
+    assert_eq!(p["write"][p["tmpdir"].as_str().unwrap()], "ok", "{p}");
+    assert!(p["ipcns"].as_str().unwrap().starts_with("ipc:["), "{p}");
+    if p["ipcns"] == own_ipcns() {
+        leaks.push("the worker is in tsbridge's IPC namespace".to_owned());
+    }
+    leaks.extend(
+        planted
+            .on_host()
+            .into_iter()
+            .map(|k| format!("{k} left on the host")),
+    );
+    assert!(leaks.is_empty(), "{leaks:#?}\njob: {r}\nworker: {p}");
+}

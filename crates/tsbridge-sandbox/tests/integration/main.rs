@@ -12,6 +12,7 @@ mod cgroup_join;
 mod child_failure;
 mod cpu_quota;
 mod daemon_escape;
+mod dynamic_uid;
 mod host_files;
 mod job_user;
 mod landlock_fs;
