@@ -46,10 +46,11 @@ pub struct SandboxPolicy {
     /// `Some(tmpdir)`: `user` is a dynamic uid ([`crate::dynamic`]), handed
     /// to later jobs, and `tmpdir` is the job's private TMPDIR. The job
     /// then gets an IPC namespace of its own (System V IPC and POSIX
-    /// message queues die with it) and, without `fs` lists, a Landlock
-    /// domain in which the shared world-writable folders
-    /// ([`crate::leftovers::SHARED_DIRS`]) are read-only but for `tmpdir`:
-    /// it leaves nothing there for the next job with its uid.
+    /// message queues die with it) and, without `fs` lists, a second
+    /// Landlock layer that lets it create entries beneath `tmpdir` only: it
+    /// leaves nothing in the shared world-writable folders
+    /// ([`crate::leftovers::SHARED_DIRS`]) for the next job with its uid.
+    /// `tmpdir` must exist when the sandbox is prepared.
     pub dynamic_tmpdir: Option<PathBuf>,
 }
 

@@ -104,7 +104,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     // the whole run. Declared before the sandbox, the bundle folder and the
     // job, so it is dropped after them: the uid goes back once the job's
     // tree, cgroup and TMPDIR are gone.
-    let (user, _lease) = job_user(args.user)?;
+    let (user, lease) = job_user(args.user)?;
     let bundle_dir = match user {
         Some(u) => Some(BundleDir::new((u.uid, u.gid))?),
         None => None,
@@ -146,20 +146,36 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
         } else {
             StdinSpec::Null
         };
+        let key = JobKey::generate();
+        // A dynamic uid's TMPDIR is made here, before the sandbox is
+        // prepared: its Landlock layer names it (the job creates nothing
+        // elsewhere, nothing a later holder of the uid would find).
+        // Removed when the attempt is over, before the uid goes back.
+        let own_tmp = match (&lease, user) {
+            (Some(_), Some(u)) => Some(AttemptTmp::new(&key, (u.uid, u.gid))?),
+            _ => None,
+        };
+        let mut job_env = merge(&env, &inv.env);
+        if let Some(t) = &own_tmp {
+            let dir = t.0.display().to_string();
+            for k in ["TMPDIR", "TMP", "TEMP"] {
+                job_env.insert(k.to_owned(), dir.clone());
+            }
+        }
         let mut b = inv
             .builder()
             .stdin(stdin)
             .args(job_args.iter().cloned())
             .cwd(&cwd)
-            .envs(merge(&env, &inv.env))
+            .envs(job_env)
             .timeout(args.timeout.map(|t| t.0))
             .kill_grace(args.kill_grace.0)
             .max_output(usize::try_from(args.max_output.0).unwrap_or(usize::MAX))
             .ipc(inv.runtime.is_node() && !args.no_ipc)
             .output(args.stdio)
             .masker(masker.clone())
-            .key(JobKey::generate())
-            .private_tmp(Some(std::env::temp_dir()))
+            .key(key)
+            .private_tmp(own_tmp.is_none().then(std::env::temp_dir))
             .control(control.clone())
             .memory_limit(args.memory.map(|m| m.0));
         if let Some(RunSandbox {
@@ -167,12 +183,14 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
             policy,
         }) = &sandbox
         {
+            let mut policy = policy.clone();
+            policy.dynamic_tmpdir = own_tmp.as_ref().map(|t| t.0.clone());
             let prepared = sb
-                .prepare(&format!("run-{}-{attempt}", std::process::id()), policy)
+                .prepare(&format!("run-{}-{attempt}", std::process::id()), &policy)
                 .context("cannot prepare the sandbox")?;
             b = b.sandbox(Some(SandboxAttachment {
                 prepared: Arc::new(prepared),
-                policy: Arc::new(policy.clone()),
+                policy: Arc::new(policy),
             }));
         }
         let spec = b.build().map_err(anyhow::Error::from)?;
@@ -494,6 +512,29 @@ impl Drop for BundleDir {
     fn drop(&mut self) {
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove the bundle folder");
+        }
+    }
+}
+
+/// The private TMPDIR of one attempt of a `--user dynamic` run (the uid's,
+/// 0700; named as the engine names one, so the death watchdog removes it
+/// too); removed on drop.
+struct AttemptTmp(PathBuf);
+
+impl AttemptTmp {
+    fn new(key: &JobKey, owner: (u32, u32)) -> Result<Self> {
+        tsbridge_process::make_private_tmp_for(&std::env::temp_dir(), key.as_str(), Some(owner))
+            .map(Self)
+            .context("cannot make the job's TMPDIR")
+    }
+}
+
+impl Drop for AttemptTmp {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %self.0.display(), error = %e, "cannot remove the job's TMPDIR");
         }
     }
 }

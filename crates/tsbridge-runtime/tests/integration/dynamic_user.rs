@@ -315,7 +315,7 @@ async fn a_taken_range_makes_the_job_wait_then_fail_and_a_live_process_keeps_its
 #[tokio::test]
 async fn a_uid_another_tsbridge_holds_is_not_handed_out() {
     let Some(s) = user_setup("dyh") else { return };
-    const UID: u32 = 3_910_000_300;
+    const UID: u32 = 3_910_000_700;
     let toml = format!(
         "[defaults]\ndynamic_uids = \"{UID}-{UID}\"\n\n{}",
         probe_workflow("dyn", "user = \"dynamic\""),

@@ -11,7 +11,7 @@
 //! before.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -20,6 +20,15 @@ use crate::common::tsbridge;
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// A path removed (if there) when dropped: a failed test leaves nothing.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn mode(p: &Path, m: u32) {
@@ -174,9 +183,10 @@ fn run_user_runs_the_program_as_that_user_and_refuses_an_unknown_one() {
 
 /// `run --user dynamic` runs the program as a uid of systemd's dynamic
 /// range that no account has, gid = the same number, no supplementary
-/// group, its TMPDIR given to it; the uid's host-wide reservation exists
-/// and is let go when run ends. Before, `dynamic` was looked up as a user
-/// name and refused.
+/// group, its TMPDIR given to it, nothing created outside it (a file in
+/// `/dev/shm` is refused) and an IPC namespace of its own; the uid's
+/// host-wide reservation exists and is let go when run ends. Before,
+/// `dynamic` was looked up as a user name and refused.
 #[test]
 fn run_user_dynamic_runs_the_program_as_a_uid_of_its_own() {
     if !is_root() {
@@ -186,11 +196,19 @@ fn run_user_dynamic_runs_the_program_as_a_uid_of_its_own() {
     let dir = tempfile::tempdir().unwrap();
     mode(dir.path(), 0o755);
     let script = dir.path().join("whoami.sh");
+    // It also tries to leave a file in /dev/shm, where the next holder of
+    // its uid would find it, and says which IPC namespace it is in.
+    let shm = format!("/dev/shm/tsb-run-dynamic-{}", std::process::id());
+    let _gone = RemoveOnDrop(PathBuf::from(&shm));
     std::fs::write(
         &script,
-        "#!/bin/sh
-echo probe > \"$TMPDIR/probe\" && u=$(id -u) && \
-         echo \"ids $u $(id -g) $(id -G) tmp $(cat \"$TMPDIR/probe\")\"\n",
+        format!(
+            "#!/bin/sh\n\
+             echo probe > \"$TMPDIR/probe\" && u=$(id -u) && \
+             echo \"ids $u $(id -g) $(id -G) tmp $(cat \"$TMPDIR/probe\")\"\n\
+             if echo x > {shm}; then echo shm written; else echo shm refused; fi\n\
+             echo \"ipc $(readlink /proc/self/ns/ipc)\"\n"
+        ),
     )
     .unwrap();
     mode(&script, 0o755);
@@ -219,6 +237,16 @@ echo probe > \"$TMPDIR/probe\" && u=$(id -u) && \
             .any(|l| l.split(':').nth(2) == Some(f[0])),
         "an account has uid {uid}"
     );
+    // A dynamic uid's job creates nothing outside its TMPDIR and has an
+    // IPC namespace of its own (nothing of either outlives it).
+    assert!(stderr.contains("shm refused"), "{stderr}");
+    assert!(!Path::new(&shm).exists(), "{shm} was left");
+    let host_ipc = std::fs::read_link("/proc/self/ns/ipc").unwrap();
+    let job_ipc = stderr
+        .lines()
+        .find_map(|l| l.split_once("ipc ").map(|(_, ns)| ns.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no ipc line: {stderr}"));
+    assert_ne!(Path::new(&job_ipc), host_ipc, "{stderr}");
     // Reserved while it ran, free once run ended: the lock can be had.
     let lock = Path::new(tsbridge_sandbox::dynamic::DEFAULT_LOCK_DIR).join(f[0]);
     let held = std::fs::File::open(&lock).unwrap_or_else(|e| panic!("{}: {e}", lock.display()));
