@@ -4,7 +4,9 @@
 //! TMPDIR (removed once the tree is gone, after the attempt's outcome is
 //! reported: [`TmpRemovals`]), the argv (runtime
 //! prefix, then the workflow's template with `{workflow}`, `{params}`,
-//! `{jobId}` substituted per element) and, when the workflow has limits and a
+//! `{jobId}` and `{paramsFile}` substituted per element: the last names a
+//! 0600 file of the job's TMPDIR holding the parameters,
+//! [`write_params_file`]) and, when the workflow has limits and a
 //! sandbox is given, the job's sandbox. Secrets are masked in everything a
 //! job leaves: the child's own secret-named variables and tsbridge's
 //! ([`HostSecrets`]).
@@ -541,6 +543,53 @@ async fn bundle_for_user(
     Ok(())
 }
 
+/// The name of a job's parameters file (`{paramsFile}`) in its TMPDIR.
+const PARAMS_FILE_NAME: &str = "tsbridge-params.json";
+
+/// Writes a job's parameters (`json`, what `{params}` would carry) into a
+/// new file of its private TMPDIR `dir`, for `{paramsFile}`: mode 0600,
+/// owned by `owner` (the job's user: uid, gid) when it has one, so that no
+/// other process of the host can read them (a command line is readable by
+/// all in `/proc/<pid>/cmdline`). The directory is opened without following
+/// a symlink and the file made in it with `O_EXCL | O_NOFOLLOW`: nothing
+/// planted there (by another process of the job's user) is followed or
+/// written through; that fails the write. Removed with the TMPDIR.
+async fn write_params_file(
+    dir: &Path,
+    json: &str,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<PathBuf> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(PARAMS_FILE_NAME);
+    let dir = dir.to_path_buf();
+    let json = json.to_owned();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let dirfd = rustix::fs::open(
+            &dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let fd = rustix::fs::openat(
+            &dirfd,
+            PARAMS_FILE_NAME,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::RUSR | Mode::WUSR,
+        )?;
+        let mut file = std::fs::File::from(fd);
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+        }
+        // The umask may have narrowed it; make it exactly 0600.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(json.as_bytes())
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    Ok(path)
+}
+
 /// How often a job waiting for a dynamic uid tries again when no lease was
 /// released (by default): a uid also comes free when a process outside
 /// tsbridge's leases that had it exits, which nothing announces.
@@ -794,6 +843,30 @@ impl Executor for SpawnExecutor {
             ),
             Err(refused) => return *refused,
         };
+        // `{paramsFile}`: the parameters go in a file of the job's own
+        // TMPDIR instead of on its command line.
+        let params_file = if wf.uses_params_file() {
+            let written = write_params_file(&tmpdir, &params_json, tmp_owner(user)).await;
+            match written.map(|p| p.into_os_string().into_string()) {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => {
+                    return AttemptOutcome::spawn_failure(
+                        "cannot pass the job's parameters file: its TMPDIR's path is not UTF-8",
+                        false,
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(job = %req.job_id, error = %e, "cannot write the job's parameters file");
+                    // The OS's reason, without the host path.
+                    return AttemptOutcome::spawn_failure(
+                        format!("cannot write the job's parameters file in its TMPDIR: {e}"),
+                        false,
+                    );
+                }
+            }
+        } else {
+            String::new()
+        };
         let resolved = resolve_for_user(
             wf.script.clone(),
             Some(engine_runtime(wf.runtime)),
@@ -813,7 +886,7 @@ impl Executor for SpawnExecutor {
             }
         };
         let args: Vec<OsString> = wf
-            .render_args(&params_json, &req.job_id.to_string())
+            .render_job_args(&params_json, &req.job_id.to_string(), &params_file)
             .into_iter()
             .map(OsString::from)
             .collect();
@@ -1235,6 +1308,30 @@ mod tests {
             .collect()
     }
 
+    /// Attempt 1 of job `job_id` of `wf` with `params` (no request env, a
+    /// 120 s timeout), run by `ex`.
+    async fn run_once(
+        ex: &SpawnExecutor,
+        job_id: tsbridge_proto::JobId,
+        wf: &WorkflowConfig,
+        params: serde_json::Value,
+    ) -> AttemptOutcome {
+        let (tx, _rx) = tokio::sync::mpsc::channel(1024);
+        let req = AttemptRequest {
+            job_id,
+            attempt: 1,
+            workflow: Arc::new(wf.clone()),
+            params,
+            request_env: BTreeMap::new(),
+            timeout: Duration::from_secs(120),
+        };
+        let io = AttemptIo {
+            events: tx,
+            control: crate::executor::ProcessControl::new(),
+        };
+        ex.run(req, io).await
+    }
+
     /// An attempt's outcome does not wait for the removal of its TMPDIR
     /// (an `rmdir` costs milliseconds on a journaled `/tmp`): the removal
     /// comes after, still happens, and `shutdown` waits for it.
@@ -1252,20 +1349,14 @@ mod tests {
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let mut ex = SpawnExecutor::new(None, Some(base.path().to_owned()));
         ex.removals.gate = Some(gate.clone());
-        let (tx, _rx) = tokio::sync::mpsc::channel(1024);
-        let req = AttemptRequest {
-            job_id: tsbridge_proto::JobId::new(),
-            attempt: 1,
-            workflow: Arc::new(cfg.workflows["w"].clone()),
-            params: serde_json::Value::Null,
-            request_env: BTreeMap::new(),
-            timeout: Duration::from_secs(120),
-        };
-        let io = AttemptIo {
-            events: tx,
-            control: crate::executor::ProcessControl::new(),
-        };
-        let outcome = ex.run(req, io).await;
+        let wf = &cfg.workflows["w"];
+        let outcome = run_once(
+            &ex,
+            tsbridge_proto::JobId::new(),
+            wf,
+            serde_json::Value::Null,
+        )
+        .await;
         assert!(outcome.succeeded(), "{outcome:?}");
         assert_eq!(
             tmpdirs_in(base.path()).len(),
@@ -1275,6 +1366,72 @@ mod tests {
         gate.add_permits(1);
         ex.shutdown(Duration::ZERO).await;
         assert_eq!(tmpdirs_in(base.path()), Vec::<PathBuf>::new());
+    }
+
+    /// A parameters file (`{paramsFile}`) that cannot be written fails the
+    /// attempt as a spawn failure that says so, before anything runs:
+    /// something planted at its name in the TMPDIR (a symlink) is neither
+    /// followed nor replaced, and a TMPDIR that is a symlink is not entered.
+    #[tokio::test]
+    async fn a_params_file_that_cannot_be_written_fails_the_attempt_before_the_spawn() {
+        use std::os::unix::fs::{DirBuilderExt, symlink};
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let base = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let ran = dir.path().join("ran");
+        std::fs::write(
+            dir.path().join("w.mjs"),
+            format!("import fs from 'fs'; fs.writeFileSync({:?}, 'x');\n", ran),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let cfg = crate::config::Config::parse(
+            "[workflows.w]\nscript = \"w.mjs\"\nruntime = \"node\"\nargs = [\"{paramsFile}\"]\n",
+            dir.path(),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let job_id = tsbridge_proto::JobId::new();
+        // The attempt's TMPDIR, made first (as the sandbox may) with a
+        // symlink where the parameters file goes.
+        let tmp = tsbridge_process::private_tmp_path(base.path(), &format!("{}-1", job_id.short()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let target = dir.path().join("elsewhere.json");
+        symlink(&target, tmp.join(PARAMS_FILE_NAME)).unwrap_or_else(|e| panic!("{e}"));
+
+        let ex = SpawnExecutor::new(None, Some(base.path().to_owned()));
+        let params = serde_json::json!({"secret": "s3cret-param"});
+        let outcome = run_once(&ex, job_id, &cfg.workflows["w"], params).await;
+        assert_eq!(outcome.reason, EndReason::SpawnFailure, "{outcome:?}");
+        let error = outcome.error.clone().unwrap_or_default();
+        assert!(
+            error.starts_with("cannot write the job's parameters file in its TMPDIR: "),
+            "{outcome:?}"
+        );
+        assert!(
+            !error.contains(&*base.path().to_string_lossy()),
+            "a host path: {error}"
+        );
+        assert!(!target.exists(), "written through the symlink");
+        assert!(!ran.exists(), "the job ran");
+        ex.shutdown(Duration::ZERO).await;
+        assert!(!tmp.exists(), "the TMPDIR stays");
+
+        // A TMPDIR that is itself a symlink (to a folder) is not entered.
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap_or_else(|e| panic!("{e}"));
+        let link = dir.path().join("link");
+        symlink(&real, &link).unwrap_or_else(|e| panic!("{e}"));
+        let refused = write_params_file(&link, "{}", None).await;
+        assert!(refused.is_err(), "{refused:?}");
+        assert!(!real.join(PARAMS_FILE_NAME).exists());
+        let written = write_params_file(&real, "{\"a\":1}", None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            std::fs::read_to_string(&written).unwrap_or_else(|e| panic!("{e}")),
+            "{\"a\":1}"
+        );
     }
 
     /// A real child that prints the workflow's, the request's and the

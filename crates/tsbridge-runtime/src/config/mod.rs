@@ -458,8 +458,9 @@ pub struct WorkflowConfig {
     /// Canonical, inside `root`.
     pub cwd: PathBuf,
     pub runtime: RuntimeKind,
-    /// Argument template; `{workflow}`, `{params}`, `{jobId}` are substituted
-    /// inside each element, never split.
+    /// Argument template; `{workflow}`, `{params}`, `{jobId}` and
+    /// `{paramsFile}` (spawn mode) are substituted inside each element,
+    /// never split.
     pub args: Vec<String>,
     pub mode: Mode,
     pub params_schema: Option<ParamsSchema>,
@@ -485,20 +486,59 @@ pub struct WorkflowConfig {
 }
 
 impl WorkflowConfig {
-    /// The argv after the program/runtime, for one job.
+    /// The argv after the program/runtime, for one job, with `{paramsFile}`
+    /// left as it is: what the command line's size is judged by (the
+    /// parameters are not on it). A job's own argv is
+    /// [`WorkflowConfig::render_job_args`].
     pub fn render_args(&self, params_json: &str, job_id: &str) -> Vec<String> {
-        substitute_args(&self.args, &self.name, params_json, job_id)
+        substitute_args(&self.args, &self.name, params_json, job_id, None)
+    }
+
+    /// The argv after the program/runtime of one job attempt, whose
+    /// parameters file (`{paramsFile}`) is `params_file`.
+    pub fn render_job_args(
+        &self,
+        params_json: &str,
+        job_id: &str,
+        params_file: &str,
+    ) -> Vec<String> {
+        substitute_args(
+            &self.args,
+            &self.name,
+            params_json,
+            job_id,
+            Some(params_file),
+        )
+    }
+
+    /// Whether a job's argv names its parameters file (`{paramsFile}`):
+    /// then the file is written for each attempt.
+    pub fn uses_params_file(&self) -> bool {
+        self.args.iter().any(|a| a.contains(PARAMS_FILE))
+    }
+
+    /// Whether a job's argv carries its parameters themselves (`{params}`),
+    /// which every process of the host can read in `/proc/<pid>/cmdline`
+    /// unless `/proc` is mounted with `hidepid=`.
+    pub fn params_on_command_line(&self) -> bool {
+        self.args.iter().any(|a| a.contains("{params}"))
     }
 }
 
-/// Substitutes `{workflow}`, `{params}` and `{jobId}` inside each element.
-/// One pass over each element, so a value containing `{params}` is not
-/// substituted again.
+/// The placeholder for the path of a job's parameters file: the JSON that
+/// `{params}` would carry, in a 0600 file of the job's private TMPDIR
+/// (spawn mode), so that it is not on the command line.
+pub const PARAMS_FILE: &str = "{paramsFile}";
+
+/// Substitutes `{workflow}`, `{params}`, `{jobId}` and (when `params_file`
+/// is given) `{paramsFile}` inside each element. One pass over each
+/// element, so a value containing `{params}` is not substituted again.
 pub fn substitute_args(
     template: &[String],
     workflow: &str,
     params: &str,
     job_id: &str,
+    params_file: Option<&str>,
 ) -> Vec<String> {
     template
         .iter()
@@ -514,6 +554,10 @@ pub fn substitute_args(
                     (params, "{params}".len())
                 } else if tail.starts_with("{jobId}") {
                     (job_id, "{jobId}".len())
+                } else if let Some(file) = params_file
+                    && tail.starts_with(PARAMS_FILE)
+                {
+                    (file, PARAMS_FILE.len())
                 } else {
                     ("{", 1)
                 };
@@ -544,7 +588,7 @@ fn unknown_placeholders(element: &str) -> Vec<&str> {
             .next()
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if identifier && !matches!(name, "workflow" | "params" | "jobId") {
+        if identifier && !matches!(name, "workflow" | "params" | "jobId" | "paramsFile") {
             out.push(name);
         }
         rest = tail;
@@ -1193,7 +1237,7 @@ fn read_workflow(
                     &s.key("args"),
                     Some(span.clone()),
                     format!(
-                        "unknown placeholder {{{unknown}}}: the template knows {{workflow}}, {{params}} and {{jobId}}"
+                        "unknown placeholder {{{unknown}}}: the template knows {{workflow}}, {{params}}, {{jobId}} and {{paramsFile}}"
                     ),
                 );
             }
@@ -1342,6 +1386,13 @@ fn read_workflow(
             &s.key("stdio"),
             s.span_of("stdio"),
             "stdio applies to spawn mode: a pool worker's jobs talk over its IPC channel, not its stdout",
+        );
+    }
+    if mode == Mode::Pool && args.iter().any(|a| a.contains(PARAMS_FILE)) {
+        issues.push(
+            &s.key("args"),
+            s.span_of("args"),
+            "{paramsFile} applies to spawn mode: a pool worker's jobs get their parameters over its IPC channel, not in a file",
         );
     }
     // A Node program under a pids limit Node cannot start in (node_pids.rs).

@@ -439,20 +439,26 @@ fn args_are_substituted_per_element_never_split() {
         "x{workflow}y",
         "{jobId}",
         "{unknown}",
+        "--params-file={paramsFile}",
     ]
     .map(String::from)
     .to_vec();
-    let out = substitute_args(&t, "wf", r#"{"a":"$(rm -rf /) {params}"}"#, "id1");
+    let params = r#"{"a":"$(rm -rf /) {params} {paramsFile}"}"#;
+    let out = substitute_args(&t, "wf", params, "id1", Some("/tmp/x/p.json"));
     assert_eq!(
         out,
         vec![
             "--params".to_owned(),
-            r#"{"a":"$(rm -rf /) {params}"}"#.to_owned(),
+            params.to_owned(),
             "xwfy".to_owned(),
             "id1".to_owned(),
-            "{unknown}".to_owned()
+            "{unknown}".to_owned(),
+            "--params-file=/tmp/x/p.json".to_owned(),
         ]
     );
+    // Without a file (the command line's size check), the placeholder stays.
+    let out = substitute_args(&t, "wf", "{}", "id1", None);
+    assert_eq!(out[5], "--params-file={paramsFile}");
 }
 
 #[test]
@@ -749,6 +755,36 @@ fn an_unknown_args_placeholder_is_reported_with_its_line() {
         .parse("[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\nargs = [\"{workflow}\", \"--params={params}\", \"{jobId}\", \"{}\", \"{\\\"a\\\":1}\", \"{ x }\"]\n")
         .expect("valid");
     assert_eq!(c.workflows["a"].args.len(), 6);
+}
+
+/// `{paramsFile}` is a known placeholder in spawn mode; in a pool workflow
+/// (whose jobs get their parameters over IPC) it is an error at `args`,
+/// with its line.
+#[test]
+fn params_file_is_for_spawn_mode_only() {
+    let f = Fixture::new();
+    let wf = |extra: &str| {
+        format!(
+            "[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\n{extra}args = [\"--params-file\", \"{{paramsFile}}\"]\n"
+        )
+    };
+    let c = f.parse(&wf("")).expect("valid in spawn mode");
+    let a = &c.workflows["a"];
+    assert!(a.uses_params_file() && !a.params_on_command_line());
+    assert_eq!(
+        a.render_job_args("{}", "id", "/t/p.json"),
+        ["--params-file", "/t/p.json"]
+    );
+    let issues = f.issues(&wf("mode = \"pool\"\n"));
+    assert!(has(&issues, "workflows.a.args", 5), "{issues:?}");
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert!(issues[0].message.contains("{paramsFile}"), "{issues:?}");
+    // The default template passes the parameters themselves.
+    let c = f
+        .parse("[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\n")
+        .expect("valid");
+    assert!(!c.workflows["a"].uses_params_file());
+    assert!(c.workflows["a"].params_on_command_line());
 }
 
 #[test]

@@ -14,7 +14,7 @@ use crate::common;
 
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
@@ -52,18 +52,6 @@ fn pids_of(uid: u32) -> Vec<u32> {
             })
         })
         .collect()
-}
-
-/// Waits until `found` gives something.
-async fn until<T>(what: &str, mut found: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(t) = found() {
-            return t;
-        }
-        assert!(start.elapsed() < SOON, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn probe_workflow(name: &str, extra: &str) -> String {

@@ -26,6 +26,7 @@ mod live_view;
 mod memory_store;
 mod multi_node_pg;
 mod ordering;
+mod params_file;
 mod path_params_landlock;
 mod pool_cancel;
 mod pool_crash;

@@ -138,6 +138,18 @@ impl Harness {
     }
 }
 
+/// Waits (bounded by [`SOON`]) until `found` gives something.
+pub async fn until<T>(what: &str, mut found: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(t) = found() {
+            return t;
+        }
+        assert!(start.elapsed() < SOON, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Takes one from `n` if it is above 0 (a test store's "fail the next N"):
 /// whether it did.
 pub fn take(n: &std::sync::atomic::AtomicU32) -> bool {
