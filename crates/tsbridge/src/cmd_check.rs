@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use serde_json::json;
-use tsbridge_runtime::config::WorkflowConfig;
+use tsbridge_runtime::config::{Mode, WorkflowConfig};
 use tsbridge_runtime::spawn::SpawnExecutor;
 use tsbridge_runtime::{Config, ConfigError, Executor};
 use tsbridge_sandbox::{Capabilities, Sandbox, SandboxConfig, SandboxError, paths};
@@ -249,7 +249,55 @@ fn notes(c: &Config) -> Vec<String> {
     let mut n = unset_token_vars(c);
     n.extend(store_exposure_notes(c));
     n.extend(user_notes(c, tsbridge_sandbox::user::effective_uid()));
+    // Unreadable: said as if not hidden (the cautious reading).
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    n.extend(command_line_notes(c, proc_hides_pids(&mountinfo)));
     n
+}
+
+/// Whether `/proc` hides other users' processes: the super options of the
+/// proc mount at `/proc` (the last one, which is what is seen) in
+/// `mountinfo` (`/proc/self/mountinfo`) hold `hidepid=` 1, 2, `noaccess`
+/// or `invisible` (0, `off` and `ptraceable` hide nothing from a reader).
+fn proc_hides_pids(mountinfo: &str) -> bool {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (mount, fs) = l.split_once(" - ")?;
+            let mut fs = fs.split(' ');
+            let proc = mount.split(' ').nth(4) == Some("/proc") && fs.next() == Some("proc");
+            proc.then(|| fs.nth(1).unwrap_or_default())
+        })
+        .next_back()
+        .is_some_and(|opts| {
+            opts.split(',').any(|o| {
+                matches!(
+                    o,
+                    "hidepid=1" | "hidepid=2" | "hidepid=noaccess" | "hidepid=invisible"
+                )
+            })
+        })
+}
+
+/// A note per spawn workflow whose `args` (the default template included)
+/// put its jobs' parameters on their command line (`{params}`), when
+/// `/proc` does not hide processes (`hidden`): every process of the host,
+/// of any user, can read a command line in `/proc/<pid>/cmdline`.
+fn command_line_notes(c: &Config, hidden: bool) -> Vec<String> {
+    if hidden {
+        return Vec::new();
+    }
+    c.workflows
+        .iter()
+        .filter(|(_, w)| w.mode == Mode::Spawn && w.params_on_command_line())
+        .map(|(name, _)| {
+            format!(
+                "workflow {name} passes its jobs' parameters on their command line ({{params}} in args), \
+                 which every process of this host can read (/proc/<pid>/cmdline; /proc is not mounted \
+                 with hidepid=): {{paramsFile}} in args passes them in a 0600 file of the job's TMPDIR instead"
+            )
+        })
+        .collect()
 }
 
 /// The `env:NAME` tokens whose variable is unset or empty here: the config
@@ -393,4 +441,38 @@ fn text_report(
         Some(Err(_)) => writeln!(text, "Config {shown}: invalid")?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proc_hides_pids;
+
+    const PLAIN: &str = "22 27 0:21 / /proc rw,relatime - proc proc rw\n\
+                         27 1 8:1 / / rw,relatime - ext4 /dev/vda rw\n";
+
+    /// Read from the proc mount at /proc alone, the last one winning; 0,
+    /// off and ptraceable hide nothing.
+    #[test]
+    fn hidepid_is_read_from_the_proc_mount_at_proc() {
+        assert!(!proc_hides_pids(PLAIN));
+        assert!(!proc_hides_pids(""));
+        for (opts, hidden) in [
+            ("rw,hidepid=2", true),
+            ("rw,hidepid=1,gid=4", true),
+            ("rw,hidepid=invisible", true),
+            ("rw,hidepid=noaccess", true),
+            ("rw,hidepid=0", false),
+            ("rw,hidepid=off", false),
+            ("rw,hidepid=ptraceable", false),
+        ] {
+            let later = format!("{PLAIN}40 27 0:50 / /proc rw,nosuid - proc proc {opts}\n");
+            assert_eq!(proc_hides_pids(&later), hidden, "{opts}");
+            // Another proc mount elsewhere says nothing about /proc.
+            let elsewhere = format!("{PLAIN}41 27 0:51 / /mnt/p rw - proc proc {opts}\n");
+            assert!(!proc_hides_pids(&elsewhere), "{opts}");
+        }
+        // A hidepid mount that a later plain one covers is not what is seen.
+        let covered = format!("40 27 0:50 / /proc rw - proc proc rw,hidepid=2\n{PLAIN}");
+        assert!(!proc_hides_pids(&covered));
+    }
 }

@@ -156,6 +156,20 @@ fn check_notes_path_parameters_that_landlock_makes_read_only() {
     assert!(v["config"]["workflows"]["exit"]["note"].is_null(), "{r}");
 }
 
+/// `check --json` in `dir` (valid: exit 0) and its config-level notes.
+fn check_json_notes(dir: &Path) -> (Run, Vec<String>) {
+    let r = run(dir, &["check", "--json"]);
+    assert_eq!(r.code, Some(0), "a note, not an error: {r}");
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    let notes = v["config"]["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str().map(str::to_owned))
+        .collect();
+    (r, notes)
+}
+
 /// A store (or its key file) inside a workflow's root is readable to that
 /// workflow's jobs: `check` says so (JSON `notes` and text), and not for a
 /// store kept elsewhere.
@@ -165,15 +179,8 @@ fn check_notes_a_store_inside_a_workflow_root() {
     write_script(dir.path(), "job.sh", "#!/bin/sh\necho '{}'\n", 0o755);
     let wf = "[workflows.w]\nroot = \".\"\nscript = \"job.sh\"\nruntime = \"exec\"\n";
     std::fs::write(dir.path().join("tsbridge.toml"), wf).unwrap();
-    let r = run(dir.path(), &["check", "--json"]);
-    assert_eq!(r.code, Some(0), "a note, not an error: {r}");
-    let v: Value = serde_json::from_str(&r.stdout).unwrap();
-    let notes: Vec<&str> = v["config"]["notes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let (r, notes) = check_json_notes(dir.path());
+    let notes: Vec<&str> = notes.iter().map(String::as_str).collect();
     let about = |what: &str| {
         notes
             .iter()
@@ -193,6 +200,62 @@ fn check_notes_a_store_inside_a_workflow_root() {
     let r = run(&app, &["check", "--json"]);
     assert_eq!(r.code, Some(0), "{r}");
     assert!(!r.stdout.contains("the store ("), "{r}");
+}
+
+/// A spawn workflow that passes its parameters on the command line (the
+/// default template) is noted where /proc does not hide processes: any
+/// process of the host can read them. One with `{paramsFile}`, and a pool
+/// workflow (parameters over IPC), are not. A note, not an error.
+#[test]
+fn check_notes_parameters_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write_script(dir.path(), "job.js", "console.log('{}');\n", 0o644);
+    write_script(
+        dir.path(),
+        "handler.mjs",
+        "export default async () => ({});\n",
+        0o644,
+    );
+    std::fs::write(
+        dir.path().join("tsbridge.toml"),
+        "[workflows.inline]\nscript = \"job.js\"\n\n\
+         [workflows.filed]\nscript = \"job.js\"\nargs = [\"--params-file\", \"{paramsFile}\"]\n\n\
+         [workflows.pooled]\nscript = \"handler.mjs\"\nmode = \"pool\"\n",
+    )
+    .unwrap();
+    let hidden = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some("/proc"))
+        .is_some_and(|l| {
+            [
+                "hidepid=1",
+                "hidepid=2",
+                "hidepid=invisible",
+                "hidepid=noaccess",
+            ]
+            .iter()
+            .any(|h| l.contains(h))
+        });
+    let (r, mut notes) = check_json_notes(dir.path());
+    notes.retain(|n| n.contains("command line"));
+    let text = run(dir.path(), &["check"]);
+    if hidden {
+        assert!(notes.is_empty(), "/proc hides processes here: {r}");
+        return;
+    }
+    assert_eq!(notes.len(), 1, "{r}");
+    assert!(
+        notes[0].starts_with("workflow inline passes its jobs' parameters on their command line")
+            && notes[0].contains("every process of this host can read")
+            && notes[0].contains("{paramsFile}"),
+        "{r}"
+    );
+    assert!(
+        text.stdout
+            .contains("note: workflow inline passes its jobs' parameters"),
+        "{text}"
+    );
 }
 
 #[test]
