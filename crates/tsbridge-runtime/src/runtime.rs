@@ -680,7 +680,7 @@ fn check_command_line(wf: &WorkflowConfig, params: &Value) -> Result<(), Runtime
     let total: usize = args.iter().map(|a| a.len() + 1).sum();
     if longest + 1 > MAX_ARG_BYTES || total > MAX_ARGS_BYTES {
         return Err(RuntimeError::TooLarge(format!(
-            "the parameters do not fit the command line of workflow {} ({} bytes in one argument, at most {}; {} in all, at most {}): pass large data as a file path, or run the workflow in pool mode",
+            "the parameters do not fit the command line of workflow {} ({} bytes in one argument, at most {}; {} in all, at most {}): pass large data as a file path, give the workflow `args` with {{paramsFile}} (the parameters in a file of the job's TMPDIR), or run it in pool mode",
             wf.name,
             longest,
             MAX_ARG_BYTES - 1,
