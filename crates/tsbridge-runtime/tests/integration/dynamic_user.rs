@@ -233,6 +233,24 @@ impl Drop for Killed {
     }
 }
 
+/// Submits a job of workflow `dyn` with a 1 s timeout and returns the
+/// message of its failure, which says that every uid of the range is taken.
+async fn fails_for_want_of_a_uid(h: &Harness) -> String {
+    let opts = JobOptions {
+        timeout: Some(DurationSpec::from_millis(1_000)),
+        ..JobOptions::default()
+    };
+    let v = h.wait(h.submit_opts("dyn", json!({}), opts).await).await;
+    assert_eq!(v.state, JobState::Failed, "{v:?}");
+    let msg = v
+        .error
+        .as_ref()
+        .map(|e| e.message.clone())
+        .unwrap_or_default();
+    assert!(msg.contains("every uid of the dynamic range"), "{v:?}");
+    msg
+}
+
 /// A process group killed and its leader reaped when dropped.
 struct KilledGroup(std::process::Child);
 
@@ -270,22 +288,8 @@ async fn a_taken_range_makes_the_job_wait_then_fail_and_a_live_process_keeps_its
                 .expect("sleep as the range's uid"),
         )
     };
-    let opts = JobOptions {
-        timeout: Some(DurationSpec::from_millis(1_000)),
-        ..JobOptions::default()
-    };
-    let v = h.wait(h.submit_opts("dyn", json!({}), opts).await).await;
-    assert_eq!(v.state, JobState::Failed, "{v:?}");
-    let msg = v
-        .error
-        .as_ref()
-        .map(|e| e.message.clone())
-        .unwrap_or_default();
-    assert!(
-        msg.contains("every uid of the dynamic range")
-            && msg.contains("1 by processes still alive"),
-        "{v:?}"
-    );
+    let msg = fails_for_want_of_a_uid(&h).await;
+    assert!(msg.contains("1 by processes still alive"), "{msg}");
     drop(holder);
     let v = h.wait(h.submit("dyn", json!({"peers": true})).await).await;
     let r = result(&v);
@@ -344,21 +348,8 @@ async fn a_uid_another_tsbridge_holds_is_not_handed_out() {
         }
     })
     .await;
-    let opts = JobOptions {
-        timeout: Some(DurationSpec::from_millis(1_000)),
-        ..JobOptions::default()
-    };
-    let v = h.wait(h.submit_opts("dyn", json!({}), opts).await).await;
-    assert_eq!(v.state, JobState::Failed, "{v:?}");
-    let msg = v
-        .error
-        .as_ref()
-        .map(|e| e.message.clone())
-        .unwrap_or_default();
-    assert!(
-        msg.contains("every uid of the dynamic range") && msg.contains("another tsbridge"),
-        "{v:?}"
-    );
+    let msg = fails_for_want_of_a_uid(&h).await;
+    assert!(msg.contains("another tsbridge"), "{msg}");
     assert!(pids_of(UID).is_empty(), "no process had the uid");
     drop(holder);
     let v = h.wait(h.submit("dyn", json!({})).await).await;
