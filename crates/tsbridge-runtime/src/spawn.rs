@@ -488,6 +488,7 @@ pub(crate) fn policy_for_user(
         cpu: l.cpu,
         pids: l.pids,
         network: l.network.unwrap_or(true),
+        unix_sockets: l.unix_sockets,
         fs,
         rlimits: Rlimits {
             nofile: Some(l.open_files.unwrap_or(DEFAULT_OPEN_FILES)),

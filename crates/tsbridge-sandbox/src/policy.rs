@@ -20,8 +20,18 @@ pub struct SandboxPolicy {
     pub pids: Option<u64>,
     /// `false` = the job gets a network namespace of its own with only `lo`
     /// (up), and (with `seccomp`) cannot make unix sockets: `socket(AF_UNIX)`
-    /// fails with EACCES, so socket files on the host are out of reach too.
+    /// fails with EACCES, so socket files on the host are out of reach too
+    /// (unless `unix_sockets` says otherwise).
     pub network: bool,
+    /// Whether the job may make unix sockets (`socket(AF_UNIX)`, refused
+    /// with EACCES by seccomp otherwise; `socketpair` and inherited sockets
+    /// always work). `None` follows `network`. `Some(false)` with the
+    /// network: TCP and UDP only, so the socket files of the host (a
+    /// container runtime's, a database's, the system bus) are out of reach
+    /// even where file permissions would let the job's uid in (Landlock has
+    /// no right for `connect()` to them). `Some(true)` without the network:
+    /// a local service's socket file stays reachable. Needs `seccomp`.
+    pub unix_sockets: Option<bool>,
     /// `None` = no Landlock file-system restriction.
     pub fs: Option<FsPolicy>,
     /// Per-process resource limits.
@@ -54,6 +64,13 @@ pub struct SandboxPolicy {
     pub dynamic_tmpdir: Option<PathBuf>,
 }
 
+impl SandboxPolicy {
+    /// Whether `socket(AF_UNIX)` is refused (see [`Self::unix_sockets`]).
+    pub fn refuses_unix_sockets(&self) -> bool {
+        !self.unix_sockets.unwrap_or(self.network)
+    }
+}
+
 impl Default for SandboxPolicy {
     fn default() -> Self {
         Self {
@@ -61,6 +78,7 @@ impl Default for SandboxPolicy {
             cpu: None,
             pids: None,
             network: true,
+            unix_sockets: None,
             fs: None,
             rlimits: Rlimits::default(),
             no_new_privs: true,

@@ -66,8 +66,9 @@ pub struct Sandbox {
     /// host cannot make one; its leases are swept instead).
     ipc_ns: bool,
     seccomp: Arc<Vec<Program>>,
-    /// `seccomp` and the refusal of unix sockets, for `network = false`
-    /// jobs (see [`seccomp::compile_offline`]).
+    /// `seccomp` and the refusal of unix sockets, for jobs that may not make
+    /// them (`network = false` unless `unix_sockets`, or `unix_sockets =
+    /// false`; see [`seccomp::compile_offline`]).
     seccomp_offline: Arc<Vec<Program>>,
     shared_netns: Option<Arc<OwnedFd>>,
     /// The job cgroups made by [`Sandbox::prepare`] that are still held.
@@ -484,7 +485,7 @@ impl Sandbox {
         push(libc::RLIMIT_CPU, r.cpu_seconds, 2);
         push(libc::RLIMIT_AS, r.address_space, 0);
 
-        let seccomp = if policy.seccomp && self.caps.seccomp && !policy.network {
+        let seccomp = if policy.seccomp && self.caps.seccomp && policy.refuses_unix_sockets() {
             Arc::clone(&self.seccomp_offline)
         } else if policy.seccomp && self.caps.seccomp {
             Arc::clone(&self.seccomp)

@@ -304,6 +304,9 @@ pub struct Limits {
     pub pids: Option<u64>,
     /// `Some(false)`: own network namespace, no network.
     pub network: Option<bool>,
+    /// Whether jobs may make unix sockets (`None`: as `network`); see
+    /// `tsbridge_sandbox::SandboxPolicy::unix_sockets`.
+    pub unix_sockets: Option<bool>,
     /// Absolute read allowlist (Landlock); empty = no file-system restriction
     /// unless `write` is set.
     pub read: Vec<PathBuf>,
@@ -332,6 +335,7 @@ impl Limits {
             || self.cpu.is_some()
             || self.pids.is_some()
             || self.network == Some(false)
+            || self.unix_sockets == Some(false)
             || !self.read.is_empty()
             || !self.write.is_empty()
             || self.open_files.is_some()
@@ -645,6 +649,7 @@ const LIMITS_KEYS: &[&str] = &[
     "cpu",
     "pids",
     "network",
+    "unix_sockets",
     "read",
     "write",
     "timeout",
@@ -1517,6 +1522,9 @@ fn read_limits(issues: &mut Issues<'_>, s: &Section<'_, '_>, root: &Path) -> Lim
         }
     }
     l.network = s.get::<bool>(issues, "network").map(|v| v.into_inner());
+    l.unix_sockets = s
+        .get::<bool>(issues, "unix_sockets")
+        .map(|v| v.into_inner());
     let abs = |v: Vec<String>| -> Vec<PathBuf> {
         v.into_iter()
             .map(|p| {

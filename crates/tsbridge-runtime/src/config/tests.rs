@@ -947,3 +947,40 @@ fn a_bad_dynamic_range_names_its_key_and_line() {
         "{issues:?}"
     );
 }
+
+/// `limits.unix_sockets`: read into the limits, a refusal asks for the
+/// sandbox on its own, it reaches the job's policy (overriding `network`
+/// either way), and a value that is not a boolean names its key and line.
+#[test]
+fn unix_sockets_is_read_and_reaches_the_policy() {
+    let f = Fixture::new();
+    let cfg = f
+        .parse(
+            "[workflows.tcp]\nroot = \"app\"\nscript = \"main.js\"\nlimits = { unix_sockets = false }\n\
+             [workflows.local]\nroot = \"app\"\nscript = \"main.js\"\nlimits = { network = false, unix_sockets = true }\n\
+             [workflows.plain]\nroot = \"app\"\nscript = \"main.js\"\n",
+        )
+        .expect("valid");
+    let tcp = &cfg.workflows["tcp"];
+    assert_eq!(tcp.limits.unix_sockets, Some(false));
+    assert!(
+        tcp.limits.any(),
+        "a refusal of unix sockets needs the sandbox"
+    );
+    let tmp = Path::new("/tmp");
+    let p = crate::spawn::policy_for(tcp, tmp);
+    assert!(p.network && p.refuses_unix_sockets());
+    let p = crate::spawn::policy_for(&cfg.workflows["local"], tmp);
+    assert!(!p.network && !p.refuses_unix_sockets());
+    let p = crate::spawn::policy_for(&cfg.workflows["plain"], tmp);
+    assert!(p.network && !p.refuses_unix_sockets());
+    assert!(!cfg.workflows["plain"].limits.any());
+
+    let issues = f.issues(
+        "[workflows.a]\nroot = \"app\"\nscript = \"main.js\"\nlimits = { unix_sockets = \"no\" }\n",
+    );
+    assert!(
+        has(&issues, "workflows.a.limits.unix_sockets", 4),
+        "{issues:?}"
+    );
+}

@@ -58,6 +58,8 @@ fn shared_empty_namespace_also_isolates() {
 /// A socket file on the host, outside every list: a `network = false` job
 /// cannot connect to it (it cannot make a unix socket at all), while the
 /// same program with the network can; a socketpair works in both.
+/// `unix_sockets` overrides either way: `false` refuses them to a job with
+/// the network, `true` lets a job without it reach the file.
 #[test]
 fn job_without_network_cannot_reach_a_unix_socket_file() {
     let host = Host::new("netunix");
@@ -69,9 +71,10 @@ fn job_without_network_cannot_reach_a_unix_socket_file() {
     let path = dir.path().join("service.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
-    let attempt = |key: &str, network: bool| {
+    let attempt_with = |key: &str, network: bool, unix_sockets: Option<bool>| {
         let policy = SandboxPolicy {
             network,
+            unix_sockets,
             ..SandboxPolicy::default()
         };
         let prepared = host.prepare(key, &policy);
@@ -82,14 +85,14 @@ fn job_without_network_cannot_reach_a_unix_socket_file() {
         (out.status.success(), stdout(&out))
     };
 
-    let (ok, out) = attempt("unix-open", true);
+    let (ok, out) = attempt_with("unix-open", true, None);
     assert!(
         ok && out.contains("SOCKETPAIR") && out.contains("CONNECTED"),
         "with network: {out}"
     );
     assert!(listener.accept().is_ok(), "the listener saw no connection");
 
-    let (ok, out) = attempt("unix-closed", false);
+    let (ok, out) = attempt_with("unix-closed", false, None);
     assert!(!ok, "connected without network: {out}");
     assert!(
         out.contains("SOCKETPAIR"),
@@ -97,4 +100,21 @@ fn job_without_network_cannot_reach_a_unix_socket_file() {
     );
     assert!(out.contains("ERR EACCES"), "unexpected error: {out}");
     assert!(listener.accept().is_err(), "the listener saw a connection");
+
+    // `unix_sockets = false` with the network: refused all the same (TCP
+    // and UDP only), socketpair still works.
+    let (ok, out) = attempt_with("unix-refused", true, Some(false));
+    assert!(!ok, "connected with unix_sockets = false: {out}");
+    assert!(out.contains("SOCKETPAIR"), "socketpair broken: {out}");
+    assert!(out.contains("ERR EACCES"), "unexpected error: {out}");
+    assert!(listener.accept().is_err(), "the listener saw a connection");
+
+    // `unix_sockets = true` without the network: the socket file is
+    // reachable, the network is not (the other tests of this file).
+    let (ok, out) = attempt_with("unix-kept", false, Some(true));
+    assert!(
+        ok && out.contains("CONNECTED"),
+        "unix_sockets = true: {out}"
+    );
+    assert!(listener.accept().is_ok(), "the listener saw no connection");
 }
