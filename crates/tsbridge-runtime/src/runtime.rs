@@ -212,11 +212,8 @@ impl Runtime {
             }
         }
         tokio::spawn(dispatcher.run());
-        let relay = Relay::start(
-            shared.store.clone(),
-            opts.subscriber_buffer,
-            opts.relay_resync.unwrap_or(RESYNC),
-        );
+        let resync = opts.relay_resync.unwrap_or(RESYNC);
+        let relay = Relay::start(shared.store.clone(), opts.subscriber_buffer, resync);
         // A shared store: the runtime is started once this node hears the
         // others' announcements. Before, a subscriber of the first moments
         // could miss the announcement of an event it had not read from the
@@ -230,7 +227,8 @@ impl Runtime {
         {
             tracing::warn!(
                 waited = ?ANNOUNCEMENTS_WAIT,
-                "not hearing the job store's announcements yet: jobs followed here are read from the store every 2 s until this node does"
+                every = ?resync,
+                "not hearing the job store's announcements yet: jobs followed here are read from the store periodically until this node does"
             );
         }
         if let Some(every) = shared.store.takeover_every() {
