@@ -19,6 +19,11 @@ use tsbridge_server::{AppState, Auth, ServerSettings};
 use crate::cli::ServeArgs;
 
 pub async fn main(args: ServeArgs) -> Result<ExitCode> {
+    // First: a SIGTERM or SIGINT that comes while the server starts (the
+    // store, crash recovery, the pools) is kept and shuts it down gracefully
+    // once it serves, instead of killing it by the default action with its
+    // jobs' cgroups and TMPDIRs left behind.
+    let signals = ShutdownSignals::install();
     let bind = match &args.bind {
         Some(b) => Some(
             b.parse::<tsbridge_runtime::config::BindAddr>()
@@ -146,7 +151,7 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
     let listener = TcpListener::bind(bind)
         .await
         .with_context(|| format!("cannot listen on {bind}"))?;
-    tsbridge_server::serve(listener, state, shutdown_signal()).await?;
+    tsbridge_server::serve(listener, state, signals.recv()).await?;
     // Every job has ended and the runtime's shutdown returned only once
     // their cgroups were removed: leave no empty parent cgroup behind either
     // (a SIGKILLed server's stays, and its next start reuses it).
@@ -216,19 +221,34 @@ fn cgroup_parent_name(key: &[u8]) -> String {
     format!("tsbridge-{:08x}", h as u32)
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop tsbridge with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+/// SIGTERM and SIGINT, caught from [`ShutdownSignals::install`] on: one
+/// that comes before [`ShutdownSignals::recv`] is polled is kept.
+struct ShutdownSignals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl ShutdownSignals {
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Self(Some((term, int))),
+            _ => {
+                tracing::error!("cannot install signal handlers; stop tsbridge with SIGKILL");
+                Self(None)
+            }
+        }
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT since [`Self::install`].
+    async fn recv(self) {
+        let Some((mut term, mut int)) = self.0 else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
     }
 }
 

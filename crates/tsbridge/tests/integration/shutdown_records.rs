@@ -158,3 +158,53 @@ fn cgroup_parents(pid: i32) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A SIGTERM that comes while the server starts (after it has set up its
+/// sandbox, before it listens) shuts it down gracefully once it serves: it
+/// exits 0 and says so. Before, the signal handlers were installed only when
+/// the server began to serve, and such a SIGTERM killed it by the default
+/// action (status "signal 15", its parent cgroups left behind).
+#[test]
+fn a_sigterm_during_startup_is_a_graceful_shutdown() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let _cgroups = ServeCgroups::for_config_dir(dir.path());
+    let port = free_port();
+    crate::common::write_protocol_config(dir.path(), port, &[]);
+    let mut server = Server(
+        Command::new(env!("CARGO_BIN_EXE_tsbridge"))
+            .args(["serve", "--config"])
+            .arg(dir.path().join("tsbridge.toml"))
+            .env_remove("TSBRIDGE_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tsbridge serve"),
+    );
+    let stderr = server.0.stderr.take().expect("stderr");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    // Logged once the sandbox is set up, before the store's recovery, the
+    // pools and the listener.
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("a line of the server's stderr");
+        let at_startup = line.contains("isolation on this host");
+        seen.push(line);
+        if at_startup {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|l| l.contains("isolation on this host")),
+        "{seen:?}"
+    );
+    // SAFETY: a signal to the child this test started and still holds.
+    unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) };
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = server.0.wait().expect("wait");
+    assert!(status.success(), "{status}: {seen:?} {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("SIGTERM: shutting down")),
+        "{rest:?}"
+    );
+}
