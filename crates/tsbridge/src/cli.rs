@@ -74,9 +74,14 @@ pub struct RunArgs {
     /// (node, tsx, ts-node, or a script whose #! runs node), which cannot start with fewer.
     #[arg(long)]
     pub pids: Option<u64>,
-    /// Run without network (own network namespace).
+    /// Run without network (own network namespace; no unix sockets either).
     #[arg(long)]
     pub no_network: bool,
+    /// Refuse the job unix sockets even with the network (`socket(AF_UNIX)`
+    /// fails with EACCES; socketpair and inherited sockets work): TCP and
+    /// UDP only, none of the host's socket files.
+    #[arg(long)]
+    pub no_unix_sockets: bool,
     /// Run even where this host cannot fully enforce the limits asked for
     /// (`--memory`, `--cpu`, `--pids`, `--no-network`, `--read`/`--write`):
     /// they are then best effort, and each shortfall is logged. Without it

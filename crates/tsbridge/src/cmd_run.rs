@@ -571,6 +571,7 @@ fn sandbox_for(
         && args.cpu.is_none()
         && args.pids.is_none()
         && !args.no_network
+        && !args.no_unix_sockets
         && !wants_fs
         && user.is_none()
     {
@@ -593,6 +594,7 @@ fn sandbox_for(
         cpu: args.cpu,
         pids: args.pids,
         network: !args.no_network,
+        unix_sockets: args.no_unix_sockets.then_some(false),
         fs,
         user,
         ..SandboxPolicy::default()

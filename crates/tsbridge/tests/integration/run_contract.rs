@@ -433,3 +433,35 @@ fn a_pids_limit_node_cannot_start_in_is_refused_not_a_hang() {
     }
     assert_eq!(r.code, Some(0), "{r}");
 }
+
+/// `--no-unix-sockets`: a job with the network cannot connect to a socket
+/// file of the host (it cannot make a unix socket), while the same program
+/// without the flag can. Before, the flag did not exist (a usage error).
+#[test]
+fn no_unix_sockets_keeps_a_job_from_the_hosts_socket_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("service.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let script = write(
+        dir.path(),
+        "connect.js",
+        "const s = require('net').connect(process.argv[2]);\n\
+         s.on('connect', () => { console.log('CONNECTED'); process.exit(0); });\n\
+         s.on('error', (e) => { console.log('ERR ' + e.code); process.exit(3); });\n",
+    );
+    let path = sock.to_str().unwrap();
+    let open = run(dir.path(), &["run", &script, path]);
+    assert_eq!(open.code, Some(0), "{open}");
+    assert!(open.stderr.contains("CONNECTED"), "{open}");
+    assert!(listener.accept().is_ok(), "the listener saw no connection");
+
+    let closed = run(dir.path(), &["run", "--no-unix-sockets", &script, path]);
+    if closed.code == Some(1) && closed.stderr.contains("cannot enforce") {
+        eprintln!("SKIP: this host cannot refuse unix sockets (no seccomp): {closed}");
+        return;
+    }
+    assert_eq!(closed.code, Some(3), "{closed}");
+    assert!(closed.stderr.contains("ERR EACCES"), "{closed}");
+    assert!(listener.accept().is_err(), "the listener saw a connection");
+}
