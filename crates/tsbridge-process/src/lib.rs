@@ -24,6 +24,7 @@ pub mod transpile;
 
 mod clone;
 mod ipclink;
+mod private_dir;
 mod registry;
 mod spawner;
 mod sys;
@@ -34,6 +35,7 @@ pub use engine::{ExitKind, Outcome, ProcessControl, RunningProcess, StopReason, 
 pub use error::{ErrorKind, JobError, ResolveError, SpawnError, ValidationError};
 pub use ipclink::IpcHandle;
 pub use monitor::ResourceSample;
+pub use private_dir::PrivateDir;
 pub use spec::{JobKey, JobSpec, JobSpecBuilder, OutputChannel, SandboxAttachment, StdinSpec};
 pub use supervisor::{
     SupervisorOptions, init_supervisor, init_supervisor_with, make_private_tmp,

@@ -22,7 +22,7 @@ use tsbridge_process::ResolveError as rt_error;
 use tsbridge_process::mask::Masker;
 use tsbridge_process::runtime::{self as rt, RuntimeSearch};
 use tsbridge_process::transpile::TranspileCache;
-use tsbridge_process::{JobKey, SandboxAttachment};
+use tsbridge_process::{JobKey, PrivateDir, SandboxAttachment};
 use tsbridge_proto::EndReason;
 use tsbridge_proto::api::{OutputView, Resources};
 use tsbridge_sandbox::{FsPolicy, JobUser, Rlimits, Sandbox, SandboxPolicy, UidLease};
@@ -283,31 +283,6 @@ impl SpawnExecutor {
     }
 }
 
-/// A job's private TMPDIR (0700), removed on drop; then the job's dynamic
-/// uid lease (if any) is let go: a later job with the same uid never finds
-/// this one's TMPDIR.
-#[derive(Debug)]
-struct PrivateTmp {
-    dir: PathBuf,
-    /// Dropped after the directory is removed ([`Drop`] runs first).
-    _lease: Option<UidLease>,
-}
-
-impl PrivateTmp {
-    /// Made as the engine makes its own (named for this process, so that
-    /// the death watchdog removes it if tsbridge is SIGKILLed); owned by
-    /// the job's user when it has one.
-    fn create(
-        base: &Path,
-        key: &str,
-        user: Option<JobUser>,
-        lease: Option<UidLease>,
-    ) -> std::io::Result<Self> {
-        tsbridge_process::make_private_tmp_for(base, key, tmp_owner(user))
-            .map(|dir| Self { dir, _lease: lease })
-    }
-}
-
 /// Who owns the private TMPDIR of a job or worker: its user (uid, gid), or
 /// `None` (tsbridge).
 pub(crate) fn tmp_owner(user: Option<JobUser>) -> Option<(u32, u32)> {
@@ -334,7 +309,7 @@ pub(crate) fn job_user(
 /// response waited for. Every removal is tracked: [`Executor::shutdown`]
 /// waits for them, so none is left behind; one whose task never ran (its
 /// tokio runtime went away first) still removes the directory when the
-/// task, which owns the [`PrivateTmp`], is dropped.
+/// task, which owns the [`PrivateDir`], is dropped.
 #[derive(Debug, Clone, Default)]
 struct TmpRemovals {
     tasks: tokio_util::task::TaskTracker,
@@ -344,7 +319,7 @@ struct TmpRemovals {
 }
 
 impl TmpRemovals {
-    fn defer(&self, tmp: PrivateTmp) {
+    fn defer(&self, tmp: PrivateDir) {
         #[cfg(test)]
         if let Some(gate) = self.gate.clone() {
             self.tasks.spawn(async move {
@@ -361,16 +336,6 @@ impl TmpRemovals {
         self.tasks.close();
         self.tasks.wait().await;
         self.tasks.reopen();
-    }
-}
-
-impl Drop for PrivateTmp {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove a job's TMPDIR");
-        }
     }
 }
 
@@ -807,15 +772,18 @@ impl Executor for SpawnExecutor {
             }
         };
         // The private TMPDIR exists before the sandbox is prepared, so that
-        // its Landlock rule can name it; removed when this attempt is over.
-        let tmp = match PrivateTmp::create(&self.tmp_base(), key.as_str(), user, lease.clone()) {
-            Ok(t) => t,
+        // its Landlock rule can name it; removed when this attempt is over,
+        // and only then is the job's dynamic uid lease (if any) let go: a
+        // later job with the same uid never finds this one's TMPDIR.
+        let tmp = PrivateDir::create(&self.tmp_base(), key.as_str(), user, "a job's TMPDIR");
+        let tmp = match tmp {
+            Ok(t) => t.holding_lease(lease.clone()),
             Err(e) => {
                 tracing::warn!(job = %req.job_id, error = %e, "cannot create the job's TMPDIR");
                 return AttemptOutcome::spawn_failure("cannot create the job's TMPDIR", false);
             }
         };
-        let tmpdir = tmp.dir.clone();
+        let tmpdir = tmp.path().to_path_buf();
 
         let mut extra = wf.env.set.clone();
         match self.sealer.open_env(req.job_id, &req.request_env) {

@@ -30,8 +30,8 @@ use tsbridge_process::retry::RetryPolicy;
 use tsbridge_process::runtime::{RuntimeKind, RuntimeSearch};
 use tsbridge_process::transpile::TranspileCache;
 use tsbridge_process::{
-    ExitKind, JobError, JobKey, Outcome, ProcessControl, ResolveError, SandboxAttachment,
-    SpawnError, StdinSpec, StopReason, spawn,
+    ExitKind, JobError, JobKey, Outcome, PrivateDir, ProcessControl, ResolveError,
+    SandboxAttachment, SpawnError, StdinSpec, StopReason, spawn,
 };
 use tsbridge_proto::event::Stream;
 use tsbridge_proto::{ChildEvent, EndReason};
@@ -105,11 +105,25 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
     // job, so it is dropped after them: the uid goes back once the job's
     // tree, cgroup and TMPDIR are gone.
     let (user, lease) = job_user(args.user)?;
+    // The folder (the job's user's) that holds the copy of a cached bundle
+    // for `--user`; named as the engine names a TMPDIR of this process, so
+    // the death watchdog removes it too.
     let bundle_dir = match user {
-        Some(u) => Some(BundleDir::new((u.uid, u.gid))?),
+        Some(u) => Some(
+            PrivateDir::create(
+                &std::env::temp_dir(),
+                &format!("run-{}-bundle", std::process::id()),
+                Some(u),
+                "the bundle folder",
+            )
+            .context("cannot make a folder for the job's user")?,
+        ),
         None => None,
     };
-    let for_user = bundle_dir.as_ref().map(|d| (d.dir.as_path(), d.owner));
+    let for_user = bundle_dir
+        .as_ref()
+        .zip(user)
+        .map(|(d, u)| (d.path(), (u.uid, u.gid)));
     let resolved = resolve_for_user(script.clone(), runtime, &search, cache, for_user).await;
     let inv = match resolved {
         Ok(inv) => inv,
@@ -152,12 +166,20 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
         // elsewhere, nothing a later holder of the uid would find).
         // Removed when the attempt is over, before the uid goes back.
         let own_tmp = match (&lease, user) {
-            (Some(_), Some(u)) => Some(AttemptTmp::new(&key, (u.uid, u.gid))?),
+            (Some(_), Some(u)) => Some(
+                PrivateDir::create(
+                    &std::env::temp_dir(),
+                    key.as_str(),
+                    Some(u),
+                    "the job's TMPDIR",
+                )
+                .context("cannot make the job's TMPDIR")?,
+            ),
             _ => None,
         };
         let mut job_env = merge(&env, &inv.env);
         if let Some(t) = &own_tmp {
-            let dir = t.0.display().to_string();
+            let dir = t.path().display().to_string();
             for k in ["TMPDIR", "TMP", "TEMP"] {
                 job_env.insert(k.to_owned(), dir.clone());
             }
@@ -184,7 +206,7 @@ pub async fn main(args: RunArgs) -> Result<ExitCode> {
         }) = &sandbox
         {
             let mut policy = policy.clone();
-            policy.dynamic_tmpdir = own_tmp.as_ref().map(|t| t.0.clone());
+            policy.dynamic_tmpdir = own_tmp.as_ref().map(|t| t.path().to_path_buf());
             let prepared = sb
                 .prepare(&format!("run-{}-{attempt}", std::process::id()), &policy)
                 .context("cannot prepare the sandbox")?;
@@ -484,57 +506,6 @@ impl Drop for RunSandbox {
         }
         if let Err(e) = self.sandbox.remove_parent() {
             tracing::warn!(error = %e, "cannot remove run's parent cgroup");
-        }
-    }
-}
-
-/// The folder (the job's user's, 0700) that holds the copy of a cached
-/// bundle for `run --user`; removed on drop. Named as the engine names a
-/// TMPDIR of this process, so the death watchdog removes it too.
-struct BundleDir {
-    dir: PathBuf,
-    owner: (u32, u32),
-}
-
-impl BundleDir {
-    fn new(owner: (u32, u32)) -> Result<Self> {
-        let dir = tsbridge_process::make_private_tmp_for(
-            &std::env::temp_dir(),
-            &format!("run-{}-bundle", std::process::id()),
-            Some(owner),
-        )
-        .context("cannot make a folder for the job's user")?;
-        Ok(Self { dir, owner })
-    }
-}
-
-impl Drop for BundleDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove the bundle folder");
-        }
-    }
-}
-
-/// The private TMPDIR of one attempt of a `--user dynamic` run (the uid's,
-/// 0700; named as the engine names one, so the death watchdog removes it
-/// too); removed on drop.
-struct AttemptTmp(PathBuf);
-
-impl AttemptTmp {
-    fn new(key: &JobKey, owner: (u32, u32)) -> Result<Self> {
-        tsbridge_process::make_private_tmp_for(&std::env::temp_dir(), key.as_str(), Some(owner))
-            .map(Self)
-            .context("cannot make the job's TMPDIR")
-    }
-}
-
-impl Drop for AttemptTmp {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(dir = %self.0.display(), error = %e, "cannot remove the job's TMPDIR");
         }
     }
 }
