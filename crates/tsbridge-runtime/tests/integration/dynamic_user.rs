@@ -70,6 +70,15 @@ fn one_uid_config(uid: u32, extra: &str) -> String {
     )
 }
 
+/// The runtime of a test with the user set-up `tag` (None: not root) and
+/// [`one_uid_config`]`(uid, extra)`. The set-up goes with the harness: its
+/// folders and cgroup outlive the runtime.
+async fn start_with_one_uid(tag: &str, uid: u32, extra: &str) -> Option<(UserSetup, Harness)> {
+    let s = user_setup(tag)?;
+    let h = start_with(&one_uid_config(uid, extra), options(&s)).await;
+    Some((s, h))
+}
+
 fn assert_unprivileged(r: &Value, uid: u64) {
     assert_eq!(r["uid"], uid, "{r}");
     assert_eq!(r["euid"], uid, "{r}");
@@ -163,10 +172,10 @@ async fn concurrent_dynamic_jobs_get_uids_of_their_own_and_cannot_reach_each_oth
 /// process with its uid.
 #[tokio::test]
 async fn a_dynamic_uid_is_not_handed_out_while_its_last_tree_lives() {
-    let Some(s) = user_setup("dyt") else { return };
     const UID: u32 = 3_910_000_100;
-    let toml = one_uid_config(UID, "kill_grace = \"1s\"");
-    let h = start_with(&toml, options(&s)).await;
+    let Some((_s, h)) = start_with_one_uid("dyt", UID, "kill_grace = \"1s\"").await else {
+        return;
+    };
     let first = h
         .submit("dyn", json!({"daemon": true, "linger": 600_000}))
         .await;
@@ -270,13 +279,10 @@ impl Drop for KilledGroup {
 /// process is gone, the next job gets the uid.
 #[tokio::test]
 async fn a_taken_range_makes_the_job_wait_then_fail_and_a_live_process_keeps_its_uid() {
-    let Some(s) = user_setup("dyx") else { return };
     const UID: u32 = 3_910_000_200;
-    let toml = format!(
-        "[defaults]\ndynamic_uids = \"{UID}-{UID}\"\n\n{}",
-        probe_workflow("dyn", "user = \"dynamic\""),
-    );
-    let h = start_with(&toml, options(&s)).await;
+    let Some((_s, h)) = start_with_one_uid("dyx", UID, "").await else {
+        return;
+    };
     let holder = {
         use std::os::unix::process::CommandExt;
         Killed(
@@ -306,13 +312,10 @@ async fn a_taken_range_makes_the_job_wait_then_fail_and_a_live_process_keeps_its
 /// uid; once the holder is gone, the next job gets it.
 #[tokio::test]
 async fn a_uid_another_tsbridge_holds_is_not_handed_out() {
-    let Some(s) = user_setup("dyh") else { return };
     const UID: u32 = 3_910_000_700;
-    let toml = format!(
-        "[defaults]\ndynamic_uids = \"{UID}-{UID}\"\n\n{}",
-        probe_workflow("dyn", "user = \"dynamic\""),
-    );
-    let h = start_with(&toml, options(&s)).await;
+    let Some((_s, h)) = start_with_one_uid("dyh", UID, "").await else {
+        return;
+    };
     let dir = std::path::Path::new(tsbridge_sandbox::dynamic::DEFAULT_LOCK_DIR);
     {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
