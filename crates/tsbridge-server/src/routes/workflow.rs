@@ -160,7 +160,8 @@ pub fn job_error(view: &JobView) -> ApiError {
     details.insert("reason".into(), json!(view.reason));
     details.insert("exitCode".into(), json!(view.exit_code));
     details.insert("signal".into(), json!(view.signal));
-    if let Some(name) = view.signal.and_then(signal_name) {
+    // The same names as the job's own view (`JobView::signal_name`).
+    if let Some(name) = view.signal_name() {
         details.insert("signalName".into(), json!(name));
     }
     details.insert(
@@ -222,29 +223,6 @@ fn tail(s: &str, max: usize) -> &str {
         start += 1;
     }
     &s[start..]
-}
-
-fn signal_name(n: i32) -> Option<&'static str> {
-    Some(match n {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        4 => "SIGILL",
-        5 => "SIGTRAP",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        10 => "SIGUSR1",
-        11 => "SIGSEGV",
-        12 => "SIGUSR2",
-        13 => "SIGPIPE",
-        14 => "SIGALRM",
-        15 => "SIGTERM",
-        24 => "SIGXCPU",
-        25 => "SIGXFSZ",
-        _ => return None,
-    })
 }
 
 /// The batch answer: SPEC's `results` at the top level (as the design brief
@@ -414,6 +392,5 @@ mod tests {
         assert_eq!(tail("abcdef", 3), "def");
         assert_eq!(tail("aé", 1), "");
         assert_eq!(tail("aéb", 2), "b");
-        assert_eq!(signal_name(9), Some("SIGKILL"));
     }
 }

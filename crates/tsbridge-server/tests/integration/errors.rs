@@ -263,6 +263,41 @@ async fn nonzero_exit_is_500_with_exit_code_and_stderr() {
     assert!(a.message().contains("SIGKILL"));
 }
 
+/// Every signal with a name is named in an execute answer's details (and a
+/// batch item's) as `GET /v1/jobs/:id` names it: SIGSYS is what seccomp
+/// kills with, SIGPROF and SIGVTALRM what a profiler's timer does.
+/// Regression: the execute route had a table of its own that named 17
+/// signals, so these came with `signal` and no `signalName`.
+#[tokio::test]
+async fn every_named_signal_is_named_in_the_error_details() {
+    let (state, _) = fake_state(settings());
+    for (n, name) in [
+        (31, "SIGSYS"),
+        (27, "SIGPROF"),
+        (26, "SIGVTALRM"),
+        (9, "SIGKILL"),
+    ] {
+        let a = execute(&state, "signal", json!({ "signal": n })).await;
+        assert_failure(&a, 500, "ExecutionError");
+        let d = &a.body["error"]["details"];
+        assert_eq!(d["signal"], n);
+        assert_eq!(d["signalName"], name, "{}", a.body);
+        let id = d["jobId"].as_str().unwrap().to_owned();
+        let job = call(&state, "GET", &format!("/v1/jobs/{id}"), None, None).await;
+        assert_eq!(job.body["data"]["signalName"], name, "{}", job.body);
+
+        let b = post(
+            &state,
+            "/workflow/batch",
+            &json!({"workflows": [{"type": "signal", "parameters": {"signal": n}}]}).to_string(),
+        )
+        .await;
+        assert_eq!(b.status, 200);
+        let d = &b.body["results"][0]["error"]["details"];
+        assert_eq!(d["signalName"], name, "{}", b.body);
+    }
+}
+
 #[tokio::test]
 async fn internal_errors_hide_internals_unless_dev() {
     let (state, _) = fake_state(settings());

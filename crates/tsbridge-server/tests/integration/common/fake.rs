@@ -129,7 +129,13 @@ fn script(workflow: &str, params: &Value) -> Result<Vec<Step>, BackendError> {
             JobState::Failed,
             Some(EndReason::Signaled),
             None,
-            Some(9),
+            Some(
+                params
+                    .get("signal")
+                    .and_then(Value::as_i64)
+                    .and_then(|n| i32::try_from(n).ok())
+                    .unwrap_or(9),
+            ),
             "",
         )],
         "timeout" => vec![End(
