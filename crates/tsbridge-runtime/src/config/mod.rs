@@ -894,7 +894,13 @@ impl<'de> Deserialize<'de> for DurationSpecStr {
                 if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
                     return Err(E::custom(DurationSpecStr::unitless(t)));
                 }
-                s.parse().map(DurationSpecStr).map_err(E::custom)
+                // Not the request notation's message: a bare number of
+                // milliseconds is what a config refuses (above).
+                s.parse().map(DurationSpecStr).map_err(|_| {
+                    E::custom(format!(
+                        "invalid duration {s:?}: expected e.g. \"500ms\", \"5s\", \"2m\", \"1h30m\""
+                    ))
+                })
             }
 
             fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {

@@ -355,6 +355,31 @@ idle_timeout = V
     );
 }
 
+/// A duration string the config cannot read is refused with what a config
+/// accepts: durations with a unit. Regression: the message was the
+/// request's (`... or a number of milliseconds`), advising what the config
+/// refuses on the next try.
+#[test]
+fn a_bad_duration_string_is_refused_with_what_a_config_accepts() {
+    let f = Fixture::new();
+    let issues = f.issues("[defaults]\nkill_grace = \"5x\"\n");
+    let issue = issues
+        .iter()
+        .find(|i| i.key == "defaults.kill_grace" && i.line == Some(2))
+        .unwrap_or_else(|| panic!("{issues:#?}"));
+    assert!(
+        issue.message.contains("invalid duration \"5x\"")
+            && issue.message.contains("\"500ms\", \"5s\""),
+        "{}",
+        issue.message
+    );
+    assert!(
+        !issue.message.contains("number of milliseconds"),
+        "{}",
+        issue.message
+    );
+}
+
 #[test]
 fn a_pids_limit_node_cannot_start_in_is_refused_for_node_programs_only() {
     let f = Fixture::new();
