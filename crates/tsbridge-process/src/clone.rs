@@ -109,8 +109,11 @@ use std::sync::{Arc, OnceLock};
 use crate::spec::OutputChannel;
 use crate::sys::{self, Pid};
 
+mod init;
 #[cfg(target_arch = "x86_64")]
 mod vfork;
+
+pub(crate) use init::read_status as read_init_status;
 
 /// glibc's default search path (`confstr(_CS_PATH)`), which `execvp` uses
 /// when the environment has no `PATH`.
@@ -155,6 +158,10 @@ pub(crate) struct ChildCtx {
     /// The child was created in the cgroup given to [`Command::cgroup`]:
     /// it must not join it again.
     pub(crate) in_cgroup: bool,
+    /// The child was forked by the init of a PID namespace of its own
+    /// ([`Command::pid_namespace`]): its parent is that init, pid 1 as it
+    /// sees it.
+    pub(crate) under_init: bool,
 }
 
 /// The step run in the child after its stdio, cwd, process group and
@@ -173,6 +180,8 @@ pub(crate) struct Command {
     output: OutputChannel,
     cgroup: Option<Arc<OwnedFd>>,
     pre_exec: Option<PreExec>,
+    /// Run under an init of its own in a new PID namespace.
+    pid_namespace: bool,
     /// The first argument or variable that could not be a C string.
     invalid: Option<&'static str>,
 }
@@ -213,6 +222,7 @@ impl Command {
             output: OutputChannel::Pipe,
             cgroup: None,
             pre_exec: None,
+            pid_namespace: false,
             invalid,
         }
     }
@@ -282,6 +292,15 @@ impl Command {
         self
     }
 
+    /// Start the program in a PID namespace of its own, as the child of a
+    /// tiny init (`clone/init.rs`, docs/design/pid-namespace.md): the
+    /// [`Child`] is then the init, and its [`Child::init_status`] says how
+    /// the program itself ended.
+    pub(crate) fn pid_namespace(&mut self, on: bool) -> &mut Self {
+        self.pid_namespace = on;
+        self
+    }
+
     /// The paths to try with execve, in order: `program` itself if it names a path, else
     /// each `PATH` entry of the job's environment (glibc's default without
     /// one) joined with it; an empty entry is the child's cwd.
@@ -323,6 +342,10 @@ pub(crate) struct Child {
     pub(crate) pidfd: Option<OwnedFd>,
     /// How it was made.
     pub(crate) via: Via,
+    /// With [`Command::pid_namespace`]: the read end (non-blocking) of the
+    /// pipe through which the init passes on the program's wait status
+    /// ([`read_init_status`] once the init is reaped).
+    pub(crate) init_status: Option<OwnedFd>,
 }
 
 /// How a child was made.
@@ -504,9 +527,13 @@ fn highest_open_fd() -> RawFd {
 /// cgroup, again without it. Returns whether the child is in the cgroup.
 /// Like fork it returns twice: in the child, the caller may only run
 /// async-signal-safe code until it execs or exits.
-fn clone_child(cgroup: Option<RawFd>, clone3: bool) -> io::Result<(Forked, bool)> {
+fn clone_child(cgroup: Option<RawFd>, clone3: bool, ns: u64) -> io::Result<(Forked, bool)> {
     let mut into = cgroup.filter(|_| into_cgroup_works());
     loop {
+        if (!clone3 || CLONE3.load(Ordering::Relaxed) == CLONE3_MISSING) && ns != 0 {
+            // The init of a PID namespace is made by clone3 only.
+            return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+        }
         if !clone3 || CLONE3.load(Ordering::Relaxed) == CLONE3_MISSING {
             // SAFETY: fork is what std's spawn did; the child only runs
             // async-signal-safe code (see `exec_child`).
@@ -523,7 +550,7 @@ fn clone_child(cgroup: Option<RawFd>, clone3: bool) -> io::Result<(Forked, bool)
         }
         let mut pidfd: RawFd = -1;
         let mut args = CloneArgs {
-            flags: CLONE_PIDFD,
+            flags: CLONE_PIDFD | ns,
             pidfd: &mut pidfd as *mut RawFd as u64,
             exit_signal: libc::SIGCHLD as u64,
             ..CloneArgs::default()
@@ -680,20 +707,49 @@ fn spawn_with(cmd: &mut Command, method: Method) -> io::Result<Child> {
     };
     let cgroup = cmd.cgroup.as_ref().map(|fd| fd.as_raw_fd());
     let pre_exec = cmd.pre_exec.as_ref();
-    let (pid, pidfd, in_cgroup, via) = match spawn_vfork(method, cgroup, &plan, pre_exec) {
-        Some(v) => v,
-        None => {
-            let (forked, in_cgroup) = clone_child(cgroup, method.clone3)?;
-            match forked {
-                Forked::Child => {
-                    // SAFETY: this is the freshly cloned child; exec_child never
-                    // returns and runs only async-signal-safe code on memory the
-                    // parent prepared.
-                    unsafe { exec_child(&plan, pre_exec, ChildCtx { in_cgroup }) }
-                }
-                Forked::Parent(pid, pidfd, via) => (pid, pidfd, in_cgroup, via),
+    let (pid, pidfd, in_cgroup, via, init_status) = if cmd.pid_namespace {
+        let (status_read, status_write) = pipe()?;
+        sys::set_nonblocking(status_read.as_raw_fd())?;
+        // No handler of the server's may run in the init: it inherits this
+        // mask and keeps every signal blocked (it takes them with
+        // rt_sigtimedwait).
+        let blocked = BlockAll::new()?;
+        let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
+        let (forked, in_cgroup) = clone_child(cgroup, true, flags)?;
+        match forked {
+            Forked::Child => {
+                // SAFETY: this is the freshly cloned init (a copy of this
+                // process, every signal blocked); init_main never returns
+                // and runs only async-signal-safe code.
+                unsafe { init::init_main(&plan, pre_exec, in_cgroup, status_write.as_raw_fd()) }
+            }
+            Forked::Parent(pid, pidfd, via) => {
+                drop(blocked);
+                drop(status_write);
+                (pid, pidfd, in_cgroup, via, Some(status_read))
             }
         }
+    } else {
+        let (pid, pidfd, in_cgroup, via) = match spawn_vfork(method, cgroup, &plan, pre_exec) {
+            Some(v) => v,
+            None => {
+                let (forked, in_cgroup) = clone_child(cgroup, method.clone3, 0)?;
+                match forked {
+                    Forked::Child => {
+                        let ctx = ChildCtx {
+                            in_cgroup,
+                            under_init: false,
+                        };
+                        // SAFETY: this is the freshly cloned child; exec_child never
+                        // returns and runs only async-signal-safe code on memory the
+                        // parent prepared.
+                        unsafe { exec_child(&plan, pre_exec, ctx) }
+                    }
+                    Forked::Parent(pid, pidfd, via) => (pid, pidfd, in_cgroup, via),
+                }
+            }
+        };
+        (pid, pidfd, in_cgroup, via, None)
     };
     // The child's ends: closed here, so that the report pipe sees EOF at
     // the exec and the job's pipes at its exit.
@@ -710,6 +766,7 @@ fn spawn_with(cmd: &mut Command, method: Method) -> io::Result<Child> {
             in_cgroup,
             pidfd,
             via,
+            init_status,
         }),
         Ok(Some(errno)) => {
             let _ = sys::reap_blocking(pid);
@@ -768,6 +825,48 @@ fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
         .map(|s| s.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect()
+}
+
+/// `rt_sigprocmask(how, set, old)` of the calling thread, raw: glibc's
+/// wrapper would leave its own two signals (SIGCANCEL, SIGSETXID)
+/// unblocked.
+fn sigmask(how: libc::c_int, set: u64) -> io::Result<u64> {
+    let mut old: u64 = 0;
+    // SAFETY: rt_sigprocmask on two live u64 sigsets of the kernel's size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            how,
+            &set as *const u64,
+            &mut old as *mut u64,
+            std::mem::size_of::<u64>(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(old)
+}
+
+/// Every signal blocked in the calling thread until drop, which restores
+/// the mask it had.
+pub(crate) struct BlockAll {
+    old: u64,
+}
+
+impl BlockAll {
+    pub(crate) fn new() -> io::Result<Self> {
+        Ok(Self {
+            old: sigmask(libc::SIG_SETMASK, !0)?,
+        })
+    }
+}
+
+impl Drop for BlockAll {
+    fn drop(&mut self) {
+        // Cannot fail: a valid `how` and live sets of the kernel's size.
+        let _ = sigmask(libc::SIG_SETMASK, self.old);
+    }
 }
 
 /// The report the child writes when a step fails: its errno, then a tag.

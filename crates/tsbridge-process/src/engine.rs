@@ -39,7 +39,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -497,14 +497,19 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
     let hook = sandbox.as_ref().map(|s| s.prepared.child_hook());
     // A v2 job is created in its cgroup (clone3 CLONE_INTO_CGROUP).
     cmd.cgroup(hook.as_ref().and_then(|h| h.cgroup_v2_dir()));
+    // A PID namespace of its own: the job runs under a tiny init
+    // (docs/design/pid-namespace.md); `pid` below is then the init's.
+    cmd.pid_namespace(sandbox.as_ref().is_some_and(|s| s.policy.pid_namespace));
     let pre_exec = move |ctx: clone::ChildCtx| -> io::Result<()> {
         // SAFETY: prctl with integer arguments; async-signal-safe.
         if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        // tsbridge may have died between fork and prctl: then die now.
+        // tsbridge (or the job's init, pid 1 where the job runs) may have
+        // died between fork and prctl: then die now.
         // (kill, not raise: glibc's raise names the thread by the tid it
         // cached, which a raw clone3 does not update.)
+        let parent = if ctx.under_init { 1 } else { parent };
         // SAFETY: getppid, getpid and kill are async-signal-safe.
         if unsafe { libc::getppid() } != parent {
             // SAFETY: as above.
@@ -518,6 +523,8 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
             // SAFETY: we are in the cloned child between clone and exec,
             // which is the hook's contract; it is async-signal-safe (it only
             // reads data prepared before the clone and makes raw syscalls).
+            Some(h) if ctx.under_init => unsafe { h.apply_under_init(ctx.in_cgroup) }?,
+            // SAFETY: as above.
             Some(h) if ctx.in_cgroup => unsafe { h.apply_in_cgroup() }?,
             // SAFETY: as above.
             Some(h) => unsafe { h.apply() }?,
@@ -559,6 +566,7 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
 
     // Taken at the clone (CLONE_PIDFD; pidfd_open after a fork).
     let pidfd = child.pidfd.take();
+    let init_status = child.init_status.take();
     // From here on the child runs: every failure must still end it.
     let wired = wire(child, output, ipc_parts);
     let (stdout, stderr, stdin_pipe, ipc_link) = match wired {
@@ -669,6 +677,7 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
         results,
         tmpdir,
         monitor,
+        init_status,
     };
     let registration = supervisor::register(&key, control.clone());
     // Open the sweeps before `spawn` returns, not when the supervision task
@@ -1065,6 +1074,9 @@ struct Supervised {
     tmpdir: Option<PathBuf>,
     /// The resource monitor and its interval.
     monitor: Option<(Duration, Monitor)>,
+    /// In a PID namespace of its own, `pid` is the job's init: the pipe
+    /// through which it passes on how the job's main process ended.
+    init_status: Option<OwnedFd>,
 }
 
 /// Where the leader is.
@@ -1314,7 +1326,14 @@ impl Supervised {
 
         let (exit, reaped_at, cpu, maxrss) = match leader {
             Leader::Reaped { r, at } => {
-                (ExitKind::from_status(r.status), at, r.cpu, Some(r.maxrss))
+                // Under an init, the job's own wait status when the init
+                // passed it on (not when it was killed itself).
+                let status = self
+                    .init_status
+                    .as_ref()
+                    .and_then(|fd| clone::read_init_status(fd.as_raw_fd()))
+                    .unwrap_or(r.status);
+                (ExitKind::from_status(status), at, r.cpu, Some(r.maxrss))
             }
             Leader::Running | Leader::Lost => (
                 ExitKind::Signal(libc::SIGKILL),

@@ -681,6 +681,17 @@ pub(crate) fn set_pipe_size(fd: RawFd, bytes: i32) -> io::Result<()> {
     }
 }
 
+/// Sets O_NONBLOCK on an fd.
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd the caller owns, with integer arguments.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Raw fd helper for logging.
 pub(crate) fn raw<T: AsRawFd>(t: &T) -> RawFd {
     t.as_raw_fd()

@@ -207,6 +207,11 @@ pub(crate) struct ChildPlan {
     /// A second Landlock layer, applied after `landlock` (a dynamic uid's
     /// job: it creates nothing but beneath its TMPDIR).
     pub landlock_own: Option<OwnedFd>,
+    /// Rules for paths beneath `/proc` (the path and its rights), added to
+    /// `landlock` by a job under an init of its own
+    /// ([`crate::SandboxPolicy::pid_namespace`]) once its fresh procfs is
+    /// mounted: the rules made for the host's `/proc` do not cover it.
+    pub proc_rules: Vec<(std::ffi::CString, u64)>,
     pub seccomp: Arc<Vec<Program>>,
     pub failure: FailureSlot,
 }
@@ -242,13 +247,17 @@ struct IfreqFlags {
 impl ChildPlan {
     /// Apply the plan to the calling process; `in_cgroup`: the child was
     /// created in the job's v2 directory (`CLONE_INTO_CGROUP`), so it skips
-    /// step 1.
+    /// step 1; `under_init`: the child was forked by the init of a PID
+    /// namespace of its own (`docs/design/pid-namespace.md`), so its parent,
+    /// which the parent-death checks compare against, is that init: pid 1
+    /// as the child sees it, not tsbridge.
     ///
     /// # Safety
     /// Call only in a freshly forked child before exec (it moves the process
     /// into the job's cgroups and restricts it irreversibly). It is
     /// async-signal-safe: it only reads `self` and makes raw syscalls.
-    pub(crate) unsafe fn apply(&self, in_cgroup: bool) -> io::Result<()> {
+    pub(crate) unsafe fn apply(&self, in_cgroup: bool, under_init: bool) -> io::Result<()> {
+        let parent_pid = if under_init { 1 } else { self.parent_pid };
         let fail = |step: ChildStep| {
             let e = errno();
             self.failure.record(step, e);
@@ -303,7 +312,7 @@ impl ChildPlan {
                 return Err(fail(ChildStep::ParentDeathSignal));
             }
             // SAFETY: getppid has no preconditions.
-            if unsafe { libc::getppid() } != self.parent_pid {
+            if unsafe { libc::getppid() } != parent_pid {
                 return Err(fail_with(ChildStep::ParentDeathSignal, libc::ESRCH));
             }
         }
@@ -372,7 +381,7 @@ impl ChildPlan {
         //     a policy with a user always has).
         if let Some(user) = self.user {
             // SAFETY: async-signal-safe raw syscalls on stack data.
-            if let Err(e) = unsafe { switch_user(user, self.parent_pid) } {
+            if let Err(e) = unsafe { switch_user(user, parent_pid) } {
                 return Err(fail_with(ChildStep::SwitchUser, e));
             }
         }
@@ -383,7 +392,16 @@ impl ChildPlan {
             }
         }
 
-        // 7. Landlock (each layer narrows what the ones before allow).
+        // 7. Landlock (each layer narrows what the ones before allow). Under
+        //    an init of its own, first the rules for the fresh /proc.
+        if under_init && let Some(fd) = &self.landlock {
+            for (path, rights) in &self.proc_rules {
+                // SAFETY: raw syscalls on a C string the plan owns.
+                if let Err(e) = unsafe { crate::landlock::add_rule_in_child(fd, path, *rights) } {
+                    return Err(fail_with(ChildStep::Landlock, e));
+                }
+            }
+        }
         for fd in self.landlock.iter().chain(&self.landlock_own) {
             // SAFETY: fd is an open ruleset fd; flags 0.
             let r =

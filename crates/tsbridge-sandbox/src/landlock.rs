@@ -5,9 +5,11 @@
 //! before fork, and the child may do nothing but one syscall; the grade
 //! (which rights the running kernel can handle) is computed here.
 
+use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -371,6 +373,95 @@ fn add_path_rule(ruleset: &OwnedFd, path: &Path, rights: u64) -> Result<bool, Sa
         });
     }
     Ok(true)
+}
+
+/// The rules `fs` has for `/proc` and paths beneath it, as (path, rights):
+/// what a job with a procfs of its own adds on it
+/// ([`add_rule_in_child`]). The system guard's is `/proc` with READ_FILE;
+/// an allow-list's, each listed path beneath `/proc` with the rights of
+/// its list (`/proc/self` then names the job itself).
+pub(crate) fn proc_rules(fs: FsRules<'_>, abi: u32) -> Vec<(CString, u64)> {
+    let under_proc = |p: &Path| p.starts_with("/proc");
+    let rule = |p: &Path, rights: u64| {
+        CString::new(p.as_os_str().as_bytes())
+            .ok()
+            .map(|c| (c, rights))
+    };
+    match fs {
+        FsRules::None => Vec::new(),
+        FsRules::SystemGuard(read_only) => read_only
+            .iter()
+            .filter(|p| under_proc(p))
+            .filter_map(|p| rule(p, READ_FILE & guard_rights(abi)))
+            .collect(),
+        FsRules::Allow(fs) => {
+            let handled = handled_fs(abi);
+            let lists: [(&[PathBuf], u64); 3] =
+                [(&fs.read, READ), (&fs.exec, EXEC), (&fs.write, WRITE)];
+            lists
+                .iter()
+                .flat_map(|(paths, rights)| {
+                    paths
+                        .iter()
+                        .filter(|p| under_proc(p))
+                        .filter_map(move |p| rule(p, rights & handled))
+                })
+                .collect()
+        }
+    }
+}
+
+/// Adds one path-beneath rule for `path` to `ruleset` from a child before
+/// exec (no allocation): a path that does not exist is skipped (that only
+/// takes access away); rights that make no sense on a file are dropped
+/// for one. Returns the errno of what failed.
+///
+/// # Safety
+/// Raw syscalls on a live C string and a stack buffer: async-signal-safe.
+pub(crate) unsafe fn add_rule_in_child(
+    ruleset: &OwnedFd,
+    path: &std::ffi::CStr,
+    rights: u64,
+) -> Result<(), i32> {
+    // SAFETY: open of a live C string.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        let e = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        return if e == libc::ENOENT { Ok(()) } else { Err(e) };
+    }
+    // SAFETY: stat is plain data; fstat writes into the live local.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, on the fd just opened.
+    let is_dir =
+        unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+    let allowed = if is_dir { rights } else { rights & FILE_RIGHTS };
+    let attr = PathBeneathAttr {
+        allowed_access: allowed,
+        parent_fd: fd,
+    };
+    // SAFETY: both fds are open; attr is a live packed struct matching
+    // `struct landlock_path_beneath_attr`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset.as_raw_fd(),
+            RULE_PATH_BENEATH,
+            &attr as *const PathBeneathAttr,
+            0u32,
+        )
+    };
+    let e = io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO);
+    // SAFETY: close of the fd opened above.
+    unsafe { libc::close(fd) };
+    if r != 0 && allowed != 0 {
+        Err(e)
+    } else {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

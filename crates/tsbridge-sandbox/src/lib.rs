@@ -22,6 +22,7 @@ mod landlock;
 pub mod leftovers;
 mod netns;
 pub mod paths;
+mod pidns;
 mod policy;
 mod report;
 mod sandbox;

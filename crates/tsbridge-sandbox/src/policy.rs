@@ -62,6 +62,14 @@ pub struct SandboxPolicy {
     /// ([`crate::leftovers::SHARED_DIRS`]) for the next job with its uid.
     /// `tmpdir` must exist when the sandbox is prepared.
     pub dynamic_tmpdir: Option<PathBuf>,
+    /// Run the job in a PID namespace of its own, under a tiny init of
+    /// tsbridge's (PID 1 there: it forwards signals to the job, reaps
+    /// orphans, passes on the job's exit status or death signal), with a
+    /// `/proc` of its own in a private mount namespace: the job sees its
+    /// own processes only, and nothing of it outlives its main process.
+    /// Needs CAP_SYS_ADMIN ([`crate::Capabilities::pid_ns`]). See
+    /// `docs/design/pid-namespace.md`.
+    pub pid_namespace: bool,
 }
 
 impl SandboxPolicy {
@@ -86,6 +94,7 @@ impl Default for SandboxPolicy {
             parent_death_signal: None,
             user: None,
             dynamic_tmpdir: None,
+            pid_namespace: false,
         }
     }
 }

@@ -74,6 +74,10 @@ pub struct Capabilities {
     pub cpu_usage: bool,
     pub kill: KillMethod,
     pub network_ns: bool,
+    /// A job can get a PID namespace of its own with a fresh `/proc`
+    /// (`clone3(CLONE_NEWPID | CLONE_NEWNS)` and a procfs mount, probed at
+    /// startup: needs CAP_SYS_ADMIN).
+    pub pid_ns: bool,
     pub landlock: LandlockSupport,
     pub seccomp: bool,
     pub no_new_privs: bool,
@@ -160,6 +164,15 @@ impl Capabilities {
                 Enforcement::NotEnforced(format!("{what} unavailable in this kernel"))
             }
         };
+        let pid_namespace = if !policy.pid_namespace {
+            Enforcement::NotRequested
+        } else if self.pid_ns {
+            Enforcement::Enforced
+        } else {
+            Enforcement::NotEnforced(
+                "PID namespaces unavailable (needs CAP_SYS_ADMIN; see tsbridge check)".into(),
+            )
+        };
         EnforcementReport {
             memory: limit(policy.memory.is_some(), self.memory, Controller::Memory),
             cpu: limit(policy.cpu.is_some(), self.cpu, Controller::Cpu),
@@ -169,6 +182,7 @@ impl Capabilities {
             rlimits,
             no_new_privs: flag(policy.no_new_privs, self.no_new_privs, "no_new_privs"),
             seccomp: flag(policy.seccomp, self.seccomp, "seccomp"),
+            pid_namespace,
         }
     }
 }
@@ -196,7 +210,7 @@ impl fmt::Display for Capabilities {
             KillMethod::SignalLoop => "SIGKILL loop over cgroup.procs",
             KillMethod::ProcessGroup => "process group only",
         };
-        let rows: [(&str, String); 10] = [
+        let rows: [(&str, String); 11] = [
             ("cgroups", cg.into()),
             ("memory limit", yes(self.memory).into()),
             ("pids limit", yes(self.pids).into()),
@@ -204,6 +218,7 @@ impl fmt::Display for Capabilities {
             ("cpu usage", yes(self.cpu_usage).into()),
             ("job kill", kill.into()),
             ("network namespace", yes(self.network_ns).into()),
+            ("pid namespace", yes(self.pid_ns).into()),
             ("landlock", ll),
             ("seccomp", yes(self.seccomp).into()),
             ("no_new_privs", yes(self.no_new_privs).into()),
@@ -261,11 +276,13 @@ pub struct EnforcementReport {
     pub rlimits: Enforcement,
     pub no_new_privs: Enforcement,
     pub seccomp: Enforcement,
+    /// A PID namespace and `/proc` of the job's own.
+    pub pid_namespace: Enforcement,
 }
 
 impl EnforcementReport {
     /// Every mechanism with its name.
-    pub fn entries(&self) -> [(&'static str, &Enforcement); 8] {
+    pub fn entries(&self) -> [(&'static str, &Enforcement); 9] {
         [
             ("memory", &self.memory),
             ("cpu", &self.cpu),
@@ -275,6 +292,7 @@ impl EnforcementReport {
             ("rlimits", &self.rlimits),
             ("no_new_privs", &self.no_new_privs),
             ("seccomp", &self.seccomp),
+            ("pid_namespace", &self.pid_namespace),
         ]
     }
 
@@ -317,6 +335,7 @@ mod tests {
             cpu_usage: true,
             kill: KillMethod::Freezer,
             network_ns: false,
+            pid_ns: false,
             landlock: LandlockSupport::Full { abi: 7 },
             seccomp: true,
             no_new_privs: true,

@@ -230,6 +230,13 @@ impl Sandbox {
                 (false, None)
             }
         };
+        let pid_ns = match crate::pidns::probe() {
+            Ok(()) => true,
+            Err(e) => {
+                notes.push(format!("PID namespaces unavailable: {e}"));
+                false
+            }
+        };
         let seccomp_ok = prctl_supported(libc::PR_GET_SECCOMP);
         let (seccomp, seccomp_offline) = if seccomp_ok {
             let base = seccomp::compile()?;
@@ -281,6 +288,7 @@ impl Sandbox {
             cpu_usage,
             kill,
             network_ns,
+            pid_ns,
             landlock: LandlockSupport::from_abi(landlock_abi),
             seccomp: seccomp_ok,
             no_new_privs: prctl_supported(libc::PR_GET_NO_NEW_PRIVS),
@@ -445,8 +453,20 @@ impl Sandbox {
         {
             landlock_own = Some(landlock::create_only_beneath(own, abi)?);
         }
+        // In a PID namespace of its own the job gets a fresh procfs, which no
+        // rule built here covers (rules are bound to the inodes they were
+        // made on, and Landlock skips mount points as it walks up): the job
+        // adds the rules the policy has beneath /proc on the fresh one
+        // before it restricts itself, so its ruleset must be its own, never
+        // the shared system guard's (docs/design/pid-namespace.md).
+        let proc_rules = match self.landlock_abi.and_then(|abi| Some((abi, fs(abi)?))) {
+            Some((abi, fs)) if policy.pid_namespace => landlock::proc_rules(fs, abi),
+            _ => Vec::new(),
+        };
         let landlock = match self.landlock_abi.and_then(|abi| Some((abi, fs(abi)?))) {
-            Some((abi, FsRules::SystemGuard(_))) if !deny_tcp => Some(self.system_guard(abi)?),
+            Some((abi, FsRules::SystemGuard(_))) if !deny_tcp && !policy.pid_namespace => {
+                Some(self.system_guard(abi)?)
+            }
             Some((abi, fs)) => {
                 let rs = landlock::build(fs, deny_tcp, abi)?;
                 tracing::debug!(
@@ -506,6 +526,7 @@ impl Sandbox {
             user: policy.user,
             landlock,
             landlock_own,
+            proc_rules,
             seccomp,
             failure: FailureSlot::new().map_err(|e| SandboxError::Io {
                 what: "mmap of the child failure slot",
@@ -633,7 +654,7 @@ impl ChildHook {
     /// Same contract: only in the forked child, before exec.
     pub unsafe fn apply(&self) -> io::Result<()> {
         // SAFETY: forwarded contract.
-        unsafe { self.plan.apply(false) }
+        unsafe { self.plan.apply(false, false) }
     }
 
     /// The job's cgroup v2 directory (`O_PATH | O_DIRECTORY | O_CLOEXEC`),
@@ -653,7 +674,19 @@ impl ChildHook {
     /// Same contract as [`ChildHook::apply`].
     pub unsafe fn apply_in_cgroup(&self) -> io::Result<()> {
         // SAFETY: forwarded contract.
-        unsafe { self.plan.apply(true) }
+        unsafe { self.plan.apply(true, false) }
+    }
+
+    /// [`ChildHook::apply`] (or, `in_cgroup`, [`ChildHook::apply_in_cgroup`])
+    /// for a job forked by the init of a PID namespace of its own
+    /// ([`crate::SandboxPolicy::pid_namespace`]): its parent is that init,
+    /// pid 1 in its namespace, which the parent-death checks then expect.
+    ///
+    /// # Safety
+    /// Same contract as [`ChildHook::apply`].
+    pub unsafe fn apply_under_init(&self, in_cgroup: bool) -> io::Result<()> {
+        // SAFETY: forwarded contract.
+        unsafe { self.plan.apply(in_cgroup, true) }
     }
 }
 
@@ -671,7 +704,7 @@ impl PreparedSandbox {
     /// returns the errno; [`PreparedSandbox::take_child_failure`] then tells which step failed.
     pub unsafe fn apply_in_child(&self) -> io::Result<()> {
         // SAFETY: forwarded contract.
-        unsafe { self.plan.apply(false) }
+        unsafe { self.plan.apply(false, false) }
     }
 
     /// A cloneable `'static` handle for `pre_exec`:

@@ -187,48 +187,6 @@ unsafe fn default_handlers() -> Result<(), i32> {
     Ok(())
 }
 
-/// `rt_sigprocmask(how, set, old)` of the calling thread, raw: glibc's
-/// wrapper would leave its own two signals (SIGCANCEL, SIGSETXID)
-/// unblocked.
-fn sigmask(how: libc::c_int, set: u64) -> io::Result<u64> {
-    let mut old: u64 = 0;
-    // SAFETY: rt_sigprocmask on two live u64 sigsets of the kernel's size.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            how,
-            &set as *const u64,
-            &mut old as *mut u64,
-            std::mem::size_of::<u64>(),
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(old)
-}
-
-/// Every signal blocked in the calling thread until drop, which restores
-/// the mask it had.
-struct BlockAll {
-    old: u64,
-}
-
-impl BlockAll {
-    fn new() -> io::Result<Self> {
-        Ok(Self {
-            old: sigmask(libc::SIG_SETMASK, !0)?,
-        })
-    }
-}
-
-impl Drop for BlockAll {
-    fn drop(&mut self) {
-        // Cannot fail: a valid `how` and live sets of the kernel's size.
-        let _ = sigmask(libc::SIG_SETMASK, self.old);
-    }
-}
-
 /// A vfork-style child: its pid, its pidfd, and whether it was created in
 /// the cgroup.
 pub(super) struct Spawned {
@@ -267,13 +225,14 @@ pub(super) fn spawn(
             pre_exec,
             ctx: ChildCtx {
                 in_cgroup: into.is_some(),
+                under_init: false,
             },
         };
         // No handler of ours may run in the child: every signal stays
         // blocked from before the clone until the child has reset the
         // handlers (it inherits this mask), and in this thread until the
         // child has exec'd.
-        let blocked = BlockAll::new()?;
+        let blocked = super::BlockAll::new()?;
         // SAFETY: `args` is a live clone_args with a stack of our own,
         // unused by anyone else while this thread is suspended; `entry`
         // lives in this frame until the call returns, which is after the

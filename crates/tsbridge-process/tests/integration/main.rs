@@ -23,6 +23,7 @@ mod long_line;
 mod normal_exit_leftovers;
 mod parent_death;
 mod parent_death_watchdog;
+mod pid_namespace;
 mod resource_monitor;
 mod retry_no_overlap;
 mod sandbox_cgroup;

@@ -1,0 +1,330 @@
+//! `SandboxPolicy::pid_namespace`: the job runs in a PID namespace of its
+//! own under tsbridge's tiny init, with a `/proc` of its own
+//! (docs/design/pid-namespace.md). It sees its own processes only; signals
+//! reach it as before; its exit status and death signal pass through the
+//! init unchanged; nothing it starts outlives it; the pids limit still ends
+//! a fork bomb. Each test compares with the same job without the namespace
+//! where that is what proves the point. Skipped (with a message) on hosts
+//! where tsbridge cannot make PID namespaces (not root).
+
+use crate::common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tsbridge_process::{ExitKind, JobSpecBuilder, Outcome, SandboxAttachment, run, spawn};
+use tsbridge_proto::EndReason;
+use tsbridge_sandbox::{Sandbox, SandboxConfig, SandboxPolicy};
+
+fn sandbox(name: &str) -> Option<Sandbox> {
+    sandbox_with(name, true)
+}
+
+/// `cgroups`: false for a sandbox without cgroups (nothing but the PID
+/// namespace then ends what a job leaves behind).
+fn sandbox_with(name: &str, cgroups: bool) -> Option<Sandbox> {
+    let cfg = SandboxConfig {
+        cgroup_parent_name: format!("tsb-pidns-{name}-{}", std::process::id()),
+        use_cgroups: cgroups,
+        ..SandboxConfig::default()
+    };
+    match Sandbox::new(cfg) {
+        Ok(s) if s.capabilities().pid_ns => Some(s),
+        Ok(s) => {
+            eprintln!("SKIP: no PID namespaces: {:?}", s.capabilities().notes);
+            let _ = s.remove_parent();
+            None
+        }
+        Err(e) => {
+            eprintln!("SKIP: sandbox unavailable: {e}");
+            None
+        }
+    }
+}
+
+fn attach(sb: &Sandbox, key: &str, policy: SandboxPolicy) -> SandboxAttachment {
+    let prepared = sb.prepare(key, &policy).expect("prepare");
+    SandboxAttachment {
+        prepared: Arc::new(prepared),
+        policy: Arc::new(policy),
+    }
+}
+
+fn pidns(on: bool) -> SandboxPolicy {
+    SandboxPolicy {
+        pid_namespace: on,
+        ..SandboxPolicy::default()
+    }
+}
+
+/// Runs `spec` with a fresh sandbox of `policy` (key `key`).
+async fn run_in(sb: &Sandbox, key: &str, policy: SandboxPolicy, spec: JobSpecBuilder) -> Outcome {
+    let a = attach(sb, key, policy);
+    let spec = spec
+        .sandbox(Some(a))
+        .timeout(Some(Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    run(spec).await.unwrap()
+}
+
+fn sh(script: &str) -> JobSpecBuilder {
+    tsbridge_process::JobSpec::builder("/bin/sh")
+        .args(["-c", script])
+        .envs(common::base_env())
+}
+
+fn bash(script: &str) -> JobSpecBuilder {
+    tsbridge_process::JobSpec::builder("/bin/bash")
+        .args(["-c", script])
+        .envs(common::base_env())
+}
+
+/// Live host pids whose command line contains `marker`.
+fn with_marker(marker: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if !common::alive(pid) {
+            continue;
+        }
+        if let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline"))
+            && String::from_utf8_lossy(&c).contains(marker)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A process the test starts outside any job, killed on drop.
+struct Outside(std::process::Child);
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn outside_sleep(marker: &str) -> Outside {
+    // `sleep 1000 <marker>` would fail on the extra operand: exec -a sets
+    // argv[0] instead, which /proc/<pid>/cmdline shows.
+    let child = std::process::Command::new("/bin/bash")
+        .args(["-c", &format!("exec -a 'sleep-{marker}' sleep 1000")])
+        .spawn()
+        .unwrap();
+    Outside(child)
+}
+
+fn result(o: &Outcome) -> serde_json::Value {
+    o.result.clone().unwrap_or_else(|| {
+        panic!(
+            "no result: {o:?} {}",
+            String::from_utf8_lossy(&o.stderr.head)
+        )
+    })
+}
+
+/// The hostile probe lists /proc and reads every command line, looking for
+/// a `sleep` the test started outside and another job's command line. In
+/// its own PID namespace it finds neither and sees only its own few pids
+/// (its init, itself, and node's own); without the namespace it finds both.
+/// It also reads /proc/self/status and lists /proc/self/fd under the
+/// default sandbox's Landlock domain (the fresh procfs is readable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_sees_only_its_own_processes() {
+    let Some(sb) = sandbox("probe") else { return };
+    let m = format!("pidns-marker-{}", std::process::id());
+    let outside = outside_sleep(&format!("{m}-outside"));
+    // Another job (no namespace) with the second marker in its argv.
+    let other = attach(&sb, "other", pidns(false));
+    let other_job = spawn(
+        bash(&format!("exec -a 'sleep-{m}-job' sleep 1000"))
+            .sandbox(Some(other))
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let wanted = [format!("{m}-outside"), format!("{m}-job")];
+    assert!(
+        common::eventually(Duration::from_secs(30), || wanted
+            .iter()
+            .all(|w| !with_marker(w).is_empty()))
+        .await,
+        "the two sleeps never showed up"
+    );
+
+    let reversed = wanted.iter().map(|w| w.chars().rev().collect::<String>());
+    let reversed: Vec<String> = reversed.collect();
+    let probe = || common::node_fixture("pidns-probe.js").args(reversed.clone());
+    let inside = run_in(&sb, "inside", pidns(true), probe()).await;
+    assert!(inside.success(), "{inside:?}");
+    let v = result(&inside);
+    assert_eq!(v["found"][&wanted[0]], false, "{v}");
+    assert_eq!(v["found"][&wanted[1]], false, "{v}");
+    let pids: Vec<i64> = v["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_i64().unwrap())
+        .collect();
+    assert_eq!(pids, vec![1, 2], "its init and itself only: {v}");
+    // The init is a copy of the engine's process, but does not show its
+    // command line.
+    assert_eq!(v["cmdlines"][0], "1: tsbridge-init", "{v}");
+    assert_eq!(v["self_status"], true, "{v}");
+    assert!(v["self_fds"].as_i64().unwrap() >= 3, "{v}");
+
+    let host = run_in(&sb, "host", pidns(false), probe()).await;
+    assert!(host.success(), "{host:?}");
+    let v = result(&host);
+    assert_eq!(v["found"][&wanted[0]], true, "{v}");
+    assert_eq!(v["found"][&wanted[1]], true, "{v}");
+
+    other_job.control().cancel();
+    let _ = other_job.wait().await;
+    drop(outside);
+    sb.remove_parent().expect("parent cgroup removed");
+}
+
+/// Exit code and death signal pass through the init unchanged: exit 3 is
+/// 3, a job that SIGKILLs itself died of signal 9 (not code 137), a
+/// SIGSEGV is a SIGSEGV.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_status_and_death_signal_pass_through() {
+    let Some(sb) = sandbox("exit") else { return };
+    let o = run_in(&sb, "exit3", pidns(true), sh("exit 3")).await;
+    assert_eq!(o.exit, ExitKind::Code(3), "{o:?}");
+    assert_eq!(o.reason, EndReason::Exited);
+    let o = run_in(&sb, "kill9", pidns(true), sh("kill -9 $$")).await;
+    assert_eq!(o.exit, ExitKind::Signal(libc::SIGKILL), "{o:?}");
+    assert_eq!(o.reason, EndReason::Signaled);
+    let spec = tsbridge_process::JobSpec::builder("/bin/sh")
+        .arg(common::fixture("die-by-signal.sh"))
+        .envs(common::base_env());
+    let o = run_in(&sb, "segv", pidns(true), spec).await;
+    assert_eq!(o.exit, ExitKind::Signal(libc::SIGSEGV), "{o:?}");
+    let o = run_in(&sb, "exit0", pidns(true), sh("echo 'RESULT: {\"ok\":1}'")).await;
+    assert!(o.success(), "{o:?}");
+    assert_eq!(o.result, Some(serde_json::json!({"ok": 1})));
+    sb.remove_parent().expect("parent cgroup removed");
+}
+
+/// A Node job without a SIGTERM handler dies of the SIGTERM of a timeout
+/// (the init, PID 1 of the namespace, would ignore it, but the job is not
+/// PID 1): signal 15, reason timeout. A job with a handler cleans up within
+/// the grace and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_reaches_the_job() {
+    let Some(sb) = sandbox("term") else { return };
+    // No handler: prints its pid (2: the init is 1) and waits.
+    let spec = tsbridge_process::JobSpec::builder(common::node())
+        .args([
+            "-e",
+            "console.log(process.pid); setInterval(() => {}, 1000)",
+        ])
+        .envs(common::base_env())
+        .timeout(Some(Duration::from_secs(2)))
+        .kill_grace(Duration::from_secs(30));
+    let a = attach(&sb, "hang", pidns(true));
+    let o = run(spec.sandbox(Some(a)).build().unwrap()).await.unwrap();
+    assert_eq!(o.reason, EndReason::Timeout, "{o:?}");
+    assert_eq!(o.exit, ExitKind::Signal(libc::SIGTERM), "{o:?}");
+    assert!(
+        o.wall < Duration::from_secs(25),
+        "SIGKILL after the grace: {o:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout.head).trim(), "2", "{o:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cleaned");
+    let a = attach(&sb, "cleanup", pidns(true));
+    let spec = common::node_fixture("term-cleanup.js")
+        .arg(&file)
+        .kill_grace(Duration::from_secs(30))
+        .sandbox(Some(a))
+        .build()
+        .unwrap();
+    let mut p = spawn(spec).await.unwrap();
+    let mut events = p.take_events().unwrap();
+    while let Some(ev) = events.recv().await {
+        if format!("{ev:?}").contains("READY") {
+            break;
+        }
+    }
+    p.control().cancel();
+    let o = p.wait().await;
+    assert_eq!(o.reason, EndReason::Cancelled, "{o:?}");
+    assert_eq!(o.exit, ExitKind::Code(0), "{o:?}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "cleaned by 2");
+    sb.remove_parent().expect("parent cgroup removed");
+}
+
+/// A job that leaves a daemon behind (setsid, double fork, an environment
+/// without tsbridge's marker: nothing the engine's tracker could find
+/// without a subreaper, and no cgroup here) leaves nothing once it has
+/// ended in its own namespace; without the namespace the daemon survives
+/// (killed here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_does_not_outlive_the_job() {
+    let Some(sb) = sandbox_with("daemon", false) else {
+        return;
+    };
+    let m = format!("pidns-daemon-{}", std::process::id());
+    let script = |tag: &str| {
+        format!(
+            "setsid sh -c 'exec env -i /bin/bash -c \"exec -a sleep-{m}-{tag} sleep 1000\" &' </dev/null >/dev/null 2>&1; exit 0"
+        )
+    };
+    let o = run_in(&sb, "daemon-in", pidns(true), sh(&script("in"))).await;
+    assert_eq!(o.exit, ExitKind::Code(0), "{o:?}");
+    // The kernel ended the namespace before the init could be reaped.
+    let left = with_marker(&format!("{m}-in"));
+    assert!(left.is_empty(), "survived the job: {left:?}");
+
+    let o = run_in(&sb, "daemon-out", pidns(false), sh(&script("out"))).await;
+    assert_eq!(o.exit, ExitKind::Code(0), "{o:?}");
+    let mut left = Vec::new();
+    common::eventually(Duration::from_secs(30), || {
+        left = with_marker(&format!("{m}-out"));
+        !left.is_empty()
+    })
+    .await;
+    for p in &left {
+        // SAFETY: kill with plain integers (the test's own leftover).
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    assert!(
+        !left.is_empty(),
+        "without the namespace the daemon survives"
+    );
+    sb.remove_parent().expect("parent cgroup removed");
+}
+
+/// The pids limit still ends a fork bomb, reported as the pids limit (the
+/// bomb's shell, pid 2 in its namespace, exits once it cannot fork), and
+/// nothing of it is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pids_limit_ends_a_fork_bomb() {
+    let Some(sb) = sandbox("bomb") else { return };
+    if !sb.capabilities().pids {
+        eprintln!("SKIP: no pids controller");
+        return;
+    }
+    let m = format!("pidns-bomb-{}", std::process::id());
+    let policy = SandboxPolicy {
+        pids: Some(32),
+        ..pidns(true)
+    };
+    let bomb = format!("echo $$; while :; do /bin/bash -c 'exec -a sleep-{m} sleep 1000' & done");
+    let o = run_in(&sb, "bomb", policy, sh(&bomb)).await;
+    assert_eq!(o.reason, EndReason::PidsLimit, "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout.head).trim(), "2", "{o:?}");
+    let left = with_marker(&m);
+    assert!(left.is_empty(), "survived the job: {left:?}");
+    sb.remove_parent().expect("parent cgroup removed");
+}

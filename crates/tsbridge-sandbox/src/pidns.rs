@@ -1,0 +1,92 @@
+//! PID namespaces: whether this host lets tsbridge give a job one of its
+//! own with a fresh `/proc` (the probe behind [`crate::Capabilities::pid_ns`]).
+//! The namespace itself is made by the process engine's spawn
+//! (`tsbridge-process`, `clone/init.rs`); see `docs/design/pid-namespace.md`.
+
+use std::io;
+
+/// Exit codes of the probe's child, one per step that failed.
+const FAILED_PRIVATE: i32 = 10;
+const FAILED_PROC: i32 = 11;
+
+/// Clones a child into a new PID and mount namespace, as a job's init is
+/// made, and has it do what the init does first: make its mount tree
+/// private and mount a procfs on `/proc`. `Ok` when all of it works.
+pub(crate) fn probe() -> io::Result<()> {
+    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: a fork-like clone (no CLONE_VM, no stack: the child runs on
+    // its copy of this thread's stack). The child only makes raw syscalls
+    // with constant arguments and `_exit`s: async-signal-safe, no
+    // allocation, no lock.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above; mount with static C strings.
+        unsafe {
+            if libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                libc::_exit(FAILED_PRIVATE);
+            }
+            if libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ) != 0
+            {
+                libc::_exit(FAILED_PROC);
+            }
+            libc::_exit(0)
+        }
+    }
+    let pid = pid as libc::pid_t;
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid of our own child into a live local.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+        (true, 0) => Ok(()),
+        (true, FAILED_PRIVATE) => Err(io::Error::other(
+            "cannot make the mount tree private in a new mount namespace",
+        )),
+        (true, FAILED_PROC) => Err(io::Error::other(
+            "cannot mount a procfs in a new PID namespace",
+        )),
+        _ => Err(io::Error::other(format!(
+            "the probe's child ended with wait status {status:#x}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As root (this test host), the probe succeeds; without privilege it
+    /// says EPERM, never anything else.
+    #[test]
+    fn the_probe_works_as_root_and_says_eperm_otherwise() {
+        match probe() {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => eprintln!("no privilege: skipped"),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+}
