@@ -499,7 +499,7 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
     cmd.cgroup(hook.as_ref().and_then(|h| h.cgroup_v2_dir()));
     // A PID namespace of its own: the job runs under a tiny init
     // (docs/design/pid-namespace.md); `pid` below is then the init's.
-    cmd.pid_namespace(sandbox.as_ref().is_some_and(|s| s.policy.pid_namespace));
+    cmd.pid_namespace(sandbox.as_ref().is_some_and(|s| s.prepared.pid_namespace()));
     let pre_exec = move |ctx: clone::ChildCtx| -> io::Result<()> {
         // SAFETY: prctl with integer arguments; async-signal-safe.
         if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {

@@ -32,6 +32,10 @@ pub struct Isolation {
     /// `"full"`, `"partial"` or `"none"`.
     pub landlock: String,
     pub seccomp: bool,
+    /// A job can run in a PID namespace of its own with a `/proc` of its
+    /// own (`limits.pid_namespace`).
+    #[serde(default)]
+    pub pid_namespace: bool,
 }
 
 /// One configured workflow, as `GET /v1/workflows` lists it.

@@ -602,6 +602,7 @@ fn isolation(sandbox: Option<&Sandbox>) -> Isolation {
         }
         .into(),
         seccomp: c.seccomp,
+        pid_namespace: c.pid_ns,
     }
 }
 

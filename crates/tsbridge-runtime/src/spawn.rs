@@ -454,6 +454,7 @@ pub(crate) fn policy_for_user(
         pids: l.pids,
         network: l.network.unwrap_or(true),
         unix_sockets: l.unix_sockets,
+        pid_namespace: l.pid_namespace,
         fs,
         rlimits: Rlimits {
             nofile: Some(l.open_files.unwrap_or(DEFAULT_OPEN_FILES)),

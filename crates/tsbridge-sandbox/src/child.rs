@@ -212,6 +212,9 @@ pub(crate) struct ChildPlan {
     /// ([`crate::SandboxPolicy::pid_namespace`]) once its fresh procfs is
     /// mounted: the rules made for the host's `/proc` do not cover it.
     pub proc_rules: Vec<(std::ffi::CString, u64)>,
+    /// The job runs under an init in a PID namespace of its own (its
+    /// policy asks for it and the host can).
+    pub pid_namespace: bool,
     pub seccomp: Arc<Vec<Program>>,
     pub failure: FailureSlot,
 }

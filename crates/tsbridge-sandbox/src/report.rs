@@ -393,6 +393,32 @@ mod tests {
         assert!(!r.is_complete());
     }
 
+    /// A PID namespace asked for where the host cannot make one is a
+    /// shortfall named `pid_namespace` (a workflow that asks for it is then
+    /// unavailable unless degraded); where it can, it is enforced; not
+    /// asked for, it is not requested.
+    #[test]
+    fn pid_namespace_is_graded() {
+        let p = SandboxPolicy {
+            pid_namespace: true,
+            ..SandboxPolicy::default()
+        };
+        let r = caps().predict(&p);
+        assert!(matches!(r.pid_namespace, Enforcement::NotEnforced(_)));
+        let names: Vec<_> = r.shortfalls().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, vec!["pid_namespace"]);
+        let c = Capabilities {
+            pid_ns: true,
+            ..caps()
+        };
+        assert_eq!(c.predict(&p).pid_namespace, Enforcement::Enforced);
+        assert_eq!(
+            c.predict(&SandboxPolicy::default()).pid_namespace,
+            Enforcement::NotRequested
+        );
+        assert!(c.to_string().contains("pid namespace      yes"), "{c}");
+    }
+
     #[test]
     fn capabilities_serialize_snake_case_and_print_a_table() {
         let c = caps();

@@ -459,12 +459,15 @@ impl Sandbox {
         // adds the rules the policy has beneath /proc on the fresh one
         // before it restricts itself, so its ruleset must be its own, never
         // the shared system guard's (docs/design/pid-namespace.md).
+        // Only where this host can (else, with `degraded`, the job runs
+        // without: the report says so).
+        let pid_namespace = policy.pid_namespace && self.caps.pid_ns;
         let proc_rules = match self.landlock_abi.and_then(|abi| Some((abi, fs(abi)?))) {
-            Some((abi, fs)) if policy.pid_namespace => landlock::proc_rules(fs, abi),
+            Some((abi, fs)) if pid_namespace => landlock::proc_rules(fs, abi),
             _ => Vec::new(),
         };
         let landlock = match self.landlock_abi.and_then(|abi| Some((abi, fs(abi)?))) {
-            Some((abi, FsRules::SystemGuard(_))) if !deny_tcp && !policy.pid_namespace => {
+            Some((abi, FsRules::SystemGuard(_))) if !deny_tcp && !pid_namespace => {
                 Some(self.system_guard(abi)?)
             }
             Some((abi, fs)) => {
@@ -527,6 +530,7 @@ impl Sandbox {
             landlock,
             landlock_own,
             proc_rules,
+            pid_namespace,
             seccomp,
             failure: FailureSlot::new().map_err(|e| SandboxError::Io {
                 what: "mmap of the child failure slot",
@@ -733,6 +737,13 @@ impl PreparedSandbox {
     /// is dropped, after its cgroup was emptied and removed.
     pub fn hold_lease(&mut self, lease: crate::dynamic::UidLease) {
         self.lease = Some(lease);
+    }
+
+    /// Whether the job is to run in a PID namespace of its own: its policy
+    /// asks for it and this host can make one (else, run `degraded`, it
+    /// runs without, and [`Self::report`] says so).
+    pub fn pid_namespace(&self) -> bool {
+        self.plan.pid_namespace
     }
 
     /// What this job's sandbox enforces.

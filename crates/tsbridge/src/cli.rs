@@ -82,8 +82,14 @@ pub struct RunArgs {
     /// UDP only, none of the host's socket files.
     #[arg(long)]
     pub no_unix_sockets: bool,
+    /// Run the job in a PID namespace of its own, under a tiny init, with a
+    /// /proc that shows its own processes only (nothing of the host's, no
+    /// other job's command line); nothing it starts outlives it. Needs
+    /// CAP_SYS_ADMIN (see `tsbridge check`).
+    #[arg(long)]
+    pub pid_namespace: bool,
     /// Run even where this host cannot fully enforce the limits asked for
-    /// (`--memory`, `--cpu`, `--pids`, `--no-network`, `--read`/`--write`):
+    /// (`--memory`, `--cpu`, `--pids`, `--no-network`, `--pid-namespace`, `--read`/`--write`):
     /// they are then best effort, and each shortfall is logged. Without it
     /// `run` refuses to start the job, as `serve` makes such a workflow
     /// unavailable unless its config says `degraded = true`.

@@ -543,6 +543,7 @@ fn sandbox_for(
         && args.pids.is_none()
         && !args.no_network
         && !args.no_unix_sockets
+        && !args.pid_namespace
         && !wants_fs
         && user.is_none()
     {
@@ -566,6 +567,7 @@ fn sandbox_for(
         pids: args.pids,
         network: !args.no_network,
         unix_sockets: args.no_unix_sockets.then_some(false),
+        pid_namespace: args.pid_namespace,
         fs,
         user,
         ..SandboxPolicy::default()

@@ -18,7 +18,8 @@
 //!    own process group, the pre-exec step with [`ChildCtx::under_init`])
 //!    and execs;
 //! 6. closes every fd but the status pipe's write end (it holds a copy of
-//!    the server's fd table: the job's pipes, the report pipe, listeners);
+//!    the server's fd table: the job's pipes, the report pipe, listeners),
+//!    and unmaps the server's writable memory ([`shed_memory`]);
 //! 7. loops: SIGCHLD reaps every child (`waitpid(-1)`: it is the
 //!    namespace's init, everything it can wait for is the job's); any other
 //!    signal is forwarded to the job's process group (to the job itself
@@ -80,19 +81,33 @@ pub(super) unsafe fn init_main(
     status: RawFd,
 ) -> ! {
     // SAFETY: forwarded contract.
-    let job = match unsafe { start(plan, pre_exec, in_cgroup, status) } {
-        Ok(job) => job,
+    let started = match unsafe { start(plan, pre_exec, in_cgroup, status) } {
+        Ok(s) => s,
         // SAFETY: forwarded contract.
         Err(errno) => unsafe { super::report_and_exit(plan.report, errno) },
     };
+    // Before the fds are closed: the engine's spawn returns once the
+    // init's copy of the report pipe is, and the init has shed the
+    // server's memory by then.
+    let seal = plan.seal;
+    // SAFETY: forwarded contract; only `close_all_but` and `supervise` run
+    // after it.
+    unsafe { shed_memory(started.args) };
     // SAFETY: forwarded contract.
-    unsafe { close_all_but(status, plan.seal) };
+    unsafe { close_all_but(status, seal) };
     // SAFETY: forwarded contract.
-    unsafe { supervise(job, status) }
+    unsafe { supervise(started.job, status) }
 }
 
-/// Steps 1 to 5: the job's pid (as the init sees it) or the errno of the
-/// step that failed.
+/// What [`start`] leaves the rest of the init.
+struct Started {
+    /// The job's pid, as the init sees it.
+    job: libc::pid_t,
+    /// The address of the init's command line (kept by [`shed_memory`]).
+    args: Option<usize>,
+}
+
+/// Steps 1 to 5, or the errno of the step that failed.
 ///
 /// # Safety
 /// See [`init_main`].
@@ -101,7 +116,7 @@ unsafe fn start(
     pre_exec: Option<&PreExec>,
     in_cgroup: bool,
     status: RawFd,
-) -> Result<libc::pid_t, i32> {
+) -> Result<Started, i32> {
     // SAFETY: raw syscalls on stack data.
     unsafe { default_handlers() };
     // SAFETY: plain prctl with integer arguments.
@@ -131,7 +146,7 @@ unsafe fn start(
         libc::prctl(libc::PR_SET_NAME, INIT_NAME.as_ptr(), 0, 0, 0);
     }
     // SAFETY: forwarded contract.
-    unsafe { set_cmdline() };
+    let args = unsafe { set_cmdline() };
     // SAFETY: setpgid on ourselves with constant arguments.
     if unsafe { libc::setpgid(0, 0) } != 0 {
         return Err(super::errno());
@@ -175,7 +190,10 @@ unsafe fn start(
             // the first clone.
             unsafe { super::exec_child(plan, pre_exec, ctx) }
         }
-        p if p > 0 => Ok(p as libc::pid_t),
+        p if p > 0 => Ok(Started {
+            job: p as libc::pid_t,
+            args,
+        }),
         _ => Err(super::errno()),
     }
 }
@@ -185,12 +203,13 @@ unsafe fn start(
 /// [`INIT_NAME`], NUL-padded: its bounds are fields 48 and 49 of
 /// `/proc/self/stat` (the fresh procfs: the init is mounted there). Best
 /// effort: the init runs the same without it. (`PR_SET_MM` would move the
-/// bounds instead, but needs CAP_SYS_RESOURCE.)
+/// bounds instead, but needs CAP_SYS_RESOURCE.) Returns the address of the
+/// command line once it is the init's.
 ///
 /// # Safety
 /// See [`init_main`]; the range is the init's own copy of the server's
 /// argument strings, which nothing reads in the init.
-unsafe fn set_cmdline() {
+unsafe fn set_cmdline() -> Option<usize> {
     let mut buf = [0u8; 1024];
     // SAFETY: open of a static C string, read into a live stack buffer,
     // close of the fd opened.
@@ -200,21 +219,17 @@ unsafe fn set_cmdline() {
             libc::O_RDONLY | libc::O_CLOEXEC,
         );
         if fd < 0 {
-            return;
+            return None;
         }
         let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
         libc::close(fd);
         n
     };
-    let Some(stat) = usize::try_from(n).ok().and_then(|n| buf.get(..n)) else {
-        return;
-    };
-    let Some((start, end)) = arg_bounds(stat) else {
-        return;
-    };
+    let stat = usize::try_from(n).ok().and_then(|n| buf.get(..n))?;
+    let (start, end) = arg_bounds(stat)?;
     let name = INIT_NAME.to_bytes_with_nul();
     if end <= start || end - start < name.len() {
-        return;
+        return None;
     }
     for i in 0..end - start {
         let b = name.get(i).copied().unwrap_or(0);
@@ -222,6 +237,7 @@ unsafe fn set_cmdline() {
         // writable: the main thread's stack), see the contract.
         unsafe { std::ptr::write_volatile((start + i) as *mut u8, b) };
     }
+    Some(start)
 }
 
 /// `arg_start` and `arg_end` (fields 48 and 49) of a `/proc/<pid>/stat`
@@ -275,7 +291,8 @@ unsafe fn default_handlers() {
     }
 }
 
-/// Closes every fd but `keep`.
+/// Closes every fd but `keep` (raw syscalls: it runs after
+/// [`shed_memory`]).
 ///
 /// # Safety
 /// See [`init_main`].
@@ -288,7 +305,8 @@ unsafe fn close_all_but(keep: RawFd, seal: super::FdSeal) {
     for (first, last) in ranges {
         let Some(last) = last else { continue };
         // SAFETY: close_range with plain integers.
-        let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+        let r =
+            unsafe { raw::syscall4(libc::SYS_close_range, first as usize, last as usize, 0, 0) };
         if r == 0 {
             continue;
         }
@@ -298,29 +316,31 @@ unsafe fn close_all_but(keep: RawFd, seal: super::FdSeal) {
         };
         for fd in first..=last.min(top) {
             // SAFETY: close of a plain fd number (EBADF when not open).
-            unsafe { libc::close(fd as RawFd) };
+            unsafe { raw::syscall4(libc::SYS_close, fd as usize, 0, 0, 0) };
         }
     }
 }
 
 /// Step 7: forwards signals and reaps until the job's main process is
-/// reaped, then reports its wait status and exits.
+/// reaped, then reports its wait status and exits. Raw syscalls only
+/// ([`raw`]): after [`shed_memory`] nothing but the stack, the thread's
+/// TLS and the read-only mappings are left.
 ///
 /// # Safety
 /// See [`init_main`].
 unsafe fn supervise(job: libc::pid_t, status: RawFd) -> ! {
     let set: u64 = ALL_SIGNALS;
+    // SAFETY: siginfo_t is plain data; zeroed is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     loop {
-        // SAFETY: siginfo_t is plain data; zeroed is a valid value.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: rt_sigtimedwait on a live set of the kernel's size, a
         // live siginfo, no timeout (waits for one).
         let sig = unsafe {
-            libc::syscall(
+            raw::syscall4(
                 libc::SYS_rt_sigtimedwait,
-                &set as *const u64,
-                &mut info as *mut libc::siginfo_t,
-                std::ptr::null::<libc::timespec>(),
+                &set as *const u64 as usize,
+                &mut info as *mut libc::siginfo_t as usize,
+                0,
                 SIGSET_SIZE,
             )
         };
@@ -338,8 +358,8 @@ unsafe fn supervise(job: libc::pid_t, status: RawFd) -> ! {
             // SAFETY: kill with plain integers: the job's group, or the job
             // itself before it has made one (ESRCH).
             unsafe {
-                if libc::kill(-job, sig) != 0 {
-                    libc::kill(job, sig);
+                if raw::syscall4(libc::SYS_kill, (-job) as usize, sig as usize, 0, 0) != 0 {
+                    raw::syscall4(libc::SYS_kill, job as usize, sig as usize, 0, 0);
                 }
             }
         }
@@ -353,13 +373,22 @@ unsafe fn supervise(job: libc::pid_t, status: RawFd) -> ! {
 unsafe fn reap_all(job: libc::pid_t) -> Option<i32> {
     let mut job_status = None;
     loop {
-        let mut st = 0;
-        // SAFETY: waitpid into a live local; __WALL: clone children too.
-        let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG | libc::__WALL) };
+        let mut st: libc::c_int = 0;
+        // SAFETY: wait4 into a live local, no rusage; __WALL: clone
+        // children too.
+        let r = unsafe {
+            raw::syscall4(
+                libc::SYS_wait4,
+                -1isize as usize,
+                &mut st as *mut libc::c_int as usize,
+                (libc::WNOHANG | libc::__WALL) as usize,
+                0,
+            )
+        };
         if r <= 0 {
             return job_status;
         }
-        if r == job {
+        if r == job as isize {
             job_status = Some(st);
         }
     }
@@ -371,19 +400,227 @@ unsafe fn reap_all(job: libc::pid_t) -> Option<i32> {
 /// # Safety
 /// See [`init_main`].
 unsafe fn report_and_exit(status: RawFd, st: i32) -> ! {
-    let mut rec = [0u8; 8];
-    rec[..4].copy_from_slice(&st.to_be_bytes());
-    rec[4..].copy_from_slice(&STATUS_TAG);
+    let [a, b, c, d] = st.to_be_bytes();
+    let [e, f, g, h] = STATUS_TAG;
+    let rec = [a, b, c, d, e, f, g, h];
     let code = if libc::WIFSIGNALED(st) {
         128 + libc::WTERMSIG(st)
     } else {
         libc::WEXITSTATUS(st)
     };
     // SAFETY: write of a live stack buffer (EPIPE, not SIGPIPE, when the
-    // engine is gone: every signal is blocked), then _exit.
+    // engine is gone: every signal is blocked), then exit_group.
     unsafe {
-        libc::write(status, rec.as_ptr().cast(), rec.len());
-        libc::_exit(code)
+        raw::syscall4(
+            libc::SYS_write,
+            status as usize,
+            rec.as_ptr() as usize,
+            rec.len(),
+            0,
+        );
+        raw::syscall4(libc::SYS_exit_group, code as usize, 0, 0, 0);
+    }
+    // exit_group does not return; should it, the kernel ends the init by
+    // the fault (every signal is blocked), which ends the namespace too.
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
+
+/// Step 7b: gives back the server's memory. The init is a copy of the
+/// server: until it exits it would keep every page the server had at the
+/// clone (the server's later writes copy them, and the init keeps the
+/// old ones: up to the server's whole resident memory per init, measured
+/// in `pid_namespace_cost`). Once the job is forked (it has its own copy
+/// until its exec), the init unmaps every writable mapping but its stack
+/// and its thread's TLS (the mappings holding the stack pointer, `errno`
+/// and the thread descriptor), and the one with the command line `args`
+/// (the main thread's stack); what runs afterwards ([`supervise`]) makes
+/// raw syscalls ([`raw`]) on its stack only, and reads code and read-only
+/// data (the binary is linked with full RELRO, Rust's default: its GOT is
+/// read-only). The mappings come from `/proc/self/maps` (the fresh
+/// procfs), read in full before any is unmapped, in batches.
+///
+/// # Safety
+/// See [`init_main`]; after it, only [`supervise`] may run.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+unsafe fn shed_memory(args: Option<usize>) {
+    let here = 0u8;
+    let keep = [
+        std::ptr::addr_of!(here) as usize,
+        args.unwrap_or(0),
+        // SAFETY: __errno_location has no preconditions.
+        unsafe { libc::__errno_location() } as usize,
+        // SAFETY: pthread_self has no preconditions.
+        unsafe { libc::pthread_self() } as usize,
+    ];
+    const BATCH: usize = 64;
+    loop {
+        let mut batch = [(0usize, 0usize); BATCH];
+        let mut n = 0;
+        // SAFETY: open of a static C string.
+        let fd = unsafe {
+            libc::open(
+                c"/proc/self/maps".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return;
+        }
+        // Longer than any line (an address range, flags and a path of at
+        // most PATH_MAX).
+        let mut buf = [0u8; 8192];
+        let mut have = 0;
+        while let Some(free) = buf.get_mut(have..) {
+            // SAFETY: read into the live tail of `buf`.
+            let r = unsafe { libc::read(fd, free.as_mut_ptr().cast(), free.len()) };
+            if r <= 0 {
+                break;
+            }
+            have += r as usize;
+            let mut start = 0;
+            while let Some(line_len) = buf
+                .get(start..have)
+                .and_then(|t| t.iter().position(|b| *b == b'\n'))
+            {
+                if let Some((lo, hi)) = buf.get(start..start + line_len).and_then(writable_range)
+                    && !keep.iter().any(|k| lo <= *k && *k < hi)
+                    && let Some(slot) = batch.get_mut(n)
+                {
+                    *slot = (lo, hi);
+                    n += 1;
+                }
+                start += line_len + 1;
+            }
+            if start == 0 && have == buf.len() {
+                break;
+            }
+            buf.copy_within(start..have, 0);
+            have -= start;
+        }
+        // SAFETY: close of the fd opened above.
+        unsafe { libc::close(fd) };
+        for &(lo, hi) in batch.iter().take(n) {
+            // SAFETY: a writable mapping of this process that holds
+            // nothing the init uses from here on (see the doc).
+            unsafe { libc::munmap(lo as *mut libc::c_void, hi - lo) };
+        }
+        if n < BATCH {
+            return;
+        }
+    }
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+unsafe fn shed_memory(_: Option<usize>) {}
+
+/// The range of a `/proc/<pid>/maps` line (`lo-hi perms ...`) if its
+/// mapping is writable.
+fn writable_range(line: &[u8]) -> Option<(usize, usize)> {
+    let mut parts = line.split(|b| *b == b' ');
+    let range = parts.next()?;
+    let perms = parts.next()?;
+    if perms.get(1) != Some(&b'w') {
+        return None;
+    }
+    let dash = range.iter().position(|b| *b == b'-')?;
+    let hex = |s: &[u8]| -> Option<usize> {
+        let mut v: usize = 0;
+        for c in s {
+            let d = (*c as char).to_digit(16)?;
+            v = v.checked_mul(16)?.checked_add(d as usize)?;
+        }
+        Some(v)
+    };
+    Some((hex(range.get(..dash)?)?, hex(range.get(dash + 1..)?)?))
+}
+
+/// Raw syscalls that touch neither `errno` nor anything but registers
+/// (and, on other architectures, libc's `syscall`): what the init may make
+/// once it has shed the server's memory.
+mod raw {
+    /// `syscall(nr, a, b, c, d)`: the result, or `-errno`.
+    ///
+    /// # Safety
+    /// As the syscall it makes.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) unsafe fn syscall4(
+        nr: libc::c_long,
+        a: usize,
+        b: usize,
+        c: usize,
+        d: usize,
+    ) -> isize {
+        let ret: isize;
+        // SAFETY: the kernel's x86_64 syscall convention: rcx and r11 are
+        // clobbered, rax gets the result; no stack use.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") nr as isize => ret,
+                in("rdi") a,
+                in("rsi") b,
+                in("rdx") c,
+                in("r10") d,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        ret
+    }
+
+    /// See the x86_64 one.
+    ///
+    /// # Safety
+    /// As the syscall it makes.
+    #[cfg(target_arch = "aarch64")]
+    pub(super) unsafe fn syscall4(
+        nr: libc::c_long,
+        a: usize,
+        b: usize,
+        c: usize,
+        d: usize,
+    ) -> isize {
+        let ret: isize;
+        // SAFETY: the kernel's aarch64 syscall convention: x8 the number,
+        // x0-x3 the arguments, x0 the result; no stack use.
+        unsafe {
+            std::arch::asm!(
+                "svc 0",
+                in("x8") nr,
+                inlateout("x0") a as isize => ret,
+                in("x1") b,
+                in("x2") c,
+                in("x3") d,
+                options(nostack),
+            );
+        }
+        ret
+    }
+
+    /// See the x86_64 one (libc's `syscall`, which sets errno: the init
+    /// sheds no memory on these architectures).
+    ///
+    /// # Safety
+    /// As the syscall it makes.
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    pub(super) unsafe fn syscall4(
+        nr: libc::c_long,
+        a: usize,
+        b: usize,
+        c: usize,
+        d: usize,
+    ) -> isize {
+        // SAFETY: forwarded contract.
+        let r = unsafe { libc::syscall(nr, a, b, c, d) } as isize;
+        if r < 0 {
+            -(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO) as isize)
+        } else {
+            r
+        }
     }
 }
 
@@ -413,5 +650,17 @@ mod tests {
         let (start, end) = arg_bounds(&own).unwrap();
         assert!(start < end, "{start} {end}");
         assert_eq!(arg_bounds(b"7 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn writable_ranges_are_read_from_maps_lines() {
+        let rw = b"7f00aa000000-7f00aa021000 rw-p 00000000 00:00 0          [heap]";
+        assert_eq!(
+            writable_range(rw),
+            Some((0x7f00_aa00_0000, 0x7f00_aa02_1000))
+        );
+        let rx = b"55d0c0000000-55d0c0100000 r-xp 00001000 fe:01 1234   /usr/bin/x";
+        assert_eq!(writable_range(rx), None);
+        assert_eq!(writable_range(b"garbage"), None);
     }
 }

@@ -328,3 +328,180 @@ async fn the_pids_limit_ends_a_fork_bomb() {
     assert!(left.is_empty(), "survived the job: {left:?}");
     sb.remove_parent().expect("parent cgroup removed");
 }
+
+/// Node works in the mode, as spawn workflows run it: a TypeScript
+/// program under tsx (`node --import tsx`, which starts esbuild's service
+/// and writes its cache in TMPDIR) prints its result; a Node child with the
+/// IPC channel (fd 3, `process.send`) answers a request through the init,
+/// and reports its progress and result over it, as pid 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_tsx_and_ipc_work_under_the_init() {
+    let Some(sb) = sandbox("node") else { return };
+    if common::have_node_modules(&["tsx/dist/loader.mjs"]) {
+        let inv = tsbridge_process::runtime::resolve(
+            &common::fixture("ts/hello.ts"),
+            None,
+            &common::search(),
+        )
+        .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = inv
+            .builder()
+            .arg("tsx")
+            .envs(common::base_env())
+            .env("TMPDIR", tmp.path().to_str().unwrap())
+            .cwd(common::fixture("ts"));
+        let o = run_in(&sb, "tsx", pidns(true), spec).await;
+        assert!(o.success(), "{}", String::from_utf8_lossy(&o.stderr.head));
+        assert_eq!(
+            o.result,
+            Some(serde_json::json!({"text": "hello, tsx", "n": 3, "version": 1}))
+        );
+    }
+
+    let a = attach(&sb, "ipc", pidns(true));
+    let spec = common::node_fixture("ipc-child.js")
+        .ipc(true)
+        .sandbox(Some(a))
+        .timeout(Some(Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    let mut p = spawn(spec).await.unwrap();
+    let mut rx = p.take_events().unwrap();
+    let ipc = p.ipc().expect("ipc handle");
+    let answer = ipc
+        .request(serde_json::json!({"q": 1}), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(answer["echo"], serde_json::json!({"q": 1}));
+    assert_eq!(answer["pid"], 2, "the job is pid 2 in its namespace");
+    let bye = ipc
+        .request(serde_json::json!("bye"), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(bye, "bye");
+    drop(ipc);
+    let collector = tokio::spawn(async move {
+        let mut v = Vec::new();
+        while let Some(e) = rx.recv().await {
+            v.push(e);
+        }
+        v
+    });
+    let o = p.wait().await;
+    let events = collector.await.unwrap();
+    assert!(o.success(), "{}", String::from_utf8_lossy(&o.stderr.head));
+    assert_eq!(o.result, Some(serde_json::json!({"via": "ipc"})));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, tsbridge_proto::ChildEvent::Progress(p) if p.current == 1))
+    );
+    sb.remove_parent().expect("parent cgroup removed");
+}
+
+/// The init is a copy of the engine's process, but keeps none of its
+/// memory: with 64 MiB of this process's heap touched before the spawn and
+/// rewritten after it, the init holds (almost) nothing of its own (without
+/// `shed_memory` it held the 64 MiB: its copies of the old pages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_init_keeps_none_of_the_servers_memory() {
+    let Some(sb) = sandbox("memory") else { return };
+    let mut heap = vec![1u8; 64 << 20];
+    let a = attach(&sb, "sleep", pidns(true));
+    let p = spawn(
+        sh("echo ready; exec sleep 1000")
+            .sandbox(Some(a))
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let init = p.pid();
+    for b in heap.iter_mut().step_by(4096) {
+        *b = 2;
+    }
+    std::hint::black_box(&heap);
+    let private_kb = |name: &str| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{init}/smaps_rollup")).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    let held = private_kb("Private_Dirty:") + private_kb("Private_Clean:");
+    assert!(held < 16 << 10, "the init holds {held} kB of its own");
+    p.control().cancel();
+    let o = p.wait().await;
+    assert_eq!(o.exit, ExitKind::Signal(libc::SIGTERM), "{o:?}");
+    sb.remove_parent().expect("parent cgroup removed");
+}
+
+/// What the mode costs: spawn-to-outcome of `/bin/true` through the
+/// engine with the same sandbox (cgroups, the default Landlock domain and
+/// seccomp), with and without the PID namespace, alternated, 100 runs
+/// each: prints the median and p90 of each. Then the memory the init keeps
+/// of this process: with 256 MiB of this process's heap touched, a job
+/// (`sleep`) starts under an init; once this process has rewritten its
+/// heap, the init's private resident memory (`smaps_rollup`) is what the
+/// init alone still holds. Run by hand: `cargo nextest run --release -p
+/// tsbridge-process --test integration --run-ignored only -E
+/// 'test(pid_namespace_cost)' --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn pid_namespace_cost() {
+    let Some(sb) = sandbox("cost") else { return };
+    let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..200 {
+        let on = i % 2 == 1;
+        let a = attach(&sb, &format!("cost-{i}"), pidns(on));
+        let spec = tsbridge_process::JobSpec::builder("/bin/true")
+            .envs(common::base_env())
+            .sandbox(Some(a))
+            .build()
+            .unwrap();
+        let start = std::time::Instant::now();
+        let o = run(spec).await.unwrap();
+        times[usize::from(on)].push(start.elapsed());
+        assert!(o.success(), "{o:?}");
+    }
+    for (name, t) in ["default", "pid namespace"].iter().zip(times.iter_mut()) {
+        t.sort();
+        eprintln!(
+            "{name:>14}: median {:?}, p90 {:?}",
+            t[t.len() / 2],
+            t[t.len() * 9 / 10]
+        );
+    }
+
+    let mut heap = vec![1u8; 256 << 20];
+    let a = attach(&sb, "cost-mem", pidns(true));
+    let p = spawn(sh("exec sleep 1000").sandbox(Some(a)).build().unwrap())
+        .await
+        .unwrap();
+    let init = p.pid();
+    let private = |what: &str| {
+        let s = std::fs::read_to_string(format!("/proc/{init}/smaps_rollup")).unwrap();
+        let kb = |k: &str| -> u64 {
+            s.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        eprintln!(
+            "init {what}: Rss {} kB, Private_Dirty {} kB, Shared_Dirty {} kB",
+            kb("Rss:"),
+            kb("Private_Dirty:"),
+            kb("Shared_Dirty:")
+        );
+    };
+    private("at start");
+    for b in heap.iter_mut().step_by(4096) {
+        *b = 2;
+    }
+    private("after this process rewrote its 256 MiB");
+    std::hint::black_box(&heap);
+    p.control().cancel();
+    let _ = p.wait().await;
+    sb.remove_parent().expect("parent cgroup removed");
+}

@@ -307,6 +307,10 @@ pub struct Limits {
     /// Whether jobs may make unix sockets (`None`: as `network`); see
     /// `tsbridge_sandbox::SandboxPolicy::unix_sockets`.
     pub unix_sockets: Option<bool>,
+    /// Run each job in a PID namespace of its own, under tsbridge's tiny
+    /// init, with a `/proc` that shows its own processes only; see
+    /// `tsbridge_sandbox::SandboxPolicy::pid_namespace`. Spawn mode only.
+    pub pid_namespace: bool,
     /// Absolute read allowlist (Landlock); empty = no file-system restriction
     /// unless `write` is set.
     pub read: Vec<PathBuf>,
@@ -336,6 +340,7 @@ impl Limits {
             || self.pids.is_some()
             || self.network == Some(false)
             || self.unix_sockets == Some(false)
+            || self.pid_namespace
             || !self.read.is_empty()
             || !self.write.is_empty()
             || self.open_files.is_some()
@@ -650,6 +655,7 @@ const LIMITS_KEYS: &[&str] = &[
     "pids",
     "network",
     "unix_sockets",
+    "pid_namespace",
     "read",
     "write",
     "timeout",
@@ -1381,6 +1387,16 @@ fn read_workflow(
             "not available in pool mode (a warm worker's CPU time spans many jobs): use timeout",
         );
     }
+    if mode == Mode::Pool
+        && limits.pid_namespace
+        && let Some(l) = &limits_sec
+    {
+        issues.push(
+            &l.key("pid_namespace"),
+            l.span_of("pid_namespace"),
+            "not available in pool mode yet (a warm worker cannot run under a job's init): use spawn mode",
+        );
+    }
 
     if mode == Mode::Pool
         && let Some(rt) = runtime
@@ -1531,6 +1547,9 @@ fn read_limits(issues: &mut Issues<'_>, s: &Section<'_, '_>, root: &Path) -> Lim
     l.unix_sockets = s
         .get::<bool>(issues, "unix_sockets")
         .map(|v| v.into_inner());
+    l.pid_namespace = s
+        .get::<bool>(issues, "pid_namespace")
+        .is_some_and(|v| v.into_inner());
     let abs = |v: Vec<String>| -> Vec<PathBuf> {
         v.into_iter()
             .map(|p| {

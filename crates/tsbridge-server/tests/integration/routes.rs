@@ -185,7 +185,14 @@ async fn service_routes() {
     assert_eq!(
         keys(&a.body["data"]["isolation"]),
         [
-            "cgroups", "cpu", "landlock", "memory", "network", "pids", "seccomp"
+            "cgroups",
+            "cpu",
+            "landlock",
+            "memory",
+            "network",
+            "pidNamespace",
+            "pids",
+            "seccomp"
         ]
     );
     assert_eq!(

@@ -465,3 +465,37 @@ fn no_unix_sockets_keeps_a_job_from_the_hosts_socket_files() {
     assert!(closed.stderr.contains("ERR EACCES"), "{closed}");
     assert!(listener.accept().is_err(), "the listener saw a connection");
 }
+
+/// `--pid-namespace`: the job lists /proc and finds only its own
+/// processes (its init and itself: pids 1 and 2), not this test's process,
+/// and its exit code still comes through; the same program without the
+/// flag sees the whole host. Before, the flag did not exist (a usage
+/// error).
+#[test]
+fn pid_namespace_hides_the_hosts_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = write(
+        dir.path(),
+        "ps.js",
+        "const pids = require('fs').readdirSync('/proc').filter((n) => /^\\d+$/.test(n));\n\
+         console.log('PIDS ' + pids.join(','));\n\
+         console.log('ME ' + process.pid);\n\
+         process.exit(pids.includes(process.argv[2]) ? 4 : 3);\n",
+    );
+    let me = std::process::id().to_string();
+    let open = run(dir.path(), &["run", &script, &me]);
+    assert_eq!(
+        open.code,
+        Some(4),
+        "the host's /proc shows this test: {open}"
+    );
+
+    let hidden = run(dir.path(), &["run", "--pid-namespace", &script, &me]);
+    if hidden.code == Some(1) && hidden.stderr.contains("cannot enforce") {
+        eprintln!("SKIP: this host cannot make PID namespaces: {hidden}");
+        return;
+    }
+    assert_eq!(hidden.code, Some(3), "{hidden}");
+    assert!(hidden.stderr.contains("PIDS 1,2\n"), "{hidden}");
+    assert!(hidden.stderr.contains("ME 2\n"), "{hidden}");
+}

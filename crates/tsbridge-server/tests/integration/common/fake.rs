@@ -623,6 +623,7 @@ impl Backend for FakeBackend {
                 network: true,
                 landlock: "full".into(),
                 seccomp: true,
+                pid_namespace: true,
             },
             workflows: [
                 ("echo".to_owned(), "available".to_owned()),
