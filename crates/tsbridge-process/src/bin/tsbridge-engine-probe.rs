@@ -3,7 +3,10 @@
 //! happened as one JSON line (with its own peak RSS, VmHWM).
 //!
 //! `tsbridge-engine-probe [--subreaper [--no-watchdog]] [--max-output BYTES] [--timeout-ms MS]
-//!  [--kill-grace-ms MS] [--script [--no-cache]] -- PROGRAM [ARGS...]`
+//!  [--kill-grace-ms MS] [--script [--no-cache]] [--pid-namespace] -- PROGRAM [ARGS...]`
+//!
+//! With `--pid-namespace`, the job runs in a PID namespace of its own under
+//! the engine's init (a sandbox without cgroups, the default policy).
 //!
 //! With `--script`, PROGRAM is a script resolved by `runtime::resolve_for_spawn`
 //! (by extension; TypeScript through the transpile cache in its default dir
@@ -37,6 +40,29 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
+/// A sandbox without cgroups whose policy asks for a PID namespace.
+fn pid_namespace_sandbox() -> Result<tsbridge_process::SandboxAttachment, String> {
+    use std::sync::Arc;
+    use tsbridge_sandbox::{Sandbox, SandboxConfig, SandboxPolicy};
+    let sb = Sandbox::new(SandboxConfig {
+        use_cgroups: false,
+        ..SandboxConfig::default()
+    })
+    .map_err(|e| e.to_string())?;
+    if !sb.capabilities().pid_ns {
+        return Err(format!("no PID namespaces: {:?}", sb.capabilities().notes));
+    }
+    let policy = SandboxPolicy {
+        pid_namespace: true,
+        ..SandboxPolicy::default()
+    };
+    let prepared = sb.prepare("probe", &policy).map_err(|e| e.to_string())?;
+    Ok(tsbridge_process::SandboxAttachment {
+        prepared: Arc::new(prepared),
+        policy: Arc::new(policy),
+    })
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut subreaper = false;
@@ -47,12 +73,14 @@ fn main() {
     let mut rest = Vec::new();
     let mut script = false;
     let mut cache = true;
+    let mut pid_namespace = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--subreaper" => subreaper = true,
             "--no-watchdog" => watchdog = false,
             "--script" => script = true,
             "--no-cache" => cache = false,
+            "--pid-namespace" => pid_namespace = true,
             "--max-output" => max_output = args.next().and_then(|v| v.parse().ok()),
             "--timeout-ms" => {
                 timeout = args
@@ -124,6 +152,15 @@ fn main() {
         }
         if let Some(g) = grace {
             b = b.kill_grace(g);
+        }
+        if pid_namespace {
+            match pid_namespace_sandbox() {
+                Ok(a) => b = b.sandbox(Some(a)),
+                Err(e) => {
+                    eprintln!("sandbox: {e}");
+                    return 1;
+                }
+            }
         }
         let spec = match b.build() {
             Ok(s) => s,

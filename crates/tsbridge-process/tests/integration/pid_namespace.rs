@@ -99,6 +99,35 @@ fn with_marker(marker: &str) -> Vec<i32> {
     out
 }
 
+/// Live host pids whose command line starts with `prefix` (argv[0]: the
+/// process itself, not a shell whose script names it).
+fn running_as(prefix: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if common::alive(pid)
+            && std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.starts_with(prefix.as_bytes()))
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A shell script that starts a daemon (`setsid`, a double fork, an
+/// environment without tsbridge's marker) running as `sleep-<m>`, and
+/// waits until it has started (the daemon touches `ready` first).
+fn daemon_script(m: &str, ready: &std::path::Path) -> String {
+    let ready = ready.display();
+    format!(
+        "setsid sh -c 'exec env -i /bin/bash -c \"touch {ready}; exec -a sleep-{m} sleep 1000\" &' </dev/null >/dev/null 2>&1; \
+         while [ ! -e {ready} ]; do sleep 0.01; done; "
+    )
+}
+
 /// A process the test starts outside any job, killed on drop.
 struct Outside(std::process::Child);
 
@@ -197,8 +226,9 @@ async fn the_probe_sees_only_its_own_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_status_and_death_signal_pass_through() {
     let Some(sb) = sandbox("exit") else { return };
-    let o = run_in(&sb, "exit3", pidns(true), sh("exit 3")).await;
+    let o = run_in(&sb, "exit3", pidns(true), sh("echo $$; exit 3")).await;
     assert_eq!(o.exit, ExitKind::Code(3), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout.head).trim(), "2", "{o:?}");
     assert_eq!(o.reason, EndReason::Exited);
     let o = run_in(&sb, "kill9", pidns(true), sh("kill -9 $$")).await;
     assert_eq!(o.exit, ExitKind::Signal(libc::SIGKILL), "{o:?}");
@@ -275,10 +305,10 @@ async fn a_daemon_does_not_outlive_the_job() {
         return;
     };
     let m = format!("pidns-daemon-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
     let script = |tag: &str| {
-        format!(
-            "setsid sh -c 'exec env -i /bin/bash -c \"exec -a sleep-{m}-{tag} sleep 1000\" &' </dev/null >/dev/null 2>&1; exit 0"
-        )
+        let ready = dir.path().join(tag);
+        format!("{}exit 0", daemon_script(&format!("{m}-{tag}"), &ready))
     };
     let o = run_in(&sb, "daemon-in", pidns(true), sh(&script("in"))).await;
     assert_eq!(o.exit, ExitKind::Code(0), "{o:?}");
@@ -435,6 +465,107 @@ async fn the_init_keeps_none_of_the_servers_memory() {
     let o = p.wait().await;
     assert_eq!(o.exit, ExitKind::Signal(libc::SIGTERM), "{o:?}");
     sb.remove_parent().expect("parent cgroup removed");
+}
+
+/// A job that ignores SIGTERM is SIGKILLed after the grace as before
+/// (the init dies of it, forced from the engine's namespace, and the
+/// kernel ends the namespace): signal 9, reason timeout. A program that
+/// cannot be executed is a spawn error with its errno, as without the
+/// namespace (the init passes the job's report on and exits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_the_grace_and_spawn_errors_are_as_before() {
+    let Some(sb) = sandbox("grace") else { return };
+    let a = attach(&sb, "ignore", pidns(true));
+    // Ignores SIGTERM, prints its pid (2) and waits.
+    let script = "process.on('SIGTERM', () => console.error('got SIGTERM, ignoring'));\n\
+                  console.log(process.pid); setInterval(() => {}, 1000);";
+    let spec = tsbridge_process::JobSpec::builder(common::node())
+        .args(["-e", script])
+        .envs(common::base_env())
+        .timeout(Some(Duration::from_secs(2)))
+        .kill_grace(Duration::from_millis(500))
+        .sandbox(Some(a))
+        .build()
+        .unwrap();
+    let o = run(spec).await.unwrap();
+    assert_eq!(o.reason, EndReason::Timeout, "{o:?}");
+    assert_eq!(o.exit, ExitKind::Signal(libc::SIGKILL), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr.head).contains("got SIGTERM, ignoring"),
+        "{o:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout.head).trim(), "2", "{o:?}");
+
+    let a = attach(&sb, "missing", pidns(true));
+    let spec = tsbridge_process::JobSpec::builder("/no/such/program")
+        .sandbox(Some(a))
+        .build()
+        .unwrap();
+    let e = spawn(spec).await.unwrap_err();
+    assert_eq!(e.source.raw_os_error(), Some(libc::ENOENT), "{e}");
+    sb.remove_parent().expect("parent cgroup removed");
+}
+
+/// When the engine's process is SIGKILLed (no watchdog, no subreaper, no
+/// cgroup, no sweep), the init dies of its parent-death signal and the
+/// kernel ends its namespace: a daemon the job started (setsid, no marker
+/// in its environment) dies with it. Without the namespace it survives
+/// (killed here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_dies_with_a_sigkilled_engine() {
+    if sandbox_with("probe-check", false).is_none() {
+        return;
+    }
+    for ns in [true, false] {
+        let m = format!("pidns-engine-death-{}-{ns}", std::process::id());
+        let dir = tempfile::tempdir().unwrap();
+        let script = format!(
+            "{}exec -a leader-{m} sleep 1000",
+            daemon_script(&m, &dir.path().join("ready"))
+        );
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tsbridge-engine-probe"));
+        cmd.args(["--no-watchdog"]);
+        if ns {
+            cmd.arg("--pid-namespace");
+        }
+        let mut probe = cmd
+            .args(["--", "/bin/bash", "-c", &script])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("probe");
+        let (daemon, leader) = (format!("sleep-{m}"), format!("leader-{m}"));
+        assert!(
+            common::eventually(Duration::from_secs(30), || {
+                !running_as(&daemon).is_empty() && !running_as(&leader).is_empty()
+            })
+            .await,
+            "the job and its daemon never started"
+        );
+        probe.kill().unwrap();
+        probe.wait().unwrap();
+        // The job's main process dies of its parent-death signal either way.
+        assert!(
+            common::eventually(Duration::from_secs(30), || running_as(&leader).is_empty()).await,
+            "the job outlived the engine"
+        );
+        if ns {
+            assert!(
+                common::eventually(Duration::from_secs(30), || with_marker(&daemon).is_empty())
+                    .await,
+                "the daemon outlived the engine and the job's init"
+            );
+        } else {
+            let left = running_as(&daemon);
+            for p in &left {
+                // SAFETY: kill with plain integers (the test's own leftover).
+                unsafe { libc::kill(*p, libc::SIGKILL) };
+            }
+            assert!(
+                !left.is_empty(),
+                "without the namespace the daemon survives"
+            );
+        }
+    }
 }
 
 /// What the mode costs: spawn-to-outcome of `/bin/true` through the
