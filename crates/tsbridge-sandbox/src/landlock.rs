@@ -327,6 +327,29 @@ fn guard_system(
     }
 }
 
+/// `landlock_add_rule` of one path-beneath rule for the file `parent` (an
+/// open fd) with `allowed`; false on failure (errno says why). No
+/// allocation: a pre-exec step may call it.
+fn add_rule_raw(ruleset: &OwnedFd, parent: i32, allowed: u64) -> bool {
+    let attr = PathBeneathAttr {
+        allowed_access: allowed,
+        parent_fd: parent,
+    };
+    // SAFETY: both fds are open for the duration of the call (`parent` by
+    // the caller); attr is a live packed struct matching
+    // `struct landlock_path_beneath_attr`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset.as_raw_fd(),
+            RULE_PATH_BENEATH,
+            &attr as *const PathBeneathAttr,
+            0u32,
+        )
+    };
+    r == 0
+}
+
 /// Add one path-beneath rule; `Ok(false)` when the path does not exist.
 fn add_path_rule(ruleset: &OwnedFd, path: &Path, rights: u64) -> Result<bool, SandboxError> {
     let file = match OpenOptions::new()
@@ -348,22 +371,7 @@ fn add_path_rule(ruleset: &OwnedFd, path: &Path, rights: u64) -> Result<bool, Sa
     if allowed == 0 {
         return Ok(true);
     }
-    let attr = PathBeneathAttr {
-        allowed_access: allowed,
-        parent_fd: file.as_raw_fd(),
-    };
-    // SAFETY: both fds are open for the duration of the call; attr is a live
-    // packed struct matching `struct landlock_path_beneath_attr`.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_add_rule,
-            ruleset.as_raw_fd(),
-            RULE_PATH_BENEATH,
-            &attr as *const PathBeneathAttr,
-            0u32,
-        )
-    };
-    if r != 0 {
+    if !add_rule_raw(ruleset, file.as_raw_fd(), allowed) {
         return Err(SandboxError::Landlock {
             step: "landlock_add_rule",
             source: io::Error::new(
@@ -437,27 +445,13 @@ pub(crate) unsafe fn add_rule_in_child(
     let is_dir =
         unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR;
     let allowed = if is_dir { rights } else { rights & FILE_RIGHTS };
-    let attr = PathBeneathAttr {
-        allowed_access: allowed,
-        parent_fd: fd,
-    };
-    // SAFETY: both fds are open; attr is a live packed struct matching
-    // `struct landlock_path_beneath_attr`.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_add_rule,
-            ruleset.as_raw_fd(),
-            RULE_PATH_BENEATH,
-            &attr as *const PathBeneathAttr,
-            0u32,
-        )
-    };
+    let added = add_rule_raw(ruleset, fd, allowed);
     let e = io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO);
     // SAFETY: close of the fd opened above.
     unsafe { libc::close(fd) };
-    if r != 0 && allowed != 0 {
+    if !added && allowed != 0 {
         Err(e)
     } else {
         Ok(())

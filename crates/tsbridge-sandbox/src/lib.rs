@@ -22,7 +22,7 @@ mod landlock;
 pub mod leftovers;
 mod netns;
 pub mod paths;
-mod pidns;
+pub mod pidns;
 mod policy;
 mod report;
 mod sandbox;

@@ -5,13 +5,64 @@
 
 use std::io;
 
+/// What a job's init does first in its new PID and mount namespaces: make
+/// the mount tree private (`MS_REC | MS_PRIVATE` on `/`: nothing mounted
+/// here reaches the host's namespace) and mount a fresh procfs on `/proc`
+/// (which shows the processes of the caller's PID namespace). Returns the
+/// step that failed and its errno.
+///
+/// # Safety
+/// Only in a child of a fork-like clone with `CLONE_NEWNS` (else it changes
+/// the caller's mount namespace), PID 1 of its new PID namespace. Raw
+/// syscalls with static arguments: async-signal-safe.
+pub unsafe fn mount_private_proc() -> Result<(), (MountStep, i32)> {
+    let errno = || {
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    };
+    // SAFETY: mount with static C strings and null pointers.
+    unsafe {
+        if libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err((MountStep::Private, errno()));
+        }
+        if libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err((MountStep::Proc, errno()));
+        }
+    }
+    Ok(())
+}
+
+/// A step of [`mount_private_proc`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountStep {
+    /// `MS_REC | MS_PRIVATE` on `/`.
+    Private,
+    /// The procfs on `/proc`.
+    Proc,
+}
+
 /// Exit codes of the probe's child, one per step that failed.
 const FAILED_PRIVATE: i32 = 10;
 const FAILED_PROC: i32 = 11;
 
 /// Clones a child into a new PID and mount namespace, as a job's init is
-/// made, and has it do what the init does first: make its mount tree
-/// private and mount a procfs on `/proc`. `Ok` when all of it works.
+/// made, and has it do what the init does first ([`mount_private_proc`]).
+/// `Ok` when all of it works.
 pub(crate) fn probe() -> io::Result<()> {
     let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::SIGCHLD) as libc::c_ulong;
     // SAFETY: a fork-like clone (no CLONE_VM, no stack: the child runs on
@@ -23,30 +74,15 @@ pub(crate) fn probe() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     if pid == 0 {
-        // SAFETY: see above; mount with static C strings.
-        unsafe {
-            if libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ) != 0
-            {
-                libc::_exit(FAILED_PRIVATE);
-            }
-            if libc::mount(
-                c"proc".as_ptr(),
-                c"/proc".as_ptr(),
-                c"proc".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                std::ptr::null(),
-            ) != 0
-            {
-                libc::_exit(FAILED_PROC);
-            }
-            libc::_exit(0)
-        }
+        // SAFETY: see above: the freshly cloned child, PID 1 of its
+        // namespace, in a mount namespace of its own.
+        let code = match unsafe { mount_private_proc() } {
+            Ok(()) => 0,
+            Err((MountStep::Private, _)) => FAILED_PRIVATE,
+            Err((MountStep::Proc, _)) => FAILED_PROC,
+        };
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(code) }
     }
     let pid = pid as libc::pid_t;
     let mut status = 0;

@@ -151,29 +151,9 @@ unsafe fn start(
     if unsafe { libc::setpgid(0, 0) } != 0 {
         return Err(super::errno());
     }
-    // SAFETY: mount with static C strings and null pointers.
-    unsafe {
-        if libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(super::errno());
-        }
-        if libc::mount(
-            c"proc".as_ptr(),
-            c"/proc".as_ptr(),
-            c"proc".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(super::errno());
-        }
-    }
+    // SAFETY: the init: PID 1 of its namespace, in a mount namespace of
+    // its own.
+    unsafe { tsbridge_sandbox::pidns::mount_private_proc() }.map_err(|(_, e)| e)?;
     // A fork-like clone of this single-threaded copy: the job returns here
     // on its own copy of the stack.
     let flags = libc::SIGCHLD as libc::c_ulong;

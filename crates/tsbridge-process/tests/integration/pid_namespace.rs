@@ -7,12 +7,11 @@
 //! where that is what proves the point. Skipped (with a message) on hosts
 //! where tsbridge cannot make PID namespaces (not root).
 
-use crate::common;
+use crate::common::{self, attach};
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tsbridge_process::{ExitKind, JobSpecBuilder, Outcome, SandboxAttachment, run, spawn};
+use tsbridge_process::{ExitKind, JobSpecBuilder, Outcome, run, spawn};
 use tsbridge_proto::EndReason;
 use tsbridge_sandbox::{Sandbox, SandboxConfig, SandboxPolicy};
 
@@ -39,14 +38,6 @@ fn sandbox_with(name: &str, cgroups: bool) -> Option<Sandbox> {
             eprintln!("SKIP: sandbox unavailable: {e}");
             None
         }
-    }
-}
-
-fn attach(sb: &Sandbox, key: &str, policy: SandboxPolicy) -> SandboxAttachment {
-    let prepared = sb.prepare(key, &policy).expect("prepare");
-    SandboxAttachment {
-        prepared: Arc::new(prepared),
-        policy: Arc::new(policy),
     }
 }
 

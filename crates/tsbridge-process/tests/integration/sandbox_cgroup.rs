@@ -4,7 +4,7 @@
 //! the cgroup, setsid escapee included, without the subreaper. Skipped (with
 //! a message) on hosts without usable cgroups.
 
-use crate::common;
+use crate::common::{self, attach};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,14 +31,6 @@ fn sandbox() -> Option<Sandbox> {
             eprintln!("SKIP: sandbox unavailable: {e}");
             None
         }
-    }
-}
-
-fn attach(sb: &Sandbox, key: &str, policy: SandboxPolicy) -> SandboxAttachment {
-    let prepared = sb.prepare(key, &policy).expect("prepare");
-    SandboxAttachment {
-        prepared: Arc::new(prepared),
-        policy: Arc::new(policy),
     }
 }
 

@@ -135,3 +135,16 @@ pub async fn read_pidfile(path: &std::path::Path) -> serde_json::Value {
     );
     v.expect("pid file")
 }
+
+/// A prepared sandbox of `policy` for job `key`, to attach to a spec.
+pub fn attach(
+    sb: &tsbridge_sandbox::Sandbox,
+    key: &str,
+    policy: tsbridge_sandbox::SandboxPolicy,
+) -> tsbridge_process::SandboxAttachment {
+    let prepared = sb.prepare(key, &policy).expect("prepare");
+    tsbridge_process::SandboxAttachment {
+        prepared: std::sync::Arc::new(prepared),
+        policy: std::sync::Arc::new(policy),
+    }
+}
