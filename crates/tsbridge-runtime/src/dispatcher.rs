@@ -53,6 +53,7 @@ use tsbridge_proto::{
     ByteSize, ChildEvent, EndReason, ErrorType, EventData, JobEvent, JobId, JobState,
 };
 
+use crate::availability::Availability;
 use crate::bus::Bus;
 use crate::config::{Config, Mode, RetryOn, WorkflowConfig};
 use crate::errors::{RuntimeError, StoreError};
@@ -89,7 +90,7 @@ pub(crate) struct Shared {
     pub config: Arc<Config>,
     pub workflows: BTreeMap<String, Arc<WorkflowConfig>>,
     /// Per workflow: `Ok` or why it cannot run here.
-    pub availability: BTreeMap<String, Result<(), String>>,
+    pub availability: Availability,
     pub executors: BTreeMap<String, Arc<dyn Executor>>,
     pub store: Arc<dyn JobStore>,
     pub bus: Bus,
@@ -625,7 +626,7 @@ impl Dispatcher {
         }
         let workflow = self.shared.workflows.get(&job.workflow)?.clone();
         let executor = self.shared.executors.get(&job.workflow)?.clone();
-        if !matches!(self.shared.availability.get(&job.workflow), Some(Ok(()))) {
+        if !self.shared.availability.is_available(&job.workflow) {
             return None;
         }
         let running = self.running_by_workflow.get(&workflow.name).copied();
@@ -765,7 +766,7 @@ impl Dispatcher {
         let mut every = true;
         for (name, wf) in &self.shared.workflows {
             if !self.shared.executors.contains_key(name)
-                || !matches!(self.shared.availability.get(name), Some(Ok(())))
+                || !self.shared.availability.is_available(name)
             {
                 continue;
             }
@@ -1011,7 +1012,6 @@ impl Dispatcher {
         let available = shared
             .availability
             .get(&job.workflow)
-            .cloned()
             .unwrap_or_else(|| Err("no such workflow in the config".into()));
         let (wf, executor) = match (wf, executor, available) {
             (Some(wf), Some(ex), Ok(())) => (wf, ex),

@@ -4,6 +4,7 @@
 //! Entry point: [`Runtime::start`] with a [`Config`] (see [`Config::load`])
 //! and a [`store::JobStore`] (e.g. [`store::SqliteStore::open`]).
 
+mod availability;
 pub mod bus;
 pub mod config;
 mod dispatcher;

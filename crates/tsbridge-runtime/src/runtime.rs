@@ -18,6 +18,7 @@ use tsbridge_proto::service::{Isolation, Readiness, WorkflowInfo};
 use tsbridge_proto::{EndReason, ErrorType, JobEvent, JobId, JobState};
 use tsbridge_sandbox::Sandbox;
 
+use crate::availability::Availability;
 use crate::bus::{Bus, Done, Subscription};
 use crate::config::{Config, Mode, WorkflowConfig};
 pub use crate::dispatcher::Submitted;
@@ -67,6 +68,9 @@ pub struct RuntimeOptions {
     /// from the store, besides the other nodes' announcements (default
     /// 2 s). Tests set a long one to see what the announcements alone do.
     pub relay_resync: Option<Duration>,
+    /// The first wait before a pool that failed to start is started again
+    /// (default 1 s; each retry waits twice as long, at most a minute).
+    pub pool_retry: Option<Duration>,
 }
 
 /// `GET /v1/jobs` filters.
@@ -143,7 +147,7 @@ impl Runtime {
             .or_else(|| own_pools.clone().map(|p| p as Arc<dyn Executor>));
         let mut workflows = BTreeMap::new();
         let mut executors = BTreeMap::new();
-        let mut availability = BTreeMap::new();
+        let mut availability = Availability::default();
         for (name, wf) in &config.workflows {
             let wf = Arc::new(wf.clone());
             let ex = match opts.executors.get(name) {
@@ -165,22 +169,22 @@ impl Runtime {
             workflows.insert(name.clone(), wf);
         }
         // Start (and warm) our pools now; a pool that cannot start makes its
-        // workflow unavailable (details in the log, not in API answers).
+        // workflow unavailable (details in the log, not in API answers)
+        // until one of its retries starts it (`retry_pool_start`).
+        let mut pools_down = Vec::new();
         if let Some(pools) = &own_pools {
             let ready: Vec<&WorkflowConfig> = workflows
                 .values()
                 .filter(|w| {
                     w.mode == Mode::Pool
                         && !opts.executors.contains_key(&w.name)
-                        && matches!(availability.get(&w.name), Some(Ok(())))
+                        && availability.is_available(&w.name)
                 })
                 .map(|w| w.as_ref())
                 .collect();
             for (name, _why) in pools.start_all(ready).await {
-                availability.insert(
-                    name,
-                    Err("its worker pool failed to start (see the server log)".to_owned()),
-                );
+                availability.insert(name.clone(), Err(POOL_DOWN.to_owned()));
+                pools_down.push(name);
             }
         }
         let bus = match opts.subscriber_buffer {
@@ -234,6 +238,18 @@ impl Runtime {
         if let Some(every) = shared.store.takeover_every() {
             tokio::spawn(take_over_expired(Arc::downgrade(&shared), every));
         }
+        if let Some(pools) = &own_pools {
+            for name in pools_down {
+                if let Some(wf) = shared.workflows.get(&name) {
+                    tokio::spawn(retry_pool_start(
+                        Arc::downgrade(&shared),
+                        pools.clone(),
+                        wf.clone(),
+                        opts.pool_retry.unwrap_or(POOL_RETRY_FIRST),
+                    ));
+                }
+            }
+        }
         Ok(Runtime {
             shared,
             commands: tx,
@@ -264,7 +280,7 @@ impl Runtime {
         if let Some(Err(why)) = self.shared.availability.get(workflow) {
             return Err(RuntimeError::WorkflowUnavailable {
                 workflow: workflow.to_owned(),
-                why: why.clone(),
+                why,
             });
         }
         let parameters = if parameters.is_null() {
@@ -514,7 +530,7 @@ impl Runtime {
 
     /// Whether a workflow can run here (`Err` with the reason if not).
     pub fn availability(&self, workflow: &str) -> Option<Result<(), String>> {
-        self.shared.availability.get(workflow).cloned()
+        self.shared.availability.get(workflow)
     }
 
     pub async fn readiness(&self) -> Readiness {
@@ -568,7 +584,7 @@ impl Runtime {
     }
 }
 
-fn status_text(a: Option<&Result<(), String>>) -> String {
+fn status_text(a: Option<Result<(), String>>) -> String {
     match a {
         Some(Ok(())) => "available".into(),
         Some(Err(why)) => format!("unavailable: {why}"),
@@ -768,6 +784,47 @@ async fn end_interrupted(
     );
     tracing::warn!(job = %rec.id, node = ?rec.node, attempt = n, requeued = requeue, ?why, "ending an interrupted attempt");
     store.complete_attempt(rec.id, &end, &next, &event).await
+}
+
+/// Why a pool workflow whose pool failed to start is unavailable.
+const POOL_DOWN: &str = "its worker pool failed to start (see the server log); retrying";
+/// The first wait before a failed pool is started again; each retry waits
+/// twice the last, up to [`POOL_RETRY_MAX`].
+const POOL_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two starts of a failed pool.
+const POOL_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// A pool workflow whose pool failed to start at the runtime's start: its
+/// pool is started again after `first`, then twice as long each time (at
+/// most [`POOL_RETRY_MAX`] apart), until it starts and the workflow becomes
+/// available, or the runtime stops accepting work or is gone. Each failure
+/// is logged by the start itself (`pool failed to start`).
+async fn retry_pool_start(
+    shared: std::sync::Weak<Shared>,
+    pools: Arc<PoolExecutor>,
+    wf: Arc<WorkflowConfig>,
+    first: Duration,
+) {
+    let mut wait = first;
+    loop {
+        tokio::time::sleep(wait).await;
+        let accepting = shared
+            .upgrade()
+            .is_some_and(|s| s.accepting.load(Ordering::SeqCst));
+        if !accepting {
+            return;
+        }
+        // A start after the executor's shutdown is refused, so none can
+        // outlive the runtime.
+        if pools.pool_for(&wf).await.is_ok() {
+            if let Some(shared) = shared.upgrade() {
+                shared.availability.set(&wf.name, Ok(()));
+                tracing::info!(workflow = %wf.name, "worker pool started: the workflow is available");
+            }
+            return;
+        }
+        wait = (wait * 2).min(POOL_RETRY_MAX);
+    }
 }
 
 /// A live node on a shared store: every `every`, the running jobs whose

@@ -39,6 +39,12 @@ pub struct PoolExecutor {
     /// One pool per workflow name. The lock only guards the map (never held
     /// across an await); the cell serializes the pool's start.
     pools: Mutex<HashMap<String, Arc<OnceCell<Pooled>>>>,
+    /// Set by [`Executor::shutdown`]: no pool starts after it. A start holds
+    /// it (read) until its pool is in `pools`, so the shutdown, which takes
+    /// it to write, waits for the starts under way and then finds their
+    /// pools: none outlives it (a failed pool's retries may start one at
+    /// any time).
+    closed: tokio::sync::RwLock<bool>,
 }
 
 /// A started pool and the masker of its workers, which its jobs share: a
@@ -68,6 +74,7 @@ impl PoolExecutor {
             dev_mode,
             secrets: crate::spawn::HostSecrets::from_process_env(None),
             pools: Mutex::new(HashMap::new()),
+            closed: tokio::sync::RwLock::new(false),
         }
     }
 
@@ -106,6 +113,13 @@ impl PoolExecutor {
             let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
             pools.entry(wf.name.clone()).or_default().clone()
         };
+        if let Some(p) = cell.get() {
+            return Ok(p.clone());
+        }
+        let closed = self.closed.read().await;
+        if *closed {
+            return Err("tsbridge is shutting down: no worker pool starts".to_owned());
+        }
         cell.get_or_try_init(|| async {
             let (spec, cfg) = self.pool_spec(wf);
             let masker = spec.masker.clone();
@@ -391,6 +405,7 @@ impl Executor for PoolExecutor {
     }
 
     async fn shutdown(&self, grace: Duration) {
+        *self.closed.write().await = true;
         let pools: Vec<Pool> = {
             let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
             pools

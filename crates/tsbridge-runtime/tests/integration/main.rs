@@ -36,6 +36,7 @@ mod pool_ipc_runners;
 mod pool_limits;
 mod pool_mode;
 mod pool_recycle;
+mod pool_retry;
 mod pool_reuse;
 mod pool_shutdown;
 mod pool_strays;
