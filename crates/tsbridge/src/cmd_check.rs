@@ -252,7 +252,31 @@ fn notes(c: &Config) -> Vec<String> {
     // Unreadable: said as if not hidden (the cautious reading).
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     n.extend(command_line_notes(c, proc_hides_pids(&mountinfo)));
+    n.extend(missing_path_notes(c));
     n
+}
+
+/// A note per `limits.read`/`limits.write` path of a workflow that does not
+/// exist now: Landlock can only grant a path that exists, so its jobs get
+/// no access there (nothing is created for them) until it does. A typo, or
+/// a folder made later (the grant is made at each job's start); a note,
+/// not an error.
+fn missing_path_notes(c: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    for (name, w) in &c.workflows {
+        for (key, paths) in [("read", &w.limits.read), ("write", &w.limits.write)] {
+            for p in paths {
+                if std::fs::symlink_metadata(p).is_err() {
+                    notes.push(format!(
+                        "workflow {name}: limits.{key} names {}, which does not exist: its jobs get no \
+                         access there until it does (Landlock grants only existing paths)",
+                        p.display()
+                    ));
+                }
+            }
+        }
+    }
+    notes
 }
 
 /// Whether `/proc` hides other users' processes: the super options of the

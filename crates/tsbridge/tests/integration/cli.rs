@@ -823,3 +823,37 @@ fn run_refuses_limits_this_host_cannot_enforce_unless_degraded() {
     assert!(r.stderr.contains("not fully enforced"), "{r}");
     assert!(marker.exists(), "--degraded runs the job: {r}");
 }
+
+/// A `limits.read`/`limits.write` path that does not exist grants nothing
+/// (Landlock can only grant an existing path): `check` notes each one, with
+/// its workflow and key, and none for a path that exists. A note, not an
+/// error: the folder may be made later.
+#[test]
+fn check_notes_read_and_write_paths_that_do_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    write_script(dir.path(), "job.sh", "#!/bin/sh\necho '{}'\n", 0o755);
+    std::fs::create_dir(dir.path().join("out")).unwrap();
+    std::fs::write(
+        dir.path().join("tsbridge.toml"),
+        "[workflows.w]\nroot = \".\"\nscript = \"job.sh\"\nruntime = \"exec\"\n\
+         limits = { write = [\"out\", \"outt\"], read = [\"/nonexistent-tsbridge-check\"] }\n",
+    )
+    .unwrap();
+    let (r, mut notes) = check_json_notes(dir.path());
+    notes.retain(|n| n.contains("which does not exist"));
+    notes.sort();
+    assert_eq!(notes.len(), 2, "{r}");
+    assert!(
+        notes[0].starts_with("workflow w: limits.read names /nonexistent-tsbridge-check,"),
+        "{r}"
+    );
+    assert!(
+        notes[1].starts_with("workflow w: limits.write names ") && notes[1].contains("/outt,"),
+        "{r}"
+    );
+    let text = run(dir.path(), &["check"]);
+    assert!(
+        text.stdout.contains("note: workflow w: limits.write names"),
+        "{text}"
+    );
+}
