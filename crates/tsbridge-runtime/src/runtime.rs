@@ -559,6 +559,11 @@ impl Runtime {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        // Every workflow of the config, 0 when nothing of it runs: an
+        // exported gauge that is not set again keeps its last value.
+        for name in self.shared.workflows.keys() {
+            stats.running_by_workflow.entry(name.clone()).or_insert(0);
+        }
         // Pools keep their own counters; one executor may serve many workflows.
         for ex in self.shared.executors.values() {
             stats.pools.extend(ex.pools());

@@ -13,6 +13,7 @@ pub struct RuntimeStats {
     /// Jobs waiting for a slot (ready or waiting for a retry), on this node.
     pub queued: u64,
     pub running: u64,
+    /// Every workflow of the config, with 0 when none of its jobs runs.
     pub running_by_workflow: BTreeMap<String, u64>,
     /// Jobs finished since start: workflow -> state -> count.
     pub finished: BTreeMap<String, BTreeMap<String, u64>>,

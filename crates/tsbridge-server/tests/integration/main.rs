@@ -14,6 +14,7 @@ mod client;
 mod errors;
 mod job_end_errors;
 mod measure;
+mod metrics_gauges;
 mod multi_node_sse;
 mod panics;
 mod real_execute;
