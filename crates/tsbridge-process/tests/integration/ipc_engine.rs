@@ -16,7 +16,7 @@ async fn node_child_uses_process_send() {
         .build()
         .unwrap();
     let mut p = spawn(spec).await.unwrap();
-    let mut rx = p.take_events().unwrap();
+    let rx = p.take_events().unwrap();
     let ipc = p.ipc().expect("ipc handle");
     let answer = ipc
         .request(serde_json::json!({"q": 1}), Duration::from_secs(30))
@@ -30,13 +30,7 @@ async fn node_child_uses_process_send() {
         .unwrap();
     assert_eq!(bye, "bye");
     drop(ipc);
-    let collector = tokio::spawn(async move {
-        let mut v = Vec::new();
-        while let Some(e) = rx.recv().await {
-            v.push(e);
-        }
-        v
-    });
+    let collector = common::collect_events(rx);
     let o = tokio::time::timeout(Duration::from_secs(60), p.wait())
         .await
         .expect("job ends");

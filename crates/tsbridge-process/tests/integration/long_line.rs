@@ -15,14 +15,8 @@ async fn ten_mib_line_is_truncated() {
         .build()
         .unwrap();
     let mut p = spawn(spec).await.unwrap();
-    let mut rx = p.take_events().unwrap();
-    let collector = tokio::spawn(async move {
-        let mut v = Vec::new();
-        while let Some(e) = rx.recv().await {
-            v.push(e);
-        }
-        v
-    });
+    let rx = p.take_events().unwrap();
+    let collector = common::collect_events(rx);
     let o = p.wait().await;
     let events = collector.await.unwrap();
     assert!(o.exit.success());

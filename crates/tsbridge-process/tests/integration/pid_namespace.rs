@@ -388,7 +388,7 @@ async fn node_tsx_and_ipc_work_under_the_init() {
         .build()
         .unwrap();
     let mut p = spawn(spec).await.unwrap();
-    let mut rx = p.take_events().unwrap();
+    let rx = p.take_events().unwrap();
     let ipc = p.ipc().expect("ipc handle");
     let answer = ipc
         .request(serde_json::json!({"q": 1}), Duration::from_secs(30))
@@ -402,13 +402,7 @@ async fn node_tsx_and_ipc_work_under_the_init() {
         .unwrap();
     assert_eq!(bye, "bye");
     drop(ipc);
-    let collector = tokio::spawn(async move {
-        let mut v = Vec::new();
-        while let Some(e) = rx.recv().await {
-            v.push(e);
-        }
-        v
-    });
+    let collector = common::collect_events(rx);
     let o = p.wait().await;
     let events = collector.await.unwrap();
     assert!(o.success(), "{}", String::from_utf8_lossy(&o.stderr.head));

@@ -148,3 +148,17 @@ pub fn attach(
         policy: std::sync::Arc::new(policy),
     }
 }
+
+/// Collects every event of a job until its channel closes (the job's end),
+/// on a task of its own so that the job is never held up by a full channel.
+pub fn collect_events(
+    mut rx: tokio::sync::mpsc::Receiver<tsbridge_proto::ChildEvent>,
+) -> tokio::task::JoinHandle<Vec<tsbridge_proto::ChildEvent>> {
+    tokio::spawn(async move {
+        let mut v = Vec::new();
+        while let Some(e) = rx.recv().await {
+            v.push(e);
+        }
+        v
+    })
+}
