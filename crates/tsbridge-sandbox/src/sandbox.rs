@@ -323,6 +323,35 @@ impl Sandbox {
         })
     }
 
+    /// A sandbox on the real cgroup v2 directory `own_dir` (a cgroup2 mount
+    /// or a directory in one), whatever [`Sandbox::new`] would discover: its
+    /// parent cgroup is `<own_dir>/<config.cgroup_parent_name>`, with the
+    /// controllers `own_dir` offers (none is fine: jobs are still created
+    /// in their cgroup at clone time, listed, frozen and killed through it).
+    ///
+    /// For tests of the v2 path on hosts whose controllers are on v1, such
+    /// as a hybrid host's controller-less `/sys/fs/cgroup/unified`; a
+    /// server discovers its hierarchy. `config.v2_move_self_to_leaf` is
+    /// honoured: a test sets it to `false` so as not to move itself.
+    #[doc(hidden)]
+    pub fn on_cgroup_v2_dir(
+        config: SandboxConfig,
+        own_dir: &Path,
+    ) -> Result<Sandbox, SandboxError> {
+        if !valid_key(&config.cgroup_parent_name) {
+            return Err(SandboxError::InvalidJobKey {
+                key: config.cgroup_parent_name,
+            });
+        }
+        let (host, notes) = CgroupHost::setup_v2(
+            own_dir,
+            &config.cgroup_parent_name,
+            config.v2_move_self_to_leaf,
+            FsKind::Kernel,
+        )?;
+        Self::assemble(config, Some(host), notes, Vec::new())
+    }
+
     /// A sandbox whose cgroups live in a fake cgroupfs (a plain directory tree).
     #[cfg(test)]
     pub(crate) fn with_fake_v2(own_dir: &Path, name: &str) -> Result<Sandbox, SandboxError> {

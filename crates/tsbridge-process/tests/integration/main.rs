@@ -10,6 +10,7 @@ mod common;
 mod argv_verbatim;
 mod bytewise_result;
 mod cancel;
+mod cgroup_v2_kernel;
 mod env_exact;
 mod event_budget;
 mod exit_code;
