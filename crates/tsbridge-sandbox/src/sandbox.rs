@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::cgroup::{
     CgroupHost, CgroupLimits, CgroupVersion, Controller, Discovered, FsKind, JobCgroup, LiveJobs,
-    LiveToken, discover, parse_mountinfo,
+    LiveToken, discover, own_v2_dir, parse_mountinfo,
 };
 use crate::child::{CgroupJoin, ChildFailure, ChildPlan, FailureSlot, NetPlan, RlimitResource};
 use crate::error::SandboxError;
@@ -350,6 +350,17 @@ impl Sandbox {
             FsKind::Kernel,
         )?;
         Self::assemble(config, Some(host), notes, Vec::new())
+    }
+
+    /// This process's own directory in the mounted cgroup2 hierarchy, with
+    /// or without controllers: where [`Sandbox::on_cgroup_v2_dir`] can put a
+    /// test's sandbox. `None` without a cgroup2 mount.
+    #[doc(hidden)]
+    pub fn own_cgroup_v2_dir() -> Option<PathBuf> {
+        own_v2_dir(
+            &std::fs::read_to_string("/proc/self/cgroup").ok()?,
+            &std::fs::read_to_string("/proc/self/mountinfo").ok()?,
+        )
     }
 
     /// A sandbox whose cgroups live in a fake cgroupfs (a plain directory tree).

@@ -163,6 +163,19 @@ pub(crate) fn discover(
     }
 }
 
+/// Our own directory in the first mounted cgroup2 hierarchy, whatever its
+/// controllers (none on a hybrid host's `unified` mount).
+pub(crate) fn own_v2_dir(proc_cgroup: &str, mountinfo: &str) -> Option<PathBuf> {
+    let lines = parse_proc_cgroup(proc_cgroup);
+    let line = lines
+        .iter()
+        .find(|l| l.id == 0 && l.controllers.is_empty())?;
+    parse_mountinfo(mountinfo)
+        .iter()
+        .filter(|m| m.v2)
+        .find_map(|m| dir_under_mount(m, &line.path))
+}
+
 /// Our own dir in each mounted v1 hierarchy of a controller tsbridge uses.
 fn v1_hierarchies(lines: &[ProcCgroup], mounts: &[CgroupMount]) -> Vec<(Vec<Controller>, PathBuf)> {
     let mut hierarchies = Vec::new();
@@ -207,6 +220,20 @@ mod tests {
 36 30 0:32 / /sys/fs/cgroup/freezer rw,nosuid - cgroup cgroup rw,freezer
 37 30 0:33 / /sys/fs/cgroup/systemd rw,nosuid - cgroup cgroup rw,xattr,name=systemd
 ";
+
+    #[test]
+    fn the_own_v2_dir_of_a_hybrid_host_is_on_its_controller_less_mount() {
+        assert_eq!(
+            own_v2_dir(THIS_HOST_CGROUP, THIS_HOST_MOUNTS),
+            Some(PathBuf::from("/sys/fs/cgroup/unified/"))
+        );
+        let v1_only: String = THIS_HOST_MOUNTS
+            .lines()
+            .filter(|l| !l.contains("cgroup2"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(own_v2_dir(THIS_HOST_CGROUP, &v1_only), None);
+    }
 
     #[test]
     fn hybrid_host_without_v2_controllers_uses_v1_with_nested_memory_path() {

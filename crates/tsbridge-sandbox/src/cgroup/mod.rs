@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub(crate) use discover::{Discovered, discover, parse_mountinfo};
+pub(crate) use discover::{Discovered, discover, own_v2_dir, parse_mountinfo};
 pub(crate) use fs::FsKind;
 pub(crate) use host::{CgroupHost, CgroupLimits};
 pub(crate) use live::{LiveJobs, LiveToken};
