@@ -182,6 +182,10 @@ pub(crate) struct Command {
     pre_exec: Option<PreExec>,
     /// Run under an init of its own in a new PID namespace.
     pid_namespace: bool,
+    /// Never share the parent's memory until the exec (no vfork-style
+    /// clone): the pre-exec step changes what belongs to the address
+    /// space (its dumpable flag).
+    own_memory: bool,
     /// The first argument or variable that could not be a C string.
     invalid: Option<&'static str>,
 }
@@ -223,6 +227,7 @@ impl Command {
             cgroup: None,
             pre_exec: None,
             pid_namespace: false,
+            own_memory: false,
             invalid,
         }
     }
@@ -298,6 +303,15 @@ impl Command {
     /// the program itself ended.
     pub(crate) fn pid_namespace(&mut self, on: bool) -> &mut Self {
         self.pid_namespace = on;
+        self
+    }
+
+    /// Clone the child with a copy of the memory (fork-like), never the
+    /// vfork-style way: for a pre-exec step that changes what belongs to
+    /// the address space, such as `PR_SET_DUMPABLE`, which would change
+    /// tsbridge's own on a shared one.
+    pub(crate) fn own_memory(&mut self, on: bool) -> &mut Self {
+        self.own_memory = on;
         self
     }
 
@@ -730,6 +744,10 @@ fn spawn_with(cmd: &mut Command, method: Method) -> io::Result<Child> {
             }
         }
     } else {
+        let method = Method {
+            vfork: method.vfork && !cmd.own_memory,
+            ..method
+        };
         let (pid, pidfd, in_cgroup, via) = match spawn_vfork(method, cgroup, &plan, pre_exec) {
             Some(v) => v,
             None => {
@@ -1590,6 +1608,36 @@ mod tests {
         let mut s = String::new();
         std::fs::File::from(fd).read_to_string(&mut s).unwrap();
         s
+    }
+
+    /// `own_memory` keeps a spawn off the vfork-style path even where the
+    /// method would take it: its pre-exec step gets an address space of its
+    /// own (a user namespace's maps turn its dumpable flag on for a moment,
+    /// which on a shared one would be the server's). The child's dumpable
+    /// flag changes, the parent's stays.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn own_memory_spawns_with_a_copy_of_the_memory() {
+        // SAFETY: prctl with integer arguments.
+        let dumpable = || unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+        let before = dumpable();
+        let flip = if before == 1 { 0 } else { 1 };
+        for own in [false, true] {
+            let mut c = Command::new("/bin/true");
+            c.own_memory(own);
+            let child = spawn_with(&mut c, vfork_method()).unwrap();
+            assert_eq!(sys::reap_blocking(child.pid).unwrap(), 0);
+            assert_eq!(child.via == Via::Vfork, !own, "own_memory {own}");
+        }
+        let mut c = Command::new("/bin/true");
+        c.own_memory(true).pre_exec(Box::new(move |_| {
+            // SAFETY: prctl with integer arguments, in the child.
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, flip, 0, 0, 0) };
+            Ok(())
+        }));
+        let child = spawn_with(&mut c, vfork_method()).unwrap();
+        assert_eq!(sys::reap_blocking(child.pid).unwrap(), 0);
+        assert_eq!(dumpable(), before, "the child changed the parent's flag");
     }
 
     /// A spawn storm from several threads while others allocate, free and

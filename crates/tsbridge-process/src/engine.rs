@@ -500,6 +500,13 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
     // A PID namespace of its own: the job runs under a tiny init
     // (docs/design/pid-namespace.md); `pid` below is then the init's.
     cmd.pid_namespace(sandbox.as_ref().is_some_and(|s| s.prepared.pid_namespace()));
+    // A sandbox step that needs a memory of its own (a user namespace's
+    // maps: see `PreparedSandbox::needs_own_memory`).
+    cmd.own_memory(
+        sandbox
+            .as_ref()
+            .is_some_and(|s| s.prepared.needs_own_memory()),
+    );
     let pre_exec = move |ctx: clone::ChildCtx| -> io::Result<()> {
         // SAFETY: prctl with integer arguments; async-signal-safe.
         if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {

@@ -29,6 +29,9 @@ pub(crate) enum NetPlan {
     Unshare,
     /// Join the shared empty namespace held open by the `Sandbox`.
     Setns(Arc<OwnedFd>),
+    /// A user namespace of its own (mapping the job's ids to themselves)
+    /// and a network namespace owned by it: an unprivileged tsbridge.
+    UserNs(Arc<crate::netns::SelfMaps>),
 }
 
 /// The step of [`crate::PreparedSandbox::apply_in_child`] that failed.
@@ -47,10 +50,11 @@ pub enum ChildStep {
     Capabilities = 9,
     SwitchUser = 10,
     IpcNamespace = 11,
+    UserNamespace = 12,
 }
 
 impl ChildStep {
-    fn from_i32(v: i32) -> Option<Self> {
+    pub(crate) fn from_i32(v: i32) -> Option<Self> {
         Some(match v {
             1 => Self::JoinCgroup,
             2 => Self::Rlimit,
@@ -63,6 +67,7 @@ impl ChildStep {
             9 => Self::Capabilities,
             10 => Self::SwitchUser,
             11 => Self::IpcNamespace,
+            12 => Self::UserNamespace,
             _ => return None,
         })
     }
@@ -82,6 +87,7 @@ impl fmt::Display for ChildStep {
             Self::Capabilities => "dropping capabilities",
             Self::SwitchUser => "switching to the job's user",
             Self::IpcNamespace => "entering an IPC namespace",
+            Self::UserNamespace => "mapping the job's ids in its user namespace",
         })
     }
 }
@@ -338,6 +344,13 @@ impl ChildPlan {
                 // SAFETY: fd is an open network-namespace fd.
                 if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                     return Err(fail(ChildStep::NetworkNamespace));
+                }
+            }
+            NetPlan::UserNs(maps) => {
+                // SAFETY: in the child before its exec; the plan keeps
+                // `maps` alive.
+                if let Err((step, e)) = unsafe { crate::netns::enter_own_user_and_net_ns(maps) } {
+                    return Err(fail_with(step, e));
                 }
             }
         }

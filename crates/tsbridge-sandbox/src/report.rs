@@ -74,6 +74,10 @@ pub struct Capabilities {
     pub cpu_usage: bool,
     pub kill: KillMethod,
     pub network_ns: bool,
+    /// The network namespaces are made inside a user namespace of each
+    /// job's own (an unprivileged tsbridge: no CAP_SYS_ADMIN, unprivileged
+    /// user namespaces allowed).
+    pub network_ns_in_user_ns: bool,
     /// A job can get a PID namespace of its own with a fresh `/proc`
     /// (`clone3(CLONE_NEWPID | CLONE_NEWNS)` and a procfs mount, probed at
     /// startup: needs CAP_SYS_ADMIN).
@@ -217,7 +221,14 @@ impl fmt::Display for Capabilities {
             ("cpu quota", yes(self.cpu).into()),
             ("cpu usage", yes(self.cpu_usage).into()),
             ("job kill", kill.into()),
-            ("network namespace", yes(self.network_ns).into()),
+            (
+                "network namespace",
+                if self.network_ns_in_user_ns {
+                    "yes (in a user namespace of each job's own)".into()
+                } else {
+                    yes(self.network_ns).into()
+                },
+            ),
             ("pid namespace", yes(self.pid_ns).into()),
             ("landlock", ll),
             ("seccomp", yes(self.seccomp).into()),
@@ -335,6 +346,7 @@ mod tests {
             cpu_usage: true,
             kill: KillMethod::Freezer,
             network_ns: false,
+            network_ns_in_user_ns: false,
             pid_ns: false,
             landlock: LandlockSupport::Full { abi: 7 },
             seccomp: true,

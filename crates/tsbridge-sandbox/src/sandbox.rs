@@ -71,6 +71,9 @@ pub struct Sandbox {
     /// false`; see [`seccomp::compile_offline`]).
     seccomp_offline: Arc<Vec<Program>>,
     shared_netns: Option<Arc<OwnedFd>>,
+    /// Set when network namespaces are made through a user namespace per
+    /// job (tsbridge is not privileged): the maps each job writes.
+    user_netns: Option<Arc<netns::SelfMaps>>,
     /// The job cgroups made by [`Sandbox::prepare`] that are still held.
     live: Arc<LiveJobs>,
 }
@@ -223,11 +226,31 @@ impl Sandbox {
         // system guard (ABI 2+), and no IPC object only in a namespace of
         // its own: else every lease is swept.
         crate::leftovers::sweep_every_lease(!(ipc_ns && landlock_abi.is_some_and(|a| a >= 2)));
-        let (network_ns, shared_netns) = match netns::create_empty_netns() {
-            Ok(fd) => (true, config.shared_netns.then(|| Arc::new(fd))),
+        let (network_ns, shared_netns, user_netns) = match netns::create_empty_netns() {
+            Ok(fd) => (true, config.shared_netns.then(|| Arc::new(fd)), None),
             Err(e) => {
-                notes.push(format!("network namespaces unavailable: {e}"));
-                (false, None)
+                let maps = netns::SelfMaps::current();
+                match netns::probe_user_netns(&maps) {
+                    Ok(()) => {
+                        notes.push(format!(
+                            "no network namespace in the host's user namespace ({e}): each \
+                             network = false job gets a user namespace of its own (its uid and \
+                             gid mapped to themselves) with a network namespace in it{}",
+                            if config.shared_netns {
+                                " (shared_netns does not apply)"
+                            } else {
+                                ""
+                            }
+                        ));
+                        (true, None, Some(Arc::new(maps)))
+                    }
+                    Err(ue) => {
+                        notes.push(format!(
+                            "network namespaces unavailable: {e}; nor through a user namespace: {ue}"
+                        ));
+                        (false, None, None)
+                    }
+                }
             }
         };
         let pid_ns = match crate::pidns::probe() {
@@ -288,6 +311,7 @@ impl Sandbox {
             cpu_usage,
             kill,
             network_ns,
+            network_ns_in_user_ns: user_netns.is_some(),
             pid_ns,
             landlock: LandlockSupport::from_abi(landlock_abi),
             seccomp: seccomp_ok,
@@ -319,6 +343,7 @@ impl Sandbox {
             seccomp: Arc::new(seccomp),
             seccomp_offline: Arc::new(seccomp_offline),
             shared_netns,
+            user_netns,
             live: Arc::default(),
         })
     }
@@ -455,6 +480,8 @@ impl Sandbox {
 
         let net = if policy.network || !self.caps.network_ns {
             NetPlan::Host
+        } else if let Some(maps) = &self.user_netns {
+            NetPlan::UserNs(Arc::clone(maps))
         } else if let Some(fd) = &self.shared_netns {
             NetPlan::Setns(Arc::clone(fd))
         } else {
@@ -784,6 +811,16 @@ impl PreparedSandbox {
     /// runs without, and [`Self::report`] says so).
     pub fn pid_namespace(&self) -> bool {
         self.plan.pid_namespace
+    }
+
+    /// Whether the child must be cloned with a memory of its own (not the
+    /// vfork-style way, whose child shares tsbridge's until its exec): its
+    /// network namespace is made in a user namespace of its own
+    /// (an unprivileged tsbridge), and writing the maps takes turning the
+    /// address space's dumpable flag on for a moment, which on a shared
+    /// address space would be tsbridge's own.
+    pub fn needs_own_memory(&self) -> bool {
+        matches!(self.plan.net, NetPlan::UserNs(_))
     }
 
     /// What this job's sandbox enforces.

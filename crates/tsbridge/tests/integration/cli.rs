@@ -824,6 +824,99 @@ fn run_refuses_limits_this_host_cannot_enforce_unless_degraded() {
     assert!(marker.exists(), "--degraded runs the job: {r}");
 }
 
+/// A tsbridge without privilege (here `nobody`: no CAP_SYS_ADMIN, so no
+/// network namespace in the host's user namespace) still runs a
+/// `--no-network` job without network: the job gets a user namespace of
+/// its own (its uid and gid mapped to themselves) with a network namespace
+/// in it. The hostile job tries to reach a listener on the host's loopback
+/// and lists the interfaces it sees: refused, `lo` only; without
+/// `--no-network` the same job connects. It keeps no capability of its
+/// user namespace (effective and bounding sets empty) and runs as
+/// `nobody`. Before, the run was refused ("cannot enforce": only
+/// Landlock's TCP rule was left). Skipped when the tests do not run as
+/// root, `nobody` cannot reach the binary, or the kernel refuses
+/// unprivileged user namespaces.
+#[test]
+fn an_unprivileged_tsbridge_still_takes_the_network_away() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("not root: cannot run as another user; skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let script = write_script(
+        dir.path(),
+        "probe.js",
+        r#"const fs = require('fs');
+const ifaces = fs.readFileSync('/proc/net/dev', 'utf8').split('\n').slice(2)
+  .map((l) => l.split(':')[0].trim()).filter(Boolean);
+const status = fs.readFileSync('/proc/self/status', 'utf8');
+const cap = (k) => (status.match(new RegExp('^' + k + ':\\s*(\\w+)', 'm')) || [])[1];
+const out = (o) => { console.log('PROBE ' + JSON.stringify({ ...o, ifaces, uid: process.getuid(),
+  eff: cap('CapEff'), bnd: cap('CapBnd') })); process.exit(0); };
+const s = require('net').connect(Number(process.argv[2]), '127.0.0.1');
+s.on('connect', () => out({ connected: true }));
+s.on('error', (e) => out({ connected: false, code: e.code }));
+"#,
+        0o644,
+    );
+    let as_nobody = |extra: &[&str]| {
+        let mut args = vec!["run", "--timeout", "60"];
+        args.extend_from_slice(extra);
+        args.extend([script.as_str(), port.as_str()]);
+        let mut cmd = tsbridge(dir.path(), &args);
+        cmd.uid(65534).gid(65534);
+        cmd.output().map(Run::of)
+    };
+    let probe = |r: &Run| -> serde_json::Value {
+        let line = r
+            .stdout
+            .lines()
+            .chain(r.stderr.lines())
+            .find_map(|l| l.split_once("PROBE ").map(|(_, j)| j.to_owned()))
+            .unwrap_or_else(|| panic!("no probe output: {r}"));
+        serde_json::from_str(&line).unwrap()
+    };
+    let open = match as_nobody(&[]) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start tsbridge as nobody ({e}); skipped");
+            return;
+        }
+    };
+    assert_eq!(open.code, Some(0), "{open}");
+    assert_eq!(probe(&open)["connected"], true, "{open}");
+
+    // Whether this kernel lets `nobody` make a user and a network
+    // namespace at all (util-linux's unshare, independent of tsbridge).
+    let userns = std::process::Command::new("unshare")
+        .args(["--user", "--net", "--map-current-user", "true"])
+        .uid(65534)
+        .gid(65534)
+        .status();
+    if !userns.as_ref().is_ok_and(|s| s.success()) {
+        eprintln!("no unprivileged user namespaces here ({userns:?}); skipped");
+        return;
+    }
+    let closed = as_nobody(&["--no-network"]).unwrap();
+    assert_eq!(closed.code, Some(0), "{closed}");
+    let p = probe(&closed);
+    assert_eq!(p["connected"], false, "{closed}");
+    assert!(
+        p["code"] == "ECONNREFUSED" || p["code"] == "ENETUNREACH",
+        "{closed}"
+    );
+    assert_eq!(p["ifaces"], serde_json::json!(["lo"]), "{closed}");
+    assert_eq!(p["uid"], 65534, "{closed}");
+    assert_eq!(p["eff"], "0000000000000000", "{closed}");
+    assert_eq!(p["bnd"], "0000000000000000", "{closed}");
+    drop(listener);
+}
+
 /// A `limits.read`/`limits.write` path that does not exist grants nothing
 /// (Landlock can only grant an existing path): `check` notes each one, with
 /// its workflow and key, and none for a path that exists. A note, not an
