@@ -120,6 +120,39 @@ impl Drop for Reap {
     }
 }
 
+/// The end both kill tests share: `job` times out, its daemon `sleep-<m>`
+/// dies with it, the job's cgroup empties (orphans leave it once the
+/// host's init has reaped them), and its and the parent's cgroups are
+/// removed.
+async fn ends_by_timeout_with_nothing_left(
+    job: tsbridge_process::RunningProcess,
+    m: &str,
+    v2: V2,
+    a: SandboxAttachment,
+) {
+    let o = job.wait().await;
+    assert_eq!(o.reason, EndReason::Timeout, "{o:?}");
+    let daemon = format!("sleep-{m}");
+    assert!(
+        common::eventually(Duration::from_secs(60), || running_as(&daemon).is_empty()).await,
+        "the daemon outlived its job: {:?}",
+        running_as(&daemon)
+    );
+    let cgroup = a.prepared.cgroup().unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(60), || cgroup
+            .pids()
+            .is_ok_and(|p| p.is_empty()))
+        .await,
+        "the job's cgroup still lists {:?}",
+        cgroup.pids()
+    );
+    let dir = job_dir(&a);
+    remove(a);
+    assert!(!dir.exists(), "{} is left", dir.display());
+    v2.sb.remove_parent().expect("the parent cgroup is removed");
+}
+
 /// A job runs in its v2 cgroup (created there by the clone, or joined
 /// before its exec where the kernel refuses that), and its cgroup and the
 /// parent are removed afterwards.
@@ -161,7 +194,6 @@ async fn a_timeout_kills_a_hidden_daemon_through_cgroup_kill() {
     let tmp = tempfile::tempdir().unwrap();
     let ready = tmp.path().join("ready");
     let a = attach(&v2.sb, "kill-1", SandboxPolicy::default());
-    let dir = job_dir(&a);
     let job = spawn(
         sh(&daemon_then_sleep(&m, &ready))
             .sandbox(Some(a.clone()))
@@ -184,30 +216,7 @@ async fn a_timeout_kills_a_hidden_daemon_through_cgroup_kill() {
     // The cgroup lists it (its own /proc/<pid>/cgroup agrees).
     let listed = a.prepared.cgroup().unwrap().pids().unwrap();
     assert!(listed.contains(&daemon[0]), "{listed:?} lacks {daemon:?}");
-    let o = job.wait().await;
-    assert_eq!(o.reason, EndReason::Timeout, "{o:?}");
-    assert!(
-        common::eventually(Duration::from_secs(60), || running_as(&format!(
-            "sleep-{m}"
-        ))
-        .is_empty())
-        .await,
-        "the daemon {daemon:?} outlived its job"
-    );
-    // Orphans leave the cgroup once the host's init has reaped them.
-    assert!(
-        common::eventually(Duration::from_secs(60), || a
-            .prepared
-            .cgroup()
-            .unwrap()
-            .pids()
-            .is_ok_and(|p| p.is_empty()))
-        .await,
-        "the job's cgroup still lists processes"
-    );
-    remove(a);
-    assert!(!dir.exists());
-    v2.sb.remove_parent().expect("the parent cgroup is removed");
+    ends_by_timeout_with_nothing_left(job, &m, v2, a).await;
 }
 
 /// `cpu.stat` (there without the cpu controller) gives the job's CPU time.
@@ -296,27 +305,5 @@ async fn a_pid_namespace_s_init_and_job_start_in_the_v2_cgroup() {
         String::from_utf8_lossy(&seen),
         dir.display()
     );
-    let o = job.wait().await;
-    assert_eq!(o.reason, EndReason::Timeout, "{o:?}");
-    assert!(
-        common::eventually(Duration::from_secs(60), || running_as(&format!(
-            "sleep-{m}"
-        ))
-        .is_empty())
-        .await,
-        "the namespace's daemon outlived its job"
-    );
-    assert!(
-        common::eventually(Duration::from_secs(60), || a
-            .prepared
-            .cgroup()
-            .unwrap()
-            .pids()
-            .is_ok_and(|p| p.is_empty()))
-        .await,
-        "the job's cgroup still lists processes"
-    );
-    remove(a);
-    assert!(!dir.exists());
-    v2.sb.remove_parent().expect("the parent cgroup is removed");
+    ends_by_timeout_with_nothing_left(job, &m, v2, a).await;
 }
