@@ -831,8 +831,8 @@ fn run_refuses_limits_this_host_cannot_enforce_unless_degraded() {
 /// in it. The hostile job tries to reach a listener on the host's loopback
 /// and lists the interfaces it sees: refused, `lo` only; without
 /// `--no-network` the same job connects. It keeps no capability of its
-/// user namespace (effective and bounding sets empty) and runs as
-/// `nobody`. Before, the run was refused ("cannot enforce": only
+/// user namespace (effective and bounding sets empty), runs as `nobody`,
+/// and cannot make a namespace of its own. Before, the run was refused ("cannot enforce": only
 /// Landlock's TCP rule was left). Skipped when the tests do not run as
 /// root, `nobody` cannot reach the binary, or the kernel refuses
 /// unprivileged user namespaces.
@@ -914,6 +914,30 @@ s.on('error', (e) => out({ connected: false, code: e.code }));
     assert_eq!(p["uid"], 65534, "{closed}");
     assert_eq!(p["eff"], "0000000000000000", "{closed}");
     assert_eq!(p["bnd"], "0000000000000000", "{closed}");
+
+    // Hostile: the job tries to make namespaces of its own (a user
+    // namespace, where it would hold every capability again, and a network
+    // namespace): seccomp refuses both.
+    let nested = write_script(
+        dir.path(),
+        "nested.sh",
+        "#!/bin/sh
+unshare --user --map-current-user true; echo \"user=$?\"\n\
+         unshare --net true; echo \"net=$?\"\n",
+        0o755,
+    );
+    let mut cmd = tsbridge(
+        dir.path(),
+        &["run", "--no-network", "--timeout", "60", &nested],
+    );
+    cmd.uid(65534).gid(65534);
+    let r = Run::of(cmd.output().unwrap());
+    assert_eq!(r.code, Some(0), "{r}");
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        all.contains("user=1") && all.contains("net=1"),
+        "a namespace was made inside the job: {r}"
+    );
     drop(listener);
 }
 
