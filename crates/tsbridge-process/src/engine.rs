@@ -313,6 +313,7 @@ pub fn tail_text(c: &Captured, n: usize) -> String {
 #[derive(Debug)]
 pub struct RunningProcess {
     pid: u32,
+    main_pid: u32,
     key: JobKey,
     started_at: SystemTime,
     events: Option<mpsc::Receiver<ChildEvent>>,
@@ -323,8 +324,17 @@ pub struct RunningProcess {
 }
 
 impl RunningProcess {
+    /// The process the engine started and reaps: the job's, or with a PID
+    /// namespace of its own (`limits.pid_namespace`) its init's.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The job's own process (its host pid): [`Self::pid`], but under an
+    /// init the init's child (pid 2 in the namespace). Still
+    /// [`Self::pid`] if the job had already ended at the spawn's return.
+    pub fn main_pid(&self) -> u32 {
+        self.main_pid
     }
 
     pub fn key(&self) -> &JobKey {
@@ -569,7 +579,19 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
     );
     // The spawner registered the job's group (and its window) at the fork.
     let needle = format!("{JOB_MARKER_ENV}={key}").into_bytes();
-    let tracker = Tracker::new(pid, needle);
+    let mut tracker = Tracker::new(pid, needle);
+    // Under an init (a PID namespace of its own), `pid` is the init's: the
+    // job itself is its child, which has exec'd by now (the spawn returned
+    // once the report pipe's last copy, the job's, closed at its exec). A
+    // pool worker's sweeps must spare it; its pid is what the caller calls
+    // the job's (`RunningProcess::main_pid`).
+    let main = match child.init_status {
+        Some(_) => sys::ns_job_of(pid),
+        None => None,
+    };
+    if let Some(m) = main {
+        tracker.set_main(m);
+    }
 
     // Taken at the clone (CLONE_PIDFD; pidfd_open after a fork).
     let pidfd = child.pidfd.take();
@@ -704,6 +726,7 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
 
     Ok(RunningProcess {
         pid: pid.raw() as u32,
+        main_pid: main.map_or(pid, |m| m.pid).raw() as u32,
         key,
         started_at,
         events: Some(rx),

@@ -312,6 +312,35 @@ pub(crate) fn own_main_thread_children(out: &mut Vec<Pid>) {
     }
 }
 
+/// The job's own process under `init`, the init of a PID namespace of its
+/// own (`clone/init.rs`): the init's child that is pid 2 in that namespace.
+/// The init forks it first and nothing else (every other process of the
+/// namespace descends from it; an orphan reparented to the init later has
+/// another pid there), so pid 2 names it. Read from the init's
+/// `task/<init>/children` (the init has one thread) and each child's
+/// `NSpid` (its pid in each namespace, its own last). `None` when it has
+/// ended (or /proc cannot be read).
+pub(crate) fn ns_job_of(init: Pid) -> Option<ProcRef> {
+    let mut kids = Vec::new();
+    main_thread_children(init, &mut kids);
+    kids.into_iter().find_map(|kid| {
+        let status = fs::read_to_string(format!("/proc/{}/status", kid.raw())).ok()?;
+        let own = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))?
+            .split_ascii_whitespace()
+            .last()?;
+        if own != "2" {
+            return None;
+        }
+        let st = read_stat(kid)?;
+        (!st.is_zombie()).then_some(ProcRef {
+            pid: kid,
+            start: st.start,
+        })
+    })
+}
+
 /// The /proc files of one long-lived process (a pool worker) kept open, so
 /// that walking it costs one `pread` per file instead of open + read +
 /// close: its `stat`, its `task` directory and each thread's `children`.

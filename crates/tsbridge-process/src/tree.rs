@@ -56,6 +56,11 @@ pub(crate) struct Tracker {
     /// worker had started before its first task (tsx's esbuild service).
     /// Per-task sweeps leave them; the job's end kills them like the rest.
     kept: HashMap<i32, u64>,
+    /// The job's own process when the leader is the init of its PID
+    /// namespace (`limits.pid_namespace`): the init's child. A pool
+    /// worker's per-task sweeps spare it as they spare the leader; the
+    /// job's end kills it like the rest.
+    main: Option<ProcRef>,
     /// Pids that were ever seen (for the orphan reaper).
     ever: HashSet<i32>,
     /// Whether the leader has been reaped (its pid may be reused).
@@ -90,6 +95,7 @@ impl Tracker {
             needle,
             seen: HashMap::new(),
             kept: HashMap::new(),
+            main: None,
             ever: HashSet::new(),
             leader_reaped: false,
             queue: Vec::new(),
@@ -102,6 +108,12 @@ impl Tracker {
             #[cfg(test)]
             assume_nothing_new: false,
         }
+    }
+
+    /// Names the job's own process under the leader, the init of its PID
+    /// namespace: a pool worker's sweeps spare it as they spare the leader.
+    pub(crate) fn set_main(&mut self, main: ProcRef) {
+        self.main = Some(main);
     }
 
     pub(crate) fn pgid(&self) -> Pid {
@@ -287,7 +299,7 @@ impl Tracker {
     /// runs, through the worker's /proc files kept open ([`sys::OpenProc`]).
     pub(crate) fn discover_after_task(&mut self) -> Vec<ProcRef> {
         if self.open.is_none() && !self.leader_reaped {
-            self.open = sys::OpenProc::open(self.leader);
+            self.open = self.open_worker();
         }
         if self.nothing_new() {
             let mut roots = Vec::new();
@@ -314,14 +326,28 @@ impl Tracker {
         found
     }
 
+    /// The /proc files of the long-lived process a pool worker's sweeps
+    /// walk most: the leader, or under an init the job's own process (the
+    /// worker, whose threads' children the walk reads and whose thread
+    /// count [`Self::discover_after_task`] compares), checked to be the
+    /// same process (start time) once open.
+    fn open_worker(&self) -> Option<sys::OpenProc> {
+        match self.main {
+            Some(main) => sys::OpenProc::open(main.pid)
+                .filter(|o| o.stat().is_some_and(|st| st.start == main.start)),
+            None => sys::OpenProc::open(self.leader),
+        }
+    }
+
     /// Takes the leader's descendants alive now as its own helpers
     /// ([`Self::is_kept`]); returns how many.
     pub(crate) fn keep_current(&mut self) -> usize {
         let leader = self.leader;
+        let main = self.main;
         self.kept = self
             .discover(true, Scope::Ending)
             .into_iter()
-            .filter(|p| p.pid != leader)
+            .filter(|p| p.pid != leader && Some(*p) != main)
             .map(|p| (p.pid.raw(), p.start))
             .collect();
         // Opened after the walk that found them: a file opened now names
@@ -337,18 +363,18 @@ impl Tracker {
         self.kept.len()
     }
 
-    /// Whether `p` is one of the helpers [`Self::keep_current`] took (the
-    /// same process: its pid and its start time).
+    /// Whether `p` is one of the helpers [`Self::keep_current`] took, or
+    /// the job's own process under an init ([`Self::set_main`]): the same
+    /// process, its pid and its start time.
     pub(crate) fn is_kept(&self, p: &ProcRef) -> bool {
-        self.kept.get(&p.pid.raw()) == Some(&p.start)
+        self.main == Some(*p) || self.kept.get(&p.pid.raw()) == Some(&p.start)
     }
 
     fn nothing_new(&self) -> bool {
         // Seen in the last walk and still there on purpose: only kept helpers.
-        let only_kept = self
-            .seen
-            .iter()
-            .all(|(p, start)| self.kept.get(p) == Some(start));
+        let only_kept = self.seen.iter().all(|(&pid, &start)| {
+            Pid::new(pid).is_some_and(|pid| self.is_kept(&ProcRef { pid, start }))
+        });
         if !registry::is_subreaper() || self.leader_reaped || !only_kept {
             return false;
         }

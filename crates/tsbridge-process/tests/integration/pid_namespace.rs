@@ -326,6 +326,68 @@ async fn a_daemon_does_not_outlive_the_job() {
     sb.remove_parent().expect("parent cgroup removed");
 }
 
+/// A long-lived job under its init (a pool worker's shape) whose task left
+/// a child and a setsid daemon: `kill_descendants` kills both and spares
+/// the job itself (the init's child, `main_pid`, with no
+/// `keep_descendants` before) and its init; a second sweep finds nothing.
+/// The job then stops as any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_task_sweep_spares_the_job_and_its_init() {
+    let Some(sb) = sandbox_with("sweep", false) else {
+        return;
+    };
+    let m = format!("pidns-sweep-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("up");
+    let script = format!(
+        "{}(exec -a sleep-{m}-child sleep 1000) & touch {}; exec -a sleep-{m}-main sleep 1000",
+        daemon_script(&format!("{m}-daemon"), &dir.path().join("ready")),
+        up.display()
+    );
+    let control = tsbridge_process::ProcessControl::new();
+    let spec = bash(&script)
+        .sandbox(Some(attach(&sb, "sweep", pidns(true))))
+        .control(control.clone())
+        .build()
+        .unwrap();
+    let process = spawn(spec).await.unwrap();
+    let (init, main) = (process.pid() as i32, process.main_pid() as i32);
+    assert_ne!(init, main, "the job runs under its init");
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
+    assert!(
+        children.split_whitespace().any(|c| c == main.to_string()),
+        "{children}"
+    );
+    let child = format!("sleep-{m}-child");
+    let daemon = format!("sleep-{m}-daemon");
+    assert!(
+        common::eventually(Duration::from_secs(60), || up.exists()
+            && !running_as(&child).is_empty()
+            && !running_as(&format!("sleep-{m}-main")).is_empty())
+        .await,
+        "the job never started its child"
+    );
+    assert!(!running_as(&daemon).is_empty());
+
+    let killed = control.kill_descendants().await;
+    assert_eq!(killed, 2, "the child and the daemon");
+    assert!(
+        common::eventually(Duration::from_secs(60), || running_as(&child).is_empty()
+            && running_as(&daemon).is_empty())
+        .await,
+        "what the task left survived the sweep"
+    );
+    assert!(common::alive(main), "the job survives its sweep");
+    assert!(common::alive(init), "its init survives");
+    assert_eq!(control.kill_descendants().await, 0);
+
+    control.cancel();
+    let o = process.wait().await;
+    assert_eq!(o.exit, ExitKind::Signal(libc::SIGTERM), "{o:?}");
+    assert!(!common::alive(main) && !common::alive(init));
+    sb.remove_parent().expect("parent cgroup removed");
+}
+
 /// The pids limit still ends a fork bomb, reported as the pids limit (the
 /// bomb's shell, pid 2 in its namespace, exits once it cannot fork), and
 /// nothing of it is left.

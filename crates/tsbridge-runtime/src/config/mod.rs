@@ -309,7 +309,8 @@ pub struct Limits {
     pub unix_sockets: Option<bool>,
     /// Run each job in a PID namespace of its own, under tsbridge's tiny
     /// init, with a `/proc` that shows its own processes only; see
-    /// `tsbridge_sandbox::SandboxPolicy::pid_namespace`. Spawn mode only.
+    /// `tsbridge_sandbox::SandboxPolicy::pid_namespace`. In pool mode each warm
+    /// worker runs under an init of its own (its jobs share its namespace).
     pub pid_namespace: bool,
     /// Absolute read allowlist (Landlock); empty = no file-system restriction
     /// unless `write` is set.
@@ -1385,16 +1386,6 @@ fn read_workflow(
             &l.key("cpu_time"),
             l.span_of("cpu_time"),
             "not available in pool mode (a warm worker's CPU time spans many jobs): use timeout",
-        );
-    }
-    if mode == Mode::Pool
-        && limits.pid_namespace
-        && let Some(l) = &limits_sec
-    {
-        issues.push(
-            &l.key("pid_namespace"),
-            l.span_of("pid_namespace"),
-            "not available in pool mode yet (a warm worker cannot run under a job's init): use spawn mode",
         );
     }
 

@@ -134,7 +134,9 @@ impl Launcher for EngineLauncher {
                 "the engine opened no ipc channel".into(),
             ));
         };
-        let pid = process.pid();
+        // The worker's own pid: under the init of a PID namespace of its
+        // own (`limits.pid_namespace`), the init's child, not the init.
+        let pid = process.main_pid();
         let events = match process.take_events() {
             Some(rx) => rx,
             None => mpsc::channel(1).1,

@@ -35,6 +35,7 @@ mod pool_handler_error;
 mod pool_ipc_runners;
 mod pool_limits;
 mod pool_mode;
+mod pool_pid_namespace;
 mod pool_recycle;
 mod pool_retry;
 mod pool_reuse;
