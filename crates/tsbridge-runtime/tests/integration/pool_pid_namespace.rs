@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tsbridge_process::SandboxAttachment;
-use tsbridge_runtime::pool::{Pool, WorkerSandbox, WorkerSpec};
+use tsbridge_runtime::pool::{Pool, PoolJobError, WorkerExit, WorkerSandbox, WorkerSpec};
 use tsbridge_sandbox::{Sandbox, SandboxConfig, SandboxPolicy};
 
 /// A sandbox (own cgroup parent, removed by the [`OwnParent`]) that can
@@ -348,11 +348,15 @@ async fn a_killed_worker_is_a_crash_and_leaves_nothing_of_its_namespace() {
     assert_eq!(unsafe { libc::kill(s.worker as i32, libc::SIGKILL) }, 0);
 
     let out = held.await.unwrap();
-    assert!(
-        out.result.is_err(),
-        "the job ends with its worker: {:?}",
-        out.result
-    );
+    // The init passed on the worker's own death signal (SIGKILL), not its
+    // own exit code.
+    match out.result {
+        Err(PoolJobError::WorkerCrashed { worker, exit }) => {
+            assert_eq!(Some(worker), first.worker);
+            assert_eq!(exit, WorkerExit::Signal(libc::SIGKILL));
+        }
+        other => panic!("the job ends with its worker: {other:?}"),
+    }
     eventually("the pool counts the crash", || {
         pool.stats().crashed_total == 1
     })
