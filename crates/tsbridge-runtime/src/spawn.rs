@@ -727,7 +727,7 @@ impl Executor for SpawnExecutor {
                         .into(),
                 );
             };
-            let report = sb.capabilities().predict(&policy_for(wf, &self.tmp_base()));
+            let report = sb.predict(&policy_for(wf, &self.tmp_base()));
             let short = report.shortfalls();
             if !short.is_empty() {
                 let names: Vec<&str> = short.iter().map(|(n, _)| *n).collect();

@@ -64,6 +64,8 @@ const FAILED_PROC: i32 = 11;
 /// made, and has it do what the init does first ([`mount_private_proc`]).
 /// `Ok` when all of it works.
 pub(crate) fn probe() -> io::Result<()> {
+    #[cfg(test)]
+    PROBES.with(|n| n.set(n.get() + 1));
     let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::SIGCHLD) as libc::c_ulong;
     // SAFETY: a fork-like clone (no CLONE_VM, no stack: the child runs on
     // its copy of this thread's stack). The child only makes raw syscalls
@@ -112,6 +114,19 @@ pub(crate) fn probe() -> io::Result<()> {
 }
 
 #[cfg(test)]
+thread_local! {
+    /// How many probes this thread made (tests: the probe runs on the
+    /// caller's thread).
+    static PROBES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// How many probes this thread has made.
+#[cfg(test)]
+pub(crate) fn probes_here() -> u32 {
+    PROBES.with(|n| n.get())
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -124,5 +139,50 @@ mod tests {
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => eprintln!("no privilege: skipped"),
             Err(e) => panic!("unexpected error {e}"),
         }
+    }
+
+    /// `Sandbox::new` does not probe (a fork-like clone of the whole
+    /// process and a procfs mount); neither do a prediction and a prepare
+    /// of a policy without a PID namespace, nor the startup table (which
+    /// says "not probed yet"). The first `capabilities()` (tsbridge check,
+    /// /readyz) or policy that asks for one probes, once; the answer is the
+    /// probe's.
+    #[test]
+    fn the_probe_runs_at_the_first_use_only() {
+        let sb = crate::Sandbox::new(crate::SandboxConfig {
+            use_cgroups: false,
+            ..crate::SandboxConfig::default()
+        })
+        .unwrap();
+        assert_eq!(probes_here(), 0, "Sandbox::new probed");
+        let so_far = sb.capabilities_so_far();
+        assert!(!so_far.pid_ns_probed && !so_far.pid_ns);
+        assert!(
+            so_far
+                .to_string()
+                .contains("pid namespace      not probed yet"),
+            "{so_far}"
+        );
+        let plain = crate::SandboxPolicy::default();
+        assert_eq!(
+            sb.predict(&plain).pid_namespace,
+            crate::Enforcement::NotRequested
+        );
+        drop(sb.prepare("lazy-probe", &plain).unwrap());
+        assert_eq!(probes_here(), 0, "a job without a PID namespace probed");
+
+        let caps = sb.capabilities().clone();
+        assert_eq!(probes_here(), 1);
+        assert!(caps.pid_ns_probed);
+        assert!(!caps.to_string().contains("not probed"), "{caps}");
+        let own = crate::SandboxPolicy {
+            pid_namespace: true,
+            ..crate::SandboxPolicy::default()
+        };
+        let graded = sb.predict(&own).pid_namespace;
+        assert_eq!(sb.capabilities_so_far(), &caps);
+        assert_eq!(probes_here(), 1, "probed once");
+        assert_eq!(caps.pid_ns, probe().is_ok());
+        assert_eq!(caps.pid_ns, graded == crate::Enforcement::Enforced);
     }
 }

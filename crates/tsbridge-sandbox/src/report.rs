@@ -79,9 +79,15 @@ pub struct Capabilities {
     /// user namespaces allowed).
     pub network_ns_in_user_ns: bool,
     /// A job can get a PID namespace of its own with a fresh `/proc`
-    /// (`clone3(CLONE_NEWPID | CLONE_NEWNS)` and a procfs mount, probed at
-    /// startup: needs CAP_SYS_ADMIN).
+    /// (`clone3(CLONE_NEWPID | CLONE_NEWNS)` and a procfs mount: needs
+    /// CAP_SYS_ADMIN). Probed at first use (`Sandbox::capabilities`), not
+    /// at `Sandbox::new`: false until [`Self::pid_ns_probed`].
     pub pid_ns: bool,
+    /// Whether [`Self::pid_ns`] was probed (always, once
+    /// `Sandbox::capabilities` was called; `Sandbox::capabilities_so_far`
+    /// may say not yet).
+    #[serde(skip)]
+    pub pid_ns_probed: bool,
     pub landlock: LandlockSupport,
     pub seccomp: bool,
     pub no_new_privs: bool,
@@ -229,7 +235,14 @@ impl fmt::Display for Capabilities {
                     yes(self.network_ns).into()
                 },
             ),
-            ("pid namespace", yes(self.pid_ns).into()),
+            (
+                "pid namespace",
+                if self.pid_ns_probed {
+                    yes(self.pid_ns).into()
+                } else {
+                    "not probed yet (when a workflow asks for one; tsbridge check probes it)".into()
+                },
+            ),
             ("landlock", ll),
             ("seccomp", yes(self.seccomp).into()),
             ("no_new_privs", yes(self.no_new_privs).into()),
@@ -348,6 +361,7 @@ mod tests {
             network_ns: false,
             network_ns_in_user_ns: false,
             pid_ns: false,
+            pid_ns_probed: true,
             landlock: LandlockSupport::Full { abi: 7 },
             seccomp: true,
             no_new_privs: true,

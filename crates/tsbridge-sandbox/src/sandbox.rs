@@ -5,7 +5,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use crate::cgroup::{
@@ -53,7 +53,14 @@ impl Default for SandboxConfig {
 /// The host-wide sandbox: create once at startup.
 #[derive(Debug)]
 pub struct Sandbox {
+    /// What this host can enforce, but the PID namespace: not probed yet
+    /// (`pid_ns` false, `pid_ns_probed` false).
     caps: Capabilities,
+    /// `caps` with the PID-namespace probe's answer, made at the first use
+    /// that needs it ([`Sandbox::capabilities`]): the probe is a fork-like
+    /// clone of the whole process and a procfs mount, which a server whose
+    /// workflows never ask for a PID namespace need not pay at startup.
+    probed: OnceLock<Capabilities>,
     cgroups: Option<CgroupHost>,
     landlock_abi: Option<u32>,
     /// What a job without lists may only read: `/proc`, `/sys` and the
@@ -253,13 +260,6 @@ impl Sandbox {
                 }
             }
         };
-        let pid_ns = match crate::pidns::probe() {
-            Ok(()) => true,
-            Err(e) => {
-                notes.push(format!("PID namespaces unavailable: {e}"));
-                false
-            }
-        };
         let seccomp_ok = prctl_supported(libc::PR_GET_SECCOMP);
         let (seccomp, seccomp_offline) = if seccomp_ok {
             let base = seccomp::compile()?;
@@ -312,7 +312,8 @@ impl Sandbox {
             kill,
             network_ns,
             network_ns_in_user_ns: user_netns.is_some(),
-            pid_ns,
+            pid_ns: false,
+            pid_ns_probed: false,
             landlock: LandlockSupport::from_abi(landlock_abi),
             seccomp: seccomp_ok,
             no_new_privs: prctl_supported(libc::PR_GET_NO_NEW_PRIVS),
@@ -325,6 +326,7 @@ impl Sandbox {
         };
         Ok(Sandbox {
             caps,
+            probed: OnceLock::new(),
             cgroups,
             landlock_abi,
             guard: Mutex::new(None),
@@ -405,9 +407,37 @@ impl Sandbox {
         Self::assemble(SandboxConfig::default(), Some(host), notes, Vec::new())
     }
 
-    /// What this host can enforce.
+    /// What this host can enforce, all of it: the first call probes PID
+    /// namespaces (`pid_ns`; a note says why not), which `tsbridge check`,
+    /// `/readyz` and a workflow that asks for one need.
     pub fn capabilities(&self) -> &Capabilities {
-        &self.caps
+        self.probed.get_or_init(|| {
+            let mut caps = self.caps.clone();
+            caps.pid_ns_probed = true;
+            match crate::pidns::probe() {
+                Ok(()) => caps.pid_ns = true,
+                Err(e) => caps.notes.push(format!("PID namespaces unavailable: {e}")),
+            }
+            caps
+        })
+    }
+
+    /// What this host can enforce as known so far, without probing: the
+    /// PID-namespace probe's answer once something needed it, else
+    /// `pid_ns_probed` false (`pid_ns` false, the table says "not probed
+    /// yet"). For the startup log.
+    pub fn capabilities_so_far(&self) -> &Capabilities {
+        self.probed.get().unwrap_or(&self.caps)
+    }
+
+    /// [`Capabilities::predict`] of `policy`, probing PID namespaces only
+    /// if it asks for one.
+    pub fn predict(&self, policy: &SandboxPolicy) -> EnforcementReport {
+        if policy.pid_namespace {
+            self.capabilities().predict(policy)
+        } else {
+            self.capabilities_so_far().predict(policy)
+        }
     }
 
     /// Prepare one job: create its cgroup(s) with the limits, open their
@@ -424,7 +454,7 @@ impl Sandbox {
                 key: job_key.to_owned(),
             });
         }
-        let mut report = self.caps.predict(policy);
+        let mut report = self.predict(policy);
 
         let cgroup = match &self.cgroups {
             Some(host) => Some(
@@ -528,7 +558,7 @@ impl Sandbox {
         // the shared system guard's (docs/design/pid-namespace.md).
         // Only where this host can (else, with `degraded`, the job runs
         // without: the report says so).
-        let pid_namespace = policy.pid_namespace && self.caps.pid_ns;
+        let pid_namespace = policy.pid_namespace && self.capabilities().pid_ns;
         let proc_rules = match self.landlock_abi.and_then(|abi| Some((abi, fs(abi)?))) {
             Some((abi, fs)) if pid_namespace => landlock::proc_rules(fs, abi),
             _ => Vec::new(),

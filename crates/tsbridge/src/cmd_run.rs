@@ -575,7 +575,7 @@ fn sandbox_for(
     // Owned by the guard first: a refusal below removes the parent cgroup
     // `Sandbox::new` made, as the end of a run does.
     let run = RunSandbox { sandbox, policy };
-    let shortfalls = run.sandbox.capabilities().predict(&run.policy).shortfalls();
+    let shortfalls = run.sandbox.predict(&run.policy).shortfalls();
     if !shortfalls.is_empty() && !args.degraded {
         let list: Vec<String> = shortfalls
             .iter()

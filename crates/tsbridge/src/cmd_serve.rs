@@ -104,7 +104,16 @@ pub async fn main(args: ServeArgs) -> Result<ExitCode> {
                 ),
                 Err(e) => tracing::warn!(error = %e, "could not sweep stale job cgroups"),
             }
-            tracing::info!("isolation on this host:\n{}", s.capabilities());
+            // PID namespaces are probed when first needed (a fork-like
+            // clone of the server): now if a workflow asks for one, else
+            // the table says "not probed yet" (/readyz and `tsbridge
+            // check` probe it).
+            let caps = if config.workflows.values().any(|w| w.limits.pid_namespace) {
+                s.capabilities()
+            } else {
+                s.capabilities_so_far()
+            };
+            tracing::info!("isolation on this host:\n{caps}");
             Some(Arc::new(s))
         }
         Err(e) => {
