@@ -169,7 +169,11 @@ async fn start_pool(spec: WorkerSpec) -> Pool {
 }
 
 fn procs(out: &tsbridge_runtime::pool::PoolOutcome) -> Vec<(i64, String)> {
-    let v = out.result.as_ref().unwrap_or_else(|e| panic!("{e:?}"));
+    listed(out.result.as_ref().unwrap_or_else(|e| panic!("{e:?}")))
+}
+
+/// The `procs` of a `list` job's result: (pid, command line) as it saw them.
+fn listed(v: &Value) -> Vec<(i64, String)> {
     v["procs"]
         .as_array()
         .unwrap()
@@ -218,22 +222,12 @@ async fn a_pooled_job_sees_only_its_workers_namespace_in_proc() {
         },
     )
     .await;
-    let list = |v: &tsbridge_proto::api::JobView| -> Vec<(i64, String)> {
-        let r = v
-            .result
-            .as_ref()
-            .unwrap_or_else(|| panic!("no result: {v:?}"));
-        r["procs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                (
-                    p["pid"].as_i64().unwrap(),
-                    p["cmdline"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
+    let list = |v: &tsbridge_proto::api::JobView| {
+        listed(
+            v.result
+                .as_ref()
+                .unwrap_or_else(|| panic!("no result: {v:?}")),
+        )
     };
 
     let v = h.wait(h.submit("own", json!({"mode": "list"})).await).await;
@@ -317,80 +311,28 @@ async fn the_sweep_kills_what_a_job_left_and_spares_the_worker_and_its_init() {
     pool.shutdown(Duration::from_secs(10)).await;
 }
 
-/// SIGKILL of the worker's host pid while its job runs (and has left
-/// processes in the namespace): the job fails, the pool counts a crash and
-/// starts another worker, and nothing of the namespace is left (the init
-/// passed on the death and ended, and the kernel killed the rest).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_worker_is_a_crash_and_leaves_nothing_of_its_namespace() {
-    let Some((sb, _parent)) = sandbox("crash") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(own) = spec(&sb, true, dir.path()) else {
-        return;
-    };
-    let pool = start_pool(own).await;
-    let first = run(&pool, json!({"mode": "list"})).await;
-    let s = seen(&first);
-    let marks = marks(3);
-    let barrier = dir.path().join("never");
-    let held = {
-        let pool = pool.clone();
-        let params = json!({"mode": "hold", "marks": marks, "file": barrier});
-        tokio::spawn(async move { run(&pool, params).await })
-    };
-    for m in &marks {
-        eventually("the job's processes run", || !sleeping(m).is_empty()).await;
-    }
-    assert!(members(&s.ns).len() >= 4, "{:?}", members(&s.ns));
-    // SAFETY: kill with a plain pid and signal.
-    assert_eq!(unsafe { libc::kill(s.worker as i32, libc::SIGKILL) }, 0);
-
-    let out = held.await.unwrap();
-    // The init passed on the worker's own death signal (SIGKILL), not its
-    // own exit code.
-    match out.result {
-        Err(PoolJobError::WorkerCrashed { worker, exit }) => {
-            assert_eq!(Some(worker), first.worker);
-            assert_eq!(exit, WorkerExit::Signal(libc::SIGKILL));
-        }
-        other => panic!("the job ends with its worker: {other:?}"),
-    }
-    eventually("the pool counts the crash", || {
-        pool.stats().crashed_total == 1
-    })
-    .await;
-    eventually("nothing of the namespace is left", || {
-        members(&s.ns).is_empty()
-    })
-    .await;
-    assert!(!alive(s.init));
-    for m in &marks {
-        assert!(sleeping(m).is_empty(), "{m} outlived its namespace");
-    }
-    let next = run(&pool, json!({"mode": "list"})).await;
-    assert!(next.result.is_ok(), "{:?}", next.result);
-    assert_ne!(next.worker, first.worker, "a new worker");
-    assert_ne!(seen(&next).ns, s.ns, "in a namespace of its own");
-    pool.shutdown(Duration::from_secs(10)).await;
+/// A pool (one worker, in a namespace) whose second job holds (until a
+/// file that never comes) with processes left in the namespace, once they
+/// run: what the crash and the shutdown tests start from. `None`: skipped.
+struct Held {
+    pool: Pool,
+    first: tsbridge_runtime::pool::PoolOutcome,
+    seen: Seen,
+    marks: Vec<String>,
+    job: tokio::task::JoinHandle<tsbridge_runtime::pool::PoolOutcome>,
+    _dir: tempfile::TempDir,
+    /// Last: the parent cgroup goes once the pool has shut down.
+    _sandbox: (Arc<Sandbox>, OwnParent),
 }
 
-/// A pool shutdown while a job runs with processes left in the namespace:
-/// nothing of the namespace is left in the host's /proc.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shutdown_leaves_nothing_of_the_workers_namespace() {
-    let Some((sb, _parent)) = sandbox("shutdown") else {
-        return;
-    };
+async fn held_job(name: &str, n: u32) -> Option<Held> {
+    let sandbox = sandbox(name)?;
     let dir = tempfile::tempdir().unwrap();
-    let Some(own) = spec(&sb, true, dir.path()) else {
-        return;
-    };
-    let pool = start_pool(own).await;
-    let s = seen(&run(&pool, json!({"mode": "list"})).await);
-    let marks = marks(4);
-    let held = {
+    let pool = start_pool(spec(&sandbox.0, true, dir.path())?).await;
+    let first = run(&pool, json!({"mode": "list"})).await;
+    let seen = seen(&first);
+    let marks = marks(n);
+    let job = {
         let pool = pool.clone();
         let params = json!({"mode": "hold", "marks": marks, "file": dir.path().join("never")});
         tokio::spawn(async move { run(&pool, params).await })
@@ -398,9 +340,71 @@ async fn a_shutdown_leaves_nothing_of_the_workers_namespace() {
     for m in &marks {
         eventually("the job's processes run", || !sleeping(m).is_empty()).await;
     }
+    Some(Held {
+        pool,
+        first,
+        seen,
+        marks,
+        job,
+        _dir: dir,
+        _sandbox: sandbox,
+    })
+}
+
+/// SIGKILL of the worker's host pid while its job runs (and has left
+/// processes in the namespace): the job fails, the pool counts a crash and
+/// starts another worker, and nothing of the namespace is left (the init
+/// passed on the death and ended, and the kernel killed the rest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_a_crash_and_leaves_nothing_of_its_namespace() {
+    let Some(h) = held_job("crash", 3).await else {
+        return;
+    };
+    let s = &h.seen;
+    assert!(members(&s.ns).len() >= 4, "{:?}", members(&s.ns));
+    // SAFETY: kill with a plain pid and signal.
+    assert_eq!(unsafe { libc::kill(s.worker as i32, libc::SIGKILL) }, 0);
+
+    let out = h.job.await.unwrap();
+    // The init passed on the worker's own death signal (SIGKILL), not its
+    // own exit code.
+    match out.result {
+        Err(PoolJobError::WorkerCrashed { worker, exit }) => {
+            assert_eq!(Some(worker), h.first.worker);
+            assert_eq!(exit, WorkerExit::Signal(libc::SIGKILL));
+        }
+        other => panic!("the job ends with its worker: {other:?}"),
+    }
+    eventually("the pool counts the crash", || {
+        h.pool.stats().crashed_total == 1
+    })
+    .await;
+    eventually("nothing of the namespace is left", || {
+        members(&s.ns).is_empty()
+    })
+    .await;
+    assert!(!alive(s.init));
+    for m in &h.marks {
+        assert!(sleeping(m).is_empty(), "{m} outlived its namespace");
+    }
+    let next = run(&h.pool, json!({"mode": "list"})).await;
+    assert!(next.result.is_ok(), "{:?}", next.result);
+    assert_ne!(next.worker, h.first.worker, "a new worker");
+    assert_ne!(seen(&next).ns, s.ns, "in a namespace of its own");
+    h.pool.shutdown(Duration::from_secs(10)).await;
+}
+
+/// A pool shutdown while a job runs with processes left in the namespace:
+/// nothing of the namespace is left in the host's /proc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_leaves_nothing_of_the_workers_namespace() {
+    let Some(h) = held_job("shutdown", 4).await else {
+        return;
+    };
+    let s = &h.seen;
     // A short drain: the held job never ends by itself.
-    pool.shutdown(Duration::from_secs(2)).await;
-    let out: Value = match held.await.unwrap().result {
+    h.pool.shutdown(Duration::from_secs(2)).await;
+    let out: Value = match h.job.await.unwrap().result {
         Ok(v) => v,
         Err(e) => json!(format!("{e:?}")),
     };
@@ -409,7 +413,7 @@ async fn a_shutdown_leaves_nothing_of_the_workers_namespace() {
     })
     .await;
     assert!(!alive(s.worker) && !alive(s.init), "{out}");
-    for m in &marks {
+    for m in &h.marks {
         assert!(sleeping(m).is_empty(), "{m} outlived the shutdown");
     }
 }
