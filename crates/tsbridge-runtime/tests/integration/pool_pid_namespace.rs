@@ -311,6 +311,40 @@ async fn the_sweep_kills_what_a_job_left_and_spares_the_worker_and_its_init() {
     pool.shutdown(Duration::from_secs(10)).await;
 }
 
+/// A worker recycled after its job (`max_jobs = 1`) takes its namespace
+/// with it (its channel closed, it exits, its init passes that on and
+/// ends), the job's leftovers included; the next job gets a new worker in a
+/// new namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recycled_worker_leaves_nothing_of_its_namespace() {
+    let Some((sb, _parent)) = sandbox("recycle") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(own) = spec(&sb, true, dir.path()) else {
+        return;
+    };
+    let mut cfg = config(1, 1);
+    cfg.max_jobs = Some(1);
+    let pool = start(own, cfg).await.unwrap();
+    let first = run(&pool, json!({"mode": "list"})).await;
+    let s = seen(&first);
+    eventually("the pool recycles the worker", || {
+        pool.stats().recycled_total == 1
+    })
+    .await;
+    eventually("nothing of the namespace is left", || {
+        members(&s.ns).is_empty()
+    })
+    .await;
+    assert!(!alive(s.worker) && !alive(s.init));
+    let next = run(&pool, json!({"mode": "list"})).await;
+    assert_ne!(next.worker, first.worker, "a new worker");
+    assert_ne!(seen(&next).ns, s.ns, "in a namespace of its own");
+    assert_eq!(pool.stats().crashed_total, 0, "a recycle is no crash");
+    pool.shutdown(Duration::from_secs(10)).await;
+}
+
 /// A pool (one worker, in a namespace) whose second job holds (until a
 /// file that never comes) with processes left in the namespace, once they
 /// run: what the crash and the shutdown tests start from. `None`: skipped.
