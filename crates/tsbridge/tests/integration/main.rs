@@ -12,6 +12,7 @@ mod crash_recovery;
 mod escapee_after_sigkill;
 mod job_users;
 mod jobs_cli;
+mod pool_pidns_after_sigkill;
 mod proc_of_tsbridge;
 mod run_contract;
 mod shutdown_records;
