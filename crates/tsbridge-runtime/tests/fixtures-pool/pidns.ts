@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-type Params = { mode?: 'list' | 'leave' | 'hold'; marks?: string[]; file?: string };
+type Params = { mode?: 'echo' | 'list' | 'leave' | 'hold'; marks?: string[]; file?: string };
 type Proc = { pid: number; cmdline: string };
 
 function processes(): Proc[] {
@@ -35,6 +35,8 @@ async function until(what: string, cond: () => boolean): Promise<void> {
 export default async function handle(params: Params): Promise<{ pid: number; procs?: Proc[] }> {
   const marks = params.marks ?? [];
   switch (params.mode ?? 'list') {
+    case 'echo':
+      return { pid: process.pid };
     case 'list':
       return { pid: process.pid, procs: processes() };
     case 'leave':

@@ -451,3 +451,57 @@ async fn a_shutdown_leaves_nothing_of_the_workers_namespace() {
         assert!(sleeping(m).is_empty(), "{m} outlived the shutdown");
     }
 }
+
+/// What the namespace costs per pooled job: the wall time of `run` of an
+/// `echo` job (the pool's dispatch, the IPC round trip and the per-job
+/// sweep, which walks the init, the worker and tsx's esbuild service) on a
+/// warm worker with and without `pid_namespace` (the same sandbox policy
+/// otherwise), 300 jobs each, in alternated blocks of 50 after 20 warm-up
+/// jobs each: prints the median and p90 of each. Run by hand (release):
+/// `cargo nextest run --release -p tsbridge-runtime --test integration
+/// --run-ignored only -E 'test(pooled_job_cost)' --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn pooled_job_cost() {
+    let Some((sb, _parent)) = sandbox("cost") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (Some(with), Some(without)) = (spec(&sb, true, dir.path()), spec(&sb, false, dir.path()))
+    else {
+        return;
+    };
+    let pools = [
+        ("with", start_pool(with).await),
+        ("without", start_pool(without).await),
+    ];
+    let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for (_, pool) in &pools {
+        for _ in 0..20 {
+            assert!(run(pool, json!({"mode": "echo"})).await.result.is_ok());
+        }
+    }
+    for _ in 0..6 {
+        for (i, (_, pool)) in pools.iter().enumerate() {
+            for _ in 0..50 {
+                let t = std::time::Instant::now();
+                let out = run(pool, json!({"mode": "echo"})).await;
+                times[i].push(t.elapsed());
+                assert!(out.result.is_ok(), "{:?}", out.result);
+            }
+        }
+    }
+    for ((name, pool), t) in pools.iter().zip(times.iter_mut()) {
+        t.sort();
+        println!(
+            "{name} pid_namespace: median {:?}, p90 {:?} ({} jobs, {} crashes)",
+            t[t.len() / 2],
+            t[t.len() * 9 / 10],
+            t.len(),
+            pool.stats().crashed_total
+        );
+    }
+    for (_, pool) in &pools {
+        pool.shutdown(Duration::from_secs(10)).await;
+    }
+}
