@@ -102,6 +102,31 @@ impl Drop for Server {
     }
 }
 
+/// Writes `dir/tsbridge.toml`: a server on `port`, the SQLite store
+/// `jobs.db` in `dir`, and `workflows` (TOML of `[workflows.*]` tables);
+/// returns its path.
+pub fn write_serve_config(dir: &Path, port: u16, workflows: &str) -> PathBuf {
+    let cfg = dir.join("tsbridge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nbind = \"127.0.0.1:{port}\"\n\n[store]\nurl = \"sqlite://jobs.db\"\n\n{workflows}"
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Awaits `f()` (a fact outside the server, like /proc), polling; fails
+/// the test after [`DEADLINE`].
+pub async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Whether `pid` is a process that can still run: a zombie (or a dying
 /// task) has exited, only its parent's reaping is missing.
 pub fn alive(pid: i32) -> bool {

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{DEADLINE, ServeCgroups, Server, alive, free_port, tsbridge};
+use crate::common::{
+    DEADLINE, ServeCgroups, Server, alive, free_port, tsbridge, until, write_serve_config,
+};
 
 /// Starts a detached (`setsid`) `sleep` with an empty environment, reports
 /// its pid (written whole: a temp file renamed) and hangs.
@@ -27,35 +29,13 @@ fs.renameSync(p.report + '.part', p.report);
 setInterval(() => {}, 1000);
 "#;
 
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn write_config(dir: &Path, port: u16) -> PathBuf {
     std::fs::write(dir.join("escape.js"), JOB).unwrap();
-    let cfg = dir.join("tsbridge.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[server]
-bind = "127.0.0.1:{port}"
-
-[store]
-url = "sqlite://jobs.db"
-
-[workflows.escape]
-root = "."
-script = "escape.js"
-runtime = "node"
-"#
-        ),
+    write_serve_config(
+        dir,
+        port,
+        "[workflows.escape]\nroot = \".\"\nscript = \"escape.js\"\nruntime = \"node\"\n",
     )
-    .unwrap();
-    cfg
 }
 
 fn kill(pid: i32) {

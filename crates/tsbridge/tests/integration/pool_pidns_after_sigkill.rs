@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{DEADLINE, ServeCgroups, Server, alive, free_port, tsbridge};
+use crate::common::{
+    DEADLINE, ServeCgroups, Server, alive, free_port, tsbridge, until, write_serve_config,
+};
 
 /// The pool module: `echo` answers at once; `hold` leaves a setsid daemon
 /// (`sleep <mark>`, its parent exits: the namespace's init adopts it) and
@@ -26,38 +28,14 @@ export default async function handler(params) {
 }
 "#;
 
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn write_config(dir: &Path, port: u16) -> PathBuf {
     std::fs::write(dir.join("pool.mjs"), MODULE).unwrap();
-    let cfg = dir.join("tsbridge.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[server]
-bind = "127.0.0.1:{port}"
-
-[store]
-url = "sqlite://jobs.db"
-
-[workflows.held]
-root = "."
-script = "pool.mjs"
-runtime = "node"
-mode = "pool"
-limits = {{ pid_namespace = true }}
-pool = {{ min = 1, max = 1 }}
-"#
-        ),
+    write_serve_config(
+        dir,
+        port,
+        "[workflows.held]\nroot = \".\"\nscript = \"pool.mjs\"\nruntime = \"node\"\nmode = \"pool\"\n\
+         limits = { pid_namespace = true }\npool = { min = 1, max = 1 }\n",
     )
-    .unwrap();
-    cfg
 }
 
 fn host_pids() -> Vec<i32> {
