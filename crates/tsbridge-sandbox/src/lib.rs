@@ -24,6 +24,7 @@ mod netns;
 pub mod paths;
 pub mod pidns;
 mod policy;
+mod probe;
 mod report;
 mod sandbox;
 mod seccomp;

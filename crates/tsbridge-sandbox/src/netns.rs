@@ -19,6 +19,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 
 use crate::child::{ChildStep, loopback_up};
+use crate::probe::Ended;
 
 /// Create a fresh network namespace on a short-lived thread (namespaces are
 /// per thread, so tsbridge itself stays in the host namespace), bring `lo` up
@@ -180,52 +181,21 @@ const PROBE_OK: i32 = 0;
 /// namespace of its own ([`enter_own_user_and_net_ns`]), tried in a
 /// fork-like child that exits at once.
 pub(crate) fn probe_user_netns(maps: &SelfMaps) -> io::Result<()> {
-    // SAFETY: a fork-like clone (no CLONE_VM, no stack: the child runs on
-    // its copy of this thread's stack). The child only makes raw syscalls
-    // on memory prepared before and `_exit`s: async-signal-safe, no
-    // allocation, no lock.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            libc::SIGCHLD as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // SAFETY: the freshly cloned child (single-threaded), see above.
-        let code = match unsafe { enter_own_user_and_net_ns(maps) } {
+    let ended = crate::probe::in_forked_child(0, || {
+        // SAFETY: the freshly cloned child (single-threaded, its own
+        // memory); raw syscalls on `maps`, prepared before.
+        match unsafe { enter_own_user_and_net_ns(maps) } {
             Ok(()) => PROBE_OK,
             Err((step, _)) => step as i32,
-        };
-        // SAFETY: _exit is async-signal-safe.
-        unsafe { libc::_exit(code) }
-    }
-    let pid = pid as libc::pid_t;
-    let mut status = 0;
-    loop {
-        // SAFETY: waitpid of our own child into a live local.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            break;
         }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-    match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
-        (true, PROBE_OK) => Ok(()),
-        (true, code) => Err(io::Error::other(match ChildStep::from_i32(code) {
+    })?;
+    match ended {
+        Ended::Exited(PROBE_OK) => Ok(()),
+        Ended::Exited(code) => Err(io::Error::other(match ChildStep::from_i32(code) {
             Some(step) => format!("{step} failed in the probe's child"),
             None => format!("the probe's child exited with code {code}"),
         })),
-        _ => Err(io::Error::other(format!(
+        Ended::Other(status) => Err(io::Error::other(format!(
             "the probe's child ended with wait status {status:#x}"
         ))),
     }

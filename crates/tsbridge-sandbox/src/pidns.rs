@@ -5,6 +5,8 @@
 
 use std::io;
 
+use crate::probe::Ended;
+
 /// What a job's init does first in its new PID and mount namespaces: make
 /// the mount tree private (`MS_REC | MS_PRIVATE` on `/`: nothing mounted
 /// here reaches the host's namespace) and mount a fresh procfs on `/proc`
@@ -66,48 +68,27 @@ const FAILED_PROC: i32 = 11;
 pub(crate) fn probe() -> io::Result<()> {
     #[cfg(test)]
     PROBES.with(|n| n.set(n.get() + 1));
-    let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::SIGCHLD) as libc::c_ulong;
-    // SAFETY: a fork-like clone (no CLONE_VM, no stack: the child runs on
-    // its copy of this thread's stack). The child only makes raw syscalls
-    // with constant arguments and `_exit`s: async-signal-safe, no
-    // allocation, no lock.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // SAFETY: see above: the freshly cloned child, PID 1 of its
-        // namespace, in a mount namespace of its own.
-        let code = match unsafe { mount_private_proc() } {
+    let ended = crate::probe::in_forked_child(libc::CLONE_NEWPID | libc::CLONE_NEWNS, || {
+        // SAFETY: the freshly cloned child, PID 1 of its namespace, in a
+        // mount namespace of its own; raw syscalls with constant arguments.
+        match unsafe { mount_private_proc() } {
             Ok(()) => 0,
             Err((MountStep::Private, _)) => FAILED_PRIVATE,
             Err((MountStep::Proc, _)) => FAILED_PROC,
-        };
-        // SAFETY: _exit is async-signal-safe.
-        unsafe { libc::_exit(code) }
-    }
-    let pid = pid as libc::pid_t;
-    let mut status = 0;
-    loop {
-        // SAFETY: waitpid of our own child into a live local.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            break;
         }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-    match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
-        (true, 0) => Ok(()),
-        (true, FAILED_PRIVATE) => Err(io::Error::other(
+    })?;
+    match ended {
+        Ended::Exited(0) => Ok(()),
+        Ended::Exited(FAILED_PRIVATE) => Err(io::Error::other(
             "cannot make the mount tree private in a new mount namespace",
         )),
-        (true, FAILED_PROC) => Err(io::Error::other(
+        Ended::Exited(FAILED_PROC) => Err(io::Error::other(
             "cannot mount a procfs in a new PID namespace",
         )),
-        _ => Err(io::Error::other(format!(
+        Ended::Exited(code) => Err(io::Error::other(format!(
+            "the probe's child exited with code {code}"
+        ))),
+        Ended::Other(status) => Err(io::Error::other(format!(
             "the probe's child ended with wait status {status:#x}"
         ))),
     }
