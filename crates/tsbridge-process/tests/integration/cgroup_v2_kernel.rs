@@ -79,23 +79,6 @@ fn sh(script: &str) -> JobSpecBuilder {
         .envs(common::base_env())
 }
 
-/// Live host pids whose command line starts with `prefix`.
-fn running_as(prefix: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if common::alive(pid)
-            && std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.starts_with(prefix.as_bytes()))
-        {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 /// Starts a daemon that leaves the job's session and process group, drops
 /// tsbridge's marker from its environment (`setsid`, a double fork, `env
 /// -i`) and ignores SIGTERM (only a SIGKILL ends it), running as
@@ -113,7 +96,7 @@ struct Reap(String);
 
 impl Drop for Reap {
     fn drop(&mut self) {
-        for pid in running_as(&self.0) {
+        for pid in common::running_as(&self.0) {
             // SAFETY: kill takes no pointers.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
@@ -134,9 +117,11 @@ async fn ends_by_timeout_with_nothing_left(
     assert_eq!(o.reason, EndReason::Timeout, "{o:?}");
     let daemon = format!("sleep-{m}");
     assert!(
-        common::eventually(Duration::from_secs(60), || running_as(&daemon).is_empty()).await,
+        common::eventually(Duration::from_secs(60), || common::running_as(&daemon)
+            .is_empty())
+        .await,
         "the daemon outlived its job: {:?}",
-        running_as(&daemon)
+        common::running_as(&daemon)
     );
     let cgroup = a.prepared.cgroup().unwrap();
     assert!(
@@ -205,14 +190,14 @@ async fn a_timeout_kills_a_hidden_daemon_through_cgroup_kill() {
     .await
     .unwrap();
     assert!(
-        common::eventually(Duration::from_secs(60), || !running_as(&format!(
+        common::eventually(Duration::from_secs(60), || !common::running_as(&format!(
             "sleep-{m}"
         ))
         .is_empty())
         .await,
         "the daemon never started"
     );
-    let daemon = running_as(&format!("sleep-{m}"));
+    let daemon = common::running_as(&format!("sleep-{m}"));
     // The cgroup lists it (its own /proc/<pid>/cgroup agrees).
     let listed = a.prepared.cgroup().unwrap().pids().unwrap();
     assert!(listed.contains(&daemon[0]), "{listed:?} lacks {daemon:?}");
@@ -285,7 +270,7 @@ async fn a_pid_namespace_s_init_and_job_start_in_the_v2_cgroup() {
     .unwrap();
     let init = job.pid() as i32;
     assert!(
-        common::eventually(Duration::from_secs(60), || !running_as(&format!(
+        common::eventually(Duration::from_secs(60), || !common::running_as(&format!(
             "sleep-{m}"
         ))
         .is_empty())

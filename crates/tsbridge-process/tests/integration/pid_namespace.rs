@@ -90,24 +90,6 @@ fn with_marker(marker: &str) -> Vec<i32> {
     out
 }
 
-/// Live host pids whose command line starts with `prefix` (argv[0]: the
-/// process itself, not a shell whose script names it).
-fn running_as(prefix: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if common::alive(pid)
-            && std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.starts_with(prefix.as_bytes()))
-        {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 /// A shell script that starts a daemon (`setsid`, a double fork, an
 /// environment without tsbridge's marker) running as `sleep-<m>`, and
 /// waits until it has started (the daemon touches `ready` first).
@@ -362,18 +344,19 @@ async fn the_per_task_sweep_spares_the_job_and_its_init() {
     let daemon = format!("sleep-{m}-daemon");
     assert!(
         common::eventually(Duration::from_secs(60), || up.exists()
-            && !running_as(&child).is_empty()
-            && !running_as(&format!("sleep-{m}-main")).is_empty())
+            && !common::running_as(&child).is_empty()
+            && !common::running_as(&format!("sleep-{m}-main")).is_empty())
         .await,
         "the job never started its child"
     );
-    assert!(!running_as(&daemon).is_empty());
+    assert!(!common::running_as(&daemon).is_empty());
 
     let killed = control.kill_descendants().await;
     assert_eq!(killed, 2, "the child and the daemon");
     assert!(
-        common::eventually(Duration::from_secs(60), || running_as(&child).is_empty()
-            && running_as(&daemon).is_empty())
+        common::eventually(Duration::from_secs(60), || common::running_as(&child)
+            .is_empty()
+            && common::running_as(&daemon).is_empty())
         .await,
         "what the task left survived the sweep"
     );
@@ -583,7 +566,7 @@ async fn everything_dies_with_a_sigkilled_engine() {
         let (daemon, leader) = (format!("sleep-{m}"), format!("leader-{m}"));
         assert!(
             common::eventually(Duration::from_secs(30), || {
-                !running_as(&daemon).is_empty() && !running_as(&leader).is_empty()
+                !common::running_as(&daemon).is_empty() && !common::running_as(&leader).is_empty()
             })
             .await,
             "the job and its daemon never started"
@@ -592,7 +575,9 @@ async fn everything_dies_with_a_sigkilled_engine() {
         probe.wait().unwrap();
         // The job's main process dies of its parent-death signal either way.
         assert!(
-            common::eventually(Duration::from_secs(30), || running_as(&leader).is_empty()).await,
+            common::eventually(Duration::from_secs(30), || common::running_as(&leader)
+                .is_empty())
+            .await,
             "the job outlived the engine"
         );
         if ns {
@@ -602,7 +587,7 @@ async fn everything_dies_with_a_sigkilled_engine() {
                 "the daemon outlived the engine and the job's init"
             );
         } else {
-            let left = running_as(&daemon);
+            let left = common::running_as(&daemon);
             for p in &left {
                 // SAFETY: kill with plain integers (the test's own leftover).
                 unsafe { libc::kill(*p, libc::SIGKILL) };

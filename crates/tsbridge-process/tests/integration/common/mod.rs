@@ -72,6 +72,24 @@ pub fn node_fixture(name: &str) -> JobSpecBuilder {
         .envs(base_env())
 }
 
+/// Live host pids whose command line starts with `prefix` (argv[0]: the
+/// process itself, not a shell whose script names it).
+pub fn running_as(prefix: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if alive(pid)
+            && std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.starts_with(prefix.as_bytes()))
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 /// Whether `pid` is alive (exists and is not a zombie).
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
