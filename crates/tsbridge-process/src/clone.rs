@@ -182,6 +182,9 @@ pub(crate) struct Command {
     pre_exec: Option<PreExec>,
     /// Run under an init of its own in a new PID namespace.
     pid_namespace: bool,
+    /// What that init does first (its own user namespace's maps where
+    /// tsbridge has no privilege, the procfs mount).
+    init_setup: tsbridge_sandbox::pidns::InitSetup,
     /// Never share the parent's memory until the exec (no vfork-style
     /// clone): the pre-exec step changes what belongs to the address
     /// space (its dumpable flag).
@@ -227,6 +230,7 @@ impl Command {
             cgroup: None,
             pre_exec: None,
             pid_namespace: false,
+            init_setup: tsbridge_sandbox::pidns::InitSetup::default(),
             own_memory: false,
             invalid,
         }
@@ -303,6 +307,13 @@ impl Command {
     /// the program itself ended.
     pub(crate) fn pid_namespace(&mut self, on: bool) -> &mut Self {
         self.pid_namespace = on;
+        self
+    }
+
+    /// What the init of [`Command::pid_namespace`] does first; with a user
+    /// namespace, the init's clone makes one too (`CLONE_NEWUSER`).
+    pub(crate) fn init_setup(&mut self, setup: tsbridge_sandbox::pidns::InitSetup) -> &mut Self {
+        self.init_setup = setup;
         self
     }
 
@@ -728,14 +739,25 @@ fn spawn_with(cmd: &mut Command, method: Method) -> io::Result<Child> {
         // mask and keeps every signal blocked (it takes them with
         // rt_sigtimedwait).
         let blocked = BlockAll::new()?;
-        let flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
+        let mut flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
+        if cmd.init_setup.user_namespace() {
+            flags |= libc::CLONE_NEWUSER as u64;
+        }
         let (forked, in_cgroup) = clone_child(cgroup, true, flags)?;
         match forked {
             Forked::Child => {
                 // SAFETY: this is the freshly cloned init (a copy of this
                 // process, every signal blocked); init_main never returns
                 // and runs only async-signal-safe code.
-                unsafe { init::init_main(&plan, pre_exec, in_cgroup, status_write.as_raw_fd()) }
+                unsafe {
+                    init::init_main(
+                        &plan,
+                        pre_exec,
+                        &cmd.init_setup,
+                        in_cgroup,
+                        status_write.as_raw_fd(),
+                    )
+                }
             }
             Forked::Parent(pid, pidfd, via) => {
                 drop(blocked);

@@ -510,6 +510,9 @@ pub async fn spawn(spec: JobSpec) -> Result<RunningProcess, SpawnError> {
     // A PID namespace of its own: the job runs under a tiny init
     // (docs/design/pid-namespace.md); `pid` below is then the init's.
     cmd.pid_namespace(sandbox.as_ref().is_some_and(|s| s.prepared.pid_namespace()));
+    if let Some(s) = &sandbox {
+        cmd.init_setup(s.prepared.init_setup().clone());
+    }
     // A sandbox step that needs a memory of its own (a user namespace's
     // maps: see `PreparedSandbox::needs_own_memory`).
     cmd.own_memory(

@@ -221,6 +221,9 @@ pub(crate) struct ChildPlan {
     /// The job runs under an init in a PID namespace of its own (its
     /// policy asks for it and the host can).
     pub pid_namespace: bool,
+    /// What the init does first (its own user namespace's maps, the
+    /// procfs mount).
+    pub init_setup: crate::pidns::InitSetup,
     pub seccomp: Arc<Vec<Program>>,
     pub failure: FailureSlot,
 }

@@ -135,10 +135,25 @@ pub(crate) unsafe fn enter_own_user_and_net_ns(maps: &SelfMaps) -> Result<(), (C
     if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) } != 0 {
         return Err((ChildStep::NetworkNamespace, errno()));
     }
-    let user = |e| (ChildStep::UserNamespace, e);
+    // SAFETY: forwarded contract.
+    unsafe { write_self_maps(maps) }.map_err(|e| (ChildStep::UserNamespace, e))?;
+    // SAFETY: called in the child, as required by loopback_up.
+    unsafe { loopback_up() }.map_err(|e| (ChildStep::Loopback, e))
+}
+
+/// Writes `maps` as the caller's uid and gid maps (`setgroups` denied
+/// first), the caller having just entered a new user namespace of its own
+/// (unshare or clone with `CLONE_NEWUSER`). Opens the three files with the
+/// address space dumpable for a moment (see [`enter_own_user_and_net_ns`]).
+///
+/// # Safety
+/// In a child of a fork-like clone with an address space of its own,
+/// before its exec; raw syscalls on static C strings and on `maps`:
+/// async-signal-safe.
+pub(crate) unsafe fn write_self_maps(maps: &SelfMaps) -> Result<(), i32> {
     // SAFETY: this child's own address space (see above); static C strings.
     let fds = unsafe {
-        set_dumpable(true).map_err(user)?;
+        set_dumpable(true)?;
         let fds = open_w(c"/proc/self/setgroups").and_then(|s| {
             open_w(c"/proc/self/uid_map")
                 .and_then(|u| {
@@ -153,12 +168,12 @@ pub(crate) unsafe fn enter_own_user_and_net_ns(maps: &SelfMaps) -> Result<(), (C
                 })
         });
         let undumpable = set_dumpable(false);
-        let fds = fds.map_err(user)?;
+        let fds = fds?;
         if let Err(e) = undumpable {
             libc::close(fds.0);
             libc::close(fds.1);
             libc::close(fds.2);
-            return Err(user(e));
+            return Err(e);
         }
         fds
     };
@@ -168,9 +183,7 @@ pub(crate) unsafe fn enter_own_user_and_net_ns(maps: &SelfMaps) -> Result<(), (C
     unsafe {
         let r = write_close(fds.0, b"deny");
         let r = r.and(write_close(fds.1, &maps.uid_map));
-        let r = r.and(write_close(fds.2, &maps.gid_map));
-        r.map_err(user)?;
-        loopback_up().map_err(|e| (ChildStep::Loopback, e))
+        r.and(write_close(fds.2, &maps.gid_map))
     }
 }
 

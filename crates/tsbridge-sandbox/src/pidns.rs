@@ -49,6 +49,46 @@ pub unsafe fn mount_private_proc() -> Result<(), (MountStep, i32)> {
     Ok(())
 }
 
+/// What a job's init does first, as its sandbox needs it: without
+/// privilege (its PID and mount namespaces then belong to a user namespace
+/// of its own, made by the same clone: [`InitSetup::user_namespace`]), map
+/// the job's uid and gid to themselves there; then [`mount_private_proc`].
+/// Made by [`crate::PreparedSandbox::init_setup`].
+#[derive(Debug, Clone, Default)]
+pub struct InitSetup {
+    maps: Option<std::sync::Arc<crate::netns::SelfMaps>>,
+}
+
+impl InitSetup {
+    pub(crate) fn in_user_namespace(maps: std::sync::Arc<crate::netns::SelfMaps>) -> Self {
+        Self { maps: Some(maps) }
+    }
+
+    /// Whether the init's clone must also make a user namespace
+    /// (`CLONE_NEWUSER`): tsbridge has no CAP_SYS_ADMIN.
+    pub fn user_namespace(&self) -> bool {
+        self.maps.is_some()
+    }
+
+    /// The init's first steps: the maps (with [`Self::user_namespace`]),
+    /// then [`mount_private_proc`]. Returns the errno of the step that
+    /// failed.
+    ///
+    /// # Safety
+    /// Only in the init, a child of a fork-like clone with `CLONE_NEWPID |
+    /// CLONE_NEWNS` (and `CLONE_NEWUSER` with [`Self::user_namespace`]),
+    /// with an address space of its own: raw syscalls on memory prepared
+    /// before the clone, async-signal-safe.
+    pub unsafe fn apply(&self) -> Result<(), i32> {
+        if let Some(maps) = &self.maps {
+            // SAFETY: forwarded contract.
+            unsafe { crate::netns::write_self_maps(maps) }?;
+        }
+        // SAFETY: forwarded contract.
+        unsafe { mount_private_proc() }.map_err(|(_, e)| e)
+    }
+}
+
 /// A step of [`mount_private_proc`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MountStep {
@@ -88,6 +128,32 @@ pub(crate) fn probe() -> io::Result<()> {
         Ended::Exited(code) => Err(io::Error::other(format!(
             "the probe's child exited with code {code}"
         ))),
+        Ended::Other(status) => Err(io::Error::other(format!(
+            "the probe's child ended with wait status {status:#x}"
+        ))),
+    }
+}
+
+/// [`probe`] without privilege: the same clone with a user namespace of
+/// its own (`CLONE_NEWUSER`), whose maps the child writes first
+/// ([`InitSetup::apply`]), as a job's init is made by a tsbridge without
+/// CAP_SYS_ADMIN where unprivileged user namespaces are allowed.
+pub(crate) fn probe_in_user_ns(maps: &std::sync::Arc<crate::netns::SelfMaps>) -> io::Result<()> {
+    let setup = InitSetup::in_user_namespace(maps.clone());
+    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS;
+    let ended = crate::probe::in_forked_child(flags, || {
+        // SAFETY: the freshly cloned child, PID 1 of its namespace, in
+        // user and mount namespaces of its own, with its own memory.
+        match unsafe { setup.apply() } {
+            Ok(()) => 0,
+            Err(_) => FAILED_PROC,
+        }
+    })?;
+    match ended {
+        Ended::Exited(0) => Ok(()),
+        Ended::Exited(_) => Err(io::Error::other(
+            "cannot map the ids or mount a procfs in new user, PID and mount namespaces",
+        )),
         Ended::Other(status) => Err(io::Error::other(format!(
             "the probe's child ended with wait status {status:#x}"
         ))),

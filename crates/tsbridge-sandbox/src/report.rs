@@ -83,6 +83,10 @@ pub struct Capabilities {
     /// CAP_SYS_ADMIN). Probed at first use (`Sandbox::capabilities`), not
     /// at `Sandbox::new`: false until [`Self::pid_ns_probed`].
     pub pid_ns: bool,
+    /// The PID namespaces are made with a user namespace of each job's
+    /// own (an unprivileged tsbridge: no CAP_SYS_ADMIN, unprivileged user
+    /// namespaces allowed).
+    pub pid_ns_in_user_ns: bool,
     /// Whether [`Self::pid_ns`] was probed (always, once
     /// `Sandbox::capabilities` was called; `Sandbox::capabilities_so_far`
     /// may say not yet).
@@ -237,7 +241,9 @@ impl fmt::Display for Capabilities {
             ),
             (
                 "pid namespace",
-                if self.pid_ns_probed {
+                if self.pid_ns_in_user_ns {
+                    "yes (in a user namespace of each job's own)".into()
+                } else if self.pid_ns_probed {
                     yes(self.pid_ns).into()
                 } else {
                     "not probed yet (when a workflow asks for one; tsbridge check probes it)".into()
@@ -361,6 +367,7 @@ mod tests {
             network_ns: false,
             network_ns_in_user_ns: false,
             pid_ns: false,
+            pid_ns_in_user_ns: false,
             pid_ns_probed: true,
             landlock: LandlockSupport::Full { abi: 7 },
             seccomp: true,
@@ -435,6 +442,7 @@ mod tests {
         assert_eq!(names, vec!["pid_namespace"]);
         let c = Capabilities {
             pid_ns: true,
+            pid_ns_in_user_ns: false,
             ..caps()
         };
         assert_eq!(c.predict(&p).pid_namespace, Enforcement::Enforced);

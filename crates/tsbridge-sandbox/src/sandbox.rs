@@ -81,6 +81,9 @@ pub struct Sandbox {
     /// Set when network namespaces are made through a user namespace per
     /// job (tsbridge is not privileged): the maps each job writes.
     user_netns: Option<Arc<netns::SelfMaps>>,
+    /// The maps of a job's own user namespace (its ids to themselves), for
+    /// a PID namespace made without privilege.
+    self_maps: Arc<netns::SelfMaps>,
     /// The job cgroups made by [`Sandbox::prepare`] that are still held.
     live: Arc<LiveJobs>,
 }
@@ -233,10 +236,11 @@ impl Sandbox {
         // system guard (ABI 2+), and no IPC object only in a namespace of
         // its own: else every lease is swept.
         crate::leftovers::sweep_every_lease(!(ipc_ns && landlock_abi.is_some_and(|a| a >= 2)));
+        let self_maps = Arc::new(netns::SelfMaps::current());
         let (network_ns, shared_netns, user_netns) = match netns::create_empty_netns() {
             Ok(fd) => (true, config.shared_netns.then(|| Arc::new(fd)), None),
             Err(e) => {
-                let maps = netns::SelfMaps::current();
+                let maps = self_maps.clone();
                 match netns::probe_user_netns(&maps) {
                     Ok(()) => {
                         notes.push(format!(
@@ -249,7 +253,7 @@ impl Sandbox {
                                 ""
                             }
                         ));
-                        (true, None, Some(Arc::new(maps)))
+                        (true, None, Some(maps))
                     }
                     Err(ue) => {
                         notes.push(format!(
@@ -313,6 +317,7 @@ impl Sandbox {
             network_ns,
             network_ns_in_user_ns: user_netns.is_some(),
             pid_ns: false,
+            pid_ns_in_user_ns: false,
             pid_ns_probed: false,
             landlock: LandlockSupport::from_abi(landlock_abi),
             seccomp: seccomp_ok,
@@ -346,6 +351,7 @@ impl Sandbox {
             seccomp_offline: Arc::new(seccomp_offline),
             shared_netns,
             user_netns,
+            self_maps,
             live: Arc::default(),
         })
     }
@@ -416,7 +422,20 @@ impl Sandbox {
             caps.pid_ns_probed = true;
             match crate::pidns::probe() {
                 Ok(()) => caps.pid_ns = true,
-                Err(e) => caps.notes.push(format!("PID namespaces unavailable: {e}")),
+                Err(e) => match crate::pidns::probe_in_user_ns(&self.self_maps) {
+                    Ok(()) => {
+                        caps.pid_ns = true;
+                        caps.pid_ns_in_user_ns = true;
+                        caps.notes.push(format!(
+                            "no PID namespace in the host's user namespace ({e}): a job that \
+                             asks for one gets a user namespace of its own too (its uid and gid \
+                             mapped to themselves)"
+                        ));
+                    }
+                    Err(ue) => caps.notes.push(format!(
+                        "PID namespaces unavailable: {e}; nor with a user namespace: {ue}"
+                    )),
+                },
             }
             caps
         })
@@ -559,6 +578,11 @@ impl Sandbox {
         // Only where this host can (else, with `degraded`, the job runs
         // without: the report says so).
         let pid_namespace = policy.pid_namespace && self.capabilities().pid_ns;
+        let init_setup = if pid_namespace && self.capabilities().pid_ns_in_user_ns {
+            crate::pidns::InitSetup::in_user_namespace(self.self_maps.clone())
+        } else {
+            crate::pidns::InitSetup::default()
+        };
         let proc_rules = match self.landlock_abi.and_then(|abi| Some((abi, fs(abi)?))) {
             Some((abi, fs)) if pid_namespace => landlock::proc_rules(fs, abi),
             _ => Vec::new(),
@@ -628,6 +652,7 @@ impl Sandbox {
             landlock_own,
             proc_rules,
             pid_namespace,
+            init_setup,
             seccomp,
             failure: FailureSlot::new().map_err(|e| SandboxError::Io {
                 what: "mmap of the child failure slot",
@@ -841,6 +866,12 @@ impl PreparedSandbox {
     /// runs without, and [`Self::report`] says so).
     pub fn pid_namespace(&self) -> bool {
         self.plan.pid_namespace
+    }
+
+    /// What the job's init does first ([`crate::pidns::InitSetup`]): with
+    /// a user namespace of its own where tsbridge has no privilege.
+    pub fn init_setup(&self) -> &crate::pidns::InitSetup {
+        &self.plan.init_setup
     }
 
     /// Whether the child must be cloned with a memory of its own (not the

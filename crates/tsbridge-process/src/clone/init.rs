@@ -77,11 +77,12 @@ fn forwarded(sig: libc::c_int) -> bool {
 pub(super) unsafe fn init_main(
     plan: &ExecPlan<'_>,
     pre_exec: Option<&PreExec>,
+    setup: &tsbridge_sandbox::pidns::InitSetup,
     in_cgroup: bool,
     status: RawFd,
 ) -> ! {
     // SAFETY: forwarded contract.
-    let started = match unsafe { start(plan, pre_exec, in_cgroup, status) } {
+    let started = match unsafe { start(plan, pre_exec, setup, in_cgroup, status) } {
         Ok(s) => s,
         // SAFETY: forwarded contract.
         Err(errno) => unsafe { super::report_and_exit(plan.report, errno) },
@@ -114,6 +115,7 @@ struct Started {
 unsafe fn start(
     plan: &ExecPlan<'_>,
     pre_exec: Option<&PreExec>,
+    setup: &tsbridge_sandbox::pidns::InitSetup,
     in_cgroup: bool,
     status: RawFd,
 ) -> Result<Started, i32> {
@@ -151,9 +153,10 @@ unsafe fn start(
     if unsafe { libc::setpgid(0, 0) } != 0 {
         return Err(super::errno());
     }
-    // SAFETY: the init: PID 1 of its namespace, in a mount namespace of
-    // its own.
-    unsafe { tsbridge_sandbox::pidns::mount_private_proc() }.map_err(|(_, e)| e)?;
+    // SAFETY: the init: PID 1 of its namespace, in a mount namespace (and,
+    // without privilege, a user namespace) of its own, a fork-like copy
+    // with its own memory.
+    unsafe { setup.apply() }?;
     // A fork-like clone of this single-threaded copy: the job returns here
     // on its own copy of the stack.
     let flags = libc::SIGCHLD as libc::c_ulong;

@@ -941,6 +941,96 @@ unshare --user --map-current-user true; echo \"user=$?\"\n\
     drop(listener);
 }
 
+/// A tsbridge without privilege (`nobody`) still gives a job a PID
+/// namespace of its own (`--pid-namespace`): with a user namespace of the
+/// job's own made by the same clone (its ids mapped to themselves). The
+/// hostile probe lists `/proc` looking for a process the test started
+/// outside: inside it finds nothing but its own few processes under
+/// `tsbridge-init`; without the flag it finds the process. Before, the run
+/// was refused ("cannot enforce": PID namespaces need CAP_SYS_ADMIN).
+/// Skipped when the tests do not run as root or the kernel refuses
+/// `nobody` user and PID namespaces (util-linux's unshare says).
+#[test]
+fn an_unprivileged_tsbridge_still_gives_a_job_its_own_pid_namespace() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("not root: cannot run as another user; skipped");
+        return;
+    }
+    let userns = std::process::Command::new("unshare")
+        .args(["--user", "--map-current-user", "--pid", "--fork", "--mount"])
+        .args(["--mount-proc", "true"])
+        .uid(65534)
+        .gid(65534)
+        .status();
+    if !userns.as_ref().is_ok_and(|s| s.success()) {
+        eprintln!("no unprivileged user and PID namespaces here ({userns:?}); skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let marker = format!("pidns-outside-{}", std::process::id());
+    let mut outside = std::process::Command::new("/bin/bash")
+        .args(["-c", &format!("exec -a 'sleep-{marker}' sleep 1000")])
+        .spawn()
+        .unwrap();
+    // The marker in two halves: the probe's own command line must not
+    // match it.
+    let (a, b) = marker.split_at(marker.len() / 2);
+    let probe = write_script(
+        dir.path(),
+        "probe.sh",
+        "#!/bin/sh
+m=\"$1$2\"; found=no
+\
+         for f in /proc/[0-9]*/cmdline; do grep -q \"$m\" \"$f\" 2>/dev/null && found=yes; done
+\
+         echo \"PROBE found=$found pids=$(ls /proc | grep -cE '^[0-9]+$') \
+         init=$(tr -d '\\000' < /proc/1/cmdline)\"
+",
+        0o755,
+    );
+    let as_nobody = |extra: &[&str]| {
+        let mut args = vec!["run", "--timeout", "60"];
+        args.extend_from_slice(extra);
+        args.extend([probe.as_str(), a, b]);
+        let mut cmd = tsbridge(dir.path(), &args);
+        cmd.uid(65534).gid(65534);
+        Run::of(cmd.output().unwrap())
+    };
+    let line = |r: &Run| -> String {
+        r.stdout
+            .lines()
+            .chain(r.stderr.lines())
+            .find_map(|l| l.split_once("PROBE ").map(|(_, p)| p.to_owned()))
+            .unwrap_or_else(|| panic!("no probe output: {r}"))
+    };
+    // The outside process shows in /proc first.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let seen = loop {
+        let r = as_nobody(&[]);
+        assert_eq!(r.code, Some(0), "{r}");
+        if line(&r).contains("found=yes") || std::time::Instant::now() > deadline {
+            break line(&r);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let inside = as_nobody(&["--pid-namespace"]);
+    let _ = outside.kill();
+    let _ = outside.wait();
+    assert!(seen.contains("found=yes"), "without the namespace: {seen}");
+    assert_eq!(inside.code, Some(0), "{inside}");
+    let l = line(&inside);
+    assert!(l.contains("found=no"), "{inside}");
+    assert!(l.contains("init=tsbridge-init"), "{inside}");
+    let pids: u32 = l
+        .split_once("pids=")
+        .and_then(|(_, p)| p.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(pids <= 8, "the probe sees {pids} processes: {inside}");
+}
+
 /// A `limits.read`/`limits.write` path that does not exist grants nothing
 /// (Landlock can only grant an existing path): `check` notes each one, with
 /// its workflow and key, and none for a path that exists. A note, not an
