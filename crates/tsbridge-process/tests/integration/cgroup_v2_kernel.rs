@@ -103,6 +103,17 @@ impl Drop for Reap {
     }
 }
 
+/// Waits until the test's daemon `sleep-<m>` runs.
+async fn await_daemon(m: &str) {
+    let daemon = format!("sleep-{m}");
+    assert!(
+        common::eventually(Duration::from_secs(60), || !common::running_as(&daemon)
+            .is_empty())
+        .await,
+        "the daemon never started"
+    );
+}
+
 /// The end both kill tests share: `job` times out, its daemon `sleep-<m>`
 /// dies with it, the job's cgroup empties (orphans leave it once the
 /// host's init has reaped them), and its and the parent's cgroups are
@@ -189,14 +200,7 @@ async fn a_timeout_kills_a_hidden_daemon_through_cgroup_kill() {
     )
     .await
     .unwrap();
-    assert!(
-        common::eventually(Duration::from_secs(60), || !common::running_as(&format!(
-            "sleep-{m}"
-        ))
-        .is_empty())
-        .await,
-        "the daemon never started"
-    );
+    await_daemon(&m).await;
     let daemon = common::running_as(&format!("sleep-{m}"));
     // The cgroup lists it (its own /proc/<pid>/cgroup agrees).
     let listed = a.prepared.cgroup().unwrap().pids().unwrap();
@@ -269,14 +273,7 @@ async fn a_pid_namespace_s_init_and_job_start_in_the_v2_cgroup() {
     .await
     .unwrap();
     let init = job.pid() as i32;
-    assert!(
-        common::eventually(Duration::from_secs(60), || !common::running_as(&format!(
-            "sleep-{m}"
-        ))
-        .is_empty())
-        .await,
-        "the daemon never started"
-    );
+    await_daemon(&m).await;
     let listed = a.prepared.cgroup().unwrap().pids().unwrap();
     assert!(
         listed.contains(&init),

@@ -82,16 +82,12 @@ async fn job(client: &reqwest::Client, url: &str, params: Value) -> String {
     v["data"]["jobId"].as_str().unwrap().to_owned()
 }
 
+async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn view(client: &reqwest::Client, url: &str, id: &str) -> Value {
-    let v: Value = client
-        .get(format!("{url}/v1/jobs/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["data"].clone()
+    get_json(client, &format!("{url}/v1/jobs/{id}")).await["data"].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,14 +101,7 @@ async fn a_sigkilled_server_leaves_nothing_of_a_pool_workers_namespace() {
     let serve_cmd = || tsbridge(&dir_path, &["serve", "--config", cfg.to_str().unwrap()]);
     let mut server = Server::spawn(serve_cmd(), port);
     let client = reqwest::Client::new();
-    let ready: Value = client
-        .get(format!("{}/readyz", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = get_json(&client, &format!("{}/readyz", server.url)).await;
     if ready["data"]["isolation"]["pidNamespace"] != json!(true) {
         eprintln!("SKIP: no PID namespaces on this host: {ready}");
         return;
