@@ -18,3 +18,4 @@ mod run_contract;
 mod shutdown_records;
 mod store_in_use;
 mod tmpdir_after_sigkill;
+mod unprivileged_serve;
