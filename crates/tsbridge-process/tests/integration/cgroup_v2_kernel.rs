@@ -103,6 +103,21 @@ impl Drop for Reap {
     }
 }
 
+/// Starts the shell `script` in the sandbox `a`, timed out after 5 s (a
+/// grace of 300 ms), as both kill tests do.
+async fn spawn_timed(script: &str, a: &SandboxAttachment) -> tsbridge_process::RunningProcess {
+    spawn(
+        sh(script)
+            .sandbox(Some(a.clone()))
+            .timeout(Some(Duration::from_secs(5)))
+            .kill_grace(Duration::from_millis(300))
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
 /// Waits until the test's daemon `sleep-<m>` runs.
 async fn await_daemon(m: &str) {
     let daemon = format!("sleep-{m}");
@@ -190,16 +205,7 @@ async fn a_timeout_kills_a_hidden_daemon_through_cgroup_kill() {
     let tmp = tempfile::tempdir().unwrap();
     let ready = tmp.path().join("ready");
     let a = attach(&v2.sb, "kill-1", SandboxPolicy::default());
-    let job = spawn(
-        sh(&daemon_then_sleep(&m, &ready))
-            .sandbox(Some(a.clone()))
-            .timeout(Some(Duration::from_secs(5)))
-            .kill_grace(Duration::from_millis(300))
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let job = spawn_timed(&daemon_then_sleep(&m, &ready), &a).await;
     await_daemon(&m).await;
     let daemon = common::running_as(&format!("sleep-{m}"));
     // The cgroup lists it (its own /proc/<pid>/cgroup agrees).
@@ -262,16 +268,7 @@ async fn a_pid_namespace_s_init_and_job_start_in_the_v2_cgroup() {
         out = tmp.path().join("cgroup").display(),
         rest = daemon_then_sleep(&m, &ready)
     );
-    let job = spawn(
-        sh(&script)
-            .sandbox(Some(a.clone()))
-            .timeout(Some(Duration::from_secs(5)))
-            .kill_grace(Duration::from_millis(300))
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let job = spawn_timed(&script, &a).await;
     let init = job.pid() as i32;
     await_daemon(&m).await;
     let listed = a.prepared.cgroup().unwrap().pids().unwrap();

@@ -117,6 +117,11 @@ pub fn write_serve_config(dir: &Path, port: u16, workflows: &str) -> PathBuf {
     cfg
 }
 
+/// GETs `url` and reads its JSON body.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// Awaits `f()` (a fact outside the server, like /proc), polling; fails
 /// the test after [`DEADLINE`].
 pub async fn until(what: &str, mut f: impl FnMut() -> bool) {

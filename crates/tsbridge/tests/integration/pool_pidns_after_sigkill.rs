@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::common::{
-    DEADLINE, ServeCgroups, Server, alive, free_port, tsbridge, until, write_serve_config,
+    DEADLINE, ServeCgroups, Server, alive, free_port, get_json, tsbridge, until, write_serve_config,
 };
 
 /// The pool module: `echo` answers at once; `hold` leaves a setsid daemon
@@ -80,10 +80,6 @@ async fn job(client: &reqwest::Client, url: &str, params: Value) -> String {
     let v: Value = r.json().await.unwrap();
     assert_eq!(status, 202, "{v}");
     v["data"]["jobId"].as_str().unwrap().to_owned()
-}
-
-async fn get_json(client: &reqwest::Client, url: &str) -> Value {
-    client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 async fn view(client: &reqwest::Client, url: &str, id: &str) -> Value {

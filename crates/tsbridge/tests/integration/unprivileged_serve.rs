@@ -15,7 +15,9 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::common::{DEADLINE, Server, alive, free_port, tsbridge, until, write_serve_config};
+use crate::common::{
+    DEADLINE, Server, alive, free_port, get_json, tsbridge, until, write_serve_config,
+};
 
 /// The pool module: what a job on the worker can see.
 const MODULE: &str = r#"
@@ -67,14 +69,7 @@ async fn an_unprivileged_server_runs_a_pool_worker_without_network_in_its_own_pi
     let server = Server::spawn(serve, port);
     let client = reqwest::Client::new();
 
-    let ready: Value = client
-        .get(format!("{}/readyz", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = get_json(&client, &format!("{}/readyz", server.url)).await;
     assert_eq!(ready["data"]["workflows"]["sealed"], "available", "{ready}");
     assert_eq!(ready["data"]["isolation"]["network"], true, "{ready}");
     assert_eq!(ready["data"]["isolation"]["pidNamespace"], true, "{ready}");
